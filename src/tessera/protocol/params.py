@@ -1,0 +1,45 @@
+"""Protocol parameters: frozen and validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tessera.errors import ConfigError
+from tessera.ids import JobId
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoundParams:
+    """How a plaintext job's rounds run.
+
+    ``fraction`` of the consented nodes (at least ``min_participants``) are
+    selected each round; a round aggregates if at least ``min_updates``
+    updates arrive before ``round_timeout`` (virtual or wall seconds, as the
+    runtime's clock counts), otherwise it is skipped and the job goes on.
+    """
+
+    job_id: JobId
+    rounds: int
+    fraction: float = 1.0
+    min_participants: int = 1
+    min_updates: int = 1
+    round_timeout: float = 60.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError("federation.rounds", "must be at least 1")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError("federation.fraction", "must be in (0, 1]")
+        if self.min_participants < 1:
+            raise ConfigError("federation.min_participants", "must be at least 1")
+        if self.min_updates < 1:
+            raise ConfigError("federation.min_updates", "must be at least 1")
+        if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):
+            raise ConfigError("federation.round_timeout", "must be a positive number of seconds")
+
+    def cohort_size(self, available: int) -> int:
+        """How many of ``available`` nodes one round selects."""
+        wanted = max(self.min_participants, math.ceil(self.fraction * available))
+        return min(wanted, available)
