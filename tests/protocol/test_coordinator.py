@@ -245,3 +245,12 @@ def test_contributor_refuses_foreign_and_replayed_requests() -> None:
     (rej,) = k.handle(forged, 1.0)
     assert isinstance(rej, Rejected)
     assert k.round == 2
+
+
+def test_contributor_past_the_deadline_declines_instead_of_uploading() -> None:
+    k = Contributor(NodeId("n0"), JOB)
+    k.handle(request(0), 0.0)  # deadline 9.0
+    ready = LocalUpdateReady(round=0, delta=np.ones(2, np.float32), num_samples=3, loss=0.5)
+    (send,) = k.handle(ready, 9.5)
+    assert isinstance(send.message, TrainingDeclined) and "deadline" in send.message.reason
+    assert k.state is ContributorState.IDLE

@@ -3,7 +3,9 @@
 It holds no model: a train request names the round's shared global weights,
 the machine asks its runtime to train (an effect), and turns the result into
 an update for the coordinator. A result for a superseded round is dropped,
-so a slow device can never submit stale work for the wrong round.
+so a slow device can never submit stale work for the wrong round, and a
+result finished after the deadline is not uploaded (only a short decline),
+which saves the bandwidth of a model-sized message the coordinator would refuse.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, C
 
 
 class Contributor:
-    __slots__ = ("job_id", "node", "round", "state")
+    __slots__ = ("deadline", "job_id", "node", "round", "state")
 
     def __init__(self, node: NodeId, job_id: JobId) -> None:
         self.node = node
         self.job_id = job_id
         self.state = ContributorState.IDLE
         self.round = -1
+        self.deadline = 0.0
 
-    def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002 - uniform API
+    def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, MessageReceived):
             msg = event.message
             if event.sender != COORDINATOR or not isinstance(msg, TrainRequest):
@@ -40,13 +43,13 @@ class Contributor:
             if msg.round <= self.round:
                 return [Rejected(sender=event.sender, reason=f"round {msg.round} is not new")]
             self._transition(ContributorInput.TRAIN_REQUEST)
-            self.round = msg.round
+            self.round, self.deadline = msg.round, msg.deadline
             return [RequestLocalTraining(round=msg.round, weights=msg.weights, config=msg.config)]
         if isinstance(event, LocalUpdateReady | LocalTrainingFailed):
             if not (self.state is ContributorState.TRAINING and event.round == self.round):
                 return []  # the result of a superseded round is dropped
             reply: UpdateSubmission | TrainingDeclined
-            if isinstance(event, LocalUpdateReady):
+            if isinstance(event, LocalUpdateReady) and now <= self.deadline:
                 self._transition(ContributorInput.UPDATE_READY)
                 reply = UpdateSubmission(
                     job_id=self.job_id,
@@ -57,7 +60,8 @@ class Contributor:
                 )
             else:
                 self._transition(ContributorInput.TRAINING_FAILED)
-                reply = TrainingDeclined(job_id=self.job_id, round=event.round, reason=event.reason)
+                reason = event.reason if isinstance(event, LocalTrainingFailed) else "missed deadline"
+                reply = TrainingDeclined(job_id=self.job_id, round=event.round, reason=reason)
             return [Send(recipient=COORDINATOR, message=reply)]
         raise LocalProtocolError(f"contributor cannot handle {type(event).__name__}")
 
