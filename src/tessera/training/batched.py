@@ -1,0 +1,473 @@
+"""Train thousands of virtual nodes at once, each exactly as if it trained alone.
+
+Torch costs about 0.3 ms per optimizer step whatever the model size, so
+looping over tiny nodes in Python would spend all its time in overhead.
+Instead a chunk of ``C`` nodes trains together: their parameters and
+optimizer state are rows of one ``(C, P)`` tensor in ``Layout`` flat order,
+one minibatch step of every node is a handful of batched tensor operations,
+and the optimizers (``torch.optim.SGD`` and ``Adam`` semantics, with per-node
+step counts) are written on those stacked rows.
+
+Nodes of a chunk are sorted by size, largest first, so at step ``s`` the nodes
+that still have a minibatch are a prefix of the chunk: the step runs on that
+prefix only, and a node without data is frozen exactly (no update, no state
+change) rather than masked. Only each node's last, short minibatch is padded;
+padded rows carry zero weight and the loss is a mean over real rows. Nodes
+are grouped into sub-chunks of similar ``min(size, batch_size)`` to keep that
+padding small, and sized so that parameters, optimizer state and activations
+of one sub-chunk stay within ``max_chunk_elements`` floats.
+
+Gradients come from one of two engines: ``"dense"`` (hand-written forward
+and backward with ``bmm``, for ``linear``/``mlp``; the fastest here) or
+``"vmap"`` (``torch.func.vmap(grad(functional_call(...)))`` over the node
+dimension; any model, used for ``cnn``). Shuffles depend only on
+``(seed, node, epoch)`` (see ``shuffle.py``), so a node's result does not
+depend on which nodes share its chunk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad_and_value, vmap
+
+from tessera.errors import ConfigError, DataError
+from tessera.training.recipe import ADAM_BETAS, ADAM_EPS, Recipe, as_real
+from tessera.training.shuffle import chunk_permutation
+from tessera.training.spec import ModelSpec, build_module, conv_plan, layout
+from tessera.weights import Vector
+
+Engine = Literal["auto", "dense", "vmap"]
+#: Default bound on the floats one sub-chunk holds at once (64 MiB).
+DEFAULT_MAX_CHUNK_ELEMENTS = 1 << 24
+#: Sub-chunks of similar-sized nodes are only split off when at least this big.
+MIN_SPLIT_NODES = 64
+#: Clipped updates are scaled to at most this fraction of the bound, so float32
+#: rounding can never push a norm above ``clip_norm``.
+CLIP_SAFETY = 1.0 - 1e-6
+
+# (params (a, P), x (a, w, ...), y (a, w[, k]), weights (a, w), need_loss)
+#   -> (gradient (a, P), mean minibatch loss (a,) or None)
+GradFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool],
+    tuple[torch.Tensor, torch.Tensor | None],
+]
+
+
+@dataclass
+class TrainResult:
+    """Per requested node, in the caller's order.
+
+    ``deltas``: float32 ``(k, P)``, local minus global weights in Layout flat
+    order, clipped to ``recipe.clip_norm`` when set. ``num_samples``: int64
+    ``(k,)`` records each node holds. ``loss``: float32 ``(k,)`` mean
+    per-record training loss over the last local epoch, each record's loss
+    taken when its minibatch was used (without the FedProx term); 0 for a node
+    without records (which also gets a zero delta).
+    """
+
+    deltas: npt.NDArray[np.float32]
+    num_samples: npt.NDArray[np.int64]
+    loss: npt.NDArray[np.float32]
+
+
+def clip_deltas(deltas: torch.Tensor, clip_norm: float | None) -> torch.Tensor:
+    """Scale each row of ``deltas`` in place to an L2 norm of at most ``clip_norm``."""
+    if clip_norm is None or deltas.numel() == 0:
+        return deltas
+    norms = torch.linalg.vector_norm(deltas.to(torch.float64), dim=1)
+    bound = clip_norm * CLIP_SAFETY
+    scale = torch.where(norms > bound, bound / norms.clamp_min(1e-300), 1.0)
+    deltas.mul_(scale.to(deltas.dtype).unsqueeze(1))
+    return deltas
+
+
+def _views(flat: torch.Tensor, shapes: tuple[tuple[int, ...], ...]) -> list[torch.Tensor]:
+    """Per-tensor views ``(a, *shape)`` of stacked flat rows ``(a, P)``."""
+    a = flat.shape[0]
+    out, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(flat[:, offset : offset + size].view(a, *shape))
+        offset += size
+    return out
+
+
+def _relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``grad`` where the ReLU output is positive, else 0 (one fused kernel)."""
+    result: torch.Tensor = torch.ops.aten.threshold_backward(grad, out, 0)
+    return result
+
+
+class _DenseGrad:
+    """Hand-written batched forward/backward of an affine(+ReLU) stack."""
+
+    def __init__(self, spec: ModelSpec, loss: str) -> None:
+        self._shapes = layout(spec).shapes
+        self._n_layers = len(self._shapes) // 2
+        self._ce = loss == "cross_entropy"
+        self._k = spec.n_outputs
+
+    def __call__(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, wts: torch.Tensor, need: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        views = _views(params, self._shapes)
+        weights, biases = views[0::2], views[1::2]
+        acts = [x]
+        h = x
+        for i in range(self._n_layers):
+            h = torch.baddbmm(biases[i].unsqueeze(1), h, weights[i].transpose(1, 2))
+            if i < self._n_layers - 1:
+                h = torch.relu(h)
+                acts.append(h)
+        dout, loss = self._loss_grad(h, y, wts, need)
+        grads: list[torch.Tensor] = []
+        for i in reversed(range(self._n_layers)):
+            grads.append(dout.sum(1))
+            grads.append(torch.bmm(dout.transpose(1, 2), acts[i]))
+            if i:
+                dout = _relu_backward(torch.bmm(dout, weights[i]), acts[i])
+        a = params.shape[0]
+        return torch.cat([g.reshape(a, -1) for g in reversed(grads)], dim=1), loss
+
+    def _loss_grad(
+        self, out: torch.Tensor, y: torch.Tensor, wts: torch.Tensor, need: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w3 = wts.unsqueeze(-1)
+        if self._ce:
+            grad = torch.softmax(out, dim=-1).mul_(w3)
+            target = y.unsqueeze(-1)
+            grad.scatter_add_(-1, target, -w3)
+            if not need:
+                return grad, None
+            per = torch.log_softmax(out, dim=-1).gather(-1, target).squeeze(-1)
+            return grad, (per * wts).sum(1).neg_()
+        diff = out - y
+        grad = diff * (w3 * (2.0 / self._k))
+        if not need:
+            return grad, None
+        return grad, (diff.square().mean(-1) * wts).sum(1)
+
+
+class _VmapGrad:
+    """``vmap(grad(functional_call(module)))`` over the node dimension."""
+
+    def __init__(self, spec: ModelSpec, loss: str) -> None:
+        lay = layout(spec)
+        self._shapes = lay.shapes
+        module = build_module(spec)
+        names = lay.names
+        ce = loss == "cross_entropy"
+
+        def node_loss(
+            params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, wts: torch.Tensor
+        ) -> torch.Tensor:
+            out = functional_call(module, dict(zip(names, params, strict=True)), (x,))
+            per = F.cross_entropy(out, y, reduction="none") if ce else (out - y).square().mean(-1)
+            return (per * wts).sum()
+
+        self._fn = vmap(grad_and_value(node_loss))
+
+    def __call__(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, wts: torch.Tensor, need: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        grads, loss = self._fn(tuple(_views(params, self._shapes)), x, y, wts)
+        a = params.shape[0]
+        return torch.cat([g.reshape(a, -1) for g in grads], dim=1), (loss if need else None)
+
+
+class _Optimizer:
+    """SGD (momentum, weight decay) or Adam on stacked rows; rows ``[:a]`` step."""
+
+    def __init__(self, recipe: Recipe, n: int, p: int) -> None:
+        self._r = recipe
+        self._adam = recipe.optimizer == "adam"
+        self._buf = torch.zeros(n, p) if recipe.momentum else None
+        if self._adam:
+            self._m = torch.zeros(n, p)
+            self._v = torch.zeros(n, p)
+            self._t = torch.zeros(n, dtype=torch.float64)
+
+    def step(self, params: torch.Tensor, grad: torch.Tensor, a: int) -> None:
+        r = self._r
+        if r.weight_decay:
+            grad.add_(params, alpha=r.weight_decay)
+        if not self._adam:
+            if self._buf is not None:
+                grad = self._buf[:a].mul_(r.momentum).add_(grad)
+            params.add_(grad, alpha=-r.lr)
+            return
+        b1, b2 = ADAM_BETAS
+        t = self._t[:a].add_(1.0)
+        m = self._m[:a].lerp_(grad, 1 - b1)
+        v = self._v[:a].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        step_size = (r.lr / (1 - b1**t)).to(torch.float32).unsqueeze(1)
+        bc2_sqrt = (1 - b2**t).sqrt().to(torch.float32).unsqueeze(1)
+        denom = v.sqrt().div_(bc2_sqrt).add_(ADAM_EPS)
+        params.addcdiv_(m * step_size, denom, value=-1.0)
+
+
+def _as_index(nodes: npt.ArrayLike, n_nodes: int) -> npt.NDArray[np.int64]:
+    arr = np.asarray(nodes)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"nodes must be a 1-D integer array, got {arr.dtype} {arr.shape}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_nodes):
+        raise DataError(f"node indices must lie in [0, {n_nodes}), got {arr.min()}..{arr.max()}")
+    return arr
+
+
+class BatchedTrainer:
+    """Local training of many nodes whose records are grouped by node.
+
+    Node ``i`` holds rows ``offsets[i]:offsets[i+1]`` of ``x`` (float32,
+    ``(n, *spec.input_shape)``) and ``y`` (integer classes for
+    cross-entropy; float targets ``(n,)`` or ``(n, n_outputs)`` for MSE).
+    The arrays are converted to torch once. ``offsets=[0, n]`` makes one node
+    of everything: the centralized baseline.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        recipe: Recipe,
+        x: np.ndarray,
+        y: np.ndarray,
+        offsets: np.ndarray,
+        *,
+        max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+        engine: Engine = "auto",
+    ) -> None:
+        if recipe.loss == "cross_entropy" and spec.n_outputs < 2:
+            raise ConfigError("recipe.loss", "cross_entropy needs a model with n_outputs >= 2")
+        if engine == "auto":
+            engine = "vmap" if spec.kind == "cnn" else "dense"
+        if engine == "dense" and spec.kind == "cnn":
+            raise ValueError("the dense engine handles linear and mlp models only")
+        if engine not in ("dense", "vmap"):
+            raise ValueError(f"unknown engine {engine!r}")
+        if max_chunk_elements < 1:
+            raise ValueError("max_chunk_elements must be positive")
+        self.spec = spec
+        self.recipe = recipe
+        self.layout = layout(spec)
+        self.engine: Engine = engine
+        self.max_chunk_elements = int(max_chunk_elements)
+
+        x_arr = np.ascontiguousarray(x, dtype=np.float32)
+        n = x_arr.shape[0] if x_arr.ndim else 0
+        if x_arr.ndim < 1 or tuple(x_arr.shape[1:]) != spec.input_shape:
+            raise DataError(f"x has shape {x_arr.shape}, expected (n, *{spec.input_shape})")
+        if not np.isfinite(x_arr).all():
+            raise DataError("x contains NaN or infinite values")
+        self._x = torch.from_numpy(x_arr)
+        if engine == "dense":
+            self._x = self._x.reshape(n, spec.in_features)
+        self._y = self._check_y(np.asarray(y), n)
+
+        off = np.asarray(offsets)
+        if off.ndim != 1 or off.size < 1 or not np.issubdtype(off.dtype, np.integer):
+            raise DataError("offsets must be a non-empty 1-D integer array")
+        off = off.astype(np.int64)
+        if off[0] != 0 or off[-1] != n or (np.diff(off) < 0).any():
+            raise DataError(f"offsets must rise from 0 to n={n}")
+        self.offsets = off
+        self.sizes = np.diff(off)
+        self._grad: GradFn = (
+            _DenseGrad(spec, recipe.loss) if engine == "dense" else _VmapGrad(spec, recipe.loss)
+        )
+
+    def _check_y(self, y: np.ndarray, n: int) -> torch.Tensor:
+        k = self.spec.n_outputs
+        if self.recipe.loss == "cross_entropy":
+            if y.shape != (n,) or (n and not np.issubdtype(y.dtype, np.integer)):
+                raise DataError(f"y must be {n} integer class labels, got {y.dtype} {y.shape}")
+            y64 = np.ascontiguousarray(y, dtype=np.int64)
+            if n and (y64.min() < 0 or y64.max() >= k):
+                raise DataError(f"class labels must lie in [0, {k})")
+            return torch.from_numpy(y64)
+        allowed = {(n, k), (n,)} if k == 1 else {(n, k)}
+        if y.shape not in allowed:
+            raise DataError(f"y must have shape ({n}, {k}) for mse, got {y.shape}")
+        y32 = np.ascontiguousarray(y, dtype=np.float32).reshape(n, k)
+        if not np.isfinite(y32).all():
+            raise DataError("y contains NaN or infinite values")
+        return torch.from_numpy(y32)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.sizes)
+
+    def train(
+        self,
+        global_weights: Vector,
+        nodes: npt.ArrayLike,
+        seed: int,
+        *,
+        prox_mu: float | None = None,
+    ) -> TrainResult:
+        """Train ``nodes`` from ``global_weights``; rows come back in ``nodes`` order.
+
+        ``prox_mu``, when given, replaces the recipe's FedProx coefficient for
+        this call (the server strategy may set it per round).
+        """
+        mu = self.recipe.prox_mu if prox_mu is None else as_real("recipe.prox_mu", prox_mu)
+        if mu < 0:
+            raise ConfigError("recipe.prox_mu", f"must be >= 0, got {mu}")
+        p = self.layout.size
+        g = np.asarray(global_weights)
+        if g.shape != (p,):
+            raise DataError(f"global weights have shape {g.shape}, expected ({p},)")
+        if not np.isfinite(g).all():
+            raise DataError("global weights contain NaN or infinite values")
+        g_t = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
+        idx = _as_index(nodes, self.num_nodes)
+        sizes = self.sizes[idx]
+        deltas = np.zeros((len(idx), p), np.float32)
+        loss = np.zeros(len(idx), np.float32)
+        order = np.argsort(-sizes, kind="stable")
+        order = order[sizes[order] > 0]
+        with torch.no_grad():
+            for lo, hi in self._plan(sizes[order]):
+                rows = order[lo:hi]
+                d, chunk_loss = self._train_chunk(g_t, idx[rows], sizes[rows], seed, mu)
+                deltas[rows] = d
+                loss[rows] = chunk_loss
+        return TrainResult(deltas=deltas, num_samples=sizes.astype(np.int64), loss=loss)
+
+    # -- planning ------------------------------------------------------------
+
+    def _per_node_elements(self, width: int) -> int:
+        """Floats one node of a sub-chunk holds: parameters, state, activations."""
+        r = self.recipe
+        copies = 3 + bool(r.momentum) + 2 * (r.optimizer == "adam") + 1  # + prox temp
+        spec = self.spec
+        per_record = math.prod(spec.input_shape) + 4 * (sum(spec.hidden) + spec.n_outputs)
+        if spec.kind == "cnn":
+            _, h, w = spec.input_shape
+            for _c_in, c_out, pool in conv_plan(spec)[0]:
+                per_record += 6 * c_out * h * w  # conv out, relu, pool and their grads
+                if pool:
+                    h, w = h // 2, w // 2
+        return copies * self.layout.size + width * per_record
+
+    def _plan(self, sizes_desc: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+        """Split nodes (sorted by size, descending) into sub-chunks ``[lo, hi)``."""
+        n = len(sizes_desc)
+        if n == 0:
+            return []
+        b = self.recipe.batch_size
+        # Group by the power of two of the first minibatch's size, merging
+        # groups too small to be worth a separate pass of steps.
+        bucket = np.floor(np.log2(np.minimum(sizes_desc, b))).astype(np.int64)
+        cuts = [0, *(np.flatnonzero(np.diff(bucket)) + 1).tolist(), n]
+        groups: list[tuple[int, int]] = []
+        lo = 0
+        for cut in cuts[1:]:
+            if cut - lo >= MIN_SPLIT_NODES and n - cut >= MIN_SPLIT_NODES:
+                groups.append((lo, cut))
+                lo = cut
+        groups.append((lo, n))
+        plan = []
+        for g_lo, g_hi in groups:
+            width = int(min(b, sizes_desc[g_lo]))  # widest minibatch of the group
+            cap = max(1, self.max_chunk_elements // self._per_node_elements(width))
+            pieces = -(-(g_hi - g_lo) // cap)
+            bounds = np.linspace(g_lo, g_hi, pieces + 1).round().astype(int)
+            plan += [(int(s), int(e)) for s, e in itertools.pairwise(bounds)]
+        return plan
+
+    # -- one sub-chunk ---------------------------------------------------------
+
+    def _train_chunk(
+        self,
+        g: torch.Tensor,
+        nodes: npt.NDArray[np.int64],
+        sizes: npt.NDArray[np.int64],
+        seed: int,
+        prox_mu: float,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        r = self.recipe
+        c = len(nodes)
+        schedule = _Schedule(sizes, r.batch_size)
+        starts = np.cumsum(sizes) - sizes
+        shift = torch.from_numpy(np.repeat(self.offsets[nodes] - starts, sizes))
+        # Gather the chunk's records in visiting order once per epoch when that
+        # copy is small; a lone active node then reads contiguous slices.
+        pregather = int(sizes.sum()) * math.prod(self._x.shape[1:]) <= self.max_chunk_elements
+
+        params = g.unsqueeze(0).repeat(c, 1)
+        opt = _Optimizer(r, c, g.shape[0])
+        loss_sum = torch.zeros(c, dtype=torch.float64)
+        for epoch in range(r.local_epochs):
+            last = epoch == r.local_epochs - 1
+            rows_of = torch.from_numpy(chunk_permutation(seed, nodes, sizes, epoch)).add_(shift)
+            xs, ys = (self._x[rows_of], self._y[rows_of]) if pregather else (self._x, self._y)
+            for s in range(schedule.n_steps):
+                a, pos, wts, count = schedule.step(s)
+                rows = pos if pregather else rows_of[pos]
+                xb, yb = xs[rows], ys[rows]
+                if a == 1 and isinstance(pos, slice):
+                    xb, yb = xb.unsqueeze(0), yb.unsqueeze(0)
+                p = params[:a]
+                grad, batch_loss = self._grad(p, xb, yb, wts, last)
+                if prox_mu:
+                    grad.add_(p - g, alpha=prox_mu)
+                opt.step(p, grad, a)
+                if batch_loss is not None:
+                    loss_sum[:a] += batch_loss * count
+        deltas = clip_deltas(params.sub_(g), r.clip_norm)
+        mean_loss = loss_sum / torch.from_numpy(sizes)
+        return deltas.numpy(), mean_loss.to(torch.float32).numpy()
+
+
+class _Schedule:
+    """Minibatch positions of a chunk's nodes, sorted by size descending.
+
+    Node ``i`` owns positions ``starts[i]:starts[i]+sizes[i]`` of the chunk's
+    visiting order; its minibatch ``s`` is the ``s``-th run of ``batch``
+    positions in its segment. Nodes with a minibatch ``s`` form a prefix.
+    """
+
+    def __init__(self, sizes: npt.NDArray[np.int64], batch: int) -> None:
+        self._sizes = sizes
+        self._b = batch
+        steps = -(-sizes // batch)
+        self.n_steps = int(steps[0])
+        # active[s]: how many nodes (a prefix) have a minibatch s
+        counts = np.bincount(steps, minlength=self.n_steps + 1)
+        self._active = len(sizes) - np.cumsum(counts)[: self.n_steps]
+        self._starts = torch.from_numpy(np.cumsum(sizes) - sizes).unsqueeze(1)
+        self._sizes_t = torch.from_numpy(sizes).unsqueeze(1)
+        self._cols = torch.arange(batch)
+        self._uniform: dict[tuple[int, int], torch.Tensor] = {}
+
+    def step(self, s: int) -> tuple[int, torch.Tensor | slice, torch.Tensor, torch.Tensor | int]:
+        """(active nodes a, positions (a, w) or a slice for a lone node,
+        per-row loss weights (a, w) summing to 1 per node, real rows per node)."""
+        b = self._b
+        a = int(self._active[s])
+        w = min(b, int(self._sizes[0]) - s * b)
+        col = self._cols[:w] + s * b
+        pos: torch.Tensor | slice
+        if a == 1:  # node 0 alone, and its segment starts at 0
+            pos = slice(s * b, s * b + w)
+        elif int(self._sizes[a - 1]) >= (s + 1) * b:  # every active node has a full batch
+            pos = self._starts[:a] + col
+        else:
+            valid = col < self._sizes_t[:a]
+            count = (self._sizes_t[:a, 0] - s * b).clamp_(max=b)
+            wts = valid.to(torch.float32).div_(count.unsqueeze(1))
+            return a, torch.where(valid, self._starts[:a] + col, 0), wts, count
+        uniform = self._uniform.get((a, w))
+        if uniform is None:
+            uniform = self._uniform[(a, w)] = torch.full((a, w), 1.0 / w)
+        return a, pos, uniform, w

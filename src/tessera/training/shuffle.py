@@ -1,0 +1,61 @@
+"""Per-node minibatch order that depends only on (seed, node, epoch).
+
+Each record's sort key is a SplitMix64 hash of ``(seed, node, epoch, row)``;
+a node's epoch permutation is the order of its keys. Because no state is
+shared between nodes, a node's shuffle is the same whether it trains alone,
+in a chunk of thousands, or in another process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_MASK = (1 << 64) - 1
+
+
+def _mix(z: U64) -> U64:
+    """SplitMix64 finaliser, elementwise (uint64 arithmetic wraps)."""
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def node_keys(seed: int, nodes: npt.ArrayLike, epoch: int) -> U64:
+    """One 64-bit stream key per node for this (seed, epoch)."""
+    base = _mix(np.array([int(seed) & _MASK], dtype=np.uint64))
+    ids = np.atleast_1d(np.asarray(nodes, dtype=np.int64)).astype(np.uint64)
+    ep = np.array([int(epoch) & _MASK], dtype=np.uint64)
+    return _mix(_mix(base ^ ids) ^ ep)
+
+
+def epoch_permutation(seed: int, node: int, epoch: int, n: int) -> I64:
+    """The order in which ``node`` visits its ``n`` records in ``epoch``."""
+    keys = _mix(node_keys(seed, [node], epoch)[0] + np.arange(n, dtype=np.uint64))
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+def chunk_permutation(seed: int, nodes: I64, sizes: I64, epoch: int) -> I64:
+    """Epoch permutations of many nodes at once, as positions in their concatenation.
+
+    Node ``i`` owns positions ``starts[i]:starts[i] + sizes[i]`` of the
+    concatenation (``starts`` the exclusive cumulative sum of ``sizes``); the
+    result lists, segment by segment, the positions in visiting order:
+    ``out[starts[i]:starts[i+1]] - starts[i]`` equals
+    ``epoch_permutation(seed, nodes[i], epoch, sizes[i])``.
+    """
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    starts = np.cumsum(sizes) - sizes
+    segment = np.repeat(np.arange(len(sizes)), sizes)
+    within = (np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)).astype(np.uint64)
+    keys = _mix(np.repeat(node_keys(seed, nodes, epoch), sizes) + within)
+    return np.lexsort((keys, segment)).astype(np.int64)
