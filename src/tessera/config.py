@@ -32,8 +32,10 @@ class JobSection(_Section):
 
 
 class HoldoutSection(_Section):
+    """The AI provider's test set; fraction 0 means none (metrics are then null)."""
+
     by: str | None = None
-    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
 
 
 class DataSection(_Section):

@@ -34,7 +34,7 @@ class FakeTrainer:
         return Out(self.table[nodes], self.samples[nodes], np.ones(len(nodes), np.float32))
 
 
-def run(n=50, rounds=3, dropout=0.0, fraction=1.0, timeout=1e6, chunk=7, sps=50.0, seed=1):
+def run(*, n=50, rounds=3, dropout=0.0, fraction=1.0, timeout=1e6, chunk=7, sps=50.0, seed=1):
     samples = np.random.default_rng(5).integers(1, 40, size=n).astype(np.int64)
     nodes = [NodeId(f"node-{i:06d}") for i in range(n)]
     params = RoundParams(
@@ -47,7 +47,14 @@ def run(n=50, rounds=3, dropout=0.0, fraction=1.0, timeout=1e6, chunk=7, sps=50.
     )
     stats: list[RoundStats] = []
     sim = Simulation(
-        coord, nodes, trainer, devices, samples, local_epochs=1, seed=seed, chunk=chunk,
+        coord,
+        nodes,
+        trainer,
+        devices,
+        samples,
+        local_epochs=1,
+        seed=seed,
+        chunk=chunk,
         on_round=stats.append,
     )
     weights = sim.run()

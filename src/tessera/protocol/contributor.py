@@ -60,7 +60,9 @@ class Contributor:
                 )
             else:
                 self._transition(ContributorInput.TRAINING_FAILED)
-                reason = event.reason if isinstance(event, LocalTrainingFailed) else "missed deadline"
+                reason = (
+                    event.reason if isinstance(event, LocalTrainingFailed) else "missed deadline"
+                )
                 reply = TrainingDeclined(job_id=self.job_id, round=event.round, reason=reason)
             return [Send(recipient=COORDINATOR, message=reply)]
         raise LocalProtocolError(f"contributor cannot handle {type(event).__name__}")

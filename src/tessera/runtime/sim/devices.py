@@ -42,7 +42,8 @@ class DeviceModel:
     def dropped(self, round: int) -> npt.NDArray[np.bool_]:
         """Which nodes go away during ``round`` (one draw per node and round)."""
         rng = np.random.default_rng([self.seed, 0xD0, round])
-        return rng.random(self.speed.shape[0]) < self.dropout
+        dropped: npt.NDArray[np.bool_] = rng.random(size=(self.speed.shape[0],)) < self.dropout
+        return dropped
 
     def training_seconds(self, node: int, samples: int, epochs: int) -> float:
         """Virtual time node ``node`` needs to train ``epochs`` over ``samples``."""

@@ -1,0 +1,187 @@
+"""From a validated job config to everything a runtime needs to run it.
+
+Both runtimes start here: load the table, hold out the AI provider's test
+set (whole groups when ``data.holdout.by`` is set), fit the preprocessing on
+the nodes' records only, partition those records into nodes, and build the
+model spec, recipe, strategy and protocol parameters. Data problems are
+reported against the config field that caused them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tessera.config import JobConfig
+from tessera.data import (
+    Partition,
+    Prepared,
+    Preprocessor,
+    dirichlet,
+    iid,
+    load_table,
+    natural,
+    per_record,
+    quantity_skew,
+    split_holdout,
+)
+from tessera.errors import ConfigError, DataError
+from tessera.ids import JobId, NodeId, Task
+from tessera.protocol import RoundParams, Strategy, make_strategy
+from tessera.training import ModelSpec, Recipe, init_weights, layout
+from tessera.weights import Layout, Vector
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    config: JobConfig
+    spec: ModelSpec
+    recipe: Recipe
+    layout: Layout
+    initial_weights: Vector
+    x: np.ndarray  # the nodes' records, grouped by node
+    y: np.ndarray
+    offsets: npt.NDArray[np.int64]  # node i holds rows offsets[i]:offsets[i+1]
+    node_names: tuple[str, ...]
+    test: Prepared  # the AI provider's held-out set
+    feature_names: tuple[str, ...]
+    classes: tuple[object, ...]
+
+    @property
+    def task(self) -> Task:
+        return self.config.job.task
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_names)
+
+    @property
+    def node_samples(self) -> npt.NDArray[np.int64]:
+        return np.diff(self.offsets)
+
+    @property
+    def node_ids(self) -> list[NodeId]:
+        return [NodeId(f"node-{i:06d}") for i in range(self.n_nodes)]
+
+    def round_params(self) -> RoundParams:
+        fed = self.config.federation
+        return RoundParams(
+            job_id=JobId(self.config.job.name),
+            rounds=fed.rounds,
+            fraction=fed.fraction,
+            min_participants=fed.min_participants,
+            min_updates=fed.min_updates,
+            round_timeout=fed.round_timeout,
+            seed=self.config.job.seed,
+        )
+
+    def strategy(self) -> Strategy:
+        return make_strategy(self.config.strategy.name, **self.config.strategy.params)
+
+
+def _partition(cfg: JobConfig, train: Prepared, seed: int) -> Partition:
+    p = cfg.partition
+    n = len(train.y)
+    if p.scheme == "natural":
+        assert train.groups is not None
+        return natural(train.groups)
+    if p.scheme == "per_record":
+        return per_record(n)
+    assert p.nodes is not None
+    if p.scheme == "iid":
+        return iid(n, p.nodes, seed)
+    assert p.alpha is not None
+    if p.scheme == "dirichlet":
+        if cfg.job.task is not Task.CLASSIFICATION:
+            raise ConfigError(
+                "partition.scheme", "dirichlet label skew needs a classification task"
+            )
+        return dirichlet(train.y, p.nodes, p.alpha, seed, min_size=p.min_size)
+    return quantity_skew(n, p.nodes, p.alpha, seed, min_size=p.min_size)
+
+
+def prepare_job(cfg: JobConfig) -> PreparedJob:
+    """Load, split, preprocess and partition; every data failure names its field."""
+    d, seed = cfg.data, cfg.job.seed
+    try:
+        table = load_table(d.source, d.dataset)
+    except DataError as exc:
+        raise ConfigError("data.dataset", str(exc)) from None
+    named = [
+        (d.target, "data.target"),
+        (d.holdout.by, "data.holdout.by"),
+        (cfg.partition.column, "partition.column"),
+        *((f, "data.features") for f in d.features),
+        *((c, "data.categorical") for c in d.categorical),
+    ]
+    for name, field in named:
+        if name is not None and name not in table.columns:
+            cols = ", ".join(map(str, table.columns))
+            raise ConfigError(field, f"column {name!r} not in {d.dataset}; columns: {cols}")
+    try:
+        if d.holdout.fraction == 0:
+            train_df, test_df = table, table.iloc[:0]
+        else:
+            train_df, test_df = split_holdout(
+                table, by=d.holdout.by, fraction=d.holdout.fraction, seed=seed
+            )
+    except DataError as exc:
+        raise ConfigError("data.holdout", str(exc)) from None
+    try:
+        pre = Preprocessor.fit(
+            train_df,
+            target=d.target,
+            features=d.features,
+            categorical=d.categorical,
+            task=cfg.job.task,
+            standardize=d.standardize,
+            image_shape=tuple(d.image_shape) if d.image_shape else None,
+        )
+        group_col = cfg.partition.column if cfg.partition.scheme == "natural" else None
+        train = pre.transform(train_df, group_column=group_col)
+        test = pre.transform(test_df)
+    except DataError as exc:
+        raise ConfigError("data", str(exc)) from None
+    try:
+        part = _partition(cfg, train, seed)
+    except DataError as exc:
+        raise ConfigError("partition", str(exc)) from None
+
+    n_outputs = pre.n_classes if cfg.job.task is Task.CLASSIFICATION else 1
+    assert n_outputs is not None
+    spec = ModelSpec(
+        kind=cfg.model.kind,
+        input_shape=pre.input_shape,
+        n_outputs=n_outputs,
+        hidden=tuple(cfg.model.hidden),
+        channels=tuple(cfg.model.channels),
+    )
+    r = cfg.recipe
+    recipe = Recipe(
+        loss=cfg.loss,  # type: ignore[arg-type]
+        optimizer=r.optimizer,
+        lr=r.lr,
+        momentum=r.momentum,
+        weight_decay=r.weight_decay,
+        local_epochs=r.local_epochs,
+        batch_size=r.batch_size,
+        prox_mu=r.prox_mu,
+        clip_norm=r.clip_norm,
+    )
+    lay = layout(spec)
+    return PreparedJob(
+        config=cfg,
+        spec=spec,
+        recipe=recipe,
+        layout=lay,
+        initial_weights=lay.flatten(init_weights(spec, seed)),
+        x=train.x[part.order],
+        y=train.y[part.order],
+        offsets=part.offsets,
+        node_names=part.names,
+        test=test,
+        feature_names=pre.feature_names,
+        classes=tuple(pre.classes),
+    )

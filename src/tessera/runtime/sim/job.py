@@ -1,0 +1,154 @@
+"""Run a prepared job in the simulator, and its centralized baseline.
+
+The AI provider's side lives here too: after every round it evaluates the
+new global model on its own held-out test set. Nodes never see that set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from tessera.protocol import Coordinator
+from tessera.runtime.prepare import PreparedJob
+from tessera.runtime.sim.devices import DeviceModel
+from tessera.runtime.sim.simulator import RoundStats, Simulation
+from tessera.training import BatchedTrainer, evaluate
+from tessera.weights import Vector
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    value: float
+    participants: int
+    selected: int
+    dropped: int
+    late: int
+    skipped: bool
+    train_loss: float
+    seconds: float
+    virtual_seconds: float
+    bytes_up: int
+    bytes_down: int
+
+
+@dataclass
+class SimulationResult:
+    rounds: list[RoundRecord]
+    weights: Vector
+    seconds: float
+
+    @property
+    def final_value(self) -> float:
+        return self.rounds[-1].value
+
+
+@dataclass
+class BaselineResult:
+    value: float
+    epochs: int
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (round-equivalent, value)
+    weights: Vector | None = None
+
+
+def _evaluate(job: PreparedJob, weights: Vector) -> float:
+    """The AI provider scores a model on its own test set (NaN when it has none)."""
+    if len(job.test.y) == 0:
+        return float("nan")
+    return evaluate(job.spec, weights, job.test.x, job.test.y, job.task)
+
+
+def simulate(
+    job: PreparedJob, on_round: Callable[[RoundRecord, Vector], None] | None = None
+) -> SimulationResult:
+    """Run the job; ``on_round`` sees each round's record and new global weights."""
+    cfg = job.config
+    sim_cfg = cfg.simulation
+    trainer = BatchedTrainer(
+        job.spec, job.recipe, job.x, job.y, job.offsets, max_chunk_elements=sim_cfg.chunk_elements
+    )
+    coordinator = Coordinator(job.round_params(), job.node_ids, job.initial_weights, job.strategy())
+    devices = DeviceModel.sample(
+        job.n_nodes,
+        dropout=sim_cfg.dropout,
+        speed_sigma=sim_cfg.speed_sigma,
+        samples_per_second=sim_cfg.samples_per_second,
+        seed=cfg.job.seed,
+    )
+    records: list[RoundRecord] = []
+
+    def record(stats: RoundStats) -> None:
+        closed = stats.closed
+        value = _evaluate(job, closed.weights)
+        rec = RoundRecord(
+            round=closed.round,
+            value=value,
+            participants=closed.participants,
+            selected=closed.selected,
+            dropped=stats.dropped,
+            late=stats.late,
+            skipped=closed.skipped,
+            train_loss=closed.mean_loss,
+            seconds=stats.seconds,
+            virtual_seconds=closed.closed_at,
+            bytes_up=stats.bytes_up,
+            bytes_down=stats.bytes_down,
+        )
+        records.append(rec)
+        if on_round is not None:
+            on_round(rec, closed.weights)
+
+    sim = Simulation(
+        coordinator,
+        job.node_ids,
+        trainer,
+        devices,
+        job.node_samples,
+        local_epochs=job.recipe.local_epochs,
+        seed=cfg.job.seed,
+        latency=sim_cfg.latency,
+        bandwidth_bytes_per_s=sim_cfg.bandwidth_mbps * 1e6 / 8,
+        chunk=max(1, sim_cfg.chunk_elements // max(1, 4 * job.layout.size)),
+        on_round=record,
+    )
+    start = time.perf_counter()
+    weights = sim.run()
+    return SimulationResult(rounds=records, weights=weights, seconds=time.perf_counter() - start)
+
+
+def baseline_epochs(job: PreparedJob) -> int:
+    """A budget comparable to the federation's: the same expected passes over each record."""
+    if job.config.baseline.epochs is not None:
+        return job.config.baseline.epochs
+    fed = job.config.federation
+    cohort = job.round_params().cohort_size(job.n_nodes)
+    passes = fed.rounds * job.recipe.local_epochs * cohort / job.n_nodes
+    return max(1, math.ceil(passes))
+
+
+def centralized(
+    job: PreparedJob, on_epoch: Callable[[int, int, float], None] | None = None
+) -> BaselineResult:
+    """Train the same model and recipe on the union of the nodes' records."""
+    epochs = baseline_epochs(job)
+    one_epoch = replace(job.recipe, local_epochs=1, prox_mu=0.0, clip_norm=None)
+    offsets = np.array([0, len(job.y)], dtype=np.int64)
+    trainer = BatchedTrainer(job.spec, one_epoch, job.x, job.y, offsets)
+    weights = job.initial_weights.copy()
+    rounds = job.config.federation.rounds
+    result = BaselineResult(value=float("nan"), epochs=epochs)
+    for epoch in range(epochs):
+        out = trainer.train(weights, np.zeros(1, np.int64), seed=job.config.job.seed * 7919 + epoch)
+        weights = (weights + out.deltas[0]).astype(np.float32)
+        value = _evaluate(job, weights)
+        result.curve.append(((epoch + 1) / epochs * rounds, value))
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, value)
+    result.value = result.curve[-1][1]
+    result.weights = weights
+    return result

@@ -1,0 +1,92 @@
+"""End to end through the real ``tessera`` command, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = """
+[job]
+name = "tiny-digits"
+seed = 1
+task = "classification"
+
+[data]
+source = "sklearn"
+dataset = "digits"
+target = "target"
+holdout = {{ fraction = 0.2 }}
+
+[partition]
+scheme = "dirichlet"
+nodes = 20
+alpha = 0.5
+
+[model]
+kind = "{kind}"
+hidden = [16]
+
+[recipe]
+lr = 0.1
+local_epochs = 1
+batch_size = 16
+
+[federation]
+rounds = 3
+fraction = 0.5
+
+[simulation]
+dropout = 0.1
+"""
+
+
+def tessera(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-c", "from tessera.cli.main import app; app()", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_run_writes_the_output_contract(tmp_path: Path) -> None:
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(TINY.format(kind="mlp"))
+    out = tmp_path / "out"
+    proc = tessera("run", str(cfg), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["task"] == "classification" and m["metric"] == "accuracy"
+    assert m["status"] == "finished" and m["nodes"] == 20
+    assert [r["round"] for r in m["rounds"]] == [0, 1, 2]
+    for r in m["rounds"]:
+        assert 0.0 <= r["value"] <= 1.0 and r["participants"] <= 10 and r["seconds"] >= 0
+    assert 0.5 < m["final"]["value"] <= 1.0  # it learned something on unseen digits
+    assert 0.5 < m["centralized"]["value"] <= 1.0
+    assert m["config"]["partition"]["alpha"] == 0.5
+    assert (out / "model.safetensors").stat().st_size > 0
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(out / "model.safetensors"))
+    assert sum(w.size for w in weights.values()) == m["model"]["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (('kind = "mlp"', 'kind = "rnn"'), "model.kind"),
+        (('dataset = "digits"', 'dataset = "no-such-set"'), "data.dataset"),
+        (('target = "target"', 'target = "label"'), "data.target"),
+        (("nodes = 20", "nodes = 5000"), "partition"),
+        (("rounds = 3", 'rounds = "three"'), "federation.rounds"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path: Path, edit: tuple[str, str], field: str) -> None:
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(TINY.format(kind="mlp").replace(*edit))
+    proc = tessera("run", str(cfg), "--out", str(tmp_path / "o"), "--quiet")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"error: {field}" in proc.stderr, proc.stderr

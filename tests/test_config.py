@@ -1,0 +1,86 @@
+"""Job files: every mistake is one ConfigError that names its field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from tessera.config import load_config, parse_config
+from tessera.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "tessera" / "examples"
+
+BASE = {
+    "job": {"name": "t", "task": "classification"},
+    "data": {"source": "sklearn", "dataset": "digits", "target": "target"},
+    "partition": {"scheme": "iid", "nodes": 4},
+    "model": {"kind": "linear"},
+    "federation": {"rounds": 2},
+}
+
+
+def with_(path: str, value: object) -> dict:
+    raw = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("name", ["chem97.toml", "digits.toml"])
+def test_examples_are_valid(name: str) -> None:
+    cfg = load_config(EXAMPLES / name)
+    assert cfg.federation.rounds > 0
+
+
+def test_defaults_fill_in() -> None:
+    cfg = parse_config(BASE)
+    assert cfg.loss == "cross_entropy"
+    assert cfg.strategy.name == "fedavg" and cfg.strategy.params == {}
+    assert parse_config(with_("job.task", "regression")).loss == "mse"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        ("recipe.lr", -1.0, "recipe.lr"),
+        ("recipe.batch_size", "big", "recipe.batch_size"),
+        ("model.kind", "transformer", "model.kind"),
+        ("model.hidden", [16, 0], "model.hidden.1"),
+        ("job.task", "ranking", "job.task"),
+        ("federation.fraction", 1.5, "federation.fraction"),
+        ("data.source", "s3", "data.source"),
+        ("partition.nodes", None, "partition"),
+        ("recipe.learning_rate", 0.1, "recipe.learning_rate"),
+    ],
+)
+def test_bad_fields_are_named(path: str, value: object, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_(path, value))
+    assert err.value.field == field, err.value
+
+
+def test_unknown_field_message_says_spelling() -> None:
+    with pytest.raises(ConfigError, match="spelling"):
+        parse_config(with_("recipe.learning_rate", 0.1))
+
+
+def test_missing_section_is_named() -> None:
+    raw = copy.deepcopy(BASE)
+    del raw["model"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert err.value.field == "model"
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[job\nname=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
