@@ -10,6 +10,7 @@ Typical flow for the AI provider's simulation::
     partition = natural(nodes.groups)
 """
 
+from tessera.data._common import require_columns
 from tessera.data.partition import (
     Partition,
     dirichlet,
@@ -33,5 +34,6 @@ __all__ = [
     "natural",
     "per_record",
     "quantity_skew",
+    "require_columns",
     "split_holdout",
 ]

@@ -40,7 +40,7 @@ def plot_curves(metrics: dict[str, Any], path: Path) -> None:
     )
     ax_part.set_xlabel("round")
     ax_part.set_ylabel("nodes")
-    ax_part.legend(loc="upper right", fontsize="small")
+    ax_part.legend(loc="lower left", fontsize="small", framealpha=0.9)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)

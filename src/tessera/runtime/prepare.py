@@ -25,6 +25,7 @@ from tessera.data import (
     natural,
     per_record,
     quantity_skew,
+    require_columns,
     split_holdout,
 )
 from tessera.errors import ConfigError, DataError
@@ -117,9 +118,11 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
         *((c, "data.categorical") for c in d.categorical),
     ]
     for name, field in named:
-        if name is not None and name not in table.columns:
-            cols = ", ".join(map(str, table.columns))
-            raise ConfigError(field, f"column {name!r} not in {d.dataset}; columns: {cols}")
+        if name is not None:
+            try:
+                require_columns(table, [name])
+            except DataError as exc:
+                raise ConfigError(field, str(exc)) from None
     try:
         if d.holdout.fraction == 0:
             train_df, test_df = table, table.iloc[:0]

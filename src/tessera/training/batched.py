@@ -328,7 +328,7 @@ class BatchedTrainer:
             raise DataError(f"global weights have shape {g.shape}, expected ({p},)")
         if not np.isfinite(g).all():
             raise DataError("global weights contain NaN or infinite values")
-        g_t = torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))
+        g_t = torch.from_numpy(np.array(g, dtype=np.float32))  # own copy: inputs may be read-only
         idx = _as_index(nodes, self.num_nodes)
         sizes = self.sizes[idx]
         deltas = np.zeros((len(idx), p), np.float32)
