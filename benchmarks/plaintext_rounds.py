@@ -35,6 +35,7 @@ CONFIG = {
     "recipe": {"lr": 0.1, "local_epochs": 1, "batch_size": 16},
     "federation": {"rounds": 3, "fraction": 1.0},
     "baseline": {"enabled": False},
+    "secure": {"enabled": False},
 }
 
 

@@ -17,6 +17,7 @@ BASE = {
     "data": {"source": "sklearn", "dataset": "digits", "target": "target"},
     "partition": {"scheme": "iid", "nodes": 4},
     "model": {"kind": "linear"},
+    "recipe": {"clip_norm": 5.0},
     "federation": {"rounds": 2},
 }
 
@@ -62,6 +63,16 @@ def test_bad_fields_are_named(path: str, value: object, field: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(with_(path, value))
     assert err.value.field == field, err.value
+
+
+def test_secure_jobs_need_a_clipping_bound() -> None:
+    raw = copy.deepcopy(BASE)
+    del raw["recipe"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert err.value.field == "recipe.clip_norm"
+    raw["secure"] = {"enabled": False}
+    assert parse_config(raw).recipe.clip_norm is None
 
 
 def test_unknown_field_message_says_spelling() -> None:

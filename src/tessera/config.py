@@ -115,6 +115,20 @@ class SimulationSection(_Section):
     chunk_elements: PositiveInt = 1 << 24
 
 
+class SecureSection(_Section):
+    """Secure aggregation (the default): shares up a verifiable tree of aggregators."""
+
+    enabled: bool = True
+    k: Annotated[int, Field(ge=2)] = 3
+    group_size: Annotated[int, Field(ge=1)] = 16
+    fan_in: Annotated[int, Field(ge=3)] = 8
+    min_group: PositiveInt = 2
+    backups: Annotated[int, Field(ge=0)] = 1
+    max_weight: PositiveFloat | None = None  # samples at which a node's weight saturates
+    loss_cap: PositiveFloat = 20.0
+    phase_timeout: PositiveFloat = 30.0
+
+
 class BaselineSection(_Section):
     enabled: bool = True
     epochs: PositiveInt | None = None
@@ -129,6 +143,7 @@ class JobConfig(_Section):
     strategy: StrategySection = StrategySection()
     federation: FederationSection
     simulation: SimulationSection = SimulationSection()
+    secure: SecureSection = SecureSection()
     baseline: BaselineSection = BaselineSection()
 
     @property
@@ -152,9 +167,16 @@ def _field_error(err: ValidationError) -> ConfigError:
 
 def parse_config(raw: dict[str, Any]) -> JobConfig:
     try:
-        return JobConfig.model_validate(raw)
+        cfg = JobConfig.model_validate(raw)
     except ValidationError as err:
         raise _field_error(err) from None
+    if cfg.secure.enabled and cfg.recipe.clip_norm is None:
+        raise ConfigError(
+            "recipe.clip_norm",
+            "secure aggregation needs a bound on every update; set it, "
+            "or set secure.enabled = false for a plaintext job",
+        )
+    return cfg
 
 
 def load_config(path: Path) -> JobConfig:

@@ -37,3 +37,24 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """A peer sent a message that is wrong for the current state."""
+
+
+class InvalidEnvelope(RemoteProtocolError):
+    """A received envelope failed a check; drop it and log ``reason``.
+
+    One opaque type for every failure (malformed, too large, wrong job, round
+    or recipient, bad signature, replayed, cannot decrypt), as cryptography's
+    ``InvalidToken``. ``reason`` is a short fixed category from
+    ``tessera.crypto.envelope``, never key material or a library message.
+    A subclass of ``RemoteProtocolError`` because bad bytes come from the
+    other side, so the boundary that already drops bad peer messages catches
+    it too. It does not prove the *claimed* sender misbehaved: most checks
+    run before (or are) the signature check, and anyone can forge a header.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid envelope: {reason}")
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidEnvelope], tuple[str]]:
+        return (type(self), (self.reason,))

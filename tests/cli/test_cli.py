@@ -34,6 +34,7 @@ hidden = [16]
 lr = 0.1
 local_epochs = 1
 batch_size = 16
+clip_norm = 10.0
 
 [federation]
 rounds = 3

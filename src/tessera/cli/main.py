@@ -31,7 +31,7 @@ def _example(name: str) -> Path:
     return Path(str(resources.files("tessera") / "examples" / name))
 
 
-def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool) -> None:
+def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintext: bool) -> None:
     # Torch is imported late (slow), with one thread: fastest on small models.
     import torch
 
@@ -41,6 +41,7 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool) -> None:
     from tessera.reports import build_metrics, plot_curves, write_json
     from tessera.runtime.prepare import prepare_job
     from tessera.runtime.sim.job import RoundRecord, centralized, simulate
+    from tessera.runtime.sim.secure import summarize
     from tessera.weights import Vector, save_file
 
     cfg = load_config(config_path)
@@ -50,10 +51,17 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool) -> None:
         )
     with console.status("preparing data"):
         job = prepare_job(cfg)
+    secure = summarize(job) if cfg.secure.enabled and not plaintext else None
     console.print(
         f"[bold]{cfg.job.name}[/]: {job.n_nodes} nodes, {len(job.y)} training records, "
         f"{len(job.test.y)} held-out test records, model {job.spec.kind} "
-        f"({job.layout.size} parameters), strategy {cfg.strategy.name}"
+        f"({job.layout.size} parameters), strategy {cfg.strategy.name}, "
+        + (
+            f"secure aggregation (k={secure.k}, tree depth {secure.depth}, "
+            f"{secure.ring_bits}-bit ring)"
+            if secure
+            else "plaintext aggregation"
+        )
     )
     out.mkdir(parents=True, exist_ok=True)
     records: list[RoundRecord] = []
@@ -90,12 +98,16 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool) -> None:
             digest = save_file(out / "model.safetensors", job.layout.unflatten(weights))
             write_json(
                 out / "metrics.json",
-                build_metrics(job, records, baseline, status="running", model_digest=digest),
+                build_metrics(
+                    job, records, baseline, status="running", model_digest=digest, secure=secure
+                ),
             )
 
-        result = simulate(job, on_round=on_round)
+        result = simulate(job, on_round=on_round, secure=secure is not None)
     digest = save_file(out / "model.safetensors", job.layout.unflatten(result.weights))
-    metrics = build_metrics(job, records, baseline, status="finished", model_digest=digest)
+    metrics = build_metrics(
+        job, records, baseline, status="finished", model_digest=digest, secure=secure
+    )
     write_json(out / "metrics.json", metrics)
     plot_curves(metrics, out / "curves.png")
     final = metrics["final"]["value"]
@@ -112,10 +124,13 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/job"),
     rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    plaintext: Annotated[
+        bool, typer.Option("--plaintext", help="aggregate in the clear, for comparison")
+    ] = False,
 ) -> None:
     """Run a federated job in the in-process simulator."""
     try:
-        _run(config, out, rounds, quiet)
+        _run(config, out, rounds, quiet, plaintext)
     except TesseraError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -126,9 +141,10 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/demo"),
     rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    plaintext: Annotated[bool, typer.Option("--plaintext")] = False,
 ) -> None:
     """Chem97: A-level chemistry grades, one node per school, unseen schools as test."""
-    run(_example("chem97.toml"), out, rounds, quiet)
+    run(_example("chem97.toml"), out, rounds, quiet, plaintext)
 
 
 @app.command()

@@ -10,8 +10,18 @@ which saves the bandwidth of a model-sized message the coordinator would refuse.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from tessera.crypto.envelope import seal
+from tessera.crypto.fixedpoint import Ring, encode
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.crypto.sharing import split
 from tessera.errors import LocalProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.protocol.codec import Kind, encode_share
 from tessera.protocol.effects import Effect, Rejected, RequestLocalTraining, Send
 from tessera.protocol.events import (
     Event,
@@ -19,16 +29,37 @@ from tessera.protocol.events import (
     LocalUpdateReady,
     MessageReceived,
 )
-from tessera.protocol.messages import TrainingDeclined, TrainRequest, UpdateSubmission
+from tessera.protocol.messages import (
+    Sealed,
+    SecureAssignment,
+    TrainingDeclined,
+    TrainRequest,
+    UpdateSubmission,
+)
 from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, ContributorState
 
 
-class Contributor:
-    __slots__ = ("deadline", "job_id", "node", "round", "state")
+@dataclass(frozen=True, slots=True)
+class SecureContext:
+    """What a contributor needs for secure rounds: its keys and its peers' keys.
 
-    def __init__(self, node: NodeId, job_id: JobId) -> None:
+    ``rounding`` drives unbiased stochastic rounding into the ring; it is not
+    secret (the masks come from fresh OS randomness inside ``split``).
+    """
+
+    keys: NodeKeys
+    directory: Mapping[NodeId, PublicKeys]
+    rounding: np.random.Generator
+
+
+class Contributor:
+    __slots__ = ("assignment", "deadline", "job_id", "node", "round", "secure", "state")
+
+    def __init__(self, node: NodeId, job_id: JobId, secure: SecureContext | None = None) -> None:
         self.node = node
         self.job_id = job_id
+        self.secure = secure
+        self.assignment: SecureAssignment | None = None
         self.state = ContributorState.IDLE
         self.round = -1
         self.deadline = 0.0
@@ -43,7 +74,11 @@ class Contributor:
             if msg.round <= self.round:
                 return [Rejected(sender=event.sender, reason=f"round {msg.round} is not new")]
             self._transition(ContributorInput.TRAIN_REQUEST)
-            self.round, self.deadline = msg.round, msg.deadline
+            if msg.secure is not None and self.secure is None:
+                return [
+                    Rejected(sender=event.sender, reason="this node has no keys for secure rounds")
+                ]
+            self.round, self.deadline, self.assignment = msg.round, msg.deadline, msg.secure
             return [RequestLocalTraining(round=msg.round, weights=msg.weights, config=msg.config)]
         if isinstance(event, LocalUpdateReady | LocalTrainingFailed):
             if not (self.state is ContributorState.TRAINING and event.round == self.round):
@@ -51,6 +86,8 @@ class Contributor:
             reply: UpdateSubmission | TrainingDeclined
             if isinstance(event, LocalUpdateReady) and now <= self.deadline:
                 self._transition(ContributorInput.UPDATE_READY)
+                if self.assignment is not None:
+                    return self._shares(event)
                 reply = UpdateSubmission(
                     job_id=self.job_id,
                     round=event.round,
@@ -66,6 +103,39 @@ class Contributor:
                 reply = TrainingDeclined(job_id=self.job_id, round=event.round, reason=reason)
             return [Send(recipient=COORDINATOR, message=reply)]
         raise LocalProtocolError(f"contributor cannot handle {type(event).__name__}")
+
+    def _shares(self, update: LocalUpdateReady) -> list[Effect]:
+        """Clip, weight, encode, split into k shares and seal each for its aggregator."""
+        a, ctx = self.assignment, self.secure
+        assert a is not None
+        assert ctx is not None
+        ring = Ring(bits=a.ring_bits, frac_bits=a.frac_bits, terms=a.ring_terms)
+        delta = update.delta.astype(np.float64)
+        norm = float(np.linalg.norm(delta))
+        if norm > a.clip:
+            delta *= a.clip * (1 - 1e-9) / norm
+        w = min(update.num_samples, a.max_weight) / a.max_weight
+        vector = np.empty(delta.shape[0] + 2, np.float64)
+        vector[:-2] = w * delta
+        vector[-2] = w * min(max(update.loss, 0.0), a.loss_cap)
+        vector[-1] = w
+        words = encode(vector, ring, ctx.rounding)
+        shares = split(words, len(a.aggregators), full_position=a.full_position, ring=ring)
+        effects: list[Effect] = []
+        for position, (aggregator, share) in enumerate(zip(a.aggregators, shares, strict=True)):
+            payload = encode_share(a.group, position, ring, vector.shape[0], share)
+            data = seal(
+                kind=int(Kind.SHARE),
+                job_id=self.job_id,
+                round=update.round,
+                sender=self.node,
+                recipient=aggregator,
+                payload=payload,
+                sender_keys=ctx.keys,
+                recipient_public=ctx.directory[aggregator],
+            )
+            effects.append(Send(recipient=aggregator, message=Sealed(data)))
+        return effects
 
     def _transition(self, what: ContributorInput) -> None:
         try:

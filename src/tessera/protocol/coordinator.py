@@ -32,7 +32,13 @@ from tessera.protocol.effects import (
     StartTimer,
 )
 from tessera.protocol.events import Event, JobStarted, MessageReceived, TimerFired
-from tessera.protocol.messages import Message, TrainRequest, UpdateSubmission
+from tessera.protocol.messages import (
+    AggregateRequest,
+    Message,
+    Sealed,
+    TrainRequest,
+    UpdateSubmission,
+)
 from tessera.protocol.params import RoundParams
 from tessera.protocol.states import COORDINATOR_TRANSITIONS, CoordinatorInput, CoordinatorState
 from tessera.protocol.strategies import Strategy
@@ -136,6 +142,8 @@ class Coordinator:
         """Why a peer's message cannot be taken now, or None if it can."""
         if isinstance(msg, TrainRequest):
             return "only the coordinator sends train requests"
+        if isinstance(msg, AggregateRequest | Sealed):
+            return "plaintext rounds take only updates and declines"
         if msg.job_id != self.params.job_id:
             return f"unknown job {msg.job_id!r}"
         if self.state is not CoordinatorState.COLLECTING or msg.round != self.round:
@@ -164,12 +172,34 @@ class Coordinator:
         return []
 
     def _close_round(self, now: float, *, timer_pending: bool) -> list[Effect]:
+        mean = None
+        if self._samples:
+            mean = (self._sum / self._samples).astype(np.float32)
+        return self._finish_round(
+            now,
+            mean_delta=mean,
+            participants=self._updates,
+            samples=self._samples,
+            mean_loss=self._loss_sum / self._samples if self._samples else float("nan"),
+            timer_pending=timer_pending,
+        )
+
+    def _finish_round(
+        self,
+        now: float,
+        *,
+        mean_delta: Vector | None,
+        participants: int,
+        samples: int,
+        mean_loss: float,
+        timer_pending: bool,
+    ) -> list[Effect]:
+        """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
         if timer_pending:
             effects.append(CancelTimer(timer=deadline_timer(self.round)))
-        skipped = self._updates < self.params.min_updates
-        if not skipped:
-            mean_delta = (self._sum / self._samples).astype(np.float32)
+        skipped = mean_delta is None or participants < self.params.min_updates
+        if mean_delta is not None and not skipped:
             self.weights = self.strategy.apply(self.weights, mean_delta)
         self._transition(CoordinatorInput.ROUND_DONE)
         effects.append(
@@ -177,9 +207,9 @@ class Coordinator:
                 round=self.round,
                 weights=self.weights,
                 selected=len(self._selected),
-                participants=self._updates,
-                num_samples=self._samples,
-                mean_loss=self._loss_sum / self._samples if self._samples else float("nan"),
+                participants=participants,
+                num_samples=samples,
+                mean_loss=mean_loss,
                 skipped=skipped,
                 closed_at=now,
             )

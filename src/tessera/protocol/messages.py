@@ -15,7 +15,7 @@ from types import MappingProxyType
 import numpy as np
 
 from tessera.errors import RemoteProtocolError
-from tessera.ids import JobId
+from tessera.ids import JobId, NodeId
 from tessera.weights import Vector
 
 #: Fixed per-message overhead counted by the simulator (ids, round, lengths).
@@ -28,6 +28,76 @@ def _check_vector(name: str, v: Vector) -> None:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SecureAssignment:
+    """Where a contributor's shares go this round, and how to encode them.
+
+    ``aggregators[j]`` receives share j; ``full_position`` is the one that
+    gets the full-size share (the rest get 32-byte seeds). Weights are
+    ``min(samples, max_weight) / max_weight`` so every term is bounded.
+    """
+
+    group: str
+    aggregators: tuple[NodeId, ...]
+    full_position: int
+    ring_bits: int
+    frac_bits: int
+    ring_terms: int  # the ring is sized for this many contributors' terms
+    clip: float
+    max_weight: float
+    loss_cap: float
+    tree_digest: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.full_position < len(self.aggregators):
+            raise RemoteProtocolError("full_position is not an aggregator position")
+        if len(set(self.aggregators)) != len(self.aggregators) or len(self.aggregators) < 2:
+            raise RemoteProtocolError("a group needs at least two distinct aggregators")
+        if min(self.max_weight, self.loss_cap, self.clip) <= 0:
+            raise RemoteProtocolError("clip, max_weight and loss_cap must be positive")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AggregateRequest:
+    """Coordinator -> aggregator: serve ``position`` of ``group`` this round.
+
+    ``inputs`` are the expected senders' ids: contributors for a leaf group,
+    child group ids for an upper group. ``parent`` is the aggregator (or the
+    coordinator, at the root) that receives this position's partial sum.
+    """
+
+    job_id: JobId
+    round: int
+    group: str
+    position: int
+    inputs: tuple[str, ...]
+    senders: tuple[NodeId, ...]  # who must send each input (same order)
+    leaf: bool
+    parent: NodeId
+    parent_group: str
+    report_at: float
+    ring_bits: int
+    frac_bits: int
+    ring_terms: int
+    length: int
+    tree_digest: str
+
+    @property
+    def nbytes(self) -> int:
+        return HEADER_BYTES + 96 + sum(len(i) + 1 for i in self.inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A signed (and, for shares and sums, encrypted) envelope on the wire."""
+
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TrainRequest:
     """Coordinator -> contributor: train round ``round`` from ``weights``."""
 
@@ -36,6 +106,7 @@ class TrainRequest:
     weights: Vector
     deadline: float
     config: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    secure: SecureAssignment | None = None
 
     def __post_init__(self) -> None:
         if self.round < 0:
@@ -84,4 +155,4 @@ class TrainingDeclined:
         return HEADER_BYTES + len(self.reason.encode())
 
 
-Message = TrainRequest | UpdateSubmission | TrainingDeclined
+Message = TrainRequest | UpdateSubmission | TrainingDeclined | AggregateRequest | Sealed

@@ -18,6 +18,7 @@ from typing import Any
 from tessera import __version__
 from tessera.runtime.prepare import PreparedJob
 from tessera.runtime.sim.job import BaselineResult, RoundRecord
+from tessera.runtime.sim.secure import SecureSummary
 from tessera.training import metric_name
 
 
@@ -32,16 +33,25 @@ def build_metrics(
     *,
     status: str,
     model_digest: str | None = None,
+    secure: SecureSummary | None = None,
 ) -> dict[str, Any]:
     sizes = job.node_samples
-    participants = [r.participants for r in rounds if r.participants]
+    contributions = sum(r.participants for r in rounds)
+    requests = sum(r.selected for r in rounds)
     return {
         "tessera": __version__,
         "status": status,
         "job": job.config.job.name,
         "task": str(job.task),
         "metric": metric_name(job.task),
-        "secure": False,
+        "secure": secure is not None,
+        "tree": (
+            {"k": secure.k, "group_size": secure.group_size, "depth": secure.depth}
+            if secure
+            else None
+        ),
+        "ring_bits": secure.ring_bits if secure else None,
+        "model_bytes_quantized": secure.model_bytes_quantized if secure else None,
         "rounds": [
             {**asdict(r), "train_loss": _finite(r.train_loss), "value": _finite(r.value)}
             for r in rounds
@@ -66,8 +76,12 @@ def build_metrics(
         "features": list(job.feature_names),
         "model": {"kind": job.spec.kind, "parameters": job.layout.size, "digest": model_digest},
         "bytes_up_per_contributor": (
-            sum(r.bytes_up for r in rounds) / max(1, sum(participants)) if participants else None
+            sum(r.bytes_up for r in rounds) / contributions if contributions else None
         ),
+        "bytes_down_per_contributor": (
+            sum(r.bytes_down for r in rounds) / requests if requests else None
+        ),
+        "model_bytes_float32": job.layout.size * 4,
         "seconds_total": sum(r.seconds for r in rounds),
         "config": job.config.model_dump(mode="json"),
     }

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tessera.protocol import Coordinator
+from tessera.protocol.node import Node
 from tessera.runtime.prepare import PreparedJob
 from tessera.runtime.sim.devices import DeviceModel
+from tessera.runtime.sim.secure import build_secure
 from tessera.runtime.sim.simulator import RoundStats, Simulation
 from tessera.training import BatchedTrainer, evaluate
 from tessera.weights import Vector
@@ -35,6 +37,7 @@ class RoundRecord:
     virtual_seconds: float
     bytes_up: int
     bytes_down: int
+    bytes_aggregation: int
 
 
 @dataclass
@@ -42,6 +45,7 @@ class SimulationResult:
     rounds: list[RoundRecord]
     weights: Vector
     seconds: float
+    secure: bool
 
     @property
     def final_value(self) -> float:
@@ -64,7 +68,10 @@ def _evaluate(job: PreparedJob, weights: Vector) -> float:
 
 
 def simulate(
-    job: PreparedJob, on_round: Callable[[RoundRecord, Vector], None] | None = None
+    job: PreparedJob,
+    on_round: Callable[[RoundRecord, Vector], None] | None = None,
+    *,
+    secure: bool | None = None,
 ) -> SimulationResult:
     """Run the job; ``on_round`` sees each round's record and new global weights."""
     cfg = job.config
@@ -72,7 +79,15 @@ def simulate(
     trainer = BatchedTrainer(
         job.spec, job.recipe, job.x, job.y, job.offsets, max_chunk_elements=sim_cfg.chunk_elements
     )
-    coordinator = Coordinator(job.round_params(), job.node_ids, job.initial_weights, job.strategy())
+    secure = cfg.secure.enabled if secure is None else secure
+    machines: list[Node] | None = None
+    coordinator: Coordinator
+    if secure:
+        coordinator, machines = build_secure(job, job.node_ids)
+    else:
+        coordinator = Coordinator(
+            job.round_params(), job.node_ids, job.initial_weights, job.strategy()
+        )
     devices = DeviceModel.sample(
         job.n_nodes,
         dropout=sim_cfg.dropout,
@@ -98,6 +113,7 @@ def simulate(
             virtual_seconds=closed.closed_at,
             bytes_up=stats.bytes_up,
             bytes_down=stats.bytes_down,
+            bytes_aggregation=stats.bytes_aggregation,
         )
         records.append(rec)
         if on_round is not None:
@@ -115,10 +131,12 @@ def simulate(
         bandwidth_bytes_per_s=sim_cfg.bandwidth_mbps * 1e6 / 8,
         chunk=max(1, sim_cfg.chunk_elements // max(1, 4 * job.layout.size)),
         on_round=record,
+        machines=machines,
     )
     start = time.perf_counter()
     weights = sim.run()
-    return SimulationResult(rounds=records, weights=weights, seconds=time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return SimulationResult(rounds=records, weights=weights, seconds=elapsed, secure=secure)
 
 
 def baseline_epochs(job: PreparedJob) -> int:

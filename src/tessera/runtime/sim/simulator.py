@@ -22,11 +22,14 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from tessera.crypto.envelope import peek
 from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol.codec import Kind
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.coordinator import Coordinator
 from tessera.protocol.effects import (
@@ -47,10 +50,20 @@ from tessera.protocol.events import (
     MessageReceived,
     TimerFired,
 )
-from tessera.protocol.messages import Message
+from tessera.protocol.messages import (
+    Message,
+    Sealed,
+    TrainingDeclined,
+    TrainRequest,
+    UpdateSubmission,
+)
 from tessera.runtime.host import LocalTrainer
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.weights import Vector
+
+
+class Machine(Protocol):
+    def handle(self, event: Event, now: float) -> list[Effect]: ...
 
 
 @dataclass
@@ -61,8 +74,9 @@ class RoundStats:
     seconds: float  # wall-clock time the round took to simulate
     dropped: int = 0
     late: int = 0  # selected and alive, but no update before the deadline
-    bytes_down: int = 0
-    bytes_up: int = 0
+    bytes_down: int = 0  # model broadcast to contributors
+    bytes_up: int = 0  # contributors' uploads (updates or sealed shares)
+    bytes_aggregation: int = 0  # everything among aggregators and the coordinator
     rejected: list[str] = field(default_factory=list)
 
 
@@ -90,11 +104,15 @@ class Simulation:
         bandwidth_bytes_per_s: float = 2.5e6,
         chunk: int = 4096,
         on_round: Callable[[RoundStats], None] | None = None,
+        machines: Sequence[Machine] | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
         self.index = {n: i for i, n in enumerate(self.node_ids)}
-        self.contributors = [Contributor(n, coordinator.params.job_id) for n in self.node_ids]
+        # Plaintext contributors unless the caller brings its own (secure) node machines.
+        self.machines: Sequence[Machine] = machines or [
+            Contributor(n, coordinator.params.job_id) for n in self.node_ids
+        ]
         self.trainer = trainer
         self.devices = devices
         self.node_samples = node_samples
@@ -139,9 +157,7 @@ class Simulation:
         return self.final_weights
 
     def _deliver(self, target: NodeId, event: Event) -> None:
-        machine = (
-            self.coordinator if target == COORDINATOR else self.contributors[self.index[target]]
-        )
+        machine = self.coordinator if target == COORDINATOR else self.machines[self.index[target]]
         self._perform(target, machine.handle(event, self.now))
 
     def _push(self, at: float, target: NodeId, event: Event) -> None:
@@ -168,10 +184,14 @@ class Simulation:
 
     def _send(self, sender: NodeId, recipient: NodeId, message: Message) -> None:
         size = message.nbytes
-        if sender == COORDINATOR:
+        if isinstance(message, TrainRequest):
             self._stats.bytes_down += size
+        elif isinstance(message, UpdateSubmission | TrainingDeclined) or (
+            isinstance(message, Sealed) and peek(message.data).kind == Kind.SHARE
+        ):
+            self._stats.bytes_up += size  # a contributor's upload
         else:
-            self._stats.bytes_up += size
+            self._stats.bytes_aggregation += size  # roles, reports, commitments, sums
         at = self.now + self.latency + size / self.bandwidth
         self._push(at, recipient, MessageReceived(sender=sender, message=message))
 

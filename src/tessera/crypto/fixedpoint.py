@@ -1,0 +1,221 @@
+"""Fixed-point encoding of real-valued updates into the ring Z_2^bits.
+
+Theory of operation
+-------------------
+Secure aggregation adds vectors modulo ``2**bits``; ``bits`` is a machine word
+(32 or 64), so the reduction is numpy's own unsigned wraparound and costs
+nothing. A real ``v`` becomes the integer ``round(v * 2**frac_bits)`` stored in
+two's complement; a word decodes as its signed value times ``step =
+2**-frac_bits``.
+
+A ``Ring`` also records ``terms``, how many encodings it is sized to add up.
+Its per-term ``bound`` is the largest magnitude ``encode`` accepts:
+``terms * bound * 2**frac_bits`` fits the signed range ``[-2**(bits-1),
+2**(bits-1) - 1]``, so a sum of at most ``terms`` encodings never overflows
+and decodes exactly to the sum of the encoded integers. ``choose_ring`` picks
+the smallest word that can do this for a given clipping bound and spends every
+spare bit on precision.
+
+Rounding is stochastic and unbiased: ``v * 2**f = i + r`` with integer ``i``
+and ``0 <= r < 1`` encodes as ``i + 1`` with probability ``r`` and as ``i``
+otherwise (computed as ``i + (u < r)``, ``u ~ U[0, 1)`` from the caller's
+generator, which is exact in float64 where ``floor(x + u)`` is not). So
+``E[decode(encode(v))] = v`` and each term is off by less than one ``step``:
+``|decode(sum of encodings) - true sum| < terms * step`` (``max_error``), plus
+the float64 rounding of the decoded result itself (relative 2**-53), which
+only matters for 64-bit sums beyond 2**53 steps.
+
+The rounding randomness is neither masking randomness (``sharing``) nor
+differential-privacy noise (``privacy``): it only makes quantisation unbiased.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Ring", "Words", "choose_ring", "decode", "encode", "max_error"]
+
+Words = npt.NDArray[np.unsignedinteger[Any]]
+"""A vector of ring elements: ``numpy.uint32`` or ``numpy.uint64`` words."""
+
+_CHUNK = 1 << 16  # elements per encode block: keeps the float64 temporaries in L2
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class Ring:
+    """Z_2^bits with ``frac_bits`` fractional bits, sized to add up ``terms`` encodings."""
+
+    bits: int
+    frac_bits: int
+    terms: int = 1
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.bits) or self.bits not in (32, 64):
+            raise ValueError(f"Ring.bits must be 32 or 64, got {self.bits!r}")
+        if not _is_int(self.frac_bits) or not 0 <= self.frac_bits < self.bits:
+            raise ValueError(
+                f"Ring.frac_bits must be an int in [0, {self.bits - 1}], got {self.frac_bits!r}"
+            )
+        if not _is_int(self.terms) or not 1 <= self.terms < 2 ** (self.bits - 1):
+            raise ValueError(
+                f"Ring.terms must be an int in [1, 2**{self.bits - 1}), got {self.terms!r}"
+            )
+
+    @property
+    def dtype(self) -> type[np.uint32] | type[np.uint64]:
+        """The unsigned word type holding one ring element."""
+        return np.uint32 if self.bits == 32 else np.uint64
+
+    @property
+    def modulus(self) -> int:
+        """``2**bits``."""
+        return 1 << self.bits
+
+    @property
+    def step(self) -> float:
+        """The quantisation step ``2**-frac_bits``."""
+        return math.ldexp(1.0, -self.frac_bits)
+
+    @property
+    def bound(self) -> float:
+        """The largest ``|v|`` that ``encode`` accepts: ``terms`` such values cannot overflow."""
+        return math.ldexp(_float_at_most(self._word_limit), -self.frac_bits)
+
+    @property
+    def _word_limit(self) -> int:
+        """Largest encoded magnitude per term: ``floor((2**(bits-1) - 1) / terms)``."""
+        return ((1 << (self.bits - 1)) - 1) // self.terms
+
+    @property
+    def _signed(self) -> type[np.int32] | type[np.int64]:
+        return np.int32 if self.bits == 32 else np.int64
+
+
+def _as_words(a: npt.NDArray[Any]) -> Words:
+    return a
+
+
+def _float_at_most(n: int) -> float:
+    """The largest float that is <= the integer ``n``."""
+    f = float(n)
+    return math.nextafter(f, -math.inf) if f > n else f
+
+
+def choose_ring(*, bound: float, terms: int, min_frac_bits: int = 16) -> Ring:
+    """The smallest ring (32-bit, else 64-bit) in which ``terms`` values with ``|v| <= bound``
+    always sum without overflow, with every spare bit given to ``frac_bits``.
+
+    Raises ``ValueError`` if even 64 bits leave fewer than ``min_frac_bits``
+    fractional bits.
+    """
+    if isinstance(bound, bool) or not isinstance(bound, int | float | np.floating | np.integer):
+        raise ValueError(f"bound must be a real number, got {bound!r}")
+    try:
+        as_float = float(bound)
+    except OverflowError:
+        as_float = math.inf
+    if not (math.isfinite(as_float) and as_float > 0):
+        raise ValueError(f"bound must be finite and > 0, got {bound!r}")
+    if not _is_int(terms) or terms < 1:
+        raise ValueError(f"terms must be an int >= 1, got {terms!r}")
+    if not _is_int(min_frac_bits) or min_frac_bits < 0:
+        raise ValueError(f"min_frac_bits must be an int >= 0, got {min_frac_bits!r}")
+    exact = Fraction(as_float)
+    for bits in (32, 64):
+        limit = ((1 << (bits - 1)) - 1) // terms
+        # Largest f in [0, bits - 1] with bound * 2**f <= limit; the per-term
+        # encodings are then at most ceil(bound * 2**f) <= limit in magnitude.
+        for frac_bits in range(bits - 1, min_frac_bits - 1, -1):
+            if exact * (1 << frac_bits) <= limit:
+                return Ring(bits=bits, frac_bits=frac_bits, terms=int(terms))
+    worst = terms * math.ceil(exact * (1 << min_frac_bits))
+    raise ValueError(
+        f"no ring of at most 64 bits can sum {terms} values with |v| <= {bound} at "
+        f"{min_frac_bits} fractional bits (it would need {worst.bit_length() + 1} bits); "
+        "lower the clipping bound, the number of terms, or min_frac_bits"
+    )
+
+
+def encode(values: npt.NDArray[np.floating[Any]], ring: Ring, rng: np.random.Generator) -> Words:
+    """Quantise ``values`` into ``ring`` words with unbiased stochastic rounding.
+
+    The rounding draws one uniform double per element from ``rng``. Raises
+    ``ValueError`` for a non-float array, a non-finite value, or ``|v| >
+    ring.bound``. The result has the shape of ``values`` and dtype ``ring.dtype``.
+    """
+    if not isinstance(ring, Ring):
+        raise TypeError(f"ring must be a Ring, not {type(ring).__name__}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, not {type(rng).__name__}")
+    if not isinstance(values, np.ndarray) or values.dtype.type not in (np.float32, np.float64):
+        got = values.dtype if isinstance(values, np.ndarray) else type(values).__name__
+        raise ValueError(f"values must be a float32 or float64 numpy array, got {got}")
+    flat = values.reshape(-1)
+    out: npt.NDArray[Any] = np.empty(flat.shape[0], dtype=ring._signed)
+    if flat.shape[0] == 0:
+        return _as_words(out.view(ring.dtype).reshape(values.shape))
+    lo, hi, limit = float(np.min(flat)), float(np.max(flat)), ring.bound
+    if not (-limit <= lo and hi <= limit):  # also catches NaN, which fails every comparison
+        if not bool(np.all(np.isfinite(flat))):
+            raise ValueError("values must be finite (found NaN or infinity)")
+        raise ValueError(
+            f"values must satisfy |v| <= {limit} for this ring "
+            f"({ring.bits} bits, {ring.frac_bits} fractional, {ring.terms} terms); "
+            f"got min {lo}, max {hi}: clip the update first"
+        )
+    scale = math.ldexp(1.0, ring.frac_bits)
+    size = min(_CHUNK, flat.shape[0])
+    scaled = np.empty(size, dtype=np.float64)
+    floor = np.empty(size, dtype=np.float64)
+    uniform = np.empty(size, dtype=np.float64)
+    up = np.empty(size, dtype=np.bool_)
+    whole = np.empty(size, dtype=np.int64)
+    for start in range(0, flat.shape[0], size):
+        stop = min(start + size, flat.shape[0])
+        m = stop - start
+        x, fl, u, b, i = scaled[:m], floor[:m], uniform[:m], up[:m], whole[:m]
+        np.multiply(flat[start:stop], scale, out=x, dtype=np.float64)  # exact: a power of two
+        np.floor(x, out=fl)
+        np.subtract(x, fl, out=x)  # the fractional part r, exact, in [0, 1)
+        rng.random(out=u)
+        np.less(u, x, out=b)  # round up with probability r
+        np.copyto(i, fl, casting="unsafe")  # exact: |fl| <= ring._word_limit < 2**63
+        np.add(i, b, out=i)
+        np.copyto(out[start:stop], i, casting="unsafe")  # exact: fits the signed word
+    return _as_words(out.view(ring.dtype).reshape(values.shape))
+
+
+def decode(words: Words, ring: Ring) -> npt.NDArray[np.float64]:
+    """Read ``ring`` words as signed fixed-point numbers (the nearest float64)."""
+    if not isinstance(ring, Ring):
+        raise TypeError(f"ring must be a Ring, not {type(ring).__name__}")
+    if not isinstance(words, np.ndarray) or words.dtype != np.dtype(ring.dtype):
+        got = words.dtype if isinstance(words, np.ndarray) else type(words).__name__
+        raise ValueError(f"words must be a numpy array of {np.dtype(ring.dtype)}, got {got}")
+    out = words.view(ring._signed).astype(np.float64)
+    out *= ring.step
+    return out
+
+
+def max_error(ring: Ring, terms: int) -> float:
+    """Bound on ``|decode(sum of terms encodings) - true sum|``: ``terms * step``.
+
+    Each stochastic rounding is off by less than one step. The bound is on the
+    exact ring value; the float64 that ``decode`` returns adds at most half an
+    ulp of the result.
+    """
+    if not isinstance(ring, Ring):
+        raise TypeError(f"ring must be a Ring, not {type(ring).__name__}")
+    if not _is_int(terms) or terms < 0:
+        raise ValueError(f"terms must be an int >= 0, got {terms!r}")
+    return int(terms) * ring.step

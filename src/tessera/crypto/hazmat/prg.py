@@ -1,0 +1,115 @@
+"""Seed -> words expansion with AES-256-CTR (hazmat: see the package warning).
+
+Theory of operation
+-------------------
+A 32-byte seed is an AES-256 key. The keystream is AES-256 in counter mode
+from the all-zero 16-byte initial counter block, i.e. the encryption of a
+zero buffer; it is read as little-endian unsigned words. The zero nonce is
+safe only because every seed is fresh (drawn from the OS CSPRNG by the
+caller) and expanded exactly once, so no (key, counter) pair ever encrypts
+twice; a seed must therefore never be reused, nor expanded to two different
+lengths or word types for two different purposes (the shorter keystream is a
+prefix of the longer one, and a uint64 word is two uint32 words).
+
+AES-CTR is a PRF-based PRG: without the seed, its output is computationally
+indistinguishable from uniform words. The 128-bit counter cannot wrap within
+the 2**64 blocks a vector could ever need.
+
+Speed: the keystream is produced by OpenSSL (AES-NI) straight into the numpy
+output buffer in chunks of ``_CHUNK`` bytes, reading from one shared immutable
+zero buffer; Python only loops over chunks, never over words.
+``add_expansion`` / ``subtract_expansion`` fold the keystream into an existing
+vector chunk by chunk, so they need one cache-sized scratch buffer instead of
+a vector-sized temporary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+__all__ = ["SEED_SIZE", "add_expansion", "expand", "subtract_expansion"]
+
+SEED_SIZE = 32
+"""Bytes in a seed: one AES-256 key."""
+
+_ZERO_NONCE = bytes(16)
+_CHUNK = 1 << 18  # 256 KiB: large enough to amortise the call, small enough to stay in L2
+_ZEROS = bytes(_CHUNK)
+
+Words = npt.NDArray[np.unsignedinteger[Any]]
+WordType = type[np.uint32] | type[np.uint64]
+
+
+def _keystream(seed: bytes) -> CipherContext:
+    if not isinstance(seed, bytes | bytearray):
+        raise TypeError(f"seed must be bytes, not {type(seed).__name__}")
+    if len(seed) != SEED_SIZE:
+        raise ValueError(f"seed must be exactly {SEED_SIZE} bytes, got {len(seed)}")
+    return Cipher(algorithms.AES256(bytes(seed)), modes.CTR(_ZERO_NONCE)).encryptor()
+
+
+def _check_dtype(dtype: object) -> np.dtype[np.unsignedinteger[Any]]:
+    if dtype is not np.uint32 and dtype is not np.uint64:
+        raise ValueError(f"dtype must be numpy.uint32 or numpy.uint64, got {dtype!r}")
+    return np.dtype(dtype)
+
+
+def _check_count(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise TypeError(f"n must be an int, not {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return int(n)
+
+
+def expand(seed: bytes, n: int, dtype: WordType) -> Words:
+    """Return ``n`` words of ``dtype`` from the AES-256-CTR keystream keyed by ``seed``.
+
+    Deterministic: the same (seed, n, dtype) always gives the same words, and
+    a shorter expansion is a prefix of a longer one. Raises ``ValueError``
+    unless ``seed`` is exactly 32 bytes, ``n >= 0`` and ``dtype`` is
+    ``numpy.uint32`` or ``numpy.uint64``.
+    """
+    cipher = _keystream(seed)
+    count = _check_count(n)
+    dt = _check_dtype(dtype)
+    out = np.empty(count, dtype=dt.newbyteorder("<"))
+    raw = out.data.cast("B")
+    total = raw.nbytes
+    for start in range(0, total, _CHUNK):
+        stop = min(start + _CHUNK, total)
+        cipher.update_into(_ZEROS[: stop - start], raw[start:stop])
+    return out.astype(dt, copy=False)  # a no-op on little-endian hosts
+
+
+def _fold(seed: bytes, acc: Words, *, negate: bool) -> None:
+    cipher = _keystream(seed)
+    if not isinstance(acc, np.ndarray) or acc.ndim != 1:
+        raise ValueError("acc must be a one-dimensional numpy array")
+    dt = _check_dtype(acc.dtype.type)
+    if not acc.flags.c_contiguous or not acc.flags.writeable:
+        raise ValueError("acc must be C-contiguous and writeable")
+    words_per_chunk = _CHUNK // dt.itemsize
+    scratch = np.empty(words_per_chunk, dtype=dt.newbyteorder("<"))
+    raw = scratch.data.cast("B")
+    op = np.subtract if negate else np.add
+    for start in range(0, acc.shape[0], words_per_chunk):
+        stop = min(start + words_per_chunk, acc.shape[0])
+        m = stop - start
+        cipher.update_into(_ZEROS[: m * dt.itemsize], raw[: m * dt.itemsize])
+        part = acc[start:stop]
+        op(part, scratch[:m], out=part, casting="unsafe")
+
+
+def add_expansion(seed: bytes, acc: Words) -> None:
+    """``acc += expand(seed, len(acc), acc.dtype)`` modulo 2**bits, in place, chunk by chunk."""
+    _fold(seed, acc, negate=False)
+
+
+def subtract_expansion(seed: bytes, acc: Words) -> None:
+    """``acc -= expand(seed, len(acc), acc.dtype)`` modulo 2**bits, in place, chunk by chunk."""
+    _fold(seed, acc, negate=True)

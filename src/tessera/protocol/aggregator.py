@@ -1,0 +1,224 @@
+"""The aggregator's machine: one per node, serving any (group, position) roles.
+
+Theory of operation: for each role the coordinator sends an
+``AggregateRequest`` naming the expected inputs (the leaf group's
+contributors, or the child groups below) and the parent that receives this
+position's partial sum. Inputs arrive as sealed, signed envelopes; each is
+opened, checked (right job, round, role, sender, ring, length; never twice)
+and kept, as a 32-byte seed or a full vector, until the coordinator commits
+the set to sum. The aggregator reports what it holds when every expected
+input is in, or when its report timer fires; the coordinator intersects the
+k positions' reports so that all k positions sum *exactly* the same set
+(otherwise the masks would not cancel), and the aggregator then sums that set
+and seals the sum for the parent's aggregator at the same position.
+
+An aggregator only ever sees uniformly random shares and partial sums of
+one position; it learns nothing about any update while fewer than all k
+positions of a group collude. A commitment that drops the group (too few
+contributors, a missing position) is obeyed by sending nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tessera.crypto.envelope import ReplayGuard, open_envelope, seal
+from tessera.crypto.fixedpoint import Ring
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.crypto.sharing import FullShare, Share, ShareAccumulator
+from tessera.errors import InvalidEnvelope, LocalProtocolError, RemoteProtocolError
+from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.protocol.codec import (
+    Commit,
+    Kind,
+    Report,
+    decode_commit,
+    decode_partial,
+    decode_share,
+    encode_partial,
+    encode_report,
+)
+from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
+from tessera.protocol.events import Event, MessageReceived, TimerFired
+from tessera.protocol.messages import AggregateRequest, Sealed
+
+#: Largest envelope an aggregator accepts (a full share of a 64M-parameter model).
+MAX_ENVELOPE_BYTES = 1 << 29
+
+
+@dataclass
+class _Role:
+    request: AggregateRequest
+    ring: Ring
+    expected: dict[str, NodeId]  # input id -> the node that must send it
+    inputs: dict[str, Share] = field(default_factory=dict)
+    contributors: dict[str, int] = field(default_factory=dict)  # input id -> count below it
+    reported: bool = False
+    done: bool = False
+
+
+def report_timer(group: str, position: int) -> str:
+    return f"report:{group}:{position}"
+
+
+class Aggregator:
+    def __init__(
+        self,
+        node: NodeId,
+        job_id: JobId,
+        keys: NodeKeys,
+        directory: Mapping[NodeId, PublicKeys],
+    ) -> None:
+        self.node = node
+        self.job_id = job_id
+        self.keys = keys
+        self.directory = directory
+        self.round = -1
+        self.roles: dict[tuple[str, int], _Role] = {}
+        self.replay = ReplayGuard()
+
+    def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002 - uniform API
+        if isinstance(event, TimerFired):
+            _, group, position = event.timer.split(":")
+            role = self.roles.get((group, int(position)))
+            return self._report(role) if role is not None and not role.reported else []
+        if not isinstance(event, MessageReceived):
+            raise LocalProtocolError(f"aggregator cannot handle {type(event).__name__}")
+        msg = event.message
+        if isinstance(msg, AggregateRequest):
+            if event.sender != COORDINATOR:
+                return [Rejected(sender=event.sender, reason="only the coordinator assigns roles")]
+            return self._assign(msg)
+        if isinstance(msg, Sealed):
+            try:
+                return self._on_sealed(msg.data)
+            except (InvalidEnvelope, RemoteProtocolError) as exc:
+                return [Rejected(sender=event.sender, reason=str(exc))]
+        return [Rejected(sender=event.sender, reason=f"aggregators take no {type(msg).__name__}")]
+
+    # -- roles -------------------------------------------------------------
+    def _assign(self, req: AggregateRequest) -> list[Effect]:
+        if req.job_id != self.job_id:
+            return [Rejected(sender=COORDINATOR, reason=f"not serving job {req.job_id!r}")]
+        if req.round < self.round:
+            return [Rejected(sender=COORDINATOR, reason=f"round {req.round} is over")]
+        if req.round > self.round:  # a new round: earlier roles are void
+            self.round = req.round
+            self.roles.clear()
+            self.replay.forget_before(req.round)
+        ring = Ring(bits=req.ring_bits, frac_bits=req.frac_bits, terms=req.ring_terms)
+        expected = dict(zip(req.inputs, req.senders, strict=True))
+        self.roles[(req.group, req.position)] = _Role(req, ring, expected)
+        return [StartTimer(timer=report_timer(req.group, req.position), at=req.report_at)]
+
+    def _on_sealed(self, data: bytes) -> list[Effect]:
+        env = open_envelope(
+            data,
+            recipient_keys=self.keys,
+            directory=self.directory,
+            expect_job=self.job_id,
+            expect_round=self.round,
+            expect_recipient=self.node,
+            max_bytes=MAX_ENVELOPE_BYTES,
+            replay=self.replay,
+        )
+        sender = NodeId(env.sender)
+        if env.kind == Kind.SHARE:
+            share = decode_share(env.payload)
+            role = self._role(share.group, share.position, leaf=True)
+            self._check_input(role, share.group, sender, share.ring_bits, share.length)
+            return self._take(role, sender, share.share, 1)
+        if env.kind == Kind.PARTIAL:
+            part = decode_partial(env.payload)
+            # the partial of child group part.group, addressed to our parent role
+            role = self._parent_role_for(part.group, part.position)
+            self._check_input(
+                role, part.group, sender, part.words.dtype.itemsize * 8, part.words.shape[0]
+            )
+            return self._take(role, part.group, FullShare(part.words), part.contributors)
+        if env.kind == Kind.COMMIT:
+            if sender != COORDINATOR:
+                raise RemoteProtocolError("commitments come from the coordinator")
+            return self._on_commit(decode_commit(env.payload))
+        raise RemoteProtocolError(f"unexpected envelope kind {env.kind}")
+
+    def _role(self, group: str, position: int, *, leaf: bool) -> _Role:
+        role = self.roles.get((group, position))
+        if role is None or role.request.leaf != leaf:
+            raise RemoteProtocolError(
+                f"not serving {group} position {position} in round {self.round}"
+            )
+        return role
+
+    def _parent_role_for(self, child: str, position: int) -> _Role:
+        for (_, pos), role in self.roles.items():
+            if pos == position and child in role.expected and not role.request.leaf:
+                return role
+        raise RemoteProtocolError(f"no role here expects {child} position {position}")
+
+    @staticmethod
+    def _check_input(role: _Role, key: str, sender: NodeId, bits: int, length: int) -> None:
+        input_id = key if not role.request.leaf else sender
+        if role.expected.get(input_id) != sender:
+            raise RemoteProtocolError(f"{sender} is not an expected input of {role.request.group}")
+        if bits != role.ring.bits or length != role.request.length:
+            raise RemoteProtocolError("input does not match the round's ring or model size")
+        if input_id in role.inputs:
+            raise RemoteProtocolError(f"{input_id} already sent its input")
+        if role.reported:
+            raise RemoteProtocolError(f"{input_id} arrived after the report")
+
+    def _take(self, role: _Role, input_id: str, share: Share, contributors: int) -> list[Effect]:
+        role.inputs[input_id] = share
+        role.contributors[input_id] = contributors
+        if len(role.inputs) == len(role.expected):
+            return self._report(role)
+        return []
+
+    def _report(self, role: _Role) -> list[Effect]:
+        role.reported = True
+        report = Report(role.request.group, role.request.position, tuple(role.inputs))
+        return [self._send(COORDINATOR, Kind.REPORT, encode_report(report), sealed=False)]
+
+    # -- commitment and summation -------------------------------------------
+    def _on_commit(self, commit: Commit) -> list[Effect]:
+        effects: list[Effect] = []
+        for (group, _), role in list(self.roles.items()):
+            if group == commit.group and not role.done:
+                effects.extend(self._sum(role, commit))
+            elif commit.included is None and commit.group in role.expected:
+                # a child group was dropped: stop waiting for it
+                del role.expected[commit.group]
+                if not role.reported and len(role.inputs) == len(role.expected):
+                    effects.extend(self._report(role))
+        return effects
+
+    def _sum(self, role: _Role, commit: Commit) -> list[Effect]:
+        role.done = True
+        inputs, role.inputs = role.inputs, {}
+        if commit.included is None:
+            return []  # the group left the round
+        missing = [i for i in commit.included if i not in inputs]
+        if missing:
+            raise RemoteProtocolError(f"commitment names inputs never received: {missing[:3]}")
+        acc = ShareAccumulator(role.request.length, role.ring)
+        for input_id in sorted(commit.included):
+            acc.add(inputs[input_id])
+        count = sum(role.contributors[i] for i in commit.included)
+        req = role.request
+        payload = encode_partial(req.group, req.position, count, acc.value)
+        return [self._send(req.parent, Kind.PARTIAL, payload, sealed=True)]
+
+    def _send(self, recipient: NodeId, kind: Kind, payload: bytes, *, sealed: bool) -> Send:
+        data = seal(
+            kind=int(kind),
+            job_id=self.job_id,
+            round=self.round,
+            sender=self.node,
+            recipient=recipient,
+            payload=payload,
+            sender_keys=self.keys,
+            recipient_public=self.directory[recipient] if sealed else None,
+        )
+        return Send(recipient=recipient, message=Sealed(data))

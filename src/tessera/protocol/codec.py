@@ -1,0 +1,198 @@
+"""Payload bytes of the secure-aggregation messages (inside signed envelopes).
+
+Binary for the bulky ones (shares, partial sums: raw little-endian ring
+words, no per-element overhead), canonical JSON for small control messages
+(reports, commitments). Every decoder checks lengths and ranges and raises
+``RemoteProtocolError`` with a clear reason: a peer's bytes never reach numpy
+or the state machines unchecked.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from tessera.crypto.fixedpoint import Ring, Words
+from tessera.crypto.sharing import FullShare, SeedShare, Share
+from tessera.errors import RemoteProtocolError
+
+SEED_BYTES = 32
+_SHARE = struct.Struct("<BBHI")  # share kind, ring bits, position, words
+_PARTIAL = struct.Struct("<BHII")  # ring bits, position, contributors, words
+
+
+class Kind(IntEnum):
+    """Envelope kinds of the secure protocol."""
+
+    SHARE = 1
+    PARTIAL = 2
+    REPORT = 3
+    COMMIT = 4
+
+
+def _dtype(bits: int) -> type[np.uint32] | type[np.uint64]:
+    if bits == 32:
+        return np.uint32
+    if bits == 64:
+        return np.uint64
+    raise RemoteProtocolError(f"unsupported ring of {bits} bits")
+
+
+def _group_bytes(group: str) -> bytes:
+    raw = group.encode()
+    if len(raw) > 255:
+        raise RemoteProtocolError("group id too long")
+    return bytes([len(raw)]) + raw
+
+
+def _take_group(data: bytes, offset: int) -> tuple[str, int]:
+    if offset >= len(data):
+        raise RemoteProtocolError("truncated group id")
+    n = data[offset]
+    raw = data[offset + 1 : offset + 1 + n]
+    if len(raw) != n:
+        raise RemoteProtocolError("truncated group id")
+    try:
+        return raw.decode(), offset + 1 + n
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("group id is not utf-8") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SharePayload:
+    group: str
+    position: int
+    ring_bits: int
+    length: int
+    share: Share
+
+
+def encode_share(group: str, position: int, ring: Ring, length: int, share: Share) -> bytes:
+    if isinstance(share, SeedShare):
+        return _SHARE.pack(0, ring.bits, position, length) + _group_bytes(group) + share.seed
+    words = share.words.astype(share.words.dtype.newbyteorder("<"), copy=False)
+    return _SHARE.pack(1, ring.bits, position, length) + _group_bytes(group) + words.tobytes()
+
+
+def decode_share(data: bytes) -> SharePayload:
+    if len(data) < _SHARE.size:
+        raise RemoteProtocolError("truncated share")
+    kind, bits, position, length = _SHARE.unpack_from(data)
+    group, offset = _take_group(data, _SHARE.size)
+    body = memoryview(data)[offset:]
+    if kind == 0:
+        if len(body) != SEED_BYTES:
+            raise RemoteProtocolError("seed share must carry exactly 32 bytes")
+        return SharePayload(group, position, bits, length, SeedShare(bytes(body)))
+    if kind != 1:
+        raise RemoteProtocolError(f"unknown share kind {kind}")
+    dtype = _dtype(bits)
+    if len(body) != length * np.dtype(dtype).itemsize:
+        raise RemoteProtocolError("share length does not match its header")
+    words: Words = np.frombuffer(body, dtype=np.dtype(dtype).newbyteorder("<")).astype(
+        dtype, copy=False
+    )
+    return SharePayload(group, position, bits, length, FullShare(words))
+
+
+@dataclass(frozen=True, slots=True)
+class PartialPayload:
+    group: str
+    position: int
+    contributors: int
+    words: Words
+
+
+def encode_partial(group: str, position: int, contributors: int, words: Words) -> bytes:
+    bits = words.dtype.itemsize * 8
+    head = _PARTIAL.pack(bits, position, contributors, words.shape[0])
+    return head + _group_bytes(group) + words.astype(words.dtype.newbyteorder("<")).tobytes()
+
+
+def decode_partial(data: bytes) -> PartialPayload:
+    if len(data) < _PARTIAL.size:
+        raise RemoteProtocolError("truncated partial sum")
+    bits, position, contributors, length = _PARTIAL.unpack_from(data)
+    group, offset = _take_group(data, _PARTIAL.size)
+    dtype = _dtype(bits)
+    body = memoryview(data)[offset:]
+    if len(body) != length * np.dtype(dtype).itemsize:
+        raise RemoteProtocolError("partial sum length does not match its header")
+    words: Words = np.frombuffer(body, dtype=np.dtype(dtype).newbyteorder("<")).astype(
+        dtype, copy=False
+    )
+    return PartialPayload(group, position, contributors, words)
+
+
+def _json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _unjson(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RemoteProtocolError(f"{what} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"{what} must be a JSON object")
+    return obj
+
+
+def _ids(obj: dict[str, Any], key: str, what: str) -> tuple[str, ...]:
+    value = obj.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RemoteProtocolError(f"{what}.{key} must be a list of ids")
+    if len(set(value)) != len(value):
+        raise RemoteProtocolError(f"{what}.{key} repeats an id")
+    return tuple(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Aggregator -> coordinator: which inputs arrived for (group, position)."""
+
+    group: str
+    position: int
+    received: tuple[str, ...]
+
+
+def encode_report(report: Report) -> bytes:
+    return _json(
+        {"group": report.group, "position": report.position, "received": sorted(report.received)}
+    )
+
+
+def decode_report(data: bytes) -> Report:
+    obj = _unjson(data, "report")
+    group, position = obj.get("group"), obj.get("position")
+    if not isinstance(group, str) or not isinstance(position, int):
+        raise RemoteProtocolError("report needs a group and a position")
+    return Report(group, position, _ids(obj, "received", "report"))
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Coordinator -> a group's aggregators: sum exactly ``included`` (None: dropped)."""
+
+    group: str
+    included: tuple[str, ...] | None
+
+
+def encode_commit(commit: Commit) -> bytes:
+    included = None if commit.included is None else sorted(commit.included)
+    return _json({"group": commit.group, "included": included})
+
+
+def decode_commit(data: bytes) -> Commit:
+    obj = _unjson(data, "commitment")
+    group = obj.get("group")
+    if not isinstance(group, str):
+        raise RemoteProtocolError("commitment needs a group")
+    if obj.get("included") is None:
+        return Commit(group, None)
+    return Commit(group, _ids(obj, "included", "commitment"))

@@ -1,0 +1,410 @@
+"""The coordinator's machine for secure rounds up an execution tree.
+
+Theory of operation, per round (DESIGN.md steps 3 to 7):
+
+1. Select the cohort (seeded), derive the execution tree from the public
+   seed, choose the ring so that the sum of every contributor's bounded
+   terms can never wrap, and tell each contributor where its k shares go and
+   each aggregator which (group, position) roles it serves.
+2. Contributors train, then seal one share for each of their group's k
+   aggregators. The coordinator never sees a share: it only relays.
+3. Each aggregator reports which inputs it holds (when all arrived, or at
+   its level's report time). When a group's k reports are in, or at the
+   level's commit deadline, the coordinator commits the *intersection*: the
+   inputs every position holds. Too few (leaf: below ``min_group``), or a
+   position that never reported, drops the group from the round (its
+   parents stop waiting for it), never the job.
+4. Positions sum exactly the committed set and pass sums to the same
+   position of the parent group; the root group's k sums come back sealed
+   to the coordinator (for the AI provider), whose sum is the total: only
+   there do the masks cancel. Decoded, the total is
+   ``[sum w*delta, sum w*loss, sum w]``, so the weighted mean follows.
+
+Deadlines drive every phase (``now`` comes with each event); the machine
+does no I/O and keeps no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tessera.crypto.envelope import ReplayGuard, open_envelope, seal
+from tessera.crypto.fixedpoint import Ring, choose_ring, decode
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.crypto.sharing import combine
+from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
+from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol.codec import (
+    Commit,
+    Kind,
+    PartialPayload,
+    Report,
+    decode_partial,
+    decode_report,
+    encode_commit,
+)
+from tessera.protocol.coordinator import Coordinator, deadline_timer, select_cohort
+from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
+from tessera.protocol.events import Event, JobStarted, MessageReceived, TimerFired
+from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment, TrainRequest
+from tessera.protocol.params import RoundParams
+from tessera.protocol.states import CoordinatorInput, CoordinatorState
+from tessera.protocol.strategies import Strategy
+from tessera.protocol.topology import Group, Tree, TreeParams, derive_tree
+from tessera.weights import Vector
+
+MAX_ENVELOPE_BYTES = 1 << 29
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SecureParams:
+    """Secure-aggregation settings of a job."""
+
+    tree: TreeParams
+    clip: float  # the L2 bound on each update: also a bound on every coordinate
+    max_weight: float  # samples at which a contributor's weight saturates at 1
+    loss_cap: float = 20.0
+    phase_timeout: float = 30.0
+    min_frac_bits: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"secure.{name}", "must be positive")
+
+    @property
+    def term_bound(self) -> float:
+        """Every coordinate a contributor encodes is at most this in size."""
+        return max(self.clip, self.loss_cap, 1.0)
+
+
+@dataclass
+class _RoundState:
+    tree: Tree
+    ring: Ring
+    length: int
+    reports: dict[str, dict[int, Report]] = field(default_factory=dict)
+    committed: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    root_parts: dict[int, PartialPayload] = field(default_factory=dict)
+
+
+def commit_timer(level: int) -> str:
+    return f"commit-L{level}"
+
+
+class SecureCoordinator(Coordinator):
+    def __init__(
+        self,
+        params: RoundParams,
+        nodes: Sequence[NodeId],
+        initial_weights: Vector,
+        strategy: Strategy,
+        *,
+        secure: SecureParams,
+        keys: NodeKeys,
+        directory: Mapping[NodeId, PublicKeys],
+        organisations: Mapping[NodeId, str | None] | None = None,
+    ) -> None:
+        super().__init__(params, nodes, initial_weights, strategy)
+        self.secure = secure
+        self.keys = keys
+        self.directory = directory
+        self.organisations = dict(organisations or dict.fromkeys(self.nodes))
+        self.replay = ReplayGuard()
+        self._rs: _RoundState | None = None
+
+    # -- events -------------------------------------------------------------
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        if isinstance(event, JobStarted):
+            return super().handle(event, now)
+        if isinstance(event, TimerFired):
+            self._transition(CoordinatorInput.DEADLINE)
+            if self.state is not CoordinatorState.COLLECTING or self._rs is None:
+                return []
+            if event.timer == deadline_timer(self.round):
+                return self._close_secure(now, timer_pending=False)
+            if event.timer.startswith("commit-L") and event.timer.endswith(f"@{self.round}"):
+                level = int(event.timer.split("@")[0].removeprefix("commit-L"))
+                return self._commit_level(level, now)
+            return []
+        if isinstance(event, MessageReceived):
+            self._transition(CoordinatorInput.MESSAGE)
+            msg = event.message
+            if not isinstance(msg, Sealed):
+                return [Rejected(sender=event.sender, reason="secure rounds take sealed envelopes")]
+            if self.state is not CoordinatorState.COLLECTING or self._rs is None:
+                return [Rejected(sender=event.sender, reason="no round is open")]
+            try:
+                return self._on_sealed(msg.data, now)
+            except (InvalidEnvelope, RemoteProtocolError) as exc:
+                return [Rejected(sender=event.sender, reason=str(exc))]
+        raise LocalProtocolError(f"coordinator cannot handle {type(event).__name__}")
+
+    # -- opening a round --------------------------------------------------------
+    def _open_round(self, round: int, now: float) -> list[Effect]:
+        self.round = round
+        cohort = select_cohort(self.params, self.nodes, round)
+        self._selected = frozenset(cohort)
+        tree = derive_tree(
+            job_id=self.params.job_id,
+            round=round,
+            nodes=self.organisations,
+            contributors=cohort,
+            params=self.secure.tree,
+        )
+        ring = choose_ring(
+            bound=self.secure.term_bound, terms=len(cohort), min_frac_bits=self.secure.min_frac_bits
+        )
+        rs = _RoundState(tree=tree, ring=ring, length=self.weights.shape[0] + 2)
+        self._rs = rs
+        self.replay.forget_before(round)
+        weights = self.weights
+        weights.flags.writeable = False
+        train_until = now + self.params.round_timeout
+        phase = self.secure.phase_timeout
+        digest = tree.digest()
+        config = self.strategy.configure(round)
+        effects: list[Effect] = []
+        for group in tree.groups:
+            parent = tree.group(group.parent) if group.parent is not None else None
+            report_at = train_until + (group.level + 1) * phase
+            for position, node in enumerate(group.aggregators):
+                inputs: tuple[str, ...]
+                if group.level == 0:
+                    inputs = tuple(group.members)
+                    senders = tuple(group.members)
+                else:
+                    inputs = tuple(group.children)
+                    senders = tuple(tree.group(c).aggregators[position] for c in group.children)
+                request = AggregateRequest(
+                    job_id=self.params.job_id,
+                    round=round,
+                    group=group.id,
+                    position=position,
+                    inputs=inputs,
+                    senders=senders,
+                    leaf=group.level == 0,
+                    parent=parent.aggregators[position] if parent else COORDINATOR,
+                    parent_group=parent.id if parent else "",
+                    report_at=report_at,
+                    ring_bits=ring.bits,
+                    frac_bits=ring.frac_bits,
+                    ring_terms=ring.terms,
+                    length=rs.length,
+                    tree_digest=digest,
+                )
+                effects.append(Send(recipient=node, message=request))
+            if group.level == 0:
+                effects.extend(
+                    self._train_requests(
+                        group=group,
+                        round=round,
+                        weights=weights,
+                        deadline=train_until,
+                        config=config,
+                        rs=rs,
+                    )
+                )
+        for level in range(tree.depth):
+            at = train_until + (level + 1.5) * phase
+            effects.append(StartTimer(timer=f"{commit_timer(level)}@{round}", at=at))
+        close_at = train_until + (tree.depth + 1) * phase
+        effects.append(StartTimer(timer=deadline_timer(round), at=close_at))
+        return effects
+
+    def _train_requests(
+        self,
+        *,
+        group: Group,
+        round: int,
+        weights: Vector,
+        deadline: float,
+        config: Mapping[str, float],
+        rs: _RoundState,
+    ) -> list[Effect]:
+        k = len(group.aggregators)
+        return [
+            Send(
+                recipient=member,
+                message=TrainRequest(
+                    job_id=self.params.job_id,
+                    round=round,
+                    weights=weights,
+                    deadline=deadline,
+                    config=config,
+                    secure=SecureAssignment(
+                        group=group.id,
+                        clip=self.secure.clip,
+                        aggregators=tuple(group.aggregators),
+                        full_position=i % k,  # the full-size share rotates
+                        ring_bits=rs.ring.bits,
+                        frac_bits=rs.ring.frac_bits,
+                        ring_terms=rs.ring.terms,
+                        max_weight=self.secure.max_weight,
+                        loss_cap=self.secure.loss_cap,
+                        tree_digest=rs.tree.digest(),
+                    ),
+                ),
+            )
+            for i, member in enumerate(group.members)
+        ]
+
+    # -- reports and commitments ---------------------------------------------
+    def _on_sealed(self, data: bytes, now: float) -> list[Effect]:
+        assert self._rs is not None
+        rs = self._rs
+        env = open_envelope(
+            data,
+            recipient_keys=self.keys,
+            directory=self.directory,
+            expect_job=self.params.job_id,
+            expect_round=self.round,
+            expect_recipient=COORDINATOR,
+            max_bytes=MAX_ENVELOPE_BYTES,
+            replay=self.replay,
+        )
+        sender = NodeId(env.sender)
+        if env.kind == Kind.REPORT:
+            report = decode_report(env.payload)
+            group = self._group_served_by(rs, report.group, report.position, sender)
+            if report.group in rs.committed:
+                raise RemoteProtocolError(f"{report.group} is already committed")
+            unknown = set(report.received) - set(
+                group.members if group.level == 0 else group.children
+            )
+            if unknown:
+                raise RemoteProtocolError(f"report names inputs outside {group.id}")
+            rs.reports.setdefault(group.id, {})[report.position] = report
+            if len(rs.reports[group.id]) == len(group.aggregators):
+                return self._commit(group, now)
+            return []
+        if env.kind == Kind.PARTIAL:
+            part = decode_partial(env.payload)
+            root = rs.tree.root
+            self._group_served_by(rs, part.group, part.position, sender)
+            if part.group != root.id:
+                raise RemoteProtocolError("only the root group's sums come to the coordinator")
+            if part.position in rs.root_parts:
+                raise RemoteProtocolError("this position's root sum already arrived")
+            if part.words.shape[0] != rs.length or part.words.dtype != rs.ring.dtype:
+                raise RemoteProtocolError("root sum does not match the round's ring or model")
+            rs.root_parts[part.position] = part
+            if len(rs.root_parts) == len(root.aggregators):
+                return self._close_secure(now, timer_pending=True)
+            return []
+        raise RemoteProtocolError(f"the coordinator takes no envelope of kind {env.kind}")
+
+    @staticmethod
+    def _group_served_by(rs: _RoundState, group_id: str, position: int, sender: NodeId) -> Group:
+        try:
+            group = rs.tree.group(group_id)
+        except KeyError:
+            raise RemoteProtocolError(f"no group {group_id!r} this round") from None
+        if not 0 <= position < len(group.aggregators) or group.aggregators[position] != sender:
+            raise RemoteProtocolError(f"{sender} does not serve {group_id} position {position}")
+        return group
+
+    def _commit(self, group: Group, now: float) -> list[Effect]:
+        assert self._rs is not None
+        rs = self._rs
+        reports = rs.reports.get(group.id, {})
+        included: tuple[str, ...] | None = None
+        if len(reports) == len(group.aggregators):
+            sets = [set(r.received) for r in reports.values()]
+            common = sorted(set.intersection(*sets))
+            minimum = self.secure.tree.min_group if group.level == 0 else 1
+            if len(common) >= minimum:
+                included = tuple(common)
+        rs.committed[group.id] = included
+        payload = encode_commit(Commit(group.id, included))
+        recipients = list(group.aggregators)
+        if included is None and group.parent is not None:
+            recipients += rs.tree.group(group.parent).aggregators  # stop waiting for it
+        effects: list[Effect] = [
+            self._signed(r, Kind.COMMIT, payload) for r in dict.fromkeys(recipients)
+        ]
+        if included is None and group.parent is None:
+            effects.extend(self._close_secure(now, timer_pending=True))  # the root left
+        return effects
+
+    def _commit_level(self, level: int, now: float) -> list[Effect]:
+        rs = self._rs
+        assert rs is not None
+        effects: list[Effect] = []
+        for group in rs.tree.groups:
+            if group.level == level and group.id not in rs.committed:
+                effects.extend(self._commit(group, now))
+                if self._rs is not rs:  # the root left and the round closed
+                    break
+        return effects
+
+    def _signed(self, recipient: NodeId, kind: Kind, payload: bytes) -> Send:
+        data = seal(
+            kind=int(kind),
+            job_id=self.params.job_id,
+            round=self.round,
+            sender=COORDINATOR,
+            recipient=recipient,
+            payload=payload,
+            sender_keys=self.keys,
+            recipient_public=None,
+        )
+        return Send(recipient=recipient, message=Sealed(data))
+
+    # -- closing -------------------------------------------------------------------
+    def _included_contributors(self, rs: _RoundState) -> int:
+        """Contributors whose groups made it all the way to the root."""
+        total = 0
+        for group in rs.tree.groups:
+            if group.level != 0 or not rs.committed.get(group.id):
+                continue
+            node: Group | None = group
+            ok = True
+            while node is not None and node.parent is not None:
+                parent_set = rs.committed.get(node.parent)
+                if not parent_set or node.id not in parent_set:
+                    ok = False
+                    break
+                node = rs.tree.group(node.parent)
+            if ok:
+                total += len(rs.committed[group.id] or ())
+        return total
+
+    def _close_secure(self, now: float, *, timer_pending: bool) -> list[Effect]:
+        assert self._rs is not None
+        rs, self._rs = self._rs, None
+        root = rs.tree.root
+        if len(rs.root_parts) != len(root.aggregators):
+            return self._finish_round(
+                now,
+                mean_delta=None,
+                participants=0,
+                samples=0,
+                mean_loss=float("nan"),
+                timer_pending=timer_pending,
+            )
+        total = combine([rs.root_parts[j].words for j in range(len(root.aggregators))], rs.ring)
+        values = decode(total, rs.ring)
+        weight = float(values[-1])
+        participants = self._included_contributors(rs)
+        if weight <= 0 or participants == 0:
+            return self._finish_round(
+                now,
+                mean_delta=None,
+                participants=0,
+                samples=0,
+                mean_loss=float("nan"),
+                timer_pending=timer_pending,
+            )
+        mean = (values[:-2] / weight).astype(np.float32)
+        return self._finish_round(
+            now,
+            mean_delta=mean,
+            participants=participants,
+            samples=round(weight * self.secure.max_weight),
+            mean_loss=float(values[-2] / weight),
+            timer_pending=timer_pending,
+        )

@@ -1,0 +1,673 @@
+"""The verifiable execution tree of one secure-aggregation round.
+
+Theory of operation
+-------------------
+The tree is *derived, not chosen*. Its only inputs are public: the job id,
+the round number, the consented and available nodes with the organisation
+each declares, the round's contributors (its cohort), an optional public
+``beacon``, and the job's ``TreeParams``. A SHA-256 over a canonical,
+length-prefixed encoding of those inputs (sorted, so their order never
+matters) is the round's public ``seed``, and everything else follows from
+the seed by pure, deterministic steps:
+
+1. Contributors are ordered by ``SHA-256(seed || "members" || id)`` and dealt
+   into ``ceil(n / group_size)`` balanced leaf groups ``L0, L1, ...`` (sizes
+   differ by at most one); fewer groups are made when more would leave one
+   below ``min_group``, so a small remainder is merged, never created.
+2. Every ``fan_in`` leaf groups (balanced again) feed one parent group
+   ``P1.0, P1.1, ...`` at level 1, whose groups feed level 2, and so on up
+   to a single root group. With ``fan_in >= 3`` every parent combines at
+   least two children, so no group merely relays another's sums. When there
+   is only one leaf group it *is* the root: its k partial sums are the total.
+3. Seats are filled group by group (leaves first, then upward), k aggregator
+   seats and then up to ``backups`` spare seats per group, each from the
+   nodes that are not members of that group. A seat goes to the node with
+   the fewest seats so far, ties broken by ``SHA-256(seed || "seats" || id)``,
+   so the load is spread evenly and the order is unpredictable before the
+   inputs are fixed. The organisation rule: no single organisation may fill
+   all k aggregator seats of a group, so the last seat skips the
+   organisation that filled the first k - 1. A node without an organisation
+   counts as an organisation of its own. If the nodes span fewer than two
+   organisations the rule is waived; if they span more but a group's
+   eligible nodes cannot satisfy it, derivation fails with ``ConfigError``.
+   Backups are best-effort and do not count towards the rule: a runtime
+   replacing a failed aggregator takes the first backup that keeps it.
+
+What it guarantees
+------------------
+Any node can call ``verify_tree`` with the same public inputs and get the
+same tree bit for bit, so a coordinator that hand-picks aggregators, moves
+a contributor between groups or hands out a tree for another cohort is
+caught (``RemoteProtocolError`` naming the first difference). ``digest()``
+names a tree in signatures and logs: peers that sign messages naming the
+digest also expose a coordinator that shows different trees to different
+nodes. Because groups are re-derived every round, a colluding set of
+nodes cannot stay together across rounds.
+
+Collusion bound: contributor c's update is hidden unless, for every
+position j, the coalition learns the j-th partial sum of c's leaf group.
+It learns that sum by holding seat j of the group, or by holding seat j of
+the parent and seat j of every sibling (recursively upward). A coalition
+holding fewer than all k seats of every group therefore learns nothing
+below the root, and with the organisation rule no single organisation can
+ever hold all k seats of a group on its own. Even all k seats of a leaf
+group reveal only the sum of its contributors, never one update, unless
+the group has a single contributor (``min_group`` >= 2 prevents that).
+
+What it cannot guarantee: the seed is only as unpredictable as its inputs.
+A party who controls which nodes are listed as available or which of them
+contribute could try many inputs ("grinding") to find a tree it likes; the
+cohort must therefore be fixed before the seed matters (for instance a
+seeded cohort selection checked by the nodes), and ``beacon`` lets a
+deployment mix in a value nobody could choose in advance, such as the
+hash of the previous round's committed aggregate.
+
+This module is pure: no I/O, clocks or global RNG; only stdlib ``hashlib``
+and ``json``. Derivation is O(n log n): 10,000 contributors take tens of
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tessera.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TesseraError
+from tessera.ids import NodeId
+
+__all__ = ["Group", "Tree", "TreeParams", "derive_tree", "tree_seed", "verify_tree"]
+
+#: Domain separation for the seed; bump the version if the derivation changes.
+SEED_DOMAIN = b"tessera/topology/v1"
+#: ``format`` field of the canonical JSON encoding.
+JSON_FORMAT = "tessera.tree/1"
+
+_T = TypeVar("_T")
+_MEMBER_TAG = b"members"
+_SEAT_TAG = b"seats"
+
+
+# -- parameters ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TreeParams:
+    """The shape of every round's tree; frozen and validated on construction.
+
+    ``k`` aggregators per group (a share of every update goes to each),
+    leaf groups of about ``group_size`` contributors (never below
+    ``min_group`` unless the whole cohort is smaller, which is refused),
+    ``fan_in`` child groups per parent, and up to ``backups`` spare
+    aggregators listed per group for replacement.
+    """
+
+    k: int = 3
+    group_size: int = 16
+    fan_in: int = 8
+    min_group: int = 2
+    backups: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("k", "group_size", "fan_in", "min_group", "backups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"tree.{name}", "must be an integer")
+        if self.k < 2:
+            raise ConfigError(
+                "tree.k", "must be at least 2 (one aggregator would see every update)"
+            )
+        if self.min_group < 1:
+            raise ConfigError("tree.min_group", "must be at least 1")
+        if self.group_size < self.min_group:
+            raise ConfigError("tree.group_size", "must be at least tree.min_group")
+        if self.fan_in < 3:
+            raise ConfigError(
+                "tree.fan_in", "must be at least 3 (so every parent combines two or more children)"
+            )
+        if self.backups < 0:
+            raise ConfigError("tree.backups", "must be at least 0")
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "k": self.k,
+            "group_size": self.group_size,
+            "fan_in": self.fan_in,
+            "min_group": self.min_group,
+            "backups": self.backups,
+        }
+
+
+# -- the tree -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Group:
+    """One group of the tree: a leaf (level 0, with members) or an upper group.
+
+    ``aggregators[j]`` holds position j: it receives the j-th share of every
+    member (leaf) or the j-th partial sum of every child group (upper), and
+    sends its own j-th partial sum to position j of ``parent``.
+    """
+
+    id: str
+    level: int
+    members: tuple[NodeId, ...]
+    aggregators: tuple[NodeId, ...]
+    backups: tuple[NodeId, ...]
+    children: tuple[str, ...]
+    parent: str | None
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.level == 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "level": self.level,
+            "members": list(self.members),
+            "aggregators": list(self.aggregators),
+            "backups": list(self.backups),
+            "children": list(self.children),
+            "parent": self.parent,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tree:
+    """A round's execution tree: leaves first, then each level up to the root.
+
+    Construction checks that the groups form one tree (unique ids, one root,
+    parent and children links agreeing, levels one apart) and raises
+    ``LocalProtocolError`` otherwise; ``from_json`` turns that into
+    ``RemoteProtocolError``. Whether it is the *right* tree is
+    ``verify_tree``'s question.
+    """
+
+    seed: bytes
+    params: TreeParams
+    groups: tuple[Group, ...]
+    _by_id: dict[str, Group] = field(init=False, repr=False, compare=False)
+    _leaf_of: dict[NodeId, Group] = field(init=False, repr=False, compare=False)
+    _roles: dict[NodeId, list[tuple[str, int]]] = field(init=False, repr=False, compare=False)
+    _root: Group = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_id: dict[str, Group] = {}
+        leaf_of: dict[NodeId, Group] = {}
+        roles: dict[NodeId, list[tuple[str, int]]] = {}
+        for g in self.groups:
+            if g.id in by_id:
+                raise LocalProtocolError(f"group {g.id} appears twice")
+            by_id[g.id] = g
+            for m in g.members:
+                leaf_of[m] = g
+            for j, a in enumerate(g.aggregators):
+                roles.setdefault(a, []).append((g.id, j))
+        roots = [g for g in self.groups if g.parent is None]
+        if len(roots) != 1:
+            raise LocalProtocolError(f"a tree has exactly one root group, not {len(roots)}")
+        for g in self.groups:
+            if g.parent is not None:
+                parent = by_id.get(g.parent)
+                if parent is None or g.id not in parent.children:
+                    raise LocalProtocolError(f"group {g.id}: parent {g.parent} does not list it")
+            for c in g.children:
+                child = by_id.get(c)
+                if child is None or child.parent != g.id or child.level != g.level - 1:
+                    raise LocalProtocolError(f"group {g.id}: child {c} is not one level below it")
+        object.__setattr__(self, "_by_id", by_id)
+        object.__setattr__(self, "_leaf_of", leaf_of)
+        object.__setattr__(self, "_roles", roles)
+        object.__setattr__(self, "_root", roots[0])
+
+    @property
+    def root(self) -> Group:
+        """The single top group; its k partial sums together are the total."""
+        return self._root
+
+    @property
+    def depth(self) -> int:
+        """Hops from a leaf group to the root: 0 when the only leaf is the root."""
+        return self._root.level
+
+    @property
+    def leaves(self) -> tuple[Group, ...]:
+        return tuple(g for g in self.groups if g.level == 0)
+
+    def group(self, group_id: str) -> Group:
+        """The group named ``group_id``; ``LocalProtocolError`` if there is none."""
+        try:
+            return self._by_id[group_id]
+        except KeyError:
+            raise LocalProtocolError(f"no group {group_id!r} in this tree") from None
+
+    def has_group(self, group_id: str) -> bool:
+        return group_id in self._by_id
+
+    def leaf_of(self, contributor: NodeId) -> Group:
+        """The leaf group ``contributor`` sends its shares to."""
+        try:
+            return self._leaf_of[contributor]
+        except KeyError:
+            raise LocalProtocolError(f"{contributor} is not a contributor of this round") from None
+
+    def roles_of(self, node: NodeId) -> list[tuple[str, int]]:
+        """Every aggregator seat ``node`` holds, as (group id, position)."""
+        return list(self._roles.get(node, ()))
+
+    def backup_roles_of(self, node: NodeId) -> list[str]:
+        """The groups that list ``node`` as a spare aggregator."""
+        return [g.id for g in self.groups if node in g.backups]
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace, ASCII; stable across versions."""
+        doc = {
+            "format": JSON_FORMAT,
+            "seed": self.seed.hex(),
+            "params": self.params.to_dict(),
+            "groups": [g.to_dict() for g in self.groups],
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+    def digest(self) -> str:
+        """Hex SHA-256 of ``to_json()``: the tree's name in signatures and logs."""
+        return hashlib.sha256(self.to_json().encode("ascii")).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Tree:
+        """Parse a tree a peer sent; anything malformed is ``RemoteProtocolError``."""
+        try:
+            doc = json.loads(text)
+            _expect(isinstance(doc, dict) and doc.get("format") == JSON_FORMAT, "unknown format")
+            _expect(set(doc) == {"format", "seed", "params", "groups"}, "unexpected fields")
+            seed = bytes.fromhex(_str(doc["seed"]))
+            _expect(len(seed) == 32, "seed must be 32 bytes")
+            raw_params = doc["params"]
+            _expect(isinstance(raw_params, dict), "params must be an object")
+            params = TreeParams(**{k: _int(v) for k, v in raw_params.items()})
+            raw_groups = doc["groups"]
+            _expect(isinstance(raw_groups, list), "groups must be a list")
+            groups = tuple(_group_from_dict(g) for g in raw_groups)
+            return cls(seed=seed, params=params, groups=groups)
+        except RemoteProtocolError:
+            raise
+        except (TesseraError, ValueError, TypeError) as exc:
+            raise RemoteProtocolError(f"malformed tree: {exc}") from exc
+
+
+def _expect(ok: bool, reason: str) -> None:
+    if not ok:
+        raise RemoteProtocolError(f"malformed tree: {reason}")
+
+
+def _str(v: object) -> str:
+    if isinstance(v, str):
+        return v
+    raise RemoteProtocolError(f"malformed tree: expected a string, got {v!r}")
+
+
+def _int(v: object) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise RemoteProtocolError(f"malformed tree: expected an integer, got {v!r}")
+
+
+def _strs(v: object) -> tuple[str, ...]:
+    if isinstance(v, list):
+        return tuple(_str(x) for x in v)
+    raise RemoteProtocolError(f"malformed tree: expected a list, got {v!r}")
+
+
+def _group_from_dict(d: object) -> Group:
+    if not isinstance(d, dict):
+        raise RemoteProtocolError("malformed tree: a group must be an object")
+    _expect(
+        set(d) == {"id", "level", "members", "aggregators", "backups", "children", "parent"},
+        "unexpected group fields",
+    )
+    parent = d["parent"]
+    return Group(
+        id=_str(d["id"]),
+        level=_int(d["level"]),
+        members=tuple(NodeId(m) for m in _strs(d["members"])),
+        aggregators=tuple(NodeId(a) for a in _strs(d["aggregators"])),
+        backups=tuple(NodeId(b) for b in _strs(d["backups"])),
+        children=_strs(d["children"]),
+        parent=None if parent is None else _str(parent),
+    )
+
+
+# -- derivation ---------------------------------------------------------------
+
+
+def _put(parts: list[bytes], data: bytes) -> None:
+    parts.append(len(data).to_bytes(4, "big"))
+    parts.append(data)
+
+
+def _check_inputs(
+    job_id: str, round: int, nodes: Mapping[NodeId, str | None], contributors: Sequence[NodeId]
+) -> None:
+    if not job_id:
+        raise LocalProtocolError("job_id must not be empty")
+    if round < 0:
+        raise LocalProtocolError("round must be >= 0")
+    if not contributors:
+        raise LocalProtocolError("a round needs at least one contributor")
+    if len(set(contributors)) != len(contributors):
+        raise LocalProtocolError("contributors must be unique")
+    strangers = [c for c in contributors if c not in nodes]
+    if strangers:
+        raise LocalProtocolError(f"contributors not among the nodes: {sorted(strangers)[:5]}")
+
+
+def tree_seed(
+    *,
+    job_id: str,
+    round: int,
+    nodes: Mapping[NodeId, str | None],
+    contributors: Sequence[NodeId],
+    beacon: bytes = b"",
+) -> bytes:
+    """The round's public 32-byte seed (see the module docstring)."""
+    _check_inputs(job_id, round, nodes, contributors)
+    parts: list[bytes] = []
+    _put(parts, SEED_DOMAIN)
+    _put(parts, job_id.encode())
+    _put(parts, round.to_bytes(8, "big"))
+    _put(parts, bytes(beacon))
+    parts.append(len(nodes).to_bytes(8, "big"))
+    for node in sorted(nodes):
+        org = nodes[node]
+        _put(parts, node.encode())
+        _put(parts, b"\x00" if org is None else b"\x01" + org.encode())
+    parts.append(len(contributors).to_bytes(8, "big"))
+    for c in sorted(contributors):
+        _put(parts, c.encode())
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _split(items: Sequence[_T], parts: int) -> list[tuple[_T, ...]]:
+    """``items`` in ``parts`` contiguous chunks whose sizes differ by at most one."""
+    q, r = divmod(len(items), parts)
+    out: list[tuple[_T, ...]] = []
+    start = 0
+    for i in range(parts):
+        end = start + q + (1 if i < r else 0)
+        out.append(tuple(items[start:end]))
+        start = end
+    return out
+
+
+_Entry = tuple[int, bytes, NodeId]  # (seats so far, tie-break, node)
+
+
+class _SeatPool:
+    """Nodes ordered by (seats held, seeded tie-break), bucketed by organisation.
+
+    One heap per organisation bucket (a declared organisation, or a single
+    node without one) and a heap of each bucket's best entry, so "the least
+    loaded node" and "the least loaded node outside organisation X" both cost
+    O(log n). Nodes excluded from the current group (its members and the
+    seats already filled) are set aside while it is filled.
+    """
+
+    def __init__(self, seed: bytes, nodes: Mapping[NodeId, str | None]) -> None:
+        bucket_ids: dict[str, int] = {}
+        self.bucket_of: dict[NodeId, int] = {}
+        self.org_of = nodes
+        self._heaps: list[list[_Entry]] = []
+        for node in sorted(nodes):
+            org = nodes[node]
+            if org is None:
+                b = len(self._heaps)
+                self._heaps.append([])
+            else:
+                b = bucket_ids.setdefault(org, len(self._heaps))
+                if b == len(self._heaps):
+                    self._heaps.append([])
+            self.bucket_of[node] = b
+            tie = hashlib.sha256(seed + _SEAT_TAG + node.encode()).digest()
+            self._heaps[b].append((0, tie, node))
+        for heap in self._heaps:
+            heapq.heapify(heap)
+        self.buckets = len(self._heaps)
+        self._head: list[_Entry | None] = [heap[0] for heap in self._heaps]
+        self._top: list[tuple[int, bytes, NodeId, int]] = [
+            (*heap[0], b) for b, heap in enumerate(self._heaps)
+        ]
+        heapq.heapify(self._top)
+        self._excluded: set[NodeId] = set()
+        self._aside: list[tuple[int, _Entry]] = []
+
+    def start_group(self, members: Collection[NodeId]) -> None:
+        self._excluded = set(members)
+
+    def end_group(self) -> None:
+        """Put back every node set aside and re-rank the buckets they came from."""
+        touched = set()
+        for b, entry in self._aside:
+            heapq.heappush(self._heaps[b], entry)
+            touched.add(b)
+        self._aside.clear()
+        self._excluded = set()
+        for b in sorted(touched):
+            # What was set aside was at the top when it was, so it ranks ahead of the head.
+            self._head[b] = self._heaps[b][0]
+            heapq.heappush(self._top, (*self._heaps[b][0], b))
+
+    def _best(self, b: int) -> _Entry | None:
+        heap = self._heaps[b]
+        while heap and heap[0][2] in self._excluded:
+            self._aside.append((b, heapq.heappop(heap)))
+        return heap[0] if heap else None
+
+    def take(self, forbidden: int | None = None) -> NodeId | None:
+        """Seat the least-loaded eligible node outside bucket ``forbidden``."""
+        held: list[tuple[int, bytes, NodeId, int]] = []
+        chosen: NodeId | None = None
+        while self._top:
+            item = heapq.heappop(self._top)
+            b = item[3]
+            if item[:3] != self._head[b]:
+                continue  # superseded by a later entry for this bucket
+            if b == forbidden:
+                held.append(item)
+                continue
+            best = self._best(b)
+            if best != item[:3]:
+                self._head[b] = best
+                if best is not None:
+                    heapq.heappush(self._top, (*best, b))
+                continue
+            load, tie, chosen = heapq.heappop(self._heaps[b])
+            heapq.heappush(self._heaps[b], (load + 1, tie, chosen))
+            self._excluded.add(chosen)
+            best = self._best(b)
+            self._head[b] = best
+            if best is not None:
+                heapq.heappush(self._top, (*best, b))
+            break
+        for item in held:
+            heapq.heappush(self._top, item)
+        return chosen
+
+
+def _seat(
+    pool: _SeatPool, gid: str, members: tuple[NodeId, ...], params: TreeParams, n_nodes: int
+) -> tuple[tuple[NodeId, ...], tuple[NodeId, ...]]:
+    pool.start_group(members)
+    seats: list[NodeId] = []
+    for j in range(params.k):
+        forbidden = None
+        if j == params.k - 1 and pool.buckets >= 2:
+            first = {pool.bucket_of[s] for s in seats}
+            if len(first) == 1:
+                forbidden = first.pop()
+        node = pool.take(forbidden)
+        if node is None:
+            eligible = n_nodes - len(members)
+            if eligible < params.k:
+                raise ConfigError(
+                    "tree.k",
+                    f"group {gid} needs {params.k} aggregators from nodes outside it, but only "
+                    f"{eligible} of the {n_nodes} nodes are; add nodes that do not contribute "
+                    "or lower tree.group_size so contributors of other groups can serve",
+                )
+            org = pool.org_of[seats[0]]
+            raise ConfigError(
+                "tree.organisations",
+                f"group {gid}: every node eligible for its last aggregator seat belongs to "
+                f"organisation {org!r}, and no organisation may fill all {params.k} seats",
+            )
+        seats.append(node)
+    spares: list[NodeId] = []
+    for _ in range(params.backups):
+        node = pool.take()
+        if node is None:
+            break
+        spares.append(node)
+    pool.end_group()
+    return tuple(seats), tuple(spares)
+
+
+def derive_tree(
+    *,
+    job_id: str,
+    round: int,
+    nodes: Mapping[NodeId, str | None],
+    contributors: Sequence[NodeId],
+    params: TreeParams,
+    beacon: bytes = b"",
+) -> Tree:
+    """Derive the round's execution tree from public inputs only.
+
+    ``nodes`` maps every consented, available node to its organisation (or
+    ``None``); ``contributors`` (a subset) is the round's cohort. Input order
+    is irrelevant. Raises ``LocalProtocolError`` for malformed inputs
+    (duplicates, a contributor that is not a node, a negative round) and
+    ``ConfigError`` when the population cannot satisfy ``params``: fewer
+    contributors than ``min_group`` (field ``tree.min_group``), too few nodes
+    outside a group for its k seats (``tree.k``), or the organisation rule
+    (``tree.organisations``).
+    """
+    seed = tree_seed(
+        job_id=job_id, round=round, nodes=nodes, contributors=contributors, beacon=beacon
+    )
+    n = len(contributors)
+    if n < params.min_group:
+        raise ConfigError(
+            "tree.min_group", f"{n} contributors cannot form a group of at least {params.min_group}"
+        )
+    n_leaves = max(1, min(math.ceil(n / params.group_size), n // params.min_group))
+    shuffled = sorted(
+        contributors, key=lambda c: hashlib.sha256(seed + _MEMBER_TAG + c.encode()).digest()
+    )
+
+    # Shape first: ids, members, children and parents of every level.
+    levels: list[list[tuple[str, tuple[NodeId, ...], tuple[str, ...]]]] = [
+        [(f"L{i}", chunk, ()) for i, chunk in enumerate(_split(shuffled, n_leaves))]
+    ]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        level = len(levels)
+        chunks = _split([gid for gid, _, _ in below], math.ceil(len(below) / params.fan_in))
+        levels.append([(f"P{level}.{i}", (), ch) for i, ch in enumerate(chunks)])
+    parent_of = {c: gid for row in levels for gid, _, children in row for c in children}
+
+    # Then seats, leaves first, from the least-loaded eligible nodes.
+    pool = _SeatPool(seed, nodes)
+    groups: list[Group] = []
+    for level, row in enumerate(levels):
+        for gid, members, children in row:
+            seats, spares = _seat(pool, gid, members, params, len(nodes))
+            groups.append(
+                Group(
+                    id=gid,
+                    level=level,
+                    members=members,
+                    aggregators=seats,
+                    backups=spares,
+                    children=children,
+                    parent=parent_of.get(gid),
+                )
+            )
+    return Tree(seed=seed, params=params, groups=tuple(groups))
+
+
+# -- verification -------------------------------------------------------------
+
+
+def _first_difference(expected: Tree, got: Tree) -> str:
+    if got.seed != expected.seed:
+        return (
+            "seed differs: the tree was not derived from these nodes, contributors, job and round"
+        )
+    want_ids = [g.id for g in expected.groups]
+    got_ids = [g.id for g in got.groups]
+    if got_ids != want_ids:
+        return f"groups differ: expected {want_ids[:8]}..., got {got_ids[:8]}..."
+    for want, have in zip(expected.groups, got.groups, strict=True):
+        for name in ("level", "parent", "children", "members"):
+            if getattr(have, name) != getattr(want, name):
+                return (
+                    f"group {want.id} {name}: expected {getattr(want, name)}, "
+                    f"got {getattr(have, name)}"
+                )
+        for name, want_seats, have_seats in (
+            ("position", want.aggregators, have.aggregators),
+            ("backup", want.backups, have.backups),
+        ):
+            if len(have_seats) != len(want_seats):
+                return (
+                    f"group {want.id}: expected {len(want_seats)} {name} seats, "
+                    f"got {len(have_seats)}"
+                )
+            for j, (w, h) in enumerate(zip(want_seats, have_seats, strict=True)):
+                if w != h:
+                    return f"group {want.id} {name} {j}: expected {w}, got {h}"
+    raise AssertionError("trees compare unequal but no field differs")  # pragma: no cover
+
+
+def verify_tree(
+    tree: Tree,
+    *,
+    job_id: str,
+    round: int,
+    nodes: Mapping[NodeId, str | None],
+    contributors: Sequence[NodeId],
+    params: TreeParams | None = None,
+    beacon: bytes = b"",
+) -> None:
+    """Re-derive the tree and raise ``RemoteProtocolError`` at the first difference.
+
+    Pass the job's ``params`` so a coordinator cannot shrink k or the groups;
+    without them the tree's own params are trusted and must be checked by the
+    caller. Inputs from which no tree can be derived are also the sender's
+    fault and raise ``RemoteProtocolError``.
+    """
+    if params is not None and tree.params != params:
+        raise RemoteProtocolError(f"tree params differ: expected {params}, got {tree.params}")
+    try:
+        expected = derive_tree(
+            job_id=job_id,
+            round=round,
+            nodes=nodes,
+            contributors=contributors,
+            params=tree.params,
+            beacon=beacon,
+        )
+    except (ConfigError, LocalProtocolError) as exc:
+        raise RemoteProtocolError(f"no tree can be derived for this round: {exc}") from exc
+    if expected != tree:
+        raise RemoteProtocolError(f"tree rejected: {_first_difference(expected, tree)}")

@@ -1,0 +1,115 @@
+"""Wire a secure simulated federation: real keys, real sealing, real bytes.
+
+Every virtual node gets its own long-term keys (derived from the job seed so
+runs repeat; a deployment generates them with ``NodeKeys.generate``), a
+contributor and an aggregator machine. The directory of public keys is what
+the coordinator's node registry will hold in a deployment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tessera.crypto.fixedpoint import choose_ring
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol.aggregator import Aggregator
+from tessera.protocol.contributor import Contributor, SecureContext
+from tessera.protocol.node import Node
+from tessera.protocol.secure_coordinator import SecureCoordinator, SecureParams
+from tessera.protocol.topology import TreeParams, derive_tree
+from tessera.runtime.prepare import PreparedJob
+
+
+def simulation_keys(seed: int, name: str) -> NodeKeys:
+    """Deterministic keys for a virtual node (simulation only, never production)."""
+    return NodeKeys.from_seed(hashlib.sha256(f"tessera-sim|{seed}|{name}".encode()).digest())
+
+
+def secure_params(job: PreparedJob) -> SecureParams:
+    s = job.config.secure
+    assert job.recipe.clip_norm is not None  # the config refuses secure jobs without it
+    return SecureParams(
+        tree=TreeParams(
+            k=s.k,
+            group_size=s.group_size,
+            fan_in=s.fan_in,
+            min_group=s.min_group,
+            backups=s.backups,
+        ),
+        clip=job.recipe.clip_norm,
+        max_weight=s.max_weight or float(job.node_samples.max()),
+        loss_cap=s.loss_cap,
+        phase_timeout=s.phase_timeout,
+    )
+
+
+@dataclass(frozen=True)
+class SecureSummary:
+    """Static facts of a secure job, for metrics.json."""
+
+    k: int
+    group_size: int
+    depth: int
+    ring_bits: int
+    model_bytes_quantized: int
+
+
+def summarize(job: PreparedJob) -> SecureSummary:
+    params = secure_params(job)
+    rp = job.round_params()
+    cohort = rp.cohort_size(job.n_nodes)
+    nodes = job.node_ids
+    tree = derive_tree(
+        job_id=rp.job_id,
+        round=0,
+        nodes=dict.fromkeys(nodes),
+        contributors=nodes[:cohort],
+        params=params.tree,
+    )
+    ring = choose_ring(bound=params.term_bound, terms=cohort, min_frac_bits=params.min_frac_bits)
+    return SecureSummary(
+        k=params.tree.k,
+        group_size=params.tree.group_size,
+        depth=tree.depth,
+        ring_bits=ring.bits,
+        model_bytes_quantized=(job.layout.size + 2) * ring.bits // 8,
+    )
+
+
+def build_secure(
+    job: PreparedJob, node_ids: Sequence[NodeId]
+) -> tuple[SecureCoordinator, list[Node]]:
+    seed = job.config.job.seed
+    keys = [simulation_keys(seed, n) for n in node_ids]
+    coordinator_keys = simulation_keys(seed, COORDINATOR)
+    directory: dict[NodeId, PublicKeys] = {n: k.public for n, k in zip(node_ids, keys, strict=True)}
+    directory[COORDINATOR] = coordinator_keys.public
+    job_id = job.round_params().job_id
+    nodes = [
+        Node(
+            Contributor(
+                n,
+                job_id,
+                SecureContext(
+                    keys=k, directory=directory, rounding=np.random.default_rng([seed, 0x5EC, i])
+                ),
+            ),
+            Aggregator(n, job_id, k, directory),
+        )
+        for i, (n, k) in enumerate(zip(node_ids, keys, strict=True))
+    ]
+    coordinator = SecureCoordinator(
+        job.round_params(),
+        node_ids,
+        job.initial_weights,
+        job.strategy(),
+        secure=secure_params(job),
+        keys=coordinator_keys,
+        directory=directory,
+    )
+    return coordinator, nodes

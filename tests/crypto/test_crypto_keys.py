@@ -1,0 +1,220 @@
+"""Node identity keys: derivation, public form, key files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tessera.crypto.keys import PUBLIC_KEYS_SIZE, NodeKeys, PublicKeys
+from tessera.errors import ConfigError, RemoteProtocolError
+
+PASS = b"correct horse battery staple"
+
+
+def _raw_private(keys: NodeKeys) -> tuple[bytes, bytes]:
+    """The two raw private keys, read back through the public PEM form."""
+    pem = keys.private_bytes(None)
+    cut = pem.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----")
+    signing = serialization.load_pem_private_key(pem[:cut], None)
+    agreement = serialization.load_pem_private_key(pem[cut:], None)
+    assert isinstance(signing, ed25519.Ed25519PrivateKey)
+    assert isinstance(agreement, x25519.X25519PrivateKey)
+    return signing.private_bytes_raw(), agreement.private_bytes_raw()
+
+
+def test_generate_gives_fresh_keys() -> None:
+    a, b = NodeKeys.generate(), NodeKeys.generate()
+    assert a.public != b.public
+    assert len(a.public.signing) == len(a.public.agreement) == 32
+    assert len(a.public.to_bytes()) == PUBLIC_KEYS_SIZE
+
+
+def test_from_seed_is_deterministic_and_seed_specific() -> None:
+    assert NodeKeys.from_seed(b"node-1").public == NodeKeys.from_seed(b"node-1").public
+    assert _raw_private(NodeKeys.from_seed(b"node-1")) == _raw_private(
+        NodeKeys.from_seed(b"node-1")
+    )
+    assert NodeKeys.from_seed(b"node-1").public != NodeKeys.from_seed(b"node-2").public
+
+
+def test_from_seed_follows_its_documented_derivation() -> None:
+    seed = b"tessera-kat-seed"
+    okm = HKDF(
+        algorithm=hashes.SHA256(), length=64, salt=None, info=b"tessera/node-keys/v1/from-seed"
+    ).derive(seed)
+    assert _raw_private(NodeKeys.from_seed(seed)) == (okm[:32], okm[32:])
+
+
+@pytest.mark.parametrize("seed", [b"", "text", None])
+def test_from_seed_refuses_bad_seeds(seed: object) -> None:
+    with pytest.raises(ValueError, match="seed"):
+        NodeKeys.from_seed(seed)  # type: ignore[arg-type]
+
+
+def test_constructor_checks_key_types() -> None:
+    ed, x = ed25519.Ed25519PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+    assert NodeKeys(ed, x).public.signing == ed.public_key().public_bytes_raw()
+    with pytest.raises(TypeError):
+        NodeKeys(x, ed)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        NodeKeys(ed, ed)  # type: ignore[arg-type]
+
+
+def test_public_keys_wire_form_round_trips() -> None:
+    public = NodeKeys.from_seed(b"x").public
+    assert PublicKeys.from_bytes(public.to_bytes()) == public
+    assert PublicKeys.from_bytes(bytearray(public.to_bytes())) == public
+    assert hash(PublicKeys.from_bytes(public.to_bytes())) == hash(public)
+
+
+@pytest.mark.parametrize("size", [0, 32, 63, 65])
+def test_public_keys_from_bytes_refuses_wrong_sizes(size: int) -> None:
+    with pytest.raises(RemoteProtocolError, match="64 bytes"):
+        PublicKeys.from_bytes(bytes(size))
+
+
+def test_public_keys_constructor_checks_sizes() -> None:
+    with pytest.raises(ValueError, match="signing"):
+        PublicKeys(signing=bytes(31), agreement=bytes(32))
+    with pytest.raises(ValueError, match="agreement"):
+        PublicKeys(signing=bytes(32), agreement=bytearray(32))  # type: ignore[arg-type]
+
+
+def test_fingerprint_is_sha256_of_both_keys() -> None:
+    public = NodeKeys.from_seed(b"x").public
+    assert public.fingerprint == hashlib.sha256(public.signing + public.agreement).hexdigest()
+    assert public.short_fingerprint == public.fingerprint[:16]
+    assert public.short_fingerprint in repr(public)
+
+
+def test_repr_shows_no_key_material() -> None:
+    keys = NodeKeys.from_seed(b"x")
+    text = repr(keys)
+    assert keys.public.short_fingerprint in text
+    for secret in _raw_private(keys):
+        assert secret.hex() not in text
+    assert keys.public.signing.hex() not in repr(keys.public)
+
+
+@pytest.mark.parametrize("passphrase", [None, PASS])
+def test_private_bytes_round_trip(passphrase: bytes | None) -> None:
+    keys = NodeKeys.generate()
+    data = keys.private_bytes(passphrase)
+    label = b"BEGIN ENCRYPTED PRIVATE KEY" if passphrase else b"BEGIN PRIVATE KEY"
+    assert data.count(label) == 2
+    back = NodeKeys.from_private_bytes(data, passphrase)
+    assert back.public == keys.public
+    assert _raw_private(back) == _raw_private(keys)
+
+
+def test_encrypted_key_file_hides_the_keys() -> None:
+    keys = NodeKeys.generate()
+    data = keys.private_bytes(PASS)
+    assert b"BEGIN PRIVATE KEY" not in data
+    for secret in _raw_private(keys):
+        assert secret not in data
+
+
+@pytest.mark.parametrize("passphrase", [None, PASS])
+def test_save_and_load(tmp_path: Path, passphrase: bytes | None) -> None:
+    keys = NodeKeys.generate()
+    path = tmp_path / "node.key"
+    old_umask = os.umask(0)  # even a permissive umask must not widen the mode
+    try:
+        keys.save(path, passphrase)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]  # no temp file left
+    assert NodeKeys.load(path, passphrase).public == keys.public
+    assert NodeKeys.load(str(path), passphrase).public == keys.public
+
+
+def test_save_refuses_to_replace_a_key_unless_asked(tmp_path: Path) -> None:
+    path = tmp_path / "node.key"
+    first, second = NodeKeys.generate(), NodeKeys.generate()
+    first.save(path)
+    with pytest.raises(FileExistsError):
+        second.save(path)
+    assert NodeKeys.load(path).public == first.public
+    second.save(path, PASS, overwrite=True)
+    assert NodeKeys.load(path, PASS).public == second.public
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]
+
+
+def test_wrong_passphrase_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "node.key"
+    NodeKeys.generate().save(path, PASS)
+    with pytest.raises(ConfigError, match="wrong passphrase") as info:
+        NodeKeys.load(path, b"not the passphrase")
+    assert info.value.field == "passphrase"
+
+
+def test_missing_or_needless_passphrase(tmp_path: Path) -> None:
+    encrypted, plain = tmp_path / "enc.key", tmp_path / "plain.key"
+    NodeKeys.generate().save(encrypted, PASS)
+    NodeKeys.generate().save(plain)
+    with pytest.raises(ConfigError, match="passphrase is required"):
+        NodeKeys.load(encrypted)
+    with pytest.raises(ConfigError, match="not encrypted"):
+        NodeKeys.load(plain, PASS)
+
+
+@pytest.mark.parametrize("passphrase", [b"", "text"])
+def test_passphrase_must_be_non_empty_bytes(passphrase: object) -> None:
+    keys = NodeKeys.generate()
+    with pytest.raises(ConfigError, match="non-empty bytes"):
+        keys.private_bytes(passphrase)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="non-empty bytes"):
+        NodeKeys.from_private_bytes(keys.private_bytes(None), passphrase)  # type: ignore[arg-type]
+
+
+def _swap_blocks(data: bytes) -> bytes:
+    cut = data.index(b"-----END", 40)
+    cut = data.index(b"-----\n", cut + 8) + len(b"-----\n")
+    return data[cut:] + data[:cut]
+
+
+def test_corrupt_or_foreign_key_files_are_refused() -> None:
+    good = NodeKeys.generate().private_bytes(None)
+    encrypted = NodeKeys.generate().private_bytes(PASS)
+    half = encrypted[: encrypted.index(b"-----BEGIN", 10)]
+    ec_key = NodeKeys.generate()._signing.private_bytes(  # an Ed25519 block twice
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cases: list[tuple[bytes, bytes | None, str]] = [
+        (b"", None, "not a Tessera node key file"),
+        (b"garbage", None, "not a Tessera node key file"),
+        (good[: good.index(b"-----BEGIN", 10)], None, "not a Tessera node key file"),
+        (good * 2, None, "not a Tessera node key file"),
+        (good.replace(b"PRIVATE KEY", b"PUBLIC KEY"), None, "not a Tessera node key file"),
+        (_swap_blocks(good), None, "an Ed25519 key, then an X25519 key"),
+        (ec_key * 2, None, "an Ed25519 key, then an X25519 key"),
+        (half + good[good.index(b"-----BEGIN", 10) :], PASS, "one key is encrypted"),
+        (good.replace(b"\nM", b"\nA", 1), None, "corrupt"),
+    ]
+    for data, passphrase, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            NodeKeys.from_private_bytes(data, passphrase)
+
+
+def test_corrupt_encrypted_file_reads_as_wrong_passphrase() -> None:
+    data = NodeKeys.generate().private_bytes(PASS)
+    broken = data.replace(b"\nM", b"\nA", 1)
+    with pytest.raises(ConfigError, match="wrong passphrase, or the key file is corrupt"):
+        NodeKeys.from_private_bytes(broken, PASS)
+
+
+def test_load_refuses_huge_files(tmp_path: Path) -> None:
+    path = tmp_path / "huge.key"
+    path.write_bytes(b"x" * (64 * 1024))
+    with pytest.raises(ConfigError, match="too large"):
+        NodeKeys.load(path)
