@@ -108,6 +108,7 @@ class SimulationSection(_Section):
     """How the simulator models devices and the network (virtual time)."""
 
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    aggregator_failure: Annotated[float, Field(ge=0, lt=1)] = 0.0  # per node and round
     samples_per_second: PositiveFloat = 50.0
     speed_sigma: Annotated[float, Field(ge=0)] = 0.5
     latency: Annotated[float, Field(ge=0)] = 0.05

@@ -32,9 +32,11 @@ from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol.codec import (
     Commit,
     Kind,
+    Reassign,
     Report,
     decode_commit,
     decode_partial,
+    decode_reassign,
     decode_share,
     encode_partial,
     encode_report,
@@ -56,6 +58,8 @@ class _Role:
     contributors: dict[str, int] = field(default_factory=dict)  # input id -> count below it
     reported: bool = False
     done: bool = False
+    parent: NodeId = COORDINATOR  # where the sum goes (a replacement may change it)
+    output: bytes | None = None  # the encoded sum, kept until the round ends for a resend
 
 
 def report_timer(group: str, position: int) -> str:
@@ -109,7 +113,7 @@ class Aggregator:
             self.replay.forget_before(req.round)
         ring = Ring(bits=req.ring_bits, frac_bits=req.frac_bits, terms=req.ring_terms)
         expected = dict(zip(req.inputs, req.senders, strict=True))
-        self.roles[(req.group, req.position)] = _Role(req, ring, expected)
+        self.roles[(req.group, req.position)] = _Role(req, ring, expected, parent=req.parent)
         return [StartTimer(timer=report_timer(req.group, req.position), at=req.report_at)]
 
     def _on_sealed(self, data: bytes) -> list[Effect]:
@@ -137,15 +141,19 @@ class Aggregator:
                 role, part.group, sender, part.words.dtype.itemsize * 8, part.words.shape[0]
             )
             return self._take(role, part.group, FullShare(part.words), part.contributors)
+        if env.kind in (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN) and sender != COORDINATOR:
+            raise RemoteProtocolError("commitments and reassignments come from the coordinator")
         if env.kind == Kind.COMMIT:
-            if sender != COORDINATOR:
-                raise RemoteProtocolError("commitments come from the coordinator")
             return self._on_commit(decode_commit(env.payload))
+        if env.kind == Kind.RESEND_PARTIAL:
+            return self._resend(decode_reassign(env.payload))
+        if env.kind == Kind.REASSIGN:
+            return self._reassign(decode_reassign(env.payload))
         raise RemoteProtocolError(f"unexpected envelope kind {env.kind}")
 
-    def _role(self, group: str, position: int, *, leaf: bool) -> _Role:
+    def _role(self, group: str, position: int, *, leaf: bool | None) -> _Role:
         role = self.roles.get((group, position))
-        if role is None or role.request.leaf != leaf:
+        if role is None or (leaf is not None and role.request.leaf != leaf):
             raise RemoteProtocolError(
                 f"not serving {group} position {position} in round {self.round}"
             )
@@ -181,6 +189,25 @@ class Aggregator:
         report = Report(role.request.group, role.request.position, tuple(role.inputs))
         return [self._send(COORDINATOR, Kind.REPORT, encode_report(report), sealed=False)]
 
+    # -- failed aggregators -------------------------------------------------
+    def _resend(self, r: Reassign) -> list[Effect]:
+        """Our parent failed: send this position's sum to its replacement."""
+        role = self._role(r.group, r.position, leaf=None)
+        role.parent = NodeId(r.replacement)
+        if role.output is None:
+            return []  # not summed yet: the sum will go to the replacement
+        return [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
+
+    def _reassign(self, r: Reassign) -> list[Effect]:
+        """A child's aggregator failed: its sum now comes from the replacement."""
+        for (_, position), role in self.roles.items():
+            if position == r.position and r.group in role.expected and not role.request.leaf:
+                if r.group in role.inputs or role.reported:
+                    raise RemoteProtocolError(f"{r.group} can no longer be reassigned")
+                role.expected[r.group] = NodeId(r.replacement)
+                return []
+        raise RemoteProtocolError(f"no role here expects {r.group} position {r.position}")
+
     # -- commitment and summation -------------------------------------------
     def _on_commit(self, commit: Commit) -> list[Effect]:
         effects: list[Effect] = []
@@ -207,8 +234,8 @@ class Aggregator:
             acc.add(inputs[input_id])
         count = sum(role.contributors[i] for i in commit.included)
         req = role.request
-        payload = encode_partial(req.group, req.position, count, acc.value)
-        return [self._send(req.parent, Kind.PARTIAL, payload, sealed=True)]
+        role.output = encode_partial(req.group, req.position, count, acc.value)
+        return [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
 
     def _send(self, recipient: NodeId, kind: Kind, payload: bytes, *, sealed: bool) -> Send:
         data = seal(

@@ -33,6 +33,9 @@ class Kind(IntEnum):
     PARTIAL = 2
     REPORT = 3
     COMMIT = 4
+    RESEND_SHARE = 5  # coordinator -> contributor: send share j again, to a replacement
+    RESEND_PARTIAL = 6  # coordinator -> child aggregator: send your sum to a replacement
+    REASSIGN = 7  # coordinator -> parent aggregator: a child's sum now comes from a replacement
 
 
 def _dtype(bits: int) -> type[np.uint32] | type[np.uint64]:
@@ -196,3 +199,24 @@ def decode_commit(data: bytes) -> Commit:
     if obj.get("included") is None:
         return Commit(group, None)
     return Commit(group, _ids(obj, "included", "commitment"))
+
+
+@dataclass(frozen=True, slots=True)
+class Reassign:
+    """Position ``position`` of ``group`` is now served by ``replacement``."""
+
+    group: str
+    position: int
+    replacement: str
+
+
+def encode_reassign(r: Reassign) -> bytes:
+    return _json({"group": r.group, "position": r.position, "replacement": r.replacement})
+
+
+def decode_reassign(data: bytes) -> Reassign:
+    obj = _unjson(data, "reassignment")
+    group, position, replacement = obj.get("group"), obj.get("position"), obj.get("replacement")
+    if not (isinstance(group, str) and isinstance(position, int) and isinstance(replacement, str)):
+        raise RemoteProtocolError("reassignment needs a group, a position and a replacement")
+    return Reassign(group, position, replacement)

@@ -11,17 +11,17 @@ which saves the bandwidth of a model-sized message the coordinator would refuse.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tessera.crypto.envelope import seal
+from tessera.crypto.envelope import ReplayGuard, open_envelope, seal
 from tessera.crypto.fixedpoint import Ring, encode
 from tessera.crypto.keys import NodeKeys, PublicKeys
-from tessera.crypto.sharing import split
-from tessera.errors import LocalProtocolError
+from tessera.crypto.sharing import Share, split
+from tessera.errors import LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
-from tessera.protocol.codec import Kind, encode_share
+from tessera.protocol.codec import Kind, decode_reassign, encode_share
 from tessera.protocol.effects import Effect, Rejected, RequestLocalTraining, Send
 from tessera.protocol.events import (
     Event,
@@ -53,18 +53,36 @@ class SecureContext:
 
 
 class Contributor:
-    __slots__ = ("assignment", "deadline", "job_id", "node", "round", "secure", "state")
+    __slots__ = (
+        "_sent",
+        "assignment",
+        "deadline",
+        "job_id",
+        "node",
+        "replay",
+        "round",
+        "secure",
+        "state",
+    )
 
     def __init__(self, node: NodeId, job_id: JobId, secure: SecureContext | None = None) -> None:
         self.node = node
         self.job_id = job_id
         self.secure = secure
         self.assignment: SecureAssignment | None = None
+        # This round's shares, kept (never re-split) in case an aggregator is replaced.
+        self._sent: tuple[Ring, int, list[Share]] | None = None
+        self.replay = ReplayGuard()
         self.state = ContributorState.IDLE
         self.round = -1
         self.deadline = 0.0
 
     def handle(self, event: Event, now: float) -> list[Effect]:
+        if isinstance(event, MessageReceived) and isinstance(event.message, Sealed):
+            try:
+                return self._on_resend(event.message.data)
+            except RemoteProtocolError as exc:
+                return [Rejected(sender=event.sender, reason=str(exc))]
         if isinstance(event, MessageReceived):
             msg = event.message
             if event.sender != COORDINATOR or not isinstance(msg, TrainRequest):
@@ -79,6 +97,7 @@ class Contributor:
                     Rejected(sender=event.sender, reason="this node has no keys for secure rounds")
                 ]
             self.round, self.deadline, self.assignment = msg.round, msg.deadline, msg.secure
+            self._sent = None
             return [RequestLocalTraining(round=msg.round, weights=msg.weights, config=msg.config)]
         if isinstance(event, LocalUpdateReady | LocalTrainingFailed):
             if not (self.state is ContributorState.TRAINING and event.round == self.round):
@@ -121,21 +140,60 @@ class Contributor:
         vector[-1] = w
         words = encode(vector, ring, ctx.rounding)
         shares = split(words, len(a.aggregators), full_position=a.full_position, ring=ring)
-        effects: list[Effect] = []
-        for position, (aggregator, share) in enumerate(zip(a.aggregators, shares, strict=True)):
-            payload = encode_share(a.group, position, ring, vector.shape[0], share)
-            data = seal(
-                kind=int(Kind.SHARE),
-                job_id=self.job_id,
-                round=update.round,
-                sender=self.node,
-                recipient=aggregator,
-                payload=payload,
-                sender_keys=ctx.keys,
-                recipient_public=ctx.directory[aggregator],
-            )
-            effects.append(Send(recipient=aggregator, message=Sealed(data)))
-        return effects
+        self._sent = (ring, vector.shape[0], shares)
+        return [
+            self._seal_share(position, aggregator)
+            for position, aggregator in enumerate(a.aggregators)
+        ]
+
+    def _seal_share(self, position: int, aggregator: NodeId) -> Send:
+        a, ctx, sent = self.assignment, self.secure, self._sent
+        assert a is not None
+        assert ctx is not None
+        assert sent is not None
+        ring, length, shares = sent
+        payload = encode_share(a.group, position, ring, length, shares[position])
+        data = seal(
+            kind=int(Kind.SHARE),
+            job_id=self.job_id,
+            round=self.round,
+            sender=self.node,
+            recipient=aggregator,
+            payload=payload,
+            sender_keys=ctx.keys,
+            recipient_public=ctx.directory[aggregator],
+        )
+        return Send(recipient=aggregator, message=Sealed(data))
+
+    def _on_resend(self, data: bytes) -> list[Effect]:
+        """The coordinator replaced one of our aggregators: the same share, resealed."""
+        if self.secure is None or self.assignment is None:
+            raise RemoteProtocolError("no secure round in progress")
+        env = open_envelope(
+            data,
+            recipient_keys=None,
+            directory=self.secure.directory,
+            expect_job=self.job_id,
+            expect_round=self.round,
+            expect_recipient=self.node,
+            max_bytes=1 << 16,
+            replay=self.replay,
+        )
+        if env.sender != COORDINATOR or env.kind != Kind.RESEND_SHARE:
+            raise RemoteProtocolError("only the coordinator may redirect shares")
+        r = decode_reassign(env.payload)
+        a = self.assignment
+        replacement = NodeId(r.replacement)
+        if r.group != a.group or not 0 <= r.position < len(a.aggregators):
+            raise RemoteProtocolError(f"not a position of our group {a.group}")
+        if replacement not in a.backups:
+            raise RemoteProtocolError(f"{replacement} is not one of the tree's backups")
+        seats = list(a.aggregators)
+        seats[r.position] = replacement
+        self.assignment = replace(a, aggregators=tuple(seats))
+        if self._sent is None:
+            return []  # still training: the share will go to the replacement directly
+        return [self._seal_share(r.position, replacement)]
 
     def _transition(self, what: ContributorInput) -> None:
         try:

@@ -38,6 +38,7 @@ class SecureAssignment:
 
     group: str
     aggregators: tuple[NodeId, ...]
+    backups: tuple[NodeId, ...]  # the tree's spares: the only legal replacements
     full_position: int
     ring_bits: int
     frac_bits: int

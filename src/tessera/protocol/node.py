@@ -7,11 +7,14 @@ aggregator's timers go to the aggregator.
 
 from __future__ import annotations
 
+from tessera.crypto.envelope import peek
+from tessera.errors import InvalidEnvelope
 from tessera.protocol.aggregator import Aggregator
+from tessera.protocol.codec import Kind
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.effects import Effect
 from tessera.protocol.events import Event, LocalTrainingFailed, LocalUpdateReady, MessageReceived
-from tessera.protocol.messages import TrainRequest
+from tessera.protocol.messages import Message, Sealed, TrainRequest
 
 
 class Node:
@@ -22,9 +25,24 @@ class Node:
         self.aggregator = aggregator
 
     def handle(self, event: Event, now: float) -> list[Effect]:
-        to_contributor = isinstance(event, LocalUpdateReady | LocalTrainingFailed) or (
-            isinstance(event, MessageReceived) and isinstance(event.message, TrainRequest)
-        )
-        if to_contributor or self.aggregator is None:
+        if self.aggregator is None or not self.for_aggregator(event):
             return self.contributor.handle(event, now)
         return self.aggregator.handle(event, now)
+
+    @staticmethod
+    def for_aggregator(event: Event) -> bool:
+        """Whether ``event`` concerns the node's aggregator (else its contributor)."""
+        if isinstance(event, LocalUpdateReady | LocalTrainingFailed):
+            return False
+        return not (isinstance(event, MessageReceived) and _for_contributor(event.message))
+
+
+def _for_contributor(message: Message) -> bool:
+    if isinstance(message, TrainRequest):
+        return True
+    if isinstance(message, Sealed):
+        try:
+            return peek(message.data).kind == Kind.RESEND_SHARE
+        except InvalidEnvelope:
+            return False  # the aggregator refuses it with a reason
+    return False

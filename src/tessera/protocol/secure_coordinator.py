@@ -41,10 +41,12 @@ from tessera.protocol.codec import (
     Commit,
     Kind,
     PartialPayload,
+    Reassign,
     Report,
     decode_partial,
     decode_report,
     encode_commit,
+    encode_reassign,
 )
 from tessera.protocol.coordinator import Coordinator, deadline_timer, select_cohort
 from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
@@ -86,6 +88,9 @@ class _RoundState:
     tree: Tree
     ring: Ring
     length: int
+    train_until: float
+    seats: dict[str, list[NodeId]]  # who serves each position now (replacements included)
+    spares: dict[str, list[NodeId]]  # backups not yet used
     reports: dict[str, dict[int, Report]] = field(default_factory=dict)
     committed: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     root_parts: dict[int, PartialPayload] = field(default_factory=dict)
@@ -126,10 +131,11 @@ class SecureCoordinator(Coordinator):
                 return []
             if event.timer == deadline_timer(self.round):
                 return self._close_secure(now, timer_pending=False)
-            if event.timer.startswith("commit-L") and event.timer.endswith(f"@{self.round}"):
-                level = int(event.timer.split("@")[0].removeprefix("commit-L"))
-                return self._commit_level(level, now)
-            return []
+            name, _, round_text = event.timer.partition("@")
+            if round_text != str(self.round) or not name.startswith(("commit-L", "final-L")):
+                return []  # a timer of a closed round
+            level = int(name.partition("-L")[2])
+            return self._commit_level(level, now, final=name.startswith("final"))
         if isinstance(event, MessageReceived):
             self._transition(CoordinatorInput.MESSAGE)
             msg = event.message
@@ -158,45 +164,26 @@ class SecureCoordinator(Coordinator):
         ring = choose_ring(
             bound=self.secure.term_bound, terms=len(cohort), min_frac_bits=self.secure.min_frac_bits
         )
-        rs = _RoundState(tree=tree, ring=ring, length=self.weights.shape[0] + 2)
+        train_until = now + self.params.round_timeout
+        rs = _RoundState(
+            tree=tree,
+            ring=ring,
+            length=self.weights.shape[0] + 2,
+            train_until=train_until,
+            seats={g.id: list(g.aggregators) for g in tree.groups},
+            spares={g.id: list(g.backups) for g in tree.groups},
+        )
         self._rs = rs
         self.replay.forget_before(round)
         weights = self.weights
         weights.flags.writeable = False
-        train_until = now + self.params.round_timeout
         phase = self.secure.phase_timeout
-        digest = tree.digest()
         config = self.strategy.configure(round)
         effects: list[Effect] = []
         for group in tree.groups:
-            parent = tree.group(group.parent) if group.parent is not None else None
-            report_at = train_until + (group.level + 1) * phase
-            for position, node in enumerate(group.aggregators):
-                inputs: tuple[str, ...]
-                if group.level == 0:
-                    inputs = tuple(group.members)
-                    senders = tuple(group.members)
-                else:
-                    inputs = tuple(group.children)
-                    senders = tuple(tree.group(c).aggregators[position] for c in group.children)
-                request = AggregateRequest(
-                    job_id=self.params.job_id,
-                    round=round,
-                    group=group.id,
-                    position=position,
-                    inputs=inputs,
-                    senders=senders,
-                    leaf=group.level == 0,
-                    parent=parent.aggregators[position] if parent else COORDINATOR,
-                    parent_group=parent.id if parent else "",
-                    report_at=report_at,
-                    ring_bits=ring.bits,
-                    frac_bits=ring.frac_bits,
-                    ring_terms=ring.terms,
-                    length=rs.length,
-                    tree_digest=digest,
-                )
-                effects.append(Send(recipient=node, message=request))
+            report_at = train_until + (3 * group.level + 1) * phase
+            for position in range(len(group.aggregators)):
+                effects.append(self._aggregate_request(rs, group, position, report_at))
             if group.level == 0:
                 effects.extend(
                     self._train_requests(
@@ -208,12 +195,45 @@ class SecureCoordinator(Coordinator):
                         rs=rs,
                     )
                 )
-        for level in range(tree.depth):
-            at = train_until + (level + 1.5) * phase
-            effects.append(StartTimer(timer=f"{commit_timer(level)}@{round}", at=at))
-        close_at = train_until + (tree.depth + 1) * phase
+        # Per level: a commit deadline (replace silent positions), then a final one.
+        for level in range(tree.depth + 1):
+            first = train_until + (3 * level + 2) * phase
+            effects.append(StartTimer(timer=f"commit-L{level}@{round}", at=first))
+            effects.append(StartTimer(timer=f"final-L{level}@{round}", at=first + phase))
+        close_at = train_until + (3 * tree.depth + 4) * phase
         effects.append(StartTimer(timer=deadline_timer(round), at=close_at))
         return effects
+
+    def _aggregate_request(
+        self, rs: _RoundState, group: Group, position: int, report_at: float
+    ) -> Send:
+        tree = rs.tree
+        inputs: tuple[str, ...]
+        if group.level == 0:
+            inputs = senders = tuple(group.members)
+        else:
+            inputs = tuple(group.children)
+            senders = tuple(rs.seats[c][position] for c in group.children)
+        parent = rs.seats[group.parent][position] if group.parent is not None else COORDINATOR
+        node = rs.seats[group.id][position]
+        request = AggregateRequest(
+            job_id=self.params.job_id,
+            round=self.round,
+            group=group.id,
+            position=position,
+            inputs=inputs,
+            senders=senders,
+            leaf=group.level == 0,
+            parent=parent,
+            parent_group=group.parent or "",
+            report_at=report_at,
+            ring_bits=rs.ring.bits,
+            frac_bits=rs.ring.frac_bits,
+            ring_terms=rs.ring.terms,
+            length=rs.length,
+            tree_digest=tree.digest(),
+        )
+        return Send(recipient=node, message=request)
 
     def _train_requests(
         self,
@@ -239,6 +259,7 @@ class SecureCoordinator(Coordinator):
                         group=group.id,
                         clip=self.secure.clip,
                         aggregators=tuple(group.aggregators),
+                        backups=tuple(group.backups),
                         full_position=i % k,  # the full-size share rotates
                         ring_bits=rs.ring.bits,
                         frac_bits=rs.ring.frac_bits,
@@ -284,9 +305,9 @@ class SecureCoordinator(Coordinator):
         if env.kind == Kind.PARTIAL:
             part = decode_partial(env.payload)
             root = rs.tree.root
-            self._group_served_by(rs, part.group, part.position, sender)
             if part.group != root.id:
                 raise RemoteProtocolError("only the root group's sums come to the coordinator")
+            self._group_served_by(rs, part.group, part.position, sender)
             if part.position in rs.root_parts:
                 raise RemoteProtocolError("this position's root sum already arrived")
             if part.words.shape[0] != rs.length or part.words.dtype != rs.ring.dtype:
@@ -299,13 +320,12 @@ class SecureCoordinator(Coordinator):
 
     @staticmethod
     def _group_served_by(rs: _RoundState, group_id: str, position: int, sender: NodeId) -> Group:
-        try:
-            group = rs.tree.group(group_id)
-        except KeyError:
-            raise RemoteProtocolError(f"no group {group_id!r} this round") from None
-        if not 0 <= position < len(group.aggregators) or group.aggregators[position] != sender:
+        if not rs.tree.has_group(group_id):
+            raise RemoteProtocolError(f"no group {group_id!r} this round")
+        seats = rs.seats[group_id]
+        if not 0 <= position < len(seats) or seats[position] != sender:
             raise RemoteProtocolError(f"{sender} does not serve {group_id} position {position}")
-        return group
+        return rs.tree.group(group_id)
 
     def _commit(self, group: Group, now: float) -> list[Effect]:
         assert self._rs is not None
@@ -320,9 +340,9 @@ class SecureCoordinator(Coordinator):
                 included = tuple(common)
         rs.committed[group.id] = included
         payload = encode_commit(Commit(group.id, included))
-        recipients = list(group.aggregators)
+        recipients = list(rs.seats[group.id])
         if included is None and group.parent is not None:
-            recipients += rs.tree.group(group.parent).aggregators  # stop waiting for it
+            recipients += rs.seats[group.parent]  # the parents stop waiting for it
         effects: list[Effect] = [
             self._signed(r, Kind.COMMIT, payload) for r in dict.fromkeys(recipients)
         ]
@@ -330,15 +350,43 @@ class SecureCoordinator(Coordinator):
             effects.extend(self._close_secure(now, timer_pending=True))  # the root left
         return effects
 
-    def _commit_level(self, level: int, now: float) -> list[Effect]:
+    def _commit_level(self, level: int, now: float, *, final: bool) -> list[Effect]:
+        """At a level's deadline: commit what is complete, replace silent positions once."""
         rs = self._rs
         assert rs is not None
         effects: list[Effect] = []
         for group in rs.tree.groups:
-            if group.level == level and group.id not in rs.committed:
-                effects.extend(self._commit(group, now))
-                if self._rs is not rs:  # the root left and the round closed
-                    break
+            if group.level != level or group.id in rs.committed:
+                continue
+            reports = rs.reports.get(group.id, {})
+            silent = [j for j in range(len(group.aggregators)) if j not in reports]
+            if silent and not final and len(silent) <= len(rs.spares[group.id]):
+                for position in silent:
+                    effects.extend(self._replace(rs, group, position, now))
+                continue
+            effects.extend(self._commit(group, now))
+            if self._rs is not rs:  # the root left and the round closed
+                break
+        return effects
+
+    def _replace(self, rs: _RoundState, group: Group, position: int, now: float) -> list[Effect]:
+        """A failed aggregator's seat goes to a backup; its inputs are sent again."""
+        replacement = rs.spares[group.id].pop(0)
+        rs.seats[group.id][position] = replacement
+        report_at = now + self.secure.phase_timeout / 2
+        effects: list[Effect] = [self._aggregate_request(rs, group, position, report_at)]
+        notice = encode_reassign(Reassign(group.id, position, replacement))
+        if group.level == 0:
+            effects += [self._signed(m, Kind.RESEND_SHARE, notice) for m in group.members]
+        else:
+            for child in group.children:
+                if rs.committed.get(child) is not None:
+                    sender = rs.seats[child][position]
+                    resend = encode_reassign(Reassign(child, position, replacement))
+                    effects.append(self._signed(sender, Kind.RESEND_PARTIAL, resend))
+        if group.parent is not None:
+            parent = rs.seats[group.parent][position]
+            effects.append(self._signed(parent, Kind.REASSIGN, notice))
         return effects
 
     def _signed(self, recipient: NodeId, kind: Kind, payload: bytes) -> Send:

@@ -19,6 +19,7 @@ class DeviceModel:
     dropout: float
     samples_per_second: float
     seed: int
+    aggregator_failure: float = 0.0
 
     @classmethod
     def sample(
@@ -29,6 +30,7 @@ class DeviceModel:
         speed_sigma: float,
         samples_per_second: float,
         seed: int,
+        aggregator_failure: float = 0.0,
     ) -> DeviceModel:
         rng = np.random.default_rng([seed, 0xD5])
         speed = rng.lognormal(mean=0.0, sigma=speed_sigma, size=n_nodes) if speed_sigma else None
@@ -37,7 +39,16 @@ class DeviceModel:
             dropout=dropout,
             samples_per_second=samples_per_second,
             seed=seed,
+            aggregator_failure=aggregator_failure,
         )
+
+    def aggregator_failed(self, round: int) -> npt.NDArray[np.bool_]:
+        """Which nodes' aggregator roles go silent during ``round``."""
+        rng = np.random.default_rng([self.seed, 0xA6, round])
+        failed: npt.NDArray[np.bool_] = (
+            rng.random(size=(self.speed.shape[0],)) < self.aggregator_failure
+        )
+        return failed
 
     def dropped(self, round: int) -> npt.NDArray[np.bool_]:
         """Which nodes go away during ``round`` (one draw per node and round)."""

@@ -17,7 +17,7 @@ from tessera.protocol import Coordinator
 from tessera.protocol.node import Node
 from tessera.runtime.prepare import PreparedJob
 from tessera.runtime.sim.devices import DeviceModel
-from tessera.runtime.sim.secure import build_secure
+from tessera.runtime.sim.secure import build_secure, secure_params
 from tessera.runtime.sim.simulator import RoundStats, Simulation
 from tessera.training import BatchedTrainer, evaluate
 from tessera.weights import Vector
@@ -83,7 +83,14 @@ def simulate(
     machines: list[Node] | None = None
     coordinator: Coordinator
     if secure:
-        coordinator, machines = build_secure(job, job.node_ids)
+        coordinator, machines = build_secure(
+            job.node_ids,
+            params=job.round_params(),
+            secure=secure_params(job),
+            initial_weights=job.initial_weights,
+            strategy=job.strategy(),
+            seed=cfg.job.seed,
+        )
     else:
         coordinator = Coordinator(
             job.round_params(), job.node_ids, job.initial_weights, job.strategy()
@@ -94,6 +101,7 @@ def simulate(
         speed_sigma=sim_cfg.speed_sigma,
         samples_per_second=sim_cfg.samples_per_second,
         seed=cfg.job.seed,
+        aggregator_failure=sim_cfg.aggregator_failure,
     )
     records: list[RoundRecord] = []
 

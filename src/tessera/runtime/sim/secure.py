@@ -20,9 +20,12 @@ from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.aggregator import Aggregator
 from tessera.protocol.contributor import Contributor, SecureContext
 from tessera.protocol.node import Node
+from tessera.protocol.params import RoundParams
 from tessera.protocol.secure_coordinator import SecureCoordinator, SecureParams
+from tessera.protocol.strategies import Strategy
 from tessera.protocol.topology import TreeParams, derive_tree
 from tessera.runtime.prepare import PreparedJob
+from tessera.weights import Vector
 
 
 def simulation_keys(seed: int, name: str) -> NodeKeys:
@@ -82,33 +85,38 @@ def summarize(job: PreparedJob) -> SecureSummary:
 
 
 def build_secure(
-    job: PreparedJob, node_ids: Sequence[NodeId]
+    node_ids: Sequence[NodeId],
+    *,
+    params: RoundParams,
+    secure: SecureParams,
+    initial_weights: Vector,
+    strategy: Strategy,
+    seed: int,
 ) -> tuple[SecureCoordinator, list[Node]]:
-    seed = job.config.job.seed
+    """Keys, a contributor and an aggregator for every node, and the coordinator."""
     keys = [simulation_keys(seed, n) for n in node_ids]
     coordinator_keys = simulation_keys(seed, COORDINATOR)
     directory: dict[NodeId, PublicKeys] = {n: k.public for n, k in zip(node_ids, keys, strict=True)}
     directory[COORDINATOR] = coordinator_keys.public
-    job_id = job.round_params().job_id
     nodes = [
         Node(
             Contributor(
                 n,
-                job_id,
+                params.job_id,
                 SecureContext(
                     keys=k, directory=directory, rounding=np.random.default_rng([seed, 0x5EC, i])
                 ),
             ),
-            Aggregator(n, job_id, k, directory),
+            Aggregator(n, params.job_id, k, directory),
         )
         for i, (n, k) in enumerate(zip(node_ids, keys, strict=True))
     ]
     coordinator = SecureCoordinator(
-        job.round_params(),
+        params,
         node_ids,
-        job.initial_weights,
-        job.strategy(),
-        secure=secure_params(job),
+        initial_weights,
+        strategy,
+        secure=secure,
         keys=coordinator_keys,
         directory=directory,
     )

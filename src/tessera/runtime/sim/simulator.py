@@ -57,6 +57,7 @@ from tessera.protocol.messages import (
     TrainRequest,
     UpdateSubmission,
 )
+from tessera.protocol.node import Node
 from tessera.runtime.host import LocalTrainer
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.weights import Vector
@@ -77,6 +78,8 @@ class RoundStats:
     bytes_down: int = 0  # model broadcast to contributors
     bytes_up: int = 0  # contributors' uploads (updates or sealed shares)
     bytes_aggregation: int = 0  # everything among aggregators and the coordinator
+    aggregators_failed: int = 0  # nodes whose aggregator roles were silent this round
+    aggregator_messages_lost: int = 0
     rejected: list[str] = field(default_factory=list)
 
 
@@ -105,6 +108,7 @@ class Simulation:
         chunk: int = 4096,
         on_round: Callable[[RoundStats], None] | None = None,
         machines: Sequence[Machine] | None = None,
+        fail_aggregators: Callable[[int, list[NodeId]], npt.NDArray[np.bool_]] | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
@@ -131,6 +135,9 @@ class Simulation:
         self._results: dict[tuple[int, int], tuple[Vector, int, float]] = {}
         self._round_weights: dict[int, tuple[Vector, float]] = {}
         self._dropped_round = -1
+        self._failed_round = -1
+        self._failed: npt.NDArray[np.bool_] = np.zeros(0, bool)
+        self.fail_aggregators = fail_aggregators
         self._dropped: npt.NDArray[np.bool_] = np.zeros(0, bool)
         self._stats = RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
         self._wall = time.perf_counter()
@@ -157,8 +164,25 @@ class Simulation:
         return self.final_weights
 
     def _deliver(self, target: NodeId, event: Event) -> None:
-        machine = self.coordinator if target == COORDINATOR else self.machines[self.index[target]]
+        if target == COORDINATOR:
+            self._perform(target, self.coordinator.handle(event, self.now))
+            return
+        node = self.index[target]
+        machine = self.machines[node]
+        if isinstance(machine, Node) and Node.for_aggregator(event) and self._aggregator_down(node):
+            self._stats.aggregator_messages_lost += 1
+            return  # a failed aggregator: whatever reaches it is lost
         self._perform(target, machine.handle(event, self.now))
+
+    def _aggregator_down(self, node: int) -> bool:
+        round = self.coordinator.round
+        if self._failed_round != round:
+            self._failed_round = round
+            self._failed = self.devices.aggregator_failed(round)
+            if self.fail_aggregators is not None:
+                self._failed = self._failed | self.fail_aggregators(round, self.node_ids)
+            self._stats.aggregators_failed = int(self._failed.sum())
+        return bool(self._failed[node])
 
     def _push(self, at: float, target: NodeId, event: Event) -> None:
         heapq.heappush(self._queue, _Pending(at, next(self._seq), target, event))

@@ -1,0 +1,188 @@
+"""Secure rounds in the simulator: exact for the survivors, whatever fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tessera.ids import JobId, NodeId
+from tessera.protocol import RoundParams, make_strategy
+from tessera.protocol.secure_coordinator import SecureParams
+from tessera.protocol.topology import TreeParams, derive_tree
+from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
+from tessera.runtime.sim.secure import build_secure
+
+P = 5
+
+
+@dataclass
+class Out:
+    deltas: np.ndarray
+    num_samples: np.ndarray
+    loss: np.ndarray
+
+
+class TableTrainer:
+    """Node i's update is row i of a fixed table, so every aggregate is checkable."""
+
+    def __init__(self, samples: np.ndarray, seed: int) -> None:
+        self.samples = samples
+        rng = np.random.default_rng(seed)
+        self.table = rng.uniform(-1, 1, size=(len(samples), P)).astype(np.float32)
+        self.loss = rng.uniform(0, 3, size=len(samples)).astype(np.float32)
+
+    def train(self, global_weights, nodes, seed, *, prox_mu=None) -> Out:
+        return Out(self.table[nodes], self.samples[nodes], self.loss[nodes])
+
+
+def run_secure(
+    *,
+    n: int,
+    k: int,
+    group_size: int,
+    dropout: float,
+    rounds: int = 1,
+    seed: int = 0,
+    fail=None,
+    fraction: float = 1.0,
+):
+    samples = np.random.default_rng(seed + 1).integers(1, 30, size=n).astype(np.int64)
+    nodes = [NodeId(f"node-{i:06d}") for i in range(n)]
+    params = RoundParams(
+        job_id=JobId("secure-test"), rounds=rounds, fraction=fraction, round_timeout=1e4, seed=seed
+    )
+    secure = SecureParams(
+        tree=TreeParams(k=k, group_size=group_size, fan_in=3, min_group=1, backups=2),
+        clip=10.0,
+        max_weight=float(samples.max()),
+    )
+    coordinator, machines = build_secure(
+        nodes,
+        params=params,
+        secure=secure,
+        initial_weights=np.zeros(P, np.float32),
+        strategy=make_strategy("fedavg"),
+        seed=seed,
+    )
+    trainer = TableTrainer(samples, seed)
+    devices = DeviceModel.sample(
+        n, dropout=dropout, speed_sigma=0.5, samples_per_second=50, seed=seed
+    )
+    stats: list[RoundStats] = []
+    sim = Simulation(
+        coordinator,
+        nodes,
+        trainer,
+        devices,
+        samples,
+        local_epochs=1,
+        seed=seed,
+        on_round=stats.append,
+        machines=machines,
+        fail_aggregators=fail,
+    )
+    weights = sim.run()
+    return weights, stats, trainer, devices, samples, coordinator
+
+
+def survivors_mean(trainer: TableTrainer, samples: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    w = samples[alive].astype(np.float64)
+    return (trainer.table[alive].astype(np.float64) * w[:, None]).sum(0) / w.sum()
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(8, 40),
+    k=st.integers(2, 4),
+    group_size=st.integers(2, 6),
+    dropout=st.sampled_from([0.0, 0.3]),
+    seed=st.integers(0, 2**16),
+)
+def test_secure_round_is_the_weighted_mean_of_the_survivors(n, k, group_size, dropout, seed):
+    weights, stats, trainer, devices, samples, _ = run_secure(
+        n=n, k=k, group_size=group_size, dropout=dropout, seed=seed
+    )
+    alive = ~devices.dropped(0)
+    if alive.sum() == 0:
+        assert stats[0].closed.skipped
+        return
+    assert stats[0].closed.participants == alive.sum()
+    expected = survivors_mean(trainer, samples, alive)
+    # quantization: at most one ring step per contributor, divided by the total weight
+    np.testing.assert_allclose(weights, expected, atol=1e-4)
+    assert abs(stats[0].closed.num_samples - samples[alive].sum()) <= 1
+
+
+TREE = TreeParams(k=3, group_size=5, fan_in=3, min_group=1, backups=2)
+
+
+def fail_two_seats_per_round(round: int, nodes: list[NodeId]) -> np.ndarray:
+    """Each round, the aggregators at L0 position 1 and L1 position 0 go silent."""
+    tree = derive_tree(
+        job_id="secure-test",
+        round=round,
+        nodes=dict.fromkeys(nodes),
+        contributors=nodes,
+        params=TREE,
+    )
+    down = {tree.group("L0").aggregators[1], tree.group("L1").aggregators[0]}
+    return np.array([n in down for n in nodes])
+
+
+def test_dropouts_and_failed_aggregators_leave_the_survivors_exact():
+    rounds = 4
+    weights, stats, trainer, devices, samples, _ = run_secure(
+        n=60,
+        k=3,
+        group_size=5,
+        dropout=0.3,
+        rounds=rounds,
+        seed=3,
+        fail=fail_two_seats_per_round,
+    )
+    total = np.zeros(P)
+    for r, s in enumerate(stats):
+        alive = ~devices.dropped(r)
+        assert s.aggregators_failed == 2
+        assert s.aggregator_messages_lost > 0  # the failures really hit live roles
+        assert not s.closed.skipped
+        assert s.closed.participants == alive.sum()  # replacements kept every group
+        total += survivors_mean(trainer, samples, alive)
+    np.testing.assert_allclose(weights, total, atol=1e-4 * rounds)
+
+
+def test_failed_root_position_is_replaced():
+    nodes = [NodeId(f"node-{i:06d}") for i in range(30)]
+    params = TreeParams(k=3, group_size=4, fan_in=3, min_group=1, backups=2)
+    tree = derive_tree(
+        job_id="secure-test",
+        round=0,
+        nodes=dict.fromkeys(nodes),
+        contributors=nodes,
+        params=params,
+    )
+    root0 = tree.root.aggregators[0]
+
+    def fail(round: int, ids: list[NodeId]) -> np.ndarray:
+        return np.array([n == root0 for n in ids])
+
+    weights, stats, trainer, _, samples, _ = run_secure(
+        n=30, k=3, group_size=4, dropout=0.0, seed=9, fail=fail
+    )
+    assert stats[0].aggregators_failed == 1
+    assert stats[0].aggregator_messages_lost > 0
+    assert not stats[0].closed.skipped
+    np.testing.assert_allclose(
+        weights, survivors_mean(trainer, samples, np.ones(30, bool)), atol=1e-4
+    )
+
+
+def test_secure_run_is_deterministic_and_counts_bytes():
+    a = run_secure(n=20, k=3, group_size=4, dropout=0.2, rounds=2, seed=5)
+    b = run_secure(n=20, k=3, group_size=4, dropout=0.2, rounds=2, seed=5)
+    np.testing.assert_array_equal(a[0], b[0])
+    for s in a[1]:
+        assert s.bytes_up > 0 and s.bytes_aggregation > 0 and s.bytes_down > 0
