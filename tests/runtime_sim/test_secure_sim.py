@@ -186,3 +186,92 @@ def test_secure_run_is_deterministic_and_counts_bytes():
     np.testing.assert_array_equal(a[0], b[0])
     for s in a[1]:
         assert s.bytes_up > 0 and s.bytes_aggregation > 0 and s.bytes_down > 0
+
+
+def run_with_tamperer(*, group: str, position: int, rounds: int = 1, n: int = 40, seed: int = 2):
+    """A secure run where the aggregator at (group, position) of round 0 tampers."""
+    from tessera.testing import TamperingAggregator
+
+    samples = np.random.default_rng(seed + 1).integers(1, 30, size=n).astype(np.int64)
+    nodes = [NodeId(f"node-{i:06d}") for i in range(n)]
+    params = RoundParams(job_id=JobId("secure-test"), rounds=rounds, round_timeout=1e4, seed=seed)
+    tree_params = TreeParams(k=3, group_size=4, fan_in=3, min_group=1, backups=1)
+    secure = SecureParams(tree=tree_params, clip=10.0, max_weight=float(samples.max()))
+    coordinator, machines = build_secure(
+        nodes,
+        params=params,
+        secure=secure,
+        initial_weights=np.zeros(P, np.float32),
+        strategy=make_strategy("fedavg"),
+        seed=seed,
+    )
+    tree = derive_tree(
+        job_id="secure-test",
+        round=0,
+        nodes=dict.fromkeys(nodes),
+        contributors=nodes,
+        params=tree_params,
+    )
+    bad = tree.group(group).aggregators[position]
+    honest = machines[nodes.index(bad)].aggregator
+    machines[nodes.index(bad)].aggregator = TamperingAggregator(
+        bad, honest.job_id, honest.keys, honest.directory, targets=(group,)
+    )
+    trainer = TableTrainer(samples, seed)
+    devices = DeviceModel.sample(n, dropout=0.0, speed_sigma=0.5, samples_per_second=50, seed=seed)
+    stats: list[RoundStats] = []
+    sim = Simulation(
+        coordinator,
+        nodes,
+        trainer,
+        devices,
+        samples,
+        local_epochs=1,
+        seed=seed,
+        on_round=stats.append,
+        machines=machines,
+    )
+    return sim.run(), stats, trainer, samples, tree, bad
+
+
+def test_a_tampering_leaf_aggregator_is_named_and_its_group_left_out():
+    weights, stats, trainer, samples, tree, bad = run_with_tamperer(group="L2", position=1)
+    closed = stats[0].closed
+    assert any(entry.startswith(bad) and "L2" in entry for entry in closed.blamed), closed.blamed
+    assert not closed.skipped
+    # the round is still exact, for everyone outside the tampered group
+    outside = np.array([n not in tree.group("L2").members for n in tree_nodes(len(samples))])
+    assert closed.participants == outside.sum()
+    np.testing.assert_allclose(weights, survivors_mean(trainer, samples, outside), atol=1e-4)
+
+
+def test_a_tampering_upper_aggregator_is_named():
+    weights, stats, *_, tree, bad = run_with_tamperer(group="P1.0", position=2)
+    assert tree.depth >= 2
+    closed = stats[0].closed
+    assert any(entry.startswith(bad) for entry in closed.blamed), closed.blamed
+    assert not closed.skipped  # its parent left P1.0 out; the rest still adds up
+
+
+def test_a_tampering_root_aggregator_is_caught_when_audited():
+    # The coordinator audits k-1 of the k root positions, chosen only after the sums
+    # arrive; an audited tampered root sum is named and the round discarded, never applied.
+    caught = 0
+    for seed in range(2, 8):
+        root = derive_tree(
+            job_id="secure-test",
+            round=0,
+            nodes=dict.fromkeys(tree_nodes(40)),
+            contributors=tree_nodes(40),
+            params=TreeParams(k=3, group_size=4, fan_in=3, backups=1),
+        ).root.id
+        _, stats, *_, bad = run_with_tamperer(group=root, position=0, seed=seed)
+        closed = stats[0].closed
+        if any(e.startswith(bad) for e in closed.blamed):
+            caught += 1
+            assert closed.skipped
+    assert caught >= 3  # each seed is spared with probability 1/3
+
+
+def tree_nodes(n: int) -> list[NodeId]:
+    return [NodeId(f"node-{i:06d}") for i in range(n)]

@@ -396,8 +396,13 @@ def open_envelope(
     expect_recipient: str | None,
     max_bytes: int,
     replay: ReplayGuard | None,
+    disclosed_key: bytes | None = None,
 ) -> Envelope:
     """Check everything, then decrypt; every failure is one ``InvalidEnvelope``.
+
+    ``disclosed_key`` opens a box sealed for someone else, with the one-box key
+    its recipient disclosed (see ``disclose_key``): how an auditor checks what
+    an aggregator received. The sender's signature is checked all the same.
 
     Name the sender's keys either directly (``sender_public``) or through a
     ``directory`` of node ids, looked up under the header's sender (safer:
@@ -428,7 +433,9 @@ def open_envelope(
     if replay is not None:
         replay.check(head.sender, head.round, head.nonce)
     _verify(data, sender_public)
-    if head.sealed:
+    if head.sealed and disclosed_key is not None:
+        payload = _decrypt_with(data, parsed, disclosed_key)
+    elif head.sealed:
         payload = _decrypt(data, parsed, recipient_keys, sender_public)
     else:
         payload = data[parsed.payload_start : parsed.payload_end]
@@ -467,6 +474,36 @@ def _decrypt(
         key = _message_key(
             shared, parsed.header.nonce, recipient_keys.public.agreement, sender, header
         )
+        return ChaCha20Poly1305(key).decrypt(_AEAD_NONCE, memoryview(data)[start:end], header)
+    except (InvalidTag, ValueError):
+        raise InvalidEnvelope(CANNOT_DECRYPT) from None
+
+
+def disclose_key(data: Bytes, *, recipient_keys: NodeKeys, sender_public: PublicKeys) -> bytes:
+    """The AEAD key of one sealed envelope addressed to ``recipient_keys``.
+
+    Each box has its own key (fresh ephemeral exchange, HKDF over the header),
+    so disclosing it opens that box and no other: an aggregator can prove to an
+    auditor what it received without handing over its private key.
+    """
+    data = _as_bytes(data)
+    parsed = _parse(data)
+    if not parsed.header.sealed:
+        raise InvalidEnvelope(MALFORMED)
+    header = data[: parsed.payload_start]
+    try:
+        shared = recipient_keys._exchange(parsed.ephemeral)
+    except ValueError:
+        raise InvalidEnvelope(CANNOT_DECRYPT) from None
+    return _message_key(
+        shared, parsed.header.nonce, recipient_keys.public.agreement, sender_public, header
+    )
+
+
+def _decrypt_with(data: bytes, parsed: _Parsed, key: bytes) -> bytes:
+    start, end = parsed.payload_start, parsed.payload_end
+    header = data[:start]
+    try:
         return ChaCha20Poly1305(key).decrypt(_AEAD_NONCE, memoryview(data)[start:end], header)
     except (InvalidTag, ValueError):
         raise InvalidEnvelope(CANNOT_DECRYPT) from None

@@ -21,23 +21,29 @@ contributors, a missing position) is obeyed by sending nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from tessera.crypto.envelope import ReplayGuard, open_envelope, seal
-from tessera.crypto.fixedpoint import Ring
+from tessera.crypto.envelope import ReplayGuard, disclose_key, open_envelope, peek, seal
+from tessera.crypto.fixedpoint import Ring, Words
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import FullShare, Share, ShareAccumulator
 from tessera.errors import InvalidEnvelope, LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.protocol.audit import Evidence, decode_evidence, encode_evidence, verify_evidence
 from tessera.protocol.codec import (
+    Accusation,
     Commit,
     Kind,
+    PartialPayload,
     Reassign,
     Report,
     decode_commit,
+    decode_labelled,
     decode_partial,
     decode_reassign,
     decode_share,
+    encode_accusation,
+    encode_labelled,
     encode_partial,
     encode_report,
 )
@@ -47,10 +53,18 @@ from tessera.protocol.messages import AggregateRequest, Sealed
 
 #: Largest envelope an aggregator accepts (a full share of a 64M-parameter model).
 MAX_ENVELOPE_BYTES = 1 << 29
+_FROM_COORDINATOR = (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN, Kind.AUDIT_REQUEST)
+
+
+def decode_commit_included(commit_box: bytes) -> set[str]:
+    """The inputs named by a (clear, signed) commitment this aggregator already opened."""
+    head = peek(commit_box)
+    body = commit_box[-(head.payload_size + 64) : -64]
+    return set(decode_commit(body).included or ())
 
 
 @dataclass
-class _Role:
+class AggregatorRole:
     request: AggregateRequest
     ring: Ring
     expected: dict[str, NodeId]  # input id -> the node that must send it
@@ -60,6 +74,14 @@ class _Role:
     done: bool = False
     parent: NodeId = COORDINATOR  # where the sum goes (a replacement may change it)
     output: bytes | None = None  # the encoded sum, kept until the round ends for a resend
+    # Audit trail: each input's original box, and the commitment, for our auditor.
+    boxes: dict[str, tuple[bytes, NodeId]] = field(default_factory=dict)
+    commit_box: bytes | None = None
+    evidence: bytes | None = None
+    # Children's sums waiting for their evidence (upper groups only).
+    pending: dict[str, tuple[PartialPayload | None, bytes | None, bytes | None]] = field(
+        default_factory=dict
+    )
 
 
 def report_timer(group: str, position: int) -> str:
@@ -79,7 +101,7 @@ class Aggregator:
         self.keys = keys
         self.directory = directory
         self.round = -1
-        self.roles: dict[tuple[str, int], _Role] = {}
+        self.roles: dict[tuple[str, int], AggregatorRole] = {}
         self.replay = ReplayGuard()
 
     def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002 - uniform API
@@ -113,7 +135,9 @@ class Aggregator:
             self.replay.forget_before(req.round)
         ring = Ring(bits=req.ring_bits, frac_bits=req.frac_bits, terms=req.ring_terms)
         expected = dict(zip(req.inputs, req.senders, strict=True))
-        self.roles[(req.group, req.position)] = _Role(req, ring, expected, parent=req.parent)
+        self.roles[(req.group, req.position)] = AggregatorRole(
+            req, ring, expected, parent=req.parent
+        )
         return [StartTimer(timer=report_timer(req.group, req.position), at=req.report_at)]
 
     def _on_sealed(self, data: bytes) -> list[Effect]:
@@ -132,6 +156,7 @@ class Aggregator:
             share = decode_share(env.payload)
             role = self._role(share.group, share.position, leaf=True)
             self._check_input(role, share.group, sender, share.ring_bits, share.length)
+            role.boxes[sender] = (data, sender)
             return self._take(role, sender, share.share, 1)
         if env.kind == Kind.PARTIAL:
             part = decode_partial(env.payload)
@@ -140,18 +165,85 @@ class Aggregator:
             self._check_input(
                 role, part.group, sender, part.words.dtype.itemsize * 8, part.words.shape[0]
             )
-            return self._take(role, part.group, FullShare(part.words), part.contributors)
-        if env.kind in (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN) and sender != COORDINATOR:
+            _, _, evidence = role.pending.get(part.group, (None, None, None))
+            role.pending[part.group] = (part, data, evidence)
+            return self._audit_child(role, part.group, sender)
+        if env.kind == Kind.EVIDENCE:
+            group, position, body = decode_labelled(env.payload)
+            role = self._parent_role_for(group, position)
+            if role.expected.get(group) != sender or group in role.inputs:
+                raise RemoteProtocolError(f"{sender} owes no evidence for {group}")
+            waiting, box, _ = role.pending.get(group, (None, None, None))
+            role.pending[group] = (waiting, box, body)
+            return self._audit_child(role, group, sender)
+        if env.kind in _FROM_COORDINATOR and sender != COORDINATOR:
             raise RemoteProtocolError("commitments and reassignments come from the coordinator")
+        if env.kind == Kind.AUDIT_REQUEST:
+            group, position, _ = decode_labelled(env.payload)
+            return self._send_evidence(self._role(group, position, leaf=None), COORDINATOR)
         if env.kind == Kind.COMMIT:
-            return self._on_commit(decode_commit(env.payload))
+            commit = decode_commit(env.payload)
+            for (group, _), role in self.roles.items():
+                if group == commit.group:
+                    role.commit_box = data
+            return self._on_commit(commit)
         if env.kind == Kind.RESEND_PARTIAL:
             return self._resend(decode_reassign(env.payload))
         if env.kind == Kind.REASSIGN:
             return self._reassign(decode_reassign(env.payload))
         raise RemoteProtocolError(f"unexpected envelope kind {env.kind}")
 
-    def _role(self, group: str, position: int, *, leaf: bool | None) -> _Role:
+    # -- audits ----------------------------------------------------------------
+    def _audit_child(self, role: AggregatorRole, child: str, sender: NodeId) -> list[Effect]:
+        """Take a child's sum once its evidence checks out; accuse it otherwise."""
+        part, box, evidence = role.pending[child]
+        if part is None or evidence is None:
+            return []  # wait for the other half
+        del role.pending[child]
+        is_leaf, inputs = role.request.audit[child]
+        try:
+            verify_evidence(
+                decode_evidence(evidence),
+                audited=sender,
+                partial=part,
+                expected=inputs,
+                leaf=is_leaf,
+                ring=role.ring,
+                length=role.request.length,
+                directory=self.directory,
+                job_id=self.job_id,
+                round=self.round,
+            )
+        except RemoteProtocolError as exc:
+            # Not taken: no position will report it, so the group leaves the round.
+            accusation = Accusation(child, role.request.position, sender, str(exc))
+            return [
+                self._send(COORDINATOR, Kind.ACCUSE, encode_accusation(accusation), sealed=False)
+            ]
+        assert box is not None
+        role.boxes[child] = (box, sender)
+        return self._take(role, child, FullShare(part.words), part.contributors)
+
+    def _evidence(self, role: AggregatorRole) -> bytes:
+        assert role.commit_box is not None
+        included = decode_commit_included(role.commit_box)
+        boxes = tuple(
+            (
+                box,
+                disclose_key(box, recipient_keys=self.keys, sender_public=self.directory[sender]),
+            )
+            for input_id, (box, sender) in sorted(role.boxes.items())
+            if input_id in included
+        )
+        return encode_evidence(Evidence(role.commit_box, boxes))
+
+    def _send_evidence(self, role: AggregatorRole, auditor: NodeId) -> list[Effect]:
+        if role.evidence is None:
+            raise RemoteProtocolError(f"{role.request.group} has not summed yet")
+        payload = encode_labelled(role.request.group, role.request.position, role.evidence)
+        return [self._send(auditor, Kind.EVIDENCE, payload, sealed=True)]
+
+    def _role(self, group: str, position: int, *, leaf: bool | None) -> AggregatorRole:
         role = self.roles.get((group, position))
         if role is None or (leaf is not None and role.request.leaf != leaf):
             raise RemoteProtocolError(
@@ -159,14 +251,16 @@ class Aggregator:
             )
         return role
 
-    def _parent_role_for(self, child: str, position: int) -> _Role:
+    def _parent_role_for(self, child: str, position: int) -> AggregatorRole:
         for (_, pos), role in self.roles.items():
             if pos == position and child in role.expected and not role.request.leaf:
                 return role
         raise RemoteProtocolError(f"no role here expects {child} position {position}")
 
     @staticmethod
-    def _check_input(role: _Role, key: str, sender: NodeId, bits: int, length: int) -> None:
+    def _check_input(
+        role: AggregatorRole, key: str, sender: NodeId, bits: int, length: int
+    ) -> None:
         input_id = key if not role.request.leaf else sender
         if role.expected.get(input_id) != sender:
             raise RemoteProtocolError(f"{sender} is not an expected input of {role.request.group}")
@@ -177,14 +271,16 @@ class Aggregator:
         if role.reported:
             raise RemoteProtocolError(f"{input_id} arrived after the report")
 
-    def _take(self, role: _Role, input_id: str, share: Share, contributors: int) -> list[Effect]:
+    def _take(
+        self, role: AggregatorRole, input_id: str, share: Share, contributors: int
+    ) -> list[Effect]:
         role.inputs[input_id] = share
         role.contributors[input_id] = contributors
         if len(role.inputs) == len(role.expected):
             return self._report(role)
         return []
 
-    def _report(self, role: _Role) -> list[Effect]:
+    def _report(self, role: AggregatorRole) -> list[Effect]:
         role.reported = True
         report = Report(role.request.group, role.request.position, tuple(role.inputs))
         return [self._send(COORDINATOR, Kind.REPORT, encode_report(report), sealed=False)]
@@ -196,17 +292,31 @@ class Aggregator:
         role.parent = NodeId(r.replacement)
         if role.output is None:
             return []  # not summed yet: the sum will go to the replacement
-        return [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
+        return [
+            self._send(role.parent, Kind.PARTIAL, role.output, sealed=True),
+            *self._send_evidence(role, role.parent),
+        ]
 
     def _reassign(self, r: Reassign) -> list[Effect]:
-        """A child's aggregator failed: its sum now comes from the replacement."""
+        """A (grand)child's aggregator failed: its sum now comes from the replacement."""
+        replacement, found = NodeId(r.replacement), False
         for (_, position), role in self.roles.items():
-            if position == r.position and r.group in role.expected and not role.request.leaf:
+            if position != r.position or role.request.leaf:
+                continue
+            if r.group in role.expected:  # we consume its sum
                 if r.group in role.inputs or role.reported:
                     raise RemoteProtocolError(f"{r.group} can no longer be reassigned")
-                role.expected[r.group] = NodeId(r.replacement)
-                return []
-        raise RemoteProtocolError(f"no role here expects {r.group} position {r.position}")
+                role.expected[r.group] = replacement
+                found = True
+            for child, (is_leaf, inputs) in role.request.audit.items():
+                if not is_leaf and r.group in inputs:  # we audit the child that consumes it
+                    audit = dict(role.request.audit)
+                    audit[child] = (is_leaf, {**inputs, r.group: replacement})
+                    role.request = replace(role.request, audit=audit)
+                    found = True
+        if not found:
+            raise RemoteProtocolError(f"no role here expects {r.group} position {r.position}")
+        return []
 
     # -- commitment and summation -------------------------------------------
     def _on_commit(self, commit: Commit) -> list[Effect]:
@@ -221,7 +331,7 @@ class Aggregator:
                     effects.extend(self._report(role))
         return effects
 
-    def _sum(self, role: _Role, commit: Commit) -> list[Effect]:
+    def _sum(self, role: AggregatorRole, commit: Commit) -> list[Effect]:
         role.done = True
         inputs, role.inputs = role.inputs, {}
         if commit.included is None:
@@ -229,13 +339,22 @@ class Aggregator:
         missing = [i for i in commit.included if i not in inputs]
         if missing:
             raise RemoteProtocolError(f"commitment names inputs never received: {missing[:3]}")
-        acc = ShareAccumulator(role.request.length, role.ring)
-        for input_id in sorted(commit.included):
-            acc.add(inputs[input_id])
         count = sum(role.contributors[i] for i in commit.included)
+        words = self.partial_sum(role, [inputs[i] for i in sorted(commit.included)])
         req = role.request
-        role.output = encode_partial(req.group, req.position, count, acc.value)
-        return [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
+        role.output = encode_partial(req.group, req.position, count, words)
+        role.evidence = self._evidence(role)
+        effects: list[Effect] = [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
+        if role.parent != COORDINATOR:  # the root's sums are audited on request
+            effects += self._send_evidence(role, role.parent)
+        return effects
+
+    def partial_sum(self, role: AggregatorRole, shares: list[Share]) -> Words:
+        """This position's sum of the committed inputs (adversary tests override it)."""
+        acc = ShareAccumulator(role.request.length, role.ring)
+        for share in shares:
+            acc.add(share)
+        return acc.value
 
     def _send(self, recipient: NodeId, kind: Kind, payload: bytes, *, sealed: bool) -> Send:
         data = seal(

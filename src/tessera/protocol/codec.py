@@ -36,6 +36,9 @@ class Kind(IntEnum):
     RESEND_SHARE = 5  # coordinator -> contributor: send share j again, to a replacement
     RESEND_PARTIAL = 6  # coordinator -> child aggregator: send your sum to a replacement
     REASSIGN = 7  # coordinator -> parent aggregator: a child's sum now comes from a replacement
+    EVIDENCE = 8  # aggregator -> its auditor: the boxes it summed, with their keys
+    AUDIT_REQUEST = 9  # coordinator -> root aggregator: send your evidence
+    ACCUSE = 10  # auditor -> coordinator: this aggregator's sum does not match its evidence
 
 
 def _dtype(bits: int) -> type[np.uint32] | type[np.uint64]:
@@ -220,3 +223,43 @@ def decode_reassign(data: bytes) -> Reassign:
     if not (isinstance(group, str) and isinstance(position, int) and isinstance(replacement, str)):
         raise RemoteProtocolError("reassignment needs a group, a position and a replacement")
     return Reassign(group, position, replacement)
+
+
+def encode_labelled(group: str, position: int, body: bytes) -> bytes:
+    """``body`` tagged with the (group, position) it concerns."""
+    return _group_bytes(group) + struct.pack("<H", position) + body
+
+
+def decode_labelled(data: bytes) -> tuple[str, int, bytes]:
+    group, offset = _take_group(data, 0)
+    if len(data) < offset + 2:
+        raise RemoteProtocolError("truncated label")
+    (position,) = struct.unpack_from("<H", data, offset)
+    return group, position, data[offset + 2 :]
+
+
+@dataclass(frozen=True, slots=True)
+class Accusation:
+    """An auditor's finding: ``accused`` at (group, position) summed wrongly."""
+
+    group: str
+    position: int
+    accused: str
+    reason: str
+
+
+def encode_accusation(a: Accusation) -> bytes:
+    return _json(
+        {"group": a.group, "position": a.position, "accused": a.accused, "reason": a.reason}
+    )
+
+
+def decode_accusation(data: bytes) -> Accusation:
+    obj = _unjson(data, "accusation")
+    group, position = obj.get("group"), obj.get("position")
+    accused, reason = obj.get("accused"), obj.get("reason")
+    if not (isinstance(group, str) and isinstance(position, int)):
+        raise RemoteProtocolError("accusation needs a group and a position")
+    if not (isinstance(accused, str) and isinstance(reason, str)):
+        raise RemoteProtocolError("accusation needs the accused and a reason")
+    return Accusation(group, position, accused, reason[:200])

@@ -193,6 +193,7 @@ class Coordinator:
         samples: int,
         mean_loss: float,
         timer_pending: bool,
+        blamed: tuple[str, ...] = (),
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -212,6 +213,7 @@ class Coordinator:
                 mean_loss=mean_loss,
                 skipped=skipped,
                 closed_at=now,
+                blamed=blamed,
             )
         )
         if self.round + 1 < self.params.rounds:

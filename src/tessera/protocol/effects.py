@@ -56,6 +56,7 @@ class RoundClosed:
     mean_loss: float
     skipped: bool
     closed_at: float
+    blamed: tuple[str, ...] = ()  # aggregators whose sums failed their audit, with reasons
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

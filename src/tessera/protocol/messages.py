@@ -81,6 +81,11 @@ class AggregateRequest:
     ring_terms: int
     length: int
     tree_digest: str
+    # For upper groups: what each child group must have summed, to audit its sum:
+    # child id -> (child is a leaf, {input id: the node that must have sent it}).
+    audit: Mapping[str, tuple[bool, Mapping[str, NodeId]]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def nbytes(self) -> int:

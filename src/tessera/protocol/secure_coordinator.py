@@ -26,8 +26,10 @@ does no I/O and keeps no clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,15 +39,19 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
 from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol.audit import decode_evidence, verify_evidence
 from tessera.protocol.codec import (
     Commit,
     Kind,
     PartialPayload,
     Reassign,
     Report,
+    decode_accusation,
+    decode_labelled,
     decode_partial,
     decode_report,
     encode_commit,
+    encode_labelled,
     encode_reassign,
 )
 from tessera.protocol.coordinator import Coordinator, deadline_timer, select_cohort
@@ -94,6 +100,8 @@ class _RoundState:
     reports: dict[str, dict[int, Report]] = field(default_factory=dict)
     committed: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
     root_parts: dict[int, PartialPayload] = field(default_factory=dict)
+    blamed: dict[str, str] = field(default_factory=dict)  # aggregator -> why
+    audits_due: set[int] = field(default_factory=set)  # root positions owing evidence
 
 
 def commit_timer(level: int) -> str:
@@ -132,8 +140,15 @@ class SecureCoordinator(Coordinator):
             if event.timer == deadline_timer(self.round):
                 return self._close_secure(now, timer_pending=False)
             name, _, round_text = event.timer.partition("@")
-            if round_text != str(self.round) or not name.startswith(("commit-L", "final-L")):
+            if round_text != str(self.round):
                 return []  # a timer of a closed round
+            if name == "audit":
+                rs = self._rs
+                for j in sorted(rs.audits_due):
+                    rs.blamed[rs.seats[rs.tree.root.id][j]] = "did not justify its root sum"
+                return self._close_secure(now, timer_pending=True)
+            if not name.startswith(("commit-L", "final-L")):
+                return []
             level = int(name.partition("-L")[2])
             return self._commit_level(level, now, final=name.startswith("final"))
         if isinstance(event, MessageReceived):
@@ -216,6 +231,7 @@ class SecureCoordinator(Coordinator):
             senders = tuple(rs.seats[c][position] for c in group.children)
         parent = rs.seats[group.parent][position] if group.parent is not None else COORDINATOR
         node = rs.seats[group.id][position]
+        audit = {c: self._inputs_of(rs, tree.group(c), position) for c in group.children}
         request = AggregateRequest(
             job_id=self.params.job_id,
             round=self.round,
@@ -232,8 +248,16 @@ class SecureCoordinator(Coordinator):
             ring_terms=rs.ring.terms,
             length=rs.length,
             tree_digest=tree.digest(),
+            audit=audit,
         )
         return Send(recipient=node, message=request)
+
+    @staticmethod
+    def _inputs_of(rs: _RoundState, group: Group, position: int) -> tuple[bool, dict[str, NodeId]]:
+        """What ``group``'s aggregator at ``position`` sums: (leaf?, input id -> sender)."""
+        if group.level == 0:
+            return True, {m: m for m in group.members}
+        return False, {c: rs.seats[c][position] for c in group.children}
 
     def _train_requests(
         self,
@@ -287,36 +311,93 @@ class SecureCoordinator(Coordinator):
             max_bytes=MAX_ENVELOPE_BYTES,
             replay=self.replay,
         )
-        sender = NodeId(env.sender)
-        if env.kind == Kind.REPORT:
-            report = decode_report(env.payload)
-            group = self._group_served_by(rs, report.group, report.position, sender)
-            if report.group in rs.committed:
-                raise RemoteProtocolError(f"{report.group} is already committed")
-            unknown = set(report.received) - set(
-                group.members if group.level == 0 else group.children
+        handlers: dict[int, Callable[[_RoundState, NodeId, bytes, float], list[Effect]]] = {
+            Kind.REPORT: self._on_report,
+            Kind.PARTIAL: self._on_root_sum,
+            Kind.ACCUSE: self._on_accusation,
+            Kind.EVIDENCE: self._on_evidence,
+        }
+        handler = handlers.get(env.kind)
+        if handler is None:
+            raise RemoteProtocolError(f"the coordinator takes no envelope of kind {env.kind}")
+        return handler(rs, NodeId(env.sender), env.payload, now)
+
+    def _on_report(
+        self, rs: _RoundState, sender: NodeId, payload: bytes, now: float
+    ) -> list[Effect]:
+        report = decode_report(payload)
+        group = self._group_served_by(rs, report.group, report.position, sender)
+        if report.group in rs.committed:
+            raise RemoteProtocolError(f"{report.group} is already committed")
+        unknown = set(report.received) - set(group.members if group.level == 0 else group.children)
+        if unknown:
+            raise RemoteProtocolError(f"report names inputs outside {group.id}")
+        rs.reports.setdefault(group.id, {})[report.position] = report
+        if len(rs.reports[group.id]) == len(group.aggregators):
+            return self._commit(group, now)
+        return []
+
+    def _on_root_sum(
+        self, rs: _RoundState, sender: NodeId, payload: bytes, now: float
+    ) -> list[Effect]:
+        part = decode_partial(payload)
+        root = rs.tree.root
+        if part.group != root.id:
+            raise RemoteProtocolError("only the root group's sums come to the coordinator")
+        self._group_served_by(rs, part.group, part.position, sender)
+        if part.position in rs.root_parts:
+            raise RemoteProtocolError("this position's root sum already arrived")
+        if part.words.shape[0] != rs.length or part.words.dtype != rs.ring.dtype:
+            raise RemoteProtocolError("root sum does not match the round's ring or model")
+        rs.root_parts[part.position] = part
+        if len(rs.root_parts) == len(root.aggregators):
+            return self._audit_root(rs, now)
+        return []
+
+    def _on_accusation(
+        self,
+        rs: _RoundState,
+        sender: NodeId,
+        payload: bytes,
+        now: float,  # noqa: ARG002 - one signature for every handler
+    ) -> list[Effect]:
+        accusation = decode_accusation(payload)
+        group = self._group_served_by(
+            rs, accusation.group, accusation.position, NodeId(accusation.accused)
+        )
+        if group.parent is None or rs.seats[group.parent][accusation.position] != sender:
+            raise RemoteProtocolError(f"{sender} does not audit {accusation.group}")
+        rs.blamed[accusation.accused] = f"{accusation.group}: {accusation.reason}"
+        return []
+
+    def _on_evidence(
+        self, rs: _RoundState, sender: NodeId, payload: bytes, now: float
+    ) -> list[Effect]:
+        group_id, position, body = decode_labelled(payload)
+        root = rs.tree.root
+        if group_id != root.id or position not in rs.audits_due:
+            raise RemoteProtocolError(f"no evidence is due for {group_id} position {position}")
+        self._group_served_by(rs, group_id, position, sender)
+        rs.audits_due.discard(position)
+        is_leaf, inputs = self._inputs_of(rs, root, position)
+        try:
+            verify_evidence(
+                decode_evidence(body),
+                audited=sender,
+                partial=rs.root_parts[position],
+                expected=inputs,
+                leaf=is_leaf,
+                ring=rs.ring,
+                length=rs.length,
+                directory=self.directory,
+                job_id=self.params.job_id,
+                round=self.round,
             )
-            if unknown:
-                raise RemoteProtocolError(f"report names inputs outside {group.id}")
-            rs.reports.setdefault(group.id, {})[report.position] = report
-            if len(rs.reports[group.id]) == len(group.aggregators):
-                return self._commit(group, now)
-            return []
-        if env.kind == Kind.PARTIAL:
-            part = decode_partial(env.payload)
-            root = rs.tree.root
-            if part.group != root.id:
-                raise RemoteProtocolError("only the root group's sums come to the coordinator")
-            self._group_served_by(rs, part.group, part.position, sender)
-            if part.position in rs.root_parts:
-                raise RemoteProtocolError("this position's root sum already arrived")
-            if part.words.shape[0] != rs.length or part.words.dtype != rs.ring.dtype:
-                raise RemoteProtocolError("root sum does not match the round's ring or model")
-            rs.root_parts[part.position] = part
-            if len(rs.root_parts) == len(root.aggregators):
-                return self._close_secure(now, timer_pending=True)
-            return []
-        raise RemoteProtocolError(f"the coordinator takes no envelope of kind {env.kind}")
+        except RemoteProtocolError as exc:
+            rs.blamed[sender] = f"{root.id}: {exc}"
+        if not rs.audits_due:
+            return self._close_secure(now, timer_pending=True)
+        return []
 
     @staticmethod
     def _group_served_by(rs: _RoundState, group_id: str, position: int, sender: NodeId) -> Group:
@@ -387,6 +468,27 @@ class SecureCoordinator(Coordinator):
         if group.parent is not None:
             parent = rs.seats[group.parent][position]
             effects.append(self._signed(parent, Kind.REASSIGN, notice))
+            grandparent = rs.tree.group(group.parent).parent
+            if grandparent is not None:  # it audits the parent's inputs
+                auditor = rs.seats[grandparent][position]
+                effects.append(self._signed(auditor, Kind.REASSIGN, notice))
+        return effects
+
+    def _audit_root(self, rs: _RoundState, now: float) -> list[Effect]:
+        """Ask k-1 root positions for their evidence; which one is spared is decided
+        only now, from the sums themselves, so no aggregator knew it in advance."""
+        root = rs.tree.root
+        digest = hashlib.sha256(
+            b"".join(rs.root_parts[j].words.tobytes() for j in range(len(root.aggregators)))
+        )
+        spared = int.from_bytes(digest.digest()[:8], "little") % len(root.aggregators)
+        rs.audits_due = {j for j in range(len(root.aggregators)) if j != spared}
+        effects: list[Effect] = [
+            self._signed(rs.seats[root.id][j], Kind.AUDIT_REQUEST, encode_labelled(root.id, j, b""))
+            for j in sorted(rs.audits_due)
+        ]
+        at = now + self.secure.phase_timeout
+        effects.append(StartTimer(timer=f"audit@{self.round}", at=at))
         return effects
 
     def _signed(self, recipient: NodeId, kind: Kind, payload: bytes) -> Send:
@@ -425,34 +527,30 @@ class SecureCoordinator(Coordinator):
         assert self._rs is not None
         rs, self._rs = self._rs, None
         root = rs.tree.root
-        if len(rs.root_parts) != len(root.aggregators):
-            return self._finish_round(
-                now,
-                mean_delta=None,
-                participants=0,
-                samples=0,
-                mean_loss=float("nan"),
-                timer_pending=timer_pending,
-            )
+        blamed = tuple(f"{node} ({why})" for node, why in sorted(rs.blamed.items()))
+        nothing: dict[str, Any] = {
+            "mean_delta": None,
+            "participants": 0,
+            "samples": 0,
+            "mean_loss": float("nan"),
+            "timer_pending": timer_pending,
+            "blamed": blamed,
+        }
+        if len(rs.root_parts) != len(root.aggregators) or set(rs.seats[root.id]) & set(rs.blamed):
+            # Missing, or a root sum failed its audit: nothing trustworthy to apply.
+            return self._finish_round(now, **nothing)
         total = combine([rs.root_parts[j].words for j in range(len(root.aggregators))], rs.ring)
         values = decode(total, rs.ring)
         weight = float(values[-1])
         participants = self._included_contributors(rs)
         if weight <= 0 or participants == 0:
-            return self._finish_round(
-                now,
-                mean_delta=None,
-                participants=0,
-                samples=0,
-                mean_loss=float("nan"),
-                timer_pending=timer_pending,
-            )
-        mean = (values[:-2] / weight).astype(np.float32)
+            return self._finish_round(now, **nothing)
         return self._finish_round(
             now,
-            mean_delta=mean,
+            mean_delta=(values[:-2] / weight).astype(np.float32),
             participants=participants,
             samples=round(weight * self.secure.max_weight),
             mean_loss=float(values[-2] / weight),
             timer_pending=timer_pending,
+            blamed=blamed,
         )
