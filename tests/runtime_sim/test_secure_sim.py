@@ -246,7 +246,7 @@ def test_a_tampering_leaf_aggregator_is_named_and_its_group_left_out():
 
 
 def test_a_tampering_upper_aggregator_is_named():
-    weights, stats, *_, tree, bad = run_with_tamperer(group="P1.0", position=2)
+    _, stats, *_, tree, bad = run_with_tamperer(group="P1.0", position=2)
     assert tree.depth >= 2
     closed = stats[0].closed
     assert any(entry.startswith(bad) for entry in closed.blamed), closed.blamed
