@@ -152,6 +152,8 @@ class Aggregator:
             replay=self.replay,
         )
         sender = NodeId(env.sender)
+        if env.kind in (Kind.SHARE, Kind.PARTIAL, Kind.EVIDENCE) and not env.sealed:
+            raise RemoteProtocolError("shares, sums and evidence must be sealed")
         if env.kind == Kind.SHARE:
             share = decode_share(env.payload)
             role = self._role(share.group, share.position, leaf=True)
@@ -182,11 +184,7 @@ class Aggregator:
             group, position, _ = decode_labelled(env.payload)
             return self._send_evidence(self._role(group, position, leaf=None), COORDINATOR)
         if env.kind == Kind.COMMIT:
-            commit = decode_commit(env.payload)
-            for (group, _), role in self.roles.items():
-                if group == commit.group:
-                    role.commit_box = data
-            return self._on_commit(commit)
+            return self._on_commit(decode_commit(env.payload), data)
         if env.kind == Kind.RESEND_PARTIAL:
             return self._resend(decode_reassign(env.payload))
         if env.kind == Kind.REASSIGN:
@@ -319,11 +317,11 @@ class Aggregator:
         return []
 
     # -- commitment and summation -------------------------------------------
-    def _on_commit(self, commit: Commit) -> list[Effect]:
+    def _on_commit(self, commit: Commit, box: bytes) -> list[Effect]:
         effects: list[Effect] = []
         for (group, _), role in list(self.roles.items()):
             if group == commit.group and not role.done:
-                effects.extend(self._sum(role, commit))
+                effects.extend(self._sum(role, commit, box))
             elif commit.included is None and commit.group in role.expected:
                 # a child group was dropped: stop waiting for it
                 del role.expected[commit.group]
@@ -331,14 +329,15 @@ class Aggregator:
                     effects.extend(self._report(role))
         return effects
 
-    def _sum(self, role: AggregatorRole, commit: Commit) -> list[Effect]:
-        role.done = True
+    def _sum(self, role: AggregatorRole, commit: Commit, box: bytes) -> list[Effect]:
+        if commit.included is not None:
+            missing = [i for i in commit.included if i not in role.inputs]
+            if missing:  # refused before anything changes
+                raise RemoteProtocolError(f"commitment names inputs never received: {missing[:3]}")
+        role.done, role.commit_box = True, box
         inputs, role.inputs = role.inputs, {}
         if commit.included is None:
             return []  # the group left the round
-        missing = [i for i in commit.included if i not in inputs]
-        if missing:
-            raise RemoteProtocolError(f"commitment names inputs never received: {missing[:3]}")
         count = sum(role.contributors[i] for i in commit.included)
         words = self.partial_sum(role, [inputs[i] for i in sorted(commit.included)])
         req = role.request

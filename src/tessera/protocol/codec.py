@@ -22,6 +22,7 @@ from tessera.crypto.sharing import FullShare, SeedShare, Share
 from tessera.errors import RemoteProtocolError
 
 SEED_BYTES = 32
+MAX_CONTROL_BYTES = 1 << 22  # reports and commitments: ids of one group, never megabytes
 _SHARE = struct.Struct("<BBHI")  # share kind, ring bits, position, words
 _PARTIAL = struct.Struct("<BHII")  # ring bits, position, contributors, words
 
@@ -140,9 +141,11 @@ def _json(obj: dict[str, Any]) -> bytes:
 
 
 def _unjson(data: bytes, what: str) -> dict[str, Any]:
+    if len(data) > MAX_CONTROL_BYTES:
+        raise RemoteProtocolError(f"{what} is too large")
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, huge ints, deep nesting
         raise RemoteProtocolError(f"{what} is not valid JSON") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError(f"{what} must be a JSON object")

@@ -317,6 +317,8 @@ class SecureCoordinator(Coordinator):
             Kind.ACCUSE: self._on_accusation,
             Kind.EVIDENCE: self._on_evidence,
         }
+        if env.kind in (Kind.PARTIAL, Kind.EVIDENCE) and not env.sealed:
+            raise RemoteProtocolError("sums and evidence must be sealed")
         handler = handlers.get(env.kind)
         if handler is None:
             raise RemoteProtocolError(f"the coordinator takes no envelope of kind {env.kind}")
@@ -332,6 +334,8 @@ class SecureCoordinator(Coordinator):
         unknown = set(report.received) - set(group.members if group.level == 0 else group.children)
         if unknown:
             raise RemoteProtocolError(f"report names inputs outside {group.id}")
+        if report.position in rs.reports.get(report.group, {}):
+            raise RemoteProtocolError(f"{report.group} position {report.position} already reported")
         rs.reports.setdefault(group.id, {})[report.position] = report
         if len(rs.reports[group.id]) == len(group.aggregators):
             return self._commit(group, now)

@@ -38,6 +38,8 @@ class RoundRecord:
     bytes_up: int
     bytes_down: int
     bytes_aggregation: int
+    aggregators_failed: int = 0
+    blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
 
 
 @dataclass
@@ -122,6 +124,8 @@ def simulate(
             bytes_up=stats.bytes_up,
             bytes_down=stats.bytes_down,
             bytes_aggregation=stats.bytes_aggregation,
+            aggregators_failed=stats.aggregators_failed,
+            blamed=closed.blamed,
         )
         records.append(rec)
         if on_round is not None:
