@@ -128,6 +128,7 @@ class SecureSection(_Section):
     max_weight: PositiveFloat | None = None  # samples at which a node's weight saturates
     loss_cap: PositiveFloat = 20.0
     phase_timeout: PositiveFloat = 30.0
+    audit: bool = True  # every partial sum checked one level up: tamperers named, ~2x the cost
 
 
 class BaselineSection(_Section):

@@ -48,6 +48,7 @@ def run_secure(
     seed: int = 0,
     fail=None,
     fraction: float = 1.0,
+    audit: bool = True,
 ):
     samples = np.random.default_rng(seed + 1).integers(1, 30, size=n).astype(np.int64)
     nodes = [NodeId(f"node-{i:06d}") for i in range(n)]
@@ -58,6 +59,7 @@ def run_secure(
         tree=TreeParams(k=k, group_size=group_size, fan_in=3, min_group=1, backups=2),
         clip=10.0,
         max_weight=float(samples.max()),
+        audit=audit,
     )
     coordinator, machines = build_secure(
         nodes,
@@ -100,10 +102,11 @@ def survivors_mean(trainer: TableTrainer, samples: np.ndarray, alive: np.ndarray
     group_size=st.integers(2, 6),
     dropout=st.sampled_from([0.0, 0.3]),
     seed=st.integers(0, 2**16),
+    audit=st.booleans(),
 )
-def test_secure_round_is_the_weighted_mean_of_the_survivors(n, k, group_size, dropout, seed):
+def test_secure_round_is_the_weighted_mean_of_the_survivors(n, k, group_size, dropout, seed, audit):
     weights, stats, trainer, devices, samples, _ = run_secure(
-        n=n, k=k, group_size=group_size, dropout=dropout, seed=seed
+        n=n, k=k, group_size=group_size, dropout=dropout, seed=seed, audit=audit
     )
     alive = ~devices.dropped(0)
     if alive.sum() == 0:

@@ -167,6 +167,8 @@ class Aggregator:
             self._check_input(
                 role, part.group, sender, part.words.dtype.itemsize * 8, part.words.shape[0]
             )
+            if part.group not in role.request.audit:  # audits are off for this job
+                return self._take(role, part.group, FullShare(part.words), part.contributors)
             _, _, evidence = role.pending.get(part.group, (None, None, None))
             role.pending[part.group] = (part, data, evidence)
             return self._audit_child(role, part.group, sender)
@@ -290,10 +292,10 @@ class Aggregator:
         role.parent = NodeId(r.replacement)
         if role.output is None:
             return []  # not summed yet: the sum will go to the replacement
-        return [
-            self._send(role.parent, Kind.PARTIAL, role.output, sealed=True),
-            *self._send_evidence(role, role.parent),
-        ]
+        effects: list[Effect] = [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
+        if role.request.send_evidence:
+            effects += self._send_evidence(role, role.parent)
+        return effects
 
     def _reassign(self, r: Reassign) -> list[Effect]:
         """A (grand)child's aggregator failed: its sum now comes from the replacement."""
@@ -343,8 +345,9 @@ class Aggregator:
         req = role.request
         role.output = encode_partial(req.group, req.position, count, words)
         role.evidence = self._evidence(role)
+        role.boxes.clear()  # they live on inside the evidence
         effects: list[Effect] = [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
-        if role.parent != COORDINATOR:  # the root's sums are audited on request
+        if req.send_evidence:  # the root's sums are audited on request instead
             effects += self._send_evidence(role, role.parent)
         return effects
 

@@ -86,6 +86,7 @@ class AggregateRequest:
     audit: Mapping[str, tuple[bool, Mapping[str, NodeId]]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    send_evidence: bool = False  # whether our sums go with evidence for our parent
 
     @property
     def nbytes(self) -> int:

@@ -77,6 +77,7 @@ class SecureParams:
     loss_cap: float = 20.0
     phase_timeout: float = 30.0
     min_frac_bits: int = 16
+    audit: bool = True  # every partial sum checked by the level above (costs about 2x)
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
@@ -86,7 +87,7 @@ class SecureParams:
     @property
     def term_bound(self) -> float:
         """Every coordinate a contributor encodes is at most this in size."""
-        return max(self.clip, self.loss_cap, 1.0)
+        return max(self.clip, 1.0)  # the loss is sent as a fraction of loss_cap
 
 
 @dataclass
@@ -95,6 +96,7 @@ class _RoundState:
     ring: Ring
     length: int
     train_until: float
+    digest: str  # the tree's, computed once per round
     seats: dict[str, list[NodeId]]  # who serves each position now (replacements included)
     spares: dict[str, list[NodeId]]  # backups not yet used
     reports: dict[str, dict[int, Report]] = field(default_factory=dict)
@@ -185,6 +187,7 @@ class SecureCoordinator(Coordinator):
             ring=ring,
             length=self.weights.shape[0] + 2,
             train_until=train_until,
+            digest=tree.digest(),
             seats={g.id: list(g.aggregators) for g in tree.groups},
             spares={g.id: list(g.backups) for g in tree.groups},
         )
@@ -231,7 +234,11 @@ class SecureCoordinator(Coordinator):
             senders = tuple(rs.seats[c][position] for c in group.children)
         parent = rs.seats[group.parent][position] if group.parent is not None else COORDINATOR
         node = rs.seats[group.id][position]
-        audit = {c: self._inputs_of(rs, tree.group(c), position) for c in group.children}
+        audit = (
+            {c: self._inputs_of(rs, tree.group(c), position) for c in group.children}
+            if self.secure.audit
+            else {}
+        )
         request = AggregateRequest(
             job_id=self.params.job_id,
             round=self.round,
@@ -247,8 +254,9 @@ class SecureCoordinator(Coordinator):
             frac_bits=rs.ring.frac_bits,
             ring_terms=rs.ring.terms,
             length=rs.length,
-            tree_digest=tree.digest(),
+            tree_digest=rs.digest,
             audit=audit,
+            send_evidence=self.secure.audit and group.parent is not None,
         )
         return Send(recipient=node, message=request)
 
@@ -290,7 +298,7 @@ class SecureCoordinator(Coordinator):
                         ring_terms=rs.ring.terms,
                         max_weight=self.secure.max_weight,
                         loss_cap=self.secure.loss_cap,
-                        tree_digest=rs.tree.digest(),
+                        tree_digest=rs.digest,
                     ),
                 ),
             )
@@ -355,6 +363,8 @@ class SecureCoordinator(Coordinator):
             raise RemoteProtocolError("root sum does not match the round's ring or model")
         rs.root_parts[part.position] = part
         if len(rs.root_parts) == len(root.aggregators):
+            if not self.secure.audit:
+                return self._close_secure(now, timer_pending=True)
             return self._audit_root(rs, now)
         return []
 
@@ -554,7 +564,7 @@ class SecureCoordinator(Coordinator):
             mean_delta=(values[:-2] / weight).astype(np.float32),
             participants=participants,
             samples=round(weight * self.secure.max_weight),
-            mean_loss=float(values[-2] / weight),
+            mean_loss=float(values[-2] / weight) * self.secure.loss_cap,
             timer_pending=timer_pending,
             blamed=blamed,
         )

@@ -48,6 +48,7 @@ def secure_params(job: PreparedJob) -> SecureParams:
         max_weight=s.max_weight or float(job.node_samples.max()),
         loss_cap=s.loss_cap,
         phase_timeout=s.phase_timeout,
+        audit=s.audit,
     )
 
 
