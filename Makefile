@@ -25,6 +25,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/plaintext_rounds.py
+	$(BIN)/python benchmarks/secure_rounds.py --quick
+	$(BIN)/python benchmarks/batched_training.py
+	$(BIN)/python benchmarks/crypto_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

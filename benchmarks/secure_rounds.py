@@ -15,7 +15,8 @@ as a miss):
    median of ``RoundRecord.seconds`` over ``--rounds`` rounds (1 round at
    N >= 10,000); ``setup s`` is the rest of the ``simulate`` call (building
    the trainer and, when secure, every node's keys and machines), which no
-   round record counts. Each (N, mode) runs in a fresh process, so its peak
+   round record counts. Each (N, mode) runs in a fresh process with one
+   torch thread and one BLAS thread (OPENBLAS_NUM_THREADS=1), so its peak
    resident memory (ru_maxrss) is its own; a watchdog kills a run past
    ``--max-rss-gb`` or ``--max-seconds``, and a secure run whose estimate
    (scaled from the largest smaller secure run) exceeds either is skipped.
@@ -58,7 +59,7 @@ SPEED_TARGET = 0.5  # aggregation at least half as fast as plain numpy summation
 UPLOAD_TARGET = 1.05  # bytes up per contributor <= 1.05 x the quantized model
 
 
-def job_config(hidden: list[int], rounds: int, clip: float) -> dict[str, Any]:
+def job_config(hidden: list[int], rounds: int, clip: float, audit: bool = True) -> dict[str, Any]:
     return {
         "job": {"name": "bench", "seed": 0, "task": "classification"},
         "data": {
@@ -75,13 +76,16 @@ def job_config(hidden: list[int], rounds: int, clip: float) -> dict[str, Any]:
         "federation": {"rounds": rounds, "fraction": 1.0},
         "simulation": {"dropout": 0.0},
         "baseline": {"enabled": False},
+        "secure": {"audit": audit},
     }
 
 
 # -- 1. one simulated job, in a child process ------------------------------------------
 
 
-def run_one(n_nodes: int, secure: bool, rounds: int, hidden: list[int], clip: float) -> dict:
+def run_one(
+    n_nodes: int, secure: bool, rounds: int, hidden: list[int], clip: float, *, audit: bool = True
+) -> dict:
     """Prepare the job, keep its first ``n_nodes`` nodes and simulate it once."""
     import torch
 
@@ -91,7 +95,7 @@ def run_one(n_nodes: int, secure: bool, rounds: int, hidden: list[int], clip: fl
     from tessera.runtime.sim.job import simulate
     from tessera.runtime.sim.secure import summarize
 
-    job = prepare_job(parse_config(job_config(hidden, rounds, clip)))
+    job = prepare_job(parse_config(job_config(hidden, rounds, clip, audit)))
     if n_nodes > job.n_nodes:
         raise SystemExit(f"Chem97 has only {job.n_nodes} students, asked for {n_nodes}")
     stop = int(job.offsets[n_nodes])
@@ -130,6 +134,16 @@ class Outcome:
     why: str = ""  # why there is no result: skipped, killed or failed
 
 
+# One core for everything: torch.set_num_threads(1) does not reach numpy's OpenBLAS,
+# whose threads (np.linalg.norm in the contributor) stall badly when the other core is busy.
+ONE_THREAD_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
 def _rss_mb(pid: int) -> float:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -146,6 +160,7 @@ def spawn(args: argparse.Namespace, n: int, secure: bool) -> Outcome:
         "--one",
         str(n),
         "secure" if secure else "plain",
+        *([] if args.audit else ["--no-audit"]),
         "--rounds",
         str(rounds_for(args, n)),
         "--hidden",
@@ -155,7 +170,7 @@ def spawn(args: argparse.Namespace, n: int, secure: bool) -> Outcome:
     ]
     limit_mb, limit_s = args.max_rss_gb * 1024, args.max_seconds
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=ONE_THREAD_ENV)
         start, why = time.monotonic(), ""
         while proc.poll() is None:
             time.sleep(0.2)
@@ -490,11 +505,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="section 2 timed repetitions")
     ap.add_argument("--skip-rounds", action="store_true", help="sections 2 only")
     ap.add_argument("--skip-throughput", action="store_true", help="sections 1 and 3 only")
+    ap.add_argument(
+        "--no-audit", dest="audit", action="store_false", help="secure rounds without audits"
+    )
     ap.add_argument("--one", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         n, mode = int(args.one[0]), args.one[1]
-        print(json.dumps(run_one(n, mode == "secure", args.rounds, args.hidden, args.clip)))
+        result = run_one(n, mode == "secure", args.rounds, args.hidden, args.clip, audit=args.audit)
+        print(json.dumps(result))
         return
     args.sizes = sorted(set(args.sizes or ([100, 1_000] if args.quick else [100, 1_000, 10_000])))
     done: dict[int, tuple[dict, dict]] = {}
