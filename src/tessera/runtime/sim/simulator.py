@@ -10,9 +10,10 @@ node drops out this round).
 Training itself is deferred until a completion is due, then done for the
 next ``chunk`` due nodes of that round at once (they share the round's
 global weights, and a node's result depends only on its data, the weights
-and the seed). So at most one chunk of updates is alive at a time and
-memory stays flat in N: updates are folded into the coordinator's running
-sum as they arrive.
+and the seed). So training holds one chunk of updates at a time, and the
+coordinator folds updates into its running sum as they arrive; what remains
+is the updates in flight on the simulated network (many, when thousands of
+nodes finish within one latency of each other and the model is large).
 """
 
 from __future__ import annotations
