@@ -51,6 +51,7 @@ from tessera.protocol.params import RoundParams
 from tessera.protocol.secure_coordinator import SecureCoordinator, SecureParams
 from tessera.protocol.strategies import make_strategy
 from tessera.protocol.topology import TreeParams
+from tessera.protocol.wire import Wire as PartyWire
 
 JOB = JobId("secure-job")
 DIM = 6  # model size; every share and sum carries DIM + 2 words (loss and weight)
@@ -426,6 +427,11 @@ def replay_sizes(machine: Node | Coordinator) -> tuple[int, ...]:
     parts: list[object] = (
         [machine.contributor, machine.aggregator] if isinstance(machine, Node) else [machine]
     )
-    return tuple(
-        len(v) for p in parts for v in _attributes(p).values() if isinstance(v, ReplayGuard)
-    )
+    guards = [
+        v.replay if isinstance(v, PartyWire) else v
+        for p in parts
+        for v in _attributes(p).values()
+        if isinstance(v, ReplayGuard | PartyWire)
+    ]
+    assert guards, "every secure machine keeps a replay guard"
+    return tuple(len(g) for g in guards)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from tessera.crypto.envelope import ReplayGuard, disclose_key, open_envelope, peek, seal
+from tessera.crypto.envelope import disclose_key, peek
 from tessera.crypto.fixedpoint import Ring, Words
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import FullShare, Share, ShareAccumulator
@@ -50,6 +50,7 @@ from tessera.protocol.codec import (
 from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
 from tessera.protocol.events import Event, MessageReceived, TimerFired
 from tessera.protocol.messages import AggregateRequest, Sealed
+from tessera.protocol.wire import Wire
 
 #: Largest envelope an aggregator accepts (a full share of a 64M-parameter model).
 MAX_ENVELOPE_BYTES = 1 << 29
@@ -102,7 +103,7 @@ class Aggregator:
         self.directory = directory
         self.round = -1
         self.roles: dict[tuple[str, int], AggregatorRole] = {}
-        self.replay = ReplayGuard()
+        self.wire = Wire(node, job_id, keys, directory)
 
     def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002 - uniform API
         if isinstance(event, TimerFired):
@@ -132,7 +133,7 @@ class Aggregator:
         if req.round > self.round:  # a new round: earlier roles are void
             self.round = req.round
             self.roles.clear()
-            self.replay.forget_before(req.round)
+            self.wire.replay.forget_before(req.round)
         ring = Ring(bits=req.ring_bits, frac_bits=req.frac_bits, terms=req.ring_terms)
         expected = dict(zip(req.inputs, req.senders, strict=True))
         self.roles[(req.group, req.position)] = AggregatorRole(
@@ -141,16 +142,7 @@ class Aggregator:
         return [StartTimer(timer=report_timer(req.group, req.position), at=req.report_at)]
 
     def _on_sealed(self, data: bytes) -> list[Effect]:
-        env = open_envelope(
-            data,
-            recipient_keys=self.keys,
-            directory=self.directory,
-            expect_job=self.job_id,
-            expect_round=self.round,
-            expect_recipient=self.node,
-            max_bytes=MAX_ENVELOPE_BYTES,
-            replay=self.replay,
-        )
+        env = self.wire.open(data, round=self.round, max_bytes=MAX_ENVELOPE_BYTES)
         sender = NodeId(env.sender)
         if env.kind in (Kind.SHARE, Kind.PARTIAL, Kind.EVIDENCE) and not env.sealed:
             raise RemoteProtocolError("shares, sums and evidence must be sealed")
@@ -359,14 +351,4 @@ class Aggregator:
         return acc.value
 
     def _send(self, recipient: NodeId, kind: Kind, payload: bytes, *, sealed: bool) -> Send:
-        data = seal(
-            kind=int(kind),
-            job_id=self.job_id,
-            round=self.round,
-            sender=self.node,
-            recipient=recipient,
-            payload=payload,
-            sender_keys=self.keys,
-            recipient_public=self.directory[recipient] if sealed else None,
-        )
-        return Send(recipient=recipient, message=Sealed(data))
+        return self.wire.send(recipient, kind, self.round, payload, sealed=sealed)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tessera.crypto.envelope import ReplayGuard, open_envelope, seal
 from tessera.crypto.fixedpoint import Ring, encode
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import Share, split
@@ -37,6 +36,7 @@ from tessera.protocol.messages import (
     UpdateSubmission,
 )
 from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, ContributorState
+from tessera.protocol.wire import Wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +59,10 @@ class Contributor:
         "deadline",
         "job_id",
         "node",
-        "replay",
         "round",
         "secure",
         "state",
+        "wire",
     )
 
     def __init__(self, node: NodeId, job_id: JobId, secure: SecureContext | None = None) -> None:
@@ -72,7 +72,7 @@ class Contributor:
         self.assignment: SecureAssignment | None = None
         # This round's shares, kept (never re-split) in case an aggregator is replaced.
         self._sent: tuple[Ring, int, list[Share]] | None = None
-        self.replay = ReplayGuard()
+        self.wire = Wire(node, job_id, secure.keys, secure.directory) if secure else None
         self.state = ContributorState.IDLE
         self.round = -1
         self.deadline = 0.0
@@ -147,38 +147,19 @@ class Contributor:
         ]
 
     def _seal_share(self, position: int, aggregator: NodeId) -> Send:
-        a, ctx, sent = self.assignment, self.secure, self._sent
+        a, wire, sent = self.assignment, self.wire, self._sent
         assert a is not None
-        assert ctx is not None
+        assert wire is not None
         assert sent is not None
         ring, length, shares = sent
         payload = encode_share(a.group, position, ring, length, shares[position])
-        data = seal(
-            kind=int(Kind.SHARE),
-            job_id=self.job_id,
-            round=self.round,
-            sender=self.node,
-            recipient=aggregator,
-            payload=payload,
-            sender_keys=ctx.keys,
-            recipient_public=ctx.directory[aggregator],
-        )
-        return Send(recipient=aggregator, message=Sealed(data))
+        return wire.send(aggregator, Kind.SHARE, self.round, payload, sealed=True)
 
     def _on_resend(self, data: bytes) -> list[Effect]:
         """The coordinator replaced one of our aggregators: the same share, resealed."""
-        if self.secure is None or self.assignment is None:
+        if self.wire is None or self.assignment is None:
             raise RemoteProtocolError("no secure round in progress")
-        env = open_envelope(
-            data,
-            recipient_keys=None,
-            directory=self.secure.directory,
-            expect_job=self.job_id,
-            expect_round=self.round,
-            expect_recipient=self.node,
-            max_bytes=1 << 16,
-            replay=self.replay,
-        )
+        env = self.wire.open(data, round=self.round, max_bytes=1 << 16)
         if env.sender != COORDINATOR or env.kind != Kind.RESEND_SHARE:
             raise RemoteProtocolError("only the coordinator may redirect shares")
         r = decode_reassign(env.payload)

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from tessera.crypto.envelope import ReplayGuard, open_envelope, seal
 from tessera.crypto.fixedpoint import Ring, choose_ring, decode
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
@@ -62,6 +61,7 @@ from tessera.protocol.params import RoundParams
 from tessera.protocol.states import CoordinatorInput, CoordinatorState
 from tessera.protocol.strategies import Strategy
 from tessera.protocol.topology import Group, Tree, TreeParams, derive_tree
+from tessera.protocol.wire import Wire
 from tessera.weights import Vector
 
 MAX_ENVELOPE_BYTES = 1 << 29
@@ -128,7 +128,7 @@ class SecureCoordinator(Coordinator):
         self.keys = keys
         self.directory = directory
         self.organisations = dict(organisations or dict.fromkeys(self.nodes))
-        self.replay = ReplayGuard()
+        self.wire = Wire(COORDINATOR, params.job_id, keys, directory)
         self._rs: _RoundState | None = None
 
     # -- events -------------------------------------------------------------
@@ -192,7 +192,7 @@ class SecureCoordinator(Coordinator):
             spares={g.id: list(g.backups) for g in tree.groups},
         )
         self._rs = rs
-        self.replay.forget_before(round)
+        self.wire.replay.forget_before(round)
         weights = self.weights
         weights.flags.writeable = False
         phase = self.secure.phase_timeout
@@ -309,16 +309,7 @@ class SecureCoordinator(Coordinator):
     def _on_sealed(self, data: bytes, now: float) -> list[Effect]:
         assert self._rs is not None
         rs = self._rs
-        env = open_envelope(
-            data,
-            recipient_keys=self.keys,
-            directory=self.directory,
-            expect_job=self.params.job_id,
-            expect_round=self.round,
-            expect_recipient=COORDINATOR,
-            max_bytes=MAX_ENVELOPE_BYTES,
-            replay=self.replay,
-        )
+        env = self.wire.open(data, round=self.round, max_bytes=MAX_ENVELOPE_BYTES)
         handlers: dict[int, Callable[[_RoundState, NodeId, bytes, float], list[Effect]]] = {
             Kind.REPORT: self._on_report,
             Kind.PARTIAL: self._on_root_sum,
@@ -506,17 +497,7 @@ class SecureCoordinator(Coordinator):
         return effects
 
     def _signed(self, recipient: NodeId, kind: Kind, payload: bytes) -> Send:
-        data = seal(
-            kind=int(kind),
-            job_id=self.params.job_id,
-            round=self.round,
-            sender=COORDINATOR,
-            recipient=recipient,
-            payload=payload,
-            sender_keys=self.keys,
-            recipient_public=None,
-        )
-        return Send(recipient=recipient, message=Sealed(data))
+        return self.wire.send(recipient, kind, self.round, payload, sealed=False)
 
     # -- closing -------------------------------------------------------------------
     def _included_contributors(self, rs: _RoundState) -> int:
