@@ -16,7 +16,7 @@ and change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from tessera.protocol.messages import (
     AggregateRequest,
     Message,
     Sealed,
+    SecureAssignment,
     TrainRequest,
     UpdateSubmission,
 )
@@ -121,22 +122,30 @@ class Coordinator:
         deadline = now + self.params.round_timeout
         weights = self.weights
         weights.flags.writeable = False  # shared by every request of the round
-        request_config = self.strategy.configure(round)
+        config = self.strategy.configure(round)
         effects: list[Effect] = [
-            Send(
-                recipient=node,
-                message=TrainRequest(
-                    job_id=self.params.job_id,
-                    round=round,
-                    weights=weights,
-                    deadline=deadline,
-                    config=request_config,
-                ),
-            )
-            for node in cohort
+            self._train_request(node, weights, deadline, config) for node in cohort
         ]
         effects.append(StartTimer(timer=deadline_timer(round), at=deadline))
         return effects
+
+    def _train_request(
+        self,
+        node: NodeId,
+        weights: Vector,
+        deadline: float,
+        config: Mapping[str, float],
+        secure: SecureAssignment | None = None,
+    ) -> Send:
+        request = TrainRequest(
+            job_id=self.params.job_id,
+            round=self.round,
+            weights=weights,
+            deadline=deadline,
+            config=config,
+            secure=secure,
+        )
+        return Send(recipient=node, message=request)
 
     def _refusal(self, sender: NodeId, msg: Message) -> str | None:
         """Why a peer's message cannot be taken now, or None if it can."""

@@ -56,7 +56,7 @@ from tessera.protocol.codec import (
 from tessera.protocol.coordinator import Coordinator, deadline_timer, select_cohort
 from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
 from tessera.protocol.events import Event, JobStarted, MessageReceived, TimerFired
-from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment, TrainRequest
+from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
 from tessera.protocol.params import RoundParams
 from tessera.protocol.states import CoordinatorInput, CoordinatorState
 from tessera.protocol.strategies import Strategy
@@ -206,7 +206,6 @@ class SecureCoordinator(Coordinator):
                 effects.extend(
                     self._train_requests(
                         group=group,
-                        round=round,
                         weights=weights,
                         deadline=train_until,
                         config=config,
@@ -271,7 +270,6 @@ class SecureCoordinator(Coordinator):
         self,
         *,
         group: Group,
-        round: int,
         weights: Vector,
         deadline: float,
         config: Mapping[str, float],
@@ -279,27 +277,23 @@ class SecureCoordinator(Coordinator):
     ) -> list[Effect]:
         k = len(group.aggregators)
         return [
-            Send(
-                recipient=member,
-                message=TrainRequest(
-                    job_id=self.params.job_id,
-                    round=round,
-                    weights=weights,
-                    deadline=deadline,
-                    config=config,
-                    secure=SecureAssignment(
-                        group=group.id,
-                        clip=self.secure.clip,
-                        aggregators=tuple(group.aggregators),
-                        backups=tuple(group.backups),
-                        full_position=i % k,  # the full-size share rotates
-                        ring_bits=rs.ring.bits,
-                        frac_bits=rs.ring.frac_bits,
-                        ring_terms=rs.ring.terms,
-                        max_weight=self.secure.max_weight,
-                        loss_cap=self.secure.loss_cap,
-                        tree_digest=rs.digest,
-                    ),
+            self._train_request(
+                member,
+                weights,
+                deadline,
+                config,
+                SecureAssignment(
+                    group=group.id,
+                    clip=self.secure.clip,
+                    aggregators=tuple(group.aggregators),
+                    backups=tuple(group.backups),
+                    full_position=i % k,  # the full-size share rotates
+                    ring_bits=rs.ring.bits,
+                    frac_bits=rs.ring.frac_bits,
+                    ring_terms=rs.ring.terms,
+                    max_weight=self.secure.max_weight,
+                    loss_cap=self.secure.loss_cap,
+                    tree_digest=rs.digest,
                 ),
             )
             for i, member in enumerate(group.members)
