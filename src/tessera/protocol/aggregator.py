@@ -50,6 +50,7 @@ from tessera.protocol.codec import (
 from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
 from tessera.protocol.events import Event, MessageReceived, TimerFired
 from tessera.protocol.messages import AggregateRequest, Sealed
+from tessera.protocol.treecheck import TreeCheck
 from tessera.protocol.wire import Wire
 
 #: Largest envelope an aggregator accepts (a full share of a 64M-parameter model).
@@ -96,6 +97,7 @@ class Aggregator:
         job_id: JobId,
         keys: NodeKeys,
         directory: Mapping[NodeId, PublicKeys],
+        tree_check: TreeCheck | None = None,
     ) -> None:
         self.node = node
         self.job_id = job_id
@@ -104,6 +106,7 @@ class Aggregator:
         self.round = -1
         self.roles: dict[tuple[str, int], AggregatorRole] = {}
         self.wire = Wire(node, job_id, keys, directory)
+        self.tree_check = tree_check  # refuse roles that are not the public tree's
 
     def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002 - uniform API
         if isinstance(event, TimerFired):
@@ -130,6 +133,10 @@ class Aggregator:
             return [Rejected(sender=COORDINATOR, reason=f"not serving job {req.job_id!r}")]
         if req.round < self.round:
             return [Rejected(sender=COORDINATOR, reason=f"round {req.round} is over")]
+        if self.tree_check is not None:
+            problem = self.tree_check.role_problem(self.node, req)
+            if problem is not None:
+                return [Rejected(sender=COORDINATOR, reason=problem)]
         if req.round > self.round:  # a new round: earlier roles are void
             self.round = req.round
             self.roles.clear()

@@ -36,6 +36,7 @@ from tessera.protocol.messages import (
     UpdateSubmission,
 )
 from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, ContributorState
+from tessera.protocol.treecheck import TreeCheck
 from tessera.protocol.wire import Wire
 
 
@@ -50,6 +51,7 @@ class SecureContext:
     keys: NodeKeys
     directory: Mapping[NodeId, PublicKeys]
     rounding: np.random.Generator
+    tree_check: TreeCheck | None = None  # re-derive the tree and refuse a forged one
 
 
 class Contributor:
@@ -91,11 +93,10 @@ class Contributor:
                 return [Rejected(sender=event.sender, reason=f"no consent to job {msg.job_id!r}")]
             if msg.round <= self.round:
                 return [Rejected(sender=event.sender, reason=f"round {msg.round} is not new")]
+            problem = self._assignment_problem(msg)
+            if problem is not None:
+                return [Rejected(sender=event.sender, reason=problem)]
             self._transition(ContributorInput.TRAIN_REQUEST)
-            if msg.secure is not None and self.secure is None:
-                return [
-                    Rejected(sender=event.sender, reason="this node has no keys for secure rounds")
-                ]
             self.round, self.deadline, self.assignment = msg.round, msg.deadline, msg.secure
             self._sent = None
             return [RequestLocalTraining(round=msg.round, weights=msg.weights, config=msg.config)]
@@ -122,6 +123,15 @@ class Contributor:
                 reply = TrainingDeclined(job_id=self.job_id, round=event.round, reason=reason)
             return [Send(recipient=COORDINATOR, message=reply)]
         raise LocalProtocolError(f"contributor cannot handle {type(event).__name__}")
+
+    def _assignment_problem(self, request: TrainRequest) -> str | None:
+        if request.secure is None:
+            return None
+        if self.secure is None:
+            return "this node has no keys for secure rounds"
+        if self.secure.tree_check is None:
+            return None
+        return self.secure.tree_check.assignment_problem(self.node, request.round, request.secure)
 
     def _shares(self, update: LocalUpdateReady) -> list[Effect]:
         """Clip, weight, encode, split into k shares and seal each for its aggregator."""

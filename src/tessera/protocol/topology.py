@@ -280,8 +280,12 @@ class Tree:
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
     def digest(self) -> str:
-        """Hex SHA-256 of ``to_json()``: the tree's name in signatures and logs."""
-        return hashlib.sha256(self.to_json().encode("ascii")).hexdigest()
+        """Hex SHA-256 of ``to_json()``: the tree's name in signatures and logs (memoized)."""
+        cached = self.__dict__.get("_digest")
+        if not isinstance(cached, str):
+            cached = hashlib.sha256(self.to_json().encode("ascii")).hexdigest()
+            object.__setattr__(self, "_digest", cached)
+        return cached
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Tree:

@@ -24,6 +24,7 @@ from tessera.protocol.params import RoundParams
 from tessera.protocol.secure_coordinator import SecureCoordinator, SecureParams
 from tessera.protocol.strategies import Strategy
 from tessera.protocol.topology import TreeParams, derive_tree
+from tessera.protocol.treecheck import TreeCheck
 from tessera.runtime.prepare import PreparedJob
 from tessera.weights import Vector
 
@@ -99,16 +100,21 @@ def build_secure(
     coordinator_keys = simulation_keys(seed, COORDINATOR)
     directory: dict[NodeId, PublicKeys] = {n: k.public for n, k in zip(node_ids, keys, strict=True)}
     directory[COORDINATOR] = coordinator_keys.public
+    # Every node checks the tree it is handed; in one process they share the derivation.
+    check = TreeCheck(params, node_ids, secure.tree)
     nodes = [
         Node(
             Contributor(
                 n,
                 params.job_id,
                 SecureContext(
-                    keys=k, directory=directory, rounding=np.random.default_rng([seed, 0x5EC, i])
+                    keys=k,
+                    directory=directory,
+                    rounding=np.random.default_rng([seed, 0x5EC, i]),
+                    tree_check=check,
                 ),
             ),
-            Aggregator(n, params.job_id, k, directory),
+            Aggregator(n, params.job_id, k, directory, check),
         )
         for i, (n, k) in enumerate(zip(node_ids, keys, strict=True))
     ]

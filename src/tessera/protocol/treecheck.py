@@ -1,0 +1,75 @@
+"""Nodes check the execution tree they are handed against the public derivation.
+
+The tree is a pure function of public inputs (job, round, consented nodes,
+the round's cohort, tree parameters), so a node re-derives it and refuses a
+train request or an aggregator role that does not match: a coordinator
+cannot hand-pick the aggregators a contributor's shares go to. In the
+simulator all nodes share one memoized derivation per round (the same
+result each node would compute); a deployed node derives it once per round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from tessera.ids import NodeId
+from tessera.protocol.coordinator import select_cohort
+from tessera.protocol.messages import AggregateRequest, SecureAssignment
+from tessera.protocol.params import RoundParams
+from tessera.protocol.topology import Tree, TreeParams, derive_tree
+
+
+class TreeCheck:
+    def __init__(
+        self,
+        params: RoundParams,
+        nodes: Sequence[NodeId],
+        tree: TreeParams,
+        organisations: Mapping[NodeId, str | None] | None = None,
+    ) -> None:
+        self.params = params
+        self.nodes = tuple(nodes)
+        self.tree_params = tree
+        self.organisations = dict(organisations or dict.fromkeys(self.nodes))
+        self._cached: tuple[int, Tree] | None = None
+
+    def tree(self, round: int) -> Tree:
+        if self._cached is None or self._cached[0] != round:
+            cohort = select_cohort(self.params, self.nodes, round)
+            tree = derive_tree(
+                job_id=self.params.job_id,
+                round=round,
+                nodes=self.organisations,
+                contributors=cohort,
+                params=self.tree_params,
+            )
+            self._cached = (round, tree)
+        return self._cached[1]
+
+    def assignment_problem(self, node: NodeId, round: int, a: SecureAssignment) -> str | None:
+        """Why a contributor's assignment is not the public tree's, or None."""
+        tree = self.tree(round)
+        if a.tree_digest != tree.digest():
+            return "the tree does not match its public derivation"
+        if not tree.has_group(a.group) or node not in tree.group(a.group).members:
+            return f"{node} is not a member of {a.group} in the derived tree"
+        group = tree.group(a.group)
+        if a.aggregators != group.aggregators or a.backups != group.backups:
+            return f"{a.group}'s aggregators are not the derived tree's"
+        return None
+
+    def role_problem(self, node: NodeId, req: AggregateRequest) -> str | None:
+        """Why an aggregator role is not the public tree's, or None (replacements are backups)."""
+        tree = self.tree(req.round)
+        if req.tree_digest != tree.digest() or not tree.has_group(req.group):
+            return "the tree does not match its public derivation"
+        group = tree.group(req.group)
+        seats = group.aggregators
+        if not 0 <= req.position < len(seats):
+            return f"{req.group} has no position {req.position}"
+        if node != seats[req.position] and node not in group.backups:
+            return f"{node} holds no seat of {req.group} in the derived tree"
+        inputs = group.members if group.level == 0 else group.children
+        if tuple(req.inputs) != tuple(inputs):
+            return f"the inputs of {req.group} are not the derived tree's"
+        return None
