@@ -72,6 +72,21 @@ def test_run_writes_the_output_contract(tmp_path: Path) -> None:
 
     weights = load_file(str(out / "model.safetensors"))
     assert sum(w.size for w in weights.values()) == m["model"]["parameters"]
+    # secure by default: the tree, the ring and the bytes are reported
+    assert m["secure"] is True and m["tree"]["k"] == 3 and m["ring_bits"] in (32, 64)
+    assert m["model_bytes_quantized"] == (m["model"]["parameters"] + 2) * m["ring_bits"] // 8
+    assert m["bytes_up_per_contributor"] > m["model_bytes_quantized"]
+    assert m["bytes_down_per_contributor"] > 0
+
+
+def test_plaintext_flag_runs_the_same_job_in_the_clear(tmp_path: Path) -> None:
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(TINY.format(kind="mlp"))
+    proc = tessera("run", str(cfg), "--out", str(tmp_path / "p"), "--quiet", "--plaintext")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert m["secure"] is False and m["tree"] is None and m["model_bytes_quantized"] is None
+    assert len(m["rounds"]) == 3
 
 
 @pytest.mark.parametrize(
