@@ -129,6 +129,9 @@ class SecureSection(_Section):
     loss_cap: PositiveFloat = 20.0
     phase_timeout: PositiveFloat = 30.0
     audit: bool = True  # every partial sum checked one level up: tamperers named, ~2x the cost
+    # A column naming each node's organisation (e.g. "lea" for Chem97 schools): no single
+    # organisation then fills all k seats of a group. Needs a natural partition.
+    organisation_column: str | None = None
 
 
 class BaselineSection(_Section):

@@ -49,3 +49,40 @@ def test_secure_equals_plaintext_on_chem97() -> None:
     assert [r.participants for r in secure.rounds] == [r.participants for r in plain.rounds]
     np.testing.assert_allclose(secure.weights, plain.weights, atol=1e-3)
     assert all(r.bytes_up > 0 for r in secure.rounds)
+
+
+def test_chem97_schools_declare_their_education_authority_as_organisation() -> None:
+    from tessera.protocol.topology import derive_tree
+    from tessera.runtime.sim.secure import secure_params
+
+    job = prepare_job(load_config(EXAMPLES / "chem97.toml"))
+    assert job.organisations is not None and None not in job.organisations
+    orgs = dict(zip(job.node_ids, job.organisations, strict=True))
+    assert len(set(orgs.values())) > 100  # Chem97 has 131 LEAs
+    tree = derive_tree(
+        job_id=job.config.job.name,
+        round=0,
+        nodes=orgs,
+        contributors=job.node_ids[:400],
+        params=secure_params(job).tree,
+    )
+    for group in tree.groups:  # no authority fills every seat of a group
+        assert len({orgs[a] for a in group.aggregators}) >= 2
+
+
+def test_organisations_need_a_natural_partition() -> None:
+    from tessera.config import parse_config
+    from tessera.errors import ConfigError
+
+    raw = {
+        "job": {"name": "t", "task": "classification"},
+        "data": {"source": "sklearn", "dataset": "digits", "target": "target"},
+        "partition": {"scheme": "iid", "nodes": 10},
+        "model": {"kind": "linear"},
+        "recipe": {"clip_norm": 1.0},
+        "federation": {"rounds": 1},
+        "secure": {"organisation_column": "target"},
+    }
+    with pytest.raises(ConfigError) as err:
+        prepare_job(parse_config(raw))
+    assert err.value.field == "secure.organisation_column"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from tessera.config import JobConfig
 from tessera.data import (
@@ -49,6 +50,7 @@ class PreparedJob:
     test: Prepared  # the AI provider's held-out set
     feature_names: tuple[str, ...]
     classes: tuple[object, ...]
+    organisations: tuple[str | None, ...] | None = None  # per node, when declared
 
     @property
     def task(self) -> Task:
@@ -101,6 +103,28 @@ def _partition(cfg: JobConfig, train: Prepared, seed: int) -> Partition:
             )
         return dirichlet(train.y, p.nodes, p.alpha, seed, min_size=p.min_size)
     return quantity_skew(n, p.nodes, p.alpha, seed, min_size=p.min_size)
+
+
+def _organisations(
+    cfg: JobConfig, train_df: pd.DataFrame, part: Partition
+) -> tuple[str | None, ...] | None:
+    """Each node's organisation, from the column the job names (one value per node)."""
+    column = cfg.secure.organisation_column
+    if column is None:
+        return None
+    if cfg.partition.scheme != "natural" or cfg.partition.column is None:
+        raise ConfigError("secure.organisation_column", "needs a natural partition")
+    try:
+        require_columns(train_df, [column])
+    except DataError as exc:
+        raise ConfigError("secure.organisation_column", str(exc)) from None
+    per_group = train_df.groupby(cfg.partition.column)[column]
+    if (per_group.nunique() > 1).any():
+        raise ConfigError(
+            "secure.organisation_column", f"some {cfg.partition.column} spans several {column}"
+        )
+    owner = {str(k): str(v) for k, v in per_group.first().items()}
+    return tuple(owner.get(name) for name in part.names)
 
 
 def prepare_job(cfg: JobConfig) -> PreparedJob:
@@ -184,6 +208,7 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
         y=train.y[part.order],
         offsets=part.offsets,
         node_names=part.names,
+        organisations=_organisations(cfg, train_df, part),
         test=test,
         feature_names=pre.feature_names,
         classes=tuple(pre.classes),

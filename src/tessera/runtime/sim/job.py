@@ -92,6 +92,7 @@ def simulate(
             initial_weights=job.initial_weights,
             strategy=job.strategy(),
             seed=cfg.job.seed,
+            organisations=job.organisations,
         )
     else:
         coordinator = Coordinator(

@@ -69,10 +69,11 @@ def summarize(job: PreparedJob) -> SecureSummary:
     rp = job.round_params()
     cohort = rp.cohort_size(job.n_nodes)
     nodes = job.node_ids
+    orgs = job.organisations or (None,) * len(nodes)
     tree = derive_tree(
         job_id=rp.job_id,
         round=0,
-        nodes=dict.fromkeys(nodes),
+        nodes=dict(zip(nodes, orgs, strict=True)),
         contributors=nodes[:cohort],
         params=params.tree,
     )
@@ -94,6 +95,7 @@ def build_secure(
     initial_weights: Vector,
     strategy: Strategy,
     seed: int,
+    organisations: Sequence[str | None] | None = None,
 ) -> tuple[SecureCoordinator, list[Node]]:
     """Keys, a contributor and an aggregator for every node, and the coordinator."""
     keys = [simulation_keys(seed, n) for n in node_ids]
@@ -101,7 +103,8 @@ def build_secure(
     directory: dict[NodeId, PublicKeys] = {n: k.public for n, k in zip(node_ids, keys, strict=True)}
     directory[COORDINATOR] = coordinator_keys.public
     # Every node checks the tree it is handed; in one process they share the derivation.
-    check = TreeCheck(params, node_ids, secure.tree)
+    orgs = dict(zip(node_ids, organisations, strict=True)) if organisations else None
+    check = TreeCheck(params, node_ids, secure.tree, orgs)
     nodes = [
         Node(
             Contributor(
@@ -126,5 +129,6 @@ def build_secure(
         secure=secure,
         keys=coordinator_keys,
         directory=directory,
+        organisations=orgs,
     )
     return coordinator, nodes
