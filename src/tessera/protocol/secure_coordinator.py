@@ -6,7 +6,8 @@ Theory of operation, per round (DESIGN.md steps 3 to 7):
    seed, choose the ring so that the sum of every contributor's bounded
    terms can never wrap, and tell each contributor where its k shares go and
    each aggregator which (group, position) roles it serves.
-2. Contributors train, then seal one share for each of their group's k
+2. Contributors check their assignment against the tree they derive
+   themselves, train, then seal one share for each of their group's k
    aggregators. The coordinator never sees a share: it only relays.
 3. Each aggregator reports which inputs it holds (when all arrived, or at
    its level's report time). When a group's k reports are in, or at the
@@ -18,7 +19,14 @@ Theory of operation, per round (DESIGN.md steps 3 to 7):
    position of the parent group; the root group's k sums come back sealed
    to the coordinator (for the AI provider), whose sum is the total: only
    there do the masks cancel. Decoded, the total is
-   ``[sum w*delta, sum w*loss, sum w]``, so the weighted mean follows.
+   ``[sum w*delta, sum w*loss/loss_cap, sum w]``, so the weighted mean follows.
+5. A position still silent at its level's first commit deadline is handed to
+   the group's backup (the tree lists them): its inputs are sent again and
+   its parent told; at the final deadline the group commits or leaves.
+6. Audits (``protocol.audit``): each sum is checked by the position above
+   it; accusations name the aggregator in ``RoundClosed.blamed``. The root's
+   sums are checked here, k-1 of k positions chosen after they arrive; a
+   failed root audit discards the round.
 
 Deadlines drive every phase (``now`` comes with each event); the machine
 does no I/O and keeps no clock.
