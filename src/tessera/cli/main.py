@@ -8,7 +8,6 @@ DIR/curves.png. Every expected failure ends as one line naming the field.
 from __future__ import annotations
 
 import os
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -152,7 +151,3 @@ def examples() -> None:
     """List the bundled example jobs and where they are."""
     for path in sorted(_example("").glob("*.toml")):
         typer.echo(str(path))
-
-
-def main() -> None:  # pragma: no cover - console entry
-    sys.exit(app())
