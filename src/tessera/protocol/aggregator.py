@@ -343,8 +343,9 @@ class Aggregator:
         words = self.partial_sum(role, [inputs[i] for i in sorted(commit.included)])
         req = role.request
         role.output = encode_partial(req.group, req.position, count, words)
-        role.evidence = self._evidence(role)
-        role.boxes.clear()  # they live on inside the evidence
+        if req.send_evidence or req.evidence_on_request:
+            role.evidence = self._evidence(role)
+        role.boxes.clear()  # the evidence, if any, holds what an auditor needs
         effects: list[Effect] = [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
         if req.send_evidence:  # the root's sums are audited on request instead
             effects += self._send_evidence(role, role.parent)

@@ -87,6 +87,7 @@ class AggregateRequest:
         default_factory=lambda: MappingProxyType({})
     )
     send_evidence: bool = False  # whether our sums go with evidence for our parent
+    evidence_on_request: bool = False  # root roles: keep evidence for the coordinator's audit
 
     @property
     def nbytes(self) -> int:

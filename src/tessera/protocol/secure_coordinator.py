@@ -264,6 +264,7 @@ class SecureCoordinator(Coordinator):
             tree_digest=rs.digest,
             audit=audit,
             send_evidence=self.secure.audit and group.parent is not None,
+            evidence_on_request=self.secure.audit and group.parent is None,
         )
         return Send(recipient=node, message=request)
 
