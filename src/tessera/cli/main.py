@@ -93,6 +93,8 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
                 advance=1,
                 status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes",
             )
+            for entry in rec.blamed:  # an audit failed: say so as it happens
+                progress.console.print(f"[bold red]round {rec.round}: blamed[/] {entry}")
             # Written every round: a crash loses at most the round in flight.
             digest = save_file(out / "model.safetensors", job.layout.unflatten(weights))
             write_json(
