@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/secure_rounds.py            # N = 100, 1,000, 10,000
     .venv/bin/python benchmarks/secure_rounds.py --quick    # N = 100, 1,000
     .venv/bin/python benchmarks/secure_rounds.py --sizes 100,1000 --rounds 3
+    .venv/bin/python benchmarks/secure_rounds.py --skip-rounds --skip-throughput  # section 4
 
-Prints three sections and checks each against its target (a miss is printed
-as a miss):
+Prints four sections and checks the first three against their targets (a
+miss is printed as a miss):
 
 1. Round time. The same job and seed, run once plaintext and once secure
    (``simulate(job, secure=False/True)``): real Chem97 data, one node per
@@ -32,6 +33,22 @@ as a miss):
 3. Upload per contributor: ``RoundRecord.bytes_up / participants`` of the
    secure runs over the quantized model, ``(P + 2) * ring_bits / 8``
    (``secure.summarize(job).model_bytes_quantized``). Target: <= 1.05.
+4. Per-node cost in a deployment (``--skip-per-node`` to leave out). The
+   simulator runs every node's crypto on one core; in a deployment each node
+   pays only its own part, in parallel. For the model of section 1 (P + 2
+   words, the 32-bit ring of ``choose_ring(bound=clip, terms=1000)``), one
+   thread, median of ``--per-node-repeat`` (20) calls, in a child process:
+   a) one contributor after training (clip + weight, encode, split into k = 3
+   shares, encode_share + seal for 3 aggregators, real ``NodeKeys`` keys);
+   b) one leaf aggregator of G = 16 contributors at one position (6 full
+   shares, 10 seeds, as the rotation gives): open, decode, add, then
+   encode_partial + seal for its parent; an upper aggregator's 8 full sums;
+   the audits (evidence built as ``Aggregator._evidence`` does, checked with
+   ``audit.verify_evidence``); the coordinator's close; c) the same node in
+   plaintext: its float32 update out (``tobytes``, a lower bound) and one
+   node's training (13 records, 1 epoch, ``BatchedTrainer``). Then an
+   estimated per-round critical path, network excluded, plaintext against
+   secure: a deployment estimate, not a measurement of a deployment. No target.
 """
 
 from __future__ import annotations
@@ -49,9 +66,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tessera.ids import NodeId
+
+if TYPE_CHECKING:
+    from tessera.crypto import Share
 
 ROUND_TARGET_N = 1_000
 ROUND_TARGET = 1.3  # secure s/round <= 1.3 x plaintext at N = 1,000
@@ -479,6 +501,486 @@ def summary(
         )
 
 
+# -- 4. per-node cost in a deployment ---------------------------------------------------
+
+PER_NODE_K = 3  # shares per update (tree.k)
+PER_NODE_GROUP = 16  # contributors of one leaf group (tree.group_size)
+PER_NODE_FAN_IN = 8  # child groups of one upper group (tree.fan_in)
+PER_NODE_RECORDS = 13  # records of the node that trains
+PER_NODE_TERMS = 1_000  # the ring is sized for N = 1,000 contributors
+PER_NODE_SIZES = (100, 1_000)  # cohorts whose ring has this one's 32-bit words
+JOB = "bench"
+
+
+class _Nodes:
+    """The nodes around one leaf group at position 0, with real keys and the ring.
+
+    Leaf group ``L0``: ``G`` members and its ``k`` seats; its parent ``P1.0``,
+    whose position-0 seat takes the sums of ``fan_in`` children ``L0..L7``;
+    the seat above that (a grandparent); ``k`` root seats; the coordinator.
+    """
+
+    def __init__(self, ring: Any, length: int) -> None:
+        import hashlib
+
+        from tessera.crypto.keys import NodeKeys
+        from tessera.ids import COORDINATOR, node_id
+
+        k, fan_in = PER_NODE_K, PER_NODE_FAN_IN
+        self.ring, self.length = ring, length
+        self.members = [node_id(i) for i in range(PER_NODE_GROUP)]
+        self.leaf_seats = [NodeId(f"agg-L0-{j}") for j in range(k)]
+        self.leaf = self.leaf_seats[0]
+        self.children = [f"L{c}" for c in range(fan_in)]
+        self.child_seats = [self.leaf, *(NodeId(f"agg-L{c}-0") for c in range(1, fan_in))]
+        self.parent, self.grandparent = NodeId("agg-P1.0-0"), NodeId("agg-P2.0-0")
+        self.root_seats = [NodeId(f"agg-root-{j}") for j in range(k)]
+        names = [*self.members, *self.leaf_seats, *self.child_seats[1:], *self.root_seats]
+        names += [self.parent, self.grandparent, COORDINATOR]
+        self.keys = {n: NodeKeys.from_seed(hashlib.sha256(n.encode()).digest()) for n in names}
+        self.directory = {n: keys.public for n, keys in self.keys.items()}
+
+    def seal(self, kind: int, sender: str, recipient: str, payload: bytes, *, box: bool) -> bytes:
+        from tessera.crypto.envelope import seal
+
+        return seal(
+            kind=int(kind),
+            job_id=JOB,
+            round=0,
+            sender=sender,
+            recipient=recipient,
+            payload=payload,
+            sender_keys=self.keys[NodeId(sender)],
+            recipient_public=self.directory[NodeId(recipient)] if box else None,
+        )
+
+    def open(self, data: bytes, recipient: str, guard: Any) -> bytes:
+        from tessera.crypto.envelope import open_envelope
+
+        return open_envelope(
+            data,
+            recipient_keys=self.keys[NodeId(recipient)],
+            directory=self.directory,
+            expect_job=JOB,
+            expect_round=0,
+            expect_recipient=recipient,
+            max_bytes=1 << 29,
+            replay=guard,
+        ).payload
+
+    def evidence(self, commit: bytes, holder: str, boxes: list[tuple[str, bytes]]) -> bytes:
+        """``Aggregator._evidence``: the commitment, each box and its disclosed key."""
+        from tessera.crypto.envelope import disclose_key
+        from tessera.protocol.audit import Evidence, encode_evidence
+
+        opened = tuple(
+            (
+                box,
+                disclose_key(
+                    box,
+                    recipient_keys=self.keys[NodeId(holder)],
+                    sender_public=self.directory[NodeId(sender)],
+                ),
+            )
+            for sender, box in sorted(boxes)
+        )
+        return encode_evidence(Evidence(commit, opened))
+
+    def verify(
+        self, body: bytes, audited: str, partial: Any, expected: dict[str, NodeId], leaf: bool
+    ) -> None:
+        from tessera.protocol.audit import decode_evidence, verify_evidence
+
+        verify_evidence(
+            decode_evidence(body),
+            audited=NodeId(audited),
+            partial=partial,
+            expected=expected,
+            leaf=leaf,
+            ring=self.ring,
+            length=self.length,
+            directory=self.directory,
+            job_id=JOB,
+            round=0,
+        )
+
+
+def _contributor_costs(
+    nodes: _Nodes, delta: np.ndarray, loss: float, clip: float, repeat: int
+) -> tuple[dict[str, float], list[bytes]]:
+    """a) ``Contributor._shares`` step by step, then whole; and the leaf's inputs."""
+    from tessera.crypto import encode, split
+    from tessera.protocol.codec import Kind, encode_share
+
+    ring, length, k = nodes.ring, nodes.length, PER_NODE_K
+    rounding = np.random.default_rng(1)
+    max_weight, loss_cap = float(PER_NODE_RECORDS), 20.0
+
+    def clip_weight() -> np.ndarray:
+        d = delta.astype(np.float64)
+        norm = float(np.sqrt(np.sum(d * d)))
+        if norm > clip:
+            d *= clip * (1 - 1e-9) / norm
+        w = min(PER_NODE_RECORDS, max_weight) / max_weight
+        vector = np.empty(length, np.float64)
+        vector[:-2] = w * d
+        vector[-2] = w * min(max(loss, 0.0), loss_cap) / loss_cap
+        vector[-1] = w
+        return vector
+
+    def seal_all(shares: list[Share], sender: str) -> list[bytes]:
+        return [
+            nodes.seal(
+                Kind.SHARE, sender, seat, encode_share("L0", j, ring, length, shares[j]), box=True
+            )
+            for j, seat in enumerate(nodes.leaf_seats)
+        ]
+
+    def contribute(sender: str = nodes.members[0], full_position: int = 0) -> list[bytes]:
+        words = encode(clip_weight(), ring, rounding)
+        return seal_all(split(words, k, full_position=full_position, ring=ring), sender)
+
+    vector = clip_weight()
+    words = encode(vector, ring, rounding)
+    shares = split(words, k, full_position=0, ring=ring)
+    times = {
+        "clip_weight": timed(clip_weight, repeat),
+        "encode": timed(lambda: encode(vector, ring, rounding), repeat),
+        "split": timed(lambda: split(words, k, full_position=0, ring=ring), repeat),
+        "seal_shares": timed(lambda: seal_all(shares, nodes.members[0]), repeat),
+        "contributor": timed(contribute, repeat),
+    }
+    # What the leaf's position 0 receives: the full share of every k-th member (rotation).
+    return times, [contribute(m, i % k)[0] for i, m in enumerate(nodes.members)]
+
+
+def _leaf_costs(
+    nodes: _Nodes, inputs: list[bytes], repeat: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """b) the leaf aggregator at position 0, and the audit of its sum by the parent."""
+    from tessera.crypto import ShareAccumulator
+    from tessera.crypto.envelope import ReplayGuard
+    from tessera.ids import COORDINATOR
+    from tessera.protocol.codec import (
+        Commit,
+        Kind,
+        PartialPayload,
+        decode_labelled,
+        decode_share,
+        encode_commit,
+        encode_labelled,
+        encode_partial,
+    )
+
+    leaf, parent, g = nodes.leaf, nodes.parent, PER_NODE_GROUP
+    commit = encode_commit(Commit("L0", tuple(nodes.members)))
+    commit_box = nodes.seal(Kind.COMMIT, COORDINATOR, leaf, commit, box=False)
+
+    def leaf_sum() -> np.ndarray:
+        guard, acc = ReplayGuard(), ShareAccumulator(nodes.length, nodes.ring)
+        for data in inputs:
+            acc.add(decode_share(nodes.open(data, leaf, guard)).share)
+        nodes.open(commit_box, leaf, guard)  # the coordinator's (clear, signed) commitment
+        return acc.value
+
+    words = leaf_sum()
+
+    def leaf_send(total: np.ndarray = words) -> bytes:
+        return nodes.seal(Kind.PARTIAL, leaf, parent, encode_partial("L0", 0, g, total), box=True)
+
+    def leaf_evidence() -> bytes:  # Aggregator._evidence, then _send_evidence
+        body = nodes.evidence(commit_box, leaf, list(zip(nodes.members, inputs, strict=True)))
+        return nodes.seal(Kind.EVIDENCE, leaf, parent, encode_labelled("L0", 0, body), box=True)
+
+    evidence_box = leaf_evidence()
+    part = PartialPayload("L0", 0, g, words)
+    expected: dict[str, NodeId] = {m: m for m in nodes.members}
+    body = decode_labelled(nodes.open(evidence_box, parent, None))[2]
+
+    def audit_leaf() -> None:  # at the parent: open the evidence envelope, then verify
+        received = decode_labelled(nodes.open(evidence_box, parent, ReplayGuard()))[2]
+        nodes.verify(received, leaf, part, expected, leaf=True)
+
+    times = {
+        "leaf_sum": timed(leaf_sum, repeat),
+        "leaf_send": timed(leaf_send, repeat),
+        "leaf": timed(lambda: leaf_send(leaf_sum()), repeat),
+        "leaf_evidence": timed(leaf_evidence, repeat),
+        "verify_leaf": timed(lambda: nodes.verify(body, leaf, part, expected, leaf=True), repeat),
+        "audit_leaf": timed(audit_leaf, repeat),
+        "leaf_evidence_bytes": len(evidence_box),
+    }
+    return times, words
+
+
+def _upper_costs(nodes: _Nodes, leaf_words: np.ndarray, repeat: int) -> dict[str, float]:
+    """The parent at position 0 (fan_in full sums), its audit, the coordinator's close."""
+    from tessera.crypto import FullShare, ShareAccumulator, combine, decode
+    from tessera.crypto.envelope import ReplayGuard
+    from tessera.ids import COORDINATOR
+    from tessera.protocol.codec import (
+        Commit,
+        Kind,
+        PartialPayload,
+        decode_labelled,
+        decode_partial,
+        encode_commit,
+        encode_labelled,
+        encode_partial,
+    )
+
+    ring, length, g = nodes.ring, nodes.length, PER_NODE_GROUP
+    parent, above = nodes.parent, nodes.grandparent
+    rng = np.random.default_rng(2)
+    sums = [leaf_words] + [
+        rng.integers(0, 1 << ring.bits, length, dtype=ring.dtype) for _ in range(1, PER_NODE_FAN_IN)
+    ]
+    boxes = [
+        nodes.seal(Kind.PARTIAL, seat, parent, encode_partial(child, 0, g, w), box=True)
+        for child, seat, w in zip(nodes.children, nodes.child_seats, sums, strict=True)
+    ]
+    commit = encode_commit(Commit("P1.0", tuple(nodes.children)))
+    commit_box = nodes.seal(Kind.COMMIT, COORDINATOR, parent, commit, box=False)
+
+    def upper() -> bytes:
+        guard, acc, count = ReplayGuard(), ShareAccumulator(length, ring), 0
+        for data in boxes:
+            part = decode_partial(nodes.open(data, parent, guard))
+            acc.add(FullShare(part.words))
+            count += part.contributors
+        nodes.open(commit_box, parent, guard)
+        payload = encode_partial("P1.0", 0, count, acc.value)
+        return nodes.seal(Kind.PARTIAL, parent, above, payload, box=True)
+
+    def upper_evidence() -> bytes:
+        body = nodes.evidence(commit_box, parent, list(zip(nodes.child_seats, boxes, strict=True)))
+        return nodes.seal(Kind.EVIDENCE, parent, above, encode_labelled("P1.0", 0, body), box=True)
+
+    evidence_box = upper_evidence()
+    part = PartialPayload("P1.0", 0, g * PER_NODE_FAN_IN, combine(sums, ring))
+    expected = dict(zip(nodes.children, nodes.child_seats, strict=True))
+
+    def audit_upper() -> None:  # at the grandparent, or the coordinator for the root
+        received = decode_labelled(nodes.open(evidence_box, above, ReplayGuard()))[2]
+        nodes.verify(received, parent, part, expected, leaf=False)
+
+    roots = [
+        nodes.seal(Kind.PARTIAL, seat, COORDINATOR, encode_partial("P2.0", j, 1, w), box=True)
+        for j, (seat, w) in enumerate(zip(nodes.root_seats, sums, strict=False))
+    ]
+
+    def coordinator_close() -> np.ndarray:  # SecureCoordinator: open, combine, decode, mean
+        guard = ReplayGuard()
+        parts = [decode_partial(nodes.open(data, COORDINATOR, guard)).words for data in roots]
+        values = decode(combine(parts, ring), ring)
+        return (values[:-2] / (float(values[-1]) or 1.0)).astype(np.float32)
+
+    return {
+        "upper": timed(upper, repeat),
+        "upper_evidence": timed(upper_evidence, repeat),
+        "audit_upper": timed(audit_upper, repeat),
+        "coordinator_close": timed(coordinator_close, repeat),
+    }
+
+
+def per_node_costs(hidden: list[int], clip: float, repeat: int) -> dict[str, Any]:
+    """Median seconds of one node's own secure and plaintext work, one thread.
+
+    Runs in a child process (one torch, BLAS and OpenMP thread). Inputs are
+    built beforehand with the protocol's own functions; each timed call does
+    what one node does for its role, as the protocol machines do it
+    (``Contributor._shares``, ``Aggregator._on_sealed`` / ``_sum`` /
+    ``_evidence``, ``audit.verify_evidence``, the coordinators' closing sums).
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    from tessera.crypto import choose_ring
+    from tessera.training import BatchedTrainer, ModelSpec, Recipe, init_weights, layout
+
+    # The model of section 1's Chem97 job: 4 features, 6 classes, MLP ``hidden``.
+    spec = ModelSpec(kind="mlp", input_shape=(4,), n_outputs=6, hidden=tuple(hidden))
+    recipe = Recipe(loss="cross_entropy", lr=0.1, local_epochs=1, batch_size=16, clip_norm=clip)
+    lay = layout(spec)
+    weights = lay.flatten(init_weights(spec, 0))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((PER_NODE_RECORDS, 4), dtype=np.float32)
+    y = rng.integers(0, 6, PER_NODE_RECORDS)
+    trainer = BatchedTrainer(spec, recipe, x, y, np.array([0, PER_NODE_RECORDS]))
+    one_node = np.array([0])
+
+    def train() -> Any:
+        return trainer.train(weights, one_node, seed=0)
+
+    trained = train()
+    delta, loss = trained.deltas[0], float(trained.loss[0])
+    ring = choose_ring(bound=max(clip, 1.0), terms=PER_NODE_TERMS)
+    nodes = _Nodes(ring, lay.size + 2)  # the update, then the weighted loss and the weight
+
+    times, inputs = _contributor_costs(nodes, delta, loss, clip, repeat)
+    leaf_times, leaf_words = _leaf_costs(nodes, inputs, repeat)
+    times |= leaf_times | _upper_costs(nodes, leaf_words, repeat)
+
+    # c) the same node in plaintext: its update going out, its training, and the
+    # coordinator's running sum (Coordinator._on_message) once per update.
+    plain_sum = np.zeros(lay.size, np.float64)
+
+    def plain_add() -> None:
+        np.add(plain_sum, np.float64(PER_NODE_RECORDS) * delta, out=plain_sum)
+
+    times |= {
+        "plain_out": timed(lambda: np.ascontiguousarray(delta, dtype=np.float32).tobytes(), repeat),
+        "train": timed(train, repeat),
+        "plain_add": timed(plain_add, repeat),
+    }
+    return {
+        "parameters": lay.size,
+        "ring_bits": ring.bits,
+        "frac_bits": ring.frac_bits,
+        "full": sum(i % PER_NODE_K == 0 for i in range(PER_NODE_GROUP)),
+        "share_bytes": len(inputs[0]),
+        "leaf_evidence_bytes": times.pop("leaf_evidence_bytes"),
+        "delta_norm": float(np.sqrt(np.sum(delta.astype(np.float64) ** 2))),
+        "times": times,
+    }
+
+
+def tree_depth(n: int) -> int:
+    """Levels above the leaves in the tree of a cohort of ``n`` (k, G, fan_in as here)."""
+    from tessera.ids import node_id
+    from tessera.protocol.topology import TreeParams, derive_tree
+
+    nodes = [node_id(i) for i in range(n)]
+    tree = derive_tree(
+        job_id=JOB,
+        round=0,
+        nodes=dict.fromkeys(nodes),
+        contributors=nodes,
+        params=TreeParams(k=PER_NODE_K, group_size=PER_NODE_GROUP, fan_in=PER_NODE_FAN_IN),
+    )
+    return tree.depth
+
+
+def per_node_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    k, g, fan = PER_NODE_K, PER_NODE_GROUP, PER_NODE_FAN_IN
+    return [
+        ("a) contributor: clip + weight (numpy)", "clip_weight"),
+        ("   contributor: encode (stochastic rounding)", "encode"),
+        (f"   contributor: split into k={k} shares", "split"),
+        (f"   contributor: encode_share + seal x {k}", "seal_shares"),
+        ("   contributor: all of the above, one call", "contributor"),
+        (
+            f"b) leaf aggregator: open + decode_share + add x {g} "
+            f"({r['full']} full, {g - r['full']} seed), open commitment",
+            "leaf_sum",
+        ),
+        ("   leaf aggregator: encode_partial + seal for the parent", "leaf_send"),
+        ("   leaf aggregator: all of the above, one call", "leaf"),
+        (f"   audit, leaf: disclose_key x {g} + encode_evidence + seal", "leaf_evidence"),
+        (f"   audit, parent: verify_evidence of the leaf's {g} boxes", "verify_leaf"),
+        ("   audit, parent: open evidence envelope + verify_evidence", "audit_leaf"),
+        (
+            f"   upper aggregator: open + decode_partial + add x {fan}, "
+            "open commitment, encode + seal",
+            "upper",
+        ),
+        (f"   audit, upper: disclose_key x {fan} + encode_evidence + seal", "upper_evidence"),
+        (f"   audit, its auditor: open evidence + verify_evidence ({fan} boxes)", "audit_upper"),
+        (f"   coordinator: open {k} root sums + combine + decode + mean", "coordinator_close"),
+        ("c) plaintext node: update out (ascontiguousarray + tobytes)", "plain_out"),
+        (f"   plaintext node: train {PER_NODE_RECORDS} records, 1 epoch, BatchedTrainer", "train"),
+        ("   plaintext coordinator: add one update (float64, weighted)", "plain_add"),
+    ]
+
+
+def per_node_section(args: argparse.Namespace) -> None:
+    repeat, k, fan = args.per_node_repeat, PER_NODE_K, PER_NODE_FAN_IN
+    cmd = [
+        sys.executable,
+        __file__,
+        "--per-node-child",
+        "--per-node-repeat",
+        str(repeat),
+        "--hidden",
+        ",".join(map(str, args.hidden)),
+        "--clip",
+        str(args.clip),
+    ]
+    print("\n== 4. Per-node cost in a deployment ==")
+    done = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=ONE_THREAD_ENV, timeout=600
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        print(f"  failed (exit {done.returncode}): {tail}")
+        return
+    r = json.loads(lines[-1])
+    t = {name: seconds * 1e3 for name, seconds in r["times"].items()}  # milliseconds
+    print(
+        f"P = {r['parameters']:,} + 2 words, Z_2^{r['ring_bits']} ({r['frac_bits']} fractional "
+        f"bits: choose_ring(bound={max(args.clip, 1.0):g}, terms={PER_NODE_TERMS:,})),\n"
+        f"k = {k} shares, G = {PER_NODE_GROUP} contributors per leaf group, fan_in = {fan}"
+    )
+    print(
+        f"one thread, time.perf_counter, median of {repeat} after a warm-up. The simulator runs "
+        "every node's\ncrypto on one core; in a deployment each node pays only its own part, "
+        "in parallel.\n"
+    )
+    rows = per_node_rows(r)
+    width = max(len(label) for label, _ in rows)
+    print(f"{'node: work':<{width}} {'ms':>8}")
+    print("-" * (width + 9))
+    for label, key in rows:
+        print(f"{label:<{width}} {t[key]:>8.3f}")
+    print(
+        f"\n(one sealed share: {r['share_bytes']:,} B; one leaf's evidence: "
+        f"{r['leaf_evidence_bytes']:,} B; trained delta norm {r['delta_norm']:.3g})"
+    )
+    print(
+        "\nEstimated per-round critical path in a deployment, in ms: the nodes of a level work in "
+        "parallel,\nthe levels one after another. NETWORK EXCLUDED: no transfer time, latency or "
+        "protocol round trips\n(reports, commitments, audit requests); every node is as fast as "
+        f"this one and holds one role;\nevery upper group has fan_in = {fan} children.\n"
+        "  plaintext = train + update out\n"
+        f"  secure    = train + contributor + leaf aggregator + depth x upper aggregator\n"
+        "  audited   = secure + leaf evidence + fan_in x leaf audit (by each level-1 aggregator)\n"
+        "              + (depth - 1) x (upper evidence + fan_in x upper audit)\n"
+        f"              + root evidence + (k - 1) = {k - 1} upper audits (by the coordinator)\n"
+        "  + coord.  = both plus the coordinator's own work: plaintext N x add one update "
+        "(if they all\n              arrive at once), secure its close\n"
+    )
+    head = (
+        f"{'N':>6} {'depth':>5} {'plain':>7} {'secure':>7} {'audited':>7} {'sec/pl':>6} "
+        f"{'aud/pl':>6} {'plain+coord':>11} {'secure+coord':>12} {'ratio':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for n in PER_NODE_SIZES:
+        depth = tree_depth(n)
+        plain = t["train"] + t["plain_out"]
+        secure = t["train"] + t["contributor"] + t["leaf"] + depth * t["upper"]
+        audited = (
+            secure
+            + t["leaf_evidence"]
+            + fan * t["audit_leaf"]
+            + max(depth - 1, 0) * (t["upper_evidence"] + fan * t["audit_upper"])
+            + t["upper_evidence"]
+            + (k - 1) * t["audit_upper"]
+        )
+        plain_c, secure_c = plain + n * t["plain_add"], secure + t["coordinator_close"]
+        print(
+            f"{n:>6,} {depth:>5} {plain:>7.2f} {secure:>7.2f} {audited:>7.2f} "
+            f"{secure / plain:>6.1f} {audited / plain:>6.1f} {plain_c:>11.2f} {secure_c:>12.2f} "
+            f"{secure_c / plain_c:>6.2f}"
+        )
+    print(
+        "\n  deployment estimate (not a measurement of a deployment): the ratios are "
+        "estimated secure /\n  plaintext critical paths built from one-node timings on this "
+        "machine. N = 10,000 needs a\n  64-bit ring (twice the bytes per word), not measured here."
+    )
+
+
 def _ints(text: str) -> list[int]:
     try:
         values = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
@@ -503,13 +1005,19 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=100_000, help="section 2 vector length")
     ap.add_argument("--inputs", type=int, default=1_000, help="section 2 vectors summed")
     ap.add_argument("--repeat", type=int, default=3, help="section 2 timed repetitions")
-    ap.add_argument("--skip-rounds", action="store_true", help="sections 2 only")
-    ap.add_argument("--skip-throughput", action="store_true", help="sections 1 and 3 only")
+    ap.add_argument("--skip-rounds", action="store_true", help="skip sections 1 and 3")
+    ap.add_argument("--skip-throughput", action="store_true", help="skip section 2")
+    ap.add_argument("--skip-per-node", action="store_true", help="skip section 4")
+    ap.add_argument("--per-node-repeat", type=int, default=20, help="section 4 repetitions")
+    ap.add_argument("--per-node-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
         "--no-audit", dest="audit", action="store_false", help="secure rounds without audits"
     )
     ap.add_argument("--one", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.per_node_child:
+        print(json.dumps(per_node_costs(args.hidden, args.clip, args.per_node_repeat)))
+        return
     if args.one:
         n, mode = int(args.one[0]), args.one[1]
         result = run_one(n, mode == "secure", args.rounds, args.hidden, args.clip, audit=args.audit)
@@ -521,6 +1029,8 @@ def main() -> None:
         done = round_section(args)
     speeds = [] if args.skip_throughput else throughput_section(args)
     uploads = [] if args.skip_rounds else upload_section(done)
+    if not args.skip_per_node:
+        per_node_section(args)
     summary(done, speeds, uploads)
     print(
         f"\n(python {sys.version.split()[0]}, {os.cpu_count()} cores, "
