@@ -16,7 +16,6 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -53,15 +52,8 @@ def one(scheme: str, n_nodes: int, rounds: int) -> dict[str, float]:
         raw["partition"] = {"scheme": "per_record"}
         raw["data"]["holdout"] = {"fraction": 0.0}  # every student is a node
     job = prepare_job(parse_config(raw))
-    if n_nodes < job.n_nodes:  # keep the first n_nodes nodes and their records
-        stop = int(job.offsets[n_nodes])
-        job = replace(
-            job,
-            x=job.x[:stop],
-            y=job.y[:stop],
-            offsets=job.offsets[: n_nodes + 1],
-            node_names=job.node_names[:n_nodes],
-        )
+    if n_nodes < job.n_nodes:
+        job = job.first_nodes(n_nodes)
     t0 = time.perf_counter()
     result = simulate(job)
     total = time.perf_counter() - t0

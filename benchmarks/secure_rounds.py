@@ -64,7 +64,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,14 +120,7 @@ def run_one(
     job = prepare_job(parse_config(job_config(hidden, rounds, clip, audit)))
     if n_nodes > job.n_nodes:
         raise SystemExit(f"Chem97 has only {job.n_nodes} students, asked for {n_nodes}")
-    stop = int(job.offsets[n_nodes])
-    job = replace(
-        job,
-        x=job.x[:stop],
-        y=job.y[:stop],
-        offsets=job.offsets[: n_nodes + 1],
-        node_names=job.node_names[:n_nodes],
-    )
+    job = job.first_nodes(n_nodes)
     summary = summarize(job)  # static: the ring the secure rounds use at this N
     t0 = time.perf_counter()
     result = simulate(job, secure=secure)

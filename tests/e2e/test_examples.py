@@ -86,3 +86,11 @@ def test_organisations_need_a_natural_partition() -> None:
     with pytest.raises(ConfigError) as err:
         prepare_job(parse_config(raw))
     assert err.value.field == "secure.organisation_column"
+
+
+def test_first_nodes_keeps_nodes_records_and_organisations_aligned() -> None:
+    job = prepare_job(load_config(EXAMPLES / "chem97.toml"))
+    small = job.first_nodes(10)
+    assert small.n_nodes == 10 and len(small.y) == int(job.offsets[10])
+    assert small.organisations == job.organisations[:10]
+    np.testing.assert_array_equal(small.x, job.x[: len(small.y)])

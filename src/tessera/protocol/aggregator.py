@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from tessera.crypto.envelope import disclose_key, peek
+from tessera.crypto.envelope import disclose_key
 from tessera.crypto.fixedpoint import Ring, Words
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import FullShare, Share, ShareAccumulator
@@ -56,13 +56,6 @@ from tessera.protocol.wire import Wire
 #: Largest envelope an aggregator accepts (a full share of a 64M-parameter model).
 MAX_ENVELOPE_BYTES = 1 << 29
 _FROM_COORDINATOR = (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN, Kind.AUDIT_REQUEST)
-
-
-def decode_commit_included(commit_box: bytes) -> set[str]:
-    """The inputs named by a (clear, signed) commitment this aggregator already opened."""
-    head = peek(commit_box)
-    body = commit_box[-(head.payload_size + 64) : -64]
-    return set(decode_commit(body).included or ())
 
 
 @dataclass
@@ -223,9 +216,8 @@ class Aggregator:
         role.boxes[child] = (box, sender)
         return self._take(role, child, FullShare(part.words), part.contributors)
 
-    def _evidence(self, role: AggregatorRole) -> bytes:
+    def _evidence(self, role: AggregatorRole, included: tuple[str, ...]) -> bytes:
         assert role.commit_box is not None
-        included = decode_commit_included(role.commit_box)
         boxes = tuple(
             (
                 box,
@@ -344,7 +336,7 @@ class Aggregator:
         req = role.request
         role.output = encode_partial(req.group, req.position, count, words)
         if req.send_evidence or req.evidence_on_request:
-            role.evidence = self._evidence(role)
+            role.evidence = self._evidence(role, commit.included)
         role.boxes.clear()  # the evidence, if any, holds what an auditor needs
         effects: list[Effect] = [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
         if req.send_evidence:  # the root's sums are audited on request instead

@@ -9,7 +9,7 @@ reported against the config field that caused them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +67,20 @@ class PreparedJob:
     @property
     def node_ids(self) -> list[NodeId]:
         return [NodeId(f"node-{i:06d}") for i in range(self.n_nodes)]
+
+    def first_nodes(self, n: int) -> PreparedJob:
+        """The same job over its first ``n`` nodes and their records (for scale runs)."""
+        if not 0 < n <= self.n_nodes:
+            raise ConfigError("nodes", f"choose 1..{self.n_nodes} nodes, not {n}")
+        stop = int(self.offsets[n])
+        return replace(
+            self,
+            x=self.x[:stop],
+            y=self.y[:stop],
+            offsets=self.offsets[: n + 1],
+            node_names=self.node_names[:n],
+            organisations=self.organisations[:n] if self.organisations else None,
+        )
 
     def round_params(self) -> RoundParams:
         fed = self.config.federation
