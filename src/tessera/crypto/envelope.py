@@ -112,6 +112,7 @@ __all__ = [
     "open_envelope",
     "peek",
     "seal",
+    "verify_envelope",
 ]
 
 MAGIC = b"TSR"
@@ -451,6 +452,32 @@ def open_envelope(
         payload=payload,
         sealed=head.sealed,
     )
+
+
+def verify_envelope(
+    data: Bytes,
+    *,
+    directory: Mapping[NodeId, PublicKeys],
+    expect_job: str | None,
+    max_bytes: int,
+) -> EnvelopeHeader:
+    """A relay's check: shape, size, job and the sender's signature, without opening.
+
+    The coordinator stores and forwards sealed envelopes it cannot read; this
+    lets it refuse forged or malformed ones at the door. Replays are the
+    relay's to refuse by (sender, nonce), since it has no per-round guard.
+    """
+    data = _as_bytes(data)
+    if len(data) > max_bytes:
+        raise InvalidEnvelope(TOO_LARGE)
+    head = _parse(data).header
+    sender = directory.get(head.sender)
+    if sender is None:
+        raise InvalidEnvelope(UNKNOWN_SENDER)
+    if expect_job is not None and head.job_id != expect_job:
+        raise InvalidEnvelope(WRONG_JOB)
+    _verify(data, sender)
+    return head
 
 
 def _verify(data: bytes, sender: PublicKeys) -> None:
