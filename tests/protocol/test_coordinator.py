@@ -254,3 +254,23 @@ def test_contributor_past_the_deadline_declines_instead_of_uploading() -> None:
     (send,) = k.handle(ready, 9.5)
     assert isinstance(send.message, TrainingDeclined) and "deadline" in send.message.reason
     assert k.state is ContributorState.IDLE
+
+
+def test_withdrawn_participant_is_not_asked_from_the_next_round_on() -> None:
+    from tessera.protocol.events import ParticipantWithdrawn
+
+    c = coordinator(rounds=2)
+    c.handle(JobStarted(), 0.0)
+    assert c.handle(ParticipantWithdrawn(node=NODES[0]), 0.5) == []
+    out: list = []
+    for i, node in enumerate(NODES):  # round 0 is in flight: the withdrawn node still counts
+        out = c.handle(MessageReceived(sender=node, message=update(0, [1, 1, 1], i + 1)), 1.0)
+    assert closed(out).participants == len(NODES)
+    asked = {e.recipient for e in out if isinstance(e, Send)}
+    assert asked == set(NODES[1:])
+    for node in NODES[1:]:
+        out = c.handle(MessageReceived(sender=node, message=update(1, [1, 1, 1], 1)), 2.0)
+    rc = closed(out)
+    assert rc.participants == len(NODES) - 1 and NODES[0] not in rc.included
+    refused = c.handle(ParticipantWithdrawn(node=NodeId("stranger")), 3.0)
+    assert isinstance(refused[0], Rejected)

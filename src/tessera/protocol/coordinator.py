@@ -31,7 +31,13 @@ from tessera.protocol.effects import (
     Send,
     StartTimer,
 )
-from tessera.protocol.events import Event, JobStarted, MessageReceived, TimerFired
+from tessera.protocol.events import (
+    Event,
+    JobStarted,
+    MessageReceived,
+    ParticipantWithdrawn,
+    TimerFired,
+)
 from tessera.protocol.messages import (
     AggregateRequest,
     Message,
@@ -78,6 +84,7 @@ class Coordinator:
         self.state = CoordinatorState.IDLE
         self.round = -1
         self._selected: frozenset[NodeId] = frozenset()
+        self.withdrawn: set[NodeId] = set()  # revoked consent: never asked to train again
         self._answered: set[NodeId] = set()
         self._sum = np.zeros(self.weights.shape, np.float64)
         self._samples = 0
@@ -86,6 +93,8 @@ class Coordinator:
 
     # -- the one entry point ------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Effect]:
+        if isinstance(event, ParticipantWithdrawn):
+            return self._withdraw(event.node)
         if isinstance(event, JobStarted):
             self._transition(CoordinatorInput.START)
             return self._open_round(0, now)
@@ -102,6 +111,12 @@ class Coordinator:
         raise LocalProtocolError(f"coordinator cannot handle {type(event).__name__}")
 
     # -- internals -------------------------------------------------------------
+    def _withdraw(self, node: NodeId) -> list[Effect]:
+        if node not in self.nodes:
+            return [Rejected(sender=node, reason=f"{node} is not a participant of this job")]
+        self.withdrawn.add(node)
+        return []
+
     def _transition(self, what: CoordinatorInput) -> None:
         try:
             self.state = COORDINATOR_TRANSITIONS[(self.state, what)]
@@ -112,13 +127,16 @@ class Coordinator:
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
-        cohort = select_cohort(self.params, self.nodes, round)
+        cohort = [
+            n for n in select_cohort(self.params, self.nodes, round) if n not in self.withdrawn
+        ]
         self._selected = frozenset(cohort)
         self._answered = set()
         self._sum[:] = 0.0
         self._samples = 0
         self._loss_sum = 0.0
         self._updates = 0
+        self._included: list[str] = []
         deadline = now + self.params.round_timeout
         weights = self.weights
         weights.flags.writeable = False  # shared by every request of the round
@@ -175,6 +193,7 @@ class Coordinator:
             self._samples += msg.num_samples
             self._loss_sum += msg.num_samples * msg.loss
             self._updates += 1
+            self._included.append(sender)
         self._answered.add(sender)
         if len(self._answered) == len(self._selected):
             return self._close_round(now, timer_pending=True)
@@ -191,6 +210,7 @@ class Coordinator:
             samples=self._samples,
             mean_loss=self._loss_sum / self._samples if self._samples else float("nan"),
             timer_pending=timer_pending,
+            included=tuple(sorted(self._included)),
         )
 
     def _finish_round(
@@ -203,6 +223,7 @@ class Coordinator:
         mean_loss: float,
         timer_pending: bool,
         blamed: tuple[str, ...] = (),
+        included: tuple[str, ...] = (),
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -223,6 +244,7 @@ class Coordinator:
                 skipped=skipped,
                 closed_at=now,
                 blamed=blamed,
+                included=included if not skipped else (),
             )
         )
         if self.round + 1 < self.params.rounds:

@@ -57,6 +57,7 @@ class RoundClosed:
     skipped: bool
     closed_at: float
     blamed: tuple[str, ...] = ()  # aggregators whose sums failed their audit, with reasons
+    included: tuple[str, ...] = ()  # the contributors whose updates are in the new model
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -41,4 +41,24 @@ class LocalTrainingFailed:
     reason: str
 
 
-Event = JobStarted | MessageReceived | TimerFired | LocalUpdateReady | LocalTrainingFailed
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ParticipantWithdrawn:
+    """A user revoked consent (coordinator only): never ask their node to train again.
+
+    Takes effect from the next round opened; the round in flight is not
+    touched (its shares may already be summed). The tree is still derived
+    from the consented set of the job's start, so every node can recompute
+    it; a withdrawn contributor is simply absent, as a dropped one is.
+    """
+
+    node: NodeId
+
+
+Event = (
+    JobStarted
+    | MessageReceived
+    | TimerFired
+    | LocalUpdateReady
+    | LocalTrainingFailed
+    | ParticipantWithdrawn
+)

@@ -63,7 +63,13 @@ from tessera.protocol.codec import (
 )
 from tessera.protocol.coordinator import Coordinator, deadline_timer, select_cohort
 from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
-from tessera.protocol.events import Event, JobStarted, MessageReceived, TimerFired
+from tessera.protocol.events import (
+    Event,
+    JobStarted,
+    MessageReceived,
+    ParticipantWithdrawn,
+    TimerFired,
+)
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
 from tessera.protocol.params import RoundParams
 from tessera.protocol.states import CoordinatorInput, CoordinatorState
@@ -141,7 +147,7 @@ class SecureCoordinator(Coordinator):
 
     # -- events -------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Effect]:
-        if isinstance(event, JobStarted):
+        if isinstance(event, JobStarted | ParticipantWithdrawn):
             return super().handle(event, now)
         if isinstance(event, TimerFired):
             self._transition(CoordinatorInput.DEADLINE)
@@ -306,6 +312,7 @@ class SecureCoordinator(Coordinator):
                 ),
             )
             for i, member in enumerate(group.members)
+            if member not in self.withdrawn  # absent, as a dropped contributor is
         ]
 
     # -- reports and commitments ---------------------------------------------
@@ -503,9 +510,9 @@ class SecureCoordinator(Coordinator):
         return self.wire.send(recipient, kind, self.round, payload, sealed=False)
 
     # -- closing -------------------------------------------------------------------
-    def _included_contributors(self, rs: _RoundState) -> int:
+    def _included_contributors(self, rs: _RoundState) -> list[str]:
         """Contributors whose groups made it all the way to the root."""
-        total = 0
+        total: list[str] = []
         for group in rs.tree.groups:
             if group.level != 0 or not rs.committed.get(group.id):
                 continue
@@ -518,8 +525,8 @@ class SecureCoordinator(Coordinator):
                     break
                 node = rs.tree.group(node.parent)
             if ok:
-                total += len(rs.committed[group.id] or ())
-        return total
+                total += rs.committed[group.id] or ()
+        return sorted(total)
 
     def _close_secure(self, now: float, *, timer_pending: bool) -> list[Effect]:
         assert self._rs is not None
@@ -540,13 +547,14 @@ class SecureCoordinator(Coordinator):
         total = combine([rs.root_parts[j].words for j in range(len(root.aggregators))], rs.ring)
         values = decode(total, rs.ring)
         weight = float(values[-1])
-        participants = self._included_contributors(rs)
-        if weight <= 0 or participants == 0:
+        included = self._included_contributors(rs)
+        if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
         return self._finish_round(
             now,
             mean_delta=(values[:-2] / weight).astype(np.float32),
-            participants=participants,
+            participants=len(included),
+            included=tuple(included),
             samples=round(weight * self.secure.max_weight),
             mean_loss=float(values[-2] / weight) * self.secure.loss_cap,
             timer_pending=timer_pending,
