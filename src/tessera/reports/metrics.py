@@ -53,7 +53,11 @@ def build_metrics(
         "ring_bits": secure.ring_bits if secure else None,
         "model_bytes_quantized": secure.model_bytes_quantized if secure else None,
         "rounds": [
-            {**asdict(r), "train_loss": _finite(r.train_loss), "value": _finite(r.value)}
+            {
+                **{k: v for k, v in asdict(r).items() if k != "included"},  # ids: too many
+                "train_loss": _finite(r.train_loss),
+                "value": _finite(r.value),
+            }
             for r in rounds
         ],
         "final": {"value": _finite(rounds[-1].value) if rounds else None, "round": len(rounds)},

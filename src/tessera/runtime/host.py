@@ -14,6 +14,15 @@ import numpy.typing as npt
 from tessera.weights import Vector
 
 
+def train_seed(job_seed: int, round: int) -> int:
+    """The seed of every node's local training in ``round``: public, the same in every runtime.
+
+    A node's shuffles then depend only on this, its data and its shuffle id, so a
+    deployed node reproduces the simulator's result for the same node.
+    """
+    return int(np.random.default_rng([job_seed, 0x7A, round]).integers(2**31))
+
+
 class TrainOutput(Protocol):
     deltas: npt.NDArray[np.float32]  # (nodes, P)
     num_samples: npt.NDArray[np.int64]

@@ -31,7 +31,7 @@ from tessera.data import (
 )
 from tessera.errors import ConfigError, DataError
 from tessera.ids import JobId, NodeId, Task
-from tessera.protocol import RoundParams, Strategy, make_strategy
+from tessera.protocol import RoundParams, SecureParams, Strategy, TreeParams, make_strategy
 from tessera.training import ModelSpec, Recipe, init_weights, layout
 from tessera.weights import Layout, Vector
 
@@ -83,19 +83,75 @@ class PreparedJob:
         )
 
     def round_params(self) -> RoundParams:
-        fed = self.config.federation
-        return RoundParams(
-            job_id=JobId(self.config.job.name),
-            rounds=fed.rounds,
-            fraction=fed.fraction,
-            min_participants=fed.min_participants,
-            min_updates=fed.min_updates,
-            round_timeout=fed.round_timeout,
-            seed=self.config.job.seed,
-        )
+        return round_params_of(self.config)
 
     def strategy(self) -> Strategy:
-        return make_strategy(self.config.strategy.name, **self.config.strategy.params)
+        return strategy_of(self.config)
+
+
+def model_spec_of(cfg: JobConfig, pre: Preprocessor) -> ModelSpec:
+    """The declarative model: the config's architecture over the encoded features."""
+    n_outputs = pre.n_classes if cfg.job.task is Task.CLASSIFICATION else 1
+    assert n_outputs is not None
+    return ModelSpec(
+        kind=cfg.model.kind,
+        input_shape=pre.input_shape,
+        n_outputs=n_outputs,
+        hidden=tuple(cfg.model.hidden),
+        channels=tuple(cfg.model.channels),
+    )
+
+
+def recipe_of(cfg: JobConfig) -> Recipe:
+    r = cfg.recipe
+    return Recipe(
+        loss=cfg.loss,  # type: ignore[arg-type]
+        optimizer=r.optimizer,
+        lr=r.lr,
+        momentum=r.momentum,
+        weight_decay=r.weight_decay,
+        local_epochs=r.local_epochs,
+        batch_size=r.batch_size,
+        prox_mu=r.prox_mu,
+        clip_norm=r.clip_norm,
+    )
+
+
+def round_params_of(cfg: JobConfig) -> RoundParams:
+    """How the job's rounds run: the same for the simulator and a deployment."""
+    fed = cfg.federation
+    return RoundParams(
+        job_id=JobId(cfg.job.name),
+        rounds=fed.rounds,
+        fraction=fed.fraction,
+        min_participants=fed.min_participants,
+        min_updates=fed.min_updates,
+        round_timeout=fed.round_timeout,
+        seed=cfg.job.seed,
+    )
+
+
+def strategy_of(cfg: JobConfig) -> Strategy:
+    return make_strategy(cfg.strategy.name, **cfg.strategy.params)
+
+
+def secure_params_of(cfg: JobConfig, *, clip_norm: float, max_weight: float) -> SecureParams:
+    """Secure-aggregation settings; ``max_weight`` where the config leaves it open."""
+    s = cfg.secure
+    return SecureParams(
+        tree=TreeParams(
+            k=s.k,
+            group_size=s.group_size,
+            fan_in=s.fan_in,
+            min_group=s.min_group,
+            backups=s.backups,
+        ),
+        clip=clip_norm,
+        max_weight=s.max_weight or max_weight,
+        loss_cap=s.loss_cap,
+        phase_timeout=s.phase_timeout,
+        audit=s.audit,
+    )
 
 
 def _partition(cfg: JobConfig, train: Prepared, seed: int) -> Partition:
@@ -141,8 +197,8 @@ def _organisations(
     return tuple(owner.get(name) for name in part.names)
 
 
-def prepare_job(cfg: JobConfig) -> PreparedJob:
-    """Load, split, preprocess and partition; every data failure names its field."""
+def split_table(cfg: JobConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The nodes' records and the AI provider's held-out test set, columns checked."""
     d, seed = cfg.data, cfg.job.seed
     try:
         table = load_table(d.source, d.dataset)
@@ -170,6 +226,13 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
             )
     except DataError as exc:
         raise ConfigError("data.holdout", str(exc)) from None
+    return train_df, test_df
+
+
+def prepare_job(cfg: JobConfig) -> PreparedJob:
+    """Load, split, preprocess and partition; every data failure names its field."""
+    d, seed = cfg.data, cfg.job.seed
+    train_df, test_df = split_table(cfg)
     try:
         pre = Preprocessor.fit(
             train_df,
@@ -190,27 +253,7 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
     except DataError as exc:
         raise ConfigError("partition", str(exc)) from None
 
-    n_outputs = pre.n_classes if cfg.job.task is Task.CLASSIFICATION else 1
-    assert n_outputs is not None
-    spec = ModelSpec(
-        kind=cfg.model.kind,
-        input_shape=pre.input_shape,
-        n_outputs=n_outputs,
-        hidden=tuple(cfg.model.hidden),
-        channels=tuple(cfg.model.channels),
-    )
-    r = cfg.recipe
-    recipe = Recipe(
-        loss=cfg.loss,  # type: ignore[arg-type]
-        optimizer=r.optimizer,
-        lr=r.lr,
-        momentum=r.momentum,
-        weight_decay=r.weight_decay,
-        local_epochs=r.local_epochs,
-        batch_size=r.batch_size,
-        prox_mu=r.prox_mu,
-        clip_norm=r.clip_norm,
-    )
+    spec, recipe = model_spec_of(cfg, pre), recipe_of(cfg)
     lay = layout(spec)
     return PreparedJob(
         config=cfg,

@@ -40,6 +40,7 @@ class RoundRecord:
     bytes_aggregation: int
     aggregators_failed: int = 0
     blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
+    included: tuple[str, ...] = ()  # contributors whose updates are in this round's model
 
 
 @dataclass
@@ -74,8 +75,13 @@ def simulate(
     on_round: Callable[[RoundRecord, Vector], None] | None = None,
     *,
     secure: bool | None = None,
+    devices: DeviceModel | None = None,
 ) -> SimulationResult:
-    """Run the job; ``on_round`` sees each round's record and new global weights."""
+    """Run the job; ``on_round`` sees each round's record and new global weights.
+
+    ``devices`` replaces the config's simulated devices (speeds, dropouts), e.g.
+    to replay exactly who took part in each round of a deployment.
+    """
     cfg = job.config
     sim_cfg = cfg.simulation
     trainer = BatchedTrainer(
@@ -98,7 +104,7 @@ def simulate(
         coordinator = Coordinator(
             job.round_params(), job.node_ids, job.initial_weights, job.strategy()
         )
-    devices = DeviceModel.sample(
+    devices = devices or DeviceModel.sample(
         job.n_nodes,
         dropout=sim_cfg.dropout,
         speed_sigma=sim_cfg.speed_sigma,
@@ -127,6 +133,7 @@ def simulate(
             bytes_aggregation=stats.bytes_aggregation,
             aggregators_failed=stats.aggregators_failed,
             blamed=closed.blamed,
+            included=closed.included,
         )
         records.append(rec)
         if on_round is not None:

@@ -23,9 +23,9 @@ from tessera.protocol.node import Node
 from tessera.protocol.params import RoundParams
 from tessera.protocol.secure_coordinator import SecureCoordinator, SecureParams
 from tessera.protocol.strategies import Strategy
-from tessera.protocol.topology import TreeParams, derive_tree
+from tessera.protocol.topology import derive_tree
 from tessera.protocol.treecheck import TreeCheck
-from tessera.runtime.prepare import PreparedJob
+from tessera.runtime.prepare import PreparedJob, secure_params_of
 from tessera.weights import Vector
 
 
@@ -35,21 +35,9 @@ def simulation_keys(seed: int, name: str) -> NodeKeys:
 
 
 def secure_params(job: PreparedJob) -> SecureParams:
-    s = job.config.secure
     assert job.recipe.clip_norm is not None  # the config refuses secure jobs without it
-    return SecureParams(
-        tree=TreeParams(
-            k=s.k,
-            group_size=s.group_size,
-            fan_in=s.fan_in,
-            min_group=s.min_group,
-            backups=s.backups,
-        ),
-        clip=job.recipe.clip_norm,
-        max_weight=s.max_weight or float(job.node_samples.max()),
-        loss_cap=s.loss_cap,
-        phase_timeout=s.phase_timeout,
-        audit=s.audit,
+    return secure_params_of(
+        job.config, clip_norm=job.recipe.clip_norm, max_weight=float(job.node_samples.max())
     )
 
 

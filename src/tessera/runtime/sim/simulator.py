@@ -59,7 +59,7 @@ from tessera.protocol.messages import (
     UpdateSubmission,
 )
 from tessera.protocol.node import Node
-from tessera.runtime.host import LocalTrainer
+from tessera.runtime.host import LocalTrainer, train_seed
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.weights import Vector
 
@@ -267,13 +267,10 @@ class Simulation:
         nodes = [heapq.heappop(due)[2] for _ in range(min(self.chunk, len(due)))]
         weights, prox_mu = self._round_weights[round]
         batch = np.asarray(nodes, dtype=np.int64)
-        result = self.trainer.train(weights, batch, self._train_seed(round), prox_mu=prox_mu)
+        result = self.trainer.train(weights, batch, train_seed(self.seed, round), prox_mu=prox_mu)
         for row, node in enumerate(nodes):
             self._results[(round, node)] = (
                 result.deltas[row],
                 int(result.num_samples[row]),
                 float(result.loss[row]),
             )
-
-    def _train_seed(self, round: int) -> int:
-        return int(np.random.default_rng([self.seed, 0x7A, round]).integers(2**31))

@@ -1,0 +1,135 @@
+"""The coordinator's tables, in SQLAlchemy Core, portable to SQLite and PostgreSQL.
+
+Why each shape:
+
+- ``artefact`` is content-addressed: the key is the sha256 of ``data``, so a
+  put is idempotent and a read can prove the bytes were not altered.
+- ``mailbox.id`` orders delivery. It is an ``INTEGER PRIMARY KEY
+  AUTOINCREMENT`` on SQLite (never reused) and a sequence on PostgreSQL; the
+  store serialises inserts so ids also grow in commit order (see ``store``).
+  ``(sender, nonce)`` is unique, which is the replay check.
+- ``event`` is the coordinator's input log, keyed ``(job_id, seq)``; ``round``
+  is keyed ``(job_id, round)`` and points at its weights artefact.
+- Documents are JSON; times are double-precision unix seconds.
+
+Only add nullable columns or new tables here: ``create_all`` never alters
+an existing table, so a changed column needs a migration.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# A 64-bit id on PostgreSQL; on SQLite only a column declared INTEGER is a rowid alias.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Nullable JSON columns hold SQL NULL for None, not the JSON literal null.
+_NullableJSON = JSON(none_as_null=True)
+
+artefact = Table(
+    "artefact",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("media_type", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+node = Table(
+    "node",
+    metadata,
+    Column("node_id", Text, primary_key=True),
+    Column("public_keys", LargeBinary, nullable=False),
+    Column("organisation", Text, nullable=True),
+    Column("document", JSON, nullable=False),
+    Column("registered_at", Double, nullable=False),
+)
+
+job = Table(
+    "job",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("digest", Text, nullable=False),
+    Column("document", JSON, nullable=False),
+    Column("min_consents", Integer, nullable=False),
+    Column("state", Text, nullable=False, default="waiting"),
+    Column("participants", _NullableJSON, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("started_at", Double, nullable=True),
+    Column("finished_at", Double, nullable=True),
+    Column("final_weights", String(64), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("current_round", Integer, nullable=True),
+)
+
+consent = Table(
+    "consent",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("job_id", Text, ForeignKey("job.job_id"), nullable=False),
+    Column("node_id", Text, nullable=False),
+    Column("digest", Text, nullable=False),
+    Column("document", JSON, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+    Column("revocation", _NullableJSON, nullable=True),
+    Column("added_at", Double, nullable=False),
+    UniqueConstraint("job_id", "node_id", "digest", name="uq_consent_digest"),
+    sqlite_autoincrement=True,
+)
+
+mailbox = Table(
+    "mailbox",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("job_id", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("kind", Integer, nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("posted_at", Double, nullable=False),
+    UniqueConstraint("sender", "nonce", name="uq_mailbox_sender_nonce"),
+    Index("ix_mailbox_recipient_id", "recipient", "id"),
+    sqlite_autoincrement=True,
+)
+
+event = Table(
+    "event",
+    metadata,
+    Column("job_id", Text, ForeignKey("job.job_id"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", Text, nullable=False),
+    Column("now", Double, nullable=False),
+    Column("mail_id", BigInteger, nullable=True),
+    Column("timer", Text, nullable=True),
+    Column("node", Text, nullable=True),
+)
+
+round_ = Table(
+    "round",
+    metadata,
+    Column("job_id", Text, ForeignKey("job.job_id"), primary_key=True),
+    Column("round", Integer, primary_key=True, autoincrement=False),
+    Column("closed_at", Double, nullable=False),
+    Column("record", JSON, nullable=False),
+    Column("weights", String(64), ForeignKey("artefact.sha256"), nullable=False),
+)

@@ -1,0 +1,82 @@
+"""The frozen records the store hands out: plain data, no database types.
+
+Callers get copies; changing a returned ``document`` dict never reaches the
+database. Times are float unix seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node_id: str
+    public_keys: bytes
+    organisation: str | None
+    document: dict[str, Any]
+    registered_at: float
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    digest: str
+    document: dict[str, Any]
+    min_consents: int
+    state: str
+    participants: list[str] | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    final_weights: str | None
+    error: str | None
+    current_round: int | None
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    job_id: str
+    node_id: str
+    digest: str
+    document: dict[str, Any]
+    expires_at: float
+    revoked_at: float | None
+    revocation: dict[str, Any] | None
+    added_at: float
+
+
+@dataclass(frozen=True)
+class MailItem:
+    id: int
+    job_id: str
+    recipient: str
+    sender: str
+    round: int
+    kind: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One input the coordinator consumed; replaying them in ``seq`` order rebuilds it."""
+
+    job_id: str
+    seq: int
+    kind: str
+    now: float
+    mail_id: int | None = None
+    timer: str | None = None
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """A closed round: its summary ``record`` and the sha256 of its weights artefact."""
+
+    job_id: str
+    round: int
+    closed_at: float
+    record: dict[str, Any]
+    weights: str

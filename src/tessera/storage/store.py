@@ -1,0 +1,591 @@
+"""The coordinator's persistent store: every public call is one committed transaction.
+
+Theory of operation. The coordinator must survive ``kill -9`` with nothing
+lost, so nothing is buffered here: a method returns only after its
+transaction committed, and ``commit_step`` writes one consumed event together
+with everything that event caused (outgoing mail, closed rounds, artefacts,
+the job row), so a restart replays the event log and finds the effects of
+exactly the events it holds.
+
+Threads: one Engine per Store, and each call checks its own connection out
+of the pool for the length of one short transaction, so a Store can be shared
+by any number of threads (and processes, on the same file or server). On a
+SQLite file, this process's writers also queue on one lock, so they wait
+their turn instead of polling SQLite's lock; readers never wait (WAL).
+
+Mailbox order: readers page with ``messages_for(recipient, after=last_id)``,
+so an id must never become visible after a larger one did. SQLite has one
+writer at a time (``BEGIN IMMEDIATE``), which gives that for free; on
+PostgreSQL every transaction that inserts mail first takes ``LOCK TABLE
+mailbox IN EXCLUSIVE MODE`` (readers are not blocked), so ids are drawn in
+commit order. That lock is always taken first in a transaction, so it cannot
+deadlock against the row locks taken after it.
+
+The store never interprets documents: JSON in, JSON out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from sqlalchemy import Connection, Row, exists, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from tessera.storage import models as m
+from tessera.storage.engine import WRITE_OPTION, is_memory, make_engine
+from tessera.storage.errors import Conflict, NotFound, Replayed, StoreError
+from tessera.storage.records import (
+    ConsentRecord,
+    EventRecord,
+    JobRecord,
+    MailItem,
+    NodeRecord,
+    RoundRecord,
+)
+
+# Serialises concurrent create_all on PostgreSQL (an arbitrary, fixed 63-bit key).
+_DDL_LOCK_KEY = 0x7E55E7A_5C4E3A
+
+
+def _job_values(
+    *,
+    state: str | None = None,
+    participants: list[str] | None = None,
+    started_at: float | None = None,
+    finished_at: float | None = None,
+    final_weights: str | None = None,
+    error: str | None = None,
+    current_round: int | None = None,
+) -> dict[str, Any]:
+    """The columns an update sets; None means "leave as is". TypeError on unknown keys."""
+    values = {
+        "state": state,
+        "participants": None if participants is None else list(participants),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "final_weights": final_weights,
+        "error": error,
+        "current_round": current_round,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class Store:
+    """Durable state of a coordinator, on SQLite (``sqlite:///file.db``) or PostgreSQL."""
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._engine = make_engine(url)
+        self._postgres = self._engine.dialect.name == "postgresql"
+        self._clock = clock
+        self._closed = False
+        memory = is_memory(make_url(url))
+        # In-memory SQLite is one shared connection: one call at a time.
+        self._serial: AbstractContextManager[Any] = threading.RLock() if memory else nullcontext()
+        # SQLite has one writer anyway; queueing this process's writers on a lock
+        # spares them the busy handler's sleeps (other processes still use it).
+        self._writer: AbstractContextManager[Any] = (
+            threading.Lock() if not self._postgres and not memory else nullcontext()
+        )
+        try:
+            with self._write() as conn:
+                if self._postgres:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK_KEY})
+                m.metadata.create_all(conn)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def close(self) -> None:
+        """Release every pooled connection; the Store cannot be used afterwards."""
+        self._closed = True
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- transactions -------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Connection]:
+        if self._closed:
+            raise StoreError("store is closed")
+        try:
+            writer = self._writer if write else nullcontext()
+            with self._serial, writer, self._engine.connect() as conn:
+                conn.execution_options(**{WRITE_OPTION: write})
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return self._transaction(write=True)
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return self._transaction(write=False)
+
+    def _insert(self, table: Any) -> postgresql.Insert | sqlite.Insert:
+        return postgresql.insert(table) if self._postgres else sqlite.insert(table)
+
+    def _lock_mailbox(self, conn: Connection) -> None:
+        if self._postgres:
+            conn.execute(text("LOCK TABLE mailbox IN EXCLUSIVE MODE"))
+
+    @staticmethod
+    def _require_job(conn: Connection, job_id: str) -> None:
+        if not conn.execute(select(exists().where(m.job.c.job_id == job_id))).scalar():
+            raise NotFound(f"no job {job_id!r}")
+
+    # -- artefacts ------------------------------------------------------------
+
+    def put_artefact(self, data: bytes, media_type: str) -> str:
+        """Store ``data`` under its hex sha256 and return it; idempotent."""
+        with self._write() as conn:
+            return self._put_artefact(conn, data, media_type)
+
+    def _put_artefact(self, conn: Connection, data: bytes, media_type: str) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if conn.execute(select(exists().where(m.artefact.c.sha256 == digest))).scalar():
+            return digest
+        row = {
+            "sha256": digest,
+            "media_type": media_type,
+            "size": len(data),
+            "data": bytes(data),
+            "created_at": self._clock(),
+        }
+        conn.execute(self._insert(m.artefact).values(row).on_conflict_do_nothing())
+        return digest
+
+    def get_artefact(self, sha256: str) -> bytes:
+        """The bytes stored under ``sha256``, re-hashed; StoreError if they changed."""
+        with self._read() as conn:
+            data = conn.execute(
+                select(m.artefact.c.data).where(m.artefact.c.sha256 == sha256)
+            ).scalar()
+        if data is None:
+            raise NotFound(f"no artefact {sha256}")
+        data = bytes(data)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreError(f"artefact {sha256} is corrupted")
+        return data
+
+    def has_artefact(self, sha256: str) -> bool:
+        with self._read() as conn:
+            return bool(
+                conn.execute(select(exists().where(m.artefact.c.sha256 == sha256))).scalar()
+            )
+
+    # -- nodes ----------------------------------------------------------------
+
+    def register_node(
+        self,
+        node_id: str,
+        public_keys: bytes,
+        organisation: str | None,
+        document: dict[str, Any],
+    ) -> None:
+        """Add a node; a repeat with the same keys is a no-op (the first document stays)."""
+        row = {
+            "node_id": node_id,
+            "public_keys": bytes(public_keys),
+            "organisation": organisation,
+            "document": document,
+            "registered_at": self._clock(),
+        }
+        with self._write() as conn:
+            stmt = self._insert(m.node).values(row).on_conflict_do_nothing()
+            if conn.execute(stmt.returning(m.node.c.node_id)).first() is not None:
+                return
+            keys = conn.execute(
+                select(m.node.c.public_keys).where(m.node.c.node_id == node_id)
+            ).scalar_one()
+            if bytes(keys) != bytes(public_keys):
+                raise Conflict(f"node {node_id!r} is registered with other keys")
+
+    def get_node(self, node_id: str) -> NodeRecord:
+        with self._read() as conn:
+            row = conn.execute(select(m.node).where(m.node.c.node_id == node_id)).first()
+        if row is None:
+            raise NotFound(f"no node {node_id!r}")
+        return _node(row)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        """Every node, in node_id order."""
+        with self._read() as conn:
+            rows = conn.execute(select(m.node).order_by(m.node.c.node_id)).all()
+        return [_node(r) for r in rows]
+
+    # -- jobs -----------------------------------------------------------------
+
+    def add_job(
+        self, job_id: str, digest: str, document: dict[str, Any], min_consents: int
+    ) -> None:
+        """Add a job in state "waiting"; a repeat with the same digest is a no-op."""
+        row = {
+            "job_id": job_id,
+            "digest": digest,
+            "document": document,
+            "min_consents": min_consents,
+            "state": "waiting",
+            "created_at": self._clock(),
+        }
+        with self._write() as conn:
+            stmt = self._insert(m.job).values(row).on_conflict_do_nothing()
+            if conn.execute(stmt.returning(m.job.c.job_id)).first() is not None:
+                return
+            stored = conn.execute(
+                select(m.job.c.digest).where(m.job.c.job_id == job_id)
+            ).scalar_one()
+            if stored != digest:
+                raise Conflict(f"job {job_id!r} exists with another digest")
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._read() as conn:
+            row = conn.execute(select(m.job).where(m.job.c.job_id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        return _job(row)
+
+    def list_jobs(self) -> list[JobRecord]:
+        """Every job, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(m.job).order_by(m.job.c.created_at, m.job.c.job_id)).all()
+        return [_job(r) for r in rows]
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        state: str | None = None,
+        participants: list[str] | None = None,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+        final_weights: str | None = None,
+        error: str | None = None,
+        current_round: int | None = None,
+    ) -> None:
+        """Set the given fields (None leaves a field unchanged); NotFound for an unknown job."""
+        values = _job_values(
+            state=state,
+            participants=participants,
+            started_at=started_at,
+            finished_at=finished_at,
+            final_weights=final_weights,
+            error=error,
+            current_round=current_round,
+        )
+        with self._write() as conn:
+            self._update_job(conn, job_id, values)
+
+    @staticmethod
+    def _update_job(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
+        if not values:
+            Store._require_job(conn, job_id)
+            return
+        stmt = m.job.update().where(m.job.c.job_id == job_id).values(values)
+        if conn.execute(stmt.returning(m.job.c.job_id)).first() is None:
+            raise NotFound(f"no job {job_id!r}")
+
+    # -- consent receipts -----------------------------------------------------
+
+    def add_consent(
+        self,
+        job_id: str,
+        node_id: str,
+        digest: str,
+        document: dict[str, Any],
+        expires_at: float,
+    ) -> None:
+        """Record a consent receipt; a repeat of (job, node, digest) is a no-op."""
+        row = {
+            "job_id": job_id,
+            "node_id": node_id,
+            "digest": digest,
+            "document": document,
+            "expires_at": expires_at,
+            "added_at": self._clock(),
+        }
+        with self._write() as conn:
+            self._require_job(conn, job_id)
+            conn.execute(self._insert(m.consent).values(row).on_conflict_do_nothing())
+
+    def revoke_consent(
+        self, job_id: str, node_id: str, document: dict[str, Any], revoked_at: float
+    ) -> None:
+        """Mark the node's unrevoked consents for the job revoked; NotFound if it has none.
+
+        Consents already revoked keep their first revocation, so a repeat is a no-op.
+        """
+        c = m.consent.c
+        mine = (c.job_id == job_id) & (c.node_id == node_id)
+        with self._write() as conn:
+            conn.execute(
+                m.consent.update()
+                .where(mine & c.revoked_at.is_(None))
+                .values(revoked_at=revoked_at, revocation=document)
+            )
+            if not conn.execute(select(exists().where(mine))).scalar():
+                raise NotFound(f"no consent from {node_id!r} for job {job_id!r}")
+
+    def consents(self, job_id: str) -> list[ConsentRecord]:
+        """Every receipt for the job, revoked ones included, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(m.consent).where(m.consent.c.job_id == job_id).order_by(m.consent.c.id)
+            ).all()
+        return [_consent(r) for r in rows]
+
+    # -- mailbox --------------------------------------------------------------
+
+    def post_message(
+        self,
+        *,
+        job_id: str,
+        recipient: str,
+        sender: str,
+        round: int,
+        kind: int,
+        nonce: bytes,
+        data: bytes,
+    ) -> int:
+        """Queue an envelope and return its id; Replayed if (sender, nonce) is stored."""
+        with self._write() as conn:
+            self._lock_mailbox(conn)
+            return self._post(
+                conn,
+                job_id=job_id,
+                recipient=recipient,
+                sender=sender,
+                round=round,
+                kind=kind,
+                nonce=nonce,
+                data=data,
+            )
+
+    def _post(
+        self,
+        conn: Connection,
+        *,
+        job_id: str,
+        recipient: str,
+        sender: str,
+        round: int,
+        kind: int,
+        nonce: bytes,
+        data: bytes,
+    ) -> int:
+        row = {
+            "job_id": job_id,
+            "recipient": recipient,
+            "sender": sender,
+            "round": round,
+            "kind": kind,
+            "nonce": bytes(nonce),
+            "size": len(data),
+            "data": bytes(data),
+            "posted_at": self._clock(),
+        }
+        stmt = self._insert(m.mailbox).values(row).on_conflict_do_nothing()
+        mail_id = conn.execute(stmt.returning(m.mailbox.c.id)).scalar()
+        if mail_id is None:
+            raise Replayed(f"message from {sender!r} with this nonce is already stored")
+        return int(mail_id)
+
+    def messages_for(
+        self, recipient: str, after: int, *, limit: int = 256, max_bytes: int = 64 << 20
+    ) -> list[MailItem]:
+        """Messages for ``recipient`` with id > ``after``, ascending.
+
+        At most ``limit`` messages, and no more than ``max_bytes`` of data in
+        total, except that the first pending message is always returned.
+        """
+        if limit < 1 or max_bytes < 1:
+            raise ValueError("limit and max_bytes must be positive")
+        c = m.mailbox.c
+        pending = (c.recipient == recipient) & (c.id > after)
+        with self._read() as conn:
+            sizes = conn.execute(
+                select(c.id, c.size).where(pending).order_by(c.id).limit(limit)
+            ).all()
+            ids: list[int] = []
+            total = 0
+            for mail_id, size in sizes:
+                total += size
+                if ids and total > max_bytes:
+                    break
+                ids.append(mail_id)
+            if not ids:
+                return []
+            rows = conn.execute(select(m.mailbox).where(c.id.in_(ids)).order_by(c.id)).all()
+        return [_mail(r) for r in rows]
+
+    def last_message_id(self) -> int:
+        """The largest message id, 0 when the mailbox is empty."""
+        with self._read() as conn:
+            return int(
+                conn.execute(select(func.coalesce(func.max(m.mailbox.c.id), 0))).scalar_one()
+            )
+
+    def get_message(self, mail_id: int) -> MailItem:
+        with self._read() as conn:
+            row = conn.execute(select(m.mailbox).where(m.mailbox.c.id == mail_id)).first()
+        if row is None:
+            raise NotFound(f"no message {mail_id}")
+        return _mail(row)
+
+    # -- event log and rounds -------------------------------------------------
+
+    def commit_step(
+        self,
+        event: EventRecord,
+        *,
+        outgoing: Sequence[Mapping[str, Any]] = (),
+        rounds: Sequence[RoundRecord] = (),
+        artefacts: Sequence[tuple[bytes, str]] = (),
+        job_update: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """Write one consumed event and all it caused, atomically; return the new mail ids.
+
+        Conflict if ``(job_id, seq)`` is logged already, NotFound for an unknown
+        job or a round whose weights artefact is neither stored nor in
+        ``artefacts``, Replayed for an outgoing nonce already used (a bug), and
+        TypeError for an unknown ``job_update`` key. On any error nothing is written.
+        """
+        values = _job_values(**(job_update or {}))
+        with self._write() as conn:
+            if outgoing:
+                self._lock_mailbox(conn)
+            self._require_job(conn, event.job_id)
+            row = {
+                "job_id": event.job_id,
+                "seq": event.seq,
+                "kind": event.kind,
+                "now": event.now,
+                "mail_id": event.mail_id,
+                "timer": event.timer,
+                "node": event.node,
+            }
+            stmt = self._insert(m.event).values(row).on_conflict_do_nothing()
+            if conn.execute(stmt.returning(m.event.c.seq)).first() is None:
+                raise Conflict(f"event {event.seq} of job {event.job_id!r} is already logged")
+            for data, media_type in artefacts:
+                self._put_artefact(conn, data, media_type)
+            for record in rounds:
+                self._put_round(conn, record)
+            if values:
+                self._update_job(conn, event.job_id, values)
+            return [self._post(conn, **message) for message in outgoing]
+
+    def _put_round(self, conn: Connection, record: RoundRecord) -> None:
+        if not conn.execute(select(exists().where(m.artefact.c.sha256 == record.weights))).scalar():
+            raise NotFound(f"round {record.round}: no weights artefact {record.weights}")
+        self._require_job(conn, record.job_id)
+        row = {
+            "job_id": record.job_id,
+            "round": record.round,
+            "closed_at": record.closed_at,
+            "record": record.record,
+            "weights": record.weights,
+        }
+        stmt = self._insert(m.round_).values(row)
+        replace = {k: v for k, v in row.items() if k not in ("job_id", "round")}
+        conn.execute(stmt.on_conflict_do_update(index_elements=["job_id", "round"], set_=replace))
+
+    def events(self, job_id: str) -> list[EventRecord]:
+        """The job's event log, ascending seq."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(m.event).where(m.event.c.job_id == job_id).order_by(m.event.c.seq)
+            ).all()
+        return [
+            EventRecord(
+                job_id=r.job_id,
+                seq=r.seq,
+                kind=r.kind,
+                now=r.now,
+                mail_id=r.mail_id,
+                timer=r.timer,
+                node=r.node,
+            )
+            for r in rows
+        ]
+
+    def rounds(self, job_id: str) -> list[RoundRecord]:
+        """The job's closed rounds, ascending round."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(m.round_).where(m.round_.c.job_id == job_id).order_by(m.round_.c.round)
+            ).all()
+        return [
+            RoundRecord(
+                job_id=r.job_id,
+                round=r.round,
+                closed_at=r.closed_at,
+                record=r.record,
+                weights=r.weights,
+            )
+            for r in rows
+        ]
+
+
+def _node(r: Row[Any]) -> NodeRecord:
+    return NodeRecord(
+        node_id=r.node_id,
+        public_keys=bytes(r.public_keys),
+        organisation=r.organisation,
+        document=r.document,
+        registered_at=r.registered_at,
+    )
+
+
+def _job(r: Row[Any]) -> JobRecord:
+    return JobRecord(
+        job_id=r.job_id,
+        digest=r.digest,
+        document=r.document,
+        min_consents=r.min_consents,
+        state=r.state,
+        participants=r.participants,
+        created_at=r.created_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        final_weights=r.final_weights,
+        error=r.error,
+        current_round=r.current_round,
+    )
+
+
+def _consent(r: Row[Any]) -> ConsentRecord:
+    return ConsentRecord(
+        job_id=r.job_id,
+        node_id=r.node_id,
+        digest=r.digest,
+        document=r.document,
+        expires_at=r.expires_at,
+        revoked_at=r.revoked_at,
+        revocation=r.revocation,
+        added_at=r.added_at,
+    )
+
+
+def _mail(r: Row[Any]) -> MailItem:
+    return MailItem(
+        id=r.id,
+        job_id=r.job_id,
+        recipient=r.recipient,
+        sender=r.sender,
+        round=r.round,
+        kind=r.kind,
+        data=bytes(r.data),
+    )
