@@ -1,9 +1,15 @@
-"""Local training: model specs, recipes, batched many-node training, evaluation."""
+"""Local training: model specs, recipes, batched many-node training, evaluation.
 
-from tessera.training.batched import BatchedTrainer, TrainResult, clip_deltas
+Specs and recipes load without torch (a node agent reads them); the trainer
+and evaluation import torch on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from tessera.training.evaluate import evaluate, metric_name, predict, r2_score
 from tessera.training.recipe import Recipe
-from tessera.training.shuffle import epoch_permutation
 from tessera.training.spec import (
     ModelSpec,
     build_module,
@@ -12,6 +18,27 @@ from tessera.training.spec import (
     load_weights,
     module_weights,
 )
+
+if TYPE_CHECKING:
+    from tessera.training.batched import BatchedTrainer, TrainResult, clip_deltas
+    from tessera.training.shuffle import epoch_permutation
+
+_LAZY = {
+    "BatchedTrainer": "tessera.training.batched",
+    "TrainResult": "tessera.training.batched",
+    "clip_deltas": "tessera.training.batched",
+    "epoch_permutation": "tessera.training.shuffle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tessera.training' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "BatchedTrainer",

@@ -21,8 +21,10 @@ Gradients come from one of two engines: ``"dense"`` (hand-written forward
 and backward with ``bmm``, for ``linear``/``mlp``; the fastest here) or
 ``"vmap"`` (``torch.func.vmap(grad(functional_call(...)))`` over the node
 dimension; any model, used for ``cnn``). Shuffles depend only on
-``(seed, node, epoch)`` (see ``shuffle.py``), so a node's result does not
-depend on which nodes share its chunk.
+``(seed, shuffle id, epoch)`` (see ``shuffle.py``), so a node's result does
+not depend on which nodes share its chunk. A node's shuffle id defaults to its
+index; a deployed node that trains alone passes its simulator index as
+``shuffle_ids=[i]`` and gets exactly the simulator's node ``i`` update.
 """
 
 from __future__ import annotations
@@ -225,6 +227,17 @@ def _as_index(nodes: npt.ArrayLike, n_nodes: int) -> npt.NDArray[np.int64]:
     return arr
 
 
+def _shuffle_ids(ids: np.ndarray | None, n_nodes: int) -> npt.NDArray[np.int64]:
+    if ids is None:
+        return np.arange(n_nodes, dtype=np.int64)
+    arr = np.asarray(ids)
+    if arr.shape != (n_nodes,) or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"shuffle_ids must be {n_nodes} integers, got {arr.dtype} {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int64).max):
+        raise DataError("shuffle_ids must be non-negative 64-bit integers")
+    return arr.astype(np.int64)
+
+
 class BatchedTrainer:
     """Local training of many nodes whose records are grouped by node.
 
@@ -233,6 +246,11 @@ class BatchedTrainer:
     cross-entropy; float targets ``(n,)`` or ``(n, n_outputs)`` for MSE).
     The arrays are converted to torch once. ``offsets=[0, n]`` makes one node
     of everything: the centralized baseline.
+
+    ``shuffle_ids`` (one non-negative integer per node, default
+    ``arange(n_nodes)``) key each node's minibatch shuffles. A node that trains
+    alone passes the index it has in the federation, so its update equals the
+    one it would get trained among all the others.
     """
 
     def __init__(
@@ -245,6 +263,7 @@ class BatchedTrainer:
         *,
         max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
         engine: Engine = "auto",
+        shuffle_ids: np.ndarray | None = None,
     ) -> None:
         if recipe.loss == "cross_entropy" and spec.n_outputs < 2:
             raise ConfigError("recipe.loss", "cross_entropy needs a model with n_outputs >= 2")
@@ -281,6 +300,7 @@ class BatchedTrainer:
             raise DataError(f"offsets must rise from 0 to n={n}")
         self.offsets = off
         self.sizes = np.diff(off)
+        self.shuffle_ids = _shuffle_ids(shuffle_ids, len(self.sizes))
         self._grad: GradFn = (
             _DenseGrad(spec, recipe.loss) if engine == "dense" else _VmapGrad(spec, recipe.loss)
         )
@@ -409,7 +429,9 @@ class BatchedTrainer:
         loss_sum = torch.zeros(c, dtype=torch.float64)
         for epoch in range(r.local_epochs):
             last = epoch == r.local_epochs - 1
-            rows_of = torch.from_numpy(chunk_permutation(seed, nodes, sizes, epoch)).add_(shift)
+            rows_of = torch.from_numpy(
+                chunk_permutation(seed, self.shuffle_ids[nodes], sizes, epoch)
+            ).add_(shift)
             xs, ys = (self._x[rows_of], self._y[rows_of]) if pregather else (self._x, self._y)
             for s in range(schedule.n_steps):
                 a, pos, wts, count = schedule.step(s)

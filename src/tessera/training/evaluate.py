@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from tessera.errors import DataError
 from tessera.ids import Task
@@ -29,6 +28,8 @@ def predict(
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     module = build_module(spec, np.asarray(weights, dtype=np.float32)).eval()
+    import torch  # lazily: importing this module must not load torch
+
     x_t = torch.from_numpy(x_arr)
     out = np.empty((len(x_arr), spec.n_outputs), np.float32)
     with torch.inference_mode():

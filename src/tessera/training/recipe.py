@@ -4,13 +4,18 @@ The optimizers follow ``torch.optim.SGD`` (momentum without dampening or
 Nesterov; ``weight_decay`` added to the gradient) and ``torch.optim.Adam``
 (betas 0.9/0.999, eps 1e-8, L2 ``weight_decay`` added to the gradient, not
 AdamW). Optimizer state starts fresh for every node in every round.
+
+``to_json``/``from_json`` carry a recipe (and, via ``parse_json_object``, a
+``ModelSpec``) across process boundaries as canonical JSON: the sandbox worker
+and the job documents take no pickle and no code.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,6 +30,8 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 MAX_LOCAL_EPOCHS = 1000
 MAX_BATCH_SIZE = 1 << 20
+#: A spec or recipe in JSON is a few hundred bytes; refuse anything far larger unread.
+MAX_JSON_BYTES = 1 << 16
 
 
 def as_real(field: str, value: object) -> float:
@@ -34,6 +41,47 @@ def as_real(field: str, value: object) -> float:
     if not math.isfinite(out):
         raise ConfigError(field, f"must be finite, got {out}")
     return out
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def parse_json_object(
+    text: str | bytes, section: str, required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, Any]:
+    """One JSON object with exactly the given keys, else ``ConfigError`` naming the field.
+
+    Strict on purpose: duplicate keys, unknown keys, NaN/Infinity and
+    oversized documents are refused rather than guessed at. Values are left to
+    the dataclass that receives them, which checks each one.
+    """
+    if not isinstance(text, str | bytes):
+        raise ConfigError(section, f"JSON must be str or bytes, got {type(text).__name__}")
+    if len(text) > MAX_JSON_BYTES:
+        raise ConfigError(section, f"JSON of {len(text)} bytes exceeds {MAX_JSON_BYTES}")
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ConfigError(f"{section}.{key}", "appears more than once")
+            out[key] = value
+        return out
+
+    try:
+        raw = json.loads(text, object_pairs_hook=unique, parse_constant=_refuse_constant)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, huge integers
+        raise ConfigError(section, f"not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(section, f"must be a JSON object, got {type(raw).__name__}")
+    for key in raw:
+        if key not in required and key not in optional:
+            raise ConfigError(f"{section}.{key}", "unknown field (check its spelling)")
+    for key in required:
+        if key not in raw:
+            raise ConfigError(f"{section}.{key}", "is required")
+    return raw
 
 
 def _count(field: str, value: object, upper: int) -> int:
@@ -97,3 +145,14 @@ class Recipe:
         object.__setattr__(
             self, "batch_size", _count("recipe.batch_size", self.batch_size, MAX_BATCH_SIZE)
         )
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, every field): equal recipes give equal bytes."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Recipe:
+        """Parse ``to_json`` output; any problem is a ``ConfigError`` naming the field."""
+        names = tuple(f.name for f in fields(cls))
+        raw = parse_json_object(text, "recipe", required=("loss",), optional=names)
+        return cls(**raw)

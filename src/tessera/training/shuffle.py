@@ -3,7 +3,9 @@
 Each record's sort key is a SplitMix64 hash of ``(seed, node, epoch, row)``;
 a node's epoch permutation is the order of its keys. Because no state is
 shared between nodes, a node's shuffle is the same whether it trains alone,
-in a chunk of thousands, or in another process.
+in a chunk of thousands, or in another process. ``node`` is the node's
+shuffle id: its index in the federation (``BatchedTrainer(shuffle_ids=...)``),
+which a deployed node keeps when it trains on its own.
 """
 
 from __future__ import annotations

@@ -11,24 +11,29 @@ over nodes with ``torch.func.vmap``.
 Parameter names and order are those of ``module.named_parameters()``, e.g.
 ``fc0.weight, fc0.bias, ..., head.weight, head.bias`` (``conv0.*`` first for
 a cnn); ``layout(spec)`` fixes that order for the flat-vector form.
+``to_json``/``from_json`` carry a spec as canonical JSON (the sandbox and job
+documents take no pickle and no code).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-from torch import nn
 
 from tessera.errors import ConfigError
+from tessera.training.recipe import parse_json_object
 from tessera.weights import Layout, NamedArrays, Vector
+
+if TYPE_CHECKING:  # torch loads lazily: a node agent reads specs without it
+    from torch import nn
 
 ModelKind = Literal["linear", "mlp", "cnn"]
 KINDS: tuple[ModelKind, ...] = ("linear", "mlp", "cnn")
@@ -114,6 +119,26 @@ class ModelSpec:
         """Features per record after flattening (the input of a dense model)."""
         return math.prod(self.input_shape)
 
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, every field): equal specs give equal bytes."""
+        doc = {
+            "kind": self.kind,
+            "input_shape": list(self.input_shape),
+            "n_outputs": self.n_outputs,
+            "hidden": list(self.hidden),
+            "channels": list(self.channels),
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelSpec:
+        """Parse ``to_json`` output; any problem is a ``ConfigError`` naming the field."""
+        names = tuple(f.name for f in fields(cls))
+        raw = parse_json_object(
+            text, "model", required=("kind", "input_shape", "n_outputs"), optional=names
+        )
+        return cls(**raw)
+
 
 def conv_plan(spec: ModelSpec) -> tuple[list[tuple[int, int, bool]], int]:
     """Per conv layer (in_channels, out_channels, pool?), and the flattened size after."""
@@ -146,6 +171,8 @@ def _shapes(spec: ModelSpec) -> list[tuple[int, ...]]:
 
 
 def _make_module(spec: ModelSpec) -> nn.Sequential:
+    from torch import nn
+
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     if spec.kind == "cnn":
         for i, (c_in, c_out, pool) in enumerate(conv_plan(spec)[0]):
@@ -165,6 +192,8 @@ def _make_module(spec: ModelSpec) -> nn.Sequential:
 @lru_cache(maxsize=64)
 def layout(spec: ModelSpec) -> Layout:
     """Names and shapes of the spec's parameters, in ``named_parameters()`` order."""
+    import torch
+
     with torch.device("meta"):
         module = _make_module(spec)
     return Layout(
@@ -185,6 +214,8 @@ def init_weights(spec: ModelSpec, seed: int) -> NamedArrays:
     Linear/Conv2d ``reset_parameters`` draws), drawn in layout order from
     ``torch.Generator().manual_seed(seed)``; the global RNG is untouched.
     """
+    import torch
+
     lay = layout(spec)
     gen = torch.Generator().manual_seed(int(seed) % (1 << 63))
     out: NamedArrays = {}
@@ -206,6 +237,8 @@ def build_module(
     Without ``weights`` it holds ``init_weights(spec, 0)``. Building never
     touches torch's global RNG.
     """
+    import torch
+
     with torch.device("meta"):
         module = _make_module(spec)
     module = module.to_empty(device="cpu")
@@ -217,6 +250,8 @@ def load_weights(
     module: nn.Module, spec: ModelSpec, weights: Vector | Mapping[str, np.ndarray]
 ) -> None:
     """Copy flat or named ``weights`` (checked against ``layout(spec)``) into ``module``."""
+    import torch
+
     lay = layout(spec)
     named = lay.unflatten(weights) if isinstance(weights, np.ndarray) else dict(weights)
     lay.flatten(named)  # checks names, order and shapes
@@ -227,6 +262,8 @@ def load_weights(
 
 def module_weights(module: nn.Module) -> NamedArrays:
     """The module's parameters as named float32 arrays (copies)."""
+    import torch
+
     return {
         name: p.detach().to(torch.float32).numpy().copy() for name, p in module.named_parameters()
     }

@@ -1,0 +1,135 @@
+"""The worker's request handling, driven in memory: every bad input gets a reply, not a hang."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from tessera.sandbox import NodeCatalogue
+from tessera.sandbox.frames import HEADER, FrameReader, encode
+from tessera.sandbox.worker import handle, serve
+from tessera.training import BatchedTrainer, ModelSpec, Recipe
+
+from .sandbox_kit import Job, make_job
+
+CATALOGUE = NodeCatalogue()
+JOB = make_job(ModelSpec("mlp", (4,), 3, hidden=(8,)), Recipe("cross_entropy", batch_size=4), 21)
+
+
+def _request(job: Job = JOB, **changes: Any) -> dict[str, Any]:
+    request = {
+        "op": "train",
+        "spec": job.spec.to_json(),
+        "recipe": job.recipe.to_json(),
+        "x": save({"x": job.x}),
+        "y": save({"y": job.y}),
+        "weights": job.weights.astype("<f4").tobytes(),
+        "seed": 5,
+        "shuffle_id": 9,
+        "prox_mu": None,
+    }
+    request.update(changes)
+    return {k: v for k, v in request.items() if v is not ...}
+
+
+def _serve(data: bytes, catalogue: NodeCatalogue = CATALOGUE) -> tuple[int, list[dict[str, Any]]]:
+    out = io.BytesIO()
+    status = serve(io.BytesIO(data), out, catalogue)
+    reader = FrameReader()
+    reader.feed(out.getvalue())
+    replies = []
+    while (reply := reader.next_message()) is not None:
+        replies.append(reply)
+    assert reader.pending == 0
+    return status, replies
+
+
+def test_train_equals_the_in_process_trainer_exactly() -> None:
+    status, [reply] = _serve(encode(_request(prox_mu=0.5)))
+    assert status == 0
+    assert reply["ok"] is True
+    ref = BatchedTrainer(
+        JOB.spec, JOB.recipe, JOB.x, JOB.y, np.array([0, 21]), shuffle_ids=np.array([9])
+    ).train(JOB.weights, [0], 5, prox_mu=0.5)
+    assert np.array_equal(np.frombuffer(reply["delta"], "<f4"), ref.deltas[0])
+    assert reply["num_samples"] == 21
+    assert reply["loss"] == float(ref.loss[0])
+
+
+def test_ping_reports_limits() -> None:
+    reply = handle({"op": "ping"}, CATALOGUE)
+    assert reply["ok"] is True
+    assert set(reply["limits"]) == {"as", "cpu", "nofile", "fsize", "core"}
+
+
+@pytest.mark.parametrize(
+    ("request_", "kind", "needle"),
+    [
+        ({}, "invalid", "unknown op None"),
+        ({"op": 3}, "invalid", "unknown op 3"),
+        ({"op": "exec", "code": "import os"}, "invalid", "unknown op 'exec'"),
+        ({"op": "ping", "extra": 1}, "invalid", "unknown fields ['extra']"),
+        (_request(spec=5), "invalid", "spec must be str"),
+        (_request(spec="{not json"), "config", "not valid JSON"),
+        (_request(recipe='{"loss": "mse", "lr": -1}'), "config", "must be positive"),
+        (_request(x=b"garbage"), "invalid", "not a valid safetensors payload"),
+        (_request(x="text"), "invalid", "x must be bytes"),
+        (_request(x=save({"x": JOB.x.astype(np.float64)})), "invalid", "dtype float64"),
+        (_request(x=save({"x": JOB.x, "z": JOB.x})), "invalid", "exactly one tensor"),
+        (_request(y=save({"y": JOB.y.astype(np.int16)})), "invalid", "dtype int16"),
+        (_request(y=save({"y": JOB.y[:5]})), "data", "y must be 21 integer class labels"),
+        (_request(y=save({"y": JOB.y + 7})), "data", "class labels must lie in [0, 3)"),
+        (_request(weights=b"\0" * 12), "invalid", "weights hold 12 bytes"),
+        (_request(weights=[1.0, 2.0]), "invalid", "weights must be bytes"),
+        (_request(seed=True), "invalid", "seed must be int"),
+        (_request(seed="5"), "invalid", "seed must be int"),
+        (_request(shuffle_id=-1), "invalid", "shuffle_id must lie in"),
+        (_request(prox_mu="0.1"), "invalid", "prox_mu must be a number"),
+        (_request(prox_mu=-1.0), "config", "must be >= 0"),
+        (_request(prox_mu=...), "invalid", "missing fields ['prox_mu']"),
+        (_request(extra=b""), "invalid", "unknown fields ['extra']"),
+        ({"op": "probe_network", "host": 5, "port": 80}, "invalid", "host must be str"),
+        ({"op": "probe_network", "host": "a", "port": 0}, "invalid", "port must lie in"),
+    ],
+)
+def test_bad_requests_get_a_typed_refusal(request_: dict[str, Any], kind: str, needle: str) -> None:
+    status, [reply] = _serve(encode(request_))
+    assert status == 0
+    assert reply["ok"] is False
+    assert reply["kind"] == kind
+    assert needle in reply["error"]
+
+
+def test_the_worker_checks_its_own_catalogue() -> None:
+    _, [reply] = _serve(encode(_request()), NodeCatalogue(max_records=20))
+    assert reply["kind"] == "refused"
+    assert reply["error"] == "the job would train on 21 records; this node accepts at most 20"
+
+
+def test_a_bad_body_is_answered_and_the_stream_goes_on() -> None:
+    garbage = HEADER.pack(3) + b"\xc1\xc1\xc1"
+    status, replies = _serve(garbage + encode({"op": "ping"}))
+    assert status == 0
+    assert [r["ok"] for r in replies] == [False, True]
+    assert "malformed frame body" in replies[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (encode({"op": "ping"})[:-1], "truncated frame"),
+        (HEADER.pack(1 << 31) + b"1234", "exceeds the limit"),
+        (b"\x00\x00", "truncated frame header"),
+    ],
+    ids=["body", "oversized", "header"],
+)
+def test_framing_errors_answer_once_and_stop(data: bytes, needle: str) -> None:
+    status, [pong, reply] = _serve(encode({"op": "ping"}) + data)
+    assert status == 2
+    assert pong["ok"] is True
+    assert reply["ok"] is False
+    assert needle in reply["error"]
