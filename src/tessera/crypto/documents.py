@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A document is a JSON object (``body``) signed with the signer's Ed25519 key.
-What is signed is ``b"tessera-doc/v1\\x00" + kind + b"\\x00" + canonical(body)``
+What is signed is ``b"tessera-doc/v1\\x00" + kind + b"\\x00" + signer keys + canonical(body)``
 where ``canonical`` is JSON with sorted keys, no spaces and ASCII only, so
 anyone re-derives the exact bytes from the parsed body. ``kind`` separates
 domains: a consent receipt can never be replayed as a job or a registration.
@@ -42,8 +42,9 @@ def canonical_json(value: object) -> bytes:
     ).encode()
 
 
-def _message(kind: str, body: dict[str, Any]) -> bytes:
-    return _DOMAIN + kind.encode() + b"\x00" + canonical_json(body)
+def _message(kind: str, signer: PublicKeys, body: dict[str, Any]) -> bytes:
+    # Both public keys are signed: swapping the agreement key breaks the signature.
+    return _DOMAIN + kind.encode() + b"\x00" + signer.to_bytes() + canonical_json(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,7 @@ class SignedDocument:
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "body": self.body,
+            "body": json.loads(canonical_json(self.body)),  # a copy: edits never reach us
             "signer": base64.b64encode(self.signer.to_bytes()).decode(),
             "signature": base64.b64encode(self.signature).decode(),
         }
@@ -80,7 +81,9 @@ class SignedDocument:
             signer = PublicKeys.from_bytes(base64.b64decode(value["signer"], validate=True))
             signature = base64.b64decode(value["signature"], validate=True)
         except (TypeError, ValueError) as exc:
-            raise RemoteProtocolError(f"document signer or signature is not base64: {exc}") from None
+            raise RemoteProtocolError(
+                f"document signer or signature is not base64: {exc}"
+            ) from None
         if len(canonical_json(body)) > MAX_DOCUMENT_BYTES:
             raise RemoteProtocolError("document body is too large")
         return cls(kind=kind, body=body, signer=signer, signature=signature)
@@ -88,7 +91,7 @@ class SignedDocument:
 
 def sign_document(keys: NodeKeys, kind: str, body: dict[str, Any]) -> SignedDocument:
     """Sign ``body`` as a document of ``kind`` with ``keys``."""
-    message = _message(kind, body)  # also checks that body is plain JSON
+    message = _message(kind, keys.public, body)  # also checks that body is plain JSON
     return SignedDocument(kind=kind, body=body, signer=keys.public, signature=keys._sign(message))
 
 
@@ -105,7 +108,7 @@ def verify_document(
         raise RemoteProtocolError(f"{kind} is not signed by the expected key")
     try:
         key = ed25519.Ed25519PublicKey.from_public_bytes(doc.signer.signing)
-        key.verify(doc.signature, _message(kind, doc.body))
+        key.verify(doc.signature, _message(kind, doc.signer, doc.body))
     except (InvalidSignature, ValueError):
         raise RemoteProtocolError(f"{kind}: bad signature") from None
     return doc.body

@@ -102,6 +102,10 @@ class Prepared:
         return len(self.y)
 
 
+_JSON_FORMAT = "tessera-preprocessor/v1"
+_JSON_KEYS = ("format", "target", "task", "columns", "classes", "image_shape", "n_dropped")
+
+
 @dataclass(frozen=True)
 class _Numeric:
     name: str
@@ -243,6 +247,82 @@ class Preprocessor:
     def input_shape(self) -> tuple[int, ...]:
         return self.image_shape if self.image_shape is not None else (self.n_features,)
 
+    def to_json(self) -> dict[str, Any]:
+        """This fitted encoding as plain JSON data; ``from_json`` reads it back exactly.
+
+        Only aggregates: means, standard deviations, category and label sets.
+        Floats survive a JSON round trip bit for bit; category and label values
+        keep their JSON type (string, integer, float, true/false); values of
+        any other type (dates, tuples, ...) raise ``DataError``.
+        """
+        columns: list[dict[str, Any]] = []
+        for c in self.columns:
+            if isinstance(c, _Categorical):
+                values = [_json_scalar(v, f"category of column {c.name!r}") for v in c.categories]
+                columns.append({"name": c.name, "kind": "categorical", "categories": values})
+            else:
+                columns.append({"name": c.name, "kind": "numeric", "mean": c.mean, "std": c.std})
+        return {
+            "format": _JSON_FORMAT,
+            "target": self.target,
+            "task": self.task.value,
+            "columns": columns,
+            "classes": [_json_scalar(v, f"class of {self.target!r}") for v in self.classes],
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "n_dropped": self.n_dropped,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> Preprocessor:
+        """Read what ``to_json`` wrote; anything malformed raises ``DataError`` naming where."""
+        top = _json_object(obj, "preprocessor", set(_JSON_KEYS))
+        if top["format"] != _JSON_FORMAT:
+            raise DataError(f"preprocessor.format must be {_JSON_FORMAT!r}, got {top['format']!r}")
+        target = _json_name(top["target"], "preprocessor.target")
+        try:
+            task = Task(top["task"])
+        except ValueError:
+            raise DataError(
+                f"preprocessor.task must be one of {', '.join(t.value for t in Task)}, "
+                f"got {top['task']!r}"
+            ) from None
+        raw_columns = top["columns"]
+        if not isinstance(raw_columns, list):
+            raise DataError("preprocessor.columns must be a list")
+        columns = tuple(
+            _json_column(c, f"preprocessor.columns[{i}]") for i, c in enumerate(raw_columns)
+        )
+        names = [c.name for c in columns]
+        if len(set(names)) != len(names):
+            raise DataError(f"preprocessor.columns names a feature twice: {listing(names)}")
+        if target in names:
+            raise DataError(f"preprocessor.target {target!r} is also a feature")
+        classes = _json_values(top["classes"], "preprocessor.classes")
+        if task is Task.CLASSIFICATION and len(classes) < 2:
+            raise DataError("preprocessor.classes must hold at least 2 labels for classification")
+        if task is Task.REGRESSION and classes:
+            raise DataError("preprocessor.classes must be empty for regression")
+        image_shape = top["image_shape"]
+        if image_shape is not None:
+            if not isinstance(image_shape, list):
+                raise DataError("preprocessor.image_shape must be a list of integers or null")
+            cats = [c.name for c in columns if isinstance(c, _Categorical)]
+            try:
+                image_shape = _image_shape(image_shape, len(names), cats)
+            except DataError as exc:
+                raise DataError(f"preprocessor.{exc}") from None
+        n_dropped = top["n_dropped"]
+        if isinstance(n_dropped, bool) or not isinstance(n_dropped, int) or n_dropped < 0:
+            raise DataError(f"preprocessor.n_dropped must be an integer >= 0, got {n_dropped!r}")
+        return cls(
+            target=target,
+            task=task,
+            columns=columns,
+            classes=classes,
+            image_shape=image_shape,
+            n_dropped=n_dropped,
+        )
+
     def transform(self, df: pd.DataFrame, *, group_column: str | None = None) -> Prepared:
         """Encode ``df`` with the fitted statistics (never statistics of ``df``).
 
@@ -374,3 +454,72 @@ def _sorted_values(column: pd.Series) -> tuple[Hashable, ...]:
 def _safe_std(std: float, mean: float) -> float:
     """``std``, or 1 for a (numerically) constant column, which then maps to 0."""
     return std if std > 1e-12 * max(1.0, abs(mean)) else 1.0
+
+
+# -- JSON form (Preprocessor.to_json / from_json) ----------------------------------------
+
+
+def _json_scalar(value: object, what: str) -> str | int | float | bool:
+    """A category or label as JSON: numpy scalars become Python ones, others refuse."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"{what} {value!r} cannot be written as JSON (not finite)")
+    if not isinstance(value, str | int | float | bool):
+        raise DataError(
+            f"{what} {value!r} ({type(value).__name__}) cannot be written as JSON: "
+            "only strings, integers, floats and true/false can"
+        )
+    return value
+
+
+def _json_object(obj: object, where: str, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where} must be a JSON object, got {type(obj).__name__}")
+    if set(obj) != keys:
+        missing, extra = sorted(keys - set(obj)), sorted(set(obj) - keys)
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown {', '.join(map(str, extra))}"] if extra else []
+        )
+        raise DataError(f"{where}: {'; '.join(parts)}")
+    return obj
+
+
+def _json_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _json_values(value: object, where: str) -> tuple[Hashable, ...]:
+    if not isinstance(value, list):
+        raise DataError(f"{where} must be a list")
+    for i, item in enumerate(value):
+        if isinstance(item, float) and not math.isfinite(item):
+            raise DataError(f"{where}[{i}] must be finite, got {item!r}")
+        if not isinstance(item, str | int | float | bool):
+            raise DataError(f"{where}[{i}] must be a string, number or true/false, got {item!r}")
+    if len(set(value)) != len(value):
+        raise DataError(f"{where} lists a value twice")
+    return tuple(value)
+
+
+def _json_column(obj: object, where: str) -> _Numeric | _Categorical:
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    if kind == "categorical":
+        column = _json_object(obj, where, {"name", "kind", "categories"})
+        name = _json_name(column["name"], f"{where}.name")
+        return _Categorical(name, _json_values(column["categories"], f"{where}.categories"))
+    if kind == "numeric":
+        column = _json_object(obj, where, {"name", "kind", "mean", "std"})
+        name = _json_name(column["name"], f"{where}.name")
+        mean, std = column["mean"], column["std"]
+        for label, number in (("mean", mean), ("std", std)):
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise DataError(f"{where}.{label} must be a number, got {number!r}")
+            if not math.isfinite(number):
+                raise DataError(f"{where}.{label} must be finite, got {number!r}")
+        if std <= 0:
+            raise DataError(f"{where}.std must be > 0, got {std!r}")
+        return _Numeric(name, float(mean), float(std))
+    raise DataError(f"{where}.kind must be 'numeric' or 'categorical', got {kind!r}")

@@ -1,0 +1,223 @@
+"""The data provider's gate: records go only to the enrolled node, once per request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tessera.consent import (
+    ConsentError,
+    ConsentTerms,
+    RecordsGate,
+    RecordsRequest,
+    ReplayedRequest,
+    grant_consent,
+    revoke_consent,
+    sign_records_request,
+)
+from tessera.crypto.documents import SignedDocument, sign_document
+from tessera.crypto.keys import NodeKeys
+from tessera.errors import RemoteProtocolError
+
+A = NodeKeys.from_seed(b"gate-node-a")
+B = NodeKeys.from_seed(b"gate-node-b")
+AI = NodeKeys.from_seed(b"gate-ai")
+T0 = 1_780_000_000.0
+FIELDS = ("gcsescore", "score")
+JOB = sign_document(
+    AI,
+    "job",
+    {"job_id": "job-1", "data": {"dataset": "chem97", "fields": list(FIELDS)}},
+)
+SUBJECTS = {"school-1": A.public.fingerprint, "school-2": B.public.fingerprint}
+
+
+def consent(keys: NodeKeys = A, subject: str = "school-1", **changes: Any) -> SignedDocument:
+    values: dict[str, Any] = {
+        "job_id": "job-1",
+        "job_digest": JOB.digest,
+        "purpose": "research",
+        "data_categories": FIELDS,
+        "ai_provider": AI.public.fingerprint,
+        "user": f"node-{subject}",
+        "subject": subject,
+        "issued_at": T0,
+        "expires_at": T0 + 3600,
+    }
+    values.update(changes)
+    return grant_consent(keys, ConsentTerms(**values))
+
+
+def request(keys: NodeKeys = A, user: str = "school-1", **changes: Any) -> SignedDocument:
+    values: dict[str, Any] = {
+        "job_id": "job-1",
+        "user": user,
+        "dataset": "chem97",
+        "fields": FIELDS,
+        "at": T0,
+    }
+    values.update(changes)
+    return sign_records_request(keys, **values)
+
+
+def authorize(gate: RecordsGate, **changes: Any) -> Any:
+    args: dict[str, Any] = {
+        "dataset": "chem97",
+        "fields": FIELDS,
+        "job": JOB,
+        "consent": consent(),
+        "request": request(),
+        "now": T0 + 5,
+    }
+    args.update(changes)
+    return gate.authorize(**args)
+
+
+def test_a_valid_request_is_released_once() -> None:
+    gate = RecordsGate(SUBJECTS)
+    req = request()
+    release = authorize(gate, request=req)
+    assert release.request.user == "school-1"
+    assert release.request.fields == FIELDS
+    assert release.terms.subject == "school-1"
+    gate.commit(release, now=T0 + 5)
+    with pytest.raises(ReplayedRequest, match="replayed"):
+        authorize(gate, request=req)
+
+
+def test_concurrent_copies_of_one_request_release_once() -> None:
+    gate = RecordsGate(SUBJECTS)
+    req = request()
+    first, second = authorize(gate, request=req), authorize(gate, request=req)
+    gate.commit(first, now=T0 + 5)
+    with pytest.raises(ReplayedRequest):
+        gate.commit(second, now=T0 + 5)
+
+
+def test_authorize_alone_changes_nothing() -> None:
+    gate = RecordsGate(SUBJECTS)
+    req = request()
+    authorize(gate, request=req)
+    authorize(gate, request=req)  # not committed: the nonce is still fresh
+
+
+def test_nonces_are_forgotten_once_the_request_is_stale_anyway() -> None:
+    gate = RecordsGate(SUBJECTS, window=300)
+    req = request()
+    gate.commit(authorize(gate, request=req), now=T0 + 5)
+    authorize(gate, request=request(at=T0 + 400), now=T0 + 400)  # purges the old nonce
+    assert not gate._nonces or all(at > T0 for at in gate._nonces.values())
+    with pytest.raises(ConsentError, match="stale"):
+        authorize(gate, request=req, now=T0 + 400)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        # node B asks for A's records with A's consent
+        ({"request": request(B)}, "not signed by the node key enrolled for user 'school-1'"),
+        # node B names user A and brings its own consent for A
+        (
+            {"request": request(B), "consent": consent(B)},
+            "not signed by the node key enrolled for user 'school-1'",
+        ),
+        # node B uses A's consent with its own (valid) request
+        ({"request": request(B, "school-2")}, "consent is not signed by the node key"),
+        ({"request": request(user="school-9")}, "no node key is enrolled here for user"),
+        ({"request": request(at=T0 - 400)}, "records request is stale"),
+        ({"request": request(at=T0 + 400)}, "records request is stale"),
+        ({"consent": consent(expires_at=T0 + 1)}, "consent expired at"),
+        ({"consent": consent(data_categories=("score",))}, "field 'gcsescore' not covered"),
+        ({"consent": consent(subject="school-2")}, "records of 'school-2', not 'school-1'"),
+        ({"consent": consent(ai_provider="0" * 64)}, "consent names AI provider 00000000"),
+        ({"consent": consent(job_digest="0" * 64)}, "another version of job"),
+        ({"job": sign_document(B, "job", JOB.body)}, "another version of job"),
+        ({"job": sign_document(AI, "job", {"job_id": "job-2"})}, "is not job 'job-1'"),
+        (
+            {"job": sign_document(AI, "job", {"job_id": "job-1", "data": {"dataset": "x"}})},
+            "the job asks for dataset 'x', not 'chem97'",
+        ),
+        (
+            {"job": sign_document(AI, "job", {"job_id": "job-1", "data": {"fields": ["score"]}})},
+            "the job does not ask for field\\(s\\) 'gcsescore'",
+        ),
+        (
+            {"job": SignedDocument("job", {"job_id": "job-2"}, AI.public, JOB.signature)},
+            "job: bad signature",
+        ),
+        (
+            {"request": SignedDocument("records-request", {}, A.public, JOB.signature)},
+            "records request refused: records-request: bad signature",
+        ),
+    ],
+)
+def test_refusals(changes: dict[str, Any], reason: str) -> None:
+    gate = RecordsGate(SUBJECTS)
+    with pytest.raises(ConsentError, match=reason):
+        authorize(gate, **changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"dataset": "other"},
+        {"fields": ("score",)},
+        {"request": sign_document(A, "records-request", {"job_id": "job-1"})},
+        {"request": request(nonce="not-hex")},
+    ],
+)
+def test_malformed_or_mismatched_requests_are_protocol_errors(changes: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        authorize(RecordsGate(SUBJECTS), **changes)
+    assert not isinstance(info.value, ConsentError)
+
+
+def test_revocation_is_remembered_and_refuses_the_consent() -> None:
+    gate = RecordsGate(SUBJECTS)
+    receipt = consent()
+    revocation = revoke_consent(A, receipt=receipt, at=T0 + 1)
+    assert gate.revoke(revocation, receipt, now=T0 + 2) == receipt.digest
+    gate.revoke(revocation, receipt, now=T0 + 2)  # idempotent
+    with pytest.raises(ConsentError, match="consent revoked"):
+        authorize(gate, consent=receipt)
+    authorize(gate, consent=consent(purpose="a fresh consent"))  # a new receipt is fine
+
+
+def test_revocations_are_forgotten_once_the_receipt_expires() -> None:
+    gate = RecordsGate(SUBJECTS)
+    receipt = consent(expires_at=T0 + 10)
+    gate.revoke(revoke_consent(A, receipt=receipt, at=T0), receipt, now=T0 + 1)
+    gate.revoke(revoke_consent(A, receipt=consent(), at=T0), consent(), now=T0 + 11)
+    assert list(gate._revocations) == [consent().digest]
+
+
+def test_revocations_by_others_or_for_unenrolled_users_are_refused() -> None:
+    gate = RecordsGate(SUBJECTS)
+    receipt = consent()
+    forged = sign_document(B, "revocation", revoke_consent(A, receipt=receipt, at=T0).body)
+    with pytest.raises(ConsentError, match="not signed by the key that granted"):
+        gate.revoke(forged, receipt, now=T0)
+    stranger = NodeKeys.from_seed(b"stranger")
+    own = consent(stranger)
+    with pytest.raises(ConsentError, match="not enrolled here for user 'school-1'"):
+        gate.revoke(revoke_consent(stranger, receipt=own, at=T0), own, now=T0)
+    assert not gate._revocations
+
+
+def test_enrolments_may_be_added_later() -> None:
+    subjects: dict[str, str] = {}
+    gate = RecordsGate(subjects)
+    with pytest.raises(ConsentError, match="no node key is enrolled"):
+        authorize(gate)
+    subjects["school-1"] = A.public.fingerprint
+    authorize(gate)
+
+
+def test_request_document_round_trip() -> None:
+    doc = request(nonce="ab" * 16)
+    parsed = RecordsRequest.from_document(doc)
+    assert parsed.nonce == "ab" * 16
+    assert parsed.signer == A.public
+    assert parsed.at == T0
+    assert len(RecordsRequest.from_document(request()).nonce) == 32
