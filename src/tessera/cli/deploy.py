@@ -1,0 +1,372 @@
+"""Commands of a real deployment: the services, the node agent, jobs, certificates.
+
+``tessera coordinator`` / ``provider`` / ``node`` each run one party as its
+own process; ``tessera job submit|status|fetch`` is the AI provider's side;
+``tessera certs`` makes a throwaway local CA; ``tessera up`` starts all of
+it on loopback and runs a job through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tessera.cli.main import app, console
+from tessera.errors import TesseraError
+
+job_app = typer.Typer(no_args_is_help=True, help="The AI provider's side: submit, watch, fetch.")
+app.add_typer(job_app, name="job")
+
+Cert = Annotated[Path | None, typer.Option("--cert", help="TLS certificate (PEM)")]
+Key = Annotated[Path | None, typer.Option("--key", help="TLS private key (PEM)")]
+ReadyFile = Annotated[
+    Path | None, typer.Option("--ready-file", help="write the bound URL here once listening")
+]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+def _cert(cert: Path | None, key: Path | None) -> Any:
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("give both --cert and --key, or neither")
+    if cert is None or key is None:
+        return None
+    from tessera.runtime.net.tls import CertPaths
+
+    return CertPaths(cert=cert, key=key)
+
+
+def _verify(ca: Path | None) -> Any:
+    if ca is None:
+        return True
+    from tessera.runtime.net.tls import client_ssl_context
+
+    return client_ssl_context(ca)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2) from None
+
+
+@app.command()
+def coordinator(
+    db: Annotated[
+        str, typer.Option(help="SQLAlchemy URL: sqlite:///FILE or postgresql+psycopg://...")
+    ] = "sqlite:///coordinator.db",
+    keys: Annotated[
+        Path, typer.Option(help="coordinator key file (made if missing, mode 0600)")
+    ] = Path("coordinator.key"),
+    host: str = "127.0.0.1",
+    port: int = 8700,
+    cert: Cert = None,
+    key: Key = None,
+    ready_file: ReadyFile = None,
+    max_body: Annotated[int, typer.Option(help="largest request body, bytes")] = 64 << 20,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+) -> None:
+    """Run the coordinator service (HTTP API, mailbox, job drivers)."""
+    _logging(verbose)
+    from tessera.runtime.net.agent import load_or_create_keys
+    from tessera.runtime.net.coordinator_app import create_coordinator_app
+    from tessera.runtime.net.serve import run_server
+    from tessera.runtime.net.service import CoordinatorService
+    from tessera.storage import Store
+
+    try:
+        passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
+        service = CoordinatorService(
+            Store(db), load_or_create_keys(keys, passphrase.encode() if passphrase else None)
+        )
+        app_ = create_coordinator_app(service, max_body=max_body)
+        run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
+    except TesseraError as exc:
+        _fail(exc)
+
+
+@app.command()
+def provider(
+    config: Annotated[
+        Path, typer.Argument(help="provider config (JSON): datasets and account links")
+    ],
+    host: str = "127.0.0.1",
+    port: int = 8701,
+    cert: Cert = None,
+    key: Key = None,
+    ready_file: ReadyFile = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+) -> None:
+    """Run a data provider's connector: catalogue and consent-checked record release."""
+    _logging(verbose)
+    from tessera.runtime.net.provider import create_provider_app, load_provider_config
+    from tessera.runtime.net.serve import run_server
+
+    try:
+        backends, subjects = load_provider_config(config)
+        app_ = create_provider_app(backends, subjects=subjects)
+        run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
+    except TesseraError as exc:
+        _fail(exc)
+
+
+@app.command()
+def node(
+    id: Annotated[str, typer.Option("--id", help="this node's id")],
+    coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    keys: Annotated[Path, typer.Option(help="key file (made if missing, mode 0600)")] = Path(
+        "node.key"
+    ),
+    state: Annotated[Path, typer.Option(help="folder for receipts and the mailbox cursor")] = Path(
+        "node-state"
+    ),
+    user: Annotated[str | None, typer.Option(help="the user's id at the data provider")] = None,
+    organisation: Annotated[
+        str | None, typer.Option(help="organisation, for tree diversity")
+    ] = None,
+    consent: Annotated[
+        list[str] | None, typer.Option(help="consent to this job on the user's behalf")
+    ] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust (private PKI)")] = None,
+    isolate_network: Annotated[
+        str, typer.Option(help="sandbox network isolation: required | best_effort")
+    ] = "required",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+) -> None:
+    """Run a node agent: register, consent, train in the sandbox, aggregate as the tree says."""
+    _logging(verbose)
+    from tessera.runtime.net.agent import AgentConfig, NodeAgent
+
+    passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
+    try:
+        agent = NodeAgent(
+            AgentConfig(
+                node_id=id,
+                coordinator=coordinator,
+                keys_path=keys,
+                state_dir=state,
+                subject=user,
+                organisation=organisation,
+                passphrase=passphrase.encode() if passphrase else None,
+                verify=_verify(ca),
+                consent_to=list(consent or []),
+                isolate_network="best_effort" if isolate_network == "best_effort" else "required",
+            )
+        )
+        agent.run()
+    except TesseraError as exc:
+        _fail(exc)
+
+
+@app.command()
+def certs(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="folder for the CA and certificates")
+    ] = Path("pki"),
+    service: Annotated[
+        list[str] | None, typer.Option(help="a service to certify (repeatable)")
+    ] = None,
+    overwrite: bool = False,
+) -> None:
+    """Make a throwaway local certificate authority and service certificates (loopback)."""
+    from tessera.runtime.net.tls import make_local_pki
+
+    try:
+        pki = make_local_pki(
+            out, services=tuple(service or ("coordinator", "provider")), overwrite=overwrite
+        )
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    console.print(f"CA: {pki.ca.cert}")
+    for name, paths in pki.services.items():
+        console.print(f"{name}: {paths.cert} (key {paths.key}, mode 0600)")
+
+
+@app.command()
+def up(
+    config: Annotated[Path, typer.Argument(help="job file (TOML)")],
+    nodes: Annotated[int, typer.Option(help="how many node processes")] = 20,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder")] = None,
+    rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
+    tls: Annotated[bool, typer.Option(help="TLS with a throwaway local CA")] = True,
+    db: Annotated[
+        str | None, typer.Option(help="coordinator database URL (default SQLite in OUT)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Start coordinator, provider and N nodes on loopback; run the job through them."""
+    from tessera.config import load_config
+    from tessera.reports import build_metrics, plot_curves, write_json
+    from tessera.runtime.net.deployment import Deployment
+    from tessera.runtime.net.up import baseline_of, default_out, run_job
+    from tessera.runtime.sim.job import RoundRecord
+    from tessera.weights import Vector, save_file
+
+    out = out or default_out(config)
+    try:
+        cfg = load_config(config)
+        if rounds is not None:
+            cfg = cfg.model_copy(
+                update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
+            )
+        with console.status(f"preparing {nodes} nodes' data"):
+            dep = Deployment(cfg, nodes, out, tls=tls, db_url=db)
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    records: list[RoundRecord] = []
+    metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
+    try:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        ) as progress:
+            baseline = baseline_of(dep)
+            task = progress.add_task("federated", total=cfg.federation.rounds, status="starting")
+
+            def on_started(job_id: str) -> None:
+                progress.update(task, status=f"job {job_id}: {nodes} nodes consenting")
+
+            def on_round(rec: RoundRecord, weights: Vector) -> None:
+                records.append(rec)
+                progress.update(
+                    task,
+                    advance=1,
+                    status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes",
+                )
+                digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(weights))
+                write_json(
+                    out / "metrics.json",
+                    build_metrics(
+                        dep.job, records, baseline, status="running", model_digest=digest
+                    ),
+                )
+
+            result = run_job(dep, on_round=on_round, on_started=on_started)
+        digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(result.weights))
+        metrics = build_metrics(dep.job, records, baseline, status="finished", model_digest=digest)
+        metrics["deployment"] = {
+            "nodes": nodes,
+            "tls": tls,
+            "job_id": result.job_id,
+            "seconds": result.seconds,
+        }
+        write_json(out / "metrics.json", metrics)
+        plot_curves(metrics, out / "curves.png")
+    except (TesseraError, TimeoutError, RuntimeError) as exc:
+        _fail(exc)
+    finally:
+        dep.close()
+    final = records[-1].value if records else float("nan")
+    console.print(
+        f"[bold green]done[/]: federated {metric} {final:.4f} over {nodes} node processes"
+    )
+    console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png; logs in {out}/logs")
+
+
+@job_app.command("submit")
+def job_submit(
+    config: Annotated[Path, typer.Argument(help="job file (TOML)")],
+    coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    provider: Annotated[str, typer.Option(help="the data provider's URL")],
+    dataset: Annotated[str, typer.Option(help="the provider's dataset name")],
+    user_field: Annotated[str, typer.Option(help="the field naming each user")],
+    min_consents: Annotated[int, typer.Option(help="start once this many users consented")],
+    max_weight: Annotated[
+        float | None, typer.Option(help="secure: samples where a node's weight saturates")
+    ] = None,
+    keys: Annotated[Path, typer.Option(help="AI provider key file")] = Path("ai-provider.key"),
+    purpose: Annotated[str, typer.Option(help="what the model is for, shown to users")] = "",
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+) -> None:
+    """Sign and submit a job (the initial weights are uploaded first)."""
+    from tessera.config import load_config
+    from tessera.runtime.net.agent import load_or_create_keys
+    from tessera.runtime.net.ai_provider import build_job, fetch_preprocessing, submit
+    from tessera.runtime.net.client import CoordinatorClient
+    from tessera.runtime.net.up import with_declared_weight
+
+    try:
+        cfg = load_config(config)
+        if max_weight is not None:
+            cfg = with_declared_weight(cfg, max_weight)
+        verify = _verify(ca)
+        pre = fetch_preprocessing(cfg, provider, dataset, verify=verify)
+        doc, weights = build_job(
+            cfg,
+            load_or_create_keys(keys, None),
+            provider=provider,
+            dataset=dataset,
+            user_field=user_field,
+            preprocessing=pre,
+            min_consents=min_consents,
+            purpose=purpose or f"train {cfg.job.name}",
+        )
+        with CoordinatorClient(coordinator, verify=verify) as client:
+            answer = submit(client, doc, weights)
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    console.print(json.dumps(answer))
+
+
+@job_app.command("status")
+def job_status(
+    job_id: str,
+    coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+) -> None:
+    """A job's state and its rounds so far (JSON)."""
+    from tessera.runtime.net.client import CoordinatorClient
+
+    try:
+        with CoordinatorClient(coordinator, verify=_verify(ca), patience=10) as client:
+            typer.echo(json.dumps(client.status(job_id), indent=1))
+    except TesseraError as exc:
+        _fail(exc)
+
+
+@job_app.command("fetch")
+def job_fetch(
+    job_id: str,
+    coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("model"),
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+) -> None:
+    """Fetch the final model (hash-checked) and the job's report into OUT."""
+    from tessera.runtime.net.ai_provider import fetch_final
+    from tessera.runtime.net.client import CoordinatorClient
+    from tessera.runtime.net.jobspec import JobSpec
+    from tessera.training import layout
+    from tessera.weights import save_file
+
+    try:
+        with CoordinatorClient(coordinator, verify=_verify(ca), patience=10) as client:
+            weights, sha = fetch_final(client, job_id)
+            spec = JobSpec.from_document(client.job_document(job_id))
+            status = client.status(job_id)
+    except (TesseraError, RuntimeError) as exc:
+        _fail(exc)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(out / "model.safetensors", layout(spec.model).unflatten(weights))
+    (out / "report.json").write_text(
+        json.dumps({**status, "model_sha256": sha, "job": spec.document.to_json()}, indent=1)
+    )
+    console.print(f"wrote {out}/model.safetensors (sha256 {sha[:16]}...) and report.json")

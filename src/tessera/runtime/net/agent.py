@@ -1,0 +1,429 @@
+"""The node agent: one user's node, a contributor and sometimes an aggregator.
+
+Theory of operation: the agent keeps the node's identity keys, registers
+them, consents to jobs on its user's behalf (when told to), then pulls its
+mailbox by long polling and drives the very protocol machines the simulator
+drives: envelopes in, effects out. It checks every signature (the machines
+and ``mail.from_envelope`` open everything), every artefact hash and the
+job document's signature, re-derives the tree each round (``TreeCheck``),
+refuses jobs outside its catalogue, and fetches its user's records from the
+data provider only with the user's consent receipt, once per job. Local
+training runs in the sandbox (no network, limited memory and CPU time).
+
+Timers are wall-clock; across machines this assumes clocks synchronised to
+within a fraction of the job's phase timeout (NTP), as deadlines do anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from tessera.consent import ConsentTerms, grant_consent, revoke_consent
+from tessera.crypto.documents import SignedDocument, sign_document, verify_document
+from tessera.crypto.envelope import ReplayGuard
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.data.prepare import Preprocessor
+from tessera.errors import RemoteProtocolError, TesseraError
+from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol import Aggregator, Contributor, Node, TreeCheck
+from tessera.protocol.contributor import SecureContext
+from tessera.protocol.effects import (
+    CancelTimer,
+    Effect,
+    Rejected,
+    RequestLocalTraining,
+    Send,
+    StartTimer,
+)
+from tessera.protocol.events import (
+    Event,
+    LocalTrainingFailed,
+    LocalUpdateReady,
+    TimerFired,
+)
+from tessera.runtime.host import train_seed
+from tessera.runtime.net.client import CoordinatorClient, ServiceRefused, check
+from tessera.runtime.net.jobspec import JobSpec
+from tessera.runtime.net.mail import from_envelope, read_weights_artefact, to_envelope
+from tessera.runtime.net.service import REGISTRATION_KIND
+from tessera.sandbox import DEFAULT_CATALOGUE, NodeCatalogue, Sandbox, SandboxError, SandboxRefused
+from tessera.weights import Vector
+
+log = logging.getLogger("tessera.node")
+
+RECORDS_REQUEST_KIND = "records-request"
+
+
+@dataclass
+class AgentConfig:
+    node_id: str
+    coordinator: str
+    keys_path: Path
+    state_dir: Path
+    subject: str | None = None  # the user's id at the data provider
+    organisation: str | None = None
+    passphrase: bytes | None = None
+    verify: Any = True  # an ssl.SSLContext for a private CA
+    consent_to: list[str] = field(default_factory=list)
+    consent_days: float = 30.0
+    isolate_network: Literal["required", "best_effort"] = "required"
+    catalogue: NodeCatalogue = DEFAULT_CATALOGUE
+    exit_when_done: bool = True
+    poll_wait: float = 20.0
+
+
+@dataclass
+class _Job:
+    spec: JobSpec
+    participants: list[NodeId]
+    directory: dict[NodeId, PublicKeys]
+    machine: Node | Contributor
+    replay: ReplayGuard
+    shuffle_id: int
+    receipt: SignedDocument | None
+    data: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def load_or_create_keys(path: Path, passphrase: bytes | None) -> NodeKeys:
+    """The node's long-term keys: made once (file mode 0600), then always loaded."""
+    if path.exists():
+        return NodeKeys.load(path, passphrase)
+    keys = NodeKeys.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys.save(path, passphrase)
+    return keys
+
+
+class NodeAgent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.node = NodeId(cfg.node_id)
+        self.keys = load_or_create_keys(cfg.keys_path, cfg.passphrase)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.client = CoordinatorClient(cfg.coordinator, verify=cfg.verify)
+        self.sandbox = Sandbox(isolate_network=cfg.isolate_network, catalogue=cfg.catalogue)
+        self.jobs: dict[str, _Job] = {}
+        self.finished: set[str] = set()
+        self.timers: dict[tuple[str, str], float] = {}
+        self.cursor = self._load_cursor()
+        self._coordinator_keys: PublicKeys | None = None
+
+    # -- identity and consent ---------------------------------------------------------
+    def register(self) -> None:
+        import base64
+
+        body = {
+            "node_id": self.node,
+            "public_keys": base64.b64encode(self.keys.public.to_bytes()).decode(),
+            "organisation": self.cfg.organisation,
+            "at": time.time(),
+        }
+        self.client.register(sign_document(self.keys, REGISTRATION_KIND, body))
+
+    def consent(self, job_id: str) -> SignedDocument:
+        """Grant (or re-send) this user's consent to ``job_id``, after checking the job."""
+        saved = self._receipt_path(job_id)
+        if saved.exists():
+            receipt = SignedDocument.from_json(json.loads(saved.read_text()))
+        else:
+            spec = JobSpec.from_document(self.client.job_document(job_id))
+            self.cfg.catalogue.check(spec.model, spec.recipe, 0)
+            now = time.time()
+            terms = ConsentTerms(
+                job_id=job_id,
+                job_digest=spec.digest,
+                purpose=spec.purpose,
+                data_categories=spec.data.fields,
+                ai_provider=spec.ai_provider.fingerprint,
+                user=self.node,
+                subject=self.cfg.subject,
+                issued_at=now,
+                expires_at=now + self.cfg.consent_days * 86400,
+            )
+            receipt = grant_consent(self.keys, terms)
+            _write_json(saved, receipt.to_json())
+        self.client.consent(job_id, receipt)
+        return receipt
+
+    def revoke(self, job_id: str) -> SignedDocument:
+        saved = self._receipt_path(job_id)
+        if not saved.exists():
+            raise TesseraError(f"this node holds no consent to {job_id}")
+        receipt = SignedDocument.from_json(json.loads(saved.read_text()))
+        revocation = revoke_consent(self.keys, receipt=receipt, at=time.time())
+        self.client.revoke(job_id, revocation, receipt)
+        spec = JobSpec.from_document(self.client.job_document(job_id))
+        try:  # the provider refuses the records from now on too
+            with httpx.Client(verify=self.cfg.verify, timeout=30) as http:
+                check(
+                    http.post(
+                        f"{spec.data.provider.rstrip('/')}/v1/revocations",
+                        json={"revocation": revocation.to_json(), "receipt": receipt.to_json()},
+                    )
+                )
+        except (httpx.HTTPError, ServiceRefused) as exc:
+            log.warning("could not tell the data provider of the revocation: %s", exc)
+        return revocation
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        # Start the sandbox (seconds: it loads torch) before consenting, so a job that
+        # starts on our consent never waits for it mid-round.
+        self.sandbox.ping()
+        self.register()
+        for job_id in self.cfg.consent_to:
+            self.consent(job_id)
+        last_status = 0.0
+        try:
+            while not stop.is_set():
+                wait = self._next_wait()
+                for mail_id, data in self.client.pull_mail(self.node, self.keys, self.cursor, wait):
+                    self._on_envelope(data)
+                    self.cursor = mail_id
+                self._save_cursor()
+                self._fire_timers()
+                if time.monotonic() - last_status > 5.0:
+                    last_status = time.monotonic()
+                    if self._all_done():
+                        return
+        finally:
+            self.sandbox.close()
+            self.client.close()
+
+    def _next_wait(self) -> float:
+        due = min(self.timers.values(), default=time.time() + self.cfg.poll_wait)
+        return float(np.clip(due - time.time(), 0.0, self.cfg.poll_wait))
+
+    def _all_done(self) -> bool:
+        if not self.cfg.exit_when_done or not self.cfg.consent_to:
+            return False
+        for job_id in self.cfg.consent_to:
+            if job_id not in self.finished:
+                state = self.client.status(job_id)["state"]
+                if state in ("finished", "failed"):
+                    self.finished.add(job_id)
+        return all(j in self.finished for j in self.cfg.consent_to)
+
+    def _fire_timers(self) -> None:
+        now = time.time()
+        for (job_id, name), at in sorted(self.timers.items(), key=lambda t: t[1]):
+            if at <= now:
+                del self.timers[(job_id, name)]
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    self._handle(job_id, job, TimerFired(timer=name))
+
+    def _on_envelope(self, data: bytes) -> None:
+        from tessera.crypto.envelope import peek
+
+        try:
+            job_id = peek(data).job_id
+            job = self._job(job_id)
+            event = from_envelope(
+                data,
+                me=self.node,
+                job_id=job_id,
+                keys=self.keys,
+                directory=job.directory,
+                replay=job.replay,
+                resolve_weights=self._weights,
+            )
+        except (RemoteProtocolError, SandboxRefused) as exc:
+            log.warning("%s: refused an envelope: %s", self.node, exc)
+            return
+        self._handle(job_id, job, event)
+
+    def _handle(self, job_id: str, job: _Job, event: Event) -> None:
+        effects = job.machine.handle(event, time.time())
+        while effects:
+            effect = effects.pop(0)
+            more = self._perform(job_id, job, effect)
+            if more is not None:
+                effects.extend(job.machine.handle(more, time.time()))
+
+    def _perform(self, job_id: str, job: _Job, effect: Effect) -> Event | None:
+        if isinstance(effect, Send):
+            out = to_envelope(
+                effect,
+                sender=self.node,
+                job_id=job_id,
+                keys=self.keys,
+                directory=job.directory,
+                publish_weights=_no_publishing,
+            )
+            try:
+                self.client.post_mail(out.data)
+            except ServiceRefused as exc:
+                log.warning("%s: coordinator refused our %s: %s", self.node, out.kind, exc)
+        elif isinstance(effect, StartTimer):
+            self.timers[(job_id, effect.timer)] = effect.at
+        elif isinstance(effect, CancelTimer):
+            self.timers.pop((job_id, effect.timer), None)
+        elif isinstance(effect, RequestLocalTraining):
+            return self._train(job, effect)
+        elif isinstance(effect, Rejected):
+            log.warning("%s refused %s: %s", self.node, effect.sender, effect.reason)
+        return None
+
+    # -- jobs, data and training ----------------------------------------------------------
+    def _job(self, job_id: str) -> _Job:
+        found = self.jobs.get(job_id)
+        if found is not None:
+            return found
+        spec = JobSpec.from_document(self.client.job_document(job_id))
+        self.cfg.catalogue.check(spec.model, spec.recipe, 0)
+        listing = self.client.participants(job_id)
+        coordinator = self._coordinator()
+        directory: dict[NodeId, PublicKeys] = {COORDINATOR: coordinator}
+        organisations: dict[NodeId, str | None] = {}
+        for entry in listing["participants"]:
+            doc = SignedDocument.from_json(entry["registration"])
+            body = verify_document(doc, kind=REGISTRATION_KIND)
+            if body.get("node_id") != entry["node_id"]:
+                raise RemoteProtocolError("a participant's registration names another node")
+            node = NodeId(entry["node_id"])
+            directory[node] = doc.signer
+            organisations[node] = body.get("organisation")
+        participants = sorted(n for n in directory if n != COORDINATOR)
+        if self.node not in participants:
+            raise RemoteProtocolError(f"{self.node} is not a participant of {job_id}")
+        machine: Node | Contributor
+        if spec.secure:
+            check_tree = TreeCheck(
+                spec.round_params(), participants, spec.secure_params().tree, organisations
+            )
+            machine = Node(
+                Contributor(
+                    self.node,
+                    spec.job_id,
+                    SecureContext(
+                        keys=self.keys,
+                        directory=directory,
+                        rounding=np.random.default_rng(),
+                        tree_check=check_tree,
+                    ),
+                ),
+                Aggregator(self.node, spec.job_id, self.keys, directory, check_tree),
+            )
+        else:
+            machine = Contributor(self.node, spec.job_id)
+        saved = self._receipt_path(job_id)
+        receipt = (
+            SignedDocument.from_json(json.loads(saved.read_text())) if saved.exists() else None
+        )
+        job = _Job(
+            spec=spec,
+            participants=participants,
+            directory=directory,
+            machine=machine,
+            replay=ReplayGuard(),
+            shuffle_id=participants.index(self.node),
+            receipt=receipt,
+        )
+        self.jobs[job_id] = job
+        return job
+
+    def _coordinator(self) -> PublicKeys:
+        if self._coordinator_keys is None:
+            self._coordinator_keys = self.client.coordinator_keys()
+        return self._coordinator_keys
+
+    def _weights(self, sha256: str, length: int) -> Vector:
+        return read_weights_artefact(self.client.get_artefact(sha256), sha256, length)
+
+    def _train(self, job: _Job, request: RequestLocalTraining) -> Event:
+        try:
+            x, y = self._records(job)
+            self.cfg.catalogue.check(job.spec.model, job.spec.recipe, len(y))
+            prox = request.config.get("prox_mu")
+            outcome = self.sandbox.train(
+                job.spec.model,
+                job.spec.recipe,
+                x,
+                y,
+                request.weights,
+                seed=train_seed(job.spec.config.job.seed, request.round),
+                shuffle_id=job.shuffle_id,
+                prox_mu=None if prox is None else float(prox),
+            )
+        except (SandboxError, SandboxRefused, TesseraError, httpx.HTTPError) as exc:
+            log.warning("%s: local training failed: %s", self.node, exc)
+            return LocalTrainingFailed(round=request.round, reason=str(exc)[:200])
+        return LocalUpdateReady(
+            round=request.round,
+            delta=outcome.delta,
+            num_samples=outcome.num_samples,
+            loss=outcome.loss,
+        )
+
+    def _records(self, job: _Job) -> tuple[np.ndarray, np.ndarray]:
+        """The user's records for this job, from the provider, with the consent receipt."""
+        if job.data is not None:
+            return job.data
+        if job.receipt is None or self.cfg.subject is None:
+            raise TesseraError("this node holds no consent receipt (or user id) for the job")
+        spec = job.spec
+        request = sign_document(
+            self.keys,
+            RECORDS_REQUEST_KIND,
+            {
+                "job_id": spec.job_id,
+                "user": self.cfg.subject,
+                "dataset": spec.data.dataset,
+                "fields": list(spec.data.fields),
+                "nonce": secrets.token_hex(16),
+                "at": time.time(),
+            },
+        )
+        body = {
+            "dataset": spec.data.dataset,
+            "fields": list(spec.data.fields),
+            "job": spec.document.to_json(),
+            "consent": job.receipt.to_json(),
+            "request": request.to_json(),
+        }
+        with httpx.Client(verify=self.cfg.verify, timeout=60) as http:
+            answer = check(http.post(f"{spec.data.provider.rstrip('/')}/v1/records", json=body))
+        payload = answer.json()
+        frame = pd.DataFrame(payload["rows"], columns=payload["fields"])
+        prepared = Preprocessor.from_json(spec.preprocessing).transform(frame)
+        job.data = (prepared.x, prepared.y)
+        return job.data
+
+    # -- small persistence ------------------------------------------------------------------
+    def _receipt_path(self, job_id: str) -> Path:
+        return self.cfg.state_dir / "receipts" / f"{job_id}.json"
+
+    def _load_cursor(self) -> int:
+        path = self.cfg.state_dir / "cursor"
+        return int(path.read_text()) if path.exists() else 0
+
+    def _save_cursor(self) -> None:
+        path = self.cfg.state_dir / "cursor"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(self.cursor))
+        os.replace(tmp, path)
+
+
+def _no_publishing(_: Vector) -> str:
+    raise RemoteProtocolError("nodes never send train requests")
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""The AI provider's side: build, sign and submit a job; watch it; fetch the model.
+
+The AI provider never sees a record: the feature encoding comes from the data
+provider's catalogue (aggregate statistics only), the initial weights are
+made from the declarative model spec, and what comes back is one aggregated
+model per round. It evaluates each on its own held-out data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tessera.config import JobConfig
+from tessera.crypto.documents import SignedDocument
+from tessera.crypto.keys import NodeKeys
+from tessera.data.prepare import Preprocessor
+from tessera.runtime.net.client import CoordinatorClient, check
+from tessera.runtime.net.jobspec import DataRequest, JobSpec, make_job_document
+from tessera.runtime.net.mail import WEIGHTS_MEDIA_TYPE, read_weights_artefact, weights_artefact
+from tessera.runtime.prepare import model_spec_of, recipe_of
+from tessera.training import init_weights, layout
+from tessera.weights import Vector
+
+
+def fetch_preprocessing(
+    cfg: JobConfig, provider: str, dataset: str, *, verify: Any = True
+) -> dict[str, Any]:
+    """The data provider's feature encoding for this job's target and features."""
+    d = cfg.data
+    params = {
+        "target": d.target,
+        "features": ",".join(d.features),
+        "categorical": ",".join(d.categorical),
+        "task": str(cfg.job.task),
+        "standardize": str(d.standardize).lower(),
+    }
+    url = f"{provider.rstrip('/')}/v1/datasets/{dataset}/preprocessing"
+    with httpx.Client(verify=verify, timeout=120) as http:
+        result: dict[str, Any] = check(http.get(url, params=params)).json()
+    return result
+
+
+def build_job(
+    cfg: JobConfig,
+    keys: NodeKeys,
+    *,
+    provider: str,
+    dataset: str,
+    user_field: str,
+    preprocessing: dict[str, Any],
+    min_consents: int,
+    purpose: str,
+) -> tuple[SignedDocument, bytes]:
+    """The signed job document and its initial weights (safetensors bytes)."""
+    pre = Preprocessor.from_json(preprocessing)
+    spec, recipe = model_spec_of(cfg, pre), recipe_of(cfg)
+    lay = layout(spec)
+    weights = lay.flatten(init_weights(spec, cfg.job.seed))
+    data, sha = weights_artefact(weights)
+    doc = make_job_document(
+        keys,
+        config=cfg,
+        model=spec,
+        recipe=recipe,
+        preprocessing=preprocessing,
+        weights_sha256=sha,
+        n_weights=lay.size,
+        data=DataRequest(
+            provider=provider,
+            dataset=dataset,
+            fields=(cfg.data.target, *pre.features),
+            user_field=user_field,
+        ),
+        purpose=purpose,
+        min_consents=min_consents,
+    )
+    return doc, data
+
+
+def submit(client: CoordinatorClient, doc: SignedDocument, weights: bytes) -> dict[str, Any]:
+    client.put_artefact(weights, WEIGHTS_MEDIA_TYPE)
+    return client.submit_job(doc)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    record: dict[str, Any]  # the coordinator's round record
+    weights: Vector
+
+
+def watch(
+    client: CoordinatorClient,
+    job_id: str,
+    *,
+    poll: float = 0.5,
+    timeout: float | None = None,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[RoundResult]:
+    """Each closed round in order (with its model), until the job ends."""
+    spec = JobSpec.from_document(client.job_document(job_id))
+    seen, start = 0, time.monotonic()
+    while True:
+        status = client.status(job_id)
+        if on_status is not None:
+            on_status(status)
+        for record in status["rounds"][seen:]:
+            sha = record["weights"]
+            weights = read_weights_artefact(client.get_artefact(sha), sha, spec.n_weights)
+            yield RoundResult(record, weights)
+            seen += 1
+        if status["state"] in ("finished", "failed") and seen == len(status["rounds"]):
+            return
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def fetch_final(client: CoordinatorClient, job_id: str) -> tuple[Vector, str]:
+    """The final model and its SHA-256 (hash-checked)."""
+    spec = JobSpec.from_document(client.job_document(job_id))
+    sha = client.status(job_id)["final_weights"]
+    if sha is None:
+        raise RuntimeError(f"job {job_id} has no final model yet")
+    return read_weights_artefact(client.get_artefact(sha), sha, spec.n_weights), sha

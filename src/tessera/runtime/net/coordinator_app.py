@@ -1,0 +1,216 @@
+"""The coordinator's HTTP API (FastAPI): a thin shell over ``CoordinatorService``.
+
+JSON for documents and status, raw bytes for envelopes and artefacts,
+msgpack for mailbox batches. Every refusal is a 4xx with ``{"detail": ...}``
+saying why; the OpenAPI description is served at ``/openapi.json``.
+Nodes pull their mail by long polling (``wait`` seconds), as nodes behind
+NAT must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgpack
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from tessera.runtime.net.auth import verify_request
+from tessera.runtime.net.serve import BodyLimit
+from tessera.runtime.net.service import CoordinatorService, Refused
+from tessera.storage import NotFound
+
+MAX_BODY = 64 << 20  # one sealed share of a ~16M-parameter model
+MAX_WAIT = 30.0
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_BINARY = {
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+}
+
+
+class Document(BaseModel):
+    """A signed JSON document: kind, body, signer (base64 keys), signature (base64)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    body: dict[str, Any]
+    signer: str
+    signature: str
+
+
+class Registration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    document: Document
+
+
+class JobSubmission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    document: Document
+
+
+class ConsentSubmission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    receipt: Document
+
+
+class RevocationSubmission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revocation: Document
+    receipt: Document
+
+
+def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
+    service: CoordinatorService, *, max_body: int = MAX_BODY
+) -> Any:
+    """The ASGI app (FastAPI wrapped in a request-size limit)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.signal.bind(asyncio.get_running_loop())
+        await run_in_threadpool(service.resume)
+        yield
+        await run_in_threadpool(service.close)
+
+    app = FastAPI(
+        title="Tessera coordinator",
+        version="1",
+        description="Jobs, nodes, consent receipts and a store-and-forward mailbox of sealed "
+        "envelopes. The coordinator relays what it cannot read.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/coordinator")
+    def coordinator() -> dict[str, str]:
+        """The coordinator's public keys: nodes check its signatures with them."""
+        keys = service.keys.public
+        return {
+            "public_keys": base64.b64encode(keys.to_bytes()).decode(),
+            "fingerprint": keys.fingerprint,
+        }
+
+    @app.post("/v1/nodes", status_code=201)
+    def register(body: Registration) -> dict[str, Any]:
+        """Register a node's public keys (self-signed registration document)."""
+        return service.register(body.document.model_dump())
+
+    @app.get("/v1/nodes/{node_id}")
+    def node(node_id: str) -> dict[str, Any]:
+        try:
+            record = service.store.get_node(node_id)
+        except NotFound:
+            raise Refused(404, f"unknown node {node_id!r}") from None
+        return {
+            "node_id": record.node_id,
+            "organisation": record.organisation,
+            "registration": record.document,
+        }
+
+    @app.put("/v1/artefacts/{sha256}", status_code=201, openapi_extra={"requestBody": _BINARY})
+    async def put_artefact(sha256: str, request: Request) -> dict[str, str]:
+        """Store a content-addressed artefact; the body must hash to ``sha256``."""
+        if not _SHA256.match(sha256):
+            raise Refused(400, "artefacts are named by a lowercase hex SHA-256")
+        data = await request.body()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise Refused(400, "the body does not hash to the artefact's name")
+        media = request.headers.get("content-type", "application/octet-stream")[:100]
+        await run_in_threadpool(service.store.put_artefact, data, media)
+        return {"sha256": sha256}
+
+    @app.get("/v1/artefacts/{sha256}", response_class=Response)
+    def get_artefact(sha256: str) -> Response:
+        if not _SHA256.match(sha256):
+            raise Refused(400, "artefacts are named by a lowercase hex SHA-256")
+        try:
+            data = service.store.get_artefact(sha256)
+        except NotFound:
+            raise Refused(404, f"no artefact {sha256}") from None
+        return Response(data, media_type="application/octet-stream")
+
+    @app.post("/v1/jobs", status_code=201)
+    def submit(body: JobSubmission) -> dict[str, Any]:
+        """Submit a job signed by its AI provider (the initial weights uploaded first)."""
+        return service.submit(body.document.model_dump())
+
+    @app.get("/v1/jobs")
+    def jobs() -> list[dict[str, Any]]:
+        return [
+            {"job_id": j.job_id, "state": j.state, "digest": j.digest}
+            for j in service.store.list_jobs()
+        ]
+
+    @app.get("/v1/jobs/{job_id}")
+    def status(job_id: str) -> dict[str, Any]:
+        return service.status(job_id)
+
+    @app.get("/v1/jobs/{job_id}/document")
+    def document(job_id: str) -> dict[str, Any]:
+        return service.job(job_id).document
+
+    @app.get("/v1/jobs/{job_id}/participants")
+    def participants(job_id: str) -> dict[str, Any]:
+        """Who takes part (fixed at the start): registrations and consent receipts."""
+        return service.participants(job_id)
+
+    @app.post("/v1/jobs/{job_id}/consents", status_code=201)
+    def consent(job_id: str, body: ConsentSubmission) -> dict[str, Any]:
+        return service.consent(job_id, body.receipt.model_dump())
+
+    @app.post("/v1/jobs/{job_id}/revocations")
+    def revoke(job_id: str, body: RevocationSubmission) -> dict[str, Any]:
+        """Revoke a consent: the user's node is not asked to train from the next round on."""
+        return service.revoke(job_id, body.revocation.model_dump(), body.receipt.model_dump())
+
+    @app.post("/v1/mail", status_code=202, openapi_extra={"requestBody": _BINARY})
+    async def post_mail(request: Request) -> dict[str, int]:
+        """Store a signed envelope for its recipient (checked, never opened)."""
+        data = await request.body()
+        mail_id = await run_in_threadpool(service.post_mail, data)
+        return {"id": mail_id}
+
+    @app.get("/v1/mail", response_class=Response)
+    async def pull_mail(
+        request: Request,
+        after: int = Query(0, ge=0, le=2**62),
+        wait: float = Query(0.0, ge=0.0, le=MAX_WAIT),
+    ) -> Response:
+        """A node's envelopes with id > ``after`` (msgpack list of [id, bytes]), long-polled."""
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            node = verify_request(
+                request.headers,
+                method="GET",
+                path=path,
+                keys_of=service.public_keys(request.headers.get("x-tessera-node", "")),
+                now=service.clock(),
+            )
+        except Exception as exc:  # RemoteProtocolError: bad or missing signature
+            raise Refused(401, str(exc)) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            items = await run_in_threadpool(service.mail_for, node, after)
+            remaining = deadline - loop.time()
+            if items or remaining <= 0:
+                break
+            await service.signal.wait(min(remaining, 5.0))
+        body = msgpack.packb([[item.id, item.data] for item in items], use_bin_type=True)
+        return Response(body, media_type="application/msgpack")
+
+    return BodyLimit(app, max_body)

@@ -1,0 +1,316 @@
+"""One running job on the coordinator: the machine, its event log, its timers.
+
+Theory of operation (event sourcing)
+------------------------------------
+The coordinator machine is a deterministic function of the events it was
+fed and the ``now`` each came with. So the driver persists *events*, not
+machine state: each step (a mailbox envelope for the coordinator, a timer,
+a consent withdrawal, the start) is written to the store in one transaction
+together with everything it caused: the envelopes it sends, the round
+record and the new model. Killed at any point, the coordinator restarts by
+feeding a fresh machine the logged events in order with their logged
+``now`` (discarding the effects, which were committed with them), re-arms
+the timers still pending, and carries on from the first unconsumed
+envelope. A step that did not commit never happened: its envelope is still
+unconsumed and its timer still pending, so it runs again.
+
+Sealing draws fresh randomness, so re-sent envelopes would differ in bytes;
+that is why effects are never re-sent on recovery, only rebuilt state is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tessera.crypto.envelope import ReplayGuard
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.errors import RemoteProtocolError
+from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol import Coordinator, SecureCoordinator
+from tessera.protocol.effects import (
+    CancelTimer,
+    Effect,
+    JobFinished,
+    Rejected,
+    RoundClosed,
+    Send,
+    StartTimer,
+)
+from tessera.protocol.events import Event, JobStarted, ParticipantWithdrawn, TimerFired
+from tessera.runtime.net.jobspec import JobSpec
+from tessera.runtime.net.mail import (
+    WEIGHTS_MEDIA_TYPE,
+    from_envelope,
+    read_weights_artefact,
+    to_envelope,
+    weights_artefact,
+)
+from tessera.storage import EventRecord, MailItem, RoundRecord, Store
+from tessera.weights import Vector
+
+log = logging.getLogger("tessera.coordinator")
+
+
+@dataclass
+class _Step:
+    """What one event caused, gathered for a single commit."""
+
+    outgoing: list[dict[str, Any]] = field(default_factory=list)
+    artefacts: dict[str, bytes] = field(default_factory=dict)
+    rounds: list[RoundRecord] = field(default_factory=list)
+    job_update: dict[str, Any] | None = None
+    rejected: list[str] = field(default_factory=list)
+
+
+class JobDriver:
+    """Feeds one job's coordinator machine and commits each step; see the module doc."""
+
+    def __init__(
+        self,
+        store: Store,
+        spec: JobSpec,
+        keys: NodeKeys,
+        *,
+        participants: Sequence[NodeId],
+        directory: Mapping[NodeId, PublicKeys],
+        organisations: Mapping[NodeId, str | None],
+        clock: Callable[[], float] = time.time,
+        on_sent: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.keys = keys
+        self.job_id = spec.job_id
+        self.directory = dict(directory)
+        self.directory[COORDINATOR] = keys.public
+        self.clock = clock
+        self.on_sent = on_sent
+        self.timers: dict[str, float] = {}
+        self.seq = 0
+        self.cursor = 0  # highest mailbox id looked at
+        self.finished = False
+        self.rejected: list[str] = []  # recent refusals, for status and logs
+        self._replay = ReplayGuard()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        initial = read_weights_artefact(
+            store.get_artefact(spec.weights_sha256), spec.weights_sha256, spec.n_weights
+        )
+        self.machine: Coordinator
+        params = spec.round_params()
+        if spec.secure:
+            self.machine = SecureCoordinator(
+                params,
+                list(participants),
+                initial,
+                spec.strategy(),
+                secure=spec.secure_params(),
+                keys=keys,
+                directory=self.directory,
+                organisations=dict(organisations),
+            )
+        else:
+            self.machine = Coordinator(params, list(participants), initial, spec.strategy())
+
+    # -- recovery --------------------------------------------------------------
+    def recover(self) -> int:
+        """Rebuild the machine from the event log; returns how many events were replayed."""
+        events = self.store.events(self.job_id)
+        for record in events:
+            if record.seq != self.seq:
+                raise RuntimeError(f"event log of {self.job_id} has a gap at {self.seq}")
+            event = self._event_of(record)
+            effects = self.machine.handle(event, record.now) if event is not None else []
+            self._track_timers(effects, fired=record.timer)
+            if any(isinstance(e, JobFinished) for e in effects):
+                self.finished = True
+            self.seq += 1
+            if record.mail_id is not None:
+                self.cursor = max(self.cursor, record.mail_id)
+        return len(events)
+
+    def _event_of(self, record: EventRecord) -> Event | None:
+        if record.kind == "start":
+            return JobStarted()
+        if record.kind == "timer":
+            assert record.timer is not None
+            return TimerFired(timer=record.timer)
+        if record.kind == "withdraw":
+            assert record.node is not None
+            return ParticipantWithdrawn(node=NodeId(record.node))
+        if record.kind == "mail":
+            assert record.mail_id is not None
+            return self._decode(self.store.get_message(record.mail_id))
+        raise RuntimeError(f"unknown event kind {record.kind!r} in the log")
+
+    def _decode(self, item: MailItem) -> Event | None:
+        try:
+            return from_envelope(
+                item.data,
+                me=COORDINATOR,
+                job_id=self.job_id,
+                keys=self.keys,
+                directory=self.directory,
+                replay=self._replay,
+            )
+        except RemoteProtocolError as exc:
+            self._note(f"refused {item.sender}: {exc}")
+            return None
+
+    # -- live steps --------------------------------------------------------------
+    def start(self) -> None:
+        """Log and run JobStarted (only for a job with an empty log)."""
+        with self._lock:
+            if self.seq == 0:
+                self._step(EventRecord(self.job_id, 0, "start", self.clock()), JobStarted())
+
+    def withdraw(self, node: NodeId) -> None:
+        with self._lock:
+            record = EventRecord(self.job_id, self.seq, "withdraw", self.clock(), node=node)
+            self._step(record, ParticipantWithdrawn(node=node))
+
+    def poll(self) -> bool:
+        """Run every due timer and every new envelope for us; True if anything ran."""
+        ran = False
+        with self._lock:
+            now = self.clock()
+            for name, at in sorted(self.timers.items(), key=lambda t: t[1]):
+                if at <= now and not self.finished:
+                    record = EventRecord(self.job_id, self.seq, "timer", now, timer=name)
+                    self._step(record, TimerFired(timer=name))
+                    ran = True
+            while not self.finished:
+                items = self.store.messages_for(COORDINATOR, self.cursor, limit=64)
+                if not items:
+                    break
+                for item in items:
+                    self.cursor = item.id
+                    if item.job_id != self.job_id:
+                        continue
+                    record = EventRecord(self.job_id, self.seq, "mail", self.clock(), item.id)
+                    self._step(record, self._decode(item))
+                    ran = True
+        return ran
+
+    def next_timer(self) -> float:
+        return min(self.timers.values(), default=math.inf)
+
+    def _step(self, record: EventRecord, event: Event | None) -> None:
+        effects = self.machine.handle(event, record.now) if event is not None else []
+        step = _Step()
+        for effect in effects:
+            self._perform(effect, step)
+        self.store.commit_step(
+            record,
+            outgoing=step.outgoing,
+            rounds=step.rounds,
+            artefacts=[(data, WEIGHTS_MEDIA_TYPE) for data in step.artefacts.values()],
+            job_update=step.job_update,
+        )
+        self.seq += 1
+        self._track_timers(effects, fired=record.timer)
+        if step.outgoing and self.on_sent is not None:
+            self.on_sent(sorted({str(row["recipient"]) for row in step.outgoing}))
+
+    def _perform(self, effect: Effect, step: _Step) -> None:
+        if isinstance(effect, Send):
+            out = to_envelope(
+                effect,
+                sender=COORDINATOR,
+                job_id=self.job_id,
+                keys=self.keys,
+                directory=self.directory,
+                publish_weights=lambda w: self._publish(w, step),
+            )
+            step.outgoing.append(out.row())
+        elif isinstance(effect, Rejected):
+            self._note(f"refused {effect.sender}: {effect.reason}")
+        elif isinstance(effect, RoundClosed):
+            sha = self._publish(effect.weights, step)
+            step.rounds.append(
+                RoundRecord(self.job_id, effect.round, effect.closed_at, _round_record(effect), sha)
+            )
+            step.job_update = {"current_round": effect.round + 1}
+            log.info(
+                "%s round %d closed: %d of %d",
+                self.job_id,
+                effect.round,
+                effect.participants,
+                effect.selected,
+            )
+        elif isinstance(effect, JobFinished):
+            sha = self._publish(effect.weights, step)
+            step.job_update = {
+                "state": "finished",
+                "final_weights": sha,
+                "finished_at": self.clock(),
+            }
+            self.finished = True
+
+    def _publish(self, weights: Vector, step: _Step) -> str:
+        data, sha = weights_artefact(weights)
+        step.artefacts[sha] = data
+        return sha
+
+    def _track_timers(self, effects: list[Effect], *, fired: str | None) -> None:
+        if fired is not None:
+            self.timers.pop(fired, None)
+        for effect in effects:
+            if isinstance(effect, StartTimer):
+                self.timers[effect.timer] = effect.at
+            elif isinstance(effect, CancelTimer):
+                self.timers.pop(effect.timer, None)
+        if self.finished:
+            self.timers.clear()
+
+    def _note(self, line: str) -> None:
+        log.warning("%s: %s", self.job_id, line)
+        self.rejected = [*self.rejected[-99:], line]
+
+    # -- the thread ----------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run_in_thread(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"job-{self.job_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set() and not self.finished:
+            try:
+                self.poll()
+            except Exception:  # keep serving; the log says why, the step did not commit
+                log.exception("%s: step failed", self.job_id)
+                self._stop.wait(1.0)
+            wait = min(self.next_timer() - self.clock(), 1.0)
+            if wait > 0:
+                self._wake.wait(wait)
+            self._wake.clear()
+
+
+def _round_record(closed: RoundClosed) -> dict[str, Any]:
+    return {
+        "round": closed.round,
+        "selected": closed.selected,
+        "participants": closed.participants,
+        "included": list(closed.included),
+        "num_samples": closed.num_samples,
+        "train_loss": closed.mean_loss if math.isfinite(closed.mean_loss) else None,
+        "skipped": closed.skipped,
+        "blamed": list(closed.blamed),
+        "closed_at": closed.closed_at,
+    }

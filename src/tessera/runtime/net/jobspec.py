@@ -1,0 +1,172 @@
+"""A deployed job: the AI provider's signed document, parsed and checked.
+
+Everything a coordinator or a node needs to run a job travels in one signed
+JSON document (kind "job"): the job config, the declarative model spec, the
+recipe, the feature encoding (aggregate statistics from the data provider's
+catalogue), the initial weights by SHA-256, the data it asks for, purpose and
+minimum of consents. Its digest names the job in consent receipts, so a
+receipt can never be reused for a changed job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.config import JobConfig, parse_config
+from tessera.crypto.documents import SignedDocument, sign_document, verify_document
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.errors import ConfigError, RemoteProtocolError
+from tessera.ids import JobId
+from tessera.protocol import RoundParams, SecureParams, Strategy
+from tessera.runtime.prepare import round_params_of, secure_params_of, strategy_of
+from tessera.training import ModelSpec, Recipe
+
+JOB_KIND = "job"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What the job asks of the data provider: one dataset, some fields, keyed by user."""
+
+    provider: str  # the provider's base URL
+    dataset: str
+    fields: tuple[str, ...]
+    user_field: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "dataset": self.dataset,
+            "fields": list(self.fields),
+            "user_field": self.user_field,
+        }
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    document: SignedDocument
+    job_id: JobId
+    config: JobConfig
+    model: ModelSpec
+    recipe: Recipe
+    preprocessing: dict[str, Any]
+    weights_sha256: str
+    n_weights: int
+    data: DataRequest
+    purpose: str
+    min_consents: int
+    ai_provider: PublicKeys
+    created_at: float
+
+    @property
+    def digest(self) -> str:
+        return self.document.digest
+
+    @property
+    def secure(self) -> bool:
+        return self.config.secure.enabled
+
+    def round_params(self) -> RoundParams:
+        return round_params_of(self.config)
+
+    def strategy(self) -> Strategy:
+        return strategy_of(self.config)
+
+    def secure_params(self) -> SecureParams:
+        if self.recipe.clip_norm is None or self.config.secure.max_weight is None:
+            raise ConfigError("secure", "a deployed secure job declares clip_norm and max_weight")
+        return secure_params_of(
+            self.config, clip_norm=self.recipe.clip_norm, max_weight=self.config.secure.max_weight
+        )
+
+    @classmethod
+    def from_document(cls, doc: SignedDocument) -> JobSpec:
+        """Verify the AI provider's signature and every field; ``RemoteProtocolError`` if bad."""
+        body = verify_document(doc, kind=JOB_KIND)
+        try:
+            return cls._parse(doc, body)
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"job document: {exc}") from None
+
+    @classmethod
+    def _parse(cls, doc: SignedDocument, body: dict[str, Any]) -> JobSpec:
+        if body.get("ai_provider") != doc.signer.fingerprint:
+            raise RemoteProtocolError("job document is not signed by its AI provider")
+        job_id = body["job_id"]
+        if not isinstance(job_id, str) or not _ID.match(job_id):
+            raise ValueError("job_id must be 1-64 letters, digits, '.', '_' or '-'")
+        config = parse_config(body["config"])
+        if config.job.name != job_id:
+            raise ValueError("job_id differs from config.job.name")
+        weights = body["weights"]
+        if not isinstance(weights.get("sha256"), str) or not _SHA256.match(weights["sha256"]):
+            raise ValueError("weights.sha256 must be a hex SHA-256")
+        data = body["data"]
+        fields = data["fields"]
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise ValueError("data.fields must be a list of field names")
+        min_consents = body["min_consents"]
+        if not isinstance(min_consents, int) or min_consents < 1:
+            raise ValueError("min_consents must be a positive integer")
+        spec = cls(
+            document=doc,
+            job_id=JobId(job_id),
+            config=config,
+            model=ModelSpec.from_json(json.dumps(body["model"])),
+            recipe=Recipe.from_json(json.dumps(body["recipe"])),
+            preprocessing=dict(body["preprocessing"]),
+            weights_sha256=weights["sha256"],
+            n_weights=int(weights["length"]),
+            data=DataRequest(
+                provider=str(data["provider"]),
+                dataset=str(data["dataset"]),
+                fields=tuple(fields),
+                user_field=str(data["user_field"]),
+            ),
+            purpose=str(body["purpose"]),
+            min_consents=min_consents,
+            ai_provider=doc.signer,
+            created_at=float(body["created_at"]),
+        )
+        if spec.secure:
+            spec.secure_params()  # a secure job must be complete
+        return spec
+
+
+def make_job_document(
+    keys: NodeKeys,
+    *,
+    config: JobConfig,
+    model: ModelSpec,
+    recipe: Recipe,
+    preprocessing: dict[str, Any],
+    weights_sha256: str,
+    n_weights: int,
+    data: DataRequest,
+    purpose: str,
+    min_consents: int,
+    created_at: float | None = None,
+) -> SignedDocument:
+    """The AI provider signs a job; ``JobSpec.from_document`` is its reader."""
+    body = {
+        "job_id": config.job.name,
+        "config": config.model_dump(mode="json"),
+        "model": json.loads(model.to_json()),
+        "recipe": json.loads(recipe.to_json()),
+        "preprocessing": preprocessing,
+        "weights": {"sha256": weights_sha256, "length": n_weights},
+        "data": data.to_json(),
+        "purpose": purpose,
+        "min_consents": min_consents,
+        "ai_provider": keys.public.fingerprint,
+        "created_at": time.time() if created_at is None else created_at,
+    }
+    doc = sign_document(keys, JOB_KIND, body)
+    JobSpec.from_document(doc)  # refuse to sign what no one could read
+    return doc

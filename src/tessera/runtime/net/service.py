@@ -1,0 +1,366 @@
+"""The coordinator's business logic, below HTTP: nodes, jobs, consents, mail.
+
+Every input is checked here with a clear reason (``Refused`` carries the
+HTTP status the API answers with); nothing changes on a refusal. Running
+jobs each have a ``JobDriver`` thread; a restart resumes them from the
+store (see ``driver``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from tessera.consent import ConsentError, check_consent
+from tessera.crypto.documents import SignedDocument, verify_document
+from tessera.crypto.envelope import verify_envelope
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.errors import InvalidEnvelope, RemoteProtocolError
+from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
+from tessera.runtime.net.driver import JobDriver
+from tessera.runtime.net.jobspec import JobSpec
+from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
+
+log = logging.getLogger("tessera.coordinator")
+
+REGISTRATION_KIND = "registration"
+
+
+class Refused(Exception):
+    """An input the coordinator will not take: ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class MailSignal:
+    """Wakes long polls (on the event loop) when mail is stored (from any thread)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._bump)
+
+    def _bump(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        event = self._event
+        if event is None or timeout <= 0:
+            await asyncio.sleep(max(0.0, min(timeout, 0.05)))
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+def parse_document(value: object, what: str) -> SignedDocument:
+    try:
+        return SignedDocument.from_json(value)
+    except RemoteProtocolError as exc:
+        raise Refused(400, f"{what}: {exc}") from None
+
+
+class CoordinatorService:
+    def __init__(
+        self, store: Store, keys: NodeKeys, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.signal = MailSignal()
+        self.drivers: dict[str, JobDriver] = {}
+        self._keys_cache: dict[str, PublicKeys] = {COORDINATOR: keys.public}
+        self._lock = threading.RLock()
+
+    # -- lifecycle ------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restart the drivers of every running job, from their event logs."""
+        for job in self.store.list_jobs():
+            if job.state == "running":
+                driver = self._driver(job)
+                replayed = driver.recover()
+                log.info("%s: resumed after %d logged events", job.job_id, replayed)
+                if replayed == 0:
+                    driver.start()
+                driver.run_in_thread()
+
+    def close(self) -> None:
+        for driver in self.drivers.values():
+            driver.stop()
+
+    # -- nodes -------------------------------------------------------------------------
+    def register(self, document: object) -> dict[str, Any]:
+        doc = parse_document(document, "registration")
+        try:
+            body = verify_document(doc, kind=REGISTRATION_KIND)
+        except RemoteProtocolError as exc:
+            raise Refused(403, str(exc)) from None
+        node_id, organisation = body.get("node_id"), body.get("organisation")
+        if not isinstance(node_id, str) or not 0 < len(node_id) <= 64 or node_id == COORDINATOR:
+            raise Refused(400, "registration.node_id must be a 1-64 character id")
+        if organisation is not None and not isinstance(organisation, str):
+            raise Refused(400, "registration.organisation must be a string")
+        if body.get("public_keys") != base64.b64encode(doc.signer.to_bytes()).decode():
+            raise Refused(403, "registration must be signed by the keys it registers")
+        try:
+            self.store.register_node(node_id, doc.signer.to_bytes(), organisation, doc.to_json())
+        except Conflict:
+            raise Refused(409, f"node id {node_id!r} is taken by other keys") from None
+        self._keys_cache[node_id] = doc.signer
+        return {"node_id": node_id, "fingerprint": doc.signer.fingerprint}
+
+    def public_keys(self, node_id: str) -> PublicKeys | None:
+        found = self._keys_cache.get(node_id)
+        if found is None:
+            try:
+                found = PublicKeys.from_bytes(self.store.get_node(node_id).public_keys)
+            except NotFound:
+                return None
+            self._keys_cache[node_id] = found
+        return found
+
+    # -- jobs --------------------------------------------------------------------------
+    def submit(self, document: object) -> dict[str, Any]:
+        doc = parse_document(document, "job")
+        try:
+            spec = JobSpec.from_document(doc)
+        except RemoteProtocolError as exc:
+            raise Refused(422 if "signature" not in str(exc) else 403, str(exc)) from None
+        if not self.store.has_artefact(spec.weights_sha256):
+            raise Refused(422, f"upload the initial weights {spec.weights_sha256} first")
+        try:
+            self.store.add_job(spec.job_id, doc.digest, doc.to_json(), spec.min_consents)
+        except Conflict:
+            raise Refused(409, f"job {spec.job_id!r} exists with another document") from None
+        return {"job_id": spec.job_id, "digest": doc.digest}
+
+    def job(self, job_id: str) -> JobRecord:
+        try:
+            return self.store.get_job(job_id)
+        except NotFound:
+            raise Refused(404, f"unknown job {job_id!r}") from None
+
+    def spec(self, job: JobRecord) -> JobSpec:
+        return JobSpec.from_document(SignedDocument.from_json(job.document))
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        job = self.job(job_id)
+        driver = self.drivers.get(job_id)
+        now = self.clock()
+        return {
+            "job_id": job.job_id,
+            "digest": job.digest,
+            "state": job.state,
+            "min_consents": job.min_consents,
+            "valid_consents": len(self._valid_consents(job, now)),
+            "participants": job.participants,
+            "current_round": job.current_round,
+            "final_weights": job.final_weights,
+            "error": job.error,
+            "rounds": [{**r.record, "weights": r.weights} for r in self.store.rounds(job_id)],
+            "refused": driver.rejected[-20:] if driver else [],
+        }
+
+    # -- consent -------------------------------------------------------------------------
+    def consent(self, job_id: str, receipt: object) -> dict[str, Any]:
+        job = self.job(job_id)
+        doc = parse_document(receipt, "receipt")
+        user = doc.body.get("user")
+        keys = self.public_keys(user) if isinstance(user, str) else None
+        if keys is None or not isinstance(user, str):
+            raise Refused(403, "the receipt's user is not a registered node")
+        spec = self.spec(job)
+        try:
+            terms = check_consent(
+                doc,
+                job_id=job_id,
+                job_digest=job.digest,
+                user=user,
+                user_keys=keys,
+                fields=spec.data.fields,
+                now=self.clock(),
+            )
+        except ConsentError as exc:
+            raise Refused(403, str(exc)) from None
+        self.store.add_consent(job_id, user, doc.digest, doc.to_json(), terms.expires_at)
+        self._start_if_ready(job_id)
+        return {"job_id": job_id, "user": user, "receipt": doc.digest}
+
+    def revoke(self, job_id: str, revocation: object, receipt: object) -> dict[str, Any]:
+        job = self.job(job_id)
+        rev, rec = parse_document(revocation, "revocation"), parse_document(receipt, "receipt")
+        user = rec.body.get("user")
+        keys = self.public_keys(user) if isinstance(user, str) else None
+        if keys is None or not isinstance(user, str) or rev.signer != keys:
+            raise Refused(403, "a revocation must be signed by the user who consented")
+        try:
+            check_consent(
+                rec,
+                job_id=job_id,
+                job_digest=job.digest,
+                user=user,
+                user_keys=keys,
+                now=self.clock(),
+                revocations=[rev],
+            )
+        except ConsentError as exc:
+            if "revoked" not in str(exc):
+                raise Refused(403, str(exc)) from None
+        else:
+            raise Refused(400, "the revocation does not revoke that receipt")
+        try:
+            self.store.revoke_consent(job_id, user, rev.to_json(), self.clock())
+        except NotFound:
+            raise Refused(404, f"{user} has no consent for {job_id}") from None
+        driver = self.drivers.get(job_id)
+        if driver is not None and user in (job.participants or ()):
+            driver.withdraw(NodeId(user))
+            driver.wake()
+        return {"job_id": job_id, "user": user, "revoked": True}
+
+    def _valid_consents(self, job: JobRecord, now: float) -> list[str]:
+        return sorted(
+            {
+                c.node_id
+                for c in self.store.consents(job.job_id)
+                if c.revoked_at is None and c.expires_at > now
+            }
+        )
+
+    def _start_if_ready(self, job_id: str) -> None:
+        with self._lock:
+            job = self.store.get_job(job_id)
+            if job.state != "waiting":
+                return
+            participants = self._valid_consents(job, self.clock())
+            if len(participants) < job.min_consents:
+                return
+            self.store.update_job(
+                job_id, state="running", participants=participants, started_at=self.clock()
+            )
+            driver = self._driver(self.store.get_job(job_id))
+            driver.start()
+            driver.run_in_thread()
+            log.info("%s: started with %d participants", job_id, len(participants))
+
+    def _driver(self, job: JobRecord) -> JobDriver:
+        participants = [NodeId(n) for n in job.participants or ()]
+        directory: dict[NodeId, PublicKeys] = {}
+        organisations: dict[NodeId, str | None] = {}
+        for node in participants:
+            record = self.store.get_node(node)
+            directory[node] = PublicKeys.from_bytes(record.public_keys)
+            organisations[node] = record.organisation
+        driver = JobDriver(
+            self.store,
+            self.spec(job),
+            self.keys,
+            participants=participants,
+            directory=directory,
+            organisations=organisations,
+            clock=self.clock,
+            on_sent=lambda _recipients: self.signal.notify(),
+        )
+        self.drivers[job.job_id] = driver
+        return driver
+
+    def participants(self, job_id: str) -> dict[str, Any]:
+        job = self.job(job_id)
+        if job.state == "waiting" or job.participants is None:
+            raise Refused(409, f"job {job_id!r} has not started: its participants are not fixed")
+        consents = {c.node_id: c.document for c in self.store.consents(job_id)}
+        out = []
+        for node in job.participants:
+            record = self.store.get_node(node)
+            out.append(
+                {
+                    "node_id": node,
+                    "organisation": record.organisation,
+                    "registration": record.document,
+                    "consent": consents.get(node),
+                }
+            )
+        return {
+            "job_id": job_id,
+            "coordinator": base64.b64encode(self.keys.public.to_bytes()).decode(),
+            "participants": out,
+        }
+
+    # -- mail ----------------------------------------------------------------------------
+    def post_mail(self, data: bytes) -> int:
+        def keys_of(node: str) -> PublicKeys | None:
+            return self.public_keys(node)
+
+        try:
+            head = verify_envelope(
+                data, directory=_Lookup(keys_of), expect_job=None, max_bytes=MAX_ENVELOPE_BYTES
+            )
+        except InvalidEnvelope as exc:
+            raise Refused(400 if "signature" not in exc.reason else 403, str(exc)) from None
+        job = self.job(head.job_id)
+        if job.state != "running" or job.participants is None:
+            raise Refused(409, f"job {head.job_id!r} is not running")
+        members = set(job.participants)
+        if head.sender not in members:
+            raise Refused(403, f"{head.sender} is not a participant of {head.job_id}")
+        if head.recipient != COORDINATOR and head.recipient not in members:
+            raise Refused(400, f"{head.recipient} is not a participant of {head.job_id}")
+        try:
+            mail_id = self.store.post_message(
+                job_id=head.job_id,
+                recipient=head.recipient,
+                sender=head.sender,
+                round=head.round,
+                kind=head.kind,
+                nonce=head.nonce,
+                data=bytes(data),
+            )
+        except Replayed:
+            raise Refused(409, "replayed message: this nonce was already received") from None
+        if head.recipient == COORDINATOR:
+            driver = self.drivers.get(head.job_id)
+            if driver is not None:
+                driver.wake()
+        else:
+            self.signal.notify()
+        return mail_id
+
+    def mail_for(self, node: str, after: int) -> list[MailItem]:
+        return self.store.messages_for(node, after)
+
+
+class _Lookup(Mapping[NodeId, PublicKeys]):
+    """The node registry as a mapping, looked up on demand (for envelope checks)."""
+
+    def __init__(self, find: Callable[[str], PublicKeys | None]) -> None:
+        self._find = find
+
+    def __getitem__(self, key: NodeId) -> PublicKeys:
+        found = self._find(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __iter__(self) -> Iterator[NodeId]:
+        raise TypeError("the registry is looked up, never listed, here")
+
+    def __len__(self) -> int:
+        raise TypeError("the registry is looked up, never counted, here")
