@@ -8,6 +8,7 @@ it on loopback and runs a job through it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -203,15 +204,18 @@ def up(
     db: Annotated[
         str | None, typer.Option(help="coordinator database URL (default SQLite in OUT)")
     ] = None,
+    records: Annotated[
+        str, typer.Option(help="what the provider serves: table | xapi (Chem97 as xAPI statements)")
+    ] = "table",
+    mlflow: Annotated[
+        str | None, typer.Option("--mlflow", help="MLflow tracking URI: log rounds and the model")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Start coordinator, provider and N nodes on loopback; run the job through them."""
     from tessera.config import load_config
-    from tessera.reports import build_metrics, plot_curves, write_json
     from tessera.runtime.net.deployment import Deployment
-    from tessera.runtime.net.up import baseline_of, default_out, run_job
-    from tessera.runtime.sim.job import RoundRecord
-    from tessera.weights import Vector, save_file
+    from tessera.runtime.net.up import default_out
 
     out = out or default_out(config)
     try:
@@ -221,63 +225,95 @@ def up(
                 update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
             )
         with console.status(f"preparing {nodes} nodes' data"):
-            dep = Deployment(cfg, nodes, out, tls=tls, db_url=db)
+            dep = Deployment(cfg, nodes, out, tls=tls, db_url=db, records=records)
     except TesseraError as exc:
         _fail(exc)
         return
-    records: list[RoundRecord] = []
-    metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
+    tracker = None
     try:
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=quiet,
-        ) as progress:
-            baseline = baseline_of(dep)
-            task = progress.add_task("federated", total=cfg.federation.rounds, status="starting")
+        if mlflow is not None:
+            from tessera.reports.mlflow_log import MlflowLogger
 
-            def on_started(job_id: str) -> None:
-                progress.update(task, status=f"job {job_id}: {nodes} nodes consenting")
-
-            def on_round(rec: RoundRecord, weights: Vector) -> None:
-                records.append(rec)
-                progress.update(
-                    task,
-                    advance=1,
-                    status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes",
-                )
-                digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(weights))
-                write_json(
-                    out / "metrics.json",
-                    build_metrics(
-                        dep.job, records, baseline, status="running", model_digest=digest
-                    ),
-                )
-
-            result = run_job(dep, on_round=on_round, on_started=on_started)
-        digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(result.weights))
-        metrics = build_metrics(dep.job, records, baseline, status="finished", model_digest=digest)
-        metrics["deployment"] = {
-            "nodes": nodes,
-            "tls": tls,
-            "job_id": result.job_id,
-            "seconds": result.seconds,
-        }
-        write_json(out / "metrics.json", metrics)
-        plot_curves(metrics, out / "curves.png")
+            tracker = MlflowLogger(mlflow, experiment=cfg.job.name, run_name=f"up-{out.name}")
+            tracker.log_params(cfg.model_dump(mode="json"))
+        final, metric = _up_with_progress(dep, out, quiet=quiet, tracker=tracker)
+        if tracker is not None:
+            model = out / "model.safetensors"
+            tracker.log_model(
+                model,
+                sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
+                signature_doc=json.loads((out / "run" / "job.json").read_text()),
+            )
+            tracker.close()
     except (TesseraError, TimeoutError, RuntimeError) as exc:
+        if tracker is not None:
+            tracker.close("FAILED")
         _fail(exc)
+        return
     finally:
         dep.close()
-    final = records[-1].value if records else float("nan")
     console.print(
         f"[bold green]done[/]: federated {metric} {final:.4f} over {nodes} node processes"
     )
     console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png; logs in {out}/logs")
+
+
+def _up_with_progress(dep: Any, out: Path, *, quiet: bool, tracker: Any) -> tuple[float, str]:
+    """Run the job with a progress bar; metrics.json and the model are rewritten each round."""
+    from tessera.reports import build_metrics, plot_curves, write_json
+    from tessera.runtime.net.up import baseline_of, run_job
+    from tessera.runtime.sim.job import RoundRecord
+    from tessera.weights import Vector, save_file
+
+    done: list[RoundRecord] = []
+    metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as progress:
+        baseline = baseline_of(dep)
+        task = progress.add_task("federated", total=dep.config.federation.rounds, status="")
+        progress.update(task, status=f"starting {dep.n_nodes} node processes")
+
+        def on_started(job_id: str) -> None:
+            progress.update(task, status=f"job {job_id}: {dep.n_nodes} nodes consenting")
+
+        def on_round(rec: RoundRecord, weights: Vector) -> None:
+            done.append(rec)
+            if tracker is not None:
+                values = {
+                    "value": rec.value,
+                    "participants": rec.participants,
+                    "train_loss": rec.train_loss,
+                }
+                tracker.log_round(rec.round, values)
+            progress.update(
+                task,
+                advance=1,
+                status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes",
+            )
+            digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(weights))
+            running = build_metrics(dep.job, done, baseline, status="running", model_digest=digest)
+            write_json(out / "metrics.json", running)
+
+        result = run_job(dep, on_round=on_round, on_started=on_started)
+    digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(result.weights))
+    metrics = build_metrics(dep.job, done, baseline, status="finished", model_digest=digest)
+    metrics["deployment"] = {
+        "nodes": dep.n_nodes,
+        "tls": dep.tls,
+        "records": dep.records,
+        "job_id": result.job_id,
+        "seconds": result.seconds,
+    }
+    write_json(out / "metrics.json", metrics)
+    plot_curves(metrics, out / "curves.png")
+    return (done[-1].value if done else float("nan")), metric
 
 
 @job_app.command("submit")

@@ -113,7 +113,9 @@ def watch(
             weights = read_weights_artefact(client.get_artefact(sha), sha, spec.n_weights)
             yield RoundResult(record, weights)
             seen += 1
-        if status["state"] in ("finished", "failed") and seen == len(status["rounds"]):
+        if status["state"] == "failed":
+            raise RuntimeError(f"job {job_id} failed: {status.get('error')}")
+        if status["state"] == "finished" and seen == len(status["rounds"]):
             return
         if timeout is not None and time.monotonic() - start > timeout:
             raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f} s")

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from tessera.config import JobConfig
 from tessera.crypto.keys import NodeKeys
 from tessera.errors import ConfigError
@@ -78,6 +80,7 @@ class Deployment:
     tls: bool = True
     db_url: str | None = None
     isolate_network: str = "required"
+    records: str = "table"  # or "xapi": the provider serves a learning-record store
     job: PreparedJob = field(init=False)
     processes: dict[str, Process] = field(default_factory=dict)
     coordinator_url: str = ""
@@ -163,8 +166,6 @@ class Deployment:
         folder = self.out / "provider"
         folder.mkdir(exist_ok=True)
         train_df, _ = split_table(self.config)
-        table = folder / "records.parquet"
-        train_df.to_parquet(table)
         column = self.config.partition.column
         if self.config.partition.scheme != "natural" or column is None:
             raise ConfigError("partition", "a deployment needs a natural partition (a user column)")
@@ -173,17 +174,15 @@ class Deployment:
             name: keys.public.fingerprint
             for name, keys in zip(self.job.node_names, self._node_keys, strict=True)
         }
-        config = {
-            "datasets": [
-                {
-                    "name": PROVIDER_DATASET,
-                    "backend": "table",
-                    "path": str(table),
-                    "user_field": column,
-                }
-            ],
-            "subjects": subjects,
-        }
+        dataset: dict[str, object] = {"name": PROVIDER_DATASET, "user_field": column}
+        if self.records == "xapi":
+            dataset.update(self._statement_store(folder, train_df))
+        elif self.records == "table":
+            train_df.to_parquet(folder / "records.parquet")
+            dataset.update(backend="table", path="records.parquet")
+        else:
+            raise ConfigError("records", f"choose table or xapi, not {self.records!r}")
+        config = {"datasets": [dataset], "subjects": subjects}
         (folder / "provider.json").write_text(json.dumps(config, indent=1))
         ready = self.out / "run" / "provider.url"
         ready.unlink(missing_ok=True)
@@ -201,6 +200,24 @@ class Deployment:
         )
         self.provider_url = wait_for_file(ready, proc)
         return self.provider_url
+
+    def _statement_store(self, folder: Path, train_df: pd.DataFrame) -> dict[str, object]:
+        """Chem97's records as the xAPI statements a learning-record store would hold."""
+        if self.config.data.dataset != "mlmRev/Chem97":
+            raise ConfigError("records", "the xAPI demo store is built from mlmRev/Chem97")
+        from tessera.data.connectors import (
+            CHEM97_EXTRACTION,
+            CHEM97_QUERY,
+            write_chem97_statements,
+        )
+
+        write_chem97_statements(folder / "lrs.jsonl", df=train_df)
+        return {
+            "backend": "xapi",
+            "statements": "lrs.jsonl",
+            "query": CHEM97_QUERY.model_dump(mode="json"),
+            "extraction": CHEM97_EXTRACTION.model_dump(mode="json"),
+        }
 
     def _keys_of(self, i: int) -> NodeKeys:
         path = self.out / "nodes" / f"{i:06d}" / "node.key"

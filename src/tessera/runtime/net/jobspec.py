@@ -20,7 +20,7 @@ from tessera.config import JobConfig, parse_config
 from tessera.crypto.documents import SignedDocument, sign_document, verify_document
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, RemoteProtocolError
-from tessera.ids import JobId
+from tessera.ids import JobId, NodeId
 from tessera.protocol import RoundParams, SecureParams, Strategy
 from tessera.runtime.prepare import round_params_of, secure_params_of, strategy_of
 from tessera.training import ModelSpec, Recipe
@@ -137,6 +137,27 @@ class JobSpec:
         if spec.secure:
             spec.secure_params()  # a secure job must be complete
         return spec
+
+
+def check_tree_feasible(spec: JobSpec, n_nodes: int) -> None:
+    """Refuse a secure job whose tree cannot be built from ``n_nodes`` nodes.
+
+    Dry-runs round 0's derivation on stand-in node ids (no organisations),
+    so the AI provider hears at submission, not when the job would start.
+    """
+    if not spec.secure:
+        return
+    from tessera.protocol import derive_tree, select_cohort
+
+    params = spec.round_params()
+    nodes = [NodeId(f"n{i:06d}") for i in range(n_nodes)]
+    derive_tree(
+        job_id=spec.job_id,
+        round=0,
+        nodes=dict.fromkeys(nodes),
+        contributors=select_cohort(params, nodes, 0),
+        params=spec.secure_params().tree,
+    )
 
 
 def make_job_document(

@@ -21,11 +21,11 @@ from tessera.consent import ConsentError, check_consent
 from tessera.crypto.documents import SignedDocument, verify_document
 from tessera.crypto.envelope import verify_envelope
 from tessera.crypto.keys import NodeKeys, PublicKeys
-from tessera.errors import InvalidEnvelope, RemoteProtocolError
+from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
 from tessera.runtime.net.driver import JobDriver
-from tessera.runtime.net.jobspec import JobSpec
+from tessera.runtime.net.jobspec import JobSpec, check_tree_feasible
 from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
 
 log = logging.getLogger("tessera.coordinator")
@@ -144,6 +144,10 @@ class CoordinatorService:
             spec = JobSpec.from_document(doc)
         except RemoteProtocolError as exc:
             raise Refused(422 if "signature" not in str(exc) else 403, str(exc)) from None
+        try:
+            check_tree_feasible(spec, spec.min_consents)
+        except ConfigError as exc:
+            raise Refused(422, f"with {spec.min_consents} participants: {exc}") from None
         if not self.store.has_artefact(spec.weights_sha256):
             raise Refused(422, f"upload the initial weights {spec.weights_sha256} first")
         try:
@@ -256,8 +260,14 @@ class CoordinatorService:
             self.store.update_job(
                 job_id, state="running", participants=participants, started_at=self.clock()
             )
-            driver = self._driver(self.store.get_job(job_id))
-            driver.start()
+            try:
+                driver = self._driver(self.store.get_job(job_id))
+                driver.start()
+            except ConfigError as exc:  # e.g. no tree fits these participants
+                self.drivers.pop(job_id, None)
+                self.store.update_job(job_id, state="failed", error=str(exc))
+                log.error("%s: cannot start: %s", job_id, exc)
+                return
             driver.run_in_thread()
             log.info("%s: started with %d participants", job_id, len(participants))
 

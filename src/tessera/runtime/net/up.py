@@ -8,6 +8,7 @@ DIR/metrics.json, model.safetensors and curves.png as ``tessera run``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from tessera.config import JobConfig
 from tessera.runtime.net.agent import load_or_create_keys
 from tessera.runtime.net.ai_provider import build_job, fetch_preprocessing, submit, watch
 from tessera.runtime.net.deployment import PROVIDER_DATASET, Deployment
+from tessera.runtime.net.jobspec import JobSpec, check_tree_feasible
 from tessera.runtime.sim.job import BaselineResult, RoundRecord
 from tessera.training import evaluate
 from tessera.weights import Vector
@@ -65,6 +67,9 @@ def run_job(
         min_consents=dep.n_nodes,
         purpose=f"train {cfg.job.name}: {cfg.job.task} of {cfg.data.target}",
     )
+    # The signed job, kept beside the run: what the model's provenance points to.
+    (dep.out / "run" / "job.json").write_text(json.dumps(doc.to_json(), indent=1))
+    check_tree_feasible(JobSpec.from_document(doc), dep.n_nodes)  # before any node starts
     with dep.client() as client:
         job_id = submit(client, doc, weights)["job_id"]
         for i in range(dep.n_nodes):

@@ -1,0 +1,317 @@
+"""A coordinator on a real loopback socket, a tiny job and in-test nodes, for the net tests.
+
+``Harness`` serves ``create_coordinator_app`` over a fresh SQLite file with
+``serve_in_thread`` and can restart it on the same file. ``tiny_job`` is a
+signed plaintext job (a linear model over two encoded features, 12 weights)
+built by the real ``build_job``; nodes are ``NodeKeys`` that register with
+signed registration documents and consent with real receipts. ``Node``
+plays a node agent by hand: it pulls its mailbox with signed requests, opens
+train requests and answers with sealed ``UpdateSubmission`` envelopes.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from tessera.config import JobConfig, parse_config
+from tessera.consent import ConsentTerms, grant_consent
+from tessera.crypto.documents import SignedDocument, sign_document
+from tessera.crypto.envelope import ReplayGuard
+from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.data.prepare import Preprocessor
+from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.protocol.effects import Send
+from tessera.protocol.messages import TrainRequest, UpdateSubmission
+from tessera.runtime.net.ai_provider import build_job
+from tessera.runtime.net.client import CoordinatorClient
+from tessera.runtime.net.coordinator_app import MAX_BODY, create_coordinator_app
+from tessera.runtime.net.jobspec import JobSpec
+from tessera.runtime.net.mail import (
+    WEIGHTS_MEDIA_TYPE,
+    from_envelope,
+    read_weights_artefact,
+    to_envelope,
+)
+from tessera.runtime.net.serve import RunningServer, serve_in_thread
+from tessera.runtime.net.service import REGISTRATION_KIND, CoordinatorService
+from tessera.storage import Store
+
+AI = NodeKeys.from_seed(b"coordinator-kit-ai")
+COORDINATOR_KEYS = NodeKeys.from_seed(b"coordinator-kit-coordinator")
+JOB = "tiny"
+PROVIDER = "https://provider.example"
+PURPOSE = "predict A-level chemistry grades"
+FIELDS = ["gcsescore", "gender"]
+N_WEIGHTS = 12  # linear: 3 inputs (gcsescore, gender one-hot) x 3 grades + 3 biases
+
+
+def tiny_config(name: str = JOB, *, rounds: int = 2) -> JobConfig:
+    """A plaintext job: every consenting node trains every round; rounds wait for all."""
+    return parse_config(
+        {
+            "job": {"name": name, "seed": 3, "task": "classification"},
+            "data": {
+                "source": "csv",
+                "dataset": "records.csv",
+                "target": "score",
+                "features": FIELDS,
+                "categorical": ["gender"],
+            },
+            "partition": {"scheme": "natural", "column": "school"},
+            "model": {"kind": "linear"},
+            "recipe": {"lr": 0.1, "batch_size": 8},
+            "federation": {"rounds": rounds, "fraction": 1.0, "round_timeout": 600.0},
+            "secure": {"enabled": False},
+            "baseline": {"enabled": False},
+        }
+    )
+
+
+def preprocessing() -> dict[str, Any]:
+    """A feature encoding fitted on a handful of rows (no data provider needed)."""
+    frame = pd.DataFrame(
+        {
+            "score": [0, 2, 4, 2, 0, 4],
+            "gcsescore": [5.0, 6.0, 7.0, 6.5, 4.5, 7.5],
+            "gender": ["F", "M", "F", "M", "F", "M"],
+        }
+    )
+    pre = Preprocessor.fit(
+        frame, target="score", features=FIELDS, categorical=["gender"], task="classification"
+    )
+    return pre.to_json()
+
+
+@functools.cache
+def tiny_job(
+    name: str = JOB, *, rounds: int = 2, min_consents: int = 3
+) -> tuple[SignedDocument, bytes]:
+    """The AI provider's signed job document and its initial weights (built once)."""
+    doc, weights = build_job(
+        tiny_config(name, rounds=rounds),
+        AI,
+        provider=PROVIDER,
+        dataset="records",
+        user_field="school",
+        preprocessing=preprocessing(),
+        min_consents=min_consents,
+        purpose=PURPOSE,
+    )
+    assert doc.body["weights"]["length"] == N_WEIGHTS
+    return doc, weights
+
+
+def registration(
+    keys: NodeKeys, node_id: str, *, signer: NodeKeys | None = None, organisation: str | None = None
+) -> SignedDocument:
+    """A node's self-signed registration (as ``NodeAgent.register`` makes it)."""
+    body = {
+        "node_id": node_id,
+        "public_keys": base64.b64encode(keys.public.to_bytes()).decode(),
+        "organisation": organisation,
+        "at": time.time(),
+    }
+    return sign_document(signer or keys, REGISTRATION_KIND, body)
+
+
+def receipt(
+    keys: NodeKeys,
+    user: str,
+    job: SignedDocument,
+    *,
+    issued_at: float | None = None,
+    expires_at: float | None = None,
+    fields: tuple[str, ...] | None = None,
+) -> SignedDocument:
+    """``user``'s consent to ``job``, signed with ``keys`` (valid for a day by default)."""
+    now = time.time()
+    spec = JobSpec.from_document(job)
+    issued = now - 60 if issued_at is None else issued_at
+    terms = ConsentTerms(
+        job_id=spec.job_id,
+        job_digest=job.digest,
+        purpose=spec.purpose,
+        data_categories=spec.data.fields if fields is None else fields,
+        ai_provider=spec.ai_provider.fingerprint,
+        user=user,
+        issued_at=issued,
+        expires_at=issued + 86400 if expires_at is None else expires_at,
+    )
+    return grant_consent(keys, terms)
+
+
+@dataclass
+class Harness:
+    """The coordinator service and its HTTP API on a loopback port, over one SQLite file."""
+
+    db: Path
+    max_body: int = MAX_BODY
+    service: CoordinatorService = field(init=False)
+    server: RunningServer = field(init=False)
+    http: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        store = Store(f"sqlite:///{self.db}")
+        self.service = CoordinatorService(store, COORDINATOR_KEYS)
+        app = create_coordinator_app(self.service, max_body=self.max_body)
+        self.server = serve_in_thread(app)
+        self.http = httpx.Client(base_url=self.server.url, timeout=30)
+
+    def stop(self) -> None:
+        self.http.close()
+        self.server.stop()
+        self.service.store.close()
+
+    def restart(self) -> None:
+        """A new service and app over the same database (a coordinator restart)."""
+        self.stop()
+        self.start()
+
+    def client(self) -> CoordinatorClient:
+        return CoordinatorClient(self.url, patience=5.0, timeout=30.0)
+
+    # -- the parties' requests -------------------------------------------------------
+    def register(self, keys: NodeKeys, node_id: str) -> None:
+        answer = self.http.post("/v1/nodes", json={"document": registration(keys, node_id).to_json()})
+        assert answer.status_code == 201, answer.text
+
+    def submit(self, doc: SignedDocument, weights: bytes) -> None:
+        with self.client() as client:
+            client.put_artefact(weights, WEIGHTS_MEDIA_TYPE)
+            client.submit_job(doc)
+
+    def consent(self, job: SignedDocument, node: Node) -> httpx.Response:
+        node.receipt = receipt(node.keys, node.id, job)
+        return self.http.post(
+            f"/v1/jobs/{job.body['job_id']}/consents", json={"receipt": node.receipt.to_json()}
+        )
+
+    def status(self, job_id: str = JOB) -> dict[str, Any]:
+        answer = self.http.get(f"/v1/jobs/{job_id}")
+        assert answer.status_code == 200, answer.text
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def wait_for(self, what: str, predicate: Any, job_id: str = JOB, timeout: float = 10.0) -> None:
+        end = time.monotonic() + timeout
+        while not predicate(self.status(job_id)):
+            if time.monotonic() > end:
+                raise AssertionError(f"{what}: not within {timeout} s: {self.status(job_id)}")
+            time.sleep(0.02)
+
+    # -- what must not change on a refusal --------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a refused request could have changed, read from the store."""
+        store = self.service.store
+        jobs = {}
+        for job in store.list_jobs():
+            jobs[job.job_id] = {
+                "state": job.state,
+                "digest": job.digest,
+                "participants": job.participants,
+                "current_round": job.current_round,
+                "consents": [
+                    (c.node_id, c.digest, c.revoked_at) for c in store.consents(job.job_id)
+                ],
+                "events": len(store.events(job.job_id)),
+                "rounds": len(store.rounds(job.job_id)),
+            }
+        return {
+            "nodes": sorted((n.node_id, n.public_keys) for n in store.list_nodes()),
+            "jobs": jobs,
+            "last_mail": store.last_message_id(),
+        }
+
+
+@dataclass
+class Node:
+    """A node agent played by hand: keys, mailbox cursor, and what it was asked."""
+
+    id: str
+    keys: NodeKeys
+    receipt: SignedDocument | None = None
+    cursor: int = 0
+    replay: ReplayGuard = field(default_factory=ReplayGuard)
+
+    @classmethod
+    def make(cls, name: str) -> Node:
+        return cls(name, NodeKeys.from_seed(f"coordinator-kit-{name}".encode()))
+
+    def pull(self, harness: Harness, wait: float = 0.0) -> list[bytes]:
+        """New envelopes in this node's mailbox (signed pull, long-polled ``wait`` s)."""
+        with harness.client() as client:
+            items = client.pull_mail(self.id, self.keys, self.cursor, wait)
+        if items:
+            self.cursor = items[-1][0]
+        return [data for _, data in items]
+
+    def train_requests(self, harness: Harness, wait: float = 0.0) -> list[TrainRequest]:
+        """Open every new envelope: only train requests from the coordinator arrive here."""
+        coordinator = harness.service.keys.public
+        out = []
+        with harness.client() as client:
+
+            def weights(sha: str, length: int) -> np.ndarray:
+                return read_weights_artefact(client.get_artefact(sha), sha, length)
+
+            for data in self.pull(harness, wait):
+                event = from_envelope(
+                    data,
+                    me=NodeId(self.id),
+                    job_id=JOB,
+                    keys=self.keys,
+                    directory={COORDINATOR: coordinator},
+                    replay=self.replay,
+                    resolve_weights=weights,
+                )
+                assert event.sender == COORDINATOR
+                assert isinstance(event.message, TrainRequest), event.message
+                out.append(event.message)
+        return out
+
+    def update(
+        self, coordinator: PublicKeys, round: int, *, job_id: str = JOB, value: float = 0.01
+    ) -> bytes:
+        """A sealed plaintext-protocol update for ``round`` (the envelope's bytes)."""
+        message = UpdateSubmission(
+            job_id=JobId(job_id),
+            round=round,
+            delta=np.full(N_WEIGHTS, value, np.float32),
+            num_samples=10,
+            loss=1.0,
+        )
+        out = to_envelope(
+            Send(recipient=COORDINATOR, message=message),
+            sender=NodeId(self.id),
+            job_id=job_id,
+            keys=self.keys,
+            directory={COORDINATOR: coordinator},
+            publish_weights=_no_weights,
+        )
+        return out.data
+
+
+def _no_weights(_: object) -> str:
+    raise AssertionError("nodes publish no weights")
+
+
+def post_mail(harness: Harness, data: bytes) -> httpx.Response:
+    return harness.http.post(
+        "/v1/mail", content=data, headers={"content-type": "application/octet-stream"}
+    )
