@@ -265,8 +265,11 @@ def _up_with_progress(dep: Any, out: Path, *, quiet: bool, tracker: Any) -> tupl
     from tessera.runtime.sim.job import RoundRecord
     from tessera.weights import Vector, save_file
 
+    from tessera.runtime.sim.secure import summarize
+
     done: list[RoundRecord] = []
     metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
+    secure = summarize(dep.job) if dep.config.secure.enabled else None
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -298,12 +301,16 @@ def _up_with_progress(dep: Any, out: Path, *, quiet: bool, tracker: Any) -> tupl
                 status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes",
             )
             digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(weights))
-            running = build_metrics(dep.job, done, baseline, status="running", model_digest=digest)
+            running = build_metrics(
+                dep.job, done, baseline, status="running", model_digest=digest, secure=secure
+            )
             write_json(out / "metrics.json", running)
 
         result = run_job(dep, on_round=on_round, on_started=on_started)
     digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(result.weights))
-    metrics = build_metrics(dep.job, done, baseline, status="finished", model_digest=digest)
+    metrics = build_metrics(
+        dep.job, done, baseline, status="finished", model_digest=digest, secure=secure
+    )
     metrics["deployment"] = {
         "nodes": dep.n_nodes,
         "tls": dep.tls,
@@ -406,3 +413,64 @@ def job_fetch(
         json.dumps({**status, "model_sha256": sha, "job": spec.document.to_json()}, indent=1)
     )
     console.print(f"wrote {out}/model.safetensors (sha256 {sha[:16]}...) and report.json")
+
+
+consent_app = typer.Typer(
+    no_args_is_help=True, help="A user's consent, signed with their node's key."
+)
+app.add_typer(consent_app, name="consent")
+
+
+def _agent(node_id: str, coordinator: str, keys: Path, state: Path, ca: Path | None) -> Any:
+    from tessera.runtime.net.agent import AgentConfig, NodeAgent
+
+    passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
+    return NodeAgent(
+        AgentConfig(
+            node_id=node_id,
+            coordinator=coordinator,
+            keys_path=keys,
+            state_dir=state,
+            passphrase=passphrase.encode() if passphrase else None,
+            verify=_verify(ca),
+        )
+    )
+
+
+@consent_app.command("grant")
+def consent_grant(
+    job_id: str,
+    id: Annotated[str, typer.Option("--id", help="this node's id")],
+    coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    user: Annotated[str, typer.Option(help="the user's id at the data provider")],
+    keys: Annotated[Path, typer.Option(help="the node's key file")] = Path("node.key"),
+    state: Annotated[Path, typer.Option(help="the node's state folder")] = Path("node-state"),
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+) -> None:
+    """Read the job, check it against the node's catalogue, sign and send a receipt."""
+    try:
+        agent = _agent(id, coordinator, keys, state, ca)
+        agent.cfg.subject = user
+        receipt = agent.consent(job_id)
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    console.print(f"consented to {job_id}: receipt {receipt.digest}")
+
+
+@consent_app.command("revoke")
+def consent_revoke(
+    job_id: str,
+    id: Annotated[str, typer.Option("--id", help="this node's id")],
+    coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    keys: Annotated[Path, typer.Option(help="the node's key file")] = Path("node.key"),
+    state: Annotated[Path, typer.Option(help="the node's state folder")] = Path("node-state"),
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+) -> None:
+    """Revoke this user's consent: no training from the next round on, no more records."""
+    try:
+        revocation = _agent(id, coordinator, keys, state, ca).revoke(job_id)
+    except TesseraError as exc:
+        _fail(exc)
+        return
+    console.print(f"revoked consent to {job_id} ({revocation.digest})")

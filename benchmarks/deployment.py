@@ -1,0 +1,790 @@
+"""A real deployment on loopback: mailbox throughput, and secure rounds with N node processes.
+
+    .venv/bin/python benchmarks/deployment.py                 # N = 50, 2,000 envelopes a row
+    .venv/bin/python benchmarks/deployment.py --quick         # N = 20, 400 envelopes a row
+    .venv/bin/python benchmarks/deployment.py --nodes 50 --messages 2000 --size 375000
+    .venv/bin/python benchmarks/deployment.py --db postgresql+psycopg://postgres@127.0.0.1:5432/test
+    .venv/bin/python benchmarks/deployment.py --skip-rounds   # section 1 only
+
+Prints two sections; no targets, every figure is a measurement on this machine.
+
+1. Mailbox throughput through the coordinator, over real loopback HTTP, with
+   TLS off and on. A coordinator (``CoordinatorService`` and
+   ``create_coordinator_app`` served by ``serve_in_thread`` in this process;
+   its store a fresh SQLite file, or a fresh database on the ``--db``
+   PostgreSQL server, created here and dropped afterwards) runs a plaintext
+   job with a very long round timeout, whose N participants registered with
+   signed registrations and consented with signed receipts. Then
+   ``--clients`` sender processes POST ``--messages`` envelopes node -> node
+   (``seal``: signed by the sender, sealed for the recipient, payload of
+   ``--small-size`` or ``--size`` bytes), each sender on its own keep-alive
+   connection; and after all of them are stored, ``--clients`` receiver
+   processes drain every participant's mailbox with
+   ``CoordinatorClient.pull_mail`` (signed requests, ``wait=0``). The
+   envelopes are sealed before the clock starts and the connections opened
+   (TLS handshake done) before it, so the figures are the coordinator's:
+   HTTP, signature check, store commit (SQLite ``synchronous=FULL``) and, for
+   pulls, the query and the msgpack batch. Each receiver opens one envelope
+   per mailbox afterwards, so the bytes are checked to arrive intact. MB/s
+   counts envelope bytes (payload + header + tag + signature), 10^6 bytes.
+   The clients share the machine's cores with the coordinator.
+2. Rounds of a deployment: ``Deployment`` + ``run_job`` on
+   ``examples/chem97.toml`` (one node per school, the first N schools), 2
+   rounds, fraction 1.0, min_participants 1, round_timeout 60, phase_timeout
+   5, no baseline, TLS on: a coordinator, a data provider and N node
+   processes, each node with its sandbox child (which imports torch). Once
+   secure, once plaintext (``secure.enabled = false``). ``prepare s`` is
+   ``Deployment(...)`` (data, keys, certificates); ``services s`` starting
+   coordinator and provider, fetching the encoding and submitting the job;
+   ``start-up s`` from starting the node processes to the job's start (every
+   node up, its sandbox ready, registered and consented: the coordinator's
+   ``started_at``); ``round 0 s`` from the start to round 0's ``closed_at``
+   (it includes each node's first fetch of its records), ``round 1 s`` from
+   there to round 1's ``closed_at`` (the steady state). Memory: every 0.5 s
+   the deployment's process tree (the children of this process and theirs,
+   from /proc) is summed: resident set (VmRSS, which counts shared library
+   pages once per process) and, every 2 s, proportional set (Pss from
+   smaps_rollup, shared pages split); ``MB/node`` is the RSS of the node
+   agents and their sandboxes at the peak over the nodes alive then. A
+   guard stops a run when MemAvailable drops below ``--min-free-gb``; the
+   benchmark then says so and runs the largest N the measured per-node
+   memory allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "tessera" / "examples"
+NODE_PREFIX = "bench-"
+ENVELOPE_KIND = 0x60  # no control kind: the relay stores it for the recipient, unopened
+BARRIER_TIMEOUT_S = 600.0
+MB = 1e6
+GIB = 1 << 30
+
+
+def node_name(i: int) -> str:
+    return f"{NODE_PREFIX}{i:04d}"
+
+
+def node_keys(i: int) -> Any:
+    from tessera.crypto.keys import NodeKeys
+
+    return NodeKeys.from_seed(f"tessera-bench-mail-{i}".encode())
+
+
+# -- databases ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str | None, folder: Path, name: str) -> Iterator[str]:
+    """A URL to an empty store: a new SQLite file, or a new database on ``server_url``."""
+    if server_url is None:
+        yield f"sqlite:///{(folder / f'{name}.db').resolve()}"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    database = f"tessera_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    try:
+        yield server.set(database=database).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def backend_name(server_url: str | None) -> str:
+    return "SQLite file" if server_url is None else "PostgreSQL"
+
+
+# -- 1. mailbox throughput -----------------------------------------------------------------
+
+
+def mailbox_config() -> Any:
+    """Chem97's job as a plaintext job that never times out: the coordinator idles."""
+    from tessera.config import load_config
+
+    cfg = load_config(EXAMPLES / "chem97.toml")
+    return cfg.model_copy(
+        update={
+            "federation": cfg.federation.model_copy(
+                update={"rounds": 1, "fraction": 1.0, "min_participants": 1, "round_timeout": 1e6}
+            ),
+            "secure": cfg.secure.model_copy(update={"enabled": False}),
+            "baseline": cfg.baseline.model_copy(update={"enabled": False}),
+        }
+    )
+
+
+def tiny_preprocessing(cfg: Any) -> dict[str, Any]:
+    """A feature encoding fitted on a few made-up rows (the relay never looks at it)."""
+    import pandas as pd
+
+    from tessera.data.prepare import Preprocessor
+
+    rows = 12
+    df = pd.DataFrame(
+        {
+            "gcsescore": [4.0 + 0.3 * i for i in range(rows)],
+            "gender": ["M", "F"] * (rows // 2),
+            "age": [float(i % 5) for i in range(rows)],
+            "score": [float(2 * (i % 6)) for i in range(rows)],
+        }
+    )
+    d = cfg.data
+    pre = Preprocessor.fit(
+        df, target=d.target, features=d.features, categorical=d.categorical, task=cfg.job.task
+    )
+    return pre.to_json()
+
+
+def start_job(client: Any, n_nodes: int) -> str:
+    """Register N nodes, submit a plaintext job and consent for each: it runs."""
+    from tessera.consent import ConsentTerms, grant_consent
+    from tessera.crypto.documents import sign_document
+    from tessera.crypto.keys import NodeKeys
+    from tessera.runtime.net.ai_provider import build_job, submit
+    from tessera.runtime.net.jobspec import JobSpec
+    from tessera.runtime.net.service import REGISTRATION_KIND
+
+    for i in range(n_nodes):
+        keys = node_keys(i)
+        body = {
+            "node_id": node_name(i),
+            "public_keys": base64.b64encode(keys.public.to_bytes()).decode(),
+            "organisation": None,
+            "at": time.time(),
+        }
+        client.register(sign_document(keys, REGISTRATION_KIND, body))
+    cfg = mailbox_config()
+    doc, weights = build_job(
+        cfg,
+        NodeKeys.from_seed(b"tessera-bench-ai-provider"),
+        provider="https://provider.invalid",
+        dataset="records",
+        user_field="school",
+        preprocessing=tiny_preprocessing(cfg),
+        min_consents=n_nodes,
+        purpose="benchmark the coordinator's mailbox",
+    )
+    job_id: str = submit(client, doc, weights)["job_id"]
+    spec = JobSpec.from_document(doc)
+    now = time.time()
+    for i in range(n_nodes):
+        terms = ConsentTerms(
+            job_id=job_id,
+            job_digest=spec.digest,
+            purpose=spec.purpose,
+            data_categories=spec.data.fields,
+            ai_provider=spec.ai_provider.fingerprint,
+            user=node_name(i),
+            issued_at=now - 60,
+            expires_at=now + 86400,
+        )
+        client.consent(job_id, grant_consent(node_keys(i), terms))
+    end = time.monotonic() + 30
+    while client.status(job_id)["state"] != "running":
+        if time.monotonic() > end:
+            raise RuntimeError(f"job {job_id} did not start: {client.status(job_id)}")
+        time.sleep(0.05)
+    return job_id
+
+
+def address(j: int, n_nodes: int) -> tuple[int, int]:
+    """Envelope j's sender and recipient: every pair of distinct nodes in turn."""
+    sender = j % n_nodes
+    return sender, (sender + 1 + (j // n_nodes) % (n_nodes - 1)) % n_nodes
+
+
+def client_verify(ca: str | None) -> Any:
+    if ca is None:
+        return True
+    from tessera.runtime.net.tls import client_ssl_context
+
+    return client_ssl_context(Path(ca))
+
+
+@dataclass(frozen=True)
+class MailTask:
+    """One sender's or receiver's share of a mailbox row."""
+
+    url: str
+    ca: str | None  # the CA's certificate: TLS
+    job_id: str
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # a sender's (from, to)
+    size: int = 0
+    nodes: list[int] = field(default_factory=list)  # a receiver's mailboxes
+    expected: dict[int, int] = field(default_factory=dict)  # envelopes per mailbox
+    after: int = 0  # the last mail id before the row
+
+
+def sender_worker(task: MailTask, barrier: Any, results: Any) -> None:
+    """Seal every envelope, open the connection, wait for the others, POST them all."""
+    try:
+        from tessera.crypto.envelope import seal
+        from tessera.runtime.net.client import CoordinatorClient
+
+        keys = {i: node_keys(i) for pair in task.pairs for i in pair}
+        payload = os.urandom(task.size)
+        envelopes = [
+            seal(
+                kind=ENVELOPE_KIND,
+                job_id=task.job_id,
+                round=0,
+                sender=node_name(s),
+                recipient=node_name(r),
+                payload=payload,
+                sender_keys=keys[s],
+                recipient_public=keys[r].public,
+            )
+            for s, r in task.pairs
+        ]
+        per_recipient: Counter[int] = Counter()
+        nbytes: Counter[int] = Counter()
+        for (_, r), env in zip(task.pairs, envelopes, strict=True):
+            per_recipient[r] += 1
+            nbytes[r] += len(env)
+        with CoordinatorClient(task.url, verify=client_verify(task.ca), patience=10) as client:
+            client.coordinator_keys()  # the connection (and TLS session) is up before the clock
+            barrier.wait(BARRIER_TIMEOUT_S)
+            t0 = time.monotonic()
+            for env in envelopes:
+                if client.post_mail(env) is None:
+                    raise RuntimeError("the coordinator took an envelope for a replay")
+            t1 = time.monotonic()
+        results.put(("ok", {"t0": t0, "t1": t1, "count": per_recipient, "bytes": nbytes}))
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+        barrier.abort()
+
+
+def receiver_worker(task: MailTask, barrier: Any, results: Any) -> None:
+    """Drain each node's mailbox (signed pulls) until it holds what was sent to it."""
+    try:
+        from tessera.crypto.envelope import open_envelope, peek
+        from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
+        from tessera.runtime.net.client import CoordinatorClient
+
+        keys = {i: node_keys(i) for i in task.nodes}
+        count: Counter[int] = Counter()
+        nbytes: Counter[int] = Counter()
+        first: dict[int, bytes] = {}
+        pulls = 0
+        with CoordinatorClient(task.url, verify=client_verify(task.ca), patience=10) as client:
+            client.coordinator_keys()
+            barrier.wait(BARRIER_TIMEOUT_S)
+            t0 = time.monotonic()
+            for i in task.nodes:
+                cursor = task.after
+                while count[i] < task.expected.get(i, 0):
+                    items = client.pull_mail(node_name(i), keys[i], cursor, 0.0)
+                    pulls += 1
+                    if not items:
+                        raise RuntimeError(f"{node_name(i)}: mailbox empty at {count[i]}")
+                    for mail_id, data in items:
+                        first.setdefault(i, data)
+                        count[i] += 1
+                        nbytes[i] += len(data)
+                        cursor = mail_id
+            t1 = time.monotonic()
+        for i, data in first.items():  # after the clock: the bytes arrived intact
+            sender = int(peek(data).sender.removeprefix(NODE_PREFIX))
+            env = open_envelope(
+                data,
+                recipient_keys=keys[i],
+                sender_public=node_keys(sender).public,
+                expect_job=task.job_id,
+                expect_round=0,
+                expect_recipient=node_name(i),
+                max_bytes=MAX_ENVELOPE_BYTES,
+                replay=None,
+            )
+            assert env.kind == ENVELOPE_KIND
+        results.put(("ok", {"t0": t0, "t1": t1, "count": count, "bytes": nbytes, "pulls": pulls}))
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+        barrier.abort()
+
+
+def run_workers(target: Callable[..., None], tasks: list[MailTask]) -> list[dict[str, Any]]:
+    """One spawned process per job, released together by a barrier; their reports."""
+    ctx = mp.get_context("spawn")  # this process serves HTTP from threads: never fork it
+    barrier = ctx.Barrier(len(tasks) + 1)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(task, barrier, results)) for task in tasks]
+    for p in procs:
+        p.start()
+    try:
+        # A worker that failed before the start breaks the barrier; its report says why.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(BARRIER_TIMEOUT_S)
+        reports = []
+        for _ in procs:
+            status, value = results.get(timeout=BARRIER_TIMEOUT_S)
+            if status != "ok":
+                raise RuntimeError(f"a {target.__name__} failed:\n{value}")
+            reports.append(value)
+        return reports
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+@dataclass
+class MailRow:
+    tls: bool
+    payload: int
+    envelope: int
+    messages: int
+    post_s: float
+    pull_s: float
+    pulls: int
+
+    def rate(self, seconds: float) -> tuple[float, float]:
+        return self.messages / seconds, self.messages * self.envelope / seconds / MB
+
+
+def mailbox_row(
+    *, tls: bool, size: int, messages: int, n_nodes: int, clients: int, db: str, folder: Path
+) -> MailRow:
+    from tessera.runtime.net.client import CoordinatorClient
+    from tessera.runtime.net.coordinator_app import create_coordinator_app
+    from tessera.runtime.net.serve import serve_in_thread
+    from tessera.runtime.net.service import CoordinatorService
+    from tessera.runtime.net.tls import make_local_pki
+    from tessera.storage import Store
+
+    ca, cert = None, None
+    if tls:
+        pki = make_local_pki(folder / "pki", services=("coordinator",), overwrite=True)
+        ca, cert = str(pki.ca.cert), pki.services["coordinator"]
+    from tessera.crypto.keys import NodeKeys
+
+    store = Store(db)
+    service = CoordinatorService(store, NodeKeys.from_seed(b"tessera-bench-coordinator"))
+    try:
+        with serve_in_thread(create_coordinator_app(service), ssl=cert) as server:
+            with CoordinatorClient(server.url, verify=client_verify(ca)) as client:
+                job_id = start_job(client, n_nodes)
+            after = store.last_message_id()  # the job's train requests are older
+            pairs = [address(j, n_nodes) for j in range(messages)]
+            sent = run_workers(
+                sender_worker,
+                [
+                    MailTask(server.url, ca, job_id, pairs=pairs[w::clients], size=size)
+                    for w in range(clients)
+                ],
+            )
+            expected = sum((r["count"] for r in sent), Counter())
+            expected_bytes = sum((r["bytes"] for r in sent), Counter())
+            groups = [list(range(n_nodes))[w::clients] for w in range(clients)]
+            got = run_workers(
+                receiver_worker,
+                [
+                    MailTask(server.url, ca, job_id, nodes=g, expected=dict(expected), after=after)
+                    for g in groups
+                ],
+            )
+        if sum((r["bytes"] for r in got), Counter()) != expected_bytes:
+            raise RuntimeError("the mailboxes did not return exactly what was posted")
+    finally:
+        store.close()
+    envelope = round(sum(expected_bytes.values()) / messages)
+    return MailRow(
+        tls=tls,
+        payload=size,
+        envelope=envelope,
+        messages=messages,
+        post_s=max(r["t1"] for r in sent) - min(r["t0"] for r in sent),
+        pull_s=max(r["t1"] for r in got) - min(r["t0"] for r in got),
+        pulls=sum(r["pulls"] for r in got),
+    )
+
+
+def section_mailbox(args: argparse.Namespace, folder: Path) -> None:
+    print(
+        f"\n1. Mailbox through the coordinator: {args.nodes} participants, "
+        f"{backend_name(args.db)}, {args.clients} sender then {args.clients} receiver "
+        "processes, envelopes sealed before the clock"
+    )
+    head = (
+        f"{'TLS':>4} {'payload B':>10} {'envelope B':>11} {'messages':>9} "
+        f"{'post msg/s':>11} {'post MB/s':>10} {'pull msg/s':>11} {'pull MB/s':>10} "
+        f"{'pulls':>6} {'post s':>7} {'pull s':>7}"
+    )
+    print(head)
+    rows: dict[tuple[int, bool], MailRow] = {}
+    for size in (args.small_size, args.size):
+        for tls in (False, True):
+            name = f"mail-{size}-{'tls' if tls else 'plain'}"
+            with fresh_database(args.db, folder, name) as db:
+                row = mailbox_row(
+                    tls=tls,
+                    size=size,
+                    messages=args.messages,
+                    n_nodes=args.nodes,
+                    clients=args.clients,
+                    db=db,
+                    folder=folder / name,
+                )
+            rows[size, tls] = row
+            post, pull = row.rate(row.post_s), row.rate(row.pull_s)
+            print(
+                f"{'on' if tls else 'off':>4} {size:>10,} {row.envelope:>11,} {row.messages:>9,} "
+                f"{post[0]:>11,.0f} {post[1]:>10,.1f} {pull[0]:>11,.0f} {pull[1]:>10,.1f} "
+                f"{row.pulls:>6,} {row.post_s:>7.2f} {row.pull_s:>7.2f}",
+                flush=True,
+            )
+    for size in (args.small_size, args.size):
+        on, off = rows[size, True], rows[size, False]
+        print(
+            f"     TLS on / off at {size:,} B: post {off.post_s / on.post_s:.2f}x, "
+            f"pull {off.pull_s / on.pull_s:.2f}x the throughput"
+        )
+
+
+# -- 2. rounds of a deployment ---------------------------------------------------------
+
+
+def rounds_config(secure: bool) -> Any:
+    from tessera.config import load_config
+
+    cfg = load_config(EXAMPLES / "chem97.toml")
+    return cfg.model_copy(
+        update={
+            "federation": cfg.federation.model_copy(
+                update={"rounds": 2, "fraction": 1.0, "min_participants": 1, "round_timeout": 60.0}
+            ),
+            "secure": cfg.secure.model_copy(update={"enabled": secure, "phase_timeout": 5.0}),
+            "baseline": cfg.baseline.model_copy(update={"enabled": False}),
+        }
+    )
+
+
+def _proc_children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        kids[ppid].append(int(entry.name))
+    return kids
+
+
+def _proc_field(path: str, name: bytes) -> int:
+    """A ``Name:  <n> kB`` field of a /proc file, in bytes (0 when gone or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(name):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tree(kids: dict[int, list[int]], root: int) -> list[int]:
+    out, todo = [], list(kids.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, ()))
+    return out
+
+
+@dataclass
+class MemorySampler:
+    """Samples this process's descendants every ``period`` s in a thread; see the module doc."""
+
+    min_free: float  # bytes of MemAvailable below which ``tripped`` is set
+    period: float = 0.5
+    pss_every: int = 4
+    peak_rss: int = 0
+    peak_pss: int = 0
+    peak_node_rss: int = 0
+    nodes_at_peak: int = 0
+    available_start: int = 0
+    available_min: int = 0
+    tripped: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _kinds: dict[int, str] = field(default_factory=dict)
+
+    def __enter__(self) -> MemorySampler:
+        self.available_start = self.available_min = _proc_field("/proc/meminfo", b"MemAvailable:")
+        self._thread = threading.Thread(target=self._loop, name="memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def per_node(self) -> float:
+        return self.peak_node_rss / self.nodes_at_peak if self.nodes_at_peak else math.nan
+
+    def _kind(self, pid: int) -> str:
+        if pid not in self._kinds:
+            self._kinds[pid] = "node" if "tessera.cli node" in _cmdline(pid) else "other"
+        return self._kinds[pid]
+
+    def _loop(self) -> None:
+        me, tick = os.getpid(), 0
+        while not self._stop.wait(self.period):
+            kids = _proc_children()
+            rss = nodes_rss = nodes = 0
+            for child in kids.get(me, ()):
+                tree = [child, *_tree(kids, child)]
+                size = sum(_proc_field(f"/proc/{p}/status", b"VmRSS:") for p in tree)
+                rss += size
+                if self._kind(child) == "node":
+                    nodes_rss += size
+                    nodes += 1
+            if rss > self.peak_rss:
+                self.peak_rss, self.peak_node_rss, self.nodes_at_peak = rss, nodes_rss, nodes
+            if tick % self.pss_every == 0:
+                pss = sum(_proc_field(f"/proc/{p}/smaps_rollup", b"Pss:") for p in _tree(kids, me))
+                self.peak_pss = max(self.peak_pss, pss)
+            tick += 1
+            available = _proc_field("/proc/meminfo", b"MemAvailable:")
+            self.available_min = min(self.available_min, available)
+            if available < self.min_free:
+                self.tripped.set()
+
+
+@dataclass
+class RoundsRow:
+    mode: str
+    nodes: int
+    prepare_s: float = math.nan
+    services_s: float = math.nan
+    startup_s: float = math.nan
+    round_s: list[float] = field(default_factory=list)
+    participants: list[int] = field(default_factory=list)
+    peak_rss: int = 0
+    peak_pss: int = 0
+    per_node: float = math.nan
+    total_s: float = math.nan
+    error: str | None = None
+    out_of_memory: bool = False
+    tracebacks: int = 0
+    available_start: int = 0
+    available_min: int = 0
+
+
+def watch_run(dep: Any, memory: MemorySampler, timeout: float) -> dict[str, Any]:
+    """``run_job`` in a thread, stopped early when memory runs short; what came of it."""
+    from tessera.runtime.net.up import run_job
+
+    got: dict[str, Any] = {"services": time.time()}
+
+    def started(_job_id: str) -> None:
+        got["nodes"] = time.time()
+
+    def target() -> None:
+        try:
+            got["result"] = run_job(dep, on_started=started, timeout=timeout)
+        except BaseException:
+            got["error"] = traceback.format_exc()
+
+    worker = threading.Thread(target=target, name="run_job", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.5)
+            if memory.tripped.is_set():
+                got["out_of_memory"] = True
+                break
+    finally:
+        dep.close()  # when stopped early, the watcher then fails on its own
+        worker.join(30)
+        dep.close()  # anything it started meanwhile
+    return got
+
+
+def run_deployment(
+    secure: bool, n_nodes: int, db_server: str | None, folder: Path, args: argparse.Namespace
+) -> RoundsRow:
+    from tessera.runtime.net.deployment import Deployment
+    from tessera.storage import Store
+
+    mode = "secure" if secure else "plaintext"
+    row = RoundsRow(mode, n_nodes)
+    out = folder / f"up-{mode}-{n_nodes}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.monotonic()
+    with (
+        fresh_database(db_server, folder, f"up-{mode}-{n_nodes}") as db,
+        MemorySampler(min_free=args.min_free_gb * GIB) as memory,
+    ):
+        dep = Deployment(rounds_config(secure), n_nodes, out, tls=True, db_url=db)
+        row.prepare_s = time.monotonic() - t0
+        got = watch_run(dep, memory, args.run_timeout)
+        row.total_s = time.monotonic() - t0
+        row.peak_rss, row.peak_pss = memory.peak_rss, memory.peak_pss
+        row.per_node = memory.per_node()
+        row.available_start, row.available_min = memory.available_start, memory.available_min
+        row.tracebacks = sum(
+            p.log.read_text(errors="replace").count("Traceback") for p in dep.processes.values()
+        )
+        if got.get("out_of_memory"):
+            row.out_of_memory = True
+            row.error = f"stopped: MemAvailable fell below {args.min_free_gb} GiB"
+            return row
+        result = got.get("result")
+        if result is None:
+            row.error = str(got.get("error", "run_job did not return")).strip()
+            return row
+        with Store(str(dep.db_url)) as store:
+            job = store.get_job(result.job_id)
+            closed = [r.closed_at for r in store.rounds(result.job_id)]
+        assert job.started_at is not None
+        row.services_s = got["nodes"] - got["services"]
+        row.startup_s = job.started_at - got["nodes"]
+        row.round_s = [b - a for a, b in zip([job.started_at, *closed], closed, strict=False)]
+        row.participants = [r.participants for r in result.rounds]
+    return row
+
+
+def fitting_nodes(row: RoundsRow, margin: float) -> int:
+    """The most nodes the memory the stopped run measured leaves room for."""
+    per_node = (row.available_start - row.available_min) / max(1, row.nodes)
+    if not math.isfinite(row.per_node) or row.per_node <= 0:
+        per_node = max(per_node, 1.0)
+    else:
+        per_node = max(per_node, row.per_node * 0.5)
+    return max(1, int((row.available_start - margin) / per_node))
+
+
+def print_rounds(rows: list[RoundsRow]) -> None:
+    head = (
+        f"{'mode':>10} {'nodes':>6} {'prepare s':>10} {'services s':>11} {'start-up s':>11} "
+        f"{'round 0 s':>10} {'round 1 s':>10} {'particip.':>10} {'peak RSS GiB':>13} "
+        f"{'peak PSS GiB':>13} {'MB/node':>8} {'total s':>8}"
+    )
+    print(head)
+    for r in rows:
+        rounds = [*r.round_s, math.nan, math.nan][:2]
+        parts = "/".join(str(p) for p in r.participants) or "-"
+        print(
+            f"{r.mode:>10} {r.nodes:>6} {r.prepare_s:>10.1f} {r.services_s:>11.1f} "
+            f"{r.startup_s:>11.1f} {rounds[0]:>10.2f} {rounds[1]:>10.2f} {parts:>10} "
+            f"{r.peak_rss / GIB:>13.2f} {r.peak_pss / GIB:>13.2f} {r.per_node / MB:>8.0f} "
+            f"{r.total_s:>8.0f}",
+            flush=True,
+        )
+        if r.tracebacks:
+            print(f"{'':>10} {r.tracebacks} Traceback(s) in the processes' logs")
+        if r.error:
+            print(f"{'':>10} {r.error.splitlines()[-1]}")
+
+
+def section_rounds(args: argparse.Namespace, folder: Path) -> None:
+    print(
+        f"\n2. Rounds of a deployment: Chem97 schools, N node processes (+ sandboxes), "
+        f"coordinator and provider, TLS, {backend_name(args.db)}; "
+        f"{os.cpu_count()} cores, {_proc_field('/proc/meminfo', b'MemTotal:') / GIB:.1f} GiB"
+    )
+    n = args.nodes
+    rows: list[RoundsRow] = []
+    secure = run_deployment(True, n, args.db, folder, args)
+    rows.append(secure)
+    if secure.out_of_memory:
+        print_rounds(rows)
+        n = min(n - 1, fitting_nodes(secure, args.min_free_gb * GIB + GIB))
+        print(
+            f"{'':>10} {args.nodes} nodes do not fit: node + sandbox RSS "
+            f"{secure.per_node / MB:.0f} MB each, MemAvailable {secure.available_start / GIB:.1f}"
+            f" -> {secure.available_min / GIB:.1f} GiB; running {n} nodes instead",
+            flush=True,
+        )
+        secure = run_deployment(True, n, args.db, folder, args)
+        rows.append(secure)
+    plain = run_deployment(False, n, args.db, folder, args)
+    rows.append(plain)
+    print_rounds(rows)
+    if len(secure.round_s) == 2 and len(plain.round_s) == 2:
+        ratio = [s / p for s, p in zip(secure.round_s, plain.round_s, strict=True)]
+        print(
+            f"secure / plaintext at N = {n}: round 0 {ratio[0]:.2f}x, "
+            f"round 1 (steady state) {ratio[1]:.2f}x; start-up "
+            f"{secure.startup_s / plain.startup_s:.2f}x"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="N = 20, 400 envelopes a row")
+    ap.add_argument("--nodes", type=int, help="participants and node processes (50; quick 20)")
+    ap.add_argument("--messages", type=int, help="envelopes per mailbox row (2,000; quick 400)")
+    ap.add_argument("--size", type=int, default=375_000, help="model-size payload, bytes")
+    ap.add_argument("--small-size", type=int, default=1_000, help="small payload, bytes")
+    ap.add_argument("--clients", type=int, default=4, help="sender and receiver processes")
+    ap.add_argument("--db", help="a PostgreSQL server URL (a database is made and dropped)")
+    ap.add_argument("--min-free-gb", type=float, default=1.0, help="memory guard of section 2")
+    ap.add_argument("--run-timeout", type=float, default=1800.0, help="seconds per deployment")
+    ap.add_argument("--skip-mailbox", action="store_true")
+    ap.add_argument("--skip-rounds", action="store_true")
+    args = ap.parse_args()
+    args.nodes = args.nodes or (20 if args.quick else 50)
+    args.messages = args.messages or (400 if args.quick else 2000)
+    if args.nodes < 2:
+        ap.error("--nodes must be at least 2")
+    t0 = time.monotonic()
+    load = os.getloadavg()
+    print(
+        f"tessera deployment benchmark: python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+        f"load average {load[0]:.1f} at the start"
+    )
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
+        folder = Path(tmp)
+        if not args.skip_mailbox:
+            section_mailbox(args, folder)
+        if not args.skip_rounds:
+            section_rounds(args, folder)
+    print(f"\nbenchmark wall time {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

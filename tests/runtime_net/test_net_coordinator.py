@@ -1,0 +1,586 @@
+"""The coordinator over a real loopback socket: every refusal is a 4xx that says why.
+
+A ``CoordinatorService`` over a SQLite file is served by ``serve_in_thread``
+and spoken to with httpx and ``CoordinatorClient``, as node agents and AI
+providers do. Every bad input (malformed, forged, replayed, expired,
+revoked, out of place) must be answered with its 4xx status and a ``detail``
+naming the fault, and must change nothing in the store. A real plaintext
+job is then run by hand-played nodes: consent starts it, a revocation
+takes the user out from the next round on, and a restart on the same
+database resumes it mid-round.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+
+from tessera.consent import revoke_consent
+from tessera.crypto.documents import SignedDocument, sign_document
+from tessera.crypto.keys import NodeKeys
+from tessera.ids import COORDINATOR
+from tessera.runtime.net.auth import sign_request
+
+from .coordinator_kit import (
+    AI,
+    JOB,
+    Harness,
+    Node,
+    post_mail,
+    receipt,
+    registration,
+    tiny_job,
+)
+
+NAMES = ("node-a", "node-b", "node-c", "node-d")
+
+
+@pytest.fixture
+def coord(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path / "coordinator.db")
+    yield harness
+    harness.stop()
+
+
+@pytest.fixture
+def nodes() -> dict[str, Node]:
+    return {name: Node.make(name) for name in NAMES}
+
+
+@pytest.fixture
+def job(coord: Harness, nodes: dict[str, Node]) -> SignedDocument:
+    """The tiny job submitted (waiting for 3 consents) and four nodes registered."""
+    for node in nodes.values():
+        coord.register(node.keys, node.id)
+    doc, weights = tiny_job()
+    coord.submit(doc, weights)
+    return doc
+
+
+@pytest.fixture
+def running(coord: Harness, nodes: dict[str, Node], job: SignedDocument) -> SignedDocument:
+    """The tiny job started by the consents of nodes a, b and c (d stays out)."""
+    for name in ("node-a", "node-b", "node-c"):
+        assert coord.consent(job, nodes[name]).status_code == 201
+    assert coord.status()["state"] == "running"
+    return job
+
+
+def refused(
+    coord: Harness, answer: httpx.Response, status: int, detail: str, before: dict[str, Any]
+) -> None:
+    """``answer`` is ``status`` with ``detail`` in its reason, and the store did not change."""
+    assert answer.status_code == status, answer.text
+    reason = answer.json()["detail"]
+    text = reason if isinstance(reason, str) else " ".join(e["msg"] for e in reason)
+    assert detail in text, text
+    assert coord.snapshot() == before
+
+
+def wait_for_events(coord: Harness, count: int, timeout: float = 10.0) -> None:
+    """Until the job's driver has logged ``count`` events (it consumes mail in a thread)."""
+    end = time.monotonic() + timeout
+    while len(coord.service.store.events(JOB)) < count:
+        assert time.monotonic() < end, f"fewer than {count} events logged"
+        time.sleep(0.01)
+
+
+# -- malformed and oversized requests -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/nodes", b'{"document": {"kind": "registration",'),
+        ("/v1/jobs", b"not json at all"),
+        (f"/v1/jobs/{JOB}/consents", b'{"receipt": }'),
+        (f"/v1/jobs/{JOB}/revocations", b"\xff\xfe"),
+    ],
+)
+def test_malformed_json_is_refused(
+    coord: Harness, job: SignedDocument, path: str, body: bytes
+) -> None:
+    before = coord.snapshot()
+    answer = coord.http.post(path, content=body, headers={"content-type": "application/json"})
+    refused(coord, answer, 422, "JSON decode error", before)
+
+
+def test_wrong_json_shapes_are_refused(coord: Harness, nodes: dict[str, Node]) -> None:
+    keys = nodes["node-a"].keys
+    good = registration(keys, "node-a").to_json()
+    before = coord.snapshot()
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"doc": good}, 422, "Field required"),
+        ({"document": good, "extra": 1}, 422, "Extra inputs are not permitted"),
+        ({"document": {**good, "signature": 7}}, 422, "Input should be a valid string"),
+        ({"document": {**good, "body": []}}, 422, "Input should be a valid dictionary"),
+        ({"document": {**good, "signer": "not base64!"}}, 400, "not base64"),
+        ({"document": {**good, "kind": "job"}}, 403, "expected a 'registration' document"),
+        (
+            {"document": sign_document(keys, "registration", {"node_id": ""}).to_json()},
+            400,
+            "1-64 character id",
+        ),
+        (
+            {"document": registration(keys, COORDINATOR).to_json()},
+            400,
+            "1-64 character id",
+        ),
+    ]
+    for body, status, detail in cases:
+        refused(coord, coord.http.post("/v1/nodes", json=body), status, detail, before)
+    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": [1, 2]})
+    refused(coord, answer, 422, "valid dictionary", before)
+
+
+def test_oversized_bodies_are_refused_with_413(tmp_path: Path, nodes: dict[str, Node]) -> None:
+    small = Harness(tmp_path / "small.db", max_body=2048)
+    try:
+        node = nodes["node-a"]
+        before = small.snapshot()
+        big = sign_document(
+            node.keys,
+            "registration",
+            {
+                "node_id": node.id,
+                "public_keys": base64.b64encode(node.keys.public.to_bytes()).decode(),
+                "organisation": "x" * 4000,
+            },
+        )
+        answer = small.http.post("/v1/nodes", json={"document": big.to_json()})
+        refused(small, answer, 413, "request body exceeds 2048 bytes", before)
+        answer = post_mail(small, b"\0" * 5000)
+        refused(small, answer, 413, "request body exceeds 2048 bytes", before)
+        answer = small.http.put(f"/v1/artefacts/{'0' * 64}", content=b"w" * 3000)
+        refused(small, answer, 413, "request body exceeds 2048 bytes", before)
+        # A streamed (chunked) body is counted as it arrives, with no length declared.
+        chunks = iter([b"\0" * 1500, b"\0" * 1500])
+        with pytest.raises(httpx.HTTPError):  # 413, or the connection closed on us
+            answer = small.http.post("/v1/mail", content=chunks)
+            assert answer.status_code == 413
+            answer.raise_for_status()
+        assert small.snapshot() == before
+        small.register(node.keys, node.id)  # a small body still goes through
+    finally:
+        small.stop()
+
+
+# -- unknown jobs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/jobs/nope"),
+        ("GET", "/v1/jobs/nope/document"),
+        ("GET", "/v1/jobs/nope/participants"),
+        ("POST", "/v1/jobs/nope/consents"),
+        ("POST", "/v1/jobs/nope/revocations"),
+    ],
+)
+def test_unknown_job_is_404(
+    coord: Harness, nodes: dict[str, Node], job: SignedDocument, method: str, path: str
+) -> None:
+    node = nodes["node-a"]
+    rec = receipt(node.keys, node.id, job)
+    body = {
+        "receipt": rec.to_json(),
+        "revocation": revoke_consent(node.keys, receipt=rec, at=time.time()).to_json(),
+    }
+    if path.endswith("consents"):
+        del body["revocation"]
+    before = coord.snapshot()
+    answer = coord.http.request(method, path, json=body if method == "POST" else None)
+    refused(coord, answer, 404, "unknown job 'nope'", before)
+
+
+def test_mail_for_an_unknown_job_is_404(coord: Harness, nodes: dict[str, Node], running: Any) -> None:
+    before = coord.snapshot()
+    data = nodes["node-a"].update(coord.service.keys.public, 0, job_id="nope")
+    refused(coord, post_mail(coord, data), 404, "unknown job 'nope'", before)
+
+
+def test_unknown_node_and_artefact_are_404(coord: Harness) -> None:
+    before = coord.snapshot()
+    refused(coord, coord.http.get("/v1/nodes/nobody"), 404, "unknown node 'nobody'", before)
+    answer = coord.http.get(f"/v1/artefacts/{'ab' * 32}")
+    refused(coord, answer, 404, f"no artefact {'ab' * 32}", before)
+    answer = coord.http.get("/v1/artefacts/NOT-A-HASH")
+    refused(coord, answer, 400, "lowercase hex SHA-256", before)
+    answer = coord.http.put(f"/v1/artefacts/{'ab' * 32}", content=b"other bytes")
+    refused(coord, answer, 400, "does not hash to the artefact's name", before)
+
+
+# -- forged and tampered documents ----------------------------------------------------------
+
+
+def test_registrations_must_be_signed_by_the_keys_they_register(
+    coord: Harness, nodes: dict[str, Node]
+) -> None:
+    a, b = nodes["node-a"], nodes["node-b"]
+    before = coord.snapshot()
+    other = registration(a.keys, a.id, signer=b.keys)  # a's keys, b's signature
+    answer = coord.http.post("/v1/nodes", json={"document": other.to_json()})
+    refused(coord, answer, 403, "signed by the keys it registers", before)
+
+    tampered = registration(a.keys, a.id).to_json()
+    tampered["body"]["organisation"] = "someone else's"
+    answer = coord.http.post("/v1/nodes", json={"document": tampered})
+    refused(coord, answer, 403, "registration: bad signature", before)
+
+    coord.register(a.keys, a.id)
+    before = coord.snapshot()
+    answer = coord.http.post("/v1/nodes", json={"document": registration(b.keys, a.id).to_json()})
+    refused(coord, answer, 409, "node id 'node-a' is taken by other keys", before)
+    coord.register(a.keys, a.id)  # the same keys again: idempotent
+    assert coord.snapshot() == before
+
+
+def test_job_documents_are_checked(coord: Harness) -> None:
+    doc, weights = tiny_job()
+    before = coord.snapshot()
+    answer = coord.http.post("/v1/jobs", json={"document": doc.to_json()})
+    refused(coord, answer, 422, f"upload the initial weights {doc.body['weights']['sha256']}", before)
+    coord.http.put(f"/v1/artefacts/{doc.body['weights']['sha256']}", content=weights)
+    before = coord.snapshot()
+
+    tampered = doc.to_json()
+    tampered["body"]["purpose"] = "something else entirely"
+    answer = coord.http.post("/v1/jobs", json={"document": tampered})
+    refused(coord, answer, 403, "job: bad signature", before)
+
+    impostor = sign_document(NodeKeys.from_seed(b"impostor"), "job", doc.body)
+    answer = coord.http.post("/v1/jobs", json={"document": impostor.to_json()})
+    refused(coord, answer, 422, "not signed by its AI provider", before)
+
+    secure = {**doc.body, "config": {**doc.body["config"], "secure": {"enabled": True}}}
+    answer = coord.http.post("/v1/jobs", json={"document": sign_document(AI, "job", secure).to_json()})
+    refused(coord, answer, 422, "recipe.clip_norm", before)
+
+    coord.submit(doc, weights)
+    before = coord.snapshot()
+    coord.submit(doc, weights)  # the same document again: idempotent
+    assert coord.snapshot() == before
+    changed = sign_document(AI, "job", {**doc.body, "purpose": "another purpose"})
+    answer = coord.http.post("/v1/jobs", json={"document": changed.to_json()})
+    refused(coord, answer, 409, f"job {JOB!r} exists with another document", before)
+
+
+def test_consent_receipts_are_checked(
+    coord: Harness, nodes: dict[str, Node], job: SignedDocument
+) -> None:
+    a, b = nodes["node-a"], nodes["node-b"]
+    before = coord.snapshot()
+    url = f"/v1/jobs/{JOB}/consents"
+
+    def post(doc: SignedDocument | dict[str, Any]) -> httpx.Response:
+        body = doc if isinstance(doc, dict) else doc.to_json()
+        return coord.http.post(url, json={"receipt": body})
+
+    forged = receipt(b.keys, a.id, job)  # names a, signed by b
+    refused(coord, post(forged), 403, "not signed by the node key of user 'node-a'", before)
+    stranger = receipt(NodeKeys.from_seed(b"stranger"), "stranger", job)
+    refused(coord, post(stranger), 403, "the receipt's user is not a registered node", before)
+    tampered = receipt(a.keys, a.id, job).to_json()
+    tampered["body"]["expires_at"] += 10 * 86400
+    refused(coord, post(tampered), 403, "consent: bad signature", before)
+    other_job, _ = tiny_job("other-job")
+    refused(coord, post(receipt(a.keys, a.id, other_job)), 403, "consent is for job", before)
+    narrow = receipt(a.keys, a.id, job, fields=("score",))
+    refused(coord, post(narrow), 403, "not covered by consent", before)
+    wrong_kind = sign_document(a.keys, "revocation", receipt(a.keys, a.id, job).body)
+    refused(coord, post(wrong_kind), 403, "expected a 'consent' document", before)
+
+
+def test_expired_and_future_consents_are_403(
+    coord: Harness, nodes: dict[str, Node], job: SignedDocument
+) -> None:
+    a = nodes["node-a"]
+    now = time.time()
+    before = coord.snapshot()
+    expired = receipt(a.keys, a.id, job, issued_at=now - 2 * 86400, expires_at=now - 86400)
+    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": expired.to_json()})
+    refused(coord, answer, 403, "consent expired at", before)
+    future = receipt(a.keys, a.id, job, issued_at=now + 3600)
+    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": future.to_json()})
+    refused(coord, answer, 403, "consent is not valid yet", before)
+    assert coord.status()["valid_consents"] == 0
+
+
+# -- envelopes at the door -----------------------------------------------------------------
+
+
+def test_tampered_envelopes_are_refused(
+    coord: Harness, nodes: dict[str, Node], running: Any
+) -> None:
+    a = nodes["node-a"]
+    data = a.update(coord.service.keys.public, 0)
+    before = coord.snapshot()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01  # inside the sealed payload: the signature breaks
+    refused(coord, post_mail(coord, bytes(flipped)), 403, "bad signature", before)
+    flipped = bytearray(data)
+    flipped[-1] ^= 0x80  # the signature itself
+    refused(coord, post_mail(coord, bytes(flipped)), 403, "bad signature", before)
+    refused(coord, post_mail(coord, b"XSR" + data[3:]), 400, "bad magic", before)
+    refused(coord, post_mail(coord, data[:-70]), 400, "truncated", before)
+    refused(coord, post_mail(coord, data + b"\0"), 400, "trailing bytes", before)
+    refused(coord, post_mail(coord, b""), 400, "truncated", before)
+    # Re-signed by another node's keys under a's name: refused as a forgery.
+    forged = Node("node-a", nodes["node-b"].keys).update(coord.service.keys.public, 0)
+    refused(coord, post_mail(coord, forged), 403, "bad signature", before)
+    # A sender the coordinator never registered.
+    ghost = Node.make("ghost").update(coord.service.keys.public, 0)
+    refused(coord, post_mail(coord, ghost), 400, "unknown sender", before)
+    # The genuine envelope is taken.
+    assert post_mail(coord, data).status_code == 202
+
+
+def test_a_replayed_envelope_is_409(coord: Harness, nodes: dict[str, Node], running: Any) -> None:
+    data = nodes["node-a"].update(coord.service.keys.public, 0)
+    first = post_mail(coord, data)
+    assert first.status_code == 202, first.text
+    wait_for_events(coord, 2)  # the start, then a's update
+    before = coord.snapshot()
+    refused(coord, post_mail(coord, data), 409, "replayed", before)
+    with coord.client() as client:
+        assert client.post_mail(data) is None  # the client treats it as already delivered
+    assert coord.snapshot() == before
+
+
+def test_mail_out_of_place_is_refused(
+    coord: Harness, nodes: dict[str, Node], job: SignedDocument
+) -> None:
+    coordinator = coord.service.keys.public
+    a, d = nodes["node-a"], nodes["node-d"]
+    before = coord.snapshot()
+    refused(coord, post_mail(coord, a.update(coordinator, 0)), 409, "is not running", before)
+    for name in ("node-a", "node-b", "node-c"):
+        assert coord.consent(job, nodes[name]).status_code == 201
+    before = coord.snapshot()
+    answer = post_mail(coord, d.update(coordinator, 0))  # d never consented
+    refused(coord, answer, 403, f"node-d is not a participant of {JOB}", before)
+
+    from tessera.crypto.envelope import seal
+
+    to_d = seal(
+        kind=200,
+        job_id=JOB,
+        round=0,
+        sender="node-a",
+        recipient="node-d",
+        payload=b"hello",
+        sender_keys=a.keys,
+    )
+    refused(coord, post_mail(coord, to_d), 400, f"node-d is not a participant of {JOB}", before)
+
+
+# -- signed mailbox pulls ------------------------------------------------------------------
+
+
+def test_mail_pulls_need_a_fresh_signature_of_the_node(
+    coord: Harness, nodes: dict[str, Node], running: Any
+) -> None:
+    a, b = nodes["node-a"], nodes["node-b"]
+    path = "/v1/mail?after=0&wait=0"
+    now = time.time()
+    cases: list[tuple[dict[str, str], str]] = [
+        ({}, "sign this request"),
+        (sign_request(b.keys, a.id, "GET", path, now), "request: bad signature"),
+        (sign_request(a.keys, a.id, "GET", path, now - 3600), "too far from the server's clock"),
+        (sign_request(a.keys, a.id, "GET", path, now + 3600), "too far from the server's clock"),
+        (sign_request(a.keys, a.id, "GET", "/v1/mail?after=5&wait=0", now), "bad signature"),
+        (sign_request(a.keys, a.id, "POST", path, now), "bad signature"),
+        (sign_request(a.keys, "nobody", "GET", path, now), "unknown node 'nobody'"),
+        (
+            {**sign_request(a.keys, a.id, "GET", path, now), "x-tessera-time": "soon"},
+            "malformed request time or signature",
+        ),
+        (
+            {**sign_request(a.keys, a.id, "GET", path, now), "x-tessera-signature": "%%"},
+            "malformed request time or signature",
+        ),
+        (
+            {**sign_request(a.keys, a.id, "GET", path, now), "x-tessera-time": "nan"},
+            "too far from the server's clock",
+        ),
+    ]
+    before = coord.snapshot()
+    for headers, detail in cases:
+        refused(coord, coord.http.get(path, headers=headers), 401, detail, before)
+    # Nothing was drained: the node's own signed pull still finds its train request.
+    answer = coord.http.get(path, headers=sign_request(a.keys, a.id, "GET", path, time.time()))
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/msgpack"
+    [[mail_id, _]] = msgpack.unpackb(answer.content)
+    assert mail_id > 0
+    [request] = a.train_requests(coord)
+    assert request.round == 0
+
+
+# -- consent, start, revocation -------------------------------------------------------------
+
+
+def test_the_job_starts_at_min_consents_with_the_consenting_nodes(
+    coord: Harness, nodes: dict[str, Node], job: SignedDocument
+) -> None:
+    for name in ("node-d", "node-b"):
+        assert coord.consent(job, nodes[name]).status_code == 201
+    status = coord.status()
+    assert (status["state"], status["valid_consents"], status["participants"]) == (
+        "waiting",
+        2,
+        None,
+    )
+    before = coord.snapshot()
+    answer = coord.http.get(f"/v1/jobs/{JOB}/participants")
+    refused(coord, answer, 409, "has not started: its participants are not fixed", before)
+    again = coord.http.post(
+        f"/v1/jobs/{JOB}/consents", json={"receipt": nodes["node-b"].receipt.to_json()}
+    )
+    assert again.status_code == 201  # a repeat is a no-op
+    assert coord.snapshot() == before
+
+    assert coord.consent(job, nodes["node-a"]).status_code == 201
+    status = coord.status()
+    assert status["state"] == "running"
+    assert status["participants"] == ["node-a", "node-b", "node-d"]  # sorted, c left out
+    assert status["current_round"] == 0
+    listing = coord.http.get(f"/v1/jobs/{JOB}/participants").json()
+    assert [p["node_id"] for p in listing["participants"]] == ["node-a", "node-b", "node-d"]
+    for entry in listing["participants"]:
+        assert SignedDocument.from_json(entry["consent"]) == nodes[entry["node_id"]].receipt
+    assert listing["coordinator"] == base64.b64encode(
+        coord.service.keys.public.to_bytes()
+    ).decode()
+    # A late consent is recorded but the participants stay fixed.
+    assert coord.consent(job, nodes["node-c"]).status_code == 201
+    assert coord.status()["participants"] == ["node-a", "node-b", "node-d"]
+    assert nodes["node-c"].pull(coord) == []
+
+
+def test_revocations_are_checked_and_count(
+    coord: Harness, nodes: dict[str, Node], job: SignedDocument
+) -> None:
+    a, b, c, d = (nodes[n] for n in NAMES)
+    url = f"/v1/jobs/{JOB}/revocations"
+    for node in (a, b):
+        assert coord.consent(job, node).status_code == 201
+    assert a.receipt is not None
+    assert b.receipt is not None
+
+    def revoke(revocation: SignedDocument, rec: SignedDocument) -> httpx.Response:
+        return coord.http.post(
+            url, json={"revocation": revocation.to_json(), "receipt": rec.to_json()}
+        )
+
+    before = coord.snapshot()
+    by_b = sign_document(b.keys, "revocation", revoke_consent(a.keys, receipt=a.receipt, at=0).body)
+    answer = revoke(by_b, a.receipt)
+    refused(coord, answer, 403, "a revocation must be signed by the user who consented", before)
+    of_b = revoke_consent(b.keys, receipt=b.receipt, at=time.time())
+    answer = revoke(of_b, a.receipt)  # b's revocation, a's receipt
+    refused(coord, answer, 403, "a revocation must be signed by the user who consented", before)
+    later = revoke_consent(a.keys, receipt=a.receipt, at=time.time() + 3600)
+    refused(coord, revoke(later, a.receipt), 400, "does not revoke that receipt", before)
+    other = receipt(a.keys, a.id, job)  # another receipt of a's, never sent
+    stray = revoke_consent(a.keys, receipt=other, at=time.time())
+    refused(coord, revoke(stray, a.receipt), 400, "does not revoke that receipt", before)
+    unsent = receipt(c.keys, c.id, job)
+    answer = revoke(revoke_consent(c.keys, receipt=unsent, at=time.time()), unsent)
+    refused(coord, answer, 404, "node-c has no consent for tiny", before)
+
+    answer = revoke(revoke_consent(a.keys, receipt=a.receipt, at=time.time()), a.receipt)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"job_id": JOB, "user": "node-a", "revoked": True}
+    assert coord.status()["valid_consents"] == 1
+    # The revoked receipt sent again does not count again.
+    coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": a.receipt.to_json()})
+    assert coord.status()["valid_consents"] == 1
+    # Two more consents reach the minimum: the revoked user is not a participant.
+    for node in (c, d):
+        assert coord.consent(job, node).status_code == 201
+    status = coord.status()
+    assert (status["state"], status["participants"]) == ("running", ["node-b", "node-c", "node-d"])
+
+
+def test_a_revoked_user_is_not_asked_from_the_next_round_on(
+    coord: Harness, nodes: dict[str, Node], running: SignedDocument
+) -> None:
+    a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
+    coordinator = coord.service.keys.public
+    for node in (a, b, c):
+        [request] = node.train_requests(coord)
+        assert request.round == 0
+        assert request.weights.shape == (12,)
+    assert c.receipt is not None
+    revocation = revoke_consent(c.keys, receipt=c.receipt, at=time.time())
+    with coord.client() as client:
+        client.revoke(JOB, revocation, c.receipt)
+    assert coord.status()["valid_consents"] == 2
+    assert coord.status()["current_round"] == 0  # round 0 goes on with c
+
+    for node in (a, b, c):
+        assert post_mail(coord, node.update(coordinator, 0)).status_code == 202
+    coord.wait_for("round 0 closed", lambda s: len(s["rounds"]) == 1)
+    [round0] = coord.status()["rounds"]
+    assert round0["included"] == ["node-a", "node-b", "node-c"]  # c's round-0 update counts
+    assert round0["selected"] == 3
+
+    for node in (a, b):
+        [request] = node.train_requests(coord, wait=10)
+        assert request.round == 1
+    assert c.pull(coord) == []  # c is asked no more
+    # c may still post (it is a participant of the job), but the round does not take it.
+    assert post_mail(coord, c.update(coordinator, 1)).status_code == 202
+    coord.wait_for("c refused", lambda s: any("node-c was not selected" in r for r in s["refused"]))
+
+    for node in (a, b):
+        assert post_mail(coord, node.update(coordinator, 1)).status_code == 202
+    coord.wait_for("job finished", lambda s: s["state"] == "finished")
+    status = coord.status()
+    round1 = status["rounds"][1]
+    assert round1["included"] == ["node-a", "node-b"]
+    assert (round1["selected"], round1["participants"]) == (2, 2)
+    assert status["final_weights"] == round1["weights"]
+    assert status["participants"] == ["node-a", "node-b", "node-c"]  # fixed at the start
+    assert c.pull(coord) == []
+
+
+def test_a_restarted_coordinator_resumes_the_job_mid_round(
+    coord: Harness, nodes: dict[str, Node], running: SignedDocument
+) -> None:
+    a, b, c = nodes["node-a"], nodes["node-b"], nodes["node-c"]
+    coordinator = coord.service.keys.public
+    for node in (a, b, c):
+        [request] = node.train_requests(coord)
+        assert request.round == 0
+    first = a.update(coordinator, 0)
+    assert post_mail(coord, first).status_code == 202
+    old_url = coord.url
+
+    coord.restart()  # a new service and app over the same SQLite file
+    assert coord.url != old_url
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{old_url}/v1/health")
+    status = coord.status()
+    assert (status["state"], status["current_round"], status["rounds"]) == ("running", 0, [])
+    assert status["participants"] == ["node-a", "node-b", "node-c"]
+
+    for node in (b, c):
+        assert post_mail(coord, node.update(coordinator, 0)).status_code == 202
+    coord.wait_for("round 0 closed", lambda s: s["current_round"] == 1)
+    [round0] = coord.status()["rounds"]
+    assert round0["included"] == ["node-a", "node-b", "node-c"]  # a's pre-restart update too
+    before = coord.snapshot()
+    refused(coord, post_mail(coord, first), 409, "replayed", before)  # across the restart too
+    for node in (a, b, c):
+        [request] = node.train_requests(coord, wait=10)
+        assert request.round == 1
