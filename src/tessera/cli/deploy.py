@@ -263,9 +263,8 @@ def _up_with_progress(dep: Any, out: Path, *, quiet: bool, tracker: Any) -> tupl
     from tessera.reports import build_metrics, plot_curves, write_json
     from tessera.runtime.net.up import baseline_of, run_job
     from tessera.runtime.sim.job import RoundRecord
-    from tessera.weights import Vector, save_file
-
     from tessera.runtime.sim.secure import summarize
+    from tessera.weights import Vector, save_file
 
     done: list[RoundRecord] = []
     metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
