@@ -426,6 +426,38 @@ def mailbox_row(
     )
 
 
+@contextlib.contextmanager
+def tcp_nodelay(enabled: bool) -> Iterator[None]:
+    """Listen on a socket made with proto IPPROTO_TCP (this process only, for comparison).
+
+    ``serve._bind`` makes its socket with proto 0; asyncio then skips TCP_NODELAY on
+    the accepted connections (``_set_nodelay`` checks ``proto == IPPROTO_TCP``), so
+    a response's body, written after its headers, waits for the client's delayed ACK.
+    """
+    if not enabled:
+        yield
+        return
+    import socket
+
+    from tessera.runtime.net import serve
+
+    original = serve._bind
+
+    def bind(host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.set_inheritable(True)
+        return sock
+
+    serve._bind = bind
+    try:
+        yield
+    finally:
+        serve._bind = original
+
+
 def section_mailbox(args: argparse.Namespace, folder: Path) -> None:
     print(
         f"\n1. Mailbox through the coordinator: {args.nodes} participants, "
@@ -433,16 +465,19 @@ def section_mailbox(args: argparse.Namespace, folder: Path) -> None:
         "processes, envelopes sealed before the clock"
     )
     head = (
-        f"{'TLS':>4} {'payload B':>10} {'envelope B':>11} {'messages':>9} "
+        f"{'server':>8} {'TLS':>4} {'payload B':>10} {'envelope B':>11} {'messages':>9} "
         f"{'post msg/s':>11} {'post MB/s':>10} {'pull msg/s':>11} {'pull MB/s':>10} "
         f"{'pulls':>6} {'post s':>7} {'pull s':>7}"
     )
     print(head)
-    rows: dict[tuple[int, bool], MailRow] = {}
+    variants = [(False, False), (True, False)]
+    if not args.no_nodelay_rows:
+        variants += [(False, True), (True, True)]
+    rows: dict[tuple[int, bool, bool], MailRow] = {}
     for size in (args.small_size, args.size):
-        for tls in (False, True):
-            name = f"mail-{size}-{'tls' if tls else 'plain'}"
-            with fresh_database(args.db, folder, name) as db:
+        for tls, nodelay in variants:
+            name = f"mail-{size}-{'tls' if tls else 'plain'}-{'nodelay' if nodelay else 'asis'}"
+            with fresh_database(args.db, folder, name) as db, tcp_nodelay(nodelay):
                 row = mailbox_row(
                     tls=tls,
                     size=size,
@@ -452,20 +487,35 @@ def section_mailbox(args: argparse.Namespace, folder: Path) -> None:
                     db=db,
                     folder=folder / name,
                 )
-            rows[size, tls] = row
+            rows[size, tls, nodelay] = row
             post, pull = row.rate(row.post_s), row.rate(row.pull_s)
             print(
-                f"{'on' if tls else 'off':>4} {size:>10,} {row.envelope:>11,} {row.messages:>9,} "
+                f"{'nodelay*' if nodelay else 'as is':>8} {'on' if tls else 'off':>4} "
+                f"{size:>10,} {row.envelope:>11,} {row.messages:>9,} "
                 f"{post[0]:>11,.0f} {post[1]:>10,.1f} {pull[0]:>11,.0f} {pull[1]:>10,.1f} "
                 f"{row.pulls:>6,} {row.post_s:>7.2f} {row.pull_s:>7.2f}",
                 flush=True,
             )
     for size in (args.small_size, args.size):
-        on, off = rows[size, True], rows[size, False]
+        on, off = rows[size, True, False], rows[size, False, False]
         print(
-            f"     TLS on / off at {size:,} B: post {off.post_s / on.post_s:.2f}x, "
-            f"pull {off.pull_s / on.pull_s:.2f}x the throughput"
+            f"TLS on / off at {size:,} B, as is: {off.post_s / on.post_s:.2f}x the post "
+            f"throughput, {off.pull_s / on.pull_s:.2f}x the pull throughput"
         )
+    if not args.no_nodelay_rows:
+        print(
+            "* nodelay: this process's server listens on a socket made with proto IPPROTO_TCP "
+            "(serve._bind patched here, not in src), so asyncio sets TCP_NODELAY on each "
+            "connection; as is, each response's body waits for the client's delayed ACK"
+        )
+        for size in (args.small_size, args.size):
+            for tls in (False, True):
+                fix, asis = rows[size, tls, True], rows[size, tls, False]
+                print(
+                    f"nodelay / as is at {size:,} B, TLS {'on' if tls else 'off'}: "
+                    f"{asis.post_s / fix.post_s:.2f}x the post throughput, "
+                    f"{asis.pull_s / fix.pull_s:.2f}x the pull throughput"
+                )
 
 
 # -- 2. rounds of a deployment ---------------------------------------------------------
@@ -764,6 +814,9 @@ def main() -> None:
     ap.add_argument("--db", help="a PostgreSQL server URL (a database is made and dropped)")
     ap.add_argument("--min-free-gb", type=float, default=1.0, help="memory guard of section 2")
     ap.add_argument("--run-timeout", type=float, default=1800.0, help="seconds per deployment")
+    ap.add_argument(
+        "--no-nodelay-rows", action="store_true", help="leave out the patched TCP_NODELAY rows"
+    )
     ap.add_argument("--skip-mailbox", action="store_true")
     ap.add_argument("--skip-rounds", action="store_true")
     args = ap.parse_args()

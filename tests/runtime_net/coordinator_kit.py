@@ -188,7 +188,9 @@ class Harness:
 
     # -- the parties' requests -------------------------------------------------------
     def register(self, keys: NodeKeys, node_id: str) -> None:
-        answer = self.http.post("/v1/nodes", json={"document": registration(keys, node_id).to_json()})
+        answer = self.http.post(
+            "/v1/nodes", json={"document": registration(keys, node_id).to_json()}
+        )
         assert answer.status_code == 201, answer.text
 
     def submit(self, doc: SignedDocument, weights: bytes) -> None:

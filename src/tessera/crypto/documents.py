@@ -84,7 +84,11 @@ class SignedDocument:
             raise RemoteProtocolError(
                 f"document signer or signature is not base64: {exc}"
             ) from None
-        if len(canonical_json(body)) > MAX_DOCUMENT_BYTES:
+        try:
+            size = len(canonical_json(body))
+        except ValueError:  # NaN, Infinity or out-of-range floats: not JSON
+            raise RemoteProtocolError("document body holds a number JSON cannot carry") from None
+        if size > MAX_DOCUMENT_BYTES:
             raise RemoteProtocolError("document body is too large")
         return cls(kind=kind, body=body, signer=signer, signature=signature)
 

@@ -34,6 +34,29 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BINARY = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 }
+_WHY = {
+    400: "Malformed input: a body that does not parse, a bad envelope or document",
+    401: "The mailbox pull is not signed by the node (or its time is off)",
+    403: "A signature that does not hold, or a consent that does not allow it",
+    404: "No such job, node or artefact",
+    409: "Conflicts with what the coordinator holds: taken, replayed, not started",
+    413: "The request body is larger than the coordinator takes",
+    422: "The request does not fit its schema, or a signed document its rules",
+}
+
+
+class Refusal(BaseModel):
+    """Why a request was refused (a list of field errors for a schema mismatch)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The 4xx answers a route gives, for the OpenAPI description."""
+    return {code: {"model": Refusal, "description": _WHY[code]} for code in codes}
+
+
+_DOCUMENT_POST = _refusals(400, 403, 404, 413, 422)
 
 
 class Document(BaseModel):
@@ -104,12 +127,12 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
             "fingerprint": keys.fingerprint,
         }
 
-    @app.post("/v1/nodes", status_code=201)
+    @app.post("/v1/nodes", status_code=201, responses=_refusals(400, 403, 409, 413, 422))
     def register(body: Registration) -> dict[str, Any]:
         """Register a node's public keys (self-signed registration document)."""
         return service.register(body.document.model_dump())
 
-    @app.get("/v1/nodes/{node_id}")
+    @app.get("/v1/nodes/{node_id}", responses=_refusals(404))
     def node(node_id: str) -> dict[str, Any]:
         try:
             record = service.store.get_node(node_id)
@@ -121,7 +144,12 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
             "registration": record.document,
         }
 
-    @app.put("/v1/artefacts/{sha256}", status_code=201, openapi_extra={"requestBody": _BINARY})
+    @app.put(
+        "/v1/artefacts/{sha256}",
+        status_code=201,
+        openapi_extra={"requestBody": _BINARY},
+        responses=_refusals(400, 413),
+    )
     async def put_artefact(sha256: str, request: Request) -> dict[str, str]:
         """Store a content-addressed artefact; the body must hash to ``sha256``."""
         if not _SHA256.match(sha256):
@@ -133,7 +161,11 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         await run_in_threadpool(service.store.put_artefact, data, media)
         return {"sha256": sha256}
 
-    @app.get("/v1/artefacts/{sha256}", response_class=Response)
+    @app.get(
+        "/v1/artefacts/{sha256}",
+        response_class=Response,
+        responses={200: {"description": "The artefact's bytes", **_BINARY}, **_refusals(400, 404)},
+    )
     def get_artefact(sha256: str) -> Response:
         if not _SHA256.match(sha256):
             raise Refused(400, "artefacts are named by a lowercase hex SHA-256")
@@ -143,7 +175,7 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
             raise Refused(404, f"no artefact {sha256}") from None
         return Response(data, media_type="application/octet-stream")
 
-    @app.post("/v1/jobs", status_code=201)
+    @app.post("/v1/jobs", status_code=201, responses=_refusals(400, 403, 409, 413, 422))
     def submit(body: JobSubmission) -> dict[str, Any]:
         """Submit a job signed by its AI provider (the initial weights uploaded first)."""
         return service.submit(body.document.model_dump())
@@ -155,36 +187,51 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
             for j in service.store.list_jobs()
         ]
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", responses=_refusals(404))
     def status(job_id: str) -> dict[str, Any]:
         return service.status(job_id)
 
-    @app.get("/v1/jobs/{job_id}/document")
+    @app.get("/v1/jobs/{job_id}/document", responses=_refusals(404))
     def document(job_id: str) -> dict[str, Any]:
         return service.job(job_id).document
 
-    @app.get("/v1/jobs/{job_id}/participants")
+    @app.get("/v1/jobs/{job_id}/participants", responses=_refusals(404, 409))
     def participants(job_id: str) -> dict[str, Any]:
         """Who takes part (fixed at the start): registrations and consent receipts."""
         return service.participants(job_id)
 
-    @app.post("/v1/jobs/{job_id}/consents", status_code=201)
+    @app.post("/v1/jobs/{job_id}/consents", status_code=201, responses=_DOCUMENT_POST)
     def consent(job_id: str, body: ConsentSubmission) -> dict[str, Any]:
         return service.consent(job_id, body.receipt.model_dump())
 
-    @app.post("/v1/jobs/{job_id}/revocations")
+    @app.post("/v1/jobs/{job_id}/revocations", responses=_DOCUMENT_POST)
     def revoke(job_id: str, body: RevocationSubmission) -> dict[str, Any]:
         """Revoke a consent: the user's node is not asked to train from the next round on."""
         return service.revoke(job_id, body.revocation.model_dump(), body.receipt.model_dump())
 
-    @app.post("/v1/mail", status_code=202, openapi_extra={"requestBody": _BINARY})
+    @app.post(
+        "/v1/mail",
+        status_code=202,
+        openapi_extra={"requestBody": _BINARY},
+        responses=_refusals(400, 403, 404, 409, 413),
+    )
     async def post_mail(request: Request) -> dict[str, int]:
         """Store a signed envelope for its recipient (checked, never opened)."""
         data = await request.body()
         mail_id = await run_in_threadpool(service.post_mail, data)
         return {"id": mail_id}
 
-    @app.get("/v1/mail", response_class=Response)
+    @app.get(
+        "/v1/mail",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "A msgpack list of [id, envelope bytes] pairs",
+                "content": {"application/msgpack": {"schema": {"type": "string"}}},
+            },
+            **_refusals(401, 422),
+        },
+    )
     async def pull_mail(
         request: Request,
         after: int = Query(0, ge=0, le=2**62),

@@ -249,6 +249,7 @@ class JobDriver:
         elif isinstance(effect, JobFinished):
             sha = self._publish(effect.weights, step)
             step.job_update = {
+                **(step.job_update or {}),  # keep the last round's current_round
                 "state": "finished",
                 "final_weights": sha,
                 "finished_at": self.clock(),

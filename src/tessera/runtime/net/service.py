@@ -21,11 +21,12 @@ from tessera.consent import ConsentError, check_consent
 from tessera.crypto.documents import SignedDocument, verify_document
 from tessera.crypto.envelope import verify_envelope
 from tessera.crypto.keys import NodeKeys, PublicKeys
-from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError
+from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
 from tessera.runtime.net.driver import JobDriver
 from tessera.runtime.net.jobspec import JobSpec, check_tree_feasible
+from tessera.runtime.net.mail import read_weights_artefact
 from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
 
 log = logging.getLogger("tessera.coordinator")
@@ -74,7 +75,7 @@ class MailSignal:
 def parse_document(value: object, what: str) -> SignedDocument:
     try:
         return SignedDocument.from_json(value)
-    except RemoteProtocolError as exc:
+    except (RemoteProtocolError, ValueError) as exc:  # ValueError: NaN or infinity in the body
         raise Refused(400, f"{what}: {exc}") from None
 
 
@@ -94,13 +95,20 @@ class CoordinatorService:
     def resume(self) -> None:
         """Restart the drivers of every running job, from their event logs."""
         for job in self.store.list_jobs():
-            if job.state == "running":
+            if job.state != "running":
+                continue
+            try:
                 driver = self._driver(job)
                 replayed = driver.recover()
-                log.info("%s: resumed after %d logged events", job.job_id, replayed)
                 if replayed == 0:
                     driver.start()
-                driver.run_in_thread()
+            except (TesseraError, RuntimeError) as exc:  # one bad job never stops the others
+                self.drivers.pop(job.job_id, None)
+                self.store.update_job(job.job_id, state="failed", error=f"cannot resume: {exc}")
+                log.error("%s: cannot resume: %s", job.job_id, exc)
+                continue
+            log.info("%s: resumed after %d logged events", job.job_id, replayed)
+            driver.run_in_thread()
 
     def close(self) -> None:
         for driver in self.drivers.values():
@@ -148,8 +156,14 @@ class CoordinatorService:
             check_tree_feasible(spec, spec.min_consents)
         except ConfigError as exc:
             raise Refused(422, f"with {spec.min_consents} participants: {exc}") from None
-        if not self.store.has_artefact(spec.weights_sha256):
-            raise Refused(422, f"upload the initial weights {spec.weights_sha256} first")
+        try:
+            read_weights_artefact(
+                self.store.get_artefact(spec.weights_sha256), spec.weights_sha256, spec.n_weights
+            )
+        except NotFound:
+            raise Refused(422, f"upload the initial weights {spec.weights_sha256} first") from None
+        except RemoteProtocolError as exc:
+            raise Refused(422, f"initial weights: {exc}") from None
         try:
             self.store.add_job(spec.job_id, doc.digest, doc.to_json(), spec.min_consents)
         except Conflict:
@@ -204,6 +218,10 @@ class CoordinatorService:
             )
         except ConsentError as exc:
             raise Refused(403, str(exc)) from None
+        if any(
+            c.digest == doc.digest and c.revoked_at is not None for c in self.store.consents(job_id)
+        ):
+            raise Refused(403, "consent revoked: this receipt was withdrawn by its user")
         self.store.add_consent(job_id, user, doc.digest, doc.to_json(), terms.expires_at)
         self._start_if_ready(job_id)
         return {"job_id": job_id, "user": user, "receipt": doc.digest}
@@ -258,12 +276,16 @@ class CoordinatorService:
             if len(participants) < job.min_consents:
                 return
             self.store.update_job(
-                job_id, state="running", participants=participants, started_at=self.clock()
+                job_id,
+                state="running",
+                participants=participants,
+                started_at=self.clock(),
+                current_round=0,
             )
             try:
                 driver = self._driver(self.store.get_job(job_id))
                 driver.start()
-            except ConfigError as exc:  # e.g. no tree fits these participants
+            except (ConfigError, RemoteProtocolError) as exc:  # no tree fits; weights don't
                 self.drivers.pop(job_id, None)
                 self.store.update_job(job_id, state="failed", error=str(exc))
                 log.error("%s: cannot start: %s", job_id, exc)

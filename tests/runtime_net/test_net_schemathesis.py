@@ -1,0 +1,141 @@
+"""Fuzz the coordinator's OpenAPI description against a live server (schemathesis).
+
+A coordinator on a loopback socket holds one submitted job and four
+registered nodes, so some paths lead somewhere. Schemathesis reads
+``/openapi.json`` from it and, for every operation, sends generated
+requests (valid by the schema, then invalid), once with generated path
+parameters and once aimed at the job, node and artefact that exist. No
+input may cause a server error; every answer must be one the description
+declares, in the declared media type and shape; invalid input must be
+refused; and nothing generated changes the store (none of it is a validly
+signed document).
+
+Each operation gets its own Hypothesis run inside one test: schemathesis'
+pytest wrapper (``schemathesis.pytest.from_fixture``, needed to load the
+schema from a server started by a fixture) relies on ``Function._nodeid``,
+which pytest 9 no longer has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Err
+from schemathesis.errors import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from .coordinator_kit import JOB, Harness, Node, tiny_job
+
+Operation = schemathesis.APIOperation[Any, Any, Any, Any]
+
+EXAMPLES = 25  # per operation, mode and target: the file runs in about 20 s
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+# Only query parameters and JSON bodies can be made invalid (path ids are any string).
+NEGATABLE = {
+    "POST /v1/nodes",
+    "POST /v1/jobs",
+    "POST /v1/jobs/{job_id}/consents",
+    "POST /v1/jobs/{job_id}/revocations",
+    "GET /v1/mail",
+}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    harness = Harness(Path(tmp_path_factory.mktemp("fuzz")) / "coordinator.db")
+    try:
+        for name in ("node-a", "node-b", "node-c", "node-d"):
+            node = Node.make(name)
+            harness.register(node.keys, node.id)
+        harness.submit(*tiny_job())
+        yield harness
+    finally:
+        harness.stop()
+
+
+@pytest.fixture(scope="module")
+def api(live: Harness) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{live.url}/openapi.json")
+
+
+def operations_of(api: schemathesis.BaseSchema) -> list[Operation]:
+    out = []
+    for result in api.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()  # the description itself is broken
+        out.append(result.ok())
+    return out
+
+
+def has_json_body(operation: Operation) -> bool:
+    return any(body.media_type == "application/json" for body in operation.body)
+
+
+def fuzz(operation: Operation, mode: GenerationMode, known: dict[str, str] | None) -> str | None:
+    """Run one operation's generated cases; the failure report, or None."""
+    strategy = operation.as_strategy(mode, path_parameters=known)
+
+    @given(case=strategy)
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: schemathesis.Case[Any]) -> None:
+        case.call_and_validate(checks=CHECKS)
+
+    try:
+        run()
+    except (Exception, FailureGroup) as exc:  # FailureGroup is a BaseExceptionGroup
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_input_breaks_the_api_or_its_description(
+    api: schemathesis.BaseSchema, live: Harness, mode: GenerationMode
+) -> None:
+    doc, _ = tiny_job()
+    existing = {"job_id": JOB, "node_id": "node-a", "sha256": doc.body["weights"]["sha256"]}
+    before = live.snapshot()
+    operations = operations_of(api)
+    assert len(operations) == 15
+    if mode is GenerationMode.NEGATIVE:
+        operations = [op for op in operations if len(op.query) or has_json_body(op)]
+        assert {op.label for op in operations} == NEGATABLE
+
+    failures: dict[str, str] = {}
+    for operation in operations:
+        names = [parameter.name for parameter in operation.path_parameters]
+        targets: list[dict[str, str] | None] = [None]
+        if names:
+            targets.append({name: existing[name] for name in names})
+        for known in targets:
+            report = fuzz(operation, mode, known)
+            if report is not None:
+                failures[f"{operation.label} {known or ''}"] = report
+
+    assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
+    assert live.snapshot() == before
