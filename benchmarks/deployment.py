@@ -27,7 +27,12 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    pulls, the query and the msgpack batch. Each receiver opens one envelope
    per mailbox afterwards, so the bytes are checked to arrive intact. MB/s
    counts envelope bytes (payload + header + tag + signature), 10^6 bytes.
-   The clients share the machine's cores with the coordinator.
+   The clients share the machine's cores with the coordinator. Rows
+   ``nodelay*`` (``--no-nodelay-rows`` to leave out) serve the same app from
+   a listening socket made with proto ``IPPROTO_TCP`` (``serve._bind``
+   patched in this process only): asyncio then sets TCP_NODELAY on each
+   accepted connection, which it skips for ``serve._bind``'s proto-0 socket,
+   where every response body waits for the client's delayed ACK (~40 ms).
 2. Rounds of a deployment: ``Deployment`` + ``run_job`` on
    ``examples/chem97.toml`` (one node per school, the first N schools), 2
    rounds, fraction 1.0, min_participants 1, round_timeout 60, phase_timeout
@@ -44,11 +49,11 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    the deployment's process tree (the children of this process and theirs,
    from /proc) is summed: resident set (VmRSS, which counts shared library
    pages once per process) and, every 2 s, proportional set (Pss from
-   smaps_rollup, shared pages split); ``MB/node`` is the RSS of the node
-   agents and their sandboxes at the peak over the nodes alive then. A
-   guard stops a run when MemAvailable drops below ``--min-free-gb``; the
-   benchmark then says so and runs the largest N the measured per-node
-   memory allows.
+   smaps_rollup, shared pages split); ``RSS MB/node`` and ``PSS MB/node``
+   are those of the node agents and their sandboxes at the peak, over the
+   nodes alive then. A guard stops a run when MemAvailable drops below
+   ``--min-free-gb``; the benchmark then says so and runs the largest N the
+   measured per-node memory allows.
 """
 
 from __future__ import annotations
@@ -97,7 +102,12 @@ def node_keys(i: int) -> Any:
 def fresh_database(server_url: str | None, folder: Path, name: str) -> Iterator[str]:
     """A URL to an empty store: a new SQLite file, or a new database on ``server_url``."""
     if server_url is None:
-        yield f"sqlite:///{(folder / f'{name}.db').resolve()}"
+        path = (folder / f"{name}.db").resolve()
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -591,6 +601,8 @@ class MemorySampler:
     peak_pss: int = 0
     peak_node_rss: int = 0
     nodes_at_peak: int = 0
+    peak_node_pss: int = 0
+    nodes_at_pss_peak: int = 0
     available_start: int = 0
     available_min: int = 0
     tripped: threading.Event = field(default_factory=threading.Event)
@@ -617,6 +629,21 @@ class MemorySampler:
             self._kinds[pid] = "node" if "tessera.cli node" in _cmdline(pid) else "other"
         return self._kinds[pid]
 
+    def per_node_pss(self) -> float:
+        return self.peak_node_pss / self.nodes_at_pss_peak if self.nodes_at_pss_peak else math.nan
+
+    def _sample_pss(self, kids: dict[int, list[int]], me: int) -> None:
+        pss = nodes_pss = nodes = 0
+        for child in kids.get(me, ()):
+            tree = [child, *_tree(kids, child)]
+            size = sum(_proc_field(f"/proc/{p}/smaps_rollup", b"Pss:") for p in tree)
+            pss += size
+            if self._kind(child) == "node":
+                nodes_pss += size
+                nodes += 1
+        if pss > self.peak_pss:
+            self.peak_pss, self.peak_node_pss, self.nodes_at_pss_peak = pss, nodes_pss, nodes
+
     def _loop(self) -> None:
         me, tick = os.getpid(), 0
         while not self._stop.wait(self.period):
@@ -632,8 +659,7 @@ class MemorySampler:
             if rss > self.peak_rss:
                 self.peak_rss, self.peak_node_rss, self.nodes_at_peak = rss, nodes_rss, nodes
             if tick % self.pss_every == 0:
-                pss = sum(_proc_field(f"/proc/{p}/smaps_rollup", b"Pss:") for p in _tree(kids, me))
-                self.peak_pss = max(self.peak_pss, pss)
+                self._sample_pss(kids, me)
             tick += 1
             available = _proc_field("/proc/meminfo", b"MemAvailable:")
             self.available_min = min(self.available_min, available)
@@ -653,6 +679,7 @@ class RoundsRow:
     peak_rss: int = 0
     peak_pss: int = 0
     per_node: float = math.nan
+    per_node_pss: float = math.nan
     total_s: float = math.nan
     error: str | None = None
     out_of_memory: bool = False
@@ -711,7 +738,7 @@ def run_deployment(
         got = watch_run(dep, memory, args.run_timeout)
         row.total_s = time.monotonic() - t0
         row.peak_rss, row.peak_pss = memory.peak_rss, memory.peak_pss
-        row.per_node = memory.per_node()
+        row.per_node, row.per_node_pss = memory.per_node(), memory.per_node_pss()
         row.available_start, row.available_min = memory.available_start, memory.available_min
         row.tracebacks = sum(
             p.log.read_text(errors="replace").count("Traceback") for p in dep.processes.values()
@@ -737,19 +764,16 @@ def run_deployment(
 
 def fitting_nodes(row: RoundsRow, margin: float) -> int:
     """The most nodes the memory the stopped run measured leaves room for."""
-    per_node = (row.available_start - row.available_min) / max(1, row.nodes)
-    if not math.isfinite(row.per_node) or row.per_node <= 0:
-        per_node = max(per_node, 1.0)
-    else:
-        per_node = max(per_node, row.per_node * 0.5)
-    return max(1, int((row.available_start - margin) / per_node))
+    used = (row.available_start - row.available_min) / max(1, row.nodes)
+    per_node = max(used, row.per_node_pss if math.isfinite(row.per_node_pss) else 0.0, 1.0)
+    return max(2, int((row.available_start - margin) / per_node))
 
 
 def print_rounds(rows: list[RoundsRow]) -> None:
     head = (
         f"{'mode':>10} {'nodes':>6} {'prepare s':>10} {'services s':>11} {'start-up s':>11} "
         f"{'round 0 s':>10} {'round 1 s':>10} {'particip.':>10} {'peak RSS GiB':>13} "
-        f"{'peak PSS GiB':>13} {'MB/node':>8} {'total s':>8}"
+        f"{'peak PSS GiB':>13} {'RSS MB/node':>12} {'PSS MB/node':>12} {'total s':>8}"
     )
     print(head)
     for r in rows:
@@ -758,7 +782,8 @@ def print_rounds(rows: list[RoundsRow]) -> None:
         print(
             f"{r.mode:>10} {r.nodes:>6} {r.prepare_s:>10.1f} {r.services_s:>11.1f} "
             f"{r.startup_s:>11.1f} {rounds[0]:>10.2f} {rounds[1]:>10.2f} {parts:>10} "
-            f"{r.peak_rss / GIB:>13.2f} {r.peak_pss / GIB:>13.2f} {r.per_node / MB:>8.0f} "
+            f"{r.peak_rss / GIB:>13.2f} {r.peak_pss / GIB:>13.2f} {r.per_node / MB:>12.0f} "
+            f"{r.per_node_pss / MB:>12.0f} "
             f"{r.total_s:>8.0f}",
             flush=True,
         )
@@ -779,12 +804,12 @@ def section_rounds(args: argparse.Namespace, folder: Path) -> None:
     secure = run_deployment(True, n, args.db, folder, args)
     rows.append(secure)
     if secure.out_of_memory:
-        print_rounds(rows)
         n = min(n - 1, fitting_nodes(secure, args.min_free_gb * GIB + GIB))
         print(
-            f"{'':>10} {args.nodes} nodes do not fit: node + sandbox RSS "
-            f"{secure.per_node / MB:.0f} MB each, MemAvailable {secure.available_start / GIB:.1f}"
-            f" -> {secure.available_min / GIB:.1f} GiB; running {n} nodes instead",
+            f"{args.nodes} nodes do not fit: node + sandbox RSS {secure.per_node / MB:.0f} MB "
+            f"(PSS {secure.per_node_pss / MB:.0f} MB) each, MemAvailable "
+            f"{secure.available_start / GIB:.1f} -> {secure.available_min / GIB:.1f} GiB; "
+            f"running {n} nodes instead",
             flush=True,
         )
         secure = run_deployment(True, n, args.db, folder, args)
