@@ -27,12 +27,11 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    pulls, the query and the msgpack batch. Each receiver opens one envelope
    per mailbox afterwards, so the bytes are checked to arrive intact. MB/s
    counts envelope bytes (payload + header + tag + signature), 10^6 bytes.
-   The clients share the machine's cores with the coordinator. Rows
-   ``nodelay*`` (``--no-nodelay-rows`` to leave out) serve the same app from
-   a listening socket made with proto ``IPPROTO_TCP`` (``serve._bind``
-   patched in this process only): asyncio then sets TCP_NODELAY on each
-   accepted connection, which it skips for ``serve._bind``'s proto-0 socket,
-   where every response body waits for the client's delayed ACK (~40 ms).
+   The clients share the machine's cores with the coordinator. A row with
+   ``idle polls`` > 0 is TLS on with half the participants long-polling their
+   empty mailboxes during the posting, as idle nodes do (20 s polls, one
+   thread each in one more process), the envelopes going between the other
+   half (``--no-idle-polls`` to leave these rows out).
 2. Rounds of a deployment: ``Deployment`` + ``run_job`` on
    ``examples/chem97.toml`` (one node per school, the first N schools), 2
    rounds, fraction 1.0, min_participants 1, round_timeout 60, phase_timeout
@@ -41,11 +40,17 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    secure, once plaintext (``secure.enabled = false``). ``prepare s`` is
    ``Deployment(...)`` (data, keys, certificates); ``services s`` starting
    coordinator and provider, fetching the encoding and submitting the job;
-   ``start-up s`` from starting the node processes to the job's start (every
-   node up, its sandbox ready, registered and consented: the coordinator's
-   ``started_at``); ``round 0 s`` from the start to round 0's ``closed_at``
-   (it includes each node's first fetch of its records), ``round 1 s`` from
-   there to round 1's ``closed_at`` (the steady state). Memory: every 0.5 s
+   ``start-up s`` from starting the first node process to the job's start
+   (every node up, its sandbox ready, registered and consented: the
+   coordinator's ``started_at``). Nodes are started at most
+   ``--start-concurrency`` (8) at a time, the next as soon as one has
+   consented: a node agent exits when its sandbox does not answer within 60 s
+   (``SandboxLimits.start_timeout``), and 50 sandboxes importing torch at once
+   on 2 cores miss that (``--start-concurrency 0`` starts them all at once, as
+   ``run_job`` does; a run stops as soon as a node exits with an error).
+   ``round 0 s`` runs from the start to round 0's ``closed_at`` (it includes
+   each node's first fetch of its records), ``round 1 s`` from there to
+   round 1's ``closed_at`` (the steady state). Memory: every 0.5 s
    the deployment's process tree (the children of this process and theirs,
    from /proc) is summed: resident set (VmRSS, which counts shared library
    pages once per process) and, every 2 s, proportional set (Pss from
@@ -368,6 +373,7 @@ def run_workers(target: Callable[..., None], tasks: list[MailTask]) -> list[dict
 @dataclass
 class MailRow:
     tls: bool
+    idle: int
     payload: int
     envelope: int
     messages: int
@@ -379,9 +385,57 @@ class MailRow:
         return self.messages / seconds, self.messages * self.envelope / seconds / MB
 
 
+def idle_poller(url: str, ca: str | None, nodes: list[int], ready: Any) -> None:
+    """Long-poll these (empty) mailboxes as idle nodes do, 20 s at a time, until killed."""
+    from tessera.runtime.net.client import CoordinatorClient
+
+    def poll(i: int) -> None:
+        keys, name = node_keys(i), node_name(i)
+        with CoordinatorClient(url, verify=client_verify(ca)) as client:
+            client.pull_mail(name, keys, 1 << 60, 0.0)  # connected
+            ready.put(i)
+            while True:
+                client.pull_mail(name, keys, 1 << 60, 20.0)
+
+    threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+@contextlib.contextmanager
+def idle_polls(url: str, ca: str | None, nodes: list[int]) -> Iterator[None]:
+    """A process whose threads long-poll ``nodes``' mailboxes while the block runs."""
+    if not nodes:
+        yield
+        return
+    ctx = mp.get_context("spawn")
+    ready = ctx.Queue()
+    proc = ctx.Process(target=idle_poller, args=(url, ca, nodes, ready), daemon=True)
+    proc.start()
+    try:
+        for _ in nodes:
+            ready.get(timeout=BARRIER_TIMEOUT_S)
+        time.sleep(1.0)  # every poll is waiting on the server
+        yield
+    finally:
+        proc.kill()
+        proc.join()
+
+
 def mailbox_row(
-    *, tls: bool, size: int, messages: int, n_nodes: int, clients: int, db: str, folder: Path
+    *,
+    tls: bool,
+    size: int,
+    messages: int,
+    n_nodes: int,
+    idle: int,
+    clients: int,
+    db: str,
+    folder: Path,
 ) -> MailRow:
+    from tessera.crypto.keys import NodeKeys
     from tessera.runtime.net.client import CoordinatorClient
     from tessera.runtime.net.coordinator_app import create_coordinator_app
     from tessera.runtime.net.serve import serve_in_thread
@@ -393,8 +447,7 @@ def mailbox_row(
     if tls:
         pki = make_local_pki(folder / "pki", services=("coordinator",), overwrite=True)
         ca, cert = str(pki.ca.cert), pki.services["coordinator"]
-    from tessera.crypto.keys import NodeKeys
-
+    active = n_nodes - idle  # envelopes go between these; the others only long-poll
     store = Store(db)
     service = CoordinatorService(store, NodeKeys.from_seed(b"tessera-bench-coordinator"))
     try:
@@ -402,17 +455,18 @@ def mailbox_row(
             with CoordinatorClient(server.url, verify=client_verify(ca)) as client:
                 job_id = start_job(client, n_nodes)
             after = store.last_message_id()  # the job's train requests are older
-            pairs = [address(j, n_nodes) for j in range(messages)]
-            sent = run_workers(
-                sender_worker,
-                [
-                    MailTask(server.url, ca, job_id, pairs=pairs[w::clients], size=size)
-                    for w in range(clients)
-                ],
-            )
+            pairs = [address(j, active) for j in range(messages)]
+            with idle_polls(server.url, ca, list(range(active, n_nodes))):
+                sent = run_workers(
+                    sender_worker,
+                    [
+                        MailTask(server.url, ca, job_id, pairs=pairs[w::clients], size=size)
+                        for w in range(clients)
+                    ],
+                )
             expected = sum((r["count"] for r in sent), Counter())
             expected_bytes = sum((r["bytes"] for r in sent), Counter())
-            groups = [list(range(n_nodes))[w::clients] for w in range(clients)]
+            groups = [list(range(active))[w::clients] for w in range(clients)]
             got = run_workers(
                 receiver_worker,
                 [
@@ -427,6 +481,7 @@ def mailbox_row(
     envelope = round(sum(expected_bytes.values()) / messages)
     return MailRow(
         tls=tls,
+        idle=idle,
         payload=size,
         envelope=envelope,
         messages=messages,
@@ -436,96 +491,55 @@ def mailbox_row(
     )
 
 
-@contextlib.contextmanager
-def tcp_nodelay(enabled: bool) -> Iterator[None]:
-    """Listen on a socket made with proto IPPROTO_TCP (this process only, for comparison).
-
-    ``serve._bind`` makes its socket with proto 0; asyncio then skips TCP_NODELAY on
-    the accepted connections (``_set_nodelay`` checks ``proto == IPPROTO_TCP``), so
-    a response's body, written after its headers, waits for the client's delayed ACK.
-    """
-    if not enabled:
-        yield
-        return
-    import socket
-
-    from tessera.runtime.net import serve
-
-    original = serve._bind
-
-    def bind(host: str, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.set_inheritable(True)
-        return sock
-
-    serve._bind = bind
-    try:
-        yield
-    finally:
-        serve._bind = original
-
-
 def section_mailbox(args: argparse.Namespace, folder: Path) -> None:
+    idle = args.nodes // 2
     print(
         f"\n1. Mailbox through the coordinator: {args.nodes} participants, "
         f"{backend_name(args.db)}, {args.clients} sender then {args.clients} receiver "
         "processes, envelopes sealed before the clock"
     )
     head = (
-        f"{'server':>8} {'TLS':>4} {'payload B':>10} {'envelope B':>11} {'messages':>9} "
+        f"{'TLS':>4} {'idle polls':>10} {'payload B':>10} {'envelope B':>11} {'messages':>9} "
         f"{'post msg/s':>11} {'post MB/s':>10} {'pull msg/s':>11} {'pull MB/s':>10} "
         f"{'pulls':>6} {'post s':>7} {'pull s':>7}"
     )
     print(head)
-    variants = [(False, False), (True, False)]
-    if not args.no_nodelay_rows:
-        variants += [(False, True), (True, True)]
-    rows: dict[tuple[int, bool, bool], MailRow] = {}
+    variants = [(False, 0), (True, 0)] + ([(True, idle)] if args.idle_polls else [])
+    rows: dict[tuple[int, bool, int], MailRow] = {}
     for size in (args.small_size, args.size):
-        for tls, nodelay in variants:
-            name = f"mail-{size}-{'tls' if tls else 'plain'}-{'nodelay' if nodelay else 'asis'}"
-            with fresh_database(args.db, folder, name) as db, tcp_nodelay(nodelay):
+        for tls, polls in variants:
+            name = f"mail-{size}-{'tls' if tls else 'plain'}-{polls}"
+            with fresh_database(args.db, folder, name) as db:
                 row = mailbox_row(
                     tls=tls,
                     size=size,
                     messages=args.messages,
                     n_nodes=args.nodes,
+                    idle=polls,
                     clients=args.clients,
                     db=db,
                     folder=folder / name,
                 )
-            rows[size, tls, nodelay] = row
+            rows[size, tls, polls] = row
             post, pull = row.rate(row.post_s), row.rate(row.pull_s)
             print(
-                f"{'nodelay*' if nodelay else 'as is':>8} {'on' if tls else 'off':>4} "
-                f"{size:>10,} {row.envelope:>11,} {row.messages:>9,} "
-                f"{post[0]:>11,.0f} {post[1]:>10,.1f} {pull[0]:>11,.0f} {pull[1]:>10,.1f} "
-                f"{row.pulls:>6,} {row.post_s:>7.2f} {row.pull_s:>7.2f}",
+                f"{'on' if tls else 'off':>4} {polls:>10} {size:>10,} {row.envelope:>11,} "
+                f"{row.messages:>9,} {post[0]:>11,.0f} {post[1]:>10,.1f} {pull[0]:>11,.0f} "
+                f"{pull[1]:>10,.1f} {row.pulls:>6,} {row.post_s:>7.2f} {row.pull_s:>7.2f}",
                 flush=True,
             )
     for size in (args.small_size, args.size):
-        on, off = rows[size, True, False], rows[size, False, False]
+        on, off = rows[size, True, 0], rows[size, False, 0]
         print(
-            f"TLS on / off at {size:,} B, as is: {off.post_s / on.post_s:.2f}x the post "
+            f"TLS on / off at {size:,} B: {off.post_s / on.post_s:.2f}x the post "
             f"throughput, {off.pull_s / on.pull_s:.2f}x the pull throughput"
         )
-    if not args.no_nodelay_rows:
-        print(
-            "* nodelay: this process's server listens on a socket made with proto IPPROTO_TCP "
-            "(serve._bind patched here, not in src), so asyncio sets TCP_NODELAY on each "
-            "connection; as is, each response's body waits for the client's delayed ACK"
-        )
-        for size in (args.small_size, args.size):
-            for tls in (False, True):
-                fix, asis = rows[size, tls, True], rows[size, tls, False]
-                print(
-                    f"nodelay / as is at {size:,} B, TLS {'on' if tls else 'off'}: "
-                    f"{asis.post_s / fix.post_s:.2f}x the post throughput, "
-                    f"{asis.pull_s / fix.pull_s:.2f}x the pull throughput"
-                )
+        if args.idle_polls:
+            busy = rows[size, True, idle]
+            print(
+                f"{idle} idle long polls / none at {size:,} B, TLS on: "
+                f"{on.post_s / busy.post_s:.2f}x the post throughput"
+            )
 
 
 # -- 2. rounds of a deployment ---------------------------------------------------------
@@ -688,18 +702,61 @@ class RoundsRow:
     available_min: int = 0
 
 
-def watch_run(dep: Any, memory: MemorySampler, timeout: float) -> dict[str, Any]:
-    """``run_job`` in a thread, stopped early when memory runs short; what came of it."""
+class NodeStarter:
+    """Replaces ``dep.start_node``: at most ``concurrency`` nodes starting at once (0: all).
+
+    A node has started once it wrote its consent receipt (after its sandbox
+    answered and it registered). A node agent gives up when its sandbox does not
+    answer within 60 s (``SandboxLimits.start_timeout``), which N sandboxes
+    importing torch at once on a few cores can exceed.
+    """
+
+    def __init__(self, dep: Any, concurrency: int) -> None:
+        self.dep = dep
+        self.concurrency = concurrency
+        self.first: float | None = None  # when the first node process was started
+        self.stopped = threading.Event()
+        self._start = dep.start_node
+        dep.start_node = self
+
+    def __call__(self, i: int, job_id: str) -> Any:
+        if self.first is None:
+            self.first = time.time()
+        while self.concurrency > 0 and self._starting(i, job_id) >= self.concurrency:
+            if self.stopped.wait(0.1):
+                break
+        if self.stopped.is_set():
+            raise RuntimeError("the run was stopped")
+        return self._start(i, job_id)
+
+    def _starting(self, i: int, job_id: str) -> int:
+        count = 0
+        for k in range(i):
+            proc = self.dep.processes.get(self.dep.node_id(k))
+            receipt = self.dep.out / "nodes" / f"{k:06d}" / "receipts" / f"{job_id}.json"
+            count += proc is not None and proc.alive() and not receipt.exists()
+        return count
+
+    def failure(self) -> str | None:
+        """Why a node process ended with an error, if one did."""
+        for proc in list(self.dep.processes.values()):
+            if proc.name.startswith("node-") and proc.popen.poll() not in (None, 0):
+                last = proc.tail(1).strip() or "no output"
+                return f"{proc.name} exited with {proc.popen.returncode}: {last}"
+        return None
+
+
+def watch_run(
+    dep: Any, starter: NodeStarter, memory: MemorySampler, timeout: float
+) -> dict[str, Any]:
+    """``run_job`` in a thread, stopped early on a node's error or short memory."""
     from tessera.runtime.net.up import run_job
 
     got: dict[str, Any] = {"services": time.time()}
 
-    def started(_job_id: str) -> None:
-        got["nodes"] = time.time()
-
     def target() -> None:
         try:
-            got["result"] = run_job(dep, on_started=started, timeout=timeout)
+            got["result"] = run_job(dep, timeout=timeout)
         except BaseException:
             got["error"] = traceback.format_exc()
 
@@ -711,7 +768,12 @@ def watch_run(dep: Any, memory: MemorySampler, timeout: float) -> dict[str, Any]
             if memory.tripped.is_set():
                 got["out_of_memory"] = True
                 break
+            failure = starter.failure()
+            if failure is not None:
+                got["error"] = f"stopped: {failure}"
+                break
     finally:
+        starter.stopped.set()
         dep.close()  # when stopped early, the watcher then fails on its own
         worker.join(30)
         dep.close()  # anything it started meanwhile
@@ -735,7 +797,8 @@ def run_deployment(
     ):
         dep = Deployment(rounds_config(secure), n_nodes, out, tls=True, db_url=db)
         row.prepare_s = time.monotonic() - t0
-        got = watch_run(dep, memory, args.run_timeout)
+        starter = NodeStarter(dep, args.start_concurrency)
+        got = watch_run(dep, starter, memory, args.run_timeout)
         row.total_s = time.monotonic() - t0
         row.peak_rss, row.peak_pss = memory.peak_rss, memory.peak_pss
         row.per_node, row.per_node_pss = memory.per_node(), memory.per_node_pss()
@@ -748,15 +811,16 @@ def run_deployment(
             row.error = f"stopped: MemAvailable fell below {args.min_free_gb} GiB"
             return row
         result = got.get("result")
-        if result is None:
+        if result is None or "error" in got:
             row.error = str(got.get("error", "run_job did not return")).strip()
             return row
         with Store(str(dep.db_url)) as store:
             job = store.get_job(result.job_id)
             closed = [r.closed_at for r in store.rounds(result.job_id)]
         assert job.started_at is not None
-        row.services_s = got["nodes"] - got["services"]
-        row.startup_s = job.started_at - got["nodes"]
+        assert starter.first is not None
+        row.services_s = starter.first - got["services"]
+        row.startup_s = job.started_at - starter.first
         row.round_s = [b - a for a, b in zip([job.started_at, *closed], closed, strict=False)]
         row.participants = [r.participants for r in result.rounds]
     return row
@@ -796,7 +860,8 @@ def print_rounds(rows: list[RoundsRow]) -> None:
 def section_rounds(args: argparse.Namespace, folder: Path) -> None:
     print(
         f"\n2. Rounds of a deployment: Chem97 schools, N node processes (+ sandboxes), "
-        f"coordinator and provider, TLS, {backend_name(args.db)}; "
+        f"coordinator and provider, TLS, {backend_name(args.db)}, nodes started "
+        f"{args.start_concurrency or 'all'} at a time; "
         f"{os.cpu_count()} cores, {_proc_field('/proc/meminfo', b'MemTotal:') / GIB:.1f} GiB"
     )
     n = args.nodes
@@ -838,9 +903,18 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4, help="sender and receiver processes")
     ap.add_argument("--db", help="a PostgreSQL server URL (a database is made and dropped)")
     ap.add_argument("--min-free-gb", type=float, default=1.0, help="memory guard of section 2")
+    ap.add_argument(
+        "--start-concurrency",
+        type=int,
+        default=8,
+        help="section 2: nodes starting at once (0: all at once, as run_job does)",
+    )
     ap.add_argument("--run-timeout", type=float, default=1800.0, help="seconds per deployment")
     ap.add_argument(
-        "--no-nodelay-rows", action="store_true", help="leave out the patched TCP_NODELAY rows"
+        "--no-idle-polls",
+        dest="idle_polls",
+        action="store_false",
+        help="leave out the rows posting while half the nodes long-poll",
     )
     ap.add_argument("--skip-mailbox", action="store_true")
     ap.add_argument("--skip-rounds", action="store_true")
