@@ -385,19 +385,20 @@ class MailRow:
         return self.messages / seconds, self.messages * self.envelope / seconds / MB
 
 
-def idle_poller(url: str, ca: str | None, nodes: list[int], ready: Any) -> None:
-    """Long-poll these (empty) mailboxes as idle nodes do, 20 s at a time, until killed."""
+def idle_poller(url: str, ca: str | None, nodes: list[int], ready: Any, stop: Any) -> None:
+    """Long-poll these (empty) mailboxes as idle nodes do, 20 s at a time, until ``stop``."""
     from tessera.runtime.net.client import CoordinatorClient
 
     def poll(i: int) -> None:
         keys, name = node_keys(i), node_name(i)
         with CoordinatorClient(url, verify=client_verify(ca)) as client:
-            client.pull_mail(name, keys, 1 << 60, 0.0)  # connected
+            after = client.pull_mail(name, keys, 0, 0.0)[-1][0]  # the job's train request
             ready.put(i)
-            while True:
-                client.pull_mail(name, keys, 1 << 60, 20.0)
+            while not stop.is_set():
+                for mail_id, _ in client.pull_mail(name, keys, after, 20.0):
+                    after = mail_id
 
-    threads = [threading.Thread(target=poll, args=(i,), daemon=True) for i in nodes]
+    threads = [threading.Thread(target=poll, args=(i,)) for i in nodes]
     for t in threads:
         t.start()
     for t in threads:
@@ -405,14 +406,17 @@ def idle_poller(url: str, ca: str | None, nodes: list[int], ready: Any) -> None:
 
 
 @contextlib.contextmanager
-def idle_polls(url: str, ca: str | None, nodes: list[int]) -> Iterator[None]:
+def idle_polls(url: str, ca: str | None, job_id: str, nodes: list[int]) -> Iterator[None]:
     """A process whose threads long-poll ``nodes``' mailboxes while the block runs."""
     if not nodes:
         yield
         return
+    from tessera.crypto.envelope import seal
+    from tessera.runtime.net.client import CoordinatorClient
+
     ctx = mp.get_context("spawn")
-    ready = ctx.Queue()
-    proc = ctx.Process(target=idle_poller, args=(url, ca, nodes, ready), daemon=True)
+    ready, stop = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=idle_poller, args=(url, ca, nodes, ready, stop))
     proc.start()
     try:
         for _ in nodes:
@@ -420,8 +424,25 @@ def idle_polls(url: str, ca: str | None, nodes: list[int]) -> Iterator[None]:
         time.sleep(1.0)  # every poll is waiting on the server
         yield
     finally:
-        proc.kill()
-        proc.join()
+        stop.set()
+        with CoordinatorClient(url, verify=client_verify(ca), patience=5) as client:
+            for i in nodes:  # one envelope each ends the pending polls
+                client.post_mail(
+                    seal(
+                        kind=ENVELOPE_KIND,
+                        job_id=job_id,
+                        round=0,
+                        sender=node_name(0),
+                        recipient=node_name(i),
+                        payload=b"wake up",
+                        sender_keys=node_keys(0),
+                        recipient_public=node_keys(i).public,
+                    )
+                )
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def mailbox_row(
@@ -456,7 +477,7 @@ def mailbox_row(
                 job_id = start_job(client, n_nodes)
             after = store.last_message_id()  # the job's train requests are older
             pairs = [address(j, active) for j in range(messages)]
-            with idle_polls(server.url, ca, list(range(active, n_nodes))):
+            with idle_polls(server.url, ca, job_id, list(range(active, n_nodes))):
                 sent = run_workers(
                     sender_worker,
                     [
@@ -477,6 +498,7 @@ def mailbox_row(
         if sum((r["bytes"] for r in got), Counter()) != expected_bytes:
             raise RuntimeError("the mailboxes did not return exactly what was posted")
     finally:
+        service.close()  # the job's driver thread, should the server's shutdown not have
         store.close()
     envelope = round(sum(expected_bytes.values()) / messages)
     return MailRow(
@@ -916,6 +938,9 @@ def main() -> None:
         action="store_false",
         help="leave out the rows posting while half the nodes long-poll",
     )
+    ap.add_argument(
+        "--out", type=Path, help="keep the deployments' folders (logs) here, not in a temp dir"
+    )
     ap.add_argument("--skip-mailbox", action="store_true")
     ap.add_argument("--skip-rounds", action="store_true")
     args = ap.parse_args()
@@ -929,8 +954,12 @@ def main() -> None:
         f"tessera deployment benchmark: python {sys.version.split()[0]}, {os.cpu_count()} cores, "
         f"load average {load[0]:.1f} at the start"
     )
-    with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
-        folder = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.out is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tessera-")))
+        else:
+            folder = args.out
+            folder.mkdir(parents=True, exist_ok=True)
         if not args.skip_mailbox:
             section_mailbox(args, folder)
         if not args.skip_rounds:

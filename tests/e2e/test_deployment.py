@@ -79,6 +79,9 @@ def only_contributes(dep: Deployment, rounds: range) -> int:
     return next(i for i, n in enumerate(nodes) if n not in seated)
 
 
+# Both backends on one worker, one after the other: two deployments at once on 2 cores
+# slow the rounds past the moments the test kills a node and the coordinator.
+@pytest.mark.xdist_group("deployment")
 def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_url: str) -> None:
     dep = Deployment(e2e_config(), NODES, tmp_path / "up", tls=True, db_url=db_url)
     records: list[RoundRecord] = []
@@ -88,13 +91,17 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
         records.append(rec)
         if rec.round == 0:
             dep.kill_node(killed_index)  # round 2 is open: this node vanishes mid-round
+            with dep.client() as client:  # the kill landed in round 2, not after it
+                assert client.status(dep.config.job.name)["current_round"] == 1
         elif rec.round == 1:
-            time.sleep(0.5)  # round 3 is in flight
+            time.sleep(0.3)  # round 3 is in flight
+            with dep.client() as client:
+                assert client.status(dep.config.job.name)["current_round"] == 2
             dep.stop_coordinator(kill=True)
             dep.start_coordinator()  # same database, same port: it resumes
 
     try:
-        result = run_job(dep, on_round=on_round, timeout=240)
+        result = run_job(dep, on_round=on_round, timeout=240, poll=0.05)
     finally:
         dep.close()
 

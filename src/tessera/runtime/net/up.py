@@ -46,6 +46,7 @@ def run_job(
     on_round: Callable[[RoundRecord, Vector], None] | None = None,
     on_started: Callable[[str], None] | None = None,
     timeout: float | None = None,
+    poll: float = 0.5,
 ) -> UpResult:
     """Start the services, submit the job, start the nodes, and watch it to its end."""
     t0 = time.monotonic()
@@ -79,7 +80,7 @@ def run_job(
         records: list[RoundRecord] = []
         last = time.monotonic()
         final = dep.job.initial_weights
-        for result in watch(client, job_id, timeout=timeout):
+        for result in watch(client, job_id, timeout=timeout, poll=poll):
             now = time.monotonic()
             rec = result.record
             value = (
