@@ -27,7 +27,9 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    pulls, the query and the msgpack batch. Each receiver opens one envelope
    per mailbox afterwards, so the bytes are checked to arrive intact. MB/s
    counts envelope bytes (payload + header + tag + signature), 10^6 bytes.
-   The clients share the machine's cores with the coordinator. A row with
+   The clients share the machine's cores with the coordinator; ``load`` is
+   the 1-minute load average after the row (other users of the machine show
+   there). A row with
    ``idle polls`` > 0 is TLS on with half the participants long-polling their
    empty mailboxes during the posting, as idle nodes do (20 s polls, one
    thread each in one more process), the envelopes going between the other
@@ -56,9 +58,10 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    pages once per process) and, every 2 s, proportional set (Pss from
    smaps_rollup, shared pages split); ``RSS MB/node`` and ``PSS MB/node``
    are those of the node agents and their sandboxes at the peak, over the
-   nodes alive then. A guard stops a run when MemAvailable drops below
-   ``--min-free-gb``; the benchmark then says so and runs the largest N the
-   measured per-node memory allows.
+   nodes alive then; ``load`` is the mean 1-minute load average over the run
+   (the machine's other users show there). A guard stops a run when
+   MemAvailable drops below ``--min-free-gb``; the benchmark then says so and
+   runs both modes again with the largest N the measured memory allows.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -523,7 +527,7 @@ def section_mailbox(args: argparse.Namespace, folder: Path) -> None:
     head = (
         f"{'TLS':>4} {'idle polls':>10} {'payload B':>10} {'envelope B':>11} {'messages':>9} "
         f"{'post msg/s':>11} {'post MB/s':>10} {'pull msg/s':>11} {'pull MB/s':>10} "
-        f"{'pulls':>6} {'post s':>7} {'pull s':>7}"
+        f"{'pulls':>6} {'post s':>7} {'pull s':>7} {'load':>5}"
     )
     print(head)
     variants = [(False, 0), (True, 0)] + ([(True, idle)] if args.idle_polls else [])
@@ -547,7 +551,8 @@ def section_mailbox(args: argparse.Namespace, folder: Path) -> None:
             print(
                 f"{'on' if tls else 'off':>4} {polls:>10} {size:>10,} {row.envelope:>11,} "
                 f"{row.messages:>9,} {post[0]:>11,.0f} {post[1]:>10,.1f} {pull[0]:>11,.0f} "
-                f"{pull[1]:>10,.1f} {row.pulls:>6,} {row.post_s:>7.2f} {row.pull_s:>7.2f}",
+                f"{pull[1]:>10,.1f} {row.pulls:>6,} {row.post_s:>7.2f} {row.pull_s:>7.2f} "
+                f"{os.getloadavg()[0]:>5.1f}",
                 flush=True,
             )
     for size in (args.small_size, args.size):
@@ -641,6 +646,7 @@ class MemorySampler:
     nodes_at_pss_peak: int = 0
     available_start: int = 0
     available_min: int = 0
+    load: list[float] = field(default_factory=list)  # 1-minute load average, each sample
     tripped: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -697,6 +703,7 @@ class MemorySampler:
             if tick % self.pss_every == 0:
                 self._sample_pss(kids, me)
             tick += 1
+            self.load.append(os.getloadavg()[0])
             available = _proc_field("/proc/meminfo", b"MemAvailable:")
             self.available_min = min(self.available_min, available)
             if available < self.min_free:
@@ -719,6 +726,7 @@ class RoundsRow:
     total_s: float = math.nan
     error: str | None = None
     out_of_memory: bool = False
+    load: float = math.nan
     tracebacks: int = 0
     available_start: int = 0
     available_min: int = 0
@@ -824,6 +832,7 @@ def run_deployment(
         row.total_s = time.monotonic() - t0
         row.peak_rss, row.peak_pss = memory.peak_rss, memory.peak_pss
         row.per_node, row.per_node_pss = memory.per_node(), memory.per_node_pss()
+        row.load = statistics.fmean(memory.load) if memory.load else math.nan
         row.available_start, row.available_min = memory.available_start, memory.available_min
         row.tracebacks = sum(
             p.log.read_text(errors="replace").count("Traceback") for p in dep.processes.values()
@@ -859,7 +868,7 @@ def print_rounds(rows: list[RoundsRow]) -> None:
     head = (
         f"{'mode':>10} {'nodes':>6} {'prepare s':>10} {'services s':>11} {'start-up s':>11} "
         f"{'round 0 s':>10} {'round 1 s':>10} {'particip.':>10} {'peak RSS GiB':>13} "
-        f"{'peak PSS GiB':>13} {'RSS MB/node':>12} {'PSS MB/node':>12} {'total s':>8}"
+        f"{'peak PSS GiB':>13} {'RSS MB/node':>12} {'PSS MB/node':>12} {'total s':>8} {'load':>5}"
     )
     print(head)
     for r in rows:
@@ -869,8 +878,7 @@ def print_rounds(rows: list[RoundsRow]) -> None:
             f"{r.mode:>10} {r.nodes:>6} {r.prepare_s:>10.1f} {r.services_s:>11.1f} "
             f"{r.startup_s:>11.1f} {rounds[0]:>10.2f} {rounds[1]:>10.2f} {parts:>10} "
             f"{r.peak_rss / GIB:>13.2f} {r.peak_pss / GIB:>13.2f} {r.per_node / MB:>12.0f} "
-            f"{r.per_node_pss / MB:>12.0f} "
-            f"{r.total_s:>8.0f}",
+            f"{r.per_node_pss / MB:>12.0f} {r.total_s:>8.0f} {r.load:>5.1f}",
             flush=True,
         )
         if r.tracebacks:
@@ -888,23 +896,26 @@ def section_rounds(args: argparse.Namespace, folder: Path) -> None:
     )
     n = args.nodes
     rows: list[RoundsRow] = []
-    secure = run_deployment(True, n, args.db, folder, args)
-    rows.append(secure)
-    if secure.out_of_memory:
-        n = min(n - 1, fitting_nodes(secure, args.min_free_gb * GIB + GIB))
-        print(
-            f"{args.nodes} nodes do not fit: node + sandbox RSS {secure.per_node / MB:.0f} MB "
-            f"(PSS {secure.per_node_pss / MB:.0f} MB) each, MemAvailable "
-            f"{secure.available_start / GIB:.1f} -> {secure.available_min / GIB:.1f} GiB; "
-            f"running {n} nodes instead",
-            flush=True,
-        )
+    for attempt in range(2):
         secure = run_deployment(True, n, args.db, folder, args)
         rows.append(secure)
-    plain = run_deployment(False, n, args.db, folder, args)
-    rows.append(plain)
+        plain = secure
+        if not secure.out_of_memory:
+            plain = run_deployment(False, n, args.db, folder, args)
+            rows.append(plain)
+        short = secure if secure.out_of_memory else plain
+        if not short.out_of_memory or attempt == 1:
+            break
+        n = min(n - 1, fitting_nodes(short, args.min_free_gb * GIB + GIB))
+        print(
+            f"{short.mode} with {short.nodes} nodes ran short of memory: node + sandbox RSS "
+            f"{short.per_node / MB:.0f} MB (PSS {short.per_node_pss / MB:.0f} MB) each, "
+            f"MemAvailable {short.available_start / GIB:.1f} -> "
+            f"{short.available_min / GIB:.1f} GiB; running {n} nodes instead",
+            flush=True,
+        )
     print_rounds(rows)
-    if len(secure.round_s) == 2 and len(plain.round_s) == 2:
+    if len(secure.round_s) == 2 and len(plain.round_s) == 2 and secure is not plain:
         ratio = [s / p for s, p in zip(secure.round_s, plain.round_s, strict=True)]
         print(
             f"secure / plaintext at N = {n}: round 0 {ratio[0]:.2f}x, "
@@ -964,7 +975,10 @@ def main() -> None:
             section_mailbox(args, folder)
         if not args.skip_rounds:
             section_rounds(args, folder)
-    print(f"\nbenchmark wall time {time.monotonic() - t0:.0f} s")
+    print(
+        f"\nbenchmark wall time {time.monotonic() - t0:.0f} s, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
+    )
 
 
 if __name__ == "__main__":
