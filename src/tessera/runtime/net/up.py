@@ -71,6 +71,10 @@ def run_job(
     # The signed job, kept beside the run: what the model's provenance points to.
     (dep.out / "run" / "job.json").write_text(json.dumps(doc.to_json(), indent=1))
     check_tree_feasible(JobSpec.from_document(doc), dep.n_nodes)  # before any node starts
+    if len(dep.job.test.y):  # load the evaluation path (torch) now, not as round 1 closes
+        evaluate(
+            dep.job.spec, dep.job.initial_weights, dep.job.test.x, dep.job.test.y, dep.job.task
+        )
     with dep.client() as client:
         job_id = submit(client, doc, weights)["job_id"]
         for i in range(dep.n_nodes):
