@@ -28,12 +28,12 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    per mailbox afterwards, so the bytes are checked to arrive intact. MB/s
    counts envelope bytes (payload + header + tag + signature), 10^6 bytes.
    The clients share the machine's cores with the coordinator; ``load`` is
-   the 1-minute load average after the row (other users of the machine show
-   there). A row with
-   ``idle polls`` > 0 is TLS on with half the participants long-polling their
-   empty mailboxes during the posting, as idle nodes do (20 s polls, one
-   thread each in one more process), the envelopes going between the other
-   half (``--no-idle-polls`` to leave these rows out).
+   the 1-minute load average after the row (the machine's other users show
+   there). A row with ``idle polls`` > 0 is TLS on with half the
+   participants long-polling their empty mailboxes during the posting, as
+   idle nodes do (20 s polls, one thread each in one more process), the
+   envelopes going between the other half (``--no-idle-polls`` to leave
+   these rows out).
 2. Rounds of a deployment: ``Deployment`` + ``run_job`` on
    ``examples/chem97.toml`` (one node per school, the first N schools), 2
    rounds, fraction 1.0, min_participants 1, round_timeout 60, phase_timeout
@@ -59,7 +59,8 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    smaps_rollup, shared pages split); ``RSS MB/node`` and ``PSS MB/node``
    are those of the node agents and their sandboxes at the peak, over the
    nodes alive then; ``load`` is the mean 1-minute load average over the run
-   (the machine's other users show there). A guard stops a run when
+   (the deployment's own processes count, and so do the machine's other
+   users). A guard stops a run when
    MemAvailable drops below ``--min-free-gb``; the benchmark then says so and
    runs both modes again with the largest N the measured memory allows.
 """
