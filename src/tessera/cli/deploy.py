@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tessera.cli.main import app, console
+from tessera.cli.main import app, console, progress_bar
 from tessera.errors import TesseraError
 
 job_app = typer.Typer(no_args_is_help=True, help="The AI provider's side: submit, watch, fetch.")
@@ -269,15 +268,7 @@ def _up_with_progress(dep: Any, out: Path, *, quiet: bool, tracker: Any) -> tupl
     done: list[RoundRecord] = []
     metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
     secure = summarize(dep.job) if dep.config.secure.enabled else None
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as progress:
+    with progress_bar(quiet) as progress:
         baseline = baseline_of(dep)
         task = progress.add_task("federated", total=dep.config.federation.rounds, status="")
         progress.update(task, status=f"starting {dep.n_nodes} node processes")

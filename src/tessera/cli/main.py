@@ -26,6 +26,19 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def progress_bar(quiet: bool) -> Progress:
+    """The one progress display of every long command: task, bar, n/N, status, time."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
+
+
 def _example(name: str) -> Path:
     return Path(str(resources.files("tessera") / "examples" / name))
 
@@ -65,15 +78,7 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
     out.mkdir(parents=True, exist_ok=True)
     records: list[RoundRecord] = []
     metric = "accuracy" if str(job.task) == "classification" else "R^2"
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as progress:
+    with progress_bar(quiet) as progress:
         baseline = None
         if cfg.baseline.enabled:
             btask = progress.add_task("centralized", total=None, status="")
