@@ -252,11 +252,12 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
+            event = service.signal.event_for(node)  # before reading: no mail slips between
             items = await run_in_threadpool(service.mail_for, node, after)
             remaining = deadline - loop.time()
             if items or remaining <= 0:
                 break
-            await service.signal.wait(min(remaining, 5.0))
+            await service.signal.wait(event, min(remaining, 5.0))
         body = msgpack.packb([[item.id, item.data] for item in items], use_bin_type=True)
         return Response(body, media_type="application/msgpack")
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from tessera.consent import ConsentError, check_consent
@@ -44,27 +44,41 @@ class Refused(Exception):
 
 
 class MailSignal:
-    """Wakes long polls (on the event loop) when mail is stored (from any thread)."""
+    """Wakes a recipient's long polls (on the event loop) when mail for it is stored.
+
+    One event per recipient, so storing a share for one node does not wake
+    every other waiting poll (with 25 idle polls, waking all of them cut the
+    mailbox's posting rate to a fifth). A poll takes its recipient's event
+    *before* it reads the store, so mail stored in between is not missed.
+    """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
+        self._events: dict[str, asyncio.Event] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._event = asyncio.Event()
+        self._events = {}
 
-    def notify(self) -> None:
+    def notify(self, recipients: Iterable[str]) -> None:
+        """Wake the polls of ``recipients`` (callable from any thread)."""
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._bump)
+            self._loop.call_soon_threadsafe(self._bump, tuple(recipients))
 
-    def _bump(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = asyncio.Event()
+    def _bump(self, recipients: tuple[str, ...]) -> None:
+        for recipient in recipients:
+            event = self._events.pop(recipient, None)
+            if event is not None:
+                event.set()
 
-    async def wait(self, timeout: float) -> None:
-        event = self._event
+    def event_for(self, recipient: str) -> asyncio.Event | None:
+        """The event the next mail for ``recipient`` sets (on the loop thread only)."""
+        if self._loop is None:
+            return None
+        return self._events.setdefault(recipient, asyncio.Event())
+
+    @staticmethod
+    async def wait(event: asyncio.Event | None, timeout: float) -> None:
         if event is None or timeout <= 0:
             await asyncio.sleep(max(0.0, min(timeout, 0.05)))
             return
@@ -309,7 +323,7 @@ class CoordinatorService:
             directory=directory,
             organisations=organisations,
             clock=self.clock,
-            on_sent=lambda _recipients: self.signal.notify(),
+            on_sent=self.signal.notify,
         )
         self.drivers[job.job_id] = driver
         return driver
@@ -372,7 +386,7 @@ class CoordinatorService:
             if driver is not None:
                 driver.wake()
         else:
-            self.signal.notify()
+            self.signal.notify((head.recipient,))
         return mail_id
 
     def mail_for(self, node: str, after: int) -> list[MailItem]:
