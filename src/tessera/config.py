@@ -129,6 +129,8 @@ class SecureSection(_Section):
     loss_cap: PositiveFloat = 20.0
     phase_timeout: PositiveFloat = 30.0
     audit: bool = True  # every partial sum checked one level up: tamperers named, ~2x the cost
+    # The share of child sums each auditor checks, drawn after the sum arrives (1 = all).
+    audit_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     # A column naming each node's organisation (e.g. "lea" for Chem97 schools): no single
     # organisation then fills all k seats of a group. Needs a natural partition.
     organisation_column: str | None = None

@@ -218,3 +218,12 @@ def test_load_refuses_huge_files(tmp_path: Path) -> None:
     path.write_bytes(b"x" * (64 * 1024))
     with pytest.raises(ConfigError, match="too large"):
         NodeKeys.load(path)
+
+
+def test_draw_is_keyed_deterministic_and_context_bound() -> None:
+    a, b = NodeKeys.from_seed(b"draw-a"), NodeKeys.from_seed(b"draw-b")
+    assert a.draw(b"ctx") == a.draw(b"ctx") and len(a.draw(b"ctx")) == 32
+    assert a.draw(b"ctx") != b.draw(b"ctx")  # another key: another draw
+    assert a.draw(b"ctx") != a.draw(b"ctx2")
+    with pytest.raises(TypeError):
+        a.draw("ctx")  # type: ignore[arg-type]

@@ -99,6 +99,7 @@ def test_aggregate_request_round_trips() -> None:
         length=7,
         tree_digest="e" * 64,
         audit=MappingProxyType({"L0-0": (True, MappingProxyType({"n1": NodeId("n1")}))}),
+        audit_fraction=0.25,
         send_evidence=False,
         evidence_on_request=True,
     )
@@ -109,6 +110,31 @@ def test_aggregate_request_round_trips() -> None:
     assert {c: (leaf, dict(m)) for c, (leaf, m) in got.audit.items()} == {
         "L0-0": (True, {"n1": "n1"})
     }
+
+
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5, float("nan"), "all", True])
+def test_aggregate_request_with_a_bad_audit_fraction_is_refused(fraction: object) -> None:
+    req = AggregateRequest(
+        job_id=JobId("job"),
+        round=0,
+        group="L0-0",
+        position=0,
+        inputs=("n1",),
+        senders=(NodeId("n1"),),
+        leaf=True,
+        parent=NodeId("p"),
+        parent_group="L1-0",
+        report_at=1.0,
+        ring_bits=32,
+        frac_bits=16,
+        ring_terms=10,
+        length=3,
+        tree_digest="e" * 64,
+    )
+    obj = msgpack.unpackb(encode_aggregate_request(req), raw=False)
+    obj["audit_fraction"] = fraction
+    with pytest.raises(RemoteProtocolError, match="audit_fraction"):
+        decode_aggregate_request(msgpack.packb(obj, use_bin_type=True))
 
 
 def vars_of(obj: object) -> dict[str, object]:

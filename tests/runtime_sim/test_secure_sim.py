@@ -50,6 +50,7 @@ def run_secure(
     fail=None,
     fraction: float = 1.0,
     audit: bool = True,
+    audit_fraction: float = 1.0,
     backups: int = 2,
     tamper: tuple[str, int] | None = None,
 ):
@@ -65,6 +66,7 @@ def run_secure(
         clip=10.0,
         max_weight=float(samples.max()),
         audit=audit,
+        audit_fraction=audit_fraction,
     )
     coordinator, machines = build_secure(
         nodes,
@@ -121,11 +123,17 @@ def survivors_mean(trainer: TableTrainer, samples: np.ndarray, alive: np.ndarray
     group_size=st.integers(2, 6),
     dropout=st.sampled_from([0.0, 0.3]),
     seed=st.integers(0, 2**16),
-    audit=st.booleans(),
+    audit=st.sampled_from([0.0, 0.3, 1.0]),  # off, sampled audits, every sum audited
 )
 def test_secure_round_is_the_weighted_mean_of_the_survivors(n, k, group_size, dropout, seed, audit):
     weights, stats, trainer, devices, samples, _ = run_secure(
-        n=n, k=k, group_size=group_size, dropout=dropout, seed=seed, audit=audit
+        n=n,
+        k=k,
+        group_size=group_size,
+        dropout=dropout,
+        seed=seed,
+        audit=audit > 0,
+        audit_fraction=audit or 1.0,
     )
     alive = ~devices.dropped(0)
     if alive.sum() == 0:
@@ -210,9 +218,16 @@ def test_secure_run_is_deterministic_and_counts_bytes():
         assert s.bytes_up > 0 and s.bytes_aggregation > 0 and s.bytes_down > 0
 
 
-def run_with_tamperer(*, group: str, position: int, seed: int = 2):
+def run_with_tamperer(*, group: str, position: int, seed: int = 2, audit_fraction: float = 1.0):
     return run_secure(
-        n=40, k=3, group_size=4, dropout=0.0, seed=seed, backups=1, tamper=(group, position)
+        n=40,
+        k=3,
+        group_size=4,
+        dropout=0.0,
+        seed=seed,
+        backups=1,
+        tamper=(group, position),
+        audit_fraction=audit_fraction,
     )
 
 
@@ -265,3 +280,37 @@ def test_a_tampering_root_aggregator_is_caught_when_audited():
 
 def tree_nodes(n: int) -> list[NodeId]:
     return [NodeId(f"node-{i:06d}") for i in range(n)]
+
+
+def test_sampled_audits_catch_a_tamperer_exactly_when_its_auditor_draws_it():
+    # With audit_fraction 0.5 the auditor (the parent at the same position) decides,
+    # with its own key and only once the sum is in, whether to ask for the evidence.
+    params = TreeParams(k=3, group_size=4, fan_in=3, backups=1)
+    caught = missed = 0
+    for seed in range(2, 40):
+        weights, stats, trainer, _, samples, bad = run_with_tamperer(
+            group="L2", position=1, seed=seed, audit_fraction=0.5
+        )
+        tree = derive_tree(
+            job_id="secure-test",
+            round=0,
+            nodes=dict.fromkeys(tree_nodes(40)),
+            contributors=tree_nodes(40),
+            params=params,
+        )
+        closed = stats[0].closed
+        outside = np.array([n not in tree.group("L2").members for n in tree_nodes(40)])
+        if any(entry.startswith(bad) for entry in closed.blamed):
+            caught += 1  # drawn: named, its group left out, the rest exact
+            assert closed.participants == outside.sum()
+            np.testing.assert_allclose(
+                weights, survivors_mean(trainer, samples, outside), atol=1e-4
+            )
+        else:
+            missed += 1  # not drawn: the forged offset went into the sum, unnoticed
+            everyone = survivors_mean(trainer, samples, np.ones(40, bool))
+            deviation = np.abs(weights - everyone)  # the offset is on coordinate 0 only
+            assert deviation[0] > 1e-5 > deviation[1:].max()
+        if caught >= 2 and missed >= 2:
+            break
+    assert caught >= 2 and missed >= 2, (caught, missed)

@@ -64,6 +64,7 @@ KEY_SIZE = 32
 PUBLIC_KEYS_SIZE = 2 * KEY_SIZE
 
 _SEED_INFO = b"tessera/node-keys/v1/from-seed"
+_DRAW_LABEL = b"tessera/draw/v1\x00"  # never a prefix of what envelopes or documents sign
 _MAX_KEY_FILE = 16 * 1024  # a key file is under 1 KiB; refuse to read anything huge
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _PLAIN_LABEL = b"PRIVATE KEY"
@@ -246,6 +247,19 @@ class NodeKeys:
         if len(data) > _MAX_KEY_FILE:
             raise ConfigError("key file", "too large to be a node key file")
         return cls.from_private_bytes(data, passphrase)
+
+    def draw(self, context: bytes) -> bytes:
+        """32 bytes that only this key's holder can compute, the same for the same context.
+
+        SHA-256 of the deterministic Ed25519 signature (RFC 8032) of ``context``
+        under a label of its own: a keyed pseudo-random function, for choices
+        others must not predict but that replay identically (which sums to audit).
+        """
+        if not isinstance(context, bytes):
+            raise TypeError("context must be bytes")
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(self._signing.sign(_DRAW_LABEL + context))
+        return digest.finalize()
 
     # -- for tessera.crypto.envelope only ------------------------------------------
     def _sign(self, message: bytes) -> bytes:

@@ -55,7 +55,8 @@ from tessera.protocol.wire import Wire
 
 #: Largest envelope an aggregator accepts (a full share of a 64M-parameter model).
 MAX_ENVELOPE_BYTES = 1 << 29
-_FROM_COORDINATOR = (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN, Kind.AUDIT_REQUEST)
+_FROM_COORDINATOR = (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN)
+_DRAW_SCALE = 2.0**-64
 
 
 @dataclass
@@ -72,7 +73,9 @@ class AggregatorRole:
     # Audit trail: each input's original box, and the commitment, for our auditor.
     boxes: dict[str, tuple[bytes, NodeId]] = field(default_factory=dict)
     commit_box: bytes | None = None
-    evidence: bytes | None = None
+    included: tuple[str, ...] = ()  # what the commitment told us to sum
+    evidence: bytes | None = None  # built when first sent: most sums are never audited
+    requested: set[str] = field(default_factory=set)  # children asked for evidence
     # Children's sums waiting for their evidence (upper groups only).
     pending: dict[str, tuple[PartialPayload | None, bytes | None, bytes | None]] = field(
         default_factory=dict
@@ -153,30 +156,17 @@ class Aggregator:
             role.boxes[sender] = (data, sender)
             return self._take(role, sender, share.share, 1)
         if env.kind == Kind.PARTIAL:
-            part = decode_partial(env.payload)
-            # the partial of child group part.group, addressed to our parent role
-            role = self._parent_role_for(part.group, part.position)
-            self._check_input(
-                role, part.group, sender, part.words.dtype.itemsize * 8, part.words.shape[0]
-            )
-            if part.group not in role.request.audit:  # audits are off for this job
-                return self._take(role, part.group, FullShare(part.words), part.contributors)
-            _, _, evidence = role.pending.get(part.group, (None, None, None))
-            role.pending[part.group] = (part, data, evidence)
-            return self._audit_child(role, part.group, sender)
+            return self._on_partial(decode_partial(env.payload), data, sender)
         if env.kind == Kind.EVIDENCE:
-            group, position, body = decode_labelled(env.payload)
-            role = self._parent_role_for(group, position)
-            if role.expected.get(group) != sender or group in role.inputs:
-                raise RemoteProtocolError(f"{sender} owes no evidence for {group}")
-            waiting, box, _ = role.pending.get(group, (None, None, None))
-            role.pending[group] = (waiting, box, body)
-            return self._audit_child(role, group, sender)
+            return self._on_evidence(*decode_labelled(env.payload), sender)
+        if env.kind == Kind.AUDIT_REQUEST:  # from our auditor: the parent, or the coordinator
+            group, position, _ = decode_labelled(env.payload)
+            role = self._role(group, position, leaf=None)
+            if sender != role.parent or not role.request.evidence_on_request:
+                raise RemoteProtocolError(f"{sender} does not audit {group} position {position}")
+            return self._send_evidence(role, sender)
         if env.kind in _FROM_COORDINATOR and sender != COORDINATOR:
             raise RemoteProtocolError("commitments and reassignments come from the coordinator")
-        if env.kind == Kind.AUDIT_REQUEST:
-            group, position, _ = decode_labelled(env.payload)
-            return self._send_evidence(self._role(group, position, leaf=None), COORDINATOR)
         if env.kind == Kind.COMMIT:
             return self._on_commit(decode_commit(env.payload), data)
         if env.kind == Kind.RESEND_PARTIAL:
@@ -186,6 +176,35 @@ class Aggregator:
         raise RemoteProtocolError(f"unexpected envelope kind {env.kind}")
 
     # -- audits ----------------------------------------------------------------
+    def _on_partial(self, part: PartialPayload, data: bytes, sender: NodeId) -> list[Effect]:
+        """A child group's sum at our position: take it, audit it, or ask for evidence."""
+        role = self._parent_role_for(part.group, part.position)
+        bits = part.words.dtype.itemsize * 8
+        self._check_input(role, part.group, sender, bits, part.words.shape[0])
+        if part.group not in role.request.audit:  # audits are off for this job
+            return self._take(role, part.group, FullShare(part.words), part.contributors)
+        if role.request.audit_fraction < 1 and part.group not in role.pending:
+            if not self.draws_audit(role, part.group):  # not this one: take it unchecked
+                role.boxes[part.group] = (data, sender)
+                return self._take(role, part.group, FullShare(part.words), part.contributors)
+            role.requested.add(part.group)
+            role.pending[part.group] = (part, data, None)
+            ask = encode_labelled(part.group, part.position, b"")
+            return [self._send(sender, Kind.AUDIT_REQUEST, ask, sealed=False)]
+        _, _, evidence = role.pending.get(part.group, (None, None, None))
+        role.pending[part.group] = (part, data, evidence)
+        return self._audit_child(role, part.group, sender)
+
+    def _on_evidence(self, group: str, position: int, body: bytes, sender: NodeId) -> list[Effect]:
+        role = self._parent_role_for(group, position)
+        if role.expected.get(group) != sender or group in role.inputs:
+            raise RemoteProtocolError(f"{sender} owes no evidence for {group}")
+        if role.request.audit_fraction < 1 and group not in role.requested:
+            raise RemoteProtocolError(f"no evidence was asked of {sender} for {group}")
+        waiting, box, _ = role.pending.get(group, (None, None, None))
+        role.pending[group] = (waiting, box, body)
+        return self._audit_child(role, group, sender)
+
     def _audit_child(self, role: AggregatorRole, child: str, sender: NodeId) -> list[Effect]:
         """Take a child's sum once its evidence checks out; accuse it otherwise."""
         part, box, evidence = role.pending[child]
@@ -216,7 +235,19 @@ class Aggregator:
         role.boxes[child] = (box, sender)
         return self._take(role, child, FullShare(part.words), part.contributors)
 
-    def _evidence(self, role: AggregatorRole, included: tuple[str, ...]) -> bytes:
+    def draws_audit(self, role: AggregatorRole, child: str) -> bool:
+        """Whether we audit ``child``'s sum: drawn with our key once the sum is here.
+
+        The child cannot predict the draw (it needs our signing key), so it
+        cannot forge only the sums that go unchecked; the draw replays the same.
+        """
+        context = "\x00".join(
+            (self.job_id, str(self.round), role.request.group, str(role.request.position), child)
+        )
+        u = int.from_bytes(self.keys.draw(context.encode()), "big") >> 192  # 64 bits
+        return u * _DRAW_SCALE < role.request.audit_fraction
+
+    def _evidence(self, role: AggregatorRole) -> bytes:
         assert role.commit_box is not None
         boxes = tuple(
             (
@@ -224,13 +255,16 @@ class Aggregator:
                 disclose_key(box, recipient_keys=self.keys, sender_public=self.directory[sender]),
             )
             for input_id, (box, sender) in sorted(role.boxes.items())
-            if input_id in included
+            if input_id in role.included
         )
         return encode_evidence(Evidence(role.commit_box, boxes))
 
     def _send_evidence(self, role: AggregatorRole, auditor: NodeId) -> list[Effect]:
-        if role.evidence is None:
+        if role.output is None:
             raise RemoteProtocolError(f"{role.request.group} has not summed yet")
+        if role.evidence is None:
+            role.evidence = self._evidence(role)
+            role.boxes.clear()  # the evidence holds what an auditor needs
         payload = encode_labelled(role.request.group, role.request.position, role.evidence)
         return [self._send(auditor, Kind.EVIDENCE, payload, sealed=True)]
 
@@ -335,9 +369,9 @@ class Aggregator:
         words = self.partial_sum(role, [inputs[i] for i in sorted(commit.included)])
         req = role.request
         role.output = encode_partial(req.group, req.position, count, words)
-        if req.send_evidence or req.evidence_on_request:
-            role.evidence = self._evidence(role, commit.included)
-        role.boxes.clear()  # the evidence, if any, holds what an auditor needs
+        role.included = commit.included
+        if not (req.send_evidence or req.evidence_on_request):
+            role.boxes.clear()  # nobody will audit this sum
         effects: list[Effect] = [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
         if req.send_evidence:  # the root's sums are audited on request instead
             effects += self._send_evidence(role, role.parent)

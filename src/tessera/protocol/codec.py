@@ -38,7 +38,7 @@ class Kind(IntEnum):
     RESEND_PARTIAL = 6  # coordinator -> child aggregator: send your sum to a replacement
     REASSIGN = 7  # coordinator -> parent aggregator: a child's sum now comes from a replacement
     EVIDENCE = 8  # aggregator -> its auditor: the boxes it summed, with their keys
-    AUDIT_REQUEST = 9  # coordinator -> root aggregator: send your evidence
+    AUDIT_REQUEST = 9  # auditor (parent aggregator, or coordinator at the root) -> audited
     ACCUSE = 10  # auditor -> coordinator: this aggregator's sum does not match its evidence
 
 

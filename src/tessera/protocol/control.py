@@ -212,6 +212,7 @@ def encode_aggregate_request(req: AggregateRequest) -> bytes:
             "length": req.length,
             "tree_digest": req.tree_digest,
             "audit": {c: [leaf, dict(inputs)] for c, (leaf, inputs) in req.audit.items()},
+            "audit_fraction": req.audit_fraction,
             "send_evidence": req.send_evidence,
             "evidence_on_request": req.evidence_on_request,
         },
@@ -231,6 +232,12 @@ def _audit(raw: object) -> Mapping[str, tuple[bool, Mapping[str, NodeId]]]:
             raise RemoteProtocolError("assign.audit inputs map ids to node ids")
         out[child] = (entry[0], MappingProxyType({k: NodeId(v) for k, v in inputs.items()}))
     return MappingProxyType(out)
+
+
+def _fraction(raw: object) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 1:
+        raise RemoteProtocolError("assign.audit_fraction must be a number in (0, 1]")
+    return float(raw)
 
 
 def decode_aggregate_request(data: bytes) -> AggregateRequest:
@@ -256,6 +263,7 @@ def decode_aggregate_request(data: bytes) -> AggregateRequest:
         length=_count(obj, "length", w),
         tree_digest=_get(obj, "tree_digest", str, w),
         audit=_audit(obj.get("audit", {})),
+        audit_fraction=_fraction(obj.get("audit_fraction", 1.0)),
         send_evidence=_get(obj, "send_evidence", bool, w),
         evidence_on_request=_get(obj, "evidence_on_request", bool, w),
     )

@@ -86,8 +86,9 @@ class AggregateRequest:
     audit: Mapping[str, tuple[bool, Mapping[str, NodeId]]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    audit_fraction: float = 1.0  # the share of child sums we audit, drawn as each arrives
     send_evidence: bool = False  # whether our sums go with evidence for our parent
-    evidence_on_request: bool = False  # root roles: keep evidence for the coordinator's audit
+    evidence_on_request: bool = False  # keep evidence until our auditor asks for it
 
     @property
     def nbytes(self) -> int:

@@ -92,11 +92,17 @@ class SecureParams:
     phase_timeout: float = 30.0
     min_frac_bits: int = 16
     audit: bool = True  # every partial sum checked by the level above (costs about 2x)
+    # Below 1, each auditor checks each child's sum with this probability, drawn only
+    # once the sum has arrived (``Aggregator.draws_audit``): cheaper, and a tamperer is
+    # still caught with this probability per sum it forges.
+    audit_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"secure.{name}", "must be positive")
+        if not 0 < self.audit_fraction <= 1:
+            raise ConfigError("secure.audit_fraction", "must be in (0, 1]")
 
     @property
     def term_bound(self) -> float:
@@ -247,6 +253,7 @@ class SecureCoordinator(Coordinator):
             senders = tuple(rs.seats[c][position] for c in group.children)
         parent = rs.seats[group.parent][position] if group.parent is not None else COORDINATOR
         node = rs.seats[group.id][position]
+        every = self.secure.audit_fraction >= 1  # else sums wait to be drawn for an audit
         audit = (
             {c: self._inputs_of(rs, tree.group(c), position) for c in group.children}
             if self.secure.audit
@@ -269,8 +276,9 @@ class SecureCoordinator(Coordinator):
             length=rs.length,
             tree_digest=rs.digest,
             audit=audit,
-            send_evidence=self.secure.audit and group.parent is not None,
-            evidence_on_request=self.secure.audit and group.parent is None,
+            audit_fraction=self.secure.audit_fraction,
+            send_evidence=self.secure.audit and group.parent is not None and every,
+            evidence_on_request=self.secure.audit and (group.parent is None or not every),
         )
         return Send(recipient=node, message=request)
 

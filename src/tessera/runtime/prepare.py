@@ -151,6 +151,7 @@ def secure_params_of(cfg: JobConfig, *, clip_norm: float, max_weight: float) -> 
         loss_cap=s.loss_cap,
         phase_timeout=s.phase_timeout,
         audit=s.audit,
+        audit_fraction=s.audit_fraction,
     )
 
 
