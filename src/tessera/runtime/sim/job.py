@@ -33,14 +33,17 @@ class RoundRecord:
     late: int
     skipped: bool
     train_loss: float
-    seconds: float
-    virtual_seconds: float
+    seconds: float  # wall-clock time the round took to simulate
+    virtual_seconds: float  # virtual time at which the round closed, counted from the job's start
     bytes_up: int
     bytes_down: int
     bytes_aggregation: int
     aggregators_failed: int = 0
     blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
     included: tuple[str, ...] = ()  # contributors whose updates are in this round's model
+    virtual_round_seconds: float = 0.0  # from the round's requests going out to its close
+    cpu_seconds: float = 0.0  # protocol compute charged to all actors (charge_compute only)
+    coordinator_cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -76,11 +79,14 @@ def simulate(
     *,
     secure: bool | None = None,
     devices: DeviceModel | None = None,
+    charge_compute: bool = False,
 ) -> SimulationResult:
     """Run the job; ``on_round`` sees each round's record and new global weights.
 
     ``devices`` replaces the config's simulated devices (speeds, dropouts), e.g.
     to replay exactly who took part in each round of a deployment.
+    ``charge_compute`` spends each node's and the coordinator's measured protocol
+    CPU time on the virtual clock (see ``Simulation``).
     """
     cfg = job.config
     sim_cfg = cfg.simulation
@@ -127,13 +133,16 @@ def simulate(
             skipped=closed.skipped,
             train_loss=closed.mean_loss,
             seconds=stats.seconds,
-            virtual_seconds=closed.closed_at,
+            virtual_seconds=stats.closed_at,
             bytes_up=stats.bytes_up,
             bytes_down=stats.bytes_down,
             bytes_aggregation=stats.bytes_aggregation,
             aggregators_failed=stats.aggregators_failed,
             blamed=closed.blamed,
             included=closed.included,
+            virtual_round_seconds=stats.virtual_round_seconds,
+            cpu_seconds=stats.cpu_seconds,
+            coordinator_cpu_seconds=stats.coordinator_cpu_seconds,
         )
         records.append(rec)
         if on_round is not None:
@@ -152,6 +161,7 @@ def simulate(
         chunk=max(1, sim_cfg.chunk_elements // max(1, 4 * job.layout.size)),
         on_round=record,
         machines=machines,
+        charge_compute=charge_compute,
     )
     start = time.perf_counter()
     weights = sim.run()

@@ -14,6 +14,14 @@ and the seed). So training holds one chunk of updates at a time, and the
 coordinator folds updates into its running sum as they arrive; what remains
 is the updates in flight on the simulated network (many, when thousands of
 nodes finish within one latency of each other and the model is large).
+
+Compute charging (``charge_compute=True``) models one machine per node: every
+``handle`` call is timed on this thread's CPU clock and that cost is spent on
+the virtual clock too. Each actor (a node, the coordinator) is one serial CPU:
+an event reaching a busy actor waits until it is free, and a call's effects
+(sends, training requests, a closed round) happen when it ends. Simulated
+training still runs at the device model's speed. Off, no call is timed and
+runs are exactly as before; on, virtual times vary with the host's speed.
 """
 
 from __future__ import annotations
@@ -82,6 +90,14 @@ class RoundStats:
     aggregators_failed: int = 0  # nodes whose aggregator roles were silent this round
     aggregator_messages_lost: int = 0
     rejected: list[str] = field(default_factory=list)
+    started_at: float = 0.0  # virtual time the round's requests went out
+    closed_at: float = 0.0  # virtual time the round closed (its closing call ended, if charged)
+    cpu_seconds: float = 0.0  # compute charged to all actors (0 unless charging)
+    coordinator_cpu_seconds: float = 0.0
+
+    @property
+    def virtual_round_seconds(self) -> float:
+        return self.closed_at - self.started_at
 
 
 @dataclass(order=True)
@@ -91,6 +107,15 @@ class _Pending:
     target: NodeId = field(compare=False)
     event: Event | None = field(compare=False, default=None)
     train_round: int = field(compare=False, default=-1)
+    armed: float = field(compare=False, default=0.0)  # a timer's time; ``at`` moves if deferred
+
+
+def _cpu_clock() -> Callable[[], float]:
+    try:
+        time.thread_time()
+    except (AttributeError, OSError):  # no per-thread CPU clock on this platform
+        return time.perf_counter
+    return time.thread_time
 
 
 class Simulation:
@@ -110,6 +135,7 @@ class Simulation:
         on_round: Callable[[RoundStats], None] | None = None,
         machines: Sequence[Machine] | None = None,
         fail_aggregators: Callable[[int, list[NodeId]], npt.NDArray[np.bool_]] | None = None,
+        charge_compute: bool = False,
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
@@ -142,23 +168,32 @@ class Simulation:
         self._dropped: npt.NDArray[np.bool_] = np.zeros(0, bool)
         self._stats = RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
         self._wall = time.perf_counter()
+        self.charge_compute = charge_compute
+        self._clock = _cpu_clock()
+        self._busy_until: dict[NodeId, float] = {}
 
     # -- driving ---------------------------------------------------------------
     def run(self) -> Vector:
         """Run the job to its end; returns the final global weights."""
-        self._perform(COORDINATOR, self.coordinator.handle(JobStarted(), self.now))
+        self._handle(COORDINATOR, self.coordinator, JobStarted())
+        self._stats.started_at = self.now
         while self._queue and self.final_weights is None:
             item = heapq.heappop(self._queue)
             self.now = item.at
+            timer = item.event if isinstance(item.event, TimerFired) else None
+            if timer is not None and self._timers.get((item.target, timer.timer)) != item.armed:
+                continue  # cancelled or re-armed
+            busy_until = self._busy_until.get(item.target, item.at)
+            if busy_until > item.at:  # only when charging: wait for the actor's CPU
+                item.at, item.seq = busy_until, next(self._seq)
+                heapq.heappush(self._queue, item)
+                continue
             if item.train_round >= 0:
                 self._complete_training(item.target, item.train_round)
                 continue
             assert item.event is not None
-            if isinstance(item.event, TimerFired):
-                key = (item.target, item.event.timer)
-                if self._timers.get(key) != item.at:
-                    continue  # cancelled or re-armed
-                del self._timers[key]
+            if timer is not None:
+                del self._timers[(item.target, timer.timer)]
             self._deliver(item.target, item.event)
         if self.final_weights is None:
             raise RuntimeError("simulation ran out of events before the job finished")
@@ -166,14 +201,28 @@ class Simulation:
 
     def _deliver(self, target: NodeId, event: Event) -> None:
         if target == COORDINATOR:
-            self._perform(target, self.coordinator.handle(event, self.now))
+            self._handle(target, self.coordinator, event)
             return
         node = self.index[target]
         machine = self.machines[node]
         if isinstance(machine, Node) and Node.for_aggregator(event) and self._aggregator_down(node):
             self._stats.aggregator_messages_lost += 1
             return  # a failed aggregator: whatever reaches it is lost
-        self._perform(target, machine.handle(event, self.now))
+        self._handle(target, machine, event)
+
+    def _handle(self, actor: NodeId, machine: Machine, event: Event) -> None:
+        if not self.charge_compute:
+            self._perform(actor, machine.handle(event, self.now))
+            return
+        start = self._clock()
+        effects = machine.handle(event, self.now)
+        cost = self._clock() - start
+        # The effects (and _send's departure time) happen when the call ends.
+        self.now = self._busy_until[actor] = self.now + cost
+        self._stats.cpu_seconds += cost
+        if actor == COORDINATOR:
+            self._stats.coordinator_cpu_seconds += cost
+        self._perform(actor, effects)
 
     def _aggregator_down(self, node: int) -> bool:
         round = self.coordinator.round
@@ -186,7 +235,7 @@ class Simulation:
         return bool(self._failed[node])
 
     def _push(self, at: float, target: NodeId, event: Event) -> None:
-        heapq.heappush(self._queue, _Pending(at, next(self._seq), target, event))
+        heapq.heappush(self._queue, _Pending(at, next(self._seq), target, event, armed=at))
 
     # -- effects ---------------------------------------------------------------
     def _perform(self, actor: NodeId, effects: list[Effect]) -> None:
@@ -226,12 +275,15 @@ class Simulation:
         # Selected, not dropped, yet no update in time: a straggler (or a decline).
         self._stats.late = closed.selected - closed.participants - self._stats.dropped
         self._stats.seconds = now - self._wall
+        self._stats.closed_at = self.now
         self._wall = now
         self._round_weights.pop(closed.round, None)
         self._due.pop(closed.round, None)
         if self.on_round is not None:
             self.on_round(self._stats)
         self._stats = RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
+        # The next round's requests go out with this close, from the same coordinator call.
+        self._stats.started_at = self.now
 
     # -- local training --------------------------------------------------------
     def _schedule_training(self, node: int, request: RequestLocalTraining) -> None:
@@ -256,7 +308,7 @@ class Simulation:
         if round not in self._round_weights:  # the round closed while this node trained
             self._deliver(node_id, LocalTrainingFailed(round=round, reason="round already closed"))
             return
-        if (round, node) not in self._results:
+        while (round, node) not in self._results:  # once, unless charging deferred others
             self._train_next_chunk(round)
         delta, samples, loss = self._results.pop((round, node))
         event = LocalUpdateReady(round=round, delta=delta, num_samples=samples, loss=loss)
