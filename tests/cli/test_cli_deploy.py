@@ -6,6 +6,11 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from tessera.sandbox import SandboxLimits
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 
@@ -50,3 +55,97 @@ def test_revoking_without_a_receipt_says_so(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "holds no consent to some-job" in done.stderr
+
+
+# -- start-up options, wired through in-process (the parties themselves are faked) --
+
+
+def _invoke(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from tessera.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+class _FakeAgent:
+    configs: ClassVar[list[Any]] = []
+
+    def __init__(self, cfg: Any) -> None:
+        self.configs.append(cfg)
+
+    def run(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("args", "seconds"), [((), 60.0), (("--sandbox-start-timeout", "300"), 300.0)]
+)
+def test_node_gives_its_sandbox_the_start_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], seconds: float
+) -> None:
+    from tessera.runtime.net import agent
+
+    monkeypatch.setattr(agent, "NodeAgent", _FakeAgent)
+    _FakeAgent.configs.clear()
+    node = ("node", "--id", "node-1", "--coordinator", "http://127.0.0.1:9")
+    done = _invoke(*node, "--keys", str(tmp_path / "k"), "--state", str(tmp_path / "s"), *args)
+    assert done.exit_code == 0, done.output
+    (cfg,) = _FakeAgent.configs
+    assert cfg.sandbox_limits.start_timeout == seconds
+    assert cfg.sandbox_limits.memory_bytes == SandboxLimits().memory_bytes  # the rest unchanged
+
+
+def test_node_refuses_a_sandbox_start_timeout_that_is_not_positive(tmp_path: Path) -> None:
+    done = tessera(
+        "node", "--id", "node-1", "--coordinator", "http://127.0.0.1:9",
+        "--sandbox-start-timeout", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "sandbox.start_timeout" in done.stderr
+    assert not (tmp_path / "node.key").exists()  # refused before anything was made
+
+
+def test_up_passes_its_start_options_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tessera.cli import deploy
+    from tessera.runtime.net import deployment
+
+    seen: dict[str, Any] = {}
+
+    class FakeDeployment:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen["deployment"] = kwargs
+
+        def close(self) -> None:
+            seen["closed"] = True
+
+    def fake_run(dep: Any, out: Path, **kwargs: Any) -> tuple[float, str]:
+        seen["run"] = kwargs
+        return 0.5, "accuracy"
+
+    monkeypatch.setattr(deployment, "Deployment", FakeDeployment)
+    monkeypatch.setattr(deploy, "_up_with_progress", fake_run)
+    config = str(EXAMPLES / "chem97.toml")
+    out = str(tmp_path / "up")
+    done = _invoke("up", config, "--nodes", "3", "--out", out, "-q")
+    assert done.exit_code == 0, done.output
+    assert seen["deployment"]["sandbox_start_timeout"] == 60.0
+    assert seen["run"]["start_timeout"] == 600.0
+    assert seen["run"]["start_batch"] is None
+    done = _invoke(
+        "up", config, "--out", out, "-q",
+        "--start-timeout", "90", "--start-batch", "5", "--sandbox-start-timeout", "240",
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert seen["deployment"]["sandbox_start_timeout"] == 240.0
+    assert seen["run"]["start_timeout"] == 90.0
+    assert seen["run"]["start_batch"] == 5
+    assert seen["closed"]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--start-timeout", "0"), ("--start-batch", "-1")])
+def test_up_refuses_bad_start_options(tmp_path: Path, option: str, value: str) -> None:
+    config = str(EXAMPLES / "chem97.toml")
+    done = _invoke("up", config, "--out", str(tmp_path / "up"), option, value)
+    assert done.exit_code == 2
+    assert option in done.output

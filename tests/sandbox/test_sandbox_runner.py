@@ -230,3 +230,31 @@ def test_malformed_frames_to_a_real_worker_never_hang() -> None:
     assert done.returncode == 2
     assert [r and r["ok"] for r in replies] == [False, False, False]
     assert "truncated frame" in str(replies[2])
+
+
+def test_the_parent_trains_without_loading_torch(tmp_path: Path) -> None:
+    """Only the child imports torch: a node agent's process stays small."""
+    code = """
+import sys
+import numpy as np
+from tessera.sandbox import Sandbox
+from tessera.training import ModelSpec, Recipe
+from tessera.training.spec import parameter_count
+
+spec = ModelSpec("mlp", (4,), 3, hidden=(8,))
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+weights = np.full(parameter_count(spec), 0.01, dtype=np.float32)
+with Sandbox(isolate_network="best_effort") as box:
+    out = box.train(spec, Recipe("cross_entropy"), x, y, weights, seed=0, shuffle_id=0)
+print(out.delta.shape == weights.shape, out.num_samples, "torch" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.split() == ["True", "16", "False"]

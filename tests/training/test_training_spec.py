@@ -3,6 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tessera.errors import ConfigError
 from tessera.training import (
@@ -14,6 +16,7 @@ from tessera.training import (
     load_weights,
     module_weights,
 )
+from tessera.training.spec import parameter_count
 from tessera.weights import from_bytes, to_bytes
 
 SPECS = [
@@ -111,6 +114,48 @@ def test_layout_matches_module_and_forward_shape(spec: ModelSpec) -> None:
     out = module(torch.zeros(7, *spec.input_shape))
     assert out.shape == (7, spec.n_outputs)
     assert not any(isinstance(m, torch.nn.BatchNorm2d | torch.nn.Dropout) for m in module.modules())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        *SPECS,
+        ModelSpec("linear", (2, 3, 4), 5),  # flattened input
+        ModelSpec("mlp", (1,), 1, hidden=(1, 1, 1)),
+        ModelSpec("cnn", (2, 1, 1), 3, channels=(4,)),  # too small to pool
+        ModelSpec("cnn", (1, 3, 9), 2, hidden=(5, 3), channels=(2, 2, 2)),  # pools, then not
+    ],
+    ids=lambda s: f"{s.kind}{s.input_shape}",
+)
+def test_parameter_count_equals_the_layout_size(spec: ModelSpec) -> None:
+    assert parameter_count(spec) == layout(spec).size
+    assert parameter_count(spec) == sum(p.numel() for p in build_module(spec).parameters())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.one_of(
+        st.builds(ModelSpec, st.just("linear"), st.tuples(st.integers(1, 50)), st.integers(1, 10)),
+        st.builds(
+            ModelSpec,
+            st.just("mlp"),
+            st.lists(st.integers(1, 8), min_size=1, max_size=3).map(tuple),
+            st.integers(1, 10),
+            hidden=st.lists(st.integers(1, 64), min_size=1, max_size=3).map(tuple),
+        ),
+        st.builds(
+            ModelSpec,
+            st.just("cnn"),
+            st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12)),
+            st.integers(1, 10),
+            hidden=st.lists(st.integers(1, 32), max_size=2).map(tuple),
+            channels=st.lists(st.integers(1, 8), min_size=1, max_size=4).map(tuple),
+        ),
+    )
+)
+def test_parameter_count_equals_the_layout_size_for_any_spec(spec: ModelSpec) -> None:
+    """The torch-free count (what a node's catalogue checks) is torch's own count."""
+    assert parameter_count(spec) == layout(spec).size
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}{s.input_shape}")

@@ -28,6 +28,14 @@ Key = Annotated[Path | None, typer.Option("--key", help="TLS private key (PEM)")
 ReadyFile = Annotated[
     Path | None, typer.Option("--ready-file", help="write the bound URL here once listening")
 ]
+SandboxStartTimeout = Annotated[
+    float,
+    typer.Option(
+        "--sandbox-start-timeout",
+        help="seconds a node waits for its sandbox to start (it loads torch);"
+        " raise it when many nodes start at once on few cores",
+    ),
+]
 
 
 def _logging(verbose: bool) -> None:
@@ -56,7 +64,10 @@ def _verify(ca: Path | None) -> Any:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    # Escaped: a message may quote a log, whose brackets are not markup.
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(2) from None
 
 
@@ -141,14 +152,17 @@ def node(
     isolate_network: Annotated[
         str, typer.Option(help="sandbox network isolation: required | best_effort")
     ] = "required",
+    sandbox_start_timeout: SandboxStartTimeout = 60.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
 ) -> None:
     """Run a node agent: register, consent, train in the sandbox, aggregate as the tree says."""
     _logging(verbose)
     from tessera.runtime.net.agent import AgentConfig, NodeAgent
+    from tessera.sandbox import SandboxLimits
 
     passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
     try:
+        limits = SandboxLimits(start_timeout=sandbox_start_timeout)
         agent = NodeAgent(
             AgentConfig(
                 node_id=id,
@@ -161,6 +175,7 @@ def node(
                 verify=_verify(ca),
                 consent_to=list(consent or []),
                 isolate_network="best_effort" if isolate_network == "best_effort" else "required",
+                sandbox_limits=limits,
             )
         )
         agent.run()
@@ -209,6 +224,21 @@ def up(
     mlflow: Annotated[
         str | None, typer.Option("--mlflow", help="MLflow tracking URI: log rounds and the model")
     ] = None,
+    start_timeout: Annotated[
+        float,
+        typer.Option(
+            "--start-timeout", help="seconds for all nodes to consent and the job to start"
+        ),
+    ] = 600.0,
+    start_batch: Annotated[
+        int,
+        typer.Option(
+            "--start-batch",
+            help="start this many node processes at a time, the next once they consented"
+            " (0: all at once)",
+        ),
+    ] = 0,
+    sandbox_start_timeout: SandboxStartTimeout = 60.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Start coordinator, provider and N nodes on loopback; run the job through them."""
@@ -223,8 +253,20 @@ def up(
             cfg = cfg.model_copy(
                 update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
             )
+        if start_timeout <= 0:
+            raise typer.BadParameter("must be positive", param_hint="--start-timeout")
+        if start_batch < 0:
+            raise typer.BadParameter("must be 0 (all at once) or more", param_hint="--start-batch")
         with console.status(f"preparing {nodes} nodes' data"):
-            dep = Deployment(cfg, nodes, out, tls=tls, db_url=db, records=records)
+            dep = Deployment(
+                cfg,
+                nodes,
+                out,
+                tls=tls,
+                db_url=db,
+                records=records,
+                sandbox_start_timeout=sandbox_start_timeout,
+            )
     except TesseraError as exc:
         _fail(exc)
         return
@@ -235,7 +277,14 @@ def up(
 
             tracker = MlflowLogger(mlflow, experiment=cfg.job.name, run_name=f"up-{out.name}")
             tracker.log_params(cfg.model_dump(mode="json"))
-        final, metric = _up_with_progress(dep, out, quiet=quiet, tracker=tracker)
+        final, metric = _up_with_progress(
+            dep,
+            out,
+            quiet=quiet,
+            tracker=tracker,
+            start_timeout=start_timeout,
+            start_batch=start_batch or None,
+        )
         if tracker is not None:
             model = out / "model.safetensors"
             tracker.log_model(
@@ -257,7 +306,15 @@ def up(
     console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png; logs in {out}/logs")
 
 
-def _up_with_progress(dep: Any, out: Path, *, quiet: bool, tracker: Any) -> tuple[float, str]:
+def _up_with_progress(
+    dep: Any,
+    out: Path,
+    *,
+    quiet: bool,
+    tracker: Any,
+    start_timeout: float | None = None,
+    start_batch: int | None = None,
+) -> tuple[float, str]:
     """Run the job with a progress bar; metrics.json and the model are rewritten each round."""
     from tessera.reports import build_metrics, plot_curves, write_json
     from tessera.runtime.net.up import baseline_of, run_job
@@ -275,6 +332,13 @@ def _up_with_progress(dep: Any, out: Path, *, quiet: bool, tracker: Any) -> tupl
 
         def on_started(job_id: str) -> None:
             progress.update(task, status=f"job {job_id}: {dep.n_nodes} nodes consenting")
+
+        def on_consents(job_id: str, consented: int, started: int) -> None:
+            progress.update(
+                task,
+                status=f"job {job_id}: {consented}/{dep.n_nodes} nodes consented"
+                f" ({started} started)",
+            )
 
         def on_round(rec: RoundRecord, weights: Vector) -> None:
             done.append(rec)
@@ -296,7 +360,14 @@ def _up_with_progress(dep: Any, out: Path, *, quiet: bool, tracker: Any) -> tupl
             )
             write_json(out / "metrics.json", running)
 
-        result = run_job(dep, on_round=on_round, on_started=on_started)
+        result = run_job(
+            dep,
+            on_round=on_round,
+            on_started=on_started,
+            on_consents=on_consents,
+            start_timeout=start_timeout,
+            start_batch=start_batch,
+        )
     digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(result.weights))
     metrics = build_metrics(
         dep.job, done, baseline, status="finished", model_digest=digest, secure=secure

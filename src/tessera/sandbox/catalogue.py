@@ -94,9 +94,10 @@ class NodeCatalogue(BaseModel):
                 self.max_channels,
                 self.max_conv_layers,
             )
-        from tessera.training.spec import layout  # torch loads only with a ModelSpec
+        # From the spec's shapes: the node agent never imports torch (its sandbox does).
+        from tessera.training.spec import parameter_count
 
-        n_params = layout(spec).size
+        n_params = parameter_count(spec)
         if n_params > self.max_parameters:
             yield (
                 f"model has {n_params:,} parameters; "

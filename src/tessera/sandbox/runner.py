@@ -144,14 +144,15 @@ class Sandbox:
         ``ConfigError``/``DataError`` (job or records unusable) or
         ``SandboxError`` (a limit, a crash, a timeout, no isolation).
         """
-        from tessera.training.spec import layout  # loaded already by whoever built ``spec``
+        # Counted from the spec's shapes: the parent (a node agent) never loads torch.
+        from tessera.training.spec import parameter_count
 
         x_arr = np.ascontiguousarray(x, dtype=np.float32)
         if x_arr.ndim < 1:
             raise DataError("x must hold one row per record")
         y_arr = _targets(y)
         self.catalogue.check(spec, recipe, len(x_arr))
-        size = layout(spec).size
+        size = parameter_count(spec)
         w = np.asarray(weights)
         if w.shape != (size,):
             raise DataError(f"weights have shape {w.shape}, expected ({size},)")

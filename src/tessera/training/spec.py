@@ -108,7 +108,7 @@ class ModelSpec:
                 raise ConfigError("model.input_shape", "image sides must be positive")
         elif math.prod(shape) > MAX_PARAMETERS:
             raise ConfigError("model.input_shape", f"{shape} has too many features")
-        n_params = sum(math.prod(s) for s in _shapes(self))
+        n_params = parameter_count(self)
         if n_params > MAX_PARAMETERS:
             raise ConfigError(
                 "model", f"{n_params} parameters exceed the limit of {MAX_PARAMETERS}"
@@ -168,6 +168,15 @@ def _shapes(spec: ModelSpec) -> list[tuple[int, ...]]:
     for d_in, d_out in itertools.pairwise(widths):
         shapes += [(d_out, d_in), (d_out,)]
     return shapes
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """How many floats the spec's weights hold, from its shapes alone (no torch).
+
+    Equals ``layout(spec).size``; a node agent checks its catalogue with this
+    so that it never loads torch itself (only its sandbox child trains).
+    """
+    return sum(math.prod(shape) for shape in _shapes(spec))
 
 
 def _make_module(spec: ModelSpec) -> nn.Sequential:

@@ -56,9 +56,16 @@ from tessera.protocol.events import (
 from tessera.runtime.host import train_seed
 from tessera.runtime.net.client import CoordinatorClient, ServiceRefused, check
 from tessera.runtime.net.jobspec import JobSpec
+from tessera.runtime.net.kinds import REGISTRATION_KIND
 from tessera.runtime.net.mail import from_envelope, read_weights_artefact, to_envelope
-from tessera.runtime.net.service import REGISTRATION_KIND
-from tessera.sandbox import DEFAULT_CATALOGUE, NodeCatalogue, Sandbox, SandboxError, SandboxRefused
+from tessera.sandbox import (
+    DEFAULT_CATALOGUE,
+    NodeCatalogue,
+    Sandbox,
+    SandboxError,
+    SandboxLimits,
+    SandboxRefused,
+)
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.node")
@@ -80,6 +87,8 @@ class AgentConfig:
     consent_days: float = 30.0
     isolate_network: Literal["required", "best_effort"] = "required"
     catalogue: NodeCatalogue = DEFAULT_CATALOGUE
+    # The sandbox child's bounds; raise start_timeout where many nodes start at once.
+    sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
     exit_when_done: bool = True
     poll_wait: float = 20.0
 
@@ -113,7 +122,9 @@ class NodeAgent:
         self.keys = load_or_create_keys(cfg.keys_path, cfg.passphrase)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.client = CoordinatorClient(cfg.coordinator, verify=cfg.verify)
-        self.sandbox = Sandbox(isolate_network=cfg.isolate_network, catalogue=cfg.catalogue)
+        self.sandbox = Sandbox(
+            cfg.sandbox_limits, isolate_network=cfg.isolate_network, catalogue=cfg.catalogue
+        )
         self.jobs: dict[str, _Job] = {}
         self.finished: set[str] = set()
         self.timers: dict[tuple[str, str], float] = {}

@@ -55,6 +55,18 @@ class Process:
         except OSError:
             return ""
 
+    def how_it_ended(self, lines: int = 20) -> str:
+        """For an error message: its name, exit status and the last lines of its log."""
+        code = self.popen.poll()
+        if code is None:
+            ended = "is still running"
+        elif code < 0:
+            ended = f"was killed by signal {-code}"
+        else:
+            ended = f"exited with status {code}"
+        tail = self.tail(lines).strip() or "(empty)"
+        return f"{self.name} {ended}; last lines of {self.log}:\n{tail}"
+
 
 def _tessera(*args: str) -> list[str]:
     return [sys.executable, "-m", "tessera.cli", *args]
@@ -81,6 +93,7 @@ class Deployment:
     db_url: str | None = None
     isolate_network: str = "required"
     records: str = "table"  # or "xapi": the provider serves a learning-record store
+    sandbox_start_timeout: float | None = None  # seconds; None: the node's default
     job: PreparedJob = field(init=False)
     processes: dict[str, Process] = field(default_factory=dict)
     coordinator_url: str = ""
@@ -255,7 +268,13 @@ class Deployment:
             args += ["--organisation", str(orgs[i])]
         if self.ca is not None:
             args += ["--ca", str(self.ca)]
+        if self.sandbox_start_timeout is not None:
+            args += ["--sandbox-start-timeout", repr(float(self.sandbox_start_timeout))]
         return self._spawn(self.node_id(i), _tessera(*args))
+
+    def exited(self) -> list[Process]:
+        """The parties started so far whose process has ended, in start order."""
+        return [proc for proc in self.processes.values() if not proc.alive()]
 
     def kill_node(self, i: int) -> None:
         self.processes[self.node_id(i)].stop(kill=True)

@@ -26,12 +26,11 @@ from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
 from tessera.runtime.net.driver import JobDriver
 from tessera.runtime.net.jobspec import JobSpec, check_tree_feasible
+from tessera.runtime.net.kinds import REGISTRATION_KIND
 from tessera.runtime.net.mail import read_weights_artefact
 from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
 
 log = logging.getLogger("tessera.coordinator")
-
-REGISTRATION_KIND = "registration"
 
 
 class Refused(Exception):

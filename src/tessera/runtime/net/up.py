@@ -17,6 +17,7 @@ from pathlib import Path
 from tessera.config import JobConfig
 from tessera.runtime.net.agent import load_or_create_keys
 from tessera.runtime.net.ai_provider import build_job, fetch_preprocessing, submit, watch
+from tessera.runtime.net.client import CoordinatorClient
 from tessera.runtime.net.deployment import PROVIDER_DATASET, Deployment
 from tessera.runtime.net.jobspec import JobSpec, check_tree_feasible
 from tessera.runtime.sim.job import BaselineResult, RoundRecord
@@ -32,6 +33,103 @@ def with_declared_weight(cfg: JobConfig, max_weight: float) -> JobConfig:
     return cfg.model_copy(update={"secure": secure})
 
 
+class StartFailed(RuntimeError):
+    """The job never started: a party's process ended first, or the start timed out."""
+
+
+def start_nodes(
+    dep: Deployment,
+    client: CoordinatorClient,
+    job_id: str,
+    *,
+    timeout: float | None = 600.0,
+    batch: int | None = None,
+    poll: float = 0.5,
+    on_consents: Callable[[str, int, int], None] | None = None,
+) -> None:
+    """Start the node processes and wait until the job starts (all of them consented).
+
+    ``batch`` nodes start at a time (None: all at once), the next batch once
+    the coordinator holds every started node's consent: on a few cores,
+    dozens of sandboxes loading torch at once can each miss their own start
+    timeout. A process (node, provider or coordinator) that ends before the job
+    starts, or a start slower than ``timeout`` seconds in all, is a
+    ``StartFailed`` naming the party and quoting its log. ``on_consents`` hears
+    (job id, nodes consented, nodes started) whenever either changes.
+    """
+    if batch is not None and batch < 1:
+        raise ValueError(f"start batch must be positive, got {batch}")
+    step = batch or dep.n_nodes
+    wait = _StartWait(dep, client, job_id, timeout=timeout, poll=poll, on_consents=on_consents)
+    while wait.started < dep.n_nodes:
+        for i in range(wait.started, min(wait.started + step, dep.n_nodes)):
+            dep.start_node(i, job_id)
+        wait.started = min(wait.started + step, dep.n_nodes)
+        # The last batch waits for the job itself, not just for the consents.
+        wait.until(None if wait.started == dep.n_nodes else wait.started)
+
+
+class _StartWait:
+    """Watches a job's start: consents, the parties' processes, the deadline."""
+
+    def __init__(
+        self,
+        dep: Deployment,
+        client: CoordinatorClient,
+        job_id: str,
+        *,
+        timeout: float | None,
+        poll: float,
+        on_consents: Callable[[str, int, int], None] | None,
+    ) -> None:
+        self.dep, self.client, self.job_id = dep, client, job_id
+        self.timeout, self.poll, self.on_consents = timeout, poll, on_consents
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.started = 0
+        self.consented = 0
+        self._heard: tuple[int, int] | None = None
+
+    def until(self, need: int | None) -> None:
+        """Until ``need`` consents are in (None: until the job left its waiting state)."""
+        while True:
+            if self._ended():
+                return
+            status = self.client.status(self.job_id)
+            self.consented = int(status.get("valid_consents", 0))
+            if status["state"] != "waiting" or (need is not None and self.consented >= need):
+                return
+            if self.on_consents is not None and self._heard != (self.consented, self.started):
+                self._heard = (self.consented, self.started)
+                self.on_consents(self.job_id, self.consented, self.started)
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise StartFailed(
+                    f"job {self.job_id} did not start within {self.timeout:.0f} s: "
+                    f"{self.consented} of {self.dep.n_nodes} nodes consented "
+                    f"({self.started} started); the node logs in {self.dep.out / 'logs'} "
+                    "say how far each got (more time: tessera up --start-timeout; "
+                    "slow sandbox starts: --sandbox-start-timeout, or --start-batch)"
+                )
+            time.sleep(self.poll)
+
+    def _ended(self) -> bool:
+        """True if the job started meanwhile; ``StartFailed`` if a party's process ended."""
+        ended = self.dep.exited()
+        if not ended:
+            return False
+        services = [p for p in ended if p.name in ("coordinator", "provider")]
+        # A node that ends once the job runs is the job's business (a dropout).
+        if not services and self.client.status(self.job_id)["state"] != "waiting":
+            return True
+        first = (services or ended)[0]
+        others = [p.name for p in ended if p is not first]
+        more = f" (also ended: {', '.join(others)})" if others else ""
+        raise StartFailed(
+            f"job {self.job_id} cannot start: {first.how_it_ended()}\n"
+            f"{self.consented} of {self.dep.n_nodes} nodes had consented{more}; "
+            f"all logs are in {self.dep.out / 'logs'}"
+        )
+
+
 @dataclass
 class UpResult:
     job_id: str
@@ -45,10 +143,18 @@ def run_job(
     *,
     on_round: Callable[[RoundRecord, Vector], None] | None = None,
     on_started: Callable[[str], None] | None = None,
+    on_consents: Callable[[str, int, int], None] | None = None,
     timeout: float | None = None,
     poll: float = 0.5,
+    start_timeout: float | None = 600.0,
+    start_batch: int | None = None,
 ) -> UpResult:
-    """Start the services, submit the job, start the nodes, and watch it to its end."""
+    """Start the services, submit the job, start the nodes, and watch it to its end.
+
+    ``start_timeout`` bounds the start (from the job's submission to its
+    first round) and ``start_batch`` staggers the nodes: see ``start_nodes``.
+    ``timeout`` bounds the watch once the job runs.
+    """
     t0 = time.monotonic()
     cfg = with_declared_weight(dep.config, float(dep.job.node_samples.max()))
     dep.config = cfg
@@ -77,10 +183,17 @@ def run_job(
         )
     with dep.client() as client:
         job_id = submit(client, doc, weights)["job_id"]
-        for i in range(dep.n_nodes):
-            dep.start_node(i, job_id)
         if on_started is not None:
             on_started(job_id)
+        start_nodes(
+            dep,
+            client,
+            job_id,
+            timeout=start_timeout,
+            batch=start_batch,
+            poll=poll,
+            on_consents=on_consents,
+        )
         records: list[RoundRecord] = []
         last = time.monotonic()
         final = dep.job.initial_weights
