@@ -987,6 +987,9 @@ def _ints(text: str) -> list[int]:
 
 
 def main() -> None:
+    from tessera.runtime.allocator import tune_allocator
+
+    tune_allocator()  # here and in every child this script spawns (they run main() too)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N = 100, 1,000 only")
     ap.add_argument("--sizes", type=_ints, default=None, help="N values, e.g. 100,1000,10000")

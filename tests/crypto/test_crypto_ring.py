@@ -209,6 +209,158 @@ def test_stochastic_rounding_is_exact_where_float_addition_is_not() -> None:
     assert abs(rate - 0.25) < 5 * math.sqrt(0.25 * 0.75 / m)
 
 
+def _round_up_rate(
+    value: float, dtype: type[np.floating[Any]], ring: Ring, m: int, rng: Any
+) -> tuple[float, float]:
+    """(observed rate of rounding up, exact probability it should have) for ``m`` encodings."""
+    v = dtype(value)
+    x = Fraction(float(v)) * 2**ring.frac_bits
+    low = math.floor(x)
+    words = encode(np.full(m, v, dtype=dtype), ring, rng)
+    ups = words.view(ring._signed).astype(np.float64) - float(low)
+    assert set(np.unique(ups).tolist()) <= {0.0, 1.0}
+    return float(ups.mean()), float(x - low)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ring=st.sampled_from([*RINGS, Ring(bits=32, frac_bits=0), Ring(bits=64, frac_bits=8)]),
+    whole=st.integers(-(2**20), 2**20),
+    frac=st.floats(0.02, 0.98),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_encode_is_unbiased_for_any_value(
+    ring: Ring, whole: int, frac: float, dtype: type[np.floating[Any]], seed: int
+) -> None:
+    # Floor, round-to-nearest or any fixed rounding is off by at least min(p, 1 - p) >= ~0.02
+    # in this rate, more than 25 standard errors: they all fail here.
+    m = 40_000
+    rate, p = _round_up_rate(
+        (whole + frac) * ring.step, dtype, ring, m, np.random.default_rng(seed)
+    )
+    assert abs(rate - p) <= 6 * math.sqrt(p * (1 - p) / m) + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("steps", "note"),
+    [
+        (2.0**-9, "rounds up only through a tie on the first byte"),
+        (-(2.0**-9), "-1 < x < 0: 1 + x is never formed"),
+        (2.0**-8 + 2.0**-12, "up on the first byte or through a tie"),
+        (5 - 2.0**-10, "just below an integer"),
+    ],
+)
+def test_stochastic_rounding_is_exact_beyond_the_first_random_byte(steps: float, note: str) -> None:
+    ring = Ring(bits=32, frac_bits=4)
+    m = 1_000_000
+    rate, p = _round_up_rate(steps * ring.step, np.float64, ring, m, np.random.default_rng(11))
+    assert abs(rate - p) <= 6 * math.sqrt(p * (1 - p) / m), note
+
+
+def test_stochastic_rounding_with_another_bit_generator() -> None:
+    ring = RINGS[0]
+    m = 200_000
+    rng = np.random.Generator(np.random.MT19937(5))  # 32-bit raw output underneath
+    rate, p = _round_up_rate(7.3 * ring.step, np.float32, ring, m, rng)
+    assert abs(rate - p) <= 6 * math.sqrt(p * (1 - p) / m)
+
+
+def _replayed_encoding(values: np.ndarray, ring: Ring, seed: int) -> list[int]:
+    """encode's documented coin in exact rationals, fed the same random bytes in the same order:
+    the first fractional byte of every element against one byte each, then each tie's
+    next byte against a fresh byte, tie by tie, round by round."""
+    rng = np.random.default_rng(seed)
+
+    def random_bytes(n: int) -> list[int]:
+        words = rng.integers(0, 1 << 64, size=-(-n // 8), dtype=np.uint64)
+        return words.view(np.uint8)[:n].tolist()
+
+    xs = [Fraction(float(v)) * 2**ring.frac_bits for v in values.reshape(-1)]
+    result = [math.floor(x) for x in xs]
+    rest = [x - low for x, low in zip(xs, result, strict=True)]  # exact r in [0, 1)
+    live = list(range(len(xs)))
+    draws = random_bytes(len(live))
+    while live:
+        tied = []
+        for i, k in zip(live, draws, strict=True):
+            q = math.floor(rest[i] * 256)
+            rest[i] = rest[i] * 256 - q
+            if k < q:
+                result[i] += 1
+            elif k == q and rest[i] != 0:
+                tied.append(i)
+        live = tied
+        draws = random_bytes(len(live)) if live else []
+    return result
+
+
+def test_encode_equals_its_exact_rational_reference() -> None:
+    gen = np.random.default_rng(2024)
+    edge = [5e-324, -5e-324, 2.0**-60, -(2.0**-60), -0.5 + 2.0**-60, 1 - 2.0**-53, -1 + 2.0**-53]
+    for ring in (Ring(bits=32, frac_bits=0), RINGS[0], RINGS[1], Ring(bits=64, frac_bits=3)):
+        # fractions with set bits at every depth, so that ties go several bytes deep
+        deep = 2.0 ** -gen.integers(8, 60, size=400).astype(np.float64)
+        steps = gen.integers(-50, 50, size=400) + gen.integers(0, 256, size=400) / 256 + deep
+        values = np.concatenate([steps, edge]) * ring.step
+        for dtype in (np.float64, np.float32):
+            v = values.astype(dtype)
+            for seed in range(3):
+                got = encode(v, ring, np.random.default_rng(seed)).view(ring._signed)
+                assert got.tolist() == _replayed_encoding(v, ring, seed)
+
+
+@FAST
+@given(
+    data=st.data(),
+    ring=st.sampled_from([*RINGS, Ring(bits=64, frac_bits=0), choose_ring(bound=3.0, terms=7)]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_grid_values_encode_exactly_whatever_the_seed(
+    data: st.DataObject, ring: Ring, seed: int
+) -> None:
+    limit = ring._word_limit
+    ints = data.draw(st.lists(st.integers(-limit, limit), min_size=1, max_size=50))
+    as_float = [math.ldexp(float(i), -ring.frac_bits) for i in ints]
+    exact = [i for i, f in zip(ints, as_float, strict=True) if Fraction(f) * 2**ring.frac_bits == i]
+    values = np.array([math.ldexp(float(i), -ring.frac_bits) for i in exact], np.float64)
+    words = encode(values, ring, np.random.default_rng(seed))
+    assert words.view(ring._signed).tolist() == exact
+    small = [i for i in exact if abs(i) < 2**24]  # exact in float32 too
+    v32 = np.array([math.ldexp(float(i), -ring.frac_bits) for i in small], np.float32)
+    assert encode(v32, ring, np.random.default_rng(seed)).view(ring._signed).tolist() == small
+
+
+@FAST
+@given(
+    where=st.floats(0, 1, exclude_max=True),
+    bad=st.sampled_from(["nan", "inf", "-inf", "above", "below"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_encode_refuses_bad_values_anywhere_before_drawing(
+    where: float, bad: str, dtype: type[np.floating[Any]]
+) -> None:
+    from tessera.crypto import fixedpoint
+
+    ring = choose_ring(bound=2.0, terms=10)
+    n = 2 * fixedpoint._CHUNK + 17  # several encode blocks
+    values = np.linspace(-ring.bound, ring.bound, n).astype(dtype)
+    values = np.clip(values, -float_at_most(ring.bound, dtype), float_at_most(ring.bound, dtype))
+    beyond = float(np.nextafter(dtype(float_at_most(ring.bound, dtype)), dtype(np.inf)))
+    values[int(where * n)] = {
+        "nan": math.nan,
+        "inf": math.inf,
+        "-inf": -math.inf,
+        "above": beyond,
+        "below": -beyond,
+    }[bad]
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    with pytest.raises(ValueError, match="finite" if bad in ("nan", "inf", "-inf") else "clip"):
+        encode(values, ring, rng)
+    assert rng.bit_generator.state == before  # nothing was drawn
+
+
 def test_encode_is_deterministic_given_the_generator() -> None:
     ring = RINGS[0]
     values = np.linspace(-3, 3, 100_001)

@@ -17,13 +17,29 @@ the smallest word that can do this for a given clipping bound and spends every
 spare bit on precision.
 
 Rounding is stochastic and unbiased: ``v * 2**f = i + r`` with integer ``i``
-and ``0 <= r < 1`` encodes as ``i + 1`` with probability ``r`` and as ``i``
-otherwise (computed as ``i + (u < r)``, ``u ~ U[0, 1)`` from the caller's
-generator, which is exact in float64 where ``floor(x + u)`` is not). So
-``E[decode(encode(v))] = v`` and each term is off by less than one ``step``:
-``|decode(sum of encodings) - true sum| < terms * step`` (``max_error``), plus
-the float64 rounding of the decoded result itself (relative 2**-53), which
-only matters for 64-bit sums beyond 2**53 steps.
+and ``0 <= r < 1`` encodes as ``i + 1`` with probability exactly ``r`` and as
+``i`` otherwise. So ``E[decode(encode(v))] = v`` and each term is off by less
+than one ``step``: ``|decode(sum of encodings) - true sum| < terms * step``
+(``max_error``), plus the float64 rounding of the decoded result itself
+(relative 2**-53), which only matters for 64-bit sums beyond 2**53 steps.
+
+The coin is tossed a byte at a time, without floating-point rounding anywhere:
+the first 8 bits of ``r`` (an integer ``q`` in [0, 255]) are compared with a
+uniform random byte ``k`` from the caller's generator; ``k < q`` rounds up,
+``k > q`` rounds down, and only a tie (probability 1/256) goes on to compare
+the next 8 bits of ``r`` with a fresh byte, and so on until they differ or
+``r`` has no bits left. That is a comparison of ``r`` with a uniform real in
+[0, 1) drawn to as many bits as needed, so ``P(up) = r`` exactly, for every
+finite float32 or float64 value, the sub-2**-53 fractions of tiny values and
+negative values just below an integer included (``floor(x + u)`` with a
+uniform double ``u`` is biased for large ``x``; ``x - floor(x)`` is rounded in
+float64 for some ``-1 < x < 0``; neither is computed). ``i`` and ``q`` come from
+``floor(v * 2**(f + 8))`` with exact float64 operations (scaling by powers of
+two, ``floor``, and subtractions of integers whose difference is a small
+integer). ``encode`` takes about ``256/255`` random bytes per element from
+the generator on average, as 64-bit words, rather than one double per element
+as it once did: a seeded generator still gives a deterministic result, but
+not the one it gave before.
 
 The rounding randomness is neither masking randomness (``sharing``) nor
 differential-privacy noise (``privacy``): it only makes quantisation unbiased.
@@ -34,7 +50,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +60,8 @@ __all__ = ["Ring", "Words", "choose_ring", "decode", "encode", "max_error"]
 Words = npt.NDArray[np.unsignedinteger[Any]]
 """A vector of ring elements: ``numpy.uint32`` or ``numpy.uint64`` words."""
 
-_CHUNK = 1 << 16  # elements per encode block: keeps the float64 temporaries in L2
+_CHUNK = 1 << 15  # elements per encode block: its two float64 scratch rows (512 KiB) stay in L2
+_BYTE = 256.0  # encode resolves the rounding coin 8 bits at a time
 
 
 def _is_int(x: object) -> bool:
@@ -149,9 +166,12 @@ def choose_ring(*, bound: float, terms: int, min_frac_bits: int = 16) -> Ring:
 def encode(values: npt.NDArray[np.floating[Any]], ring: Ring, rng: np.random.Generator) -> Words:
     """Quantise ``values`` into ``ring`` words with unbiased stochastic rounding.
 
-    The rounding draws one uniform double per element from ``rng``. Raises
-    ``ValueError`` for a non-float array, a non-finite value, or ``|v| >
-    ring.bound``. The result has the shape of ``values`` and dtype ``ring.dtype``.
+    Each element rounds up with probability exactly its fractional part (in
+    steps); the coin uses random bytes from ``rng``, about ``256/255`` per
+    element (see the module docstring), so a seeded generator gives a
+    deterministic result. Raises ``ValueError`` for a non-float array, a
+    non-finite value, or ``|v| > ring.bound``, before drawing anything from
+    ``rng``. The result has the shape of ``values`` and dtype ``ring.dtype``.
     """
     if not isinstance(ring, Ring):
         raise TypeError(f"ring must be a Ring, not {type(ring).__name__}")
@@ -161,38 +181,80 @@ def encode(values: npt.NDArray[np.floating[Any]], ring: Ring, rng: np.random.Gen
         got = values.dtype if isinstance(values, np.ndarray) else type(values).__name__
         raise ValueError(f"values must be a float32 or float64 numpy array, got {got}")
     flat = values.reshape(-1)
-    out: npt.NDArray[Any] = np.empty(flat.shape[0], dtype=ring._signed)
-    if flat.shape[0] == 0:
+    n = flat.shape[0]
+    out: npt.NDArray[Any] = np.empty(n, dtype=ring._signed)
+    if n == 0:
         return _as_words(out.view(ring.dtype).reshape(values.shape))
-    lo, hi, limit = float(np.min(flat)), float(np.max(flat)), ring.bound
-    if not (-limit <= lo and hi <= limit):  # also catches NaN, which fails every comparison
-        if not bool(np.all(np.isfinite(flat))):
-            raise ValueError("values must be finite (found NaN or infinity)")
-        raise ValueError(
-            f"values must satisfy |v| <= {limit} for this ring "
-            f"({ring.bits} bits, {ring.frac_bits} fractional, {ring.terms} terms); "
-            f"got min {lo}, max {hi}: clip the update first"
-        )
-    scale = math.ldexp(1.0, ring.frac_bits)
-    size = min(_CHUNK, flat.shape[0])
-    scaled = np.empty(size, dtype=np.float64)
-    floor = np.empty(size, dtype=np.float64)
-    uniform = np.empty(size, dtype=np.float64)
-    up = np.empty(size, dtype=np.bool_)
-    whole = np.empty(size, dtype=np.int64)
-    for start in range(0, flat.shape[0], size):
-        stop = min(start + size, flat.shape[0])
-        m = stop - start
-        x, fl, u, b, i = scaled[:m], floor[:m], uniform[:m], up[:m], whole[:m]
-        np.multiply(flat[start:stop], scale, out=x, dtype=np.float64)  # exact: a power of two
-        np.floor(x, out=fl)
-        np.subtract(x, fl, out=x)  # the fractional part r, exact, in [0, 1)
-        rng.random(out=u)
-        np.less(u, x, out=b)  # round up with probability r
-        np.copyto(i, fl, casting="unsafe")  # exact: |fl| <= ring._word_limit < 2**63
-        np.add(i, b, out=i)
-        np.copyto(out[start:stop], i, casting="unsafe")  # exact: fits the signed word
+    # z = v * 2**(f + 8) = x * 256 for x = v * 2**f; exact (a power of two, no overflow).
+    fine = math.ldexp(1.0, ring.frac_bits + 8)
+    limit = ring.bound
+    first = np.empty(n, dtype=np.uint8)  # q: the first 8 bits of frac(x)
+    size = min(_CHUNK, n)
+    scratch = np.empty((2, size), dtype=np.float64)
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        z, whole = scratch[0, : stop - start], scratch[1, : stop - start]
+        v = flat[start:stop]
+        # NaN fails both comparisons; all checked before anything is drawn from rng
+        if not (-limit <= float(np.min(v)) and float(np.max(v)) <= limit):
+            _refuse(flat, ring)
+        np.multiply(v, fine, out=z, dtype=np.float64)
+        np.floor(z, out=z)  # floor(x * 256)
+        np.multiply(z, 1.0 / _BYTE, out=z)  # floor(x * 256) / 256, exact
+        np.floor(z, out=whole)  # floor(x), exact
+        np.subtract(z, whole, out=z)  # q / 256: exact, a multiple of 1/256 in [0, 1)
+        np.multiply(z, _BYTE, out=z)  # q, an integer in [0, 255]
+        np.copyto(first[start:stop], z, casting="unsafe")  # exact
+        np.copyto(out[start:stop], whole, casting="unsafe")  # exact: |floor(x)| <= word limit
+    draws = _random_bytes(rng, n)
+    up = np.less(draws, first)
+    ties = np.flatnonzero(np.equal(draws, first))  # about n / 256 of them
+    if ties.shape[0]:  # round up with probability frac(x * 256), from the next bits on
+        up[ties] = _round_up(flat[ties].astype(np.float64) * fine, rng)
+    np.add(out, up, out=out, casting="unsafe")  # exact: rounds up only to ceil(x) <= word limit
     return _as_words(out.view(ring.dtype).reshape(values.shape))
+
+
+def _refuse(flat: npt.NDArray[np.floating[Any]], ring: Ring) -> NoReturn:
+    if not bool(np.all(np.isfinite(flat))):
+        raise ValueError("values must be finite (found NaN or infinity)")
+    lo, hi, limit = float(np.min(flat)), float(np.max(flat)), ring.bound
+    raise ValueError(
+        f"values must satisfy |v| <= {limit} for this ring "
+        f"({ring.bits} bits, {ring.frac_bits} fractional, {ring.terms} terms); "
+        f"got min {lo}, max {hi}: clip the update first"
+    )
+
+
+def _random_bytes(rng: np.random.Generator, n: int) -> npt.NDArray[np.uint8]:
+    """``n`` independent uniform bytes: full 64-bit words from ``rng``, split up."""
+    words = rng.integers(0, 1 << 64, size=-(-n // 8), dtype=np.uint64)
+    return words.view(np.uint8)[:n]
+
+
+def _round_up(z: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.bool_]:
+    """Independent coins, each True with probability exactly ``frac(z) = z - floor(z)``.
+
+    The byte-at-a-time comparison of ``encode``, for the few elements that tied
+    on the bits before: ``q = floor(frac(z) * 256)`` is computed as
+    ``floor(256 z) - 256 floor(z)``, exact, and against a random byte ``k``,
+    ``k < q`` is up, ``k > q`` down, ``k == q`` goes on with ``256 z``. An
+    element stops as soon as its remaining fraction is zero (down), so the
+    loop ends after at most 135 rounds (float64 holds no bits below 2**-1074),
+    and on average after 256/255 of one.
+    """
+    up = np.zeros(z.shape[0], dtype=np.bool_)
+    live = np.flatnonzero(z != np.floor(z))  # a zero fraction never rounds up
+    z = z[live]
+    while live.shape[0]:
+        z = z * _BYTE  # exact: z has a fractional part, so |z| < 2**52
+        whole = np.floor(z)
+        q = whole - np.floor(whole / _BYTE) * _BYTE  # exact: an integer in [0, 255]
+        k = _random_bytes(rng, live.shape[0])
+        up[live] = k < q
+        more = (k == q) & (z != whole)
+        live, z = live[more], z[more]
+    return up
 
 
 def decode(words: Words, ring: Ring) -> npt.NDArray[np.float64]:

@@ -139,13 +139,21 @@ class Contributor:
         assert a is not None
         assert ctx is not None
         ring = Ring(bits=a.ring_bits, frac_bits=a.frac_bits, terms=a.ring_terms)
-        delta = update.delta.astype(np.float64)
-        norm = float(np.sqrt(np.sum(delta * delta)))  # no BLAS threads for one vector
+        vector = np.empty(update.delta.shape[0] + 2, np.float64)
+        delta = vector[:-2]  # built in place: the only model-sized array made here
+        delta[...] = update.delta  # exact: float32 to float64
+        # The float64 norm by np.dot in slices of 8,192: no squared temporary, and no
+        # BLAS threads for one vector (OpenBLAS threads a dot only above 10,000 elements).
+        squares = 0.0
+        for start in range(0, delta.shape[0], 8192):
+            part = delta[start : start + 8192]
+            squares += float(np.dot(part, part))
+        norm = float(np.sqrt(squares))
         if norm > a.clip:
             delta *= a.clip * (1 - 1e-9) / norm
         w = min(update.num_samples, a.max_weight) / a.max_weight
-        vector = np.empty(delta.shape[0] + 2, np.float64)
-        vector[:-2] = w * delta
+        if w != 1.0:  # multiplying by 1.0 changes no bit
+            delta *= w
         vector[-2] = w * min(max(update.loss, 0.0), a.loss_cap) / a.loss_cap
         vector[-1] = w
         words = encode(vector, ring, ctx.rounding)
