@@ -26,6 +26,14 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+@app.callback()
+def _process_setup() -> None:
+    """Every command handles model-sized vectors: keep their scratch memory warm."""
+    from tessera.runtime.allocator import tune_allocator
+
+    tune_allocator()
+
+
 def progress_bar(quiet: bool) -> Progress:
     """The one progress display of every long command: task, bar, n/N, status, time."""
     return Progress(
