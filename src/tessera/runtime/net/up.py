@@ -195,7 +195,7 @@ def run_job(
             on_consents=on_consents,
         )
         records: list[RoundRecord] = []
-        last = time.monotonic()
+        last = started = time.monotonic()
         final = dep.job.initial_weights
         for result in watch(client, job_id, timeout=timeout, poll=poll):
             now = time.monotonic()
@@ -215,7 +215,10 @@ def run_job(
                 skipped=rec["skipped"],
                 train_loss=float("nan") if rec["train_loss"] is None else rec["train_loss"],
                 seconds=now - last,
-                virtual_seconds=now - last,
+                # A deployment's clock is the real one: time since the job started, as
+                # the simulator's virtual_seconds, and this round's own duration.
+                virtual_seconds=now - started,
+                virtual_round_seconds=now - last,
                 bytes_up=0,
                 bytes_down=0,
                 bytes_aggregation=0,
