@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -107,7 +108,10 @@ class _Pending:
     target: NodeId = field(compare=False)
     event: Event | None = field(compare=False, default=None)
     train_round: int = field(compare=False, default=-1)
-    armed: float = field(compare=False, default=0.0)  # a timer's time; ``at`` moves if deferred
+    armed: float = field(compare=False, default=0.0)  # a timer's time, as it was set
+
+
+_WAKE = -2  # ``_Pending.train_round`` of an actor's wake-up (charging compute only)
 
 
 def _cpu_clock() -> Callable[[], float]:
@@ -171,6 +175,7 @@ class Simulation:
         self.charge_compute = charge_compute
         self._clock = _cpu_clock()
         self._busy_until: dict[NodeId, float] = {}
+        self._backlog: dict[NodeId, deque[_Pending]] = {}  # items waiting for a busy actor
 
     # -- driving ---------------------------------------------------------------
     def run(self) -> Vector:
@@ -180,24 +185,44 @@ class Simulation:
         while self._queue and self.final_weights is None:
             item = heapq.heappop(self._queue)
             self.now = item.at
-            timer = item.event if isinstance(item.event, TimerFired) else None
-            if timer is not None and self._timers.get((item.target, timer.timer)) != item.armed:
-                continue  # cancelled or re-armed
-            busy_until = self._busy_until.get(item.target, item.at)
-            if busy_until > item.at:  # only when charging: wait for the actor's CPU
-                item.at, item.seq = busy_until, next(self._seq)
-                heapq.heappush(self._queue, item)
+            target = item.target
+            if item.train_round == _WAKE:  # the actor is free: its oldest waiting item runs
+                item = self._backlog[target].popleft()
+            elif self._busy_until.get(target, item.at) > item.at or target in self._backlog:
+                self._wait(item)  # only when charging compute: the actor's CPU is taken
                 continue
-            if item.train_round >= 0:
-                self._complete_training(item.target, item.train_round)
-                continue
-            assert item.event is not None
-            if timer is not None:
-                del self._timers[(item.target, timer.timer)]
-            self._deliver(item.target, item.event)
+            self._run_item(item)
+            backlog = self._backlog.get(target)
+            if backlog is not None:  # more waiting: wake the actor when this call ends
+                if backlog:
+                    at = max(self.now, self._busy_until.get(target, self.now))
+                    heapq.heappush(self._queue, _Pending(at, next(self._seq), target, None, _WAKE))
+                else:
+                    del self._backlog[target]
         if self.final_weights is None:
             raise RuntimeError("simulation ran out of events before the job finished")
         return self.final_weights
+
+    def _wait(self, item: _Pending) -> None:
+        """Queue ``item`` behind its busy actor, in arrival order; one wake-up per actor."""
+        backlog = self._backlog.get(item.target)
+        if backlog is None:
+            backlog = self._backlog[item.target] = deque()
+            at = self._busy_until[item.target]
+            heapq.heappush(self._queue, _Pending(at, next(self._seq), item.target, None, _WAKE))
+        backlog.append(item)
+
+    def _run_item(self, item: _Pending) -> None:
+        if item.train_round >= 0:
+            self._complete_training(item.target, item.train_round)
+            return
+        assert item.event is not None
+        if isinstance(item.event, TimerFired):
+            key = (item.target, item.event.timer)
+            if self._timers.get(key) != item.armed:
+                return  # cancelled or re-armed
+            del self._timers[key]
+        self._deliver(item.target, item.event)
 
     def _deliver(self, target: NodeId, event: Event) -> None:
         if target == COORDINATOR:
