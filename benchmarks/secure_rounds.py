@@ -638,22 +638,16 @@ def _contributor_costs(
     """a) ``Contributor._shares`` step by step, then whole; and the leaf's inputs."""
     from tessera.crypto import encode, split
     from tessera.protocol.codec import Kind, encode_share
+    from tessera.protocol.contributor import weighted_vector
 
     ring, length, k = nodes.ring, nodes.length, PER_NODE_K
     rounding = np.random.default_rng(1)
     max_weight, loss_cap = float(PER_NODE_RECORDS), 20.0
 
     def clip_weight() -> np.ndarray:
-        d = delta.astype(np.float64)
-        norm = float(np.sqrt(np.sum(d * d)))
-        if norm > clip:
-            d *= clip * (1 - 1e-9) / norm
-        w = min(PER_NODE_RECORDS, max_weight) / max_weight
-        vector = np.empty(length, np.float64)
-        vector[:-2] = w * d
-        vector[-2] = w * min(max(loss, 0.0), loss_cap) / loss_cap
-        vector[-1] = w
-        return vector
+        return weighted_vector(
+            delta, PER_NODE_RECORDS, loss, clip=clip, max_weight=max_weight, loss_cap=loss_cap
+        )
 
     def seal_all(shares: list[Share], sender: str) -> list[bytes]:
         return [

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tessera.crypto.fixedpoint import Ring, encode
 from tessera.crypto.keys import NodeKeys, PublicKeys
@@ -38,6 +40,42 @@ from tessera.protocol.messages import (
 from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, ContributorState
 from tessera.protocol.treecheck import TreeCheck
 from tessera.protocol.wire import Wire
+
+
+def weighted_vector(
+    delta: npt.NDArray[np.floating[Any]],
+    num_samples: int,
+    loss: float,
+    *,
+    clip: float,
+    max_weight: float,
+    loss_cap: float,
+) -> npt.NDArray[np.float64]:
+    """What a contributor shares: ``w * clip(delta)``, then ``w * loss / loss_cap``, then ``w``.
+
+    ``w = min(num_samples, max_weight) / max_weight`` weights the update (so the
+    sum of these vectors, divided by the sum of the last words, is the weighted
+    mean); the delta is clipped to L2 norm ``clip`` (just under it, so rounding
+    cannot push a coordinate past the ring's bound); the loss is capped.
+    """
+    vector = np.empty(delta.shape[0] + 2, np.float64)
+    scaled = vector[:-2]  # built in place: the only model-sized array made here
+    scaled[...] = delta  # exact: float32 to float64
+    # The float64 norm by np.dot in slices of 8,192: no squared temporary, and no
+    # BLAS threads for one vector (OpenBLAS threads a dot only above 10,000 elements).
+    squares = 0.0
+    for start in range(0, scaled.shape[0], 8192):
+        part = scaled[start : start + 8192]
+        squares += float(np.dot(part, part))
+    norm = float(np.sqrt(squares))
+    if norm > clip:
+        scaled *= clip * (1 - 1e-9) / norm
+    w = min(num_samples, max_weight) / max_weight
+    if w != 1.0:  # multiplying by 1.0 changes no bit
+        scaled *= w
+    vector[-2] = w * min(max(loss, 0.0), loss_cap) / loss_cap
+    vector[-1] = w
+    return vector
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,23 +177,14 @@ class Contributor:
         assert a is not None
         assert ctx is not None
         ring = Ring(bits=a.ring_bits, frac_bits=a.frac_bits, terms=a.ring_terms)
-        vector = np.empty(update.delta.shape[0] + 2, np.float64)
-        delta = vector[:-2]  # built in place: the only model-sized array made here
-        delta[...] = update.delta  # exact: float32 to float64
-        # The float64 norm by np.dot in slices of 8,192: no squared temporary, and no
-        # BLAS threads for one vector (OpenBLAS threads a dot only above 10,000 elements).
-        squares = 0.0
-        for start in range(0, delta.shape[0], 8192):
-            part = delta[start : start + 8192]
-            squares += float(np.dot(part, part))
-        norm = float(np.sqrt(squares))
-        if norm > a.clip:
-            delta *= a.clip * (1 - 1e-9) / norm
-        w = min(update.num_samples, a.max_weight) / a.max_weight
-        if w != 1.0:  # multiplying by 1.0 changes no bit
-            delta *= w
-        vector[-2] = w * min(max(update.loss, 0.0), a.loss_cap) / a.loss_cap
-        vector[-1] = w
+        vector = weighted_vector(
+            update.delta,
+            update.num_samples,
+            update.loss,
+            clip=a.clip,
+            max_weight=a.max_weight,
+            loss_cap=a.loss_cap,
+        )
         words = encode(vector, ring, ctx.rounding)
         shares = split(words, len(a.aggregators), full_position=a.full_position, ring=ring)
         self._sent = (ring, vector.shape[0], shares)
