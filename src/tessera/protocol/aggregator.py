@@ -373,7 +373,7 @@ class Aggregator:
         if not (req.send_evidence or req.evidence_on_request):
             role.boxes.clear()  # nobody will audit this sum
         effects: list[Effect] = [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
-        if req.send_evidence:  # the root's sums are audited on request instead
+        if req.send_evidence:  # root and sampled audits ask for the evidence instead
             effects += self._send_evidence(role, role.parent)
         return effects
 
