@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tessera.sandbox import SandboxLimits
+from tessera.storage import StoreError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 
@@ -149,3 +151,73 @@ def test_up_refuses_bad_start_options(tmp_path: Path, option: str, value: str) -
     done = _invoke("up", config, "--out", str(tmp_path / "up"), option, value)
     assert done.exit_code == 2
     assert option in done.output
+
+
+# -- tessera provider: the gate's state (revocations, used nonces) outlives a restart --
+
+
+def _provider_config(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "records.csv").write_text("user,score\nu,1.0\n")
+    dataset = {"name": "t", "backend": "table", "path": "records.csv", "user_field": "user"}
+    config = folder / "provider.json"
+    config.write_text(json.dumps({"datasets": [dataset]}))
+    return config
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What ``tessera provider`` handed ``create_provider_app``; nothing is served."""
+    from tessera.runtime.net import provider, serve
+
+    seen: dict[str, Any] = {}
+    real = provider.create_provider_app
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    def run_server(app: Any, **kwargs: Any) -> None:
+        state = seen["state"]
+        state.revoke("c" * 64, 1.0, expires=2e9, now=0.0)  # a running provider's write
+        seen["run"] = kwargs
+
+    monkeypatch.setattr(provider, "create_provider_app", spy)
+    monkeypatch.setattr(serve, "run_server", run_server)
+    return seen
+
+
+def test_provider_keeps_its_gate_state_beside_its_config_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: dict[str, Any]
+) -> None:
+    from tessera.consent.state import SqlGateState
+
+    config = _provider_config(tmp_path / "conf")
+    monkeypatch.chdir(tmp_path)
+    done = _invoke("provider", "conf/provider.json", "--port", "0")
+    assert done.exit_code == 0, done.output
+    assert isinstance(served["state"], SqlGateState)
+    with SqlGateState(f"sqlite:///{config.parent / 'provider.db'}") as state:  # a restart
+        assert state.revoked_at("c" * 64) == 1.0
+    with pytest.raises(StoreError, match="closed"):  # closed when the server stopped
+        served["state"].revoked_at("c" * 64)
+
+
+def test_provider_db_option(tmp_path: Path, served: dict[str, Any]) -> None:
+    from tessera.consent.state import SqlGateState
+
+    config = _provider_config(tmp_path / "conf")
+    db = tmp_path / "state" / "gate.db"
+    done = _invoke("provider", str(config), "--db", f"sqlite:///{db}")
+    assert done.exit_code == 0, done.output
+    assert not (config.parent / "provider.db").exists()
+    with SqlGateState(f"sqlite:///{db}") as state:
+        assert state.revoked_at("c" * 64) == 1.0
+
+
+def test_provider_refuses_a_database_it_cannot_open(tmp_path: Path, served: dict[str, Any]) -> None:
+    config = _provider_config(tmp_path / "conf")
+    done = _invoke("provider", str(config), "--db", "mysql://nobody@127.0.0.1/x")
+    assert done.exit_code == 2
+    assert "cannot open the gate's database" in done.output
+    assert "run" not in served

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from tessera.consent import (
     ConsentError,
     ConsentTerms,
+    GateState,
+    MemoryGateState,
     RecordsGate,
     RecordsRequest,
     ReplayedRequest,
@@ -16,6 +20,7 @@ from tessera.consent import (
     revoke_consent,
     sign_records_request,
 )
+from tessera.consent.state import SqlGateState
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.errors import RemoteProtocolError
@@ -103,11 +108,14 @@ def test_authorize_alone_changes_nothing() -> None:
 
 
 def test_nonces_are_forgotten_once_the_request_is_stale_anyway() -> None:
-    gate = RecordsGate(SUBJECTS, window=300)
+    state = MemoryGateState()
+    gate = RecordsGate(SUBJECTS, window=300, state=state)
     req = request()
     gate.commit(authorize(gate, request=req), now=T0 + 5)
-    authorize(gate, request=request(at=T0 + 400), now=T0 + 400)  # purges the old nonce
-    assert not gate._nonces or all(at > T0 for at in gate._nonces.values())
+    assert list(state.nonces.values()) == [T0 + 300]  # kept while the request is fresh
+    fresh = request(at=T0 + 400)
+    gate.commit(authorize(gate, request=fresh, now=T0 + 400), now=T0 + 400)  # purges the old
+    assert list(state.nonces.values()) == [T0 + 700]
     with pytest.raises(ConsentError, match="stale"):
         authorize(gate, request=req, now=T0 + 400)
 
@@ -185,15 +193,17 @@ def test_revocation_is_remembered_and_refuses_the_consent() -> None:
 
 
 def test_revocations_are_forgotten_once_the_receipt_expires() -> None:
-    gate = RecordsGate(SUBJECTS)
+    state = MemoryGateState()
+    gate = RecordsGate(SUBJECTS, state=state)
     receipt = consent(expires_at=T0 + 10)
     gate.revoke(revoke_consent(A, receipt=receipt, at=T0), receipt, now=T0 + 1)
     gate.revoke(revoke_consent(A, receipt=consent(), at=T0), consent(), now=T0 + 11)
-    assert list(gate._revocations) == [consent().digest]
+    assert list(state.revocations) == [consent().digest]
 
 
 def test_revocations_by_others_or_for_unenrolled_users_are_refused() -> None:
-    gate = RecordsGate(SUBJECTS)
+    state = MemoryGateState()
+    gate = RecordsGate(SUBJECTS, state=state)
     receipt = consent()
     forged = sign_document(B, "revocation", revoke_consent(A, receipt=receipt, at=T0).body)
     with pytest.raises(ConsentError, match="not signed by the key that granted"):
@@ -202,7 +212,7 @@ def test_revocations_by_others_or_for_unenrolled_users_are_refused() -> None:
     own = consent(stranger)
     with pytest.raises(ConsentError, match="not enrolled here for user 'school-1'"):
         gate.revoke(revoke_consent(stranger, receipt=own, at=T0), own, now=T0)
-    assert not gate._revocations
+    assert not state.revocations
 
 
 def test_enrolments_may_be_added_later() -> None:
@@ -221,3 +231,78 @@ def test_request_document_round_trip() -> None:
     assert parsed.signer == A.public
     assert parsed.at == T0
     assert len(RecordsRequest.from_document(request()).nonce) == 32
+
+
+# --- the gate's state: a restart forgets neither revocations nor used nonces ---------------
+
+
+@pytest.fixture
+def reopen(store_url: str) -> Iterator[Callable[[], SqlGateState]]:
+    """Open the state at ``store_url`` anew, closing the last one: a provider restart."""
+    opened: list[SqlGateState] = []
+
+    def restart() -> SqlGateState:
+        if opened:
+            opened[-1].close()
+        opened.append(SqlGateState(store_url))
+        return opened[-1]
+
+    yield restart
+    for state in opened:
+        state.close()
+
+
+def test_both_states_are_gate_states(tmp_path: Path) -> None:
+    assert isinstance(MemoryGateState(), GateState)
+    with SqlGateState(f"sqlite:///{tmp_path / 'gate.db'}") as state:
+        assert isinstance(state, GateState)
+    assert isinstance(RecordsGate(SUBJECTS).state, MemoryGateState)
+
+
+def test_a_revoked_consent_stays_revoked_after_a_restart(
+    reopen: Callable[[], SqlGateState],
+) -> None:
+    gate = RecordsGate(SUBJECTS, state=reopen())
+    receipt = consent()
+    authorize(gate, consent=receipt)
+    gate.revoke(revoke_consent(A, receipt=receipt, at=T0 + 1), receipt, now=T0 + 2)
+    with pytest.raises(ConsentError, match="consent revoked at") as before:
+        authorize(gate, consent=receipt)
+    restarted = RecordsGate(SUBJECTS, state=reopen())
+    with pytest.raises(ConsentError) as after:
+        authorize(restarted, consent=receipt)
+    assert after.value.reason == before.value.reason == "consent revoked at 2026-05-28T20:26:41Z"
+    authorize(restarted, consent=consent(purpose="a fresh consent"))
+
+
+def test_a_released_request_is_a_replay_after_a_restart(
+    reopen: Callable[[], SqlGateState],
+) -> None:
+    gate = RecordsGate(SUBJECTS, state=reopen())
+    req = request()
+    release = authorize(gate, request=req)
+    gate.commit(release, now=T0 + 5)
+    restarted = RecordsGate(SUBJECTS, state=reopen())
+    with pytest.raises(ReplayedRequest, match="replayed"):
+        authorize(restarted, request=req, now=T0 + 6)
+    with pytest.raises(ReplayedRequest):
+        restarted.commit(release, now=T0 + 6)
+    with pytest.raises(ConsentError, match="stale"):  # once its window passed: stale, not replayed
+        authorize(restarted, request=req, now=T0 + 301)
+    other = authorize(restarted, request=request(), now=T0 + 6)  # a fresh nonce passes
+    restarted.commit(other, now=T0 + 6)
+
+
+def test_the_earliest_revocation_counts_and_a_later_one_waits(store_url: str) -> None:
+    receipt = consent()
+    with SqlGateState(store_url) as sql:
+        for state in (MemoryGateState(), sql):
+            gate = RecordsGate(SUBJECTS, state=state)
+            gate.revoke(revoke_consent(A, receipt=receipt, at=T0 + 1000), receipt, now=T0)
+            authorize(gate, consent=receipt)  # not yet in effect
+            with pytest.raises(ConsentError, match="consent revoked at 2026-05-28T20:43:20Z"):
+                authorize(gate, consent=receipt, request=request(at=T0 + 950), now=T0 + 950)
+            gate.revoke(revoke_consent(A, receipt=receipt, at=T0 + 3), receipt, now=T0 + 4)
+            gate.revoke(revoke_consent(A, receipt=receipt, at=T0 + 500), receipt, now=T0 + 4)
+            with pytest.raises(ConsentError, match="consent revoked at 2026-05-28T20:26:43Z"):
+                authorize(gate, consent=receipt)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tessera.consent import ConsentTerms, grant_consent, revoke_consent, sign_records_request
+from tessera.consent.state import SqlGateState
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.data import Preprocessor, load_table
@@ -310,6 +311,45 @@ def test_revoked_consent_is_refused_from_then_on(http: httpx.Client) -> None:
     )
     assert answer.json() == {"receipt": receipt.digest, "revoked": True}
     refused(http.post("/v1/records", json=records_body(receipt=receipt)), 403, "consent revoked at")
+
+
+def test_a_restart_forgets_neither_revocations_nor_used_requests(
+    table: TableBackend, store_url: str
+) -> None:
+    """The gate's state in a database: a new app on it (a restarted provider) refuses alike."""
+
+    def post(state: SqlGateState, *bodies: dict[str, Any]) -> list[httpx.Response]:
+        app = create_provider_app([table], subjects=SUBJECTS, now=lambda: T0, state=state)
+        with serve_in_thread(app) as server, httpx.Client(base_url=server.url) as client:
+            return [client.post(path, json=body) for path, body in _routes(bodies)]
+
+    receipt = consent(purpose="revoked before a restart")
+    released = records_body()
+    revocation = {
+        "revocation": revoke_consent(A, receipt=receipt, at=T0).to_json(),
+        "receipt": receipt.to_json(),
+    }
+    with SqlGateState(store_url) as state:
+        ok, revoked, refused_before = post(
+            state, released, revocation, records_body(receipt=receipt)
+        )
+    assert ok.status_code == 200, ok.text
+    assert revoked.json() == {"receipt": receipt.digest, "revoked": True}
+    refused(refused_before, 403, "consent revoked at 2026-05-28T20:26:40Z")
+    with SqlGateState(store_url) as state:  # the provider restarted
+        refused_after, replayed, fresh = post(
+            state, records_body(receipt=receipt), released, records_body()
+        )
+    assert (refused_after.status_code, refused_after.json()) == (
+        refused_before.status_code,
+        refused_before.json(),
+    )
+    refused(replayed, 409, "records request replayed: its nonce was already used")
+    assert fresh.status_code == 200, fresh.text
+
+
+def _routes(bodies: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
+    return [("/v1/revocations" if "revocation" in b else "/v1/records", b) for b in bodies]
 
 
 def test_fields_outside_the_consent_are_refused(http: httpx.Client) -> None:

@@ -116,19 +116,39 @@ def provider(
     cert: Cert = None,
     key: Key = None,
     ready_file: ReadyFile = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL of the database keeping revocations and used request nonces"
+            " across restarts: sqlite:///FILE or postgresql+psycopg://..."
+            " [default: sqlite:///provider.db in the config file's folder]"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
 ) -> None:
     """Run a data provider's connector: catalogue and consent-checked record release."""
     _logging(verbose)
+    from tessera.consent.state import SqlGateState
     from tessera.runtime.net.provider import create_provider_app, load_provider_config
     from tessera.runtime.net.serve import run_server
 
+    url = db or provider_db_url(config)
     try:
         backends, subjects = load_provider_config(config)
-        app_ = create_provider_app(backends, subjects=subjects)
-        run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
+        with SqlGateState(url) as state:
+            app_ = create_provider_app(backends, subjects=subjects, state=state)
+            run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
     except TesseraError as exc:
         _fail(exc)
+
+
+def provider_db_url(config: Path) -> str:
+    """``tessera provider``'s default database: ``provider.db`` beside its config file.
+
+    Beside the config, not in the working directory, so a restart from
+    anywhere finds the revocations and nonces of the same provider.
+    """
+    return f"sqlite:///{(config.parent / 'provider.db').resolve()}"
 
 
 @app.command()

@@ -4,7 +4,10 @@ Pure code: no I/O, no clock (``now`` is always passed in). A user's node
 signs a receipt with ``grant_consent`` and may withdraw it with
 ``revoke_consent``; every reader checks it with ``check_consent``. A data
 provider releases a user's records only through ``RecordsGate``, which
-binds the request to the node key enrolled for that user.
+binds the request to the node key enrolled for that user and keeps the
+revocations and burnt nonces in a ``GateState``: ``MemoryGateState`` here,
+or the durable ``tessera.consent.state.SqlGateState`` (the one module that
+does I/O: a database, imported on its own so this package stays light).
 """
 
 from tessera.consent._errors import ConsentError, ReplayedRequest
@@ -12,6 +15,8 @@ from tessera.consent._gate import (
     REQUEST_KIND,
     REQUEST_WINDOW,
     Enrolment,
+    GateState,
+    MemoryGateState,
     RecordsGate,
     RecordsRequest,
     Release,
@@ -36,6 +41,8 @@ __all__ = [
     "ConsentError",
     "ConsentTerms",
     "Enrolment",
+    "GateState",
+    "MemoryGateState",
     "RecordsGate",
     "RecordsRequest",
     "Release",

@@ -24,7 +24,17 @@ lets it through only when all of these hold:
 once the records are ready to go out, so a refused request (including one
 refused after authorization, e.g. for an unknown user) leaves no trace and
 two concurrent copies of one request release the records once. The gate
-holds no clock and does no I/O; it is safe to share between threads.
+holds no clock; it is safe to share between threads.
+
+What the gate must not forget, the revocations it was sent and the nonces
+it burnt, lives in its ``GateState``. ``MemoryGateState`` (the default) is
+lost when the process ends: fine for tests and library use, but a service
+that forgot them on restart would honour a revoked consent again and
+release records to a captured request replayed within its window. A
+service keeps them in ``tessera.consent.state.SqlGateState`` (SQLite or
+PostgreSQL) instead. A nonce is kept until ``at + window``, the last
+instant its request passes the freshness check; a revocation until its
+receipt expires, after which the receipt is refused anyway.
 """
 
 from __future__ import annotations
@@ -35,10 +45,11 @@ import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tessera.consent._errors import ConsentError, ReplayedRequest
 from tessera.consent._receipts import (
+    CLOCK_SKEW,
     ConsentTerms,
     _receipt_terms,
     check_consent,
@@ -53,6 +64,8 @@ __all__ = [
     "REQUEST_KIND",
     "REQUEST_WINDOW",
     "Enrolment",
+    "GateState",
+    "MemoryGateState",
     "RecordsGate",
     "RecordsRequest",
     "Release",
@@ -147,19 +160,104 @@ class Release:
     terms: ConsentTerms
 
 
-class RecordsGate:
-    """Remembers revocations and used nonces; decides whether records may go out."""
+@runtime_checkable
+class GateState(Protocol):
+    """Where a ``RecordsGate`` keeps revocations and burnt nonces; every call is atomic.
 
-    def __init__(self, subjects: Enrolment, *, window: float = REQUEST_WINDOW) -> None:
-        """``subjects`` may be a live mapping: enrolments added later count at once."""
+    ``receipt`` is a consent receipt's digest; ``signer`` the fingerprint of
+    the node keys that signed a records request; times are unix seconds.
+    An implementation must be safe to share between threads (and, for a
+    shared database, between processes): two concurrent ``use_nonce`` calls
+    for one nonce must not both return True.
+    """
+
+    def revoked_at(self, receipt: str) -> float | None:
+        """When the earliest revocation kept for ``receipt`` takes effect; None: none kept."""
+        ...
+
+    def revoke(self, receipt: str, at: float, *, expires: float, now: float) -> None:
+        """Keep that ``receipt`` is withdrawn from ``at`` on, until ``expires``.
+
+        An earlier ``at`` replaces a later one. Revocations whose ``expires``
+        is at or before ``now`` are forgotten.
+        """
+        ...
+
+    def nonce_used(self, signer: str, nonce: str, *, now: float) -> bool:
+        """Whether ``(signer, nonce)`` is burnt and kept at ``now`` (its ``expires`` >= ``now``)."""
+        ...
+
+    def use_nonce(self, signer: str, nonce: str, *, expires: float, now: float) -> bool:
+        """Burn ``(signer, nonce)`` until ``expires``; False, changing nothing, if already burnt.
+
+        Nonces whose ``expires`` lies before ``now`` are forgotten (at the
+        latest here), so such a nonce counts as unused.
+        """
+        ...
+
+
+class MemoryGateState:
+    """A ``GateState`` in this process's memory: lost when it ends (tests, library use)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.nonces: dict[tuple[str, str], float] = {}  # (signer, nonce) -> expires
+        self.revocations: dict[str, tuple[float, float]] = {}  # receipt -> (revoked at, expires)
+
+    def revoked_at(self, receipt: str) -> float | None:
+        with self._lock:
+            kept = self.revocations.get(receipt)
+        return None if kept is None else kept[0]
+
+    def revoke(self, receipt: str, at: float, *, expires: float, now: float) -> None:
+        with self._lock:
+            for old in [d for d, (_, until) in self.revocations.items() if until <= now]:
+                del self.revocations[old]
+            if expires <= now:
+                return
+            kept = self.revocations.get(receipt)
+            if kept is None or at < kept[0]:
+                self.revocations[receipt] = (at, expires)
+
+    def nonce_used(self, signer: str, nonce: str, *, now: float) -> bool:
+        with self._lock:
+            expires = self.nonces.get((signer, nonce))
+        return expires is not None and expires >= now
+
+    def use_nonce(self, signer: str, nonce: str, *, expires: float, now: float) -> bool:
+        with self._lock:
+            for stale in [k for k, until in self.nonces.items() if until < now]:
+                del self.nonces[stale]
+            if (signer, nonce) in self.nonces:
+                return False
+            self.nonces[(signer, nonce)] = expires
+            return True
+
+
+class RecordsGate:
+    """Decides whether records may go out; remembers revocations and used nonces in ``state``."""
+
+    def __init__(
+        self,
+        subjects: Enrolment,
+        *,
+        window: float = REQUEST_WINDOW,
+        state: GateState | None = None,
+    ) -> None:
+        """``subjects`` may be a live mapping: enrolments added later count at once.
+
+        ``state`` defaults to a fresh ``MemoryGateState``: forgotten on restart.
+        """
         if not (math.isfinite(window) and window > 0):
             raise ValueError("window must be a finite number of seconds > 0")
         self._subjects = subjects
         self._window = window
-        self._lock = threading.Lock()
-        self._nonces: dict[tuple[bytes, str], float] = {}
-        # receipt digest -> (receipt expiry, revocations of it)
-        self._revocations: dict[str, tuple[float, list[SignedDocument]]] = {}
+        self._state: GateState = MemoryGateState() if state is None else state
+
+    @property
+    def state(self) -> GateState:
+        """Where revocations and used nonces are kept."""
+        return self._state
 
     def enrolled(self, subject: str, keys: PublicKeys) -> bool:
         """Whether ``keys`` are the node keys enrolled for ``subject``."""
@@ -197,10 +295,8 @@ class RecordsGate:
                 f"records request is stale: made at {when(asked.at)}, "
                 f"{abs(now - asked.at):.0f} s from now (at most {self._window:.0f} s allowed)"
             )
-        with self._lock:
-            if self._seen(asked, now):
-                raise ReplayedRequest("records request replayed: its nonce was already used")
-            revocations = list(self._revocations.get(consent.digest, (0.0, []))[1])
+        if self._state.nonce_used(asked.signer.fingerprint, asked.nonce, now=now):
+            raise ReplayedRequest("records request replayed: its nonce was already used")
         try:
             job_body = verify_document(job, kind="job")
         except RemoteProtocolError as exc:
@@ -219,8 +315,11 @@ class RecordsGate:
             user_keys=asked.signer,
             fields=asked.fields,
             now=now,
-            revocations=revocations,
         )
+        # Kept revocations were checked by ``revoke``; the test is check_consent's own.
+        revoked_at = self._state.revoked_at(consent.digest)
+        if revoked_at is not None and revoked_at <= now + CLOCK_SKEW:
+            raise ConsentError(f"consent revoked at {when(revoked_at)}")
         if terms.ai_provider != job.signer.fingerprint:
             raise ConsentError(
                 f"consent names AI provider {terms.ai_provider[:16]}..., "
@@ -231,41 +330,29 @@ class RecordsGate:
     def commit(self, release: Release, *, now: float) -> None:
         """Burn the request's nonce; ``ReplayedRequest`` if another copy got there first."""
         asked = release.request
-        with self._lock:
-            if self._seen(asked, now):
-                raise ReplayedRequest("records request replayed: its nonce was already used")
-            self._nonces[(asked.signer.to_bytes(), asked.nonce)] = asked.at
+        burnt = self._state.use_nonce(
+            asked.signer.fingerprint, asked.nonce, expires=asked.at + self._window, now=now
+        )
+        if not burnt:
+            raise ReplayedRequest("records request replayed: its nonce was already used")
 
     def revoke(self, revocation: SignedDocument, receipt: SignedDocument, *, now: float) -> str:
         """Remember ``revocation`` of ``receipt``; return the receipt's digest.
 
         Only a valid revocation by the key that granted the receipt, for a user
-        whose node key is enrolled here, is kept. Raises ``ConsentError``.
+        whose node key is enrolled here, is kept (and only until the receipt
+        expires: it is refused anyway then). Raises ``ConsentError``.
         """
         terms = _receipt_terms(receipt)
-        revocation_time(revocation, receipt, terms)
+        at = revocation_time(revocation, receipt, terms)
         if not self.enrolled(terms.data_subject, receipt.signer):
             raise ConsentError(
                 "revocation refused: the receipt's key is not enrolled here for "
                 f"user {terms.data_subject!r}"
             )
         digest = receipt.digest
-        with self._lock:
-            # A receipt past its expiry is refused anyway: forget its revocations.
-            for old in [d for d, (expiry, _) in self._revocations.items() if expiry <= now]:
-                del self._revocations[old]
-            if terms.expires_at > now:
-                _, kept = self._revocations.setdefault(digest, (terms.expires_at, []))
-                if all(r.digest != revocation.digest for r in kept):
-                    kept.append(revocation)
+        self._state.revoke(digest, at, expires=terms.expires_at, now=now)
         return digest
-
-    def _seen(self, asked: RecordsRequest, now: float) -> bool:
-        """Whether the nonce is used; forget nonces too old to pass the freshness check."""
-        horizon = now - self._window
-        for stale in [k for k, at in self._nonces.items() if at < horizon]:
-            del self._nonces[stale]
-        return (asked.signer.to_bytes(), asked.nonce) in self._nonces
 
 
 def _check_job_data(body: dict[str, Any], dataset: str, fields: Sequence[str]) -> None:

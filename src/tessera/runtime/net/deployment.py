@@ -204,6 +204,8 @@ class Deployment:
             _tessera(
                 "provider",
                 str(folder / "provider.json"),
+                "--db",  # revocations and used nonces outlive a restart of the provider
+                f"sqlite:///{(folder / 'provider.db').resolve()}",
                 "--port",
                 "0",
                 "--ready-file",

@@ -18,6 +18,12 @@ replayed request, 413 a body over ``max_body``, 422 a body of the wrong
 shape. A refusal changes nothing. Who a user is comes from ``subjects``
 (the user's id here -> fingerprint of the node key they linked to their
 account); without an entry nobody gets that user's records.
+
+The revocations received and the nonces of released requests live in the
+gate's ``GateState``: a service passes a durable one
+(``tessera.consent.state.SqlGateState``; ``tessera provider --db``), so a
+restart neither honours a revoked consent again nor serves a replayed
+request. Without one they are kept in memory only (tests, library use).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tessera.consent import ConsentError, Enrolment, RecordsGate, ReplayedRequest
+from tessera.consent import ConsentError, Enrolment, GateState, RecordsGate, ReplayedRequest
 from tessera.crypto.documents import SignedDocument
 from tessera.data.connectors import Backend, DatasetConfig
 from tessera.data.prepare import Preprocessor
@@ -162,7 +168,11 @@ class _Provider:
     """What the routes do, without HTTP: each method answers or raises ``_Refused``."""
 
     def __init__(
-        self, backends: Sequence[Backend], subjects: Enrolment, now: Callable[[], float]
+        self,
+        backends: Sequence[Backend],
+        subjects: Enrolment,
+        now: Callable[[], float],
+        state: GateState | None = None,
     ) -> None:
         self.datasets: dict[str, Backend] = {}
         for backend in backends:
@@ -171,7 +181,7 @@ class _Provider:
             self.datasets[backend.name] = backend
         self.catalogue = [backend.describe() for backend in self.datasets.values()]
         self.fields = {d["name"]: {f["name"] for f in d["fields"]} for d in self.catalogue}
-        self.gate = RecordsGate(subjects)
+        self.gate = RecordsGate(subjects, state=state)
         self.now = now
 
     def dataset(self, name: str) -> Backend:
@@ -250,13 +260,17 @@ def create_provider_app(
     coordinator_url: str | None = None,
     now: Callable[[], float] = time.time,
     max_body: int = MAX_BODY,
+    state: GateState | None = None,
 ) -> FastAPI:
     """The provider's app; ``subjects`` maps a user's id here to their node key's fingerprint.
 
     ``subjects`` may be a live mapping (enrolments added later count at once).
-    ``now`` is the clock for consent expiry and request freshness.
+    ``now`` is the clock for consent expiry and request freshness. ``state``
+    keeps revocations and used nonces (the caller opens and closes it); None:
+    in memory, forgotten when the process ends, so a service must pass a
+    durable one (``tessera.consent.state.SqlGateState``).
     """
-    provider = _Provider(backends, {} if subjects is None else subjects, now)
+    provider = _Provider(backends, {} if subjects is None else subjects, now, state)
     if not subjects:
         _log.warning("no user has enrolled a node key: no records will be released")
     app = FastAPI(
