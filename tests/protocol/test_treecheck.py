@@ -124,3 +124,57 @@ def test_an_aggregator_refuses_a_role_outside_the_derived_tree() -> None:
     assert isinstance(refused, Rejected) and "no seat" in refused.reason
     (timer,) = role(seat)
     assert isinstance(timer, StartTimer)
+
+
+def test_a_role_whose_audit_flags_are_not_the_jobs_is_refused() -> None:
+    tree = CHECK.tree(1)
+    leaf = tree.leaves[0]
+    assert leaf.parent is not None  # a leaf below an upper group: its sums are audited
+    honest = AggregateRequest(
+        job_id=JOB,
+        round=1,
+        group=leaf.id,
+        position=0,
+        inputs=leaf.members,
+        senders=leaf.members,
+        leaf=True,
+        parent=tree.group(leaf.parent).aggregators[0],
+        parent_group=leaf.parent,
+        report_at=5.0,
+        ring_bits=32,
+        frac_bits=16,
+        ring_terms=18,
+        length=5,
+        tree_digest=tree.digest(),
+        audit_fraction=1.0,
+        send_evidence=True,
+    )
+    every = TreeCheck(PARAMS, NODES, TREE, audit=(True, 1.0))
+    node = leaf.aggregators[0]
+    assert every.role_problem(node, honest) is None
+    turned_down = [
+        replace(honest, send_evidence=False),  # audits silently off
+        replace(honest, audit_fraction=0.01),  # audits nearly off
+        replace(honest, send_evidence=False, evidence_on_request=True),  # sampled, undeclared
+    ]
+    for forged in turned_down:
+        assert "audit settings" in (every.role_problem(node, forged) or "")
+    sampled = TreeCheck(PARAMS, NODES, TREE, audit=(True, 0.25))
+    on_request = replace(honest, audit_fraction=0.25, send_evidence=False, evidence_on_request=True)
+    assert sampled.role_problem(node, on_request) is None
+    assert "audit settings" in (sampled.role_problem(node, honest) or "")
+    upper = tree.group(leaf.parent)
+    parent_role = replace(
+        honest,
+        group=upper.id,
+        inputs=upper.children,
+        senders=tuple(tree.group(c).aggregators[0] for c in upper.children),
+        leaf=False,
+        parent=COORDINATOR if upper.parent is None else tree.group(upper.parent).aggregators[0],
+        send_evidence=upper.parent is not None,
+        evidence_on_request=upper.parent is None,
+        audit={c: (True, {}) for c in upper.children},
+    )
+    assert every.role_problem(upper.aggregators[0], parent_role) is None
+    unaudited = replace(parent_role, audit={})  # the parent told to check no child
+    assert "audit settings" in (every.role_problem(upper.aggregators[0], unaudited) or "")

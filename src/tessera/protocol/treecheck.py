@@ -3,7 +3,9 @@
 The tree is a pure function of public inputs (job, round, consented nodes,
 the round's cohort, tree parameters), so a node re-derives it and refuses a
 train request or an aggregator role that does not match: a coordinator
-cannot hand-pick the aggregators a contributor's shares go to. In the
+cannot hand-pick the aggregators a contributor's shares go to. Given the
+job's audit settings, a node also refuses a role whose audit flags differ
+from them, so a coordinator cannot quietly turn audits down. In the
 simulator all nodes share one memoized derivation per round (the same
 result each node would compute); a deployed node derives it once per round.
 """
@@ -26,8 +28,11 @@ class TreeCheck:
         nodes: Sequence[NodeId],
         tree: TreeParams,
         organisations: Mapping[NodeId, str | None] | None = None,
+        audit: tuple[bool, float] | None = None,
     ) -> None:
+        """``audit``: the job's (secure.audit, secure.audit_fraction), to check roles by."""
         self.params = params
+        self.audit = audit
         self.nodes = tuple(nodes)
         self.tree_params = tree
         self.organisations = dict(organisations or dict.fromkeys(self.nodes))
@@ -72,4 +77,19 @@ class TreeCheck:
         inputs = group.members if group.level == 0 else group.children
         if tuple(req.inputs) != tuple(inputs):
             return f"the inputs of {req.group} are not the derived tree's"
+        if self.audit is not None and self._audit_flags(req, group.parent is None, inputs):
+            return f"the audit settings of {req.group} are not the job's"
         return None
+
+    def _audit_flags(self, req: AggregateRequest, root: bool, inputs: Sequence[str]) -> bool:
+        """True if the role's audit flags are not what the job's settings give it."""
+        assert self.audit is not None
+        audit, fraction = self.audit
+        every = fraction >= 1  # else sums are drawn and their evidence asked for
+        audited = set(inputs) if audit and not req.leaf else set()
+        return (
+            req.audit_fraction != fraction
+            or req.send_evidence != (audit and not root and every)
+            or req.evidence_on_request != (audit and (root or not every))
+            or set(req.audit) != audited
+        )

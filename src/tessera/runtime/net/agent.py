@@ -313,8 +313,13 @@ class NodeAgent:
             raise RemoteProtocolError(f"{self.node} is not a participant of {job_id}")
         machine: Node | Contributor
         if spec.secure:
+            secure = spec.secure_params()
             check_tree = TreeCheck(
-                spec.round_params(), participants, spec.secure_params().tree, organisations
+                spec.round_params(),
+                participants,
+                secure.tree,
+                organisations,
+                audit=(secure.audit, secure.audit_fraction),
             )
             machine = Node(
                 Contributor(

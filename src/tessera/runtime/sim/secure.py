@@ -92,7 +92,9 @@ def build_secure(
     directory[COORDINATOR] = coordinator_keys.public
     # Every node checks the tree it is handed; in one process they share the derivation.
     orgs = dict(zip(node_ids, organisations, strict=True)) if organisations else None
-    check = TreeCheck(params, node_ids, secure.tree, orgs)
+    check = TreeCheck(
+        params, node_ids, secure.tree, orgs, audit=(secure.audit, secure.audit_fraction)
+    )
     nodes = [
         Node(
             Contributor(
