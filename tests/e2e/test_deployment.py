@@ -111,6 +111,7 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
 
     assert [r.round for r in records] == [0, 1, 2]
     assert all(not r.skipped for r in records)
+    assert all(r.bytes_up > 0 and r.bytes_down > 0 for r in records)  # counted from the mailbox
     assert len(records[0].included) == NODES  # everyone alive in round 1
     killed = dep.node_id(killed_index)
     if landed == [True]:  # rounds are ~1 s: under load the kill may come a round late

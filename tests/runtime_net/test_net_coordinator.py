@@ -25,9 +25,12 @@ import pytest
 from tessera.consent import revoke_consent
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
-from tessera.ids import COORDINATOR
+from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol.codec import Kind
+from tessera.protocol.control import ControlKind
 from tessera.runtime.net.auth import sign_request
-from tessera.runtime.net.mail import WEIGHTS_MEDIA_TYPE
+from tessera.runtime.net.driver import _traffic
+from tessera.runtime.net.mail import WEIGHTS_MEDIA_TYPE, from_envelope, read_weights_artefact
 
 from .coordinator_kit import (
     AI,
@@ -633,6 +636,60 @@ def test_a_revoked_user_is_not_asked_from_the_next_round_on(
     assert status["final_weights"] == round1["weights"]
     assert status["participants"] == ["node-a", "node-b", "node-c"]  # fixed at the start
     assert c.pull(coord) == []
+
+
+def test_a_round_record_counts_its_traffic_through_the_mailbox(
+    coord: Harness, nodes: dict[str, Node], running: SignedDocument
+) -> None:
+    coordinator = coord.service.keys.public
+    down = up = 0
+    fetched: list[int] = []  # the model each node downloads, as a node agent does
+
+    def weights(sha: str, length: int) -> Any:
+        with coord.client() as client:
+            data = client.get_artefact(sha)
+        fetched.append(len(data))
+        return read_weights_artefact(data, sha, length)
+
+    for node in (nodes["node-a"], nodes["node-b"], nodes["node-c"]):
+        [train] = node.pull(coord, wait=10)
+        from_envelope(
+            train,
+            me=NodeId(node.id),
+            job_id=JOB,
+            keys=node.keys,
+            directory={COORDINATOR: coordinator},
+            replay=node.replay,
+            resolve_weights=weights,
+        )
+        down += len(train)
+        update = node.update(coordinator, 0)
+        up += len(update)
+        assert post_mail(coord, update).status_code == 202
+    coord.wait_for("round 0 closed", lambda s: len(s["rounds"]) == 1)
+    [round0] = coord.status()["rounds"]
+    assert len(fetched) == 3
+    down += sum(fetched)  # the requests, and the model each names
+    assert (round0["bytes_up"], round0["bytes_down"], round0["bytes_aggregation"]) == (up, down, 0)
+
+
+def test_traffic_splits_kinds_as_the_simulator_does() -> None:
+    counts = {
+        int(ControlKind.TRAIN): (3, 300),
+        int(ControlKind.ASSIGN): (3, 30),
+        int(ControlKind.UPDATE): (2, 2000),
+        int(ControlKind.DECLINE): (1, 50),
+        int(Kind.SHARE): (6, 600),
+        int(Kind.PARTIAL): (2, 20),
+        int(Kind.REPORT): (1, 5),
+        int(Kind.EVIDENCE): (1, 7),
+    }
+    assert _traffic(counts, 1000) == {
+        "bytes_up": 2000 + 50 + 600,
+        "bytes_down": 300 + 3 * 1000,  # each train request's node fetches the model once
+        "bytes_aggregation": 30 + 20 + 5 + 7,
+    }
+    assert _traffic({}, 1000) == {"bytes_up": 0, "bytes_down": 0, "bytes_aggregation": 0}
 
 
 def test_a_restarted_coordinator_resumes_the_job_mid_round(

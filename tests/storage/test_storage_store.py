@@ -236,6 +236,23 @@ def test_mailbox_post_read_and_replay(store: Store) -> None:
         store.get_message(10**9)
 
 
+def test_round_traffic_counts_and_sums_bytes_per_kind(store: Store) -> None:
+    assert store.round_traffic("job-1", 0) == {}
+
+    def post(n: int, *, kind: int, size: int, round: int = 2, job_id: str = "job-1") -> None:
+        store.post_message(**{**mail(n, size=size), "kind": kind, "round": round, "job_id": job_id})
+
+    post(1, kind=20, size=100)
+    post(2, kind=20, size=150)
+    post(3, kind=1, size=1000)
+    post(4, kind=22, size=0)
+    post(5, kind=20, size=7, round=3)  # another round
+    post(6, kind=20, size=9, job_id="job-2")  # another job
+    assert store.round_traffic("job-1", 2) == {20: (2, 250), 1: (1, 1000), 22: (1, 0)}
+    assert store.round_traffic("job-1", 3) == {20: (1, 7)}
+    assert store.round_traffic("job-2", 2) == {20: (1, 9)}
+
+
 def test_messages_for_respects_max_bytes(store: Store) -> None:
     ids = [store.post_message(**mail(n, size=100)) for n in range(5)]
     assert [i.id for i in store.messages_for("node-b", 0, max_bytes=250)] == ids[:2]

@@ -437,6 +437,18 @@ class Store:
                 conn.execute(select(func.coalesce(func.max(m.mailbox.c.id), 0))).scalar_one()
             )
 
+    def round_traffic(self, job_id: str, round: int) -> dict[int, tuple[int, int]]:
+        """Envelopes of one job's round in the mailbox: ``{kind: (count, total data bytes)}``."""
+        c = m.mailbox.c
+        stmt = (
+            select(c.kind, func.count(), func.coalesce(func.sum(c.size), 0))
+            .where((c.job_id == job_id) & (c.round == round))
+            .group_by(c.kind)
+        )
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return {int(kind): (int(count), int(total)) for kind, count, total in rows}
+
     def get_message(self, mail_id: int) -> MailItem:
         with self._read() as conn:
             row = conn.execute(select(m.mailbox).where(m.mailbox.c.id == mail_id)).first()

@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tessera.crypto.envelope import ReplayGuard
@@ -33,6 +33,8 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol import Coordinator, SecureCoordinator
+from tessera.protocol.codec import Kind
+from tessera.protocol.control import ControlKind
 from tessera.protocol.effects import (
     CancelTimer,
     Effect,
@@ -208,6 +210,7 @@ class JobDriver:
         step = _Step()
         for effect in effects:
             self._perform(effect, step)
+        step.rounds = [self._with_traffic(record, step) for record in step.rounds]
         self.store.commit_step(
             record,
             outgoing=step.outgoing,
@@ -256,6 +259,25 @@ class JobDriver:
             }
             self.finished = True
 
+    def _with_traffic(self, record: RoundRecord, step: _Step) -> RoundRecord:
+        """Add the round's bytes_up / bytes_down / bytes_aggregation to its record.
+
+        Counted from the round's envelopes in the mailbox (everything, node to
+        node included, travels through it) plus this step's own outgoing ones,
+        so envelopes of the round that arrive after it closed are not counted.
+        """
+        counts = dict(self.store.round_traffic(self.job_id, record.round))
+        for row in step.outgoing:
+            if row["round"] == record.round:
+                kind = int(row["kind"])
+                n, total = counts.get(kind, (0, 0))
+                counts[kind] = (n + 1, total + len(row["data"]))
+        # The round's input weights are a vector of the same length as the
+        # closed round's, so their artefact has the same size as the one just
+        # published for this record.
+        weights_bytes = len(step.artefacts[record.weights])
+        return replace(record, record={**record.record, **_traffic(counts, weights_bytes)})
+
     def _publish(self, weights: Vector, step: _Step) -> str:
         data, sha = weights_artefact(weights)
         step.artefacts[sha] = data
@@ -301,6 +323,33 @@ class JobDriver:
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
+
+
+_UP_KINDS = {int(Kind.SHARE), int(ControlKind.UPDATE), int(ControlKind.DECLINE)}
+
+
+def _traffic(counts: Mapping[int, tuple[int, int]], weights_bytes: int) -> dict[str, int]:
+    """A round's bytes by direction, as the simulator counts them, from ``{kind: (n, bytes)}``.
+
+    ``bytes_up``: contributors' uploads (sealed shares, updates, declines).
+    ``bytes_down``: the train requests, plus the model itself: it is not in the
+    request but an artefact each selected node fetches once (GET
+    /v1/artefacts/{sha}), so ``weights_bytes`` is counted once per request.
+    ``bytes_aggregation``: every other envelope (roles, partial sums, reports,
+    commitments, evidence, audits) among aggregators and the coordinator.
+    """
+    train_n, train_bytes = counts.get(int(ControlKind.TRAIN), (0, 0))
+    up = sum(total for kind, (_, total) in counts.items() if kind in _UP_KINDS)
+    other = sum(
+        total
+        for kind, (_, total) in counts.items()
+        if kind not in _UP_KINDS and kind != int(ControlKind.TRAIN)
+    )
+    return {
+        "bytes_up": up,
+        "bytes_down": train_bytes + train_n * weights_bytes,
+        "bytes_aggregation": other,
+    }
 
 
 def _round_record(closed: RoundClosed) -> dict[str, Any]:

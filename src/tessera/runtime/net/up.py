@@ -219,9 +219,9 @@ def run_job(
                 # the simulator's virtual_seconds, and this round's own duration.
                 virtual_seconds=now - started,
                 virtual_round_seconds=now - last,
-                bytes_up=0,
-                bytes_down=0,
-                bytes_aggregation=0,
+                bytes_up=rec.get("bytes_up", 0),
+                bytes_down=rec.get("bytes_down", 0),
+                bytes_aggregation=rec.get("bytes_aggregation", 0),
                 blamed=tuple(rec["blamed"]),
                 included=tuple(rec["included"]),
             )
