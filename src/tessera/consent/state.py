@@ -23,8 +23,9 @@ row whose window has passed is taken over by the same statement, so pruning
 is only housekeeping: each write deletes expired rows, on PostgreSQL only
 when no other transaction is pruning (``pg_try_advisory_xact_lock``), so
 two pruners never wait on each other's rows. SQLite writes take the lock at
-``BEGIN IMMEDIATE`` and this process's writers queue on a lock first, as in
-``tessera.storage.store``; ``sqlite://`` (in memory) serialises every call.
+``BEGIN IMMEDIATE`` and this process's writers queue on a lock first; the
+engine, the tables and the transactions are a ``tessera.storage.database.Database``,
+as the coordinator's store is.
 
 Every database error is raised as ``tessera.storage.StoreError``; the
 caller refuses the request (fails closed).
@@ -32,9 +33,6 @@ caller refuses the request (fails closed).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import (
@@ -49,11 +47,8 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
-from tessera.storage.engine import WRITE_OPTION, is_memory, make_engine
+from tessera.storage.database import Database
 from tessera.storage.errors import StoreError
 
 __all__ = ["SqlGateState", "metadata", "nonce_table", "revocation_table"]
@@ -83,7 +78,7 @@ nonce_table = Table(
 )
 
 
-class SqlGateState:
+class SqlGateState(Database):
     """A ``tessera.consent.GateState`` in a SQLite file or a PostgreSQL database.
 
     Safe to share between threads, and between processes on one database.
@@ -92,37 +87,9 @@ class SqlGateState:
 
     def __init__(self, url: str) -> None:
         try:
-            self._engine = make_engine(url)
-            memory = is_memory(make_url(url))
-        except (ValueError, SQLAlchemyError) as exc:
+            super().__init__(url, metadata, ddl_lock=_DDL_LOCK_KEY, what="gate's database")
+        except ValueError as exc:  # not a database URL the gate can use
             raise StoreError(f"cannot open the gate's database: {exc}") from None
-        self._postgres = self._engine.dialect.name == "postgresql"
-        self._closed = False
-        # In-memory SQLite is one shared connection: one call at a time.
-        self._serial: AbstractContextManager[Any] = threading.RLock() if memory else nullcontext()
-        # SQLite has one writer anyway: queue this process's writers here, not in the busy handler.
-        self._writer: AbstractContextManager[Any] = (
-            threading.Lock() if not self._postgres and not memory else nullcontext()
-        )
-        try:
-            with self._transaction(write=True) as conn:
-                if self._postgres:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK_KEY})
-                metadata.create_all(conn)
-        except BaseException:
-            self._engine.dispose()
-            raise
-
-    def close(self) -> None:
-        """Release every pooled connection; the state cannot be used afterwards."""
-        self._closed = True
-        self._engine.dispose()
-
-    def __enter__(self) -> SqlGateState:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     # -- GateState ------------------------------------------------------------------
 
@@ -175,22 +142,6 @@ class SqlGateState:
             return conn.execute(stmt).first() is not None
 
     # -- transactions ---------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Connection]:
-        if self._closed:
-            raise StoreError("the gate's database is closed")
-        try:
-            writer = self._writer if write else nullcontext()
-            with self._serial, writer, self._engine.connect() as conn:
-                conn.execution_options(**{WRITE_OPTION: write})
-                with conn.begin():
-                    yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"gate database error: {type(exc).__name__}: {exc}") from exc
-
-    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        return postgresql.insert(table) if self._postgres else sqlite.insert(table)
 
     def _prune(self, conn: Connection, stmt: Any) -> None:
         """Delete expired rows, unless (PostgreSQL) another transaction is at it."""

@@ -27,19 +27,15 @@ The store never interprets documents: JSON in, JSON out.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, Row, exists, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from tessera.storage import models as m
-from tessera.storage.engine import WRITE_OPTION, is_memory, make_engine
+from tessera.storage.database import Database
 from tessera.storage.errors import Conflict, NotFound, Replayed, StoreError
 from tessera.storage.records import (
     ConsentRecord,
@@ -77,65 +73,20 @@ def _job_values(
     return {k: v for k, v in values.items() if v is not None}
 
 
-class Store:
+class Store(Database):
     """Durable state of a coordinator, on SQLite (``sqlite:///file.db``) or PostgreSQL."""
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
-        self._engine = make_engine(url)
-        self._postgres = self._engine.dialect.name == "postgresql"
         self._clock = clock
-        self._closed = False
-        memory = is_memory(make_url(url))
-        # In-memory SQLite is one shared connection: one call at a time.
-        self._serial: AbstractContextManager[Any] = threading.RLock() if memory else nullcontext()
-        # SQLite has one writer anyway; queueing this process's writers on a lock
-        # spares them the busy handler's sleeps (other processes still use it).
-        self._writer: AbstractContextManager[Any] = (
-            threading.Lock() if not self._postgres and not memory else nullcontext()
-        )
-        try:
-            with self._write() as conn:
-                if self._postgres:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK_KEY})
-                m.metadata.create_all(conn)
-        except BaseException:
-            self._engine.dispose()
-            raise
-
-    def close(self) -> None:
-        """Release every pooled connection; the Store cannot be used afterwards."""
-        self._closed = True
-        self._engine.dispose()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+        super().__init__(url, m.metadata, ddl_lock=_DDL_LOCK_KEY, what="store's database")
 
     # -- transactions -------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Connection]:
-        if self._closed:
-            raise StoreError("store is closed")
-        try:
-            writer = self._writer if write else nullcontext()
-            with self._serial, writer, self._engine.connect() as conn:
-                conn.execution_options(**{WRITE_OPTION: write})
-                with conn.begin():
-                    yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
 
     def _write(self) -> AbstractContextManager[Connection]:
         return self._transaction(write=True)
 
     def _read(self) -> AbstractContextManager[Connection]:
         return self._transaction(write=False)
-
-    def _insert(self, table: Any) -> postgresql.Insert | sqlite.Insert:
-        return postgresql.insert(table) if self._postgres else sqlite.insert(table)
 
     def _lock_mailbox(self, conn: Connection) -> None:
         if self._postgres:
