@@ -109,6 +109,8 @@ mailbox = Table(
     Column("posted_at", Double, nullable=False),
     UniqueConstraint("sender", "nonce", name="uq_mailbox_sender_nonce"),
     Index("ix_mailbox_recipient_id", "recipient", "id"),
+    # A round's traffic is summed when it closes (Store.round_traffic): no table scan.
+    Index("ix_mailbox_job_round", "job_id", "round"),
     sqlite_autoincrement=True,
 )
 
