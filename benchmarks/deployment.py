@@ -182,12 +182,12 @@ def tiny_preprocessing(cfg: Any) -> dict[str, Any]:
 
 def start_job(client: Any, n_nodes: int) -> str:
     """Register N nodes, submit a plaintext job and consent for each: it runs."""
+    from tessera.ai_provider.client import build_job, submit
     from tessera.consent import ConsentTerms, grant_consent
+    from tessera.coordinator.service import REGISTRATION_KIND
     from tessera.crypto.documents import sign_document
     from tessera.crypto.keys import NodeKeys
-    from tessera.runtime.net.ai_provider import build_job, submit
-    from tessera.runtime.net.jobspec import JobSpec
-    from tessera.runtime.net.service import REGISTRATION_KIND
+    from tessera.jobs.document import JobSpec
 
     for i in range(n_nodes):
         keys = node_keys(i)
@@ -241,7 +241,7 @@ def address(j: int, n_nodes: int) -> tuple[int, int]:
 def client_verify(ca: str | None) -> Any:
     if ca is None:
         return True
-    from tessera.runtime.net.tls import client_ssl_context
+    from tessera.runtime.transport.tls import client_ssl_context
 
     return client_ssl_context(Path(ca))
 
@@ -264,7 +264,7 @@ def sender_worker(task: MailTask, barrier: Any, results: Any) -> None:
     """Seal every envelope, open the connection, wait for the others, POST them all."""
     try:
         from tessera.crypto.envelope import seal
-        from tessera.runtime.net.client import CoordinatorClient
+        from tessera.runtime.transport.client import CoordinatorClient
 
         keys = {i: node_keys(i) for pair in task.pairs for i in pair}
         payload = os.urandom(task.size)
@@ -305,7 +305,7 @@ def receiver_worker(task: MailTask, barrier: Any, results: Any) -> None:
     try:
         from tessera.crypto.envelope import open_envelope, peek
         from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
-        from tessera.runtime.net.client import CoordinatorClient
+        from tessera.runtime.transport.client import CoordinatorClient
 
         keys = {i: node_keys(i) for i in task.nodes}
         count: Counter[int] = Counter()
@@ -392,7 +392,7 @@ class MailRow:
 
 def idle_poller(url: str, ca: str | None, nodes: list[int], ready: Any, stop: Any) -> None:
     """Long-poll these (empty) mailboxes as idle nodes do, 20 s at a time, until ``stop``."""
-    from tessera.runtime.net.client import CoordinatorClient
+    from tessera.runtime.transport.client import CoordinatorClient
 
     def poll(i: int) -> None:
         keys, name = node_keys(i), node_name(i)
@@ -417,7 +417,7 @@ def idle_polls(url: str, ca: str | None, job_id: str, nodes: list[int]) -> Itera
         yield
         return
     from tessera.crypto.envelope import seal
-    from tessera.runtime.net.client import CoordinatorClient
+    from tessera.runtime.transport.client import CoordinatorClient
 
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Queue(), ctx.Event()
@@ -461,12 +461,12 @@ def mailbox_row(
     db: str,
     folder: Path,
 ) -> MailRow:
+    from tessera.coordinator.app import create_coordinator_app
+    from tessera.coordinator.service import CoordinatorService
     from tessera.crypto.keys import NodeKeys
-    from tessera.runtime.net.client import CoordinatorClient
-    from tessera.runtime.net.coordinator_app import create_coordinator_app
-    from tessera.runtime.net.serve import serve_in_thread
-    from tessera.runtime.net.service import CoordinatorService
-    from tessera.runtime.net.tls import make_local_pki
+    from tessera.runtime.transport.client import CoordinatorClient
+    from tessera.runtime.transport.serve import serve_in_thread
+    from tessera.runtime.transport.tls import make_local_pki
     from tessera.storage import Store
 
     ca, cert = None, None
@@ -781,7 +781,7 @@ def watch_run(
     dep: Any, starter: NodeStarter, memory: MemorySampler, timeout: float
 ) -> dict[str, Any]:
     """``run_job`` in a thread, stopped early on a node's error or short memory."""
-    from tessera.runtime.net.up import run_job
+    from tessera.deploy.up import run_job
 
     got: dict[str, Any] = {"services": time.time()}
 
@@ -814,7 +814,7 @@ def watch_run(
 def run_deployment(
     secure: bool, n_nodes: int, db_server: str | None, folder: Path, args: argparse.Namespace
 ) -> RoundsRow:
-    from tessera.runtime.net.deployment import Deployment
+    from tessera.deploy.local import Deployment
     from tessera.storage import Store
 
     mode = "secure" if secure else "plaintext"

@@ -43,7 +43,7 @@ def one(scheme: str, n_nodes: int, rounds: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     from tessera.config import parse_config
-    from tessera.runtime.prepare import prepare_job
+    from tessera.jobs.prepared import prepare_job
     from tessera.runtime.sim.job import simulate
 
     raw = json.loads(json.dumps(CONFIG))

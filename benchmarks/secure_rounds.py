@@ -122,9 +122,9 @@ def run_one(
 
     torch.set_num_threads(1)
     from tessera.config import parse_config
-    from tessera.runtime.prepare import prepare_job
+    from tessera.jobs.prepared import prepare_job
+    from tessera.jobs.secure import summarize
     from tessera.runtime.sim.job import simulate
-    from tessera.runtime.sim.secure import summarize
 
     job = prepare_job(parse_config(job_config(hidden, rounds, clip, audit, audit_fraction)))
     if n_nodes > job.n_nodes:

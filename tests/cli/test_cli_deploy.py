@@ -86,7 +86,7 @@ class _FakeAgent:
 def test_node_gives_its_sandbox_the_start_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], seconds: float
 ) -> None:
-    from tessera.runtime.net import agent
+    from tessera.node import agent
 
     monkeypatch.setattr(agent, "NodeAgent", _FakeAgent)
     _FakeAgent.configs.clear()
@@ -110,7 +110,7 @@ def test_node_refuses_a_sandbox_start_timeout_that_is_not_positive(tmp_path: Pat
 
 def test_up_passes_its_start_options_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tessera.cli import deploy
-    from tessera.runtime.net import deployment
+    from tessera.deploy import local as deployment
 
     seen: dict[str, Any] = {}
 
@@ -168,7 +168,8 @@ def _provider_config(folder: Path) -> Path:
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What ``tessera provider`` handed ``create_provider_app``; nothing is served."""
-    from tessera.runtime.net import provider, serve
+    from tessera.data_provider import app as provider
+    from tessera.runtime.transport import serve
 
     seen: dict[str, Any] = {}
     real = provider.create_provider_app
@@ -190,7 +191,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 def test_provider_keeps_its_gate_state_beside_its_config_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: dict[str, Any]
 ) -> None:
-    from tessera.consent.state import SqlGateState
+    from tessera.data_provider.gate_state import SqlGateState
 
     config = _provider_config(tmp_path / "conf")
     monkeypatch.chdir(tmp_path)
@@ -204,7 +205,7 @@ def test_provider_keeps_its_gate_state_beside_its_config_by_default(
 
 
 def test_provider_db_option(tmp_path: Path, served: dict[str, Any]) -> None:
-    from tessera.consent.state import SqlGateState
+    from tessera.data_provider.gate_state import SqlGateState
 
     config = _provider_config(tmp_path / "conf")
     db = tmp_path / "state" / "gate.db"

@@ -20,9 +20,9 @@ from tessera.consent import (
     revoke_consent,
     sign_records_request,
 )
-from tessera.consent.state import SqlGateState
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
+from tessera.data_provider.gate_state import SqlGateState
 from tessera.errors import RemoteProtocolError
 
 A = NodeKeys.from_seed(b"gate-node-a")

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tessera.crypto.keys import PUBLIC_KEYS_SIZE, NodeKeys, PublicKeys
 from tessera.errors import ConfigError, RemoteProtocolError
+from tessera.storage.keyfile import load_keys, save_keys
 
 PASS = b"correct horse battery staple"
 
@@ -128,44 +129,44 @@ def test_save_and_load(tmp_path: Path, passphrase: bytes | None) -> None:
     path = tmp_path / "node.key"
     old_umask = os.umask(0)  # even a permissive umask must not widen the mode
     try:
-        keys.save(path, passphrase)
+        save_keys(keys, path, passphrase)
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]  # no temp file left
-    assert NodeKeys.load(path, passphrase).public == keys.public
-    assert NodeKeys.load(str(path), passphrase).public == keys.public
+    assert load_keys(path, passphrase).public == keys.public
+    assert load_keys(str(path), passphrase).public == keys.public
 
 
 def test_save_refuses_to_replace_a_key_unless_asked(tmp_path: Path) -> None:
     path = tmp_path / "node.key"
     first, second = NodeKeys.generate(), NodeKeys.generate()
-    first.save(path)
+    save_keys(first, path)
     with pytest.raises(FileExistsError):
-        second.save(path)
-    assert NodeKeys.load(path).public == first.public
-    second.save(path, PASS, overwrite=True)
-    assert NodeKeys.load(path, PASS).public == second.public
+        save_keys(second, path)
+    assert load_keys(path).public == first.public
+    save_keys(second, path, PASS, overwrite=True)
+    assert load_keys(path, PASS).public == second.public
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]
 
 
 def test_wrong_passphrase_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "node.key"
-    NodeKeys.generate().save(path, PASS)
+    save_keys(NodeKeys.generate(), path, PASS)
     with pytest.raises(ConfigError, match="wrong passphrase") as info:
-        NodeKeys.load(path, b"not the passphrase")
+        load_keys(path, b"not the passphrase")
     assert info.value.field == "passphrase"
 
 
 def test_missing_or_needless_passphrase(tmp_path: Path) -> None:
     encrypted, plain = tmp_path / "enc.key", tmp_path / "plain.key"
-    NodeKeys.generate().save(encrypted, PASS)
-    NodeKeys.generate().save(plain)
+    save_keys(NodeKeys.generate(), encrypted, PASS)
+    save_keys(NodeKeys.generate(), plain)
     with pytest.raises(ConfigError, match="passphrase is required"):
-        NodeKeys.load(encrypted)
+        load_keys(encrypted)
     with pytest.raises(ConfigError, match="not encrypted"):
-        NodeKeys.load(plain, PASS)
+        load_keys(plain, PASS)
 
 
 @pytest.mark.parametrize("passphrase", [b"", "text"])
@@ -217,7 +218,7 @@ def test_load_refuses_huge_files(tmp_path: Path) -> None:
     path = tmp_path / "huge.key"
     path.write_bytes(b"x" * (64 * 1024))
     with pytest.raises(ConfigError, match="too large"):
-        NodeKeys.load(path)
+        load_keys(path)
 
 
 def test_draw_is_keyed_deterministic_and_context_bound() -> None:

@@ -18,12 +18,13 @@ import numpy.typing as npt
 import pytest
 
 from tessera.config import JobConfig, load_config
+from tessera.deploy.local import Deployment
+from tessera.deploy.up import run_job
+from tessera.jobs.prepared import round_params_of, secure_params_of
+from tessera.jobs.records import RoundRecord
 from tessera.protocol import TreeCheck
-from tessera.runtime.net.deployment import Deployment
-from tessera.runtime.net.up import run_job
-from tessera.runtime.prepare import round_params_of, secure_params_of
 from tessera.runtime.sim.devices import DeviceModel
-from tessera.runtime.sim.job import RoundRecord, simulate
+from tessera.runtime.sim.job import simulate
 from tessera.weights import Vector
 
 NODES = 20

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tessera.config import load_config
-from tessera.runtime.prepare import prepare_job
+from tessera.jobs.prepared import prepare_job
 from tessera.runtime.sim.job import centralized, simulate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
@@ -52,8 +52,8 @@ def test_secure_equals_plaintext_on_chem97() -> None:
 
 
 def test_chem97_schools_declare_their_education_authority_as_organisation() -> None:
+    from tessera.jobs.secure import secure_params
     from tessera.protocol.topology import derive_tree
-    from tessera.runtime.sim.secure import secure_params
 
     job = prepare_job(load_config(EXAMPLES / "chem97.toml"))
     assert job.organisations is not None and None not in job.organisations

@@ -10,12 +10,13 @@ import pytest
 
 from tessera.config import parse_config
 from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.jobs.prepared import PreparedJob, prepare_job
+from tessera.jobs.records import SimulationResult
 from tessera.protocol.effects import Effect, JobFinished, Send, StartTimer
 from tessera.protocol.events import Event, JobStarted, MessageReceived, TimerFired
 from tessera.protocol.messages import TrainingDeclined
-from tessera.runtime.prepare import PreparedJob, prepare_job
 from tessera.runtime.sim import DeviceModel, Simulation
-from tessera.runtime.sim.job import SimulationResult, simulate
+from tessera.runtime.sim.job import simulate
 
 BURN = 0.02  # CPU seconds each busy-node call burns
 LATENCY = 0.01

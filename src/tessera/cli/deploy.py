@@ -50,7 +50,7 @@ def _cert(cert: Path | None, key: Path | None) -> Any:
         raise typer.BadParameter("give both --cert and --key, or neither")
     if cert is None or key is None:
         return None
-    from tessera.runtime.net.tls import CertPaths
+    from tessera.runtime.transport.tls import CertPaths
 
     return CertPaths(cert=cert, key=key)
 
@@ -58,7 +58,7 @@ def _cert(cert: Path | None, key: Path | None) -> Any:
 def _verify(ca: Path | None) -> Any:
     if ca is None:
         return True
-    from tessera.runtime.net.tls import client_ssl_context
+    from tessera.runtime.transport.tls import client_ssl_context
 
     return client_ssl_context(ca)
 
@@ -89,11 +89,11 @@ def coordinator(
 ) -> None:
     """Run the coordinator service (HTTP API, mailbox, job drivers)."""
     _logging(verbose)
-    from tessera.runtime.net.agent import load_or_create_keys
-    from tessera.runtime.net.coordinator_app import create_coordinator_app
-    from tessera.runtime.net.serve import run_server
-    from tessera.runtime.net.service import CoordinatorService
+    from tessera.coordinator.app import create_coordinator_app
+    from tessera.coordinator.service import CoordinatorService
+    from tessera.runtime.transport.serve import run_server
     from tessera.storage import Store
+    from tessera.storage.keyfile import load_or_create_keys
 
     try:
         passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
@@ -128,9 +128,9 @@ def provider(
 ) -> None:
     """Run a data provider's connector: catalogue and consent-checked record release."""
     _logging(verbose)
-    from tessera.consent.state import SqlGateState
-    from tessera.runtime.net.provider import create_provider_app, load_provider_config
-    from tessera.runtime.net.serve import run_server
+    from tessera.data_provider.app import create_provider_app, load_provider_config
+    from tessera.data_provider.gate_state import SqlGateState
+    from tessera.runtime.transport.serve import run_server
 
     url = db or provider_db_url(config)
     try:
@@ -177,7 +177,7 @@ def node(
 ) -> None:
     """Run a node agent: register, consent, train in the sandbox, aggregate as the tree says."""
     _logging(verbose)
-    from tessera.runtime.net.agent import AgentConfig, NodeAgent
+    from tessera.node.agent import AgentConfig, NodeAgent
     from tessera.sandbox import SandboxLimits
 
     passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
@@ -214,7 +214,7 @@ def certs(
     overwrite: bool = False,
 ) -> None:
     """Make a throwaway local certificate authority and service certificates (loopback)."""
-    from tessera.runtime.net.tls import make_local_pki
+    from tessera.runtime.transport.tls import make_local_pki
 
     try:
         pki = make_local_pki(
@@ -263,8 +263,8 @@ def up(
 ) -> None:
     """Start coordinator, provider and N nodes on loopback; run the job through them."""
     from tessera.config import load_config
-    from tessera.runtime.net.deployment import Deployment
-    from tessera.runtime.net.up import default_out
+    from tessera.deploy.local import Deployment
+    from tessera.deploy.up import default_out
 
     out = out or default_out(config)
     try:
@@ -336,10 +336,10 @@ def _up_with_progress(
     start_batch: int | None = None,
 ) -> tuple[float, str]:
     """Run the job with a progress bar; metrics.json and the model are rewritten each round."""
+    from tessera.deploy.up import baseline_of, run_job
+    from tessera.jobs.records import RoundRecord
+    from tessera.jobs.secure import summarize
     from tessera.reports import build_metrics, plot_curves, write_json
-    from tessera.runtime.net.up import baseline_of, run_job
-    from tessera.runtime.sim.job import RoundRecord
-    from tessera.runtime.sim.secure import summarize
     from tessera.weights import Vector, save_file
 
     done: list[RoundRecord] = []
@@ -420,11 +420,11 @@ def job_submit(
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
     """Sign and submit a job (the initial weights are uploaded first)."""
+    from tessera.ai_provider.client import build_job, fetch_preprocessing, submit
     from tessera.config import load_config
-    from tessera.runtime.net.agent import load_or_create_keys
-    from tessera.runtime.net.ai_provider import build_job, fetch_preprocessing, submit
-    from tessera.runtime.net.client import CoordinatorClient
-    from tessera.runtime.net.up import with_declared_weight
+    from tessera.deploy.up import with_declared_weight
+    from tessera.runtime.transport.client import CoordinatorClient
+    from tessera.storage.keyfile import load_or_create_keys
 
     try:
         cfg = load_config(config)
@@ -457,7 +457,7 @@ def job_status(
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
     """A job's state and its rounds so far (JSON)."""
-    from tessera.runtime.net.client import CoordinatorClient
+    from tessera.runtime.transport.client import CoordinatorClient
 
     try:
         with CoordinatorClient(coordinator, verify=_verify(ca), patience=10) as client:
@@ -474,9 +474,9 @@ def job_fetch(
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
     """Fetch the final model (hash-checked) and the job's report into OUT."""
-    from tessera.runtime.net.ai_provider import fetch_final
-    from tessera.runtime.net.client import CoordinatorClient
-    from tessera.runtime.net.jobspec import JobSpec
+    from tessera.ai_provider.client import fetch_final
+    from tessera.jobs.document import JobSpec
+    from tessera.runtime.transport.client import CoordinatorClient
     from tessera.training import layout
     from tessera.weights import save_file
 
@@ -503,7 +503,7 @@ app.add_typer(consent_app, name="consent")
 
 
 def _agent(node_id: str, coordinator: str, keys: Path, state: Path, ca: Path | None) -> Any:
-    from tessera.runtime.net.agent import AgentConfig, NodeAgent
+    from tessera.node.agent import AgentConfig, NodeAgent
 
     passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
     return NodeAgent(

@@ -58,10 +58,11 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
     torch.set_num_threads(int(os.environ.get("TESSERA_THREADS", "1")))
 
     from tessera.config import load_config
+    from tessera.jobs.prepared import prepare_job
+    from tessera.jobs.records import RoundRecord
+    from tessera.jobs.secure import summarize
     from tessera.reports import build_metrics, plot_curves, write_json
-    from tessera.runtime.prepare import prepare_job
-    from tessera.runtime.sim.job import RoundRecord, centralized, simulate
-    from tessera.runtime.sim.secure import summarize
+    from tessera.runtime.sim.job import centralized, simulate
     from tessera.weights import Vector, save_file
 
     cfg = load_config(config_path)

@@ -6,7 +6,7 @@ signs a receipt with ``grant_consent`` and may withdraw it with
 provider releases a user's records only through ``RecordsGate``, which
 binds the request to the node key enrolled for that user and keeps the
 revocations and burnt nonces in a ``GateState``: ``MemoryGateState`` here,
-or the durable ``tessera.consent.state.SqlGateState`` (the one module that
+or the durable ``tessera.data_provider.gate_state.SqlGateState`` (the one module that
 does I/O: a database, imported on its own so this package stays light).
 """
 

@@ -31,7 +31,7 @@ it burnt, lives in its ``GateState``. ``MemoryGateState`` (the default) is
 lost when the process ends: fine for tests and library use, but a service
 that forgot them on restart would honour a revoked consent again and
 release records to a captured request replayed within its window. A
-service keeps them in ``tessera.consent.state.SqlGateState`` (SQLite or
+service keeps them in ``tessera.data_provider.gate_state.SqlGateState`` (SQLite or
 PostgreSQL) instead. A nonce is kept until ``at + window``, the last
 instant its request passes the freshness check; a revocation until its
 receipt expires, after which the receipt is refused anyway.

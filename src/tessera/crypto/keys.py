@@ -41,13 +41,9 @@ each (two scalar multiplications to derive the public keys), so keys for
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -65,7 +61,6 @@ PUBLIC_KEYS_SIZE = 2 * KEY_SIZE
 
 _SEED_INFO = b"tessera/node-keys/v1/from-seed"
 _DRAW_LABEL = b"tessera/draw/v1\x00"  # never a prefix of what envelopes or documents sign
-_MAX_KEY_FILE = 16 * 1024  # a key file is under 1 KiB; refuse to read anything huge
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _PLAIN_LABEL = b"PRIVATE KEY"
 _ENCRYPTED_LABEL = b"ENCRYPTED PRIVATE KEY"
@@ -207,47 +202,6 @@ class NodeKeys:
             )
         return cls(signing, agreement)
 
-    def save(
-        self,
-        path: str | os.PathLike[str],
-        passphrase: bytes | None = None,
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        """Write the key file with mode 0600, atomically; never half-written.
-
-        An existing file is kept (``FileExistsError``) unless ``overwrite``:
-        replacing an identity key by accident loses the node's identity.
-        """
-        target = Path(path)
-        data = self.private_bytes(passphrase)
-        folder = target.parent
-        # mkstemp creates the file with mode 0600 whatever the umask.
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            if overwrite:
-                os.replace(tmp, target)
-            else:
-                os.link(tmp, target)  # atomic create-if-absent: FileExistsError if present
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        _fsync_dir(folder)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], passphrase: bytes | None = None) -> NodeKeys:
-        """Read a key file written by ``save``."""
-        with Path(path).open("rb") as fh:
-            data = fh.read(_MAX_KEY_FILE + 1)
-        if len(data) > _MAX_KEY_FILE:
-            raise ConfigError("key file", "too large to be a node key file")
-        return cls.from_private_bytes(data, passphrase)
-
     def draw(self, context: bytes) -> bytes:
         """32 bytes that only this key's holder can compute, the same for the same context.
 
@@ -273,13 +227,3 @@ class NodeKeys:
 def _check_passphrase(passphrase: bytes) -> None:
     if not isinstance(passphrase, bytes) or not passphrase:
         raise ConfigError("passphrase", "must be non-empty bytes, or None for no encryption")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; best effort where a directory cannot be synced."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

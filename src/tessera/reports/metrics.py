@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tessera import __version__
-from tessera.runtime.prepare import PreparedJob
-from tessera.runtime.sim.job import BaselineResult, RoundRecord
-from tessera.runtime.sim.secure import SecureSummary
+from tessera.jobs.prepared import PreparedJob
+from tessera.jobs.records import BaselineResult, RoundRecord
+from tessera.jobs.secure import SecureSummary
 from tessera.training import metric_name
 
 

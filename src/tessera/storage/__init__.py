@@ -8,6 +8,8 @@ Every call is one committed transaction; see ``store`` for the rules.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tessera.storage.errors import Conflict, NotFound, Replayed, StoreError
 from tessera.storage.records import (
     ConsentRecord,
@@ -17,7 +19,20 @@ from tessera.storage.records import (
     NodeRecord,
     RoundRecord,
 )
-from tessera.storage.store import Store
+
+if TYPE_CHECKING:
+    from tessera.storage.store import Store
+
+
+def __getattr__(name: str) -> object:
+    # The SQL store loads SQLAlchemy: only when asked for, so a node agent that
+    # only reads its key file (storage.keyfile) stays light.
+    if name == "Store":
+        from tessera.storage.store import Store
+
+        return Store
+    raise AttributeError(f"module 'tessera.storage' has no attribute {name!r}")
+
 
 __all__ = [
     "Conflict",

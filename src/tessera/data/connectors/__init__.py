@@ -3,7 +3,7 @@
 Pure backends (no HTTP, no consent logic): ``TableBackend`` over any table
 ``load_table`` reads, ``XapiBackend`` over xAPI statements selected by an
 ``XapiQuery`` and flattened by an ``XapiExtraction``. The provider service
-(``tessera.runtime.net.provider``) puts them behind the consent gate.
+(``tessera.data_provider.app``) puts them behind the consent gate.
 """
 
 from tessera.data.connectors._chem97 import (

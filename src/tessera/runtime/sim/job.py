@@ -9,61 +9,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
+from tessera.jobs.prepared import PreparedJob
+from tessera.jobs.records import BaselineResult, RoundRecord, SimulationResult
+from tessera.jobs.secure import secure_params
 from tessera.protocol import Coordinator
 from tessera.protocol.node import Node
-from tessera.runtime.prepare import PreparedJob
 from tessera.runtime.sim.devices import DeviceModel
-from tessera.runtime.sim.secure import build_secure, secure_params
+from tessera.runtime.sim.secure import build_secure
 from tessera.runtime.sim.simulator import RoundStats, Simulation
 from tessera.training import BatchedTrainer, evaluate
 from tessera.weights import Vector
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    round: int
-    value: float
-    participants: int
-    selected: int
-    dropped: int
-    late: int
-    skipped: bool
-    train_loss: float
-    seconds: float  # wall-clock time the round took to simulate
-    virtual_seconds: float  # virtual time at which the round closed, counted from the job's start
-    bytes_up: int
-    bytes_down: int
-    bytes_aggregation: int
-    aggregators_failed: int = 0
-    blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
-    included: tuple[str, ...] = ()  # contributors whose updates are in this round's model
-    virtual_round_seconds: float = 0.0  # from the round's requests going out to its close
-    cpu_seconds: float = 0.0  # protocol compute charged to all actors (charge_compute only)
-    coordinator_cpu_seconds: float = 0.0
-
-
-@dataclass
-class SimulationResult:
-    rounds: list[RoundRecord]
-    weights: Vector
-    seconds: float
-    secure: bool
-
-    @property
-    def final_value(self) -> float:
-        return self.rounds[-1].value
-
-
-@dataclass
-class BaselineResult:
-    value: float
-    epochs: int
-    curve: list[tuple[float, float]] = field(default_factory=list)  # (round-equivalent, value)
-    weights: Vector | None = None
 
 
 def _evaluate(job: PreparedJob, weights: Vector) -> float:

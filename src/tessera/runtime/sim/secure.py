@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from tessera.crypto.fixedpoint import choose_ring
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.aggregator import Aggregator
@@ -23,56 +21,13 @@ from tessera.protocol.node import Node
 from tessera.protocol.params import RoundParams
 from tessera.protocol.secure_coordinator import SecureCoordinator, SecureParams
 from tessera.protocol.strategies import Strategy
-from tessera.protocol.topology import derive_tree
 from tessera.protocol.treecheck import TreeCheck
-from tessera.runtime.prepare import PreparedJob, secure_params_of
 from tessera.weights import Vector
 
 
 def simulation_keys(seed: int, name: str) -> NodeKeys:
     """Deterministic keys for a virtual node (simulation only, never production)."""
     return NodeKeys.from_seed(hashlib.sha256(f"tessera-sim|{seed}|{name}".encode()).digest())
-
-
-def secure_params(job: PreparedJob) -> SecureParams:
-    assert job.recipe.clip_norm is not None  # the config refuses secure jobs without it
-    return secure_params_of(
-        job.config, clip_norm=job.recipe.clip_norm, max_weight=float(job.node_samples.max())
-    )
-
-
-@dataclass(frozen=True)
-class SecureSummary:
-    """Static facts of a secure job, for metrics.json."""
-
-    k: int
-    group_size: int
-    depth: int
-    ring_bits: int
-    model_bytes_quantized: int
-
-
-def summarize(job: PreparedJob) -> SecureSummary:
-    params = secure_params(job)
-    rp = job.round_params()
-    cohort = rp.cohort_size(job.n_nodes)
-    nodes = job.node_ids
-    orgs = job.organisations or (None,) * len(nodes)
-    tree = derive_tree(
-        job_id=rp.job_id,
-        round=0,
-        nodes=dict(zip(nodes, orgs, strict=True)),
-        contributors=nodes[:cohort],
-        params=params.tree,
-    )
-    ring = choose_ring(bound=params.term_bound, terms=cohort, min_frac_bits=params.min_frac_bits)
-    return SecureSummary(
-        k=params.tree.k,
-        group_size=params.tree.group_size,
-        depth=tree.depth,
-        ring_bits=ring.bits,
-        model_bytes_quantized=(job.layout.size + 2) * ring.bits // 8,
-    )
 
 
 def build_secure(

@@ -18,16 +18,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from tessera.consent import ConsentError, check_consent
+from tessera.coordinator.driver import JobDriver
 from tessera.crypto.documents import SignedDocument, verify_document
 from tessera.crypto.envelope import verify_envelope
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
+from tessera.jobs.document import JobSpec, check_tree_feasible
+from tessera.protocol.kinds import REGISTRATION_KIND
 from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
-from tessera.runtime.net.driver import JobDriver
-from tessera.runtime.net.jobspec import JobSpec, check_tree_feasible
-from tessera.runtime.net.kinds import REGISTRATION_KIND
-from tessera.runtime.net.mail import read_weights_artefact
+from tessera.runtime.transport.mail import read_weights_artefact
 from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
 
 log = logging.getLogger("tessera.coordinator")

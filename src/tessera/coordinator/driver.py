@@ -32,6 +32,7 @@ from tessera.crypto.envelope import ReplayGuard
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
+from tessera.jobs.document import JobSpec
 from tessera.protocol import Coordinator, SecureCoordinator
 from tessera.protocol.codec import Kind
 from tessera.protocol.control import ControlKind
@@ -45,8 +46,7 @@ from tessera.protocol.effects import (
     StartTimer,
 )
 from tessera.protocol.events import Event, JobStarted, ParticipantWithdrawn, TimerFired
-from tessera.runtime.net.jobspec import JobSpec
-from tessera.runtime.net.mail import (
+from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
     from_envelope,
     read_weights_artefact,

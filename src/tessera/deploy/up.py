@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tessera.ai_provider.client import build_job, fetch_preprocessing, submit, watch
 from tessera.config import JobConfig
-from tessera.runtime.net.agent import load_or_create_keys
-from tessera.runtime.net.ai_provider import build_job, fetch_preprocessing, submit, watch
-from tessera.runtime.net.client import CoordinatorClient
-from tessera.runtime.net.deployment import PROVIDER_DATASET, Deployment
-from tessera.runtime.net.jobspec import JobSpec, check_tree_feasible
-from tessera.runtime.sim.job import BaselineResult, RoundRecord
+from tessera.deploy.local import PROVIDER_DATASET, Deployment
+from tessera.jobs.document import JobSpec, check_tree_feasible
+from tessera.jobs.records import BaselineResult, RoundRecord
+from tessera.runtime.transport.client import CoordinatorClient
+from tessera.storage.keyfile import load_or_create_keys
 from tessera.training import evaluate
 from tessera.weights import Vector
 

@@ -16,8 +16,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from fastapi import FastAPI
 
 from tessera.errors import ConfigError
-from tessera.runtime.net.serve import serve_in_thread
-from tessera.runtime.net.tls import (
+from tessera.runtime.transport.serve import serve_in_thread
+from tessera.runtime.transport.tls import (
     CertPaths,
     Pki,
     client_ssl_context,

@@ -23,7 +23,7 @@ import msgpack
 from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import TesseraError
-from tessera.runtime.net.auth import sign_request
+from tessera.runtime.transport.auth import sign_request
 
 log = logging.getLogger("tessera.client")
 T = TypeVar("T")

@@ -23,9 +23,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from tessera.runtime.net.auth import verify_request
-from tessera.runtime.net.serve import BodyLimit
-from tessera.runtime.net.service import CoordinatorService, Refused
+from tessera.coordinator.service import CoordinatorService, Refused
+from tessera.runtime.transport.auth import verify_request
+from tessera.runtime.transport.serve import BodyLimit
 from tessera.storage import NotFound
 
 MAX_BODY = 64 << 20  # one sealed share of a ~16M-parameter model

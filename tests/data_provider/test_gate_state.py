@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Table, func, inspect, select
 
 from tessera.consent import GateState, MemoryGateState
-from tessera.consent.state import SqlGateState, nonce_table, revocation_table
+from tessera.data_provider.gate_state import SqlGateState, nonce_table, revocation_table
 from tessera.storage import StoreError
 
 T0 = 1_780_000_000.0

@@ -21,8 +21,8 @@ from tessera.crypto.documents import SignedDocument, sign_document, verify_docum
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.ids import JobId, NodeId
+from tessera.jobs.prepared import round_params_of, secure_params_of, strategy_of
 from tessera.protocol import RoundParams, SecureParams, Strategy
-from tessera.runtime.prepare import round_params_of, secure_params_of, strategy_of
 from tessera.training import ModelSpec, Recipe
 
 JOB_KIND = "job"

@@ -40,7 +40,7 @@ from typing import Any, Self
 
 import uvicorn
 
-from tessera.runtime.net.tls import CertPaths, server_ssl_kwargs
+from tessera.runtime.transport.tls import CertPaths, server_ssl_kwargs
 
 __all__ = ["BodyLimit", "RunningServer", "run_server", "serve_in_thread"]
 

@@ -21,7 +21,7 @@ account); without an entry nobody gets that user's records.
 
 The revocations received and the nonces of released requests live in the
 gate's ``GateState``: a service passes a durable one
-(``tessera.consent.state.SqlGateState``; ``tessera provider --db``), so a
+(``tessera.data_provider.gate_state.SqlGateState``; ``tessera provider --db``), so a
 restart neither honours a revoked consent again nor serves a replayed
 request. Without one they are kept in memory only (tests, library use).
 """
@@ -51,7 +51,7 @@ from tessera.data.connectors import Backend, DatasetConfig
 from tessera.data.prepare import Preprocessor
 from tessera.errors import ConfigError, DataError, RemoteProtocolError
 from tessera.ids import Task
-from tessera.runtime.net.serve import BodyLimit
+from tessera.runtime.transport.serve import BodyLimit
 
 __all__ = ["MAX_BODY", "ProviderConfig", "create_provider_app", "load_provider_config"]
 
@@ -268,7 +268,7 @@ def create_provider_app(
     ``now`` is the clock for consent expiry and request freshness. ``state``
     keeps revocations and used nonces (the caller opens and closes it); None:
     in memory, forgotten when the process ends, so a service must pass a
-    durable one (``tessera.consent.state.SqlGateState``).
+    durable one (``tessera.data_provider.gate_state.SqlGateState``).
     """
     provider = _Provider(backends, {} if subjects is None else subjects, now, state)
     if not subjects:

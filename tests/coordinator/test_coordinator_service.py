@@ -23,14 +23,14 @@ import msgpack
 import pytest
 
 from tessera.consent import revoke_consent
+from tessera.coordinator.driver import _traffic
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.codec import Kind
 from tessera.protocol.control import ControlKind
-from tessera.runtime.net.auth import sign_request
-from tessera.runtime.net.driver import _traffic
-from tessera.runtime.net.mail import WEIGHTS_MEDIA_TYPE, from_envelope, read_weights_artefact
+from tessera.runtime.transport.auth import sign_request
+from tessera.runtime.transport.mail import WEIGHTS_MEDIA_TYPE, from_envelope, read_weights_artefact
 
 from .coordinator_kit import (
     AI,

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from tessera.consent import ConsentTerms, grant_consent, revoke_consent, sign_records_request
-from tessera.consent.state import SqlGateState
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.data import Preprocessor, load_table
@@ -24,9 +23,10 @@ from tessera.data.connectors import (
     XapiBackend,
     write_chem97_statements,
 )
+from tessera.data_provider.app import create_provider_app, load_provider_config
+from tessera.data_provider.gate_state import SqlGateState
 from tessera.errors import ConfigError, DataError
-from tessera.runtime.net.provider import create_provider_app, load_provider_config
-from tessera.runtime.net.serve import serve_in_thread
+from tessera.runtime.transport.serve import serve_in_thread
 
 T0 = 1_780_000_000.0
 MAX_BODY = 64 * 1024

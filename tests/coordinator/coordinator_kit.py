@@ -22,27 +22,27 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from tessera.ai_provider.client import build_job
 from tessera.config import JobConfig, parse_config
 from tessera.consent import ConsentTerms, grant_consent
+from tessera.coordinator.app import MAX_BODY, create_coordinator_app
+from tessera.coordinator.service import REGISTRATION_KIND, CoordinatorService
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.envelope import ReplayGuard
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.data.prepare import Preprocessor
 from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.jobs.document import JobSpec
 from tessera.protocol.effects import Send
 from tessera.protocol.messages import TrainRequest, UpdateSubmission
-from tessera.runtime.net.ai_provider import build_job
-from tessera.runtime.net.client import CoordinatorClient
-from tessera.runtime.net.coordinator_app import MAX_BODY, create_coordinator_app
-from tessera.runtime.net.jobspec import JobSpec
-from tessera.runtime.net.mail import (
+from tessera.runtime.transport.client import CoordinatorClient
+from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
     from_envelope,
     read_weights_artefact,
     to_envelope,
 )
-from tessera.runtime.net.serve import RunningServer, serve_in_thread
-from tessera.runtime.net.service import REGISTRATION_KIND, CoordinatorService
+from tessera.runtime.transport.serve import RunningServer, serve_in_thread
 from tessera.storage import Store
 
 AI = NodeKeys.from_seed(b"coordinator-kit-ai")

@@ -33,10 +33,11 @@ import pandas as pd
 from tessera.consent import ConsentTerms, grant_consent, revoke_consent
 from tessera.crypto.documents import SignedDocument, sign_document, verify_document
 from tessera.crypto.envelope import ReplayGuard
-from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.crypto.keys import PublicKeys
 from tessera.data.prepare import Preprocessor
 from tessera.errors import RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
+from tessera.jobs.document import JobSpec
 from tessera.protocol import Aggregator, Contributor, Node, TreeCheck
 from tessera.protocol.contributor import SecureContext
 from tessera.protocol.effects import (
@@ -53,11 +54,10 @@ from tessera.protocol.events import (
     LocalUpdateReady,
     TimerFired,
 )
+from tessera.protocol.kinds import REGISTRATION_KIND
 from tessera.runtime.host import train_seed
-from tessera.runtime.net.client import CoordinatorClient, ServiceRefused, check
-from tessera.runtime.net.jobspec import JobSpec
-from tessera.runtime.net.kinds import REGISTRATION_KIND
-from tessera.runtime.net.mail import from_envelope, read_weights_artefact, to_envelope
+from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused, check
+from tessera.runtime.transport.mail import from_envelope, read_weights_artefact, to_envelope
 from tessera.sandbox import (
     DEFAULT_CATALOGUE,
     NodeCatalogue,
@@ -66,6 +66,7 @@ from tessera.sandbox import (
     SandboxLimits,
     SandboxRefused,
 )
+from tessera.storage.keyfile import load_or_create_keys
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.node")
@@ -103,16 +104,6 @@ class _Job:
     shuffle_id: int
     receipt: SignedDocument | None
     data: tuple[np.ndarray, np.ndarray] | None = None
-
-
-def load_or_create_keys(path: Path, passphrase: bytes | None) -> NodeKeys:
-    """The node's long-term keys: made once (file mode 0600), then always loaded."""
-    if path.exists():
-        return NodeKeys.load(path, passphrase)
-    keys = NodeKeys.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys.save(path, passphrase)
-    return keys
 
 
 class NodeAgent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from tessera.runtime.net.service import MailSignal
+from tessera.coordinator.service import MailSignal
 
 
 def test_notify_wakes_only_the_recipients_polls() -> None:

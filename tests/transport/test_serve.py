@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from tessera.runtime.net.serve import BodyLimit, serve_in_thread
+from tessera.runtime.transport.serve import BodyLimit, serve_in_thread
 
 LIMIT = 1000
 DETAIL = {"detail": f"request body exceeds {LIMIT} bytes"}
@@ -149,7 +149,7 @@ RUN_SERVER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from tessera.runtime.net.serve import run_server
+    from tessera.runtime.transport.serve import run_server
 
     async def app(scope, receive, send):
         if scope["type"] == "http":

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tessera.runtime.net.agent import AgentConfig, NodeAgent
-from tessera.runtime.net.deployment import Process
-from tessera.runtime.net.up import StartFailed, start_nodes
+from tessera.deploy.local import Process
+from tessera.deploy.up import StartFailed, start_nodes
+from tessera.node.agent import AgentConfig, NodeAgent
 from tessera.sandbox import SandboxLimits
 
 
@@ -40,8 +40,8 @@ def test_the_agent_module_loads_neither_torch_nor_the_coordinator_service(
     out = _python(
         """
         import sys
-        import tessera.runtime.net.agent
-        print(sorted(m for m in ("torch", "sqlalchemy", "fastapi", "tessera.runtime.net.service")
+        import tessera.node.agent
+        print(sorted(m for m in ("torch", "sqlalchemy", "fastapi", "tessera.coordinator.service")
                      if m in sys.modules))
         """,
         tmp_path,
@@ -54,7 +54,7 @@ def test_a_node_agents_catalogue_check_does_not_import_torch(tmp_path: Path) -> 
         """
         import sys
         from pathlib import Path
-        from tessera.runtime.net.agent import AgentConfig, NodeAgent
+        from tessera.node.agent import AgentConfig, NodeAgent
         from tessera.sandbox import SandboxRefused
         from tessera.training import ModelSpec, Recipe
 

@@ -24,8 +24,9 @@ import pandas as pd
 from tessera.config import JobConfig
 from tessera.crypto.keys import NodeKeys
 from tessera.errors import ConfigError
-from tessera.runtime.net.client import CoordinatorClient
-from tessera.runtime.prepare import PreparedJob, prepare_job, split_table
+from tessera.jobs.prepared import PreparedJob, prepare_job, split_table
+from tessera.runtime.transport.client import CoordinatorClient
+from tessera.storage.keyfile import load_keys, save_keys
 
 PROVIDER_DATASET = "records"
 
@@ -111,7 +112,7 @@ class Deployment:
             self.db_url = f"sqlite:///{(self.out / 'coordinator.db').resolve()}"
         self.ca: Path | None = None
         if self.tls:
-            from tessera.runtime.net.tls import make_local_pki
+            from tessera.runtime.transport.tls import make_local_pki
 
             pki = make_local_pki(
                 self.out / "pki", services=("coordinator", "provider"), overwrite=True
@@ -125,7 +126,7 @@ class Deployment:
     def verify(self) -> object:
         if self.ca is None:
             return True
-        from tessera.runtime.net.tls import client_ssl_context
+        from tessera.runtime.transport.tls import client_ssl_context
 
         return client_ssl_context(self.ca)
 
@@ -237,10 +238,10 @@ class Deployment:
     def _keys_of(self, i: int) -> NodeKeys:
         path = self.out / "nodes" / f"{i:06d}" / "node.key"
         if path.exists():
-            return NodeKeys.load(path)
+            return load_keys(path)
         keys = NodeKeys.generate()
         path.parent.mkdir(parents=True, exist_ok=True)
-        keys.save(path)
+        save_keys(keys, path)
         return keys
 
     def node_id(self, i: int) -> str:

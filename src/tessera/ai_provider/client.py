@@ -19,10 +19,14 @@ from tessera.config import JobConfig
 from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys
 from tessera.data.prepare import Preprocessor
-from tessera.runtime.net.client import CoordinatorClient, check
-from tessera.runtime.net.jobspec import DataRequest, JobSpec, make_job_document
-from tessera.runtime.net.mail import WEIGHTS_MEDIA_TYPE, read_weights_artefact, weights_artefact
-from tessera.runtime.prepare import model_spec_of, recipe_of
+from tessera.jobs.document import DataRequest, JobSpec, make_job_document
+from tessera.jobs.prepared import model_spec_of, recipe_of
+from tessera.runtime.transport.client import CoordinatorClient, check
+from tessera.runtime.transport.mail import (
+    WEIGHTS_MEDIA_TYPE,
+    read_weights_artefact,
+    weights_artefact,
+)
 from tessera.training import init_weights, layout
 from tessera.weights import Vector
 

@@ -1,0 +1,3 @@
+"""The data provider's room: its HTTP service (catalogue, preprocessing, consented records)
+and durable gate state.
+"""

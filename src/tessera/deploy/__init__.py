@@ -1,0 +1,1 @@
+"""`tessera up`: a whole deployment on loopback, every party its own process."""

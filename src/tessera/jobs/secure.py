@@ -1,0 +1,51 @@
+"""A secure job's static facts: its parameters and what metrics.json says of its tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tessera.crypto.fixedpoint import choose_ring
+from tessera.jobs.prepared import PreparedJob, secure_params_of
+from tessera.protocol.secure_coordinator import SecureParams
+from tessera.protocol.topology import derive_tree
+
+
+def secure_params(job: PreparedJob) -> SecureParams:
+    assert job.recipe.clip_norm is not None  # the config refuses secure jobs without it
+    return secure_params_of(
+        job.config, clip_norm=job.recipe.clip_norm, max_weight=float(job.node_samples.max())
+    )
+
+
+@dataclass(frozen=True)
+class SecureSummary:
+    """Static facts of a secure job, for metrics.json."""
+
+    k: int
+    group_size: int
+    depth: int
+    ring_bits: int
+    model_bytes_quantized: int
+
+
+def summarize(job: PreparedJob) -> SecureSummary:
+    params = secure_params(job)
+    rp = job.round_params()
+    cohort = rp.cohort_size(job.n_nodes)
+    nodes = job.node_ids
+    orgs = job.organisations or (None,) * len(nodes)
+    tree = derive_tree(
+        job_id=rp.job_id,
+        round=0,
+        nodes=dict(zip(nodes, orgs, strict=True)),
+        contributors=nodes[:cohort],
+        params=params.tree,
+    )
+    ring = choose_ring(bound=params.term_bound, terms=cohort, min_frac_bits=params.min_frac_bits)
+    return SecureSummary(
+        k=params.tree.k,
+        group_size=params.tree.group_size,
+        depth=tree.depth,
+        ring_bits=ring.bits,
+        model_bytes_quantized=(job.layout.size + 2) * ring.bits // 8,
+    )

@@ -1,1 +1,0 @@
-"""Services over the network: coordinator, data provider, node agent; TLS and server helpers."""

@@ -1,0 +1,3 @@
+"""What crosses the network: envelopes for the mailbox, the HTTP client, signed requests,
+serving and TLS.
+"""
