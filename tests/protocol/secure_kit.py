@@ -134,7 +134,6 @@ class Federation:
                     SecureContext(
                         keys=self.keys[n],
                         directory=self.directory,
-                        rounding=np.random.default_rng([seed, i]),
                     ),
                 ),
                 Aggregator(n, JOB, self.keys[n], self.directory),

@@ -72,7 +72,6 @@ def test_a_contributor_refuses_a_forged_tree_and_stays_idle() -> None:
     ctx = SecureContext(
         keys=keys,
         directory={node: keys.public},
-        rounding=np.random.default_rng(0),
         tree_check=CHECK,
     )
     k = Contributor(node, JOB, ctx)

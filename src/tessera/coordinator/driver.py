@@ -16,6 +16,11 @@ unconsumed and its timer still pending, so it runs again.
 
 Sealing draws fresh randomness, so re-sent envelopes would differ in bytes;
 that is why effects are never re-sent on recovery, only rebuilt state is.
+
+The machine sits in a ``runtime.host.Host``, the one the simulator and the
+node agent use: the driver is its outbox and observer (what a step causes
+is gathered for its commit), and the host owns the timers, so recovery is
+``Host.replay`` of each logged event.
 """
 
 from __future__ import annotations
@@ -37,15 +42,13 @@ from tessera.protocol import Coordinator, SecureCoordinator
 from tessera.protocol.codec import Kind
 from tessera.protocol.control import ControlKind
 from tessera.protocol.effects import (
-    CancelTimer,
-    Effect,
     JobFinished,
     Rejected,
     RoundClosed,
     Send,
-    StartTimer,
 )
 from tessera.protocol.events import Event, JobStarted, ParticipantWithdrawn, TimerFired
+from tessera.runtime.host import Host, Observer, WallClock
 from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
     from_envelope,
@@ -70,7 +73,7 @@ class _Step:
     rejected: list[str] = field(default_factory=list)
 
 
-class JobDriver:
+class JobDriver(Observer):
     """Feeds one job's coordinator machine and commits each step; see the module doc."""
 
     def __init__(
@@ -93,11 +96,10 @@ class JobDriver:
         self.directory[COORDINATOR] = keys.public
         self.clock = clock
         self.on_sent = on_sent
-        self.timers: dict[str, float] = {}
         self.seq = 0
         self.cursor = 0  # highest mailbox id looked at
         self.finished = False
-        self.rejected: list[str] = []  # recent refusals, for status and logs
+        self.refusals: list[str] = []  # recent refusals, for status and logs
         self._replay = ReplayGuard()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -121,6 +123,15 @@ class JobDriver:
             )
         else:
             self.machine = Coordinator(params, list(participants), initial, spec.strategy())
+        self._current = _Step()  # what the step being run causes
+        self.host = Host(
+            COORDINATOR,
+            self.machine,
+            outbox=self,
+            clock=WallClock(clock),
+            job_seed=spec.config.job.seed,
+            observer=self,
+        )
 
     # -- recovery --------------------------------------------------------------
     def recover(self) -> int:
@@ -130,8 +141,7 @@ class JobDriver:
             if record.seq != self.seq:
                 raise RuntimeError(f"event log of {self.job_id} has a gap at {self.seq}")
             event = self._event_of(record)
-            effects = self.machine.handle(event, record.now) if event is not None else []
-            self._track_timers(effects, fired=record.timer)
+            effects = self.host.replay(event, record.now) if event is not None else []
             if any(isinstance(e, JobFinished) for e in effects):
                 self.finished = True
             self.seq += 1
@@ -184,10 +194,10 @@ class JobDriver:
         ran = False
         with self._lock:
             now = self.clock()
-            for name, at in sorted(self.timers.items(), key=lambda t: t[1]):
-                if at <= now and not self.finished:
-                    record = EventRecord(self.job_id, self.seq, "timer", now, timer=name)
-                    self._step(record, TimerFired(timer=name))
+            for timer in self.host.due(now):
+                if timer in self.host.timers and not self.finished:
+                    record = EventRecord(self.job_id, self.seq, "timer", now, timer=timer)
+                    self._step(record, TimerFired(timer=timer))
                     ran = True
             while not self.finished:
                 items = self.store.messages_for(COORDINATOR, self.cursor, limit=64)
@@ -203,13 +213,14 @@ class JobDriver:
         return ran
 
     def next_timer(self) -> float:
-        return min(self.timers.values(), default=math.inf)
+        return self.host.next_timer()
 
     def _step(self, record: EventRecord, event: Event | None) -> None:
-        effects = self.machine.handle(event, record.now) if event is not None else []
-        step = _Step()
-        for effect in effects:
-            self._perform(effect, step)
+        step = self._current = _Step()
+        if isinstance(event, TimerFired):
+            self.host.fire(event.timer, record.now)
+        elif event is not None:
+            self.host.handle(event, record.now)
         step.rounds = [self._with_traffic(record, step) for record in step.rounds]
         self.store.commit_step(
             record,
@@ -219,45 +230,50 @@ class JobDriver:
             job_update=step.job_update,
         )
         self.seq += 1
-        self._track_timers(effects, fired=record.timer)
         if step.outgoing and self.on_sent is not None:
             self.on_sent(sorted({str(row["recipient"]) for row in step.outgoing}))
 
-    def _perform(self, effect: Effect, step: _Step) -> None:
-        if isinstance(effect, Send):
-            out = to_envelope(
-                effect,
-                sender=COORDINATOR,
-                job_id=self.job_id,
-                keys=self.keys,
-                directory=self.directory,
-                publish_weights=lambda w: self._publish(w, step),
-            )
-            step.outgoing.append(out.row())
-        elif isinstance(effect, Rejected):
-            self._note(f"refused {effect.sender}: {effect.reason}")
-        elif isinstance(effect, RoundClosed):
-            sha = self._publish(effect.weights, step)
-            step.rounds.append(
-                RoundRecord(self.job_id, effect.round, effect.closed_at, _round_record(effect), sha)
-            )
-            step.job_update = {"current_round": effect.round + 1}
-            log.info(
-                "%s round %d closed: %d of %d",
-                self.job_id,
-                effect.round,
-                effect.participants,
-                effect.selected,
-            )
-        elif isinstance(effect, JobFinished):
-            sha = self._publish(effect.weights, step)
-            step.job_update = {
-                **(step.job_update or {}),  # keep the last round's current_round
-                "state": "finished",
-                "final_weights": sha,
-                "finished_at": self.clock(),
-            }
-            self.finished = True
+    # -- the host's ports: what a step causes is gathered for its commit -----------
+    def send(self, sender: NodeId, effect: Send) -> None:
+        step = self._current
+        out = to_envelope(
+            effect,
+            sender=sender,
+            job_id=self.job_id,
+            keys=self.keys,
+            directory=self.directory,
+            publish_weights=lambda w: self._publish(w, step),
+        )
+        step.outgoing.append(out.row())
+
+    def rejected(self, actor: NodeId, effect: Rejected) -> None:  # noqa: ARG002
+        self._note(f"refused {effect.sender}: {effect.reason}")
+
+    def round_closed(self, actor: NodeId, effect: RoundClosed) -> None:  # noqa: ARG002
+        step = self._current
+        sha = self._publish(effect.weights, step)
+        step.rounds.append(
+            RoundRecord(self.job_id, effect.round, effect.closed_at, _round_record(effect), sha)
+        )
+        step.job_update = {"current_round": effect.round + 1}
+        log.info(
+            "%s round %d closed: %d of %d",
+            self.job_id,
+            effect.round,
+            effect.participants,
+            effect.selected,
+        )
+
+    def job_finished(self, actor: NodeId, effect: JobFinished) -> None:  # noqa: ARG002
+        step = self._current
+        sha = self._publish(effect.weights, step)
+        step.job_update = {
+            **(step.job_update or {}),  # keep the last round's current_round
+            "state": "finished",
+            "final_weights": sha,
+            "finished_at": self.clock(),
+        }
+        self.finished = True
 
     def _with_traffic(self, record: RoundRecord, step: _Step) -> RoundRecord:
         """Add the round's bytes_up / bytes_down / bytes_aggregation to its record.
@@ -283,20 +299,9 @@ class JobDriver:
         step.artefacts[sha] = data
         return sha
 
-    def _track_timers(self, effects: list[Effect], *, fired: str | None) -> None:
-        if fired is not None:
-            self.timers.pop(fired, None)
-        for effect in effects:
-            if isinstance(effect, StartTimer):
-                self.timers[effect.timer] = effect.at
-            elif isinstance(effect, CancelTimer):
-                self.timers.pop(effect.timer, None)
-        if self.finished:
-            self.timers.clear()
-
     def _note(self, line: str) -> None:
         log.warning("%s: %s", self.job_id, line)
-        self.rejected = [*self.rejected[-99:], line]
+        self.refusals = [*self.refusals[-99:], line]
 
     # -- the thread ----------------------------------------------------------------
     def wake(self) -> None:

@@ -207,7 +207,7 @@ class CoordinatorService:
             "final_weights": job.final_weights,
             "error": job.error,
             "rounds": [{**r.record, "weights": r.weights} for r in self.store.rounds(job_id)],
-            "refused": driver.rejected[-20:] if driver else [],
+            "refused": driver.refusals[-20:] if driver else [],
         }
 
     # -- consent -------------------------------------------------------------------------

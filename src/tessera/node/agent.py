@@ -2,10 +2,12 @@
 
 Theory of operation: the agent keeps the node's identity keys, registers
 them, consents to jobs on its user's behalf (when told to), then pulls its
-mailbox by long polling and drives the very protocol machines the simulator
-drives: envelopes in, effects out. It checks every signature (the machines
-and ``mail.from_envelope`` open everything), every artefact hash and the
-job document's signature, re-derives the tree each round (``TreeCheck``),
+mailbox by long polling. Each job's machine sits in a ``runtime.host.Host``,
+the very host the simulator uses; the agent only plugs in its adapters: the
+mailbox over HTTPS as outbox, the sandbox as trainer, the wall clock, a log
+as observer. It checks every signature (the machines and
+``mail.from_envelope`` open everything), every artefact hash and the job
+document's signature, re-derives the tree each round (``TreeCheck``),
 refuses jobs outside its catalogue, and fetches its user's records from the
 data provider only with the user's consent receipt, once per job. Local
 training runs in the sandbox (no network, limited memory and CPU time).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -41,21 +44,16 @@ from tessera.jobs.document import JobSpec
 from tessera.protocol import Aggregator, Contributor, Node, TreeCheck
 from tessera.protocol.contributor import SecureContext
 from tessera.protocol.effects import (
-    CancelTimer,
-    Effect,
     Rejected,
-    RequestLocalTraining,
     Send,
-    StartTimer,
 )
 from tessera.protocol.events import (
     Event,
     LocalTrainingFailed,
     LocalUpdateReady,
-    TimerFired,
 )
 from tessera.protocol.kinds import REGISTRATION_KIND
-from tessera.runtime.host import train_seed
+from tessera.runtime.host import Host, Observer, TrainingTask, WallClock
 from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused, check
 from tessera.runtime.transport.mail import from_envelope, read_weights_artefact, to_envelope
 from tessera.sandbox import (
@@ -99,11 +97,11 @@ class _Job:
     spec: JobSpec
     participants: list[NodeId]
     directory: dict[NodeId, PublicKeys]
-    machine: Node | Contributor
     replay: ReplayGuard
     shuffle_id: int
     receipt: SignedDocument | None
     data: tuple[np.ndarray, np.ndarray] | None = None
+    host: Host = field(init=False)  # its ports need the job: set right after
 
 
 class NodeAgent:
@@ -118,7 +116,6 @@ class NodeAgent:
         )
         self.jobs: dict[str, _Job] = {}
         self.finished: set[str] = set()
-        self.timers: dict[tuple[str, str], float] = {}
         self.cursor = self._load_cursor()
         self._coordinator_keys: PublicKeys | None = None
 
@@ -206,7 +203,7 @@ class NodeAgent:
             self.client.close()
 
     def _next_wait(self) -> float:
-        due = min(self.timers.values(), default=time.time() + self.cfg.poll_wait)
+        due = min((job.host.next_timer() for job in self.jobs.values()), default=math.inf)
         return float(np.clip(due - time.time(), 0.0, self.cfg.poll_wait))
 
     def _all_done(self) -> bool:
@@ -221,12 +218,8 @@ class NodeAgent:
 
     def _fire_timers(self) -> None:
         now = time.time()
-        for (job_id, name), at in sorted(self.timers.items(), key=lambda t: t[1]):
-            if at <= now:
-                del self.timers[(job_id, name)]
-                job = self.jobs.get(job_id)
-                if job is not None:
-                    self._handle(job_id, job, TimerFired(timer=name))
+        for job in list(self.jobs.values()):
+            job.host.fire_due(now)
 
     def _on_envelope(self, data: bytes) -> None:
         from tessera.crypto.envelope import peek
@@ -246,39 +239,7 @@ class NodeAgent:
         except (RemoteProtocolError, SandboxRefused) as exc:
             log.warning("%s: refused an envelope: %s", self.node, exc)
             return
-        self._handle(job_id, job, event)
-
-    def _handle(self, job_id: str, job: _Job, event: Event) -> None:
-        effects = job.machine.handle(event, time.time())
-        while effects:
-            effect = effects.pop(0)
-            more = self._perform(job_id, job, effect)
-            if more is not None:
-                effects.extend(job.machine.handle(more, time.time()))
-
-    def _perform(self, job_id: str, job: _Job, effect: Effect) -> Event | None:
-        if isinstance(effect, Send):
-            out = to_envelope(
-                effect,
-                sender=self.node,
-                job_id=job_id,
-                keys=self.keys,
-                directory=job.directory,
-                publish_weights=_no_publishing,
-            )
-            try:
-                self.client.post_mail(out.data)
-            except ServiceRefused as exc:
-                log.warning("%s: coordinator refused our %s: %s", self.node, out.kind, exc)
-        elif isinstance(effect, StartTimer):
-            self.timers[(job_id, effect.timer)] = effect.at
-        elif isinstance(effect, CancelTimer):
-            self.timers.pop((job_id, effect.timer), None)
-        elif isinstance(effect, RequestLocalTraining):
-            return self._train(job, effect)
-        elif isinstance(effect, Rejected):
-            log.warning("%s refused %s: %s", self.node, effect.sender, effect.reason)
-        return None
+        job.host.handle(event)
 
     # -- jobs, data and training ----------------------------------------------------------
     def _job(self, job_id: str) -> _Job:
@@ -319,7 +280,6 @@ class NodeAgent:
                     SecureContext(
                         keys=self.keys,
                         directory=directory,
-                        rounding=np.random.default_rng(),
                         tree_check=check_tree,
                     ),
                 ),
@@ -335,10 +295,18 @@ class NodeAgent:
             spec=spec,
             participants=participants,
             directory=directory,
-            machine=machine,
             replay=ReplayGuard(),
             shuffle_id=participants.index(self.node),
             receipt=receipt,
+        )
+        job.host = Host(
+            self.node,
+            machine,
+            outbox=_Mailbox(self, job),
+            clock=WallClock(),
+            job_seed=spec.config.job.seed,
+            trainer=_SandboxTrainer(self, job),
+            observer=_Log(self.node),
         )
         self.jobs[job_id] = job
         return job
@@ -351,26 +319,25 @@ class NodeAgent:
     def _weights(self, sha256: str, length: int) -> Vector:
         return read_weights_artefact(self.client.get_artefact(sha256), sha256, length)
 
-    def _train(self, job: _Job, request: RequestLocalTraining) -> Event:
+    def _train(self, job: _Job, task: TrainingTask) -> Event:
         try:
             x, y = self._records(job)
             self.cfg.catalogue.check(job.spec.model, job.spec.recipe, len(y))
-            prox = request.config.get("prox_mu")
             outcome = self.sandbox.train(
                 job.spec.model,
                 job.spec.recipe,
                 x,
                 y,
-                request.weights,
-                seed=train_seed(job.spec.config.job.seed, request.round),
+                task.weights,
+                seed=task.seed,
                 shuffle_id=job.shuffle_id,
-                prox_mu=None if prox is None else float(prox),
+                prox_mu=task.prox_mu,
             )
         except (SandboxError, SandboxRefused, TesseraError, httpx.HTTPError) as exc:
             log.warning("%s: local training failed: %s", self.node, exc)
-            return LocalTrainingFailed(round=request.round, reason=str(exc)[:200])
+            return LocalTrainingFailed(round=task.round, reason=str(exc)[:200])
         return LocalUpdateReady(
-            round=request.round,
+            round=task.round,
             delta=outcome.delta,
             num_samples=outcome.num_samples,
             loss=outcome.loss,
@@ -423,6 +390,45 @@ class NodeAgent:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(str(self.cursor))
         os.replace(tmp, path)
+
+
+class _Mailbox:
+    """The hosts' outbox: every Send becomes a signed envelope posted to the coordinator."""
+
+    def __init__(self, agent: NodeAgent, job: _Job) -> None:
+        self.agent, self.job = agent, job
+
+    def send(self, sender: NodeId, effect: Send) -> None:
+        out = to_envelope(
+            effect,
+            sender=sender,
+            job_id=self.job.spec.job_id,
+            keys=self.agent.keys,
+            directory=self.job.directory,
+            publish_weights=_no_publishing,
+        )
+        try:
+            self.agent.client.post_mail(out.data)
+        except ServiceRefused as exc:
+            log.warning("%s: coordinator refused our %s: %s", sender, out.kind, exc)
+
+
+class _SandboxTrainer:
+    """The hosts' trainer: the user's records, in the sandbox, answered at once."""
+
+    def __init__(self, agent: NodeAgent, job: _Job) -> None:
+        self.agent, self.job = agent, job
+
+    def start(self, actor: NodeId, task: TrainingTask) -> Event | None:  # noqa: ARG002
+        return self.agent._train(self.job, task)
+
+
+class _Log(Observer):
+    def __init__(self, node: NodeId) -> None:
+        self.node = node
+
+    def rejected(self, actor: NodeId, effect: Rejected) -> None:  # noqa: ARG002
+        log.warning("%s refused %s: %s", self.node, effect.sender, effect.reason)
 
 
 def _no_publishing(_: Vector) -> str:

@@ -82,14 +82,22 @@ def weighted_vector(
 class SecureContext:
     """What a contributor needs for secure rounds: its keys and its peers' keys.
 
-    ``rounding`` drives unbiased stochastic rounding into the ring; it is not
-    secret (the masks come from fresh OS randomness inside ``split``).
+    The stochastic rounding into the ring draws its coins from ``rounding_rng``:
+    keyed by the node's own signing key, job and round, so nobody else can
+    predict them, and every runtime (simulator or deployed node) holding the
+    same keys rounds the same update to the same words. The masks come from
+    fresh OS randomness inside ``split``.
     """
 
     keys: NodeKeys
     directory: Mapping[NodeId, PublicKeys]
-    rounding: np.random.Generator
     tree_check: TreeCheck | None = None  # re-derive the tree and refuse a forged one
+
+
+def rounding_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator:
+    """The coins of a contributor's stochastic rounding in ``round``: secret, repeatable."""
+    context = b"rounding\x00" + job_id.encode() + b"\x00" + str(round).encode()
+    return np.random.default_rng(int.from_bytes(keys.draw(context), "big"))
 
 
 class Contributor:
@@ -185,7 +193,7 @@ class Contributor:
             max_weight=a.max_weight,
             loss_cap=a.loss_cap,
         )
-        words = encode(vector, ring, ctx.rounding)
+        words = encode(vector, ring, rounding_rng(ctx.keys, self.job_id, update.round))
         shares = split(words, len(a.aggregators), full_position=a.full_position, ring=ring)
         self._sent = (ring, vector.shape[0], shares)
         return [

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-import numpy as np
-
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.aggregator import Aggregator
@@ -58,13 +56,12 @@ def build_secure(
                 SecureContext(
                     keys=k,
                     directory=directory,
-                    rounding=np.random.default_rng([seed, 0x5EC, i]),
                     tree_check=check,
                 ),
             ),
             Aggregator(n, params.job_id, k, directory, check),
         )
-        for i, (n, k) in enumerate(zip(node_ids, keys, strict=True))
+        for n, k in zip(node_ids, keys, strict=True)
     ]
     coordinator = SecureCoordinator(
         params,

@@ -32,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -42,39 +41,24 @@ from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.codec import Kind
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.coordinator import Coordinator
-from tessera.protocol.effects import (
-    CancelTimer,
-    Effect,
-    JobFinished,
-    Rejected,
-    RequestLocalTraining,
-    RoundClosed,
-    Send,
-    StartTimer,
-)
+from tessera.protocol.effects import JobFinished, Rejected, RoundClosed, Send
 from tessera.protocol.events import (
     Event,
     JobStarted,
     LocalTrainingFailed,
     LocalUpdateReady,
     MessageReceived,
-    TimerFired,
 )
 from tessera.protocol.messages import (
-    Message,
     Sealed,
     TrainingDeclined,
     TrainRequest,
     UpdateSubmission,
 )
 from tessera.protocol.node import Node
-from tessera.runtime.host import LocalTrainer, train_seed
+from tessera.runtime.host import Host, LocalTrainer, Machine, Observer, TrainingTask
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.weights import Vector
-
-
-class Machine(Protocol):
-    def handle(self, event: Event, now: float) -> list[Effect]: ...
 
 
 @dataclass
@@ -108,10 +92,10 @@ class _Pending:
     target: NodeId = field(compare=False)
     event: Event | None = field(compare=False, default=None)
     train_round: int = field(compare=False, default=-1)
-    armed: float = field(compare=False, default=0.0)  # a timer's time, as it was set
 
 
 _WAKE = -2  # ``_Pending.train_round`` of an actor's wake-up (charging compute only)
+_TIMERS = -3  # ``_Pending.train_round`` of a host's timer deadline
 
 
 def _cpu_clock() -> Callable[[], float]:
@@ -122,7 +106,15 @@ def _cpu_clock() -> Callable[[], float]:
     return time.thread_time
 
 
-class Simulation:
+class Simulation(Observer):
+    """Plays every node's runtime: the network, the devices and the virtual clock.
+
+    Each machine sits in a ``runtime.host.Host``, the same host the deployed
+    processes use; the simulation is its outbox (a simulated network), its
+    clock (virtual, optionally charging compute), its trainer (simulated
+    devices over a batched trainer) and its observer (round statistics).
+    """
+
     def __init__(
         self,
         coordinator: Coordinator,
@@ -161,10 +153,9 @@ class Simulation:
         self.final_weights: Vector | None = None
         self._queue: list[_Pending] = []
         self._seq = itertools.count()
-        self._timers: dict[tuple[NodeId, str], float] = {}
         self._due: dict[int, list[tuple[float, int, int]]] = {}  # round -> heap of (at, seq, node)
         self._results: dict[tuple[int, int], tuple[Vector, int, float]] = {}
-        self._round_weights: dict[int, tuple[Vector, float]] = {}
+        self._round_tasks: dict[int, TrainingTask] = {}
         self._dropped_round = -1
         self._failed_round = -1
         self._failed: npt.NDArray[np.bool_] = np.zeros(0, bool)
@@ -173,14 +164,30 @@ class Simulation:
         self._stats = RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
         self._wall = time.perf_counter()
         self.charge_compute = charge_compute
-        self._clock = _cpu_clock()
         self._busy_until: dict[NodeId, float] = {}
         self._backlog: dict[NodeId, deque[_Pending]] = {}  # items waiting for a busy actor
+        cpu = _cpu_clock() if charge_compute else None
+        self.hosts: dict[NodeId, Host] = {
+            actor: Host(
+                actor,
+                machine,
+                outbox=self,
+                clock=_VirtualClock(self),
+                job_seed=seed,
+                trainer=self,
+                observer=self,
+                cpu_clock=cpu,
+            )
+            for actor, machine in [
+                (COORDINATOR, coordinator),
+                *zip(self.node_ids, self.machines, strict=True),
+            ]
+        }
 
     # -- driving ---------------------------------------------------------------
     def run(self) -> Vector:
         """Run the job to its end; returns the final global weights."""
-        self._handle(COORDINATOR, self.coordinator, JobStarted())
+        self.hosts[COORDINATOR].handle(JobStarted(), self.now)
         self._stats.started_at = self.now
         while self._queue and self.final_weights is None:
             item = heapq.heappop(self._queue)
@@ -215,39 +222,37 @@ class Simulation:
     def _run_item(self, item: _Pending) -> None:
         if item.train_round >= 0:
             self._complete_training(item.target, item.train_round)
+        elif item.train_round == _TIMERS:
+            self._fire_timers(item.target)
+        else:
+            assert item.event is not None
+            self._deliver(item.target, item.event)
+
+    def _fire_timers(self, target: NodeId) -> None:
+        host = self.hosts[target]
+        if self._silenced(target, None):
+            for timer in host.due(self.now):  # a failed aggregator's timers go nowhere
+                del host.timers[timer]
+                self._stats.aggregator_messages_lost += 1
             return
-        assert item.event is not None
-        if isinstance(item.event, TimerFired):
-            key = (item.target, item.event.timer)
-            if self._timers.get(key) != item.armed:
-                return  # cancelled or re-armed
-            del self._timers[key]
-        self._deliver(item.target, item.event)
+        host.fire_due(self.now)
 
     def _deliver(self, target: NodeId, event: Event) -> None:
-        if target == COORDINATOR:
-            self._handle(target, self.coordinator, event)
-            return
-        node = self.index[target]
-        machine = self.machines[node]
-        if isinstance(machine, Node) and Node.for_aggregator(event) and self._aggregator_down(node):
+        if self._silenced(target, event):
             self._stats.aggregator_messages_lost += 1
             return  # a failed aggregator: whatever reaches it is lost
-        self._handle(target, machine, event)
+        self.hosts[target].handle(event, self.now)
 
-    def _handle(self, actor: NodeId, machine: Machine, event: Event) -> None:
-        if not self.charge_compute:
-            self._perform(actor, machine.handle(event, self.now))
-            return
-        start = self._clock()
-        effects = machine.handle(event, self.now)
-        cost = self._clock() - start
-        # The effects (and _send's departure time) happen when the call ends.
-        self.now = self._busy_until[actor] = self.now + cost
-        self._stats.cpu_seconds += cost
-        if actor == COORDINATOR:
-            self._stats.coordinator_cpu_seconds += cost
-        self._perform(actor, effects)
+    def _silenced(self, target: NodeId, event: Event | None) -> bool:
+        """Whether ``event`` (None: a timer) is for a node's aggregator that failed this round."""
+        if target == COORDINATOR:
+            return False
+        node = self.index[target]
+        if not isinstance(self.machines[node], Node):
+            return False
+        if event is not None and not Node.for_aggregator(event):
+            return False
+        return self._aggregator_down(node)
 
     def _aggregator_down(self, node: int) -> bool:
         round = self.coordinator.round
@@ -259,29 +264,9 @@ class Simulation:
             self._stats.aggregators_failed = int(self._failed.sum())
         return bool(self._failed[node])
 
-    def _push(self, at: float, target: NodeId, event: Event) -> None:
-        heapq.heappush(self._queue, _Pending(at, next(self._seq), target, event, armed=at))
-
-    # -- effects ---------------------------------------------------------------
-    def _perform(self, actor: NodeId, effects: list[Effect]) -> None:
-        for effect in effects:
-            if isinstance(effect, Send):
-                self._send(actor, effect.recipient, effect.message)
-            elif isinstance(effect, StartTimer):
-                self._timers[(actor, effect.timer)] = effect.at
-                self._push(effect.at, actor, TimerFired(timer=effect.timer))
-            elif isinstance(effect, CancelTimer):
-                self._timers.pop((actor, effect.timer), None)
-            elif isinstance(effect, RequestLocalTraining):
-                self._schedule_training(self.index[actor], effect)
-            elif isinstance(effect, Rejected):
-                self._stats.rejected.append(f"{actor} refused {effect.sender}: {effect.reason}")
-            elif isinstance(effect, RoundClosed):
-                self._finish_round(effect)
-            elif isinstance(effect, JobFinished):
-                self.final_weights = effect.weights
-
-    def _send(self, sender: NodeId, recipient: NodeId, message: Message) -> None:
+    # -- the hosts' network ---------------------------------------------------------
+    def send(self, sender: NodeId, effect: Send) -> None:
+        message = effect.message
         size = message.nbytes
         if isinstance(message, TrainRequest):
             self._stats.bytes_down += size
@@ -292,45 +277,54 @@ class Simulation:
         else:
             self._stats.bytes_aggregation += size  # roles, reports, commitments, sums
         at = self.now + self.latency + size / self.bandwidth
-        self._push(at, recipient, MessageReceived(sender=sender, message=message))
+        event = MessageReceived(sender=sender, message=message)
+        heapq.heappush(self._queue, _Pending(at, next(self._seq), effect.recipient, event))
 
-    def _finish_round(self, closed: RoundClosed) -> None:
+    # -- the hosts' observer ------------------------------------------------------------
+    def rejected(self, actor: NodeId, effect: Rejected) -> None:
+        self._stats.rejected.append(f"{actor} refused {effect.sender}: {effect.reason}")
+
+    def job_finished(self, actor: NodeId, effect: JobFinished) -> None:  # noqa: ARG002
+        self.final_weights = effect.weights
+
+    def round_closed(self, actor: NodeId, effect: RoundClosed) -> None:  # noqa: ARG002
         now = time.perf_counter()
-        self._stats.closed = closed
+        self._stats.closed = effect
         # Selected, not dropped, yet no update in time: a straggler (or a decline).
-        self._stats.late = closed.selected - closed.participants - self._stats.dropped
+        self._stats.late = effect.selected - effect.participants - self._stats.dropped
         self._stats.seconds = now - self._wall
         self._stats.closed_at = self.now
         self._wall = now
-        self._round_weights.pop(closed.round, None)
-        self._due.pop(closed.round, None)
+        self._round_tasks.pop(effect.round, None)
+        self._due.pop(effect.round, None)
         if self.on_round is not None:
             self.on_round(self._stats)
         self._stats = RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
         # The next round's requests go out with this close, from the same coordinator call.
         self._stats.started_at = self.now
 
-    # -- local training --------------------------------------------------------
-    def _schedule_training(self, node: int, request: RequestLocalTraining) -> None:
-        if self._dropped_round != request.round:
-            self._dropped_round = request.round
-            self._dropped = self.devices.dropped(request.round)
+    # -- the hosts' trainer: simulated devices ----------------------------------------
+    def start(self, actor: NodeId, task: TrainingTask) -> Event | None:
+        node = self.index[actor]
+        if self._dropped_round != task.round:
+            self._dropped_round = task.round
+            self._dropped = self.devices.dropped(task.round)
         if self._dropped[node]:
             self._stats.dropped += 1
-            return  # the node goes away: it never answers this round
-        prox_mu = float(request.config.get("prox_mu", 0.0))
-        self._round_weights[request.round] = (request.weights, prox_mu)
+            return None  # the node goes away: it never answers this round
+        self._round_tasks[task.round] = task
         seconds = self.devices.training_seconds(
             node, int(self.node_samples[node]), self.local_epochs
         )
         at, seq = self.now + seconds, next(self._seq)
         # The same (at, seq) key as the main queue: chunks follow completion order.
-        heapq.heappush(self._due.setdefault(request.round, []), (at, seq, node))
-        heapq.heappush(self._queue, _Pending(at, seq, self.node_ids[node], None, request.round))
+        heapq.heappush(self._due.setdefault(task.round, []), (at, seq, node))
+        heapq.heappush(self._queue, _Pending(at, seq, actor, None, task.round))
+        return None
 
     def _complete_training(self, node_id: NodeId, round: int) -> None:
         node = self.index[node_id]
-        if round not in self._round_weights:  # the round closed while this node trained
+        if round not in self._round_tasks:  # the round closed while this node trained
             self._deliver(node_id, LocalTrainingFailed(round=round, reason="round already closed"))
             return
         while (round, node) not in self._results:  # once, unless charging deferred others
@@ -342,12 +336,34 @@ class Simulation:
     def _train_next_chunk(self, round: int) -> None:
         due = self._due[round]
         nodes = [heapq.heappop(due)[2] for _ in range(min(self.chunk, len(due)))]
-        weights, prox_mu = self._round_weights[round]
+        task = self._round_tasks[round]
         batch = np.asarray(nodes, dtype=np.int64)
-        result = self.trainer.train(weights, batch, train_seed(self.seed, round), prox_mu=prox_mu)
+        result = self.trainer.train(task.weights, batch, task.seed, prox_mu=task.prox_mu)
         for row, node in enumerate(nodes):
             self._results[(round, node)] = (
                 result.deltas[row],
                 int(result.num_samples[row]),
                 float(result.loss[row]),
             )
+
+
+class _VirtualClock:
+    """The hosts' clock: the simulation's virtual time, which charged compute moves on."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def now(self) -> float:
+        return self.sim.now
+
+    def wake(self, actor: NodeId, at: float) -> None:
+        sim = self.sim
+        heapq.heappush(sim._queue, _Pending(at, next(sim._seq), actor, None, _TIMERS))
+
+    def charge(self, actor: NodeId, seconds: float) -> None:
+        # The effects (and a send's departure time) happen when the call ends.
+        sim = self.sim
+        sim.now = sim._busy_until[actor] = sim.now + seconds
+        sim._stats.cpu_seconds += seconds
+        if actor == COORDINATOR:
+            sim._stats.coordinator_cpu_seconds += seconds
