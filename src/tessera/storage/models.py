@@ -126,6 +126,17 @@ event = Table(
     Column("node", Text, nullable=True),
 )
 
+# A coordinator machine's state after one logged event (a round's close), so a
+# restart replays only the events after it. The latest few are kept per job.
+snapshot = Table(
+    "snapshot",
+    metadata,
+    Column("job_id", Text, ForeignKey("job.job_id"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
 round_ = Table(
     "round",
     metadata,

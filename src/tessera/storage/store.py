@@ -46,6 +46,9 @@ from tessera.storage.records import (
     RoundRecord,
 )
 
+#: Snapshots kept per job: the newest is enough; one more survives a torn write elsewhere.
+SNAPSHOTS_KEPT = 2
+
 # Serialises concurrent create_all on PostgreSQL (an arbitrary, fixed 63-bit key).
 _DDL_LOCK_KEY = 0x7E55E7A_5C4E3A
 
@@ -417,8 +420,12 @@ class Store(Database):
         rounds: Sequence[RoundRecord] = (),
         artefacts: Sequence[tuple[bytes, str]] = (),
         job_update: Mapping[str, Any] | None = None,
+        snapshot: bytes | None = None,
     ) -> list[int]:
         """Write one consumed event and all it caused, atomically; return the new mail ids.
+
+        ``snapshot``: the machine's state once this event is consumed; a restart
+        then replays only the events after it (the latest ``SNAPSHOTS_KEPT`` stay).
 
         Conflict if ``(job_id, seq)`` is logged already, NotFound for an unknown
         job or a round whose weights artefact is neither stored nor in
@@ -448,7 +455,35 @@ class Store(Database):
                 self._put_round(conn, record)
             if values:
                 self._update_job(conn, event.job_id, values)
+            if snapshot is not None:
+                self._put_snapshot(conn, event.job_id, event.seq, snapshot)
             return [self._post(conn, **message) for message in outgoing]
+
+    def _put_snapshot(self, conn: Connection, job_id: str, seq: int, data: bytes) -> None:
+        row = {"job_id": job_id, "seq": seq, "data": data, "created_at": self._clock()}
+        conn.execute(self._insert(m.snapshot).values(row))
+        kept = (
+            select(m.snapshot.c.seq)
+            .where(m.snapshot.c.job_id == job_id)
+            .order_by(m.snapshot.c.seq.desc())
+            .limit(SNAPSHOTS_KEPT)
+        )
+        conn.execute(
+            m.snapshot.delete().where(
+                m.snapshot.c.job_id == job_id, m.snapshot.c.seq.not_in(kept.scalar_subquery())
+            )
+        )
+
+    def latest_snapshot(self, job_id: str) -> tuple[int, bytes] | None:
+        """``(seq, data)`` of the job's newest snapshot, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(m.snapshot.c.seq, m.snapshot.c.data)
+                .where(m.snapshot.c.job_id == job_id)
+                .order_by(m.snapshot.c.seq.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row.seq), bytes(row.data))
 
     def _put_round(self, conn: Connection, record: RoundRecord) -> None:
         if not conn.execute(select(exists().where(m.artefact.c.sha256 == record.weights))).scalar():
@@ -465,11 +500,13 @@ class Store(Database):
         replace = {k: v for k, v in row.items() if k not in ("job_id", "round")}
         conn.execute(stmt.on_conflict_do_update(index_elements=["job_id", "round"], set_=replace))
 
-    def events(self, job_id: str) -> list[EventRecord]:
-        """The job's event log, ascending seq."""
+    def events(self, job_id: str, *, after: int = -1) -> list[EventRecord]:
+        """The job's event log after ``seq`` ``after`` (default: all), ascending seq."""
         with self._read() as conn:
             rows = conn.execute(
-                select(m.event).where(m.event.c.job_id == job_id).order_by(m.event.c.seq)
+                select(m.event)
+                .where(m.event.c.job_id == job_id, m.event.c.seq > after)
+                .order_by(m.event.c.seq)
             ).all()
         return [
             EventRecord(
