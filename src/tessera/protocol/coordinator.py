@@ -12,11 +12,23 @@ The machine never reads a clock: ``now`` comes with every event, and the
 deadline is a timer the runtime fires back. Messages from unknown, unselected
 or duplicate senders, or for another round, are refused with ``Rejected``
 and change nothing.
+
+Snapshots bound a restart: right after the step that closed a round (and
+opened the next one), ``snapshot()`` is the machine's whole state as plain
+data: the weights, the strategy's state, the withdrawn nodes, and the round
+just opened with the ``now`` it was opened at. ``restore`` builds a fresh
+machine from it by opening that round again at that ``now`` (everything a
+round holds is derived from these), discarding the effects, which were
+performed when the round first opened. The restored machine answers every
+later event exactly as the original would. A snapshot taken at any other
+moment would lose the round's progress, so it is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
 
 import numpy as np
 
@@ -61,6 +73,17 @@ def select_cohort(params: RoundParams, nodes: Sequence[NodeId], round: int) -> l
     return [ordered[i] for i in picked]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CoordinatorSnapshot:
+    """A coordinator machine at a round boundary; see the module docstring."""
+
+    round: int  # the round open at the snapshot, with nothing consumed yet
+    opened_at: float  # the ``now`` it was opened at
+    weights: Vector
+    strategy: Mapping[str, Vector]
+    withdrawn: tuple[NodeId, ...]
+
+
 def deadline_timer(round: int) -> str:
     return f"round-{round}-deadline"
 
@@ -90,9 +113,40 @@ class Coordinator:
         self._samples = 0
         self._loss_sum = 0.0
         self._updates = 0
+        self._opened_at: float | None = None  # when the open round opened
+        self._consumed = 0  # events handled since then (a snapshot needs none)
+
+    # -- snapshots ------------------------------------------------------------
+    def snapshot(self) -> CoordinatorSnapshot:
+        """The machine's state right after a round opened (see the module docstring)."""
+        if self.state is not CoordinatorState.COLLECTING or self._opened_at is None:
+            raise LocalProtocolError("a snapshot needs an open round")
+        if self._consumed:
+            raise LocalProtocolError("a snapshot is taken only as a round opens")
+        return CoordinatorSnapshot(
+            round=self.round,
+            opened_at=self._opened_at,
+            weights=self.weights.copy(),
+            strategy=self.strategy.state(),
+            withdrawn=tuple(sorted(self.withdrawn)),
+        )
+
+    @classmethod
+    def restore(cls, snapshot: CoordinatorSnapshot, /, *args: Any, **kwargs: Any) -> Self:
+        """A machine built with ``cls(*args, **kwargs)``, then brought to ``snapshot``."""
+        machine = cls(*args, **kwargs)
+        if snapshot.weights.shape != machine.weights.shape:
+            raise LocalProtocolError("the snapshot's weights do not match the job's model")
+        machine.weights = snapshot.weights.astype(np.float32, copy=True)
+        machine.strategy.load_state(snapshot.strategy)
+        machine.withdrawn = set(snapshot.withdrawn)
+        machine._transition(CoordinatorInput.START)
+        machine._open_round(snapshot.round, snapshot.opened_at)  # its effects were performed
+        return machine
 
     # -- the one entry point ------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Effect]:
+        self._consumed += 1
         if isinstance(event, ParticipantWithdrawn):
             return self._withdraw(event.node)
         if isinstance(event, JobStarted):
@@ -127,6 +181,7 @@ class Coordinator:
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
+        self._opened_at, self._consumed = now, 0
         cohort = [
             n for n in select_cohort(self.params, self.nodes, round) if n not in self.withdrawn
         ]

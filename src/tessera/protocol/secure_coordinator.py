@@ -155,6 +155,7 @@ class SecureCoordinator(Coordinator):
     def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, JobStarted | ParticipantWithdrawn):
             return super().handle(event, now)
+        self._consumed += 1
         if isinstance(event, TimerFired):
             self._transition(CoordinatorInput.DEADLINE)
             if self.state is not CoordinatorState.COLLECTING or self._rs is None:
@@ -189,6 +190,7 @@ class SecureCoordinator(Coordinator):
     # -- opening a round --------------------------------------------------------
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
+        self._opened_at, self._consumed = now, 0
         cohort = select_cohort(self.params, self.nodes, round)
         self._selected = frozenset(cohort)
         tree = derive_tree(

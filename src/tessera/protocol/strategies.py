@@ -49,6 +49,16 @@ class Strategy(ABC):
     @abstractmethod
     def apply(self, weights: Vector, mean_delta: Vector) -> Vector: ...
 
+    def state(self) -> dict[str, Vector]:
+        """What ``apply`` carries from round to round (for a coordinator's snapshot)."""
+        return {}
+
+    def load_state(self, state: Mapping[str, Vector]) -> None:
+        """Take back what ``state`` returned; unknown or missing names are a bug (ValueError)."""
+        if set(state) != set(self.state()):
+            expected = sorted(self.state())
+            raise ValueError(f"{self.name} state holds {expected}, not {sorted(state)}")
+
 
 class FedAvg(Strategy):
     """McMahan et al. 2017: add the sample-weighted mean delta."""
@@ -93,6 +103,15 @@ class FedAvgM(Strategy):
         self._velocity = (self.momentum * self._velocity + mean_delta).astype(np.float32)
         return (weights + self.server_lr * self._velocity).astype(np.float32)
 
+    def state(self) -> dict[str, Vector]:
+        return {} if self._velocity is None else {"velocity": self._velocity.copy()}
+
+    def load_state(self, state: Mapping[str, Vector]) -> None:
+        if set(state) - {"velocity"}:
+            raise ValueError(f"fedavgm state holds velocity only, not {sorted(state)}")
+        velocity = state.get("velocity")
+        self._velocity = None if velocity is None else velocity.astype(np.float32, copy=True)
+
 
 class _FedOpt(Strategy):
     """Adaptive server optimizers; subclasses define the second-moment rule."""
@@ -122,6 +141,17 @@ class _FedOpt(Strategy):
         self._v = self._second_moment(self._v, mean_delta * mean_delta).astype(np.float32)
         step = self.server_lr * self._m / (np.sqrt(self._v) + self.tau)
         return (weights + step).astype(np.float32)
+
+    def state(self) -> dict[str, Vector]:
+        if self._m is None or self._v is None:
+            return {}
+        return {"m": self._m.copy(), "v": self._v.copy()}
+
+    def load_state(self, state: Mapping[str, Vector]) -> None:
+        if set(state) not in ({"m", "v"}, set()):
+            raise ValueError(f"{self.name} state holds m and v, not {sorted(state)}")
+        self._m = state["m"].astype(np.float32, copy=True) if state else None
+        self._v = state["v"].astype(np.float32, copy=True) if state else None
 
 
 class FedAdam(_FedOpt):
