@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tessera.coordinator.snapshots import DriverState, decode_snapshot, encode_snapshot
 from tessera.crypto.envelope import ReplayGuard
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
@@ -41,6 +42,7 @@ from tessera.jobs.document import JobSpec
 from tessera.protocol import Coordinator, SecureCoordinator
 from tessera.protocol.codec import Kind
 from tessera.protocol.control import ControlKind
+from tessera.protocol.coordinator import CoordinatorSnapshot
 from tessera.protocol.effects import (
     JobFinished,
     Rejected,
@@ -48,7 +50,7 @@ from tessera.protocol.effects import (
     Send,
 )
 from tessera.protocol.events import Event, JobStarted, ParticipantWithdrawn, TimerFired
-from tessera.runtime.host import Host, Observer, WallClock
+from tessera.runtime.host import Host, Observer, Timer, WallClock
 from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
     from_envelope,
@@ -71,6 +73,7 @@ class _Step:
     rounds: list[RoundRecord] = field(default_factory=list)
     job_update: dict[str, Any] | None = None
     rejected: list[str] = field(default_factory=list)
+    snapshot: bytes | None = None
 
 
 class JobDriver(Observer):
@@ -99,6 +102,7 @@ class JobDriver(Observer):
         self.seq = 0
         self.cursor = 0  # highest mailbox id looked at
         self.finished = False
+        self.replayed = 0  # events the last recovery replayed
         self.refusals: list[str] = []  # recent refusals, for status and logs
         self._replay = ReplayGuard()
         self._lock = threading.Lock()
@@ -108,21 +112,20 @@ class JobDriver(Observer):
         initial = read_weights_artefact(
             store.get_artefact(spec.weights_sha256), spec.weights_sha256, spec.n_weights
         )
-        self.machine: Coordinator
-        params = spec.round_params()
-        if spec.secure:
-            self.machine = SecureCoordinator(
-                params,
-                list(participants),
-                initial,
-                spec.strategy(),
-                secure=spec.secure_params(),
-                keys=keys,
-                directory=self.directory,
-                organisations=dict(organisations),
-            )
-        else:
-            self.machine = Coordinator(params, list(participants), initial, spec.strategy())
+        # How to build the machine, fresh or from a snapshot (same arguments both ways).
+        self._kind: type[Coordinator] = SecureCoordinator if spec.secure else Coordinator
+        self._args = (spec.round_params(), list(participants), initial, spec.strategy)
+        self._kwargs: dict[str, Any] = (
+            {
+                "secure": spec.secure_params(),
+                "keys": keys,
+                "directory": self.directory,
+                "organisations": dict(organisations),
+            }
+            if spec.secure
+            else {}
+        )
+        self.machine = self._build()
         self._current = _Step()  # what the step being run causes
         self.host = Host(
             COORDINATOR,
@@ -133,10 +136,30 @@ class JobDriver(Observer):
             observer=self,
         )
 
+    def _build(self, snapshot: CoordinatorSnapshot | None = None) -> Coordinator:
+        params, participants, initial, strategy = self._args
+        args = (params, participants, initial, strategy())  # a fresh strategy each time
+        if snapshot is None:
+            return self._kind(*args, **self._kwargs)
+        return self._kind.restore(snapshot, *args, **self._kwargs)
+
     # -- recovery --------------------------------------------------------------
     def recover(self) -> int:
-        """Rebuild the machine from the event log; returns how many events were replayed."""
-        events = self.store.events(self.job_id)
+        """Rebuild the machine: the newest snapshot, then the events logged after it.
+
+        Returns how many events were replayed, which the snapshots bound by about
+        one round's worth whatever the job's age.
+        """
+        after = -1
+        latest = self.store.latest_snapshot(self.job_id)
+        if latest is not None:
+            after, data = latest
+            state = decode_snapshot(data)
+            self.machine = self._build(state.machine)
+            self.host.machine = self.machine
+            self.host.restore_timers(state.timers)
+            self.seq, self.cursor = after + 1, state.cursor
+        events = self.store.events(self.job_id, after=after)
         for record in events:
             if record.seq != self.seq:
                 raise RuntimeError(f"event log of {self.job_id} has a gap at {self.seq}")
@@ -147,7 +170,8 @@ class JobDriver(Observer):
             self.seq += 1
             if record.mail_id is not None:
                 self.cursor = max(self.cursor, record.mail_id)
-        return len(events)
+        self.replayed = len(events)
+        return self.replayed
 
     def _event_of(self, record: EventRecord) -> Event | None:
         if record.kind == "start":
@@ -222,12 +246,21 @@ class JobDriver(Observer):
         elif event is not None:
             self.host.handle(event, record.now)
         step.rounds = [self._with_traffic(record, step) for record in step.rounds]
+        if step.rounds and not self.finished:  # a round closed, the next one just opened
+            step.snapshot = encode_snapshot(
+                DriverState(
+                    machine=self.machine.snapshot(),
+                    timers=[(t, at) for t, (at, _) in sorted(self.host.timers.items(), key=_due)],
+                    cursor=self.cursor,
+                )
+            )
         self.store.commit_step(
             record,
             outgoing=step.outgoing,
             rounds=step.rounds,
             artefacts=[(data, WEIGHTS_MEDIA_TYPE) for data in step.artefacts.values()],
             job_update=step.job_update,
+            snapshot=step.snapshot,
         )
         self.seq += 1
         if step.outgoing and self.on_sent is not None:
@@ -328,6 +361,10 @@ class JobDriver(Observer):
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
+
+
+def _due(item: tuple[Timer, tuple[float, int]]) -> tuple[float, int]:
+    return item[1]
 
 
 _UP_KINDS = {int(Kind.SHARE), int(ControlKind.UPDATE), int(ControlKind.DECLINE)}

@@ -33,7 +33,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -202,6 +202,10 @@ class Host:
 
     def next_timer(self) -> float:
         return min((at for at, _ in self.timers.values()), default=math.inf)
+
+    def restore_timers(self, timers: Iterable[tuple[Timer, float]]) -> None:
+        """Replace the timer table with ``timers`` (from a snapshot), in the order given."""
+        self.timers = {timer: (at, next(self._order)) for timer, at in timers}
 
     def replay(self, event: Event, now: float) -> list[Effect]:
         """Rebuild state from a logged event: the machine and the timers, no effects performed."""
