@@ -367,7 +367,8 @@ def throughput(n: int, count: int, bits: int, repeat: int) -> list[tuple[str, fl
     from tessera.crypto import FullShare, Ring, SeedShare, ShareAccumulator
     from tessera.crypto.envelope import ReplayGuard, open_envelope, seal
     from tessera.crypto.keys import NodeKeys
-    from tessera.protocol.codec import Kind, decode_share, encode_share
+    from tessera.protocol.codec import decode_share, encode_share
+    from tessera.protocol.kinds import Kind
 
     ring = Ring(bits=bits, frac_bits=16 if bits == 32 else 40, terms=count)
     dtype = np.dtype(ring.dtype)
@@ -637,8 +638,9 @@ def _contributor_costs(
 ) -> tuple[dict[str, float], list[bytes]]:
     """a) ``Contributor._shares`` step by step, then whole; and the leaf's inputs."""
     from tessera.crypto import encode, split
-    from tessera.protocol.codec import Kind, encode_share
+    from tessera.protocol.codec import encode_share
     from tessera.protocol.contributor import weighted_vector
+    from tessera.protocol.kinds import Kind
 
     ring, length, k = nodes.ring, nodes.length, PER_NODE_K
     rounding = np.random.default_rng(1)
@@ -684,7 +686,6 @@ def _leaf_costs(
     from tessera.ids import COORDINATOR
     from tessera.protocol.codec import (
         Commit,
-        Kind,
         PartialPayload,
         decode_labelled,
         decode_share,
@@ -692,6 +693,7 @@ def _leaf_costs(
         encode_labelled,
         encode_partial,
     )
+    from tessera.protocol.kinds import Kind
 
     leaf, parent, g = nodes.leaf, nodes.parent, PER_NODE_GROUP
     commit = encode_commit(Commit("L0", tuple(nodes.members)))
@@ -741,7 +743,6 @@ def _upper_costs(nodes: _Nodes, leaf_words: np.ndarray, repeat: int) -> dict[str
     from tessera.ids import COORDINATOR
     from tessera.protocol.codec import (
         Commit,
-        Kind,
         PartialPayload,
         decode_labelled,
         decode_partial,
@@ -749,6 +750,7 @@ def _upper_costs(nodes: _Nodes, leaf_words: np.ndarray, repeat: int) -> dict[str
         encode_labelled,
         encode_partial,
     )
+    from tessera.protocol.kinds import Kind
 
     ring, length, g = nodes.ring, nodes.length, PER_NODE_GROUP
     parent, above = nodes.parent, nodes.grandparent

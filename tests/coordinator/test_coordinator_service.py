@@ -27,8 +27,7 @@ from tessera.coordinator.driver import _traffic
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.ids import COORDINATOR, NodeId
-from tessera.protocol.codec import Kind
-from tessera.protocol.control import ControlKind
+from tessera.protocol.kinds import Kind
 from tessera.runtime.transport.auth import sign_request
 from tessera.runtime.transport.mail import WEIGHTS_MEDIA_TYPE, from_envelope, read_weights_artefact
 
@@ -675,21 +674,20 @@ def test_a_round_record_counts_its_traffic_through_the_mailbox(
 
 def test_traffic_splits_kinds_as_the_simulator_does() -> None:
     counts = {
-        int(ControlKind.TRAIN): (3, 300),
-        int(ControlKind.ASSIGN): (3, 30),
-        int(ControlKind.UPDATE): (2, 2000),
-        int(ControlKind.DECLINE): (1, 50),
+        int(Kind.TRAIN): (3, 300),
+        int(Kind.ASSIGN): (3, 30),
+        int(Kind.UPDATE): (2, 2000),
+        int(Kind.DECLINE): (1, 50),
         int(Kind.SHARE): (6, 600),
         int(Kind.PARTIAL): (2, 20),
         int(Kind.REPORT): (1, 5),
         int(Kind.EVIDENCE): (1, 7),
     }
-    assert _traffic(counts, 1000) == {
-        "bytes_up": 2000 + 50 + 600,
-        "bytes_down": 300 + 3 * 1000,  # each train request's node fetches the model once
-        "bytes_aggregation": 30 + 20 + 5 + 7,
-    }
-    assert _traffic({}, 1000) == {"bytes_up": 0, "bytes_down": 0, "bytes_aggregation": 0}
+    up, down, aggregation = _traffic(counts, 1000)
+    assert up == 2000 + 50 + 600
+    assert down == 300 + 3 * 1000  # each train request's node fetches the model once
+    assert aggregation == 30 + 20 + 5 + 7
+    assert _traffic({}, 1000) == (0, 0, 0)
 
 
 def test_a_restarted_coordinator_resumes_the_job_mid_round(

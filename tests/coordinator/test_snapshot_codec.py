@@ -16,8 +16,10 @@ from tessera.coordinator.snapshots import (
 )
 from tessera.ids import NodeId
 from tessera.protocol.coordinator import CoordinatorSnapshot
+from tessera.protocol.timers import Timer
+from tessera.testing.strategies import timers
 
-floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
+floats = st.floats(-(2.0**100), 2.0**100, width=32)
 
 
 @given(
@@ -26,7 +28,7 @@ floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
     round=st.integers(0, 10**6),
     opened_at=st.floats(0, 2e9),
     withdrawn=st.lists(st.text("abc-", min_size=1, max_size=5), max_size=4, unique=True),
-    timers=st.lists(st.tuples(st.text(min_size=1, max_size=12), st.floats(0, 2e9)), max_size=5),
+    timers=st.lists(st.tuples(timers, st.floats(0, 2e9)), max_size=5),
     cursor=st.integers(0, 2**62),
 )
 def test_a_snapshot_reads_back_as_it_was_written(
@@ -35,7 +37,7 @@ def test_a_snapshot_reads_back_as_it_was_written(
     round: int,
     opened_at: float,
     withdrawn: list[str],
-    timers: list[tuple[str, float]],
+    timers: list[tuple[Timer, float]],
     cursor: int,
 ) -> None:
     w = np.array(weights, np.float32)

@@ -32,7 +32,7 @@ from tessera.crypto.sharing import SeedShare, Share
 from tessera.errors import InvalidEnvelope
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol.aggregator import Aggregator
-from tessera.protocol.codec import Kind, Report, encode_report, encode_share
+from tessera.protocol.codec import Report, encode_report, encode_share
 from tessera.protocol.contributor import Contributor, SecureContext
 from tessera.protocol.coordinator import Coordinator
 from tessera.protocol.effects import (
@@ -45,6 +45,7 @@ from tessera.protocol.effects import (
     StartTimer,
 )
 from tessera.protocol.events import Event, JobStarted, LocalUpdateReady, MessageReceived
+from tessera.protocol.kinds import Kind
 from tessera.protocol.messages import AggregateRequest, Message, Sealed, TrainRequest
 from tessera.protocol.node import Node
 from tessera.protocol.params import RoundParams

@@ -28,6 +28,7 @@ from tessera.protocol.events import (
 )
 from tessera.protocol.messages import TrainingDeclined, TrainRequest, UpdateSubmission
 from tessera.protocol.states import ContributorState, CoordinatorState
+from tessera.protocol.timers import RoundDeadline
 
 JOB = JobId("job")
 NODES = [NodeId(f"n{i}") for i in range(5)]
@@ -115,7 +116,7 @@ def test_deadline_closes_with_the_answers_in_hand() -> None:
         ),
         1.0,
     )
-    out = c.handle(TimerFired(timer="round-0-deadline"), 10.0)
+    out = c.handle(TimerFired(timer=RoundDeadline(round=0)), 10.0)
     rc = closed(out)
     assert rc.participants == 1 and rc.selected == 5
     np.testing.assert_allclose(rc.weights, [1, 1, 1])
@@ -128,7 +129,7 @@ def test_round_below_minimum_is_skipped_not_fatal() -> None:
     c = coordinator(rounds=2, min_updates=3)
     c.handle(JobStarted(), 0.0)
     c.handle(MessageReceived(sender=NODES[0], message=update(0, [5, 5, 5], 4)), 1.0)
-    rc = closed(c.handle(TimerFired(timer="round-0-deadline"), 10.0))
+    rc = closed(c.handle(TimerFired(timer=RoundDeadline(round=0)), 10.0))
     assert rc.skipped and rc.participants == 1
     np.testing.assert_array_equal(rc.weights, np.zeros(3))
     assert c.state is CoordinatorState.COLLECTING
@@ -170,11 +171,11 @@ def test_duplicate_update_is_refused() -> None:
 def test_messages_after_the_job_are_refused() -> None:
     c = coordinator()
     c.handle(JobStarted(), 0.0)
-    c.handle(TimerFired(timer="round-0-deadline"), 10.0)
+    c.handle(TimerFired(timer=RoundDeadline(round=0)), 10.0)
     assert c.state is CoordinatorState.FINISHED
     out = c.handle(MessageReceived(sender=NODES[0], message=update(0, [1, 1, 1], 1)), 11.0)
     assert isinstance(out[0], Rejected)
-    assert c.handle(TimerFired(timer="round-0-deadline"), 12.0) == []
+    assert c.handle(TimerFired(timer=RoundDeadline(round=0)), 12.0) == []
 
 
 def test_starting_twice_is_a_local_error_and_fails_the_machine() -> None:

@@ -7,9 +7,10 @@ from types import MappingProxyType
 from tessera.crypto.keys import NodeKeys
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol import Aggregator
-from tessera.protocol.codec import Kind, encode_labelled
+from tessera.protocol.codec import encode_labelled
 from tessera.protocol.effects import Rejected
 from tessera.protocol.events import MessageReceived
+from tessera.protocol.kinds import Kind
 from tessera.protocol.messages import AggregateRequest
 from tessera.protocol.wire import Wire
 

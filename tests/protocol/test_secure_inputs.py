@@ -28,13 +28,13 @@ from tessera.protocol import aggregator as aggregator_module
 from tessera.protocol import secure_coordinator as coordinator_module
 from tessera.protocol.codec import (
     Commit,
-    Kind,
     decode_report,
     encode_commit,
     encode_partial,
     encode_share,
 )
 from tessera.protocol.effects import Effect, Rejected
+from tessera.protocol.kinds import Kind
 
 from .secure_kit import (
     MALLORY,

@@ -22,6 +22,7 @@ from tessera.protocol.events import (
     TimerFired,
 )
 from tessera.protocol.messages import UpdateSubmission
+from tessera.protocol.timers import RoundDeadline
 from tessera.runtime.sim import DeviceModel, Simulation
 from tessera.runtime.sim.secure import build_secure
 
@@ -65,7 +66,7 @@ def round_events(
             events.append((MessageReceived(sender=node, message=update), now))
     if rng.random() < 0.3:
         events.append((ParticipantWithdrawn(node=NODES[int(rng.integers(len(NODES)))]), now))
-    deadline = f"round-{coordinator.round}-deadline"
+    deadline = RoundDeadline(round=coordinator.round)
     events.append((TimerFired(timer=deadline), now + 10.0))
     return events
 

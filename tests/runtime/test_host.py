@@ -31,10 +31,16 @@ from tessera.protocol.events import (
     TimerFired,
 )
 from tessera.protocol.messages import TrainingDeclined
+from tessera.protocol.timers import AuditDue
 from tessera.runtime.host import Host, Observer, TrainingTask, WallClock, train_seed, training_task
 from tessera.runtime.sim.job import simulate
 
 NODE = NodeId("n1")
+# Timers are values the machine chooses; the host only keys and orders them.
+T = {
+    name: AuditDue(round=k)
+    for name, k in {"late": 9, "early": 2, "gone": 1, "tie": 3, "t": 0}.items()
+}
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 
 
@@ -123,11 +129,11 @@ def test_timers_fire_in_deadline_order_and_cancelled_ones_never() -> None:
     machine = Script(
         {
             JobStarted: [
-                StartTimer(timer="late", at=9.0),
-                StartTimer(timer="early", at=2.0),
-                StartTimer(timer="gone", at=1.0),
-                StartTimer(timer="tie", at=2.0),
-                CancelTimer(timer="gone"),
+                StartTimer(timer=T["late"], at=9.0),
+                StartTimer(timer=T["early"], at=2.0),
+                StartTimer(timer=T["gone"], at=1.0),
+                StartTimer(timer=T["tie"], at=2.0),
+                CancelTimer(timer=T["gone"]),
             ]
         }
     )
@@ -136,7 +142,10 @@ def test_timers_fire_in_deadline_order_and_cancelled_ones_never() -> None:
     h.handle(JobStarted(), now=0.0)
     assert h.next_timer() == 2.0
     assert h.fire_due(5.0) == 2
-    assert ports.refused == ["fired early", "fired tie"]  # ties: in the order they were set
+    assert ports.refused == [
+        f"fired {T['early']}",
+        f"fired {T['tie']}",
+    ]  # ties: in the order they were set
     assert h.fire_due(5.0) == 0 and h.next_timer() == 9.0
     assert sorted(ports.woken) == [1.0, 2.0, 2.0, 9.0]  # a virtual clock is asked to wake it
 
@@ -144,7 +153,7 @@ def test_timers_fire_in_deadline_order_and_cancelled_ones_never() -> None:
 def test_the_end_of_the_job_clears_the_timers() -> None:
     machine = Script(
         {
-            JobStarted: [StartTimer(timer="t", at=1.0)],
+            JobStarted: [StartTimer(timer=T["t"], at=1.0)],
             MessageReceived: [JobFinished(weights=np.zeros(1, np.float32), rounds=1)],
         }
     )
@@ -156,7 +165,7 @@ def test_the_end_of_the_job_clears_the_timers() -> None:
 
 @given(
     st.lists(
-        st.tuples(st.sampled_from("abcd"), st.floats(0, 100), st.booleans()),
+        st.tuples(st.sampled_from(sorted(T)), st.floats(0, 100), st.booleans()),
         max_size=12,
     )
 )
@@ -165,7 +174,7 @@ def test_replay_rebuilds_exactly_the_timers_a_live_host_holds(
 ) -> None:
     """Recovery replays the log: the timers must be what the live host had, nothing performed."""
     effects: list[Effect] = [
-        StartTimer(timer=name, at=at) if start else CancelTimer(timer=name)
+        StartTimer(timer=T[name], at=at) if start else CancelTimer(timer=T[name])
         for name, at, start in steps
     ]
     live_ports, replay_ports = Ports(), Ports()

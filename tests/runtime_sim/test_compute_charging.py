@@ -15,6 +15,7 @@ from tessera.jobs.records import SimulationResult
 from tessera.protocol.effects import Effect, JobFinished, Send, StartTimer
 from tessera.protocol.events import Event, JobStarted, MessageReceived, TimerFired
 from tessera.protocol.messages import TrainingDeclined
+from tessera.protocol.timers import AuditDue
 from tessera.runtime.sim import DeviceModel, Simulation
 from tessera.runtime.sim.job import simulate
 
@@ -96,7 +97,7 @@ class BusyNode:
         burn(BURN)
         effects: list[Effect] = [Send(recipient=COORDINATOR, message=event.message)]
         if len(self.started) == 1:  # due while this node is still busy: it must wait
-            effects.append(StartTimer(timer="t", at=now + BURN / 10))
+            effects.append(StartTimer(timer=AuditDue(round=0), at=now + BURN / 10))
         return effects
 
 

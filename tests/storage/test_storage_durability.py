@@ -10,7 +10,8 @@ import textwrap
 import threading
 import time
 
-from tessera.storage import EventRecord, RoundRecord, Store
+from tessera.jobs.records import RoundRecord
+from tessera.storage import EventRecord, Store
 
 # The child logs one step per line after its commit returns; each step posts
 # three messages (rounds = seq), stores an artefact, closes a round every
@@ -18,7 +19,8 @@ from tessera.storage import EventRecord, RoundRecord, Store
 CHILD = textwrap.dedent(
     """
     import sys
-    from tessera.storage import EventRecord, RoundRecord, Store
+    from tessera.jobs.records import RoundRecord
+    from tessera.storage import EventRecord, Store
 
     store = Store(sys.argv[1])
     store.add_job("job-1", "d", {}, 1)
@@ -33,7 +35,8 @@ CHILD = textwrap.dedent(
                  "data": bytes(2000)}
                 for k in range(3)
             ],
-            rounds=[RoundRecord("job-1", seq, float(seq), {"seq": seq}, weights)]
+            rounds=[RoundRecord(round=seq, selected=seq, participants=1, skipped=False,
+                                closed_at=float(seq), weights=weights)]
             if seq % 5 == 0 else [],
             artefacts=[(f"artefact {seq}".encode(), "text/plain")],
             job_update={"current_round": seq},
@@ -62,7 +65,17 @@ def test_everything_survives_reopening(store_url: str) -> None:
         )
         s.commit_step(
             EventRecord("job-1", 0, "message", 1.0, mail_id=mail_id),
-            rounds=[RoundRecord("job-1", 0, 1.0, {"loss": 1.0}, digest)],
+            rounds=[
+                RoundRecord(
+                    round=0,
+                    selected=1,
+                    participants=1,
+                    skipped=False,
+                    closed_at=1.0,
+                    train_loss=1.0,
+                    weights=digest,
+                )
+            ],
             job_update={"state": "running", "participants": ["node-a"]},
         )
         before = (

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 import tessera.storage
 from tessera.errors import TesseraError
+from tessera.jobs.records import RoundRecord
 from tessera.storage import (
     Conflict,
     ConsentRecord,
@@ -20,10 +21,22 @@ from tessera.storage import (
     MailItem,
     NotFound,
     Replayed,
-    RoundRecord,
     Store,
     StoreError,
 )
+
+
+def closed(round: int, at: float, weights: str, **more: Any) -> RoundRecord:
+    """A stored round record: one contributor, the new model's artefact ``weights``."""
+    return RoundRecord(
+        round=round,
+        selected=1,
+        participants=1,
+        skipped=False,
+        closed_at=at,
+        weights=weights,
+        **more,
+    )
 
 
 def mail(
@@ -53,7 +66,6 @@ def test_exports_are_the_documented_api() -> None:
             "ConsentRecord",
             "MailItem",
             "EventRecord",
-            "RoundRecord",
         ]
     )
     for name in ("Conflict", "NotFound", "Replayed"):
@@ -273,7 +285,17 @@ def test_commit_step_writes_everything(store: Store) -> None:
     ids = store.commit_step(
         EventRecord("job-1", 0, "message", 5.0, mail_id=None, node="node-a"),
         outgoing=[mail(0), mail(1, recipient="node-c")],
-        rounds=[RoundRecord("job-1", 0, 5.0, {"loss": 0.5}, digest)],
+        rounds=[
+            RoundRecord(
+                round=0,
+                selected=1,
+                participants=1,
+                skipped=False,
+                closed_at=5.0,
+                train_loss=0.5,
+                weights=digest,
+            )
+        ],
         artefacts=[(weights, "application/octet-stream")],
         job_update={"state": "running", "current_round": 1},
     )
@@ -281,7 +303,17 @@ def test_commit_step_writes_everything(store: Store) -> None:
     assert store.events("job-1") == [
         EventRecord("job-1", 0, "message", 5.0, mail_id=None, timer=None, node="node-a")
     ]
-    assert store.rounds("job-1") == [RoundRecord("job-1", 0, 5.0, {"loss": 0.5}, digest)]
+    assert store.rounds("job-1") == [
+        RoundRecord(
+            round=0,
+            selected=1,
+            participants=1,
+            skipped=False,
+            closed_at=5.0,
+            train_loss=0.5,
+            weights=digest,
+        )
+    ]
     assert store.get_artefact(digest) == weights
     assert store.get_message(ids[1]).recipient == "node-c"
     job = store.get_job("job-1")
@@ -290,12 +322,32 @@ def test_commit_step_writes_everything(store: Store) -> None:
     assert store.commit_step(EventRecord("job-1", 2, "timer", 7.0, timer="deadline")) == []
     store.commit_step(
         EventRecord("job-1", 1, "message", 6.0, mail_id=ids[0]),
-        rounds=[RoundRecord("job-1", 0, 6.0, {"loss": 0.25}, digest)],
+        rounds=[
+            RoundRecord(
+                round=0,
+                selected=1,
+                participants=1,
+                skipped=False,
+                closed_at=6.0,
+                train_loss=0.25,
+                weights=digest,
+            )
+        ],
     )
     assert [e.seq for e in store.events("job-1")] == [0, 1, 2]
     assert store.events("job-1")[1].mail_id == ids[0]
     assert store.events("job-1")[2].timer == "deadline"
-    assert store.rounds("job-1") == [RoundRecord("job-1", 0, 6.0, {"loss": 0.25}, digest)]
+    assert store.rounds("job-1") == [
+        RoundRecord(
+            round=0,
+            selected=1,
+            participants=1,
+            skipped=False,
+            closed_at=6.0,
+            train_loss=0.25,
+            weights=digest,
+        )
+    ]
     assert store.events("job-2") == [] and store.rounds("job-2") == []
 
 
@@ -334,7 +386,19 @@ def test_failed_commit_step_writes_nothing(store: Store, failure: str) -> None:
     elif failure == "nonce repeated in the step":
         outgoing, expected = [mail(1), mail(1)], Replayed
     elif failure == "unknown weights":
-        rounds, expected = [RoundRecord("job-1", 0, 1.0, {}, "ab" * 32)], NotFound
+        rounds, expected = (
+            [
+                RoundRecord(
+                    round=0,
+                    selected=1,
+                    participants=1,
+                    skipped=False,
+                    closed_at=1.0,
+                    weights="ab" * 32,
+                )
+            ],
+            NotFound,
+        )
     elif failure == "unknown job_update key":
         job_update, expected = {"state": "running", "colour": "red"}, TypeError
     else:

@@ -19,8 +19,10 @@ from tessera.config import JobConfig
 from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys
 from tessera.data.prepare import Preprocessor
+from tessera.errors import RemoteProtocolError
 from tessera.jobs.document import DataRequest, JobSpec, make_job_document
 from tessera.jobs.prepared import model_spec_of, recipe_of
+from tessera.jobs.records import RoundRecord
 from tessera.runtime.transport.client import CoordinatorClient, check
 from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
@@ -93,7 +95,7 @@ def submit(client: CoordinatorClient, doc: SignedDocument, weights: bytes) -> di
 
 @dataclass(frozen=True)
 class RoundResult:
-    record: dict[str, Any]  # the coordinator's round record
+    record: RoundRecord  # the coordinator's round record
     weights: Vector
 
 
@@ -112,8 +114,11 @@ def watch(
         status = client.status(job_id)
         if on_status is not None:
             on_status(status)
-        for record in status["rounds"][seen:]:
-            sha = record["weights"]
+        for row in status["rounds"][seen:]:
+            record = RoundRecord.from_json(row)
+            sha = record.weights
+            if sha is None:
+                raise RemoteProtocolError(f"round {record.round} names no weights artefact")
             weights = read_weights_artefact(client.get_artefact(sha), sha, spec.n_weights)
             yield RoundResult(record, weights)
             seen += 1

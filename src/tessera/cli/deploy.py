@@ -339,7 +339,7 @@ def _up_with_progress(
     from tessera.deploy.up import baseline_of, run_job
     from tessera.jobs.records import RoundRecord
     from tessera.jobs.secure import summarize
-    from tessera.reports import build_metrics, plot_curves, write_json
+    from tessera.reports import MetricsWriter, plot_curves
     from tessera.weights import Vector, save_file
 
     done: list[RoundRecord] = []
@@ -348,6 +348,7 @@ def _up_with_progress(
     with progress_bar(quiet) as progress:
         baseline = baseline_of(dep)
         task = progress.add_task("federated", total=dep.config.federation.rounds, status="")
+        writer = MetricsWriter(out, dep.job, baseline, secure=secure)
         progress.update(task, status=f"starting {dep.n_nodes} node processes")
 
         def on_started(job_id: str) -> None:
@@ -375,10 +376,7 @@ def _up_with_progress(
                 status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes",
             )
             digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(weights))
-            running = build_metrics(
-                dep.job, done, baseline, status="running", model_digest=digest, secure=secure
-            )
-            write_json(out / "metrics.json", running)
+            writer.add_round(rec, model_digest=digest)
 
         result = run_job(
             dep,
@@ -389,17 +387,14 @@ def _up_with_progress(
             start_batch=start_batch,
         )
     digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(result.weights))
-    metrics = build_metrics(
-        dep.job, done, baseline, status="finished", model_digest=digest, secure=secure
-    )
-    metrics["deployment"] = {
+    writer.extra["deployment"] = {
         "nodes": dep.n_nodes,
         "tls": dep.tls,
         "records": dep.records,
         "job_id": result.job_id,
         "seconds": result.seconds,
     }
-    write_json(out / "metrics.json", metrics)
+    metrics = writer.finish(model_digest=digest)
     plot_curves(metrics, out / "curves.png")
     return (done[-1].value if done else float("nan")), metric
 

@@ -61,7 +61,7 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
     from tessera.jobs.prepared import prepare_job
     from tessera.jobs.records import RoundRecord
     from tessera.jobs.secure import summarize
-    from tessera.reports import build_metrics, plot_curves, write_json
+    from tessera.reports import MetricsWriter, plot_curves
     from tessera.runtime.sim.job import centralized, simulate
     from tessera.weights import Vector, save_file
 
@@ -85,7 +85,6 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
         )
     )
     out.mkdir(parents=True, exist_ok=True)
-    records: list[RoundRecord] = []
     metric = "accuracy" if str(job.task) == "classification" else "R^2"
     with progress_bar(quiet) as progress:
         baseline = None
@@ -99,9 +98,9 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
 
             baseline = centralized(job, on_epoch)
         ftask = progress.add_task("federated", total=cfg.federation.rounds, status="")
+        writer = MetricsWriter(out, job, baseline, secure=secure)
 
         def on_round(rec: RoundRecord, weights: Vector) -> None:
-            records.append(rec)
             progress.update(
                 ftask,
                 advance=1,
@@ -111,19 +110,11 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
                 progress.console.print(f"[bold red]round {rec.round}: blamed[/] {entry}")
             # Written every round: a crash loses at most the round in flight.
             digest = save_file(out / "model.safetensors", job.layout.unflatten(weights))
-            write_json(
-                out / "metrics.json",
-                build_metrics(
-                    job, records, baseline, status="running", model_digest=digest, secure=secure
-                ),
-            )
+            writer.add_round(rec, model_digest=digest)
 
         result = simulate(job, on_round=on_round, secure=secure is not None)
     digest = save_file(out / "model.safetensors", job.layout.unflatten(result.weights))
-    metrics = build_metrics(
-        job, records, baseline, status="finished", model_digest=digest, secure=secure
-    )
-    write_json(out / "metrics.json", metrics)
+    metrics = writer.finish(model_digest=digest)
     plot_curves(metrics, out / "curves.png")
     final = metrics["final"]["value"]
     line = f"federated {metric} {final:.4f}"

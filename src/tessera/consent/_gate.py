@@ -56,7 +56,12 @@ from tessera.consent._receipts import (
     revocation_time,
     when,
 )
-from tessera.crypto.documents import SignedDocument, sign_document, verify_document
+from tessera.crypto.documents import (
+    DocumentKind,
+    SignedDocument,
+    sign_document,
+    verify_document,
+)
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 
@@ -72,7 +77,7 @@ __all__ = [
     "sign_records_request",
 ]
 
-REQUEST_KIND = "records-request"
+REQUEST_KIND = DocumentKind.RECORDS_REQUEST
 #: Seconds a records request stays acceptable around its ``at``.
 REQUEST_WINDOW = 300.0
 

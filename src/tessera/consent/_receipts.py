@@ -32,7 +32,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tessera.consent._errors import ConsentError
-from tessera.crypto.documents import SignedDocument, sign_document, verify_document
+from tessera.crypto.documents import (
+    DocumentKind,
+    SignedDocument,
+    sign_document,
+    verify_document,
+)
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 
@@ -46,8 +51,8 @@ __all__ = [
     "revoke_consent",
 ]
 
-CONSENT_KIND = "consent"
-REVOCATION_KIND = "revocation"
+CONSENT_KIND = DocumentKind.CONSENT
+REVOCATION_KIND = DocumentKind.REVOCATION
 #: Seconds a receipt's ``issued_at`` (or a revocation's ``revoked_at``) may lie
 #: ahead of the reader's clock: the signer's clock may run a little fast.
 CLOCK_SKEW = 60.0

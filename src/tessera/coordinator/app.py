@@ -24,11 +24,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from tessera.coordinator.service import CoordinatorService, Refused
+from tessera.protocol.limits import COORDINATOR_BODY
 from tessera.runtime.transport.auth import verify_request
 from tessera.runtime.transport.serve import BodyLimit
 from tessera.storage import NotFound
 
-MAX_BODY = 64 << 20  # one sealed share of a ~16M-parameter model
+MAX_BODY = COORDINATOR_BODY  # see protocol.limits
 MAX_WAIT = 30.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BINARY = {

@@ -26,7 +26,6 @@ is gathered for its commit), and the host owns the timers, so recovery is
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,9 +38,8 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec
+from tessera.jobs.records import RoundRecord
 from tessera.protocol import Coordinator, SecureCoordinator
-from tessera.protocol.codec import Kind
-from tessera.protocol.control import ControlKind
 from tessera.protocol.coordinator import CoordinatorSnapshot
 from tessera.protocol.effects import (
     JobFinished,
@@ -50,7 +48,9 @@ from tessera.protocol.effects import (
     Send,
 )
 from tessera.protocol.events import Event, JobStarted, ParticipantWithdrawn, TimerFired
-from tessera.runtime.host import Host, Observer, Timer, WallClock
+from tessera.protocol.kinds import Kind
+from tessera.protocol.timers import Timer, parse_timer, timer_text
+from tessera.runtime.host import Host, Observer, WallClock
 from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
     from_envelope,
@@ -58,7 +58,7 @@ from tessera.runtime.transport.mail import (
     to_envelope,
     weights_artefact,
 )
-from tessera.storage import EventRecord, MailItem, RoundRecord, Store
+from tessera.storage import EventRecord, MailItem, Store
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.coordinator")
@@ -178,7 +178,7 @@ class JobDriver(Observer):
             return JobStarted()
         if record.kind == "timer":
             assert record.timer is not None
-            return TimerFired(timer=record.timer)
+            return TimerFired(timer=parse_timer(record.timer))
         if record.kind == "withdraw":
             assert record.node is not None
             return ParticipantWithdrawn(node=NodeId(record.node))
@@ -220,7 +220,8 @@ class JobDriver(Observer):
             now = self.clock()
             for timer in self.host.due(now):
                 if timer in self.host.timers and not self.finished:
-                    record = EventRecord(self.job_id, self.seq, "timer", now, timer=timer)
+                    name = timer_text(timer)
+                    record = EventRecord(self.job_id, self.seq, "timer", now, timer=name)
                     self._step(record, TimerFired(timer=timer))
                     ran = True
             while not self.finished:
@@ -285,9 +286,7 @@ class JobDriver(Observer):
     def round_closed(self, actor: NodeId, effect: RoundClosed) -> None:  # noqa: ARG002
         step = self._current
         sha = self._publish(effect.weights, step)
-        step.rounds.append(
-            RoundRecord(self.job_id, effect.round, effect.closed_at, _round_record(effect), sha)
-        )
+        step.rounds.append(_round_record(effect, sha))
         step.job_update = {"current_round": effect.round + 1}
         log.info(
             "%s round %d closed: %d of %d",
@@ -324,8 +323,10 @@ class JobDriver(Observer):
         # The round's input weights are a vector of the same length as the
         # closed round's, so their artefact has the same size as the one just
         # published for this record.
+        assert record.weights is not None
         weights_bytes = len(step.artefacts[record.weights])
-        return replace(record, record={**record.record, **_traffic(counts, weights_bytes)})
+        up, down, aggregation = _traffic(counts, weights_bytes)
+        return replace(record, bytes_up=up, bytes_down=down, bytes_aggregation=aggregation)
 
     def _publish(self, weights: Vector, step: _Step) -> str:
         data, sha = weights_artefact(weights)
@@ -367,11 +368,13 @@ def _due(item: tuple[Timer, tuple[float, int]]) -> tuple[float, int]:
     return item[1]
 
 
-_UP_KINDS = {int(Kind.SHARE), int(ControlKind.UPDATE), int(ControlKind.DECLINE)}
+_UP_KINDS = {int(Kind.SHARE), int(Kind.UPDATE), int(Kind.DECLINE)}
 
 
-def _traffic(counts: Mapping[int, tuple[int, int]], weights_bytes: int) -> dict[str, int]:
-    """A round's bytes by direction, as the simulator counts them, from ``{kind: (n, bytes)}``.
+def _traffic(counts: Mapping[int, tuple[int, int]], weights_bytes: int) -> tuple[int, int, int]:
+    """A round's bytes up, down and among aggregators, from ``{kind: (n, bytes)}``.
+
+    Counted as the simulator counts them:
 
     ``bytes_up``: contributors' uploads (sealed shares, updates, declines).
     ``bytes_down``: the train requests, plus the model itself: it is not in the
@@ -380,29 +383,26 @@ def _traffic(counts: Mapping[int, tuple[int, int]], weights_bytes: int) -> dict[
     ``bytes_aggregation``: every other envelope (roles, partial sums, reports,
     commitments, evidence, audits) among aggregators and the coordinator.
     """
-    train_n, train_bytes = counts.get(int(ControlKind.TRAIN), (0, 0))
+    train_n, train_bytes = counts.get(int(Kind.TRAIN), (0, 0))
     up = sum(total for kind, (_, total) in counts.items() if kind in _UP_KINDS)
     other = sum(
         total
         for kind, (_, total) in counts.items()
-        if kind not in _UP_KINDS and kind != int(ControlKind.TRAIN)
+        if kind not in _UP_KINDS and kind != int(Kind.TRAIN)
     )
-    return {
-        "bytes_up": up,
-        "bytes_down": train_bytes + train_n * weights_bytes,
-        "bytes_aggregation": other,
-    }
+    return up, train_bytes + train_n * weights_bytes, other
 
 
-def _round_record(closed: RoundClosed) -> dict[str, Any]:
-    return {
-        "round": closed.round,
-        "selected": closed.selected,
-        "participants": closed.participants,
-        "included": list(closed.included),
-        "num_samples": closed.num_samples,
-        "train_loss": closed.mean_loss if math.isfinite(closed.mean_loss) else None,
-        "skipped": closed.skipped,
-        "blamed": list(closed.blamed),
-        "closed_at": closed.closed_at,
-    }
+def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
+    return RoundRecord(
+        round=closed.round,
+        selected=closed.selected,
+        participants=closed.participants,
+        included=closed.included,
+        num_samples=closed.num_samples,
+        train_loss=closed.mean_loss,
+        skipped=closed.skipped,
+        blamed=closed.blamed,
+        closed_at=closed.closed_at,
+        weights=weights,
+    )

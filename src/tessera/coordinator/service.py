@@ -26,7 +26,7 @@ from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError, Te
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec, check_tree_feasible
 from tessera.protocol.kinds import REGISTRATION_KIND
-from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
+from tessera.protocol.limits import MAX_ENVELOPE_BYTES
 from tessera.runtime.transport.mail import read_weights_artefact
 from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
 
@@ -206,7 +206,7 @@ class CoordinatorService:
             "current_round": job.current_round,
             "final_weights": job.final_weights,
             "error": job.error,
-            "rounds": [{**r.record, "weights": r.weights} for r in self.store.rounds(job_id)],
+            "rounds": [r.to_json() for r in self.store.rounds(job_id)],
             "refused": driver.refusals[-20:] if driver else [],
         }
 

@@ -20,7 +20,7 @@ from safetensors.numpy import load, save
 from tessera.errors import TesseraError
 from tessera.ids import NodeId
 from tessera.protocol.coordinator import CoordinatorSnapshot
-from tessera.runtime.host import Timer
+from tessera.protocol.timers import Timer, parse_timer, timer_text
 
 FORMAT = "tessera-coordinator-snapshot/1"
 _STRATEGY = "strategy."
@@ -44,7 +44,7 @@ def encode_snapshot(state: DriverState) -> bytes:
         "round": snap.round,
         "opened_at": snap.opened_at,
         "withdrawn": list(snap.withdrawn),
-        "timers": [[str(timer), at] for timer, at in state.timers],
+        "timers": [[timer_text(timer), at] for timer, at in state.timers],
         "cursor": state.cursor,
     }
     tensors = {"weights": snap.weights, "meta": _json_bytes(meta)}
@@ -69,7 +69,7 @@ def decode_snapshot(data: bytes) -> DriverState:
             strategy=strategy,
             withdrawn=tuple(NodeId(str(n)) for n in meta["withdrawn"]),
         )
-        timers = [(str(name), float(at)) for name, at in meta["timers"]]
+        timers = [(parse_timer(str(name)), float(at)) for name, at in meta["timers"]]
         return DriverState(machine=machine, timers=timers, cursor=int(meta["cursor"]))
     except (SafetensorError, KeyError, TypeError, ValueError) as exc:
         raise CorruptSnapshot(f"the stored snapshot cannot be read: {exc}") from exc

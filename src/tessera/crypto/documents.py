@@ -21,6 +21,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -29,10 +30,21 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 
-__all__ = ["SignedDocument", "canonical_json", "sign_document", "verify_document"]
+__all__ = ["DocumentKind", "SignedDocument", "canonical_json", "sign_document", "verify_document"]
 
 _DOMAIN = b"tessera-doc/v1\x00"
 MAX_DOCUMENT_BYTES = 1 << 20
+
+
+class DocumentKind(StrEnum):
+    """Every kind of signed document; the kind is signed, so one never passes for another."""
+
+    JOB = "job"  # the AI provider's job: model, recipe, data asked for, purpose, rounds
+    REGISTRATION = "registration"  # a node's id, public keys and organisation (self-signed)
+    CONSENT = "consent"  # a user's receipt for one job document
+    REVOCATION = "revocation"  # the same user withdrawing it
+    RECORDS_REQUEST = "records-request"  # a node asks its data provider for its user's rows
+    REQUEST = "request"  # a signed HTTP request (a node pulling its mailbox)
 
 
 def canonical_json(value: object) -> bytes:
@@ -107,7 +119,7 @@ def verify_document(
     Raises ``RemoteProtocolError`` with a clear reason on any failure.
     """
     if doc.kind != kind:
-        raise RemoteProtocolError(f"expected a {kind!r} document, got {doc.kind!r}")
+        raise RemoteProtocolError(f"expected a {str(kind)!r} document, got {str(doc.kind)!r}")
     if signer is not None and doc.signer != signer:
         raise RemoteProtocolError(f"{kind} is not signed by the expected key")
     try:

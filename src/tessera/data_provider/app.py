@@ -51,11 +51,12 @@ from tessera.data.connectors import Backend, DatasetConfig
 from tessera.data.prepare import Preprocessor
 from tessera.errors import ConfigError, DataError, RemoteProtocolError
 from tessera.ids import Task
+from tessera.protocol.limits import PROVIDER_BODY
 from tessera.runtime.transport.serve import BodyLimit
 
 __all__ = ["MAX_BODY", "ProviderConfig", "create_provider_app", "load_provider_config"]
 
-MAX_BODY = 1 << 20
+MAX_BODY = PROVIDER_BODY  # see protocol.limits
 _log = logging.getLogger("tessera.provider")
 
 Name = Annotated[str, Field(min_length=1, max_length=256)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tessera.ai_provider.client import build_job, fetch_preprocessing, submit, watch
@@ -205,25 +205,15 @@ def run_job(
                 if len(dep.job.test.y)
                 else float("nan")
             )
-            record = RoundRecord(
-                round=rec["round"],
+            # A deployment's clock is the real one: time since the job started, as
+            # the simulator's virtual_seconds, and this round's own duration.
+            record = replace(
+                rec,
                 value=value,
-                participants=rec["participants"],
-                selected=rec["selected"],
-                dropped=0,
-                late=rec["selected"] - rec["participants"],
-                skipped=rec["skipped"],
-                train_loss=float("nan") if rec["train_loss"] is None else rec["train_loss"],
+                late=rec.selected - rec.participants,
                 seconds=now - last,
-                # A deployment's clock is the real one: time since the job started, as
-                # the simulator's virtual_seconds, and this round's own duration.
                 virtual_seconds=now - started,
                 virtual_round_seconds=now - last,
-                bytes_up=rec.get("bytes_up", 0),
-                bytes_down=rec.get("bytes_down", 0),
-                bytes_aggregation=rec.get("bytes_aggregation", 0),
-                blamed=tuple(rec["blamed"]),
-                included=tuple(rec["included"]),
             )
             last, final = now, result.weights
             records.append(record)

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tessera.config import JobConfig, parse_config
-from tessera.crypto.documents import SignedDocument, sign_document, verify_document
+from tessera.crypto.documents import (
+    DocumentKind,
+    SignedDocument,
+    sign_document,
+    verify_document,
+)
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.ids import JobId, NodeId
@@ -25,7 +30,7 @@ from tessera.jobs.prepared import round_params_of, secure_params_of, strategy_of
 from tessera.protocol import RoundParams, SecureParams, Strategy
 from tessera.training import ModelSpec, Recipe
 
-JOB_KIND = "job"
+JOB_KIND = DocumentKind.JOB
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

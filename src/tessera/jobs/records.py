@@ -8,32 +8,103 @@ up`` both write them, so the two can be compared round by round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from tessera.weights import Vector
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RoundRecord:
+    """One closed round; the same type in the simulator, the coordinator's store and reports.
+
+    The protocol's ``RoundClosed`` gives who took part and what was summed; the
+    coordinator adds the bytes each direction carried and the new model's
+    artefact; the AI provider adds ``value``, its evaluation on held-out data;
+    a runtime adds what it measured. Fields unknown to whoever wrote the record
+    keep their defaults (NaN for a value nobody measured).
+    """
+
     round: int
-    value: float
-    participants: int
     selected: int
-    dropped: int
-    late: int
+    participants: int
     skipped: bool
-    train_loss: float
-    seconds: float  # wall-clock time the round took to simulate
-    virtual_seconds: float  # virtual time at which the round closed, counted from the job's start
-    bytes_up: int
-    bytes_down: int
-    bytes_aggregation: int
-    aggregators_failed: int = 0
-    blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
+    train_loss: float = math.nan
+    num_samples: int = 0
     included: tuple[str, ...] = ()  # contributors whose updates are in this round's model
+    blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
+    closed_at: float = 0.0  # the coordinator's clock when the round closed
+    weights: str | None = None  # SHA-256 of the new model's artefact (deployments)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    bytes_aggregation: int = 0
+    value: float = math.nan  # the AI provider's evaluation of the new model
+    dropped: int = 0
+    late: int = 0
+    aggregators_failed: int = 0
+    seconds: float = 0.0  # wall-clock time the round took (to simulate, or to watch)
+    virtual_seconds: float = 0.0  # when the round closed, counted from the job's start
     virtual_round_seconds: float = 0.0  # from the round's requests going out to its close
     cpu_seconds: float = 0.0  # protocol compute charged to all actors (charge_compute only)
     coordinator_cpu_seconds: float = 0.0
+
+    def to_json(self, *, with_included: bool = True) -> dict[str, Any]:
+        """JSON-ready (NaN as null); ``with_included=False`` leaves out the contributor ids."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "included" and not with_included:
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, float) and not math.isfinite(value):
+                value = None
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundRecord:
+        """The inverse of ``to_json``; a missing optional field takes its default.
+
+        Unknown keys are ignored (a newer writer may add fields); a field of the
+        wrong type is a ``ValueError`` naming it.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a round record is a JSON object, not {type(data).__name__}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                if f.name in ("round", "selected", "participants", "skipped"):
+                    raise ValueError(f"round record: {f.name} is missing")
+                continue
+            values[f.name] = _field(f.name, str(f.type), data[f.name])
+        return cls(**values)
+
+
+def _field(name: str, kind: str, value: Any) -> Any:
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"round record: {name} must be true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"round record: {name} must be an integer")
+        return value
+    if kind == "float":
+        if value is None:
+            return math.nan
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"round record: {name} must be a number")
+        return float(value)
+    if kind == "str | None":
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"round record: {name} must be a string")
+        return value
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"round record: {name} must be a list of strings")
+    return tuple(value)
 
 
 @dataclass

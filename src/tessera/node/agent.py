@@ -34,7 +34,12 @@ import numpy as np
 import pandas as pd
 
 from tessera.consent import ConsentTerms, grant_consent, revoke_consent
-from tessera.crypto.documents import SignedDocument, sign_document, verify_document
+from tessera.crypto.documents import (
+    DocumentKind,
+    SignedDocument,
+    sign_document,
+    verify_document,
+)
 from tessera.crypto.envelope import ReplayGuard
 from tessera.crypto.keys import PublicKeys
 from tessera.data.prepare import Preprocessor
@@ -68,8 +73,6 @@ from tessera.storage.keyfile import load_or_create_keys
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.node")
-
-RECORDS_REQUEST_KIND = "records-request"
 
 
 @dataclass
@@ -352,7 +355,7 @@ class NodeAgent:
         spec = job.spec
         request = sign_document(
             self.keys,
-            RECORDS_REQUEST_KIND,
+            DocumentKind.RECORDS_REQUEST,
             {
                 "job_id": spec.job_id,
                 "user": self.cfg.subject,

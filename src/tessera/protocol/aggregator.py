@@ -33,7 +33,6 @@ from tessera.protocol.audit import Evidence, decode_evidence, encode_evidence, v
 from tessera.protocol.codec import (
     Accusation,
     Commit,
-    Kind,
     PartialPayload,
     Reassign,
     Report,
@@ -49,12 +48,14 @@ from tessera.protocol.codec import (
 )
 from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
 from tessera.protocol.events import Event, MessageReceived, TimerFired
+from tessera.protocol.kinds import SEALED, Kind
+from tessera.protocol.limits import MAX_ENVELOPE_BYTES
 from tessera.protocol.messages import AggregateRequest, Sealed
+from tessera.protocol.states import ROLE_TRANSITIONS, RoleInput, RoleState
+from tessera.protocol.timers import ReportDue
 from tessera.protocol.treecheck import TreeCheck
 from tessera.protocol.wire import Wire
 
-#: Largest envelope an aggregator accepts (a full share of a 64M-parameter model).
-MAX_ENVELOPE_BYTES = 1 << 29
 _FROM_COORDINATOR = (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN)
 _DRAW_SCALE = 2.0**-64
 
@@ -66,8 +67,7 @@ class AggregatorRole:
     expected: dict[str, NodeId]  # input id -> the node that must send it
     inputs: dict[str, Share] = field(default_factory=dict)
     contributors: dict[str, int] = field(default_factory=dict)  # input id -> count below it
-    reported: bool = False
-    done: bool = False
+    state: RoleState = RoleState.COLLECTING
     parent: NodeId = COORDINATOR  # where the sum goes (a replacement may change it)
     output: bytes | None = None  # the encoded sum, kept until the round ends for a resend
     # Audit trail: each input's original box, and the commitment, for our auditor.
@@ -82,8 +82,16 @@ class AggregatorRole:
     )
 
 
-def report_timer(group: str, position: int) -> str:
-    return f"report:{group}:{position}"
+_SUMMING = (RoleState.COLLECTING, RoleState.REPORTED)  # seats a commitment still applies to
+
+
+def _seat(role: AggregatorRole, what: RoleInput) -> None:
+    """Move a seat along ``ROLE_TRANSITIONS``; a miss is our bug: the seat fails."""
+    try:
+        role.state = ROLE_TRANSITIONS[(role.state, what)]
+    except KeyError:
+        state, role.state = role.state, RoleState.FAILED
+        raise LocalProtocolError(f"aggregator seat: {what.value} in {state.value}") from None
 
 
 class Aggregator:
@@ -106,9 +114,13 @@ class Aggregator:
 
     def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002 - uniform API
         if isinstance(event, TimerFired):
-            _, group, position = event.timer.split(":")
-            role = self.roles.get((group, int(position)))
-            return self._report(role) if role is not None and not role.reported else []
+            timer = event.timer
+            if not isinstance(timer, ReportDue):
+                raise LocalProtocolError(f"aggregators set no {type(timer).__name__} timers")
+            role = self.roles.get((timer.group, timer.position))
+            if role is None or timer.round != self.round or role.state is not RoleState.COLLECTING:
+                return []  # stale, or reported already
+            return self._report(role)
         if not isinstance(event, MessageReceived):
             raise LocalProtocolError(f"aggregator cannot handle {type(event).__name__}")
         msg = event.message
@@ -142,12 +154,13 @@ class Aggregator:
         self.roles[(req.group, req.position)] = AggregatorRole(
             req, ring, expected, parent=req.parent
         )
-        return [StartTimer(timer=report_timer(req.group, req.position), at=req.report_at)]
+        timer = ReportDue(round=req.round, group=req.group, position=req.position)
+        return [StartTimer(timer=timer, at=req.report_at)]
 
     def _on_sealed(self, data: bytes) -> list[Effect]:
         env = self.wire.open(data, round=self.round, max_bytes=MAX_ENVELOPE_BYTES)
         sender = NodeId(env.sender)
-        if env.kind in (Kind.SHARE, Kind.PARTIAL, Kind.EVIDENCE) and not env.sealed:
+        if env.kind in SEALED and not env.sealed:
             raise RemoteProtocolError("shares, sums and evidence must be sealed")
         if env.kind == Kind.SHARE:
             share = decode_share(env.payload)
@@ -232,6 +245,8 @@ class Aggregator:
                 self._send(COORDINATOR, Kind.ACCUSE, encode_accusation(accusation), sealed=False)
             ]
         assert box is not None
+        if role.state is not RoleState.COLLECTING:  # its evidence came after our report
+            raise RemoteProtocolError(f"{child}'s sum was vouched for after the report")
         role.boxes[child] = (box, sender)
         return self._take(role, child, FullShare(part.words), part.contributors)
 
@@ -293,12 +308,13 @@ class Aggregator:
             raise RemoteProtocolError("input does not match the round's ring or model size")
         if input_id in role.inputs:
             raise RemoteProtocolError(f"{input_id} already sent its input")
-        if role.reported:
+        if role.state is not RoleState.COLLECTING:
             raise RemoteProtocolError(f"{input_id} arrived after the report")
 
     def _take(
         self, role: AggregatorRole, input_id: str, share: Share, contributors: int
     ) -> list[Effect]:
+        _seat(role, RoleInput.INPUT)
         role.inputs[input_id] = share
         role.contributors[input_id] = contributors
         if len(role.inputs) == len(role.expected):
@@ -306,7 +322,7 @@ class Aggregator:
         return []
 
     def _report(self, role: AggregatorRole) -> list[Effect]:
-        role.reported = True
+        _seat(role, RoleInput.REPORT)
         report = Report(role.request.group, role.request.position, tuple(role.inputs))
         return [self._send(COORDINATOR, Kind.REPORT, encode_report(report), sealed=False)]
 
@@ -329,7 +345,7 @@ class Aggregator:
             if position != r.position or role.request.leaf:
                 continue
             if r.group in role.expected:  # we consume its sum
-                if r.group in role.inputs or role.reported:
+                if r.group in role.inputs or role.state is not RoleState.COLLECTING:
                     raise RemoteProtocolError(f"{r.group} can no longer be reassigned")
                 role.expected[r.group] = replacement
                 found = True
@@ -347,12 +363,12 @@ class Aggregator:
     def _on_commit(self, commit: Commit, box: bytes) -> list[Effect]:
         effects: list[Effect] = []
         for (group, _), role in list(self.roles.items()):
-            if group == commit.group and not role.done:
+            if group == commit.group and role.state in _SUMMING:
                 effects.extend(self._sum(role, commit, box))
             elif commit.included is None and commit.group in role.expected:
                 # a child group was dropped: stop waiting for it
                 del role.expected[commit.group]
-                if not role.reported and len(role.inputs) == len(role.expected):
+                if role.state is RoleState.COLLECTING and len(role.inputs) == len(role.expected):
                     effects.extend(self._report(role))
         return effects
 
@@ -361,7 +377,8 @@ class Aggregator:
             missing = [i for i in commit.included if i not in role.inputs]
             if missing:  # refused before anything changes
                 raise RemoteProtocolError(f"commitment names inputs never received: {missing[:3]}")
-        role.done, role.commit_box = True, box
+        _seat(role, RoleInput.SUM if commit.included is not None else RoleInput.LEAVE)
+        role.commit_box = box
         inputs, role.inputs = role.inputs, {}
         if commit.included is None:
             return []  # the group left the round

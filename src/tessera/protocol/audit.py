@@ -32,12 +32,13 @@ from tessera.crypto.keys import PublicKeys
 from tessera.crypto.sharing import FullShare, ShareAccumulator
 from tessera.errors import InvalidEnvelope, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
-from tessera.protocol.codec import Kind, PartialPayload, decode_commit, decode_partial, decode_share
+from tessera.protocol.codec import PartialPayload, decode_commit, decode_partial, decode_share
+from tessera.protocol.kinds import Kind
+from tessera.protocol.limits import MAX_ENVELOPE_BYTES, MAX_SHARE_BYTES
 
 _MAGIC = b"EVD1"
 _LEN = struct.Struct("<I")
 KEY_BYTES = 32
-MAX_BOX = 1 << 29
 
 
 class AuditFailure(RemoteProtocolError):
@@ -108,7 +109,7 @@ def verify_evidence(
             expect_job=job_id,
             expect_round=round,
             expect_recipient=audited,
-            max_bytes=1 << 24,
+            max_bytes=MAX_ENVELOPE_BYTES,
             replay=None,
         )
     except InvalidEnvelope as exc:
@@ -131,7 +132,7 @@ def verify_evidence(
                 expect_job=job_id,
                 expect_round=round,
                 expect_recipient=audited,
-                max_bytes=MAX_BOX,
+                max_bytes=MAX_SHARE_BYTES,
                 replay=None,
                 disclosed_key=key,
             )

@@ -1,4 +1,4 @@
-"""Payload bytes of the secure-aggregation messages (inside signed envelopes).
+"""Payload bytes of the secure-aggregation messages (inside signed envelopes); see ``kinds``.
 
 Binary for the bulky ones (shares, partial sums: raw little-endian ring
 words, no per-element overhead), canonical JSON for small control messages
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -20,26 +19,11 @@ import numpy as np
 from tessera.crypto.fixedpoint import Ring, Words
 from tessera.crypto.sharing import FullShare, SeedShare, Share
 from tessera.errors import RemoteProtocolError
+from tessera.protocol.limits import MAX_CONTROL_BYTES
 
 SEED_BYTES = 32
-MAX_CONTROL_BYTES = 1 << 22  # reports and commitments: ids of one group, never megabytes
 _SHARE = struct.Struct("<BBHI")  # share kind, ring bits, position, words
 _PARTIAL = struct.Struct("<BHII")  # ring bits, position, contributors, words
-
-
-class Kind(IntEnum):
-    """Envelope kinds of the secure protocol."""
-
-    SHARE = 1
-    PARTIAL = 2
-    REPORT = 3
-    COMMIT = 4
-    RESEND_SHARE = 5  # coordinator -> contributor: send share j again, to a replacement
-    RESEND_PARTIAL = 6  # coordinator -> child aggregator: send your sum to a replacement
-    REASSIGN = 7  # coordinator -> parent aggregator: a child's sum now comes from a replacement
-    EVIDENCE = 8  # aggregator -> its auditor: the boxes it summed, with their keys
-    AUDIT_REQUEST = 9  # auditor (parent aggregator, or coordinator at the root) -> audited
-    ACCUSE = 10  # auditor -> coordinator: this aggregator's sum does not match its evidence
 
 
 def _dtype(bits: int) -> type[np.uint32] | type[np.uint64]:

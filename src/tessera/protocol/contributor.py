@@ -22,7 +22,7 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import Share, split
 from tessera.errors import LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
-from tessera.protocol.codec import Kind, decode_reassign, encode_share
+from tessera.protocol.codec import decode_reassign, encode_share
 from tessera.protocol.effects import Effect, Rejected, RequestLocalTraining, Send
 from tessera.protocol.events import (
     Event,
@@ -30,6 +30,8 @@ from tessera.protocol.events import (
     LocalUpdateReady,
     MessageReceived,
 )
+from tessera.protocol.kinds import Kind
+from tessera.protocol.limits import MAX_CONTRIBUTOR_ENVELOPE
 from tessera.protocol.messages import (
     Sealed,
     SecureAssignment,
@@ -214,7 +216,7 @@ class Contributor:
         """The coordinator replaced one of our aggregators: the same share, resealed."""
         if self.wire is None or self.assignment is None:
             raise RemoteProtocolError("no secure round in progress")
-        env = self.wire.open(data, round=self.round, max_bytes=1 << 16)
+        env = self.wire.open(data, round=self.round, max_bytes=MAX_CONTRIBUTOR_ENVELOPE)
         if env.sender != COORDINATOR or env.kind != Kind.RESEND_SHARE:
             raise RemoteProtocolError("only the coordinator may redirect shares")
         r = decode_reassign(env.payload)

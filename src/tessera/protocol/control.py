@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import IntEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +23,8 @@ import numpy as np
 
 from tessera.errors import RemoteProtocolError
 from tessera.ids import JobId, NodeId
+from tessera.protocol.kinds import Kind
+from tessera.protocol.limits import MAX_MSGPACK_BYTES
 from tessera.protocol.messages import (
     AggregateRequest,
     SecureAssignment,
@@ -34,16 +35,6 @@ from tessera.protocol.messages import (
 from tessera.weights import Vector
 
 VERSION = 1
-MAX_CONTROL_BYTES = 1 << 24  # an assignment lists one group's inputs; never near this
-
-
-class ControlKind(IntEnum):
-    """Envelope kinds of control messages (the secure protocol's start at 1)."""
-
-    TRAIN = 20
-    ASSIGN = 21
-    UPDATE = 22
-    DECLINE = 23
 
 
 WeightsResolver = Callable[[str, int], Vector]
@@ -58,16 +49,16 @@ class TrainRequestWire:
     weights_sha256: str
 
 
-def _pack(kind: ControlKind, body: dict[str, Any]) -> bytes:
+def _pack(kind: Kind, body: dict[str, Any]) -> bytes:
     data: bytes = msgpack.packb({"v": VERSION, "k": int(kind), **body}, use_bin_type=True)
     return data
 
 
-def _unpack(data: bytes, kind: ControlKind) -> dict[str, Any]:
-    if len(data) > MAX_CONTROL_BYTES:
+def _unpack(data: bytes, kind: Kind) -> dict[str, Any]:
+    if len(data) > MAX_MSGPACK_BYTES:
         raise RemoteProtocolError(f"{kind.name.lower()} message is too large")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_CONTROL_BYTES)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_MSGPACK_BYTES)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
         raise RemoteProtocolError(f"{kind.name.lower()} message is not valid msgpack") from None
     if not isinstance(obj, dict):
@@ -115,7 +106,7 @@ def _strs(obj: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
 def encode_train_request(request: TrainRequest, weights_sha256: str) -> bytes:
     secure = request.secure
     return _pack(
-        ControlKind.TRAIN,
+        Kind.TRAIN,
         {
             "job": request.job_id,
             "round": request.round,
@@ -144,7 +135,7 @@ def encode_train_request(request: TrainRequest, weights_sha256: str) -> bytes:
 
 def peek_train_request(data: bytes) -> tuple[str, int]:
     """(weights sha256, length) of an encoded train request: what to fetch first."""
-    obj = _unpack(data, ControlKind.TRAIN)
+    obj = _unpack(data, Kind.TRAIN)
     digest = _get(obj, "weights", str, "train")
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise RemoteProtocolError("train.weights must be a hex sha256")
@@ -152,7 +143,7 @@ def peek_train_request(data: bytes) -> tuple[str, int]:
 
 
 def decode_train_request(data: bytes, resolve: WeightsResolver) -> TrainRequestWire:
-    obj = _unpack(data, ControlKind.TRAIN)
+    obj = _unpack(data, Kind.TRAIN)
     digest, length = peek_train_request(data)
     config = _get(obj, "config", dict, "train")
     if not all(isinstance(k, str) and isinstance(v, int | float) for k, v in config.items()):
@@ -194,7 +185,7 @@ def decode_train_request(data: bytes, resolve: WeightsResolver) -> TrainRequestW
 
 def encode_aggregate_request(req: AggregateRequest) -> bytes:
     return _pack(
-        ControlKind.ASSIGN,
+        Kind.ASSIGN,
         {
             "job": req.job_id,
             "round": req.round,
@@ -241,7 +232,7 @@ def _fraction(raw: object) -> float:
 
 
 def decode_aggregate_request(data: bytes) -> AggregateRequest:
-    obj = _unpack(data, ControlKind.ASSIGN)
+    obj = _unpack(data, Kind.ASSIGN)
     w = "assign"
     inputs, senders = _strs(obj, "inputs", w), _strs(obj, "senders", w)
     if len(inputs) != len(senders):
@@ -275,7 +266,7 @@ def decode_aggregate_request(data: bytes) -> AggregateRequest:
 def encode_update(update: UpdateSubmission) -> bytes:
     delta = update.delta.astype("<f4", copy=False)
     return _pack(
-        ControlKind.UPDATE,
+        Kind.UPDATE,
         {
             "job": update.job_id,
             "round": update.round,
@@ -287,7 +278,7 @@ def encode_update(update: UpdateSubmission) -> bytes:
 
 
 def decode_update(data: bytes) -> UpdateSubmission:
-    obj = _unpack(data, ControlKind.UPDATE)
+    obj = _unpack(data, Kind.UPDATE)
     raw = _get(obj, "delta", bytes, "update")
     if len(raw) % 4:
         raise RemoteProtocolError("update.delta is not a whole number of float32 values")
@@ -302,13 +293,11 @@ def decode_update(data: bytes) -> UpdateSubmission:
 
 
 def encode_decline(msg: TrainingDeclined) -> bytes:
-    return _pack(
-        ControlKind.DECLINE, {"job": msg.job_id, "round": msg.round, "reason": msg.reason[:500]}
-    )
+    return _pack(Kind.DECLINE, {"job": msg.job_id, "round": msg.round, "reason": msg.reason[:500]})
 
 
 def decode_decline(data: bytes) -> TrainingDeclined:
-    obj = _unpack(data, ControlKind.DECLINE)
+    obj = _unpack(data, Kind.DECLINE)
     return TrainingDeclined(
         job_id=JobId(_get(obj, "job", str, "decline")),
         round=_count(obj, "round", "decline"),

@@ -61,6 +61,7 @@ from tessera.protocol.messages import (
 from tessera.protocol.params import RoundParams
 from tessera.protocol.states import COORDINATOR_TRANSITIONS, CoordinatorInput, CoordinatorState
 from tessera.protocol.strategies import Strategy
+from tessera.protocol.timers import RoundDeadline
 from tessera.weights import Vector
 
 
@@ -82,10 +83,6 @@ class CoordinatorSnapshot:
     weights: Vector
     strategy: Mapping[str, Vector]
     withdrawn: tuple[NodeId, ...]
-
-
-def deadline_timer(round: int) -> str:
-    return f"round-{round}-deadline"
 
 
 class Coordinator:
@@ -114,14 +111,14 @@ class Coordinator:
         self._loss_sum = 0.0
         self._updates = 0
         self._opened_at: float | None = None  # when the open round opened
-        self._consumed = 0  # events handled since then (a snapshot needs none)
+        self._withdrawn_at_open: frozenset[NodeId] = frozenset()
 
     # -- snapshots ------------------------------------------------------------
     def snapshot(self) -> CoordinatorSnapshot:
         """The machine's state right after a round opened (see the module docstring)."""
         if self.state is not CoordinatorState.COLLECTING or self._opened_at is None:
             raise LocalProtocolError("a snapshot needs an open round")
-        if self._consumed:
+        if self._round_progressed() or self.withdrawn != self._withdrawn_at_open:
             raise LocalProtocolError("a snapshot is taken only as a round opens")
         return CoordinatorSnapshot(
             round=self.round,
@@ -145,8 +142,11 @@ class Coordinator:
         return machine
 
     # -- the one entry point ------------------------------------------------
+    def _round_progressed(self) -> bool:
+        """Whether the open round took anything in (a snapshot would lose it)."""
+        return bool(self._answered)
+
     def handle(self, event: Event, now: float) -> list[Effect]:
-        self._consumed += 1
         if isinstance(event, ParticipantWithdrawn):
             return self._withdraw(event.node)
         if isinstance(event, JobStarted):
@@ -157,8 +157,8 @@ class Coordinator:
             return self._on_message(event, now)
         if isinstance(event, TimerFired):
             self._transition(CoordinatorInput.DEADLINE)
-            if self.state is CoordinatorState.COLLECTING and event.timer == deadline_timer(
-                self.round
+            if self.state is CoordinatorState.COLLECTING and event.timer == RoundDeadline(
+                round=self.round
             ):
                 return self._close_round(now, timer_pending=False)
             return []  # a stale timer of a closed round
@@ -181,7 +181,7 @@ class Coordinator:
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
-        self._opened_at, self._consumed = now, 0
+        self._opened_at, self._withdrawn_at_open = now, frozenset(self.withdrawn)
         cohort = [
             n for n in select_cohort(self.params, self.nodes, round) if n not in self.withdrawn
         ]
@@ -199,7 +199,7 @@ class Coordinator:
         effects: list[Effect] = [
             self._train_request(node, weights, deadline, config) for node in cohort
         ]
-        effects.append(StartTimer(timer=deadline_timer(round), at=deadline))
+        effects.append(StartTimer(timer=RoundDeadline(round=round), at=deadline))
         return effects
 
     def _train_request(
@@ -283,7 +283,7 @@ class Coordinator:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
         if timer_pending:
-            effects.append(CancelTimer(timer=deadline_timer(self.round)))
+            effects.append(CancelTimer(timer=RoundDeadline(round=self.round)))
         skipped = mean_delta is None or participants < self.params.min_updates
         if mean_delta is not None and not skipped:
             self.weights = self.strategy.apply(self.weights, mean_delta)

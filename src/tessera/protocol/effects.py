@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from tessera.ids import NodeId
 from tessera.protocol.messages import Message
+from tessera.protocol.timers import Timer
 from tessera.weights import Vector
 
 
@@ -18,13 +19,13 @@ class Send:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StartTimer:
-    timer: str
+    timer: Timer
     at: float
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CancelTimer:
-    timer: str
+    timer: Timer
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

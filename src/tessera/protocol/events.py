@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tessera.ids import NodeId
 from tessera.protocol.messages import Message
+from tessera.protocol.timers import Timer
 from tessera.weights import Vector
 
 
@@ -22,7 +23,7 @@ class MessageReceived:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TimerFired:
-    timer: str
+    timer: Timer
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from tessera.crypto.envelope import peek
 from tessera.errors import InvalidEnvelope
 from tessera.protocol.aggregator import Aggregator
-from tessera.protocol.codec import Kind
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.effects import Effect
 from tessera.protocol.events import Event, LocalTrainingFailed, LocalUpdateReady, MessageReceived
+from tessera.protocol.kinds import Kind
 from tessera.protocol.messages import Message, Sealed, TrainRequest
 
 

@@ -49,7 +49,6 @@ from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.audit import decode_evidence, verify_evidence
 from tessera.protocol.codec import (
     Commit,
-    Kind,
     PartialPayload,
     Reassign,
     Report,
@@ -61,7 +60,7 @@ from tessera.protocol.codec import (
     encode_labelled,
     encode_reassign,
 )
-from tessera.protocol.coordinator import Coordinator, deadline_timer, select_cohort
+from tessera.protocol.coordinator import Coordinator, select_cohort
 from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
 from tessera.protocol.events import (
     Event,
@@ -70,15 +69,22 @@ from tessera.protocol.events import (
     ParticipantWithdrawn,
     TimerFired,
 )
+from tessera.protocol.kinds import SEALED, Kind
+from tessera.protocol.limits import MAX_ENVELOPE_BYTES
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
 from tessera.protocol.params import RoundParams
-from tessera.protocol.states import CoordinatorInput, CoordinatorState
+from tessera.protocol.states import (
+    SECURE_ROUND_TRANSITIONS,
+    CoordinatorInput,
+    CoordinatorState,
+    PhaseInput,
+    RoundPhase,
+)
 from tessera.protocol.strategies import Strategy
+from tessera.protocol.timers import AuditDue, CommitDue, RoundDeadline
 from tessera.protocol.topology import Group, Tree, TreeParams, derive_tree
 from tessera.protocol.wire import Wire
 from tessera.weights import Vector
-
-MAX_ENVELOPE_BYTES = 1 << 29
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -124,10 +130,7 @@ class _RoundState:
     root_parts: dict[int, PartialPayload] = field(default_factory=dict)
     blamed: dict[str, str] = field(default_factory=dict)  # aggregator -> why
     audits_due: set[int] = field(default_factory=set)  # root positions owing evidence
-
-
-def commit_timer(level: int) -> str:
-    return f"commit-L{level}"
+    phase: RoundPhase = RoundPhase.AGGREGATING
 
 
 class SecureCoordinator(Coordinator):
@@ -155,25 +158,23 @@ class SecureCoordinator(Coordinator):
     def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, JobStarted | ParticipantWithdrawn):
             return super().handle(event, now)
-        self._consumed += 1
         if isinstance(event, TimerFired):
             self._transition(CoordinatorInput.DEADLINE)
+            timer = event.timer
             if self.state is not CoordinatorState.COLLECTING or self._rs is None:
                 return []
-            if event.timer == deadline_timer(self.round):
-                return self._close_secure(now, timer_pending=False)
-            name, _, round_text = event.timer.partition("@")
-            if round_text != str(self.round):
+            if timer.round != self.round or self._rs.phase is RoundPhase.CLOSED:
                 return []  # a timer of a closed round
-            if name == "audit":
+            if isinstance(timer, RoundDeadline):
+                return self._close_secure(now, PhaseInput.DEADLINE)
+            if isinstance(timer, AuditDue):
                 rs = self._rs
                 for j in sorted(rs.audits_due):
                     rs.blamed[rs.seats[rs.tree.root.id][j]] = "did not justify its root sum"
-                return self._close_secure(now, timer_pending=True)
-            if not name.startswith(("commit-L", "final-L")):
-                return []
-            level = int(name.partition("-L")[2])
-            return self._commit_level(level, now, final=name.startswith("final"))
+                return self._close_secure(now, PhaseInput.AUDIT_TIMEOUT)
+            if isinstance(timer, CommitDue):
+                return self._commit_level(timer.level, now, final=timer.final)
+            raise LocalProtocolError(f"the coordinator sets no {type(timer).__name__} timers")
         if isinstance(event, MessageReceived):
             self._transition(CoordinatorInput.MESSAGE)
             msg = event.message
@@ -187,10 +188,14 @@ class SecureCoordinator(Coordinator):
                 return [Rejected(sender=event.sender, reason=str(exc))]
         raise LocalProtocolError(f"coordinator cannot handle {type(event).__name__}")
 
+    def _round_progressed(self) -> bool:
+        rs = self._rs
+        return rs is None or bool(rs.reports or rs.committed or rs.root_parts or rs.blamed)
+
     # -- opening a round --------------------------------------------------------
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
-        self._opened_at, self._consumed = now, 0
+        self._opened_at, self._withdrawn_at_open = now, frozenset(self.withdrawn)
         cohort = select_cohort(self.params, self.nodes, round)
         self._selected = frozenset(cohort)
         tree = derive_tree(
@@ -237,10 +242,11 @@ class SecureCoordinator(Coordinator):
         # Per level: a commit deadline (replace silent positions), then a final one.
         for level in range(tree.depth + 1):
             first = train_until + (3 * level + 2) * phase
-            effects.append(StartTimer(timer=f"commit-L{level}@{round}", at=first))
-            effects.append(StartTimer(timer=f"final-L{level}@{round}", at=first + phase))
+            effects.append(StartTimer(timer=CommitDue(round=round, level=level), at=first))
+            final = CommitDue(round=round, level=level, final=True)
+            effects.append(StartTimer(timer=final, at=first + phase))
         close_at = train_until + (3 * tree.depth + 4) * phase
-        effects.append(StartTimer(timer=deadline_timer(round), at=close_at))
+        effects.append(StartTimer(timer=RoundDeadline(round=round), at=close_at))
         return effects
 
     def _aggregate_request(
@@ -336,7 +342,7 @@ class SecureCoordinator(Coordinator):
             Kind.ACCUSE: self._on_accusation,
             Kind.EVIDENCE: self._on_evidence,
         }
-        if env.kind in (Kind.PARTIAL, Kind.EVIDENCE) and not env.sealed:
+        if env.kind in SEALED and not env.sealed:
             raise RemoteProtocolError("sums and evidence must be sealed")
         handler = handlers.get(env.kind)
         if handler is None:
@@ -375,7 +381,7 @@ class SecureCoordinator(Coordinator):
         rs.root_parts[part.position] = part
         if len(rs.root_parts) == len(root.aggregators):
             if not self.secure.audit:
-                return self._close_secure(now, timer_pending=True)
+                return self._close_secure(now, PhaseInput.ROOT_SUMMED)
             return self._audit_root(rs, now)
         return []
 
@@ -421,7 +427,7 @@ class SecureCoordinator(Coordinator):
         except RemoteProtocolError as exc:
             rs.blamed[sender] = f"{root.id}: {exc}"
         if not rs.audits_due:
-            return self._close_secure(now, timer_pending=True)
+            return self._close_secure(now, PhaseInput.EVIDENCE_DONE)
         return []
 
     @staticmethod
@@ -453,7 +459,7 @@ class SecureCoordinator(Coordinator):
             self._signed(r, Kind.COMMIT, payload) for r in dict.fromkeys(recipients)
         ]
         if included is None and group.parent is None:
-            effects.extend(self._close_secure(now, timer_pending=True))  # the root left
+            effects.extend(self._close_secure(now, PhaseInput.ROOT_LEFT))
         return effects
 
     def _commit_level(self, level: int, now: float, *, final: bool) -> list[Effect]:
@@ -471,7 +477,7 @@ class SecureCoordinator(Coordinator):
                     effects.extend(self._replace(rs, group, position, now))
                 continue
             effects.extend(self._commit(group, now))
-            if self._rs is not rs:  # the root left and the round closed
+            if rs.phase is RoundPhase.CLOSED:  # the root left
                 break
         return effects
 
@@ -513,7 +519,8 @@ class SecureCoordinator(Coordinator):
             for j in sorted(rs.audits_due)
         ]
         at = now + self.secure.phase_timeout
-        effects.append(StartTimer(timer=f"audit@{self.round}", at=at))
+        effects.append(StartTimer(timer=AuditDue(round=self.round), at=at))
+        self._phase(rs, PhaseInput.ROOT_SUMS_IN)
         return effects
 
     def _signed(self, recipient: NodeId, kind: Kind, payload: bytes) -> Send:
@@ -538,9 +545,19 @@ class SecureCoordinator(Coordinator):
                 total += rs.committed[group.id] or ()
         return sorted(total)
 
-    def _close_secure(self, now: float, *, timer_pending: bool) -> list[Effect]:
+    def _phase(self, rs: _RoundState, what: PhaseInput) -> None:
+        try:
+            rs.phase = SECURE_ROUND_TRANSITIONS[(rs.phase, what)]
+        except KeyError:
+            phase, rs.phase = rs.phase, RoundPhase.FAILED
+            self.state = CoordinatorState.FAILED
+            raise LocalProtocolError(f"secure round: {what.value} in {phase.value}") from None
+
+    def _close_secure(self, now: float, why: PhaseInput) -> list[Effect]:
         assert self._rs is not None
         rs, self._rs = self._rs, None
+        self._phase(rs, why)
+        timer_pending = why is not PhaseInput.DEADLINE  # else it just fired
         root = rs.tree.root
         blamed = tuple(f"{node} ({why})" for node, why in sorted(rs.blamed.items()))
         nothing: dict[str, Any] = {

@@ -61,3 +61,79 @@ CONTRIBUTOR_TRANSITIONS: dict[tuple[ContributorState, ContributorInput], Contrib
     (_K.TRAINING, _KI.UPDATE_READY): _K.IDLE,
     (_K.TRAINING, _KI.TRAINING_FAILED): _K.IDLE,
 }
+
+
+class RoundPhase(Enum):
+    """A secure round, as the coordinator sees it."""
+
+    AGGREGATING = "aggregating"  # shares, reports, commitments and sums flow up the tree
+    AUDITING = "auditing"  # the root's sums are in; k-1 positions owe their evidence
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class PhaseInput(Enum):
+    ROOT_SUMS_IN = "root_sums_in"  # every root position's sum arrived (audits on)
+    ROOT_SUMMED = "root_summed"  # the same, audits off: nothing left to check
+    ROOT_LEFT = "root_left"  # the root group was committed empty
+    EVIDENCE_DONE = "evidence_done"  # every audited root position answered
+    AUDIT_TIMEOUT = "audit_timeout"  # some did not, in time
+    DEADLINE = "deadline"  # the round's own deadline
+
+
+_P = RoundPhase
+_PI = PhaseInput
+SECURE_ROUND_TRANSITIONS: dict[tuple[RoundPhase, PhaseInput], RoundPhase] = {
+    (_P.AGGREGATING, _PI.ROOT_SUMS_IN): _P.AUDITING,
+    (_P.AGGREGATING, _PI.ROOT_SUMMED): _P.CLOSED,
+    (_P.AGGREGATING, _PI.ROOT_LEFT): _P.CLOSED,
+    (_P.AGGREGATING, _PI.DEADLINE): _P.CLOSED,
+    (_P.AUDITING, _PI.EVIDENCE_DONE): _P.CLOSED,
+    (_P.AUDITING, _PI.AUDIT_TIMEOUT): _P.CLOSED,
+    (_P.AUDITING, _PI.DEADLINE): _P.CLOSED,
+}
+
+
+class RoleState(Enum):
+    """One aggregator seat (a group and position) in one round."""
+
+    COLLECTING = "collecting"  # inputs arrive
+    REPORTED = "reported"  # told the coordinator what it holds; takes no more inputs
+    SUMMED = "summed"  # summed the committed set and sent it up
+    LEFT = "left"  # the commitment dropped the group: sends nothing
+    FAILED = "failed"
+
+
+class RoleInput(Enum):
+    INPUT = "input"  # a share, or a child's (audited) sum, is taken
+    REPORT = "report"  # every input is in, or the report timer fired
+    SUM = "sum"  # a commitment naming the inputs to sum
+    LEAVE = "leave"  # a commitment dropping the group
+
+
+_R = RoleState
+_RI = RoleInput
+ROLE_TRANSITIONS: dict[tuple[RoleState, RoleInput], RoleState] = {
+    (_R.COLLECTING, _RI.INPUT): _R.COLLECTING,
+    (_R.COLLECTING, _RI.REPORT): _R.REPORTED,
+    # A commitment may come before this seat reported (the coordinator's deadline).
+    (_R.COLLECTING, _RI.SUM): _R.SUMMED,
+    (_R.COLLECTING, _RI.LEAVE): _R.LEFT,
+    (_R.REPORTED, _RI.SUM): _R.SUMMED,
+    (_R.REPORTED, _RI.LEAVE): _R.LEFT,
+}
+
+#: Every table, for docs and tests.
+TABLES: dict[str, dict[tuple[Enum, Enum], Enum]] = {
+    "coordinator": COORDINATOR_TRANSITIONS,  # type: ignore[dict-item]
+    "contributor": CONTRIBUTOR_TRANSITIONS,  # type: ignore[dict-item]
+    "secure round": SECURE_ROUND_TRANSITIONS,  # type: ignore[dict-item]
+    "aggregator seat": ROLE_TRANSITIONS,  # type: ignore[dict-item]
+}
+
+
+def mermaid(table: dict[tuple[Enum, Enum], Enum]) -> str:
+    """The table as a Mermaid state diagram (docs/state-machines.md is made from these)."""
+    lines = ["stateDiagram-v2"]
+    lines += [f"    {s.name} --> {n.name}: {i.value}" for (s, i), n in table.items()]
+    return "\n".join(lines)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from tessera.crypto.envelope import Envelope, ReplayGuard, open_envelope, seal
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.ids import NodeId
-from tessera.protocol.codec import Kind
 from tessera.protocol.effects import Send
+from tessera.protocol.kinds import Kind
 from tessera.protocol.messages import Sealed
 
 

@@ -1,6 +1,6 @@
-"""Read-only views over a finished (or running) job: metrics.json, curves.png."""
+"""Read-only views over a finished (or running) job: metrics.json, rounds.jsonl, curves.png."""
 
-from tessera.reports.metrics import build_metrics, write_json
+from tessera.reports.metrics import MetricsWriter, build_metrics
 from tessera.reports.plots import plot_curves
 
-__all__ = ["build_metrics", "plot_curves", "write_json"]
+__all__ = ["MetricsWriter", "build_metrics", "plot_curves"]

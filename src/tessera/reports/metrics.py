@@ -1,9 +1,19 @@
-"""DIR/metrics.json: the output contract later tools read.
+"""DIR/metrics.json and DIR/rounds.jsonl: the output contract later tools read.
 
-Stable keys: ``task``, ``metric``, ``rounds`` (each with ``round``, ``value``,
-``participants``, ``seconds``), ``final.value``, ``centralized.value``,
-``nodes``, ``config``. Fields are only ever added, never removed or renamed.
-Accuracy is a fraction in [0, 1]; regression reports R^2.
+Stable keys of metrics.json: ``task``, ``metric``, ``rounds`` (each with
+``round``, ``value``, ``participants``, ``seconds``, and every other
+``RoundRecord`` field but the contributor ids), ``final.value``,
+``centralized.value``, ``nodes``, ``config``. Fields are only ever added,
+never removed or renamed. Accuracy is a fraction in [0, 1]; regression
+reports R^2. rounds.jsonl holds one line per round: the whole record,
+contributor ids included (who was in each round, for audits).
+
+One writer, ``MetricsWriter``, keeps both current round by round, so a
+crash loses at most the round in flight. Its cost per round does not grow
+with the run: each round is serialised once, when it closes, and
+metrics.json is rewritten from those pieces and a few running totals
+(re-serialising every earlier round, with its thousands of contributor ids,
+made a 200-round per-student run slow down 3x).
 """
 
 from __future__ import annotations
@@ -11,9 +21,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tessera import __version__
 from tessera.jobs.prepared import PreparedJob
@@ -21,23 +32,49 @@ from tessera.jobs.records import BaselineResult, RoundRecord
 from tessera.jobs.secure import SecureSummary
 from tessera.training import metric_name
 
+_ROUNDS = "__tessera_rounds__"  # where the cached rounds go in the serialised summary
+
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def build_metrics(
+def round_entry(record: RoundRecord) -> dict[str, Any]:
+    """One round as metrics.json lists it (without the contributor ids: too many)."""
+    return record.to_json(with_included=False)
+
+
+@dataclass
+class _Totals:
+    rounds: int = 0
+    contributions: int = 0
+    requests: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+    final: float = math.nan
+
+    def add(self, r: RoundRecord) -> None:
+        self.rounds += 1
+        self.contributions += r.participants
+        self.requests += r.selected
+        self.bytes_up += r.bytes_up
+        self.bytes_down += r.bytes_down
+        self.seconds += r.seconds
+        self.final = r.value
+
+
+def _summary(
     job: PreparedJob,
-    rounds: list[RoundRecord],
+    totals: _Totals,
     baseline: BaselineResult | None,
     *,
     status: str,
-    model_digest: str | None = None,
-    secure: SecureSummary | None = None,
+    model_digest: str | None,
+    secure: SecureSummary | None,
 ) -> dict[str, Any]:
+    """Everything in metrics.json but the rounds (which go at the ``_ROUNDS`` mark)."""
     sizes = job.node_samples
-    contributions = sum(r.participants for r in rounds)
-    requests = sum(r.selected for r in rounds)
     return {
         "tessera": __version__,
         "status": status,
@@ -52,15 +89,8 @@ def build_metrics(
         ),
         "ring_bits": secure.ring_bits if secure else None,
         "model_bytes_quantized": secure.model_bytes_quantized if secure else None,
-        "rounds": [
-            {
-                **{k: v for k, v in asdict(r).items() if k != "included"},  # ids: too many
-                "train_loss": _finite(r.train_loss),
-                "value": _finite(r.value),
-            }
-            for r in rounds
-        ],
-        "final": {"value": _finite(rounds[-1].value) if rounds else None, "round": len(rounds)},
+        "rounds": _ROUNDS,
+        "final": {"value": _finite(totals.final), "round": totals.rounds},
         "centralized": (
             {
                 "value": _finite(baseline.value),
@@ -80,19 +110,89 @@ def build_metrics(
         "features": list(job.feature_names),
         "model": {"kind": job.spec.kind, "parameters": job.layout.size, "digest": model_digest},
         "bytes_up_per_contributor": (
-            sum(r.bytes_up for r in rounds) / contributions if contributions else None
+            totals.bytes_up / totals.contributions if totals.contributions else None
         ),
         "bytes_down_per_contributor": (
-            sum(r.bytes_down for r in rounds) / requests if requests else None
+            totals.bytes_down / totals.requests if totals.requests else None
         ),
         "model_bytes_float32": job.layout.size * 4,
-        "seconds_total": sum(r.seconds for r in rounds),
+        "seconds_total": totals.seconds,
         "config": job.config.model_dump(mode="json"),
     }
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically, so a crash never leaves a half-written report."""
+class MetricsWriter:
+    """Writes DIR/metrics.json and appends to DIR/rounds.jsonl as rounds close."""
+
+    def __init__(
+        self,
+        out: Path,
+        job: PreparedJob,
+        baseline: BaselineResult | None = None,
+        *,
+        secure: SecureSummary | None = None,
+    ) -> None:
+        self.path = out / "metrics.json"
+        self.job, self.baseline, self.secure = job, baseline, secure
+        self.extra: dict[str, Any] = {}  # more top-level keys (e.g. ``deployment``)
+        self._rounds: list[str] = []  # each round's JSON, made once
+        self._totals = _Totals()
+        out.mkdir(parents=True, exist_ok=True)
+        self._log: IO[str] = (out / "rounds.jsonl").open("w", encoding="utf-8")
+
+    def add_round(self, record: RoundRecord, *, model_digest: str | None = None) -> None:
+        """Record a closed round and rewrite metrics.json with status "running"."""
+        self._rounds.append(json.dumps(round_entry(record), allow_nan=False))
+        self._totals.add(record)
+        self._log.write(json.dumps(record.to_json(), allow_nan=False) + "\n")
+        self._log.flush()
+        self.write(status="running", model_digest=model_digest)
+
+    def write(self, *, status: str, model_digest: str | None = None) -> str:
+        """Rewrite metrics.json atomically from the cached rounds; returns its text."""
+        head = _summary(
+            self.job,
+            self._totals,
+            self.baseline,
+            status=status,
+            model_digest=model_digest,
+            secure=self.secure,
+        )
+        text = json.dumps({**head, **self.extra}, indent=2, allow_nan=False)
+        rounds = "[" + ",\n    ".join(self._rounds) + "]" if self._rounds else "[]"
+        text = text.replace(json.dumps(_ROUNDS), rounds, 1) + "\n"
+        _write_text(self.path, text)
+        return text
+
+    def finish(
+        self, *, status: str = "finished", model_digest: str | None = None
+    ) -> dict[str, Any]:
+        """The last write; returns metrics.json's content."""
+        text = self.write(status=status, model_digest=model_digest)
+        self._log.close()
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+
+def build_metrics(
+    job: PreparedJob,
+    rounds: Sequence[RoundRecord],
+    baseline: BaselineResult | None,
+    *,
+    status: str,
+    model_digest: str | None = None,
+    secure: SecureSummary | None = None,
+) -> dict[str, Any]:
+    """metrics.json's content for ``rounds``, at once (``MetricsWriter`` keeps it as they close)."""
+    totals = _Totals()
+    for record in rounds:
+        totals.add(record)
+    data = _summary(job, totals, baseline, status=status, model_digest=model_digest, secure=secure)
+    data["rounds"] = [round_entry(r) for r in rounds]
+    return data
+
+
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

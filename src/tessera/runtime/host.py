@@ -52,9 +52,8 @@ from tessera.protocol.effects import (
     StartTimer,
 )
 from tessera.protocol.events import Event, TimerFired
+from tessera.protocol.timers import Timer
 from tessera.weights import Vector
-
-Timer = str  # the machines' timer names; the host only keys and orders their deadlines
 
 
 def train_seed(job_seed: int, round: int) -> int:

@@ -17,7 +17,6 @@ from tessera.storage.records import (
     JobRecord,
     MailItem,
     NodeRecord,
-    RoundRecord,
 )
 
 if TYPE_CHECKING:
@@ -43,7 +42,6 @@ __all__ = [
     "NodeRecord",
     "NotFound",
     "Replayed",
-    "RoundRecord",
     "Store",
     "StoreError",
 ]

@@ -69,14 +69,3 @@ class EventRecord:
     mail_id: int | None = None
     timer: str | None = None
     node: str | None = None
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """A closed round: its summary ``record`` and the sha256 of its weights artefact."""
-
-    job_id: str
-    round: int
-    closed_at: float
-    record: dict[str, Any]
-    weights: str

@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, exists, func, select, text
 
+from tessera.jobs.records import RoundRecord
 from tessera.storage import models as m
 from tessera.storage.database import Database
 from tessera.storage.errors import Conflict, NotFound, Replayed, StoreError
@@ -43,7 +44,6 @@ from tessera.storage.records import (
     JobRecord,
     MailItem,
     NodeRecord,
-    RoundRecord,
 )
 
 #: Snapshots kept per job: the newest is enough; one more survives a torn write elsewhere.
@@ -452,7 +452,7 @@ class Store(Database):
             for data, media_type in artefacts:
                 self._put_artefact(conn, data, media_type)
             for record in rounds:
-                self._put_round(conn, record)
+                self._put_round(conn, event.job_id, record)
             if values:
                 self._update_job(conn, event.job_id, values)
             if snapshot is not None:
@@ -485,15 +485,17 @@ class Store(Database):
             ).first()
         return None if row is None else (int(row.seq), bytes(row.data))
 
-    def _put_round(self, conn: Connection, record: RoundRecord) -> None:
+    def _put_round(self, conn: Connection, job_id: str, record: RoundRecord) -> None:
+        if record.weights is None:
+            raise ValueError(f"round {record.round}: a stored round names its weights artefact")
         if not conn.execute(select(exists().where(m.artefact.c.sha256 == record.weights))).scalar():
             raise NotFound(f"round {record.round}: no weights artefact {record.weights}")
-        self._require_job(conn, record.job_id)
+        self._require_job(conn, job_id)
         row = {
-            "job_id": record.job_id,
+            "job_id": job_id,
             "round": record.round,
             "closed_at": record.closed_at,
-            "record": record.record,
+            "record": record.to_json(),
             "weights": record.weights,
         }
         stmt = self._insert(m.round_).values(row)
@@ -522,18 +524,14 @@ class Store(Database):
         ]
 
     def rounds(self, job_id: str) -> list[RoundRecord]:
-        """The job's closed rounds, ascending round."""
+        """The job's closed rounds, ascending round (rows of older versions load too)."""
         with self._read() as conn:
             rows = conn.execute(
                 select(m.round_).where(m.round_.c.job_id == job_id).order_by(m.round_.c.round)
             ).all()
         return [
-            RoundRecord(
-                job_id=r.job_id,
-                round=r.round,
-                closed_at=r.closed_at,
-                record=r.record,
-                weights=r.weights,
+            RoundRecord.from_json(
+                {**r.record, "round": r.round, "closed_at": r.closed_at, "weights": r.weights}
             )
             for r in rows
         ]

@@ -38,7 +38,6 @@ import numpy.typing as npt
 
 from tessera.crypto.envelope import peek
 from tessera.ids import COORDINATOR, NodeId
-from tessera.protocol.codec import Kind
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.coordinator import Coordinator
 from tessera.protocol.effects import JobFinished, Rejected, RoundClosed, Send
@@ -49,6 +48,7 @@ from tessera.protocol.events import (
     LocalUpdateReady,
     MessageReceived,
 )
+from tessera.protocol.kinds import Kind
 from tessera.protocol.messages import (
     Sealed,
     TrainingDeclined,

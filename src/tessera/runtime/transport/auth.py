@@ -12,7 +12,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 
-from tessera.crypto.documents import SignedDocument, sign_document, verify_document
+from tessera.crypto.documents import (
+    DocumentKind,
+    SignedDocument,
+    sign_document,
+    verify_document,
+)
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 
@@ -20,7 +25,7 @@ NODE_HEADER = "x-tessera-node"
 TIME_HEADER = "x-tessera-time"
 SIGNATURE_HEADER = "x-tessera-signature"
 MAX_SKEW = 120.0
-_KIND = "request"
+_KIND = DocumentKind.REQUEST
 
 
 def sign_request(keys: NodeKeys, node: str, method: str, path: str, at: float) -> dict[str, str]:

@@ -23,7 +23,6 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.control import (
-    ControlKind,
     decode_aggregate_request,
     decode_decline,
     decode_train_request,
@@ -35,6 +34,8 @@ from tessera.protocol.control import (
 )
 from tessera.protocol.effects import Send
 from tessera.protocol.events import MessageReceived
+from tessera.protocol.kinds import Kind
+from tessera.protocol.limits import MAX_ENVELOPE_BYTES
 from tessera.protocol.messages import (
     AggregateRequest,
     Sealed,
@@ -42,7 +43,6 @@ from tessera.protocol.messages import (
     TrainRequest,
     UpdateSubmission,
 )
-from tessera.protocol.secure_coordinator import MAX_ENVELOPE_BYTES
 from tessera.weights import Vector
 
 WEIGHTS_MEDIA_TYPE = "application/vnd.tessera.weights+safetensors"
@@ -113,16 +113,16 @@ def to_envelope(
     sealed = False
     if isinstance(msg, TrainRequest):
         kind, round, payload = (
-            ControlKind.TRAIN,
+            Kind.TRAIN,
             msg.round,
             encode_train_request(msg, publish_weights(msg.weights)),
         )
     elif isinstance(msg, AggregateRequest):
-        kind, round, payload = ControlKind.ASSIGN, msg.round, encode_aggregate_request(msg)
+        kind, round, payload = Kind.ASSIGN, msg.round, encode_aggregate_request(msg)
     elif isinstance(msg, UpdateSubmission):
-        kind, round, payload, sealed = ControlKind.UPDATE, msg.round, encode_update(msg), True
+        kind, round, payload, sealed = Kind.UPDATE, msg.round, encode_update(msg), True
     elif isinstance(msg, TrainingDeclined):
-        kind, round, payload = ControlKind.DECLINE, msg.round, encode_decline(msg)
+        kind, round, payload = Kind.DECLINE, msg.round, encode_decline(msg)
     else:  # pragma: no cover - the Message union is closed
         raise TypeError(f"cannot send {type(msg).__name__}")
     data = seal(
@@ -138,8 +138,8 @@ def to_envelope(
     return Outgoing(send.recipient, sender, job_id, round, int(kind), peek(data).nonce, data)
 
 
-_FROM_COORDINATOR = {int(ControlKind.TRAIN), int(ControlKind.ASSIGN)}
-_TO_COORDINATOR = {int(ControlKind.UPDATE), int(ControlKind.DECLINE)}
+_FROM_COORDINATOR = {int(Kind.TRAIN), int(Kind.ASSIGN)}
+_TO_COORDINATOR = {int(Kind.UPDATE), int(Kind.DECLINE)}
 
 
 def from_envelope(
@@ -176,14 +176,14 @@ def from_envelope(
         max_bytes=MAX_ENVELOPE_BYTES,
         replay=replay,
     )
-    if env.kind == ControlKind.TRAIN:
+    if env.kind == Kind.TRAIN:
         if resolve_weights is None:
             raise RemoteProtocolError("this party takes no train requests")
         request = decode_train_request(env.payload, resolve_weights).request
         return MessageReceived(sender=env.sender, message=request)
-    if env.kind == ControlKind.ASSIGN:
+    if env.kind == Kind.ASSIGN:
         return MessageReceived(sender=env.sender, message=decode_aggregate_request(env.payload))
-    if env.kind == ControlKind.UPDATE:
+    if env.kind == Kind.UPDATE:
         if not env.sealed:
             raise RemoteProtocolError("updates must be sealed for the coordinator")
         return MessageReceived(sender=env.sender, message=decode_update(env.payload))

@@ -1,0 +1,159 @@
+"""Every role's transitions: a legal next state from its table, or a typed error and FAILED.
+
+The machines' own transition helpers are driven with random input
+sequences; whatever the sequence, each step either follows the table or
+raises ``LocalProtocolError`` with the machine (or seat, or round) left in
+FAILED, from which nothing moves on. docs/state-machines.md is generated
+from the same tables and must match them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tessera.crypto.fixedpoint import Ring
+from tessera.errors import LocalProtocolError
+from tessera.ids import JobId, NodeId
+from tessera.protocol import Contributor, Coordinator, RoundParams, make_strategy
+from tessera.protocol.aggregator import AggregatorRole, _seat
+from tessera.protocol.messages import AggregateRequest
+from tessera.protocol.secure_coordinator import SecureCoordinator, _RoundState
+from tessera.protocol.states import (
+    CONTRIBUTOR_TRANSITIONS,
+    COORDINATOR_TRANSITIONS,
+    ROLE_TRANSITIONS,
+    SECURE_ROUND_TRANSITIONS,
+    TABLES,
+    ContributorInput,
+    CoordinatorInput,
+    PhaseInput,
+    RoleInput,
+    RoleState,
+    RoundPhase,
+    mermaid,
+)
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "state-machines.md"
+
+
+def coordinator() -> tuple[Any, Callable[[Any], None], Callable[[], Enum]]:
+    c = Coordinator(
+        RoundParams(job_id=JobId("j"), rounds=2),
+        [NodeId("a")],
+        np.zeros(2, np.float32),
+        make_strategy("fedavg"),
+    )
+    return c, c._transition, lambda: c.state
+
+
+def contributor() -> tuple[Any, Callable[[Any], None], Callable[[], Enum]]:
+    c = Contributor(NodeId("a"), JobId("j"))
+    return c, c._transition, lambda: c.state
+
+
+def seat() -> tuple[Any, Callable[[Any], None], Callable[[], Enum]]:
+    request = AggregateRequest(
+        job_id=JobId("j"),
+        round=0,
+        group="L0-0",
+        position=0,
+        inputs=("a",),
+        senders=("a",),
+        leaf=True,
+        parent=NodeId("p"),
+        parent_group="",
+        report_at=1.0,
+        ring_bits=32,
+        frac_bits=16,
+        ring_terms=4,
+        length=3,
+        tree_digest="0" * 64,
+    )
+    role = AggregatorRole(request, Ring(bits=32, frac_bits=16, terms=4), {"a": NodeId("a")})
+    return role, lambda what: _seat(role, what), lambda: role.state
+
+
+def secure_round() -> tuple[Any, Callable[[Any], None], Callable[[], Enum]]:
+    rs = _RoundState.__new__(_RoundState)
+    rs.phase = RoundPhase.AGGREGATING
+    machine = SecureCoordinator.__new__(SecureCoordinator)
+    return rs, lambda what: SecureCoordinator._phase(machine, rs, what), lambda: rs.phase
+
+
+CASES = [
+    (coordinator, CoordinatorInput, COORDINATOR_TRANSITIONS),
+    (contributor, ContributorInput, CONTRIBUTOR_TRANSITIONS),
+    (seat, RoleInput, ROLE_TRANSITIONS),
+    (secure_round, PhaseInput, SECURE_ROUND_TRANSITIONS),
+]
+
+
+@pytest.mark.parametrize(("make", "inputs", "table"), CASES, ids=[c[1].__name__ for c in CASES])
+@given(data=st.data())
+def test_a_step_follows_the_table_or_fails_for_good(
+    make: Callable[[], tuple[Any, Callable[[Any], None], Callable[[], Enum]]],
+    inputs: type[Enum],
+    table: dict[tuple[Enum, Enum], Enum],
+    data: st.DataObject,
+) -> None:
+    _, step, state = make()
+    for what in data.draw(st.lists(st.sampled_from(list(inputs)), max_size=12)):
+        before = state()
+        expected = table.get((before, what))
+        if expected is not None:
+            step(what)
+            assert state() is expected
+            continue
+        with pytest.raises(LocalProtocolError):
+            step(what)
+        assert state().name == "FAILED"
+        for again in inputs:  # nothing leaves FAILED
+            with pytest.raises(LocalProtocolError):
+                step(again)
+        return
+
+
+def test_every_seat_and_round_state_is_reachable() -> None:
+    for table, start in (
+        (ROLE_TRANSITIONS, RoleState.COLLECTING),
+        (SECURE_ROUND_TRANSITIONS, RoundPhase.AGGREGATING),
+    ):
+        seen, frontier = {start}, [start]
+        while frontier:
+            s = frontier.pop()
+            for (a, _), b in table.items():
+                if a is s and b not in seen:
+                    seen.add(b)
+                    frontier.append(b)
+        assert seen == {s for s in type(start) if s.name != "FAILED"}
+
+
+def diagrams() -> str:
+    parts = [
+        "# State machines",
+        "",
+        "Generated from `protocol/states.py` (checked by"
+        " `tests/protocol/test_state_tables.py`); any pair not drawn is a bug that"
+        " moves the machine to FAILED.",
+        "",
+    ]
+    for name, table in TABLES.items():
+        parts += [f"## {name}", "", "```mermaid", mermaid(table), "```", ""]
+    return "\n".join(parts)
+
+
+def test_the_docs_show_the_tables_as_they_are() -> None:
+    regenerate = ".venv/bin/python tests/protocol/test_state_tables.py"
+    assert DOC.read_text() == diagrams(), f"stale: regenerate with {regenerate}"
+
+
+if __name__ == "__main__":
+    DOC.write_text(diagrams())
