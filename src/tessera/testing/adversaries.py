@@ -1,4 +1,13 @@
-"""Adversaries for tests and drills: real machines that misbehave on purpose."""
+"""Adversaries for tests and drills: real machines that misbehave on purpose, no mocks.
+
+Each is the honest machine with one thing changed, so a test shows that the
+honest parties around it catch or refuse exactly that:
+
+- ``TamperingAggregator`` adds an offset to the sums it passes on (audits name it);
+- ``SilentAggregator`` takes its seats and never answers (a backup replaces it);
+- ``TruncatingContributor`` sends updates of the wrong length (the coordinator refuses them);
+- ``replay`` delivers a captured message again (replay guards refuse it).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,13 @@ import numpy as np
 
 from tessera.crypto.fixedpoint import Words
 from tessera.crypto.sharing import Share
+from tessera.ids import NodeId
 from tessera.protocol.aggregator import Aggregator, AggregatorRole
+from tessera.protocol.contributor import Contributor
+from tessera.protocol.effects import Effect
+from tessera.protocol.events import Event, LocalUpdateReady
+from tessera.testing.federation import MiniFederation
+from tessera.testing.network import Wire
 
 
 class TamperingAggregator(Aggregator):
@@ -24,3 +39,29 @@ class TamperingAggregator(Aggregator):
             words = words.copy()
             words[0] += words.dtype.type(self.offset)
         return np.asarray(words)
+
+
+class SilentAggregator(Aggregator):
+    """Accepts nothing and answers nothing: a crashed or withholding aggregator."""
+
+    def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002
+        return []
+
+
+class TruncatingContributor(Contributor):
+    """Sends every update one coordinate short."""
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        if isinstance(event, LocalUpdateReady):
+            event = LocalUpdateReady(
+                round=event.round,
+                delta=event.delta[:-1].copy(),
+                num_samples=event.num_samples,
+                loss=event.loss,
+            )
+        return super().handle(event, now)
+
+
+def replay(fed: MiniFederation, wire: Wire, *, to: NodeId | None = None) -> list[Effect]:
+    """Deliver a captured message again (to its recipient, or to ``to``)."""
+    return fed.deliver(Wire(wire.sender, to or wire.recipient, wire.message))
