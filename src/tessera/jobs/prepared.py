@@ -105,7 +105,7 @@ def model_spec_of(cfg: JobConfig, pre: Preprocessor) -> ModelSpec:
 def recipe_of(cfg: JobConfig) -> Recipe:
     r = cfg.recipe
     return Recipe(
-        loss=cfg.loss,  # type: ignore[arg-type]
+        loss=cfg.loss,
         optimizer=r.optimizer,
         lr=r.lr,
         momentum=r.momentum,
