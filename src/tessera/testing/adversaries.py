@@ -11,15 +11,19 @@ honest parties around it catch or refuse exactly that:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from tessera.crypto.fixedpoint import Words
+from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import Share
-from tessera.ids import NodeId
+from tessera.ids import JobId, NodeId
 from tessera.protocol.aggregator import Aggregator, AggregatorRole
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.effects import Effect
 from tessera.protocol.events import Event, LocalUpdateReady
+from tessera.protocol.treecheck import TreeCheck
 from tessera.testing.federation import MiniFederation
 from tessera.testing.network import Wire
 
@@ -28,8 +32,18 @@ class TamperingAggregator(Aggregator):
     """Adds ``offset`` (in ring units) to the first coordinate of every sum it passes on,
     for the groups in ``targets`` (all of its groups when empty)."""
 
-    def __init__(self, *args: object, offset: int = 12345, targets: tuple[str, ...] = ()) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        node: NodeId,
+        job_id: JobId,
+        keys: NodeKeys,
+        directory: Mapping[NodeId, PublicKeys],
+        tree_check: TreeCheck | None = None,
+        *,
+        offset: int = 12345,
+        targets: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(node, job_id, keys, directory, tree_check)
         self.offset = offset
         self.targets = targets
 
