@@ -5,13 +5,20 @@ honest parties around it catch or refuse exactly that:
 
 - ``TamperingAggregator`` adds an offset to the sums it passes on (audits name it);
 - ``SilentAggregator`` takes its seats and never answers (a backup replaces it);
-- ``TruncatingContributor`` sends updates of the wrong length (the coordinator refuses them);
-- ``replay`` delivers a captured message again (replay guards refuse it).
+- ``TruncatingContributor`` sends updates of the wrong length (the plaintext
+  coordinator, or in a secure round every aggregator, refuses them);
+- ``Replaying`` wraps any machine and sends each of its messages again
+  (the coordinator's answered set, or the aggregators' replay guards, refuse
+  the copies);
+- ``replay`` delivers one captured message again, at any later moment.
+
+    fed = plaintext_federation(nodes=3)
+    fed.hosts[NodeId("node-001")].machine = Replaying(fed.nodes[NodeId("node-001")])
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -21,9 +28,10 @@ from tessera.crypto.sharing import Share
 from tessera.ids import JobId, NodeId
 from tessera.protocol.aggregator import Aggregator, AggregatorRole
 from tessera.protocol.contributor import Contributor
-from tessera.protocol.effects import Effect
+from tessera.protocol.effects import Effect, Send
 from tessera.protocol.events import Event, LocalUpdateReady
 from tessera.protocol.treecheck import TreeCheck
+from tessera.runtime.host import Machine
 from tessera.testing.federation import MiniFederation
 from tessera.testing.network import Wire
 
@@ -74,6 +82,29 @@ class TruncatingContributor(Contributor):
                 loss=event.loss,
             )
         return super().handle(event, now)
+
+
+class Replaying:
+    """Any machine whose messages (those ``match`` accepts) go out ``copies`` more times."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        match: Callable[[Send], bool] | None = None,
+        *,
+        copies: int = 1,
+    ) -> None:
+        self.machine = machine
+        self.match = match
+        self.copies = copies
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        for effect in self.machine.handle(event, now):
+            out.append(effect)
+            if isinstance(effect, Send) and (self.match is None or self.match(effect)):
+                out += [effect] * self.copies
+        return out
 
 
 def replay(fed: MiniFederation, wire: Wire, *, to: NodeId | None = None) -> list[Effect]:

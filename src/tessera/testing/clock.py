@@ -1,4 +1,13 @@
-"""A clock the test moves: the hosts' ``Clock``, with no time passing on its own."""
+"""A clock the test moves: the hosts' ``Clock``, with no time passing on its own.
+
+``now()`` answers ``time`` until the test moves it; every timer a host sets
+is recorded in ``wakes`` as (actor, deadline), and compute costs nothing. A
+``MiniFederation`` owns one and moves it in ``advance``, firing every host's
+due timers in deadline order; on its own it is a plain settable clock:
+
+    clock = ManualClock(100.0)
+    clock.advance(130.0)        # never backwards
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,12 @@ class ManualClock:
 
     def now(self) -> float:
         return self.time
+
+    def advance(self, to: float) -> None:
+        """Move the clock to ``to``; moving it back is refused (no host expects that)."""
+        if to < self.time:
+            raise ValueError(f"time runs forward: the clock reads {self.time}, not before {to}")
+        self.time = to
 
     def wake(self, actor: NodeId, at: float) -> None:
         self.wakes.append((actor, at))

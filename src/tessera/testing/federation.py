@@ -4,25 +4,33 @@
 machine) in the same ``runtime.host.Host`` the simulator and the deployed
 parties use, with a ``ManualClock`` and an ``InMemoryNetwork``: nothing
 moves until the test says so. ``step`` delivers one queued message, ``run``
-delivers until the queue is dry, ``advance`` moves the clock and fires every
-timer due, in deadline order; ``inject`` hands a machine any message at all.
-Training requests are recorded (``tasks``) and answered by the test
-(``answer``) or at once by a ``trainer`` function. Refusals, closed rounds
-and the end of the job are recorded for assertions.
+delivers until the queue is dry, ``advance`` moves the clock (to a time, or
+to the next deadline) and fires every timer due, in deadline order;
+``settle`` alternates the two until the federation is quiet; ``inject``
+hands a machine any message at all. Training requests are recorded
+(``tasks``) and answered by the test, with fixed updates (``train``) or a
+function of the task (``answer``), or at once by a ``trainer`` function.
+Refusals, closed rounds and the end of the job are recorded for assertions.
 
     fed = plaintext_federation(nodes=5, strategy="fedadam")
     fed.begin()                                  # round 0's train requests are queued
     fed.run()                                    # ...and delivered: tasks recorded
     fed.answer(fixed_updates(fed, seed=1))       # every node's update goes out
-    fed.run()
+    fed.run()                                    # round 0 closes, round 1's requests arrive
     assert fed.closed[0].participants == 5
+
+    fed.train({n: Update(delta=np.ones(4, np.float32)) for n in fed.nodes})
+    fed.settle()                                 # deliver, fire deadlines: the job ends
+    assert fed.finished is not None
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol.coordinator import Coordinator
@@ -42,7 +50,18 @@ Trainer = Callable[[NodeId, TrainingTask], Event | None]
 """Answers a node's training task at once (an event), or leaves it to the test (None)."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Update:
+    """A node's training result, as a test writes it down (``MiniFederation.train``)."""
+
+    delta: npt.NDArray[np.float32]
+    num_samples: int = 1
+    loss: float = 0.0
+
+
 class MiniFederation(Observer):
+    """Real machines in real hosts on an in-memory network; see the module docstring."""
+
     def __init__(
         self,
         coordinator: Machine,
@@ -125,9 +144,14 @@ class MiniFederation(Observer):
         if until is not None and not until():
             raise AssertionError("the federation went quiet before the condition held")
 
-    def advance(self, to: float) -> int:
-        """Move the clock to ``to`` and fire every due timer, earliest first; how many fired."""
-        self.clock.time = to
+    def advance(self, to: float | None = None) -> int:
+        """Move the clock to ``to`` (default: the next deadline) and fire every due timer,
+        earliest first; how many fired. Messages the timers send are queued, not delivered."""
+        if to is None:
+            if not self.timers:
+                return 0
+            to = max(self.clock.time, min(self.timers.values()))
+        self.clock.advance(to)
         fired = 0
         while True:
             due = [(h.timers[t][0], a, t) for a, h in self.hosts.items() for t in h.due(to)]
@@ -136,6 +160,32 @@ class MiniFederation(Observer):
             _, actor, timer = min(due, key=lambda d: d[0])
             self.hosts[actor].fire(timer, to)
             fired += 1
+
+    def settle(self, until: Callable[[], bool] | None = None, max_timers: int = 10_000) -> None:
+        """Deliver everything, then fire the next deadline, and again, until nothing is
+        queued or pending (or ``until`` holds): what the deadlines of a stalled round do."""
+        for _ in range(max_timers):
+            self.run()
+            if (until is not None and until()) or not self.advance():
+                break
+        if until is not None and not until():
+            raise AssertionError("the federation settled before the condition held")
+
+    def train(self, updates: Mapping[NodeId, Update]) -> None:
+        """Each named node's recorded training task finishes with its ``Update``."""
+        for node, update in updates.items():
+            task = self.tasks.pop(node, None)
+            if task is None:
+                raise LookupError(f"{node} has no training task to finish")
+            self.handle(
+                node,
+                LocalUpdateReady(
+                    round=task.round,
+                    delta=update.delta,
+                    num_samples=update.num_samples,
+                    loss=update.loss,
+                ),
+            )
 
     def answer(self, trainer: Trainer, nodes: Sequence[NodeId] | None = None) -> None:
         """Answer the recorded training tasks (of ``nodes``, default all) with ``trainer``."""
