@@ -439,6 +439,52 @@ def test_mail_out_of_place_is_refused(
     refused(coord, post_mail(coord, to_d), 400, f"node-d is not a participant of {JOB}", before)
 
 
+def test_the_relay_stores_only_registered_kinds_within_their_own_limits(
+    coord: Harness, nodes: dict[str, Node], running: Any
+) -> None:
+    """Before each kind had its limit, both were stored: any kind, up to 64 MiB."""
+    from tessera.crypto.envelope import seal
+    from tessera.protocol.limits import ENVELOPE_LIMITS
+
+    a = nodes["node-a"]
+
+    def envelope(kind: int, size: int) -> bytes:
+        return seal(
+            kind=kind,
+            job_id=JOB,
+            round=0,
+            sender="node-a",
+            recipient="node-b" if kind != Kind.REPORT else COORDINATOR,
+            payload=bytes(size),
+            sender_keys=a.keys,
+            recipient_public=None,
+        )
+
+    before = coord.snapshot()
+    refused(coord, post_mail(coord, envelope(0x60, 100)), 400, "unknown envelope kind 96", before)
+    big = envelope(int(Kind.REPORT), ENVELOPE_LIMITS[Kind.REPORT])
+    refused(coord, post_mail(coord, big), 413, "a report envelope is too large", before)
+    # Signature unchecked: the size alone refuses it.
+    forged = big[:-1] + bytes([big[-1] ^ 1])
+    refused(coord, post_mail(coord, forged), 413, "a report envelope is too large", before)
+
+
+def test_a_model_larger_than_the_protocol_carries_is_refused_at_submission(
+    coord: Harness,
+) -> None:
+    """Its shares or updates could never be relayed: the provider hears it now, not mid-round."""
+    from tessera.protocol.limits import MAX_PARAMETERS
+
+    doc, _ = tiny_job()
+    weights = {**doc.body["weights"], "length": MAX_PARAMETERS + 1}
+    bad = sign_document(AI, "job", {**doc.body, "weights": weights})
+    before = coord.snapshot()
+    answer = coord.http.post("/v1/jobs", json={"document": bad.to_json()})
+    assert answer.status_code == 422, answer.text
+    assert f"over the {MAX_PARAMETERS:,} allowed" in answer.json()["detail"]
+    assert coord.snapshot() == before
+
+
 # -- signed mailbox pulls ------------------------------------------------------------------
 
 
