@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import ast
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 
-from tessera.crypto.envelope import MAX_ID_BYTES, peek, seal
+from tessera.crypto.envelope import MAX_ID_BYTES, open_envelope, peek, seal
 from tessera.crypto.fixedpoint import Ring
 from tessera.crypto.keys import NodeKeys
 from tessera.crypto.sharing import FullShare
-from tessera.errors import InvalidEnvelope
+from tessera.errors import InvalidEnvelope, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol import limits
-from tessera.protocol.codec import Report, encode_report, encode_share
+from tessera.protocol.audit import decode_evidence
+from tessera.protocol.codec import (
+    Report,
+    decode_labelled,
+    decode_partial,
+    decode_share,
+    encode_report,
+    encode_share,
+)
 from tessera.protocol.control import encode_update
 from tessera.protocol.effects import Send
 from tessera.protocol.events import LocalTrainingFailed
-from tessera.protocol.kinds import Kind
+from tessera.protocol.kinds import CODEC, Codec, Kind
 from tessera.protocol.messages import Sealed, UpdateSubmission
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams
@@ -84,8 +95,26 @@ def test_a_plaintext_update_of_the_largest_model_fits_its_kind() -> None:
     assert len(_sealed(Kind.UPDATE, encode_update(update))) <= LIMITS[Kind.UPDATE]
 
 
-def _secure_round_with_a_replacement() -> list[tuple[int, int]]:
-    """(kind, size) of every envelope a secure round sends when one aggregator is silent."""
+Sent = list[tuple[int, int, bytes]]  # (kind, envelope size, opened payload)
+
+
+def _opened(data: bytes, keys: Mapping[NodeId, NodeKeys]) -> tuple[int, int, bytes]:
+    head = peek(data)
+    env = open_envelope(
+        data,
+        recipient_keys=keys[NodeId(head.recipient)],
+        directory={n: k.public for n, k in keys.items()},
+        expect_job=head.job_id,
+        expect_round=None,
+        expect_recipient=None,
+        max_bytes=len(data),
+        replay=None,
+    )
+    return head.kind, len(data), env.payload
+
+
+def _secure_round_with_a_replacement() -> Sent:
+    """Every envelope a secure round sends when one aggregator is silent."""
     fed = secure_federation(9, secure=SECURE, dim=3)
     fed.begin()
     seat = next(
@@ -102,11 +131,13 @@ def _secure_round_with_a_replacement() -> list[tuple[int, int]]:
         if fed.closed:
             break
     assert fed.closed and not fed.closed[0].skipped
-    return [(w.kind, len(w.data)) for w in fed.delivered if w.kind is not None]
+    keys = {n: m.aggregator.keys for n, m in fed.nodes.items()}  # type: ignore[attr-defined]
+    keys[COORDINATOR] = fed.coordinator.keys  # type: ignore[attr-defined]
+    return [_opened(w.data, keys) for w in fed.delivered if w.kind is not None]
 
 
-def _control_envelopes() -> list[tuple[int, int]]:
-    """(kind, size) of every control message a plaintext and a secure round send, as mail."""
+def _control_envelopes() -> Sent:
+    """Every control message a plaintext and a secure round send, as mail."""
     fed = plaintext_federation(nodes=3, dim=4, rounds=1)
     fed.begin()
     fed.run()
@@ -120,7 +151,6 @@ def _control_envelopes() -> list[tuple[int, int]]:
     sfed.begin()
     messages += [(w.sender, w.recipient, w.message) for w in sfed.network.queue]
     keys = {n: NodeKeys.from_seed(n.encode()) for s, r, _ in messages for n in (s, r)}
-    directory = {n: k.public for n, k in keys.items()}
     out = []
     for sender, recipient, message in messages:
         if isinstance(message, Sealed):
@@ -130,21 +160,62 @@ def _control_envelopes() -> list[tuple[int, int]]:
             sender=sender,
             job_id="job",
             keys=keys[sender],
-            directory=directory,
+            directory={n: k.public for n, k in keys.items()},
             publish_weights=lambda _: "0" * 64,
         )
-        out.append((mail.kind, len(mail.data)))
+        out.append(_opened(mail.data, keys))
     return out
 
 
-def test_every_kind_a_round_sends_is_registered_and_within_its_limit() -> None:
-    sent = _secure_round_with_a_replacement() + _control_envelopes()
-    kinds = {k for k, _ in sent}
+@pytest.fixture(scope="module")
+def sent() -> Sent:
+    return _secure_round_with_a_replacement() + _control_envelopes()
+
+
+def test_every_kind_a_round_sends_is_registered_and_within_its_limit(sent: Sent) -> None:
+    kinds = {k for k, _, _ in sent}
     assert kinds <= set(Kind)
     # The scenario reaches most of the registry (the rest only on failures it has no
-    # adversary for: accusations, audit requests).
+    # adversary for: accusations, audit requests, a failed upper aggregator).
     assert kinds >= set(Kind) - {Kind.ACCUSE, Kind.AUDIT_REQUEST, Kind.RESEND_PARTIAL}
-    assert all(size <= LIMITS[Kind(k)] for k, size in sent)
+    assert all(size <= LIMITS[Kind(k)] for k, size, _ in sent)
+
+
+def _reads(read: Callable[[bytes], object]) -> Callable[[bytes], bool]:
+    def reads(payload: bytes) -> bool:
+        try:
+            return read(payload) is not False
+        except (ValueError, TypeError, RemoteProtocolError, msgpack.UnpackException):
+            return False
+
+    return reads
+
+
+def _ring(payload: bytes) -> object:
+    try:
+        return decode_share(payload)
+    except RemoteProtocolError:
+        return decode_partial(payload)
+
+
+def _labelled(payload: bytes) -> object:
+    _, _, body = decode_labelled(payload)
+    return body == b"" or decode_evidence(body)  # an audit request, or evidence
+
+
+READERS = {
+    Codec.RING: _reads(_ring),
+    Codec.JSON: _reads(lambda p: isinstance(json.loads(p), dict)),
+    Codec.LABELLED: _reads(_labelled),
+    Codec.MSGPACK: _reads(lambda p: set(msgpack.unpackb(p, raw=False)) >= {"v", "k"}),
+}
+
+
+def test_each_payload_is_read_by_its_registered_codec_and_no_other(sent: Sent) -> None:
+    assert set(READERS) == set(Codec)
+    for kind, _, payload in sent:
+        readers = {codec for codec, reads in READERS.items() if reads(payload)}
+        assert readers == {CODEC[Kind(kind)]}, Kind(kind)
 
 
 def _int_constants(tree: ast.Module) -> dict[str, int]:
