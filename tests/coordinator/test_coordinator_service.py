@@ -485,6 +485,38 @@ def test_a_model_larger_than_the_protocol_carries_is_refused_at_submission(
     assert coord.snapshot() == before
 
 
+def test_an_audited_secure_job_whose_evidence_cannot_be_relayed_is_refused(
+    coord: Harness,
+) -> None:
+    """Evidence carries a parent's fan_in child sums verbatim: 8 x 1.1M words is over 64 MiB."""
+    doc, _ = tiny_job()
+    b = doc.body
+    secure = {**b["config"]["secure"], "enabled": True, "max_weight": 10.0}
+    recipe = {**b["config"]["recipe"], "clip_norm": 1.0}
+
+    def submit(n_weights: int, *, audit: bool) -> str:
+        body = {
+            **b,
+            "config": {**b["config"], "recipe": recipe, "secure": {**secure, "audit": audit}},
+            "recipe": {**b["recipe"], "clip_norm": 1.0},
+            "weights": {**b["weights"], "length": n_weights},
+            "min_consents": 60,  # enough nodes for the default tree
+        }
+        answer = coord.http.post(
+            "/v1/jobs", json={"document": sign_document(AI, "job", body).to_json()}
+        )
+        assert answer.status_code == 422, answer.text
+        detail: str = answer.json()["detail"]
+        return detail
+
+    before = coord.snapshot()
+    assert "audit evidence for 1,100,000 weights would reach" in submit(1_100_000, audit=True)
+    # Without audits, or a model whose evidence fits, it gets as far as the weights.
+    assert "upload the initial weights" in submit(1_100_000, audit=False)
+    assert "upload the initial weights" in submit(1_000_000, audit=True)
+    assert coord.snapshot() == before
+
+
 # -- signed mailbox pulls ------------------------------------------------------------------
 
 

@@ -113,9 +113,9 @@ def _opened(data: bytes, keys: Mapping[NodeId, NodeKeys]) -> tuple[int, int, byt
     return head.kind, len(data), env.payload
 
 
-def _secure_round_with_a_replacement() -> Sent:
+def _secure_round_with_a_replacement(dim: int = 3) -> Sent:
     """Every envelope a secure round sends when one aggregator is silent."""
-    fed = secure_federation(9, secure=SECURE, dim=3)
+    fed = secure_federation(9, secure=SECURE, dim=dim)
     fed.begin()
     seat = next(
         w.recipient for w in fed.network.queue if type(w.message).__name__ == "AggregateRequest"
@@ -179,6 +179,17 @@ def test_every_kind_a_round_sends_is_registered_and_within_its_limit(sent: Sent)
     # adversary for: accusations, audit requests, a failed upper aggregator).
     assert kinds >= set(Kind) - {Kind.ACCUSE, Kind.AUDIT_REQUEST, Kind.RESEND_PARTIAL}
     assert all(size <= LIMITS[Kind(k)] for k, size, _ in sent)
+
+
+def test_the_evidence_bound_holds_for_the_evidence_a_round_sends() -> None:
+    """Where the words dominate, every evidence envelope is within ``evidence_bytes``."""
+    dim = 20_000
+    tree = SECURE.tree
+    bound = limits.evidence_bytes(dim, k=tree.k, group_size=tree.group_size, fan_in=tree.fan_in)
+    sent = _secure_round_with_a_replacement(dim)
+    sizes = [size for kind, size, _ in sent if kind == Kind.EVIDENCE]
+    assert sizes and max(sizes) <= bound
+    assert max(sizes) > 2 * dim * 4  # several full vectors (a 32-bit ring here): not vacuous
 
 
 def _reads(read: Callable[[bytes], object]) -> Callable[[bytes], bool]:

@@ -26,7 +26,12 @@ from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError, Te
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec, check_tree_feasible
 from tessera.protocol.kinds import REGISTRATION_KIND, Kind
-from tessera.protocol.limits import ENVELOPE_LIMITS, MAX_ENVELOPE_BYTES, MAX_PARAMETERS
+from tessera.protocol.limits import (
+    ENVELOPE_LIMITS,
+    MAX_ENVELOPE_BYTES,
+    MAX_PARAMETERS,
+    evidence_bytes,
+)
 from tessera.runtime.transport.mail import read_weights_artefact
 from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
 
@@ -173,6 +178,18 @@ class CoordinatorService:
             raise Refused(
                 422, f"a model of {spec.n_weights:,} weights is over the {MAX_PARAMETERS:,} allowed"
             )
+        if spec.secure and spec.secure_params().audit:  # nor could its audits' evidence
+            tree = spec.secure_params().tree
+            need = evidence_bytes(
+                spec.n_weights, k=tree.k, group_size=tree.group_size, fan_in=tree.fan_in
+            )
+            if need > ENVELOPE_LIMITS[Kind.EVIDENCE]:
+                raise Refused(
+                    422,
+                    f"audit evidence for {spec.n_weights:,} weights would reach {need >> 20} MiB, "
+                    f"over the {ENVELOPE_LIMITS[Kind.EVIDENCE] >> 20} MiB an envelope carries: "
+                    "lower secure.fan_in or secure.group_size, or set secure.audit = false",
+                )
         try:
             read_weights_artefact(
                 self.store.get_artefact(spec.weights_sha256), spec.weights_sha256, spec.n_weights

@@ -22,7 +22,8 @@ from types import MappingProxyType
 from tessera.crypto.documents import MAX_DOCUMENT_BYTES
 from tessera.protocol.kinds import Kind
 
-#: The largest model the protocol carries; the node catalogue's default bound.
+#: The largest model the protocol carries; the node catalogue's default bound. An audited
+#: secure job is bounded lower, by its evidence (``evidence_bytes``): about 1M at the default tree.
 MAX_PARAMETERS = 5_000_000
 #: Ring words are at most 64 bits; a share or sum adds two words (loss, weight).
 MAX_RING_BYTES = 8
@@ -67,6 +68,20 @@ ENVELOPE_LIMITS: Mapping[Kind, int] = MappingProxyType(
         Kind.DECLINE: MAX_ASSIGNMENT_BYTES,
     }
 )
+
+
+def evidence_bytes(length: int, *, k: int, group_size: int, fan_in: int) -> int:
+    """The largest evidence an aggregator sends for ``length``-word vectors, audits on.
+
+    Evidence holds every box the aggregator summed, verbatim: a leaf seat holds
+    about ``group_size / k`` full shares (the full share rotates over the
+    positions; a balanced group may be one over), a parent seat one sum per
+    child group, up to ``fan_in``. Each box brings its envelope and its key.
+    """
+    full = max(-(-group_size // k) + 1, fan_in)
+    boxes = max(group_size + 1, fan_in) + 1  # the inputs and the commitment
+    return full * (length + 2) * MAX_RING_BYTES + boxes * ENVELOPE_SLACK
+
 
 #: The coordinator's HTTP body: envelopes, or documents (smaller).
 COORDINATOR_BODY = MAX_ENVELOPE_BYTES
