@@ -192,7 +192,6 @@ class _Fixed:
 @pytest.mark.parametrize("cut", [0, 2])
 def test_restored_secure_coordinator_finishes_with_the_same_model(cut: int) -> None:
     """Through the whole secure protocol, with dropouts and failing aggregators."""
-
     nodes = [NodeId(f"node-{i:03d}") for i in range(30)]
     params = RoundParams(job_id=JobId("s"), rounds=5, fraction=1.0, round_timeout=5.0, seed=2)
     secure = SecureParams(
