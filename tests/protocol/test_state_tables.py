@@ -136,6 +136,16 @@ def test_every_seat_and_round_state_is_reachable() -> None:
         assert seen == {s for s in type(start) if s.name != "FAILED"}
 
 
+@pytest.mark.parametrize("name", list(TABLES))
+def test_each_diagram_draws_every_row_of_its_table_and_nothing_else(name: str) -> None:
+    table = TABLES[name]
+    header, *edges = mermaid(table).splitlines()
+    assert header == "stateDiagram-v2"
+    rows = {f"    {s.name} --> {n.name}: {i.value}" for (s, i), n in table.items()}
+    assert sorted(edges) == sorted(rows)
+    assert len(rows) == len(table)  # no two rows draw the same edge
+
+
 def diagrams() -> str:
     parts = [
         "# State machines",

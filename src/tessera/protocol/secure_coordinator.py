@@ -30,6 +30,13 @@ Theory of operation, per round (DESIGN.md steps 3 to 7):
 
 Deadlines drive every phase (``now`` comes with each event); the machine
 does no I/O and keeps no clock.
+
+Snapshots follow ``protocol.coordinator``'s contract, and hold nothing
+more: everything a freshly opened round holds (tree, ring, seats, spares,
+deadlines, the replay guard's floor) is derived from the seed, the round,
+the withdrawn nodes and the ``now`` it opened at, so ``restore`` re-derives
+it by opening that round again. Keys, directory and organisations are
+construction arguments, passed again to ``restore``.
 """
 
 from __future__ import annotations
