@@ -33,7 +33,7 @@ from tessera.protocol.topology import TreeParams
 from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
 from tessera.runtime.sim.secure import build_secure
 
-from .secure_kit import changed, machine_state
+from .secure_kit import Federation, changed, is_report, machine_state
 
 P = 5
 NODES = [NodeId(f"n{i}") for i in range(6)]
@@ -156,6 +156,20 @@ def test_a_snapshot_mid_round_is_refused() -> None:
     coordinator.handle(MessageReceived(sender=node, message=update), 1.0)
     with pytest.raises(LocalProtocolError, match="as a round opens"):
         coordinator.snapshot()  # its progress would be lost
+
+
+def test_a_secure_snapshot_mid_round_is_refused() -> None:
+    fed = Federation()
+    fed.start()
+    fed.coordinator.snapshot()  # round 0 just opened: fine
+    fed.train()
+    fed.run(until=lambda: any(is_report(w) for w in fed.delivered))
+    with pytest.raises(LocalProtocolError, match="as a round opens"):
+        fed.coordinator.snapshot()  # the report would be lost
+    fed.run()
+    assert fed.closed_round().round == 0  # the job's one round: nothing is open
+    with pytest.raises(LocalProtocolError, match="open round"):
+        fed.coordinator.snapshot()
 
 
 def test_a_snapshot_for_another_model_is_refused() -> None:
