@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/tessera demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest -n 2 --dist loadgroup --cov
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
