@@ -9,7 +9,8 @@ reports R^2. rounds.jsonl holds one line per round: the whole record,
 contributor ids included (who was in each round, for audits).
 
 One writer, ``MetricsWriter``, keeps both current round by round, so a
-crash loses at most the round in flight. Its cost per round does not grow
+crash loses at most the round in flight; a new writer on the same DIR (a
+new run) starts both afresh. Its cost per round does not grow
 with the run: each round is serialised once, when it closes, and
 metrics.json is rewritten from those pieces and a few running totals
 (re-serialising every earlier round, with its thousands of contributor ids,
