@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,8 +72,86 @@ def test_each_round_is_serialised_once(
         return real(record)
 
     monkeypatch.setattr(metrics, "round_entry", counted)
+    facts: list[PreparedJob] = []
+    real_facts = metrics._facts
+
+    def counted_facts(j: PreparedJob, *rest: Any) -> dict[str, Any]:
+        facts.append(j)
+        return real_facts(j, *rest)
+
+    monkeypatch.setattr(metrics, "_facts", counted_facts)
     writer = MetricsWriter(tmp_path, job)
     for record in rounds(30, 5):
         writer.add_round(record)
     writer.finish()
     assert calls == list(range(30))  # once each, in order; never the earlier ones again
+    assert facts == [job]  # what the job is (sizes, config) is worked out once, not per round
+
+
+def before_the_writer(records: list[RoundRecord]) -> list[dict[str, Any]]:
+    """metrics.json's rounds as build_metrics made them before MetricsWriter (verbatim)."""
+
+    def finite(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
+    return [
+        {
+            **{k: v for k, v in dataclasses.asdict(r).items() if k != "included"},
+            "train_loss": finite(r.train_loss),
+            "value": finite(r.value),
+        }
+        for r in records
+    ]
+
+
+def test_rounds_read_as_before_the_writer(tmp_path: Path, job: PreparedJob) -> None:
+    """Same keys in the same order, NaN as null, a skipped and a blamed round included."""
+    records = [
+        *rounds(3, 12),
+        RoundRecord(round=3, selected=12, participants=0, skipped=True),  # NaN loss and value
+        dataclasses.replace(
+            rounds(5, 12)[4],
+            blamed=("agg-2: sum does not match its commitment",),
+            aggregators_failed=1,
+            virtual_seconds=812.5,
+            cpu_seconds=0.75,
+        ),
+    ]
+    writer = MetricsWriter(tmp_path, job)
+    for record in records:
+        writer.add_round(record)
+    final = writer.finish()
+    expected = json.loads(json.dumps(before_the_writer(records)))
+    assert final["rounds"] == expected
+    assert [list(r) for r in final["rounds"]] == [list(r) for r in expected]
+    assert final["final"] == {"value": pytest.approx(0.54), "round": 5}
+    assert final["seconds_total"] == sum(r.seconds for r in records)
+    contributions = sum(r.participants for r in records)
+    assert final["bytes_up_per_contributor"] == sum(r.bytes_up for r in records) / contributions
+
+
+def test_no_job_name_or_status_is_mistaken_for_the_rounds(tmp_path: Path, job: PreparedJob) -> None:
+    """The rounds are spliced into the text at a mark; no name may collide with it."""
+    config = job.config.model_copy(
+        update={"job": job.config.job.model_copy(update={"name": "__tessera_rounds__"})}
+    )
+    named = dataclasses.replace(job, config=config)
+    writer = MetricsWriter(tmp_path, named)
+    writer.add_round(rounds(1, 3)[0])
+    final = writer.finish(status="__tessera_rounds__")
+    assert final["job"] == final["status"] == "__tessera_rounds__"
+    assert [r["round"] for r in final["rounds"]] == [0]
+
+
+def test_a_crash_keeps_every_closed_round(tmp_path: Path, job: PreparedJob) -> None:
+    """Never finished (the process died): each closed round is on disk, ids included."""
+    writer = MetricsWriter(tmp_path, job)
+    records = rounds(4, 6)
+    for record in records:
+        writer.add_round(record)
+    # No finish(), no close: read as another process would after the crash.
+    lines = (tmp_path / "rounds.jsonl").read_text().splitlines()
+    assert [RoundRecord.from_json(json.loads(line)) for line in lines] == records
+    running = json.loads((tmp_path / "metrics.json").read_text())
+    assert running["status"] == "running" and len(running["rounds"]) == 4
+    writer.finish()

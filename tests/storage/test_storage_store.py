@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 import threading
 from pathlib import Path
@@ -24,6 +25,7 @@ from tessera.storage import (
     Store,
     StoreError,
 )
+from tessera.storage import models as m
 
 
 def closed(round: int, at: float, weights: str, **more: Any) -> RoundRecord:
@@ -349,6 +351,57 @@ def test_commit_step_writes_everything(store: Store) -> None:
         )
     ]
     assert store.events("job-2") == [] and store.rounds("job-2") == []
+
+
+@pytest.mark.parametrize("traffic", [True, False], ids=["with-traffic", "before-traffic"])
+def test_a_round_row_written_by_older_versions_still_loads(store: Store, traffic: bool) -> None:
+    """Rows the coordinator stored before the record was typed: its untyped dict, as it was.
+
+    Older still, before traffic was counted, the bytes were missing: they read as 0.
+    """
+    store.add_job("job-1", "d", {}, 1)
+    digest = store.put_artefact(b"round-4 weights", "application/octet-stream")
+    old = {  # the driver's _round_record (+ _with_traffic), verbatim from that version
+        "round": 4,
+        "selected": 3,
+        "participants": 2,
+        "included": ["node-a", "node-c"],
+        "num_samples": 96,
+        "train_loss": None,  # NaN was stored as null
+        "skipped": False,
+        "blamed": ["agg-1: partial sum does not match its commitment"],
+        "closed_at": 12.5,
+    }
+    if traffic:
+        old |= {"bytes_up": 4000, "bytes_down": 9000, "bytes_aggregation": 700}
+    with store._engine.begin() as conn:  # as the old Store wrote it, column for column
+        conn.execute(
+            m.round_.insert().values(
+                job_id="job-1", round=4, closed_at=12.5, record=old, weights=digest
+            )
+        )
+    (record,) = store.rounds("job-1")
+    assert (record.round, record.selected, record.participants, record.skipped) == (4, 3, 2, False)
+    assert record.included == ("node-a", "node-c") and record.num_samples == 96
+    assert record.blamed == ("agg-1: partial sum does not match its commitment",)
+    assert (record.closed_at, record.weights) == (12.5, digest)
+    assert math.isnan(record.train_loss) and math.isnan(record.value)  # value: the AI provider's
+    bytes_ = (record.bytes_up, record.bytes_down, record.bytes_aggregation)
+    assert bytes_ == ((4000, 9000, 700) if traffic else (0, 0, 0))
+
+
+def test_a_damaged_round_row_is_refused_naming_the_field(store: Store) -> None:
+    store.add_job("job-1", "d", {}, 1)
+    digest = store.put_artefact(b"w", "application/octet-stream")
+    row = {"round": 0, "selected": "three", "participants": 1, "skipped": False}
+    with store._engine.begin() as conn:
+        conn.execute(
+            m.round_.insert().values(
+                job_id="job-1", round=0, closed_at=1.0, record=row, weights=digest
+            )
+        )
+    with pytest.raises(StoreError, match=r"round 0 of job .job-1. is corrupted.*selected"):
+        store.rounds("job-1")
 
 
 def snapshot(store: Store) -> tuple[object, ...]:

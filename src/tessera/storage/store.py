@@ -529,12 +529,18 @@ class Store(Database):
             rows = conn.execute(
                 select(m.round_).where(m.round_.c.job_id == job_id).order_by(m.round_.c.round)
             ).all()
-        return [
-            RoundRecord.from_json(
-                {**r.record, "round": r.round, "closed_at": r.closed_at, "weights": r.weights}
-            )
-            for r in rows
-        ]
+        return [_round(r) for r in rows]
+
+
+def _round(r: Row[Any]) -> RoundRecord:
+    # The columns win over the JSON: older versions kept round and closed_at
+    # in both, and the weights only in their column.
+    try:
+        return RoundRecord.from_json(
+            {**r.record, "round": r.round, "closed_at": r.closed_at, "weights": r.weights}
+        )
+    except (ValueError, TypeError) as e:  # TypeError: a JSON column that is not an object
+        raise StoreError(f"round {r.round} of job {r.job_id!r} is corrupted: {e}") from e
 
 
 def _node(r: Row[Any]) -> NodeRecord:
