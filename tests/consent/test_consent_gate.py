@@ -101,10 +101,16 @@ def test_concurrent_copies_of_one_request_release_once() -> None:
 
 
 def test_authorize_alone_changes_nothing() -> None:
-    gate = RecordsGate(SUBJECTS)
+    state = MemoryGateState()
+    gate = RecordsGate(SUBJECTS, state=state)
     req = request()
-    authorize(gate, request=req)
-    authorize(gate, request=req)  # not committed: the nonce is still fresh
+    first = authorize(gate, request=req)
+    second = authorize(gate, request=req)  # not committed: the nonce is still fresh
+    assert second == first
+    assert state.nonces == {}
+    assert state.revocations == {}
+    gate.commit(second, now=T0 + 5)  # the nonce was never burnt by authorizing
+    assert len(state.nonces) == 1
 
 
 def test_nonces_are_forgotten_once_the_request_is_stale_anyway() -> None:

@@ -629,10 +629,15 @@ def test_tree_construction_checks_structure() -> None:
 def test_verify_accepts_the_honest_tree() -> None:
     r = small_round()
     tree = r.derive()
-    r.verify(tree)
-    r.verify(Tree.from_json(tree.to_json()), params=r.params)
-    items = list(reversed(r.nodes.items()))
-    r.verify(tree, nodes=dict(items), contributors=list(reversed(r.contributors)))
+    r.verify(tree)  # raises on any difference
+    received = Tree.from_json(tree.to_json())
+    assert received == tree
+    r.verify(received, params=r.params)
+    # a node lists the same nodes and contributors in another order: same tree, accepted
+    nodes = dict(reversed(r.nodes.items()))
+    contributors = list(reversed(r.contributors))
+    assert r.derive(nodes=nodes, contributors=contributors) == tree
+    r.verify(tree, nodes=nodes, contributors=contributors)
 
 
 def _replace_group(tree: Tree, group: Group) -> Tree:
