@@ -338,6 +338,7 @@ def test_groups_reshuffle_every_round_and_job() -> None:
         assert other.root.aggregators != base.root.aggregators
 
 
+@pytest.mark.no_cover  # a wall-clock bound: measured without the tracer
 def test_ten_thousand_contributors_derive_fast() -> None:
     nodes: Nodes = {node_id(i): f"school-{i % 97}" for i in range(12_000)}
     r = Round(nodes=nodes, contributors=[node_id(i) for i in range(10_000)], params=TreeParams())
@@ -350,6 +351,7 @@ def test_ten_thousand_contributors_derive_fast() -> None:
     r.verify(tree, params=TreeParams())
 
 
+@pytest.mark.no_cover  # a wall-clock bound: measured without the tracer
 def test_a_minority_organisation_keeps_derivation_fast() -> None:
     """The organisation rule needs no scan past the majority organisation's nodes."""
     nodes: Nodes = {node_id(i): "big" for i in range(10_500)}
