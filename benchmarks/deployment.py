@@ -89,7 +89,7 @@ from typing import Any
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "tessera" / "examples"
 NODE_PREFIX = "bench-"
-ENVELOPE_KIND = 0x60  # no control kind: the relay stores it for the recipient, unopened
+ENVELOPE_KIND = 1  # Kind.SHARE: a share-sized box the relay stores unopened (kinds are registered)
 BARRIER_TIMEOUT_S = 600.0
 MB = 1e6
 GIB = 1 << 30

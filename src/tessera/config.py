@@ -9,8 +9,9 @@ job is prepared, and are reported against the same field names.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -73,8 +74,11 @@ class ModelSection(_Section):
     channels: list[PositiveInt] = [16, 32]
 
 
+LossName = Literal["cross_entropy", "mse"]  # training.recipe.LossName, without importing it
+
+
 class RecipeSection(_Section):
-    loss: Literal["cross_entropy", "mse"] | None = None
+    loss: LossName | None = None
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
@@ -154,7 +158,7 @@ class JobConfig(_Section):
     baseline: BaselineSection = BaselineSection()
 
     @property
-    def loss(self) -> str:
+    def loss(self) -> LossName:
         if self.recipe.loss is not None:
             return self.recipe.loss
         return "cross_entropy" if self.job.task is Task.CLASSIFICATION else "mse"
@@ -172,7 +176,7 @@ def _field_error(err: ValidationError) -> ConfigError:
     return ConfigError(field, message)
 
 
-def parse_config(raw: dict[str, Any]) -> JobConfig:
+def parse_config(raw: Mapping[str, object]) -> JobConfig:
     try:
         cfg = JobConfig.model_validate(raw)
     except ValidationError as err:

@@ -439,6 +439,84 @@ def test_mail_out_of_place_is_refused(
     refused(coord, post_mail(coord, to_d), 400, f"node-d is not a participant of {JOB}", before)
 
 
+def test_the_relay_stores_only_registered_kinds_within_their_own_limits(
+    coord: Harness, nodes: dict[str, Node], running: Any
+) -> None:
+    """Before each kind had its limit, both were stored: any kind, up to 64 MiB."""
+    from tessera.crypto.envelope import seal
+    from tessera.protocol.limits import ENVELOPE_LIMITS
+
+    a = nodes["node-a"]
+
+    def envelope(kind: int, size: int) -> bytes:
+        return seal(
+            kind=kind,
+            job_id=JOB,
+            round=0,
+            sender="node-a",
+            recipient="node-b" if kind != Kind.REPORT else COORDINATOR,
+            payload=bytes(size),
+            sender_keys=a.keys,
+            recipient_public=None,
+        )
+
+    before = coord.snapshot()
+    refused(coord, post_mail(coord, envelope(0x60, 100)), 400, "unknown envelope kind 96", before)
+    big = envelope(int(Kind.REPORT), ENVELOPE_LIMITS[Kind.REPORT])
+    refused(coord, post_mail(coord, big), 413, "a report envelope is too large", before)
+    # Signature unchecked: the size alone refuses it.
+    forged = big[:-1] + bytes([big[-1] ^ 1])
+    refused(coord, post_mail(coord, forged), 413, "a report envelope is too large", before)
+
+
+def test_a_model_larger_than_the_protocol_carries_is_refused_at_submission(
+    coord: Harness,
+) -> None:
+    """Its shares or updates could never be relayed: the provider hears it now, not mid-round."""
+    from tessera.protocol.limits import MAX_PARAMETERS
+
+    doc, _ = tiny_job()
+    weights = {**doc.body["weights"], "length": MAX_PARAMETERS + 1}
+    bad = sign_document(AI, "job", {**doc.body, "weights": weights})
+    before = coord.snapshot()
+    answer = coord.http.post("/v1/jobs", json={"document": bad.to_json()})
+    assert answer.status_code == 422, answer.text
+    assert f"over the {MAX_PARAMETERS:,} allowed" in answer.json()["detail"]
+    assert coord.snapshot() == before
+
+
+def test_an_audited_secure_job_whose_evidence_cannot_be_relayed_is_refused(
+    coord: Harness,
+) -> None:
+    """Evidence carries a parent's fan_in child sums verbatim: 8 x 1.1M words is over 64 MiB."""
+    doc, _ = tiny_job()
+    b = doc.body
+    secure = {**b["config"]["secure"], "enabled": True, "max_weight": 10.0}
+    recipe = {**b["config"]["recipe"], "clip_norm": 1.0}
+
+    def submit(n_weights: int, *, audit: bool) -> str:
+        body = {
+            **b,
+            "config": {**b["config"], "recipe": recipe, "secure": {**secure, "audit": audit}},
+            "recipe": {**b["recipe"], "clip_norm": 1.0},
+            "weights": {**b["weights"], "length": n_weights},
+            "min_consents": 60,  # enough nodes for the default tree
+        }
+        answer = coord.http.post(
+            "/v1/jobs", json={"document": sign_document(AI, "job", body).to_json()}
+        )
+        assert answer.status_code == 422, answer.text
+        detail: str = answer.json()["detail"]
+        return detail
+
+    before = coord.snapshot()
+    assert "audit evidence for 1,100,000 weights would reach" in submit(1_100_000, audit=True)
+    # Without audits, or a model whose evidence fits, it gets as far as the weights.
+    assert "upload the initial weights" in submit(1_100_000, audit=False)
+    assert "upload the initial weights" in submit(1_000_000, audit=True)
+    assert coord.snapshot() == before
+
+
 # -- signed mailbox pulls ------------------------------------------------------------------
 
 

@@ -25,34 +25,32 @@ from functools import cache
 
 import numpy as np
 
-from tessera.crypto.envelope import Envelope, ReplayGuard, open_envelope, peek, seal
+from tessera.crypto.envelope import Envelope, ReplayGuard, open_envelope, seal
 from tessera.crypto.fixedpoint import Ring, max_error
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import SeedShare, Share
-from tessera.errors import InvalidEnvelope
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol.aggregator import Aggregator
 from tessera.protocol.codec import Report, encode_report, encode_share
 from tessera.protocol.contributor import Contributor, SecureContext
 from tessera.protocol.coordinator import Coordinator
 from tessera.protocol.effects import (
-    CancelTimer,
     Effect,
     Rejected,
-    RequestLocalTraining,
     RoundClosed,
-    Send,
-    StartTimer,
 )
-from tessera.protocol.events import Event, JobStarted, LocalUpdateReady, MessageReceived
+from tessera.protocol.events import Event, JobStarted, LocalUpdateReady
 from tessera.protocol.kinds import Kind
-from tessera.protocol.messages import AggregateRequest, Message, Sealed, TrainRequest
+from tessera.protocol.messages import AggregateRequest, Sealed, TrainRequest
 from tessera.protocol.node import Node
 from tessera.protocol.params import RoundParams
 from tessera.protocol.secure_coordinator import SecureCoordinator, SecureParams
 from tessera.protocol.strategies import make_strategy
+from tessera.protocol.timers import Timer
 from tessera.protocol.topology import TreeParams
 from tessera.protocol.wire import Wire as PartyWire
+from tessera.runtime.host import TrainingTask
+from tessera.testing import MiniFederation, Wire
 
 JOB = JobId("secure-job")
 DIM = 6  # model size; every share and sum carries DIM + 2 words (loss and weight)
@@ -88,29 +86,6 @@ def honest_updates() -> dict[NodeId, Update]:
     return out
 
 
-@dataclass(frozen=True)
-class Wire:
-    """A message in flight, as the transport saw it."""
-
-    sender: NodeId
-    recipient: NodeId
-    message: Message
-
-    @property
-    def data(self) -> bytes:
-        assert isinstance(self.message, Sealed)
-        return self.message.data
-
-    @property
-    def kind(self) -> int | None:
-        if not isinstance(self.message, Sealed):
-            return None
-        try:
-            return peek(self.message.data).kind
-        except InvalidEnvelope:
-            return None
-
-
 class Federation:
     """One secure job of one round over ``NODES``, routed by hand."""
 
@@ -141,73 +116,79 @@ class Federation:
             )
             for i, n in enumerate(NODES)
         }
-        self.now = 0.0
-        self.queue: deque[Wire] = deque()
-        self.delivered: list[Wire] = []
-        self.timers: dict[tuple[NodeId, str], float] = {}
-        self.rejected: list[tuple[NodeId, Rejected]] = []
-        self.closed: list[RoundClosed] = []
-        self.training: dict[NodeId, RequestLocalTraining] = {}
-        self.requests: dict[tuple[str, int], tuple[NodeId, AggregateRequest]] = {}
+        # Real hosts on an in-memory network: the kit routes, records and never fires a
+        # timer unless a test does.
+        self.fed = MiniFederation(self.coordinator, self.nodes)
 
-    # -- machines and routing ---------------------------------------------------
+    # -- machines and routing (the kit's) -------------------------------------------
+    @property
+    def now(self) -> float:
+        return self.fed.clock.time
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.fed.clock.time = value
+
+    @property
+    def queue(self) -> deque[Wire]:
+        return self.fed.network.queue
+
+    @property
+    def delivered(self) -> list[Wire]:
+        return self.fed.delivered
+
+    @property
+    def rejected(self) -> list[tuple[NodeId, Rejected]]:
+        return self.fed.refused
+
+    @property
+    def closed(self) -> list[RoundClosed]:
+        return self.fed.closed
+
+    @property
+    def timers(self) -> dict[tuple[NodeId, Timer], float]:
+        return self.fed.timers
+
+    @property
+    def training(self) -> dict[NodeId, TrainingTask]:
+        return self.fed.tasks
+
+    @property
+    def requests(self) -> dict[tuple[str, int], tuple[NodeId, AggregateRequest]]:
+        """Every role the coordinator handed out, by seat (replacements last)."""
+        return {
+            (w.message.group, w.message.position): (w.recipient, w.message)
+            for w in self.fed.network.sent
+            if isinstance(w.message, AggregateRequest)
+        }
+
     def machine(self, name: NodeId) -> SecureCoordinator | Node:
         return self.coordinator if name == COORDINATOR else self.nodes[name]
 
     def handle(self, owner: NodeId, event: Event) -> list[Effect]:
-        """Feed one event to ``owner``'s machine and route what it asks for."""
-        effects = self.machine(owner).handle(event, self.now)
-        self._route(owner, effects)
-        return effects
-
-    def _route(self, owner: NodeId, effects: Iterable[Effect]) -> None:
-        for effect in effects:
-            if isinstance(effect, Send):
-                msg = effect.message
-                if isinstance(msg, AggregateRequest):
-                    self.requests[(msg.group, msg.position)] = (effect.recipient, msg)
-                self.queue.append(Wire(owner, effect.recipient, msg))
-            elif isinstance(effect, StartTimer):
-                self.timers[(owner, effect.timer)] = effect.at
-            elif isinstance(effect, CancelTimer):
-                self.timers.pop((owner, effect.timer), None)
-            elif isinstance(effect, RequestLocalTraining):
-                self.training[owner] = effect
-            elif isinstance(effect, Rejected):
-                self.rejected.append((owner, effect))
-            elif isinstance(effect, RoundClosed):
-                self.closed.append(effect)
+        """Feed one event to ``owner``'s machine; what it performed."""
+        return self.fed.handle(owner, event)
 
     def deliver(self, wire: Wire) -> list[Effect]:
-        self.delivered.append(wire)
-        return self.handle(
-            wire.recipient, MessageReceived(sender=wire.sender, message=wire.message)
-        )
+        return self.fed.deliver(wire)
 
     def inject(self, recipient: NodeId, data: bytes, *, sender: NodeId) -> list[Effect]:
         """Hand ``recipient`` a ``Sealed`` that no honest machine produced."""
-        return self.handle(recipient, MessageReceived(sender=sender, message=Sealed(data)))
+        return self.fed.inject(recipient, Sealed(data), sender=sender)
 
     def step(self) -> bool:
-        if not self.queue:
-            return False
-        self.deliver(self.queue.popleft())
-        return True
+        return self.fed.step()
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Deliver queued messages in order until the queue is dry (or ``until`` holds)."""
-        while not (until is not None and until()) and self.step():
-            pass
-        if until is not None:
-            assert until(), "the federation went quiet before the condition held"
+        self.fed.run(until)
 
     def take(self, pred: Callable[[Wire], bool]) -> Wire:
         """Remove and return the first queued message matching ``pred``."""
-        for i, wire in enumerate(self.queue):
-            if pred(wire):
-                del self.queue[i]
-                return wire
-        raise AssertionError("no queued message matches")
+        try:
+            return self.fed.network.take(pred)
+        except LookupError:
+            raise AssertionError("no queued message matches") from None
 
     # -- the honest round -------------------------------------------------------
     def start(self) -> None:

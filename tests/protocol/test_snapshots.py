@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 
 import numpy as np
@@ -9,11 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tessera.crypto.envelope import open_envelope
+from tessera.crypto.keys import NodeKeys
 from tessera.errors import LocalProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol import Coordinator, RoundParams, make_strategy
 from tessera.protocol.coordinator import CoordinatorSnapshot
-from tessera.protocol.effects import RoundClosed
+from tessera.protocol.effects import Effect, RoundClosed, Send
 from tessera.protocol.events import (
     Event,
     JobStarted,
@@ -21,10 +24,16 @@ from tessera.protocol.events import (
     ParticipantWithdrawn,
     TimerFired,
 )
-from tessera.protocol.messages import UpdateSubmission
+from tessera.protocol.kinds import Kind
+from tessera.protocol.messages import Sealed, UpdateSubmission
+from tessera.protocol.node import Node
+from tessera.protocol.secure_coordinator import SecureCoordinator, SecureParams
 from tessera.protocol.timers import RoundDeadline
-from tessera.runtime.sim import DeviceModel, Simulation
+from tessera.protocol.topology import TreeParams
+from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
 from tessera.runtime.sim.secure import build_secure
+
+from .secure_kit import Federation, changed, is_report, machine_state
 
 P = 5
 NODES = [NodeId(f"n{i}") for i in range(6)]
@@ -32,16 +41,29 @@ STRATEGIES = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"
 
 
 def plain(value: object) -> object:
-    """Effects made comparable: arrays by dtype, shape and bytes."""
+    """Effects made comparable bit for bit: arrays by dtype, shape and bytes, floats by
+    their bits (a skipped round's NaN mean loss is then equal to itself)."""
     if isinstance(value, np.ndarray):
         return ("array", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, float):
+        return ("float", value.hex())
     if is_dataclass(value) and not isinstance(value, type):
         return (type(value).__name__, tuple(plain(getattr(value, f.name)) for f in fields(value)))
     if isinstance(value, tuple | list):
         return tuple(plain(v) for v in value)
     if hasattr(value, "items"):
-        return tuple(sorted((k, plain(v)) for k, v in value.items()))  # type: ignore[attr-defined]
+        return tuple(sorted((k, plain(v)) for k, v in value.items()))
     return value
+
+
+def assert_same_state(original: Coordinator, restored: Coordinator) -> None:
+    """Every attribute equal, the open round's derived state included; the strategy by its
+    state. Keys are construction arguments (equal, but other objects here)."""
+    skip = {"coordinator.strategy", "coordinator.keys", "coordinator.wire"}
+    assert [
+        a for a in changed(machine_state(original), machine_state(restored)) if a not in skip
+    ] == []
+    assert plain(restored.strategy.state()) == plain(original.strategy.state())
 
 
 def machine(strategy: str, rounds: int) -> Coordinator:
@@ -95,6 +117,7 @@ def test_restored_plaintext_coordinator_is_the_original(
                 snap = original.snapshot()  # the step that closed ``cut`` opened the next
                 restored = Coordinator.restore(snap, *_args(strategy, rounds))
                 assert snap.round == cut + 1
+                assert_same_state(original, restored)
             now = at
     assert restored is not None
     assert np.array_equal(restored.weights, original.weights)
@@ -103,6 +126,21 @@ def test_restored_plaintext_coordinator_is_the_original(
 def _args(strategy: str, rounds: int) -> tuple[object, ...]:
     m = machine(strategy, rounds)
     return (m.params, m.nodes, np.zeros(P, np.float32), make_strategy(strategy))
+
+
+def test_a_round_nobody_answered_is_restored_too() -> None:
+    """Skipped rounds close with a NaN mean loss; the restored machine's must match it."""
+    original = machine("fedadam", 4)
+    original.handle(JobStarted(), 0.0)
+    closed = original.handle(TimerFired(timer=RoundDeadline(round=0)), 10.0)
+    assert [e.skipped for e in closed if isinstance(e, RoundClosed)] == [True]
+    restored = Coordinator.restore(original.snapshot(), *_args("fedadam", 4))
+    for r in (1, 2, 3):
+        deadline = TimerFired(timer=RoundDeadline(round=r))
+        assert plain(restored.handle(deadline, 10.0 * (r + 1))) == plain(
+            original.handle(deadline, 10.0 * (r + 1))
+        )
+    assert original.state.value == restored.state.value == "finished"
 
 
 def test_a_snapshot_mid_round_is_refused() -> None:
@@ -118,6 +156,20 @@ def test_a_snapshot_mid_round_is_refused() -> None:
     coordinator.handle(MessageReceived(sender=node, message=update), 1.0)
     with pytest.raises(LocalProtocolError, match="as a round opens"):
         coordinator.snapshot()  # its progress would be lost
+
+
+def test_a_secure_snapshot_mid_round_is_refused() -> None:
+    fed = Federation()
+    fed.start()
+    fed.coordinator.snapshot()  # round 0 just opened: fine
+    fed.train()
+    fed.run(until=lambda: any(is_report(w) for w in fed.delivered))
+    with pytest.raises(LocalProtocolError, match="as a round opens"):
+        fed.coordinator.snapshot()  # the report would be lost
+    fed.run()
+    assert fed.closed_round().round == 0  # the job's one round: nothing is open
+    with pytest.raises(LocalProtocolError, match="open round"):
+        fed.coordinator.snapshot()
 
 
 def test_a_snapshot_for_another_model_is_refused() -> None:
@@ -154,9 +206,6 @@ class _Fixed:
 @pytest.mark.parametrize("cut", [0, 2])
 def test_restored_secure_coordinator_finishes_with_the_same_model(cut: int) -> None:
     """Through the whole secure protocol, with dropouts and failing aggregators."""
-    from tessera.protocol.secure_coordinator import SecureParams
-    from tessera.protocol.topology import TreeParams
-
     nodes = [NodeId(f"node-{i:03d}") for i in range(30)]
     params = RoundParams(job_id=JobId("s"), rounds=5, fraction=1.0, round_timeout=5.0, seed=2)
     secure = SecureParams(
@@ -223,3 +272,135 @@ def test_restored_secure_coordinator_finishes_with_the_same_model(cut: int) -> N
         return sim.run()
 
     assert np.array_equal(run(None), run(cut))
+
+
+class _Shadowed:
+    """The original secure coordinator, shadowed by a copy restored from its snapshot.
+
+    The simulation's coordinator host feeds this in place of the original; every
+    event goes to both, and what the two ask for must mean the same: sealing
+    draws fresh nonces, so envelopes are compared opened (kind, job, round,
+    sender, recipient, payload), everything else bit for bit.
+    """
+
+    def __init__(
+        self,
+        original: SecureCoordinator,
+        restored: SecureCoordinator,
+        keys: Mapping[NodeId, NodeKeys],
+    ) -> None:
+        self.original, self.restored, self.keys = original, restored, keys
+        self.steps = 0
+        self.kinds: set[str] = set()
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        ours = self.original.handle(event, now)
+        theirs = self.restored.handle(event, now)
+        assert [self.meaning(e) for e in theirs] == [self.meaning(e) for e in ours], event
+        self.steps += 1
+        self.kinds.update(type(e).__name__ for e in ours)
+        return ours
+
+    def meaning(self, effect: Effect) -> object:
+        if isinstance(effect, Send) and isinstance(effect.message, Sealed):
+            env = open_envelope(
+                effect.message.data,
+                recipient_keys=self.keys[effect.recipient],
+                directory=self.original.directory,
+                expect_job=self.original.params.job_id,
+                expect_round=None,
+                expect_recipient=effect.recipient,
+                max_bytes=len(effect.message.data),
+                replay=None,
+            )
+            self.kinds.add(Kind(env.kind).name)
+            opened = (env.kind, env.job_id, env.round, env.sender, env.recipient, env.sealed)
+            return ("Send", effect.recipient, opened, env.payload)
+        return plain(effect)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "cut", "audit_fraction"),
+    [("fedadam", 0, 1.0), ("fedavgm", 1, 0.5), ("fedyogi", 2, 1.0)],
+)
+def test_restored_secure_coordinator_answers_every_later_event_as_the_original(
+    strategy: str, cut: int, audit_fraction: float
+) -> None:
+    """Effect by effect, through dropouts, failing aggregators (replacements, final
+    commits, deadlines) and withdrawals before and after the snapshot."""
+    nodes = [NodeId(f"node-{i:03d}") for i in range(30)]
+    params = RoundParams(job_id=JobId("s"), rounds=cut + 3, fraction=1.0, round_timeout=5.0, seed=2)
+    secure = SecureParams(
+        tree=TreeParams(k=3, group_size=6, fan_in=3, min_group=2),
+        clip=1.0,
+        max_weight=10.0,
+        audit_fraction=audit_fraction,
+    )
+
+    def build() -> tuple[SecureCoordinator, list[Node]]:
+        return build_secure(
+            nodes,
+            params=params,
+            secure=secure,
+            initial_weights=np.zeros(P, np.float32),
+            strategy=make_strategy(strategy),
+            seed=4,
+        )
+
+    coordinator, machines = build()
+    keys = {n: m.aggregator.keys for n, m in zip(nodes, machines, strict=True) if m.aggregator}
+    keys[COORDINATOR] = coordinator.keys
+    shadow: list[_Shadowed] = []
+
+    def on_round(stats: RoundStats) -> None:
+        closed, host = stats.closed, sim.hosts[COORDINATOR]
+        if closed.round in (cut - 1, cut + 1):  # one withdrawal each side of the snapshot
+            host.handle(ParticipantWithdrawn(node=nodes[closed.round + 3]), stats.closed_at)
+        if closed.round != cut:
+            return
+        snap = coordinator.snapshot()
+        assert snap.round == cut + 1
+        fresh, _ = build()
+        restored = SecureCoordinator.restore(
+            snap,
+            fresh.params,
+            fresh.nodes,
+            np.zeros(P, np.float32),
+            make_strategy(strategy),
+            secure=fresh.secure,
+            keys=fresh.keys,
+            directory=fresh.directory,
+            organisations=fresh.organisations,
+        )
+        assert plain(restored.snapshot()) == plain(snap)
+        assert_same_state(coordinator, restored)
+        shadow.append(_Shadowed(coordinator, restored, keys))
+        host.machine = shadow[0]
+
+    sim = Simulation(
+        coordinator,
+        nodes,
+        _Fixed(len(nodes), P),
+        DeviceModel.sample(
+            len(nodes),
+            dropout=0.15,
+            speed_sigma=0.3,
+            samples_per_second=100.0,
+            seed=9,
+            aggregator_failure=0.1,
+        ),
+        np.full(len(nodes), 5, np.int64),
+        local_epochs=1,
+        seed=4,
+        on_round=on_round,
+        machines=machines,
+    )
+    final = sim.run()
+    (twin,) = shadow
+    assert final.tobytes() == twin.restored.weights.tobytes()
+    withdrawn = {nodes[r + 3] for r in (cut - 1, cut + 1) if r >= 0}
+    assert twin.restored.withdrawn == coordinator.withdrawn == withdrawn
+    # The comparison saw the whole protocol, not just an idle tail.
+    assert twin.steps > 50
+    assert {"RoundClosed", "JobFinished", "StartTimer", "CancelTimer"} <= twin.kinds
+    assert {"COMMIT", "RESEND_SHARE", "RESEND_PARTIAL", "REASSIGN", "AUDIT_REQUEST"} <= twin.kinds

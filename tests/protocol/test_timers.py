@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tessera.errors import LocalProtocolError
 from tessera.protocol.timers import (
@@ -28,6 +29,18 @@ def test_the_coordinators_texts_are_those_earlier_event_logs_hold() -> None:
     assert timer_text(CommitDue(round=3, level=1)) == "commit-L1@3"
     assert timer_text(CommitDue(round=3, level=1, final=True)) == "final-L1@3"
     assert timer_text(AuditDue(round=3)) == "audit@3"
+
+
+@given(st.one_of(st.text(max_size=40), timers.map(timer_text).map(lambda t: t.replace("1", "01"))))
+@example("round-03-deadline")
+@example("audit@\u0663")  # an Arabic-Indic digit three
+def test_a_text_is_read_only_if_it_is_exactly_what_timer_text_writes(text: str) -> None:
+    """One timer, one text: a log line that is not written back identically is refused."""
+    try:
+        timer = parse_timer(text)
+    except ValueError:
+        return
+    assert timer_text(timer) == text
 
 
 @pytest.mark.parametrize(

@@ -139,8 +139,9 @@ PARTIES = {
             "tessera.data.connectors",
         ],
     ),
-    "AI provider": Party(
-        extras=("ai-provider",),
+    # The client itself is torch-free; only making initial weights needs the extra.
+    "AI provider client": Party(
+        extras=(),
         modules=[
             "tessera.cli",
             "tessera.ai_provider.client",
@@ -149,6 +150,10 @@ PARTIES = {
             "tessera.runtime.transport.client",
             "tessera.storage.keyfile",
         ],
+    ),
+    "AI provider weights": Party(
+        extras=("ai-provider",),
+        modules=["tessera.ai_provider.client"],
         then="""
         from tessera.training import ModelSpec, init_weights
         print(len(init_weights(ModelSpec("linear", (3,), 2), 0)))

@@ -103,6 +103,11 @@ def test_each_benchmark_figure_sits_next_to_the_command_that_prints_it(section: 
     assert missing == [], f"{section.title!r} names scripts that do not exist"
 
 
+def test_every_benchmark_the_readme_names_exists() -> None:
+    named = set(SCRIPT.findall(README))
+    assert named and sorted(s for s in named if not (ROOT / "benchmarks" / s).is_file()) == []
+
+
 def test_ratios_outside_the_benchmarks_are_targets_or_name_their_command() -> None:
     stray = {
         s.title: s.ratios()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,29 +12,9 @@ from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams, derive_tree
 from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
 from tessera.runtime.sim.secure import build_secure
-from tessera.testing import TamperingAggregator
+from tessera.testing import TableTrainer, TamperingAggregator
 
 P = 5
-
-
-@dataclass
-class Out:
-    deltas: np.ndarray
-    num_samples: np.ndarray
-    loss: np.ndarray
-
-
-class TableTrainer:
-    """Node i's update is row i of a fixed table, so every aggregate is checkable."""
-
-    def __init__(self, samples: np.ndarray, seed: int) -> None:
-        self.samples = samples
-        rng = np.random.default_rng(seed)
-        self.table = rng.uniform(-1, 1, size=(len(samples), P)).astype(np.float32)
-        self.loss = rng.uniform(0, 3, size=len(samples)).astype(np.float32)
-
-    def train(self, global_weights, nodes, seed, *, prox_mu=None) -> Out:
-        return Out(self.table[nodes], self.samples[nodes], self.loss[nodes])
 
 
 def run_secure(
@@ -90,7 +68,7 @@ def run_secure(
         machines[nodes.index(bad)].aggregator = TamperingAggregator(
             bad, honest.job_id, honest.keys, honest.directory, targets=(tamper[0],)
         )
-    trainer = TableTrainer(samples, seed)
+    trainer = TableTrainer(samples, dim=P, seed=seed)
     devices = DeviceModel.sample(
         n, dropout=dropout, speed_sigma=0.5, samples_per_second=50, seed=seed
     )
@@ -109,11 +87,6 @@ def run_secure(
     )
     weights = sim.run()
     return weights, stats, trainer, devices, samples, bad
-
-
-def survivors_mean(trainer: TableTrainer, samples: np.ndarray, alive: np.ndarray) -> np.ndarray:
-    w = samples[alive].astype(np.float64)
-    return (trainer.table[alive].astype(np.float64) * w[:, None]).sum(0) / w.sum()
 
 
 @settings(max_examples=12, deadline=None)
@@ -140,7 +113,7 @@ def test_secure_round_is_the_weighted_mean_of_the_survivors(n, k, group_size, dr
         assert stats[0].closed.skipped
         return
     assert stats[0].closed.participants == alive.sum()
-    expected = survivors_mean(trainer, samples, alive)
+    expected = trainer.mean(alive)
     # quantization: at most one ring step per contributor, divided by the total weight
     np.testing.assert_allclose(weights, expected, atol=1e-4)
     assert abs(stats[0].closed.num_samples - samples[alive].sum()) <= 1
@@ -164,7 +137,7 @@ def fail_two_seats_per_round(round: int, nodes: list[NodeId]) -> np.ndarray:
 
 def test_dropouts_and_failed_aggregators_leave_the_survivors_exact():
     rounds = 4
-    weights, stats, trainer, devices, samples, _ = run_secure(
+    weights, stats, trainer, devices, _, _ = run_secure(
         n=60,
         k=3,
         group_size=5,
@@ -180,7 +153,7 @@ def test_dropouts_and_failed_aggregators_leave_the_survivors_exact():
         assert s.aggregator_messages_lost > 0  # the failures really hit live roles
         assert not s.closed.skipped
         assert s.closed.participants == alive.sum()  # replacements kept every group
-        total += survivors_mean(trainer, samples, alive)
+        total += trainer.mean(alive)
     np.testing.assert_allclose(weights, total, atol=1e-4 * rounds)
 
 
@@ -199,15 +172,13 @@ def test_failed_root_position_is_replaced():
     def fail(round: int, ids: list[NodeId]) -> np.ndarray:
         return np.array([n == root0 for n in ids])
 
-    weights, stats, trainer, _, samples, _ = run_secure(
+    weights, stats, trainer, _, _, _ = run_secure(
         n=30, k=3, group_size=4, dropout=0.0, seed=9, fail=fail
     )
     assert stats[0].aggregators_failed == 1
     assert stats[0].aggregator_messages_lost > 0
     assert not stats[0].closed.skipped
-    np.testing.assert_allclose(
-        weights, survivors_mean(trainer, samples, np.ones(30, bool)), atol=1e-4
-    )
+    np.testing.assert_allclose(weights, trainer.mean(np.ones(30, bool)), atol=1e-4)
 
 
 def test_secure_run_is_deterministic_and_counts_bytes():
@@ -246,7 +217,7 @@ def test_a_tampering_leaf_aggregator_is_named_and_its_group_left_out():
     # the round is still exact, for everyone outside the tampered group
     outside = np.array([n not in tree.group("L2").members for n in tree_nodes(len(samples))])
     assert closed.participants == outside.sum()
-    np.testing.assert_allclose(weights, survivors_mean(trainer, samples, outside), atol=1e-4)
+    np.testing.assert_allclose(weights, trainer.mean(outside), atol=1e-4)
 
 
 def test_a_tampering_upper_aggregator_is_named():
@@ -288,7 +259,7 @@ def test_sampled_audits_catch_a_tamperer_exactly_when_its_auditor_draws_it():
     params = TreeParams(k=3, group_size=4, fan_in=3, backups=1)
     caught = missed = 0
     for seed in range(2, 40):
-        weights, stats, trainer, _, samples, bad = run_with_tamperer(
+        weights, stats, trainer, _, _, bad = run_with_tamperer(
             group="L2", position=1, seed=seed, audit_fraction=0.5
         )
         tree = derive_tree(
@@ -303,12 +274,10 @@ def test_sampled_audits_catch_a_tamperer_exactly_when_its_auditor_draws_it():
         if any(entry.startswith(bad) for entry in closed.blamed):
             caught += 1  # drawn: named, its group left out, the rest exact
             assert closed.participants == outside.sum()
-            np.testing.assert_allclose(
-                weights, survivors_mean(trainer, samples, outside), atol=1e-4
-            )
+            np.testing.assert_allclose(weights, trainer.mean(outside), atol=1e-4)
         else:
             missed += 1  # not drawn: the forged offset went into the sum, unnoticed
-            everyone = survivors_mean(trainer, samples, np.ones(40, bool))
+            everyone = trainer.mean(np.ones(40, bool))
             deviation = np.abs(weights - everyone)  # the offset is on coordinate 0 only
             assert deviation[0] > 1e-5 > deviation[1:].max()
         if caught >= 2 and missed >= 2:

@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
 from tessera.ids import JobId, NodeId
 from tessera.protocol import Coordinator, RoundParams, make_strategy
 from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
+from tessera.testing import TableTrainer
 
 P = 4
-
-
-@dataclass
-class Out:
-    deltas: np.ndarray
-    num_samples: np.ndarray
-    loss: np.ndarray
-
-
-class FakeTrainer:
-    """Node i's update is a fixed vector; records the chunks it was asked for."""
-
-    def __init__(self, samples: np.ndarray) -> None:
-        self.samples = samples
-        self.table = np.random.default_rng(0).normal(size=(len(samples), P)).astype(np.float32)
-        self.calls: list[int] = []
-
-    def train(self, global_weights, nodes, seed, *, prox_mu=None) -> Out:
-        self.calls.append(len(nodes))
-        return Out(self.table[nodes], self.samples[nodes], np.ones(len(nodes), np.float32))
 
 
 def run(*, n=50, rounds=3, dropout=0.0, fraction=1.0, timeout=1e6, chunk=7, sps=50.0, seed=1):
@@ -41,7 +20,7 @@ def run(*, n=50, rounds=3, dropout=0.0, fraction=1.0, timeout=1e6, chunk=7, sps=
         job_id=JobId("j"), rounds=rounds, fraction=fraction, round_timeout=timeout, seed=seed
     )
     coord = Coordinator(params, nodes, np.zeros(P, np.float32), make_strategy("fedavg"))
-    trainer = FakeTrainer(samples)
+    trainer = TableTrainer(samples, dim=P)
     devices = DeviceModel.sample(
         n, dropout=dropout, speed_sigma=0.5, samples_per_second=sps, seed=seed
     )
@@ -61,27 +40,22 @@ def run(*, n=50, rounds=3, dropout=0.0, fraction=1.0, timeout=1e6, chunk=7, sps=
     return weights, stats, trainer, devices, samples
 
 
-def expected_mean(trainer: FakeTrainer, samples: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    w = samples[mask].astype(np.float64)
-    return (trainer.table[mask] * w[:, None]).sum(0) / w.sum()
-
-
 def test_rounds_aggregate_every_node_exactly() -> None:
     weights, stats, trainer, _, samples = run()
-    mean = expected_mean(trainer, samples, np.ones(len(samples), bool))
+    mean = trainer.mean(np.ones(len(samples), bool))
     np.testing.assert_allclose(weights, 3 * mean, rtol=1e-5)
     assert [s.closed.participants for s in stats] == [50, 50, 50]
     assert max(trainer.calls) <= 7  # memory stays bounded by the chunk
 
 
 def test_dropouts_leave_exactly_the_survivors() -> None:
-    weights, stats, trainer, devices, samples = run(dropout=0.3, timeout=1e4)
+    weights, stats, trainer, devices, _ = run(dropout=0.3, timeout=1e4)
     total = np.zeros(P)
     for r, s in enumerate(stats):
         alive = ~devices.dropped(r)
         assert s.closed.participants == alive.sum()
         assert s.dropped == (~alive).sum() > 0
-        total += expected_mean(trainer, samples, alive)
+        total += trainer.mean(alive)
     np.testing.assert_allclose(weights, total, rtol=1e-5)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,20 +31,17 @@ def make_job(spec: ModelSpec, recipe: Recipe, n: int, seed: int = 0) -> Job:
     return Job(spec, recipe, x, y, layout(spec).flatten(init_weights(spec, seed + 1)))
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
 Verdict = tuple[Literal["run", "skip", "fail"], str]
 
 
-def isolation_verdict(*, problem: str, isolated: bool, ci: bool) -> Verdict:
+def isolation_verdict(*, problem: str, isolated: bool) -> Verdict:
     """Whether a test that needs the network-isolated sandbox runs, and if not why.
 
     ``problem`` is why ``unshare --user --map-root-user --net`` fails here ("" if
-    it works). Without user namespaces the test skips naming what is missing;
-    with them, a sandbox that still started unisolated is a fault that would hide
-    the check, so under ``CI=true`` it fails instead of skipping.
+    it works), by the sandbox's own probe. Without user namespaces the test
+    skips naming what is missing; with them, a sandbox that still started
+    unisolated is a fault that would hide the check, so the test fails (in CI
+    and everywhere else) rather than skip.
     """
     if problem:
         return (
@@ -54,16 +50,15 @@ def isolation_verdict(*, problem: str, isolated: bool, ci: bool) -> Verdict:
         )
     if isolated:
         return "run", ""
-    reason = (
+    return "fail", (
         "user namespaces work here (`unshare --user --map-root-user --net`), "
         "yet the sandbox child started without network isolation"
     )
-    return ("fail", f"CI=true: {reason}") if ci else ("skip", reason)
 
 
-def require_isolation(*, problem: str, isolated: bool, ci: bool) -> None:
+def require_isolation(*, problem: str, isolated: bool) -> None:
     """Skip or fail the calling test as ``isolation_verdict`` says."""
-    verdict, reason = isolation_verdict(problem=problem, isolated=isolated, ci=ci)
+    verdict, reason = isolation_verdict(problem=problem, isolated=isolated)
     if verdict == "skip":
         pytest.skip(reason)
     if verdict == "fail":

@@ -8,6 +8,7 @@ model per round. It evaluates each on its own held-out data.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from tessera.weights import Vector
 
 
 def fetch_preprocessing(
-    cfg: JobConfig, provider: str, dataset: str, *, verify: Any = True
+    cfg: JobConfig, provider: str, dataset: str, *, verify: ssl.SSLContext | bool = True
 ) -> dict[str, Any]:
     """The data provider's feature encoding for this job's target and features."""
     d = cfg.data

@@ -20,13 +20,18 @@ from typing import Any
 from tessera.consent import ConsentError, check_consent
 from tessera.coordinator.driver import JobDriver
 from tessera.crypto.documents import SignedDocument, verify_document
-from tessera.crypto.envelope import verify_envelope
+from tessera.crypto.envelope import peek, verify_envelope
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec, check_tree_feasible
-from tessera.protocol.kinds import REGISTRATION_KIND
-from tessera.protocol.limits import MAX_ENVELOPE_BYTES
+from tessera.protocol.kinds import REGISTRATION_KIND, Kind
+from tessera.protocol.limits import (
+    ENVELOPE_LIMITS,
+    MAX_ENVELOPE_BYTES,
+    MAX_PARAMETERS,
+    evidence_bytes,
+)
 from tessera.runtime.transport.mail import read_weights_artefact
 from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
 
@@ -169,6 +174,22 @@ class CoordinatorService:
             check_tree_feasible(spec, spec.min_consents)
         except ConfigError as exc:
             raise Refused(422, f"with {spec.min_consents} participants: {exc}") from None
+        if spec.n_weights > MAX_PARAMETERS:  # its shares or updates could never be relayed
+            raise Refused(
+                422, f"a model of {spec.n_weights:,} weights is over the {MAX_PARAMETERS:,} allowed"
+            )
+        if spec.secure and spec.secure_params().audit:  # nor could its audits' evidence
+            tree = spec.secure_params().tree
+            need = evidence_bytes(
+                spec.n_weights, k=tree.k, group_size=tree.group_size, fan_in=tree.fan_in
+            )
+            if need > ENVELOPE_LIMITS[Kind.EVIDENCE]:
+                raise Refused(
+                    422,
+                    f"audit evidence for {spec.n_weights:,} weights would reach {need >> 20} MiB, "
+                    f"over the {ENVELOPE_LIMITS[Kind.EVIDENCE] >> 20} MiB an envelope carries: "
+                    "lower secure.fan_in or secure.group_size, or set secure.audit = false",
+                )
         try:
             read_weights_artefact(
                 self.store.get_artefact(spec.weights_sha256), spec.weights_sha256, spec.n_weights
@@ -354,6 +375,10 @@ class CoordinatorService:
         def keys_of(node: str) -> PublicKeys | None:
             return self.public_keys(node)
 
+        with contextlib.suppress(InvalidEnvelope):  # verify_envelope says what is wrong
+            kind = peek(data).kind  # each kind's own limit, before the signature is checked
+            if kind in ENVELOPE_LIMITS and len(data) > ENVELOPE_LIMITS[Kind(kind)]:
+                raise Refused(413, f"a {Kind(kind).name.lower()} envelope is too large")
         try:
             head = verify_envelope(
                 data, directory=_Lookup(keys_of), expect_job=None, max_bytes=MAX_ENVELOPE_BYTES
@@ -368,6 +393,8 @@ class CoordinatorService:
             raise Refused(403, f"{head.sender} is not a participant of {head.job_id}")
         if head.recipient != COORDINATOR and head.recipient not in members:
             raise Refused(400, f"{head.recipient} is not a participant of {head.job_id}")
+        if head.kind not in ENVELOPE_LIMITS:  # no party reads it: never store it
+            raise Refused(400, f"unknown envelope kind {head.kind}")
         try:
             mail_id = self.store.post_message(
                 job_id=head.job_id,

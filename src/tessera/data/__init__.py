@@ -19,12 +19,13 @@ from tessera.data.partition import (
     per_record,
     quantity_skew,
 )
-from tessera.data.prepare import Prepared, Preprocessor, split_holdout
+from tessera.data.prepare import Labels, Prepared, Preprocessor, split_holdout
 from tessera.data.sources import SKLEARN_DATASETS, SOURCES, load_table
 
 __all__ = [
     "SKLEARN_DATASETS",
     "SOURCES",
+    "Labels",
     "Partition",
     "Prepared",
     "Preprocessor",

@@ -7,7 +7,7 @@ import math
 import numbers
 import operator
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import SupportsIndex
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ def table_name(df: pd.DataFrame) -> str:
     return str(name) if name else "the table"
 
 
-def listing(names: Iterable[Any], limit: int = 12) -> str:
+def listing(names: Iterable[object], limit: int = 12) -> str:
     """``a, b, c, ... (n more)``: enough to spot a typo, short enough for one line."""
     items = [str(n) for n in names]
     shown = ", ".join(items[:limit])
@@ -50,11 +50,11 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str]) -> None:
 
 def count(name: str, value: object, minimum: int) -> int:
     """``value`` as an int >= ``minimum``, or a DataError naming the parameter."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
         raise DataError(f"{name} must be an integer, got {value!r}")
     try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
+        number = operator.index(value)
+    except TypeError:  # an __index__ that returns no int
         raise DataError(f"{name} must be an integer, got {value!r}") from None
     if number < minimum:
         raise DataError(f"{name} must be at least {minimum}, got {number}")

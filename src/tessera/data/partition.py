@@ -99,6 +99,7 @@ class Partition:
             and np.array_equal(self.order, other.order)
         )
 
+    # Unhashable, as __eq__ compares arrays; mypy's documented idiom for it.
     __hash__ = None  # type: ignore[assignment]
 
 

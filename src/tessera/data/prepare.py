@@ -75,6 +75,10 @@ def _group_codes(column: pd.Series) -> npt.NDArray[np.intp]:
     return np.asarray(codes, dtype=np.intp)
 
 
+#: int64 class indices (classification) or float32 targets (regression).
+Labels = npt.NDArray[np.int64] | npt.NDArray[np.float32]
+
+
 @dataclass(frozen=True, eq=False)
 class Prepared:
     """Model-ready arrays for some rows of a table.
@@ -86,7 +90,7 @@ class Prepared:
     """
 
     x: npt.NDArray[np.float32]
-    y: npt.NDArray[Any]
+    y: Labels
     groups: npt.NDArray[Any] | None
     n_dropped: int = 0
 
@@ -369,7 +373,7 @@ class Preprocessor:
         groups = None if group_column is None else rows[group_column].to_numpy()
         return Prepared(x=x, y=self._labels(rows), groups=groups, n_dropped=len(df) - n)
 
-    def _labels(self, rows: pd.DataFrame) -> npt.NDArray[Any]:
+    def _labels(self, rows: pd.DataFrame) -> Labels:
         values = rows[self.target]
         if self.task is Task.REGRESSION:
             return values.to_numpy(dtype=np.float32)

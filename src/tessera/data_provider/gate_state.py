@@ -33,11 +33,10 @@ caller refuses the request (fails closed).
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import (
     Column,
     Connection,
+    Delete,
     Double,
     Index,
     MetaData,
@@ -143,7 +142,7 @@ class SqlGateState(Database):
 
     # -- transactions ---------------------------------------------------------------
 
-    def _prune(self, conn: Connection, stmt: Any) -> None:
+    def _prune(self, conn: Connection, stmt: Delete) -> None:
         """Delete expired rows, unless (PostgreSQL) another transaction is at it."""
         if (
             self._postgres

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -123,7 +124,7 @@ class Deployment:
 
     # -- parties ----------------------------------------------------------------------
     @property
-    def verify(self) -> object:
+    def verify(self) -> ssl.SSLContext | bool:
         if self.ca is None:
             return True
         from tessera.runtime.transport.tls import client_ssl_context
@@ -131,7 +132,7 @@ class Deployment:
         return client_ssl_context(self.ca)
 
     def client(self, patience: float = 120.0) -> CoordinatorClient:
-        return CoordinatorClient(self.coordinator_url, verify=self.verify, patience=patience)  # type: ignore[arg-type]
+        return CoordinatorClient(self.coordinator_url, verify=self.verify, patience=patience)
 
     def _spawn(self, name: str, args: list[str]) -> Process:
         log = self.out / "logs" / f"{name}.log"

@@ -17,6 +17,7 @@ import pandas as pd
 
 from tessera.config import JobConfig
 from tessera.data import (
+    Labels,
     Partition,
     Prepared,
     Preprocessor,
@@ -43,8 +44,8 @@ class PreparedJob:
     recipe: Recipe
     layout: Layout
     initial_weights: Vector
-    x: np.ndarray  # the nodes' records, grouped by node
-    y: np.ndarray
+    x: npt.NDArray[np.float32]  # the nodes' records, grouped by node
+    y: Labels
     offsets: npt.NDArray[np.int64]  # node i holds rows offsets[i]:offsets[i+1]
     node_names: tuple[str, ...]
     test: Prepared  # the AI provider's held-out set
@@ -105,7 +106,7 @@ def model_spec_of(cfg: JobConfig, pre: Preprocessor) -> ModelSpec:
 def recipe_of(cfg: JobConfig) -> Recipe:
     r = cfg.recipe
     return Recipe(
-        loss=cfg.loss,  # type: ignore[arg-type]
+        loss=cfg.loss,
         optimizer=r.optimizer,
         lr=r.lr,
         momentum=r.momentum,

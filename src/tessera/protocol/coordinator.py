@@ -157,12 +157,12 @@ class Coordinator:
             return self._on_message(event, now)
         if isinstance(event, TimerFired):
             self._transition(CoordinatorInput.DEADLINE)
-            if self.state is CoordinatorState.COLLECTING and event.timer == RoundDeadline(
-                round=self.round
-            ):
+            if not isinstance(event.timer, RoundDeadline):
+                raise self._failed(f"plaintext rounds set no {type(event.timer).__name__} timers")
+            if self.state is CoordinatorState.COLLECTING and event.timer.round == self.round:
                 return self._close_round(now, timer_pending=False)
             return []  # a stale timer of a closed round
-        raise LocalProtocolError(f"coordinator cannot handle {type(event).__name__}")
+        raise self._failed(f"cannot handle {type(event).__name__}")
 
     # -- internals -------------------------------------------------------------
     def _withdraw(self, node: NodeId) -> list[Effect]:
@@ -172,12 +172,15 @@ class Coordinator:
         return []
 
     def _transition(self, what: CoordinatorInput) -> None:
-        try:
-            self.state = COORDINATOR_TRANSITIONS[(self.state, what)]
-        except KeyError:
-            state, self.state = self.state, CoordinatorState.FAILED
-            msg = f"coordinator: {what.value} not allowed in {state.value}"
-            raise LocalProtocolError(msg) from None
+        next_state = COORDINATOR_TRANSITIONS.get((self.state, what))
+        if next_state is None:
+            raise self._failed(f"{what.value} not allowed in {self.state.value}")
+        self.state = next_state
+
+    def _failed(self, why: str) -> LocalProtocolError:
+        """Our bug (a host fed this machine what it never asked for): it stops for good."""
+        self.state = CoordinatorState.FAILED
+        return LocalProtocolError(f"coordinator: {why}")
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round

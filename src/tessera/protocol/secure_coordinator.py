@@ -30,6 +30,13 @@ Theory of operation, per round (DESIGN.md steps 3 to 7):
 
 Deadlines drive every phase (``now`` comes with each event); the machine
 does no I/O and keeps no clock.
+
+Snapshots follow ``protocol.coordinator``'s contract, and hold nothing
+more: everything a freshly opened round holds (tree, ring, seats, spares,
+deadlines, the replay guard's floor) is derived from the seed, the round,
+the withdrawn nodes and the ``now`` it opened at, so ``restore`` re-derives
+it by opening that round again. Keys, directory and organisations are
+construction arguments, passed again to ``restore``.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import numpy as np
 from tessera.crypto.fixedpoint import Ring, choose_ring, decode
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
-from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
+from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.audit import decode_evidence, verify_evidence
 from tessera.protocol.codec import (
@@ -161,6 +168,8 @@ class SecureCoordinator(Coordinator):
         if isinstance(event, TimerFired):
             self._transition(CoordinatorInput.DEADLINE)
             timer = event.timer
+            if not isinstance(timer, RoundDeadline | AuditDue | CommitDue):
+                raise self._failed(f"secure rounds set no {type(timer).__name__} timers")
             if self.state is not CoordinatorState.COLLECTING or self._rs is None:
                 return []
             if timer.round != self.round or self._rs.phase is RoundPhase.CLOSED:
@@ -172,9 +181,7 @@ class SecureCoordinator(Coordinator):
                 for j in sorted(rs.audits_due):
                     rs.blamed[rs.seats[rs.tree.root.id][j]] = "did not justify its root sum"
                 return self._close_secure(now, PhaseInput.AUDIT_TIMEOUT)
-            if isinstance(timer, CommitDue):
-                return self._commit_level(timer.level, now, final=timer.final)
-            raise LocalProtocolError(f"the coordinator sets no {type(timer).__name__} timers")
+            return self._commit_level(timer.level, now, final=timer.final)
         if isinstance(event, MessageReceived):
             self._transition(CoordinatorInput.MESSAGE)
             msg = event.message
@@ -186,7 +193,7 @@ class SecureCoordinator(Coordinator):
                 return self._on_sealed(msg.data, now)
             except (InvalidEnvelope, RemoteProtocolError) as exc:
                 return [Rejected(sender=event.sender, reason=str(exc))]
-        raise LocalProtocolError(f"coordinator cannot handle {type(event).__name__}")
+        raise self._failed(f"cannot handle {type(event).__name__}")
 
     def _round_progressed(self) -> bool:
         rs = self._rs
@@ -550,8 +557,7 @@ class SecureCoordinator(Coordinator):
             rs.phase = SECURE_ROUND_TRANSITIONS[(rs.phase, what)]
         except KeyError:
             phase, rs.phase = rs.phase, RoundPhase.FAILED
-            self.state = CoordinatorState.FAILED
-            raise LocalProtocolError(f"secure round: {what.value} in {phase.value}") from None
+            raise self._failed(f"secure round: {what.value} in {phase.value}") from None
 
     def _close_secure(self, now: float, why: PhaseInput) -> list[Effect]:
         assert self._rs is not None

@@ -72,11 +72,14 @@ class ReportDue:
 Timer = RoundDeadline | CommitDue | AuditDue | ReportDue
 
 _GROUP = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Numbers as ``str(int)`` writes them: ASCII digits, no leading zero (``\d`` would also
+# take "03" and other scripts' digits), so every timer has exactly one text.
+_N = "0|[1-9][0-9]*"
 _TEXTS: tuple[tuple[re.Pattern[str], type[Timer]], ...] = (
-    (re.compile(r"round-(?P<round>\d+)-deadline"), RoundDeadline),
-    (re.compile(r"(?P<kind>commit|final)-L(?P<level>\d+)@(?P<round>\d+)"), CommitDue),
-    (re.compile(r"audit@(?P<round>\d+)"), AuditDue),
-    (re.compile(r"report@(?P<round>\d+):(?P<group>[^:@]+):(?P<position>\d+)"), ReportDue),
+    (re.compile(rf"round-(?P<round>{_N})-deadline"), RoundDeadline),
+    (re.compile(rf"(?P<kind>commit|final)-L(?P<level>{_N})@(?P<round>{_N})"), CommitDue),
+    (re.compile(rf"audit@(?P<round>{_N})"), AuditDue),
+    (re.compile(rf"report@(?P<round>{_N}):(?P<group>[^:@]+):(?P<position>{_N})"), ReportDue),
 )
 
 

@@ -7,14 +7,17 @@ on what it receives, the same way.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tessera.crypto.envelope import Envelope, ReplayGuard, open_envelope, seal
+from tessera.crypto.envelope import Envelope, ReplayGuard, open_envelope, peek, seal
 from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.errors import InvalidEnvelope
 from tessera.ids import NodeId
 from tessera.protocol.effects import Send
 from tessera.protocol.kinds import Kind
+from tessera.protocol.limits import ENVELOPE_LIMITS
 from tessera.protocol.messages import Sealed
 
 
@@ -43,7 +46,17 @@ class Wire:
         return Send(recipient=recipient, message=Sealed(data))
 
     def open(self, data: bytes, *, round: int, max_bytes: int) -> Envelope:
-        """Check everything and decrypt; any failure is one ``InvalidEnvelope``."""
+        """Check everything and decrypt; any failure is one ``InvalidEnvelope``.
+
+        The kind's own limit applies where it is tighter than ``max_bytes``, so
+        a megabyte "report" is refused before its signature is checked. An
+        unknown kind keeps ``max_bytes``: the machine refuses it by name.
+        """
+        if len(data) <= max_bytes:  # else open_envelope says "too large" before parsing
+            with contextlib.suppress(InvalidEnvelope):  # open_envelope will say what is wrong
+                kind = peek(data).kind
+                if kind in ENVELOPE_LIMITS:
+                    max_bytes = min(max_bytes, ENVELOPE_LIMITS[Kind(kind)])
         return open_envelope(
             data,
             recipient_keys=self.keys,

@@ -172,18 +172,24 @@ class Host:
         self._order = itertools.count()
 
     # -- feeding the machine ------------------------------------------------------
-    def handle(self, event: Event, now: float | None = None) -> None:
-        """Feed ``event`` (at ``now``, else the clock's) and perform everything it causes."""
-        queue = deque([event])
-        while queue:
-            answer = self._call(queue.popleft(), self.clock.now() if now is None else now)
-            queue.extend(answer)
-            now = None  # answers come at the clock's time
+    def handle(self, event: Event, now: float | None = None) -> list[Effect]:
+        """Feed ``event`` (at ``now``, else the clock's), perform everything it causes.
 
-    def fire(self, timer: Timer, now: float | None = None) -> None:
-        """Fire one of this host's timers (it must be set)."""
+        Returns the effects performed, in order (training answers' included), for
+        callers that inspect them: tests, logs.
+        """
+        queue, performed = deque([event]), []
+        while queue:
+            effects, answers = self._call(queue.popleft(), self.clock.now() if now is None else now)
+            performed += effects
+            queue.extend(answers)
+            now = None  # answers come at the clock's time
+        return performed
+
+    def fire(self, timer: Timer, now: float | None = None) -> list[Effect]:
+        """Fire one of this host's timers (it must be set); returns what it performed."""
         del self.timers[timer]
-        self.handle(TimerFired(timer=timer), now)
+        return self.handle(TimerFired(timer=timer), now)
 
     def due(self, now: float) -> list[Timer]:
         """The timers due at ``now``, earliest deadline first (ties: the order they were set)."""
@@ -216,7 +222,7 @@ class Host:
         return effects
 
     # -- performing ------------------------------------------------------------------
-    def _call(self, event: Event, now: float) -> list[Event]:
+    def _call(self, event: Event, now: float) -> tuple[list[Effect], list[Event]]:
         if self.cpu_clock is None:
             effects = self.machine.handle(event, now)
         else:
@@ -229,7 +235,7 @@ class Host:
             answer = self._perform(effect)
             if answer is not None:
                 answers.append(answer)
-        return answers
+        return effects, answers
 
     def _perform(self, effect: Effect) -> Event | None:
         if isinstance(effect, Send):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -48,7 +48,7 @@ class NodeCatalogue(BaseModel):
     max_records: Count = 1_000_000
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> NodeCatalogue:
+    def from_dict(cls, raw: Mapping[str, object]) -> NodeCatalogue:
         """Validate a ``[catalogue]`` section; a mistake is a ``ConfigError`` naming the field."""
         try:
             return cls.model_validate(dict(raw))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import msgpack
 
@@ -26,10 +26,10 @@ HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 1 << 30
 _CHUNK = 1 << 24
 
-Message = dict[str, Any]
+Message = dict[str, object]  # decoded from untrusted bytes: read with checks
 
 
-def encode(message: Mapping[str, Any], *, max_size: int = MAX_FRAME_BYTES) -> bytes:
+def encode(message: Mapping[str, object], *, max_size: int = MAX_FRAME_BYTES) -> bytes:
     """Header plus msgpack body of ``message``."""
     body: bytes = msgpack.packb(dict(message), use_bin_type=True)
     if len(body) > max_size:

@@ -308,7 +308,7 @@ class Sandbox:
         return self._prefix
 
 
-def _targets(y: npt.ArrayLike) -> np.ndarray:
+def _targets(y: npt.ArrayLike) -> npt.NDArray[np.int64] | npt.NDArray[np.float32]:
     """Labels as int64 or regression targets as float32, the two dtypes the worker takes."""
     arr = np.ascontiguousarray(y)
     if arr.ndim < 1:

@@ -31,7 +31,7 @@ import resource
 import socket
 import sys
 import tempfile
-from typing import Any, BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -59,12 +59,14 @@ _LIMITS = {
     "core": resource.RLIMIT_CORE,
 }
 
+T = TypeVar("T")
+
 
 class _Invalid(ValueError):
     """The request itself is malformed."""
 
 
-def _error(kind: str, message: str, **extra: Any) -> Message:
+def _error(kind: str, message: str, **extra: object) -> Message:
     return {"ok": False, "kind": kind, "error": message[:MAX_ERROR_CHARS], **extra}
 
 
@@ -77,7 +79,7 @@ def _only(request: Message, allowed: frozenset[str]) -> None:
         raise _Invalid(f"missing fields {missing}")
 
 
-def _typed(request: Message, key: str, kind: type) -> Any:
+def _typed(request: Message, key: str, kind: type[T]) -> T:
     value = request.get(key)
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise _Invalid(f"{key} must be {kind.__name__}, got {type(value).__name__}")

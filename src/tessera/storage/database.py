@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Self
+from typing import Self
 
 from sqlalchemy import Connection, MetaData, Table, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,8 +40,10 @@ class Database:
             raise StoreError(f"cannot open the {what}: {exc}") from None
         self._postgres = self._engine.dialect.name == "postgresql"
         self._closed = False
-        self._serial: AbstractContextManager[Any] = threading.RLock() if memory else nullcontext()
-        self._writer: AbstractContextManager[Any] = (
+        self._serial: AbstractContextManager[object] = (
+            threading.RLock() if memory else nullcontext()
+        )
+        self._writer: AbstractContextManager[object] = (
             threading.Lock() if not self._postgres and not memory else nullcontext()
         )
         try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -46,15 +45,15 @@ def make_engine(url_text: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, hide_parameters=True)
     if backend != "sqlite":
         raise ValueError(f"unsupported database URL scheme {url.drivername!r}")
-    kwargs: dict[str, Any] = {
-        "connect_args": {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S},
-        "hide_parameters": True,
-    }
-    if is_memory(url):
-        kwargs["poolclass"] = StaticPool
-    elif url.database is not None and not url.database.startswith("file:"):
+    memory = is_memory(url)
+    if not memory and url.database is not None and not url.database.startswith("file:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, **kwargs)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S},
+        hide_parameters=True,
+        poolclass=StaticPool if memory else None,  # None: the dialect's own pool
+    )
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine

@@ -1,5 +1,56 @@
-"""Public test kit: adversarial machines to check that defences hold."""
+"""Tessera's public testing kit: the pieces its own tests are built from.
 
-from tessera.testing.adversaries import TamperingAggregator
+- ``MiniFederation`` (+ ``plaintext_federation``, ``secure_federation``,
+  ``fixed_updates``, ``Update``): real machines in real hosts on an
+  in-memory network, driven step by step;
+- ``ManualClock`` and ``InMemoryNetwork`` (+ ``Wire``, ``partition``): the
+  hosts' clock and outbox for such tests;
+- ``TableTrainer``: the simulator's trainer, with updates a test can sum by hand;
+- ``chem97_job``, ``example_config``: real data, offline;
+- adversaries: ``TamperingAggregator``, ``SilentAggregator``,
+  ``TruncatingContributor``, ``Replaying``, ``replay``;
+- ``tessera.testing.provider``: the real data-provider service on loopback
+  over a job's records (``serve_provider``; imported apart: it loads the web stack);
+- ``tessera.testing.strategies``: hypothesis strategies (needs hypothesis).
 
-__all__ = ["TamperingAggregator"]
+docs/testing.md shows how to test a strategy of your own with them.
+"""
+
+from tessera.testing.adversaries import (
+    Replaying,
+    SilentAggregator,
+    TamperingAggregator,
+    TruncatingContributor,
+    replay,
+)
+from tessera.testing.clock import ManualClock
+from tessera.testing.data import chem97_job, example_config
+from tessera.testing.federation import (
+    MiniFederation,
+    Update,
+    fixed_updates,
+    plaintext_federation,
+    secure_federation,
+)
+from tessera.testing.network import InMemoryNetwork, Wire, partition
+from tessera.testing.trainers import TableTrainer
+
+__all__ = [
+    "InMemoryNetwork",
+    "ManualClock",
+    "MiniFederation",
+    "Replaying",
+    "SilentAggregator",
+    "TableTrainer",
+    "TamperingAggregator",
+    "TruncatingContributor",
+    "Update",
+    "Wire",
+    "chem97_job",
+    "example_config",
+    "fixed_updates",
+    "partition",
+    "plaintext_federation",
+    "replay",
+    "secure_federation",
+]

@@ -6,7 +6,7 @@ and evaluation import torch on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tessera.training.evaluate import evaluate, metric_name, predict, r2_score
 from tessera.training.recipe import Recipe
@@ -31,7 +31,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tessera.training' has no attribute {name!r}")

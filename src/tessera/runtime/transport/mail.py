@@ -35,7 +35,7 @@ from tessera.protocol.control import (
 from tessera.protocol.effects import Send
 from tessera.protocol.events import MessageReceived
 from tessera.protocol.kinds import Kind
-from tessera.protocol.limits import MAX_ENVELOPE_BYTES
+from tessera.protocol.limits import ENVELOPE_LIMITS
 from tessera.protocol.messages import (
     AggregateRequest,
     Sealed,
@@ -173,7 +173,7 @@ def from_envelope(
         expect_job=job_id,
         expect_round=None,
         expect_recipient=me,
-        max_bytes=MAX_ENVELOPE_BYTES,
+        max_bytes=ENVELOPE_LIMITS[Kind(head.kind)],
         replay=replay,
     )
     if env.kind == Kind.TRAIN:

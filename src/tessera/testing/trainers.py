@@ -1,0 +1,63 @@
+"""A trainer for the simulator whose every aggregate a test can compute by hand.
+
+``runtime.sim.Simulation`` asks a batched ``LocalTrainer`` for many nodes'
+updates at once. ``TableTrainer`` answers node ``i`` with row ``i`` of a
+fixed random table (its samples and loss fixed too), so whatever the
+simulator drops, delays or reorders, a round's result must be the weighted
+mean of exactly the rows of the nodes it included:
+
+    trainer = TableTrainer(samples, dim=4, seed=0)
+    weights = Simulation(coordinator, nodes, trainer, devices, samples, ...).run()
+    np.testing.assert_allclose(weights, trainer.mean(np.ones(len(samples), bool)), rtol=1e-5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tessera.weights import Vector
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableRows:
+    """The requested nodes' rows, in the order asked (the simulator's ``TrainOutput``)."""
+
+    deltas: npt.NDArray[np.float32]
+    num_samples: npt.NDArray[np.int64]
+    loss: npt.NDArray[np.float32]
+
+
+class TableTrainer:
+    """Node ``i``'s update is ``table[i]`` (uniform in ``±scale``); records each batch's size."""
+
+    def __init__(
+        self, samples: npt.ArrayLike, *, dim: int, seed: int = 0, scale: float = 1.0
+    ) -> None:
+        self.samples = np.asarray(samples, np.int64)
+        rng = np.random.default_rng(seed)
+        n = len(self.samples)
+        self.table = rng.uniform(-scale, scale, size=(n, dim)).astype(np.float32)
+        self.loss = rng.uniform(0, 3, size=n).astype(np.float32)
+        self.calls: list[int] = []  # how many nodes each call trained
+
+    def train(
+        self,
+        global_weights: Vector,  # noqa: ARG002 (the table ignores the model)
+        nodes: npt.NDArray[np.int64],
+        seed: int,  # noqa: ARG002
+        *,
+        prox_mu: float | None = None,  # noqa: ARG002
+    ) -> TableRows:
+        self.calls.append(len(nodes))
+        return TableRows(
+            deltas=self.table[nodes], num_samples=self.samples[nodes], loss=self.loss[nodes]
+        )
+
+    def mean(self, included: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+        """The sample-weighted mean update of the ``included`` nodes (a boolean mask)."""
+        w = self.samples[included].astype(np.float64)
+        mean: npt.NDArray[np.float64] = (self.table[included] * w[:, None]).sum(0) / w.sum()
+        return mean
