@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+import pytest
 
 from tessera.training import ModelSpec, Recipe, init_weights, layout
 
@@ -27,3 +29,37 @@ def make_job(spec: ModelSpec, recipe: Recipe, n: int, seed: int = 0) -> Job:
     else:
         y = rng.normal(size=(n, spec.n_outputs)).astype(np.float32)
     return Job(spec, recipe, x, y, layout(spec).flatten(init_weights(spec, seed + 1)))
+
+
+Verdict = tuple[Literal["run", "skip", "fail"], str]
+
+
+def isolation_verdict(*, problem: str, isolated: bool) -> Verdict:
+    """Whether a test that needs the network-isolated sandbox runs, and if not why.
+
+    ``problem`` is why ``unshare --user --map-root-user --net`` fails here ("" if
+    it works), by the sandbox's own probe. Without user namespaces the test
+    skips naming what is missing; with them, a sandbox that still started
+    unisolated is a fault that would hide the check, so the test fails (in CI
+    and everywhere else) rather than skip.
+    """
+    if problem:
+        return (
+            "skip",
+            f"unprivileged user namespaces are unavailable, so no network isolation: {problem}",
+        )
+    if isolated:
+        return "run", ""
+    return "fail", (
+        "user namespaces work here (`unshare --user --map-root-user --net`), "
+        "yet the sandbox child started without network isolation"
+    )
+
+
+def require_isolation(*, problem: str, isolated: bool) -> None:
+    """Skip or fail the calling test as ``isolation_verdict`` says."""
+    verdict, reason = isolation_verdict(problem=problem, isolated=isolated)
+    if verdict == "skip":
+        pytest.skip(reason)
+    if verdict == "fail":
+        pytest.fail(reason)

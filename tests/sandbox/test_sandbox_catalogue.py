@@ -18,10 +18,18 @@ def _reason(catalogue: NodeCatalogue, spec: ModelSpec, recipe: Recipe, n: int = 
     return info.value.reason
 
 
-def test_default_accepts_the_usual_jobs() -> None:
-    DEFAULT_CATALOGUE.check(MLP, SGD, 1000)
-    DEFAULT_CATALOGUE.check(ModelSpec("linear", (3,), 1), Recipe("mse", optimizer="adam"), 0)
-    DEFAULT_CATALOGUE.check(ModelSpec("cnn", (1, 28, 28), 10, hidden=(64,)), SGD, 60_000)
+@pytest.mark.parametrize(
+    ("spec", "recipe", "n"),
+    [
+        (MLP, SGD, 1000),
+        (ModelSpec("linear", (3,), 1), Recipe("mse", optimizer="adam"), 0),
+        (ModelSpec("cnn", (1, 28, 28), 10, hidden=(64,)), SGD, 60_000),
+    ],
+    ids=["mlp", "linear-adam-no-records", "cnn-mnist-sized"],
+)
+def test_default_accepts_the_usual_jobs(spec: ModelSpec, recipe: Recipe, n: int) -> None:
+    assert list(DEFAULT_CATALOGUE._refusals(spec, recipe, n)) == []
+    DEFAULT_CATALOGUE.check(spec, recipe, n)  # so check() raises nothing either
 
 
 @pytest.mark.parametrize(
