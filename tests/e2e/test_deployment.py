@@ -48,7 +48,9 @@ def e2e_config() -> JobConfig:
             "federation": cfg.federation.model_copy(
                 update={"rounds": 3, "fraction": 1.0, "min_participants": 1, "round_timeout": 10.0}
             ),
-            "secure": cfg.secure.model_copy(update={"phase_timeout": 1.5, "group_size": 10}),
+            # Round 3 has a silent seat to replace and a coordinator restart: phases long
+            # enough that a loaded machine does not also drop a whole group on a deadline.
+            "secure": cfg.secure.model_copy(update={"phase_timeout": 3.0, "group_size": 10}),
             "baseline": cfg.baseline.model_copy(update={"enabled": False}),
             # FedProx: the recipe's proximal term, which every runtime must honour.
             "recipe": cfg.recipe.model_copy(update={"prox_mu": 0.5}),
