@@ -116,7 +116,10 @@ def watch(
         if on_status is not None:
             on_status(status)
         for row in status["rounds"][seen:]:
-            record = RoundRecord.from_json(row)
+            try:  # the coordinator's word: a bad row is its fault, said as such
+                record = RoundRecord.from_json(row)
+            except ValueError as exc:
+                raise RemoteProtocolError(f"bad round record from the coordinator: {exc}") from None
             sha = record.weights
             if sha is None:
                 raise RemoteProtocolError(f"round {record.round} names no weights artefact")

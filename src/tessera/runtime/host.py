@@ -251,7 +251,7 @@ class Host:
         elif isinstance(effect, RoundClosed):
             self.observer.round_closed(self.actor, effect)
         elif isinstance(effect, JobFinished):
-            self.timers.clear()  # nothing is due after the end
+            self._time(effect)
             self.observer.job_finished(self.actor, effect)
         return None
 
@@ -262,7 +262,7 @@ class Host:
         elif isinstance(effect, CancelTimer):
             self.timers.pop(effect.timer, None)
         elif isinstance(effect, JobFinished):
-            self.timers.clear()
+            self.timers.clear()  # nothing is due after the end
 
 
 class TrainOutput(Protocol):
