@@ -149,6 +149,10 @@ class Aggregator:
             self.round = req.round
             self.roles.clear()
             self.wire.replay.forget_before(req.round)
+        held = [p for g, p in self.roles if g == req.group and p != req.position]
+        if held:  # k positions of one group in one hand are the members' updates
+            reason = f"already serving {req.group} position {held[0]} this round"
+            return [Rejected(sender=COORDINATOR, reason=reason)]
         ring = Ring(bits=req.ring_bits, frac_bits=req.frac_bits, terms=req.ring_terms)
         expected = dict(zip(req.inputs, req.senders, strict=True))
         self.roles[(req.group, req.position)] = AggregatorRole(

@@ -104,6 +104,7 @@ def rounding_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator
 
 class Contributor:
     __slots__ = (
+        "_holders",
         "_sent",
         "assignment",
         "deadline",
@@ -122,6 +123,9 @@ class Contributor:
         self.assignment: SecureAssignment | None = None
         # This round's shares, kept (never re-split) in case an aggregator is replaced.
         self._sent: tuple[Ring, int, list[Share]] | None = None
+        # Who was ever given which position this round: one node, one position, so a
+        # coordinator cannot walk a backup through several seats (SECURITY.md, finding 3).
+        self._holders: dict[NodeId, int] = {}
         self.wire = Wire(node, job_id, secure.keys, secure.directory) if secure else None
         self.state = ContributorState.IDLE
         self.round = -1
@@ -147,6 +151,7 @@ class Contributor:
             self._transition(ContributorInput.TRAIN_REQUEST)
             self.round, self.deadline, self.assignment = msg.round, msg.deadline, msg.secure
             self._sent = None
+            self._holders = {}
             return [RequestLocalTraining(round=msg.round, weights=msg.weights, config=msg.config)]
         if isinstance(event, LocalUpdateReady | LocalTrainingFailed):
             if not (self.state is ContributorState.TRAINING and event.round == self.round):
@@ -210,6 +215,7 @@ class Contributor:
         assert sent is not None
         ring, length, shares = sent
         payload = encode_share(a.group, position, ring, length, shares[position])
+        self._holders.setdefault(aggregator, position)
         return wire.send(aggregator, Kind.SHARE, self.round, payload, sealed=True)
 
     def _on_resend(self, data: bytes) -> list[Effect]:
@@ -226,6 +232,12 @@ class Contributor:
             raise RemoteProtocolError(f"not a position of our group {a.group}")
         if replacement not in a.backups:
             raise RemoteProtocolError(f"{replacement} is not one of the tree's backups")
+        held = self._holders.get(replacement)
+        if held is not None and held != r.position:
+            raise RemoteProtocolError(
+                f"{replacement} already held position {held} of {a.group} this round: "
+                "one node never gets two of our shares"
+            )
         seats = list(a.aggregators)
         seats[r.position] = replacement
         self.assignment = replace(a, aggregators=tuple(seats))
