@@ -715,6 +715,20 @@ def test_a_revoked_user_is_not_asked_from_the_next_round_on(
     assert c.pull(coord) == []
 
 
+def test_a_replayed_revocation_changes_nothing(
+    coord: Harness, nodes: dict[str, Node], running: SignedDocument
+) -> None:
+    """Security finding 6: revocations are idempotent (one withdrawal logged, not two)."""
+    c = nodes["node-c"]
+    assert c.receipt is not None
+    revocation = revoke_consent(c.keys, receipt=c.receipt, at=time.time())
+    with coord.client() as client:
+        for _ in range(3):  # the user's retry, or anyone replaying the captured request
+            client.revoke(JOB, revocation, c.receipt)
+    withdrawals = [e for e in coord.service.store.events(JOB) if e.kind == "withdraw"]
+    assert [e.node for e in withdrawals] == ["node-c"]
+
+
 def test_a_round_record_counts_its_traffic_through_the_mailbox(
     coord: Harness, nodes: dict[str, Node], running: SignedDocument
 ) -> None:

@@ -283,11 +283,11 @@ class CoordinatorService:
         else:
             raise Refused(400, "the revocation does not revoke that receipt")
         try:
-            self.store.revoke_consent(job_id, user, rev.to_json(), self.clock())
+            new = self.store.revoke_consent(job_id, user, rev.to_json(), self.clock())
         except NotFound:
             raise Refused(404, f"{user} has no consent for {job_id}") from None
         driver = self.drivers.get(job_id)
-        if driver is not None and user in (job.participants or ()):
+        if new and driver is not None and user in (job.participants or ()):
             driver.withdraw(NodeId(user))
             driver.wake()
         return {"job_id": job_id, "user": user, "revoked": True}

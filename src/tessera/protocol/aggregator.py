@@ -154,7 +154,9 @@ class Aggregator:
             reason = f"already serving {req.group} position {held[0]} this round"
             return [Rejected(sender=COORDINATOR, reason=reason)]
         ring = Ring(bits=req.ring_bits, frac_bits=req.frac_bits, terms=req.ring_terms)
-        expected = dict(zip(req.inputs, req.senders, strict=True))
+        expected = {
+            i: s for i, s in zip(req.inputs, req.senders, strict=True) if i not in req.absent
+        }
         self.roles[(req.group, req.position)] = AggregatorRole(
             req, ring, expected, parent=req.parent
         )

@@ -206,6 +206,7 @@ def encode_aggregate_request(req: AggregateRequest) -> bytes:
             "audit_fraction": req.audit_fraction,
             "send_evidence": req.send_evidence,
             "evidence_on_request": req.evidence_on_request,
+            "absent": list(req.absent),
         },
     )
 
@@ -257,6 +258,7 @@ def decode_aggregate_request(data: bytes) -> AggregateRequest:
         audit_fraction=_fraction(obj.get("audit_fraction", 1.0)),
         send_evidence=_get(obj, "send_evidence", bool, w),
         evidence_on_request=_get(obj, "evidence_on_request", bool, w),
+        absent=_strs(obj, "absent", w) if "absent" in obj else (),
     )
 
 

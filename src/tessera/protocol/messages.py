@@ -89,6 +89,9 @@ class AggregateRequest:
     audit_fraction: float = 1.0  # the share of child sums we audit, drawn as each arrives
     send_evidence: bool = False  # whether our sums go with evidence for our parent
     evidence_on_request: bool = False  # keep evidence until our auditor asks for it
+    # Leaf inputs the coordinator did not ask to train (their consent was withdrawn):
+    # not waited for, and their shares are not taken.
+    absent: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:

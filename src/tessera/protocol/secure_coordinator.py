@@ -227,6 +227,7 @@ class SecureCoordinator(Coordinator):
         )
         self._rs = rs
         self.wire.replay.forget_before(round)
+        self._seat_backups_for_withdrawn(rs)
         weights = self.weights
         weights.flags.writeable = False
         phase = self.secure.phase_timeout
@@ -256,13 +257,27 @@ class SecureCoordinator(Coordinator):
         effects.append(StartTimer(timer=RoundDeadline(round=round), at=close_at))
         return effects
 
+    def _seat_backups_for_withdrawn(self, rs: _RoundState) -> None:
+        """A withdrawn node serves no seat from the round after its revocation: each of
+        its seats goes to the group's next backup before any request is sent, so no
+        round waits for it (without a backup left, the seat stays, and is replaced
+        like any silent one if it does not serve)."""
+        for group in rs.tree.groups:
+            seats, spares = rs.seats[group.id], rs.spares[group.id]
+            spares[:] = [s for s in spares if s not in self._withdrawn_at_open]
+            for position, holder in enumerate(seats):
+                if holder in self._withdrawn_at_open and spares:
+                    seats[position] = spares.pop(0)
+
     def _aggregate_request(
         self, rs: _RoundState, group: Group, position: int, report_at: float
     ) -> Send:
         tree = rs.tree
         inputs: tuple[str, ...]
+        absent: tuple[str, ...] = ()
         if group.level == 0:
             inputs = senders = tuple(group.members)
+            absent = tuple(m for m in group.members if m in self._withdrawn_at_open)
         else:
             inputs = tuple(group.children)
             senders = tuple(rs.seats[c][position] for c in group.children)
@@ -294,6 +309,7 @@ class SecureCoordinator(Coordinator):
             audit_fraction=self.secure.audit_fraction,
             send_evidence=self.secure.audit and group.parent is not None and every,
             evidence_on_request=self.secure.audit and (group.parent is None or not every),
+            absent=absent,
         )
         return Send(recipient=node, message=request)
 
@@ -323,7 +339,7 @@ class SecureCoordinator(Coordinator):
                 SecureAssignment(
                     group=group.id,
                     clip=self.secure.clip,
-                    aggregators=tuple(group.aggregators),
+                    aggregators=tuple(rs.seats[group.id]),  # a backup where one withdrew
                     backups=tuple(group.backups),
                     full_position=i % k,  # the full-size share rotates
                     ring_bits=rs.ring.bits,
@@ -335,7 +351,7 @@ class SecureCoordinator(Coordinator):
                 ),
             )
             for i, member in enumerate(group.members)
-            if member not in self.withdrawn  # absent, as a dropped contributor is
+            if member not in self._withdrawn_at_open  # absent: its aggregators do not wait
         ]
 
     # -- reports and commitments ---------------------------------------------

@@ -59,7 +59,11 @@ class TreeCheck:
         if not tree.has_group(a.group) or node not in tree.group(a.group).members:
             return f"{node} is not a member of {a.group} in the derived tree"
         group = tree.group(a.group)
-        if a.aggregators != group.aggregators or a.backups != group.backups:
+        seated = len(a.aggregators) == len(group.aggregators) and all(
+            mine == derived or mine in group.backups  # a backup may stand in from the start
+            for mine, derived in zip(a.aggregators, group.aggregators, strict=False)
+        )
+        if not seated or a.backups != group.backups:
             return f"{a.group}'s aggregators are not the derived tree's"
         return None
 
@@ -77,6 +81,8 @@ class TreeCheck:
         inputs = group.members if group.level == 0 else group.children
         if tuple(req.inputs) != tuple(inputs):
             return f"the inputs of {req.group} are not the derived tree's"
+        if req.absent and (not req.leaf or not set(req.absent) < set(inputs)):
+            return f"the absent inputs of {req.group} are not some of its members"
         if self.audit is not None and self._audit_flags(req, group.parent is None, inputs):
             return f"the audit settings of {req.group} are not the job's"
         return None

@@ -276,21 +276,23 @@ class Store(Database):
 
     def revoke_consent(
         self, job_id: str, node_id: str, document: dict[str, Any], revoked_at: float
-    ) -> None:
+    ) -> bool:
         """Mark the node's unrevoked consents for the job revoked; NotFound if it has none.
 
-        Consents already revoked keep their first revocation, so a repeat is a no-op.
+        Consents already revoked keep their first revocation, so a repeat is a no-op:
+        False then, True when this call revoked something.
         """
         c = m.consent.c
         mine = (c.job_id == job_id) & (c.node_id == node_id)
         with self._write() as conn:
-            conn.execute(
+            changed = conn.execute(
                 m.consent.update()
                 .where(mine & c.revoked_at.is_(None))
                 .values(revoked_at=revoked_at, revocation=document)
-            )
+            ).rowcount
             if not conn.execute(select(exists().where(mine))).scalar():
                 raise NotFound(f"no consent from {node_id!r} for job {job_id!r}")
+        return bool(changed)
 
     def consents(self, job_id: str) -> list[ConsentRecord]:
         """Every receipt for the job, revoked ones included, oldest first."""
