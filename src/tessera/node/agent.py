@@ -70,6 +70,7 @@ from tessera.sandbox import (
     SandboxRefused,
 )
 from tessera.storage.keyfile import load_or_create_keys
+from tessera.storage.private import private_dir
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.node")
@@ -112,7 +113,7 @@ class NodeAgent:
         self.cfg = cfg
         self.node = NodeId(cfg.node_id)
         self.keys = load_or_create_keys(cfg.keys_path, cfg.passphrase)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.state_dir)  # receipts name the user: 0700 when made here
         self.client = CoordinatorClient(cfg.coordinator, verify=cfg.verify)
         self.sandbox = Sandbox(
             cfg.sandbox_limits, isolate_network=cfg.isolate_network, catalogue=cfg.catalogue
