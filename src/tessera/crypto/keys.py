@@ -18,9 +18,9 @@ Where keys come from:
   anyone who knows or guesses the seed holds the keys. Never for
   production keys.
 
-Key files (``private_bytes`` / ``save``). Without a passphrase: two PEM
-blocks, PKCS#8, the Ed25519 signing key first, the X25519 agreement key
-second; each opens with ``openssl pkey``; anyone who reads the file holds
+Key files (``private_bytes``; ``tessera.storage.keyfile`` writes them).
+Without a passphrase: two PEM blocks, PKCS#8, the Ed25519 signing key first,
+the X25519 agreement key second; each opens with ``openssl pkey``; anyone who reads the file holds
 the keys. With one: a single PEM block ``TESSERA ENCRYPTED NODE KEYS`` whose
 body is the 33-byte header ``version (1) | kdf (1 = scrypt) | log2 N | r |
 p | salt (16) | nonce (12)``, then AES-256-GCM, under the 32-byte scrypt key
@@ -34,7 +34,7 @@ between 16 MiB and 1 GiB of memory (p at most 16): the floor refuses a
 file weakened by hand, the ceiling one built to exhaust memory.
 Files written before this format (PKCS#8 under PBES2: PBKDF2-HMAC-SHA256,
 2048 iterations, cheap to brute-force) still open; ``key_file_format``
-names them so the key file's owner re-encrypts them.
+names them, and ``tessera.storage.keyfile`` re-seals them under scrypt.
 
 A wrong or missing passphrase, or a file that is not a node key file,
 raises ``ConfigError`` naming ``passphrase`` or ``key file``: it is this
@@ -239,7 +239,6 @@ class NodeKeys:
         self, passphrase: bytes | None, *, kdf: ScryptParams = SCRYPT_DEFAULT
     ) -> bytes:
         """The key file: two PKCS#8 PEM blocks in the clear, or sealed under ``passphrase``."""
-        raw = [key.private_bytes_raw() for key in (self._signing, self._agreement)]
         if passphrase is None:
             return b"".join(
                 key.private_bytes(
@@ -253,9 +252,8 @@ class NodeKeys:
         kdf.check()
         salt, nonce = os.urandom(16), os.urandom(12)
         header = _HEADER.pack(_SEALED_VERSION, _KDF_SCRYPT, kdf.log2_n, kdf.r, kdf.p, salt, nonce)
-        sealed = AESGCM(_derive(passphrase, salt, kdf)).encrypt(
-            nonce, b"".join(raw), _SEALED_AAD + header
-        )
+        raw = self._signing.private_bytes_raw() + self._agreement.private_bytes_raw()
+        sealed = AESGCM(_derive(passphrase, salt, kdf)).encrypt(nonce, raw, _SEALED_AAD + header)
         body = base64.encodebytes(header + sealed)
         return b"-----BEGIN %s-----\n%s-----END %s-----\n" % (_SEALED_LABEL, body, _SEALED_LABEL)
 
