@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
@@ -11,12 +12,41 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tessera.crypto.keys import PUBLIC_KEYS_SIZE, NodeKeys, PublicKeys
+from tessera.crypto.keys import (
+    PUBLIC_KEYS_SIZE,
+    SCRYPT_DEFAULT,
+    NodeKeys,
+    PublicKeys,
+    ScryptParams,
+    key_file_format,
+)
 from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.storage.keyfile import load_keys, save_keys
 
 PASS = b"correct horse battery staple"
+CHEAP = ScryptParams.cheapest()  # where many files are opened; the default is tested too
+
+
+def _legacy(keys: NodeKeys, passphrase: bytes) -> bytes:
+    """The form written before scrypt: PKCS#8 under PBES2/PBKDF2 (2048 iterations)."""
+    return b"".join(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+        for key in (keys._signing, keys._agreement)
+    )
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    """``data`` with the base64 character ``at`` of its body changed."""
+    start = data.index(b"\n") + 1
+    i = start + at if at >= 0 else data.rindex(b"\n-----END") + at
+    return data[:i] + (b"A" if data[i : i + 1] != b"A" else b"B") + data[i + 1 :]
 
 
 def _raw_private(keys: NodeKeys) -> tuple[bytes, bytes]:
@@ -108,11 +138,64 @@ def test_repr_shows_no_key_material() -> None:
 def test_private_bytes_round_trip(passphrase: bytes | None) -> None:
     keys = NodeKeys.generate()
     data = keys.private_bytes(passphrase)
-    label = b"BEGIN ENCRYPTED PRIVATE KEY" if passphrase else b"BEGIN PRIVATE KEY"
-    assert data.count(label) == 2
+    if passphrase is None:
+        assert data.count(b"BEGIN PRIVATE KEY") == 2 and key_file_format(data) == "clear"
+    else:
+        assert data.count(b"BEGIN TESSERA ENCRYPTED NODE KEYS") == 1
+        assert key_file_format(data) == "scrypt"
+        assert ScryptParams.of_key_file(data) == SCRYPT_DEFAULT
     back = NodeKeys.from_private_bytes(data, passphrase)
     assert back.public == keys.public
     assert _raw_private(back) == _raw_private(keys)
+
+
+@settings(max_examples=20, deadline=None)
+@given(passphrase=st.binary(min_size=1, max_size=100), seed=st.binary(min_size=1, max_size=8))
+def test_sealed_key_file_round_trips_for_any_passphrase(passphrase: bytes, seed: bytes) -> None:
+    keys = NodeKeys.from_seed(seed)
+    data = keys.private_bytes(passphrase, kdf=CHEAP)
+    assert ScryptParams.of_key_file(data) == CHEAP
+    back = NodeKeys.from_private_bytes(data, passphrase)
+    assert _raw_private(back) == _raw_private(keys)
+
+
+def test_sealing_is_fresh_each_time() -> None:
+    """A fresh salt and nonce each time: two files of one key under one passphrase differ."""
+    keys = NodeKeys.from_seed(b"x")
+    assert keys.private_bytes(PASS, kdf=CHEAP) != keys.private_bytes(PASS, kdf=CHEAP)
+
+
+def test_legacy_pbkdf2_key_files_still_open() -> None:
+    keys = NodeKeys.generate()
+    data = _legacy(keys, PASS)
+    assert key_file_format(data) == "pbkdf2"
+    assert NodeKeys.from_private_bytes(data, PASS).public == keys.public
+    with pytest.raises(ConfigError, match="wrong passphrase"):
+        NodeKeys.from_private_bytes(data, b"not it")
+    with pytest.raises(ConfigError, match="passphrase is required"):
+        NodeKeys.from_private_bytes(data, None)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        ScryptParams(13, 8, 1),
+        ScryptParams(14, 4, 1),
+        ScryptParams(21, 8, 1),
+        ScryptParams(14, 8, 17),
+    ],
+)
+def test_scrypt_costs_outside_the_bounds_are_refused(params: ScryptParams) -> None:
+    """Below the floor a file is too cheap to guard a key; above the ceiling, a memory bomb."""
+    with pytest.raises(ConfigError, match="out of bounds"):
+        NodeKeys.generate().private_bytes(PASS, kdf=params)
+    good = NodeKeys.generate().private_bytes(PASS, kdf=CHEAP)
+    header = bytearray(base64.b64decode(b"".join(good.splitlines()[1:-1])))
+    header[2:5] = bytes([params.log2_n, params.r, params.p])
+    body = base64.encodebytes(bytes(header))
+    forged = good.split(b"\n", 1)[0] + b"\n" + body + good.splitlines(keepends=True)[-1]
+    with pytest.raises(ConfigError, match="out of bounds"):
+        NodeKeys.from_private_bytes(forged, PASS)
 
 
 def test_encrypted_key_file_hides_the_keys() -> None:
@@ -178,6 +261,11 @@ def test_passphrase_must_be_non_empty_bytes(passphrase: object) -> None:
         NodeKeys.from_private_bytes(keys.private_bytes(None), passphrase)  # type: ignore[arg-type]
 
 
+def _without_line(data: bytes, i: int) -> bytes:
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[:i] + lines[i + 1 :])
+
+
 def _swap_blocks(data: bytes) -> bytes:
     cut = data.index(b"-----END", 40)
     cut = data.index(b"-----\n", cut + 8) + len(b"-----\n")
@@ -186,8 +274,9 @@ def _swap_blocks(data: bytes) -> bytes:
 
 def test_corrupt_or_foreign_key_files_are_refused() -> None:
     good = NodeKeys.generate().private_bytes(None)
-    encrypted = NodeKeys.generate().private_bytes(PASS)
+    encrypted = _legacy(NodeKeys.generate(), PASS)
     half = encrypted[: encrypted.index(b"-----BEGIN", 10)]
+    sealed = NodeKeys.generate().private_bytes(PASS, kdf=CHEAP)
     ec_key = NodeKeys.generate()._signing.private_bytes(  # an Ed25519 block twice
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -201,17 +290,25 @@ def test_corrupt_or_foreign_key_files_are_refused() -> None:
         (ec_key * 2, None, "an Ed25519 key, then an X25519 key"),
         (half + good[good.index(b"-----BEGIN", 10) :], PASS, "one key is encrypted"),
         (good.replace(b"\nM", b"\nA", 1), None, "corrupt"),
+        (sealed + good, PASS, "not a Tessera node key file"),
+        (sealed.replace(b"\n-----END", b"!\n-----END"), PASS, "not base64"),
+        (_without_line(sealed, 1), PASS, "wrong size"),
+        (_flip(sealed, 0), PASS, "unsupported key file version"),
     ]
     for data, passphrase, message in cases:
         with pytest.raises(ConfigError, match=message):
             NodeKeys.from_private_bytes(data, passphrase)
 
 
-def test_corrupt_encrypted_file_reads_as_wrong_passphrase() -> None:
-    data = NodeKeys.generate().private_bytes(PASS)
-    broken = data.replace(b"\nM", b"\nA", 1)
+@pytest.mark.parametrize("at", [10, 30, -10], ids=["salt", "nonce", "tag"])
+def test_corrupt_encrypted_file_reads_as_wrong_passphrase(at: int) -> None:
+    """The header is associated data: a changed salt or nonce fails as a changed tag does."""
+    data = NodeKeys.generate().private_bytes(PASS, kdf=CHEAP)
     with pytest.raises(ConfigError, match="wrong passphrase, or the key file is corrupt"):
-        NodeKeys.from_private_bytes(broken, PASS)
+        NodeKeys.from_private_bytes(_flip(data, at), PASS)
+    legacy = _legacy(NodeKeys.generate(), PASS)
+    with pytest.raises(ConfigError, match="wrong passphrase, or the key file is corrupt"):
+        NodeKeys.from_private_bytes(legacy.replace(b"\nM", b"\nA", 1), PASS)
 
 
 def test_load_refuses_huge_files(tmp_path: Path) -> None:

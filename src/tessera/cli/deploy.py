@@ -63,6 +63,12 @@ def _verify(ca: Path | None) -> Any:
     return client_ssl_context(ca)
 
 
+def _passphrase() -> bytes | None:
+    """``TESSERA_KEY_PASSPHRASE``, as bytes exactly: it seals every party's key file."""
+    value = os.environb.get(b"TESSERA_KEY_PASSPHRASE")
+    return value or None
+
+
 def _fail(exc: Exception) -> None:
     from rich.markup import escape
 
@@ -96,10 +102,8 @@ def coordinator(
     from tessera.storage.keyfile import load_or_create_keys
 
     try:
-        passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
-        service = CoordinatorService(
-            Store(db), load_or_create_keys(keys, passphrase.encode() if passphrase else None)
-        )
+        keyring = load_or_create_keys(keys, _passphrase())  # a wrong passphrase fails first
+        service = CoordinatorService(Store(db), keyring)
         app_ = create_coordinator_app(service, max_body=max_body)
         run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
     except TesseraError as exc:
@@ -180,7 +184,6 @@ def node(
     from tessera.node.agent import AgentConfig, NodeAgent
     from tessera.sandbox import SandboxLimits
 
-    passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
     try:
         limits = SandboxLimits(start_timeout=sandbox_start_timeout)
         agent = NodeAgent(
@@ -191,7 +194,7 @@ def node(
                 state_dir=state,
                 subject=user,
                 organisation=organisation,
-                passphrase=passphrase.encode() if passphrase else None,
+                passphrase=_passphrase(),
                 verify=_verify(ca),
                 consent_to=list(consent or []),
                 isolate_network="best_effort" if isolate_network == "best_effort" else "required",
@@ -286,6 +289,7 @@ def up(
                 db_url=db,
                 records=records,
                 sandbox_start_timeout=sandbox_start_timeout,
+                passphrase=_passphrase(),  # without one, Deployment warns: keys in the clear
             )
     except TesseraError as exc:
         _fail(exc)
@@ -410,7 +414,9 @@ def job_submit(
     max_weight: Annotated[
         float | None, typer.Option(help="secure: samples where a node's weight saturates")
     ] = None,
-    keys: Annotated[Path, typer.Option(help="AI provider key file")] = Path("ai-provider.key"),
+    keys: Annotated[
+        Path, typer.Option(help="AI provider key file (made if missing, mode 0600)")
+    ] = Path("ai-provider.key"),
     purpose: Annotated[str, typer.Option(help="what the model is for, shown to users")] = "",
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
@@ -425,11 +431,12 @@ def job_submit(
         cfg = load_config(config)
         if max_weight is not None:
             cfg = with_declared_weight(cfg, max_weight)
+        signer = load_or_create_keys(keys, _passphrase())  # before any request: fail early
         verify = _verify(ca)
         pre = fetch_preprocessing(cfg, provider, dataset, verify=verify)
         doc, weights = build_job(
             cfg,
-            load_or_create_keys(keys, None),
+            signer,
             provider=provider,
             dataset=dataset,
             user_field=user_field,
@@ -500,14 +507,13 @@ app.add_typer(consent_app, name="consent")
 def _agent(node_id: str, coordinator: str, keys: Path, state: Path, ca: Path | None) -> Any:
     from tessera.node.agent import AgentConfig, NodeAgent
 
-    passphrase = os.environ.get("TESSERA_KEY_PASSPHRASE")
     return NodeAgent(
         AgentConfig(
             node_id=node_id,
             coordinator=coordinator,
             keys_path=keys,
             state_dir=state,
-            passphrase=passphrase.encode() if passphrase else None,
+            passphrase=_passphrase(),
             verify=_verify(ca),
         )
     )

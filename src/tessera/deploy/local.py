@@ -6,11 +6,19 @@ this class only plays the operators who start and stop them, and the
 users who link their node to their account at the data provider. The data
 it serves is the job's real records: the provider holds the nodes' part of
 the table, the AI provider keeps the held-out part for evaluation.
+
+What it writes is private: the output folder (when made here) and every
+folder under it 0700, keys, databases, the provider's config and records
+0600; the parties' processes run under umask 077, so what they make is
+too. With ``passphrase`` every party's key file is sealed under it (the
+processes get it as ``TESSERA_KEY_PASSPHRASE``); without one, a warning
+says the keys lie in the clear.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import ssl
@@ -28,8 +36,11 @@ from tessera.errors import ConfigError
 from tessera.jobs.prepared import PreparedJob, prepare_job, split_table
 from tessera.runtime.transport.client import CoordinatorClient
 from tessera.storage.keyfile import load_keys, save_keys
+from tessera.storage.private import open_private, private_dir, private_file, write_private
 
 PROVIDER_DATASET = "records"
+PASSPHRASE_ENV = "TESSERA_KEY_PASSPHRASE"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +107,7 @@ class Deployment:
     isolate_network: str = "required"
     records: str = "table"  # or "xapi": the provider serves a learning-record store
     sandbox_start_timeout: float | None = None  # seconds; None: the node's default
+    passphrase: bytes | None = field(default=None, repr=False)  # seals every party's key
     job: PreparedJob = field(init=False)
     processes: dict[str, Process] = field(default_factory=dict)
     coordinator_url: str = ""
@@ -105,9 +117,16 @@ class Deployment:
     def __post_init__(self) -> None:
         if self.n_nodes < 1:
             raise ConfigError("nodes", "a deployment needs at least one node")
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "logs").mkdir(exist_ok=True)
-        (self.out / "run").mkdir(exist_ok=True)
+        private_dir(self.out)
+        for folder in ("logs", "run", "keys", "nodes"):
+            private_dir(self.out / folder, tighten=True)
+        if self.passphrase is None:
+            log.warning(
+                "no TESSERA_KEY_PASSPHRASE: the node keys in %s and the coordinator's and AI"
+                " provider's keys in %s are stored in the clear (mode 0600); set it to seal them",
+                self.out / "nodes",
+                self.out / "keys",
+            )
         self.job = prepare_job(self.config).first_nodes(self.n_nodes)
         if self.db_url is None:
             self.db_url = f"sqlite:///{(self.out / 'coordinator.db').resolve()}"
@@ -135,14 +154,22 @@ class Deployment:
         return CoordinatorClient(self.coordinator_url, verify=self.verify, patience=patience)
 
     def _spawn(self, name: str, args: list[str]) -> Process:
-        log = self.out / "logs" / f"{name}.log"
-        handle = open(log, "ab")  # noqa: SIM115 - the child owns it
+        logfile = private_file(self.out / "logs" / f"{name}.log")
+        handle = open(logfile, "ab")  # noqa: SIM115 - the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TESSERA_THREADS": "1"}
+        env.pop(PASSPHRASE_ENV, None)
+        if self.passphrase is not None:
+            env[PASSPHRASE_ENV] = os.fsdecode(self.passphrase)  # the child reads os.environb
         popen = subprocess.Popen(
-            args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            args,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            umask=0o077,  # whatever a party makes (databases, ready files, state) is private
         )
         handle.close()
-        proc = Process(name, popen, log)
+        proc = Process(name, popen, log=logfile)
         self.processes[name] = proc
         return proc
 
@@ -178,8 +205,29 @@ class Deployment:
         self.processes["coordinator"].stop(kill=kill)
 
     def start_provider(self) -> str:
-        folder = self.out / "provider"
-        folder.mkdir(exist_ok=True)
+        config = self.write_provider_files()
+        ready = self.out / "run" / "provider.url"
+        ready.unlink(missing_ok=True)
+        proc = self._spawn(
+            "provider",
+            _tessera(
+                "provider",
+                str(config),
+                "--db",  # revocations and used nonces outlive a restart of the provider
+                f"sqlite:///{(config.parent / 'provider.db').resolve()}",
+                "--port",
+                "0",
+                "--ready-file",
+                str(ready),
+                *self._tls_args("provider"),
+            ),
+        )
+        self.provider_url = wait_for_file(ready, proc)
+        return self.provider_url
+
+    def write_provider_files(self) -> Path:
+        """The provider's records and config (users' data: 0600 in a 0700 folder); its path."""
+        folder = private_dir(self.out / "provider", tighten=True)
         train_df, _ = split_table(self.config)
         column = self.config.partition.column
         if self.config.partition.scheme != "natural" or column is None:
@@ -193,30 +241,14 @@ class Deployment:
         if self.records == "xapi":
             dataset.update(self._statement_store(folder, train_df))
         elif self.records == "table":
-            train_df.to_parquet(folder / "records.parquet")
+            with open_private(folder / "records.parquet", "wb") as fh:
+                train_df.to_parquet(fh)
             dataset.update(backend="table", path="records.parquet")
         else:
             raise ConfigError("records", f"choose table or xapi, not {self.records!r}")
         config = {"datasets": [dataset], "subjects": subjects}
-        (folder / "provider.json").write_text(json.dumps(config, indent=1))
-        ready = self.out / "run" / "provider.url"
-        ready.unlink(missing_ok=True)
-        proc = self._spawn(
-            "provider",
-            _tessera(
-                "provider",
-                str(folder / "provider.json"),
-                "--db",  # revocations and used nonces outlive a restart of the provider
-                f"sqlite:///{(folder / 'provider.db').resolve()}",
-                "--port",
-                "0",
-                "--ready-file",
-                str(ready),
-                *self._tls_args("provider"),
-            ),
-        )
-        self.provider_url = wait_for_file(ready, proc)
-        return self.provider_url
+        write_private(folder / "provider.json", json.dumps(config, indent=1))
+        return folder / "provider.json"
 
     def _statement_store(self, folder: Path, train_df: pd.DataFrame) -> dict[str, object]:
         """Chem97's records as the xAPI statements a learning-record store would hold."""
@@ -228,7 +260,7 @@ class Deployment:
             write_chem97_statements,
         )
 
-        write_chem97_statements(folder / "lrs.jsonl", df=train_df)
+        write_chem97_statements(private_file(folder / "lrs.jsonl"), df=train_df)
         return {
             "backend": "xapi",
             "statements": "lrs.jsonl",
@@ -237,12 +269,12 @@ class Deployment:
         }
 
     def _keys_of(self, i: int) -> NodeKeys:
-        path = self.out / "nodes" / f"{i:06d}" / "node.key"
-        if path.exists():
-            return load_keys(path)
+        """Node i's keys, made once (its folder 0700: the node's state lives there too)."""
+        path = private_dir(self.out / "nodes" / f"{i:06d}", tighten=True) / "node.key"
+        if path.exists():  # warned once for all of them, above
+            return load_keys(path, self.passphrase, warn_clear=False)
         keys = NodeKeys.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_keys(keys, path)
+        save_keys(keys, path, self.passphrase, warn_clear=False)
         return keys
 
     def node_id(self, i: int) -> str:

@@ -21,6 +21,7 @@ from tessera.jobs.document import JobSpec, check_tree_feasible
 from tessera.jobs.records import BaselineResult, RoundRecord
 from tessera.runtime.transport.client import CoordinatorClient
 from tessera.storage.keyfile import load_or_create_keys
+from tessera.storage.private import write_private
 from tessera.training import evaluate
 from tessera.weights import Vector
 
@@ -160,7 +161,7 @@ def run_job(
     dep.config = cfg
     dep.start_coordinator()
     dep.start_provider()
-    keys = load_or_create_keys(dep.out / "keys" / "ai-provider.key", None)
+    keys = load_or_create_keys(dep.out / "keys" / "ai-provider.key", dep.passphrase)
     preprocessing = fetch_preprocessing(cfg, dep.provider_url, PROVIDER_DATASET, verify=dep.verify)
     column = cfg.partition.column
     assert column is not None  # Deployment checked it
@@ -175,7 +176,7 @@ def run_job(
         purpose=f"train {cfg.job.name}: {cfg.job.task} of {cfg.data.target}",
     )
     # The signed job, kept beside the run: what the model's provenance points to.
-    (dep.out / "run" / "job.json").write_text(json.dumps(doc.to_json(), indent=1))
+    write_private(dep.out / "run" / "job.json", json.dumps(doc.to_json(), indent=1))
     check_tree_feasible(JobSpec.from_document(doc), dep.n_nodes)  # before any node starts
     if len(dep.job.test.y):  # load the evaluation path (torch) now, not as round 1 closes
         evaluate(

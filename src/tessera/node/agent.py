@@ -70,6 +70,7 @@ from tessera.sandbox import (
     SandboxRefused,
 )
 from tessera.storage.keyfile import load_or_create_keys
+from tessera.storage.private import private_dir, write_private
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.node")
@@ -112,7 +113,7 @@ class NodeAgent:
         self.cfg = cfg
         self.node = NodeId(cfg.node_id)
         self.keys = load_or_create_keys(cfg.keys_path, cfg.passphrase)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.state_dir)  # receipts name the user: 0700 when made here
         self.client = CoordinatorClient(cfg.coordinator, verify=cfg.verify)
         self.sandbox = Sandbox(
             cfg.sandbox_limits, isolate_network=cfg.isolate_network, catalogue=cfg.catalogue
@@ -391,7 +392,7 @@ class NodeAgent:
     def _save_cursor(self) -> None:
         path = self.cfg.state_dir / "cursor"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(self.cursor))
+        write_private(tmp, str(self.cursor))
         os.replace(tmp, path)
 
 
@@ -441,5 +442,5 @@ def _no_publishing(_: Vector) -> str:
 def _write_json(path: Path, value: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
+    write_private(tmp, json.dumps(value))  # a receipt names the user: 0600
     os.replace(tmp, path)

@@ -16,6 +16,11 @@ PostgreSQL: ``pool_pre_ping`` to survive server restarts; a bare
 ``postgresql://`` URL is given the psycopg 3 driver.
 
 ``hide_parameters`` keeps blobs and keys out of error messages and logs.
+
+A SQLite file holds secrets (consents, sealed mail, a provider's burnt
+nonces): it is made 0600 before SQLite opens it, in a folder made 0700 if
+missing, and SQLite gives its -wal, -shm and -journal files the main file's
+mode. A file left wider by an older version is narrowed, side files too.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
+
+from tessera.storage.private import private_dir, private_file
 
 WRITE_OPTION = "tessera_write"
 BUSY_TIMEOUT_S = 30.0
@@ -47,7 +54,7 @@ def make_engine(url_text: str) -> Engine:
         raise ValueError(f"unsupported database URL scheme {url.drivername!r}")
     memory = is_memory(url)
     if not memory and url.database is not None and not url.database.startswith("file:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_sqlite(Path(url.database))
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S},
@@ -57,6 +64,16 @@ def make_engine(url_text: str) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _private_sqlite(path: Path) -> None:
+    """The database file 0600 (and its side files, where left over) before SQLite opens it."""
+    private_dir(path.parent)
+    private_file(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            private_file(side)
 
 
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
