@@ -192,6 +192,19 @@ class Sandbox:
         reply = self._call(request, self.limits.call_timeout, _SMALL_REPLY, "network probe")
         return None if reply.get("connected") is True else str(reply.get("error", "no connection"))
 
+    def run_probe(self, code: str) -> str:
+        """Tests only: run Python ``code`` in the child as a hostile step would; ``result``.
+
+        The worker refuses this (``SandboxRefused``) unless ``_worker_flags`` asks
+        for ``--test-probes``, which only a test's subclass does.
+        """
+        reply = self._call({"op": "probe", "code": code}, self.limits.call_timeout, _SMALL_REPLY, "probe")
+        return str(reply.get("result"))
+
+    def _worker_flags(self) -> list[str]:
+        """Extra worker arguments; a test's subclass adds ``--test-probes``."""
+        return []
+
     def close(self) -> None:
         """Stop the child (it exits when its stdin closes) and remove its directory."""
         with self._lock:
@@ -240,6 +253,7 @@ class Sandbox:
             str(self.limits.threads),
             "--catalogue",
             self.catalogue.to_json(),
+            *self._worker_flags(),
         ]
         child = Child(command, self.limits)
         self._child = child

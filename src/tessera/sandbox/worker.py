@@ -150,6 +150,16 @@ def _probe(request: Message) -> Message:
         return {"ok": True, "connected": False, "error": str(exc)}
 
 
+def _probe_code(request: Message, allowed: bool) -> Message:
+    """Tests only: run ``code`` here, as a hostile training step would, and return ``result``."""
+    if not allowed:
+        raise SandboxRefused("probes are for tests: this sandbox was not started with them")
+    _only(request, frozenset({"op", "code"}))
+    scope: dict[str, object] = {"__name__": "tessera_probe"}
+    exec(_typed(request, "code", str), scope)  # noqa: S102 - the documented test entry point
+    return {"ok": True, "result": str(scope.get("result"))}
+
+
 def _ping(request: Message) -> Message:
     _only(request, frozenset({"op"}))
     limits = {name: list(resource.getrlimit(res)) for name, res in _LIMITS.items()}
@@ -164,9 +174,13 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def handle(request: Message, catalogue: NodeCatalogue) -> Message:
+def handle(request: Message, catalogue: NodeCatalogue, *, probes: bool = False) -> Message:
     """The reply to one decoded request; never raises for bad input."""
-    ops = {"train": lambda: _train(request, catalogue), "probe_network": lambda: _probe(request)}
+    ops = {
+        "train": lambda: _train(request, catalogue),
+        "probe_network": lambda: _probe(request),
+        "probe": lambda: _probe_code(request, probes),
+    }
     op = request.get("op")
     try:
         if op == "ping":
@@ -194,6 +208,7 @@ def serve(
     catalogue: NodeCatalogue,
     *,
     max_frame: int = MAX_FRAME_BYTES,
+    probes: bool = False,
 ) -> int:
     """Answer requests until the reader ends; returns the process exit status."""
     while True:
@@ -208,7 +223,7 @@ def serve(
         if body is None:
             return 0
         try:
-            reply = handle(decode(body), catalogue)
+            reply = handle(decode(body), catalogue, probes=probes)
         except FrameError as exc:
             reply = _error("invalid", str(exc))
         if not _send(writer, reply):
@@ -233,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tessera.sandbox.worker")
     parser.add_argument("--catalogue", required=True, help="NodeCatalogue as JSON")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--test-probes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     catalogue = NodeCatalogue.from_json(args.catalogue)
     tempfile.tempdir = os.environ.get("TMPDIR") or os.getcwd()
@@ -245,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(null, 0)
     os.close(null)
     with reader, writer:
-        return serve(reader, writer, catalogue)
+        return serve(reader, writer, catalogue, probes=args.test_probes)
 
 
 if __name__ == "__main__":
