@@ -50,10 +50,11 @@ import numpy.typing as npt
 from safetensors.numpy import save
 
 from tessera.errors import ConfigError, DataError
-from tessera.sandbox._child import HOW_TO_ISOLATE, UNSHARE_ARGS, Child, Gone, TimedOut, find_unshare
+from tessera.sandbox._child import Child, Gone, TimedOut
 from tessera.sandbox.catalogue import DEFAULT_CATALOGUE, NodeCatalogue
 from tessera.sandbox.errors import FrameError, SandboxError, SandboxRefused
 from tessera.sandbox.frames import Message, encode
+from tessera.sandbox.jail import HOW_TO_ISOLATE, find_isolation
 
 if TYPE_CHECKING:
     from tessera.training.recipe import Recipe
@@ -69,16 +70,20 @@ _REPLY_SLACK = 1 << 16  # room beside the delta for the reply's scalar fields
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Bounds on the child: address space; CPU seconds and wall-clock seconds per call."""
+    """Bounds on the child: address space; CPU and wall-clock seconds per call; tasks.
+
+    ``processes`` bounds the jail's tasks, threads included (RLIMIT_NPROC).
+    """
 
     memory_bytes: int = 4 * GiB
     cpu_seconds: int = 600
     call_timeout: float = 300.0
     start_timeout: float = 60.0
     threads: int = 1
+    processes: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("memory_bytes", "cpu_seconds", "threads"):
+        for name in ("memory_bytes", "cpu_seconds", "threads", "processes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sandbox.{name}", f"must be a positive integer, got {value!r}")
@@ -122,7 +127,7 @@ class Sandbox:
 
     @property
     def isolated(self) -> bool | None:
-        """Whether the child runs without network; None until it first starts."""
+        """Whether the child runs jailed (``jail.py``); None until it first starts."""
         return None if self._prefix is None else bool(self._prefix)
 
     def train(
@@ -183,8 +188,13 @@ class Sandbox:
         return TrainOutcome(delta_arr, len(x_arr), float(loss))
 
     def ping(self) -> Message:
-        """Start the child if needed; its pid, thread count and resource limits."""
-        return self._call({"op": "ping"}, self.limits.start_timeout, _SMALL_REPLY, "ping")
+        """Start the child if needed; its thread count, resource limits, seccomp state,
+        and ``pid``: the host pid of the process the node started (``bwrap`` in the jail)."""
+        reply = self._call({"op": "ping"}, self.limits.start_timeout, _SMALL_REPLY, "ping")
+        with self._lock:
+            if self._child is not None:
+                reply["pid"] = self._child.proc.pid
+        return reply
 
     def probe_network(self, host: str, port: int) -> str | None:
         """Try a TCP connect from inside the sandbox: None if it connected, else why not."""
@@ -234,16 +244,15 @@ class Sandbox:
                 )
                 self._discard()
             child = self._child or self._start()
-            if not child.budget_cpu(self.limits.cpu_seconds):
+            if not child.can_afford(self.limits.cpu_seconds):
                 log.info("replacing the sandbox: its lifetime CPU budget is spent")
                 self._discard()
                 child = self._start()
-                child.budget_cpu(self.limits.cpu_seconds)
             return self._exchange(child, frame, timeout, max_reply, what)
 
     def _start(self) -> Child:
+        prefix = self._isolation_prefix()
         command = [
-            *self._isolation_prefix(),
             sys.executable,
             "-s",
             "-B",
@@ -253,9 +262,11 @@ class Sandbox:
             str(self.limits.threads),
             "--catalogue",
             self.catalogue.to_json(),
+            "--seccomp",
+            self._isolate,
             *self._worker_flags(),
         ]
-        child = Child(command, self.limits)
+        child = Child(prefix, command, self.limits)
         self._child = child
         ping = encode({"op": "ping"})
         self._exchange(child, ping, self.limits.start_timeout, _SMALL_REPLY, "starting the sandbox")
@@ -311,13 +322,13 @@ class Sandbox:
 
     def _isolation_prefix(self) -> list[str]:
         if self._prefix is None:
-            path, problem = find_unshare()
-            if path is not None:
-                self._prefix = [path, *UNSHARE_ARGS]
+            prefix, problem = find_isolation()
+            if prefix is not None:
+                self._prefix = prefix
             elif self._isolate == "required":
-                raise SandboxError(f"network isolation is unavailable: {problem}. {HOW_TO_ISOLATE}")
+                raise SandboxError(f"sandbox isolation is unavailable: {problem}. {HOW_TO_ISOLATE}")
             else:
-                log.warning("training WITHOUT network isolation: %s", problem)
+                log.warning("training WITHOUT the sandbox's namespaces: %s", problem)
                 self._prefix = []
         return self._prefix
 
