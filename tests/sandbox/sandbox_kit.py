@@ -51,8 +51,7 @@ def isolation_verdict(*, problem: str, isolated: bool) -> Verdict:
     if isolated:
         return "run", ""
     return "fail", (
-        "bubblewrap and user namespaces work here, "
-        "yet the sandbox child started without its jail"
+        "bubblewrap and user namespaces work here, yet the sandbox child started without its jail"
     )
 
 

@@ -62,13 +62,16 @@ for path in {[str(tmp_path), "/home", "/etc/passwd", "/etc/ssh", "/var"]!r}:
 home = {str(Path.home())!r}
 result = (seen, sorted(os.listdir(home)) if os.path.isdir(home) else [])
 """
-    seen, home = eval(box.run_probe(code))  # noqa: S307 - our own repr of strings
+    seen, home = eval(box.run_probe(code))
     assert HOSTILE.strip() not in str(seen) and "beside the key" not in str(seen), seen
     assert not [s for s in seen if s.endswith("visible")], seen
     # The home directory exists only where the interpreter lives below it
     # (pyenv's ~/.pyenv): then it shows that one entry and nothing else.
-    below = {Path(r).relative_to(Path.home()).parts[0] for r in jail._python_roots()
-             if Path(r).is_relative_to(Path.home())}
+    below = {
+        Path(r).relative_to(Path.home()).parts[0]
+        for r in jail._python_roots()
+        if Path(r).is_relative_to(Path.home())
+    }
     assert set(home) <= below, f"the home directory shows {home}"
 
 
@@ -79,7 +82,7 @@ import os
 pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 result = (pids, os.path.exists("/proc/{os.getpid()}/environ"))
 """
-    pids, parent_visible = eval(box.run_probe(code))  # noqa: S307 - our own repr of ints
+    pids, parent_visible = eval(box.run_probe(code))
     assert not parent_visible
     assert len(pids) <= 3, pids  # bwrap's init, the worker (and a probe's child at most)
 
@@ -124,7 +127,7 @@ for _ in range(64):
     made += 1
 result = (made, error)
 """
-    made, error = eval(box.run_probe(code))  # noqa: S307 - our own repr of an int and a str
+    made, error = eval(box.run_probe(code))
     assert made == 0, f"the sandbox forked {made} processes"
     assert error is not None
 
@@ -150,14 +153,18 @@ for i in range(1000):
         break
 result = (failures, made)
 """
-    failures, made = eval(box.run_probe(code))  # noqa: S307 - our own repr
+    failures, made = eval(box.run_probe(code))
     assert all(isinstance(f, int) for f in failures), failures
     assert made == 0, f"the sandbox made {made} directories"
 
 
 @pytest.mark.parametrize(
     ("call", "args"),
-    [("ptrace", "0, 0, None, None"), ("unshare", "0x10000000"), ("mount", "b'x', b'/tmp', b'tmpfs', 0, None")],
+    [
+        ("ptrace", "0, 0, None, None"),
+        ("unshare", "0x10000000"),
+        ("mount", "b'x', b'/tmp', b'tmpfs', 0, None"),
+    ],
     ids=["ptrace-traceme", "unshare-newuser", "mount"],
 )
 def test_syscalls_training_never_needs_are_refused(box: Sandbox, call: str, args: str) -> None:
@@ -167,6 +174,8 @@ libc = ctypes.CDLL(None, use_errno=True)
 rc = libc.{call}({args})
 result = (rc, ctypes.get_errno())
 """
-    rc, errno = eval(box.run_probe(code))  # noqa: S307 - our own repr of two ints
-    assert (rc, errno) == (-1, 1), f"{call} returned {rc} (errno {errno}); the filter must say EPERM"
+    rc, errno = eval(box.run_probe(code))
+    assert (rc, errno) == (-1, 1), (
+        f"{call} returned {rc} (errno {errno}); the filter must say EPERM"
+    )
     assert os.getpid() > 0

@@ -16,7 +16,6 @@ import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -173,10 +172,13 @@ class Child:
                         if reader.pending:
                             raise FrameError("bytes after the reply")
                         self.out_of_step |= sent < len(view)
-                        left = message.get("cpu_left")
-                        if isinstance(left, int | float) and not isinstance(left, bool):
-                            self.cpu_left = float(left)
+                        self._note_budget(message)
                         return message
+
+    def _note_budget(self, reply: Message) -> None:
+        budget = reply.get("cpu_left")
+        if isinstance(budget, int | float) and not isinstance(budget, bool):
+            self.cpu_left = float(budget)
 
     def _keep_stderr(self, data: bytes) -> None:
         self._stderr += data

@@ -5,33 +5,43 @@ never trained in the node's own process. ``Sandbox`` starts one child,
 ``python -m tessera.sandbox.worker``, lazily on first use and reuses it across
 rounds (importing torch costs a second or two each start):
 
-- network: the child runs under ``unshare --user --map-root-user --net``. A
-  fresh network namespace holds only a loopback that is down, so nothing can
-  be reached, not even the node's own services on 127.0.0.1. Where user
-  namespaces are unavailable, ``isolate_network="required"`` (the default)
-  refuses to train and says how to enable them; ``"best_effort"`` logs a
-  warning and trains without.
-- limits: right after the spawn, before the first request is written, the
-  parent lowers the child's RLIMIT_AS, RLIMIT_CPU, RLIMIT_NOFILE,
-  RLIMIT_FSIZE (0: the worker writes no files) and RLIMIT_CORE with
-  ``resource.prlimit``. Unlike ``preexec_fn`` this is safe in a threaded
-  parent, and no untrusted byte reaches the child before its limits hold; the
-  child reports them back on ``ping``.
+- jail: the child runs under bubblewrap (``jail.py``) in fresh user, mount,
+  pid, network, IPC and UTS namespaces, without capabilities: a read-only
+  root holding only the Python install and the tessera package, no home, no
+  node state directory (its keys), no other process, no network (not even
+  the node's own services on 127.0.0.1). Where bubblewrap or user namespaces
+  are unavailable, ``isolate_network="required"`` (the default; the name is
+  kept from when only the network was isolated) refuses to train and says
+  how to enable them; ``"best_effort"`` logs a warning and trains without
+  the namespaces (the limits and the syscall filter still hold).
+- syscalls: after its imports, before it reads a request, the worker loads a
+  seccomp allow-list (``syscalls.py``): no new processes, no sockets, no
+  ptrace, mount or namespace calls.
+- limits: the worker sets its own RLIMIT_AS, RLIMIT_CPU, RLIMIT_NOFILE,
+  RLIMIT_FSIZE (0: it writes no files), RLIMIT_CORE and, in the jail,
+  RLIMIT_NPROC (``SandboxLimits.processes``, threads included) from
+  ``--limits`` before it reads the first request, so no untrusted byte
+  reaches it before they hold; it reports them on ``ping``.
 - CPU time per call: RLIMIT_CPU counts a process's whole life, and the child
   lives for many rounds. So its hard limit is a lifetime budget
-  (``_child.CPU_LIFETIME_CALLS`` calls' worth) and, before each call, the parent
-  moves the soft limit to the CPU time used so far plus ``cpu_seconds``: a
-  call that overruns gets SIGXCPU. A child whose lifetime budget cannot cover
-  another call is replaced by a fresh one first.
-- environment: PATH, PYTHONPATH, HOME/TMPDIR/cwd in a fresh empty directory,
-  one thread per math library; nothing else of the parent's environment.
+  (``_child.CPU_LIFETIME_CALLS`` calls' worth) and, before each request, the
+  worker moves its soft limit to the CPU time used so far plus
+  ``cpu_seconds``: a call that overruns gets SIGXCPU. Each reply carries the
+  budget left; a child that cannot cover another call is replaced first.
+- environment: PATH, PYTHONPATH, HOME/TMPDIR/cwd in an empty directory (the
+  jail's read-only ``/tmp``), one thread per math library; nothing else of
+  the parent's environment.
 - channel: length-prefixed msgpack frames on stdin/stdout (``frames.py``),
   stderr kept (its last lines) for error reports, a wall-clock deadline on
   every call.
 
 A child that crashes, hits a limit, times out or breaks the protocol is
 discarded; the call raises ``SandboxError`` saying why, and the next call
-starts a fresh child. Linux only (``unshare``, ``resource.prlimit``).
+starts a fresh child. Linux only (bubblewrap, seccomp, ``resource``).
+
+Tests only: ``run_probe`` runs Python code in the worker as an exploited
+training step would; the worker refuses it unless a test's subclass adds
+``--test-probes`` through ``_worker_flags`` (``tests/security``).
 """
 
 from __future__ import annotations
@@ -208,7 +218,9 @@ class Sandbox:
         The worker refuses this (``SandboxRefused``) unless ``_worker_flags`` asks
         for ``--test-probes``, which only a test's subclass does.
         """
-        reply = self._call({"op": "probe", "code": code}, self.limits.call_timeout, _SMALL_REPLY, "probe")
+        reply = self._call(
+            {"op": "probe", "code": code}, self.limits.call_timeout, _SMALL_REPLY, "probe"
+        )
         return str(reply.get("result"))
 
     def _worker_flags(self) -> list[str]:

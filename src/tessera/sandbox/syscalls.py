@@ -27,26 +27,25 @@ from __future__ import annotations
 import errno
 
 CLONE_THREAD = 0x00010000
-ALLOWED = (
-    # memory
-    "brk mmap munmap mremap mprotect madvise mbind get_mempolicy set_mempolicy membarrier "
-    # files it can already see, and its own descriptors
-    "read write readv writev pread64 pwrite64 lseek close close_range dup dup2 dup3 fcntl "
-    "ioctl open openat openat2 stat fstat lstat newfstatat statx statfs fstatfs access "
-    "faccessat faccessat2 readlink readlinkat getdents64 getcwd mkdir mkdirat fadvise64 "
-    "poll ppoll select pselect6 epoll_create1 epoll_ctl epoll_wait epoll_pwait eventfd2 pipe2 "
-    # threads and scheduling
-    "futex futex_waitv set_robust_list get_robust_list rseq set_tid_address arch_prctl prctl "
-    "sched_yield sched_getaffinity sched_setaffinity sched_getparam sched_getscheduler "
-    "sched_get_priority_min sched_get_priority_max getcpu getpriority "
-    # time, identity, randomness
-    "clock_gettime clock_getres clock_nanosleep nanosleep gettimeofday time times "
-    "getrandom getpid gettid getppid getuid geteuid getgid getegid getgroups getresuid "
-    "getresgid getrusage getrlimit sysinfo uname "
-    # signals and leaving
-    "rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending rt_sigtimedwait sigaltstack "
-    "tgkill tkill restart_syscall exit exit_group"
-).split()
+_GROUPS = {
+    "memory": "brk mmap munmap mremap mprotect madvise mbind get_mempolicy set_mempolicy "
+    "membarrier",
+    "files it can already see, and its own descriptors": "read write readv writev pread64 "
+    "pwrite64 lseek close close_range dup dup2 dup3 fcntl ioctl open openat openat2 stat fstat "
+    "lstat newfstatat statx statfs fstatfs access faccessat faccessat2 readlink readlinkat "
+    "getdents64 getcwd mkdir mkdirat fadvise64 poll ppoll select pselect6 epoll_create1 "
+    "epoll_ctl epoll_wait epoll_pwait eventfd2 pipe2",
+    "threads and scheduling": "futex futex_waitv set_robust_list get_robust_list rseq "
+    "set_tid_address arch_prctl prctl sched_yield sched_getaffinity sched_setaffinity "
+    "sched_getparam sched_getscheduler sched_get_priority_min sched_get_priority_max getcpu "
+    "getpriority",
+    "time, identity, randomness": "clock_gettime clock_getres clock_nanosleep nanosleep "
+    "gettimeofday time times getrandom getpid gettid getppid getuid geteuid getgid getegid "
+    "getgroups getresuid getresgid getrusage getrlimit sysinfo uname",
+    "signals and leaving": "rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending "
+    "rt_sigtimedwait sigaltstack tgkill tkill restart_syscall exit exit_group",
+}
+ALLOWED = tuple(name for group in _GROUPS.values() for name in group.split())
 
 
 def install() -> None:

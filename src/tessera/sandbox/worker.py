@@ -161,7 +161,7 @@ def _probe_code(request: Message, allowed: bool) -> Message:
         raise SandboxRefused("probes are for tests: this sandbox was not started with them")
     _only(request, frozenset({"op", "code"}))
     scope: dict[str, object] = {"__name__": "tessera_probe"}
-    exec(_typed(request, "code", str), scope)  # noqa: S102 - the documented test entry point
+    exec(_typed(request, "code", str), scope)  # the documented test entry point
     return {"ok": True, "result": str(scope.get("result"))}
 
 
@@ -296,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalogue", required=True, help="NodeCatalogue as JSON")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limits", default="{}", help="resource limits as JSON")
-    parser.add_argument(
-        "--seccomp", choices=("required", "best_effort", "off"), default="required"
-    )
+    parser.add_argument("--seccomp", choices=("required", "best_effort", "off"), default="required")
     parser.add_argument("--test-probes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     set_limits(json.loads(args.limits))
