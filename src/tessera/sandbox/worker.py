@@ -26,6 +26,8 @@ that probe.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import resource
 import socket
@@ -42,6 +44,7 @@ from tessera.errors import ConfigError, DataError
 from tessera.sandbox.catalogue import NodeCatalogue
 from tessera.sandbox.errors import FrameError, SandboxRefused
 from tessera.sandbox.frames import MAX_FRAME_BYTES, Message, decode, encode, read_body
+from tessera.sandbox.syscalls import install as install_syscall_filter
 from tessera.training.batched import BatchedTrainer
 from tessera.training.recipe import Recipe
 from tessera.training.spec import ModelSpec, layout
@@ -57,7 +60,9 @@ _LIMITS = {
     "nofile": resource.RLIMIT_NOFILE,
     "fsize": resource.RLIMIT_FSIZE,
     "core": resource.RLIMIT_CORE,
+    "nproc": resource.RLIMIT_NPROC,
 }
+_state = {"seccomp": False, "cpu_call": 0}
 
 T = TypeVar("T")
 
@@ -150,10 +155,26 @@ def _probe(request: Message) -> Message:
         return {"ok": True, "connected": False, "error": str(exc)}
 
 
+def _probe_code(request: Message, allowed: bool) -> Message:
+    """Tests only: run ``code`` here, as a hostile training step would, and return ``result``."""
+    if not allowed:
+        raise SandboxRefused("probes are for tests: this sandbox was not started with them")
+    _only(request, frozenset({"op", "code"}))
+    scope: dict[str, object] = {"__name__": "tessera_probe"}
+    exec(_typed(request, "code", str), scope)  # the documented test entry point
+    return {"ok": True, "result": str(scope.get("result"))}
+
+
 def _ping(request: Message) -> Message:
     _only(request, frozenset({"op"}))
     limits = {name: list(resource.getrlimit(res)) for name, res in _LIMITS.items()}
-    return {"ok": True, "pid": os.getpid(), "threads": torch.get_num_threads(), "limits": limits}
+    return {
+        "ok": True,
+        "pid": os.getpid(),
+        "threads": torch.get_num_threads(),
+        "limits": limits,
+        "seccomp": _state["seccomp"],
+    }
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -164,9 +185,13 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def handle(request: Message, catalogue: NodeCatalogue) -> Message:
+def handle(request: Message, catalogue: NodeCatalogue, *, probes: bool = False) -> Message:
     """The reply to one decoded request; never raises for bad input."""
-    ops = {"train": lambda: _train(request, catalogue), "probe_network": lambda: _probe(request)}
+    ops = {
+        "train": lambda: _train(request, catalogue),
+        "probe_network": lambda: _probe(request),
+        "probe": lambda: _probe_code(request, probes),
+    }
     op = request.get("op")
     try:
         if op == "ping":
@@ -194,6 +219,7 @@ def serve(
     catalogue: NodeCatalogue,
     *,
     max_frame: int = MAX_FRAME_BYTES,
+    probes: bool = False,
 ) -> int:
     """Answer requests until the reader ends; returns the process exit status."""
     while True:
@@ -207,12 +233,48 @@ def serve(
             return 3
         if body is None:
             return 0
+        _budget_call()
         try:
-            reply = handle(decode(body), catalogue)
+            reply = handle(decode(body), catalogue, probes=probes)
         except FrameError as exc:
             reply = _error("invalid", str(exc))
-        if not _send(writer, reply):
+        if not _send(writer, {**reply, "cpu_left": _cpu_left()}):
             return 0
+
+
+def _cpu_used() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return math.ceil(usage.ru_utime + usage.ru_stime)
+
+
+def _budget_call() -> None:
+    """Move the CPU soft limit to the time used so far plus one call's worth.
+
+    RLIMIT_CPU counts the worker's whole life; its hard limit is the lifetime
+    budget and a call that overruns its share gets SIGXCPU.
+    """
+    seconds = _state["cpu_call"]
+    if seconds:
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        soft = _cpu_used() + seconds
+        resource.setrlimit(resource.RLIMIT_CPU, (min(soft, hard), hard))
+
+
+def _cpu_left() -> float:
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    return float("inf") if hard == resource.RLIM_INFINITY else float(hard - _cpu_used())
+
+
+def set_limits(wanted: dict[str, int]) -> None:
+    """Lower this process's limits, never raising one it already has lower."""
+    _state["cpu_call"] = wanted.get("cpu_call", 0)
+    for name, value in wanted.items():
+        if name not in _LIMITS:
+            continue
+        res = _LIMITS[name]
+        current = resource.getrlimit(res)[1]
+        bound = value if current == resource.RLIM_INFINITY else min(value, current)
+        resource.setrlimit(res, (bound, bound))
 
 
 def _send(writer: BinaryIO, reply: Message) -> bool:
@@ -233,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tessera.sandbox.worker")
     parser.add_argument("--catalogue", required=True, help="NodeCatalogue as JSON")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--limits", default="{}", help="resource limits as JSON")
+    parser.add_argument("--seccomp", choices=("required", "best_effort", "off"), default="required")
+    parser.add_argument("--test-probes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    set_limits(json.loads(args.limits))
     catalogue = NodeCatalogue.from_json(args.catalogue)
     tempfile.tempdir = os.environ.get("TMPDIR") or os.getcwd()
     torch.set_num_threads(max(1, args.threads))
@@ -244,8 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    if args.seccomp != "off":
+        try:
+            install_syscall_filter()
+            _state["seccomp"] = True
+        except (OSError, RuntimeError) as exc:
+            if args.seccomp == "required":
+                print(f"the syscall filter could not be loaded: {exc}", file=sys.stderr)
+                return 4
+            print(f"training WITHOUT the syscall filter: {exc}", file=sys.stderr)
     with reader, writer:
-        return serve(reader, writer, catalogue)
+        return serve(reader, writer, catalogue, probes=args.test_probes)
 
 
 if __name__ == "__main__":
