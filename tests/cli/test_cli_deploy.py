@@ -53,7 +53,8 @@ def test_up_refuses_a_tree_its_nodes_cannot_fill(tmp_path: Path) -> None:
 def test_revoking_without_a_receipt_says_so(tmp_path: Path) -> None:
     done = tessera(
         "consent", "revoke", "some-job", "--id", "node-1",
-        "--coordinator", "http://127.0.0.1:9", "--keys", "k", "--state", "s", cwd=tmp_path,
+        "--coordinator", "http://127.0.0.1:9", "--insecure-loopback",
+        "--keys", "k", "--state", "s", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 2
     assert "holds no consent to some-job" in done.stderr

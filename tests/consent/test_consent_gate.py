@@ -28,13 +28,18 @@ from tessera.errors import RemoteProtocolError
 A = NodeKeys.from_seed(b"gate-node-a")
 B = NodeKeys.from_seed(b"gate-node-b")
 AI = NodeKeys.from_seed(b"gate-ai")
+P = NodeKeys.from_seed(b"gate-provider")  # the data provider itself
 T0 = 1_780_000_000.0
 FIELDS = ("gcsescore", "score")
-JOB = sign_document(
-    AI,
-    "job",
-    {"job_id": "job-1", "data": {"dataset": "chem97", "fields": list(FIELDS)}},
-)
+DATA = {"provider": P.public.fingerprint, "dataset": "chem97", "fields": list(FIELDS)}
+JOB = sign_document(AI, "job", {"job_id": "job-1", "data": DATA})
+
+
+def job(signer: NodeKeys = AI, **data: Any) -> SignedDocument:
+    """A job document whose ``data`` differs from ``JOB``'s by ``data``."""
+    return sign_document(signer, "job", {"job_id": "job-1", "data": {**DATA, **data}})
+
+
 SUBJECTS = {"school-1": A.public.fingerprint, "school-2": B.public.fingerprint}
 
 
@@ -57,6 +62,9 @@ def consent(keys: NodeKeys = A, subject: str = "school-1", **changes: Any) -> Si
 def request(keys: NodeKeys = A, user: str = "school-1", **changes: Any) -> SignedDocument:
     values: dict[str, Any] = {
         "job_id": "job-1",
+        "job_digest": JOB.digest,
+        "audience": P.public.fingerprint,
+        "node": f"node-{user}",
         "user": user,
         "dataset": "chem97",
         "fields": FIELDS,
@@ -80,7 +88,7 @@ def authorize(gate: RecordsGate, **changes: Any) -> Any:
 
 
 def test_a_valid_request_is_released_once() -> None:
-    gate = RecordsGate(SUBJECTS)
+    gate = RecordsGate(SUBJECTS, identity=P)
     req = request()
     release = authorize(gate, request=req)
     assert release.request.user == "school-1"
@@ -92,7 +100,7 @@ def test_a_valid_request_is_released_once() -> None:
 
 
 def test_concurrent_copies_of_one_request_release_once() -> None:
-    gate = RecordsGate(SUBJECTS)
+    gate = RecordsGate(SUBJECTS, identity=P)
     req = request()
     first, second = authorize(gate, request=req), authorize(gate, request=req)
     gate.commit(first, now=T0 + 5)
@@ -102,7 +110,7 @@ def test_concurrent_copies_of_one_request_release_once() -> None:
 
 def test_authorize_alone_changes_nothing() -> None:
     state = MemoryGateState()
-    gate = RecordsGate(SUBJECTS, state=state)
+    gate = RecordsGate(SUBJECTS, identity=P, state=state)
     req = request()
     first = authorize(gate, request=req)
     second = authorize(gate, request=req)  # not committed: the nonce is still fresh
@@ -114,7 +122,7 @@ def test_authorize_alone_changes_nothing() -> None:
 
 def test_nonces_are_forgotten_once_the_request_is_stale_anyway() -> None:
     state = MemoryGateState()
-    gate = RecordsGate(SUBJECTS, window=300, state=state)
+    gate = RecordsGate(SUBJECTS, identity=P, window=300, state=state)
     req = request()
     gate.commit(authorize(gate, request=req), now=T0 + 5)
     assert list(state.nonces.values()) == [T0 + 300]  # kept while the request is fresh
@@ -123,6 +131,11 @@ def test_nonces_are_forgotten_once_the_request_is_stale_anyway() -> None:
     assert list(state.nonces.values()) == [T0 + 700]
     with pytest.raises(ConsentError, match="stale"):
         authorize(gate, request=req, now=T0 + 400)
+
+
+def _for(other: SignedDocument, reason: str) -> tuple[dict[str, Any], str]:
+    """A case presenting ``other`` with a request that names it (its digest)."""
+    return {"job": other, "request": request(job_digest=other.digest)}, reason
 
 
 @pytest.mark.parametrize(
@@ -138,35 +151,38 @@ def test_nonces_are_forgotten_once_the_request_is_stale_anyway() -> None:
         # node B uses A's consent with its own (valid) request
         ({"request": request(B, "school-2")}, "consent is not signed by the node key"),
         ({"request": request(user="school-9")}, "no node key is enrolled here for user"),
-        ({"request": request(at=T0 - 400)}, "records request is stale"),
-        ({"request": request(at=T0 + 400)}, "records request is stale"),
+        ({"request": request(at=T0 - 400)}, "the request is stale"),
+        ({"request": request(at=T0 + 400)}, "the request is stale"),
         ({"consent": consent(expires_at=T0 + 1)}, "consent expired at"),
         ({"consent": consent(data_categories=("score",))}, "field 'gcsescore' not covered"),
         ({"consent": consent(subject="school-2")}, "records of 'school-2', not 'school-1'"),
         ({"consent": consent(ai_provider="0" * 64)}, "consent names AI provider 00000000"),
         ({"consent": consent(job_digest="0" * 64)}, "another version of job"),
-        ({"job": sign_document(B, "job", JOB.body)}, "another version of job"),
-        ({"job": sign_document(AI, "job", {"job_id": "job-2"})}, "is not job 'job-1'"),
-        (
-            {"job": sign_document(AI, "job", {"job_id": "job-1", "data": {"dataset": "x"}})},
-            "the job asks for dataset 'x', not 'chem97'",
-        ),
-        (
-            {"job": sign_document(AI, "job", {"job_id": "job-1", "data": {"fields": ["score"]}})},
-            "the job does not ask for field\\(s\\) 'gcsescore'",
-        ),
+        _for(sign_document(B, "job", JOB.body), "another version of job"),
+        _for(sign_document(AI, "job", {"job_id": "job-2"}), "not the one the request names"),
+        _for(job(dataset="x"), "the job asks for dataset 'x', not 'chem97'"),
+        _for(job(fields=["score"]), "the job does not ask for field\\(s\\) 'gcsescore'"),
         (
             {"job": SignedDocument("job", {"job_id": "job-2"}, AI.public, JOB.signature)},
             "job: bad signature",
         ),
+        # Security finding 1: a request bound to its audience, its job document and a job
+        # that names this provider; anything made for someone else is refused here.
+        (
+            {"request": request(audience=B.public.fingerprint)},
+            "meant for data provider",
+        ),
+        _for(job(provider=B.public.fingerprint), "does not name this data provider"),
+        _for(sign_document(AI, "job", {"job_id": "job-1"}), "does not name this data provider"),
+        ({"job": job(purpose="changed")}, "not the one the request names"),
         (
             {"request": SignedDocument("records-request", {}, A.public, JOB.signature)},
-            "records request refused: records-request: bad signature",
+            "records-request refused: records-request: bad signature",
         ),
     ],
 )
 def test_refusals(changes: dict[str, Any], reason: str) -> None:
-    gate = RecordsGate(SUBJECTS)
+    gate = RecordsGate(SUBJECTS, identity=P)
     with pytest.raises(ConsentError, match=reason):
         authorize(gate, **changes)
 
@@ -182,12 +198,12 @@ def test_refusals(changes: dict[str, Any], reason: str) -> None:
 )
 def test_malformed_or_mismatched_requests_are_protocol_errors(changes: dict[str, Any]) -> None:
     with pytest.raises(RemoteProtocolError) as info:
-        authorize(RecordsGate(SUBJECTS), **changes)
+        authorize(RecordsGate(SUBJECTS, identity=P), **changes)
     assert not isinstance(info.value, ConsentError)
 
 
 def test_revocation_is_remembered_and_refuses_the_consent() -> None:
-    gate = RecordsGate(SUBJECTS)
+    gate = RecordsGate(SUBJECTS, identity=P)
     receipt = consent()
     revocation = revoke_consent(A, receipt=receipt, at=T0 + 1)
     assert gate.revoke(revocation, receipt, now=T0 + 2) == receipt.digest
@@ -199,7 +215,7 @@ def test_revocation_is_remembered_and_refuses_the_consent() -> None:
 
 def test_revocations_are_forgotten_once_the_receipt_expires() -> None:
     state = MemoryGateState()
-    gate = RecordsGate(SUBJECTS, state=state)
+    gate = RecordsGate(SUBJECTS, identity=P, state=state)
     receipt = consent(expires_at=T0 + 10)
     gate.revoke(revoke_consent(A, receipt=receipt, at=T0), receipt, now=T0 + 1)
     gate.revoke(revoke_consent(A, receipt=consent(), at=T0), consent(), now=T0 + 11)
@@ -208,7 +224,7 @@ def test_revocations_are_forgotten_once_the_receipt_expires() -> None:
 
 def test_revocations_by_others_or_for_unenrolled_users_are_refused() -> None:
     state = MemoryGateState()
-    gate = RecordsGate(SUBJECTS, state=state)
+    gate = RecordsGate(SUBJECTS, identity=P, state=state)
     receipt = consent()
     forged = sign_document(B, "revocation", revoke_consent(A, receipt=receipt, at=T0).body)
     with pytest.raises(ConsentError, match="not signed by the key that granted"):
@@ -222,7 +238,7 @@ def test_revocations_by_others_or_for_unenrolled_users_are_refused() -> None:
 
 def test_enrolments_may_be_added_later() -> None:
     subjects: dict[str, str] = {}
-    gate = RecordsGate(subjects)
+    gate = RecordsGate(subjects, identity=P)
     with pytest.raises(ConsentError, match="no node key is enrolled"):
         authorize(gate)
     subjects["school-1"] = A.public.fingerprint
@@ -261,19 +277,19 @@ def test_both_states_are_gate_states(tmp_path: Path) -> None:
     assert isinstance(MemoryGateState(), GateState)
     with SqlGateState(f"sqlite:///{tmp_path / 'gate.db'}") as state:
         assert isinstance(state, GateState)
-    assert isinstance(RecordsGate(SUBJECTS).state, MemoryGateState)
+    assert isinstance(RecordsGate(SUBJECTS, identity=P).state, MemoryGateState)
 
 
 def test_a_revoked_consent_stays_revoked_after_a_restart(
     reopen: Callable[[], SqlGateState],
 ) -> None:
-    gate = RecordsGate(SUBJECTS, state=reopen())
+    gate = RecordsGate(SUBJECTS, identity=P, state=reopen())
     receipt = consent()
     authorize(gate, consent=receipt)
     gate.revoke(revoke_consent(A, receipt=receipt, at=T0 + 1), receipt, now=T0 + 2)
     with pytest.raises(ConsentError, match="consent revoked at") as before:
         authorize(gate, consent=receipt)
-    restarted = RecordsGate(SUBJECTS, state=reopen())
+    restarted = RecordsGate(SUBJECTS, identity=P, state=reopen())
     with pytest.raises(ConsentError) as after:
         authorize(restarted, consent=receipt)
     assert after.value.reason == before.value.reason == "consent revoked at 2026-05-28T20:26:41Z"
@@ -283,11 +299,11 @@ def test_a_revoked_consent_stays_revoked_after_a_restart(
 def test_a_released_request_is_a_replay_after_a_restart(
     reopen: Callable[[], SqlGateState],
 ) -> None:
-    gate = RecordsGate(SUBJECTS, state=reopen())
+    gate = RecordsGate(SUBJECTS, identity=P, state=reopen())
     req = request()
     release = authorize(gate, request=req)
     gate.commit(release, now=T0 + 5)
-    restarted = RecordsGate(SUBJECTS, state=reopen())
+    restarted = RecordsGate(SUBJECTS, identity=P, state=reopen())
     with pytest.raises(ReplayedRequest, match="replayed"):
         authorize(restarted, request=req, now=T0 + 6)
     with pytest.raises(ReplayedRequest):
@@ -302,7 +318,7 @@ def test_the_earliest_revocation_counts_and_a_later_one_waits(store_url: str) ->
     receipt = consent()
     with SqlGateState(store_url) as sql:
         for state in (MemoryGateState(), sql):
-            gate = RecordsGate(SUBJECTS, state=state)
+            gate = RecordsGate(SUBJECTS, identity=P, state=state)
             gate.revoke(revoke_consent(A, receipt=receipt, at=T0 + 1000), receipt, now=T0)
             authorize(gate, consent=receipt)  # not yet in effect
             with pytest.raises(ConsentError, match="consent revoked at 2026-05-28T20:43:20Z"):

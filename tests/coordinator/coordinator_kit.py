@@ -48,7 +48,8 @@ from tessera.storage import Store
 AI = NodeKeys.from_seed(b"coordinator-kit-ai")
 COORDINATOR_KEYS = NodeKeys.from_seed(b"coordinator-kit-coordinator")
 JOB = "tiny"
-PROVIDER = "https://provider.example"
+PROVIDER_KEYS = NodeKeys.from_seed(b"coordinator-kit-provider")  # the job's data provider
+PROVIDER = PROVIDER_KEYS.public.fingerprint
 PURPOSE = "predict A-level chemistry grades"
 FIELDS = ["gcsescore", "gender"]
 N_WEIGHTS = 12  # linear: 3 inputs (gcsescore, gender one-hot) x 3 grades + 3 biases
@@ -149,6 +150,28 @@ def receipt(
     return grant_consent(keys, terms)
 
 
+def attestation(
+    keys: NodeKeys, node_id: str, job: SignedDocument, *, provider: NodeKeys = PROVIDER_KEYS
+) -> SignedDocument:
+    """The data provider's word that ``node_id`` (``keys``) stands for one consenting user."""
+    body = {
+        "job_id": job.body["job_id"],
+        "job_digest": job.digest,
+        "provider": provider.public.fingerprint,
+        "node": node_id,
+        "node_key": keys.public.fingerprint,
+        "consent": "0" * 64,
+        "issued_at": time.time(),
+    }
+    return sign_document(provider, "attestation", body)
+
+
+def consent_body(receipt: SignedDocument, keys: NodeKeys, job: SignedDocument) -> dict[str, Any]:
+    """What a node posts to ``/v1/jobs/{id}/consents``: its receipt and its attestation."""
+    user = str(receipt.body["user"])
+    return {"receipt": receipt.to_json(), "attestation": attestation(keys, user, job).to_json()}
+
+
 @dataclass
 class Harness:
     """The coordinator service and its HTTP API on a loopback port, over one SQLite file."""
@@ -201,7 +224,8 @@ class Harness:
     def consent(self, job: SignedDocument, node: Node) -> httpx.Response:
         node.receipt = receipt(node.keys, node.id, job)
         return self.http.post(
-            f"/v1/jobs/{job.body['job_id']}/consents", json={"receipt": node.receipt.to_json()}
+            f"/v1/jobs/{job.body['job_id']}/consents",
+            json=consent_body(node.receipt, node.keys, job),
         )
 
     def status(self, job_id: str = JOB) -> dict[str, Any]:

@@ -36,6 +36,8 @@ from .coordinator_kit import (
     JOB,
     Harness,
     Node,
+    attestation,
+    consent_body,
     post_mail,
     receipt,
     registration,
@@ -151,9 +153,10 @@ def test_documents_holding_non_finite_numbers_are_400(
         f'"signer": "{signer}", "signature": "AAAA"}}'
     )
     before = coord.snapshot()
+    extra = f', "attestation": {document}' if field == "receipt" else ""
     answer = coord.http.post(
         path,
-        content=f'{{"{field}": {document}}}',
+        content=f'{{"{field}": {document}{extra}}}',
         headers={"content-type": "application/json"},
     )
     refused(coord, answer, 400, "number JSON cannot carry", before)
@@ -247,6 +250,7 @@ def test_unknown_job_is_404(
     }
     if path.endswith("consents"):
         del body["revocation"]
+        body["attestation"] = attestation(node.keys, node.id, job).to_json()
     before = coord.snapshot()
     answer = coord.http.request(method, path, json=body if method == "POST" else None)
     refused(coord, answer, 404, "unknown job 'nope'", before)
@@ -339,7 +343,10 @@ def test_consent_receipts_are_checked(shared: Harness, nodes: dict[str, Node]) -
 
     def post(doc: SignedDocument | dict[str, Any]) -> httpx.Response:
         body = doc if isinstance(doc, dict) else doc.to_json()
-        return coord.http.post(url, json={"receipt": body})
+        user = str(body["body"]["user"])
+        keys = nodes[user].keys if user in nodes else NodeKeys.from_seed(b"stranger")
+        vouched = attestation(keys, user, job).to_json()
+        return coord.http.post(url, json={"receipt": body, "attestation": vouched})
 
     forged = receipt(b.keys, a.id, job)  # names a, signed by b
     refused(coord, post(forged), 403, "not signed by the node key of user 'node-a'", before)
@@ -362,10 +369,10 @@ def test_expired_and_future_consents_are_403(shared: Harness, nodes: dict[str, N
     now = time.time()
     before = coord.snapshot()
     expired = receipt(a.keys, a.id, job, issued_at=now - 2 * 86400, expires_at=now - 86400)
-    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": expired.to_json()})
+    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json=consent_body(expired, a.keys, job))
     refused(coord, answer, 403, "consent expired at", before)
     future = receipt(a.keys, a.id, job, issued_at=now + 3600)
-    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": future.to_json()})
+    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json=consent_body(future, a.keys, job))
     refused(coord, answer, 403, "consent is not valid yet", before)
     assert coord.status()["valid_consents"] == 0
 
@@ -579,7 +586,8 @@ def test_the_job_starts_at_min_consents_with_the_consenting_nodes(
     refused(coord, answer, 409, "has not started: its participants are not fixed", before)
     sent = nodes["node-b"].receipt
     assert sent is not None
-    again = coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": sent.to_json()})
+    body = consent_body(sent, nodes["node-b"].keys, job)
+    again = coord.http.post(f"/v1/jobs/{JOB}/consents", json=body)
     assert again.status_code == 201  # a repeat is a no-op
     assert coord.snapshot() == before
 
@@ -593,9 +601,12 @@ def test_the_job_starts_at_min_consents_with_the_consenting_nodes(
     for entry in listing["participants"]:
         assert SignedDocument.from_json(entry["consent"]) == nodes[entry["node_id"]].receipt
     assert listing["coordinator"] == base64.b64encode(coord.service.keys.public.to_bytes()).decode()
-    # A late consent is recorded but the participants stay fixed.
-    assert coord.consent(job, nodes["node-c"]).status_code == 201
+    # A late consent from a non-participant is refused, not counted (security finding 9).
+    late = coord.consent(job, nodes["node-c"])
+    assert late.status_code == 409
+    assert "its participants are fixed" in late.json()["detail"]
     assert coord.status()["participants"] == ["node-a", "node-b", "node-d"]
+    assert coord.status()["valid_consents"] == 3
     assert nodes["node-c"].pull(coord) == []
 
 
@@ -635,7 +646,7 @@ def test_revocations_are_checked_and_count(
     assert answer.json() == {"job_id": JOB, "user": "node-a", "revoked": True}
     assert coord.status()["valid_consents"] == 1
     # The revoked receipt sent again is refused and does not count again.
-    coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": a.receipt.to_json()})
+    coord.http.post(f"/v1/jobs/{JOB}/consents", json=consent_body(a.receipt, a.keys, job))
     assert coord.status()["valid_consents"] == 1
     # Two more consents reach the minimum: the revoked user is not a participant.
     for node in (c, d):
@@ -668,7 +679,8 @@ def test_a_revoked_receipt_sent_again_is_refused(
     with coord.client() as client:
         client.revoke(JOB, revoke_consent(a.keys, receipt=a.receipt, at=time.time()), a.receipt)
     before = coord.snapshot()
-    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json={"receipt": a.receipt.to_json()})
+    body = consent_body(a.receipt, a.keys, job)
+    answer = coord.http.post(f"/v1/jobs/{JOB}/consents", json=body)
     refused(coord, answer, 403, "consent revoked", before)
 
 

@@ -31,6 +31,7 @@ from .coordinator_kit import (
     PROVIDER,
     PURPOSE,
     Node,
+    consent_body,
     preprocessing,
     receipt,
     registration,
@@ -101,7 +102,8 @@ def run(db: Path, *, kill_at: int | None) -> tuple[np.ndarray, int, int]:
     coordinator.store.put_artefact(weights, WEIGHTS_MEDIA_TYPE)
     coordinator.service.submit(doc.to_json())
     for node in nodes:
-        coordinator.service.consent(JOB, receipt(node.keys, node.id, doc).to_json())
+        body = consent_body(receipt(node.keys, node.id, doc), node.keys, doc)
+        coordinator.service.consent(JOB, body["receipt"], body["attestation"])
     replayed = logged = -1
     try:
         for r in range(ROUNDS):

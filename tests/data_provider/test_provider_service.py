@@ -34,6 +34,7 @@ A = NodeKeys.from_seed(b"provider-node-a")  # the node of school 1
 B = NodeKeys.from_seed(b"provider-node-b")  # the node of school 2
 C = NodeKeys.from_seed(b"provider-node-c")  # enrolled, but the dataset has no such school
 AI = NodeKeys.from_seed(b"provider-ai")
+P = NodeKeys.from_seed(b"provider-itself")  # the data provider's own keys
 SUBJECTS = {"1": A.public.fingerprint, "2": B.public.fingerprint, "99999": C.public.fingerprint}
 FIELDS = ["gcsescore", "gender", "age", "score"]
 COORDINATOR = "https://coordinator.example"
@@ -43,7 +44,10 @@ def job(dataset: str) -> SignedDocument:
     return sign_document(
         AI,
         "job",
-        {"job_id": f"job-{dataset}", "data": {"dataset": dataset, "fields": FIELDS}},
+        {
+            "job_id": f"job-{dataset}",
+            "data": {"provider": P.public.fingerprint, "dataset": dataset, "fields": FIELDS},
+        },
     )
 
 
@@ -77,7 +81,15 @@ def records_body(
     at: float = T0,
 ) -> dict[str, Any]:
     request = sign_records_request(
-        keys, job_id=f"job-{dataset}", user=subject, dataset=dataset, fields=fields, at=at
+        keys,
+        job_id=f"job-{dataset}",
+        job_digest=JOBS[dataset].digest,
+        audience=P.public.fingerprint,
+        node=f"node-{subject}",
+        user=subject,
+        dataset=dataset,
+        fields=fields,
+        at=at,
     )
     body = {
         "dataset": dataset,
@@ -114,6 +126,7 @@ def table(chem97: pd.DataFrame) -> TableBackend:
 def http(table: TableBackend, lrs: XapiBackend) -> Iterator[httpx.Client]:
     app = create_provider_app(
         [table, lrs],
+        keys=P,
         subjects=SUBJECTS,
         coordinator_url=COORDINATOR,
         now=lambda: T0,
@@ -146,6 +159,7 @@ def test_catalogue_lists_datasets_without_records(
     assert answer.json() == {
         "datasets": [table.describe(), lrs.describe()],
         "coordinator": COORDINATOR,
+        "provider": P.public.fingerprint,
     }
     assert answer.json()["datasets"][0]["users"] == 2410
 
@@ -319,7 +333,7 @@ def test_a_restart_forgets_neither_revocations_nor_used_requests(
     """The gate's state in a database: a new app on it (a restarted provider) refuses alike."""
 
     def post(state: SqlGateState, *bodies: dict[str, Any]) -> list[httpx.Response]:
-        app = create_provider_app([table], subjects=SUBJECTS, now=lambda: T0, state=state)
+        app = create_provider_app([table], keys=P, subjects=SUBJECTS, now=lambda: T0, state=state)
         with serve_in_thread(app) as server, httpx.Client(base_url=server.url) as client:
             return [client.post(path, json=body) for path, body in _routes(bodies)]
 
@@ -344,7 +358,7 @@ def test_a_restart_forgets_neither_revocations_nor_used_requests(
         refused_before.status_code,
         refused_before.json(),
     )
-    refused(replayed, 409, "records request replayed: its nonce was already used")
+    refused(replayed, 409, "request replayed: its nonce was already used")
     assert fresh.status_code == 200, fresh.text
 
 
@@ -455,7 +469,7 @@ def test_malformed_documents_are_bad_requests(http: httpx.Client) -> None:
     refused(http.post("/v1/records", json=body), 422, "body.consent.signer: String should match")
     body = records_body()
     body["request"] = sign_document(A, "records-request", {"job_id": "job-chem97"}).to_json()
-    refused(http.post("/v1/records", json=body), 400, "records request must have exactly")
+    refused(http.post("/v1/records", json=body), 400, "records-request must have exactly")
     with_nan = json.dumps(records_body()).replace('"at":', '"at": NaN, "x":', 1)
     answer = http.post(
         "/v1/records", content=with_nan, headers={"content-type": "application/json"}
@@ -492,6 +506,8 @@ def test_revocation_refusals(http: httpx.Client) -> None:
 def test_the_openapi_description_names_every_route(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
     assert set(spec["paths"]) == {
+        "/v1/attestations",
+        "/v1/provider",
         "/v1/catalogue",
         "/v1/datasets/{name}/preprocessing",
         "/v1/records",
@@ -504,9 +520,12 @@ def test_records_json_turns_missing_values_into_null(tmp_path: Path) -> None:
     df = pd.DataFrame({"user": ["u", "u"], "v": [1.5, float("nan")], "w": [float("inf"), 2.0]})
     keys = NodeKeys.from_seed(b"missing")
     app = create_provider_app(
-        [TableBackend("t", df, "user")], subjects={"u": keys.public.fingerprint}, now=lambda: T0
+        [TableBackend("t", df, "user")],
+        keys=P,
+        subjects={"u": keys.public.fingerprint},
+        now=lambda: T0,
     )
-    doc = sign_document(AI, "job", {"job_id": "job-t"})
+    doc = sign_document(AI, "job", {"job_id": "job-t", "data": {"provider": P.public.fingerprint}})
     receipt = grant_consent(
         keys,
         ConsentTerms(
@@ -521,7 +540,15 @@ def test_records_json_turns_missing_values_into_null(tmp_path: Path) -> None:
         ),
     )
     request = sign_records_request(
-        keys, job_id="job-t", user="u", dataset="t", fields=["v", "w"], at=T0
+        keys,
+        job_id="job-t",
+        job_digest=doc.digest,
+        audience=P.public.fingerprint,
+        node="u",
+        user="u",
+        dataset="t",
+        fields=["v", "w"],
+        at=T0,
     )
     body = {
         "dataset": "t",

@@ -59,7 +59,7 @@ def test_a_node_agents_catalogue_check_does_not_import_torch(tmp_path: Path) -> 
         from tessera.training import ModelSpec, Recipe
 
         agent = NodeAgent(AgentConfig(
-            node_id="node-1", coordinator="http://127.0.0.1:9",
+            node_id="node-1", coordinator="http://127.0.0.1:9", insecure_loopback=True,
             keys_path=Path("node.key"), state_dir=Path("state"),
         ))
         agent.cfg.catalogue.check(
@@ -86,6 +86,7 @@ def test_the_agent_gives_its_sandbox_the_configured_limits(tmp_path: Path) -> No
             AgentConfig(
                 node_id="node-1",
                 coordinator="http://127.0.0.1:9",
+                insecure_loopback=True,
                 keys_path=tmp_path / "node.key",
                 state_dir=tmp_path / "state",
                 **kwargs,

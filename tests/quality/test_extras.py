@@ -108,6 +108,7 @@ PARTIES = {
         from pathlib import Path
         from tessera.node.agent import AgentConfig, NodeAgent
         agent = NodeAgent(AgentConfig(node_id="n", coordinator="http://127.0.0.1:9",
+                                      insecure_loopback=True,
                                       keys_path=Path("k"), state_dir=Path("s")))
         print(type(agent).__name__)
         """,

@@ -52,7 +52,7 @@ def test_everything_survives_reopening(store_url: str) -> None:
         digest = s.put_artefact(b"weights", "application/octet-stream")
         s.register_node("node-a", b"keys", "org", {"a": 1})
         s.add_job("job-1", "d", {"rounds": 2}, 1)
-        s.add_consent("job-1", "node-a", "c1", {"ok": True}, expires_at=9.0)
+        s.add_consent("job-1", "node-a", "c1", document={"ok": True}, expires_at=9.0)
         s.revoke_consent("job-1", "node-a", {"no": True}, revoked_at=5.0)
         mail_id = s.post_message(
             job_id="job-1",

@@ -191,9 +191,12 @@ def test_injected_clock_stamps_records(store_url: str) -> None:
 
 def test_consents_add_revoke_and_order(store: Store) -> None:
     store.add_job("job-1", "d", {}, 1)
-    store.add_consent("job-1", "node-b", "c1", {"grant": 1}, expires_at=100.0)
-    store.add_consent("job-1", "node-a", "c2", {"grant": 2}, expires_at=200.0)
-    store.add_consent("job-1", "node-b", "c1", {"grant": 1}, expires_at=100.0)  # idempotent
+    store.add_consent("job-1", "node-b", "c1", document={"grant": 1}, expires_at=100.0)
+    store.add_consent("job-1", "node-a", "c2", document={"grant": 2}, expires_at=200.0)
+    # the first again: idempotent
+    store.add_consent(
+        "job-1", "node-b", "c1", document={"grant": 1}, expires_at=100.0
+    )  # idempotent
     got = store.consents("job-1")
     assert [(c.node_id, c.digest, c.document) for c in got] == [
         ("node-b", "c1", {"grant": 1}),
@@ -207,12 +210,12 @@ def test_consents_add_revoke_and_order(store: Store) -> None:
     assert (a.revoked_at, a.revocation) == (None, None)
     assert isinstance(b, ConsentRecord) and b.expires_at == 100.0 and b.added_at > 0
     # a fresh grant after a revocation is a new, unrevoked receipt
-    store.add_consent("job-1", "node-b", "c3", {"grant": 3}, expires_at=300.0)
+    store.add_consent("job-1", "node-b", "c3", document={"grant": 3}, expires_at=300.0)
     assert store.consents("job-1")[-1].revoked_at is None
     with pytest.raises(NotFound):
         store.revoke_consent("job-1", "node-z", {}, revoked_at=1.0)
     with pytest.raises(NotFound):
-        store.add_consent("job-9", "node-a", "c", {}, expires_at=1.0)
+        store.add_consent("job-9", "node-a", "c", document={}, expires_at=1.0)
     assert store.consents("job-9") == []
 
 

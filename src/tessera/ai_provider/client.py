@@ -52,6 +52,16 @@ def fetch_preprocessing(
     return result
 
 
+def fetch_provider_key(provider: str, *, verify: ssl.SSLContext | bool = True) -> str:
+    """The data provider's key fingerprint: how a job names it (``data.provider``)."""
+    with httpx.Client(verify=verify, timeout=30) as http:
+        answer = check(http.get(f"{provider.rstrip('/')}/v1/provider")).json()
+    fingerprint = answer.get("fingerprint") if isinstance(answer, dict) else None
+    if not isinstance(fingerprint, str):
+        raise RemoteProtocolError("the data provider did not say its key fingerprint")
+    return fingerprint
+
+
 def build_job(
     cfg: JobConfig,
     keys: NodeKeys,
@@ -63,7 +73,10 @@ def build_job(
     min_consents: int,
     purpose: str,
 ) -> tuple[SignedDocument, bytes]:
-    """The signed job document and its initial weights (safetensors bytes)."""
+    """The signed job document and its initial weights (safetensors bytes).
+
+    ``provider`` is the data provider's key fingerprint (``fetch_provider_key``).
+    """
     pre = Preprocessor.from_json(preprocessing)
     spec, recipe = model_spec_of(cfg, pre), recipe_of(cfg)
     lay = layout(spec)

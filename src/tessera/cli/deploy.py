@@ -128,6 +128,13 @@ def provider(
             " [default: sqlite:///provider.db in the config file's folder]"
         ),
     ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="the provider's key file (made if missing): jobs and nodes name it by its"
+            " fingerprint [default: provider.key in the config file's folder]"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
 ) -> None:
     """Run a data provider's connector: catalogue and consent-checked record release."""
@@ -135,12 +142,14 @@ def provider(
     from tessera.data_provider.app import create_provider_app, load_provider_config
     from tessera.data_provider.gate_state import SqlGateState
     from tessera.runtime.transport.serve import run_server
+    from tessera.storage.keyfile import load_or_create_keys
 
     url = db or provider_db_url(config)
     try:
+        identity = load_or_create_keys(keys or config.parent / "provider.key", _passphrase())
         backends, subjects = load_provider_config(config)
         with SqlGateState(url) as state:
-            app_ = create_provider_app(backends, subjects=subjects, state=state)
+            app_ = create_provider_app(backends, keys=identity, subjects=subjects, state=state)
             run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
     except TesseraError as exc:
         _fail(exc)
@@ -166,12 +175,23 @@ def node(
         "node-state"
     ),
     user: Annotated[str | None, typer.Option(help="the user's id at the data provider")] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="the URL of the data provider the user enrolled with")
+    ] = None,
+    provider_key: Annotated[
+        str | None,
+        typer.Option(help="that provider's key fingerprint, as the user was given it at enrolment"),
+    ] = None,
     organisation: Annotated[
         str | None, typer.Option(help="organisation, for tree diversity")
     ] = None,
     consent: Annotated[
         list[str] | None, typer.Option(help="consent to this job on the user's behalf")
     ] = None,
+    insecure_loopback: Annotated[
+        bool,
+        typer.Option(help="development only: take plain http from services on this machine"),
+    ] = False,
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust (private PKI)")] = None,
     isolate_network: Annotated[
         str, typer.Option(help="sandbox network isolation: required | best_effort")
@@ -193,6 +213,9 @@ def node(
                 keys_path=keys,
                 state_dir=state,
                 subject=user,
+                provider=provider,
+                provider_key=provider_key,
+                insecure_loopback=insecure_loopback,
                 organisation=organisation,
                 passphrase=_passphrase(),
                 verify=_verify(ca),
@@ -421,7 +444,12 @@ def job_submit(
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
     """Sign and submit a job (the initial weights are uploaded first)."""
-    from tessera.ai_provider.client import build_job, fetch_preprocessing, submit
+    from tessera.ai_provider.client import (
+        build_job,
+        fetch_preprocessing,
+        fetch_provider_key,
+        submit,
+    )
     from tessera.config import load_config
     from tessera.deploy.up import with_declared_weight
     from tessera.runtime.transport.client import CoordinatorClient
@@ -437,7 +465,7 @@ def job_submit(
         doc, weights = build_job(
             cfg,
             signer,
-            provider=provider,
+            provider=fetch_provider_key(provider, verify=verify),
             dataset=dataset,
             user_field=user_field,
             preprocessing=pre,
@@ -504,7 +532,29 @@ consent_app = typer.Typer(
 app.add_typer(consent_app, name="consent")
 
 
-def _agent(node_id: str, coordinator: str, keys: Path, state: Path, ca: Path | None) -> Any:
+ProviderUrl = Annotated[
+    str | None, typer.Option(help="the URL of the data provider the user enrolled with")
+]
+ProviderKey = Annotated[
+    str | None, typer.Option(help="that provider's key fingerprint, given at enrolment")
+]
+InsecureLoopback = Annotated[
+    bool, typer.Option(help="development only: take plain http from services on this machine")
+]
+
+
+def _agent(
+    node_id: str,
+    coordinator: str,
+    keys: Path,
+    state: Path,
+    ca: Path | None,
+    *,
+    user: str | None = None,
+    provider: str | None = None,
+    provider_key: str | None = None,
+    insecure_loopback: bool = False,
+) -> Any:
     from tessera.node.agent import AgentConfig, NodeAgent
 
     return NodeAgent(
@@ -513,6 +563,10 @@ def _agent(node_id: str, coordinator: str, keys: Path, state: Path, ca: Path | N
             coordinator=coordinator,
             keys_path=keys,
             state_dir=state,
+            subject=user,
+            provider=provider,
+            provider_key=provider_key,
+            insecure_loopback=insecure_loopback,
             passphrase=_passphrase(),
             verify=_verify(ca),
         )
@@ -525,14 +579,30 @@ def consent_grant(
     id: Annotated[str, typer.Option("--id", help="this node's id")],
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
     user: Annotated[str, typer.Option(help="the user's id at the data provider")],
+    provider: ProviderUrl = None,
+    provider_key: ProviderKey = None,
     keys: Annotated[Path, typer.Option(help="the node's key file")] = Path("node.key"),
     state: Annotated[Path, typer.Option(help="the node's state folder")] = Path("node-state"),
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+    insecure_loopback: InsecureLoopback = False,
 ) -> None:
-    """Read the job, check it against the node's catalogue, sign and send a receipt."""
+    """Read the job, check it against the node's catalogue, sign and send a receipt.
+
+    The receipt goes with the attestation the user's own data provider signs
+    for this node (``--provider``, ``--provider-key``: from the user's enrolment).
+    """
     try:
-        agent = _agent(id, coordinator, keys, state, ca)
-        agent.cfg.subject = user
+        agent = _agent(
+            id,
+            coordinator,
+            keys,
+            state,
+            ca,
+            user=user,
+            provider=provider,
+            provider_key=provider_key,
+            insecure_loopback=insecure_loopback,
+        )
         receipt = agent.consent(job_id)
     except TesseraError as exc:
         _fail(exc)
@@ -545,13 +615,29 @@ def consent_revoke(
     job_id: str,
     id: Annotated[str, typer.Option("--id", help="this node's id")],
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    provider: ProviderUrl = None,
+    provider_key: ProviderKey = None,
     keys: Annotated[Path, typer.Option(help="the node's key file")] = Path("node.key"),
     state: Annotated[Path, typer.Option(help="the node's state folder")] = Path("node-state"),
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+    insecure_loopback: InsecureLoopback = False,
 ) -> None:
-    """Revoke this user's consent: no training from the next round on, no more records."""
+    """Revoke this user's consent: no training from the next round on, no more records.
+
+    With ``--provider`` the user's own data provider is told too.
+    """
     try:
-        revocation = _agent(id, coordinator, keys, state, ca).revoke(job_id)
+        agent = _agent(
+            id,
+            coordinator,
+            keys,
+            state,
+            ca,
+            provider=provider,
+            provider_key=provider_key,
+            insecure_loopback=insecure_loopback,
+        )
+        revocation = agent.revoke(job_id)
     except TesseraError as exc:
         _fail(exc)
         return

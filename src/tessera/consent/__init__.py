@@ -12,6 +12,8 @@ does I/O: a database, imported on its own so this package stays light).
 
 from tessera.consent._errors import ConsentError, ReplayedRequest
 from tessera.consent._gate import (
+    ATTESTATION_KIND,
+    ATTESTATION_REQUEST_KIND,
     REQUEST_KIND,
     REQUEST_WINDOW,
     Enrolment,
@@ -20,6 +22,8 @@ from tessera.consent._gate import (
     RecordsGate,
     RecordsRequest,
     Release,
+    check_attestation,
+    sign_attestation_request,
     sign_records_request,
 )
 from tessera.consent._receipts import (
@@ -33,6 +37,8 @@ from tessera.consent._receipts import (
 )
 
 __all__ = [
+    "ATTESTATION_KIND",
+    "ATTESTATION_REQUEST_KIND",
     "CLOCK_SKEW",
     "CONSENT_KIND",
     "REQUEST_KIND",
@@ -47,8 +53,10 @@ __all__ = [
     "RecordsRequest",
     "Release",
     "ReplayedRequest",
+    "check_attestation",
     "check_consent",
     "grant_consent",
     "revoke_consent",
+    "sign_attestation_request",
     "sign_records_request",
 ]

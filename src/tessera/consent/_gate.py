@@ -3,22 +3,39 @@
 Theory of operation
 -------------------
 A node asks for its user's records with a ``"records-request"`` document
-signed by its node key, naming job, user (the *subject*: the user's id at
-this provider, a value of the dataset's user field), dataset, fields, a
-fresh 16-byte nonce and the instant it was made. ``RecordsGate.authorize``
-lets it through only when all of these hold:
+signed by its node key, naming job (id and digest of the signed job
+document), the *audience* (this provider's key fingerprint), the node (its
+id at the coordinator), user (the *subject*: the user's id at this
+provider, a value of the dataset's user field), dataset, fields, a fresh
+16-byte nonce and the instant it was made. ``RecordsGate.authorize`` lets
+it through only when all of these hold:
 
 1. the request's signature is valid and made by the node key the provider
    has *enrolled* for that subject. Enrolment (``subjects``: subject ->
    node key fingerprint, recorded when the user linked their node to their
    account here) is the only link between a person and a key: a consent or
    request signed by any other key names the subject in vain;
-2. the request is fresh (``|now - at| <= window``) and its nonce unused;
-3. the job document is validly signed, by the AI provider the consent
-   names, and (when it says) asks for this dataset and these fields;
-4. ``check_consent`` accepts the receipt, signed by that same key, for this
+2. the request names this provider as its audience, so a request a node
+   made for another party (a relay that passes it on) is refused here;
+3. the request is fresh (``|now - at| <= window``) and its nonce unused;
+4. the job document is validly signed, by the AI provider the consent
+   names, is the very document the request names (its digest), names this
+   provider as its data provider (``data.provider``: this provider's key
+   fingerprint) and (when it says) asks for this dataset and these fields;
+5. ``check_consent`` accepts the receipt, signed by that same key, for this
    job, digest, subject and fields at ``now``, given the revocations the
    provider has been sent.
+
+Attestations. Before a node may take part in a job it asks, with an
+``"attestation-request"`` (the same fields but dataset and fields), for the
+provider's signed ``"attestation"``: this node (id and key) stands for one
+enrolled user of this provider who consented to this job document. The
+same checks apply, and the provider binds the pair (job digest, user) to
+one node id in its state, so a user gets one seat per job. The coordinator
+counts a consent only with its attestation, and every node checks the
+attestation of every participant before it sends anything
+(``check_attestation``): a coordinator cannot fill a group with nodes of
+its own (Sybils) unless this provider vouches for them.
 
 ``authorize`` changes nothing; ``commit`` then burns the nonce, atomically,
 once the records are ready to go out, so a refused request (including one
@@ -66,6 +83,8 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 
 __all__ = [
+    "ATTESTATION_KIND",
+    "ATTESTATION_REQUEST_KIND",
     "REQUEST_KIND",
     "REQUEST_WINDOW",
     "Enrolment",
@@ -74,10 +93,14 @@ __all__ = [
     "RecordsGate",
     "RecordsRequest",
     "Release",
+    "check_attestation",
+    "sign_attestation_request",
     "sign_records_request",
 ]
 
 REQUEST_KIND = DocumentKind.RECORDS_REQUEST
+ATTESTATION_REQUEST_KIND = DocumentKind.ATTESTATION_REQUEST
+ATTESTATION_KIND = DocumentKind.ATTESTATION
 #: Seconds a records request stays acceptable around its ``at``.
 REQUEST_WINDOW = 300.0
 
@@ -85,14 +108,25 @@ REQUEST_WINDOW = 300.0
 Enrolment = Mapping[str, str]
 
 _NONCE = re.compile(r"[0-9a-f]{32}")
-_REQUEST_KEYS = frozenset({"job_id", "user", "dataset", "fields", "nonce", "at"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ASK_KEYS = frozenset({"job_id", "job_digest", "audience", "node", "user", "nonce", "at"})
+_REQUEST_KEYS = _ASK_KEYS | {"dataset", "fields"}
+_ATTESTATION_KEYS = frozenset(
+    {"job_id", "job_digest", "provider", "node", "node_key", "consent", "issued_at"}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecordsRequest:
-    """The checked body of a records request, and who signed it."""
+    """The checked body of a records (or attestation) request, and who signed it.
+
+    An attestation request has no dataset (``""``) and no fields.
+    """
 
     job_id: str
+    job_digest: str
+    audience: str  # the fingerprint of the data provider it is meant for
+    node: str  # the node's id at the coordinator
     user: str
     dataset: str
     fields: tuple[str, ...]
@@ -101,33 +135,41 @@ class RecordsRequest:
     signer: PublicKeys
 
     @classmethod
-    def from_document(cls, doc: SignedDocument) -> RecordsRequest:
+    def from_document(cls, doc: SignedDocument, kind: str = REQUEST_KIND) -> RecordsRequest:
         """Verify kind and signature, then parse; bad signature raises ``ConsentError``.
 
         A well-signed but malformed body raises ``RemoteProtocolError``.
         """
         try:
-            body = verify_document(doc, kind=REQUEST_KIND)
+            body = verify_document(doc, kind=kind)
         except RemoteProtocolError as exc:
-            raise ConsentError(f"records request refused: {exc}") from None
-        if set(body) != _REQUEST_KEYS:
-            raise RemoteProtocolError(
-                "records request must have exactly " + ", ".join(sorted(_REQUEST_KEYS))
-            )
-        texts = [body[k] for k in ("job_id", "user", "dataset")]
-        fields, nonce, at = body["fields"], body["nonce"], body["at"]
+            raise ConsentError(f"{kind} refused: {exc}") from None
+        records = kind == REQUEST_KIND
+        keys = _REQUEST_KEYS if records else _ASK_KEYS
+        if set(body) != keys:
+            raise RemoteProtocolError(f"{kind} must have exactly " + ", ".join(sorted(keys)))
+        names = ("job_id", "node", "user", "dataset") if records else ("job_id", "node", "user")
+        texts = [body[k] for k in names]
+        fields = body["fields"] if records else []
+        nonce, at = body["nonce"], body["at"]
         if not all(isinstance(t, str) and t for t in texts):
-            raise RemoteProtocolError("records request: job_id, user, dataset must be strings")
+            raise RemoteProtocolError(f"{kind}: {', '.join(names)} must be strings")
+        for name in ("job_digest", "audience"):
+            if not isinstance(body[name], str) or not _HEX64.fullmatch(body[name]):
+                raise RemoteProtocolError(f"{kind}: {name} must be 64 lowercase hex digits")
         if not isinstance(fields, list) or not all(isinstance(f, str) and f for f in fields):
-            raise RemoteProtocolError("records request: fields must be a list of field names")
+            raise RemoteProtocolError(f"{kind}: fields must be a list of field names")
         if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
-            raise RemoteProtocolError("records request: nonce must be 32 lowercase hex digits")
+            raise RemoteProtocolError(f"{kind}: nonce must be 32 lowercase hex digits")
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
-            raise RemoteProtocolError("records request: at must be a number (unix seconds)")
+            raise RemoteProtocolError(f"{kind}: at must be a number (unix seconds)")
         return cls(
             job_id=texts[0],
-            user=texts[1],
-            dataset=texts[2],
+            job_digest=body["job_digest"],
+            audience=body["audience"],
+            node=texts[1],
+            user=texts[2],
+            dataset=texts[3] if records else "",
             fields=tuple(fields),
             nonce=nonce,
             at=float(at),
@@ -139,15 +181,25 @@ def sign_records_request(
     keys: NodeKeys,
     *,
     job_id: str,
+    job_digest: str,
+    audience: str,
+    node: str,
     user: str,
     dataset: str,
     fields: Sequence[str],
     at: float,
     nonce: str | None = None,
 ) -> SignedDocument:
-    """The node's signed request for its user's ``fields``; a fresh nonce unless given."""
+    """The node's signed request for its user's ``fields``; a fresh nonce unless given.
+
+    ``audience`` is the fingerprint of the data provider the node is enrolled
+    with (learnt from its own user, never from the job).
+    """
     body: dict[str, Any] = {
         "job_id": job_id,
+        "job_digest": job_digest,
+        "audience": audience,
+        "node": node,
         "user": user,
         "dataset": dataset,
         "fields": list(fields),
@@ -155,6 +207,60 @@ def sign_records_request(
         "at": float(at),
     }
     return sign_document(keys, REQUEST_KIND, body)
+
+
+def sign_attestation_request(
+    keys: NodeKeys,
+    *,
+    job_id: str,
+    job_digest: str,
+    audience: str,
+    node: str,
+    user: str,
+    at: float,
+    nonce: str | None = None,
+) -> SignedDocument:
+    """The node asks its data provider (``audience``) to vouch for it in this job."""
+    body: dict[str, Any] = {
+        "job_id": job_id,
+        "job_digest": job_digest,
+        "audience": audience,
+        "node": node,
+        "user": user,
+        "nonce": secrets.token_hex(16) if nonce is None else nonce,
+        "at": float(at),
+    }
+    return sign_document(keys, ATTESTATION_REQUEST_KIND, body)
+
+
+def check_attestation(
+    attestation: SignedDocument | None,
+    *,
+    provider: str,
+    job_digest: str,
+    node: str,
+    node_keys: PublicKeys,
+) -> None:
+    """That ``attestation`` is the data provider's word that ``node`` (with ``node_keys``)
+    stands for one consenting user in the job ``job_digest``; ``ConsentError`` if not.
+
+    ``provider`` is the fingerprint of the job's data provider, read from the
+    signed job document (never from the attestation itself).
+    """
+    if not isinstance(attestation, SignedDocument):
+        raise ConsentError(f"{node} has no attestation from the data provider")
+    if attestation.signer.fingerprint != provider:
+        raise ConsentError(f"the attestation of {node} is not signed by the job's data provider")
+    try:
+        body = verify_document(attestation, kind=ATTESTATION_KIND)
+    except RemoteProtocolError as exc:
+        raise ConsentError(f"the attestation of {node}: {exc}") from None
+    if set(body) != _ATTESTATION_KEYS:
+        raise ConsentError(f"the attestation of {node} is malformed")
+    if body["job_digest"] != job_digest:
+        raise ConsentError(f"the attestation of {node} is for another job document")
+    if body["node"] != node or body["node_key"] != node_keys.fingerprint:
+        raise ConsentError(f"the attestation names another node or key than {node}'s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +306,14 @@ class GateState(Protocol):
         """
         ...
 
+    def bind_node(self, job_digest: str, subject: str, node: str) -> bool:
+        """Bind ``subject``'s seat in the job ``job_digest`` to ``node``, atomically.
+
+        True if it is bound to ``node`` now (newly or already); False, changing
+        nothing, if it is bound to another node: one node per user per job.
+        """
+        ...
+
 
 class MemoryGateState:
     """A ``GateState`` in this process's memory: lost when it ends (tests, library use)."""
@@ -208,6 +322,7 @@ class MemoryGateState:
         self._lock = threading.Lock()
         self.nonces: dict[tuple[str, str], float] = {}  # (signer, nonce) -> expires
         self.revocations: dict[str, tuple[float, float]] = {}  # receipt -> (revoked at, expires)
+        self.seats: dict[tuple[str, str], str] = {}  # (job digest, subject) -> node
 
     def revoked_at(self, receipt: str) -> float | None:
         with self._lock:
@@ -238,6 +353,10 @@ class MemoryGateState:
             self.nonces[(signer, nonce)] = expires
             return True
 
+    def bind_node(self, job_digest: str, subject: str, node: str) -> bool:
+        with self._lock:
+            return self.seats.setdefault((job_digest, subject), node) == node
+
 
 class RecordsGate:
     """Decides whether records may go out; remembers revocations and used nonces in ``state``."""
@@ -246,15 +365,19 @@ class RecordsGate:
         self,
         subjects: Enrolment,
         *,
+        identity: NodeKeys,
         window: float = REQUEST_WINDOW,
         state: GateState | None = None,
     ) -> None:
         """``subjects`` may be a live mapping: enrolments added later count at once.
 
+        ``identity`` is the provider's own keys: requests must name it as their
+        audience, jobs as their data provider, and it signs attestations.
         ``state`` defaults to a fresh ``MemoryGateState``: forgotten on restart.
         """
         if not (math.isfinite(window) and window > 0):
             raise ValueError("window must be a finite number of seconds > 0")
+        self._identity = identity
         self._subjects = subjects
         self._window = window
         self._state: GateState = MemoryGateState() if state is None else state
@@ -289,28 +412,50 @@ class RecordsGate:
             raise RemoteProtocolError(
                 "the signed records request names other dataset or fields than the body"
             )
+        return self._check(asked, job=job, consent=consent, dataset=dataset, now=now)
+
+    def _check(
+        self,
+        asked: RecordsRequest,
+        *,
+        job: SignedDocument,
+        consent: SignedDocument,
+        dataset: str | None,
+        now: float,
+    ) -> Release:
+        """Every check of the module docstring, for a records or attestation request."""
+        if asked.audience != self._identity.public.fingerprint:
+            raise ConsentError(
+                f"the request is meant for data provider {asked.audience[:16]}..., not this one "
+                f"({self._identity.public.short_fingerprint}...)"
+            )
         if asked.user not in self._subjects:
             raise ConsentError(f"no node key is enrolled here for user {asked.user!r}")
         if not self.enrolled(asked.user, asked.signer):
             raise ConsentError(
-                f"records request is not signed by the node key enrolled for user {asked.user!r}"
+                f"the request is not signed by the node key enrolled for user {asked.user!r}"
             )
         if abs(now - asked.at) > self._window:
             raise ConsentError(
-                f"records request is stale: made at {when(asked.at)}, "
+                f"the request is stale: made at {when(asked.at)}, "
                 f"{abs(now - asked.at):.0f} s from now (at most {self._window:.0f} s allowed)"
             )
         if self._state.nonce_used(asked.signer.fingerprint, asked.nonce, now=now):
-            raise ReplayedRequest("records request replayed: its nonce was already used")
+            raise ReplayedRequest("request replayed: its nonce was already used")
         try:
             job_body = verify_document(job, kind="job")
         except RemoteProtocolError as exc:
             raise ConsentError(str(exc)) from None
-        if job_body.get("job_id") != asked.job_id:
+        if job_body.get("job_id") != asked.job_id or job.digest != asked.job_digest:
             raise ConsentError(
-                f"the job document is not job {asked.job_id!r} named by the records request"
+                f"the job document is not the one the request names ({asked.job_id!r}, "
+                f"digest {asked.job_digest[:16]}...)"
             )
-        _check_job_data(job_body, dataset, asked.fields)
+        data = job_body.get("data")
+        if not isinstance(data, dict) or data.get("provider") != self._identity.public.fingerprint:
+            raise ConsentError("the job does not name this data provider (data.provider)")
+        if dataset is not None:
+            _check_job_data(job_body, dataset, asked.fields)
         terms = check_consent(
             consent,
             job_id=asked.job_id,
@@ -331,6 +476,38 @@ class RecordsGate:
                 f"but the job is signed by {job.signer.short_fingerprint}..."
             )
         return Release(request=asked, terms=terms)
+
+    def attest(
+        self,
+        *,
+        job: SignedDocument,
+        consent: SignedDocument,
+        request: SignedDocument,
+        now: float,
+    ) -> SignedDocument:
+        """The provider's attestation for the requesting node (module docstring).
+
+        Raises ``ConsentError`` (``ReplayedRequest`` for a used nonce) when a
+        check fails or the user already has another node attested for this job.
+        """
+        asked = RecordsRequest.from_document(request, ATTESTATION_REQUEST_KIND)
+        release = self._check(asked, job=job, consent=consent, dataset=None, now=now)
+        if not self._state.bind_node(asked.job_digest, asked.user, asked.node):
+            raise ConsentError(
+                f"user {asked.user!r} already has another node attested for this job: "
+                "one node per user per job"
+            )
+        self.commit(release, now=now)
+        body = {
+            "job_id": asked.job_id,
+            "job_digest": asked.job_digest,
+            "provider": self._identity.public.fingerprint,
+            "node": asked.node,
+            "node_key": asked.signer.fingerprint,
+            "consent": consent.digest,
+            "issued_at": now,
+        }
+        return sign_document(self._identity, ATTESTATION_KIND, body)
 
     def commit(self, release: Release, *, now: float) -> None:
         """Burn the request's nonce; ``ReplayedRequest`` if another copy got there first."""

@@ -81,8 +81,11 @@ class JobSubmission(BaseModel):
 
 
 class ConsentSubmission(BaseModel):
+    """A user's consent receipt and their data provider's attestation of their node."""
+
     model_config = ConfigDict(extra="forbid")
     receipt: Document
+    attestation: Document
 
 
 class RevocationSubmission(BaseModel):
@@ -203,7 +206,7 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
 
     @app.post("/v1/jobs/{job_id}/consents", status_code=201, responses=_DOCUMENT_POST)
     def consent(job_id: str, body: ConsentSubmission) -> dict[str, Any]:
-        return service.consent(job_id, body.receipt.model_dump())
+        return service.consent(job_id, body.receipt.model_dump(), body.attestation.model_dump())
 
     @app.post("/v1/jobs/{job_id}/revocations", responses=_DOCUMENT_POST)
     def revoke(job_id: str, body: RevocationSubmission) -> dict[str, Any]:

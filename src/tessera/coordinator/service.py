@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from tessera.consent import ConsentError, check_consent
+from tessera.consent import ConsentError, check_attestation, check_consent
 from tessera.coordinator.driver import JobDriver
 from tessera.crypto.documents import SignedDocument, verify_document
 from tessera.crypto.envelope import peek, verify_envelope
@@ -226,20 +226,39 @@ class CoordinatorService:
             "participants": job.participants,
             "current_round": job.current_round,
             "final_weights": job.final_weights,
-            "error": job.error,
+            "error": job.error or None,
             "rounds": [r.to_json() for r in self.store.rounds(job_id)],
             "refused": driver.refusals[-20:] if driver else [],
         }
 
     # -- consent -------------------------------------------------------------------------
-    def consent(self, job_id: str, receipt: object) -> dict[str, Any]:
+    def consent(self, job_id: str, receipt: object, attestation: object) -> dict[str, Any]:
+        """Count a user's consent, with their data provider's attestation of the node.
+
+        Without a valid attestation from the job's data provider the consent
+        is refused: a node the provider does not vouch for (a Sybil of the
+        coordinator's own making, say) never becomes a participant.
+        """
         job = self.job(job_id)
         doc = parse_document(receipt, "receipt")
         user = doc.body.get("user")
         keys = self.public_keys(user) if isinstance(user, str) else None
         if keys is None or not isinstance(user, str):
             raise Refused(403, "the receipt's user is not a registered node")
+        if job.state != "waiting" and user not in (job.participants or ()):
+            raise Refused(409, f"job {job_id!r} has started: its participants are fixed")
         spec = self.spec(job)
+        vouched = parse_document(attestation, "attestation")
+        try:
+            check_attestation(
+                vouched,
+                provider=spec.data.provider,
+                job_digest=job.digest,
+                node=user,
+                node_keys=keys,
+            )
+        except ConsentError as exc:
+            raise Refused(403, str(exc)) from None
         try:
             terms = check_consent(
                 doc,
@@ -256,7 +275,14 @@ class CoordinatorService:
             c.digest == doc.digest and c.revoked_at is not None for c in self.store.consents(job_id)
         ):
             raise Refused(403, "consent revoked: this receipt was withdrawn by its user")
-        self.store.add_consent(job_id, user, doc.digest, doc.to_json(), terms.expires_at)
+        self.store.add_consent(
+            job_id,
+            user,
+            doc.digest,
+            document=doc.to_json(),
+            expires_at=terms.expires_at,
+            attestation=vouched.to_json(),
+        )
         self._start_if_ready(job_id)
         return {"job_id": job_id, "user": user, "receipt": doc.digest}
 
@@ -309,12 +335,22 @@ class CoordinatorService:
             participants = self._valid_consents(job, self.clock())
             if len(participants) < job.min_consents:
                 return
+            organisations = {NodeId(n): self.store.get_node(n).organisation for n in participants}
+            try:  # the organisation rule may make a tree impossible that the count allows
+                check_tree_feasible(self.spec(job), len(participants), organisations)
+            except ConfigError as exc:
+                reason = f"waiting: no tree fits these participants' organisations: {exc}"
+                if job.error != reason:
+                    self.store.update_job(job_id, error=reason)
+                    log.warning("%s: %s", job_id, reason)
+                return
             self.store.update_job(
                 job_id,
                 state="running",
                 participants=participants,
                 started_at=self.clock(),
                 current_round=0,
+                error="" if job.error else None,  # no longer waiting for a tree
             )
             try:
                 driver = self._driver(self.store.get_job(job_id))
@@ -352,7 +388,7 @@ class CoordinatorService:
         job = self.job(job_id)
         if job.state == "waiting" or job.participants is None:
             raise Refused(409, f"job {job_id!r} has not started: its participants are not fixed")
-        consents = {c.node_id: c.document for c in self.store.consents(job_id)}
+        consents = {c.node_id: c for c in self.store.consents(job_id)}
         out = []
         for node in job.participants:
             record = self.store.get_node(node)
@@ -361,7 +397,8 @@ class CoordinatorService:
                     "node_id": node,
                     "organisation": record.organisation,
                     "registration": record.document,
-                    "consent": consents.get(node),
+                    "consent": consents[node].document if node in consents else None,
+                    "attestation": consents[node].attestation if node in consents else None,
                 }
             )
         return {

@@ -44,6 +44,8 @@ class DocumentKind(StrEnum):
     CONSENT = "consent"  # a user's receipt for one job document
     REVOCATION = "revocation"  # the same user withdrawing it
     RECORDS_REQUEST = "records-request"  # a node asks its data provider for its user's rows
+    ATTESTATION_REQUEST = "attestation-request"  # a node asks its provider to vouch for it
+    ATTESTATION = "attestation"  # the provider: this node stands for one consenting user
     REQUEST = "request"  # a signed HTTP request (a node pulling its mailbox)
 
 

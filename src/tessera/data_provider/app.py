@@ -5,12 +5,17 @@ A thin shell: every decision about releasing records is made by
 comes from a ``tessera.data.connectors.Backend``. This module maps their
 answers onto HTTP:
 
+- ``GET /v1/provider``: the provider's public keys. Its fingerprint names it:
+  in job documents (``data.provider``), as the audience of every request a
+  node makes, and as the signer of attestations.
 - ``GET /v1/catalogue``: what the provider offers (no records).
 - ``GET /v1/datasets/{name}/preprocessing``: a ``Preprocessor`` fitted on the
   whole dataset, as JSON: means, stds, category and label sets only, what an
   AI provider needs to declare a job's feature encoding without seeing data.
 - ``POST /v1/revocations``: a user withdraws a consent; refused from then on.
 - ``POST /v1/records``: one user's records for one job, to that user's node.
+- ``POST /v1/attestations``: the provider's signed word that a node stands
+  for one enrolled, consenting user in a job (one node per user per job).
 
 Every refusal is a 4xx with ``{"detail": "<reason>"}``: 400 malformed,
 403 consent or signature problems, 404 unknown dataset or user, 409 a
@@ -28,6 +33,7 @@ request. Without one they are kept in memory only (tests, library use).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -47,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tessera.consent import ConsentError, Enrolment, GateState, RecordsGate, ReplayedRequest
 from tessera.crypto.documents import SignedDocument
+from tessera.crypto.keys import NodeKeys
 from tessera.data.connectors import Backend, DatasetConfig
 from tessera.data.prepare import Preprocessor
 from tessera.errors import ConfigError, DataError, RemoteProtocolError
@@ -87,6 +94,21 @@ class RecordsBody(_Model):
     request: Document
 
 
+class AttestationBody(_Model):
+    """A node's signed attestation request, with the job document and its consent receipt."""
+
+    job: Document
+    consent: Document
+    request: Document
+
+
+class ProviderKeys(_Model):
+    """The provider's public keys (base64) and their fingerprint."""
+
+    public_keys: str
+    fingerprint: str
+
+
 class RevocationBody(_Model):
     """A signed revocation and the consent receipt it withdraws."""
 
@@ -111,6 +133,7 @@ class DatasetInfo(_Model):
 class Catalogue(_Model):
     datasets: list[DatasetInfo]
     coordinator: str | None
+    provider: str  # the fingerprint of this provider's keys: what a job names
 
 
 class Records(_Model):
@@ -173,6 +196,7 @@ class _Provider:
         backends: Sequence[Backend],
         subjects: Enrolment,
         now: Callable[[], float],
+        keys: NodeKeys,
         state: GateState | None = None,
     ) -> None:
         self.datasets: dict[str, Backend] = {}
@@ -182,7 +206,8 @@ class _Provider:
             self.datasets[backend.name] = backend
         self.catalogue = [backend.describe() for backend in self.datasets.values()]
         self.fields = {d["name"]: {f["name"] for f in d["fields"]} for d in self.catalogue}
-        self.gate = RecordsGate(subjects, state=state)
+        self.keys = keys
+        self.gate = RecordsGate(subjects, identity=keys, state=state)
         self.now = now
 
     def dataset(self, name: str) -> Backend:
@@ -214,6 +239,25 @@ class _Provider:
             raise _Refused(403, exc.reason) from None
         _log.info("consent %s... revoked", digest[:16])
         return Revoked(receipt=digest, revoked=True)
+
+    def attest(self, body: AttestationBody) -> dict[str, Any]:
+        job = _document(body.job, "job")
+        consent = _document(body.consent, "consent")
+        request = _document(body.request, "request")
+        try:
+            attestation = self.gate.attest(
+                job=job, consent=consent, request=request, now=self.now()
+            )
+        except ReplayedRequest as exc:
+            raise _Refused(409, exc.reason) from None
+        except ConsentError as exc:
+            raise _Refused(403, exc.reason) from None
+        except RemoteProtocolError as exc:
+            raise _Refused(400, str(exc)) from None
+        _log.info(
+            "attested node %s for job %s", attestation.body["node"], attestation.body["job_id"]
+        )
+        return attestation.to_json()
 
     def records(self, body: RecordsBody) -> Records:
         backend = self.dataset(body.dataset)
@@ -257,6 +301,7 @@ class _Provider:
 def create_provider_app(
     backends: Sequence[Backend],
     *,
+    keys: NodeKeys,
     subjects: Enrolment | None = None,
     coordinator_url: str | None = None,
     now: Callable[[], float] = time.time,
@@ -265,13 +310,15 @@ def create_provider_app(
 ) -> FastAPI:
     """The provider's app; ``subjects`` maps a user's id here to their node key's fingerprint.
 
+    ``keys`` are the provider's own: jobs and nodes name it by their fingerprint.
+
     ``subjects`` may be a live mapping (enrolments added later count at once).
     ``now`` is the clock for consent expiry and request freshness. ``state``
     keeps revocations and used nonces (the caller opens and closes it); None:
     in memory, forgotten when the process ends, so a service must pass a
     durable one (``tessera.data_provider.gate_state.SqlGateState``).
     """
-    provider = _Provider(backends, {} if subjects is None else subjects, now, state)
+    provider = _Provider(backends, {} if subjects is None else subjects, now, keys, state)
     if not subjects:
         _log.warning("no user has enrolled a node key: no records will be released")
     app = FastAPI(
@@ -284,11 +331,24 @@ def create_provider_app(
     app.add_middleware(BodyLimit, max_bytes=max_body)
     _answer_refusals(app)
 
+    @app.get("/v1/provider")
+    def identity() -> ProviderKeys:
+        """This provider's public keys: jobs name it, and nodes pin it, by their fingerprint."""
+        public = provider.keys.public
+        return ProviderKeys(
+            public_keys=base64.b64encode(public.to_bytes()).decode(),
+            fingerprint=public.fingerprint,
+        )
+
     @app.get("/v1/catalogue")
     def catalogue() -> Catalogue:
         """Every dataset offered: fields, record and user counts; never a record."""
         return Catalogue.model_validate(
-            {"datasets": provider.catalogue, "coordinator": coordinator_url}
+            {
+                "datasets": provider.catalogue,
+                "coordinator": coordinator_url,
+                "provider": provider.keys.public.fingerprint,
+            }
         )
 
     @app.get("/v1/datasets/{name}/preprocessing", responses=_refusals(400, 404, 422))
@@ -300,6 +360,11 @@ def create_provider_app(
     def revoke(body: RevocationBody) -> Revoked:
         """Withdraw a consent: its records are refused from now on."""
         return provider.revoke(body)
+
+    @app.post("/v1/attestations", responses=_refusals(400, 403, 409, 413, 422))
+    def attest(body: AttestationBody) -> dict[str, Any]:
+        """Vouch that the requesting node stands for one enrolled user who consented to the job."""
+        return provider.attest(body)
 
     @app.post("/v1/records", responses=_refusals(400, 403, 404, 409, 413, 422))
     def records(body: RecordsBody) -> Records:

@@ -5,7 +5,7 @@ restart neither honours a revoked consent again nor accepts a captured
 records request replayed within its window. ``url`` is a SQLAlchemy URL:
 ``sqlite:///FILE`` or ``postgresql+psycopg://...``; the engine (SQLite
 pragmas, the psycopg driver) is the coordinator store's own
-(``tessera.storage.engine``). Two tables, made when the state is first
+(``tessera.storage.engine``). Three tables, made when the state is first
 opened (``create_all`` never alters them; only add tables or nullable
 columns):
 
@@ -13,7 +13,9 @@ columns):
   ``revoked_at`` (the earliest revocation's instant), ``expires_at`` (the
   receipt's expiry, after which the row is useless and pruned);
 - ``gate_nonce``: ``(signer, nonce)`` (key fingerprint, request nonce; the
-  key), ``expires_at`` (the last instant the request is fresh).
+  key), ``expires_at`` (the last instant the request is fresh);
+- ``gate_seat``: ``(job_digest, subject)`` (the key) -> ``node``: the one
+  node a user had attested for a job (kept: a few bytes per consent).
 
 Burning a nonce is one ``INSERT ... ON CONFLICT`` in one transaction: the
 primary key decides, so of two concurrent requests with one nonce, in this
@@ -50,7 +52,7 @@ from sqlalchemy import (
 from tessera.storage.database import Database
 from tessera.storage.errors import StoreError
 
-__all__ = ["SqlGateState", "metadata", "nonce_table", "revocation_table"]
+__all__ = ["SqlGateState", "metadata", "nonce_table", "revocation_table", "seat_table"]
 
 # Serialise create_all, and pruning, on PostgreSQL (arbitrary, fixed 63-bit keys).
 _DDL_LOCK_KEY = 0x7E55E7A_6A7E0001
@@ -74,6 +76,14 @@ nonce_table = Table(
     Column("nonce", String(64), primary_key=True),
     Column("expires_at", Double, nullable=False),
     Index("gate_nonce_expires", "expires_at"),
+)
+
+seat_table = Table(
+    "gate_seat",
+    metadata,
+    Column("job_digest", String(64), primary_key=True),
+    Column("subject", String(512), primary_key=True),
+    Column("node", String(64), nullable=False),
 )
 
 
@@ -139,6 +149,23 @@ class SqlGateState(Database):
                 where=nonce_table.c.expires_at < now,
             ).returning(nonce_table.c.nonce)
             return conn.execute(stmt).first() is not None
+
+    def bind_node(self, job_digest: str, subject: str, node: str) -> bool:
+        with self._transaction(write=True) as conn:
+            # The primary key decides between concurrent binders; the loser reads the winner.
+            conn.execute(
+                self._insert(seat_table)
+                .values(job_digest=job_digest, subject=subject, node=node)
+                .on_conflict_do_nothing(
+                    index_elements=[seat_table.c.job_digest, seat_table.c.subject]
+                )
+            )
+            bound = conn.execute(
+                select(seat_table.c.node).where(
+                    seat_table.c.job_digest == job_digest, seat_table.c.subject == subject
+                )
+            ).scalar()
+        return bool(bound == node)
 
     # -- transactions ---------------------------------------------------------------
 

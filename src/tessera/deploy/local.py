@@ -140,6 +140,9 @@ class Deployment:
             self.ca = pki.ca.cert
             self._certs = pki.services
         self._node_keys = [self._keys_of(i) for i in range(self.n_nodes)]
+        # The provider's keys, made by its operator: users are given the fingerprint when
+        # they enrol their node, and their nodes trust no other (never one a job names).
+        self.provider_keys = self._stored_keys(self.out / "keys" / "provider.key")
 
     # -- parties ----------------------------------------------------------------------
     @property
@@ -215,6 +218,8 @@ class Deployment:
                 str(config),
                 "--db",  # revocations and used nonces outlive a restart of the provider
                 f"sqlite:///{(config.parent / 'provider.db').resolve()}",
+                "--keys",
+                str(self.out / "keys" / "provider.key"),
                 "--port",
                 "0",
                 "--ready-file",
@@ -271,6 +276,9 @@ class Deployment:
     def _keys_of(self, i: int) -> NodeKeys:
         """Node i's keys, made once (its folder 0700: the node's state lives there too)."""
         path = private_dir(self.out / "nodes" / f"{i:06d}", tighten=True) / "node.key"
+        return self._stored_keys(path)
+
+    def _stored_keys(self, path: Path) -> NodeKeys:
         if path.exists():  # warned once for all of them, above
             return load_keys(path, self.passphrase, warn_clear=False)
         keys = NodeKeys.generate()
@@ -294,6 +302,10 @@ class Deployment:
             str(folder),
             "--user",
             self.job.node_names[i],
+            "--provider",
+            self.provider_url,
+            "--provider-key",
+            self.provider_keys.public.fingerprint,
             "--consent",
             job_id,
             "--isolate-network",
@@ -304,6 +316,8 @@ class Deployment:
             args += ["--organisation", str(orgs[i])]
         if self.ca is not None:
             args += ["--ca", str(self.ca)]
+        if not self.tls:  # a development run on this machine: plain http on loopback
+            args += ["--insecure-loopback"]
         if self.sandbox_start_timeout is not None:
             args += ["--sandbox-start-timeout", repr(float(self.sandbox_start_timeout))]
         return self._spawn(self.node_id(i), _tessera(*args))

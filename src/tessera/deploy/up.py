@@ -14,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tessera.ai_provider.client import build_job, fetch_preprocessing, submit, watch
+from tessera.ai_provider.client import (
+    build_job,
+    fetch_preprocessing,
+    fetch_provider_key,
+    submit,
+    watch,
+)
 from tessera.config import JobConfig
 from tessera.deploy.local import PROVIDER_DATASET, Deployment
 from tessera.jobs.document import JobSpec, check_tree_feasible
@@ -168,7 +174,7 @@ def run_job(
     doc, weights = build_job(
         cfg,
         keys,
-        provider=dep.provider_url,
+        provider=fetch_provider_key(dep.provider_url, verify=dep.verify),
         dataset=PROVIDER_DATASET,
         user_field=column,
         preprocessing=preprocessing,
@@ -177,7 +183,10 @@ def run_job(
     )
     # The signed job, kept beside the run: what the model's provenance points to.
     write_private(dep.out / "run" / "job.json", json.dumps(doc.to_json(), indent=1))
-    check_tree_feasible(JobSpec.from_document(doc), dep.n_nodes)  # before any node starts
+    # Before any node starts, with the organisations the job's organisation_column gives.
+    orgs = dep.job.organisations or (None,) * dep.n_nodes
+    nodes = dict(zip(dep.job.node_ids, orgs, strict=True))
+    check_tree_feasible(JobSpec.from_document(doc), dep.n_nodes, nodes)
     if len(dep.job.test.y):  # load the evaluation path (torch) now, not as round 1 closes
         evaluate(
             dep.job.spec, dep.job.initial_weights, dep.job.test.x, dep.job.test.y, dep.job.task

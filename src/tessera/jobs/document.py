@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,10 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class DataRequest:
     """What the job asks of the data provider: one dataset, some fields, keyed by user."""
 
-    provider: str  # the provider's base URL
+    # The fingerprint of the data provider's keys: it refuses a job that does not name it,
+    # and a node takes part only in jobs naming the provider its own user enrolled with.
+    # Never a URL: where records are fetched is the node's (its user's) business.
+    provider: str
     dataset: str
     fields: tuple[str, ...]
     user_field: str
@@ -113,6 +117,8 @@ class JobSpec:
         if not isinstance(weights.get("sha256"), str) or not _SHA256.match(weights["sha256"]):
             raise ValueError("weights.sha256 must be a hex SHA-256")
         data = body["data"]
+        if not isinstance(data.get("provider"), str) or not _SHA256.match(data["provider"]):
+            raise ValueError("data.provider must be the data provider's key fingerprint (hex)")
         fields = data["fields"]
         if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
             raise ValueError("data.fields must be a list of field names")
@@ -144,23 +150,34 @@ class JobSpec:
         return spec
 
 
-def check_tree_feasible(spec: JobSpec, n_nodes: int) -> None:
-    """Refuse a secure job whose tree cannot be built from ``n_nodes`` nodes.
+def check_tree_feasible(
+    spec: JobSpec,
+    n_nodes: int,
+    organisations: Mapping[NodeId, str | None] | Sequence[str | None] | None = None,
+) -> None:
+    """Refuse (``ConfigError``) a secure job whose tree cannot be built from its nodes.
 
-    Dry-runs round 0's derivation on stand-in node ids (no organisations),
-    so the AI provider hears at submission, not when the job would start.
+    Dry-runs round 0's derivation, so the AI provider hears at submission, not
+    when the job would start. ``organisations``: the nodes' own ids and
+    organisations (the coordinator, at the start), or one organisation per
+    stand-in node (``tessera up``, from the job's ``organisation_column``); the
+    organisation rule can make a tree impossible that the bare count allows.
     """
     if not spec.secure:
         return
     from tessera.protocol import derive_tree, select_cohort
 
     params = spec.round_params()
-    nodes = [NodeId(f"n{i:06d}") for i in range(n_nodes)]
+    if isinstance(organisations, Mapping):
+        nodes = dict(organisations)
+    else:
+        orgs = list(organisations or [None] * n_nodes)
+        nodes = {NodeId(f"n{i:06d}"): orgs[i] if i < len(orgs) else None for i in range(n_nodes)}
     derive_tree(
         job_id=spec.job_id,
         round=0,
-        nodes=dict.fromkeys(nodes),
-        contributors=select_cohort(params, nodes, 0),
+        nodes=nodes,
+        contributors=select_cohort(params, sorted(nodes), 0),
         params=spec.secure_params().tree,
     )
 

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,9 +32,16 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from tessera.consent import ConsentTerms, grant_consent, revoke_consent
+from tessera.consent import (
+    ConsentError,
+    ConsentTerms,
+    check_attestation,
+    grant_consent,
+    revoke_consent,
+    sign_attestation_request,
+    sign_records_request,
+)
 from tessera.crypto.documents import (
-    DocumentKind,
     SignedDocument,
     sign_document,
     verify_document,
@@ -43,7 +49,7 @@ from tessera.crypto.documents import (
 from tessera.crypto.envelope import ReplayGuard
 from tessera.crypto.keys import PublicKeys
 from tessera.data.prepare import Preprocessor
-from tessera.errors import RemoteProtocolError, TesseraError
+from tessera.errors import ConfigError, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec
 from tessera.protocol import Aggregator, Contributor, Node, TreeCheck
@@ -61,6 +67,7 @@ from tessera.protocol.kinds import REGISTRATION_KIND
 from tessera.runtime.host import Host, Observer, TrainingTask, WallClock
 from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused, check
 from tessera.runtime.transport.mail import from_envelope, read_weights_artefact, to_envelope
+from tessera.runtime.transport.urls import require_https
 from tessera.sandbox import (
     DEFAULT_CATALOGUE,
     NodeCatalogue,
@@ -83,6 +90,11 @@ class AgentConfig:
     keys_path: Path
     state_dir: Path
     subject: str | None = None  # the user's id at the data provider
+    # The data provider the user enrolled this node with: its URL and the fingerprint of
+    # its keys, both from the user's side (never from a job, whose author could name any).
+    provider: str | None = None
+    provider_key: str | None = None
+    insecure_loopback: bool = False  # development: plain http to services on loopback
     organisation: str | None = None
     passphrase: bytes | None = None
     verify: Any = True  # an ssl.SSLContext for a private CA
@@ -110,6 +122,13 @@ class _Job:
 
 class NodeAgent:
     def __init__(self, cfg: AgentConfig) -> None:
+        require_https(cfg.coordinator, "coordinator", insecure_loopback=cfg.insecure_loopback)
+        if cfg.subject is not None and (cfg.provider is None or cfg.provider_key is None):
+            raise ConfigError(
+                "provider", "a node with a user needs its data provider's URL and key fingerprint"
+            )
+        if cfg.provider is not None:
+            require_https(cfg.provider, "provider", insecure_loopback=cfg.insecure_loopback)
         self.cfg = cfg
         self.node = NodeId(cfg.node_id)
         self.keys = load_or_create_keys(cfg.keys_path, cfg.passphrase)
@@ -136,12 +155,21 @@ class NodeAgent:
         self.client.register(sign_document(self.keys, REGISTRATION_KIND, body))
 
     def consent(self, job_id: str) -> SignedDocument:
-        """Grant (or re-send) this user's consent to ``job_id``, after checking the job."""
+        """Grant (or re-send) this user's consent to ``job_id``, after checking the job.
+
+        The consent goes to the coordinator with the attestation of this node
+        that the user's own data provider signs for it (asked once, kept).
+        """
         saved = self._receipt_path(job_id)
+        spec = JobSpec.from_document(self.client.job_document(job_id))
+        if spec.data.provider != self.cfg.provider_key:
+            raise TesseraError(
+                f"job {job_id} asks for data at provider {spec.data.provider[:16]}..., "
+                "not at the one this node's user is enrolled with: refused"
+            )
         if saved.exists():
             receipt = SignedDocument.from_json(json.loads(saved.read_text()))
         else:
-            spec = JobSpec.from_document(self.client.job_document(job_id))
             self.cfg.catalogue.check(spec.model, spec.recipe, 0)
             now = time.time()
             terms = ConsentTerms(
@@ -157,8 +185,47 @@ class NodeAgent:
             )
             receipt = grant_consent(self.keys, terms)
             _write_json(saved, receipt.to_json())
-        self.client.consent(job_id, receipt)
+        self.client.consent(job_id, receipt, self._attestation(spec, receipt))
         return receipt
+
+    def _attestation(self, spec: JobSpec, receipt: SignedDocument) -> SignedDocument:
+        """Our data provider's word that this node stands for our user in ``spec``'s job."""
+        saved = self.cfg.state_dir / "attestations" / f"{spec.job_id}.json"
+        if saved.exists():
+            return SignedDocument.from_json(json.loads(saved.read_text()))
+        if self.cfg.subject is None or self.cfg.provider_key is None:
+            raise TesseraError("this node has no user at a data provider: it cannot take part")
+        request = sign_attestation_request(
+            self.keys,
+            job_id=spec.job_id,
+            job_digest=spec.digest,
+            audience=self.cfg.provider_key,
+            node=self.node,
+            user=self.cfg.subject,
+            at=time.time(),
+        )
+        body = {"job": spec.document.to_json(), "consent": receipt.to_json()}
+        answer = self._provider_post("/v1/attestations", {**body, "request": request.to_json()})
+        attestation = SignedDocument.from_json(answer.json())
+        try:  # the provider's answer is checked as every peer will check it
+            check_attestation(
+                attestation,
+                provider=self.cfg.provider_key,
+                job_digest=spec.digest,
+                node=self.node,
+                node_keys=self.keys.public,
+            )
+        except ConsentError as exc:
+            raise RemoteProtocolError(f"the data provider's attestation: {exc}") from None
+        _write_json(saved, attestation.to_json())
+        return attestation
+
+    def _provider_post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST to this node's own data provider (its URL from the user, never a job's)."""
+        if self.cfg.provider is None:
+            raise TesseraError("this node has no data provider")
+        with httpx.Client(verify=self.cfg.verify, timeout=60) as http:
+            return check(http.post(f"{self.cfg.provider.rstrip('/')}{path}", json=body))
 
     def revoke(self, job_id: str) -> SignedDocument:
         saved = self._receipt_path(job_id)
@@ -167,16 +234,10 @@ class NodeAgent:
         receipt = SignedDocument.from_json(json.loads(saved.read_text()))
         revocation = revoke_consent(self.keys, receipt=receipt, at=time.time())
         self.client.revoke(job_id, revocation, receipt)
-        spec = JobSpec.from_document(self.client.job_document(job_id))
-        try:  # the provider refuses the records from now on too
-            with httpx.Client(verify=self.cfg.verify, timeout=30) as http:
-                check(
-                    http.post(
-                        f"{spec.data.provider.rstrip('/')}/v1/revocations",
-                        json={"revocation": revocation.to_json(), "receipt": receipt.to_json()},
-                    )
-                )
-        except (httpx.HTTPError, ServiceRefused) as exc:
+        try:  # our own provider refuses the records from now on too
+            body = {"revocation": revocation.to_json(), "receipt": receipt.to_json()}
+            self._provider_post("/v1/revocations", body)
+        except (httpx.HTTPError, ServiceRefused, TesseraError) as exc:
             log.warning("could not tell the data provider of the revocation: %s", exc)
         return revocation
 
@@ -262,6 +323,19 @@ class NodeAgent:
             if body.get("node_id") != entry["node_id"]:
                 raise RemoteProtocolError("a participant's registration names another node")
             node = NodeId(entry["node_id"])
+            # Before anything is sent: every participant is vouched for by the job's data
+            # provider, so the coordinator cannot seat nodes of its own around us.
+            vouched = entry.get("attestation")
+            try:
+                check_attestation(
+                    None if vouched is None else SignedDocument.from_json(vouched),
+                    provider=spec.data.provider,
+                    job_digest=spec.digest,
+                    node=node,
+                    node_keys=doc.signer,
+                )
+            except ConsentError as exc:
+                raise RemoteProtocolError(f"refusing to take part in {job_id}: {exc}") from None
             directory[node] = doc.signer
             organisations[node] = body.get("organisation")
         participants = sorted(n for n in directory if n != COORDINATOR)
@@ -354,17 +428,17 @@ class NodeAgent:
         if job.receipt is None or self.cfg.subject is None:
             raise TesseraError("this node holds no consent receipt (or user id) for the job")
         spec = job.spec
-        request = sign_document(
+        assert self.cfg.provider_key is not None  # a node with a user has one (__init__)
+        request = sign_records_request(
             self.keys,
-            DocumentKind.RECORDS_REQUEST,
-            {
-                "job_id": spec.job_id,
-                "user": self.cfg.subject,
-                "dataset": spec.data.dataset,
-                "fields": list(spec.data.fields),
-                "nonce": secrets.token_hex(16),
-                "at": time.time(),
-            },
+            job_id=spec.job_id,
+            job_digest=spec.digest,
+            audience=self.cfg.provider_key,
+            node=self.node,
+            user=self.cfg.subject,
+            dataset=spec.data.dataset,
+            fields=spec.data.fields,
+            at=time.time(),
         )
         body = {
             "dataset": spec.data.dataset,
@@ -373,9 +447,7 @@ class NodeAgent:
             "consent": job.receipt.to_json(),
             "request": request.to_json(),
         }
-        with httpx.Client(verify=self.cfg.verify, timeout=60) as http:
-            answer = check(http.post(f"{spec.data.provider.rstrip('/')}/v1/records", json=body))
-        payload = answer.json()
+        payload = self._provider_post("/v1/records", body).json()
         frame = pd.DataFrame(payload["rows"], columns=payload["fields"])
         prepared = Preprocessor.from_json(spec.preprocessing).transform(frame)
         job.data = (prepared.x, prepared.y)

@@ -90,6 +90,8 @@ consent = Table(
     Column("revoked_at", Double, nullable=True),
     Column("revocation", _NullableJSON, nullable=True),
     Column("added_at", Double, nullable=False),
+    # The data provider's attestation that the node stands for one consenting user.
+    Column("attestation", _NullableJSON, nullable=True),
     UniqueConstraint("job_id", "node_id", "digest", name="uq_consent_digest"),
     sqlite_autoincrement=True,
 )

@@ -45,6 +45,7 @@ class ConsentRecord:
     revoked_at: float | None
     revocation: dict[str, Any] | None
     added_at: float
+    attestation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -258,8 +258,10 @@ class Store(Database):
         job_id: str,
         node_id: str,
         digest: str,
+        *,
         document: dict[str, Any],
         expires_at: float,
+        attestation: dict[str, Any] | None = None,
     ) -> None:
         """Record a consent receipt; a repeat of (job, node, digest) is a no-op."""
         row = {
@@ -269,6 +271,7 @@ class Store(Database):
             "document": document,
             "expires_at": expires_at,
             "added_at": self._clock(),
+            "attestation": attestation,
         }
         with self._write() as conn:
             self._require_job(conn, job_id)
@@ -582,6 +585,7 @@ def _consent(r: Row[Any]) -> ConsentRecord:
         revoked_at=r.revoked_at,
         revocation=r.revocation,
         added_at=r.added_at,
+        attestation=r.attestation,
     )
 
 

@@ -29,7 +29,7 @@ import httpx
 import pandas as pd
 
 from tessera.consent import ConsentTerms, grant_consent, sign_records_request
-from tessera.crypto.documents import SignedDocument, sign_document
+from tessera.crypto.documents import DocumentKind, SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.data.connectors import TableBackend
 from tessera.data_provider.app import create_provider_app
@@ -58,6 +58,7 @@ class ProviderService:
     ai_provider: NodeKeys
     job: SignedDocument  # signed by ``ai_provider``; names ``dataset`` and ``fields``
     now: Callable[[], float]
+    provider: NodeKeys  # the data provider's own keys: jobs and requests name it
 
     @property
     def job_id(self) -> str:
@@ -95,6 +96,9 @@ class ProviderService:
         request = sign_records_request(
             signer,
             job_id=self.job_id,
+            job_digest=self.job.digest,
+            audience=self.provider.public.fingerprint,
+            node=f"node-{user}",
             user=user,
             dataset=self.dataset,
             fields=wanted,
@@ -138,13 +142,12 @@ def serve_provider(
     backend = TableBackend(dataset, table, column, f"{cfg.data.dataset}, {len(users)} users")
     keys = {user: user_keys(user) for user in job.node_names}
     ai = NodeKeys.from_seed(b"tessera-testing|ai-provider")
-    document = sign_document(
-        ai,
-        "job",
-        {"job_id": cfg.job.name, "data": {"dataset": dataset, "fields": list(fields)}},
-    )
+    provider = NodeKeys.from_seed(b"tessera-testing|data-provider")
+    data = {"provider": provider.public.fingerprint, "dataset": dataset, "fields": list(fields)}
+    document = sign_document(ai, DocumentKind.JOB, {"job_id": cfg.job.name, "data": data})
     app = create_provider_app(
         [backend],
+        keys=provider,
         subjects={user: k.public.fingerprint for user, k in keys.items()},
         now=now,
     )
@@ -158,4 +161,5 @@ def serve_provider(
             ai_provider=ai,
             job=document,
             now=now,
+            provider=provider,
         )

@@ -140,10 +140,12 @@ class CoordinatorClient:
         result: dict[str, Any] = self._get(f"/v1/jobs/{job_id}/participants").json()
         return result
 
-    def consent(self, job_id: str, receipt: SignedDocument) -> dict[str, Any]:
-        result: dict[str, Any] = self._post(
-            f"/v1/jobs/{job_id}/consents", json={"receipt": receipt.to_json()}
-        ).json()
+    def consent(
+        self, job_id: str, receipt: SignedDocument, attestation: SignedDocument
+    ) -> dict[str, Any]:
+        """Send a consent receipt with the data provider's attestation of this node."""
+        body = {"receipt": receipt.to_json(), "attestation": attestation.to_json()}
+        result: dict[str, Any] = self._post(f"/v1/jobs/{job_id}/consents", json=body).json()
         return result
 
     def revoke(self, job_id: str, revocation: SignedDocument, receipt: SignedDocument) -> None:

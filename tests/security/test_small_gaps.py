@@ -1,0 +1,85 @@
+"""Finding 9: a tree the organisation rule forbids, and consents after the start.
+
+Before: a submission's feasibility dry-run ignored the organisations, so a
+job that no tree could serve started and failed at once; and a consent from
+a node outside the fixed participants still counted after the start (the
+latter is tested beside the start itself, in test_coordinator_service.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.coordinator.coordinator_kit import (
+    AI,
+    Harness,
+    Node,
+    consent_body,
+    receipt,
+    registration,
+    tiny_job,
+)
+
+from tessera.crypto.documents import SignedDocument, sign_document
+from tessera.errors import ConfigError
+from tessera.ids import NodeId
+from tessera.jobs.document import JobSpec, check_tree_feasible
+
+N = 60  # enough nodes for the default tree
+
+
+def _secure_job() -> tuple[SignedDocument, bytes]:
+    doc, weights = tiny_job()
+    b = doc.body
+    body = {
+        **b,
+        "config": {
+            **b["config"],
+            "recipe": {**b["config"]["recipe"], "clip_norm": 1.0},
+            "secure": {**b["config"]["secure"], "enabled": True, "max_weight": 10.0},
+        },
+        "recipe": {**b["recipe"], "clip_norm": 1.0},
+        "min_consents": N,
+    }
+    return sign_document(AI, "job", body), weights
+
+
+def _organisations() -> dict[NodeId, str | None]:
+    """One node of organisation B, the rest of A: B's own group can only seat A."""
+    return {NodeId(f"node-{i:02d}"): "B" if i == 0 else "A" for i in range(N)}
+
+
+def test_the_feasibility_check_counts_organisations() -> None:
+    doc, _ = _secure_job()
+    spec = JobSpec.from_document(doc)
+    check_tree_feasible(spec, N)  # the bare count allows a tree
+    with pytest.raises(ConfigError, match="organisation 'A'") as exc:
+        check_tree_feasible(spec, N, _organisations())
+    assert exc.value.field == "tree.organisations"
+
+
+@pytest.fixture
+def coord(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path / "coordinator.db")
+    yield harness
+    harness.stop()
+
+
+def test_a_job_no_tree_can_serve_waits_and_says_why(coord: Harness) -> None:
+    doc, weights = _secure_job()
+    coord.submit(doc, weights)
+    job_id = doc.body["job_id"]
+    for node_id, org in _organisations().items():
+        node = Node.make(node_id)
+        signed = registration(node.keys, node.id, organisation=org)
+        answer = coord.http.post("/v1/nodes", json={"document": signed.to_json()})
+        assert answer.status_code == 201, answer.text
+        rec = receipt(node.keys, node.id, doc)
+        body = consent_body(rec, node.keys, doc)
+        assert coord.http.post(f"/v1/jobs/{job_id}/consents", json=body).status_code == 201
+    status = coord.status(job_id)
+    assert status["state"] == "waiting"  # not started and failed: it waits for other consents
+    assert status["valid_consents"] == N
+    assert "no tree fits these participants' organisations" in status["error"]
