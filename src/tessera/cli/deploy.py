@@ -426,10 +426,11 @@ def job_submit(
         if max_weight is not None:
             cfg = with_declared_weight(cfg, max_weight)
         verify = _verify(ca)
-        pre = fetch_preprocessing(cfg, provider, dataset, verify=verify)
+        ai_keys = load_or_create_keys(keys, None)
+        pre = fetch_preprocessing(cfg, provider, dataset, keys=ai_keys, verify=verify)
         doc, weights = build_job(
             cfg,
-            load_or_create_keys(keys, None),
+            ai_keys,
             provider=provider,
             dataset=dataset,
             user_field=user_field,
@@ -437,7 +438,7 @@ def job_submit(
             min_consents=min_consents,
             purpose=purpose or f"train {cfg.job.name}",
         )
-        with CoordinatorClient(coordinator, verify=verify) as client:
+        with CoordinatorClient(coordinator, verify=verify, keys=ai_keys) as client:
             answer = submit(client, doc, weights)
     except TesseraError as exc:
         _fail(exc)
@@ -449,13 +450,18 @@ def job_submit(
 def job_status(
     job_id: str,
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    keys: Annotated[Path, typer.Option(help="AI provider key file")] = Path("ai-provider.key"),
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
-    """A job's state and its rounds so far (JSON)."""
+    """A job's state and its rounds so far (JSON; to the job's AI provider)."""
     from tessera.runtime.transport.client import CoordinatorClient
+    from tessera.storage.keyfile import load_keys
 
     try:
-        with CoordinatorClient(coordinator, verify=_verify(ca), patience=10) as client:
+        ai_keys = load_keys(keys, None)
+        with CoordinatorClient(
+            coordinator, verify=_verify(ca), patience=10, keys=ai_keys
+        ) as client:
             typer.echo(json.dumps(client.status(job_id), indent=1))
     except TesseraError as exc:
         _fail(exc)
@@ -466,17 +472,22 @@ def job_fetch(
     job_id: str,
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("model"),
+    keys: Annotated[Path, typer.Option(help="AI provider key file")] = Path("ai-provider.key"),
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
     """Fetch the final model (hash-checked) and the job's report into OUT."""
     from tessera.ai_provider.client import fetch_final
     from tessera.jobs.document import JobSpec
     from tessera.runtime.transport.client import CoordinatorClient
+    from tessera.storage.keyfile import load_keys
     from tessera.training import layout
     from tessera.weights import save_file
 
     try:
-        with CoordinatorClient(coordinator, verify=_verify(ca), patience=10) as client:
+        ai_keys = load_keys(keys, None)
+        with CoordinatorClient(
+            coordinator, verify=_verify(ca), patience=10, keys=ai_keys
+        ) as client:
             weights, sha = fetch_final(client, job_id)
             spec = JobSpec.from_document(client.job_document(job_id))
             status = client.status(job_id)

@@ -32,8 +32,8 @@ from tessera.protocol.limits import (
     MAX_PARAMETERS,
     evidence_bytes,
 )
-from tessera.runtime.transport.mail import read_weights_artefact
-from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
+from tessera.runtime.transport.mail import check_weights_artefact, read_weights_artefact
+from tessera.storage import Conflict, JobRecord, MailItem, NotFound, OverQuota, Replayed, Store
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -97,11 +97,22 @@ def parse_document(value: object, what: str) -> SignedDocument:
         raise Refused(400, f"{what}: {exc}") from None
 
 
+#: What one AI provider's keys may upload: initial weights of a few jobs of the largest model.
+UPLOAD_COUNT = 8
+UPLOAD_BYTES = 4 * (MAX_PARAMETERS * 4 + (64 << 10))
+
+
 class CoordinatorService:
     def __init__(
-        self, store: Store, keys: NodeKeys, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        keys: NodeKeys,
+        *,
+        clock: Callable[[], float] = time.time,
+        upload_quota: tuple[int, int] = (UPLOAD_COUNT, UPLOAD_BYTES),
     ) -> None:
         self.store = store
+        self.upload_quota = upload_quota
         self.keys = keys
         self.clock = clock
         self.signal = MailSignal()
@@ -163,6 +174,19 @@ class CoordinatorService:
             self._keys_cache[node_id] = found
         return found
 
+    # -- artefacts -----------------------------------------------------------------------
+    def upload(self, owner: str, data: bytes, media_type: str) -> str:
+        """Store an AI provider's initial weights, under its quota; only a weights artefact."""
+        try:
+            check_weights_artefact(data)
+        except RemoteProtocolError as exc:
+            raise Refused(400, str(exc)) from None
+        count, size = self.upload_quota
+        try:
+            return self.store.put_upload(data, media_type, owner, max_count=count, max_bytes=size)
+        except OverQuota as exc:
+            raise Refused(413, str(exc)) from None
+
     # -- jobs --------------------------------------------------------------------------
     def submit(self, document: object) -> dict[str, Any]:
         doc = parse_document(document, "job")
@@ -202,6 +226,7 @@ class CoordinatorService:
             self.store.add_job(spec.job_id, doc.digest, doc.to_json(), spec.min_consents)
         except Conflict:
             raise Refused(409, f"job {spec.job_id!r} exists with another document") from None
+        self.store.link_artefacts(spec.job_id, [spec.weights_sha256])  # its parties read it
         return {"job_id": spec.job_id, "digest": doc.digest}
 
     def job(self, job_id: str) -> JobRecord:

@@ -27,7 +27,7 @@ from tessera.crypto.keys import NodeKeys
 from tessera.errors import ConfigError
 from tessera.jobs.prepared import PreparedJob, prepare_job, split_table
 from tessera.runtime.transport.client import CoordinatorClient
-from tessera.storage.keyfile import load_keys, save_keys
+from tessera.storage.keyfile import load_keys, load_or_create_keys, save_keys
 
 PROVIDER_DATASET = "records"
 
@@ -131,8 +131,16 @@ class Deployment:
 
         return client_ssl_context(self.ca)
 
+    @property
+    def ai_provider_keys(self) -> NodeKeys:
+        """The AI provider's keys: it signs the job and every request about it."""
+        return load_or_create_keys(self.out / "keys" / "ai-provider.key", None)
+
     def client(self, patience: float = 120.0) -> CoordinatorClient:
-        return CoordinatorClient(self.coordinator_url, verify=self.verify, patience=patience)
+        """The AI provider's client of the coordinator (its requests signed)."""
+        return CoordinatorClient(
+            self.coordinator_url, verify=self.verify, patience=patience, keys=self.ai_provider_keys
+        )
 
     def _spawn(self, name: str, args: list[str]) -> Process:
         log = self.out / "logs" / f"{name}.log"

@@ -161,7 +161,9 @@ def run_job(
     dep.start_coordinator()
     dep.start_provider()
     keys = load_or_create_keys(dep.out / "keys" / "ai-provider.key", None)
-    preprocessing = fetch_preprocessing(cfg, dep.provider_url, PROVIDER_DATASET, verify=dep.verify)
+    preprocessing = fetch_preprocessing(
+        cfg, dep.provider_url, PROVIDER_DATASET, keys=keys, verify=dep.verify
+    )
     column = cfg.partition.column
     assert column is not None  # Deployment checked it
     doc, weights = build_job(

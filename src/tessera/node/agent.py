@@ -113,7 +113,9 @@ class NodeAgent:
         self.node = NodeId(cfg.node_id)
         self.keys = load_or_create_keys(cfg.keys_path, cfg.passphrase)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self.client = CoordinatorClient(cfg.coordinator, verify=cfg.verify)
+        self.client = CoordinatorClient(
+            cfg.coordinator, verify=cfg.verify, keys=self.keys, node=self.node
+        )
         self.sandbox = Sandbox(
             cfg.sandbox_limits, isolate_network=cfg.isolate_network, catalogue=cfg.catalogue
         )
@@ -192,7 +194,7 @@ class NodeAgent:
         try:
             while not stop.is_set():
                 wait = self._next_wait()
-                for mail_id, data in self.client.pull_mail(self.node, self.keys, self.cursor, wait):
+                for mail_id, data in self.client.pull_mail(self.cursor, wait):
                     self._on_envelope(data)
                     self.cursor = mail_id
                 self._save_cursor()

@@ -1,0 +1,148 @@
+"""Attacks on the service surface (issue 11, findings 4 and 5), over real HTTP.
+
+A coordinator on a loopback socket runs the tiny plaintext job of
+``tests/coordinator/coordinator_kit``; a data provider is served by a
+``TestClient``. Each test is one attack that worked before the surface was
+authenticated: anonymous reads of jobs, participants and models, uploads by
+anyone, another AI provider's reads, a replayed mailbox pull, envelopes of
+the wrong round, kind or size, a flooding sender, mail kept forever, and
+preprocessing statistics that listed identifiers and rare values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from tests.coordinator.coordinator_kit import AI, JOB, Harness, Node, tiny_job
+
+from tessera.crypto.keys import NodeKeys
+from tessera.runtime.transport.auth import sign_request
+from tessera.runtime.transport.mail import weights_artefact
+
+NAMES = ("node-a", "node-b", "node-c", "node-d")
+OTHER_AI = NodeKeys.from_seed(b"surface-other-ai")
+
+
+@pytest.fixture
+def coord(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path / "coordinator.db")
+    yield harness
+    harness.stop()
+
+
+@pytest.fixture
+def nodes(coord: Harness) -> dict[str, Node]:
+    out = {name: Node.make(name) for name in NAMES}
+    for node in out.values():
+        coord.register(node.keys, node.id)
+    return out
+
+
+@pytest.fixture
+def running(coord: Harness, nodes: dict[str, Node]) -> dict[str, Any]:
+    """The tiny job, started by a, b and c; d is registered but outside it."""
+    doc, weights = tiny_job()
+    coord.submit(doc, weights)
+    for name in ("node-a", "node-b", "node-c"):
+        assert coord.consent(doc, nodes[name]).status_code == 201
+    status = coord.status()
+    assert status["state"] == "running"
+    return status
+
+
+def put(coord: Harness, data: bytes, keys: NodeKeys | None) -> httpx.Response:
+    path = f"/v1/artefacts/{hashlib.sha256(data).hexdigest()}"
+    headers = {} if keys is None else sign_request(keys, "PUT", path, at=time.time(), body=data)
+    return coord.http.put(path, content=data, headers=headers)
+
+
+# -- finding 4: who may read and write what ----------------------------------------------
+
+
+def test_anonymous_reads_of_jobs_participants_and_models_are_refused(
+    coord: Harness, running: dict[str, Any]
+) -> None:
+    initial = tiny_job()[0].body["weights"]["sha256"]
+    for path in (
+        "/v1/jobs",
+        f"/v1/jobs/{JOB}",
+        f"/v1/jobs/{JOB}/participants",
+        f"/v1/artefacts/{initial}",
+        "/v1/nodes/node-a",
+    ):
+        answer = coord.http.get(path)
+        assert answer.status_code == 401, (path, answer.text)
+        assert "sign this request" in answer.json()["detail"]
+    # What a user reads before consenting stays public.
+    assert coord.http.get(f"/v1/jobs/{JOB}/document").status_code == 200
+
+
+def test_another_ai_provider_reads_nothing_of_the_job(
+    coord: Harness, running: dict[str, Any]
+) -> None:
+    initial = tiny_job()[0].body["weights"]["sha256"]
+    answer = coord.get(f"/v1/jobs/{JOB}", keys=OTHER_AI)
+    assert answer.status_code == 403
+    assert "only the job's ai provider or participant" in answer.json()["detail"]
+    assert coord.get(f"/v1/artefacts/{initial}", keys=OTHER_AI).status_code == 404
+    assert coord.get("/v1/jobs", keys=OTHER_AI).json() == []
+    # ... while the job's own AI provider reads all of it.
+    assert coord.get(f"/v1/jobs/{JOB}").json()["participants"] == ["node-a", "node-b", "node-c"]
+    assert coord.get(f"/v1/artefacts/{initial}").status_code == 200
+
+
+def test_a_node_sees_only_what_its_role_needs(
+    coord: Harness, nodes: dict[str, Node], running: dict[str, Any]
+) -> None:
+    a, d = nodes["node-a"], nodes["node-d"]
+    status = a.get(coord, f"/v1/jobs/{JOB}").json()
+    assert status["state"] == "running" and status["current_round"] == 0
+    assert "participants" not in status and "refused" not in status and "rounds" not in status
+    assert a.get(coord, f"/v1/jobs/{JOB}/participants").status_code == 200
+    # A node outside the job reads neither its status, its participants nor its model.
+    initial = tiny_job()[0].body["weights"]["sha256"]
+    for path in (f"/v1/jobs/{JOB}", f"/v1/jobs/{JOB}/participants"):
+        assert d.get(coord, path).status_code == 403, path
+    assert d.get(coord, f"/v1/artefacts/{initial}").status_code == 404
+    # The AI provider is no participant: it never gets the participants' user ids.
+    assert coord.get(f"/v1/jobs/{JOB}/participants").status_code == 403
+    assert d.get(coord, "/v1/nodes/node-a").status_code == 403
+
+
+def test_uploads_are_signed_weights_under_a_quota(coord: Harness) -> None:
+    one, _ = weights_artefact(np.zeros(3, np.float32))
+    answer = put(coord, one, None)
+    assert answer.status_code == 401
+    assert put(coord, b"not a weights artefact", AI).status_code == 400
+    coord.service.upload_quota = (2, 10_000)
+    assert put(coord, one, AI).status_code == 201
+    assert put(coord, one, AI).status_code == 201  # a repeat costs nothing
+    two, _ = weights_artefact(np.ones(3, np.float32))
+    assert put(coord, two, AI).status_code == 201
+    three, _ = weights_artefact(np.full(3, 2, np.float32))
+    answer = put(coord, three, AI)
+    assert answer.status_code == 413
+    assert "upload quota" in answer.json()["detail"]
+    assert not coord.service.store.has_artefact(hashlib.sha256(three).hexdigest())
+
+
+def test_a_captured_signed_request_cannot_be_replayed(
+    coord: Harness, nodes: dict[str, Node], running: dict[str, Any]
+) -> None:
+    a = nodes["node-a"]
+    path = "/v1/mail?after=0&wait=0"
+    headers = sign_request(a.keys, "GET", path, at=time.time(), node=a.id)
+    assert coord.http.get(path, headers=headers).status_code == 200
+    again = coord.http.get(path, headers=headers)
+    assert again.status_code == 401
+    assert "replayed request" in again.json()["detail"]
+    # The burnt nonce survives a restart of the coordinator.
+    coord.restart()
+    assert coord.http.get(path, headers=headers).status_code == 401
