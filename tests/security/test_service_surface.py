@@ -16,13 +16,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 from tests.coordinator.coordinator_kit import AI, JOB, Harness, Node, tiny_job
 
 from tessera.crypto.keys import NodeKeys
+from tessera.data.connectors import TableBackend
+from tessera.data_provider.app import create_provider_app
 from tessera.runtime.transport.auth import sign_request
 from tessera.runtime.transport.mail import weights_artefact
 
@@ -146,3 +151,80 @@ def test_a_captured_signed_request_cannot_be_replayed(
     # The burnt nonce survives a restart of the coordinator.
     coord.restart()
     assert coord.http.get(path, headers=headers).status_code == 401
+
+
+# -- finding 4: the data provider's statistics and catalogue --------------------------------
+
+
+def provider_table() -> pd.DataFrame:
+    """40 records of 4 users; "rare" is held by 3 records, "x" and "y" by 20 and 17."""
+    return pd.DataFrame(
+        {
+            "user": [f"u{i % 4}" for i in range(40)],
+            "grade": [i % 2 for i in range(40)],
+            "mark": [float(i) for i in range(40)],
+            "group": ["x"] * 20 + ["y"] * 17 + ["rare"] * 3,
+        }
+    )
+
+
+@pytest.fixture
+def provider() -> Iterator[TestClient]:
+    app = create_provider_app(
+        [TableBackend("t", provider_table(), "user")], ai_providers=[AI.public.fingerprint]
+    )
+    with TestClient(app) as client:
+        yield client
+
+
+def stats(client: TestClient, keys: NodeKeys | None = AI, **params: str) -> httpx.Response:
+    path = f"/v1/datasets/t/preprocessing?{urlencode(params)}"
+    headers = {} if keys is None else sign_request(keys, "GET", path, at=time.time())
+    return client.get(path, headers=headers)
+
+
+def test_preprocessing_statistics_go_only_to_a_signed_ai_provider(provider: TestClient) -> None:
+    asked = {"target": "grade", "task": "classification", "features": "mark"}
+    assert stats(provider, None, **asked).status_code == 401
+    assert stats(provider, OTHER_AI, **asked).status_code == 403
+    path = f"/v1/datasets/t/preprocessing?{urlencode(asked)}"
+    headers = sign_request(AI, "GET", path, at=time.time())
+    assert provider.get(path, headers=headers).status_code == 200
+    replayed = provider.get(path, headers=headers)
+    assert replayed.status_code == 401
+    assert "replayed request" in replayed.json()["detail"]
+    security = provider.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert set(security) == {"KeySignature"}
+
+
+def test_preprocessing_never_lists_identifiers_or_rare_values(provider: TestClient) -> None:
+    for asked in (
+        {"target": "grade", "task": "classification", "features": "user", "categorical": "user"},
+        {"target": "user", "task": "classification", "features": "mark"},
+    ):
+        answer = stats(provider, **asked)
+        assert answer.status_code == 403, answer.text
+        assert "identify people" in answer.json()["detail"]
+    answer = stats(
+        provider, target="grade", task="classification", features="group", categorical="group"
+    )
+    assert answer.status_code == 200, answer.text
+    [group] = answer.json()["columns"]
+    assert group["categories"] == ["x", "y"]  # "rare" (3 records) is pooled with the unseen
+    everything = stats(provider, target="grade", task="classification", categorical="group")
+    assert {c["name"] for c in everything.json()["columns"]} == {"mark", "group"}
+    rare_class = stats(provider, target="group", task="classification", features="mark")
+    assert rare_class.status_code == 403
+    assert "fewer than 10 records" in rare_class.json()["detail"]
+    assert "rare" not in rare_class.text
+
+
+def test_the_catalogue_shows_no_server_path(tmp_path: Path) -> None:
+    folder = tmp_path / "secret-server-folder"
+    folder.mkdir()
+    provider_table().to_csv(folder / "records.csv", index=False)
+    backend = TableBackend.from_source("t", "csv", str(folder / "records.csv"), "user")
+    with TestClient(create_provider_app([backend])) as client:
+        catalogue = client.get("/v1/catalogue").text
+    assert "secret-server-folder" not in catalogue
+    assert str(tmp_path) not in catalogue

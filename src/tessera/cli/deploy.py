@@ -128,15 +128,21 @@ def provider(
 ) -> None:
     """Run a data provider's connector: catalogue and consent-checked record release."""
     _logging(verbose)
-    from tessera.data_provider.app import create_provider_app, load_provider_config
+    from tessera.data_provider.app import (
+        create_provider_app,
+        load_provider_config,
+        provider_access,
+        read_provider_config,
+    )
     from tessera.data_provider.gate_state import SqlGateState
     from tessera.runtime.transport.serve import run_server
 
     url = db or provider_db_url(config)
     try:
         backends, subjects = load_provider_config(config)
+        access = provider_access(read_provider_config(config))
         with SqlGateState(url) as state:
-            app_ = create_provider_app(backends, subjects=subjects, state=state)
+            app_ = create_provider_app(backends, subjects=subjects, state=state, **access)
             run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
     except TesseraError as exc:
         _fail(exc)

@@ -205,7 +205,12 @@ class Deployment:
             dataset.update(backend="table", path="records.parquet")
         else:
             raise ConfigError("records", f"choose table or xapi, not {self.records!r}")
-        config = {"datasets": [dataset], "subjects": subjects}
+        # Statistics go to this deployment's AI provider only.
+        config = {
+            "datasets": [dataset],
+            "subjects": subjects,
+            "ai_providers": [self.ai_provider_keys.public.fingerprint],
+        }
         (folder / "provider.json").write_text(json.dumps(config, indent=1))
         ready = self.out / "run" / "provider.url"
         ready.unlink(missing_ok=True)
