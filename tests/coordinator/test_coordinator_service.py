@@ -808,6 +808,8 @@ def test_a_restarted_coordinator_resumes_the_job_mid_round(
     status = coord.status()
     assert (status["state"], status["current_round"], status["rounds"]) == ("running", 0, [])
     assert status["participants"] == ["node-a", "node-b", "node-c"]
+    before = coord.snapshot()
+    refused(coord, post_mail(coord, first), 409, "replayed", before)  # across the restart too
 
     for node in (b, c):
         assert post_mail(coord, node.update(coordinator, 0)).status_code == 202
@@ -815,7 +817,7 @@ def test_a_restarted_coordinator_resumes_the_job_mid_round(
     [round0] = coord.status()["rounds"]
     assert round0["included"] == ["node-a", "node-b", "node-c"]  # a's pre-restart update too
     before = coord.snapshot()
-    refused(coord, post_mail(coord, first), 409, "replayed", before)  # across the restart too
+    refused(coord, post_mail(coord, first), 409, "not the job's current round 1", before)
     for node in (a, b, c):
         [request] = node.train_requests(coord, wait=10)
         assert request.round == 1

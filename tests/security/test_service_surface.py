@@ -23,13 +23,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from tests.coordinator.coordinator_kit import AI, JOB, Harness, Node, tiny_job
+from tests.coordinator.coordinator_kit import AI, JOB, Harness, Node, post_mail, tiny_job
 
+from tessera.crypto.envelope import seal
 from tessera.crypto.keys import NodeKeys
 from tessera.data.connectors import TableBackend
 from tessera.data_provider.app import create_provider_app
+from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.protocol.effects import Send
+from tessera.protocol.kinds import Kind
+from tessera.protocol.messages import TrainingDeclined
 from tessera.runtime.transport.auth import sign_request
-from tessera.runtime.transport.mail import weights_artefact
+from tessera.runtime.transport.mail import to_envelope, weights_artefact
 
 NAMES = ("node-a", "node-b", "node-c", "node-d")
 OTHER_AI = NodeKeys.from_seed(b"surface-other-ai")
@@ -228,3 +233,85 @@ def test_the_catalogue_shows_no_server_path(tmp_path: Path) -> None:
         catalogue = client.get("/v1/catalogue").text
     assert "secret-server-folder" not in catalogue
     assert str(tmp_path) not in catalogue
+
+
+# -- finding 5: what the relay accepts, how much, and for how long -----------------------------
+
+
+def envelope(node: Node, kind: Kind, size: int, *, round: int = 0, to: str = COORDINATOR) -> bytes:
+    return seal(
+        kind=int(kind),
+        job_id=JOB,
+        round=round,
+        sender=node.id,
+        recipient=to,
+        payload=bytes(size),
+        sender_keys=node.keys,
+        recipient_public=None,
+    )
+
+
+def decline(coord: Harness, node: Node, round: int) -> bytes:
+    out = to_envelope(
+        Send(
+            recipient=COORDINATOR,
+            message=TrainingDeclined(job_id=JobId(JOB), round=round, reason="busy"),
+        ),
+        sender=NodeId(node.id),
+        job_id=JOB,
+        keys=node.keys,
+        directory={COORDINATOR: coord.service.keys.public},
+        publish_weights=lambda _: "",
+    )
+    return out.data
+
+
+def test_the_relay_takes_only_the_current_rounds_kinds_at_the_jobs_size(
+    coord: Harness, nodes: dict[str, Node], running: dict[str, Any]
+) -> None:
+    a, public = nodes["node-a"], coord.service.keys.public
+    cases = [
+        (a.update(public, 1), 409, "round 1 is not the job's current round 0"),
+        (envelope(a, Kind.TRAIN, 100), 403, "a node sends no train envelopes"),
+        (envelope(a, Kind.SHARE, 100, to="node-b"), 403, "a node sends no share envelopes"),
+        # 40 MiB was taken before; a 12-weight model's update is a few hundred bytes.
+        (envelope(a, Kind.UPDATE, 1 << 20), 413, "a update envelope of this job is at most"),
+    ]
+    before = coord.snapshot()
+    for data, status, reason in cases:
+        answer = post_mail(coord, data)
+        assert answer.status_code == status, answer.text
+        assert reason in answer.json()["detail"]
+    assert coord.snapshot() == before
+    assert post_mail(coord, a.update(public, 0)).status_code == 202
+
+
+def test_a_flooding_sender_is_stopped_by_its_round_quota(
+    coord: Harness, nodes: dict[str, Node], running: dict[str, Any]
+) -> None:
+    a = nodes["node-a"]
+    answers = [post_mail(coord, decline(coord, a, 0)).status_code for _ in range(6)]
+    assert answers == [202] * 4 + [429] * 2
+    assert post_mail(coord, decline(coord, nodes["node-b"], 0)).status_code == 202  # per sender
+
+
+def test_mail_of_a_closed_round_is_deleted(coord: Harness, nodes: dict[str, Node]) -> None:
+    doc, weights = tiny_job(JOB, rounds=3)
+    coord.submit(doc, weights)
+    trio = [nodes[name] for name in ("node-a", "node-b", "node-c")]
+    for node in trio:
+        assert coord.consent(doc, node).status_code == 201
+    store, public = coord.service.store, coord.service.keys.public
+    for r in range(3):
+        for node in trio:
+            [request] = node.train_requests(coord, wait=10)
+            assert request.round == r
+            assert post_mail(coord, node.update(public, r)).status_code == 202
+        if r < 2:
+            coord.wait_for(f"round {r} closed", lambda s, r=r: s["current_round"] == r + 1)
+            kept = {r, r + 1}  # this round (its traffic, late refusals) and the next
+            assert {k for k in range(3) if store.round_traffic(JOB, k)} == kept
+    coord.wait_for("finished", lambda s: s["state"] == "finished")
+    assert all(not store.round_traffic(JOB, k) for k in range(3))
+    # Deleted mail does not re-open a replay: an old round's envelope is refused anyway.
+    assert post_mail(coord, trio[0].update(public, 0)).status_code == 409

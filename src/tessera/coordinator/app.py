@@ -63,6 +63,7 @@ _WHY = {
     409: "Conflicts with what the coordinator holds: taken, replayed, not started",
     413: "The request body is larger than the coordinator takes",
     422: "The request does not fit its schema, or a signed document its rules",
+    429: "The sender is over its quota of envelopes for this round",
 }
 
 
@@ -304,10 +305,14 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         "/v1/mail",
         status_code=202,
         openapi_extra={"requestBody": _BINARY},
-        responses=_refusals(400, 403, 404, 409, 413),
+        responses=_refusals(400, 403, 404, 409, 413, 429),
     )
     async def post_mail(request: Request) -> dict[str, int]:
-        """Store a signed envelope for its recipient (checked, never opened)."""
+        """Store a participant's signed envelope for its recipient (checked, never opened).
+
+        Only a kind the job's nodes send, no larger than the job's model makes
+        it, of the job's current round, within the sender's quota for the round.
+        """
         data = await request.body()
         mail_id = await run_in_threadpool(service.post_mail, data)
         return {"id": mail_id}

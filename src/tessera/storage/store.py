@@ -386,6 +386,9 @@ class Store(Database):
             self._lock_mailbox(conn)
             if quota is not None:
                 c = m.mailbox.c
+                seen = (c.sender == sender) & (c.nonce == bytes(nonce))
+                if conn.execute(select(exists().where(seen))).scalar():  # a retry is no new mail
+                    raise Replayed(f"message from {sender!r} with this nonce is already stored")
                 count, total = conn.execute(
                     select(func.count(), func.coalesce(func.sum(c.size), 0)).where(
                         (c.job_id == job_id) & (c.round == round) & (c.sender == sender)
