@@ -23,17 +23,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.coordinator.coordinator_kit import AI, JOB, Harness, Node, post_mail, tiny_job
 
 from tessera.crypto.envelope import seal
 from tessera.crypto.keys import NodeKeys
 from tessera.data.connectors import TableBackend
 from tessera.data_provider.app import create_provider_app
+from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol.effects import Send
 from tessera.protocol.kinds import Kind
 from tessera.protocol.messages import TrainingDeclined
-from tessera.runtime.transport.auth import sign_request
+from tessera.runtime.transport.auth import Caller, sign_request, verify_request
 from tessera.runtime.transport.mail import to_envelope, weights_artefact
 
 NAMES = ("node-a", "node-b", "node-c", "node-d")
@@ -315,3 +318,45 @@ def test_mail_of_a_closed_round_is_deleted(coord: Harness, nodes: dict[str, Node
     assert all(not store.round_traffic(JOB, k) for k in range(3))
     # Deleted mail does not re-open a replay: an old round's envelope is refused anyway.
     assert post_mail(coord, trio[0].update(public, 0)).status_code == 409
+
+
+# -- the signed-request scheme itself ---------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    path=st.text(alphabet="abc/?=&%0123456789", min_size=1, max_size=40),
+    body=st.binary(max_size=64),
+    other_path=st.text(alphabet="abc/?=&%0123456789", min_size=1, max_size=40),
+    other_body=st.binary(max_size=64),
+    method=st.sampled_from(["GET", "PUT", "POST"]),
+)
+def test_a_signature_covers_method_path_and_body_and_is_spent_once(
+    path: str, body: bytes, other_path: str, other_body: bytes, method: str
+) -> None:
+    now = time.time()
+    headers = sign_request(AI, method, "/" + path, at=now, body=body)
+    burnt: set[str] = set()
+
+    def fresh(caller: Caller) -> bool:
+        if caller.nonce in burnt:
+            return False
+        burnt.add(caller.nonce)
+        return True
+
+    def check(m: str, p: str, b: bytes) -> Caller:
+        return verify_request(
+            headers, method=m, path=p, body=b, keys_of=lambda _: None, fresh=fresh, now=now
+        )
+
+    for m, p, b in (
+        ("DELETE", "/" + path, body),
+        (method, "/" + other_path, body),
+        (method, "/" + path, other_body),
+    ):
+        if (m, p, b) != (method, "/" + path, body):
+            with pytest.raises(RemoteProtocolError, match="bad signature"):
+                check(m, p, b)
+    assert check(method, "/" + path, body).fingerprint == AI.public.fingerprint
+    with pytest.raises(RemoteProtocolError, match="replayed request"):
+        check(method, "/" + path, body)

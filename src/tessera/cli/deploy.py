@@ -469,7 +469,7 @@ def job_status(
             coordinator, verify=_verify(ca), patience=10, keys=ai_keys
         ) as client:
             typer.echo(json.dumps(client.status(job_id), indent=1))
-    except TesseraError as exc:
+    except (TesseraError, OSError) as exc:  # OSError: no key file
         _fail(exc)
 
 
@@ -497,7 +497,7 @@ def job_fetch(
             weights, sha = fetch_final(client, job_id)
             spec = JobSpec.from_document(client.job_document(job_id))
             status = client.status(job_id)
-    except (TesseraError, RuntimeError) as exc:
+    except (TesseraError, RuntimeError, OSError) as exc:  # OSError: no key file
         _fail(exc)
         return
     out.mkdir(parents=True, exist_ok=True)
