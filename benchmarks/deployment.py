@@ -318,8 +318,9 @@ def receiver_worker(task: MailTask, barrier: Any, results: Any) -> None:
             t0 = time.monotonic()
             for i in task.nodes:
                 cursor = task.after
+                client.keys, client.node = keys[i], node_name(i)  # pulls are signed by the node
                 while count[i] < task.expected.get(i, 0):
-                    items = client.pull_mail(node_name(i), keys[i], cursor, 0.0)
+                    items = client.pull_mail(cursor, 0.0)
                     pulls += 1
                     if not items:
                         raise RuntimeError(f"{node_name(i)}: mailbox empty at {count[i]}")
@@ -396,11 +397,11 @@ def idle_poller(url: str, ca: str | None, nodes: list[int], ready: Any, stop: An
 
     def poll(i: int) -> None:
         keys, name = node_keys(i), node_name(i)
-        with CoordinatorClient(url, verify=client_verify(ca)) as client:
-            after = client.pull_mail(name, keys, 0, 0.0)[-1][0]  # the job's train request
+        with CoordinatorClient(url, verify=client_verify(ca), keys=keys, node=name) as client:
+            after = client.pull_mail(0, 0.0)[-1][0]  # the job's train request
             ready.put(i)
             while not stop.is_set():
-                for mail_id, _ in client.pull_mail(name, keys, after, 20.0):
+                for mail_id, _ in client.pull_mail(after, 20.0):
                     after = mail_id
 
     threads = [threading.Thread(target=poll, args=(i,)) for i in nodes]
@@ -478,7 +479,8 @@ def mailbox_row(
     service = CoordinatorService(store, NodeKeys.from_seed(b"tessera-bench-coordinator"))
     try:
         with serve_in_thread(create_coordinator_app(service), ssl=cert) as server:
-            with CoordinatorClient(server.url, verify=client_verify(ca)) as client:
+            ai = NodeKeys.from_seed(b"tessera-bench-ai-provider")  # start_job's job signer
+            with CoordinatorClient(server.url, verify=client_verify(ca), keys=ai) as client:
                 job_id = start_job(client, n_nodes)
             after = store.last_message_id()  # the job's train requests are older
             pairs = [address(j, active) for j in range(messages)]

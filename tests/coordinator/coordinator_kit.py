@@ -35,6 +35,7 @@ from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.jobs.document import JobSpec
 from tessera.protocol.effects import Send
 from tessera.protocol.messages import TrainRequest, UpdateSubmission
+from tessera.runtime.transport.auth import sign_request
 from tessera.runtime.transport.client import CoordinatorClient
 from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
@@ -206,8 +207,9 @@ class Harness:
         self.stop()
         self.start()
 
-    def client(self) -> CoordinatorClient:
-        return CoordinatorClient(self.url, patience=5.0, timeout=30.0)
+    def client(self, keys: NodeKeys = AI, node: str | None = None) -> CoordinatorClient:
+        """A client signing as the AI provider, or as ``node`` with its keys."""
+        return CoordinatorClient(self.url, patience=5.0, timeout=30.0, keys=keys, node=node)
 
     # -- the parties' requests -------------------------------------------------------
     def register(self, keys: NodeKeys, node_id: str) -> None:
@@ -229,10 +231,16 @@ class Harness:
         )
 
     def status(self, job_id: str = JOB) -> dict[str, Any]:
-        answer = self.http.get(f"/v1/jobs/{job_id}")
+        """The job's full status, asked as its AI provider."""
+        answer = self.get(f"/v1/jobs/{job_id}")
         assert answer.status_code == 200, answer.text
         result: dict[str, Any] = answer.json()
         return result
+
+    def get(self, path: str, keys: NodeKeys = AI, node: str | None = None) -> httpx.Response:
+        """A GET signed as the AI provider (or as ``node``)."""
+        headers = sign_request(keys, "GET", path, at=time.time(), node=node)
+        return self.http.get(path, headers=headers)
 
     def wait_for(self, what: str, predicate: Any, job_id: str = JOB, timeout: float = 10.0) -> None:
         end = time.monotonic() + timeout
@@ -279,10 +287,18 @@ class Node:
     def make(cls, name: str) -> Node:
         return cls(name, NodeKeys.from_seed(f"coordinator-kit-{name}".encode()))
 
+    def client(self, harness: Harness) -> CoordinatorClient:
+        """A client signing as this node."""
+        return harness.client(self.keys, self.id)
+
+    def get(self, harness: Harness, path: str) -> httpx.Response:
+        """A GET signed as this node."""
+        return harness.get(path, self.keys, self.id)
+
     def pull(self, harness: Harness, wait: float = 0.0) -> list[bytes]:
         """New envelopes in this node's mailbox (signed pull, long-polled ``wait`` s)."""
-        with harness.client() as client:
-            items = client.pull_mail(self.id, self.keys, self.cursor, wait)
+        with self.client(harness) as client:
+            items = client.pull_mail(self.cursor, wait)
         if items:
             self.cursor = items[-1][0]
         return [data for _, data in items]
@@ -291,7 +307,7 @@ class Node:
         """Open every new envelope: only train requests from the coordinator arrive here."""
         coordinator = harness.service.keys.public
         out = []
-        with harness.client() as client:
+        with self.client(harness) as client:
 
             def weights(sha: str, length: int) -> np.ndarray:
                 return read_weights_artefact(client.get_artefact(sha), sha, length)

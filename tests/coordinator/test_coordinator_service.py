@@ -252,7 +252,10 @@ def test_unknown_job_is_404(
         del body["revocation"]
         body["attestation"] = attestation(node.keys, node.id, job).to_json()
     before = coord.snapshot()
-    answer = coord.http.request(method, path, json=body if method == "POST" else None)
+    if method == "GET":  # asked by a node, which may ask these of its jobs
+        answer = node.get(coord, path)
+    else:
+        answer = coord.http.request(method, path, json=body)
     refused(coord, answer, 404, "unknown job 'nope'", before)
 
 
@@ -264,15 +267,19 @@ def test_mail_for_an_unknown_job_is_404(
     refused(coord, post_mail(coord, data), 404, "unknown job 'nope'", before)
 
 
-def test_unknown_node_and_artefact_are_404(shared: Harness) -> None:
-    coord = shared
+def test_unknown_node_and_artefact_are_refused(shared: Harness, nodes: dict[str, Node]) -> None:
+    coord, a = shared, nodes["node-a"]
     before = coord.snapshot()
-    refused(coord, coord.http.get("/v1/nodes/nobody"), 404, "unknown node 'nobody'", before)
-    answer = coord.http.get(f"/v1/artefacts/{'ab' * 32}")
+    assert a.get(coord, "/v1/nodes/node-a").json()["node_id"] == "node-a"
+    answer = a.get(coord, "/v1/nodes/nobody")
+    refused(coord, answer, 403, "only node 'nobody' may read its registration", before)
+    answer = coord.get(f"/v1/artefacts/{'ab' * 32}")
     refused(coord, answer, 404, f"no artefact {'ab' * 32}", before)
-    answer = coord.http.get("/v1/artefacts/NOT-A-HASH")
+    answer = coord.get("/v1/artefacts/NOT-A-HASH")
     refused(coord, answer, 400, "lowercase hex SHA-256", before)
-    answer = coord.http.put(f"/v1/artefacts/{'ab' * 32}", content=b"other bytes")
+    path, body = f"/v1/artefacts/{'ab' * 32}", b"other bytes"
+    headers = sign_request(AI, "PUT", path, at=time.time(), body=body)
+    answer = coord.http.put(path, content=body, headers=headers)
     refused(coord, answer, 400, "does not hash to the artefact's name", before)
 
 
@@ -308,7 +315,8 @@ def test_job_documents_are_checked(coord: Harness) -> None:
     refused(
         coord, answer, 422, f"upload the initial weights {doc.body['weights']['sha256']}", before
     )
-    coord.http.put(f"/v1/artefacts/{doc.body['weights']['sha256']}", content=weights)
+    with coord.client() as client:
+        client.put_artefact(weights, WEIGHTS_MEDIA_TYPE)
     before = coord.snapshot()
 
     tampered = doc.to_json()
@@ -533,32 +541,45 @@ def test_mail_pulls_need_a_fresh_signature_of_the_node(
     a, b = nodes["node-a"], nodes["node-b"]
     path = "/v1/mail?after=0&wait=0"
     now = time.time()
+
+    def sign(keys: NodeKeys, node: str, method: str, path: str, at: float) -> dict[str, str]:
+        return sign_request(keys, method, path, at=at, node=node)
+
     cases: list[tuple[dict[str, str], str]] = [
         ({}, "sign this request"),
-        (sign_request(b.keys, a.id, "GET", path, now), "request: bad signature"),
-        (sign_request(a.keys, a.id, "GET", path, now - 3600), "too far from the server's clock"),
-        (sign_request(a.keys, a.id, "GET", path, now + 3600), "too far from the server's clock"),
-        (sign_request(a.keys, a.id, "GET", "/v1/mail?after=5&wait=0", now), "bad signature"),
-        (sign_request(a.keys, a.id, "POST", path, now), "bad signature"),
-        (sign_request(a.keys, "nobody", "GET", path, now), "unknown node 'nobody'"),
+        (sign(b.keys, a.id, "GET", path, now), "request: bad signature"),
+        (sign(a.keys, a.id, "GET", path, now - 3600), "too far from the server's clock"),
+        (sign(a.keys, a.id, "GET", path, now + 3600), "too far from the server's clock"),
+        (sign(a.keys, a.id, "GET", "/v1/mail?after=5&wait=0", now), "bad signature"),
+        (sign(a.keys, a.id, "POST", path, now), "bad signature"),
+        (sign(a.keys, "nobody", "GET", path, now), "unknown node 'nobody'"),
         (
-            {**sign_request(a.keys, a.id, "GET", path, now), "x-tessera-time": "soon"},
-            "malformed request time or signature",
+            {**sign(a.keys, a.id, "GET", path, now), "x-tessera-time": "soon"},
+            "malformed request keys, time or signature",
         ),
         (
-            {**sign_request(a.keys, a.id, "GET", path, now), "x-tessera-signature": "%%"},
-            "malformed request time or signature",
+            {**sign(a.keys, a.id, "GET", path, now), "x-tessera-signature": "%%"},
+            "malformed request keys, time or signature",
         ),
         (
-            {**sign_request(a.keys, a.id, "GET", path, now), "x-tessera-time": "nan"},
+            {**sign(a.keys, a.id, "GET", path, now), "x-tessera-time": "nan"},
             "too far from the server's clock",
+        ),
+        (
+            {**sign(a.keys, a.id, "GET", path, now), "x-tessera-nonce": "not hex"},
+            "must be 32 lowercase hex digits",
+        ),
+        (
+            sign_request(a.keys, "GET", path, at=now),  # a's keys, but not as the node
+            "only a registered node may ask this",
         ),
     ]
     before = coord.snapshot()
     for headers, detail in cases:
-        refused(coord, coord.http.get(path, headers=headers), 401, detail, before)
+        status = 403 if "only" in detail else 401
+        refused(coord, coord.http.get(path, headers=headers), status, detail, before)
     # Nothing was drained: the node's own signed pull still finds its train request.
-    answer = coord.http.get(path, headers=sign_request(a.keys, a.id, "GET", path, time.time()))
+    answer = coord.http.get(path, headers=sign(a.keys, a.id, "GET", path, time.time()))
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "application/msgpack"
     [[mail_id, _]] = msgpack.unpackb(answer.content)
@@ -582,7 +603,7 @@ def test_the_job_starts_at_min_consents_with_the_consenting_nodes(
         None,
     )
     before = coord.snapshot()
-    answer = coord.http.get(f"/v1/jobs/{JOB}/participants")
+    answer = nodes["node-b"].get(coord, f"/v1/jobs/{JOB}/participants")
     refused(coord, answer, 409, "has not started: its participants are not fixed", before)
     sent = nodes["node-b"].receipt
     assert sent is not None
@@ -596,10 +617,11 @@ def test_the_job_starts_at_min_consents_with_the_consenting_nodes(
     assert status["state"] == "running"
     assert status["participants"] == ["node-a", "node-b", "node-d"]  # sorted, c left out
     assert status["current_round"] == 0
-    listing = coord.http.get(f"/v1/jobs/{JOB}/participants").json()
+    listing = nodes["node-a"].get(coord, f"/v1/jobs/{JOB}/participants").json()
     assert [p["node_id"] for p in listing["participants"]] == ["node-a", "node-b", "node-d"]
-    for entry in listing["participants"]:
-        assert SignedDocument.from_json(entry["consent"]) == nodes[entry["node_id"]].receipt
+    for entry in listing["participants"]:  # vouched for, without naming the user (finding 4)
+        assert "consent" not in entry
+        assert SignedDocument.from_json(entry["attestation"]).body["node"] == entry["node_id"]
     assert listing["coordinator"] == base64.b64encode(coord.service.keys.public.to_bytes()).decode()
     # A late consent from a non-participant is refused, not counted (security finding 9).
     late = coord.consent(job, nodes["node-c"])
@@ -813,6 +835,8 @@ def test_a_restarted_coordinator_resumes_the_job_mid_round(
     status = coord.status()
     assert (status["state"], status["current_round"], status["rounds"]) == ("running", 0, [])
     assert status["participants"] == ["node-a", "node-b", "node-c"]
+    before = coord.snapshot()
+    refused(coord, post_mail(coord, first), 409, "replayed", before)  # across the restart too
 
     for node in (b, c):
         assert post_mail(coord, node.update(coordinator, 0)).status_code == 202
@@ -820,7 +844,7 @@ def test_a_restarted_coordinator_resumes_the_job_mid_round(
     [round0] = coord.status()["rounds"]
     assert round0["included"] == ["node-a", "node-b", "node-c"]  # a's pre-restart update too
     before = coord.snapshot()
-    refused(coord, post_mail(coord, first), 409, "replayed", before)  # across the restart too
+    refused(coord, post_mail(coord, first), 409, "not the job's current round 1", before)
     for node in (a, b, c):
         [request] = node.train_requests(coord, wait=10)
         assert request.round == 1

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pandas as pd
@@ -26,6 +27,7 @@ from tessera.data.connectors import (
 from tessera.data_provider.app import create_provider_app, load_provider_config
 from tessera.data_provider.gate_state import SqlGateState
 from tessera.errors import ConfigError, DataError
+from tessera.runtime.transport.auth import sign_request
 from tessera.runtime.transport.serve import serve_in_thread
 
 T0 = 1_780_000_000.0
@@ -137,6 +139,12 @@ def http(table: TableBackend, lrs: XapiBackend) -> Iterator[httpx.Client]:
         yield client
 
 
+def stats(http: httpx.Client, path: str, params: dict[str, str], keys: NodeKeys = AI) -> Any:
+    """A preprocessing request signed by an AI provider's keys (at the provider's T0)."""
+    signed = f"{path}?{urlencode(params)}" if params else path
+    return http.get(signed, headers=sign_request(keys, "GET", signed, at=T0))
+
+
 def refused(response: httpx.Response, status: int, reason: str) -> None:
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
@@ -175,7 +183,7 @@ def test_preprocessing_is_the_fit_on_the_providers_table(
         "task": "regression",
         "standardize": "true",
     }
-    answer = http.get(f"/v1/datasets/{dataset}/preprocessing", params=params)
+    answer = stats(http, f"/v1/datasets/{dataset}/preprocessing", params)
     assert answer.status_code == 200, answer.text
     backend = table if dataset == "chem97" else lrs
     expected = Preprocessor.fit(
@@ -193,9 +201,15 @@ def test_preprocessing_with_all_features_and_classification(
     http: httpx.Client, table: TableBackend
 ) -> None:
     params = {"target": "gender", "task": "classification", "features": "", "categorical": "lea"}
-    answer = http.get("/v1/datasets/chem97/preprocessing", params=params)
+    answer = stats(http, "/v1/datasets/chem97/preprocessing", params)
+    # Every column but the target and the user field.
+    features = [c for c in table.table().columns if c not in ("gender", "school")]
     expected = Preprocessor.fit(
-        table.table(), target="gender", categorical=["lea"], task="classification"
+        table.table(),
+        target="gender",
+        features=features,
+        categorical=["lea"],
+        task="classification",
     )
     assert answer.json() == expected.to_json()
 
@@ -239,7 +253,7 @@ def test_preprocessing_with_all_features_and_classification(
 def test_preprocessing_refusals(
     http: httpx.Client, path: str, params: dict[str, str], status: int, reason: str
 ) -> None:
-    refused(http.get(path, params=params), status, reason)
+    refused(stats(http, path, params), status, reason)
 
 
 # --- records -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys
 from tessera.errors import RemoteProtocolError
 from tessera.node.agent import AgentConfig, NodeAgent
+from tessera.storage.keyfile import save_keys
 from tessera.testing import chem97_job
 from tessera.testing.provider import ProviderService, serve_provider
 
@@ -170,6 +171,7 @@ def test_a_node_refuses_a_job_whose_participants_include_an_unvouched_node(
     assert coord.status()["state"] == "running"
     assert "sybil-1" in coord.status()["participants"]
 
+    save_keys(honest[0].keys, tmp_path / "node-a.key")  # the honest node's own keys
     agent = NodeAgent(
         AgentConfig(
             node_id="node-a",
@@ -182,7 +184,6 @@ def test_a_node_refuses_a_job_whose_participants_include_an_unvouched_node(
             insecure_loopback=True,
         )
     )
-    agent.keys = honest[0].keys
     with pytest.raises(RemoteProtocolError, match="sybil-1 is not signed by the job's data"):
         agent._job(JOB)
     assert JOB not in agent.jobs

@@ -62,6 +62,7 @@ def test_exports_are_the_documented_api() -> None:
             "StoreError",
             "Conflict",
             "NotFound",
+            "OverQuota",
             "Replayed",
             "JobRecord",
             "NodeRecord",
@@ -70,7 +71,7 @@ def test_exports_are_the_documented_api() -> None:
             "EventRecord",
         ]
     )
-    for name in ("Conflict", "NotFound", "Replayed"):
+    for name in ("Conflict", "NotFound", "OverQuota", "Replayed"):
         assert issubclass(getattr(tessera.storage, name), StoreError)
     assert issubclass(StoreError, TesseraError)
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -24,6 +25,7 @@ from tessera.errors import RemoteProtocolError
 from tessera.jobs.document import DataRequest, JobSpec, make_job_document
 from tessera.jobs.prepared import model_spec_of, recipe_of
 from tessera.jobs.records import RoundRecord
+from tessera.runtime.transport.auth import sign_request
 from tessera.runtime.transport.client import CoordinatorClient, check
 from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
@@ -35,9 +37,18 @@ from tessera.weights import Vector
 
 
 def fetch_preprocessing(
-    cfg: JobConfig, provider: str, dataset: str, *, verify: ssl.SSLContext | bool = True
+    cfg: JobConfig,
+    provider: str,
+    dataset: str,
+    *,
+    keys: NodeKeys,
+    verify: ssl.SSLContext | bool = True,
 ) -> dict[str, Any]:
-    """The data provider's feature encoding for this job's target and features."""
+    """The data provider's feature encoding for this job's target and features.
+
+    Asked with a request signed by the AI provider's ``keys``: the provider
+    answers aggregate statistics to a signed request only.
+    """
     d = cfg.data
     params = {
         "target": d.target,
@@ -46,9 +57,10 @@ def fetch_preprocessing(
         "task": str(cfg.job.task),
         "standardize": str(d.standardize).lower(),
     }
-    url = f"{provider.rstrip('/')}/v1/datasets/{dataset}/preprocessing"
-    with httpx.Client(verify=verify, timeout=120) as http:
-        result: dict[str, Any] = check(http.get(url, params=params)).json()
+    path = f"/v1/datasets/{quote(dataset, safe='')}/preprocessing?{urlencode(params)}"
+    headers = sign_request(keys, "GET", path, at=time.time())
+    with httpx.Client(base_url=provider.rstrip("/"), verify=verify, timeout=120) as http:
+        result: dict[str, Any] = check(http.get(path, headers=headers)).json()
     return result
 
 

@@ -139,7 +139,12 @@ def provider(
 ) -> None:
     """Run a data provider's connector: catalogue and consent-checked record release."""
     _logging(verbose)
-    from tessera.data_provider.app import create_provider_app, load_provider_config
+    from tessera.data_provider.app import (
+        create_provider_app,
+        load_provider_config,
+        provider_access,
+        read_provider_config,
+    )
     from tessera.data_provider.gate_state import SqlGateState
     from tessera.runtime.transport.serve import run_server
     from tessera.storage.keyfile import load_or_create_keys
@@ -148,8 +153,11 @@ def provider(
     try:
         identity = load_or_create_keys(keys or config.parent / "provider.key", _passphrase())
         backends, subjects = load_provider_config(config)
+        access = provider_access(read_provider_config(config))
         with SqlGateState(url) as state:
-            app_ = create_provider_app(backends, keys=identity, subjects=subjects, state=state)
+            app_ = create_provider_app(
+                backends, keys=identity, subjects=subjects, state=state, **access
+            )
             run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
     except TesseraError as exc:
         _fail(exc)
@@ -461,7 +469,7 @@ def job_submit(
             cfg = with_declared_weight(cfg, max_weight)
         signer = load_or_create_keys(keys, _passphrase())  # before any request: fail early
         verify = _verify(ca)
-        pre = fetch_preprocessing(cfg, provider, dataset, verify=verify)
+        pre = fetch_preprocessing(cfg, provider, dataset, keys=signer, verify=verify)
         doc, weights = build_job(
             cfg,
             signer,
@@ -472,7 +480,7 @@ def job_submit(
             min_consents=min_consents,
             purpose=purpose or f"train {cfg.job.name}",
         )
-        with CoordinatorClient(coordinator, verify=verify) as client:
+        with CoordinatorClient(coordinator, verify=verify, keys=signer) as client:
             answer = submit(client, doc, weights)
     except TesseraError as exc:
         _fail(exc)
@@ -484,15 +492,20 @@ def job_submit(
 def job_status(
     job_id: str,
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    keys: Annotated[Path, typer.Option(help="AI provider key file")] = Path("ai-provider.key"),
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
-    """A job's state and its rounds so far (JSON)."""
+    """A job's state and its rounds so far (JSON; to the job's AI provider)."""
     from tessera.runtime.transport.client import CoordinatorClient
+    from tessera.storage.keyfile import load_keys
 
     try:
-        with CoordinatorClient(coordinator, verify=_verify(ca), patience=10) as client:
+        ai_keys = load_keys(keys, _passphrase())
+        with CoordinatorClient(
+            coordinator, verify=_verify(ca), patience=10, keys=ai_keys
+        ) as client:
             typer.echo(json.dumps(client.status(job_id), indent=1))
-    except TesseraError as exc:
+    except (TesseraError, OSError) as exc:  # OSError: no key file
         _fail(exc)
 
 
@@ -501,21 +514,26 @@ def job_fetch(
     job_id: str,
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("model"),
+    keys: Annotated[Path, typer.Option(help="AI provider key file")] = Path("ai-provider.key"),
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
     """Fetch the final model (hash-checked) and the job's report into OUT."""
     from tessera.ai_provider.client import fetch_final
     from tessera.jobs.document import JobSpec
     from tessera.runtime.transport.client import CoordinatorClient
+    from tessera.storage.keyfile import load_keys
     from tessera.training import layout
     from tessera.weights import save_file
 
     try:
-        with CoordinatorClient(coordinator, verify=_verify(ca), patience=10) as client:
+        ai_keys = load_keys(keys, _passphrase())
+        with CoordinatorClient(
+            coordinator, verify=_verify(ca), patience=10, keys=ai_keys
+        ) as client:
             weights, sha = fetch_final(client, job_id)
             spec = JobSpec.from_document(client.job_document(job_id))
             status = client.status(job_id)
-    except (TesseraError, RuntimeError) as exc:
+    except (TesseraError, RuntimeError, OSError) as exc:  # OSError: no key file
         _fail(exc)
         return
     out.mkdir(parents=True, exist_ok=True)

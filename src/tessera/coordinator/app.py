@@ -2,9 +2,27 @@
 
 JSON for documents and status, raw bytes for envelopes and artefacts,
 msgpack for mailbox batches. Every refusal is a 4xx with ``{"detail": ...}``
-saying why; the OpenAPI description is served at ``/openapi.json``.
-Nodes pull their mail by long polling (``wait`` seconds), as nodes behind
-NAT must.
+saying why; the OpenAPI description is served at ``/openapi.json`` and
+declares the two signed-request schemes (``NodeSignature``,
+``KeySignature``; see ``runtime.transport.auth``). Nodes pull their mail by
+long polling (``wait`` seconds), as nodes behind NAT must.
+
+Who may call what (``coordinator.access`` enforces it; docs/architecture.md):
+
+================================  =================================================
+public                            health, coordinator keys, a job's document (what a
+                                  user reads before consenting), node registration
+                                  (self-signed), consents and revocations (signed by
+                                  the user), job submission (signed by its AI
+                                  provider), envelopes (signed by a participant)
+AI provider (KeySignature)        upload initial weights (hash-checked, per-key
+                                  quota), its jobs' full status, their artefacts
+node (NodeSignature)              its mailbox, its own registration; for a job it
+                                  consented to or takes part in: state and round,
+                                  participants (once started), artefacts
+either                            the list of jobs it has a role in (nodes also see
+                                  the jobs waiting for consent)
+================================  =================================================
 """
 
 from __future__ import annotations
@@ -15,17 +33,19 @@ import hashlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict
 
+from tessera.coordinator import access
 from tessera.coordinator.service import CoordinatorService, Refused
 from tessera.protocol.limits import COORDINATOR_BODY
-from tessera.runtime.transport.auth import verify_request
+from tessera.runtime.transport.auth import KEYS_HEADER, NODE_HEADER, Caller
 from tessera.runtime.transport.serve import BodyLimit
 from tessera.storage import NotFound
 
@@ -37,12 +57,13 @@ _BINARY = {
 }
 _WHY = {
     400: "Malformed input: a body that does not parse, a bad envelope or document",
-    401: "The mailbox pull is not signed by the node (or its time is off)",
-    403: "A signature that does not hold, or a consent that does not allow it",
-    404: "No such job, node or artefact",
+    401: "Not signed, or the signature, time or nonce does not hold (a replay)",
+    403: "Signed by a party that may not ask this, or a consent that does not allow it",
+    404: "No such job or node, or no such artefact among the caller's",
     409: "Conflicts with what the coordinator holds: taken, replayed, not started",
     413: "The request body is larger than the coordinator takes",
     422: "The request does not fit its schema, or a signed document its rules",
+    429: "The sender is over its quota of envelopes for this round",
 }
 
 
@@ -58,6 +79,23 @@ def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 _DOCUMENT_POST = _refusals(400, 403, 404, 413, 422)
+_SIGNED = (
+    "Headers x-tessera-time, x-tessera-nonce (32 hex digits, fresh) and x-tessera-signature: "
+    "Ed25519 over method, path and query, SHA-256 of the body, signer, time and nonce "
+    "(tessera.runtime.transport.auth)."
+)
+_NODE_SCHEME = APIKeyHeader(
+    name=NODE_HEADER,
+    scheme_name="NodeSignature",
+    description="A registered node's id; the request is signed by its keys. " + _SIGNED,
+    auto_error=False,
+)
+_KEY_SCHEME = APIKeyHeader(
+    name=KEYS_HEADER,
+    scheme_name="KeySignature",
+    description="The signer's base64 public keys (an AI provider's). " + _SIGNED,
+    auto_error=False,
+)
 
 
 class Document(BaseModel):
@@ -94,6 +132,49 @@ class RevocationSubmission(BaseModel):
     receipt: Document
 
 
+async def _caller(request: Request) -> Caller:
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    body = await request.body()
+    return await run_in_threadpool(
+        access.authenticate,
+        request.app.state.service,
+        request.headers,
+        method=request.method,
+        path=path,
+        body=body,
+    )
+
+
+async def _signed(
+    request: Request,
+    _node: Annotated[str | None, Security(_NODE_SCHEME)],
+    _keys: Annotated[str | None, Security(_KEY_SCHEME)],
+) -> Caller:
+    """A node or a key holder (an AI provider)."""
+    return await _caller(request)
+
+
+async def _by_node(
+    request: Request, _node: Annotated[str | None, Security(_NODE_SCHEME)]
+) -> Caller:
+    caller = await _caller(request)
+    if caller.node is None:
+        raise access.refuse(caller, 403, "only a registered node may ask this")
+    return caller
+
+
+async def _by_keys(request: Request, _keys: Annotated[str | None, Security(_KEY_SCHEME)]) -> Caller:
+    caller = await _caller(request)
+    if caller.node is not None:
+        raise access.refuse(caller, 403, "only an AI provider (KeySignature) may ask this")
+    return caller
+
+
+Signed = Annotated[Caller, Depends(_signed)]
+ByNode = Annotated[Caller, Depends(_by_node)]
+ByKeys = Annotated[Caller, Depends(_by_keys)]
+
+
 def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
     service: CoordinatorService, *, max_body: int = MAX_BODY
 ) -> Any:
@@ -113,6 +194,8 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         "envelopes. The coordinator relays what it cannot read.",
         lifespan=lifespan,
     )
+
+    app.state.service = service  # for the signed-request dependencies below
 
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:
@@ -136,8 +219,10 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         """Register a node's public keys (self-signed registration document)."""
         return service.register(body.document.model_dump())
 
-    @app.get("/v1/nodes/{node_id}", responses=_refusals(404))
-    def node(node_id: str) -> dict[str, Any]:
+    @app.get("/v1/nodes/{node_id}", responses=_refusals(401, 403, 404))
+    def node(node_id: str, caller: ByNode) -> dict[str, Any]:
+        """A node's own registration, to itself."""
+        access.node_itself(caller, node_id)
         try:
             record = service.store.get_node(node_id)
         except NotFound:
@@ -152,27 +237,32 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         "/v1/artefacts/{sha256}",
         status_code=201,
         openapi_extra={"requestBody": _BINARY},
-        responses=_refusals(400, 413),
+        responses=_refusals(400, 401, 403, 413),
     )
-    async def put_artefact(sha256: str, request: Request) -> dict[str, str]:
-        """Store a content-addressed artefact; the body must hash to ``sha256``."""
+    async def put_artefact(sha256: str, request: Request, caller: ByKeys) -> dict[str, str]:
+        """Store an AI provider's initial weights: hashing to ``sha256``, under its quota."""
         if not _SHA256.match(sha256):
             raise Refused(400, "artefacts are named by a lowercase hex SHA-256")
         data = await request.body()
         if hashlib.sha256(data).hexdigest() != sha256:
             raise Refused(400, "the body does not hash to the artefact's name")
         media = request.headers.get("content-type", "application/octet-stream")[:100]
-        await run_in_threadpool(service.store.put_artefact, data, media)
+        await run_in_threadpool(service.upload, caller.fingerprint, data, media)
         return {"sha256": sha256}
 
     @app.get(
         "/v1/artefacts/{sha256}",
         response_class=Response,
-        responses={200: {"description": "The artefact's bytes", **_BINARY}, **_refusals(400, 404)},
+        responses={
+            200: {"description": "The artefact's bytes", **_BINARY},
+            **_refusals(400, 401, 403, 404),
+        },
     )
-    def get_artefact(sha256: str) -> Response:
+    def get_artefact(sha256: str, caller: Signed) -> Response:
+        """An artefact of a job the caller has a role in (or one it uploaded)."""
         if not _SHA256.match(sha256):
             raise Refused(400, "artefacts are named by a lowercase hex SHA-256")
+        access.artefact(service, caller, sha256)
         try:
             data = service.store.get_artefact(sha256)
         except NotFound:
@@ -184,24 +274,25 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         """Submit a job signed by its AI provider (the initial weights uploaded first)."""
         return service.submit(body.document.model_dump())
 
-    @app.get("/v1/jobs")
-    def jobs() -> list[dict[str, Any]]:
-        return [
-            {"job_id": j.job_id, "state": j.state, "digest": j.digest}
-            for j in service.store.list_jobs()
-        ]
+    @app.get("/v1/jobs", responses=_refusals(401, 403))
+    def jobs(caller: Signed) -> list[dict[str, Any]]:
+        """Id, state and digest of the jobs the caller has a role in (nodes: and offers)."""
+        return access.jobs(service, caller)
 
-    @app.get("/v1/jobs/{job_id}", responses=_refusals(404))
-    def status(job_id: str) -> dict[str, Any]:
-        return service.status(job_id)
+    @app.get("/v1/jobs/{job_id}", responses=_refusals(401, 403, 404))
+    def status(job_id: str, caller: Signed) -> dict[str, Any]:
+        """All of it to the job's AI provider; state and round to its nodes."""
+        return access.status(service, caller, job_id)
 
     @app.get("/v1/jobs/{job_id}/document", responses=_refusals(404))
     def document(job_id: str) -> dict[str, Any]:
+        """Public: the signed offer a user reads before consenting."""
         return service.job(job_id).document
 
-    @app.get("/v1/jobs/{job_id}/participants", responses=_refusals(404, 409))
-    def participants(job_id: str) -> dict[str, Any]:
-        """Who takes part (fixed at the start): registrations and consent receipts."""
+    @app.get("/v1/jobs/{job_id}/participants", responses=_refusals(401, 403, 404, 409))
+    def participants(job_id: str, caller: ByNode) -> dict[str, Any]:
+        """Who takes part (fixed at the start), to a node that takes part."""
+        access.job_for(service, caller, job_id, access.Role.PARTICIPANT)
         return service.participants(job_id)
 
     @app.post("/v1/jobs/{job_id}/consents", status_code=201, responses=_DOCUMENT_POST)
@@ -217,10 +308,14 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         "/v1/mail",
         status_code=202,
         openapi_extra={"requestBody": _BINARY},
-        responses=_refusals(400, 403, 404, 409, 413),
+        responses=_refusals(400, 403, 404, 409, 413, 429),
     )
     async def post_mail(request: Request) -> dict[str, int]:
-        """Store a signed envelope for its recipient (checked, never opened)."""
+        """Store a participant's signed envelope for its recipient (checked, never opened).
+
+        Only a kind the job's nodes send, no larger than the job's model makes
+        it, of the job's current round, within the sender's quota for the round.
+        """
         data = await request.body()
         mail_id = await run_in_threadpool(service.post_mail, data)
         return {"id": mail_id}
@@ -233,26 +328,16 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
                 "description": "A msgpack list of [id, envelope bytes] pairs",
                 "content": {"application/msgpack": {"schema": {"type": "string"}}},
             },
-            **_refusals(401, 422),
+            **_refusals(401, 403, 422),
         },
     )
     async def pull_mail(
-        request: Request,
+        caller: ByNode,
         after: int = Query(0, ge=0, le=2**62),
         wait: float = Query(0.0, ge=0.0, le=MAX_WAIT),
     ) -> Response:
         """A node's envelopes with id > ``after`` (msgpack list of [id, bytes]), long-polled."""
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        try:
-            node = verify_request(
-                request.headers,
-                method="GET",
-                path=path,
-                keys_of=service.public_keys(request.headers.get("x-tessera-node", "")),
-                now=service.clock(),
-            )
-        except Exception as exc:  # RemoteProtocolError: bad or missing signature
-            raise Refused(401, str(exc)) from None
+        node = str(caller.node)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:

@@ -17,6 +17,14 @@ unconsumed and its timer still pending, so it runs again.
 Sealing draws fresh randomness, so re-sent envelopes would differ in bytes;
 that is why effects are never re-sent on recovery, only rebuilt state is.
 
+Retention: the mailbox keeps a job's mail of the current round and the one
+before it. When round r closes, mail of rounds before r is deleted in the
+same commit (a restart replays from the snapshot taken at r's close, so it
+reads only mail of rounds r and r+1; round r's is kept for its late
+envelopes' refusals and its traffic count); when the job ends, all of its
+mail is. The relay takes only the current round's mail
+(``CoordinatorService.post_mail``), so deleted rounds never come back.
+
 The machine sits in a ``runtime.host.Host``, the one the simulator and the
 node agent use: the driver is its outbox and observer (what a step causes
 is gathered for its commit), and the host owns the timers, so recovery is
@@ -58,10 +66,11 @@ from tessera.runtime.transport.mail import (
     to_envelope,
     weights_artefact,
 )
-from tessera.storage import EventRecord, MailItem, Store
+from tessera.storage import EventRecord, MailItem, NotFound, Store
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.coordinator")
+_ALL_ROUNDS = 2**31 - 1  # past any round: all of a finished job's mail
 
 
 @dataclass
@@ -184,7 +193,11 @@ class JobDriver(Observer):
             return ParticipantWithdrawn(node=NodeId(record.node))
         if record.kind == "mail":
             assert record.mail_id is not None
-            return self._decode(self.store.get_message(record.mail_id))
+            try:
+                item = self.store.get_message(record.mail_id)
+            except NotFound:  # an old round's, deleted: the machine refused it when live
+                return None
+            return self._decode(item)
         raise RuntimeError(f"unknown event kind {record.kind!r} in the log")
 
     def _decode(self, item: MailItem) -> Event | None:
@@ -255,6 +268,11 @@ class JobDriver(Observer):
                     cursor=self.cursor,
                 )
             )
+        forget: int | None = None  # retention: see the module doc
+        if self.finished:
+            forget = _ALL_ROUNDS
+        elif step.rounds:
+            forget = max(r.round for r in step.rounds)
         self.store.commit_step(
             record,
             outgoing=step.outgoing,
@@ -262,6 +280,7 @@ class JobDriver(Observer):
             artefacts=[(data, WEIGHTS_MEDIA_TYPE) for data in step.artefacts.values()],
             job_update=step.job_update,
             snapshot=step.snapshot,
+            forget_mail_before=forget,
         )
         self.seq += 1
         if step.outgoing and self.on_sent is not None:

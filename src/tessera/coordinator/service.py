@@ -20,7 +20,7 @@ from typing import Any
 from tessera.consent import ConsentError, check_attestation, check_consent
 from tessera.coordinator.driver import JobDriver
 from tessera.crypto.documents import SignedDocument, verify_document
-from tessera.crypto.envelope import peek, verify_envelope
+from tessera.crypto.envelope import EnvelopeHeader, peek, verify_envelope
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
@@ -30,10 +30,14 @@ from tessera.protocol.limits import (
     ENVELOPE_LIMITS,
     MAX_ENVELOPE_BYTES,
     MAX_PARAMETERS,
+    TO_COORDINATOR_ONLY,
+    TO_NODE_ONLY,
+    RelayBounds,
     evidence_bytes,
+    relay_bounds,
 )
-from tessera.runtime.transport.mail import read_weights_artefact
-from tessera.storage import Conflict, JobRecord, MailItem, NotFound, Replayed, Store
+from tessera.runtime.transport.mail import check_weights_artefact, read_weights_artefact
+from tessera.storage import Conflict, JobRecord, MailItem, NotFound, OverQuota, Replayed, Store
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -97,16 +101,28 @@ def parse_document(value: object, what: str) -> SignedDocument:
         raise Refused(400, f"{what}: {exc}") from None
 
 
+#: What one AI provider's keys may upload: initial weights of a few jobs of the largest model.
+UPLOAD_COUNT = 8
+UPLOAD_BYTES = 4 * (MAX_PARAMETERS * 4 + (64 << 10))
+
+
 class CoordinatorService:
     def __init__(
-        self, store: Store, keys: NodeKeys, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        keys: NodeKeys,
+        *,
+        clock: Callable[[], float] = time.time,
+        upload_quota: tuple[int, int] = (UPLOAD_COUNT, UPLOAD_BYTES),
     ) -> None:
         self.store = store
+        self.upload_quota = upload_quota
         self.keys = keys
         self.clock = clock
         self.signal = MailSignal()
         self.drivers: dict[str, JobDriver] = {}
         self._keys_cache: dict[str, PublicKeys] = {COORDINATOR: keys.public}
+        self._bounds: dict[str, RelayBounds] = {}
         self._lock = threading.RLock()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -163,6 +179,19 @@ class CoordinatorService:
             self._keys_cache[node_id] = found
         return found
 
+    # -- artefacts -----------------------------------------------------------------------
+    def upload(self, owner: str, data: bytes, media_type: str) -> str:
+        """Store an AI provider's initial weights, under its quota; only a weights artefact."""
+        try:
+            check_weights_artefact(data)
+        except RemoteProtocolError as exc:
+            raise Refused(400, str(exc)) from None
+        count, size = self.upload_quota
+        try:
+            return self.store.put_upload(data, media_type, owner, max_count=count, max_bytes=size)
+        except OverQuota as exc:
+            raise Refused(413, str(exc)) from None
+
     # -- jobs --------------------------------------------------------------------------
     def submit(self, document: object) -> dict[str, Any]:
         doc = parse_document(document, "job")
@@ -202,6 +231,7 @@ class CoordinatorService:
             self.store.add_job(spec.job_id, doc.digest, doc.to_json(), spec.min_consents)
         except Conflict:
             raise Refused(409, f"job {spec.job_id!r} exists with another document") from None
+        self.store.link_artefacts(spec.job_id, [spec.weights_sha256])  # its parties read it
         return {"job_id": spec.job_id, "digest": doc.digest}
 
     def job(self, job_id: str) -> JobRecord:
@@ -385,6 +415,12 @@ class CoordinatorService:
         return driver
 
     def participants(self, job_id: str) -> dict[str, Any]:
+        """Who takes part: registrations and the data provider's attestations.
+
+        Not the consent receipts: they name each user's id at the provider, which
+        is none of the other participants' business (the attestation vouches for
+        the consent without naming the user).
+        """
         job = self.job(job_id)
         if job.state == "waiting" or job.participants is None:
             raise Refused(409, f"job {job_id!r} has not started: its participants are not fixed")
@@ -397,7 +433,6 @@ class CoordinatorService:
                     "node_id": node,
                     "organisation": record.organisation,
                     "registration": record.document,
-                    "consent": consents[node].document if node in consents else None,
                     "attestation": consents[node].attestation if node in consents else None,
                 }
             )
@@ -432,6 +467,8 @@ class CoordinatorService:
             raise Refused(400, f"{head.recipient} is not a participant of {head.job_id}")
         if head.kind not in ENVELOPE_LIMITS:  # no party reads it: never store it
             raise Refused(400, f"unknown envelope kind {head.kind}")
+        bounds = self._relay_bounds(job)
+        self._check_relay(bounds, job, head, len(data))
         try:
             mail_id = self.store.post_message(
                 job_id=head.job_id,
@@ -441,9 +478,13 @@ class CoordinatorService:
                 kind=head.kind,
                 nonce=head.nonce,
                 data=bytes(data),
+                quota=(bounds.count, bounds.bytes),
             )
         except Replayed:
             raise Refused(409, "replayed message: this nonce was already received") from None
+        except OverQuota as exc:
+            log.warning("%s: %s", head.job_id, exc)
+            raise Refused(429, f"quota: {exc}") from None
         if head.recipient == COORDINATOR:
             driver = self.drivers.get(head.job_id)
             if driver is not None:
@@ -451,6 +492,46 @@ class CoordinatorService:
         else:
             self.signal.notify((head.recipient,))
         return mail_id
+
+    def _relay_bounds(self, job: JobRecord) -> RelayBounds:
+        """What this job's nodes may send (computed once per job)."""
+        found = self._bounds.get(job.job_id)
+        if found is None:
+            spec = self.spec(job)
+            if spec.secure:
+                secure = spec.secure_params()
+                tree = secure.tree
+                found = relay_bounds(
+                    spec.n_weights,
+                    secure=True,
+                    k=tree.k,
+                    group_size=tree.group_size,
+                    fan_in=tree.fan_in,
+                    audit=secure.audit,
+                )
+            else:
+                found = relay_bounds(spec.n_weights, secure=False, audit=False)
+            self._bounds[job.job_id] = found
+        return found
+
+    @staticmethod
+    def _check_relay(bounds: RelayBounds, job: JobRecord, head: EnvelopeHeader, size: int) -> None:
+        """Only what the job's current round expects from a node, no larger than its model."""
+        kind, recipient, round = Kind(head.kind), head.recipient, head.round
+        name = kind.name.lower()
+        if kind not in bounds.limits:
+            raise Refused(403, f"a node sends no {name} envelopes in job {job.job_id!r}")
+        to_coordinator = recipient == COORDINATOR
+        if (kind in TO_COORDINATOR_ONLY and not to_coordinator) or (
+            kind in TO_NODE_ONLY and to_coordinator
+        ):
+            raise Refused(400, f"a {name} envelope never goes to {recipient}")
+        if size > bounds.limits[kind]:
+            raise Refused(
+                413, f"a {name} envelope of this job is at most {bounds.limits[kind]} bytes"
+            )
+        if round != job.current_round:
+            raise Refused(409, f"round {round} is not the job's current round {job.current_round}")
 
     def mail_for(self, node: str, after: int) -> list[MailItem]:
         return self.store.messages_for(node, after)

@@ -8,10 +8,16 @@ answers onto HTTP:
 - ``GET /v1/provider``: the provider's public keys. Its fingerprint names it:
   in job documents (``data.provider``), as the audience of every request a
   node makes, and as the signer of attestations.
-- ``GET /v1/catalogue``: what the provider offers (no records).
+- ``GET /v1/catalogue``: what the provider offers (no records, no server paths).
 - ``GET /v1/datasets/{name}/preprocessing``: a ``Preprocessor`` fitted on the
   whole dataset, as JSON: means, stds, category and label sets only, what an
   AI provider needs to declare a job's feature encoding without seeing data.
+  Only to a request signed by an AI provider's keys (``runtime.transport.auth``,
+  the nonce burnt in the gate's state; ``ai_providers`` may list the keys
+  allowed). Aggregates only: a category is reported only when at least
+  ``min_count`` records hold it (the others fall into the all-zero "other"
+  code, as unseen values do), a class under that count is refused, and the
+  dataset's user field and ``identifiers`` are never fitted on.
 - ``POST /v1/revocations``: a user withdraws a consent; refused from then on.
 - ``POST /v1/records``: one user's records for one job, to that user's node.
 - ``POST /v1/attestations``: the provider's signed word that a node stands
@@ -39,15 +45,16 @@ import logging
 import math
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -59,12 +66,29 @@ from tessera.data.prepare import Preprocessor
 from tessera.errors import ConfigError, DataError, RemoteProtocolError
 from tessera.ids import Task
 from tessera.protocol.limits import PROVIDER_BODY
+from tessera.runtime.transport.auth import KEYS_HEADER, MAX_SKEW, Caller, verify_request
 from tessera.runtime.transport.serve import BodyLimit
 
-__all__ = ["MAX_BODY", "ProviderConfig", "create_provider_app", "load_provider_config"]
+__all__ = [
+    "MAX_BODY",
+    "ProviderConfig",
+    "create_provider_app",
+    "load_provider_config",
+    "provider_access",
+    "read_provider_config",
+]
 
 MAX_BODY = PROVIDER_BODY  # see protocol.limits
+#: Fewest records that must hold a category for the statistics to name it.
+MIN_COUNT = 10
 _log = logging.getLogger("tessera.provider")
+_KEY_SCHEME = APIKeyHeader(
+    name=KEYS_HEADER,
+    scheme_name="KeySignature",
+    description="An AI provider's base64 public keys; with headers x-tessera-time, "
+    "x-tessera-nonce and x-tessera-signature (tessera.runtime.transport.auth).",
+    auto_error=False,
+)
 
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 # Ed25519 signatures and PublicKeys are both 64 bytes: 88 base64 characters.
@@ -155,7 +179,8 @@ class Refusal(_Model):
 def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "malformed request, or one the dataset cannot answer",
-        403: "consent or signature problem",
+        401: "not signed, or the signature, time or nonce does not hold",
+        403: "consent or signature problem, or statistics this caller may not have",
         404: "unknown dataset or user",
         409: "replayed request",
         413: "request body too large",
@@ -198,7 +223,14 @@ class _Provider:
         now: Callable[[], float],
         keys: NodeKeys,
         state: GateState | None = None,
+        *,
+        ai_providers: Collection[str] | None = None,
+        min_count: int = MIN_COUNT,
+        identifiers: Collection[str] = (),
     ) -> None:
+        self.ai_providers = None if ai_providers is None else frozenset(ai_providers)
+        self.min_count = min_count
+        self.identifiers = frozenset(identifiers)
         self.datasets: dict[str, Backend] = {}
         for backend in backends:
             if backend.name in self.datasets:
@@ -216,19 +248,81 @@ class _Provider:
             raise _Refused(404, f"unknown dataset {name!r}; offered: {', '.join(self.datasets)}")
         return backend
 
-    def preprocessing(self, name: str, query: PreprocessingQuery) -> dict[str, Any]:
-        table = self.dataset(name).table()
+    def caller(self, request: Request) -> Caller:
+        """The AI provider that signed ``request`` (its nonce burnt); 401 or 403 if none."""
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        state = self.gate.state
+
+        def fresh(caller: Caller) -> bool:
+            expires, now = caller.at + MAX_SKEW, self.now()
+            return state.use_nonce(caller.fingerprint, caller.nonce, expires=expires, now=now)
+
         try:
-            return Preprocessor.fit(
+            caller = verify_request(
+                request.headers,
+                method=request.method,
+                path=path,
+                body=b"",
+                keys_of=lambda _: None,  # nodes are not known here: only key holders sign
+                fresh=fresh,
+                now=self.now(),
+            )
+        except RemoteProtocolError as exc:
+            raise _Refused(401, str(exc)) from None
+        if self.ai_providers is not None and caller.fingerprint not in self.ai_providers:
+            raise _Refused(403, "these keys are not an AI provider this provider answers")
+        return caller
+
+    def preprocessing(self, name: str, query: PreprocessingQuery) -> dict[str, Any]:
+        """The fitted encoding, aggregates only (see the module doc)."""
+        backend = self.dataset(name)
+        banned = {backend.describe()["user_field"], *self.identifiers}
+        asked = {query.target, *_names(query.features), *_names(query.categorical)}
+        if asked & banned:
+            raise _Refused(403, f"{sorted(asked & banned)} identify people: no statistics of them")
+        table = backend.table()
+        if len(table) < self.min_count:
+            raise _Refused(403, f"fewer than {self.min_count} records: no statistics")
+        features = _names(query.features) or [
+            c for c in table.columns if c != query.target and c not in banned
+        ]
+        try:
+            fitted = Preprocessor.fit(
                 table,
                 target=query.target,
-                features=_names(query.features),
+                features=features,
                 categorical=_names(query.categorical),
                 task=query.task,
                 standardize=query.standardize,
             ).to_json()
         except DataError as exc:
             raise _Refused(400, str(exc)) from None
+        return self._only_common(table, fitted)
+
+    def _only_common(self, table: pd.DataFrame, fitted: dict[str, Any]) -> dict[str, Any]:
+        """Drop categories under ``min_count`` records; refuse classes under it."""
+        counts = {
+            name: _counts(table[name])
+            for name in [fitted["target"], *(c["name"] for c in fitted["columns"])]
+        }
+        held = counts[fitted["target"]]
+        rare = [c for c in fitted["classes"] if held.get(str(c), 0) < self.min_count]
+        if rare:
+            raise _Refused(
+                403,
+                f"{len(rare)} class(es) of {fitted['target']!r} are held by fewer than "
+                f"{self.min_count} records: merge them or choose another target",
+            )
+        for column in fitted["columns"]:
+            if column.get("kind") == "categorical":
+                seen = counts[column["name"]]
+                kept = [v for v in column["categories"] if seen.get(str(v), 0) >= self.min_count]
+                if not kept:
+                    raise _Refused(
+                        403, f"every value of {column['name']!r} is held by too few records"
+                    )
+                column["categories"] = kept
+        return fitted
 
     def revoke(self, body: RevocationBody) -> Revoked:
         revocation = _document(body.revocation, "revocation")
@@ -307,10 +401,17 @@ def create_provider_app(
     now: Callable[[], float] = time.time,
     max_body: int = MAX_BODY,
     state: GateState | None = None,
+    ai_providers: Collection[str] | None = None,
+    min_count: int = MIN_COUNT,
+    identifiers: Collection[str] = (),
 ) -> FastAPI:
     """The provider's app; ``subjects`` maps a user's id here to their node key's fingerprint.
 
     ``keys`` are the provider's own: jobs and nodes name it by their fingerprint.
+    Statistics go to requests signed by the keys whose fingerprints are in
+    ``ai_providers`` (None: any signed key); a category is named only when
+    ``min_count`` records hold it; ``identifiers`` (and each dataset's user
+    field) are columns never fitted on.
 
     ``subjects`` may be a live mapping (enrolments added later count at once).
     ``now`` is the clock for consent expiry and request freshness. ``state``
@@ -318,7 +419,16 @@ def create_provider_app(
     in memory, forgotten when the process ends, so a service must pass a
     durable one (``tessera.data_provider.gate_state.SqlGateState``).
     """
-    provider = _Provider(backends, {} if subjects is None else subjects, now, keys, state)
+    provider = _Provider(
+        backends,
+        {} if subjects is None else subjects,
+        now,
+        keys,
+        state,
+        ai_providers=ai_providers,
+        min_count=min_count,
+        identifiers=identifiers,
+    )
     if not subjects:
         _log.warning("no user has enrolled a node key: no records will be released")
     app = FastAPI(
@@ -351,10 +461,18 @@ def create_provider_app(
             }
         )
 
-    @app.get("/v1/datasets/{name}/preprocessing", responses=_refusals(400, 404, 422))
-    def preprocessing(name: str, query: Annotated[PreprocessingQuery, Query()]) -> dict[str, Any]:
-        """The dataset's feature encoding (``Preprocessor.to_json``): aggregates only."""
-        return provider.preprocessing(name, query)
+    @app.get("/v1/datasets/{name}/preprocessing", responses=_refusals(400, 401, 403, 404, 422))
+    def preprocessing(
+        name: str,
+        query: Annotated[PreprocessingQuery, Query()],
+        request: Request,
+        _keys: Annotated[str | None, Security(_KEY_SCHEME)],
+    ) -> dict[str, Any]:
+        """The dataset's feature encoding (``Preprocessor.to_json``), to an AI provider."""
+        caller = provider.caller(request)
+        answer = provider.preprocessing(name, query)
+        _log.info("statistics of %r to %s", name, caller.keys.short_fingerprint)
+        return answer
 
     @app.post("/v1/revocations", responses=_refusals(400, 403, 413, 422))
     def revoke(body: RevocationBody) -> Revoked:
@@ -400,15 +518,24 @@ def _answer_refusals(app: FastAPI) -> None:
         return _AsciiJSON({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class ProviderConfig(_Model):
     """The provider's config file: its datasets, and which node key each user linked.
 
     ``subjects`` maps a user's id here (a value of a dataset's user field) to
     the fingerprint of the node keys they linked to their account.
+    ``ai_providers`` lists the keys whose signed requests get statistics
+    (absent: any signed key), ``min_count`` the records a reported category
+    needs, ``identifiers`` columns (besides each user field) never fitted on.
     """
 
     datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
-    subjects: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = {}
+    subjects: dict[str, Fingerprint] = {}
+    ai_providers: list[Fingerprint] | None = None
+    min_count: Annotated[int, Field(ge=1)] = MIN_COUNT
+    identifiers: list[str] = []
 
 
 def load_provider_config(path: str | Path) -> tuple[list[Backend], dict[str, str]]:
@@ -418,6 +545,22 @@ def load_provider_config(path: str | Path) -> tuple[list[Backend], dict[str, str
     cannot be read raises ``DataError``. Relative paths are read from the
     file's folder.
     """
+    config = read_provider_config(path)
+    backends: list[Backend] = [d.build(Path(path).parent) for d in config.datasets]
+    return backends, dict(config.subjects)
+
+
+def provider_access(config: ProviderConfig) -> dict[str, Any]:
+    """The ``create_provider_app`` arguments that say who gets which statistics."""
+    return {
+        "ai_providers": config.ai_providers,
+        "min_count": config.min_count,
+        "identifiers": config.identifiers,
+    }
+
+
+def read_provider_config(path: str | Path) -> ProviderConfig:
+    """Parse and check a provider config file (``ConfigError`` naming the field)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -435,8 +578,13 @@ def load_provider_config(path: str | Path) -> tuple[list[Backend], dict[str, str
         message = first["msg"].removeprefix("Value error, ")
         more = err.error_count() - 1
         raise ConfigError(field, message + (f" (and {more} more)" if more else "")) from None
-    backends: list[Backend] = [d.build(file.parent) for d in config.datasets]
-    return backends, dict(config.subjects)
+    return config
+
+
+def _counts(column: pd.Series) -> dict[str, int]:
+    """How many records hold each value, keyed as the fitted JSON prints it."""
+    counts = column.dropna().value_counts()
+    return {str(v.item() if isinstance(v, np.generic) else v): int(n) for v, n in counts.items()}
 
 
 def _names(text: str) -> list[str]:

@@ -17,6 +17,7 @@ says the keys lie in the clear.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from tessera.crypto.keys import NodeKeys
 from tessera.errors import ConfigError
 from tessera.jobs.prepared import PreparedJob, prepare_job, split_table
 from tessera.runtime.transport.client import CoordinatorClient
-from tessera.storage.keyfile import load_keys, save_keys
+from tessera.storage.keyfile import load_keys, load_or_create_keys, save_keys
 from tessera.storage.private import open_private, private_dir, private_file, write_private
 
 PROVIDER_DATASET = "records"
@@ -153,8 +154,16 @@ class Deployment:
 
         return client_ssl_context(self.ca)
 
+    @functools.cached_property
+    def ai_provider_keys(self) -> NodeKeys:
+        """The AI provider's keys: it signs the job and every request about it."""
+        return load_or_create_keys(self.out / "keys" / "ai-provider.key", self.passphrase)
+
     def client(self, patience: float = 120.0) -> CoordinatorClient:
-        return CoordinatorClient(self.coordinator_url, verify=self.verify, patience=patience)
+        """The AI provider's client of the coordinator (its requests signed)."""
+        return CoordinatorClient(
+            self.coordinator_url, verify=self.verify, patience=patience, keys=self.ai_provider_keys
+        )
 
     def _spawn(self, name: str, args: list[str]) -> Process:
         logfile = private_file(self.out / "logs" / f"{name}.log")
@@ -251,7 +260,12 @@ class Deployment:
             dataset.update(backend="table", path="records.parquet")
         else:
             raise ConfigError("records", f"choose table or xapi, not {self.records!r}")
-        config = {"datasets": [dataset], "subjects": subjects}
+        # Statistics go to this deployment's AI provider only.
+        config = {
+            "datasets": [dataset],
+            "subjects": subjects,
+            "ai_providers": [self.ai_provider_keys.public.fingerprint],
+        }
         write_private(folder / "provider.json", json.dumps(config, indent=1))
         return folder / "provider.json"
 

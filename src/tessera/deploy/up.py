@@ -26,7 +26,6 @@ from tessera.deploy.local import PROVIDER_DATASET, Deployment
 from tessera.jobs.document import JobSpec, check_tree_feasible
 from tessera.jobs.records import BaselineResult, RoundRecord
 from tessera.runtime.transport.client import CoordinatorClient
-from tessera.storage.keyfile import load_or_create_keys
 from tessera.storage.private import write_private
 from tessera.training import evaluate
 from tessera.weights import Vector
@@ -167,8 +166,10 @@ def run_job(
     dep.config = cfg
     dep.start_coordinator()
     dep.start_provider()
-    keys = load_or_create_keys(dep.out / "keys" / "ai-provider.key", dep.passphrase)
-    preprocessing = fetch_preprocessing(cfg, dep.provider_url, PROVIDER_DATASET, verify=dep.verify)
+    keys = dep.ai_provider_keys
+    preprocessing = fetch_preprocessing(
+        cfg, dep.provider_url, PROVIDER_DATASET, keys=keys, verify=dep.verify
+    )
     column = cfg.partition.column
     assert column is not None  # Deployment checked it
     doc, weights = build_job(

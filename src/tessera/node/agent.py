@@ -133,7 +133,9 @@ class NodeAgent:
         self.node = NodeId(cfg.node_id)
         self.keys = load_or_create_keys(cfg.keys_path, cfg.passphrase)
         private_dir(cfg.state_dir)  # receipts name the user: 0700 when made here
-        self.client = CoordinatorClient(cfg.coordinator, verify=cfg.verify)
+        self.client = CoordinatorClient(
+            cfg.coordinator, verify=cfg.verify, keys=self.keys, node=self.node
+        )
         self.sandbox = Sandbox(
             cfg.sandbox_limits, isolate_network=cfg.isolate_network, catalogue=cfg.catalogue
         )
@@ -254,7 +256,7 @@ class NodeAgent:
         try:
             while not stop.is_set():
                 wait = self._next_wait()
-                for mail_id, data in self.client.pull_mail(self.node, self.keys, self.cursor, wait):
+                for mail_id, data in self.client.pull_mail(self.cursor, wait):
                     self._on_envelope(data)
                     self.cursor = mail_id
                 self._save_cursor()

@@ -12,11 +12,15 @@ float32) was over the 16 MiB msgpack limit.
 before it stores anything and every machine before it checks a signature:
 a kind that lists ids (a report, a commitment) is never megabytes, and a
 kind no party reads is refused at the relay instead of filling a mailbox.
+``relay_bounds`` narrows them for one job: only the kinds a node sends in
+it, each no larger than the job's model makes it, and a quota per sender
+and round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from tessera.crypto.documents import MAX_DOCUMENT_BYTES
@@ -90,3 +94,53 @@ COORDINATOR_BODY = MAX_ENVELOPE_BYTES
 PROVIDER_BODY = 4 * MAX_DOCUMENT_BYTES
 
 MAX_DOCUMENT = MAX_DOCUMENT_BYTES  # re-exported: documents' own limit lives with their codec
+
+
+#: Kinds a node only ever sends to the coordinator, and kinds it only sends to another node.
+TO_COORDINATOR_ONLY = frozenset({Kind.UPDATE, Kind.DECLINE, Kind.REPORT, Kind.ACCUSE})
+TO_NODE_ONLY = frozenset({Kind.SHARE, Kind.AUDIT_REQUEST})
+#: A decline carries a job id, a round and a reason of at most 500 characters.
+MAX_DECLINE_BYTES = MAX_CONTRIBUTOR_ENVELOPE
+
+
+@dataclass(frozen=True, slots=True)
+class RelayBounds:
+    """What the relay takes from a node in one job: kinds, per-kind sizes, a round's quota."""
+
+    limits: Mapping[Kind, int]
+    count: int  # envelopes one sender may post in one round
+    bytes: int  # and their total size
+
+
+def relay_bounds(
+    n_weights: int, *, secure: bool, k: int = 0, group_size: int = 0, fan_in: int = 0, audit: bool
+) -> RelayBounds:
+    """The bounds for a job of ``n_weights`` weights, from what its protocol sends.
+
+    A plaintext node sends one update or one decline a round. A secure node
+    may hold a contributor's seat (k shares, resent to replacements) and
+    aggregator seats (reports, partial sums, evidence, audit requests and
+    accusations about up to ``fan_in`` children): the quota allows twice
+    that, and no kind a node never sends.
+    """
+    share = min((n_weights + 2) * MAX_RING_BYTES + ENVELOPE_SLACK, MAX_SHARE_BYTES)
+    if not secure:
+        update = min(n_weights * 4 + ENVELOPE_SLACK, MAX_UPDATE_BYTES)
+        limits = {Kind.UPDATE: update, Kind.DECLINE: MAX_DECLINE_BYTES}
+        return RelayBounds(MappingProxyType(limits), count=4, bytes=2 * update)
+    limits = {
+        Kind.SHARE: share,
+        Kind.PARTIAL: share,
+        Kind.REPORT: _NOTICE,
+        Kind.DECLINE: MAX_DECLINE_BYTES,
+    }
+    if audit:
+        evidence = evidence_bytes(n_weights, k=k, group_size=group_size, fan_in=fan_in)
+        limits |= {
+            Kind.EVIDENCE: min(evidence, MAX_ENVELOPE_BYTES),
+            Kind.AUDIT_REQUEST: _NOTICE,
+            Kind.ACCUSE: _NOTICE,
+        }
+    sends = 2 * (2 * k + 3 * fan_in + 4)
+    size = 2 * ((2 * k + 2) * share + (limits.get(Kind.EVIDENCE, 0)) + 4 * _NOTICE)
+    return RelayBounds(MappingProxyType(limits), count=sends, bytes=size)

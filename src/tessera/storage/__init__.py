@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tessera.storage.errors import Conflict, NotFound, Replayed, StoreError
+from tessera.storage.errors import Conflict, NotFound, OverQuota, Replayed, StoreError
 from tessera.storage.records import (
     ConsentRecord,
     EventRecord,
@@ -41,6 +41,7 @@ __all__ = [
     "MailItem",
     "NodeRecord",
     "NotFound",
+    "OverQuota",
     "Replayed",
     "Store",
     "StoreError",

@@ -26,3 +26,7 @@ class NotFound(StoreError):
 
 class Replayed(StoreError):
     """The mailbox already holds a message with this (sender, nonce)."""
+
+
+class OverQuota(StoreError):
+    """A write would take its sender past the count or bytes it is allowed."""

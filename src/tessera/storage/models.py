@@ -10,6 +10,11 @@ Why each shape:
   ``(sender, nonce)`` is unique, which is the replay check.
 - ``event`` is the coordinator's input log, keyed ``(job_id, seq)``; ``round``
   is keyed ``(job_id, round)`` and points at its weights artefact.
+- ``upload`` says who uploaded an artefact (their keys' fingerprint), for
+  per-party quotas; ``job_artefact`` which jobs an artefact belongs to, so
+  only a job's parties may read it.
+- ``request_nonce`` holds the nonces of signed requests until their time
+  leaves the accepted window: a replay within it is refused, restart or not.
 - Documents are JSON; times are double-precision unix seconds.
 
 Only add nullable columns or new tables here: ``create_all`` never alters
@@ -147,4 +152,29 @@ round_ = Table(
     Column("closed_at", Double, nullable=False),
     Column("record", JSON, nullable=False),
     Column("weights", String(64), ForeignKey("artefact.sha256"), nullable=False),
+)
+
+upload = Table(
+    "upload",
+    metadata,
+    Column("owner", String(64), primary_key=True),
+    Column("sha256", String(64), ForeignKey("artefact.sha256"), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+job_artefact = Table(
+    "job_artefact",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("job_id", Text, ForeignKey("job.job_id"), primary_key=True),
+)
+
+request_nonce = Table(
+    "request_nonce",
+    metadata,
+    Column("signer", String(64), primary_key=True),
+    Column("nonce", String(64), primary_key=True),
+    Column("expires_at", Double, nullable=False),
+    Index("ix_request_nonce_expires", "expires_at"),
 )

@@ -37,7 +37,7 @@ from sqlalchemy import Connection, Row, exists, func, select, text
 from tessera.jobs.records import RoundRecord
 from tessera.storage import models as m
 from tessera.storage.database import Database
-from tessera.storage.errors import Conflict, NotFound, Replayed, StoreError
+from tessera.storage.errors import Conflict, NotFound, OverQuota, Replayed, StoreError
 from tessera.storage.records import (
     ConsentRecord,
     EventRecord,
@@ -133,6 +133,69 @@ class Store(Database):
         if hashlib.sha256(data).hexdigest() != sha256:
             raise StoreError(f"artefact {sha256} is corrupted")
         return data
+
+    def put_upload(
+        self, data: bytes, media_type: str, owner: str, *, max_count: int, max_bytes: int
+    ) -> str:
+        """Store an artefact ``owner`` uploaded; OverQuota past their count or bytes.
+
+        A repeat of one of the owner's own uploads is a no-op and costs nothing.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        u = m.upload.c
+        with self._write() as conn:
+            mine = u.owner == owner
+            if conn.execute(select(exists().where(mine & (u.sha256 == digest)))).scalar():
+                return digest
+            count, total = conn.execute(
+                select(func.count(), func.coalesce(func.sum(u.size), 0)).where(mine)
+            ).one()
+            if count + 1 > max_count or total + len(data) > max_bytes:
+                raise OverQuota(
+                    f"upload quota: {count} artefacts of {total} bytes held, "
+                    f"at most {max_count} and {max_bytes} bytes"
+                )
+            self._put_artefact(conn, data, media_type)
+            row = {"owner": owner, "sha256": digest, "size": len(data), "created_at": self._clock()}
+            conn.execute(self._insert(m.upload).values(row))
+        return digest
+
+    def uploaded_by(self, owner: str, sha256: str) -> bool:
+        u = m.upload.c
+        with self._read() as conn:
+            return bool(
+                conn.execute(
+                    select(exists().where((u.owner == owner) & (u.sha256 == sha256)))
+                ).scalar()
+            )
+
+    def link_artefacts(self, job_id: str, shas: Sequence[str]) -> None:
+        """Record that these artefacts belong to ``job_id`` (its parties may read them)."""
+        with self._write() as conn:
+            self._link(conn, job_id, shas)
+
+    def _link(self, conn: Connection, job_id: str, shas: Sequence[str]) -> None:
+        for sha in shas:
+            row = {"sha256": sha, "job_id": job_id}
+            conn.execute(self._insert(m.job_artefact).values(row).on_conflict_do_nothing())
+
+    def artefact_jobs(self, sha256: str) -> list[str]:
+        """The jobs an artefact belongs to."""
+        c = m.job_artefact.c
+        with self._read() as conn:
+            return list(conn.execute(select(c.job_id).where(c.sha256 == sha256)).scalars())
+
+    def use_nonce(self, signer: str, nonce: str, *, expires: float, now: float) -> bool:
+        """Burn a signed request's nonce until ``expires``; False if it is burnt already.
+
+        Nonces whose time has left the accepted window are forgotten here.
+        """
+        n = m.request_nonce.c
+        row = {"signer": signer, "nonce": nonce, "expires_at": expires}
+        with self._write() as conn:
+            conn.execute(m.request_nonce.delete().where(n.expires_at < now))
+            stmt = self._insert(m.request_nonce).values(row).on_conflict_do_nothing()
+            return conn.execute(stmt.returning(n.nonce)).first() is not None
 
     def has_artefact(self, sha256: str) -> bool:
         with self._read() as conn:
@@ -317,10 +380,30 @@ class Store(Database):
         kind: int,
         nonce: bytes,
         data: bytes,
+        quota: tuple[int, int] | None = None,
     ) -> int:
-        """Queue an envelope and return its id; Replayed if (sender, nonce) is stored."""
+        """Queue an envelope and return its id; Replayed if (sender, nonce) is stored.
+
+        ``quota``: at most (count, bytes) of the sender's mail in this job's
+        round, this one included; OverQuota past either.
+        """
         with self._write() as conn:
             self._lock_mailbox(conn)
+            if quota is not None:
+                c = m.mailbox.c
+                seen = (c.sender == sender) & (c.nonce == bytes(nonce))
+                if conn.execute(select(exists().where(seen))).scalar():  # a retry is no new mail
+                    raise Replayed(f"message from {sender!r} with this nonce is already stored")
+                count, total = conn.execute(
+                    select(func.count(), func.coalesce(func.sum(c.size), 0)).where(
+                        (c.job_id == job_id) & (c.round == round) & (c.sender == sender)
+                    )
+                ).one()
+                if count + 1 > quota[0] or total + len(data) > quota[1]:
+                    raise OverQuota(
+                        f"{sender} sent {count} envelopes of {total} bytes in round {round}: "
+                        f"at most {quota[0]} and {quota[1]} bytes"
+                    )
             return self._post(
                 conn,
                 job_id=job_id,
@@ -426,11 +509,14 @@ class Store(Database):
         artefacts: Sequence[tuple[bytes, str]] = (),
         job_update: Mapping[str, Any] | None = None,
         snapshot: bytes | None = None,
+        forget_mail_before: int | None = None,
     ) -> list[int]:
         """Write one consumed event and all it caused, atomically; return the new mail ids.
 
         ``snapshot``: the machine's state once this event is consumed; a restart
         then replays only the events after it (the latest ``SNAPSHOTS_KEPT`` stay).
+        ``artefacts`` are linked to the event's job. ``forget_mail_before``: the
+        job's mail of rounds before it is deleted (retention, see ``coordinator.driver``).
 
         Conflict if ``(job_id, seq)`` is logged already, NotFound for an unknown
         job or a round whose weights artefact is neither stored nor in
@@ -439,7 +525,7 @@ class Store(Database):
         """
         values = _job_values(**(job_update or {}))
         with self._write() as conn:
-            if outgoing:
+            if outgoing or forget_mail_before is not None:
                 self._lock_mailbox(conn)
             self._require_job(conn, event.job_id)
             row = {
@@ -455,7 +541,15 @@ class Store(Database):
             if conn.execute(stmt.returning(m.event.c.seq)).first() is None:
                 raise Conflict(f"event {event.seq} of job {event.job_id!r} is already logged")
             for data, media_type in artefacts:
-                self._put_artefact(conn, data, media_type)
+                sha = self._put_artefact(conn, data, media_type)
+                self._link(conn, event.job_id, [sha])
+            if forget_mail_before is not None:
+                c = m.mailbox.c
+                conn.execute(
+                    m.mailbox.delete().where(
+                        (c.job_id == event.job_id) & (c.round < forget_mail_before)
+                    )
+                )
             for record in rounds:
                 self._put_round(conn, event.job_id, record)
             if values:

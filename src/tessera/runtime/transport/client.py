@@ -5,12 +5,17 @@ up to ``patience`` seconds, so nothing a node sends is lost while the
 coordinator is down; a 4xx answer is final and raised as ``ServiceRefused``
 with the server's reason. Every envelope POST is idempotent on the server
 (a replayed nonce is refused with 409), so retrying one is safe.
+
+Given ``keys``, every request is signed (``runtime.transport.auth``), afresh
+on each retry: as the registered ``node`` when one is given, else as the
+keys' holder (an AI provider).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import ssl
 import time
@@ -62,9 +67,13 @@ class CoordinatorClient:
         verify: ssl.SSLContext | bool = True,
         patience: float = 120.0,
         timeout: float = 60.0,
+        keys: NodeKeys | None = None,
+        node: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.patience = patience
+        self.keys = keys
+        self.node = node
         self.http = httpx.Client(base_url=self.url, verify=verify, timeout=timeout)
 
     def close(self) -> None:
@@ -88,11 +97,31 @@ class CoordinatorClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _get(self, path: str, **kw: Any) -> httpx.Response:
-        return self._retry(lambda: check(self.http.get(path, **kw)))
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """One request, signed when the client holds keys (a fresh nonce each time)."""
+        sent = dict(headers or {})
+        if self.keys is not None:
+            sent.update(
+                sign_request(self.keys, method, path, at=time.time(), node=self.node, body=content)
+            )
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        return check(self.http.request(method, path, content=content, headers=sent, **extra))
 
-    def _post(self, path: str, **kw: Any) -> httpx.Response:
-        return self._retry(lambda: check(self.http.post(path, **kw)))
+    def _get(self, path: str) -> httpx.Response:
+        return self._retry(lambda: self._call("GET", path))
+
+    def _post(self, path: str, *, json_body: object) -> httpx.Response:
+        body = json.dumps(json_body).encode()
+        kind = {"content-type": "application/json"}
+        return self._retry(lambda: self._call("POST", path, content=body, headers=kind))
 
     # -- identities and artefacts ---------------------------------------------------
     def coordinator_keys(self) -> PublicKeys:
@@ -101,19 +130,14 @@ class CoordinatorClient:
 
     def register(self, document: SignedDocument) -> dict[str, Any]:
         result: dict[str, Any] = self._post(
-            "/v1/nodes", json={"document": document.to_json()}
+            "/v1/nodes", json_body={"document": document.to_json()}
         ).json()
         return result
 
     def put_artefact(self, data: bytes, media_type: str) -> str:
         sha = hashlib.sha256(data).hexdigest()
-        self._retry(
-            lambda: check(
-                self.http.put(
-                    f"/v1/artefacts/{sha}", content=data, headers={"content-type": media_type}
-                )
-            )
-        )
+        kind = {"content-type": media_type}
+        self._retry(lambda: self._call("PUT", f"/v1/artefacts/{sha}", content=data, headers=kind))
         return sha
 
     def get_artefact(self, sha256: str) -> bytes:
@@ -125,7 +149,7 @@ class CoordinatorClient:
     # -- jobs ----------------------------------------------------------------------------
     def submit_job(self, document: SignedDocument) -> dict[str, Any]:
         result: dict[str, Any] = self._post(
-            "/v1/jobs", json={"document": document.to_json()}
+            "/v1/jobs", json_body={"document": document.to_json()}
         ).json()
         return result
 
@@ -145,21 +169,22 @@ class CoordinatorClient:
     ) -> dict[str, Any]:
         """Send a consent receipt with the data provider's attestation of this node."""
         body = {"receipt": receipt.to_json(), "attestation": attestation.to_json()}
-        result: dict[str, Any] = self._post(f"/v1/jobs/{job_id}/consents", json=body).json()
+        result: dict[str, Any] = self._post(f"/v1/jobs/{job_id}/consents", json_body=body).json()
         return result
 
     def revoke(self, job_id: str, revocation: SignedDocument, receipt: SignedDocument) -> None:
         self._post(
             f"/v1/jobs/{job_id}/revocations",
-            json={"revocation": revocation.to_json(), "receipt": receipt.to_json()},
+            json_body={"revocation": revocation.to_json(), "receipt": receipt.to_json()},
         )
 
     # -- mail ----------------------------------------------------------------------------
     def post_mail(self, data: bytes) -> int | None:
         """Store one envelope; None when the server already has it (a retried POST)."""
         try:
-            result: int = self._post(
-                "/v1/mail", content=data, headers={"content-type": "application/octet-stream"}
+            kind = {"content-type": "application/octet-stream"}
+            result: int = self._retry(
+                lambda: self._call("POST", "/v1/mail", content=data, headers=kind)
             ).json()["id"]
         except ServiceRefused as exc:
             if exc.status == 409 and "replayed" in exc.detail:
@@ -167,9 +192,10 @@ class CoordinatorClient:
             raise
         return result
 
-    def pull_mail(
-        self, node: str, keys: NodeKeys, after: int, wait: float
-    ) -> list[tuple[int, bytes]]:
+    def pull_mail(self, after: int, wait: float) -> list[tuple[int, bytes]]:
+        """This node's envelopes after id ``after`` (a client made with ``node`` and keys)."""
+        if self.keys is None or self.node is None:
+            raise TesseraError("pulling a mailbox needs the node's id and keys")
         # A retry (the coordinator restarting) waits only what is left: the caller's
         # timers are due at the original deadline, not one long poll later.
         deadline = time.monotonic() + wait
@@ -177,8 +203,7 @@ class CoordinatorClient:
         def call() -> httpx.Response:
             left = max(0.0, deadline - time.monotonic())
             path = f"/v1/mail?after={after}&wait={left:.3f}"
-            headers = sign_request(keys, node, "GET", path, time.time())
-            return check(self.http.get(path, headers=headers, timeout=left + 30))
+            return self._call("GET", path, timeout=left + 30)
 
         raw = msgpack.unpackb(self._retry(call).content, raw=False)
         return [(int(i), bytes(d)) for i, d in raw]

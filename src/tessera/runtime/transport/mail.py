@@ -78,6 +78,19 @@ def weights_artefact(weights: Vector) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+def check_weights_artefact(data: bytes) -> int:
+    """The length of the weights vector ``data`` holds; RemoteProtocolError if it holds none."""
+    try:
+        shape = st_load(data).get("weights", np.zeros((0, 0))).shape
+    except Exception as exc:  # safetensors raises its own error types
+        raise RemoteProtocolError(f"weights artefact is not safetensors: {exc}") from None
+    if len(shape) != 1:
+        raise RemoteProtocolError("a weights artefact holds one float32 vector named weights")
+    sha = hashlib.sha256(data).hexdigest()
+    read_weights_artefact(data, sha, shape[0])
+    return int(shape[0])
+
+
 def read_weights_artefact(data: bytes, sha256: str, length: int) -> Vector:
     """Check the hash, then parse; a mismatch is the server's fault."""
     if hashlib.sha256(data).hexdigest() != sha256:
