@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from tessera.crypto.envelope import ReplayGuard
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.data.prepare import Preprocessor
 from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.jobs.beacon import commitment
 from tessera.jobs.document import JobSpec
 from tessera.protocol.effects import Send
 from tessera.protocol.messages import TrainRequest, UpdateSubmission
@@ -151,11 +153,18 @@ def receipt(
     return grant_consent(keys, terms)
 
 
+def beacon_secret(node_id: str) -> bytes:
+    """The beacon secret a kit node commits to (fixed, so a test can reveal it)."""
+    return hashlib.sha256(b"coordinator-kit-beacon|" + node_id.encode()).digest()
+
+
 def attestation(
     keys: NodeKeys, node_id: str, job: SignedDocument, *, provider: NodeKeys = PROVIDER_KEYS
 ) -> SignedDocument:
     """The data provider's word that ``node_id`` (``keys``) stands for one consenting user."""
+    committed = commitment(beacon_secret(node_id), job_digest=job.digest, node=node_id)
     body = {
+        "commitment": committed,
         "job_id": job.body["job_id"],
         "job_digest": job.digest,
         "provider": provider.public.fingerprint,
@@ -179,6 +188,7 @@ class Harness:
 
     db: Path
     max_body: int = MAX_BODY
+    reveal_wait: float = 300.0
     service: CoordinatorService = field(init=False)
     server: RunningServer = field(init=False)
     http: httpx.Client = field(init=False)
@@ -192,7 +202,7 @@ class Harness:
 
     def start(self) -> None:
         store = Store(f"sqlite:///{self.db}")
-        self.service = CoordinatorService(store, COORDINATOR_KEYS)
+        self.service = CoordinatorService(store, COORDINATOR_KEYS, reveal_wait=self.reveal_wait)
         app = create_coordinator_app(self.service, max_body=self.max_body)
         self.server = serve_in_thread(app)
         self.http = httpx.Client(base_url=self.server.url, timeout=30)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,33 +81,41 @@ class Replay(DeviceModel):
 
 
 class KillWhenOpen(threading.Thread):
-    """Freezes a node (SIGSTOP) the moment the coordinator opens ``round``, then kills it."""
+    """Freezes the ``victim`` (SIGSTOP) the moment the coordinator opens ``round``, then
+    kills it. The victim depends on the trees, which depend on the job's beacon: it is
+    chosen once the participants' reveals have fixed it."""
 
-    def __init__(self, dep: Deployment, index: int, *, round: int) -> None:
+    def __init__(self, dep: Deployment, *, round: int) -> None:
         super().__init__(daemon=True)
-        self.dep, self.index, self.round = dep, index, round
+        self.dep, self.round = dep, round
         self.stop = threading.Event()
+        self.index = -1
+        self.beacon = b""
         self.frozen_in: int | None = None  # the round that was open when it froze
 
     def run(self) -> None:
-        name = self.dep.node_id(self.index)
-        while not (self.dep.coordinator_url and name in self.dep.processes):
+        while not (self.dep.coordinator_url and len(self.dep.processes) > NODES):
             if self.stop.wait(0.05):
                 return
         with self.dep.client(patience=5) as client:
             while not self.stop.wait(0.02):
                 try:
-                    current = client.status(self.dep.config.job.name).get("current_round")
+                    status = client.status(self.dep.config.job.name)
                 except ServiceRefused:  # not submitted yet
                     continue
+                if self.index < 0 and status.get("beacon"):
+                    self.beacon = bytes.fromhex(status["beacon"])
+                    self.index = victim(self.dep, self.beacon)
+                current = status.get("current_round") if self.index >= 0 else None
                 if current is not None and current >= self.round:
+                    name = self.dep.node_id(self.index)
                     self.dep.processes[name].popen.send_signal(signal.SIGSTOP)
                     self.frozen_in = current
                     self.dep.kill_node(self.index)
                     return
 
 
-def victim(dep: Deployment) -> int:
+def victim(dep: Deployment, beacon: bytes) -> int:
     """A node with no seat (nor a backup's) in round 2 and an aggregator's seat in round 3.
 
     Killed mid-round 2, it then has one effect to replay: whether its update
@@ -117,9 +125,8 @@ def victim(dep: Deployment) -> int:
     cfg = dep.config
     nodes = [dep.node_id(i) for i in range(NODES)]
     orgs = dict(zip(nodes, dep.job.organisations or [None] * NODES, strict=True))
-    check = TreeCheck(
-        round_params_of(cfg), nodes, secure_params_of(cfg, clip_norm=1.0, max_weight=1.0).tree, orgs
-    )
+    tree = secure_params_of(cfg, clip_norm=1.0, max_weight=1.0).tree
+    check = TreeCheck(round_params_of(cfg), nodes, tree, orgs, beacon=beacon)
     seated = {n for g in check.tree(1).groups for n in (*g.aggregators, *g.backups)}
     serving = {n for g in check.tree(2).groups for n in g.aggregators}
     return next(i for i, n in enumerate(nodes) if n not in seated and n in serving)
@@ -141,10 +148,9 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     simulation_keyed(dep)
     records: list[RoundRecord] = []
     deployed: list[Vector] = []
-    killed_index = victim(dep)
     # Watch the coordinator itself, not the AI provider's evaluated rounds (which
     # lag): the victim is frozen within a poll of round 2 opening, killed after.
-    killer = KillWhenOpen(dep, killed_index, round=1)
+    killer = KillWhenOpen(dep, round=1)
     killer.start()
 
     def on_round(rec: RoundRecord, weights: Vector) -> None:
@@ -167,6 +173,7 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     assert all(r.bytes_up > 0 and r.bytes_down > 0 for r in records)  # counted from the mailbox
     assert len(records[0].included) == NODES  # everyone alive in round 1
     assert killer.frozen_in == 1, "the victim was not frozen while round 2 was open"
+    killed_index = killer.index
     assert dep.node_id(killed_index) not in records[2].included  # dead by round 3
     assert records[2].participants >= NODES - 2
 
@@ -180,7 +187,9 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
         dead=killed_index,
     )
     simulated: list[Vector] = []
-    sim = simulate(dep.job, secure=True, devices=replay, on_round=lambda _, w: simulated.append(w))
+    # The simulator replays the deployment's trees: the same beacon in every tree seed.
+    job = replace(dep.job, beacon=killer.beacon)
+    sim = simulate(job, secure=True, devices=replay, on_round=lambda _, w: simulated.append(w))
     assert [r.included for r in sim.rounds] == [r.included for r in records]
     assert sim.rounds[2].aggregators_failed == 1  # the victim's seat in round 3
     for r, (ours, theirs) in enumerate(zip(deployed, simulated, strict=True)):

@@ -53,6 +53,7 @@ def _ask(provider: ProviderService, user: str, node: str) -> httpx.Response:
         audience=provider.provider.public.fingerprint,
         node=node,
         user=user,
+        commitment="ab" * 32,
         at=provider.now(),
     )
     body = {
@@ -100,6 +101,7 @@ def test_an_unenrolled_key_gets_no_attestation(provider: ProviderService) -> Non
         audience=provider.provider.public.fingerprint,
         node="sybil",
         user=user,
+        commitment="ab" * 32,
         at=provider.now(),
     )
     body = {

@@ -111,8 +111,9 @@ _NONCE = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ASK_KEYS = frozenset({"job_id", "job_digest", "audience", "node", "user", "nonce", "at"})
 _REQUEST_KEYS = _ASK_KEYS | {"dataset", "fields"}
+_ATTEST_KEYS = _ASK_KEYS | {"commitment"}
 _ATTESTATION_KEYS = frozenset(
-    {"job_id", "job_digest", "provider", "node", "node_key", "consent", "issued_at"}
+    {"job_id", "job_digest", "provider", "node", "node_key", "consent", "commitment", "issued_at"}
 )
 
 
@@ -120,7 +121,9 @@ _ATTESTATION_KEYS = frozenset(
 class RecordsRequest:
     """The checked body of a records (or attestation) request, and who signed it.
 
-    An attestation request has no dataset (``""``) and no fields.
+    An attestation request has no dataset (``""``) and no fields, but the node's
+    ``commitment`` to its beacon secret (``tessera.jobs.beacon``), which the
+    attestation carries so that nobody can swap it later.
     """
 
     job_id: str
@@ -133,6 +136,7 @@ class RecordsRequest:
     nonce: str
     at: float
     signer: PublicKeys
+    commitment: str = ""
 
     @classmethod
     def from_document(cls, doc: SignedDocument, kind: str = REQUEST_KIND) -> RecordsRequest:
@@ -145,7 +149,7 @@ class RecordsRequest:
         except RemoteProtocolError as exc:
             raise ConsentError(f"{kind} refused: {exc}") from None
         records = kind == REQUEST_KIND
-        keys = _REQUEST_KEYS if records else _ASK_KEYS
+        keys = _REQUEST_KEYS if records else _ATTEST_KEYS
         if set(body) != keys:
             raise RemoteProtocolError(f"{kind} must have exactly " + ", ".join(sorted(keys)))
         names = ("job_id", "node", "user", "dataset") if records else ("job_id", "node", "user")
@@ -154,7 +158,9 @@ class RecordsRequest:
         nonce, at = body["nonce"], body["at"]
         if not all(isinstance(t, str) and t for t in texts):
             raise RemoteProtocolError(f"{kind}: {', '.join(names)} must be strings")
-        for name in ("job_digest", "audience"):
+        for name in (
+            ("job_digest", "audience") if records else ("job_digest", "audience", "commitment")
+        ):
             if not isinstance(body[name], str) or not _HEX64.fullmatch(body[name]):
                 raise RemoteProtocolError(f"{kind}: {name} must be 64 lowercase hex digits")
         if not isinstance(fields, list) or not all(isinstance(f, str) and f for f in fields):
@@ -174,6 +180,7 @@ class RecordsRequest:
             nonce=nonce,
             at=float(at),
             signer=doc.signer,
+            commitment="" if records else body["commitment"],
         )
 
 
@@ -217,16 +224,21 @@ def sign_attestation_request(
     audience: str,
     node: str,
     user: str,
+    commitment: str,
     at: float,
     nonce: str | None = None,
 ) -> SignedDocument:
-    """The node asks its data provider (``audience``) to vouch for it in this job."""
+    """The node asks its data provider (``audience``) to vouch for it in this job.
+
+    ``commitment`` is the node's commitment to its beacon secret for the job.
+    """
     body: dict[str, Any] = {
         "job_id": job_id,
         "job_digest": job_digest,
         "audience": audience,
         "node": node,
         "user": user,
+        "commitment": commitment,
         "nonce": secrets.token_hex(16) if nonce is None else nonce,
         "at": float(at),
     }
@@ -240,12 +252,13 @@ def check_attestation(
     job_digest: str,
     node: str,
     node_keys: PublicKeys,
-) -> None:
+) -> str:
     """That ``attestation`` is the data provider's word that ``node`` (with ``node_keys``)
     stands for one consenting user in the job ``job_digest``; ``ConsentError`` if not.
 
     ``provider`` is the fingerprint of the job's data provider, read from the
-    signed job document (never from the attestation itself).
+    signed job document (never from the attestation itself). Returns the
+    node's beacon commitment the attestation carries.
     """
     if not isinstance(attestation, SignedDocument):
         raise ConsentError(f"{node} has no attestation from the data provider")
@@ -261,6 +274,10 @@ def check_attestation(
         raise ConsentError(f"the attestation of {node} is for another job document")
     if body["node"] != node or body["node_key"] != node_keys.fingerprint:
         raise ConsentError(f"the attestation names another node or key than {node}'s")
+    commitment = body["commitment"]
+    if not isinstance(commitment, str) or not _HEX64.fullmatch(commitment):
+        raise ConsentError(f"the attestation of {node} carries no beacon commitment")
+    return commitment
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,6 +522,7 @@ class RecordsGate:
             "node": asked.node,
             "node_key": asked.signer.fingerprint,
             "consent": consent.digest,
+            "commitment": asked.commitment,
             "issued_at": now,
         }
         return sign_document(self._identity, ATTESTATION_KIND, body)

@@ -12,8 +12,9 @@ Who may call what (``coordinator.access`` enforces it; docs/architecture.md):
 ================================  =================================================
 public                            health, coordinator keys, a job's document (what a
                                   user reads before consenting), node registration
-                                  (self-signed), consents and revocations (signed by
-                                  the user), job submission (signed by its AI
+                                  (self-signed), consents, revocations and beacon
+                                  reveals (signed by the user's node), job
+                                  submission (signed by its AI
                                   provider), envelopes (signed by a participant)
 AI provider (KeySignature)        upload initial weights (hash-checked, per-key
                                   quota), its jobs' full status, their artefacts
@@ -124,6 +125,13 @@ class ConsentSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
     receipt: Document
     attestation: Document
+
+
+class RevealSubmission(BaseModel):
+    """A participant's signed reveal of the beacon secret its attestation commits to."""
+
+    model_config = ConfigDict(extra="forbid")
+    reveal: Document
 
 
 class RevocationSubmission(BaseModel):
@@ -298,6 +306,11 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
     @app.post("/v1/jobs/{job_id}/consents", status_code=201, responses=_DOCUMENT_POST)
     def consent(job_id: str, body: ConsentSubmission) -> dict[str, Any]:
         return service.consent(job_id, body.receipt.model_dump(), body.attestation.model_dump())
+
+    @app.post("/v1/jobs/{job_id}/reveals", responses=_refusals(400, 403, 404, 409, 413, 422))
+    def reveal(job_id: str, body: RevealSubmission) -> dict[str, Any]:
+        """A participant's beacon secret; the last one fixes the trees' beacon and starts."""
+        return service.reveal(job_id, body.reveal.model_dump())
 
     @app.post("/v1/jobs/{job_id}/revocations", responses=_DOCUMENT_POST)
     def revoke(job_id: str, body: RevocationSubmission) -> dict[str, Any]:

@@ -99,7 +99,9 @@ class JobDriver(Observer):
         organisations: Mapping[NodeId, str | None],
         clock: Callable[[], float] = time.time,
         on_sent: Callable[[list[str]], None] | None = None,
+        beacon: bytes = b"",
     ) -> None:
+        """``beacon``: a secure job's tree beacon, fixed by the participants' reveals."""
         self.store = store
         self.spec = spec
         self.keys = keys
@@ -126,7 +128,7 @@ class JobDriver(Observer):
         self._args = (spec.round_params(), list(participants), initial, spec.strategy)
         self._kwargs: dict[str, Any] = (
             {
-                "secure": spec.secure_params(),
+                "secure": replace(spec.secure_params(), beacon=beacon),
                 "keys": keys,
                 "directory": self.directory,
                 "organisations": dict(organisations),

@@ -24,6 +24,7 @@ from tessera.crypto.envelope import EnvelopeHeader, peek, verify_envelope
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
+from tessera.jobs.beacon import beacon_of, read_reveal
 from tessera.jobs.document import JobSpec, check_tree_feasible
 from tessera.protocol.kinds import REGISTRATION_KIND, Kind
 from tessera.protocol.limits import (
@@ -37,7 +38,16 @@ from tessera.protocol.limits import (
     relay_bounds,
 )
 from tessera.runtime.transport.mail import check_weights_artefact, read_weights_artefact
-from tessera.storage import Conflict, JobRecord, MailItem, NotFound, OverQuota, Replayed, Store
+from tessera.storage import (
+    Conflict,
+    ConsentRecord,
+    JobRecord,
+    MailItem,
+    NotFound,
+    OverQuota,
+    Replayed,
+    Store,
+)
 
 log = logging.getLogger("tessera.coordinator")
 
@@ -106,6 +116,10 @@ UPLOAD_COUNT = 8
 UPLOAD_BYTES = 4 * (MAX_PARAMETERS * 4 + (64 << 10))
 
 
+#: Seconds a secure job's frozen participants have to reveal their beacon secrets.
+REVEAL_WAIT = 300.0
+
+
 class CoordinatorService:
     def __init__(
         self,
@@ -114,7 +128,11 @@ class CoordinatorService:
         *,
         clock: Callable[[], float] = time.time,
         upload_quota: tuple[int, int] = (UPLOAD_COUNT, UPLOAD_BYTES),
+        reveal_wait: float = REVEAL_WAIT,
     ) -> None:
+        """``reveal_wait``: seconds a secure job's participants have, once it froze them,
+        to reveal their beacon secrets before the job fails (nodes reveal at once)."""
+        self.reveal_wait = reveal_wait
         self.store = store
         self.upload_quota = upload_quota
         self.keys = keys
@@ -123,13 +141,21 @@ class CoordinatorService:
         self.drivers: dict[str, JobDriver] = {}
         self._keys_cache: dict[str, PublicKeys] = {COORDINATOR: keys.public}
         self._bounds: dict[str, RelayBounds] = {}
+        self._reveal_timers: dict[str, threading.Timer] = {}
         self._lock = threading.RLock()
 
     # -- lifecycle ------------------------------------------------------------------
     def resume(self) -> None:
-        """Restart the drivers of every running job, from their event logs."""
+        """Restart the drivers of every running job, from their event logs.
+
+        A secure job still collecting beacon reveals waits for them again (its
+        deadline counts from its start, so a restart does not extend it).
+        """
         for job in self.store.list_jobs():
             if job.state != "running":
+                continue
+            if self._awaits_beacon(job):
+                self._arm_reveal_deadline(job)
                 continue
             try:
                 driver = self._driver(job)
@@ -145,6 +171,8 @@ class CoordinatorService:
             driver.run_in_thread()
 
     def close(self) -> None:
+        for timer in self._reveal_timers.values():
+            timer.cancel()
         for driver in self.drivers.values():
             driver.stop()
 
@@ -257,6 +285,7 @@ class CoordinatorService:
             "current_round": job.current_round,
             "final_weights": job.final_weights,
             "error": job.error or None,
+            "beacon": job.beacon,
             "rounds": [r.to_json() for r in self.store.rounds(job_id)],
             "refused": driver.refusals[-20:] if driver else [],
         }
@@ -382,8 +411,113 @@ class CoordinatorService:
                 current_round=0,
                 error="" if job.error else None,  # no longer waiting for a tree
             )
+            job = self.store.get_job(job_id)
+            if self._awaits_beacon(job):  # the trees wait for the participants' secrets
+                self._arm_reveal_deadline(job)
+                self.signal.notify(participants)  # their polls return: time to reveal
+                log.info("%s: participants fixed; waiting for their beacon reveals", job_id)
+                return
+            self._run_driver(job)
+
+    # -- the tree beacon (jobs.beacon) --------------------------------------------------
+    def _awaits_beacon(self, job: JobRecord) -> bool:
+        return job.beacon is None and self.spec(job).secure
+
+    def reveal_deadline(self, job: JobRecord) -> float:
+        """When a secure job fails for want of reveals: ``reveal_wait`` after its start."""
+        return (job.started_at or self.clock()) + self.reveal_wait
+
+    def reveal(self, job_id: str, document: object) -> dict[str, Any]:
+        """Take a participant's beacon reveal; the last one fixes the beacon and starts."""
+        doc = parse_document(document, "reveal")
+        with self._lock:
+            job = self.job(job_id)
+            node = doc.body.get("node")
+            if job.state != "running" or not isinstance(node, str):
+                raise Refused(409, f"job {job_id!r} is not collecting beacon reveals")
+            if node not in (job.participants or ()):
+                raise Refused(403, f"{node!r} is not a participant of {job_id}")
+            if not self.spec(job).secure:
+                raise Refused(409, f"job {job_id!r} has no trees, hence no beacon")
+            if job.beacon is not None:
+                return {"job_id": job_id, "node": node, "beacon": job.beacon}
+            keys = self.public_keys(node)
+            consent = self._consent_of(job_id, node)
+            assert keys is not None  # participants are registered nodes
             try:
-                driver = self._driver(self.store.get_job(job_id))
+                committed = check_attestation(
+                    None
+                    if consent.attestation is None
+                    else SignedDocument.from_json(consent.attestation),
+                    provider=self.spec(job).data.provider,
+                    job_digest=job.digest,
+                    node=node,
+                    node_keys=keys,
+                )
+                read_reveal(
+                    doc, node=node, node_keys=keys, job_digest=job.digest, committed=committed
+                )
+            except (ConsentError, RemoteProtocolError) as exc:
+                raise Refused(403, str(exc)) from None
+            self.store.add_reveal(job_id, node, doc.to_json())
+            self._fix_beacon_if_complete(job)
+            job = self.store.get_job(job_id)
+        return {"job_id": job_id, "node": node, "beacon": job.beacon}
+
+    def _consent_of(self, job_id: str, node: str) -> ConsentRecord:
+        found = [c for c in self.store.consents(job_id) if c.node_id == node and c.attestation]
+        if not found:
+            raise Refused(403, f"{node} holds no attested consent to {job_id}")
+        return found[-1]
+
+    def _fix_beacon_if_complete(self, job: JobRecord) -> None:
+        """Every participant revealed: fix the beacon, start the rounds."""
+        revealed: dict[str, bytes] = {}
+        for c in self.store.consents(job.job_id):
+            if c.reveal is not None and c.node_id in (job.participants or ()):
+                revealed[c.node_id] = bytes.fromhex(str(c.reveal["body"]["secret"]))
+        if set(revealed) != set(job.participants or ()):
+            return
+        beacon = beacon_of(job.digest, revealed).hex()
+        self.store.update_job(job.job_id, beacon=beacon)
+        timer = self._reveal_timers.pop(job.job_id, None)
+        if timer is not None:
+            timer.cancel()
+        log.info("%s: beacon %s... fixed by %d reveals", job.job_id, beacon[:16], len(revealed))
+        self._run_driver(self.store.get_job(job.job_id))
+
+    def _arm_reveal_deadline(self, job: JobRecord) -> None:
+        wait = max(0.0, self.reveal_deadline(job) - self.clock())
+        timer = threading.Timer(wait, self._reveals_overdue, args=(job.job_id,))
+        timer.daemon = True
+        self._reveal_timers[job.job_id] = timer
+        timer.start()
+
+    def _reveals_overdue(self, job_id: str) -> None:
+        """Not everyone revealed in time: the job fails, naming who did not.
+
+        Starting without them would let whoever relays the reveals choose the
+        beacon (by dropping some), so the job does not start at all.
+        """
+        with self._lock:
+            job = self.store.get_job(job_id)
+            if job.state != "running" or job.beacon is not None:
+                return
+            revealed = {c.node_id for c in self.store.consents(job_id) if c.reveal is not None}
+            silent = sorted(set(job.participants or ()) - revealed)
+            reason = (
+                f"{len(silent)} participant(s) did not reveal their beacon secret in time "
+                f"({', '.join(silent[:5])}{', ...' if len(silent) > 5 else ''}): "
+                "the trees cannot be fixed without them"
+            )
+            self.store.update_job(job_id, state="failed", error=reason)
+            log.error("%s: %s", job_id, reason)
+
+    def _run_driver(self, job: JobRecord) -> None:
+        job_id = job.job_id
+        with self._lock:
+            try:
+                driver = self._driver(job)
                 driver.start()
             except (ConfigError, RemoteProtocolError) as exc:  # no tree fits; weights don't
                 self.drivers.pop(job_id, None)
@@ -391,7 +525,7 @@ class CoordinatorService:
                 log.error("%s: cannot start: %s", job_id, exc)
                 return
             driver.run_in_thread()
-            log.info("%s: started with %d participants", job_id, len(participants))
+            log.info("%s: started with %d participants", job_id, len(job.participants or ()))
 
     def _driver(self, job: JobRecord) -> JobDriver:
         participants = [NodeId(n) for n in job.participants or ()]
@@ -410,6 +544,7 @@ class CoordinatorService:
             organisations=organisations,
             clock=self.clock,
             on_sent=self.signal.notify,
+            beacon=bytes.fromhex(job.beacon) if job.beacon else b"",
         )
         self.drivers[job.job_id] = driver
         return driver
@@ -434,10 +569,12 @@ class CoordinatorService:
                     "organisation": record.organisation,
                     "registration": record.document,
                     "attestation": consents[node].attestation if node in consents else None,
+                    "reveal": consents[node].reveal if node in consents else None,
                 }
             )
         return {
             "job_id": job_id,
+            "beacon": job.beacon,
             "coordinator": base64.b64encode(self.keys.public.to_bytes()).decode(),
             "participants": out,
         }

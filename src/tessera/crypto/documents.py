@@ -46,6 +46,7 @@ class DocumentKind(StrEnum):
     RECORDS_REQUEST = "records-request"  # a node asks its data provider for its user's rows
     ATTESTATION_REQUEST = "attestation-request"  # a node asks its provider to vouch for it
     ATTESTATION = "attestation"  # the provider: this node stands for one consenting user
+    BEACON_REVEAL = "beacon-reveal"  # a participant's secret, committed in its attestation
     REQUEST = "request"  # a signed HTTP request (a node pulling its mailbox)
 
 

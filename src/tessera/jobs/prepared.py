@@ -52,6 +52,7 @@ class PreparedJob:
     feature_names: tuple[str, ...]
     classes: tuple[object, ...]
     organisations: tuple[str | None, ...] | None = None  # per node, when declared
+    beacon: bytes = b""  # a deployment's tree beacon, to replay it exactly (SecureParams)
 
     @property
     def task(self) -> Task:

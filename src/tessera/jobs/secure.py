@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tessera.crypto.fixedpoint import choose_ring
 from tessera.jobs.prepared import PreparedJob, secure_params_of
@@ -12,9 +12,10 @@ from tessera.protocol.topology import derive_tree
 
 def secure_params(job: PreparedJob) -> SecureParams:
     assert job.recipe.clip_norm is not None  # the config refuses secure jobs without it
-    return secure_params_of(
+    params = secure_params_of(
         job.config, clip_norm=job.recipe.clip_norm, max_weight=float(job.node_samples.max())
     )
+    return replace(params, beacon=job.beacon)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from tessera.crypto.keys import PublicKeys
 from tessera.data.prepare import Preprocessor
 from tessera.errors import ConfigError, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
+from tessera.jobs.beacon import beacon_of, commitment, new_secret, read_reveal, sign_reveal
 from tessera.jobs.document import JobSpec
 from tessera.protocol import Aggregator, Contributor, Node, TreeCheck
 from tessera.protocol.contributor import SecureContext
@@ -141,6 +142,7 @@ class NodeAgent:
         )
         self.jobs: dict[str, _Job] = {}
         self.finished: set[str] = set()
+        self.revealed: set[str] = set()  # jobs we sent our beacon reveal to (or need not)
         self.cursor = self._load_cursor()
         self._coordinator_keys: PublicKeys | None = None
 
@@ -204,13 +206,16 @@ class NodeAgent:
             audience=self.cfg.provider_key,
             node=self.node,
             user=self.cfg.subject,
+            commitment=commitment(
+                self._beacon_secret(spec), job_digest=spec.digest, node=self.node
+            ),
             at=time.time(),
         )
         body = {"job": spec.document.to_json(), "consent": receipt.to_json()}
         answer = self._provider_post("/v1/attestations", {**body, "request": request.to_json()})
         attestation = SignedDocument.from_json(answer.json())
         try:  # the provider's answer is checked as every peer will check it
-            check_attestation(
+            committed = check_attestation(
                 attestation,
                 provider=self.cfg.provider_key,
                 job_digest=spec.digest,
@@ -219,8 +224,46 @@ class NodeAgent:
             )
         except ConsentError as exc:
             raise RemoteProtocolError(f"the data provider's attestation: {exc}") from None
+        if committed != request.body["commitment"]:
+            raise RemoteProtocolError("the data provider's attestation carries another commitment")
         _write_json(saved, attestation.to_json())
         return attestation
+
+    # -- the tree beacon (jobs.beacon) -----------------------------------------------------
+    def _beacon_secret(self, spec: JobSpec) -> bytes:
+        """This node's beacon secret for the job: drawn once, kept 0600 until revealed."""
+        path = self.cfg.state_dir / "beacon" / f"{spec.job_id}.secret"
+        if path.exists():
+            return bytes.fromhex(path.read_text())
+        secret = new_secret()
+        private_dir(path.parent)
+        write_private(path, secret.hex())
+        return secret
+
+    def _reveal_pending(self) -> bool:
+        """Reveal our beacon secret to every job that froze its participants; True if any
+        job we consented to still waits for its participants to be fixed."""
+        waiting = False
+        for job_id in self.cfg.consent_to:
+            if job_id in self.revealed or job_id in self.finished:
+                continue
+            try:
+                listing = self.client.participants(job_id)
+            except ServiceRefused as exc:
+                waiting = waiting or exc.status == 409  # not started: still waiting
+                continue
+            spec = JobSpec.from_document(self.client.job_document(job_id))
+            if spec.secure and self.node in {p["node_id"] for p in listing["participants"]}:
+                reveal = sign_reveal(
+                    self.keys,
+                    job_id=spec.job_id,
+                    job_digest=spec.digest,
+                    node=self.node,
+                    secret=self._beacon_secret(spec),
+                )
+                self.client.reveal(job_id, reveal)
+            self.revealed.add(job_id)
+        return waiting
 
     def _provider_post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """POST to this node's own data provider (its URL from the user, never a job's)."""
@@ -256,6 +299,8 @@ class NodeAgent:
         try:
             while not stop.is_set():
                 wait = self._next_wait()
+                if self._reveal_pending():  # the coordinator wakes our poll when it freezes
+                    wait = min(wait, 2.0)
                 for mail_id, data in self.client.pull_mail(self.cursor, wait):
                     self._on_envelope(data)
                     self.cursor = mail_id
@@ -319,6 +364,7 @@ class NodeAgent:
         coordinator = self._coordinator()
         directory: dict[NodeId, PublicKeys] = {COORDINATOR: coordinator}
         organisations: dict[NodeId, str | None] = {}
+        secrets_by_node: dict[str, bytes] = {}
         for entry in listing["participants"]:
             doc = SignedDocument.from_json(entry["registration"])
             body = verify_document(doc, kind=REGISTRATION_KIND)
@@ -327,16 +373,26 @@ class NodeAgent:
             node = NodeId(entry["node_id"])
             # Before anything is sent: every participant is vouched for by the job's data
             # provider, so the coordinator cannot seat nodes of its own around us.
-            vouched = entry.get("attestation")
+            vouched, revealed = entry.get("attestation"), entry.get("reveal")
             try:
-                check_attestation(
+                committed = check_attestation(
                     None if vouched is None else SignedDocument.from_json(vouched),
                     provider=spec.data.provider,
                     job_digest=spec.digest,
                     node=node,
                     node_keys=doc.signer,
                 )
-            except ConsentError as exc:
+                if spec.secure:  # the trees' beacon: every secret, each the committed one
+                    if revealed is None:
+                        raise RemoteProtocolError(f"{node} has not revealed its beacon secret")
+                    secrets_by_node[node] = read_reveal(
+                        SignedDocument.from_json(revealed),
+                        node=node,
+                        node_keys=doc.signer,
+                        job_digest=spec.digest,
+                        committed=committed,
+                    )
+            except (ConsentError, RemoteProtocolError) as exc:
                 raise RemoteProtocolError(f"refusing to take part in {job_id}: {exc}") from None
             directory[node] = doc.signer
             organisations[node] = body.get("organisation")
@@ -352,6 +408,7 @@ class NodeAgent:
                 secure.tree,
                 organisations,
                 audit=(secure.audit, secure.audit_fraction),
+                beacon=beacon_of(spec.digest, secrets_by_node),
             )
             machine = Node(
                 Contributor(

@@ -109,6 +109,10 @@ class SecureParams:
     # once the sum has arrived (``Aggregator.draws_audit``): cheaper, and a tamperer is
     # still caught with this probability per sum it forges.
     audit_fraction: float = 1.0
+    # The job's public beacon, mixed into every round's tree seed: fixed by the
+    # participants' commit-reveal once the participants are frozen, so nobody could
+    # predict (or grind) the trees when choosing who takes part. Empty in the simulator.
+    beacon: bytes = b""
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
@@ -211,6 +215,7 @@ class SecureCoordinator(Coordinator):
             nodes=self.organisations,
             contributors=cohort,
             params=self.secure.tree,
+            beacon=self.secure.beacon,
         )
         ring = choose_ring(
             bound=self.secure.term_bound, terms=len(cohort), min_frac_bits=self.secure.min_frac_bits

@@ -28,10 +28,14 @@ class TreeCheck:
         nodes: Sequence[NodeId],
         tree: TreeParams,
         organisations: Mapping[NodeId, str | None] | None = None,
+        *,
         audit: tuple[bool, float] | None = None,
+        beacon: bytes = b"",
     ) -> None:
-        """``audit``: the job's (secure.audit, secure.audit_fraction), to check roles by."""
+        """``audit``: the job's (secure.audit, secure.audit_fraction), to check roles by;
+        ``beacon``: the job's public beacon (``SecureParams.beacon``)."""
         self.params = params
+        self.beacon = beacon
         self.audit = audit
         self.nodes = tuple(nodes)
         self.tree_params = tree
@@ -47,6 +51,7 @@ class TreeCheck:
                 nodes=self.organisations,
                 contributors=cohort,
                 params=self.tree_params,
+                beacon=self.beacon,
             )
             self._cached = (round, tree)
         return self._cached[1]

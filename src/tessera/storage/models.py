@@ -81,6 +81,8 @@ job = Table(
     Column("final_weights", String(64), nullable=True),
     Column("error", Text, nullable=True),
     Column("current_round", Integer, nullable=True),
+    # A secure job's tree beacon (hex), fixed once every participant revealed its secret.
+    Column("beacon", String(64), nullable=True),
 )
 
 consent = Table(
@@ -97,6 +99,8 @@ consent = Table(
     Column("added_at", Double, nullable=False),
     # The data provider's attestation that the node stands for one consenting user.
     Column("attestation", _NullableJSON, nullable=True),
+    # The participant's signed reveal of the beacon secret its attestation commits to.
+    Column("reveal", _NullableJSON, nullable=True),
     UniqueConstraint("job_id", "node_id", "digest", name="uq_consent_digest"),
     sqlite_autoincrement=True,
 )

@@ -33,6 +33,7 @@ class JobRecord:
     final_weights: str | None
     error: str | None
     current_round: int | None
+    beacon: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ConsentRecord:
     revocation: dict[str, Any] | None
     added_at: float
     attestation: dict[str, Any] | None = None
+    reveal: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

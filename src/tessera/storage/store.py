@@ -62,9 +62,11 @@ def _job_values(
     final_weights: str | None = None,
     error: str | None = None,
     current_round: int | None = None,
+    beacon: str | None = None,
 ) -> dict[str, Any]:
     """The columns an update sets; None means "leave as is". TypeError on unknown keys."""
     values = {
+        "beacon": beacon,
         "state": state,
         "participants": None if participants is None else list(participants),
         "started_at": started_at,
@@ -291,6 +293,7 @@ class Store(Database):
         final_weights: str | None = None,
         error: str | None = None,
         current_round: int | None = None,
+        beacon: str | None = None,
     ) -> None:
         """Set the given fields (None leaves a field unchanged); NotFound for an unknown job."""
         values = _job_values(
@@ -301,6 +304,7 @@ class Store(Database):
             final_weights=final_weights,
             error=error,
             current_round=current_round,
+            beacon=beacon,
         )
         with self._write() as conn:
             self._update_job(conn, job_id, values)
@@ -359,6 +363,16 @@ class Store(Database):
             if not conn.execute(select(exists().where(mine))).scalar():
                 raise NotFound(f"no consent from {node_id!r} for job {job_id!r}")
         return bool(changed)
+
+    def add_reveal(self, job_id: str, node_id: str, document: dict[str, Any]) -> None:
+        """Keep a participant's beacon reveal with its (unrevoked) consents; the first stays."""
+        c = m.consent.c
+        with self._write() as conn:
+            conn.execute(
+                m.consent.update()
+                .where((c.job_id == job_id) & (c.node_id == node_id) & c.reveal.is_(None))
+                .values(reveal=document)
+            )
 
     def consents(self, job_id: str) -> list[ConsentRecord]:
         """Every receipt for the job, revoked ones included, oldest first."""
@@ -666,6 +680,7 @@ def _job(r: Row[Any]) -> JobRecord:
         final_weights=r.final_weights,
         error=r.error,
         current_round=r.current_round,
+        beacon=r.beacon,
     )
 
 
@@ -680,6 +695,7 @@ def _consent(r: Row[Any]) -> ConsentRecord:
         revocation=r.revocation,
         added_at=r.added_at,
         attestation=r.attestation,
+        reveal=r.reveal,
     )
 
 

@@ -46,7 +46,12 @@ def build_secure(
     # Every node checks the tree it is handed; in one process they share the derivation.
     orgs = dict(zip(node_ids, organisations, strict=True)) if organisations else None
     check = TreeCheck(
-        params, node_ids, secure.tree, orgs, audit=(secure.audit, secure.audit_fraction)
+        params,
+        node_ids,
+        secure.tree,
+        orgs,
+        audit=(secure.audit, secure.audit_fraction),
+        beacon=secure.beacon,
     )
     nodes = [
         Node(

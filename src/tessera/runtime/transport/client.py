@@ -172,6 +172,12 @@ class CoordinatorClient:
         result: dict[str, Any] = self._post(f"/v1/jobs/{job_id}/consents", json_body=body).json()
         return result
 
+    def reveal(self, job_id: str, reveal: SignedDocument) -> dict[str, Any]:
+        """Send this participant's beacon reveal (``jobs.beacon``)."""
+        body = {"reveal": reveal.to_json()}
+        result: dict[str, Any] = self._post(f"/v1/jobs/{job_id}/reveals", json_body=body).json()
+        return result
+
     def revoke(self, job_id: str, revocation: SignedDocument, receipt: SignedDocument) -> None:
         self._post(
             f"/v1/jobs/{job_id}/revocations",
