@@ -24,6 +24,7 @@ from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.data_provider.gate_state import SqlGateState
 from tessera.errors import RemoteProtocolError
+from tessera.ids import job_id_of
 
 A = NodeKeys.from_seed(b"gate-node-a")
 B = NodeKeys.from_seed(b"gate-node-b")
@@ -32,12 +33,13 @@ P = NodeKeys.from_seed(b"gate-provider")  # the data provider itself
 T0 = 1_780_000_000.0
 FIELDS = ("gcsescore", "score")
 DATA = {"provider": P.public.fingerprint, "dataset": "chem97", "fields": list(FIELDS)}
-JOB = sign_document(AI, "job", {"job_id": "job-1", "data": DATA})
+JOB = sign_document(AI, "job", {"name": "job-1", "data": DATA})
+JID = job_id_of("job-1", JOB.digest)  # the job's id, derived from its document
 
 
 def job(signer: NodeKeys = AI, **data: Any) -> SignedDocument:
     """A job document whose ``data`` differs from ``JOB``'s by ``data``."""
-    return sign_document(signer, "job", {"job_id": "job-1", "data": {**DATA, **data}})
+    return sign_document(signer, "job", {"name": "job-1", "data": {**DATA, **data}})
 
 
 SUBJECTS = {"school-1": A.public.fingerprint, "school-2": B.public.fingerprint}
@@ -45,7 +47,7 @@ SUBJECTS = {"school-1": A.public.fingerprint, "school-2": B.public.fingerprint}
 
 def consent(keys: NodeKeys = A, subject: str = "school-1", **changes: Any) -> SignedDocument:
     values: dict[str, Any] = {
-        "job_id": "job-1",
+        "job_id": JID,
         "job_digest": JOB.digest,
         "purpose": "research",
         "data_categories": FIELDS,
@@ -61,7 +63,7 @@ def consent(keys: NodeKeys = A, subject: str = "school-1", **changes: Any) -> Si
 
 def request(keys: NodeKeys = A, user: str = "school-1", **changes: Any) -> SignedDocument:
     values: dict[str, Any] = {
-        "job_id": "job-1",
+        "job_id": JID,
         "job_digest": JOB.digest,
         "audience": P.public.fingerprint,
         "node": f"node-{user}",
@@ -135,7 +137,8 @@ def test_nonces_are_forgotten_once_the_request_is_stale_anyway() -> None:
 
 def _for(other: SignedDocument, reason: str) -> tuple[dict[str, Any], str]:
     """A case presenting ``other`` with a request that names it (its digest)."""
-    return {"job": other, "request": request(job_digest=other.digest)}, reason
+    named = job_id_of(str(other.body.get("name", "")), other.digest)
+    return {"job": other, "request": request(job_id=named, job_digest=other.digest)}, reason
 
 
 @pytest.mark.parametrize(
@@ -158,12 +161,12 @@ def _for(other: SignedDocument, reason: str) -> tuple[dict[str, Any], str]:
         ({"consent": consent(subject="school-2")}, "records of 'school-2', not 'school-1'"),
         ({"consent": consent(ai_provider="0" * 64)}, "consent names AI provider 00000000"),
         ({"consent": consent(job_digest="0" * 64)}, "another version of job"),
-        _for(sign_document(B, "job", JOB.body), "another version of job"),
-        _for(sign_document(AI, "job", {"job_id": "job-2"}), "not the one the request names"),
+        _for(sign_document(B, "job", JOB.body), "consent is for job"),
+        ({"job": sign_document(AI, "job", {"name": "job-2"})}, "not the one the request names"),
         _for(job(dataset="x"), "the job asks for dataset 'x', not 'chem97'"),
         _for(job(fields=["score"]), "the job does not ask for field\\(s\\) 'gcsescore'"),
         (
-            {"job": SignedDocument("job", {"job_id": "job-2"}, AI.public, JOB.signature)},
+            {"job": SignedDocument("job", {"name": "job-2"}, AI.public, JOB.signature)},
             "job: bad signature",
         ),
         # Security finding 1: a request bound to its audience, its job document and a job
@@ -173,7 +176,7 @@ def _for(other: SignedDocument, reason: str) -> tuple[dict[str, Any], str]:
             "meant for data provider",
         ),
         _for(job(provider=B.public.fingerprint), "does not name this data provider"),
-        _for(sign_document(AI, "job", {"job_id": "job-1"}), "does not name this data provider"),
+        _for(sign_document(AI, "job", {"name": "job-1"}), "does not name this data provider"),
         ({"job": job(purpose="changed")}, "not the one the request names"),
         (
             {"request": SignedDocument("records-request", {}, A.public, JOB.signature)},
@@ -192,7 +195,7 @@ def test_refusals(changes: dict[str, Any], reason: str) -> None:
     [
         {"dataset": "other"},
         {"fields": ("score",)},
-        {"request": sign_document(A, "records-request", {"job_id": "job-1"})},
+        {"request": sign_document(A, "records-request", {"job_id": JID})},
         {"request": request(nonce="not-hex")},
     ],
 )

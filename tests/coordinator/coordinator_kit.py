@@ -32,7 +32,7 @@ from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.envelope import ReplayGuard
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.data.prepare import Preprocessor
-from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.ids import COORDINATOR, JobId, NodeId, job_id_of
 from tessera.jobs.beacon import commitment
 from tessera.jobs.document import JobSpec
 from tessera.protocol.effects import Send
@@ -50,15 +50,16 @@ from tessera.storage import Store
 
 AI = NodeKeys.from_seed(b"coordinator-kit-ai")
 COORDINATOR_KEYS = NodeKeys.from_seed(b"coordinator-kit-coordinator")
-JOB = "tiny"
+NAME = "tiny"  # the tiny job's name; its id (JOB, below) is derived from its document
 PROVIDER_KEYS = NodeKeys.from_seed(b"coordinator-kit-provider")  # the job's data provider
 PROVIDER = PROVIDER_KEYS.public.fingerprint
 PURPOSE = "predict A-level chemistry grades"
+CREATED_AT = 1_780_000_000.0
 FIELDS = ["gcsescore", "gender"]
 N_WEIGHTS = 12  # linear: 3 inputs (gcsescore, gender one-hot) x 3 grades + 3 biases
 
 
-def tiny_config(name: str = JOB, *, rounds: int = 2) -> JobConfig:
+def tiny_config(name: str = NAME, *, rounds: int = 2) -> JobConfig:
     """A plaintext job: every consenting node trains every round; rounds wait for all."""
     return parse_config(
         {
@@ -97,7 +98,7 @@ def preprocessing() -> dict[str, Any]:
 
 @functools.cache
 def tiny_job(
-    name: str = JOB, *, rounds: int = 2, min_consents: int = 3
+    name: str = NAME, *, rounds: int = 2, min_consents: int = 3
 ) -> tuple[SignedDocument, bytes]:
     """The AI provider's signed job document and its initial weights (built once)."""
     doc, weights = build_job(
@@ -109,9 +110,18 @@ def tiny_job(
         preprocessing=preprocessing(),
         min_consents=min_consents,
         purpose=PURPOSE,
+        created_at=CREATED_AT,  # one document, one id, in every test process
     )
     assert doc.body["weights"]["length"] == N_WEIGHTS
     return doc, weights
+
+
+def job_id(doc: SignedDocument) -> str:
+    """The id a job document gets: its name and its digest's first digits."""
+    return job_id_of(str(doc.body["name"]), doc.digest)
+
+
+JOB = job_id(tiny_job()[0])  # the tiny job's id (the document is built once per process)
 
 
 def registration(
@@ -165,7 +175,7 @@ def attestation(
     committed = commitment(beacon_secret(node_id), job_digest=job.digest, node=node_id)
     body = {
         "commitment": committed,
-        "job_id": job.body["job_id"],
+        "job_id": job_id(job),
         "job_digest": job.digest,
         "provider": provider.public.fingerprint,
         "node": node_id,
@@ -236,7 +246,7 @@ class Harness:
     def consent(self, job: SignedDocument, node: Node) -> httpx.Response:
         node.receipt = receipt(node.keys, node.id, job)
         return self.http.post(
-            f"/v1/jobs/{job.body['job_id']}/consents",
+            f"/v1/jobs/{job_id(job)}/consents",
             json=consent_body(node.receipt, node.keys, job),
         )
 
@@ -313,7 +323,9 @@ class Node:
             self.cursor = items[-1][0]
         return [data for _, data in items]
 
-    def train_requests(self, harness: Harness, wait: float = 0.0) -> list[TrainRequest]:
+    def train_requests(
+        self, harness: Harness, wait: float = 0.0, job_id: str | None = None
+    ) -> list[TrainRequest]:
         """Open every new envelope: only train requests from the coordinator arrive here."""
         coordinator = harness.service.keys.public
         out = []
@@ -326,7 +338,7 @@ class Node:
                 event = from_envelope(
                     data,
                     me=NodeId(self.id),
-                    job_id=JOB,
+                    job_id=JOB if job_id is None else job_id,
                     keys=self.keys,
                     directory={COORDINATOR: coordinator},
                     replay=self.replay,

@@ -38,6 +38,7 @@ from .coordinator_kit import (
     Node,
     attestation,
     consent_body,
+    job_id,
     post_mail,
     receipt,
     registration,
@@ -338,9 +339,13 @@ def test_job_documents_are_checked(coord: Harness) -> None:
     before = coord.snapshot()
     coord.submit(doc, weights)  # the same document again: idempotent
     assert coord.snapshot() == before
+    # Security finding 1: ids are derived from the document, so nobody can take a job's
+    # id first: a changed document (anyone's, of the same name) is another job.
     changed = sign_document(AI, "job", {**doc.body, "purpose": "another purpose"})
     answer = coord.http.post("/v1/jobs", json={"document": changed.to_json()})
-    refused(coord, answer, 409, f"job {JOB!r} exists with another document", before)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["job_id"] == job_id(changed) != JOB
+    assert coord.status(JOB)["digest"] == doc.digest  # the first job is untouched
 
 
 def test_consent_receipts_are_checked(shared: Harness, nodes: dict[str, Node]) -> None:

@@ -11,6 +11,7 @@ replayed only the events since the last snapshot.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +29,12 @@ from tessera.storage import Store
 from .coordinator_kit import (
     AI,
     COORDINATOR_KEYS,
+    CREATED_AT,
     PROVIDER,
     PURPOSE,
     Node,
     consent_body,
+    job_id,
     preprocessing,
     receipt,
     registration,
@@ -40,11 +43,12 @@ from .coordinator_kit import (
 
 ROUNDS = 60
 KILL_AT = 50
-JOB = "long"
+NAME = "long"
 
 
+@functools.cache
 def long_job() -> tuple[SignedDocument, bytes]:
-    cfg = tiny_config(JOB, rounds=ROUNDS)
+    cfg = tiny_config(NAME, rounds=ROUNDS)
     cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"name": "fedadam"})})
     return build_job(
         cfg,
@@ -55,7 +59,11 @@ def long_job() -> tuple[SignedDocument, bytes]:
         preprocessing=preprocessing(),
         min_consents=3,
         purpose=PURPOSE,
+        created_at=CREATED_AT,
     )
+
+
+JOB = job_id(long_job()[0])  # derived from the document
 
 
 def wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:

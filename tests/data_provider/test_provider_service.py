@@ -27,6 +27,7 @@ from tessera.data.connectors import (
 from tessera.data_provider.app import create_provider_app, load_provider_config
 from tessera.data_provider.gate_state import SqlGateState
 from tessera.errors import ConfigError, DataError
+from tessera.ids import job_id_of
 from tessera.runtime.transport.auth import sign_request
 from tessera.runtime.transport.serve import serve_in_thread
 
@@ -47,20 +48,21 @@ def job(dataset: str) -> SignedDocument:
         AI,
         "job",
         {
-            "job_id": f"job-{dataset}",
+            "name": f"job-{dataset}",
             "data": {"provider": P.public.fingerprint, "dataset": dataset, "fields": FIELDS},
         },
     )
 
 
 JOBS = {name: job(name) for name in ("chem97", "chem97-lrs")}
+IDS = {name: job_id_of(f"job-{name}", doc.digest) for name, doc in JOBS.items()}  # derived
 
 
 def consent(
     keys: NodeKeys = A, subject: str = "1", dataset: str = "chem97", **changes: Any
 ) -> SignedDocument:
     values: dict[str, Any] = {
-        "job_id": f"job-{dataset}",
+        "job_id": IDS[dataset],
         "job_digest": JOBS[dataset].digest,
         "purpose": "predict A-level chemistry scores",
         "data_categories": tuple(FIELDS),
@@ -84,7 +86,7 @@ def records_body(
 ) -> dict[str, Any]:
     request = sign_records_request(
         keys,
-        job_id=f"job-{dataset}",
+        job_id=IDS[dataset],
         job_digest=JOBS[dataset].digest,
         audience=P.public.fingerprint,
         node=f"node-{subject}",
@@ -404,8 +406,8 @@ def test_a_stale_request_is_refused(http: httpx.Client) -> None:
 @pytest.mark.parametrize("part", ["request", "consent", "job"])
 def test_a_tampered_document_is_refused(http: httpx.Client, part: str) -> None:
     body = records_body()
-    key = {"request": "at", "consent": "expires_at", "job": "job_id"}[part]
-    body[part]["body"][key] = T0 + 1 if key != "job_id" else "job-chem97"
+    key = {"request": "at", "consent": "expires_at", "job": "name"}[part]
+    body[part]["body"][key] = T0 + 1 if key != "name" else "job-chem98"
     body[part]["body"]["tampered"] = True
     refused(http.post("/v1/records", json=body), 403, "bad signature")
 
@@ -539,11 +541,12 @@ def test_records_json_turns_missing_values_into_null(tmp_path: Path) -> None:
         subjects={"u": keys.public.fingerprint},
         now=lambda: T0,
     )
-    doc = sign_document(AI, "job", {"job_id": "job-t", "data": {"provider": P.public.fingerprint}})
+    doc = sign_document(AI, "job", {"name": "job-t", "data": {"provider": P.public.fingerprint}})
+    jid = job_id_of("job-t", doc.digest)
     receipt = grant_consent(
         keys,
         ConsentTerms(
-            job_id="job-t",
+            job_id=jid,
             job_digest=doc.digest,
             purpose="p",
             data_categories=("v", "w"),
@@ -555,7 +558,7 @@ def test_records_json_turns_missing_values_into_null(tmp_path: Path) -> None:
     )
     request = sign_records_request(
         keys,
-        job_id="job-t",
+        job_id=jid,
         job_digest=doc.digest,
         audience=P.public.fingerprint,
         node="u",

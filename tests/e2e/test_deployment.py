@@ -90,22 +90,23 @@ class KillWhenOpen(threading.Thread):
         self.dep, self.round = dep, round
         self.stop = threading.Event()
         self.index = -1
+        self.job_id = ""  # derived from the job's document: known once it is submitted
         self.beacon = b""
         self.frozen_in: int | None = None  # the round that was open when it froze
 
     def run(self) -> None:
-        while not (self.dep.coordinator_url and len(self.dep.processes) > NODES):
+        while not (self.job_id and len(self.dep.processes) > NODES):
             if self.stop.wait(0.05):
                 return
         with self.dep.client(patience=5) as client:
             while not self.stop.wait(0.02):
                 try:
-                    status = client.status(self.dep.config.job.name)
+                    status = client.status(self.job_id)
                 except ServiceRefused:  # not submitted yet
                     continue
                 if self.index < 0 and status.get("beacon"):
                     self.beacon = bytes.fromhex(status["beacon"])
-                    self.index = victim(self.dep, self.beacon)
+                    self.index = victim(self.dep, self.job_id, self.beacon)
                 current = status.get("current_round") if self.index >= 0 else None
                 if current is not None and current >= self.round:
                     name = self.dep.node_id(self.index)
@@ -115,7 +116,7 @@ class KillWhenOpen(threading.Thread):
                     return
 
 
-def victim(dep: Deployment, beacon: bytes) -> int:
+def victim(dep: Deployment, job_id: str, beacon: bytes) -> int:
     """A node with no seat (nor a backup's) in round 2 and an aggregator's seat in round 3.
 
     Killed mid-round 2, it then has one effect to replay: whether its update
@@ -126,7 +127,7 @@ def victim(dep: Deployment, beacon: bytes) -> int:
     nodes = [dep.node_id(i) for i in range(NODES)]
     orgs = dict(zip(nodes, dep.job.organisations or [None] * NODES, strict=True))
     tree = secure_params_of(cfg, clip_norm=1.0, max_weight=1.0).tree
-    check = TreeCheck(round_params_of(cfg), nodes, tree, orgs, beacon=beacon)
+    check = TreeCheck(round_params_of(cfg, job_id=job_id), nodes, tree, orgs, beacon=beacon)
     seated = {n for g in check.tree(1).groups for n in (*g.aggregators, *g.backups)}
     serving = {n for g in check.tree(2).groups for n in g.aggregators}
     return next(i for i, n in enumerate(nodes) if n not in seated and n in serving)
@@ -162,7 +163,13 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
             dep.start_coordinator()  # same database, same port: it resumes
 
     try:
-        result = run_job(dep, on_round=on_round, timeout=240, poll=0.05)
+        result = run_job(
+            dep,
+            on_round=on_round,
+            on_started=lambda job_id: setattr(killer, "job_id", job_id),
+            timeout=240,
+            poll=0.05,
+        )
     finally:
         killer.stop.set()
         killer.join(10)
@@ -187,8 +194,9 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
         dead=killed_index,
     )
     simulated: list[Vector] = []
-    # The simulator replays the deployment's trees: the same beacon in every tree seed.
-    job = replace(dep.job, beacon=killer.beacon)
+    # The simulator replays the deployment's trees: the same job id and beacon in every
+    # tree seed (and the job id in every envelope and rounding coin).
+    job = replace(dep.job, beacon=killer.beacon, job_id=killer.job_id)
     sim = simulate(job, secure=True, devices=replay, on_round=lambda _, w: simulated.append(w))
     assert [r.included for r in sim.rounds] == [r.included for r in records]
     assert sim.rounds[2].aggregators_failed == 1  # the victim's seat in round 3

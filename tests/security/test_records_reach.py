@@ -20,10 +20,12 @@ import pytest
 from tests.coordinator.coordinator_kit import AI, preprocessing, tiny_config
 
 from tessera.ai_provider.client import build_job
-from tessera.consent import sign_records_request
+from tessera.consent import ConsentError, sign_records_request
 from tessera.crypto.keys import NodeKeys
 from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.node.agent import AgentConfig, NodeAgent
+from tessera.runtime.transport.client import CoordinatorClient
+from tessera.runtime.transport.mail import WEIGHTS_MEDIA_TYPE
 from tessera.runtime.transport.urls import require_https
 from tessera.testing import chem97_job
 from tessera.testing.provider import ProviderService, serve_provider
@@ -127,3 +129,76 @@ def test_a_node_with_a_user_needs_its_own_provider(tmp_path: Path) -> None:
                 subject="1",
             )
         )
+
+
+def test_consent_and_revocation_bind_the_document_and_the_ai_provider() -> None:
+    """A revocation counts for the receipt's job document and AI provider, nothing else."""
+    from tessera.consent import ConsentTerms, check_consent, grant_consent, revoke_consent
+    from tessera.crypto.documents import sign_document
+
+    user = NodeKeys.from_seed(b"tessera-tests|user")
+    terms = ConsentTerms(
+        job_id="job-1",
+        job_digest="d" * 64,
+        purpose="p",
+        data_categories=("score",),
+        ai_provider="a" * 64,
+        user="node-1",
+        issued_at=0.0,
+        expires_at=100.0,
+    )
+    receipt = grant_consent(user, terms)
+    honest = revoke_consent(user, receipt=receipt, at=10.0)
+    assert set(honest.body) >= {"job_digest", "ai_provider"}
+
+    def check(*revocations: object) -> object:
+        return check_consent(
+            receipt,
+            job_id="job-1",
+            job_digest="d" * 64,
+            user="node-1",
+            now=20.0,
+            revocations=revocations,  # type: ignore[arg-type]
+        )
+
+    for field in ("job_digest", "ai_provider"):
+        other = sign_document(user, "revocation", {**honest.body, field: "0" * 64})
+        assert check(other) == terms  # names another document or provider: not this consent
+    with pytest.raises(ConsentError, match="consent revoked"):
+        check(honest)
+
+
+def test_nobody_can_take_a_jobs_id_first(tmp_path: Path) -> None:
+    """An attacker submits a job of the same name first: the real one still gets its own id."""
+    from tests.coordinator.coordinator_kit import (
+        CREATED_AT,
+        PROVIDER,
+        Harness,
+        job_id,
+        tiny_config,
+        tiny_job,
+    )
+
+    real, weights = tiny_job()
+    squatter = NodeKeys.from_seed(b"tessera-tests|squatter")
+    fake, fake_weights = build_job(
+        tiny_config(),
+        squatter,
+        provider=PROVIDER,
+        dataset="records",
+        user_field="school",
+        preprocessing=preprocessing(),
+        min_consents=3,
+        purpose="the very same words",
+        created_at=CREATED_AT,
+    )
+    coord = Harness(tmp_path / "coordinator.db")
+    try:
+        with CoordinatorClient(coord.url, patience=5.0, keys=squatter) as client:
+            client.put_artefact(fake_weights, WEIGHTS_MEDIA_TYPE)
+            first = client.submit_job(fake)
+        coord.submit(real, weights)
+        assert first["job_id"] == job_id(fake) != job_id(real)
+        assert coord.status(job_id(real))["digest"] == real.digest
+    finally:
+        coord.stop()

@@ -25,7 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.coordinator.coordinator_kit import AI, JOB, Harness, Node, post_mail, tiny_job
+from tests.coordinator.coordinator_kit import AI, JOB, Harness, Node, job_id, post_mail, tiny_job
 
 from tessera.crypto.envelope import seal
 from tessera.crypto.keys import NodeKeys
@@ -302,7 +302,8 @@ def test_a_flooding_sender_is_stopped_by_its_round_quota(
 
 
 def test_mail_of_a_closed_round_is_deleted(coord: Harness, nodes: dict[str, Node]) -> None:
-    doc, weights = tiny_job(JOB, rounds=3)
+    doc, weights = tiny_job(rounds=3)
+    jid = job_id(doc)
     coord.submit(doc, weights)
     trio = [nodes[name] for name in ("node-a", "node-b", "node-c")]
     for node in trio:
@@ -310,17 +311,18 @@ def test_mail_of_a_closed_round_is_deleted(coord: Harness, nodes: dict[str, Node
     store, public = coord.service.store, coord.service.keys.public
     for r in range(3):
         for node in trio:
-            [request] = node.train_requests(coord, wait=10)
+            [request] = node.train_requests(coord, wait=10, job_id=jid)
             assert request.round == r
-            assert post_mail(coord, node.update(public, r)).status_code == 202
+            assert post_mail(coord, node.update(public, r, job_id=jid)).status_code == 202
         if r < 2:
-            coord.wait_for(f"round {r} closed", lambda s, r=r: s["current_round"] == r + 1)
+            at = f"round {r} closed"
+            coord.wait_for(at, lambda s, r=r: s["current_round"] == r + 1, jid)
             kept = {r, r + 1}  # this round (its traffic, late refusals) and the next
-            assert {k for k in range(3) if store.round_traffic(JOB, k)} == kept
-    coord.wait_for("finished", lambda s: s["state"] == "finished")
-    assert all(not store.round_traffic(JOB, k) for k in range(3))
+            assert {k for k in range(3) if store.round_traffic(jid, k)} == kept
+    coord.wait_for("finished", lambda s: s["state"] == "finished", jid)
+    assert all(not store.round_traffic(jid, k) for k in range(3))
     # Deleted mail does not re-open a replay: an old round's envelope is refused anyway.
-    assert post_mail(coord, trio[0].update(public, 0)).status_code == 409
+    assert post_mail(coord, trio[0].update(public, 0, job_id=jid)).status_code == 409
 
 
 # -- the signed-request scheme itself ---------------------------------------------------------

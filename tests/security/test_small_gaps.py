@@ -17,6 +17,7 @@ from tests.coordinator.coordinator_kit import (
     Harness,
     Node,
     consent_body,
+    job_id,
     receipt,
     registration,
     tiny_job,
@@ -70,7 +71,7 @@ def coord(tmp_path: Path) -> Iterator[Harness]:
 def test_a_job_no_tree_can_serve_waits_and_says_why(coord: Harness) -> None:
     doc, weights = _secure_job()
     coord.submit(doc, weights)
-    job_id = doc.body["job_id"]
+    jid = job_id(doc)
     for node_id, org in _organisations().items():
         node = Node.make(node_id)
         signed = registration(node.keys, node.id, organisation=org)
@@ -78,8 +79,8 @@ def test_a_job_no_tree_can_serve_waits_and_says_why(coord: Harness) -> None:
         assert answer.status_code == 201, answer.text
         rec = receipt(node.keys, node.id, doc)
         body = consent_body(rec, node.keys, doc)
-        assert coord.http.post(f"/v1/jobs/{job_id}/consents", json=body).status_code == 201
-    status = coord.status(job_id)
+        assert coord.http.post(f"/v1/jobs/{jid}/consents", json=body).status_code == 201
+    status = coord.status(jid)
     assert status["state"] == "waiting"  # not started and failed: it waits for other consents
     assert status["valid_consents"] == N
     assert "no tree fits these participants' organisations" in status["error"]

@@ -21,6 +21,7 @@ from tests.coordinator.coordinator_kit import (
     Harness,
     Node,
     beacon_secret,
+    job_id,
     tiny_job,
 )
 
@@ -115,38 +116,38 @@ def _frozen(coord: Harness) -> tuple[SignedDocument, dict[str, Node]]:
 
 def _reveal(coord: Harness, doc: SignedDocument, node: Node, secret: bytes) -> int:
     reveal = sign_reveal(
-        node.keys, job_id=doc.body["job_id"], job_digest=doc.digest, node=node.id, secret=secret
+        node.keys, job_id=job_id(doc), job_digest=doc.digest, node=node.id, secret=secret
     )
-    url = f"/v1/jobs/{doc.body['job_id']}/reveals"
+    url = f"/v1/jobs/{job_id(doc)}/reveals"
     return coord.http.post(url, json={"reveal": reveal.to_json()}).status_code
 
 
 def test_no_round_opens_before_every_participant_revealed(coord: Harness) -> None:
     doc, nodes = _frozen(coord)
-    job_id = doc.body["job_id"]
-    status = coord.status(job_id)
+    jid = job_id(doc)
+    status = coord.status(jid)
     assert status["state"] == "running" and status["beacon"] is None
-    assert job_id not in coord.service.drivers  # no tree exists yet, for anyone
+    assert jid not in coord.service.drivers  # no tree exists yet, for anyone
     first = nodes["node-a"]
     assert _reveal(coord, doc, first, b"\x01" * 32) == 403  # not its committed secret
     for node in nodes.values():
         assert _reveal(coord, doc, node, beacon_secret(node.id)) == 200
     expected = beacon_of(doc.digest, {n: beacon_secret(n) for n in NAMES})
-    assert coord.status(job_id)["beacon"] == expected.hex()
+    assert coord.status(jid)["beacon"] == expected.hex()
     coord.wait_for(
-        "round 0 open", lambda s: s["current_round"] == 0 and s["state"] == "running", job_id
+        "round 0 open", lambda s: s["current_round"] == 0 and s["state"] == "running", jid
     )
-    assert job_id in coord.service.drivers
+    assert jid in coord.service.drivers
 
 
 def test_a_job_whose_participants_do_not_all_reveal_fails(coord: Harness) -> None:
     doc, nodes = _frozen(coord)
-    job_id = doc.body["job_id"]
+    jid = job_id(doc)
     for node in list(nodes.values())[:-1]:  # the coordinator "loses" the last reveal
         assert _reveal(coord, doc, node, beacon_secret(node.id)) == 200
-    coord.wait_for("failed", lambda s: s["state"] == "failed", job_id, timeout=15)
-    status = coord.status(job_id)
+    coord.wait_for("failed", lambda s: s["state"] == "failed", jid, timeout=15)
+    status = coord.status(jid)
     assert "did not reveal their beacon secret" in status["error"]
     assert "node-d" in status["error"] and status["beacon"] is None
     time.sleep(0.1)
-    assert job_id not in coord.service.drivers
+    assert jid not in coord.service.drivers

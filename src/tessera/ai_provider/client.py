@@ -84,10 +84,12 @@ def build_job(
     preprocessing: dict[str, Any],
     min_consents: int,
     purpose: str,
+    created_at: float | None = None,
 ) -> tuple[SignedDocument, bytes]:
     """The signed job document and its initial weights (safetensors bytes).
 
-    ``provider`` is the data provider's key fingerprint (``fetch_provider_key``).
+    ``provider`` is the data provider's key fingerprint (``fetch_provider_key``);
+    ``created_at`` defaults to now (it is signed: the job's id depends on it).
     """
     pre = Preprocessor.from_json(preprocessing)
     spec, recipe = model_spec_of(cfg, pre), recipe_of(cfg)
@@ -110,6 +112,7 @@ def build_job(
         ),
         purpose=purpose,
         min_consents=min_consents,
+        created_at=created_at,
     )
     return doc, data
 

@@ -81,6 +81,7 @@ from tessera.crypto.documents import (
 )
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
+from tessera.ids import job_id_of
 
 __all__ = [
     "ATTESTATION_KIND",
@@ -463,7 +464,9 @@ class RecordsGate:
             job_body = verify_document(job, kind="job")
         except RemoteProtocolError as exc:
             raise ConsentError(str(exc)) from None
-        if job_body.get("job_id") != asked.job_id or job.digest != asked.job_digest:
+        name = job_body.get("name")
+        named = isinstance(name, str) and job_id_of(name, job.digest) == asked.job_id
+        if not named or job.digest != asked.job_digest:
             raise ConsentError(
                 f"the job document is not the one the request names ({asked.job_id!r}, "
                 f"digest {asked.job_digest[:16]}...)"

@@ -12,7 +12,8 @@ there, when it differs from the node id) and a validity window. The
 receipt's own digest names it.
 
 A revocation is a ``"revocation"`` document signed by the same key, naming
-the receipt's digest, job and user and the instant it takes effect. Only the
+the receipt's digest, the job (id and document digest), the AI provider,
+the user and the instant it takes effect. Only the
 key that granted a consent can revoke it: a revocation signed by anyone
 else, or naming another receipt, is ignored.
 
@@ -72,7 +73,9 @@ _TERMS_KEYS = frozenset(
     }
 )
 _OPTIONAL_TERMS_KEYS = frozenset({"subject"})
-_REVOCATION_KEYS = frozenset({"job_id", "user", "receipt", "revoked_at"})
+_REVOCATION_KEYS = frozenset(
+    {"job_id", "job_digest", "ai_provider", "user", "receipt", "revoked_at"}
+)
 
 
 def when(t: float) -> str:
@@ -191,6 +194,8 @@ def revoke_consent(keys: NodeKeys, *, receipt: SignedDocument, at: float) -> Sig
     terms = _receipt_terms(receipt)
     body = {
         "job_id": terms.job_id,
+        "job_digest": terms.job_digest,
+        "ai_provider": terms.ai_provider,
         "user": terms.user,
         "receipt": receipt.digest,
         "revoked_at": _instant("at", at),
@@ -214,8 +219,9 @@ def revocation_time(
         )
     if body["receipt"] != receipt.digest:
         raise ConsentError("revocation names another consent receipt")
-    if body["job_id"] != terms.job_id or body["user"] != terms.user:
-        raise ConsentError("revocation names another job or user than the receipt")
+    named = (body["job_id"], body["job_digest"], body["ai_provider"], body["user"])
+    if named != (terms.job_id, terms.job_digest, terms.ai_provider, terms.user):
+        raise ConsentError("revocation names another job, AI provider or user than the receipt")
     try:
         return _instant("revoked_at", body["revoked_at"])
     except ValueError as exc:

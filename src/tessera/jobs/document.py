@@ -5,7 +5,9 @@ JSON document (kind "job"): the job config, the declarative model spec, the
 recipe, the feature encoding (aggregate statistics from the data provider's
 catalogue), the initial weights by SHA-256, the data it asks for, purpose and
 minimum of consents. Its digest names the job in consent receipts, so a
-receipt can never be reused for a changed job.
+receipt can never be reused for a changed job, and makes its id: the job's
+name plus the digest's first digits (``ids.job_id_of``), so no one can take
+a job's id first, and the id a user is told names one document.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ from tessera.crypto.documents import (
 )
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, RemoteProtocolError
-from tessera.ids import JobId, NodeId
+from tessera.ids import JOB_DIGEST_DIGITS, JobId, NodeId, job_id_of
 from tessera.jobs.prepared import round_params_of, secure_params_of, strategy_of
 from tessera.protocol import RoundParams, SecureParams, Strategy
 from tessera.training import ModelSpec, Recipe
 
 JOB_KIND = DocumentKind.JOB
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A name leaves room in the 64-character id for "-" and the digest's first digits.
+_NAME_LENGTH = 64 - 1 - JOB_DIGEST_DIGITS
+_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{_NAME_LENGTH - 1}}}$")
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ class JobSpec:
         return self.config.secure.enabled
 
     def round_params(self) -> RoundParams:
-        return round_params_of(self.config)
+        return round_params_of(self.config, job_id=self.job_id)
 
     def strategy(self) -> Strategy:
         return strategy_of(self.config)
@@ -107,12 +111,12 @@ class JobSpec:
     def _parse(cls, doc: SignedDocument, body: dict[str, Any]) -> JobSpec:
         if body.get("ai_provider") != doc.signer.fingerprint:
             raise RemoteProtocolError("job document is not signed by its AI provider")
-        job_id = body["job_id"]
-        if not isinstance(job_id, str) or not _ID.match(job_id):
-            raise ValueError("job_id must be 1-64 letters, digits, '.', '_' or '-'")
+        name = body["name"]
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"name must be 1-{_NAME_LENGTH} letters, digits, '.', '_' or '-'")
         config = parse_config(body["config"])
-        if config.job.name != job_id:
-            raise ValueError("job_id differs from config.job.name")
+        if config.job.name != name:
+            raise ValueError("name differs from config.job.name")
         weights = body["weights"]
         if not isinstance(weights.get("sha256"), str) or not _SHA256.match(weights["sha256"]):
             raise ValueError("weights.sha256 must be a hex SHA-256")
@@ -127,7 +131,7 @@ class JobSpec:
             raise ValueError("min_consents must be a positive integer")
         spec = cls(
             document=doc,
-            job_id=JobId(job_id),
+            job_id=job_id_of(name, doc.digest),
             config=config,
             model=ModelSpec.from_json(json.dumps(body["model"])),
             recipe=Recipe.from_json(json.dumps(body["recipe"])),
@@ -198,7 +202,7 @@ def make_job_document(
 ) -> SignedDocument:
     """The AI provider signs a job; ``JobSpec.from_document`` is its reader."""
     body = {
-        "job_id": config.job.name,
+        "name": config.job.name,
         "config": config.model_dump(mode="json"),
         "model": json.loads(model.to_json()),
         "recipe": json.loads(recipe.to_json()),

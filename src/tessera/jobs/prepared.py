@@ -53,6 +53,7 @@ class PreparedJob:
     classes: tuple[object, ...]
     organisations: tuple[str | None, ...] | None = None  # per node, when declared
     beacon: bytes = b""  # a deployment's tree beacon, to replay it exactly (SecureParams)
+    job_id: str | None = None  # a deployment's job id, to replay it exactly; None: the name
 
     @property
     def task(self) -> Task:
@@ -85,7 +86,7 @@ class PreparedJob:
         )
 
     def round_params(self) -> RoundParams:
-        return round_params_of(self.config)
+        return round_params_of(self.config, job_id=self.job_id)
 
     def strategy(self) -> Strategy:
         return strategy_of(self.config)
@@ -119,11 +120,14 @@ def recipe_of(cfg: JobConfig) -> Recipe:
     )
 
 
-def round_params_of(cfg: JobConfig) -> RoundParams:
-    """How the job's rounds run: the same for the simulator and a deployment."""
+def round_params_of(cfg: JobConfig, *, job_id: str | None = None) -> RoundParams:
+    """How the job's rounds run: the same for the simulator and a deployment.
+
+    ``job_id``: a deployed job's id (derived from its document); default the name.
+    """
     fed = cfg.federation
     return RoundParams(
-        job_id=JobId(cfg.job.name),
+        job_id=JobId(cfg.job.name if job_id is None else job_id),
         rounds=fed.rounds,
         fraction=fed.fraction,
         min_participants=fed.min_participants,

@@ -34,6 +34,7 @@ from tessera.crypto.keys import NodeKeys
 from tessera.data.connectors import TableBackend
 from tessera.data_provider.app import create_provider_app
 from tessera.errors import ConfigError
+from tessera.ids import job_id_of
 from tessera.jobs.prepared import PreparedJob, split_table
 from tessera.runtime.transport.serve import serve_in_thread
 
@@ -62,7 +63,7 @@ class ProviderService:
 
     @property
     def job_id(self) -> str:
-        return str(self.job.body["job_id"])
+        return job_id_of(str(self.job.body["name"]), self.job.digest)
 
     def consent(self, user: str, *, keys: NodeKeys | None = None, **changes: Any) -> SignedDocument:
         """``user``'s receipt for the job (signed by their keys unless ``keys``)."""
@@ -144,7 +145,7 @@ def serve_provider(
     ai = NodeKeys.from_seed(b"tessera-testing|ai-provider")
     provider = NodeKeys.from_seed(b"tessera-testing|data-provider")
     data = {"provider": provider.public.fingerprint, "dataset": dataset, "fields": list(fields)}
-    document = sign_document(ai, DocumentKind.JOB, {"job_id": cfg.job.name, "data": data})
+    document = sign_document(ai, DocumentKind.JOB, {"name": cfg.job.name, "data": data})
     app = create_provider_app(
         [backend],
         keys=provider,
