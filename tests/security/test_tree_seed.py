@@ -26,9 +26,10 @@ from tests.coordinator.coordinator_kit import (
 )
 
 from tessera.crypto.documents import SignedDocument, sign_document
+from tessera.crypto.keys import NodeKeys
 from tessera.errors import RemoteProtocolError
 from tessera.ids import NodeId
-from tessera.jobs.beacon import beacon_of, commitment, read_reveal, sign_reveal
+from tessera.jobs.beacon import beacon_of, commitment, read_reveal, roster_digest, sign_reveal
 from tessera.protocol import derive_tree
 from tessera.protocol.topology import Tree, TreeParams
 
@@ -49,28 +50,32 @@ def test_the_beacon_moves_every_tree() -> None:
     assert len(seen) == 8  # no beacon, no tree: the participants alone fix nothing
 
 
-def test_a_reveal_must_be_the_committed_secret_of_its_signer() -> None:
+def test_a_reveal_must_be_the_committed_secret_of_its_signer_for_one_list() -> None:
     a, b = Node.make("node-a"), Node.make("node-b")
-    digest = "d" * 64
-    committed = commitment(beacon_secret(a.id), job_digest=digest, node=a.id)
-    honest = sign_reveal(
-        a.keys, job_id="j", job_digest=digest, node=a.id, secret=beacon_secret(a.id)
-    )
-    assert read_reveal(
-        honest, node=a.id, node_keys=a.keys.public, job_digest=digest, committed=committed
-    ) == beacon_secret(a.id)
-    other = sign_reveal(a.keys, job_id="j", job_digest=digest, node=a.id, secret=b"\x00" * 32)
-    forged = sign_reveal(
-        b.keys, job_id="j", job_digest=digest, node=a.id, secret=beacon_secret(a.id)
-    )
-    for reveal, reason in [
-        (other, "not the one it committed to"),
-        (forged, "not signed by its key"),
+    digest, secret = "d" * 64, beacon_secret(a.id)
+    committed = commitment(secret, job_digest=digest, node=a.id)
+    frozen = roster_digest(NAMES)
+
+    def reveal(keys: NodeKeys, value: bytes, roster: str = frozen) -> SignedDocument:
+        return sign_reveal(
+            keys, job_id="j", job_digest=digest, node=a.id, roster=roster, secret=value
+        )
+
+    def read(doc: SignedDocument) -> bytes:
+        public = a.keys.public
+        return read_reveal(
+            doc, node=a.id, node_keys=public, job_digest=digest, committed=committed, roster=frozen
+        )
+
+    assert read(reveal(a.keys, secret)) == secret
+    dropped = roster_digest(NAMES[:-1])  # the list shown once node-d's secret was "lost"
+    for doc, reason in [
+        (reveal(a.keys, b"\x00" * 32), "not the one it committed to"),
+        (reveal(b.keys, secret), "not signed by its key"),
+        (reveal(a.keys, secret, dropped), "another participant list"),
     ]:
         with pytest.raises(RemoteProtocolError, match=reason):
-            read_reveal(
-                reveal, node=a.id, node_keys=a.keys.public, job_digest=digest, committed=committed
-            )
+            read(doc)
 
 
 def _secure_job() -> tuple[SignedDocument, bytes]:
@@ -116,7 +121,12 @@ def _frozen(coord: Harness) -> tuple[SignedDocument, dict[str, Node]]:
 
 def _reveal(coord: Harness, doc: SignedDocument, node: Node, secret: bytes) -> int:
     reveal = sign_reveal(
-        node.keys, job_id=job_id(doc), job_digest=doc.digest, node=node.id, secret=secret
+        node.keys,
+        job_id=job_id(doc),
+        job_digest=doc.digest,
+        node=node.id,
+        roster=roster_digest(NAMES),
+        secret=secret,
     )
     url = f"/v1/jobs/{job_id(doc)}/reveals"
     return coord.http.post(url, json={"reveal": reveal.to_json()}).status_code

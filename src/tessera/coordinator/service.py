@@ -24,7 +24,7 @@ from tessera.crypto.envelope import EnvelopeHeader, peek, verify_envelope
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
-from tessera.jobs.beacon import beacon_of, read_reveal
+from tessera.jobs.beacon import beacon_of, read_reveal, roster_digest
 from tessera.jobs.document import JobSpec, check_tree_feasible
 from tessera.protocol.kinds import REGISTRATION_KIND, Kind
 from tessera.protocol.limits import (
@@ -455,7 +455,12 @@ class CoordinatorService:
                     node_keys=keys,
                 )
                 read_reveal(
-                    doc, node=node, node_keys=keys, job_digest=job.digest, committed=committed
+                    doc,
+                    node=node,
+                    node_keys=keys,
+                    job_digest=job.digest,
+                    committed=committed,
+                    roster=roster_digest(job.participants or ()),
                 )
             except (ConsentError, RemoteProtocolError) as exc:
                 raise Refused(403, str(exc)) from None

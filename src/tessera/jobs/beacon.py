@@ -13,15 +13,18 @@ around a victim ("grinding"). The beacon takes that away:
 2. The coordinator freezes the participants (every attested consent at the
    moment ``min_consents`` is reached) before any secret is known.
 3. Each participant then reveals its secret in a ``"beacon-reveal"``
-   document it signs. The beacon is ``SHA-256`` over every participant's
+   document it signs, naming the frozen participant list it was shown
+   (``roster_digest``). The beacon is ``SHA-256`` over every participant's
    secret, in node order; it enters every round's tree seed.
 
 Every node checks each reveal against the commitment in that participant's
 attestation and recomputes the beacon before it sends anything, so the
 coordinator can neither predict the trees when it freezes the list (one
 honest secret makes the beacon uniform) nor pick among beacons afterwards:
-all participants must reveal, or the job fails (``SECURITY.md`` says what a
-coordinator who can fail jobs and restart them can still do).
+all participants must reveal, or the job fails, and every reveal names the
+one list, so the coordinator can neither drop a participant once it has
+seen the secrets nor show different lists to different nodes (``SECURITY.md``
+says what a coordinator who can fail jobs and restart them can still do).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from tessera.crypto.documents import (
     DocumentKind,
@@ -40,13 +43,21 @@ from tessera.crypto.documents import (
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 
-__all__ = ["REVEAL_KIND", "beacon_of", "commitment", "new_secret", "read_reveal", "sign_reveal"]
+__all__ = [
+    "REVEAL_KIND",
+    "beacon_of",
+    "commitment",
+    "new_secret",
+    "read_reveal",
+    "roster_digest",
+    "sign_reveal",
+]
 
 REVEAL_KIND = DocumentKind.BEACON_REVEAL
 SECRET_BYTES = 32
 _DOMAIN = b"tessera-beacon-v1\x00"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_REVEAL_KEYS = frozenset({"job_id", "job_digest", "node", "secret"})
+_REVEAL_KEYS = frozenset({"job_id", "job_digest", "node", "roster", "secret"})
 
 
 def new_secret() -> bytes:
@@ -65,6 +76,13 @@ def commitment(secret: bytes, *, job_digest: str, node: str) -> str:
     ).hexdigest()
 
 
+def roster_digest(nodes: Iterable[str]) -> str:
+    """The hex SHA-256 naming a frozen participant list (order-free)."""
+    return hashlib.sha256(
+        _DOMAIN + b"roster" + _framed(*(n.encode() for n in sorted(nodes)))
+    ).hexdigest()
+
+
 def beacon_of(job_digest: str, secrets_by_node: Mapping[str, bytes]) -> bytes:
     """The job's beacon from every participant's revealed secret (order-free)."""
     parts = [job_digest.encode()]
@@ -74,10 +92,16 @@ def beacon_of(job_digest: str, secrets_by_node: Mapping[str, bytes]) -> bytes:
 
 
 def sign_reveal(
-    keys: NodeKeys, *, job_id: str, job_digest: str, node: str, secret: bytes
+    keys: NodeKeys, *, job_id: str, job_digest: str, node: str, roster: str, secret: bytes
 ) -> SignedDocument:
-    """A participant's signed reveal of its beacon secret."""
-    body = {"job_id": job_id, "job_digest": job_digest, "node": node, "secret": secret.hex()}
+    """A participant's signed reveal of its beacon secret, for the list it was shown."""
+    body = {
+        "job_id": job_id,
+        "job_digest": job_digest,
+        "node": node,
+        "roster": roster,
+        "secret": secret.hex(),
+    }
     return sign_document(keys, REVEAL_KIND, body)
 
 
@@ -88,17 +112,24 @@ def read_reveal(
     node_keys: PublicKeys,
     job_digest: str,
     committed: str,
+    roster: str,
 ) -> bytes:
     """The secret ``node`` revealed, checked against its signature and its commitment.
 
-    ``RemoteProtocolError`` saying what is wrong: another signer, job or node,
-    a malformed body, or a secret that is not the committed one.
+    ``roster`` is the digest of the participant list the reader holds: the
+    reveal must name that very list. ``RemoteProtocolError`` saying what is
+    wrong: another signer, job, node or list, a malformed body, or a secret
+    that is not the committed one.
     """
     if reveal.signer != node_keys:
         raise RemoteProtocolError(f"the beacon reveal of {node} is not signed by its key")
     body = verify_document(reveal, kind=REVEAL_KIND, signer=node_keys)
     if set(body) != _REVEAL_KEYS or body["node"] != node or body["job_digest"] != job_digest:
         raise RemoteProtocolError(f"the beacon reveal of {node} is for another node or job")
+    if body["roster"] != roster:
+        raise RemoteProtocolError(
+            f"{node} revealed its secret for another participant list than this one"
+        )
     raw = body["secret"]
     if not isinstance(raw, str) or not _HEX64.fullmatch(raw):
         raise RemoteProtocolError(f"the beacon reveal of {node} holds no 32-byte secret")

@@ -51,7 +51,14 @@ from tessera.crypto.keys import PublicKeys
 from tessera.data.prepare import Preprocessor
 from tessera.errors import ConfigError, RemoteProtocolError, TesseraError
 from tessera.ids import COORDINATOR, NodeId
-from tessera.jobs.beacon import beacon_of, commitment, new_secret, read_reveal, sign_reveal
+from tessera.jobs.beacon import (
+    beacon_of,
+    commitment,
+    new_secret,
+    read_reveal,
+    roster_digest,
+    sign_reveal,
+)
 from tessera.jobs.document import JobSpec
 from tessera.protocol import Aggregator, Contributor, Node, TreeCheck
 from tessera.protocol.contributor import SecureContext
@@ -253,12 +260,14 @@ class NodeAgent:
                 waiting = waiting or exc.status == 409  # not started: still waiting
                 continue
             spec = JobSpec.from_document(self.client.job_document(job_id))
-            if spec.secure and self.node in {p["node_id"] for p in listing["participants"]}:
-                reveal = sign_reveal(
+            frozen = [p["node_id"] for p in listing["participants"]]
+            if spec.secure and self.node in frozen:
+                reveal = sign_reveal(  # for this list: dropping anyone later shows
                     self.keys,
                     job_id=spec.job_id,
                     job_digest=spec.digest,
                     node=self.node,
+                    roster=roster_digest(frozen),
                     secret=self._beacon_secret(spec),
                 )
                 self.client.reveal(job_id, reveal)
@@ -365,6 +374,7 @@ class NodeAgent:
         directory: dict[NodeId, PublicKeys] = {COORDINATOR: coordinator}
         organisations: dict[NodeId, str | None] = {}
         secrets_by_node: dict[str, bytes] = {}
+        roster = roster_digest(p["node_id"] for p in listing["participants"])
         for entry in listing["participants"]:
             doc = SignedDocument.from_json(entry["registration"])
             body = verify_document(doc, kind=REGISTRATION_KIND)
@@ -391,6 +401,7 @@ class NodeAgent:
                         node_keys=doc.signer,
                         job_digest=spec.digest,
                         committed=committed,
+                        roster=roster,
                     )
             except (ConsentError, RemoteProtocolError) as exc:
                 raise RemoteProtocolError(f"refusing to take part in {job_id}: {exc}") from None
