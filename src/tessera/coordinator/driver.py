@@ -358,6 +358,13 @@ class JobDriver(Observer):
         log.warning("%s: %s", self.job_id, line)
         self.refusals = [*self.refusals[-99:], line]
 
+    def relay_problem(self, sender: str, recipient: str, kind: Kind) -> str | None:
+        """Why the open round's tree has no role that sends this envelope (None: relay it)."""
+        with self._lock:
+            if not isinstance(self.machine, SecureCoordinator):
+                return None
+            return self.machine.relay_problem(NodeId(sender), NodeId(recipient), kind)
+
     # -- the thread ----------------------------------------------------------------
     def wake(self) -> None:
         self._wake.set()

@@ -611,6 +611,7 @@ class CoordinatorService:
             raise Refused(400, f"unknown envelope kind {head.kind}")
         bounds = self._relay_bounds(job)
         self._check_relay(bounds, job, head, len(data))
+        self._check_tree(head)
         try:
             mail_id = self.store.post_message(
                 job_id=head.job_id,
@@ -674,6 +675,14 @@ class CoordinatorService:
             )
         if round != job.current_round:
             raise Refused(409, f"round {round} is not the job's current round {job.current_round}")
+
+    def _check_tree(self, head: EnvelopeHeader) -> None:
+        """Only between roles the open round's tree gives (who may send this kind to whom)."""
+        driver = self.drivers.get(head.job_id)
+        if driver is not None:
+            problem = driver.relay_problem(head.sender, head.recipient, Kind(head.kind))
+            if problem is not None:
+                raise Refused(403, f"the round's tree expects no such envelope: {problem}")
 
     def mail_for(self, node: str, after: int) -> list[MailItem]:
         return self.store.messages_for(node, after)
