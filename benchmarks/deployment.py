@@ -14,7 +14,11 @@ Prints two sections; no targets, every figure is a measurement on this machine.
    its store a fresh SQLite file, or a fresh database on the ``--db``
    PostgreSQL server, created here and dropped afterwards) runs a plaintext
    job with a very long round timeout, whose N participants registered with
-   signed registrations and consented with signed receipts. Then
+   signed registrations and consented with signed receipts (attested by the
+   data provider the benchmark plays). Its relay policy (kinds per round,
+   the tree's roles, per-sender quotas) is off, since the rows post between
+   every pair of nodes: they time HTTP, the signature check and the commit
+   that every envelope pays (``bench_service``). Then
    ``--clients`` sender processes POST ``--messages`` envelopes node -> node
    (``seal``: signed by the sender, sealed for the recipient, payload of
    ``--small-size`` or ``--size`` bytes), each sender on its own keep-alive
@@ -105,6 +109,36 @@ def node_keys(i: int) -> Any:
     return NodeKeys.from_seed(f"tessera-bench-mail-{i}".encode())
 
 
+def provider_keys() -> Any:
+    """The data provider the benchmark plays: it attests the nodes' consents."""
+    from tessera.crypto.keys import NodeKeys
+
+    return NodeKeys.from_seed(b"tessera-bench-data-provider")
+
+
+def bench_service(store: Any, keys: Any) -> Any:
+    """The coordinator with its relay policy off (round kinds, tree roles, quotas).
+
+    The rows post envelopes between every pair of nodes, which a real round's
+    tree never asks for: they time what every envelope pays, HTTP, the
+    signature check and the commit; the policy checks themselves are a few
+    dictionary lookups.
+    """
+    from tessera.coordinator.service import CoordinatorService
+    from tessera.protocol.kinds import Kind
+    from tessera.protocol.limits import ENVELOPE_LIMITS, RelayBounds
+
+    class _Service(CoordinatorService):
+        def _relay_bounds(self, job: Any) -> RelayBounds:  # noqa: ARG002 - every job alike
+            limits = {kind: ENVELOPE_LIMITS[kind] for kind in Kind if kind in ENVELOPE_LIMITS}
+            return RelayBounds(limits, count=1 << 40, bytes=1 << 60)
+
+        def _check_tree(self, head: Any) -> None:  # noqa: ARG002 - no tree asked
+            return None
+
+    return _Service(store, keys)
+
+
 # -- databases ----------------------------------------------------------------------------
 
 
@@ -181,9 +215,9 @@ def tiny_preprocessing(cfg: Any) -> dict[str, Any]:
 
 
 def start_job(client: Any, n_nodes: int) -> str:
-    """Register N nodes, submit a plaintext job and consent for each: it runs."""
+    """Register N nodes, submit a plaintext job and consent for each (attested): it runs."""
     from tessera.ai_provider.client import build_job, submit
-    from tessera.consent import ConsentTerms, grant_consent
+    from tessera.consent import ATTESTATION_KIND, ConsentTerms, grant_consent
     from tessera.coordinator.service import REGISTRATION_KIND
     from tessera.crypto.documents import sign_document
     from tessera.crypto.keys import NodeKeys
@@ -202,7 +236,7 @@ def start_job(client: Any, n_nodes: int) -> str:
     doc, weights = build_job(
         cfg,
         NodeKeys.from_seed(b"tessera-bench-ai-provider"),
-        provider="https://provider.invalid",
+        provider=provider_keys().public.fingerprint,
         dataset="records",
         user_field="school",
         preprocessing=tiny_preprocessing(cfg),
@@ -223,7 +257,18 @@ def start_job(client: Any, n_nodes: int) -> str:
             issued_at=now - 60,
             expires_at=now + 86400,
         )
-        client.consent(job_id, grant_consent(node_keys(i), terms))
+        receipt = grant_consent(node_keys(i), terms)
+        vouched = {
+            "job_id": job_id,
+            "job_digest": spec.digest,
+            "provider": provider_keys().public.fingerprint,
+            "node": node_name(i),
+            "node_key": node_keys(i).public.fingerprint,
+            "consent": receipt.digest,
+            "commitment": "0" * 64,  # a plaintext job has no trees, hence no beacon
+            "issued_at": now,
+        }
+        client.consent(job_id, receipt, sign_document(provider_keys(), ATTESTATION_KIND, vouched))
     end = time.monotonic() + 30
     while client.status(job_id)["state"] != "running":
         if time.monotonic() > end:
@@ -463,7 +508,6 @@ def mailbox_row(
     folder: Path,
 ) -> MailRow:
     from tessera.coordinator.app import create_coordinator_app
-    from tessera.coordinator.service import CoordinatorService
     from tessera.crypto.keys import NodeKeys
     from tessera.runtime.transport.client import CoordinatorClient
     from tessera.runtime.transport.serve import serve_in_thread
@@ -476,7 +520,7 @@ def mailbox_row(
         ca, cert = str(pki.ca.cert), pki.services["coordinator"]
     active = n_nodes - idle  # envelopes go between these; the others only long-poll
     store = Store(db)
-    service = CoordinatorService(store, NodeKeys.from_seed(b"tessera-bench-coordinator"))
+    service = bench_service(store, NodeKeys.from_seed(b"tessera-bench-coordinator"))
     try:
         with serve_in_thread(create_coordinator_app(service), ssl=cert) as server:
             ai = NodeKeys.from_seed(b"tessera-bench-ai-provider")  # start_job's job signer
