@@ -203,18 +203,39 @@ def sign_records_request(
     ``audience`` is the fingerprint of the data provider the node is enrolled
     with (learnt from its own user, never from the job).
     """
-    body: dict[str, Any] = {
+    body = _ask(
+        job_id=job_id,
+        job_digest=job_digest,
+        audience=audience,
+        node=node,
+        user=user,
+        at=at,
+        nonce=nonce,
+    )
+    body |= {"dataset": dataset, "fields": list(fields)}
+    return sign_document(keys, REQUEST_KIND, body)
+
+
+def _ask(
+    *,
+    job_id: str,
+    job_digest: str,
+    audience: str,
+    node: str,
+    user: str,
+    at: float,
+    nonce: str | None,
+) -> dict[str, Any]:
+    """What every request a node makes of its provider names, with a fresh nonce."""
+    return {
         "job_id": job_id,
         "job_digest": job_digest,
         "audience": audience,
         "node": node,
         "user": user,
-        "dataset": dataset,
-        "fields": list(fields),
         "nonce": secrets.token_hex(16) if nonce is None else nonce,
         "at": float(at),
     }
-    return sign_document(keys, REQUEST_KIND, body)
 
 
 def sign_attestation_request(
@@ -233,16 +254,16 @@ def sign_attestation_request(
 
     ``commitment`` is the node's commitment to its beacon secret for the job.
     """
-    body: dict[str, Any] = {
-        "job_id": job_id,
-        "job_digest": job_digest,
-        "audience": audience,
-        "node": node,
-        "user": user,
-        "commitment": commitment,
-        "nonce": secrets.token_hex(16) if nonce is None else nonce,
-        "at": float(at),
-    }
+    body = _ask(
+        job_id=job_id,
+        job_digest=job_digest,
+        audience=audience,
+        node=node,
+        user=user,
+        at=at,
+        nonce=nonce,
+    )
+    body["commitment"] = commitment
     return sign_document(keys, ATTESTATION_REQUEST_KIND, body)
 
 

@@ -40,12 +40,13 @@ request. Without one they are kept in memory only (tests, library use).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
 import time
 import tomllib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -338,16 +339,10 @@ class _Provider:
         job = _document(body.job, "job")
         consent = _document(body.consent, "consent")
         request = _document(body.request, "request")
-        try:
+        with _gate_refusals():
             attestation = self.gate.attest(
                 job=job, consent=consent, request=request, now=self.now()
             )
-        except ReplayedRequest as exc:
-            raise _Refused(409, exc.reason) from None
-        except ConsentError as exc:
-            raise _Refused(403, exc.reason) from None
-        except RemoteProtocolError as exc:
-            raise _Refused(400, str(exc)) from None
         _log.info(
             "attested node %s for job %s", attestation.body["node"], attestation.body["job_id"]
         )
@@ -362,7 +357,7 @@ class _Provider:
         consent = _document(body.consent, "consent")
         request = _document(body.request, "request")
         at = self.now()
-        try:
+        with _gate_refusals():
             release = self.gate.authorize(
                 dataset=body.dataset,
                 fields=body.fields,
@@ -376,12 +371,6 @@ class _Provider:
             except DataError as exc:
                 raise _Refused(404, str(exc)) from None
             self.gate.commit(release, now=at)
-        except ReplayedRequest as exc:
-            raise _Refused(409, exc.reason) from None
-        except ConsentError as exc:
-            raise _Refused(403, exc.reason) from None
-        except RemoteProtocolError as exc:
-            raise _Refused(400, str(exc)) from None
         _log.info(
             "released %d record(s) of %r to %s for job %s",
             len(frame),
@@ -585,6 +574,19 @@ def _counts(column: pd.Series) -> dict[str, int]:
     """How many records hold each value, keyed as the fitted JSON prints it."""
     counts = column.dropna().value_counts()
     return {str(v.item() if isinstance(v, np.generic) else v): int(n) for v, n in counts.items()}
+
+
+@contextlib.contextmanager
+def _gate_refusals() -> Iterator[None]:
+    """The gate's refusals as HTTP: 409 a replay, 403 consent or signature, 400 malformed."""
+    try:
+        yield
+    except ReplayedRequest as exc:
+        raise _Refused(409, exc.reason) from None
+    except ConsentError as exc:
+        raise _Refused(403, exc.reason) from None
+    except RemoteProtocolError as exc:
+        raise _Refused(400, str(exc)) from None
 
 
 def _names(text: str) -> list[str]:
