@@ -16,8 +16,10 @@ from tessera.consent import (
     RecordsGate,
     RecordsRequest,
     ReplayedRequest,
+    check_attestation,
     grant_consent,
     revoke_consent,
+    sign_attestation_request,
     sign_records_request,
 )
 from tessera.crypto.documents import SignedDocument, sign_document
@@ -330,3 +332,81 @@ def test_the_earliest_revocation_counts_and_a_later_one_waits(store_url: str) ->
             gate.revoke(revoke_consent(A, receipt=receipt, at=T0 + 500), receipt, now=T0 + 4)
             with pytest.raises(ConsentError, match="consent revoked at 2026-05-28T20:26:43Z"):
                 authorize(gate, consent=receipt)
+
+
+# --- attestations: one node per user per job ------------------------------------------------
+
+COMMIT = "c" * 64
+
+
+def ask(keys: NodeKeys = A, node: str = "node-school-1", **changes: Any) -> SignedDocument:
+    values: dict[str, Any] = {
+        "job_id": JID,
+        "job_digest": JOB.digest,
+        "audience": P.public.fingerprint,
+        "node": node,
+        "user": "school-1",
+        "commitment": COMMIT,
+        "at": T0,
+    }
+    values.update(changes)
+    return sign_attestation_request(keys, **values)
+
+
+def test_an_attestation_vouches_for_one_node_per_user_and_job() -> None:
+    gate = RecordsGate(SUBJECTS, identity=P)
+    vouched = gate.attest(job=JOB, consent=consent(), request=ask(), now=T0 + 5)
+    assert (
+        check_attestation(
+            vouched,
+            provider=P.public.fingerprint,
+            job_digest=JOB.digest,
+            node="node-school-1",
+            node_keys=A.public,
+        )
+        == COMMIT
+    )
+    with pytest.raises(ConsentError, match="one node per user per job"):
+        gate.attest(job=JOB, consent=consent(), request=ask(node="node-2"), now=T0 + 5)
+    again = ask(nonce="ab" * 16)
+    gate.attest(job=JOB, consent=consent(), request=again, now=T0 + 5)  # the same node: fine
+    with pytest.raises(ReplayedRequest):
+        gate.attest(job=JOB, consent=consent(), request=again, now=T0 + 5)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"commitment": "not hex"},
+        {"node": ""},
+        {"user": ""},
+        {"nonce": "short"},
+    ],
+)
+def test_malformed_attestation_requests_are_protocol_errors(changes: dict[str, Any]) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        RecordsGate(SUBJECTS, identity=P).attest(
+            job=JOB, consent=consent(), request=ask(**changes), now=T0 + 5
+        )
+    assert not isinstance(info.value, ConsentError)
+
+
+def test_an_attestation_is_checked_field_by_field() -> None:
+    gate = RecordsGate(SUBJECTS, identity=P)
+    good = gate.attest(job=JOB, consent=consent(), request=ask(), now=T0 + 5).body
+    cases = [
+        (None, "has no attestation"),
+        (sign_document(B, "attestation", good), "not signed by the job's data provider"),
+        (sign_document(P, "consent", good), "expected a 'attestation' document"),
+        (sign_document(P, "attestation", {**good, "extra": 1}), "malformed"),
+        (sign_document(P, "attestation", {**good, "commitment": 7}), "no beacon commitment"),
+    ]
+    for doc, reason in cases:
+        with pytest.raises(ConsentError, match=reason):
+            check_attestation(
+                doc,
+                provider=P.public.fingerprint,
+                job_digest=JOB.digest,
+                node="node-school-1",
+                node_keys=A.public,
+            )

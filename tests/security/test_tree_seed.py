@@ -161,3 +161,43 @@ def test_a_job_whose_participants_do_not_all_reveal_fails(coord: Harness) -> Non
     assert "node-d" in status["error"] and status["beacon"] is None
     time.sleep(0.1)
     assert jid not in coord.service.drivers
+
+
+def test_reveals_outlive_a_restart_and_come_only_from_participants(coord: Harness) -> None:
+    doc, nodes = _frozen(coord)
+    jid = job_id(doc)
+    first, *others = nodes.values()
+    assert _reveal(coord, doc, first, beacon_secret(first.id)) == 200
+    coord.restart()  # the job resumes waiting for the reveals it has not had
+    assert coord.status(jid)["beacon"] is None
+    assert jid not in coord.service.drivers
+    stranger = Node.make("node-z")
+    coord.register(stranger.keys, stranger.id)
+    assert _reveal(coord, doc, stranger, beacon_secret(stranger.id)) == 403
+    for node in others:
+        assert _reveal(coord, doc, node, beacon_secret(node.id)) == 200
+    coord.wait_for("round 0 open", lambda s: s["current_round"] == 0 and s["beacon"], jid)
+    beacon = coord.status(jid)["beacon"]
+    assert _reveal(coord, doc, first, beacon_secret(first.id)) == 200  # a repeat changes nothing
+    assert coord.status(jid)["beacon"] == beacon
+
+
+def test_a_plaintext_job_takes_no_reveals(coord: Harness) -> None:
+    doc, weights = tiny_job()
+    coord.submit(doc, weights)
+    nodes = [Node.make(name) for name in NAMES[:3]]
+    for node in nodes:
+        coord.register(node.keys, node.id)
+        assert coord.consent(doc, node).status_code == 201
+    assert coord.status(job_id(doc))["state"] == "running"
+    reveal = sign_reveal(
+        nodes[0].keys,
+        job_id=job_id(doc),
+        job_digest=doc.digest,
+        node=nodes[0].id,
+        roster=roster_digest(NAMES[:3]),
+        secret=beacon_secret(nodes[0].id),
+    )
+    answer = coord.http.post(f"/v1/jobs/{job_id(doc)}/reveals", json={"reveal": reveal.to_json()})
+    assert answer.status_code == 409
+    assert "no trees, hence no beacon" in answer.json()["detail"]
