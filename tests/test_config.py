@@ -95,3 +95,20 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[job\nname=1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("partition", "says"),
+    [
+        ({"scheme": "natural", "column": "school", "nodes": 10}, "value of partition.column"),
+        ({"scheme": "per_record", "nodes": 10}, "one node per record"),
+    ],
+)
+def test_nodes_is_refused_where_the_data_decide_the_nodes(
+    partition: dict[str, object], says: str
+) -> None:
+    """It used to be ignored silently (issue 12): a job file says what happens, or fails."""
+    raw = {**copy.deepcopy(BASE), "partition": partition}
+    with pytest.raises(ConfigError, match=says) as err:
+        parse_config(raw)
+    assert err.value.field == "partition"

@@ -61,6 +61,13 @@ class PartitionSection(_Section):
     def _needs(self) -> PartitionSection:
         if self.scheme == "natural" and not self.column:
             raise ValueError("scheme 'natural' needs column (one node per value of it)")
+        if self.scheme in ("natural", "per_record") and self.nodes is not None:
+            # It would be ignored: the data decide how many nodes there are.
+            how = "value of partition.column" if self.scheme == "natural" else "record"
+            raise ValueError(
+                f"scheme {self.scheme!r} takes no nodes: it makes one node per {how} "
+                "(to use fewer, choose iid, dirichlet or quantity)"
+            )
         if self.scheme in ("iid", "dirichlet", "quantity") and self.nodes is None:
             raise ValueError(f"scheme {self.scheme!r} needs nodes")
         if self.scheme in ("dirichlet", "quantity") and self.alpha is None:

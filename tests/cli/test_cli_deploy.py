@@ -45,7 +45,14 @@ def test_up_refuses_a_tree_its_nodes_cannot_fill(tmp_path: Path) -> None:
         "up", str(EXAMPLES / "chem97.toml"), "--nodes", "10", "--out", "up", "-q", cwd=tmp_path
     )
     assert done.returncode == 2
-    assert "needs 3 aggregators from nodes outside it" in " ".join(done.stderr.split())
+    said = " ".join(done.stderr.split())
+    assert "needs 3 aggregators from nodes outside it" in said
+    # Into a pipe, one error is one line, not wrapped at 80 columns.
+    [line] = [ln for ln in done.stderr.splitlines() if "error:" in ln]
+    assert "needs 3 aggregators" in line and "at most 7" in line
+    # It names the job file's own field and a value that works (issue 12's first-run papercut).
+    assert "secure.k" in said and "tree." not in said
+    assert "set secure.group_size to at most 7" in said
     logs = tmp_path / "up" / "logs"
     assert not list(logs.glob("node-*.log"))  # refused before any node started
 

@@ -235,3 +235,21 @@ def test_clear_errors_for_bad_columns() -> None:
         pre.transform(train, group_column="school")
     with pytest.raises(DataError, match=r"feature column 'x' .* not numeric"):
         pre.transform(train.assign(x="oops"))
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ([0.5, 1.25, 2.0, 3.75] * 5, "fractional values"),
+        (list(range(150)), "150 distinct values"),
+    ],
+)
+def test_a_continuous_target_for_classification_says_what_to_do(
+    target: list[float], says: str
+) -> None:
+    """A classification on a measurement (issue 12): an error with the fix, not 150 classes."""
+    frame = pd.DataFrame({"x": np.arange(len(target), dtype=float), "y": target})
+    with pytest.raises(DataError, match=says) as err:
+        Preprocessor.fit(frame, target="y", task="classification")
+    assert 'task = "regression"' in str(err.value)
+    Preprocessor.fit(frame, target="y", task="regression")  # the same table as a regression fits

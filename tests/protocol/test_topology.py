@@ -122,7 +122,7 @@ def reference(r: Round, beacon: bytes = b"") -> list[Group]:
     )
     n = len(r.contributors)
     if n < p.min_group:
-        raise ConfigError("tree.min_group", "too few contributors")
+        raise ConfigError("secure.min_group", "too few contributors")
     leaves = max(1, min(math.ceil(n / p.group_size), n // p.min_group))
     order = sorted(
         r.contributors, key=lambda c: hashlib.sha256(seed + b"members" + c.encode()).digest()
@@ -163,7 +163,7 @@ def reference(r: Round, beacon: bytes = b"") -> list[Group]:
                     if j >= p.k:
                         break
                     short = len(r.nodes) - len(members) < p.k
-                    raise ConfigError("tree.k" if short else "tree.organisations", gid)
+                    raise ConfigError("secure.k" if short else "secure.organisation_column", gid)
                 best = min(cands, key=lambda x: (load[x], tie[x]))
                 seated.append(best)
                 load[best] += 1
@@ -389,14 +389,14 @@ def test_too_few_contributors_for_min_group() -> None:
     nodes: Nodes = {node_id(i): None for i in range(10)}
     with pytest.raises(ConfigError, match="min_group") as exc:
         Round(nodes=nodes, contributors=[node_id(0)], params=TreeParams()).derive()
-    assert exc.value.field == "tree.min_group"
+    assert exc.value.field == "secure.min_group"
 
 
 def test_not_enough_nodes_outside_the_group_for_k_seats() -> None:
     nodes: Nodes = {node_id(i): None for i in range(10)}
     with pytest.raises(ConfigError, match="needs 3 aggregators") as exc:
         Round(nodes=nodes, contributors=list(nodes)[:8], params=TreeParams()).derive()
-    assert exc.value.field == "tree.k"
+    assert exc.value.field == "secure.k"
 
 
 def test_spares_are_best_effort() -> None:
@@ -411,7 +411,7 @@ def test_organisation_rule_raises_when_it_cannot_hold() -> None:
     r = Round(nodes=nodes, contributors=list(nodes)[:5], params=TreeParams())
     with pytest.raises(ConfigError, match="organisation 'A'") as exc:
         r.derive()
-    assert exc.value.field == "tree.organisations"
+    assert exc.value.field == "secure.organisation_column"
 
 
 def test_organisation_rule_is_waived_with_a_single_organisation() -> None:
@@ -447,13 +447,13 @@ def test_malformed_inputs_are_local_errors(kw: dict[str, object], match: str) ->
 @pytest.mark.parametrize(
     ("kw", "field"),
     [
-        ({"k": 1}, "tree.k"),
-        ({"k": 2.0}, "tree.k"),
-        ({"k": True}, "tree.k"),
-        ({"min_group": 0}, "tree.min_group"),
-        ({"group_size": 1, "min_group": 2}, "tree.group_size"),
-        ({"fan_in": 2}, "tree.fan_in"),
-        ({"backups": -1}, "tree.backups"),
+        ({"k": 1}, "secure.k"),
+        ({"k": 2.0}, "secure.k"),
+        ({"k": True}, "secure.k"),
+        ({"min_group": 0}, "secure.min_group"),
+        ({"group_size": 1, "min_group": 2}, "secure.group_size"),
+        ({"fan_in": 2}, "secure.fan_in"),
+        ({"backups": -1}, "secure.backups"),
     ],
 )
 def test_params_are_validated(kw: dict[str, object], field: str) -> None:

@@ -58,7 +58,7 @@ def test_the_feasibility_check_counts_organisations() -> None:
     check_tree_feasible(spec, N)  # the bare count allows a tree
     with pytest.raises(ConfigError, match="organisation 'A'") as exc:
         check_tree_feasible(spec, N, _organisations())
-    assert exc.value.field == "tree.organisations"
+    assert exc.value.field == "secure.organisation_column"
 
 
 @pytest.fixture

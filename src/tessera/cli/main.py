@@ -8,6 +8,7 @@ DIR/curves.png. Every expected failure ends as one line naming the field.
 from __future__ import annotations
 
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Tessera: federated training on data that never leaves its owners.",
 )
-console = Console(stderr=True)
+# Into a pipe or a log, a message stays on one line (grep finds it); a terminal wraps it.
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 @app.callback()

@@ -190,6 +190,7 @@ class Preprocessor:
                     f"classification target {target!r} has {len(classes)} distinct "
                     f"value(s) in the training rows; at least 2 are needed"
                 )
+            _check_labels(rows[target], target, len(classes))
 
         matrix = _numeric_matrix(rows, numeric)
         if not standardize or not numeric:
@@ -414,6 +415,24 @@ def _image_shape(shape: Sequence[int], n_columns: int, categorical: list[str]) -
             f"{n_columns} feature columns"
         )
     return dims
+
+
+#: More distinct labels than this, or any fractional one, is a measurement, not a class.
+MAX_CLASSES = 100
+
+
+def _check_labels(values: pd.Series, target: str, n_classes: int) -> None:
+    """A continuous column given as a classification target: say so, and what to do."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    numeric = bool(numbers.notna().all())
+    fractional = numeric and bool((numbers % 1 != 0).any())
+    if fractional or n_classes > MAX_CLASSES:
+        what = "fractional values" if fractional else f"{n_classes} distinct values"
+        raise DataError(
+            f"classification target {target!r} has {what}: it looks continuous; set "
+            f'[job] task = "regression", or derive classes from it (for example a '
+            f"threshold) in a column of their own"
+        )
 
 
 def _check_numeric(df: pd.DataFrame, columns: Sequence[str], role: str = "feature") -> None:

@@ -116,21 +116,22 @@ class TreeParams:
         for name in ("k", "group_size", "fan_in", "min_group", "backups"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"tree.{name}", "must be an integer")
+                raise ConfigError(f"secure.{name}", "must be an integer")
         if self.k < 2:
             raise ConfigError(
-                "tree.k", "must be at least 2 (one aggregator would see every update)"
+                "secure.k", "must be at least 2 (one aggregator would see every update)"
             )
         if self.min_group < 1:
-            raise ConfigError("tree.min_group", "must be at least 1")
+            raise ConfigError("secure.min_group", "must be at least 1")
         if self.group_size < self.min_group:
-            raise ConfigError("tree.group_size", "must be at least tree.min_group")
+            raise ConfigError("secure.group_size", "must be at least secure.min_group")
         if self.fan_in < 3:
             raise ConfigError(
-                "tree.fan_in", "must be at least 3 (so every parent combines two or more children)"
+                "secure.fan_in",
+                "must be at least 3 (so every parent combines two or more children)",
             )
         if self.backups < 0:
-            raise ConfigError("tree.backups", "must be at least 0")
+            raise ConfigError("secure.backups", "must be at least 0")
 
     def to_dict(self) -> dict[str, int]:
         return {
@@ -522,15 +523,22 @@ def _seat(
         if node is None:
             eligible = n_nodes - len(members)
             if eligible < params.k:
+                fits = n_nodes - params.k  # the largest group that leaves k nodes outside it
+                hint = (
+                    f"set secure.group_size to at most {fits} (in the [secure] section) so "
+                    "contributors of other groups can serve"
+                    if fits >= max(params.min_group, 1)
+                    else f"add nodes: {params.k} aggregators and a group of "
+                    f"{params.min_group} need {params.k + params.min_group}"
+                )
                 raise ConfigError(
-                    "tree.k",
+                    "secure.k",
                     f"group {gid} needs {params.k} aggregators from nodes outside it, but only "
-                    f"{eligible} of the {n_nodes} nodes are; add nodes that do not contribute "
-                    "or lower tree.group_size so contributors of other groups can serve",
+                    f"{eligible} of the {n_nodes} nodes are: {hint}",
                 )
             org = pool.org_of[seats[0]]
             raise ConfigError(
-                "tree.organisations",
+                "secure.organisation_column",
                 f"group {gid}: every node eligible for its last aggregator seat belongs to "
                 f"organisation {org!r}, and no organisation may fill all {params.k} seats",
             )
@@ -561,9 +569,9 @@ def derive_tree(
     is irrelevant. Raises ``LocalProtocolError`` for malformed inputs
     (duplicates, a contributor that is not a node, a negative round) and
     ``ConfigError`` when the population cannot satisfy ``params``: fewer
-    contributors than ``min_group`` (field ``tree.min_group``), too few nodes
-    outside a group for its k seats (``tree.k``), or the organisation rule
-    (``tree.organisations``).
+    contributors than ``min_group`` (field ``secure.min_group``), too few nodes
+    outside a group for its k seats (``secure.k``), or the organisation rule
+    (``secure.organisation_column``).
     """
     seed = tree_seed(
         job_id=job_id, round=round, nodes=nodes, contributors=contributors, beacon=beacon
@@ -571,7 +579,8 @@ def derive_tree(
     n = len(contributors)
     if n < params.min_group:
         raise ConfigError(
-            "tree.min_group", f"{n} contributors cannot form a group of at least {params.min_group}"
+            "secure.min_group",
+            f"{n} contributors cannot form a group of at least {params.min_group}",
         )
     n_leaves = max(1, min(math.ceil(n / params.group_size), n // params.min_group))
     shuffled = sorted(

@@ -9,9 +9,20 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_curves(metrics: dict[str, Any], path: Path) -> None:
+    fig = curves_figure(metrics)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def curves_figure(metrics: dict[str, Any]) -> Figure:
+    """The figure ``plot_curves`` saves (metrics.json's content), for callers that show it."""
     rounds = metrics["rounds"]
     fig, (ax, ax_part) = plt.subplots(
         2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
@@ -41,8 +52,6 @@ def plot_curves(metrics: dict[str, Any], path: Path) -> None:
     ax_part.set_xlabel("round")
     ax_part.set_ylabel("nodes")
     ax_part.legend(loc="lower left", fontsize="small", framealpha=0.9)
+    ax_part.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds: never "2.5"
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    return fig
