@@ -31,7 +31,7 @@ def rounds(n: int, nodes: int) -> list[RoundRecord]:
             participants=nodes - r % 3,
             skipped=False,
             train_loss=1.0 / (r + 1),
-            included=tuple(f"node-{i:05d}" for i in range(nodes - r % 3)),
+            included=tuple(f"node-{i:06d}" for i in range(nodes - r % 3)),
             value=0.5 + r / 100,
             seconds=0.25,
             bytes_up=100 * nodes,
@@ -53,7 +53,10 @@ def test_the_file_says_what_build_metrics_says(tmp_path: Path, job: PreparedJob)
         json.dumps(build_metrics(job, records, None, status="finished", model_digest="d"))
     )
     assert final["final"]["value"] == pytest.approx(0.56)
-    assert all("included" not in r for r in final["rounds"])
+    # Who contributed, small: a compressed bitset over the nodes, not thousands of ids.
+    assert [metrics.decode_included(r["included"], job.n_nodes) for r in final["rounds"]] == [
+        list(r.included) for r in records
+    ]
     lines = (tmp_path / "rounds.jsonl").read_text().splitlines()
     assert [RoundRecord.from_json(json.loads(line)).included for line in lines] == [
         r.included for r in records
@@ -67,9 +70,9 @@ def test_each_round_is_serialised_once(
     calls: list[int] = []
     real = metrics.round_entry
 
-    def counted(record: RoundRecord) -> dict[str, object]:
+    def counted(record: RoundRecord, n_nodes: int) -> dict[str, object]:
         calls.append(record.round)
-        return real(record)
+        return real(record, n_nodes)
 
     monkeypatch.setattr(metrics, "round_entry", counted)
     facts: list[PreparedJob] = []
@@ -88,8 +91,9 @@ def test_each_round_is_serialised_once(
     assert facts == [job]  # what the job is (sizes, config) is worked out once, not per round
 
 
-def before_the_writer(records: list[RoundRecord]) -> list[dict[str, Any]]:
-    """metrics.json's rounds as build_metrics made them before MetricsWriter (verbatim)."""
+def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str, Any]]:
+    """metrics.json's rounds as build_metrics made them before MetricsWriter (verbatim),
+    and the contributors' bitset added since."""
 
     def finite(x: float) -> float | None:
         return x if math.isfinite(x) else None
@@ -99,6 +103,7 @@ def before_the_writer(records: list[RoundRecord]) -> list[dict[str, Any]]:
             **{k: v for k, v in dataclasses.asdict(r).items() if k != "included"},
             "train_loss": finite(r.train_loss),
             "value": finite(r.value),
+            "included": metrics.encode_included(r.included, n_nodes),
         }
         for r in records
     ]
@@ -121,7 +126,7 @@ def test_rounds_read_as_before_the_writer(tmp_path: Path, job: PreparedJob) -> N
     for record in records:
         writer.add_round(record)
     final = writer.finish()
-    expected = json.loads(json.dumps(before_the_writer(records)))
+    expected = json.loads(json.dumps(before_the_writer(records, job.n_nodes)))
     assert final["rounds"] == expected
     assert [list(r) for r in final["rounds"]] == [list(r) for r in expected]
     assert final["final"] == {"value": pytest.approx(0.54), "round": 5}
@@ -155,3 +160,22 @@ def test_a_crash_keeps_every_closed_round(tmp_path: Path, job: PreparedJob) -> N
     running = json.loads((tmp_path / "metrics.json").read_text())
     assert running["status"] == "running" and len(running["rounds"]) == 4
     writer.finish()
+
+
+def test_who_contributed_stays_small_at_30000_nodes() -> None:
+    """metrics.json's ``included``: a bitset, not ids (issue 12): N/8 bytes at most."""
+    n = 30_000
+    everyone = [f"node-{i:06d}" for i in range(n)]
+    for included, at_most in [
+        (everyone, 100),
+        ([], 100),
+        (everyone[::2], 200),
+        (everyone[::7], 5_200),
+    ]:
+        text = metrics.encode_included(included, n)
+        assert len(text) <= at_most, (len(included), len(text))
+        assert metrics.decode_included(text, n) == included
+    with pytest.raises(ValueError, match="not one of the job's"):
+        metrics.encode_included(["node-030000"], n)
+    with pytest.raises(ValueError, match="not a node id"):
+        metrics.encode_included(["agg-2"], n)
