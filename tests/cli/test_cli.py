@@ -106,3 +106,13 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, edit: tuple[str, str], fie
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"error: {field}" in proc.stderr, proc.stderr
+
+
+def test_the_last_line_says_one_duration_the_result_and_the_baseline() -> None:
+    """`tessera run` and `tessera up` end alike (issue 12: up printed three durations)."""
+    from tessera.cli.main import done_line
+
+    line = done_line(52.04, "accuracy", 0.2610, 0.2750)
+    assert line.count(" s") == 1 and "52.0 s" in line
+    assert "federated accuracy 0.2610 | centralized 0.2750 | gap +0.0140" in line
+    assert "centralized" not in done_line(3.0, "R^2", 0.5, None)

@@ -12,12 +12,13 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from tessera.cli.main import app, console, progress_bar
+from tessera.cli.main import app, console, done_line, progress_bar
 from tessera.errors import TesseraError
 
 job_app = typer.Typer(no_args_is_help=True, help="The AI provider's side: submit, watch, fetch.")
@@ -300,6 +301,7 @@ def up(
     from tessera.deploy.local import Deployment
     from tessera.deploy.up import default_out
 
+    t0 = time.monotonic()  # the one duration it reports: the whole command's
     out = out or default_out(config)
     try:
         cfg = load_config(config)
@@ -332,7 +334,7 @@ def up(
 
             tracker = MlflowLogger(mlflow, experiment=cfg.job.name, run_name=f"up-{out.name}")
             tracker.log_params(cfg.model_dump(mode="json"))
-        final, metric = _up_with_progress(
+        final, metric, centralized = _up_with_progress(
             dep,
             out,
             quiet=quiet,
@@ -355,10 +357,11 @@ def up(
         return
     finally:
         dep.close()
+    console.print(done_line(time.monotonic() - t0, metric, final, centralized))
     console.print(
-        f"[bold green]done[/]: federated {metric} {final:.4f} over {nodes} node processes"
+        f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png;"
+        f" logs in {out}/logs"
     )
-    console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png; logs in {out}/logs")
 
 
 def _up_with_progress(
@@ -369,8 +372,11 @@ def _up_with_progress(
     tracker: Any,
     start_timeout: float | None = None,
     start_batch: int | None = None,
-) -> tuple[float, str]:
-    """Run the job with a progress bar; metrics.json and the model are rewritten each round."""
+) -> tuple[float, str, float | None]:
+    """Run the job with a progress bar; metrics.json and the model are rewritten each round.
+
+    Returns the final metric, its name and the centralized baseline's (None: off).
+    """
     from tessera.deploy.up import baseline_of, run_job
     from tessera.jobs.records import RoundRecord
     from tessera.jobs.secure import summarize
@@ -431,7 +437,8 @@ def _up_with_progress(
     }
     metrics = writer.finish(model_digest=digest)
     plot_curves(metrics, out / "curves.png")
-    return (done[-1].value if done else float("nan")), metric
+    final = done[-1].value if done else float("nan")
+    return final, metric, None if baseline is None else baseline.value
 
 
 @job_app.command("submit")

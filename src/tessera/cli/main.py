@@ -28,6 +28,14 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
+def done_line(seconds: float, metric: str, final: float, centralized: float | None) -> str:
+    """The last line of a run: its one duration, the result, the baseline and the gap."""
+    line = f"federated {metric} {final:.4f}"
+    if centralized is not None:
+        line += f" | centralized {centralized:.4f} | gap {centralized - final:+.4f}"
+    return f"[bold green]done[/] in {seconds:.1f} s: {line}"
+
+
 @app.callback()
 def _process_setup() -> None:
     """Every command handles model-sized vectors: keep their scratch memory warm."""
@@ -118,11 +126,8 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
     digest = save_file(out / "model.safetensors", job.layout.unflatten(result.weights))
     metrics = writer.finish(model_digest=digest)
     plot_curves(metrics, out / "curves.png")
-    final = metrics["final"]["value"]
-    line = f"federated {metric} {final:.4f}"
-    if baseline is not None:
-        line += f" | centralized {baseline.value:.4f} | gap {baseline.value - final:+.4f}"
-    console.print(f"[bold green]done[/] in {result.seconds:.1f} s: {line}")
+    reference = None if baseline is None else baseline.value
+    console.print(done_line(result.seconds, metric, metrics["final"]["value"], reference))
     console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png")
 
 
