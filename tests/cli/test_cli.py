@@ -116,3 +116,15 @@ def test_the_last_line_says_one_duration_the_result_and_the_baseline() -> None:
     assert line.count(" s") == 1 and "52.0 s" in line
     assert "federated accuracy 0.2610 | centralized 0.2750 | gap +0.0140" in line
     assert "centralized" not in done_line(3.0, "R^2", 0.5, None)
+
+
+def test_data_check_reports_and_warns_without_training() -> None:
+    """`tessera data check`: the table as a run sees it; exit 1 on a warning (issue 12)."""
+    chem97 = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples" / "chem97.toml"
+    done = tessera("data", "check", str(chem97))
+    assert done.returncode == 1, done.stderr
+    said = done.stderr
+    assert "2,151 nodes" in said and "records per node" in said and "target classes" in said
+    assert "warning:" in said and "fewer than 5 records" in said
+    missing = tessera("data", "check", "no-such-job.toml")
+    assert missing.returncode == 2
