@@ -146,7 +146,13 @@ def test_regression_targets_and_constant_columns() -> None:
     assert pre.features == ("x", "k") and pre.n_classes is None and pre.classes == ()
     out = pre.transform(df)
     assert out.y.dtype == np.float32
-    np.testing.assert_array_equal(out.y, df["y"].to_numpy(np.float32))
+    # The target is standardized (issue 12: a raw-scale target trained nothing) ...
+    assert pre.target_scale == (2.0, pytest.approx(np.std([0.5, 1.5, 2.5, 3.5])))
+    np.testing.assert_allclose(out.y, (df["y"] - 2.0) / pre.target_scale[1], rtol=1e-6)
+    # ... and predictions come back on its own scale.
+    np.testing.assert_allclose(pre.target_from_model(out.y), df["y"], rtol=1e-6)
+    again = Preprocessor.from_json(pre.to_json())
+    assert again.target_scale == pre.target_scale
     np.testing.assert_array_equal(out.x[:, 1], 0.0)  # constant column: std 1, not a division by 0
     raw = Preprocessor.fit(df, target="y", features=["x"], task="regression", standardize=False)
     np.testing.assert_array_equal(raw.transform(df).x[:, 0], df["x"].to_numpy(np.float32))

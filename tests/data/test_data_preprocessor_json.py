@@ -178,9 +178,9 @@ GOOD: dict[str, Any] = {
 
 
 def test_the_reference_document_parses() -> None:
-    pre = Preprocessor.from_json(GOOD)
+    pre = Preprocessor.from_json(GOOD)  # written before targets were scaled: none
     assert pre.feature_names == ("x", "c=a", "c=1")
-    assert pre.to_json() == GOOD
+    assert pre.to_json() == {**GOOD, "target_scale": None}
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
@@ -199,6 +199,9 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
+        (_with("target_scale", [1.0, 0.0]), r"target_scale must be null, or \[mean, std > 0\]"),
+        (_with("target_scale", [1.0]), "target_scale must be null"),
+        (_with("target_scale", [True, 2.0]), "target_scale must be null"),
         ([], "preprocessor must be a JSON object"),
         (_with("format", "v2"), "preprocessor.format must be"),
         (_with("extra", 1), "preprocessor: unknown extra"),

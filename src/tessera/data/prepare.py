@@ -108,6 +108,7 @@ class Prepared:
 
 _JSON_FORMAT = "tessera-preprocessor/v1"
 _JSON_KEYS = ("format", "target", "task", "columns", "classes", "image_shape", "n_dropped")
+_OPTIONAL_JSON_KEYS = ("target_scale",)  # absent in encodings written before it
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,12 @@ class Preprocessor:
     column gets std 1); categorical columns are one-hot encoded over the
     categories seen in training (an unseen category encodes as all zeros);
     classification labels map to 0..C-1 in sorted order of the training labels.
-    Rows with a missing (NaN/None/inf) target or feature are dropped, in ``fit``
-    and in ``transform`` alike; ``n_dropped`` and ``Prepared.n_dropped`` say how many.
+    A regression target is standardized too (``target_scale``: its training
+    mean and std), since a target in the hundreds trains nothing at the usual
+    learning rates; ``target_from_model`` maps predictions back, and R^2 is
+    the same on either scale. Rows with a missing (NaN/None/inf) target or
+    feature are dropped, in ``fit`` and in ``transform`` alike; ``n_dropped``
+    and ``Prepared.n_dropped`` say how many.
     """
 
     target: str
@@ -141,6 +146,7 @@ class Preprocessor:
     classes: tuple[Hashable, ...]
     image_shape: tuple[int, ...] | None
     n_dropped: int
+    target_scale: tuple[float, float] | None = None  # regression: the target's (mean, std)
 
     @classmethod
     def fit(
@@ -207,6 +213,11 @@ class Preprocessor:
                 ]
             )
         stats = {c: (float(m), float(s)) for c, m, s in zip(numeric, means, stds, strict=True)}
+        target_scale = None
+        if kind is Task.REGRESSION and standardize:
+            values = rows[target].to_numpy(dtype=np.float64)
+            mean = float(values.mean())
+            target_scale = (mean, _safe_std(float(values.std()), mean))
         columns: list[_Numeric | _Categorical] = [
             _Categorical(c, _sorted_values(rows[c])) if c in cats else _Numeric(c, *stats[c])
             for c in names
@@ -218,6 +229,7 @@ class Preprocessor:
             classes=classes,
             image_shape=image_shape,
             n_dropped=len(train_df) - len(rows),
+            target_scale=target_scale,
         )
 
     @property
@@ -275,12 +287,15 @@ class Preprocessor:
             "classes": [_json_scalar(v, f"class of {self.target!r}") for v in self.classes],
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "n_dropped": self.n_dropped,
+            "target_scale": None if self.target_scale is None else list(self.target_scale),
         }
 
     @classmethod
     def from_json(cls, obj: object) -> Preprocessor:
         """Read what ``to_json`` wrote; anything malformed raises ``DataError`` naming where."""
-        top = _json_object(obj, "preprocessor", set(_JSON_KEYS))
+        if isinstance(obj, dict) and "target_scale" not in obj:
+            obj = {**obj, "target_scale": None}  # written before targets were scaled
+        top = _json_object(obj, "preprocessor", {*_JSON_KEYS, *_OPTIONAL_JSON_KEYS})
         if top["format"] != _JSON_FORMAT:
             raise DataError(f"preprocessor.format must be {_JSON_FORMAT!r}, got {top['format']!r}")
         target = _json_name(top["target"], "preprocessor.target")
@@ -326,6 +341,7 @@ class Preprocessor:
             classes=classes,
             image_shape=image_shape,
             n_dropped=n_dropped,
+            target_scale=_target_scale(top["target_scale"], task),
         )
 
     def transform(self, df: pd.DataFrame, *, group_column: str | None = None) -> Prepared:
@@ -374,10 +390,21 @@ class Preprocessor:
         groups = None if group_column is None else rows[group_column].to_numpy()
         return Prepared(x=x, y=self._labels(rows), groups=groups, n_dropped=len(df) - n)
 
+    def target_from_model(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """A regression model's outputs on the target's own scale (undoes ``target_scale``)."""
+        out = np.asarray(values, dtype=np.float64)
+        if self.target_scale is None:
+            return out
+        mean, std = self.target_scale
+        return out * std + mean
+
     def _labels(self, rows: pd.DataFrame) -> Labels:
         values = rows[self.target]
         if self.task is Task.REGRESSION:
-            return values.to_numpy(dtype=np.float32)
+            if self.target_scale is None:
+                return values.to_numpy(dtype=np.float32)
+            mean, std = self.target_scale
+            return ((values.to_numpy(dtype=np.float64) - mean) / std).astype(np.float32)
         codes = pd.Index(self.classes).get_indexer(pd.Index(values))
         if (codes < 0).any():
             unseen = _sorted_values(values[codes < 0])
@@ -494,6 +521,20 @@ def _json_scalar(value: object, what: str) -> str | int | float | bool:
             "only strings, integers, floats and true/false can"
         )
     return value
+
+
+def _target_scale(value: object, task: Task) -> tuple[float, float] | None:
+    """``[mean, std]`` of a regression target (std > 0), or null."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else []
+    numbers = [float(v) for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
+    ok = len(numbers) == 2 == len(items) and all(map(math.isfinite, numbers)) and numbers[1] > 0
+    if not ok or task is not Task.REGRESSION:
+        raise DataError(
+            "preprocessor.target_scale must be null, or [mean, std > 0] of a regression target"
+        )
+    return numbers[0], numbers[1]
 
 
 def _json_object(obj: object, where: str, keys: set[str]) -> dict[str, Any]:
