@@ -12,6 +12,14 @@ refuses jobs outside its catalogue, and fetches its user's records from the
 data provider only with the user's consent receipt, once per job. Local
 training runs in the sandbox (no network, limited memory and CPU time).
 
+Trust (SECURITY.md): the agent knows its data provider from its user
+(``provider``, ``provider_key``), never from a job, and talks https only. It
+consents only to jobs naming that provider, sends the consent with the
+provider's attestation (which carries its beacon commitment), reveals its
+beacon secret once the job freezes its participants, and before it sends
+anything in a job it checks every participant's attestation and reveal and
+derives the trees' beacon itself.
+
 Timers are wall-clock; across machines this assumes clocks synchronised to
 within a fraction of the job's phase timeout (NTP), as deadlines do anywhere.
 """
