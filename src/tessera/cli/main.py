@@ -124,8 +124,12 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
 
         result = simulate(job, on_round=on_round, secure=secure is not None)
     digest = save_file(out / "model.safetensors", job.layout.unflatten(result.weights))
-    metrics = writer.finish(model_digest=digest)
+    metrics = writer.finish(
+        status="finished" if result.error is None else "failed", model_digest=digest
+    )
     plot_curves(metrics, out / "curves.png")
+    if result.error is not None:  # the model of the last finite round was kept and written
+        raise TesseraError(result.error)
     reference = None if baseline is None else baseline.value
     console.print(done_line(result.seconds, metric, metrics["final"]["value"], reference))
     console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png")

@@ -322,10 +322,13 @@ class JobDriver(Observer):
         sha = self._publish(effect.weights, step)
         step.job_update = {
             **(step.job_update or {}),  # keep the last round's current_round
-            "state": "finished",
+            "state": "finished" if effect.error is None else "failed",
             "final_weights": sha,
             "finished_at": self.clock(),
         }
+        if effect.error is not None:
+            step.job_update["error"] = effect.error
+            self._note(effect.error)
         self.finished = True
 
     def _with_traffic(self, record: RoundRecord, step: _Step) -> RoundRecord:

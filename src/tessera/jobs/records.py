@@ -116,6 +116,7 @@ class SimulationResult:
     weights: Vector
     seconds: float
     secure: bool
+    error: str | None = None  # the job stopped early, and why (training diverged)
 
     @property
     def final_value(self) -> float:

@@ -26,6 +26,7 @@ moment would lose the round's progress, so it is refused.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -288,8 +289,12 @@ class Coordinator:
         if timer_pending:
             effects.append(CancelTimer(timer=RoundDeadline(round=self.round)))
         skipped = mean_delta is None or participants < self.params.min_updates
+        diverged = None
         if mean_delta is not None and not skipped:
-            self.weights = self.strategy.apply(self.weights, mean_delta)
+            weights = self.strategy.apply(self.weights, mean_delta)
+            diverged = _divergence(self.round, weights, mean_loss)
+            if diverged is None:
+                self.weights = weights  # else the last finite model is kept, and the job stops
         self._transition(CoordinatorInput.ROUND_DONE)
         effects.append(
             RoundClosed(
@@ -305,9 +310,36 @@ class Coordinator:
                 included=included if not skipped else (),
             )
         )
-        if self.round + 1 < self.params.rounds:
+        if self.round + 1 < self.params.rounds and diverged is None:
             effects.extend(self._open_round(self.round + 1, now))
         else:
             self._transition(CoordinatorInput.JOB_DONE)
-            effects.append(JobFinished(weights=self.weights, rounds=self.params.rounds))
+            effects.append(JobFinished(weights=self.weights, rounds=self.round + 1, error=diverged))
         return effects
+
+
+#: A weight this large is an explosion, not a model: inputs and targets are standardized.
+EXPLODED = 1e6
+
+
+def _divergence(round: int, weights: Vector, mean_loss: float) -> str | None:
+    """Why training diverged this round (a non-finite loss, or an exploded model), or None.
+
+    A diverged model only gets worse, and a non-finite one is lost for good:
+    the job stops with the last sound model and a reason people can act on.
+    """
+    finite = bool(np.isfinite(weights).all())
+    largest = float(np.abs(weights).max()) if finite and weights.size else 0.0
+    if math.isfinite(mean_loss) and finite and largest <= EXPLODED:
+        return None
+    if not math.isfinite(mean_loss):
+        what = "the mean training loss is not finite"
+    elif not finite:
+        what = "the aggregated model is not finite"
+    else:
+        what = f"the aggregated model holds a weight of {largest:.3g} (over {EXPLODED:.0e})"
+    return (
+        f"training diverged in round {round}: {what}; the likely causes are "
+        "a learning rate too high for this model (lower recipe.lr) or a target on a raw "
+        "scale (keep data.standardize on); the model of the round before is kept"
+    )

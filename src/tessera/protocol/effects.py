@@ -65,6 +65,7 @@ class RoundClosed:
 class JobFinished:
     weights: Vector
     rounds: int
+    error: str | None = None  # the job stopped early, and why (training diverged)
 
 
 Effect = (

@@ -127,7 +127,9 @@ def simulate(
     start = time.perf_counter()
     weights = sim.run()
     elapsed = time.perf_counter() - start
-    return SimulationResult(rounds=records, weights=weights, seconds=elapsed, secure=secure)
+    return SimulationResult(
+        rounds=records, weights=weights, seconds=elapsed, secure=secure, error=sim.error
+    )
 
 
 def baseline_epochs(job: PreparedJob) -> int:

@@ -151,6 +151,7 @@ class Simulation(Observer):
         self.on_round = on_round
         self.now = 0.0
         self.final_weights: Vector | None = None
+        self.error: str | None = None  # why the job stopped early (JobFinished.error)
         self._queue: list[_Pending] = []
         self._seq = itertools.count()
         self._due: dict[int, list[tuple[float, int, int]]] = {}  # round -> heap of (at, seq, node)
@@ -286,6 +287,7 @@ class Simulation(Observer):
 
     def job_finished(self, actor: NodeId, effect: JobFinished) -> None:  # noqa: ARG002
         self.final_weights = effect.weights
+        self.error = effect.error
 
     def round_closed(self, actor: NodeId, effect: RoundClosed) -> None:  # noqa: ARG002
         now = time.perf_counter()
