@@ -362,11 +362,15 @@ class JobDriver(Observer):
         self.refusals = [*self.refusals[-99:], line]
 
     def relay_problem(self, sender: str, recipient: str, kind: Kind) -> str | None:
-        """Why the open round's tree has no role that sends this envelope (None: relay it)."""
-        with self._lock:
-            if not isinstance(self.machine, SecureCoordinator):
-                return None
-            return self.machine.relay_problem(NodeId(sender), NodeId(recipient), kind)
+        """Why the open round's tree has no role that sends this envelope (None: relay it).
+
+        No lock: the machine publishes each round's roles as one immutable object,
+        so a post never waits for the driver's step in progress.
+        """
+        machine = self.machine
+        if not isinstance(machine, SecureCoordinator):
+            return None
+        return machine.relay_problem(NodeId(sender), NodeId(recipient), kind)
 
     # -- the thread ----------------------------------------------------------------
     def wake(self) -> None:

@@ -51,7 +51,7 @@ import numpy as np
 from tessera.crypto.fixedpoint import Ring, choose_ring, decode
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
-from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
+from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.audit import decode_evidence, verify_evidence
 from tessera.protocol.codec import (
@@ -80,6 +80,7 @@ from tessera.protocol.kinds import SEALED, Kind
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
 from tessera.protocol.params import RoundParams
+from tessera.protocol.relay import RelayRoles
 from tessera.protocol.states import (
     SECURE_ROUND_TRANSITIONS,
     CoordinatorInput,
@@ -142,8 +143,6 @@ class _RoundState:
     blamed: dict[str, str] = field(default_factory=dict)  # aggregator -> why
     audits_due: set[int] = field(default_factory=set)  # root positions owing evidence
     phase: RoundPhase = RoundPhase.AGGREGATING
-    # node -> the groups it may serve this round (a seat or a backup's), built on first use
-    servers: dict[NodeId, set[str]] | None = None
 
 
 class SecureCoordinator(Coordinator):
@@ -166,6 +165,7 @@ class SecureCoordinator(Coordinator):
         self.organisations = dict(organisations or dict.fromkeys(self.nodes))
         self.wire = Wire(COORDINATOR, params.job_id, keys, directory)
         self._rs: _RoundState | None = None
+        self.relay_roles: RelayRoles | None = None  # the open round's, for the relay
 
     # -- events -------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Effect]:
@@ -202,60 +202,9 @@ class SecureCoordinator(Coordinator):
         raise self._failed(f"cannot handle {type(event).__name__}")
 
     def relay_problem(self, sender: NodeId, recipient: NodeId, kind: Kind) -> str | None:
-        """Why this round's tree expects no ``kind`` envelope from ``sender`` to ``recipient``.
-
-        For the relay, which stores only what some role of the open round may
-        send: a share goes from a leaf group's member to one of that group's
-        seats (or backups); a partial sum or evidence from a group's server to
-        a server of its parent or grandparent (the coordinator at the root); an
-        audit request the other way. None: the envelope may be relayed. The
-        recipient's own machine still checks the rest (the exact seat, the
-        position, the inputs).
-        """
-        rs = self._rs
-        if rs is None or self.state is not CoordinatorState.COLLECTING:
-            return "no round is open"
-        tree, servers = rs.tree, self._servers(rs)
-        if kind == Kind.SHARE:
-            try:
-                leaf = tree.leaf_of(sender)
-            except LocalProtocolError:
-                return f"{sender} contributes to no group this round"
-            if leaf.id not in servers.get(recipient, set()):
-                return f"{recipient} serves no seat of {sender}'s group {leaf.id}"
-            return None
-        if kind not in (Kind.PARTIAL, Kind.EVIDENCE, Kind.AUDIT_REQUEST):
-            return None  # to the coordinator: its own machine decides
-        upward = kind != Kind.AUDIT_REQUEST
-        lower, upper = (sender, recipient) if upward else (recipient, sender)
-        if any(
-            self._feeds(tree, g, servers.get(upper, set()), upper) for g in servers.get(lower, ())
-        ):
-            return None
-        return f"no group that {lower} serves feeds one that {upper} serves this round"
-
-    @staticmethod
-    def _servers(rs: _RoundState) -> dict[NodeId, set[str]]:
-        """Node -> the groups it may serve this round (a seat or a backup's); built once."""
-        if rs.servers is None:
-            rs.servers = {}
-            for group in rs.tree.groups:
-                for node in (*group.aggregators, *group.backups):
-                    rs.servers.setdefault(node, set()).add(group.id)
-        return rs.servers
-
-    @staticmethod
-    def _feeds(tree: Tree, group_id: str, upper_groups: set[str], upper: NodeId) -> bool:
-        """Whether ``group_id``'s sums reach a group ``upper`` serves: its parent sums them,
-        its grandparent audits them; above the root is the coordinator."""
-        above = tree.group(group_id).parent
-        for _ in range(2):
-            if above is None:
-                return upper == COORDINATOR
-            if above in upper_groups:
-                return True
-            above = tree.group(above).parent
-        return False
+        """Why the open round's tree expects no such envelope (``RelayRoles.problem``)."""
+        roles = self.relay_roles  # one read: the relay's threads never take a lock for it
+        return "no round is open" if roles is None else roles.problem(sender, recipient, kind)
 
     def _round_progressed(self) -> bool:
         rs = self._rs
@@ -289,6 +238,7 @@ class SecureCoordinator(Coordinator):
             spares={g.id: list(g.backups) for g in tree.groups},
         )
         self._rs = rs
+        self.relay_roles = RelayRoles(tree)
         self.wire.replay.forget_before(round)
         self._seat_backups_for_withdrawn(rs)
         weights = self.weights
@@ -641,6 +591,7 @@ class SecureCoordinator(Coordinator):
     def _close_secure(self, now: float, why: PhaseInput) -> list[Effect]:
         assert self._rs is not None
         rs, self._rs = self._rs, None
+        self.relay_roles = None
         self._phase(rs, why)
         timer_pending = why is not PhaseInput.DEADLINE  # else it just fired
         root = rs.tree.root

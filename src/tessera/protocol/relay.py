@@ -1,0 +1,75 @@
+"""Which node-to-node envelopes a round's tree asks for: what the relay may store.
+
+Built once when a round opens and never changed (replacements are backups,
+already counted), so the coordinator's HTTP threads read it without taking
+the job driver's lock: the relay's check costs a few dictionary lookups on
+the hottest path, and never waits for a step of the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tessera.errors import LocalProtocolError
+from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol.kinds import Kind
+from tessera.protocol.topology import Tree
+
+__all__ = ["RelayRoles"]
+
+
+@dataclass(frozen=True, eq=True)
+class RelayRoles:
+    """The open round's tree as the relay sees it: who may send what to whom.
+
+    Equal when the trees are (the index is derived from the tree).
+    """
+
+    _tree: Tree
+    _servers: dict[NodeId, set[str]] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        servers: dict[NodeId, set[str]] = {}  # node -> groups it may serve (seat or backup)
+        for group in self._tree.groups:
+            for node in (*group.aggregators, *group.backups):
+                servers.setdefault(node, set()).add(group.id)
+        object.__setattr__(self, "_servers", servers)
+
+    def problem(self, sender: NodeId, recipient: NodeId, kind: Kind) -> str | None:
+        """Why the tree expects no ``kind`` envelope from ``sender`` to ``recipient``.
+
+        A share goes from a leaf group's member to one of that group's seats
+        (or backups); a partial sum or evidence from a group's server to a
+        server of its parent or grandparent (the coordinator at the root); an
+        audit request the other way. None: the envelope may be relayed. The
+        recipient's own machine still checks the rest (the exact seat, the
+        position, the inputs).
+        """
+        if kind == Kind.SHARE:
+            try:
+                leaf = self._tree.leaf_of(sender)
+            except LocalProtocolError:
+                return f"{sender} contributes to no group this round"
+            if leaf.id not in self._servers.get(recipient, ()):
+                return f"{recipient} serves no seat of {sender}'s group {leaf.id}"
+            return None
+        if kind not in (Kind.PARTIAL, Kind.EVIDENCE, Kind.AUDIT_REQUEST):
+            return None  # to the coordinator: its own machine decides
+        upward = kind != Kind.AUDIT_REQUEST
+        lower, upper = (sender, recipient) if upward else (recipient, sender)
+        above = self._servers.get(upper, set())
+        if any(self._feeds(group, above, upper) for group in self._servers.get(lower, ())):
+            return None
+        return f"no group that {lower} serves feeds one that {upper} serves this round"
+
+    def _feeds(self, group_id: str, upper_groups: set[str], upper: NodeId) -> bool:
+        """Whether ``group_id``'s sums reach a group ``upper`` serves: its parent sums them,
+        its grandparent audits them; above the root is the coordinator."""
+        above = self._tree.group(group_id).parent
+        for _ in range(2):
+            if above is None:
+                return upper == COORDINATOR
+            if above in upper_groups:
+                return True
+            above = self._tree.group(above).parent
+        return False
