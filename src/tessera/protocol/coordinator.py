@@ -240,6 +240,9 @@ class Coordinator:
             return f"{sender} already answered round {msg.round}"
         if isinstance(msg, UpdateSubmission) and msg.delta.shape != self.weights.shape:
             return "update does not match the model layout"
+        if isinstance(msg, UpdateSubmission) and not math.isfinite(msg.loss):
+            # One node's NaN must not read as the federation's divergence (and stop the job).
+            return "update's training loss is NaN or infinite"
         return None
 
     def _on_message(self, event: MessageReceived, now: float) -> list[Effect]:
