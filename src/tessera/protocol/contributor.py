@@ -23,9 +23,16 @@ from tessera.crypto.sharing import Share, split
 from tessera.errors import LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol.codec import decode_reassign, encode_share
-from tessera.protocol.effects import Effect, Rejected, RequestLocalTraining, Send
+from tessera.protocol.effects import (
+    Effect,
+    Rejected,
+    RequestLocalStatistics,
+    RequestLocalTraining,
+    Send,
+)
 from tessera.protocol.events import (
     Event,
+    LocalStatisticsReady,
     LocalTrainingFailed,
     LocalUpdateReady,
     MessageReceived,
@@ -78,6 +85,15 @@ def weighted_vector(
     vector[-2] = w * min(max(loss, 0.0), loss_cap) / loss_cap
     vector[-1] = w
     return vector
+
+
+def _counted(statistics: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """What a contributor shares in a statistics round: its vector, then 0 and 1.
+
+    The tail matches a training round's (loss, weight) words, so the total's
+    last word counts the nodes whose statistics it holds.
+    """
+    return np.concatenate([statistics, [0.0, 1.0]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,44 +154,58 @@ class Contributor:
             except RemoteProtocolError as exc:
                 return [Rejected(sender=event.sender, reason=str(exc))]
         if isinstance(event, MessageReceived):
-            msg = event.message
-            if event.sender != COORDINATOR or not isinstance(msg, TrainRequest):
-                return [Rejected(sender=event.sender, reason="only train requests are taken")]
-            if msg.job_id != self.job_id:
-                return [Rejected(sender=event.sender, reason=f"no consent to job {msg.job_id!r}")]
-            if msg.round <= self.round:
-                return [Rejected(sender=event.sender, reason=f"round {msg.round} is not new")]
-            problem = self._assignment_problem(msg)
-            if problem is not None:
-                return [Rejected(sender=event.sender, reason=problem)]
-            self._transition(ContributorInput.TRAIN_REQUEST)
-            self.round, self.deadline, self.assignment = msg.round, msg.deadline, msg.secure
-            self._sent = None
-            self._holders = {}
-            return [RequestLocalTraining(round=msg.round, weights=msg.weights, config=msg.config)]
-        if isinstance(event, LocalUpdateReady | LocalTrainingFailed):
+            return self._on_request(event)
+        if isinstance(event, LocalUpdateReady | LocalStatisticsReady | LocalTrainingFailed):
             if not (self.state is ContributorState.TRAINING and event.round == self.round):
                 return []  # the result of a superseded round is dropped
-            reply: UpdateSubmission | TrainingDeclined
-            if isinstance(event, LocalUpdateReady) and now <= self.deadline:
-                self._transition(ContributorInput.UPDATE_READY)
-                if self.assignment is not None:
-                    return self._shares(event)
-                reply = UpdateSubmission(
-                    job_id=self.job_id,
-                    round=event.round,
-                    delta=event.delta,
-                    num_samples=event.num_samples,
-                    loss=event.loss,
-                )
-            else:
-                self._transition(ContributorInput.TRAINING_FAILED)
-                reason = (
-                    event.reason if isinstance(event, LocalTrainingFailed) else "missed deadline"
-                )
-                reply = TrainingDeclined(job_id=self.job_id, round=event.round, reason=reason)
-            return [Send(recipient=COORDINATOR, message=reply)]
+            return self._on_result(event, now)
         raise LocalProtocolError(f"contributor cannot handle {type(event).__name__}")
+
+    def _on_request(self, event: MessageReceived) -> list[Effect]:
+        msg = event.message
+        if event.sender != COORDINATOR or not isinstance(msg, TrainRequest):
+            return [Rejected(sender=event.sender, reason="only train requests are taken")]
+        if msg.job_id != self.job_id:
+            return [Rejected(sender=event.sender, reason=f"no consent to job {msg.job_id!r}")]
+        if msg.round <= self.round:
+            return [Rejected(sender=event.sender, reason=f"round {msg.round} is not new")]
+        problem = self._assignment_problem(msg)
+        if problem is not None:
+            return [Rejected(sender=event.sender, reason=problem)]
+        self._transition(ContributorInput.TRAIN_REQUEST)
+        self.round, self.deadline, self.assignment = msg.round, msg.deadline, msg.secure
+        self._sent = None
+        self._holders = {}
+        if msg.statistics:
+            return [RequestLocalStatistics(round=msg.round)]
+        return [RequestLocalTraining(round=msg.round, weights=msg.weights, config=msg.config)]
+
+    def _on_result(
+        self, event: LocalUpdateReady | LocalStatisticsReady | LocalTrainingFailed, now: float
+    ) -> list[Effect]:
+        """Share or submit what the runtime computed, or decline the round."""
+        reason = event.reason if isinstance(event, LocalTrainingFailed) else "missed deadline"
+        if isinstance(event, LocalStatisticsReady) and now <= self.deadline:
+            problem = self._statistics_problem(event)
+            if problem is None:
+                self._transition(ContributorInput.UPDATE_READY)
+                return self._seal_all(_counted(event.vector))
+            reason = problem
+        elif isinstance(event, LocalUpdateReady) and now <= self.deadline:
+            self._transition(ContributorInput.UPDATE_READY)
+            if self.assignment is not None:
+                return self._shares(event)
+            update = UpdateSubmission(
+                job_id=self.job_id,
+                round=event.round,
+                delta=event.delta,
+                num_samples=event.num_samples,
+                loss=event.loss,
+            )
+            return [Send(recipient=COORDINATOR, message=update)]
+        self._transition(ContributorInput.TRAINING_FAILED)
+        declined = TrainingDeclined(job_id=self.job_id, round=event.round, reason=reason)
+        return [Send(recipient=COORDINATOR, message=declined)]
 
     def _assignment_problem(self, request: TrainRequest) -> str | None:
         if request.secure is None:
@@ -186,12 +216,23 @@ class Contributor:
             return None
         return self.secure.tree_check.assignment_problem(self.node, request.round, request.secure)
 
+    def _statistics_problem(self, ready: LocalStatisticsReady) -> str | None:
+        """Why this node's statistics cannot be shared (the ring cannot hold them)."""
+        a = self.assignment
+        if a is None:
+            return "a statistics round is secure"
+        ring = Ring(bits=a.ring_bits, frac_bits=a.frac_bits, terms=a.ring_terms)
+        v = ready.vector
+        if v.dtype != np.float64 or v.ndim != 1 or not bool(np.isfinite(v).all()):
+            return "statistics must be a finite float64 vector"
+        if v.size and float(np.abs(v).max()) > ring.bound:
+            return f"statistics over {ring.bound:.3g} in size do not fit the round's ring"
+        return None
+
     def _shares(self, update: LocalUpdateReady) -> list[Effect]:
         """Clip, weight, encode, split into k shares and seal each for its aggregator."""
-        a, ctx = self.assignment, self.secure
+        a = self.assignment
         assert a is not None
-        assert ctx is not None
-        ring = Ring(bits=a.ring_bits, frac_bits=a.frac_bits, terms=a.ring_terms)
         vector = weighted_vector(
             update.delta,
             update.num_samples,
@@ -200,7 +241,15 @@ class Contributor:
             max_weight=a.max_weight,
             loss_cap=a.loss_cap,
         )
-        words = encode(vector, ring, rounding_rng(ctx.keys, self.job_id, update.round))
+        return self._seal_all(vector)
+
+    def _seal_all(self, vector: npt.NDArray[np.float64]) -> list[Effect]:
+        """Encode ``vector``, split it into k shares and seal each for its aggregator."""
+        a, ctx = self.assignment, self.secure
+        assert a is not None
+        assert ctx is not None
+        ring = Ring(bits=a.ring_bits, frac_bits=a.frac_bits, terms=a.ring_terms)
+        words = encode(vector, ring, rounding_rng(ctx.keys, self.job_id, self.round))
         shares = split(words, len(a.aggregators), full_position=a.full_position, ring=ring)
         self._sent = (ring, vector.shape[0], shares)
         return [

@@ -75,6 +75,15 @@ def select_cohort(params: RoundParams, nodes: Sequence[NodeId], round: int) -> l
     return [ordered[i] for i in picked]
 
 
+def round_cohort(
+    params: RoundParams, nodes: Sequence[NodeId], round: int, *, statistics: bool = False
+) -> list[NodeId]:
+    """Who contributes to ``round``: every node in a statistics round 0, else the cohort."""
+    if statistics and round == 0:
+        return list(nodes)  # statistics are of every node's records, not of a sample
+    return select_cohort(params, nodes, round)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CoordinatorSnapshot:
     """A coordinator machine at a round boundary; see the module docstring."""
@@ -141,6 +150,11 @@ class Coordinator:
         machine._transition(CoordinatorInput.START)
         machine._open_round(snapshot.round, snapshot.opened_at)  # its effects were performed
         return machine
+
+    @property
+    def first_training_round(self) -> int:
+        """Round 0 trains, unless a secure job's statistics round takes it."""
+        return 0
 
     # -- the one entry point ------------------------------------------------
     def _round_progressed(self) -> bool:
@@ -213,6 +227,8 @@ class Coordinator:
         deadline: float,
         config: Mapping[str, float],
         secure: SecureAssignment | None = None,
+        *,
+        statistics: bool = False,
     ) -> Send:
         request = TrainRequest(
             job_id=self.params.job_id,
@@ -221,6 +237,7 @@ class Coordinator:
             deadline=deadline,
             config=config,
             secure=secure,
+            statistics=statistics,
         )
         return Send(recipient=node, message=request)
 
@@ -313,11 +330,12 @@ class Coordinator:
                 included=included if not skipped else (),
             )
         )
-        if self.round + 1 < self.params.rounds and diverged is None:
+        done = self.round + 1 - self.first_training_round  # training rounds so far
+        if done < self.params.rounds and diverged is None:
             effects.extend(self._open_round(self.round + 1, now))
         else:
             self._transition(CoordinatorInput.JOB_DONE)
-            effects.append(JobFinished(weights=self.weights, rounds=self.round + 1, error=diverged))
+            effects.append(JobFinished(weights=self.weights, rounds=done, error=diverged))
         return effects
 
 

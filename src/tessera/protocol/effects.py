@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from tessera.ids import NodeId
 from tessera.protocol.messages import Message
 from tessera.protocol.timers import Timer
@@ -38,6 +41,14 @@ class RequestLocalTraining:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class RequestLocalStatistics:
+    """Count the node's own records by the job's statistics plan; answer
+    LocalStatisticsReady (or LocalTrainingFailed)."""
+
+    round: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Rejected:
     """A peer's message was refused; state is unchanged. For logs and blame."""
 
@@ -62,6 +73,18 @@ class RoundClosed:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class StatisticsClosed:
+    """The statistics round's total (coordinator only): the sum of every included
+    node's statistics vector, decoded; no node's own vector is ever seen."""
+
+    round: int
+    total: npt.NDArray[np.float64]
+    included: tuple[str, ...]
+    closed_at: float
+    blamed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class JobFinished:
     weights: Vector
     rounds: int
@@ -69,5 +92,13 @@ class JobFinished:
 
 
 Effect = (
-    Send | StartTimer | CancelTimer | RequestLocalTraining | Rejected | RoundClosed | JobFinished
+    Send
+    | StartTimer
+    | CancelTimer
+    | RequestLocalTraining
+    | RequestLocalStatistics
+    | Rejected
+    | RoundClosed
+    | StatisticsClosed
+    | JobFinished
 )

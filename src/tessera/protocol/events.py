@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from tessera.ids import NodeId
 from tessera.protocol.messages import Message
 from tessera.protocol.timers import Timer
@@ -37,6 +40,14 @@ class LocalUpdateReady:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LocalStatisticsReady:
+    """The runtime counted the node's records as the statistics round asked."""
+
+    round: int
+    vector: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LocalTrainingFailed:
     round: int
     reason: str
@@ -60,6 +71,7 @@ Event = (
     | MessageReceived
     | TimerFired
     | LocalUpdateReady
+    | LocalStatisticsReady
     | LocalTrainingFailed
     | ParticipantWithdrawn
 )

@@ -119,11 +119,15 @@ class TrainRequest:
     deadline: float
     config: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     secure: SecureAssignment | None = None
+    # Round 0 of a job with a statistics round: count, do not train (no weights).
+    statistics: bool = False
 
     def __post_init__(self) -> None:
         if self.round < 0:
             raise RemoteProtocolError("round must be >= 0")
         _check_vector("weights", self.weights)
+        if self.statistics and (self.secure is None or self.weights.shape[0] != 0):
+            raise RemoteProtocolError("a statistics request is secure and carries no weights")
 
     @property
     def nbytes(self) -> int:

@@ -12,7 +12,13 @@ from tessera.errors import InvalidEnvelope
 from tessera.protocol.aggregator import Aggregator
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.effects import Effect
-from tessera.protocol.events import Event, LocalTrainingFailed, LocalUpdateReady, MessageReceived
+from tessera.protocol.events import (
+    Event,
+    LocalStatisticsReady,
+    LocalTrainingFailed,
+    LocalUpdateReady,
+    MessageReceived,
+)
 from tessera.protocol.kinds import Kind
 from tessera.protocol.messages import Message, Sealed, TrainRequest
 
@@ -32,7 +38,7 @@ class Node:
     @staticmethod
     def for_aggregator(event: Event) -> bool:
         """Whether ``event`` concerns the node's aggregator (else its contributor)."""
-        if isinstance(event, LocalUpdateReady | LocalTrainingFailed):
+        if isinstance(event, LocalUpdateReady | LocalStatisticsReady | LocalTrainingFailed):
             return False
         return not (isinstance(event, MessageReceived) and _for_contributor(event.message))
 

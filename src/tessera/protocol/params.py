@@ -43,3 +43,23 @@ class RoundParams:
         """How many of ``available`` nodes one round selects."""
         wanted = max(self.min_participants, math.ceil(self.fraction * available))
         return min(wanted, available)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StatisticsRound:
+    """A secure job's round 0: every node's statistics vector, totalled up the tree.
+
+    ``length`` words per node, each at most ``bound`` in size (public: the
+    ring is sized for it). With it, training rounds are numbered 1 to
+    ``rounds``; ``only`` ends the job once the totals are in.
+    """
+
+    length: int
+    bound: float
+    only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.length < 1:
+            raise ConfigError("statistics", "a statistics vector needs at least one word")
+        if not (self.bound >= 1 and math.isfinite(self.bound)):
+            raise ConfigError("statistics", "the bound on statistics must be finite and >= 1")

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tessera.crypto.fixedpoint import Ring, choose_ring, decode
 from tessera.crypto.keys import NodeKeys, PublicKeys
@@ -67,8 +68,16 @@ from tessera.protocol.codec import (
     encode_labelled,
     encode_reassign,
 )
-from tessera.protocol.coordinator import Coordinator, select_cohort
-from tessera.protocol.effects import Effect, Rejected, Send, StartTimer
+from tessera.protocol.coordinator import Coordinator, round_cohort
+from tessera.protocol.effects import (
+    CancelTimer,
+    Effect,
+    JobFinished,
+    Rejected,
+    Send,
+    StartTimer,
+    StatisticsClosed,
+)
 from tessera.protocol.events import (
     Event,
     JobStarted,
@@ -79,7 +88,7 @@ from tessera.protocol.events import (
 from tessera.protocol.kinds import SEALED, Kind
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
-from tessera.protocol.params import RoundParams
+from tessera.protocol.params import RoundParams, StatisticsRound
 from tessera.protocol.relay import RelayRoles
 from tessera.protocol.states import (
     SECURE_ROUND_TRANSITIONS,
@@ -114,6 +123,8 @@ class SecureParams:
     # participants' commit-reveal once the participants are frozen, so nobody could
     # predict (or grind) the trees when choosing who takes part. Empty in the simulator.
     beacon: bytes = b""
+    # Round 0 totals every node's statistics (``StatisticsRound``); training starts at 1.
+    statistics: StatisticsRound | None = None
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
@@ -166,6 +177,7 @@ class SecureCoordinator(Coordinator):
         self.wire = Wire(COORDINATOR, params.job_id, keys, directory)
         self._rs: _RoundState | None = None
         self.relay_roles: RelayRoles | None = None  # the open round's, for the relay
+        self.ring_of_statistics: Ring | None = None  # the statistics round's, once opened
 
     # -- events -------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Effect]:
@@ -211,10 +223,20 @@ class SecureCoordinator(Coordinator):
         return rs is None or bool(rs.reports or rs.committed or rs.root_parts or rs.blamed)
 
     # -- opening a round --------------------------------------------------------
+    @property
+    def counting(self) -> bool:
+        """Whether the open round is the statistics round."""
+        return self.secure.statistics is not None and self.round == 0
+
+    @property
+    def first_training_round(self) -> int:
+        return 0 if self.secure.statistics is None else 1
+
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
         self._opened_at, self._withdrawn_at_open = now, frozenset(self.withdrawn)
-        cohort = select_cohort(self.params, self.nodes, round)
+        stats = self.secure.statistics if round == 0 else None
+        cohort = round_cohort(self.params, self.nodes, round, statistics=stats is not None)
         self._selected = frozenset(cohort)
         tree = derive_tree(
             job_id=self.params.job_id,
@@ -224,14 +246,20 @@ class SecureCoordinator(Coordinator):
             params=self.secure.tree,
             beacon=self.secure.beacon,
         )
-        ring = choose_ring(
-            bound=self.secure.term_bound, terms=len(cohort), min_frac_bits=self.secure.min_frac_bits
-        )
+        if stats is None:
+            ring = choose_ring(
+                bound=self.secure.term_bound,
+                terms=len(cohort),
+                min_frac_bits=self.secure.min_frac_bits,
+            )
+        else:  # counts need no fractional bits; sums take what is left
+            ring = choose_ring(bound=stats.bound, terms=len(cohort), min_frac_bits=0)
+            self.ring_of_statistics = ring
         train_until = now + self.params.round_timeout
         rs = _RoundState(
             tree=tree,
             ring=ring,
-            length=self.weights.shape[0] + 2,
+            length=(self.weights.shape[0] if stats is None else stats.length) + 2,
             train_until=train_until,
             digest=tree.digest(),
             seats={g.id: list(g.aggregators) for g in tree.groups},
@@ -241,7 +269,7 @@ class SecureCoordinator(Coordinator):
         self.relay_roles = RelayRoles(tree)
         self.wire.replay.forget_before(round)
         self._seat_backups_for_withdrawn(rs)
-        weights = self.weights
+        weights = self.weights if stats is None else _NO_WEIGHTS
         weights.flags.writeable = False
         phase = self.secure.phase_timeout
         config = self.strategy.configure(round)
@@ -349,7 +377,7 @@ class SecureCoordinator(Coordinator):
                 weights,
                 deadline,
                 config,
-                SecureAssignment(
+                secure=SecureAssignment(
                     group=group.id,
                     clip=self.secure.clip,
                     aggregators=tuple(rs.seats[group.id]),  # a backup where one withdrew
@@ -362,6 +390,7 @@ class SecureCoordinator(Coordinator):
                     loss_cap=self.secure.loss_cap,
                     tree_digest=rs.digest,
                 ),
+                statistics=self.counting,
             )
             for i, member in enumerate(group.members)
             if member not in self._withdrawn_at_open  # absent: its aggregators do not wait
@@ -606,11 +635,15 @@ class SecureCoordinator(Coordinator):
         }
         if len(rs.root_parts) != len(root.aggregators) or set(rs.seats[root.id]) & set(rs.blamed):
             # Missing, or a root sum failed its audit: nothing trustworthy to apply.
+            if self.counting:
+                return self._statistics_closed(now, None, [], blamed, timer_pending)
             return self._finish_round(now, **nothing)
         total = combine([rs.root_parts[j].words for j in range(len(root.aggregators))], rs.ring)
         values = decode(total, rs.ring)
         weight = float(values[-1])
         included = self._included_contributors(rs)
+        if self.counting:
+            return self._statistics_closed(now, values, included, blamed, timer_pending)
         if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
         return self._finish_round(
@@ -623,3 +656,58 @@ class SecureCoordinator(Coordinator):
             timer_pending=timer_pending,
             blamed=blamed,
         )
+
+    def _statistics_closed(
+        self,
+        now: float,
+        values: npt.NDArray[np.float64] | None,
+        included: list[str],
+        blamed: tuple[str, ...],
+        timer_pending: bool,
+    ) -> list[Effect]:
+        """Hand the statistics round's total to the runtime, then open training round 1.
+
+        The total's last word counts the included nodes; a total that holds
+        fewer than ``min_updates`` nodes, or fails to match the tree's
+        included set, is no total: the job stops (training without its
+        statistics would scale inputs by numbers nobody computed).
+        """
+        effects: list[Effect] = []
+        if timer_pending:
+            effects.append(CancelTimer(timer=RoundDeadline(round=self.round)))
+        counted = 0 if values is None else round(float(values[-1]))
+        if (
+            values is None
+            or not included
+            or counted != len(included)
+            or counted < self.params.min_updates
+        ):
+            self._transition(CoordinatorInput.ROUND_DONE)
+            self._transition(CoordinatorInput.JOB_DONE)
+            why = (
+                f"the statistics round totalled {counted} node(s) "
+                f"(needed at least {self.params.min_updates}); no training without them"
+            )
+            effects.append(JobFinished(weights=self.weights, rounds=0, error=why))
+            return effects
+        effects.append(
+            StatisticsClosed(
+                round=self.round,
+                total=values[:-2],
+                included=tuple(included),
+                closed_at=now,
+                blamed=blamed,
+            )
+        )
+        self._transition(CoordinatorInput.ROUND_DONE)
+        assert self.secure.statistics is not None
+        if self.secure.statistics.only:
+            self._transition(CoordinatorInput.JOB_DONE)
+            effects.append(JobFinished(weights=self.weights, rounds=0))
+        else:
+            effects.extend(self._open_round(1, now))
+        return effects
+
+
+#: A statistics request's weights: none.
+_NO_WEIGHTS = np.zeros(0, np.float32)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from tessera.ids import NodeId
-from tessera.protocol.coordinator import select_cohort
+from tessera.protocol.coordinator import round_cohort
 from tessera.protocol.messages import AggregateRequest, SecureAssignment
 from tessera.protocol.params import RoundParams
 from tessera.protocol.topology import Tree, TreeParams, derive_tree
@@ -31,10 +31,13 @@ class TreeCheck:
         *,
         audit: tuple[bool, float] | None = None,
         beacon: bytes = b"",
+        statistics: bool = False,
     ) -> None:
         """``audit``: the job's (secure.audit, secure.audit_fraction), to check roles by;
-        ``beacon``: the job's public beacon (``SecureParams.beacon``)."""
+        ``beacon``: the job's public beacon (``SecureParams.beacon``); ``statistics``:
+        whether round 0 is the statistics round (every node contributes)."""
         self.params = params
+        self.statistics = statistics
         self.beacon = beacon
         self.audit = audit
         self.nodes = tuple(nodes)
@@ -44,7 +47,7 @@ class TreeCheck:
 
     def tree(self, round: int) -> Tree:
         if self._cached is None or self._cached[0] != round:
-            cohort = select_cohort(self.params, self.nodes, round)
+            cohort = round_cohort(self.params, self.nodes, round, statistics=self.statistics)
             tree = derive_tree(
                 job_id=self.params.job_id,
                 round=round,

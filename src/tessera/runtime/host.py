@@ -46,10 +46,12 @@ from tessera.protocol.effects import (
     Effect,
     JobFinished,
     Rejected,
+    RequestLocalStatistics,
     RequestLocalTraining,
     RoundClosed,
     Send,
     StartTimer,
+    StatisticsClosed,
 )
 from tessera.protocol.events import Event, TimerFired
 from tessera.protocol.timers import Timer
@@ -104,6 +106,13 @@ class TrainerPort(Protocol):
         ...
 
 
+class CounterPort(Protocol):
+    def count(self, actor: NodeId, round: int) -> Event | None:
+        """Count this node's records by the job's statistics plan (``LocalStatisticsReady``
+        or ``LocalTrainingFailed``); return the answer if ready at once, else answer later."""
+        ...
+
+
 class Clock(Protocol):
     def now(self) -> float: ...
 
@@ -124,6 +133,9 @@ class Observer:
 
     def round_closed(self, actor: NodeId, effect: RoundClosed) -> None:
         """A round closed (coordinators only)."""
+
+    def statistics_closed(self, actor: NodeId, effect: StatisticsClosed) -> None:
+        """The statistics round's total is in (coordinators only)."""
 
     def job_finished(self, actor: NodeId, effect: JobFinished) -> None:
         """The job ended (coordinators only)."""
@@ -157,6 +169,7 @@ class Host:
         clock: Clock,
         job_seed: int,
         trainer: TrainerPort | None = None,
+        counter: CounterPort | None = None,
         observer: Observer | None = None,
         cpu_clock: Callable[[], float] | None = None,
     ) -> None:
@@ -166,6 +179,7 @@ class Host:
         self.clock = clock
         self.job_seed = job_seed
         self.trainer = trainer
+        self.counter = counter
         self.observer = observer or Observer()
         self.cpu_clock = cpu_clock  # set: every call's CPU time is charged to the clock
         self.timers: dict[Timer, tuple[float, int]] = {}  # timer -> (deadline, order set)
@@ -246,6 +260,12 @@ class Host:
             if self.trainer is None:
                 raise TypeError(f"{self.actor} was asked to train but its runtime has no trainer")
             return self.trainer.start(self.actor, training_task(effect, self.job_seed))
+        elif isinstance(effect, RequestLocalStatistics):
+            if self.counter is None:
+                raise TypeError(f"{self.actor} was asked for statistics but its runtime has none")
+            return self.counter.count(self.actor, effect.round)
+        elif isinstance(effect, StatisticsClosed):
+            self.observer.statistics_closed(self.actor, effect)
         elif isinstance(effect, Rejected):
             self.observer.rejected(self.actor, effect)
         elif isinstance(effect, RoundClosed):

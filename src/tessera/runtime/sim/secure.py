@@ -52,6 +52,7 @@ def build_secure(
         orgs,
         audit=(secure.audit, secure.audit_fraction),
         beacon=secure.beacon,
+        statistics=secure.statistics is not None,
     )
     nodes = [
         Node(

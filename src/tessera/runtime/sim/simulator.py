@@ -37,13 +37,15 @@ import numpy as np
 import numpy.typing as npt
 
 from tessera.crypto.envelope import peek
+from tessera.errors import DataError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.coordinator import Coordinator
-from tessera.protocol.effects import JobFinished, Rejected, RoundClosed, Send
+from tessera.protocol.effects import JobFinished, Rejected, RoundClosed, Send, StatisticsClosed
 from tessera.protocol.events import (
     Event,
     JobStarted,
+    LocalStatisticsReady,
     LocalTrainingFailed,
     LocalUpdateReady,
     MessageReceived,
@@ -132,6 +134,7 @@ class Simulation(Observer):
         machines: Sequence[Machine] | None = None,
         fail_aggregators: Callable[[int, list[NodeId]], npt.NDArray[np.bool_]] | None = None,
         charge_compute: bool = False,
+        statistics: Callable[[int], npt.NDArray[np.float64]] | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
@@ -152,6 +155,9 @@ class Simulation(Observer):
         self.now = 0.0
         self.final_weights: Vector | None = None
         self.error: str | None = None  # why the job stopped early (JobFinished.error)
+        self.statistics = statistics  # node index -> its statistics vector (round 0)
+        self.statistics_closed_with: StatisticsClosed | None = None
+        self.statistics_round: RoundStats | None = None
         self._queue: list[_Pending] = []
         self._seq = itertools.count()
         self._due: dict[int, list[tuple[float, int, int]]] = {}  # round -> heap of (at, seq, node)
@@ -176,6 +182,7 @@ class Simulation(Observer):
                 clock=_VirtualClock(self),
                 job_seed=seed,
                 trainer=self,
+                counter=self if statistics is not None else None,
                 observer=self,
                 cpu_clock=cpu,
             )
@@ -304,6 +311,28 @@ class Simulation(Observer):
         self._stats = RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
         # The next round's requests go out with this close, from the same coordinator call.
         self._stats.started_at = self.now
+
+    def statistics_closed(self, actor: NodeId, effect: StatisticsClosed) -> None:  # noqa: ARG002
+        self.statistics_closed_with = effect
+        self._stats.closed_at = self.now
+        self.statistics_round, self._stats = self._stats, RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
+        self._stats.started_at = self.now
+
+    # -- the hosts' counter: statistics are counted at once -----------------------------
+    def count(self, actor: NodeId, round: int) -> Event | None:
+        node = self.index[actor]
+        if self._dropped_round != round:
+            self._dropped_round = round
+            self._dropped = self.devices.dropped(round)
+        if self._dropped[node]:
+            self._stats.dropped += 1
+            return None
+        assert self.statistics is not None
+        try:
+            vector = self.statistics(node)
+        except DataError as exc:  # the node declines, with the reason
+            return LocalTrainingFailed(round=round, reason=str(exc))
+        return LocalStatisticsReady(round=round, vector=vector)
 
     # -- the hosts' trainer: simulated devices ----------------------------------------
     def start(self, actor: NodeId, task: TrainingTask) -> Event | None:

@@ -1,0 +1,340 @@
+"""Column statistics that add up across nodes, so secure aggregation can total them.
+
+Each node turns its own records into one float64 vector laid out by a public
+``StatisticsPlan``; the sum of the nodes' vectors (computed by the same
+secure aggregation as a training round, so no node's vector is seen by
+anyone) decodes into ``Totals``: per numeric column the count, missing
+count, sum and sum of squares (so mean and standard deviation) and a
+quantile sketch (so minimum, maximum and median); per categorical column the
+count of each value of its public domain, of other values, and of missing
+ones. Everything here is a sum, which is what additive masking can total.
+
+Minimum, maximum and quantiles come from a DDSketch (Masson et al., VLDB
+2019, the ``ddsketch`` package): a value ``v`` counts in the bucket
+``mapping.key(|v|)`` of its sign, and bucket counts of different nodes
+simply add. A quantile read from the total is within ``relative_accuracy``
+of the true one (relative to its magnitude). The sketch is dense over a fixed
+window of keys so every node's vector has the same length; magnitudes under
+``TINY`` count as zero, and magnitudes over ``HUGE`` are refused.
+
+A node's counts are whole numbers and travel exactly; its sums and sums of
+squares are real and are rounded into the ring with unbiased stochastic
+rounding, so their totals are off by less than one ring step per node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from ddsketch import DDSketch
+from ddsketch.mapping import LogarithmicMapping
+
+from tessera.data._common import require_columns, table_name
+from tessera.errors import DataError
+
+#: Magnitudes below this count as zero in the sketch (not in sums).
+TINY = 2.0**-20
+#: The largest magnitude of any value a node may hold; also bounds the sketch.
+HUGE = 2.0**32
+#: Every word of a node's vector is at most this in size (a public bound the ring is
+#: sized for): counts, and sums of squares of up to 2**12 records of HUGE values.
+TERM_BOUND = 2.0**44
+
+_FORMAT = "tessera-statistics-plan/v1"
+_NUMERIC_WORDS = 4  # count, missing, sum, sum of squares; then the sketch's buckets
+_CATEGORY_WORDS = 2  # missing, other; then one count per domain value
+
+
+def _value_key(value: object) -> str:
+    """A category's name in a plan: its text (the plan travels as JSON)."""
+    return str(value)
+
+
+@dataclass(frozen=True)
+class StatisticsPlan:
+    """What each node counts, in which order: public, the same for every node.
+
+    ``categorical`` pairs each categorical column with its domain (the values
+    the data provider's schema lists, as text); other values are counted
+    together. ``relative_accuracy`` is the sketch's quantile accuracy.
+    """
+
+    numeric: tuple[str, ...]
+    categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    relative_accuracy: float = 0.02
+
+    def __post_init__(self) -> None:
+        names = [*self.numeric, *(c for c, _ in self.categorical)]
+        if len(set(names)) != len(names):
+            raise DataError(f"a statistics plan names a column twice: {names}")
+        if not 0 < self.relative_accuracy < 0.5:
+            raise DataError(
+                f"relative_accuracy must be in (0, 0.5), got {self.relative_accuracy!r}"
+            )
+        for column, domain in self.categorical:
+            if len(set(domain)) != len(domain):
+                raise DataError(f"the domain of {column!r} lists a value twice")
+
+    @classmethod
+    def of(
+        cls,
+        table: pd.DataFrame,
+        *,
+        numeric: Sequence[str],
+        categorical: Sequence[str] = (),
+        relative_accuracy: float = 0.02,
+    ) -> StatisticsPlan:
+        """A plan for ``table``'s columns, each categorical domain as the schema lists it.
+
+        The domain is the set of values the column can take (the data
+        provider's schema, here read off its table), sorted; it says nothing
+        about how often each occurs.
+        """
+        require_columns(table, [*numeric, *categorical])
+        domains = tuple(
+            (c, tuple(sorted({_value_key(v) for v in table[c].dropna().unique()})))
+            for c in categorical
+        )
+        return cls(tuple(numeric), domains, relative_accuracy)
+
+    @cached_property
+    def mapping(self) -> LogarithmicMapping:
+        return LogarithmicMapping(self.relative_accuracy)
+
+    @cached_property
+    def _keys(self) -> tuple[int, int]:
+        """The sketch's key window: every magnitude in [TINY, HUGE] has a key in it."""
+        return self.mapping.key(TINY), self.mapping.key(HUGE)
+
+    @property
+    def buckets(self) -> int:
+        """Sketch buckets per numeric column: one per key and sign, and zero."""
+        low, high = self._keys
+        return 2 * (high - low + 1) + 1
+
+    @property
+    def length(self) -> int:
+        """Words in each node's vector."""
+        words = len(self.numeric) * (_NUMERIC_WORDS + self.buckets)
+        return words + sum(_CATEGORY_WORDS + len(d) for _, d in self.categorical)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.numeric, *(c for c, _ in self.categorical))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "numeric": list(self.numeric),
+            "categorical": [[c, list(d)] for c, d in self.categorical],
+            "relative_accuracy": self.relative_accuracy,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> StatisticsPlan:
+        if not isinstance(raw, Mapping) or raw.get("format") != _FORMAT:
+            raise DataError(f"not a statistics plan (expected format {_FORMAT!r})")
+        try:
+            numeric = tuple(str(c) for c in raw["numeric"])
+            categorical = tuple(
+                (str(c), tuple(str(v) for v in domain)) for c, domain in raw["categorical"]
+            )
+            accuracy = float(raw["relative_accuracy"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"malformed statistics plan: {exc}") from None
+        return cls(numeric, categorical, accuracy)
+
+    # -- a node's vector ---------------------------------------------------------
+    def vector(self, table: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """This node's statistics of ``table``, as one vector of ``length`` words.
+
+        Missing means NaN, None or an infinity. Raises DataError for a value
+        over ``HUGE`` in size or a non-numeric value in a numeric column.
+        """
+        require_columns(table, self.columns)
+        out = np.zeros(self.length, np.float64)
+        at = 0
+        for column in self.numeric:
+            values = _numeric(table, column)
+            present = values[np.isfinite(values)]
+            if present.size and float(np.abs(present).max()) > HUGE:
+                raise DataError(
+                    f"column {column!r} of {table_name(table)} holds a value over {HUGE:.3g} "
+                    "in size: rescale it for federated statistics"
+                )
+            out[at : at + _NUMERIC_WORDS] = (
+                present.size,
+                values.size - present.size,
+                float(present.sum()),
+                float(np.dot(present, present)),
+            )
+            at += _NUMERIC_WORDS
+            out[at : at + self.buckets] = self._sketch_counts(present)
+            at += self.buckets
+        for column, domain in self.categorical:
+            raw = table[column]
+            missing = raw.isna().to_numpy()
+            counts = raw[~missing].map(_value_key).value_counts()
+            known = [int(counts.get(v, 0)) for v in domain]
+            out[at : at + _CATEGORY_WORDS + len(domain)] = (
+                int(missing.sum()),
+                int((~missing).sum()) - sum(known),
+                *known,
+            )
+            at += _CATEGORY_WORDS + len(domain)
+        if bool(np.abs(out).max(initial=0.0) > TERM_BOUND):
+            raise DataError(
+                f"a node's statistics exceed {TERM_BOUND:.3g} (too many records of large "
+                "values): rescale the columns or split the node"
+            )
+        return out
+
+    def _sketch_counts(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Dense bucket counts: negative keys high to low, zero, positive keys low to high."""
+        low, high = self._keys
+        width = high - low + 1
+        counts = np.zeros(self.buckets, np.float64)
+        small = np.abs(values) < TINY
+        counts[width] = int(small.sum())
+        key = self.mapping.key
+        for sign, offset in ((-1.0, 0), (1.0, width + 1)):
+            magnitudes = values[(np.sign(values) == sign) & ~small] * sign
+            keys = np.fromiter((key(float(m)) for m in magnitudes), np.int64, magnitudes.size)
+            index = keys - low if sign > 0 else high - keys
+            np.add.at(counts, offset + index, 1.0)
+        return counts
+
+    # -- the total ---------------------------------------------------------------
+    def totals(self, vector: npt.NDArray[np.floating[Any]]) -> Totals:
+        """Read the sum of nodes' vectors (or one node's) as per-column totals."""
+        if vector.shape != (self.length,):
+            raise DataError(
+                f"statistics vector has shape {vector.shape}, the plan {(self.length,)}"
+            )
+        numeric: dict[str, NumericTotals] = {}
+        categorical: dict[str, CategoryTotals] = {}
+        at = 0
+        for column in self.numeric:
+            count, missing, total, squares = (float(v) for v in vector[at : at + _NUMERIC_WORDS])
+            at += _NUMERIC_WORDS
+            sketch = self._sketch_of(vector[at : at + self.buckets])
+            at += self.buckets
+            numeric[column] = NumericTotals(
+                count=round(count), missing=round(missing), sum=total, sum_sq=squares,
+                sketch=sketch,
+            )  # fmt: skip
+        for column, domain in self.categorical:
+            words = [round(float(v)) for v in vector[at : at + _CATEGORY_WORDS + len(domain)]]
+            at += _CATEGORY_WORDS + len(domain)
+            categorical[column] = CategoryTotals(
+                missing=words[0], other=words[1], counts=dict(zip(domain, words[2:], strict=True))
+            )
+        return Totals(numeric=numeric, categorical=categorical)
+
+    def _sketch_of(self, counts: npt.NDArray[np.floating[Any]]) -> DDSketch:
+        low, high = self._keys
+        width = high - low + 1
+        sketch = DDSketch(self.relative_accuracy)
+        value = self.mapping.value
+        for index in np.flatnonzero(counts):
+            weight = round(float(counts[index]))
+            if weight <= 0:
+                continue
+            if index == width:
+                sketch.add(0.0, weight)
+            elif index < width:
+                sketch.add(-value(high - int(index)), weight)
+            else:
+                sketch.add(value(low + int(index) - width - 1), weight)
+        return sketch
+
+
+def _numeric(table: pd.DataFrame, column: str) -> npt.NDArray[np.float64]:
+    try:
+        values = pd.to_numeric(table[column], errors="raise")
+    except (TypeError, ValueError):
+        raise DataError(
+            f"column {column!r} of {table_name(table)} is not numeric: declare it categorical"
+        ) from None
+    return np.asarray(values, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class NumericTotals:
+    """A numeric column's totals over every node that took part."""
+
+    count: int  # values present
+    missing: int
+    sum: float
+    sum_sq: float
+    sketch: DDSketch = field(repr=False, compare=False)
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else math.nan
+
+    @property
+    def std(self) -> float:
+        """The population standard deviation (as numpy's default)."""
+        if not self.count:
+            return math.nan
+        return math.sqrt(max(self.sum_sq / self.count - self.mean**2, 0.0))
+
+    def quantile(self, q: float) -> float:
+        """Within the plan's relative accuracy of the true ``q``-quantile (NaN if empty)."""
+        value = self.sketch.get_quantile_value(q)
+        return math.nan if value is None else float(value)
+
+    @property
+    def min(self) -> float:
+        return self.quantile(0.0)
+
+    @property
+    def max(self) -> float:
+        return self.quantile(1.0)
+
+    @property
+    def median(self) -> float:
+        return self.quantile(0.5)
+
+
+@dataclass(frozen=True)
+class CategoryTotals:
+    """A categorical column's counts: per value of its domain, other values, missing."""
+
+    counts: dict[str, int]
+    other: int
+    missing: int
+
+    @property
+    def mode(self) -> str | None:
+        """The most frequent value of the domain (the first in order on ties)."""
+        if not self.counts or max(self.counts.values()) == 0:
+            return None
+        return max(self.counts, key=lambda v: (self.counts[v], -list(self.counts).index(v)))
+
+
+@dataclass(frozen=True)
+class Totals:
+    numeric: dict[str, NumericTotals]
+    categorical: dict[str, CategoryTotals]
+
+    def rows_seen(self) -> int:
+        """Rows counted (by the first column: its present, other and missing values)."""
+        for n in self.numeric.values():
+            return n.count + n.missing
+        for c in self.categorical.values():
+            return sum(c.counts.values()) + c.other + c.missing
+        return 0
+
+
+def category_of(value: Hashable) -> str:
+    """How a raw category value is named in a plan and its totals."""
+    return _value_key(value)

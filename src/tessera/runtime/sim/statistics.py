@@ -1,0 +1,113 @@
+"""Federated statistics in the simulator: each node's table, totalled by secure aggregation.
+
+The job's statistics round (``StatisticsRound``) runs alone: the real
+coordinator, contributor and aggregator machines, real keys and sealed
+shares, over the simulated network. Each node counts its own records by the
+public ``StatisticsPlan``; only the total comes out, decoded by the
+coordinator. A deployment runs the same round over HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from tessera.data.statistics import TERM_BOUND, StatisticsPlan, Totals
+from tessera.errors import DataError
+from tessera.ids import JobId, NodeId
+from tessera.protocol import RoundParams, make_strategy
+from tessera.protocol.params import StatisticsRound
+from tessera.protocol.secure_coordinator import SecureParams
+from tessera.protocol.topology import TreeParams
+from tessera.runtime.sim.devices import DeviceModel
+from tessera.runtime.sim.secure import build_secure
+from tessera.runtime.sim.simulator import Simulation
+
+
+@dataclass(frozen=True)
+class SecureTotals:
+    """The statistics round's outcome: the totals, the raw total, who is in it."""
+
+    totals: Totals
+    total: npt.NDArray[np.float64]
+    included: tuple[str, ...]
+    ring_step: float  # each node's real sums are off by less than this in the total
+
+    @property
+    def nodes(self) -> int:
+        return len(self.included)
+
+
+class _NoTraining:
+    """The trainer of a statistics-only run: it is never asked to train."""
+
+    def train(self, *_: object, **__: object) -> object:
+        raise AssertionError("a statistics-only job trains nothing")
+
+
+def secure_totals(
+    plan: StatisticsPlan,
+    tables: Sequence[pd.DataFrame],
+    *,
+    job_id: str = "statistics",
+    seed: int = 0,
+    tree: TreeParams | None = None,
+    min_nodes: int = 1,
+) -> SecureTotals:
+    """Total ``plan``'s statistics of every node's table (``tables[i]`` is node i's).
+
+    Raises DataError when the round totals fewer than ``min_nodes`` nodes, or a
+    node's statistics cannot be counted (the node says why).
+    """
+    n = len(tables)
+    if n == 0:
+        raise DataError("federated statistics need at least one node")
+    nodes = [NodeId(f"node-{i:06d}") for i in range(n)]
+    params = RoundParams(
+        job_id=JobId(job_id), rounds=1, min_updates=min_nodes, round_timeout=1e4, seed=seed
+    )
+    tree = tree or TreeParams(k=3, group_size=16, fan_in=8, min_group=min(2, n), backups=1)
+    secure = SecureParams(
+        tree=tree,
+        clip=1.0,  # no training round follows; the statistics ring has its own bound
+        max_weight=1.0,
+        statistics=StatisticsRound(length=plan.length, bound=TERM_BOUND, only=True),
+    )
+    coordinator, machines = build_secure(
+        nodes,
+        params=params,
+        secure=secure,
+        initial_weights=np.zeros(1, np.float32),
+        strategy=make_strategy("fedavg"),
+        seed=seed,
+    )
+    sim = Simulation(
+        coordinator,
+        nodes,
+        _NoTraining(),  # type: ignore[arg-type]
+        DeviceModel.sample(n, dropout=0.0, speed_sigma=0.0, samples_per_second=1.0, seed=seed),
+        np.array([len(t) for t in tables], np.int64),
+        local_epochs=1,
+        seed=seed,
+        machines=machines,
+        statistics=lambda i: plan.vector(tables[i]),
+    )
+    sim.run()
+    closed = sim.statistics_closed_with
+    if closed is None:
+        refused = sim.statistics_round.rejected if sim.statistics_round else []
+        raise DataError(
+            f"federated statistics failed: {sim.error or 'the round did not close'}"
+            + (f" ({refused[0]})" if refused else "")
+        )
+    ring = coordinator.ring_of_statistics
+    return SecureTotals(
+        totals=plan.totals(closed.total),
+        total=closed.total,
+        included=closed.included,
+        ring_step=ring.step if ring is not None else 0.0,
+    )

@@ -1,0 +1,111 @@
+"""Column statistics that add up: a node's vector, the plan, and reading totals back."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tessera.data.statistics import HUGE, StatisticsPlan
+from tessera.errors import DataError
+
+TABLE = pd.DataFrame(
+    {
+        "score": [2.0, 4.0, np.nan, 8.0, 10.0, -3.5],
+        "age": [17, 18, 18, 19, 21, 18],
+        "gender": ["F", "M", "M", None, "F", "X"],
+    }
+)
+
+
+def plan() -> StatisticsPlan:
+    return StatisticsPlan(("score", "age"), (("gender", ("F", "M")),))
+
+
+def test_totals_of_one_table_are_its_statistics() -> None:
+    totals = plan().totals(plan().vector(TABLE))
+    score = totals.numeric["score"]
+    present = TABLE["score"].dropna()
+    assert (score.count, score.missing) == (5, 1)
+    assert score.mean == pytest.approx(present.mean())
+    assert score.std == pytest.approx(present.std(ddof=0))
+    gender = totals.categorical["gender"]
+    assert gender.counts == {"F": 2, "M": 2}
+    assert (gender.other, gender.missing) == (1, 1)  # "X" is not in the domain
+    assert gender.mode == "F"  # a tie goes to the first value of the domain
+    assert totals.rows_seen() == len(TABLE)
+
+
+def test_the_sum_of_vectors_is_the_vector_of_the_union() -> None:
+    p = plan()
+    halves = TABLE.iloc[:3], TABLE.iloc[3:]
+    np.testing.assert_allclose(p.vector(halves[0]) + p.vector(halves[1]), p.vector(TABLE))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).filter(
+            lambda v: v == 0 or abs(v) > 1e-5
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.sampled_from([0.0, 0.25, 0.5, 0.9, 1.0]),
+)
+def test_quantiles_are_within_the_relative_accuracy(values: list[float], q: float) -> None:
+    p = StatisticsPlan(("v",), relative_accuracy=0.02)
+    totals = p.totals(p.vector(pd.DataFrame({"v": values})))
+    got = totals.numeric["v"].quantile(q)
+    # DDSketch's rank: the value of rank floor(q * (n - 1)) in sorted order
+    ordered = sorted(values)
+    want = ordered[math.floor(q * (len(values) - 1))]
+    assert abs(got - want) <= 0.02 * abs(want) + 1e-9
+    assert totals.numeric["v"].min == pytest.approx(min(values), rel=0.021, abs=1e-9)
+    assert totals.numeric["v"].max == pytest.approx(max(values), rel=0.021, abs=1e-9)
+
+
+def test_a_plan_travels_as_json() -> None:
+    p = StatisticsPlan.of(TABLE, numeric=["score"], categorical=["gender"])
+    assert p.categorical == (("gender", ("F", "M", "X")),)
+    assert StatisticsPlan.from_json(p.to_json()) == p
+    with pytest.raises(DataError, match="not a statistics plan"):
+        StatisticsPlan.from_json({"format": "other"})
+    with pytest.raises(DataError, match="malformed"):
+        StatisticsPlan.from_json({**p.to_json(), "numeric": 3})
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: StatisticsPlan(("a", "a")), "names a column twice"),
+        (lambda: StatisticsPlan(("a",), relative_accuracy=0.7), "relative_accuracy"),
+        (lambda: StatisticsPlan((), (("g", ("x", "x")),)), "lists a value twice"),
+    ],
+)
+def test_a_malformed_plan_is_refused(make, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        make()
+
+
+def test_values_a_node_cannot_count_are_refused_with_the_column() -> None:
+    with pytest.raises(DataError, match=r"'score'.*over"):
+        plan().vector(TABLE.assign(score=[1.0, 2.0, 3.0, 4.0, 5.0, HUGE * 2]))
+    with pytest.raises(DataError, match=r"'gender'.*not numeric"):
+        StatisticsPlan(("gender",)).vector(TABLE)
+    with pytest.raises(DataError, match="not in"):
+        StatisticsPlan(("absent",)).vector(TABLE)
+    with pytest.raises(DataError, match="shape"):
+        plan().totals(np.zeros(3))
+
+
+def test_an_empty_column_has_no_mean_nor_quantiles() -> None:
+    totals = plan().totals(plan().vector(TABLE.iloc[:0]))
+    assert math.isnan(totals.numeric["score"].mean)
+    assert math.isnan(totals.numeric["score"].std)
+    assert math.isnan(totals.numeric["score"].median)
+    assert totals.categorical["gender"].mode is None

@@ -1,0 +1,134 @@
+"""Federated statistics through the secure tree: the plaintext total, and nothing else.
+
+Each node's statistics vector is secret-shared up the same tree as a training
+update; the coordinator decodes only the total. Counts (present, missing,
+category and sketch buckets) are whole numbers and come out exactly; real
+sums are rounded into the ring and come out within one ring step per node.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tessera.data.statistics import StatisticsPlan
+from tessera.errors import DataError, RemoteProtocolError
+from tessera.ids import JobId
+from tessera.protocol.messages import SecureAssignment, TrainRequest
+from tessera.protocol.topology import TreeParams
+from tessera.runtime.sim.statistics import secure_totals
+
+PLAN = StatisticsPlan(("score", "hours"), (("school", ("a", "b", "c")),))
+
+
+@st.composite
+def node_tables(draw: st.DrawFn) -> list[pd.DataFrame]:
+    n_nodes = draw(st.integers(6, 14))  # k = 3 aggregators outside a group of 2 or 3
+    tables = []
+    for _ in range(n_nodes):
+        rows = draw(st.integers(1, 8))
+        score = draw(
+            st.lists(
+                st.one_of(st.integers(-500, 500).map(float), st.just(np.nan)),
+                min_size=rows,
+                max_size=rows,
+            )
+        )
+        hours = draw(
+            st.lists(st.integers(0, 10_000).map(lambda v: v / 8), min_size=rows, max_size=rows)
+        )
+        school = draw(
+            st.lists(st.sampled_from(["a", "b", "c", "z", None]), min_size=rows, max_size=rows)
+        )
+        tables.append(pd.DataFrame({"score": score, "hours": hours, "school": school}))
+    return tables
+
+
+@settings(max_examples=25, deadline=None)
+@given(node_tables(), st.integers(0, 3))
+def test_secure_totals_equal_the_plaintext_totals_exactly(
+    tables: list[pd.DataFrame], seed: int
+) -> None:
+    """Whole numbers and eighths (the ring keeps at least 3 fractional bits here)
+    encode without rounding, so every word of the total is the plaintext sum."""
+    result = secure_totals(
+        PLAN,
+        tables,
+        seed=seed,
+        tree=TreeParams(k=3, group_size=2, fan_in=3, min_group=2, backups=1),
+    )
+    plain = sum(PLAN.vector(t) for t in tables)
+    assert result.nodes == len(tables)
+    assert result.ring_step <= 1 / 8
+    assert np.array_equal(result.total, plain)
+    pooled = PLAN.totals(PLAN.vector(pd.concat(tables)))
+    assert result.totals.categorical == pooled.categorical
+    assert result.totals.numeric["score"].count == pooled.numeric["score"].count
+
+
+def test_real_sums_are_within_one_ring_step_per_node() -> None:
+    rng = np.random.default_rng(0)
+    tables = [
+        pd.DataFrame({"score": rng.normal(50, 10, 20), "hours": rng.random(20), "school": "a"})
+        for _ in range(30)
+    ]
+    result = secure_totals(PLAN, tables)
+    plain = sum(PLAN.vector(t) for t in tables)
+    assert np.abs(result.total - plain).max() <= len(tables) * result.ring_step
+    counts = PLAN.totals(plain).numeric["score"]
+    assert result.totals.numeric["score"].count == counts.count == 600
+    assert result.totals.numeric["score"].std == pytest.approx(counts.std, rel=1e-6)
+
+
+def test_a_node_that_cannot_count_is_left_out_and_the_rest_are_totalled() -> None:
+    good = pd.DataFrame({"score": [1.0, 2.0], "hours": [0.5, 1.0], "school": ["a", "b"]})
+    bad = good.assign(score=["x", "y"])  # not numeric: this node declines
+    tables = [good] * 6 + [bad]
+    tree = TreeParams(k=3, group_size=2, fan_in=3, min_group=1)  # a group of one still counts
+    result = secure_totals(PLAN, tables, tree=tree)
+    assert result.nodes == 6
+    assert result.totals.numeric["score"].count == 12
+
+
+def test_too_few_nodes_is_an_error_not_a_total() -> None:
+    good = pd.DataFrame({"score": [1.0], "hours": [0.5], "school": ["a"]})
+    bad = good.assign(score=["x"])
+    tree = TreeParams(k=3, group_size=2, fan_in=3, min_group=1)
+    with pytest.raises(DataError, match="totalled 6 node"):
+        secure_totals(PLAN, [good] * 6 + [bad], min_nodes=7, tree=tree)
+
+
+def test_a_statistics_request_carries_no_weights_and_is_secure() -> None:
+    assignment = SecureAssignment(
+        group="g0",
+        clip=1.0,
+        aggregators=("a", "b"),
+        backups=(),
+        full_position=0,
+        ring_bits=64,
+        frac_bits=8,
+        ring_terms=4,
+        max_weight=1.0,
+        loss_cap=20.0,
+        tree_digest="0" * 64,
+    )
+    with pytest.raises(RemoteProtocolError, match="no weights"):
+        TrainRequest(
+            job_id=JobId("j"),
+            round=0,
+            weights=np.zeros(3, np.float32),  # a model where only counting is asked
+            deadline=1.0,
+            secure=assignment,
+            statistics=True,
+        )
+    with pytest.raises(RemoteProtocolError, match="is secure"):
+        TrainRequest(
+            job_id=JobId("j"),
+            round=0,
+            weights=np.zeros(0, np.float32),
+            deadline=1.0,
+            statistics=True,
+        )
