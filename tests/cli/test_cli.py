@@ -74,9 +74,22 @@ def test_run_writes_the_output_contract(tmp_path: Path) -> None:
     assert sum(w.size for w in weights.values()) == m["model"]["parameters"]
     # secure by default: the tree, the ring and the bytes are reported
     assert m["secure"] is True and m["tree"]["k"] == 3 and m["ring_bits"] in (32, 64)
-    assert m["model_bytes_quantized"] == (m["model"]["parameters"] + 2) * m["ring_bits"] // 8
+    # the update, then its loss, whether the loss was capped, and its weight
+    assert m["model_bytes_quantized"] == (m["model"]["parameters"] + 3) * m["ring_bits"] // 8
     assert m["bytes_up_per_contributor"] > m["model_bytes_quantized"]
     assert m["bytes_down_per_contributor"] > 0
+
+
+def test_losses_over_the_secure_cap_are_counted_and_said(tmp_path: Path) -> None:
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(
+        TINY.format(kind="linear").replace("hidden = [16]", "") + "[secure]\nloss_cap = 0.001\n"
+    )
+    proc = tessera("run", str(cfg), "--out", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert all(r["capped"] == r["participants"] > 0 for r in m["rounds"])  # every loss > 0.001
+    assert "loss over secure.loss_cap (0.001)" in " ".join(proc.stderr.split())
 
 
 def test_plaintext_flag_runs_the_same_job_in_the_clear(tmp_path: Path) -> None:

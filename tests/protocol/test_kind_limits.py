@@ -79,7 +79,7 @@ def _sealed(kind: Kind, payload: bytes) -> bytes:
 
 def test_a_share_of_the_largest_model_fits_its_kind() -> None:
     ring = Ring(bits=64, frac_bits=40, terms=2)
-    words = np.zeros(limits.MAX_PARAMETERS + 2, np.uint64)
+    words = np.zeros(limits.MAX_PARAMETERS + limits.TAIL, np.uint64)
     payload = encode_share("g" * 255, 65535, ring, words.shape[0], FullShare(words))
     assert len(_sealed(Kind.SHARE, payload)) <= LIMITS[Kind.SHARE]
 

@@ -41,6 +41,7 @@ from .secure_kit import (
     NODES,
     SECURE,
     Federation,
+    Update,
     Wire,
     assert_same_round,
     baseline,
@@ -772,3 +773,24 @@ def test_share_sent_in_clear_is_refused() -> None:
     sender, data = _share(s, s.pending.sender, clear=True)
     rejected = _refused_and_unchanged(s.fed, s.victim, sender, data, "seal|encrypt|clear|plain")
     _completes_exactly(s.fed, (s.victim, rejected))
+
+
+def test_losses_over_the_cap_are_counted_not_hidden() -> None:
+    """A diverging contributor's loss is capped in the mean (one node cannot drag it to
+    infinity), but the round says how many were capped: the cap never hides divergence."""
+    updates = honest_updates()
+    over = dict(list(updates.items())[:3])
+    for node, update in over.items():
+        updates[node] = Update(delta=update.delta, num_samples=update.num_samples, loss=1e9)
+    fed = Federation()
+    fed.start()
+    fed.train(updates)
+    fed.run()
+    rc = fed.closed_round()
+    assert rc.capped == 3
+    assert rc.mean_loss <= SECURE.loss_cap
+    honest = Federation()
+    honest.start()
+    honest.train()
+    honest.run()
+    assert honest.closed_round().capped == 0

@@ -118,6 +118,12 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
             )
             for entry in rec.blamed:  # an audit failed: say so as it happens
                 progress.console.print(f"[bold red]round {rec.round}: blamed[/] {entry}")
+            if rec.capped:  # the secure mean loss hides these: say so
+                progress.console.print(
+                    f"[yellow]round {rec.round}: {rec.capped} contributor(s) had a training "
+                    f"loss over secure.loss_cap ({cfg.secure.loss_cap:g}); the mean loss "
+                    "counts them at the cap (a sign of divergence)[/]"
+                )
             # Written every round: a crash loses at most the round in flight.
             digest = save_file(out / "model.safetensors", job.layout.unflatten(weights))
             writer.add_round(rec, model_digest=digest)

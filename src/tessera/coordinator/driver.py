@@ -438,6 +438,7 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         train_loss=closed.mean_loss,
         skipped=closed.skipped,
         blamed=closed.blamed,
+        capped=closed.capped,
         closed_at=closed.closed_at,
         weights=weights,
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from tessera.crypto.fixedpoint import choose_ring
 from tessera.jobs.prepared import PreparedJob, secure_params_of
+from tessera.protocol.limits import TAIL
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import derive_tree
 
@@ -48,5 +49,5 @@ def summarize(job: PreparedJob) -> SecureSummary:
         group_size=params.tree.group_size,
         depth=tree.depth,
         ring_bits=ring.bits,
-        model_bytes_quantized=(job.layout.size + 2) * ring.bits // 8,
+        model_bytes_quantized=(job.layout.size + TAIL) * ring.bits // 8,
     )

@@ -38,7 +38,7 @@ from tessera.protocol.events import (
     MessageReceived,
 )
 from tessera.protocol.kinds import Kind
-from tessera.protocol.limits import MAX_CONTRIBUTOR_ENVELOPE
+from tessera.protocol.limits import MAX_CONTRIBUTOR_ENVELOPE, TAIL
 from tessera.protocol.messages import (
     Sealed,
     SecureAssignment,
@@ -60,15 +60,18 @@ def weighted_vector(
     max_weight: float,
     loss_cap: float,
 ) -> npt.NDArray[np.float64]:
-    """What a contributor shares: ``w * clip(delta)``, then ``w * loss / loss_cap``, then ``w``.
+    """What a contributor shares: ``w * clip(delta)``, then ``w * loss / loss_cap``, then
+    1 if the loss was capped (else 0), then ``w``: ``TAIL`` words after the update.
 
     ``w = min(num_samples, max_weight) / max_weight`` weights the update (so the
     sum of these vectors, divided by the sum of the last words, is the weighted
     mean); the delta is clipped to L2 norm ``clip`` (just under it, so rounding
-    cannot push a coordinate past the ring's bound); the loss is capped.
+    cannot push a coordinate past the ring's bound); the loss is capped, and
+    the count of capped losses is summed beside it, so a capped (diverging)
+    round is seen, never hidden behind the cap.
     """
-    vector = np.empty(delta.shape[0] + 2, np.float64)
-    scaled = vector[:-2]  # built in place: the only model-sized array made here
+    vector = np.empty(delta.shape[0] + TAIL, np.float64)
+    scaled = vector[:-TAIL]  # built in place: the only model-sized array made here
     scaled[...] = delta  # exact: float32 to float64
     # The float64 norm by np.dot in slices of 8,192: no squared temporary, and no
     # BLAS threads for one vector (OpenBLAS threads a dot only above 10,000 elements).
@@ -82,18 +85,19 @@ def weighted_vector(
     w = min(num_samples, max_weight) / max_weight
     if w != 1.0:  # multiplying by 1.0 changes no bit
         scaled *= w
-    vector[-2] = w * min(max(loss, 0.0), loss_cap) / loss_cap
+    vector[-3] = w * min(max(loss, 0.0), loss_cap) / loss_cap
+    vector[-2] = 1.0 if not loss <= loss_cap else 0.0  # NaN counts as capped too
     vector[-1] = w
     return vector
 
 
 def _counted(statistics: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """What a contributor shares in a statistics round: its vector, then 0 and 1.
+    """What a contributor shares in a statistics round: its vector, then 0, 0 and 1.
 
-    The tail matches a training round's (loss, weight) words, so the total's
-    last word counts the nodes whose statistics it holds.
+    The tail matches a training round's (loss, capped, weight) words, so the
+    total's last word counts the nodes whose statistics it holds.
     """
-    return np.concatenate([statistics, [0.0, 1.0]])
+    return np.concatenate([statistics, [0.0, 0.0, 1.0]])
 
 
 @dataclass(frozen=True, slots=True)

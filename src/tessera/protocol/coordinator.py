@@ -303,6 +303,7 @@ class Coordinator:
         timer_pending: bool,
         blamed: tuple[str, ...] = (),
         included: tuple[str, ...] = (),
+        capped: int = 0,
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -328,6 +329,7 @@ class Coordinator:
                 closed_at=now,
                 blamed=blamed,
                 included=included if not skipped else (),
+                capped=capped,
             )
         )
         done = self.round + 1 - self.first_training_round  # training rounds so far

@@ -70,6 +70,7 @@ class RoundClosed:
     closed_at: float
     blamed: tuple[str, ...] = ()  # aggregators whose sums failed their audit, with reasons
     included: tuple[str, ...] = ()  # the contributors whose updates are in the new model
+    capped: int = 0  # secure rounds: contributors whose loss was over secure.loss_cap
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -29,13 +29,16 @@ from tessera.protocol.kinds import Kind
 #: The largest model the protocol carries; the node catalogue's default bound. An audited
 #: secure job is bounded lower, by its evidence (``evidence_bytes``): about 1M at the default tree.
 MAX_PARAMETERS = 5_000_000
-#: Ring words are at most 64 bits; a share or sum adds two words (loss, weight).
+#: Words after the update in what a contributor shares: loss, capped, weight.
+TAIL = 3
+
+#: Ring words are at most 64 bits; a share or sum adds TAIL words (loss, capped, weight).
 MAX_RING_BYTES = 8
 #: Envelope header (ids, nonce), signature, AEAD tag and a payload header: generous.
 ENVELOPE_SLACK = 64 << 10
 
 #: One full share or partial sum of the largest model, sealed.
-MAX_SHARE_BYTES = (MAX_PARAMETERS + 2) * MAX_RING_BYTES + ENVELOPE_SLACK
+MAX_SHARE_BYTES = (MAX_PARAMETERS + TAIL) * MAX_RING_BYTES + ENVELOPE_SLACK
 #: The largest envelope anyone accepts, of any kind. Every envelope travels
 #: through the coordinator's mailbox, so this is also its HTTP body limit.
 MAX_ENVELOPE_BYTES = 64 << 20
@@ -84,7 +87,7 @@ def evidence_bytes(length: int, *, k: int, group_size: int, fan_in: int) -> int:
     """
     full = max(-(-group_size // k) + 1, fan_in)
     boxes = max(group_size + 1, fan_in) + 1  # the inputs and the commitment
-    return full * (length + 2) * MAX_RING_BYTES + boxes * ENVELOPE_SLACK
+    return full * (length + TAIL) * MAX_RING_BYTES + boxes * ENVELOPE_SLACK
 
 
 #: The coordinator's HTTP body: envelopes, or documents (smaller).
@@ -123,7 +126,7 @@ def relay_bounds(
     accusations about up to ``fan_in`` children): the quota allows twice
     that, and no kind a node never sends.
     """
-    share = min((n_weights + 2) * MAX_RING_BYTES + ENVELOPE_SLACK, MAX_SHARE_BYTES)
+    share = min((n_weights + TAIL) * MAX_RING_BYTES + ENVELOPE_SLACK, MAX_SHARE_BYTES)
     if not secure:
         update = min(n_weights * 4 + ENVELOPE_SLACK, MAX_UPDATE_BYTES)
         limits = {Kind.UPDATE: update, Kind.DECLINE: MAX_DECLINE_BYTES}

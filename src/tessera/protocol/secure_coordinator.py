@@ -19,7 +19,8 @@ Theory of operation, per round (DESIGN.md steps 3 to 7):
    position of the parent group; the root group's k sums come back sealed
    to the coordinator (for the AI provider), whose sum is the total: only
    there do the masks cancel. Decoded, the total is
-   ``[sum w*delta, sum w*loss/loss_cap, sum w]``, so the weighted mean follows.
+   ``[sum w*delta, sum w*loss/loss_cap, losses capped, sum w]``, so the
+   weighted mean follows, and how many losses the cap hid.
 5. A position still silent at its level's first commit deadline is handed to
    the group's backup (the tree lists them): its inputs are sent again and
    its parent told; at the final deadline the group commits or leaves.
@@ -86,7 +87,7 @@ from tessera.protocol.events import (
     TimerFired,
 )
 from tessera.protocol.kinds import SEALED, Kind
-from tessera.protocol.limits import MAX_ENVELOPE_BYTES
+from tessera.protocol.limits import MAX_ENVELOPE_BYTES, TAIL
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
 from tessera.protocol.params import RoundParams, StatisticsRound
 from tessera.protocol.relay import RelayRoles
@@ -259,7 +260,7 @@ class SecureCoordinator(Coordinator):
         rs = _RoundState(
             tree=tree,
             ring=ring,
-            length=(self.weights.shape[0] if stats is None else stats.length) + 2,
+            length=(self.weights.shape[0] if stats is None else stats.length) + TAIL,
             train_until=train_until,
             digest=tree.digest(),
             seats={g.id: list(g.aggregators) for g in tree.groups},
@@ -648,11 +649,12 @@ class SecureCoordinator(Coordinator):
             return self._finish_round(now, **nothing)
         return self._finish_round(
             now,
-            mean_delta=(values[:-2] / weight).astype(np.float32),
+            mean_delta=(values[:-TAIL] / weight).astype(np.float32),
             participants=len(included),
             included=tuple(included),
             samples=round(weight * self.secure.max_weight),
-            mean_loss=float(values[-2] / weight) * self.secure.loss_cap,
+            mean_loss=float(values[-3] / weight) * self.secure.loss_cap,
+            capped=round(float(values[-2])),
             timer_pending=timer_pending,
             blamed=blamed,
         )
@@ -693,7 +695,7 @@ class SecureCoordinator(Coordinator):
         effects.append(
             StatisticsClosed(
                 round=self.round,
-                total=values[:-2],
+                total=values[:-TAIL],
                 included=tuple(included),
                 closed_at=now,
                 blamed=blamed,

@@ -100,6 +100,7 @@ def simulate(
             bytes_aggregation=stats.bytes_aggregation,
             aggregators_failed=stats.aggregators_failed,
             blamed=closed.blamed,
+            capped=closed.capped,
             included=closed.included,
             virtual_round_seconds=stats.virtual_round_seconds,
             cpu_seconds=stats.cpu_seconds,
