@@ -81,6 +81,34 @@ def test_train_request_round_trips_with_weights_by_digest(secure: str | None) ->
     np.testing.assert_array_equal(got.weights, WEIGHTS)
 
 
+def test_a_statistics_request_round_trips_and_fetches_no_weights() -> None:
+    request = TrainRequest(
+        job_id=JobId("job"),
+        round=0,
+        weights=np.zeros(0, np.float32),
+        deadline=9.0,
+        secure=assignment(),
+        statistics=True,
+    )
+    data = encode_train_request(request, DIGEST)
+
+    def nothing_to_fetch(digest: str, length: int) -> np.ndarray:
+        raise AssertionError("a statistics request names no weights")
+
+    got = decode_train_request(data, nothing_to_fetch).request
+    assert got.statistics and got.weights.shape == (0,) and got.secure == request.secure
+    # Written before the field existed: a training request.
+    plain = encode_train_request(
+        TrainRequest(job_id=JobId("job"), round=1, weights=WEIGHTS, deadline=9.0), DIGEST
+    )
+    older = msgpack.unpackb(plain)
+    del older["statistics"]
+    assert decode_train_request(msgpack.packb(older), resolve).request.statistics is False
+    older["statistics"] = "yes"
+    with pytest.raises(RemoteProtocolError, match="true or false"):
+        decode_train_request(msgpack.packb(older), resolve)
+
+
 def test_aggregate_request_round_trips() -> None:
     req = AggregateRequest(
         job_id=JobId("job"),

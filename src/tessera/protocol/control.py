@@ -114,6 +114,7 @@ def encode_train_request(request: TrainRequest, weights_sha256: str) -> bytes:
             "length": int(request.weights.shape[0]),
             "deadline": request.deadline,
             "config": {k: float(v) for k, v in request.config.items()},
+            "statistics": request.statistics,
             "secure": None
             if secure is None
             else {
@@ -166,7 +167,11 @@ def decode_train_request(data: bytes, resolve: WeightsResolver) -> TrainRequestW
             loss_cap=_real(raw, "loss_cap", "secure"),
             tree_digest=_get(raw, "tree_digest", str, "secure"),
         )
-    weights = resolve(digest, length)
+    statistics = obj.get("statistics", False)  # absent in requests written before it
+    if not isinstance(statistics, bool):
+        raise RemoteProtocolError("train.statistics must be true or false")
+    # A statistics request names no weights: nothing to fetch.
+    weights = _NO_WEIGHTS if statistics and length == 0 else resolve(digest, length)
     if weights.shape != (length,):
         raise RemoteProtocolError("the named weights do not have the announced length")
     request = TrainRequest(
@@ -176,8 +181,13 @@ def decode_train_request(data: bytes, resolve: WeightsResolver) -> TrainRequestW
         deadline=_real(obj, "deadline", "train"),
         config=MappingProxyType({k: float(v) for k, v in config.items()}),
         secure=secure,
+        statistics=statistics,
     )
     return TrainRequestWire(request, digest)
+
+
+_NO_WEIGHTS = np.zeros(0, np.float32)
+_NO_WEIGHTS.flags.writeable = False
 
 
 # -- aggregator assignments -----------------------------------------------------------
