@@ -109,8 +109,9 @@ class Derivation:
     def evaluate(self, df: pd.DataFrame, statistics: Mapping[Statistic, float]) -> pd.Series:
         """The derived column for ``df``'s rows (NaN where missing), from fitted ``statistics``.
 
-        Comparisons and ``bin`` give int64 (float64 with NaN where a value is
-        missing); arithmetic gives float64. The index is ``df``'s.
+        Comparisons and ``bin`` give int64 (pandas' nullable ``Int64`` where a
+        value is missing); arithmetic gives float64 (NaN where missing). The
+        index is ``df``'s.
         """
         unknown = [c for c in self.inputs if c not in df.columns]
         if unknown:
@@ -128,8 +129,8 @@ class Derivation:
         whole = isinstance(body, ast.Compare) or (
             isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id == "bin"
         )
-        if whole and not value.isna().any():
-            return value.astype(np.int64).rename(self.name)
+        if whole:  # 0/1 or a bin index: integers, pandas' nullable Int64 where one is missing
+            return value.astype(np.int64 if not value.isna().any() else "Int64").rename(self.name)
         return value.astype(np.float64).rename(self.name)
 
 
