@@ -28,7 +28,7 @@ import ast
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -99,9 +99,9 @@ class Derivation:
     index: int
     name: str
     expr: str
-    tree: ast.Expression
     inputs: tuple[str, ...]  # the columns it reads, in first-use order
     statistics: tuple[Statistic, ...]  # the fitted numbers it needs, in first-use order
+    tree: ast.Expression = field(compare=False, repr=False)  # parsed from expr
 
     def fail(self, message: str) -> DeriveError:
         return DeriveError(self.index, "expr", message)

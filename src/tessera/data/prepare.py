@@ -662,7 +662,7 @@ class Preprocessor:
         feature, or a ``group_column`` value are dropped, and the others'
         missing values imputed; all of it counted in the ``Prepared``.
         """
-        frame = self.with_derived(df)
+        frame = self.with_derived(_empty_as_numbers(df))
         require_columns(frame, [self.target, *self.features])
         if group_column is not None:
             require_columns(frame, [group_column])
@@ -732,7 +732,7 @@ class Preprocessor:
                 x[:, position] = filled[c.name]
                 position += 1
         if numeric:
-            matrix = _numeric_matrix(rows, [c.name for c in numeric])
+            matrix = _numeric_matrix(rows, [c.name for c in numeric]).copy()  # filled below
             for j, c in enumerate(numeric):
                 if c.fill is not None and c.name in filled:
                     matrix[filled[c.name], j] = c.fill
@@ -799,6 +799,15 @@ def usable_rows(
             if _is_number_column(frame[c]):
                 keep &= np.isfinite(_numeric_matrix(frame, [c])[:, 0])
     return keep
+
+
+def _empty_as_numbers(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns with no value at all as float NaN: a node's few records (rows of JSON) may
+    miss a numeric field everywhere, which pandas would read as text."""
+    empty = [c for c in df.columns if df[c].dtype == object and bool(df[c].isna().all())]
+    if not empty or len(df) == 0:
+        return df
+    return df.assign(**{str(c): df[c].astype(np.float64) for c in empty})
 
 
 def _absent(df: pd.DataFrame, column: _Numeric | _Categorical) -> npt.NDArray[np.bool_]:
