@@ -147,7 +147,9 @@ def test_names_refused() -> None:
     with pytest.raises(DeriveError, match=r"data\.derive\[0\]\.expr: unknown column 'later'"):
         derive(("early", "later + 1"), ("later", "a"))  # file order: not yet computed
     with pytest.raises(DeriveError, match=r"data\.derive\[0\]\.name: 'a' is already a column"):
-        Preprocessor.fit(frame(), target="a", features=["c"], task="regression", derive=[("a", "c")])
+        Preprocessor.fit(
+            frame(), target="a", features=["c"], task="regression", derive=[("a", "c")]
+        )
 
 
 def test_nothing_is_evaluated_as_python(monkeypatch: pytest.MonkeyPatch) -> None:
