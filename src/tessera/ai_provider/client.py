@@ -8,6 +8,7 @@ model per round. It evaluates each on its own held-out data.
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,13 @@ def fetch_preprocessing(
         "task": str(cfg.job.task),
         "standardize": str(d.standardize).lower(),
     }
+    # Only when used, so a job without them asks what it asked before.
+    if d.derive:
+        params["derive"] = json.dumps([{"name": e.name, "expr": e.expr} for e in d.derive])
+    if d.missing.default != "drop" or d.missing.columns:
+        params["missing"] = json.dumps(
+            {"default": d.missing.default, "columns": dict(d.missing.columns)}
+        )
     path = f"/v1/datasets/{quote(dataset, safe='')}/preprocessing?{urlencode(params)}"
     headers = sign_request(keys, "GET", path, at=time.time())
     with httpx.Client(base_url=provider.rstrip("/"), verify=verify, timeout=120) as http:
@@ -107,7 +115,7 @@ def build_job(
         data=DataRequest(
             provider=provider,
             dataset=dataset,
-            fields=(cfg.data.target, *pre.features),
+            fields=pre.inputs,  # raw columns: nodes compute derived ones themselves
             user_field=user_field,
         ),
         purpose=purpose,

@@ -24,7 +24,7 @@ def check(config: Annotated[Path, typer.Argument(help="job file (TOML)")]) -> No
     Exits 1 when there is a warning, 2 when the job cannot be prepared at all.
     """
     from tessera.config import load_config
-    from tessera.jobs.check import check_job
+    from tessera.jobs.check import check_job, count_histogram
 
     try:
         with console.status("loading and partitioning the data as a run would"):
@@ -37,10 +37,52 @@ def check(config: Annotated[Path, typer.Argument(help="job file (TOML)")]) -> No
         f"{report.rows:,} rows for the nodes ({report.usable_rows:,} usable), "
         f"{report.holdout_rows:,} held out; {len(report.node_sizes):,} nodes; task {report.task}"
     )
-    columns = Table("column", "type", "role", "missing", "distinct", title="columns")
+    columns = Table(
+        "column",
+        "type",
+        "role",
+        "missing",
+        "distinct",
+        "policy",
+        "dropped",
+        "imputed",
+        title="columns (missing values in the nodes' part; derived columns marked *)",
+    )
+    unused = [c.name for c in report.columns if c.role == "unused"]
     for c in report.columns:
-        columns.add_row(c.name, c.dtype, c.role, f"{c.missing:,}", f"{c.distinct:,}")
+        if c.role == "unused":
+            continue
+        columns.add_row(
+            c.name + (" *" if c.derived else ""),
+            c.dtype,
+            c.role,
+            f"{c.missing:,}",
+            f"{c.distinct:,}",
+            c.policy or "",
+            f"{c.dropped:,}" if c.policy else "",
+            f"{c.imputed:,}" if c.policy else "",
+        )
     out(columns)
+    if unused:
+        out(f"{len(unused):,} column(s) the job does not use: {', '.join(unused)}")
+    out(
+        f"missing-value policy: {report.dropped_rows:,} rows dropped, "
+        f"{report.imputed_values:,} values imputed"
+    )
+    for what, counts in (
+        ("dropped rows", report.node_dropped),
+        ("imputed values", report.node_imputed),
+    ):
+        if not counts or not any(counts):
+            continue
+        spread = Table(what, "nodes", "", title=f"{what} per node")
+        histogram = count_histogram(counts)
+        widest = max((n for _, _, n in histogram), default=1) or 1
+        for lo, hi, n in histogram:
+            spread.add_row(
+                str(lo) if lo == hi else f"{lo}-{hi}", f"{n:,}", "#" * round(_BAR * n / widest)
+            )
+        out(spread)
     sizes = Table("records", "nodes", "", title="records per node")
     histogram = report.size_histogram()
     widest = max((n for _, _, n in histogram), default=1) or 1

@@ -36,6 +36,38 @@ def done_line(seconds: float, metric: str, final: float, centralized: float | No
     return f"[bold green]done[/] in {seconds:.1f} s: {line}"
 
 
+def _per_column(counts: dict[str, int]) -> str:
+    return ", ".join(f"{c} {n:,}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def missing_line(missing: object) -> str | None:
+    """What the missing-value policy did (``MissingCounts``), on one line; None if nothing."""
+    from tessera.jobs.prepared import MissingCounts
+
+    if not isinstance(missing, MissingCounts):
+        return None
+    m = missing
+    if not (m.dropped_rows or m.imputed_values or m.test_dropped_rows or m.test_imputed_values):
+        return "missing values: none in the fields the job uses"
+    parts = [f"{m.dropped_rows:,} of {m.rows:,} node rows dropped"]
+    if m.dropped:
+        where = ""
+        if m.node_dropped is not None:
+            where = f" on {int((m.node_dropped > 0).sum()):,} nodes"
+        parts[0] += f" ({_per_column(m.dropped)}){where}"
+    parts.append(f"{m.imputed_values:,} values imputed")
+    if m.imputed:
+        where = ""
+        if m.node_imputed is not None:
+            where = f" on {int((m.node_imputed > 0).sum()):,} nodes"
+        parts[-1] += f" ({_per_column(m.imputed)}){where}"
+    parts.append(
+        f"holdout: {m.test_dropped_rows:,} of {m.test_rows:,} rows dropped, "
+        f"{m.test_imputed_values:,} values imputed"
+    )
+    return "missing values: " + "; ".join(parts)
+
+
 @app.callback()
 def _process_setup() -> None:
     """Every command handles model-sized vectors: keep their scratch memory warm."""
@@ -94,6 +126,9 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
             else "plaintext aggregation"
         )
     )
+    line = missing_line(job.missing)
+    if line is not None:
+        console.print(line)
     out.mkdir(parents=True, exist_ok=True)
     metric = "accuracy" if str(job.task) == "classification" else "R^2"
     with progress_bar(quiet) as progress:

@@ -11,6 +11,7 @@ Typical flow for the AI provider's simulation::
 """
 
 from tessera.data._common import require_columns
+from tessera.data.derive import DeriveError
 from tessera.data.partition import (
     Partition,
     dirichlet,
@@ -19,14 +20,30 @@ from tessera.data.partition import (
     per_record,
     quantity_skew,
 )
-from tessera.data.prepare import Labels, Prepared, Preprocessor, split_holdout
+from tessera.data.prepare import (
+    POLICIES,
+    ColumnSummary,
+    Labels,
+    Policy,
+    PolicyError,
+    Prepared,
+    Preprocessor,
+    split_holdout,
+    summarize,
+    usable_rows,
+)
 from tessera.data.sources import SKLEARN_DATASETS, SOURCES, load_table
 
 __all__ = [
+    "POLICIES",
     "SKLEARN_DATASETS",
     "SOURCES",
+    "ColumnSummary",
+    "DeriveError",
     "Labels",
     "Partition",
+    "Policy",
+    "PolicyError",
     "Prepared",
     "Preprocessor",
     "dirichlet",
@@ -37,4 +54,6 @@ __all__ = [
     "quantity_skew",
     "require_columns",
     "split_holdout",
+    "summarize",
+    "usable_rows",
 ]

@@ -1,30 +1,55 @@
 """Turn a table into model inputs without leaking test data into training.
 
-The AI provider holds out its test set first (``split_holdout``), then fits a
+The AI provider holds out its test set first (``split_holdout``, drawn among
+the rows the missing-value policy keeps, ``usable_rows``), then fits a
 ``Preprocessor`` on the training part only: category lists, means, standard
-deviations and the label set all come from training rows, and the same fitted
-preprocessor is applied unchanged to the test rows and to every node's data.
+deviations, the label set, imputation values and the statistics derived
+columns use all come from training rows, and the same fitted preprocessor is
+applied unchanged to the test rows and to every node's data.
+
+Every number fitting learns comes from one function, ``summarize`` (per
+column: count, missing, mean, std, median, distinct values, mode), so that
+the same fit can later be made from federated totals instead of pooled rows.
+
+Order inside ``fit`` and ``transform``: derived columns (``tessera.data.derive``,
+in the job file's order) on the raw rows; then the missing-value policy per
+column (``drop`` the row, ``impute`` the training mean or mode, or
+``indicator``: impute and add a 0/1 ``<column>_missing`` feature right after
+the column's own encoding); then the encoding. A missing target always drops
+the row. Every dropped row and imputed value is counted (``Prepared``).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from tessera.data._common import listing, require_columns, rng, table_name
+from tessera.data._common import listing, require_columns, rng, suggest, table_name
+from tessera.data.derive import (
+    Derivation,
+    DeriveError,
+    Statistic,
+    parse_derivations,
+    statistic_key,
+)
 from tessera.errors import DataError
 from tessera.ids import Task
 
 
 def split_holdout(
-    df: pd.DataFrame, *, by: str | None, fraction: float, seed: int
+    df: pd.DataFrame,
+    *,
+    by: str | None,
+    fraction: float,
+    seed: int,
+    usable: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split ``df`` into (train part, test part); the test part is the AI provider's.
 
@@ -32,31 +57,44 @@ def split_holdout(
     about ``fraction`` of the records, so the model is judged on unseen groups.
     With ``by=None`` records are drawn at random. Both parts keep row order and
     index; each gets at least one record (and, with ``by``, one group).
+
+    ``usable`` (one flag per row, e.g. ``usable_rows``): the fraction is of
+    usable rows, each part gets at least one, and with ``by=None`` only usable
+    rows are drawn (the others stay in the train part, where the nodes' policy
+    drops and counts them). All rows usable (the default) draws as before.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
         raise DataError(f"holdout fraction must be a number in (0, 1), got {fraction!r}")
     if not (0.0 < float(fraction) < 1.0):
         raise DataError(f"holdout fraction must be in (0, 1), got {fraction!r}")
-    n = len(df)
+    ok = np.ones(len(df), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    if ok.shape != (len(df),):
+        raise DataError(f"usable must hold one flag per row ({len(df)}), got shape {ok.shape}")
+    n = int(ok.sum())
     if n < 2:
-        raise DataError(f"cannot hold out part of {table_name(df)}: it has {n} record(s)")
+        what = "usable record(s)" if usable is not None else "record(s)"
+        raise DataError(f"cannot hold out part of {table_name(df)}: it has {n} {what}")
     draw = rng(seed)
-    test = np.zeros(n, dtype=bool)
+    test = np.zeros(len(df), dtype=bool)
     if by is None:
         n_test = min(max(round(float(fraction) * n), 1), n - 1)
-        test[draw.permutation(n)[:n_test]] = True
+        test[np.flatnonzero(ok)[draw.permutation(n)[:n_test]]] = True
     else:
         require_columns(df, [by])
         codes = _group_codes(df[by])
-        sizes = np.bincount(codes)
-        if len(sizes) < 2:
+        sizes = np.bincount(codes, weights=ok, minlength=int(codes.max()) + 1).astype(np.int64)
+        if np.count_nonzero(sizes) < 2:
             raise DataError(
                 f"cannot hold out whole groups of {by!r} in {table_name(df)}: it has one group"
+                + (" with usable records" if usable is not None else "")
             )
         drawn = draw.permutation(len(sizes))
         held = np.cumsum(sizes[drawn])
         k = int(np.argmin(np.abs(held - float(fraction) * n))) + 1
-        k = min(max(k, 1), len(sizes) - 1)
+        # Each part keeps a usable record: held[k - 1] in [1, n - 1].
+        k_min = int(np.argmax(held >= 1)) + 1
+        k_max = int(np.flatnonzero(held <= n - 1)[-1]) + 1
+        k = min(max(k, k_min), k_max)
         is_test_group = np.zeros(len(sizes), dtype=bool)
         is_test_group[drawn[:k]] = True
         test = is_test_group[codes]
@@ -78,6 +116,12 @@ def _group_codes(column: pd.Series) -> npt.NDArray[np.intp]:
 #: int64 class indices (classification) or float32 targets (regression).
 Labels = npt.NDArray[np.int64] | npt.NDArray[np.float32]
 
+#: What happens to a row missing a column's value (``Preprocessor`` doc).
+Policy = Literal["drop", "impute", "indicator"]
+POLICIES: tuple[Policy, ...] = ("drop", "impute", "indicator")
+#: The 0/1 feature an ``indicator`` column adds: ``<column>_missing``.
+INDICATOR_SUFFIX = "_missing"
+
 
 @dataclass(frozen=True, eq=False)
 class Prepared:
@@ -87,12 +131,23 @@ class Prepared:
     int64 class indices (classification) or float32 targets (regression);
     ``groups`` holds a chosen column's values for these rows (for the natural
     partition) or None; ``n_dropped`` counts rows skipped for missing values.
+
+    What the missing-value policy did: ``dropped_by`` counts, per column, the
+    dropped rows that miss it (a row missing two columns counts in both;
+    ``n_dropped`` counts it once); ``imputed`` counts values filled per
+    column; ``imputed_per_row`` (one per kept row) and ``dropped_groups``
+    (the ``group_column`` value of each dropped row that has one) let a
+    caller count per node.
     """
 
     x: npt.NDArray[np.float32]
     y: Labels
     groups: npt.NDArray[Any] | None
     n_dropped: int = 0
+    dropped_by: Mapping[str, int] = field(default_factory=dict)
+    imputed: Mapping[str, int] = field(default_factory=dict)
+    imputed_per_row: npt.NDArray[np.int64] | None = None
+    dropped_groups: npt.NDArray[Any] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.y)
@@ -105,10 +160,17 @@ class Prepared:
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def n_imputed(self) -> int:
+        """Values imputed, over all columns."""
+        return sum(self.imputed.values())
+
 
 _JSON_FORMAT = "tessera-preprocessor/v1"
 _JSON_KEYS = ("format", "target", "task", "columns", "classes", "image_shape", "n_dropped")
-_OPTIONAL_JSON_KEYS = ("target_scale",)  # absent in encodings written before it
+# Absent in encodings written before them: target_scale (regression scale), derive
+# (derived columns); a column's "missing" and "fill" (its missing-value policy).
+_OPTIONAL_JSON_KEYS: dict[str, Any] = {"target_scale": None, "derive": []}
 
 
 @dataclass(frozen=True)
@@ -116,12 +178,198 @@ class _Numeric:
     name: str
     mean: float
     std: float
+    missing: Policy = "drop"
+    fill: float | None = None  # impute / indicator: the training mean
 
 
 @dataclass(frozen=True)
 class _Categorical:
     name: str
     categories: tuple[Hashable, ...]
+    missing: Policy = "drop"
+    fill: Hashable | None = None  # impute / indicator: the training mode
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """A derived column and the statistics of the training rows it was fitted with."""
+
+    derivation: Derivation
+    statistics: tuple[tuple[Statistic, float], ...]
+
+    @property
+    def name(self) -> str:
+        return self.derivation.name
+
+
+@dataclass(frozen=True)
+class ColumnSummary:
+    """What fitting learns of one column, from the rows that hold a value.
+
+    Numeric columns: ``mean``, ``std`` (population), ``median``; categorical
+    ones: ``categories`` (sorted distinct values) and ``mode`` (the most
+    frequent, the first in sorted order on a tie). ``count`` values present,
+    ``missing`` absent (NaN, None, an infinity).
+    """
+
+    count: int
+    missing: int
+    mean: float = math.nan
+    std: float = math.nan
+    median: float = math.nan
+    categories: tuple[Hashable, ...] = ()
+    mode: Hashable | None = None
+
+
+def summarize(
+    df: pd.DataFrame, *, numeric: Sequence[str] = (), categorical: Sequence[str] = ()
+) -> dict[str, ColumnSummary]:
+    """Per-column summaries of ``df``'s rows: the one place fitting computes numbers.
+
+    Everything a ``Preprocessor`` learns (standardisation, imputation values,
+    category and label sets, the ``median``/``mean`` of derived columns) is
+    read from these; federated statistics can stand in for them later.
+    """
+    out: dict[str, ColumnSummary] = {}
+    for name in numeric:
+        values = _numeric_matrix(df, [name])[:, 0]
+        present = values[np.isfinite(values)]
+        if len(present) == 0:
+            out[name] = ColumnSummary(count=0, missing=len(values))
+            continue
+        out[name] = ColumnSummary(
+            count=len(present),
+            missing=len(values) - len(present),
+            mean=float(present.mean()),
+            std=float(present.std()),
+            median=float(np.median(present)),
+        )
+    for name in categorical:
+        column = df[name]
+        present_values = column.dropna()
+        counts = present_values.value_counts(sort=False)
+        categories = _sorted_values(present_values)
+        mode = None
+        if len(counts):
+            top = int(counts.max())
+            mode = next(v for v in categories if int(counts.get(v, 0)) == top)
+        out[name] = ColumnSummary(
+            count=len(present_values),
+            missing=len(column) - len(present_values),
+            categories=categories,
+            mode=mode,
+        )
+    return out
+
+
+def _classes(values: pd.Series, summary: ColumnSummary) -> tuple[Hashable, ...]:
+    """A classification target's labels (at least 2, not a measurement), sorted."""
+    classes = summary.categories
+    if len(classes) < 2:
+        raise DataError(
+            f"classification target {values.name!r} has {len(classes)} distinct "
+            f"value(s) in the training rows; at least 2 are needed"
+        )
+    _check_labels(values, str(values.name), len(classes))
+    return classes
+
+
+def _scales(
+    stats: Mapping[str, ColumnSummary], numeric: Sequence[str], *, standardize: bool, image: bool
+) -> dict[str, tuple[float, float]]:
+    """Each numeric feature's (mean, std) to standardise with; (0, 1) leaves it as it is."""
+    if not standardize or not numeric:
+        return dict.fromkeys(numeric, (0.0, 1.0))
+    if image:  # one global scale over every pixel: border pixels are constant
+        mean = float(np.mean([stats[c].mean for c in numeric]))
+        second = float(np.mean([stats[c].std ** 2 + stats[c].mean ** 2 for c in numeric]))
+        std = _safe_std(math.sqrt(max(second - mean**2, 0.0)), mean)
+        return dict.fromkeys(numeric, (mean, std))
+    return {
+        c: (stats[c].mean, _safe_std(stats[c].std, stats[c].mean)) if stats[c].count else (0.0, 1.0)
+        for c in numeric
+    }
+
+
+def _derive_stat(summary: ColumnSummary, stat: Statistic) -> float:
+    return summary.median if stat[0] == "median" else summary.mean
+
+
+def _fit_derived(
+    df: pd.DataFrame, derivations: Sequence[Derivation]
+) -> tuple[pd.DataFrame, tuple[_Derived, ...]]:
+    """``df`` with the derived columns added, each fitted on ``df``'s rows in order."""
+    frame = df.copy()
+    fitted: list[_Derived] = []
+    for d in derivations:
+        if d.name in df.columns:
+            raise DeriveError(d.index, "name", f"{d.name!r} is already a column of the table")
+        columns = [c for _, c in d.statistics]
+        unknown = [c for c in columns if c not in frame.columns]
+        if unknown:
+            d.evaluate(frame, {})  # names the unknown column
+        for c in columns:
+            if not _is_number_column(frame[c]):
+                raise d.fail(f"column {c!r} is not numeric (dtype {frame[c].dtype})")
+        summaries = summarize(frame, numeric=columns)
+        values = {s: _derive_stat(summaries[s[1]], s) for s in d.statistics}
+        for s, v in values.items():
+            if not math.isfinite(v):
+                raise d.fail(f"{statistic_key(s)}: the column has no values in the training rows")
+        frame[d.name] = d.evaluate(frame, values)
+        fitted.append(_Derived(d, tuple(values.items())))
+    return frame, tuple(fitted)
+
+
+def _apply_derived(df: pd.DataFrame, derived: Sequence[_Derived]) -> pd.DataFrame:
+    if not derived:
+        return df
+    frame = df.copy()
+    for d in derived:
+        frame[d.name] = d.derivation.evaluate(frame, dict(d.statistics))
+    return frame
+
+
+def _is_number_column(series: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(series))
+
+
+class PolicyError(DataError):
+    """A missing-value policy names what it cannot; ``field`` is where (``missing.columns.x``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _policies(
+    target: str,
+    names: Sequence[str],
+    default: str,
+    columns: Mapping[str, str],
+) -> dict[str, Policy]:
+    """Each feature's policy (the default unless named); the target always drops."""
+    for where, policy in [("missing.default", default)] + [
+        (f"missing.columns.{c}", p) for c, p in columns.items()
+    ]:
+        if policy not in POLICIES:
+            raise PolicyError(where, f"must be one of {', '.join(POLICIES)}, got {policy!r}")
+    for column, policy in columns.items():
+        if column == target:
+            if policy != "drop":
+                raise PolicyError(
+                    f"missing.columns.{column}",
+                    f"the target is never imputed (a row missing it is always dropped); "
+                    f"remove {column!r} or set it to 'drop'",
+                )
+        elif column not in names:
+            raise PolicyError(
+                f"missing.columns.{column}",
+                f"{column!r} is not the target or a feature"
+                f"{suggest(column, [target, *names])}; features: {listing(names)}",
+            )
+    return {c: cast(Policy, columns.get(c, default)) for c in names}
 
 
 @dataclass(frozen=True)
@@ -135,9 +383,15 @@ class Preprocessor:
     A regression target is standardized too (``target_scale``: its training
     mean and std), since a target in the hundreds trains nothing at the usual
     learning rates; ``target_from_model`` maps predictions back, and R^2 is
-    the same on either scale. Rows with a missing (NaN/None/inf) target or
-    feature are dropped, in ``fit`` and in ``transform`` alike; ``n_dropped``
-    and ``Prepared.n_dropped`` say how many.
+    the same on either scale.
+
+    ``derive``: derived columns, computed first (module doc). Missing values
+    (NaN/None/inf) follow each feature's policy (``missing`` of each column):
+    ``drop`` drops the row, ``impute`` fills the training mean (numeric) or
+    mode (categorical), ``indicator`` fills it too and adds a 0/1 feature
+    ``<column>_missing`` after the column's encoding. A row missing the
+    target is always dropped. ``n_dropped`` counts the training rows dropped
+    in ``fit``; ``Prepared`` counts what ``transform`` dropped and imputed.
     """
 
     target: str
@@ -147,6 +401,7 @@ class Preprocessor:
     image_shape: tuple[int, ...] | None
     n_dropped: int
     target_scale: tuple[float, float] | None = None  # regression: the target's (mean, std)
+    derive: tuple[_Derived, ...] = ()
 
     @classmethod
     def fit(
@@ -159,82 +414,94 @@ class Preprocessor:
         task: Task | str,
         standardize: bool = True,
         image_shape: tuple[int, ...] | None = None,
+        derive: Sequence[tuple[str, str]] = (),
+        missing: str = "drop",
+        missing_columns: Mapping[str, str] | None = None,
     ) -> Preprocessor:
-        """Fit on ``train_df``; ``features`` empty or None means every other column."""
+        """Fit on ``train_df``; ``features`` empty or None means every other column.
+
+        ``derive``: (name, expression) pairs in order; ``missing``: the default
+        policy of the features, ``missing_columns``: per-column overrides.
+        Errors of a derivation are ``DeriveError`` (a ``DataError``).
+        """
         try:
             kind = Task(task)
         except ValueError:
             raise DataError(
                 f"unknown task {task!r}; valid tasks: {', '.join(t.value for t in Task)}"
             ) from None
-        require_columns(train_df, [target])
-        names = _feature_list(train_df, target, features)
+        frame, derived = _fit_derived(train_df, parse_derivations(list(derive)))
+        require_columns(frame, [target])
+        names = _feature_list(frame, target, features)
+        policy = _policies(target, names, missing, missing_columns or {})
         cats = list(dict.fromkeys(categorical))
         for column in cats:
             if column not in names:
                 raise DataError(f"categorical column {column!r} is not among the features")
         if image_shape is not None:
             image_shape = _image_shape(image_shape, len(names), cats)
+            indicated = [c for c, p in policy.items() if p == "indicator"]
+            if indicated:
+                raise DataError(
+                    f"image_shape cannot be combined with missing 'indicator' "
+                    f"({listing(indicated)}): it adds features"
+                )
         numeric = [c for c in names if c not in cats]
-        _check_numeric(train_df, numeric)
+        _check_numeric(frame, numeric)
         if kind is Task.REGRESSION:
-            _check_numeric(train_df, [target], role="regression target")
+            _check_numeric(frame, [target], role="regression target")
 
-        keep = _usable(train_df, target, numeric, cats, kind)
-        rows = train_df.iloc[np.flatnonzero(keep)]
+        drop_numeric = [c for c in numeric if policy[c] == "drop"]
+        drop_cats = [c for c in cats if policy[c] == "drop"]
+        keep = _usable(frame, target, drop_numeric, drop_cats, kind)
+        rows = frame.iloc[np.flatnonzero(keep)]
         if len(rows) == 0:
             raise DataError(
                 f"no usable training rows in {table_name(train_df)}: "
-                f"all {len(train_df)} have a missing target or feature"
+                f"all {len(train_df)} have a missing target or a missing feature whose "
+                "policy is 'drop'"
+            )
+
+        target_numeric = [target] if kind is Task.REGRESSION else []
+        target_cats = [target] if kind is Task.CLASSIFICATION else []
+        stats = summarize(
+            rows, numeric=[*numeric, *target_numeric], categorical=[*cats, *target_cats]
+        )
+        empty = [c for c in names if stats[c].count == 0 and policy[c] != "drop"]
+        if empty:
+            raise DataError(
+                f"feature(s) {listing(empty)} have no values in the usable training rows: "
+                "nothing to impute them from"
             )
 
         classes: tuple[Hashable, ...] = ()
         if kind is Task.CLASSIFICATION:
-            classes = _sorted_values(rows[target])
-            if len(classes) < 2:
-                raise DataError(
-                    f"classification target {target!r} has {len(classes)} distinct "
-                    f"value(s) in the training rows; at least 2 are needed"
-                )
-            _check_labels(rows[target], target, len(classes))
-
-        matrix = _numeric_matrix(rows, numeric)
-        if not standardize or not numeric:
-            means, stds = np.zeros(len(numeric)), np.ones(len(numeric))
-        elif image_shape is not None:  # one global scale: border pixels are constant
-            means = np.full(len(numeric), matrix.mean())
-            stds = np.full(len(numeric), _safe_std(float(matrix.std()), float(matrix.mean())))
-        else:
-            means = matrix.mean(axis=0)
-            stds = np.array(
-                [
-                    _safe_std(float(s), float(m))
-                    for s, m in zip(matrix.std(axis=0), means, strict=True)
-                ]
-            )
-        stats = {c: (float(m), float(s)) for c, m, s in zip(numeric, means, stds, strict=True)}
+            classes = _classes(rows[target], stats[target])
+        scale = _scales(stats, numeric, standardize=standardize, image=image_shape is not None)
         target_scale = None
         if kind is Task.REGRESSION and standardize:
-            values = rows[target].to_numpy(dtype=np.float64)
-            mean = float(values.mean())
-            target_scale = (mean, _safe_std(float(values.std()), mean))
-        columns: list[_Numeric | _Categorical] = [
-            _Categorical(c, _sorted_values(rows[c])) if c in cats else _Numeric(c, *stats[c])
+            t = stats[target]
+            target_scale = (t.mean, _safe_std(t.std, t.mean))
+        columns = [
+            _Categorical(c, stats[c].categories, policy[c], stats[c].mode)
+            if c in cats
+            else _Numeric(c, *scale[c], policy[c], stats[c].mean)
             for c in names
         ]
         return cls(
             target=target,
             task=kind,
-            columns=tuple(columns),
+            columns=tuple(c if c.missing != "drop" else replace(c, fill=None) for c in columns),
             classes=classes,
             image_shape=image_shape,
             n_dropped=len(train_df) - len(rows),
             target_scale=target_scale,
+            derive=derived,
         )
 
     @property
     def features(self) -> tuple[str, ...]:
-        """Input column names, in order."""
+        """Input column names, in order (derived ones included)."""
         return tuple(c.name for c in self.columns)
 
     @property
@@ -242,14 +509,36 @@ class Preprocessor:
         return tuple(c.name for c in self.columns if isinstance(c, _Categorical))
 
     @property
+    def derived(self) -> tuple[str, ...]:
+        """The derived columns' names, in the order they are computed."""
+        return tuple(d.name for d in self.derive)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The table columns ``transform`` reads: target, features and derivations' inputs,
+        derived ones replaced by what they are computed from (what a node asks for)."""
+        made = set(self.derived)
+        wanted = [i for d in self.derive for i in d.derivation.inputs]
+        wanted += [self.target, *self.features]
+        return tuple(c for c in dict.fromkeys(wanted) if c not in made)
+
+    @property
+    def missing_policy(self) -> dict[str, Policy]:
+        """Each feature's missing-value policy (the target's is always ``drop``)."""
+        return {c.name: c.missing for c in self.columns}
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
-        """Encoded feature names, one-hot columns as ``column=value``."""
+        """Encoded feature names, one-hot columns as ``column=value``, indicators as
+        ``column_missing``."""
         out: list[str] = []
         for c in self.columns:
             if isinstance(c, _Categorical):
                 out.extend(f"{c.name}={v}" for v in c.categories)
             else:
                 out.append(c.name)
+            if c.missing == "indicator":
+                out.append(c.name + INDICATOR_SUFFIX)
         return tuple(out)
 
     @property
@@ -267,19 +556,34 @@ class Preprocessor:
     def to_json(self) -> dict[str, Any]:
         """This fitted encoding as plain JSON data; ``from_json`` reads it back exactly.
 
-        Only aggregates: means, standard deviations, category and label sets.
-        Floats survive a JSON round trip bit for bit; category and label values
-        keep their JSON type (string, integer, float, true/false); values of
-        any other type (dates, tuples, ...) raise ``DataError``.
+        Only aggregates: means, standard deviations, category and label sets,
+        imputation values, the statistics derived columns use. Floats survive
+        a JSON round trip bit for bit; category and label values keep their
+        JSON type (string, integer, float, true/false); values of any other
+        type (dates, tuples, ...) raise ``DataError``. ``derive`` and a
+        column's ``missing``/``fill`` are written only when used, so an
+        encoding without them reads as before.
         """
         columns: list[dict[str, Any]] = []
         for c in self.columns:
             if isinstance(c, _Categorical):
                 values = [_json_scalar(v, f"category of column {c.name!r}") for v in c.categories]
-                columns.append({"name": c.name, "kind": "categorical", "categories": values})
+                entry: dict[str, Any] = {
+                    "name": c.name,
+                    "kind": "categorical",
+                    "categories": values,
+                }
+                fill: Any = (
+                    None if c.fill is None else _json_scalar(c.fill, f"mode of column {c.name!r}")
+                )
             else:
-                columns.append({"name": c.name, "kind": "numeric", "mean": c.mean, "std": c.std})
-        return {
+                entry = {"name": c.name, "kind": "numeric", "mean": c.mean, "std": c.std}
+                fill = c.fill
+            if c.missing != "drop":
+                entry["missing"] = c.missing
+                entry["fill"] = fill
+            columns.append(entry)
+        out: dict[str, Any] = {
             "format": _JSON_FORMAT,
             "target": self.target,
             "task": self.task.value,
@@ -289,12 +593,22 @@ class Preprocessor:
             "n_dropped": self.n_dropped,
             "target_scale": None if self.target_scale is None else list(self.target_scale),
         }
+        if self.derive:
+            out["derive"] = [
+                {
+                    "name": d.name,
+                    "expr": d.derivation.expr,
+                    "statistics": {statistic_key(s): v for s, v in d.statistics},
+                }
+                for d in self.derive
+            ]
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> Preprocessor:
         """Read what ``to_json`` wrote; anything malformed raises ``DataError`` naming where."""
-        if isinstance(obj, dict) and "target_scale" not in obj:
-            obj = {**obj, "target_scale": None}  # written before targets were scaled
+        if isinstance(obj, dict):  # keys added later: absent in older encodings
+            obj = {**_OPTIONAL_JSON_KEYS, **obj}
         top = _json_object(obj, "preprocessor", {*_JSON_KEYS, *_OPTIONAL_JSON_KEYS})
         if top["format"] != _JSON_FORMAT:
             raise DataError(f"preprocessor.format must be {_JSON_FORMAT!r}, got {top['format']!r}")
@@ -322,15 +636,7 @@ class Preprocessor:
             raise DataError("preprocessor.classes must hold at least 2 labels for classification")
         if task is Task.REGRESSION and classes:
             raise DataError("preprocessor.classes must be empty for regression")
-        image_shape = top["image_shape"]
-        if image_shape is not None:
-            if not isinstance(image_shape, list):
-                raise DataError("preprocessor.image_shape must be a list of integers or null")
-            cats = [c.name for c in columns if isinstance(c, _Categorical)]
-            try:
-                image_shape = _image_shape(image_shape, len(names), cats)
-            except DataError as exc:
-                raise DataError(f"preprocessor.{exc}") from None
+        image_shape = _json_image_shape(top["image_shape"], columns)
         n_dropped = top["n_dropped"]
         if isinstance(n_dropped, bool) or not isinstance(n_dropped, int) or n_dropped < 0:
             raise DataError(f"preprocessor.n_dropped must be an integer >= 0, got {n_dropped!r}")
@@ -342,53 +648,100 @@ class Preprocessor:
             image_shape=image_shape,
             n_dropped=n_dropped,
             target_scale=_target_scale(top["target_scale"], task),
+            derive=_json_derive(top["derive"]),
         )
+
+    def with_derived(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with the derived columns added (``df`` itself when there are none)."""
+        return _apply_derived(df, self.derive)
 
     def transform(self, df: pd.DataFrame, *, group_column: str | None = None) -> Prepared:
         """Encode ``df`` with the fitted statistics (never statistics of ``df``).
 
-        Rows with a missing target or feature, or a missing ``group_column``
-        value, are dropped and counted in ``Prepared.n_dropped``.
+        Derived columns first; then rows missing the target, a ``drop``
+        feature, or a ``group_column`` value are dropped, and the others'
+        missing values imputed; all of it counted in the ``Prepared``.
         """
-        require_columns(df, [self.target, *self.features])
+        frame = self.with_derived(_empty_as_numbers(df))
+        require_columns(frame, [self.target, *self.features])
         if group_column is not None:
-            require_columns(df, [group_column])
-        numeric = [c for c in self.columns if isinstance(c, _Numeric)]
-        cats = [c for c in self.columns if isinstance(c, _Categorical)]
-        numeric_names, cat_names = [c.name for c in numeric], [c.name for c in cats]
-        _check_numeric(df, numeric_names)
+            require_columns(frame, [group_column])
+        _check_numeric(frame, [c.name for c in self.columns if isinstance(c, _Numeric)])
         if self.task is Task.REGRESSION:
-            _check_numeric(df, [self.target], role="regression target")
+            _check_numeric(frame, [self.target], role="regression target")
 
-        keep = _usable(df, self.target, numeric_names, cat_names, self.task)
+        absent = {c.name: _absent(frame, c) for c in self.columns}
+        absent[self.target] = ~_usable(frame, self.target, [], [], self.task)
+        drops = [self.target] + [c.name for c in self.columns if c.missing == "drop"]
         if group_column is not None:
-            keep &= df[group_column].notna().to_numpy()
-        rows = df.iloc[np.flatnonzero(keep)]
-        n = len(rows)
+            lost = frame[group_column].isna().to_numpy()
+            absent[group_column] = absent.get(group_column, lost) | lost
+            drops.append(group_column)
+        drops = list(dict.fromkeys(drops))
+        dropped = np.zeros(len(frame), dtype=bool)
+        for name in drops:
+            dropped |= absent[name]
+        kept = np.flatnonzero(~dropped)
+        rows = frame.iloc[kept]
+        filled = {c.name: absent[c.name][kept] for c in self.columns if c.missing != "drop"}
+        per_row = np.zeros(len(rows), dtype=np.int64)
+        for mask in filled.values():
+            per_row += mask
 
+        groups = dropped_groups = None
+        if group_column is not None:
+            groups = rows[group_column].to_numpy()
+            lost_groups = frame[group_column].to_numpy()[dropped]
+            dropped_groups = lost_groups[pd.notna(lost_groups)]
+        return Prepared(
+            x=self._encode(rows, filled),
+            y=self._labels(rows),
+            groups=groups,
+            n_dropped=len(frame) - len(rows),
+            dropped_by={c: int((absent[c] & dropped).sum()) for c in drops},
+            imputed={c: int(m.sum()) for c, m in filled.items()},
+            imputed_per_row=per_row,
+            dropped_groups=dropped_groups,
+        )
+
+    def _encode(
+        self, rows: pd.DataFrame, filled: Mapping[str, npt.NDArray[np.bool_]]
+    ) -> npt.NDArray[np.float32]:
+        """The feature matrix of ``rows``; ``filled``: per column, the values to impute."""
+        n = len(rows)
         x = np.empty((n, self.n_features), dtype=np.float32)
-        position, numeric_at = 0, []
+        position = 0
+        numeric: list[_Numeric] = []
+        numeric_at: list[int] = []
         for c in self.columns:
             if isinstance(c, _Categorical):
-                codes = pd.Index(c.categories).get_indexer(pd.Index(rows[c.name]))
+                values = rows[c.name]
+                if c.name in filled:
+                    values = values.where(~filled[c.name], c.fill)
+                codes = pd.Index(c.categories).get_indexer(pd.Index(values))
                 block = np.zeros((n, len(c.categories)), dtype=np.float32)
                 seen = np.flatnonzero(codes >= 0)
                 block[seen, codes[seen]] = 1.0
                 x[:, position : position + len(c.categories)] = block
                 position += len(c.categories)
             else:
+                numeric.append(c)
                 numeric_at.append(position)
                 position += 1
+            if c.missing == "indicator":
+                x[:, position] = filled[c.name]
+                position += 1
         if numeric:
+            matrix = _numeric_matrix(rows, [c.name for c in numeric]).copy()  # filled below
+            for j, c in enumerate(numeric):
+                if c.fill is not None and c.name in filled:
+                    matrix[filled[c.name], j] = c.fill
             means = np.array([c.mean for c in numeric])
             stds = np.array([c.std for c in numeric])
-            matrix = _numeric_matrix(rows, numeric_names)
             x[:, numeric_at] = (matrix - means) / stds
         if self.image_shape is not None:
             x = x.reshape(n, *self.image_shape)
-
-        groups = None if group_column is None else rows[group_column].to_numpy()
-        return Prepared(x=x, y=self._labels(rows), groups=groups, n_dropped=len(df) - n)
+        return x
 
     def target_from_model(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """A regression model's outputs on the target's own scale (undoes ``target_scale``)."""
@@ -413,6 +766,55 @@ class Preprocessor:
                 f"were not in the training data; known: {listing(self.classes)}"
             )
         return codes.astype(np.int64)
+
+
+def usable_rows(
+    df: pd.DataFrame,
+    *,
+    target: str,
+    features: Sequence[str] | None = (),
+    task: Task | str,
+    derive: Sequence[tuple[str, str]] = (),
+    missing: str = "drop",
+    missing_columns: Mapping[str, str] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """One flag per row of ``df``: does the missing-value policy keep it?
+
+    For drawing the holdout among usable rows (``split_holdout(usable=...)``)
+    before anything is fitted: a row is unusable if it misses the target or
+    a feature whose policy is ``drop``. Derived columns are computed with
+    statistics of all of ``df`` here; only which values are missing is used
+    (it depends on the inputs, not on a median, but for a division by an
+    expression that is zero on some rows), never a value.
+    """
+    kind = Task(task)
+    frame, _ = _fit_derived(df, parse_derivations(list(derive)))
+    require_columns(frame, [target])
+    names = _feature_list(frame, target, features)
+    policy = _policies(target, names, missing, missing_columns or {})
+    keep = _usable(frame, target, [], [], kind)
+    for c in names:
+        if policy[c] == "drop":
+            keep &= frame[c].notna().to_numpy()
+            if _is_number_column(frame[c]):
+                keep &= np.isfinite(_numeric_matrix(frame, [c])[:, 0])
+    return keep
+
+
+def _empty_as_numbers(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns with no value at all as float NaN: a node's few records (rows of JSON) may
+    miss a numeric field everywhere, which pandas would read as text."""
+    empty = [c for c in df.columns if df[c].dtype == object and bool(df[c].isna().all())]
+    if not empty or len(df) == 0:
+        return df
+    return df.assign(**{str(c): df[c].astype(np.float64) for c in empty})
+
+
+def _absent(df: pd.DataFrame, column: _Numeric | _Categorical) -> npt.NDArray[np.bool_]:
+    """Rows missing ``column``: NaN/None, or an infinity for a numeric column."""
+    if isinstance(column, _Numeric):
+        return ~np.isfinite(_numeric_matrix(df, [column.name])[:, 0])
+    return df[column.name].isna().to_numpy()
 
 
 def _feature_list(df: pd.DataFrame, target: str, features: Sequence[str] | None) -> list[str]:
@@ -570,20 +972,83 @@ def _json_values(value: object, where: str) -> tuple[Hashable, ...]:
 
 def _json_column(obj: object, where: str) -> _Numeric | _Categorical:
     kind = obj.get("kind") if isinstance(obj, dict) else None
+    policy: Policy = "drop"
+    if isinstance(obj, dict) and "missing" in obj:  # absent: drop (older encodings)
+        raw_policy = obj["missing"]
+        if raw_policy not in POLICIES or raw_policy == "drop":
+            raise DataError(f"{where}.missing must be 'impute' or 'indicator', got {raw_policy!r}")
+        policy = cast(Policy, raw_policy)
+        obj = {k: v for k, v in obj.items() if k != "missing"}
+    with_fill = {"fill"} if policy != "drop" else set()
     if kind == "categorical":
-        column = _json_object(obj, where, {"name", "kind", "categories"})
+        column = _json_object(obj, where, {"name", "kind", "categories", *with_fill})
         name = _json_name(column["name"], f"{where}.name")
-        return _Categorical(name, _json_values(column["categories"], f"{where}.categories"))
+        categories = _json_values(column["categories"], f"{where}.categories")
+        fill = column.get("fill")
+        if policy != "drop" and fill not in categories:
+            raise DataError(f"{where}.fill must be one of the categories, got {fill!r}")
+        return _Categorical(name, categories, policy, fill)
     if kind == "numeric":
-        column = _json_object(obj, where, {"name", "kind", "mean", "std"})
+        column = _json_object(obj, where, {"name", "kind", "mean", "std", *with_fill})
         name = _json_name(column["name"], f"{where}.name")
-        mean, std = column["mean"], column["std"]
-        for label, number in (("mean", mean), ("std", std)):
+        labels = ["mean", "std", *sorted(with_fill)]
+        for label in labels:
+            number = column[label]
             if isinstance(number, bool) or not isinstance(number, int | float):
                 raise DataError(f"{where}.{label} must be a number, got {number!r}")
             if not math.isfinite(number):
                 raise DataError(f"{where}.{label} must be finite, got {number!r}")
+        mean, std = column["mean"], column["std"]
         if std <= 0:
             raise DataError(f"{where}.std must be > 0, got {std!r}")
-        return _Numeric(name, float(mean), float(std))
+        fill_value = float(column["fill"]) if policy != "drop" else None
+        return _Numeric(name, float(mean), float(std), policy, fill_value)
     raise DataError(f"{where}.kind must be 'numeric' or 'categorical', got {kind!r}")
+
+
+def _json_image_shape(
+    value: object, columns: Sequence[_Numeric | _Categorical]
+) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise DataError("preprocessor.image_shape must be a list of integers or null")
+    cats = [c.name for c in columns if isinstance(c, _Categorical)]
+    try:
+        shape = _image_shape(value, len(columns), cats)
+    except DataError as exc:
+        raise DataError(f"preprocessor.{exc}") from None
+    if any(c.missing == "indicator" for c in columns):
+        raise DataError("preprocessor.image_shape cannot be combined with indicators")
+    return shape
+
+
+def _json_derive(value: object) -> tuple[_Derived, ...]:
+    """``[{"name", "expr", "statistics": {"median(score)": 7.0}}, ...]``, parsed again."""
+    if not isinstance(value, list):
+        raise DataError("preprocessor.derive must be a list")
+    entries = [
+        _json_object(item, f"preprocessor.derive[{i}]", {"name", "expr", "statistics"})
+        for i, item in enumerate(value)
+    ]
+    try:
+        parsed = parse_derivations([(e["name"], e["expr"]) for e in entries])
+    except DeriveError as exc:
+        raise DataError(f"preprocessor.derive[{exc.index}].{exc.field}: {exc.message}") from None
+    out: list[_Derived] = []
+    for i, (d, entry) in enumerate(zip(parsed, entries, strict=True)):
+        where = f"preprocessor.derive[{i}].statistics"
+        given = entry["statistics"]
+        if not isinstance(given, dict) or set(given) != {statistic_key(s) for s in d.statistics}:
+            needed = ", ".join(statistic_key(s) for s in d.statistics) or "none"
+            raise DataError(f"{where} must give exactly the statistics used ({needed})")
+        values: list[tuple[Statistic, float]] = []
+        for s in d.statistics:
+            number = given[statistic_key(s)]
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise DataError(f"{where}.{statistic_key(s)} must be a number, got {number!r}")
+            if not math.isfinite(number):
+                raise DataError(f"{where}.{statistic_key(s)} must be finite, got {number!r}")
+            values.append((s, float(number)))
+        out.append(_Derived(d, tuple(values)))
+    return tuple(out)

@@ -11,7 +11,10 @@ answers onto HTTP:
 - ``GET /v1/catalogue``: what the provider offers (no records, no server paths).
 - ``GET /v1/datasets/{name}/preprocessing``: a ``Preprocessor`` fitted on the
   whole dataset, as JSON: means, stds, category and label sets only, what an
-  AI provider needs to declare a job's feature encoding without seeing data.
+  AI provider needs to declare a job's feature encoding without seeing data;
+  with the job's derived columns and missing-value policy (``derive`` and
+  ``missing``, JSON in the query), so imputation values and the statistics
+  a derived column uses come from here too, and nodes apply the same.
   Only to a request signed by an AI provider's keys (``runtime.transport.auth``,
   the nonce burnt in the gate's state; ``ai_providers`` may list the keys
   allowed). Aggregates only: a category is reported only when at least
@@ -63,6 +66,7 @@ from tessera.consent import ConsentError, Enrolment, GateState, RecordsGate, Rep
 from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys
 from tessera.data.connectors import Backend, DatasetConfig
+from tessera.data.derive import parse_derivations
 from tessera.data.prepare import Preprocessor
 from tessera.errors import ConfigError, DataError, RemoteProtocolError
 from tessera.ids import Task
@@ -212,6 +216,10 @@ class PreprocessingQuery(_Model):
     features: Annotated[str, Field(max_length=65536)] = ""  # empty: every column but the target
     categorical: Annotated[str, Field(max_length=65536)] = ""
     standardize: bool = True
+    # JSON, both optional: [{"name": ..., "expr": ...}, ...] (derived columns, in order) and
+    # {"default": "drop", "columns": {"x": "impute"}} (the missing-value policy).
+    derive: Annotated[str, Field(max_length=65536)] = ""
+    missing: Annotated[str, Field(max_length=65536)] = ""
 
 
 class _Provider:
@@ -278,7 +286,12 @@ class _Provider:
         """The fitted encoding, aggregates only (see the module doc)."""
         backend = self.dataset(name)
         banned = {backend.describe()["user_field"], *self.identifiers}
-        asked = {query.target, *_names(query.features), *_names(query.categorical)}
+        derive, default, per_column = _derive_and_missing(query)
+        try:
+            inputs = {c for d in parse_derivations(derive) for c in d.inputs}
+        except DataError as exc:
+            raise _Refused(400, str(exc)) from None
+        asked = {query.target, *_names(query.features), *_names(query.categorical), *inputs}
         if asked & banned:
             raise _Refused(403, f"{sorted(asked & banned)} identify people: no statistics of them")
         table = backend.table()
@@ -288,14 +301,19 @@ class _Provider:
             c for c in table.columns if c != query.target and c not in banned
         ]
         try:
-            fitted = Preprocessor.fit(
+            pre = Preprocessor.fit(
                 table,
                 target=query.target,
                 features=features,
                 categorical=_names(query.categorical),
                 task=query.task,
                 standardize=query.standardize,
-            ).to_json()
+                derive=derive,
+                missing=default,
+                missing_columns=per_column,
+            )
+            fitted = pre.to_json()
+            table = pre.with_derived(table)  # counts of derived columns' values too
         except DataError as exc:
             raise _Refused(400, str(exc)) from None
         return self._only_common(table, fitted)
@@ -587,6 +605,36 @@ def _gate_refusals() -> Iterator[None]:
         raise _Refused(403, exc.reason) from None
     except RemoteProtocolError as exc:
         raise _Refused(400, str(exc)) from None
+
+
+def _derive_and_missing(
+    query: PreprocessingQuery,
+) -> tuple[list[tuple[str, str]], str, dict[str, str]]:
+    """The query's derived columns and missing-value policy, read from their JSON (or 400)."""
+    try:
+        derive = json.loads(query.derive) if query.derive else []
+        missing = json.loads(query.missing) if query.missing else {}
+    except ValueError as exc:
+        raise _Refused(400, f"derive and missing must be JSON: {exc}") from None
+    pairs = [
+        (d["name"], d["expr"])
+        for d in (derive if isinstance(derive, list) else [])
+        if isinstance(d, dict)
+        and set(d) == {"name", "expr"}
+        and isinstance(d["name"], str)
+        and isinstance(d["expr"], str)
+    ]
+    if not isinstance(derive, list) or len(pairs) != len(derive):
+        raise _Refused(400, 'derive must be a JSON list of {"name": ..., "expr": ...}')
+    columns = missing.get("columns", {}) if isinstance(missing, dict) else None
+    default = missing.get("default", "drop") if isinstance(missing, dict) else None
+    if (
+        not isinstance(columns, dict)
+        or not isinstance(default, str)
+        or (set(missing) - {"default", "columns"})
+    ):
+        raise _Refused(400, 'missing must be a JSON object {"default": ..., "columns": {...}}')
+    return pairs, default, {str(k): str(v) for k, v in columns.items()}
 
 
 def _names(text: str) -> list[str]:

@@ -19,7 +19,7 @@ from tessera.config import JobConfig
 from tessera.ids import Task
 from tessera.jobs.prepared import PreparedJob, prepare_job, split_table
 
-__all__ = ["ColumnReport", "DataReport", "check_job"]
+__all__ = ["ColumnReport", "DataReport", "check_job", "count_histogram"]
 
 #: A node with fewer records than this learns little and says much about its user.
 TINY_NODE = 5
@@ -34,6 +34,10 @@ class ColumnReport:
     role: str  # "target", "feature", "categorical", "partition" or "unused"
     missing: int
     distinct: int
+    derived: bool = False  # computed by a [[data.derive]] entry
+    policy: str | None = None  # "drop", "impute" or "indicator" (target and features)
+    dropped: int = 0  # rows of the nodes' part dropped for missing it
+    imputed: int = 0  # values of the nodes' part imputed
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,13 @@ class DataReport:
     target_summary: dict[str, float] = field(default_factory=dict)  # mean, std, min, max
     classes: dict[str, int] = field(default_factory=dict)  # label -> count
     warnings: tuple[str, ...] = ()
+    imputed_values: int = 0  # in the nodes' part, over all columns
+    node_dropped: tuple[int, ...] | None = None  # per node (natural partitions)
+    node_imputed: tuple[int, ...] = ()  # per node
+
+    @property
+    def dropped_rows(self) -> int:
+        return self.rows - self.usable_rows
 
     def size_histogram(self, bins: int = 8) -> list[tuple[int, int, int]]:
         """(low, high, nodes) over log-spaced record counts: node sizes are skewed."""
@@ -59,6 +70,20 @@ class DataReport:
             (int(lo), int(hi) - 1, int(n))
             for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)
         ]
+
+
+def count_histogram(counts: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(low, high, nodes) over per-node counts in bins 0, 1, 2-3, 4-7, ...: how lost rows
+    or imputed values spread over the nodes."""
+    if not counts:
+        return []
+    values = np.asarray(counts, dtype=np.int64)
+    top = int(values.max())
+    edges = [0, 1]
+    while edges[-1] <= top:
+        edges.append(edges[-1] * 2)
+    counted, _ = np.histogram(values, bins=np.array(edges) - 0.5)
+    return [(lo, hi - 1, int(n)) for lo, hi, n in zip(edges[:-1], edges[1:], counted, strict=True)]
 
 
 def _role(cfg: JobConfig, column: str, features: list[str]) -> str:
@@ -76,29 +101,39 @@ def check_job(cfg: JobConfig) -> DataReport:
     """Load, split and partition as a run would; report and warn. ``ConfigError`` as a run."""
     train_df, test_df = split_table(cfg)
     job: PreparedJob = prepare_job(cfg)
-    d = cfg.data
-    features = list(d.features) or [c for c in train_df.columns if c != d.target]
-    used = [d.target, *features]
+    assert job.preprocessor is not None
+    assert job.missing is not None
+    d, m = cfg.data, job.missing
+    frame = job.preprocessor.with_derived(train_df)
+    derived = set(job.preprocessor.derived)
+    features = list(job.preprocessor.features)
     columns = tuple(
         ColumnReport(
             name=str(c),
-            dtype=str(train_df[c].dtype),
+            dtype=str(frame[c].dtype),
             role=_role(cfg, str(c), features),
-            missing=int(train_df[c].isna().sum()),
-            distinct=int(train_df[c].nunique(dropna=True)),
+            missing=int(frame[c].isna().sum()),
+            distinct=int(frame[c].nunique(dropna=True)),
+            derived=str(c) in derived,
+            policy=m.policy.get(str(c)),
+            dropped=m.dropped.get(str(c), 0),
+            imputed=m.imputed.get(str(c), 0),
         )
-        for c in train_df.columns
+        for c in frame.columns
     )
-    usable = int(train_df[used].notna().all(axis=1).sum())
+    usable = m.rows - m.dropped_rows
     sizes = tuple(int(n) for n in job.node_samples)
     warnings: list[str] = []
-    dropped = len(train_df) - usable
+    dropped = m.dropped_rows
     if dropped:
         share = dropped / max(len(train_df), 1)
-        missing = [c.name for c in columns if c.role != "unused" and c.missing]
+        missing = [c for c, n in m.dropped.items() if n and c != cfg.partition.column]
+        grouped = m.dropped.get(cfg.partition.column or "", 0)
         warnings.append(
             f"{dropped:,} of {len(train_df):,} rows ({share:.0%}) miss a field the job uses "
-            f"({', '.join(missing)}) and are left out of training"
+            f"({', '.join(missing) or cfg.partition.column}) and are left out of training"
+            + (f" ({grouped:,} miss their {cfg.partition.column})" if grouped and missing else "")
+            + "; data.missing can impute them or add an indicator instead"
         )
     tiny = sum(1 for n in sizes if n < TINY_NODE)
     if tiny:
@@ -108,7 +143,7 @@ def check_job(cfg: JobConfig) -> DataReport:
         warnings.append(f"constant column(s) {', '.join(constant)}: they carry nothing to learn")
     summary: dict[str, float] = {}
     classes: dict[str, int] = {}
-    target = train_df[d.target].dropna()
+    target = frame[d.target].dropna()
     if job.task is Task.REGRESSION:
         values = pd.to_numeric(target, errors="coerce").dropna()
         summary = {
@@ -139,4 +174,7 @@ def check_job(cfg: JobConfig) -> DataReport:
         target_summary=summary,
         classes=classes,
         warnings=tuple(warnings),
+        imputed_values=m.imputed_values,
+        node_dropped=None if m.node_dropped is None else tuple(int(n) for n in m.node_dropped),
+        node_imputed=() if m.node_imputed is None else tuple(int(n) for n in m.node_imputed),
     )

@@ -1,15 +1,21 @@
 """From a validated job config to everything a runtime needs to run it.
 
-Both runtimes start here: load the table, hold out the AI provider's test
-set (whole groups when ``data.holdout.by`` is set), fit the preprocessing on
-the nodes' records only, partition those records into nodes, and build the
-model spec, recipe, strategy and protocol parameters. Data problems are
-reported against the config field that caused them.
+Both runtimes start here: load the table, find the rows the missing-value
+policy keeps (``data.missing``, derived columns ``data.derive`` computed
+first), hold out the AI provider's test set among those usable rows (whole
+groups when ``data.holdout.by`` is set), fit the preprocessing on the nodes'
+records only (so no holdout value reaches an imputation or a derived
+column's median), partition those records into nodes, and build the model
+spec, recipe, strategy and protocol parameters. Rows the policy cannot use
+stay with the nodes (a node receives its raw records and applies the same
+policy), where they are dropped and counted per node (``MissingCounts``).
+Data problems are reported against the config field that caused them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -17,8 +23,11 @@ import pandas as pd
 
 from tessera.config import JobConfig
 from tessera.data import (
+    DeriveError,
     Labels,
     Partition,
+    Policy,
+    PolicyError,
     Prepared,
     Preprocessor,
     dirichlet,
@@ -29,12 +38,60 @@ from tessera.data import (
     quantity_skew,
     require_columns,
     split_holdout,
+    usable_rows,
 )
 from tessera.errors import ConfigError, DataError
 from tessera.ids import JobId, NodeId, Task
 from tessera.protocol import RoundParams, SecureParams, Strategy, TreeParams, make_strategy
 from tessera.training import ModelSpec, Recipe, init_weights, layout
 from tessera.weights import Layout, Vector
+
+
+@dataclass(frozen=True)
+class MissingCounts:
+    """What the missing-value policy did to the job's rows, in the nodes' part and the holdout.
+
+    ``dropped``/``imputed``: per column, rows dropped for missing it (a row
+    missing two columns counts in both) and values imputed. ``node_dropped``
+    and ``node_imputed``: one count per node, in node order; ``node_dropped``
+    is None unless the partition is natural (other schemes deal out only the
+    rows kept, so a dropped row has no node), and ``dropped_outside`` counts
+    dropped rows of the nodes' part that no node holds.
+    """
+
+    policy: dict[str, Policy]  # every feature's, and the target's ("drop")
+    rows: int  # the nodes' part, as loaded (before the policy)
+    test_rows: int  # the holdout, as drawn
+    dropped_rows: int
+    test_dropped_rows: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    imputed: dict[str, int] = field(default_factory=dict)
+    test_dropped: dict[str, int] = field(default_factory=dict)
+    test_imputed: dict[str, int] = field(default_factory=dict)
+    node_dropped: npt.NDArray[np.int64] | None = None
+    node_imputed: npt.NDArray[np.int64] | None = None
+    dropped_outside: int = 0
+
+    @property
+    def imputed_values(self) -> int:
+        return sum(self.imputed.values())
+
+    @property
+    def test_imputed_values(self) -> int:
+        return sum(self.test_imputed.values())
+
+    def first(self, n: int) -> MissingCounts:
+        """The same counts over the first ``n`` nodes (``PreparedJob.first_nodes``)."""
+        if self.node_imputed is None or n >= len(self.node_imputed):
+            return self
+        node_dropped = None if self.node_dropped is None else self.node_dropped[:n]
+        return replace(
+            self,
+            node_dropped=node_dropped,
+            node_imputed=self.node_imputed[:n],
+            dropped_outside=self.dropped_outside
+            + (0 if self.node_dropped is None else int(self.node_dropped[n:].sum())),
+        )
 
 
 @dataclass(frozen=True)
@@ -54,6 +111,8 @@ class PreparedJob:
     organisations: tuple[str | None, ...] | None = None  # per node, when declared
     beacon: bytes = b""  # a deployment's tree beacon, to replay it exactly (SecureParams)
     job_id: str | None = None  # a deployment's job id, to replay it exactly; None: the name
+    missing: MissingCounts | None = None  # what the missing-value policy dropped and imputed
+    preprocessor: Preprocessor | None = None  # the fitted encoding the nodes apply
 
     @property
     def task(self) -> Task:
@@ -83,6 +142,7 @@ class PreparedJob:
             offsets=self.offsets[: n + 1],
             node_names=self.node_names[:n],
             organisations=self.organisations[:n] if self.organisations else None,
+            missing=self.missing.first(n) if self.missing else None,
         )
 
     def round_params(self) -> RoundParams:
@@ -204,13 +264,44 @@ def _organisations(
     return tuple(owner.get(name) for name in part.names)
 
 
+def _data_error(exc: DataError, field: str) -> ConfigError:
+    """A data failure as a ConfigError naming the job file's field."""
+    if isinstance(exc, DeriveError):
+        return ConfigError(f"data.derive[{exc.index}].{exc.field}", exc.message)
+    if isinstance(exc, PolicyError):
+        return ConfigError(f"data.{exc.field}", exc.message)
+    return ConfigError(field, str(exc))
+
+
+class _FitArgs(TypedDict):
+    derive: list[tuple[str, str]]
+    missing: str
+    missing_columns: dict[str, str]
+
+
+def _fit_args(cfg: JobConfig) -> _FitArgs:
+    """What the job file says of derived columns and missing values, as ``fit`` takes it."""
+    d = cfg.data
+    return {
+        "derive": [(e.name, e.expr) for e in d.derive],
+        "missing": d.missing.default,
+        "missing_columns": dict(d.missing.columns),
+    }
+
+
 def split_table(cfg: JobConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The nodes' records and the AI provider's held-out test set, columns checked."""
+    """The nodes' records and the AI provider's held-out test set, columns checked.
+
+    Both raw (derived columns are computed by the preprocessor). The holdout
+    is drawn among the rows the missing-value policy keeps, so its fraction
+    is of usable rows; the others stay in the nodes' part.
+    """
     d, seed = cfg.data, cfg.job.seed
     try:
         table = load_table(d.source, d.dataset)
     except DataError as exc:
         raise ConfigError("data.dataset", str(exc)) from None
+    derived = {e.name for e in d.derive}
     named = [
         (d.target, "data.target"),
         (d.holdout.by, "data.holdout.by"),
@@ -218,22 +309,77 @@ def split_table(cfg: JobConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         *((f, "data.features") for f in d.features),
         *((c, "data.categorical") for c in d.categorical),
     ]
-    for name, field in named:
-        if name is not None:
+    for name, where in named:
+        if name is not None and not (name in derived and where.startswith("data.")):
             try:
                 require_columns(table, [name])
             except DataError as exc:
-                raise ConfigError(field, str(exc)) from None
+                raise ConfigError(where, str(exc)) from None
+    try:
+        usable = usable_rows(
+            table, target=d.target, features=d.features, task=cfg.job.task, **_fit_args(cfg)
+        )
+    except DataError as exc:
+        raise _data_error(exc, "data") from None
     try:
         if d.holdout.fraction == 0:
             train_df, test_df = table, table.iloc[:0]
         else:
             train_df, test_df = split_holdout(
-                table, by=d.holdout.by, fraction=d.holdout.fraction, seed=seed
+                table, by=d.holdout.by, fraction=d.holdout.fraction, seed=seed, usable=usable
             )
     except DataError as exc:
         raise ConfigError("data.holdout", str(exc)) from None
     return train_df, test_df
+
+
+def _per_node(
+    values: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Sums of ``values`` (in node order) per node."""
+    total = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    per_node: npt.NDArray[np.int64] = (total[offsets[1:]] - total[offsets[:-1]]).astype(np.int64)
+    return per_node
+
+
+def missing_counts(
+    pre: Preprocessor,
+    train: Prepared,
+    test: Prepared,
+    part: Partition,
+    *,
+    natural_partition: bool,
+    rows: int,
+    test_rows: int,
+) -> MissingCounts:
+    """Count what the policy did, per node too (see ``MissingCounts``)."""
+    imputed_rows = train.imputed_per_row
+    assert imputed_rows is not None
+    node_imputed = _per_node(imputed_rows[part.order], part.offsets)
+    node_dropped = None
+    outside = train.n_dropped
+    if natural_partition and train.dropped_groups is not None:
+        index = {name: i for i, name in enumerate(part.names)}
+        node_dropped = np.zeros(len(part.names), dtype=np.int64)
+        for value in np.asarray(train.dropped_groups).tolist():
+            at = index.get(str(value))
+            if at is not None:
+                node_dropped[at] += 1
+        outside = train.n_dropped - int(node_dropped.sum())
+    return MissingCounts(
+        policy={pre.target: "drop", **pre.missing_policy},
+        rows=rows,
+        test_rows=test_rows,
+        dropped_rows=train.n_dropped,
+        test_dropped_rows=test.n_dropped,
+        dropped={c: n for c, n in train.dropped_by.items() if n},
+        imputed=dict(train.imputed),
+        test_dropped={c: n for c, n in test.dropped_by.items() if n},
+        test_imputed=dict(test.imputed),
+        node_dropped=node_dropped,
+        node_imputed=node_imputed,
+        dropped_outside=outside,
+    )
 
 
 def prepare_job(cfg: JobConfig) -> PreparedJob:
@@ -249,12 +395,13 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
             task=cfg.job.task,
             standardize=d.standardize,
             image_shape=tuple(d.image_shape) if d.image_shape else None,
+            **_fit_args(cfg),
         )
         group_col = cfg.partition.column if cfg.partition.scheme == "natural" else None
         train = pre.transform(train_df, group_column=group_col)
         test = pre.transform(test_df)
     except DataError as exc:
-        raise ConfigError("data", str(exc)) from None
+        raise _data_error(exc, "data") from None
     try:
         part = _partition(cfg, train, seed)
     except DataError as exc:
@@ -276,4 +423,14 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
         test=test,
         feature_names=pre.feature_names,
         classes=tuple(pre.classes),
+        missing=missing_counts(
+            pre,
+            train,
+            test,
+            part,
+            natural_partition=group_col is not None,
+            rows=len(train_df),
+            test_rows=len(test_df),
+        ),
+        preprocessor=pre,
     )
