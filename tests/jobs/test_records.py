@@ -31,6 +31,7 @@ drawn: dict[str, st.SearchStrategy[object]] = {
     "dropped": st.integers(0, 10**5),
     "late": st.integers(0, 10**5),
     "aggregators_failed": st.integers(0, 100),
+    "capped": st.integers(0, 10**5),
     "seconds": st.floats(0, 1e6),
     "virtual_seconds": st.floats(0, 1e9),
     "virtual_round_seconds": st.floats(0, 1e6),
