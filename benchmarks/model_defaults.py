@@ -21,7 +21,7 @@ Tables (all data ship in packages, no network):
 - cancer: sklearn breast_cancer (2 classes), 20 iid nodes
 
 ``--quick`` runs a smaller grid (relu/tanh/gelu and the linear baseline at the
-default learning rate, no dropout, no schedules) for fewer rounds, in minutes.
+default learning rate, no dropout, no schedules) for 12 rounds: 20 runs, under a minute.
 """
 
 from __future__ import annotations
