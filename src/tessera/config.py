@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tessera.errors import ConfigError
 from tessera.ids import Task
@@ -109,9 +117,27 @@ class PartitionSection(_Section):
 
 
 class ModelSection(_Section):
+    """The architecture; ``linear`` is the logistic / linear-regression baseline.
+
+    ``activation`` follows every hidden layer (dense and conv); ``dropout``
+    drops hidden dense units in local training only (docs/models.md).
+    """
+
     kind: Literal["linear", "mlp", "cnn"]
     hidden: list[PositiveInt] = []
     channels: list[PositiveInt] = [16, 32]
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_needs_hidden(cls, value: float, info: ValidationInfo) -> float:
+        if value and not info.data.get("hidden", True):
+            raise ValueError(
+                f"needs a hidden dense layer; a {info.data.get('kind')} model without "
+                "hidden has none (set hidden, or dropout = 0)"
+            )
+        return value
 
 
 LossName = Literal["cross_entropy", "mse"]  # training.recipe.LossName, without importing it
@@ -127,6 +153,29 @@ class RecipeSection(_Section):
     batch_size: PositiveInt = 32
     prox_mu: Annotated[float, Field(ge=0)] = 0.0
     clip_norm: PositiveFloat | None = None
+    # The learning rate per round (docs/models.md): constant, cosine from lr down to
+    # lr * lr_min_fraction in the last round, or step (times lr_gamma every lr_step_every).
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_min_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    lr_step_every: PositiveInt = 10
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+    @field_validator("lr_min_fraction", "lr_step_every", "lr_gamma")
+    @classmethod
+    def _schedule_parameter(cls, value: float, info: ValidationInfo) -> float:
+        # Compared with the default, not "was it set": a job document carries the
+        # whole dumped config, every default written out.
+        name = info.field_name
+        schedule = info.data.get("lr_schedule")
+        uses = {"cosine": ("lr_min_fraction",), "step": ("lr_step_every", "lr_gamma")}
+        assert name is not None
+        used = schedule is None or name in uses.get(schedule, ())
+        if not used and value != cls.model_fields[name].default:
+            raise ValueError(
+                f"the {schedule} schedule does not use it (remove it, or set "
+                f"lr_schedule to the schedule it belongs to)"
+            )
+        return value
 
 
 class StrategySection(BaseModel):

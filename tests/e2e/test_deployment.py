@@ -1,6 +1,7 @@
 """A real deployment on loopback equals the simulator, round by round, bit for bit.
 
-Three secure rounds on Chem97 schools over TLS, with a FedProx recipe: a node
+Three secure rounds on Chem97 schools over TLS, with a FedProx recipe, a step
+learning-rate schedule, a tanh activation and dropout: a node
 is killed (SIGKILL) in round 2, so it drops out, and in round 3 its
 aggregator seat is silent (a failing aggregator, replaced from the backups);
 the coordinator is killed and restarted in round 3. The simulator, replaying
@@ -52,8 +53,13 @@ def e2e_config() -> JobConfig:
             # enough that a loaded machine does not also drop a whole group on a deadline.
             "secure": cfg.secure.model_copy(update={"phase_timeout": 3.0, "group_size": 10}),
             "baseline": cfg.baseline.model_copy(update={"enabled": False}),
-            # FedProx: the recipe's proximal term, which every runtime must honour.
-            "recipe": cfg.recipe.model_copy(update={"prox_mu": 0.5}),
+            # FedProx: the recipe's proximal term, which every runtime must honour; a
+            # learning rate that changes every round, which every node must follow.
+            "recipe": cfg.recipe.model_copy(
+                update={"prox_mu": 0.5, "lr_schedule": "step", "lr_step_every": 1, "lr_gamma": 0.7}
+            ),
+            # Model options: a tanh activation and dropout, seeded alike everywhere.
+            "model": cfg.model.model_copy(update={"activation": "tanh", "dropout": 0.2}),
             # One node per training call: bit-identical to a node training alone.
             "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
         }

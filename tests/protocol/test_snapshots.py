@@ -194,7 +194,15 @@ class _Fixed:
     def __init__(self, n: int, p: int) -> None:
         self.table = np.random.default_rng(1).normal(size=(n, p)).astype(np.float32) * 0.1
 
-    def train(self, weights: object, nodes: np.ndarray, seed: int, *, prox_mu: object = None):  # type: ignore[no-untyped-def]
+    def train(
+        self,
+        weights: object,
+        nodes: np.ndarray,
+        seed: int,
+        *,
+        prox_mu: object = None,
+        round: int = 0,
+    ):  # type: ignore[no-untyped-def]
         class Out:
             deltas = self.table[nodes]
             num_samples = np.full(len(nodes), 5, np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,18 @@ def _request(job: Job = JOB, **changes: Any) -> dict[str, Any]:
         "seed": 5,
         "shuffle_id": 9,
         "prox_mu": None,
+        "round": 0,
     }
     request.update(changes)
     return {k: v for k, v in request.items() if v is not ...}
+
+
+def _spec_json(**changes: object) -> str:
+    return json.dumps({**json.loads(JOB.spec.to_json()), **changes})
+
+
+def _recipe_json(**changes: object) -> str:
+    return json.dumps({**json.loads(JOB.recipe.to_json()), **changes})
 
 
 def _serve(data: bytes, catalogue: NodeCatalogue = CATALOGUE) -> tuple[int, list[dict[str, Any]]]:
@@ -58,6 +68,23 @@ def test_train_equals_the_in_process_trainer_exactly() -> None:
     assert np.array_equal(np.frombuffer(reply["delta"], "<f4"), ref.deltas[0])
     assert reply["num_samples"] == 21
     assert reply["loss"] == float(ref.loss[0])
+
+
+def test_round_sets_the_learning_rate_as_in_process() -> None:
+    spec = ModelSpec("mlp", (4,), 3, hidden=(8,), activation="gelu", dropout=0.3)
+    recipe = Recipe("cross_entropy", batch_size=4, lr_schedule="step", lr_step_every=2)
+    job = make_job(spec, recipe, 21)
+    trainer = BatchedTrainer(
+        spec, recipe, job.x, job.y, np.array([0, 21]), shuffle_ids=np.array([9])
+    )
+    deltas = []
+    for round_ in (0, 3):
+        _, [reply] = _serve(encode(_request(job, round=round_)))
+        assert reply["ok"] is True, reply
+        ref = trainer.train(job.weights, [0], 5, round=round_)
+        deltas.append(np.frombuffer(reply["delta"], "<f4"))
+        assert np.array_equal(deltas[-1], ref.deltas[0])
+    assert not np.array_equal(deltas[0], deltas[1])  # round 3 trains at half the rate
 
 
 def test_ping_reports_limits() -> None:
@@ -92,6 +119,14 @@ def test_ping_reports_limits() -> None:
         (_request(prox_mu="0.1"), "invalid", "prox_mu must be a number"),
         (_request(prox_mu=-1.0), "config", "must be >= 0"),
         (_request(prox_mu=...), "invalid", "missing fields ['prox_mu']"),
+        (_request(round=...), "invalid", "missing fields ['round']"),
+        (_request(round=-1), "invalid", "round must lie in"),
+        (_request(round=1.5), "invalid", "round must be int"),
+        (_request(spec=_spec_json(activation="swish")), "config", "must be one of"),
+        (_request(spec=_spec_json(dropout=1.0)), "config", "must lie in [0, 1)"),
+        (_request(spec=_spec_json(dropout="0.1")), "config", "must be a number"),
+        (_request(recipe=_recipe_json(lr_schedule="warmup")), "config", "must be one of"),
+        (_request(recipe=_recipe_json(lr_schedule="cosine")), "config", "needs the job's"),
         (_request(extra=b""), "invalid", "unknown fields ['extra']"),
         ({"op": "probe_network", "host": 5, "port": 80}, "invalid", "host must be str"),
         ({"op": "probe_network", "host": "a", "port": 0}, "invalid", "port must lie in"),
@@ -109,6 +144,21 @@ def test_the_worker_checks_its_own_catalogue() -> None:
     _, [reply] = _serve(encode(_request()), NodeCatalogue(max_records=20))
     assert reply["kind"] == "refused"
     assert reply["error"] == "the job would train on 21 records; this node accepts at most 20"
+
+
+@pytest.mark.parametrize(
+    ("catalogue", "changes", "needle"),
+    [
+        (NodeCatalogue(activations=("relu",)), {"activation": "tanh"}, "model.activation 'tanh'"),
+        (NodeCatalogue(max_dropout=0.2), {"dropout": 0.5}, "model.dropout is 0.5"),
+    ],
+)
+def test_the_worker_refuses_model_options_outside_its_catalogue(
+    catalogue: NodeCatalogue, changes: dict[str, object], needle: str
+) -> None:
+    _, [reply] = _serve(encode(_request(spec=_spec_json(**changes))), catalogue)
+    assert reply["kind"] == "refused"
+    assert needle in reply["error"]
 
 
 def test_a_bad_body_is_answered_and_the_stream_goes_on() -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.training import ModelSpec, Recipe, build_module, clip_deltas, epoch_permutation
+from tessera.training.shuffle import dropout_keep
 from tessera.weights import Vector
 
 
@@ -25,16 +26,43 @@ def reference_train_one(
     global_weights: Vector,
     node: int,
     seed: int,
+    round: int = 0,
 ) -> tuple[np.ndarray, float]:
-    """Delta and last-epoch mean loss of ``node`` trained alone on (x, y)."""
+    """Delta and last-epoch mean loss of ``node`` trained alone on (x, y).
+
+    The learning rate is ``recipe.lr_at(round)``; dropout multiplies each
+    hidden dense activation module's output by the masks of ``dropout_keep``.
+    """
     module = build_module(spec, global_weights)
     params = list(module.parameters())
+    lr = recipe.lr_at(round)
     if recipe.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+            params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
         )
     else:
-        opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+    where = {"epoch": 0, "lo": 0, "n": 0}  # the minibatch the hooks are in
+
+    def dropout_hook(layer: int) -> Callable[..., torch.Tensor]:
+        def hook(_module: torch.nn.Module, _args: object, out: torch.Tensor) -> torch.Tensor:
+            positions = np.arange(where["lo"], where["lo"] + where["n"])
+            keep = dropout_keep(
+                seed,
+                [node],
+                where["epoch"],
+                layer=layer,
+                positions=positions,
+                width=out.shape[1],
+                p=spec.dropout,
+            )[0]
+            return out * torch.from_numpy(keep.astype(np.float32) / np.float32(1 - spec.dropout))
+
+        return hook
+
+    if spec.dropout:
+        for layer in range(len(spec.hidden)):
+            module.get_submodule(f"act{layer}").register_forward_hook(dropout_hook(layer))
     start = [p.detach().clone() for p in params]
     xt = torch.from_numpy(np.asarray(x, np.float32))
     if recipe.loss == "cross_entropy":
@@ -48,6 +76,7 @@ def reference_train_one(
         total = 0.0
         for lo in range(0, n, recipe.batch_size):
             idx = order[lo : lo + recipe.batch_size]
+            where.update(epoch=epoch, lo=lo, n=len(idx))
             out = module(xt[idx])
             if recipe.loss == "cross_entropy":
                 loss = F.cross_entropy(out, yt[idx])

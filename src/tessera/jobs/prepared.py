@@ -162,11 +162,20 @@ def model_spec_of(cfg: JobConfig, pre: Preprocessor) -> ModelSpec:
         n_outputs=n_outputs,
         hidden=tuple(cfg.model.hidden),
         channels=tuple(cfg.model.channels),
+        activation=cfg.model.activation,
+        dropout=cfg.model.dropout,
     )
 
 
 def recipe_of(cfg: JobConfig) -> Recipe:
+    """The recipe every node runs; a schedule's parameters only for that schedule
+    (so a constant rate keeps the recipe's JSON as it was before schedules)."""
     r = cfg.recipe
+    schedule: dict[str, object] = {}
+    if r.lr_schedule == "cosine":
+        schedule = {"lr_min_fraction": r.lr_min_fraction, "lr_rounds": cfg.federation.rounds}
+    elif r.lr_schedule == "step":
+        schedule = {"lr_step_every": r.lr_step_every, "lr_gamma": r.lr_gamma}
     return Recipe(
         loss=cfg.loss,
         optimizer=r.optimizer,
@@ -177,6 +186,8 @@ def recipe_of(cfg: JobConfig) -> Recipe:
         batch_size=r.batch_size,
         prox_mu=r.prox_mu,
         clip_norm=r.clip_norm,
+        lr_schedule=r.lr_schedule,
+        **schedule,  # type: ignore[arg-type]
     )
 
 

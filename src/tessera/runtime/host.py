@@ -301,6 +301,8 @@ class LocalTrainer(Protocol):
         seed: int,
         *,
         prox_mu: float | None = None,
+        round: int = 0,
     ) -> TrainOutput:
-        """Train ``nodes`` from ``global_weights``; ``prox_mu`` overrides the recipe's."""
+        """Train ``nodes`` from ``global_weights``; ``prox_mu`` overrides the recipe's;
+        ``round`` sets the recipe's learning rate of that round."""
         ...

@@ -2,10 +2,14 @@
 
 A node accepts only declarative models (``ModelSpec``) and recipes, and only
 within the bounds of its ``NodeCatalogue``: which model kinds, losses and
-optimizers, how many parameters, how wide and deep, how many local epochs,
-how large a batch, how many records. ``check`` runs before anything is sent to
-the sandbox (and again inside it), so a job outside the catalogue costs the
-node nothing but the refusal, and the refusal names the field at fault.
+optimizers, activations and learning-rate schedules, how much dropout, how
+many parameters, how wide and deep, how many local epochs, how large a batch,
+how many records. The spec and recipe themselves refuse what no node could
+run (an unknown activation, dropout of 1 or more: ``ConfigError`` naming the
+field, as a job document is parsed); the catalogue narrows what this node
+will. ``check`` runs before anything is sent to the sandbox (and again inside
+it), so a job outside the catalogue costs the node nothing but the refusal,
+and the refusal names the field at fault.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ Count = Annotated[int, Field(gt=0, strict=True)]
 Kind = Literal["linear", "mlp", "cnn"]
 Loss = Literal["cross_entropy", "mse"]
 Optimizer = Literal["sgd", "adam"]
+Activation = Literal["relu", "tanh", "gelu"]
+Schedule = Literal["constant", "cosine", "step"]
 
 
 class NodeCatalogue(BaseModel):
@@ -37,6 +43,9 @@ class NodeCatalogue(BaseModel):
     kinds: tuple[Kind, ...] = ("linear", "mlp", "cnn")
     losses: tuple[Loss, ...] = ("cross_entropy", "mse")
     optimizers: tuple[Optimizer, ...] = ("sgd", "adam")
+    activations: tuple[Activation, ...] = ("relu", "tanh", "gelu")
+    lr_schedules: tuple[Schedule, ...] = ("constant", "cosine", "step")
+    max_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.9
     max_parameters: Count = 5_000_000
     max_input_features: Count = 100_000
     max_hidden_width: Count = 4096
@@ -77,6 +86,9 @@ class NodeCatalogue(BaseModel):
 
     def _refusals(self, spec: ModelSpec, recipe: Recipe, n_records: int) -> Iterator[str]:
         yield from _not_listed("model.kind", spec.kind, self.kinds)
+        yield from _not_listed("model.activation", spec.activation, self.activations)
+        if not 0 <= spec.dropout <= self.max_dropout:
+            yield f"model.dropout is {spec.dropout}; this node accepts at most {self.max_dropout}"
         features = math.prod(spec.input_shape)
         if features > self.max_input_features:
             yield (
@@ -105,6 +117,7 @@ class NodeCatalogue(BaseModel):
             )
         yield from _not_listed("recipe.loss", recipe.loss, self.losses)
         yield from _not_listed("recipe.optimizer", recipe.optimizer, self.optimizers)
+        yield from _not_listed("recipe.lr_schedule", recipe.lr_schedule, self.lr_schedules)
         for field, value, bound in (
             ("recipe.local_epochs", recipe.local_epochs, self.max_local_epochs),
             ("recipe.batch_size", recipe.batch_size, self.max_batch_size),

@@ -151,11 +151,13 @@ class Sandbox:
         seed: int,
         shuffle_id: int,
         prox_mu: float | None = None,
+        round: int = 0,
     ) -> TrainOutcome:
         """Train the node's records ``(x, y)`` from ``weights`` as node ``shuffle_id``.
 
         The result equals ``BatchedTrainer`` row ``shuffle_id`` of the simulator
-        for the same seed. Raises ``SandboxRefused`` (outside the catalogue),
+        for the same seed and ``round`` (which sets the recipe's learning rate).
+        Raises ``SandboxRefused`` (outside the catalogue),
         ``ConfigError``/``DataError`` (job or records unusable) or
         ``SandboxError`` (a limit, a crash, a timeout, no isolation).
         """
@@ -181,6 +183,7 @@ class Sandbox:
             "seed": operator.index(seed),
             "shuffle_id": operator.index(shuffle_id),
             "prox_mu": None if prox_mu is None else float(prox_mu),
+            "round": operator.index(round),
         }
         reply = self._call(request, self.limits.call_timeout, 4 * size + _REPLY_SLACK, "training")
         delta, n, loss = reply.get("delta"), reply.get("num_samples"), reply.get("loss")

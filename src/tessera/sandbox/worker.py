@@ -46,11 +46,11 @@ from tessera.sandbox.errors import FrameError, SandboxRefused
 from tessera.sandbox.frames import MAX_FRAME_BYTES, Message, decode, encode, read_body
 from tessera.sandbox.syscalls import install as install_syscall_filter
 from tessera.training.batched import BatchedTrainer
-from tessera.training.recipe import Recipe
+from tessera.training.recipe import MAX_ROUNDS, Recipe
 from tessera.training.spec import ModelSpec, layout
 
 TRAIN_FIELDS = frozenset(
-    {"op", "spec", "recipe", "x", "y", "weights", "seed", "shuffle_id", "prox_mu"}
+    {"op", "spec", "recipe", "x", "y", "weights", "seed", "shuffle_id", "prox_mu", "round"}
 )
 MAX_ERROR_CHARS = 2000
 PROBE_TIMEOUT = 2.0
@@ -126,13 +126,14 @@ def _train(request: Message, catalogue: NodeCatalogue) -> Message:
     weights = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     seed = _int(request, "seed", -(1 << 63), (1 << 64) - 1)
     shuffle_id = _int(request, "shuffle_id", 0, (1 << 63) - 1)
+    round_ = _int(request, "round", 0, MAX_ROUNDS)
     mu = request["prox_mu"]
     if mu is not None and (isinstance(mu, bool) or not isinstance(mu, float | int)):
         raise _Invalid(f"prox_mu must be a number or nil, got {type(mu).__name__}")
     trainer = BatchedTrainer(
         spec, recipe, x, y, np.array([0, len(x)]), shuffle_ids=np.array([shuffle_id])
     )
-    result = trainer.train(weights, np.zeros(1, np.int64), seed, prox_mu=mu)
+    result = trainer.train(weights, np.zeros(1, np.int64), seed, prox_mu=mu, round=round_)
     return {
         "ok": True,
         "delta": result.deltas[0].astype("<f4").tobytes(),

@@ -19,32 +19,37 @@ of one sub-chunk stay within ``max_chunk_elements`` floats.
 
 Gradients come from one of two engines: ``"dense"`` (hand-written forward
 and backward with ``bmm``, for ``linear``/``mlp``; the fastest here) or
-``"vmap"`` (``torch.func.vmap(grad(functional_call(...)))`` over the node
-dimension; any model, used for ``cnn``). Shuffles depend only on
-``(seed, shuffle id, epoch)`` (see ``shuffle.py``), so a node's result does
-not depend on which nodes share its chunk. A node's shuffle id defaults to its
-index; a deployed node that trains alone passes its simulator index as
-``shuffle_ids=[i]`` and gets exactly the simulator's node ``i`` update.
+``"vmap"`` (``torch.func.vmap(grad(forward))`` over the node dimension, with a
+functional forward that mirrors ``spec.py``'s module; any model, used for
+``cnn``). Shuffles and dropout masks depend only on ``(seed, shuffle id,
+epoch)`` and a record's position in the node's epoch order (see
+``shuffle.py``), so a node's result does not depend on which nodes share its
+chunk. Dropout is inverted (kept units scale by ``1/(1-p)``) and exists only
+here: evaluation runs the plain module. The learning rate of a call is
+``recipe.lr_at(round)``: the round number is the only thing a schedule needs.
+A node's shuffle id defaults to its index; a deployed node that trains alone
+passes its simulator index as ``shuffle_ids=[i]`` and gets exactly the
+simulator's node ``i`` update.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from tessera.errors import ConfigError, DataError
 from tessera.training.recipe import ADAM_BETAS, ADAM_EPS, Recipe, as_real
-from tessera.training.shuffle import chunk_permutation
-from tessera.training.spec import ModelSpec, build_module, conv_plan, layout
+from tessera.training.shuffle import chunk_permutation, dropout_keep
+from tessera.training.spec import ModelSpec, conv_plan, layout
 from tessera.weights import Vector
 
 Engine = Literal["auto", "dense", "vmap"]
@@ -56,12 +61,22 @@ MIN_SPLIT_NODES = 64
 #: rounding can never push a norm above ``clip_norm``.
 CLIP_SAFETY = 1.0 - 1e-6
 
-# (params (a, P), x (a, w, ...), y (a, w[, k]), weights (a, w), need_loss)
-#   -> (gradient (a, P), mean minibatch loss (a,) or None)
-GradFn = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool],
-    tuple[torch.Tensor, torch.Tensor | None],
-]
+
+class GradFn(Protocol):
+    def __call__(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        wts: torch.Tensor,
+        *,
+        need: bool,
+        masks: Sequence[torch.Tensor] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(params (a, P), x (a, w, ...), y (a, w[, k]), weights (a, w), need the loss?,
+        dropout scales per hidden dense layer (a, w, units), empty without dropout)
+        -> (gradient (a, P), mean minibatch loss (a,) or None)."""
+        ...
 
 
 @dataclass
@@ -103,40 +118,73 @@ def _views(flat: torch.Tensor, shapes: tuple[tuple[int, ...], ...]) -> list[torc
     return out
 
 
-def _relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``grad`` where the ReLU output is positive, else 0 (one fused kernel)."""
-    result: torch.Tensor = torch.ops.aten.threshold_backward(grad, out, 0)
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "gelu": F.gelu,  # exact (erf), as nn.GELU()
+}
+
+
+def _activation_backward(
+    name: str, grad: torch.Tensor, pre: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """The gradient at an activation's input, by the kernels autograd itself uses."""
+    result: torch.Tensor
+    if name == "relu":  # grad where the output is positive, else 0 (one fused kernel)
+        result = torch.ops.aten.threshold_backward(grad, out, 0)
+    elif name == "tanh":
+        result = torch.ops.aten.tanh_backward(grad, out)
+    else:
+        result = torch.ops.aten.gelu_backward(grad, pre)
     return result
 
 
 class _DenseGrad:
-    """Hand-written batched forward/backward of an affine(+ReLU) stack."""
+    """Hand-written batched forward/backward of an affine(+activation, +dropout) stack."""
 
     def __init__(self, spec: ModelSpec, loss: str) -> None:
         self._shapes = layout(spec).shapes
         self._n_layers = len(self._shapes) // 2
         self._ce = loss == "cross_entropy"
         self._k = spec.n_outputs
+        self._act_name = spec.activation
+        self._act = _ACTIVATIONS[spec.activation]
 
     def __call__(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, wts: torch.Tensor, need: bool
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        wts: torch.Tensor,
+        *,
+        need: bool,
+        masks: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         views = _views(params, self._shapes)
         weights, biases = views[0::2], views[1::2]
-        acts = [x]
+        inputs = [x]  # each layer's input (after activation and dropout)
+        pres: list[torch.Tensor] = []  # hidden pre-activations
+        outs: list[torch.Tensor] = []  # hidden activations before dropout
         h = x
         for i in range(self._n_layers):
             h = torch.baddbmm(biases[i].unsqueeze(1), h, weights[i].transpose(1, 2))
             if i < self._n_layers - 1:
-                h = torch.relu(h)
-                acts.append(h)
+                pres.append(h)
+                h = self._act(h)
+                outs.append(h)
+                if masks:
+                    h = h * masks[i]
+                inputs.append(h)
         dout, loss = self._loss_grad(h, y, wts, need)
         grads: list[torch.Tensor] = []
         for i in reversed(range(self._n_layers)):
             grads.append(dout.sum(1))
-            grads.append(torch.bmm(dout.transpose(1, 2), acts[i]))
+            grads.append(torch.bmm(dout.transpose(1, 2), inputs[i]))
             if i:
-                dout = _relu_backward(torch.bmm(dout, weights[i]), acts[i])
+                dh = torch.bmm(dout, weights[i])
+                if masks:
+                    dh = dh * masks[i - 1]
+                dout = _activation_backward(self._act_name, dh, pres[i - 1], outs[i - 1])
         a = params.shape[0]
         return torch.cat([g.reshape(a, -1) for g in reversed(grads)], dim=1), loss
 
@@ -159,29 +207,66 @@ class _DenseGrad:
         return grad, (diff.square().mean(-1) * wts).sum(1)
 
 
+def forward(
+    spec: ModelSpec,
+    params: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    masks: Sequence[torch.Tensor] = (),
+) -> torch.Tensor:
+    """The spec's module as a function of its parameters (``layout`` order).
+
+    Without ``masks`` it computes exactly what ``build_module(spec)`` does;
+    ``masks[i]`` (records x units) scales hidden dense layer ``i``'s
+    activations (dropout).
+    """
+    act = _ACTIVATIONS[spec.activation]
+    h, i = x, 0
+    if spec.kind == "cnn":
+        for _c_in, _c_out, pool in conv_plan(spec)[0]:
+            h = act(F.conv2d(h, params[i], params[i + 1], padding=1))
+            if pool:
+                h = F.max_pool2d(h, 2)
+            i += 2
+    h = h.flatten(1)
+    for layer in range(len(spec.hidden)):
+        h = act(F.linear(h, params[i], params[i + 1]))
+        if masks:
+            h = h * masks[layer]
+        i += 2
+    return F.linear(h, params[i], params[i + 1])
+
+
 class _VmapGrad:
-    """``vmap(grad(functional_call(module)))`` over the node dimension."""
+    """``vmap(grad(forward))`` over the node dimension."""
 
     def __init__(self, spec: ModelSpec, loss: str) -> None:
-        lay = layout(spec)
-        self._shapes = lay.shapes
-        module = build_module(spec)
-        names = lay.names
+        self._shapes = layout(spec).shapes
         ce = loss == "cross_entropy"
 
         def node_loss(
-            params: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor, wts: torch.Tensor
+            params: tuple[torch.Tensor, ...],
+            x: torch.Tensor,
+            y: torch.Tensor,
+            wts: torch.Tensor,
+            masks: tuple[torch.Tensor, ...],
         ) -> torch.Tensor:
-            out = functional_call(module, dict(zip(names, params, strict=True)), (x,))
+            out = forward(spec, params, x, masks)
             per = F.cross_entropy(out, y, reduction="none") if ce else (out - y).square().mean(-1)
             return (per * wts).sum()
 
         self._fn = vmap(grad_and_value(node_loss))
 
     def __call__(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, wts: torch.Tensor, need: bool
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        wts: torch.Tensor,
+        *,
+        need: bool,
+        masks: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        grads, loss = self._fn(tuple(_views(params, self._shapes)), x, y, wts)
+        grads, loss = self._fn(tuple(_views(params, self._shapes)), x, y, wts, tuple(masks))
         a = params.shape[0]
         return torch.cat([g.reshape(a, -1) for g in grads], dim=1), (loss if need else None)
 
@@ -189,8 +274,9 @@ class _VmapGrad:
 class _Optimizer:
     """SGD (momentum, weight decay) or Adam on stacked rows; rows ``[:a]`` step."""
 
-    def __init__(self, recipe: Recipe, n: int, p: int) -> None:
+    def __init__(self, recipe: Recipe, n: int, p: int, lr: float) -> None:
         self._r = recipe
+        self._lr = lr
         self._adam = recipe.optimizer == "adam"
         self._buf = torch.zeros(n, p) if recipe.momentum else None
         if self._adam:
@@ -205,13 +291,13 @@ class _Optimizer:
         if not self._adam:
             if self._buf is not None:
                 grad = self._buf[:a].mul_(r.momentum).add_(grad)
-            params.add_(grad, alpha=-r.lr)
+            params.add_(grad, alpha=-self._lr)
             return
         b1, b2 = ADAM_BETAS
         t = self._t[:a].add_(1.0)
         m = self._m[:a].lerp_(grad, 1 - b1)
         v = self._v[:a].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        step_size = (r.lr / (1 - b1**t)).to(torch.float32).unsqueeze(1)
+        step_size = (self._lr / (1 - b1**t)).to(torch.float32).unsqueeze(1)
         bc2_sqrt = (1 - b2**t).sqrt().to(torch.float32).unsqueeze(1)
         denom = v.sqrt().div_(bc2_sqrt).add_(ADAM_EPS)
         params.addcdiv_(m * step_size, denom, value=-1.0)
@@ -333,15 +419,18 @@ class BatchedTrainer:
         seed: int,
         *,
         prox_mu: float | None = None,
+        round: int = 0,
     ) -> TrainResult:
         """Train ``nodes`` from ``global_weights``; rows come back in ``nodes`` order.
 
         ``prox_mu``, when given, replaces the recipe's FedProx coefficient for
-        this call (the server strategy may set it per round).
+        this call (the server strategy may set it per round). ``round`` (0-based)
+        sets the learning rate, ``recipe.lr_at(round)``.
         """
         mu = self.recipe.prox_mu if prox_mu is None else as_real("recipe.prox_mu", prox_mu)
         if mu < 0:
             raise ConfigError("recipe.prox_mu", f"must be >= 0, got {mu}")
+        lr = self.recipe.lr_at(round)
         p = self.layout.size
         g = np.asarray(global_weights)
         if g.shape != (p,):
@@ -358,7 +447,9 @@ class BatchedTrainer:
         with torch.no_grad():
             for lo, hi in self._plan(sizes[order]):
                 rows = order[lo:hi]
-                d, chunk_loss = self._train_chunk(g_t, idx[rows], sizes[rows], seed, mu)
+                d, chunk_loss = self._train_chunk(
+                    g_t, idx[rows], sizes[rows], seed=seed, prox_mu=mu, lr=lr
+                )
                 deltas[rows] = d
                 loss[rows] = chunk_loss
         return TrainResult(deltas=deltas, num_samples=sizes.astype(np.int64), loss=loss)
@@ -371,6 +462,7 @@ class BatchedTrainer:
         copies = 3 + bool(r.momentum) + 2 * (r.optimizer == "adam") + 1  # + prox temp
         spec = self.spec
         per_record = math.prod(spec.input_shape) + 4 * (sum(spec.hidden) + spec.n_outputs)
+        per_record += 2 * sum(spec.hidden) if spec.dropout else 0  # masks and masked copies
         if spec.kind == "cnn":
             _, h, w = spec.input_shape
             for _c_in, c_out, pool in conv_plan(spec)[0]:
@@ -412,11 +504,14 @@ class BatchedTrainer:
         g: torch.Tensor,
         nodes: npt.NDArray[np.int64],
         sizes: npt.NDArray[np.int64],
+        *,
         seed: int,
         prox_mu: float,
+        lr: float,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         r = self.recipe
         c = len(nodes)
+        ids = self.shuffle_ids[nodes]
         schedule = _Schedule(sizes, r.batch_size)
         starts = np.cumsum(sizes) - sizes
         shift = torch.from_numpy(np.repeat(self.offsets[nodes] - starts, sizes))
@@ -425,13 +520,11 @@ class BatchedTrainer:
         pregather = int(sizes.sum()) * math.prod(self._x.shape[1:]) <= self.max_chunk_elements
 
         params = g.unsqueeze(0).repeat(c, 1)
-        opt = _Optimizer(r, c, g.shape[0])
+        opt = _Optimizer(r, c, g.shape[0], lr)
         loss_sum = torch.zeros(c, dtype=torch.float64)
         for epoch in range(r.local_epochs):
             last = epoch == r.local_epochs - 1
-            rows_of = torch.from_numpy(
-                chunk_permutation(seed, self.shuffle_ids[nodes], sizes, epoch)
-            ).add_(shift)
+            rows_of = torch.from_numpy(chunk_permutation(seed, ids, sizes, epoch)).add_(shift)
             xs, ys = (self._x[rows_of], self._y[rows_of]) if pregather else (self._x, self._y)
             for s in range(schedule.n_steps):
                 a, pos, wts, count = schedule.step(s)
@@ -440,7 +533,8 @@ class BatchedTrainer:
                 if a == 1 and isinstance(pos, slice):
                     xb, yb = xb.unsqueeze(0), yb.unsqueeze(0)
                 p = params[:a]
-                grad, batch_loss = self._grad(p, xb, yb, wts, last)
+                masks = self._masks(seed, ids[:a], epoch, s, xb.shape[1])
+                grad, batch_loss = self._grad(p, xb, yb, wts, need=last, masks=masks)
                 if prox_mu:
                     grad.add_(p - g, alpha=prox_mu)
                 opt.step(p, grad, a)
@@ -449,6 +543,26 @@ class BatchedTrainer:
         deltas = clip_deltas(params.sub_(g), r.clip_norm)
         mean_loss = loss_sum / torch.from_numpy(sizes)
         return deltas.numpy(), mean_loss.to(torch.float32).numpy()
+
+    def _masks(
+        self, seed: int, ids: npt.NDArray[np.int64], epoch: int, step: int, width: int
+    ) -> list[torch.Tensor]:
+        """Dropout scales of minibatch ``step`` per hidden dense layer: (a, width, units)."""
+        p = self.spec.dropout
+        if not p:
+            return []
+        positions = np.arange(width, dtype=np.int64) + step * self.recipe.batch_size
+        scale = np.float32(1.0 / (1.0 - p))
+        return [
+            torch.from_numpy(
+                np.where(
+                    dropout_keep(seed, ids, epoch, layer=i, positions=positions, width=units, p=p),
+                    scale,
+                    0,
+                ).astype(np.float32)
+            )
+            for i, units in enumerate(self.spec.hidden)
+        ]
 
 
 class _Schedule:

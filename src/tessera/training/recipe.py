@@ -5,6 +5,18 @@ Nesterov; ``weight_decay`` added to the gradient) and ``torch.optim.Adam``
 (betas 0.9/0.999, eps 1e-8, L2 ``weight_decay`` added to the gradient, not
 AdamW). Optimizer state starts fresh for every node in every round.
 
+The learning rate follows a schedule over the job's ROUNDS, never over local
+steps: ``Recipe.lr_at(round)`` is a pure function of the recipe and the
+0-based round number every node is told, so every node of a round trains
+with the same rate, in the simulator and in a deployment alike.
+
+- ``constant`` (the default): ``lr`` in every round.
+- ``cosine``: ``lr * (1 - (1 - f) * (1 - cos(pi * r / (R - 1))) / 2)`` for
+  round ``r`` of ``R = lr_rounds`` (the job's rounds), ``f = lr_min_fraction``:
+  ``lr`` in round 0, ``f * lr`` in the last round and after it (a job of
+  one round trains at ``lr``).
+- ``step``: ``lr * lr_gamma ** (r // lr_step_every)``.
+
 ``to_json``/``from_json`` carry a recipe (and, via ``parse_json_object``, a
 ``ModelSpec``) across process boundaries as canonical JSON: the sandbox worker
 and the job documents take no pickle and no code.
@@ -23,8 +35,20 @@ from tessera.errors import ConfigError
 
 LossName = Literal["cross_entropy", "mse"]
 OptimizerName = Literal["sgd", "adam"]
+ScheduleName = Literal["constant", "cosine", "step"]
 LOSSES: tuple[LossName, ...] = ("cross_entropy", "mse")
 OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "adam")
+SCHEDULES: tuple[ScheduleName, ...] = ("constant", "cosine", "step")
+#: Schedule parameters and their defaults; a recipe writes them only when they differ,
+#: and an older document without them means a constant rate.
+SCHEDULE_DEFAULTS: dict[str, object] = {
+    "lr_schedule": "constant",
+    "lr_min_fraction": 0.0,
+    "lr_step_every": 10,
+    "lr_gamma": 0.5,
+    "lr_rounds": None,
+}
+MAX_ROUNDS = 1 << 20
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -96,7 +120,8 @@ def _count(field: str, value: object, upper: int) -> int:
 class Recipe:
     """Loss, optimizer and local schedule; ``prox_mu`` adds FedProx's
     ``mu/2 * ||w - w_global||^2``; ``clip_norm`` bounds the L2 norm of each
-    node's update ``w_local - w_global``."""
+    node's update ``w_local - w_global``; ``lr_schedule`` and its parameters
+    set the learning rate of each round (module docstring, ``lr_at``)."""
 
     loss: LossName
     optimizer: OptimizerName = "sgd"
@@ -107,6 +132,11 @@ class Recipe:
     batch_size: int = 32
     prox_mu: float = 0.0
     clip_norm: float | None = None
+    lr_schedule: ScheduleName = "constant"
+    lr_min_fraction: float = 0.0
+    lr_step_every: int = 10
+    lr_gamma: float = 0.5
+    lr_rounds: int | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -145,10 +175,72 @@ class Recipe:
         object.__setattr__(
             self, "batch_size", _count("recipe.batch_size", self.batch_size, MAX_BATCH_SIZE)
         )
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(
+                "recipe.lr_schedule",
+                f"must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}",
+            )
+        fraction = as_real("recipe.lr_min_fraction", self.lr_min_fraction)
+        if not 0 <= fraction <= 1:
+            raise ConfigError("recipe.lr_min_fraction", f"must lie in [0, 1], got {fraction}")
+        gamma = as_real("recipe.lr_gamma", self.lr_gamma)
+        if not 0 < gamma <= 1:
+            raise ConfigError("recipe.lr_gamma", f"must lie in (0, 1], got {gamma}")
+        every = _count("recipe.lr_step_every", self.lr_step_every, MAX_ROUNDS)
+        rounds = self.lr_rounds
+        if rounds is not None:
+            rounds = _count("recipe.lr_rounds", rounds, MAX_ROUNDS)
+        object.__setattr__(self, "lr_min_fraction", fraction)
+        object.__setattr__(self, "lr_gamma", gamma)
+        object.__setattr__(self, "lr_step_every", every)
+        object.__setattr__(self, "lr_rounds", rounds)
+        # A parameter of another schedule would be silently ignored: refuse it.
+        uses = {
+            "constant": (),
+            "cosine": ("lr_min_fraction", "lr_rounds"),
+            "step": ("lr_step_every", "lr_gamma"),
+        }[self.lr_schedule]
+        for name, default in SCHEDULE_DEFAULTS.items():
+            if name != "lr_schedule" and name not in uses and getattr(self, name) != default:
+                raise ConfigError(
+                    f"recipe.{name}", f"the {self.lr_schedule} schedule does not use it"
+                )
+        if self.lr_schedule == "cosine" and rounds is None:
+            raise ConfigError(
+                "recipe.lr_rounds", "the cosine schedule needs the job's number of rounds"
+            )
+
+    def lr_at(self, round: int) -> float:
+        """The learning rate of 0-based ``round``: a pure function of the recipe."""
+        if isinstance(round, bool) or not isinstance(round, int | np.integer) or round < 0:
+            raise ValueError(f"round must be a non-negative integer, got {round!r}")
+        r = int(round)
+        if self.lr_schedule == "cosine":
+            assert self.lr_rounds is not None  # checked in __post_init__
+            last = self.lr_rounds - 1
+            t = min(r, last) / last if last else 0.0
+            drop = (1.0 - self.lr_min_fraction) * (1.0 - math.cos(math.pi * t)) / 2
+            return self.lr * (1.0 - drop)
+        if self.lr_schedule == "step":
+            return self.lr * self.lr_gamma ** (r // self.lr_step_every)
+        return self.lr
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, every field): equal recipes give equal bytes."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """Canonical JSON (sorted keys): equal recipes give equal bytes.
+
+        Schedule parameters are written only when they differ from their
+        defaults, so a recipe with a constant rate has the bytes it had before
+        schedules existed.
+        """
+        doc = {
+            key: value
+            for key, value in asdict(self).items()
+            if key not in SCHEDULE_DEFAULTS or value != SCHEDULE_DEFAULTS[key]
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Recipe:

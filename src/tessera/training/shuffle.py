@@ -1,4 +1,4 @@
-"""Per-node minibatch order that depends only on (seed, node, epoch).
+"""Per-node minibatch order and dropout masks that depend only on (seed, node, epoch).
 
 Each record's sort key is a SplitMix64 hash of ``(seed, node, epoch, row)``;
 a node's epoch permutation is the order of its keys. Because no state is
@@ -6,6 +6,10 @@ shared between nodes, a node's shuffle is the same whether it trains alone,
 in a chunk of thousands, or in another process. ``node`` is the node's
 shuffle id: its index in the federation (``BatchedTrainer(shuffle_ids=...)``),
 which a deployed node keeps when it trains on its own.
+
+Dropout masks come from the same hash, keyed further by the hidden layer, the
+record's position in the node's epoch order and the unit, so a node drops the
+same units whether it trains alone or among thousands.
 """
 
 from __future__ import annotations
@@ -61,3 +65,25 @@ def chunk_permutation(seed: int, nodes: I64, sizes: I64, epoch: int) -> I64:
     within = (np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)).astype(np.uint64)
     keys = _mix(np.repeat(node_keys(seed, nodes, epoch), sizes) + within)
     return np.lexsort((keys, segment)).astype(np.int64)
+
+
+#: Separates the dropout streams of each layer from the shuffle's stream.
+_DROPOUT_TAG = np.uint64(0xD50F_0A7E_D15C_0001)
+
+
+def dropout_keep(
+    seed: int, nodes: npt.ArrayLike, epoch: int, *, layer: int, positions: I64, width: int, p: float
+) -> npt.NDArray[np.bool_]:
+    """Which units each node keeps: ``(len(nodes), len(positions), width)`` booleans.
+
+    ``positions`` are records' places in the node's epoch visiting order (its
+    minibatch ``s`` holds positions ``s*batch_size ...``); each unit is kept
+    with probability ``1 - p``, independently, from a SplitMix64 hash of
+    ``(seed, node, epoch, layer, position, unit)``.
+    """
+    tag = np.array([int(layer) + 1], dtype=np.uint64) * _DROPOUT_TAG  # arrays wrap silently
+    base = node_keys(seed, nodes, epoch) ^ tag
+    rows = _mix(base[:, None] + np.asarray(positions, dtype=np.int64).astype(np.uint64)[None, :])
+    units = _mix(rows[:, :, None] ^ (np.arange(width, dtype=np.uint64) * _GOLDEN))
+    threshold = np.uint64(min(int(p * (1 << 53)), (1 << 53) - 1))
+    return np.asarray((units >> np.uint64(11)) >= threshold)

@@ -2,11 +2,15 @@
 
 A job names its model by a small frozen ``ModelSpec`` instead of shipping code:
 ``linear`` (one affine layer: logistic regression under cross-entropy, linear
-regression under MSE), ``mlp`` (affine + ReLU stacks) or ``cnn`` (3x3 conv +
-ReLU + 2x2 max-pool per entry of ``channels``, then dense layers). Every
-architecture is free of BatchNorm and dropout, so a node's training is a pure
-function of its data, its shuffle and the global weights, and it vectorises
-over nodes with ``torch.func.vmap``.
+regression under MSE; the baseline every table can run), ``mlp`` (affine +
+activation stacks) or ``cnn`` (3x3 conv + activation + 2x2 max-pool per entry
+of ``channels``, then dense layers). ``activation`` (``relu``, ``tanh`` or
+``gelu``, the exact erf form) follows every hidden layer, conv and dense alike.
+``dropout`` drops units of every hidden dense layer during local training
+only: the trainers (``batched.py``) draw its masks from a hash of (seed, node,
+epoch, layer, record position, unit), so a node's training stays a pure
+function of its data, its shuffle and the global weights. The module built
+here is the inference model: it holds no dropout and no BatchNorm.
 
 Parameter names and order are those of ``module.named_parameters()``, e.g.
 ``fc0.weight, fc0.bias, ..., head.weight, head.bias`` (``conv0.*`` first for
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from tessera.errors import ConfigError
-from tessera.training.recipe import parse_json_object
+from tessera.training.recipe import as_real, parse_json_object
 from tessera.weights import Layout, NamedArrays, Vector
 
 if TYPE_CHECKING:  # torch loads lazily: a node agent reads specs without it
@@ -37,6 +41,11 @@ if TYPE_CHECKING:  # torch loads lazily: a node agent reads specs without it
 
 ModelKind = Literal["linear", "mlp", "cnn"]
 KINDS: tuple[ModelKind, ...] = ("linear", "mlp", "cnn")
+Activation = Literal["relu", "tanh", "gelu"]
+ACTIVATIONS: tuple[Activation, ...] = ("relu", "tanh", "gelu")
+#: What a spec without these fields (an older job document) means.
+DEFAULT_ACTIVATION: Activation = "relu"
+DEFAULT_DROPOUT = 0.0
 
 #: Refuse specs whose weights would exceed this many floats (256 MiB).
 MAX_PARAMETERS = 1 << 26
@@ -71,7 +80,9 @@ class ModelSpec:
     (``linear``/``mlp`` flatten any shape), ``(C, H, W)`` for a ``cnn``.
     ``hidden`` are dense widths (empty for ``linear``, required for ``mlp``,
     optional after the convolutions of a ``cnn``); ``channels`` are a cnn's
-    conv widths and are ignored by the other kinds.
+    conv widths and are ignored by the other kinds. ``activation`` follows
+    every hidden layer; ``dropout`` in [0, 1) is the probability of dropping
+    a hidden dense unit in local training (it needs a hidden dense layer).
     """
 
     kind: ModelKind
@@ -79,6 +90,8 @@ class ModelSpec:
     n_outputs: int
     hidden: tuple[int, ...] = ()
     channels: tuple[int, ...] = (16, 32)
+    activation: Activation = DEFAULT_ACTIVATION
+    dropout: float = DEFAULT_DROPOUT
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -95,6 +108,7 @@ class ModelSpec:
         object.__setattr__(self, "hidden", hidden)
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "n_outputs", int(n_out))
+        self._check_options(hidden)
         if self.kind == "linear" and hidden:
             raise ConfigError("model.hidden", "a linear model has no hidden layers")
         if self.kind == "mlp" and not hidden:
@@ -114,21 +128,45 @@ class ModelSpec:
                 "model", f"{n_params} parameters exceed the limit of {MAX_PARAMETERS}"
             )
 
+    def _check_options(self, hidden: tuple[int, ...]) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                "model.activation",
+                f"must be one of {list(ACTIVATIONS)}, got {self.activation!r}",
+            )
+        dropout = as_real("model.dropout", self.dropout)
+        if not 0 <= dropout < 1:
+            raise ConfigError("model.dropout", f"must lie in [0, 1), got {dropout}")
+        if dropout and not hidden:
+            raise ConfigError(
+                "model.dropout", f"a {self.kind} model without hidden layers has nothing to drop"
+            )
+        object.__setattr__(self, "dropout", dropout)
+
     @property
     def in_features(self) -> int:
         """Features per record after flattening (the input of a dense model)."""
         return math.prod(self.input_shape)
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, every field): equal specs give equal bytes."""
-        doc = {
+        """Canonical JSON (sorted keys): equal specs give equal bytes.
+
+        ``activation`` and ``dropout`` are written only when they differ from
+        their defaults, so a spec that uses neither has the bytes it had
+        before they existed (and older readers' documents stay unchanged).
+        """
+        doc: dict[str, object] = {
             "kind": self.kind,
             "input_shape": list(self.input_shape),
             "n_outputs": self.n_outputs,
             "hidden": list(self.hidden),
             "channels": list(self.channels),
         }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        if self.activation != DEFAULT_ACTIVATION:
+            doc["activation"] = self.activation
+        if self.dropout != DEFAULT_DROPOUT:
+            doc["dropout"] = self.dropout
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ModelSpec:
@@ -179,6 +217,14 @@ def parameter_count(spec: ModelSpec) -> int:
     return sum(math.prod(shape) for shape in _shapes(spec))
 
 
+def activation_module(name: Activation) -> nn.Module:
+    """The torch module of an activation (GELU in its exact, erf form)."""
+    from torch import nn
+
+    modules: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+    return modules[name]()
+
+
 def _make_module(spec: ModelSpec) -> nn.Sequential:
     from torch import nn
 
@@ -186,14 +232,14 @@ def _make_module(spec: ModelSpec) -> nn.Sequential:
     if spec.kind == "cnn":
         for i, (c_in, c_out, pool) in enumerate(conv_plan(spec)[0]):
             layers[f"conv{i}"] = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
-            layers[f"conv_relu{i}"] = nn.ReLU()
+            layers[f"conv_act{i}"] = activation_module(spec.activation)
             if pool:
                 layers[f"pool{i}"] = nn.MaxPool2d(2)
     layers["flatten"] = nn.Flatten()
     widths = _dense_widths(spec)
     for i, (d_in, d_out) in enumerate(itertools.pairwise(widths[:-1])):
         layers[f"fc{i}"] = nn.Linear(d_in, d_out)
-        layers[f"relu{i}"] = nn.ReLU()
+        layers[f"act{i}"] = activation_module(spec.activation)
     layers["head"] = nn.Linear(widths[-2], widths[-1])
     return nn.Sequential(layers)
 

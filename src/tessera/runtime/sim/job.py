@@ -146,7 +146,11 @@ def baseline_epochs(job: PreparedJob) -> int:
 def centralized(
     job: PreparedJob, on_epoch: Callable[[int, int, float], None] | None = None
 ) -> BaselineResult:
-    """Train the same model and recipe on the union of the nodes' records."""
+    """Train the same model and recipe on the union of the nodes' records.
+
+    A learning-rate schedule follows the federation's rounds: epoch ``e`` of
+    ``E`` trains at the rate of round ``e * rounds // E``.
+    """
     epochs = baseline_epochs(job)
     one_epoch = replace(job.recipe, local_epochs=1, prox_mu=0.0, clip_norm=None)
     offsets = np.array([0, len(job.y)], dtype=np.int64)
@@ -155,7 +159,12 @@ def centralized(
     rounds = job.config.federation.rounds
     result = BaselineResult(value=float("nan"), epochs=epochs)
     for epoch in range(epochs):
-        out = trainer.train(weights, np.zeros(1, np.int64), seed=job.config.job.seed * 7919 + epoch)
+        out = trainer.train(
+            weights,
+            np.zeros(1, np.int64),
+            seed=job.config.job.seed * 7919 + epoch,
+            round=epoch * rounds // epochs,
+        )
         weights = (weights + out.deltas[0]).astype(np.float32)
         value = _evaluate(job, weights)
         result.curve.append(((epoch + 1) / epochs * rounds, value))

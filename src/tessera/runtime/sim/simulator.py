@@ -369,7 +369,9 @@ class Simulation(Observer):
         nodes = [heapq.heappop(due)[2] for _ in range(min(self.chunk, len(due)))]
         task = self._round_tasks[round]
         batch = np.asarray(nodes, dtype=np.int64)
-        result = self.trainer.train(task.weights, batch, task.seed, prox_mu=task.prox_mu)
+        result = self.trainer.train(
+            task.weights, batch, task.seed, prox_mu=task.prox_mu, round=task.round
+        )
         for row, node in enumerate(nodes):
             self._results[(round, node)] = (
                 result.deltas[row],
