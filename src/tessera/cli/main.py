@@ -17,9 +17,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tessera.cli.help import Command, Group
 from tessera.errors import TesseraError
 
 app = typer.Typer(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     help="Tessera: federated training on data that never leaves its owners.",
@@ -135,7 +137,7 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
     console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png")
 
 
-@app.command()
+@app.command(cls=Command)
 def run(
     config: Annotated[Path, typer.Argument(help="job file (TOML)", exists=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/job"),
@@ -153,7 +155,7 @@ def run(
         raise typer.Exit(2) from None
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/demo"),
     rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
@@ -164,7 +166,7 @@ def demo(
     run(_example("chem97.toml"), out, rounds, quiet, plaintext)
 
 
-@app.command()
+@app.command(cls=Command)
 def examples() -> None:
     """List the bundled example jobs and where they are."""
     for path in sorted(_example("").glob("*.toml")):
