@@ -182,19 +182,32 @@ def _partition(cfg: JobConfig, train: Prepared, seed: int) -> Partition:
     return quantity_skew(n, p.nodes, p.alpha, seed, min_size=p.min_size)
 
 
+_ROW = "__tessera_row__"  # a per-record job's row numbers, carried through transform
+
+
 def _organisations(
-    cfg: JobConfig, train_df: pd.DataFrame, part: Partition
+    cfg: JobConfig, train_df: pd.DataFrame, part: Partition, records: Prepared
 ) -> tuple[str | None, ...] | None:
-    """Each node's organisation, from the column the job names (one value per node)."""
+    """Each node's organisation, from the column the job names (one value per node).
+
+    A natural partition: the organisation of the group's records, which must
+    agree. Per record: each node is one record, so its organisation is that
+    record's value (``records.groups`` holds the row of ``train_df`` each kept
+    record came from, ``_carried_column``); a missing value is no organisation,
+    as for a group without one. Other partitions mix records of any organisation
+    in a node, so they take no organisation column.
+    """
     column = cfg.secure.organisation_column
     if column is None:
         return None
-    if cfg.partition.scheme != "natural" or cfg.partition.column is None:
-        raise ConfigError("secure.organisation_column", "needs a natural partition")
-    try:
-        require_columns(train_df, [column])
-    except DataError as exc:
-        raise ConfigError("secure.organisation_column", str(exc)) from None
+    scheme = cfg.partition.scheme
+    if scheme == "per_record":
+        assert records.groups is not None
+        rows = records.groups[part.order].astype(np.int64)
+        values = train_df[column].iloc[rows]
+        return tuple(None if pd.isna(v) else str(v) for v in values)
+    if scheme != "natural" or cfg.partition.column is None:
+        raise ConfigError("secure.organisation_column", "needs a natural or a per_record partition")
     per_group = train_df.groupby(cfg.partition.column)[column]
     if (per_group.nunique() > 1).any():
         raise ConfigError(
@@ -202,6 +215,16 @@ def _organisations(
         )
     owner = {str(k): str(v) for k, v in per_group.first().items()}
     return tuple(owner.get(name) for name in part.names)
+
+
+def _carried_column(cfg: JobConfig, train_df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The column ``transform`` keeps per record: the natural partition's, or, for a
+    per-record job with organisations, each record's row number (``_organisations``)."""
+    if cfg.partition.scheme == "natural":
+        return train_df, cfg.partition.column
+    if cfg.partition.scheme == "per_record" and cfg.secure.organisation_column is not None:
+        return train_df.assign(**{_ROW: np.arange(len(train_df))}), _ROW
+    return train_df, None
 
 
 def split_table(cfg: JobConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -215,6 +238,7 @@ def split_table(cfg: JobConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         (d.target, "data.target"),
         (d.holdout.by, "data.holdout.by"),
         (cfg.partition.column, "partition.column"),
+        (cfg.secure.organisation_column, "secure.organisation_column"),
         *((f, "data.features") for f in d.features),
         *((c, "data.categorical") for c in d.categorical),
     ]
@@ -250,8 +274,8 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
             standardize=d.standardize,
             image_shape=tuple(d.image_shape) if d.image_shape else None,
         )
-        group_col = cfg.partition.column if cfg.partition.scheme == "natural" else None
-        train = pre.transform(train_df, group_column=group_col)
+        carried, group_col = _carried_column(cfg, train_df)
+        train = pre.transform(carried, group_column=group_col)
         test = pre.transform(test_df)
     except DataError as exc:
         raise ConfigError("data", str(exc)) from None
@@ -272,7 +296,7 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
         y=train.y[part.order],
         offsets=part.offsets,
         node_names=part.names,
-        organisations=_organisations(cfg, train_df, part),
+        organisations=_organisations(cfg, train_df, part, train),
         test=test,
         feature_names=pre.feature_names,
         classes=tuple(pre.classes),
