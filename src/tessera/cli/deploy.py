@@ -337,7 +337,7 @@ def up(
 
             tracker = MlflowLogger(mlflow, experiment=cfg.job.name, run_name=f"up-{out.name}")
             tracker.log_params(cfg.model_dump(mode="json"))
-        final, metric, centralized = _up_with_progress(
+        final, metric, centralized, metrics = _up_with_progress(
             dep,
             out,
             quiet=quiet,
@@ -360,7 +360,16 @@ def up(
         return
     finally:
         dep.close()
-    console.print(done_line(time.monotonic() - t0, metric, final, centralized))
+    console.print(
+        done_line(
+            time.monotonic() - t0,
+            metric,
+            final,
+            centralized,
+            errors=metrics["final"],
+            centralized_errors=metrics["centralized"],
+        )
+    )
     console.print(
         f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png;"
         f" logs in {out}/logs"
@@ -375,10 +384,11 @@ def _up_with_progress(
     tracker: Any,
     start_timeout: float | None = None,
     start_batch: int | None = None,
-) -> tuple[float, str, float | None]:
+) -> tuple[float, str, float | None, dict[str, Any]]:
     """Run the job with a progress bar; metrics.json and the model are rewritten each round.
 
-    Returns the final metric, its name and the centralized baseline's (None: off).
+    Returns the final metric, its name, the centralized baseline's (None: off) and
+    metrics.json's content.
     """
     from tessera.deploy.up import baseline_of, run_job
     from tessera.jobs.records import RoundRecord
@@ -441,7 +451,7 @@ def _up_with_progress(
     metrics = writer.finish(model_digest=digest)
     plot_curves(metrics, out / "curves.png")
     final = done[-1].value if done else float("nan")
-    return final, metric, None if baseline is None else baseline.value
+    return final, metric, None if baseline is None else baseline.value, metrics
 
 
 @job_app.command("submit", cls=Command)

@@ -54,6 +54,9 @@ class PreparedJob:
     organisations: tuple[str | None, ...] | None = None  # per node, when declared
     beacon: bytes = b""  # a deployment's tree beacon, to replay it exactly (SecureParams)
     job_id: str | None = None  # a deployment's job id, to replay it exactly; None: the name
+    # The fitted encoding; its target_from_model puts a regression's RMSE and MAE on the
+    # target's own scale (tessera.runtime.sim.job.holdout_scores).
+    preprocessor: Preprocessor | None = None
 
     @property
     def task(self) -> Task:
@@ -300,4 +303,5 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
         test=test,
         feature_names=pre.feature_names,
         classes=tuple(pre.classes),
+        preprocessor=pre,
     )
