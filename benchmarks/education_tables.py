@@ -125,7 +125,7 @@ def run_table(name: str, needs: tuple[str, ...], rounds: int | None) -> Row:
         lacking = [what for field, what in PENDING_FIELDS.items() if exc.field.startswith(field)]
         if not lacking:
             raise
-        row.within = f"not run: needs the {lacking[0]}"
+        row.within = f"not run: needs the {' and '.join(needs or lacking)}"
         return row
     if rounds is not None:
         fed_cfg = cfg.federation.model_copy(update={"rounds": rounds})
