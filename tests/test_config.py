@@ -38,6 +38,39 @@ def test_examples_are_valid(name: str) -> None:
     assert cfg.federation.rounds > 0
 
 
+REPO_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+#: [data] sections another change adds (the missing-value policy, derived targets):
+#: until this checkout's config knows them, a job file using one is refused there only.
+PENDING = ("missing", "derive")
+
+
+def test_the_repository_has_its_examples() -> None:
+    names = {p.name for p in REPO_EXAMPLES.glob("*.toml")}
+    assert {"chem97.toml", "exam.toml", "star_math.toml", "star_reading.toml"} <= names
+    assert {"hsb82_high.toml", "chem97_grades.toml"} <= names
+
+
+@pytest.mark.parametrize("path", sorted(REPO_EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_job_file_parses(path: Path) -> None:
+    """examples/*.toml (the bundled ones and the benchmark's education tables)."""
+    import tomllib
+
+    from tessera.config import DataSection
+
+    data = tomllib.loads(path.read_text(encoding="utf-8"))["data"]
+    unknown = [k for k in PENDING if k in data and k not in DataSection.model_fields]
+    if unknown:
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert err.value.field in {f"data.{k}" for k in unknown}, err.value
+        return
+    cfg = load_config(path)
+    assert cfg.federation.rounds > 0 and cfg.data.target
+    packaged = EXAMPLES / path.name
+    if packaged.exists():  # the copy `tessera examples` ships is the same file
+        assert packaged.read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
+
+
 def test_defaults_fill_in() -> None:
     cfg = parse_config(BASE)
     assert cfg.loss == "cross_entropy"

@@ -225,7 +225,8 @@ class SecureSection(_Section):
     # The share of child sums each auditor checks, drawn after the sum arrives (1 = all).
     audit_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     # A column naming each node's organisation (e.g. "lea" for Chem97 schools): no single
-    # organisation then fills all k seats of a group. Needs a natural partition.
+    # organisation then fills all k seats of a group. Needs a natural partition,
+    # or per_record (each node is one record: its organisation is that record's value).
     organisation_column: str | None = None
 
 

@@ -131,6 +131,18 @@ def test_the_last_line_says_one_duration_the_result_and_the_baseline() -> None:
     assert "centralized" not in done_line(3.0, "R^2", 0.5, None)
 
 
+def test_a_regression_last_line_gives_rmse_and_mae_on_the_targets_scale() -> None:
+    from tessera.cli.main import done_line
+
+    final = {"value": 0.5, "rmse": 123.4, "mae": 98.76}
+    central = {"value": 0.55, "rmse": 117.0, "mae": 90.0}
+    line = done_line(9.0, "R^2", 0.5, 0.55, errors=final, centralized_errors=central)
+    assert "federated R^2 0.5000 (RMSE 123.4, MAE 98.76)" in line
+    assert "centralized 0.5500 (RMSE 117, MAE 90) | gap +0.0500" in line
+    accuracy = {"value": 0.5, "rmse": None, "mae": None}  # a classifier's metrics.json entry
+    assert "RMSE" not in done_line(9.0, "accuracy", 0.5, None, errors=accuracy)
+
+
 def test_data_check_reports_and_warns_without_training() -> None:
     """`tessera data check`: the table as a run sees it; exit 1 on a warning (issue 12)."""
     chem97 = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples" / "chem97.toml"

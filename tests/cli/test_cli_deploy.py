@@ -129,9 +129,11 @@ def test_up_passes_its_start_options_on(tmp_path: Path, monkeypatch: pytest.Monk
         def close(self) -> None:
             seen["closed"] = True
 
-    def fake_run(dep: Any, out: Path, **kwargs: Any) -> tuple[float, str, float | None]:
+    def fake_run(
+        dep: Any, out: Path, **kwargs: Any
+    ) -> tuple[float, str, float | None, dict[str, Any]]:
         seen["run"] = kwargs
-        return 0.5, "accuracy", 0.625
+        return 0.5, "accuracy", 0.625, {"final": {"value": 0.5}, "centralized": {"value": 0.625}}
 
     monkeypatch.setattr(deployment, "Deployment", FakeDeployment)
     monkeypatch.setattr(deploy, "_up_with_progress", fake_run)

@@ -70,7 +70,7 @@ def test_chem97_schools_declare_their_education_authority_as_organisation() -> N
         assert len({orgs[a] for a in group.aggregators}) >= 2
 
 
-def test_organisations_need_a_natural_partition() -> None:
+def test_organisations_need_a_natural_or_per_record_partition() -> None:
     from tessera.config import parse_config
     from tessera.errors import ConfigError
 

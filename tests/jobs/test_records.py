@@ -37,6 +37,8 @@ drawn: dict[str, st.SearchStrategy[object]] = {
     "virtual_round_seconds": st.floats(0, 1e6),
     "cpu_seconds": st.floats(0, 1e6),
     "coordinator_cpu_seconds": st.floats(0, 1e6),
+    "rmse": numbers,
+    "mae": numbers,
 }
 records = st.builds(RoundRecord, **drawn)
 

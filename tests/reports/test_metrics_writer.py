@@ -93,7 +93,7 @@ def test_each_round_is_serialised_once(
 
 def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str, Any]]:
     """metrics.json's rounds as build_metrics made them before MetricsWriter (verbatim),
-    and the contributors' bitset added since."""
+    and the contributors' bitset and a regression's rmse and mae (null here) added since."""
 
     def finite(x: float) -> float | None:
         return x if math.isfinite(x) else None
@@ -103,6 +103,8 @@ def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str
             **{k: v for k, v in dataclasses.asdict(r).items() if k != "included"},
             "train_loss": finite(r.train_loss),
             "value": finite(r.value),
+            "rmse": finite(r.rmse),
+            "mae": finite(r.mae),
             "included": metrics.encode_included(r.included, n_nodes),
         }
         for r in records
@@ -129,7 +131,7 @@ def test_rounds_read_as_before_the_writer(tmp_path: Path, job: PreparedJob) -> N
     expected = json.loads(json.dumps(before_the_writer(records, job.n_nodes)))
     assert final["rounds"] == expected
     assert [list(r) for r in final["rounds"]] == [list(r) for r in expected]
-    assert final["final"] == {"value": pytest.approx(0.54), "round": 5}
+    assert final["final"] == {"value": pytest.approx(0.54), "round": 5, "rmse": None, "mae": None}
     assert final["seconds_total"] == sum(r.seconds for r in records)
     contributions = sum(r.participants for r in records)
     assert final["bytes_up_per_contributor"] == sum(r.bytes_up for r in records) / contributions

@@ -43,3 +43,31 @@ def test_the_png_is_written_whole(tmp_path: Path) -> None:
     plot_curves(_metrics(3), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_a_regression_legend_gives_final_rmse_and_mae() -> None:
+    metrics = {
+        **_metrics(3),
+        "metric": "R^2",
+        "task": "regression",
+        "final": {"value": 0.52, "rmse": 81.25, "mae": 64.5},
+        "centralized": {
+            "curve": [{"round": 3, "value": 0.6}],
+            "value": 0.6,
+            "rmse": 70.0,
+            "mae": 55.0,
+        },
+    }
+    fig = curves_figure(metrics)
+    try:
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert "federated (test set): final RMSE 81.25, MAE 64.5" in labels
+        assert "centralized: final RMSE 70, MAE 55" in labels
+    finally:
+        plt.close(fig)
+    fig = curves_figure(_metrics(3))  # a classifier: no errors in the legend
+    try:
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert labels == ["federated (test set)", "centralized"]
+    finally:
+        plt.close(fig)

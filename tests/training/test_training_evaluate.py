@@ -58,3 +58,24 @@ def test_evaluate_refuses_mismatched_inputs() -> None:
         evaluate(spec, w, np.zeros((4, 3), np.float32), np.zeros(3, np.int64), Task.CLASSIFICATION)
     with pytest.raises(DataError):
         evaluate(spec, w[:-1], np.zeros((4, 3), np.float32), np.zeros(4), Task.CLASSIFICATION)
+
+
+def test_regression_scores_are_on_the_targets_own_scale() -> None:
+    """Same hand-computed model: errors 0, 0, 0, 2 on the model's scale."""
+    from tessera.training.evaluate import Scores, scores
+
+    spec = ModelSpec("linear", (1,), 1)
+    w = np.array([2.0, 1.0], np.float32)
+    x = np.array([[0.0], [1.0], [2.0], [3.0]], np.float32)
+    y = np.array([1.0, 3.0, 5.0, 9.0], np.float32)
+    plain = scores(spec, w, x, y, Task.REGRESSION)
+    assert plain.rmse == pytest.approx(1.0) and plain.mae == pytest.approx(0.5)  # sqrt(4/4), 2/4
+
+    def to_target(v: object) -> np.ndarray:  # target = 100 * model + 30, like target_from_model
+        return np.asarray(v, np.float64) * 100.0 + 30.0
+
+    scaled = scores(spec, w, x, y, Task.REGRESSION, to_target=to_target)
+    assert scaled.value == pytest.approx(plain.value)  # R^2: the same on either scale
+    assert scaled.rmse == pytest.approx(100.0) and scaled.mae == pytest.approx(50.0)
+    clf = scores(spec, w, x, np.zeros(4, np.int64), Task.CLASSIFICATION)
+    assert clf == Scores(clf.value) and np.isnan(clf.rmse) and np.isnan(clf.mae)

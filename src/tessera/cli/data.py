@@ -8,16 +8,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from tessera.cli.help import Command, Group
 from tessera.cli.main import app, console
 from tessera.errors import TesseraError
 
-data_app = typer.Typer(no_args_is_help=True, help="Look at a job's data before training on it.")
+data_app = typer.Typer(
+    cls=Group, no_args_is_help=True, help="Look at a job's data before training on it."
+)
 app.add_typer(data_app, name="data")
 
 _BAR = 30  # characters of the widest histogram bar
 
 
-@data_app.command("check")
+@data_app.command("check", cls=Command)
 def check(config: Annotated[Path, typer.Argument(help="job file (TOML)")]) -> None:
     """Schema, missing values, node sizes, the target's distribution and warnings; no training.
 

@@ -18,10 +18,13 @@ from typing import Annotated, Any
 
 import typer
 
+from tessera.cli.help import Command, Group
 from tessera.cli.main import app, console, done_line, progress_bar
 from tessera.errors import TesseraError
 
-job_app = typer.Typer(no_args_is_help=True, help="The AI provider's side: submit, watch, fetch.")
+job_app = typer.Typer(
+    cls=Group, no_args_is_help=True, help="The AI provider's side: submit, watch, fetch."
+)
 app.add_typer(job_app, name="job")
 
 Cert = Annotated[Path | None, typer.Option("--cert", help="TLS certificate (PEM)")]
@@ -78,7 +81,7 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2) from None
 
 
-@app.command()
+@app.command(cls=Command)
 def coordinator(
     db: Annotated[
         str, typer.Option(help="SQLAlchemy URL: sqlite:///FILE or postgresql+psycopg://...")
@@ -111,7 +114,7 @@ def coordinator(
         _fail(exc)
 
 
-@app.command()
+@app.command(cls=Command)
 def provider(
     config: Annotated[
         Path, typer.Argument(help="provider config (JSON): datasets and account links")
@@ -173,7 +176,7 @@ def provider_db_url(config: Path) -> str:
     return f"sqlite:///{(config.parent / 'provider.db').resolve()}"
 
 
-@app.command()
+@app.command(cls=Command)
 def node(
     id: Annotated[str, typer.Option("--id", help="this node's id")],
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
@@ -238,7 +241,7 @@ def node(
         _fail(exc)
 
 
-@app.command()
+@app.command(cls=Command)
 def certs(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="folder for the CA and certificates")
@@ -263,7 +266,7 @@ def certs(
         console.print(f"{name}: {paths.cert} (key {paths.key}, mode 0600)")
 
 
-@app.command()
+@app.command(cls=Command)
 def up(
     config: Annotated[Path, typer.Argument(help="job file (TOML)")],
     nodes: Annotated[int, typer.Option(help="how many node processes")] = 20,
@@ -334,7 +337,7 @@ def up(
 
             tracker = MlflowLogger(mlflow, experiment=cfg.job.name, run_name=f"up-{out.name}")
             tracker.log_params(cfg.model_dump(mode="json"))
-        final, metric, centralized = _up_with_progress(
+        final, metric, centralized, metrics = _up_with_progress(
             dep,
             out,
             quiet=quiet,
@@ -357,7 +360,16 @@ def up(
         return
     finally:
         dep.close()
-    console.print(done_line(time.monotonic() - t0, metric, final, centralized))
+    console.print(
+        done_line(
+            time.monotonic() - t0,
+            metric,
+            final,
+            centralized,
+            errors=metrics["final"],
+            centralized_errors=metrics["centralized"],
+        )
+    )
     console.print(
         f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png;"
         f" logs in {out}/logs"
@@ -372,10 +384,11 @@ def _up_with_progress(
     tracker: Any,
     start_timeout: float | None = None,
     start_batch: int | None = None,
-) -> tuple[float, str, float | None]:
+) -> tuple[float, str, float | None, dict[str, Any]]:
     """Run the job with a progress bar; metrics.json and the model are rewritten each round.
 
-    Returns the final metric, its name and the centralized baseline's (None: off).
+    Returns the final metric, its name, the centralized baseline's (None: off) and
+    metrics.json's content.
     """
     from tessera.deploy.up import baseline_of, run_job
     from tessera.jobs.records import RoundRecord
@@ -438,10 +451,10 @@ def _up_with_progress(
     metrics = writer.finish(model_digest=digest)
     plot_curves(metrics, out / "curves.png")
     final = done[-1].value if done else float("nan")
-    return final, metric, None if baseline is None else baseline.value
+    return final, metric, None if baseline is None else baseline.value, metrics
 
 
-@job_app.command("submit")
+@job_app.command("submit", cls=Command)
 def job_submit(
     config: Annotated[Path, typer.Argument(help="job file (TOML)")],
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
@@ -495,7 +508,7 @@ def job_submit(
     console.print(json.dumps(answer))
 
 
-@job_app.command("status")
+@job_app.command("status", cls=Command)
 def job_status(
     job_id: str,
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
@@ -516,7 +529,7 @@ def job_status(
         _fail(exc)
 
 
-@job_app.command("fetch")
+@job_app.command("fetch", cls=Command)
 def job_fetch(
     job_id: str,
     coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
@@ -552,7 +565,7 @@ def job_fetch(
 
 
 consent_app = typer.Typer(
-    no_args_is_help=True, help="A user's consent, signed with their node's key."
+    cls=Group, no_args_is_help=True, help="A user's consent, signed with their node's key."
 )
 app.add_typer(consent_app, name="consent")
 
@@ -598,7 +611,7 @@ def _agent(
     )
 
 
-@consent_app.command("grant")
+@consent_app.command("grant", cls=Command)
 def consent_grant(
     job_id: str,
     id: Annotated[str, typer.Option("--id", help="this node's id")],
@@ -635,7 +648,7 @@ def consent_grant(
     console.print(f"consented to {job_id}: receipt {receipt.digest}")
 
 
-@consent_app.command("revoke")
+@consent_app.command("revoke", cls=Command)
 def consent_revoke(
     job_id: str,
     id: Annotated[str, typer.Option("--id", help="this node's id")],

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tessera.cli.help import Command, Group
 from tessera.errors import TesseraError
 
 app = typer.Typer(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     help="Tessera: federated training on data that never leaves its owners.",
@@ -28,11 +31,26 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
-def done_line(seconds: float, metric: str, final: float, centralized: float | None) -> str:
-    """The last line of a run: its one duration, the result, the baseline and the gap."""
-    line = f"federated {metric} {final:.4f}"
+def done_line(
+    seconds: float,
+    metric: str,
+    final: float,
+    centralized: float | None,
+    *,
+    errors: Mapping[str, Any] | None = None,
+    centralized_errors: Mapping[str, Any] | None = None,
+) -> str:
+    """The last line of a run: its one duration, the result, the baseline and the gap.
+
+    ``errors``: metrics.json's ``final`` (or ``centralized``) entry; a regression's
+    RMSE and MAE from it follow its R^2, on the target's own scale.
+    """
+    line = f"federated {metric} {final:.4f}{_errors(errors)}"
     if centralized is not None:
-        line += f" | centralized {centralized:.4f} | gap {centralized - final:+.4f}"
+        line += (
+            f" | centralized {centralized:.4f}{_errors(centralized_errors)}"
+            f" | gap {centralized - final:+.4f}"
+        )
     return f"[bold green]done[/] in {seconds:.1f} s: {line}"
 
 
@@ -66,6 +84,12 @@ def missing_line(missing: object) -> str | None:
         f"{m.test_imputed_values:,} values imputed"
     )
     return "missing values: " + "; ".join(parts)
+
+
+def _errors(entry: Mapping[str, Any] | None) -> str:
+    if entry is None or entry.get("rmse") is None or entry.get("mae") is None:
+        return ""
+    return f" (RMSE {entry['rmse']:.4g}, MAE {entry['mae']:.4g})"
 
 
 @app.callback()
@@ -172,11 +196,20 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
     if result.error is not None:  # the model of the last finite round was kept and written
         raise TesseraError(result.error)
     reference = None if baseline is None else baseline.value
-    console.print(done_line(result.seconds, metric, metrics["final"]["value"], reference))
+    console.print(
+        done_line(
+            result.seconds,
+            metric,
+            metrics["final"]["value"],
+            reference,
+            errors=metrics["final"],
+            centralized_errors=metrics["centralized"],
+        )
+    )
     console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png")
 
 
-@app.command()
+@app.command(cls=Command)
 def run(
     config: Annotated[Path, typer.Argument(help="job file (TOML)", exists=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/job"),
@@ -194,7 +227,7 @@ def run(
         raise typer.Exit(2) from None
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("runs/demo"),
     rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
@@ -205,7 +238,7 @@ def demo(
     run(_example("chem97.toml"), out, rounds, quiet, plaintext)
 
 
-@app.command()
+@app.command(cls=Command)
 def examples() -> None:
     """List the bundled example jobs and where they are."""
     for path in sorted(_example("").glob("*.toml")):

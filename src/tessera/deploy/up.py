@@ -161,6 +161,8 @@ def run_job(
     first round) and ``start_batch`` staggers the nodes: see ``start_nodes``.
     ``timeout`` bounds the watch once the job runs.
     """
+    from tessera.runtime.sim.job import holdout_scores  # the simulator's evaluation, exactly
+
     t0 = time.monotonic()
     cfg = with_declared_weight(dep.config, float(dep.job.node_samples.max()))
     dep.config = cfg
@@ -211,16 +213,14 @@ def run_job(
         for result in watch(client, job_id, timeout=timeout, poll=poll):
             now = time.monotonic()
             rec = result.record
-            value = (
-                evaluate(dep.job.spec, result.weights, dep.job.test.x, dep.job.test.y, dep.job.task)
-                if len(dep.job.test.y)
-                else float("nan")
-            )
+            score = holdout_scores(dep.job, result.weights)
             # A deployment's clock is the real one: time since the job started, as
             # the simulator's virtual_seconds, and this round's own duration.
             record = replace(
                 rec,
-                value=value,
+                value=score.value,
+                rmse=score.rmse,
+                mae=score.mae,
                 late=rec.selected - rec.participants,
                 seconds=now - last,
                 virtual_seconds=now - started,

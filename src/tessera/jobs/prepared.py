@@ -112,7 +112,9 @@ class PreparedJob:
     beacon: bytes = b""  # a deployment's tree beacon, to replay it exactly (SecureParams)
     job_id: str | None = None  # a deployment's job id, to replay it exactly; None: the name
     missing: MissingCounts | None = None  # what the missing-value policy dropped and imputed
-    preprocessor: Preprocessor | None = None  # the fitted encoding the nodes apply
+    # The fitted encoding the nodes apply; its target_from_model puts a regression's RMSE
+    # and MAE on the target's own scale (tessera.runtime.sim.job.holdout_scores).
+    preprocessor: Preprocessor | None = None
 
     @property
     def task(self) -> Task:
@@ -253,19 +255,32 @@ def _partition(cfg: JobConfig, train: Prepared, seed: int) -> Partition:
     return quantity_skew(n, p.nodes, p.alpha, seed, min_size=p.min_size)
 
 
+_ROW = "__tessera_row__"  # a per-record job's row numbers, carried through transform
+
+
 def _organisations(
-    cfg: JobConfig, train_df: pd.DataFrame, part: Partition
+    cfg: JobConfig, train_df: pd.DataFrame, part: Partition, records: Prepared
 ) -> tuple[str | None, ...] | None:
-    """Each node's organisation, from the column the job names (one value per node)."""
+    """Each node's organisation, from the column the job names (one value per node).
+
+    A natural partition: the organisation of the group's records, which must
+    agree. Per record: each node is one record, so its organisation is that
+    record's value (``records.groups`` holds the row of ``train_df`` each kept
+    record came from, ``_carried_column``); a missing value is no organisation,
+    as for a group without one. Other partitions mix records of any organisation
+    in a node, so they take no organisation column.
+    """
     column = cfg.secure.organisation_column
     if column is None:
         return None
-    if cfg.partition.scheme != "natural" or cfg.partition.column is None:
-        raise ConfigError("secure.organisation_column", "needs a natural partition")
-    try:
-        require_columns(train_df, [column])
-    except DataError as exc:
-        raise ConfigError("secure.organisation_column", str(exc)) from None
+    scheme = cfg.partition.scheme
+    if scheme == "per_record":
+        assert records.groups is not None
+        rows = records.groups[part.order].astype(np.int64)
+        values = train_df[column].iloc[rows]
+        return tuple(None if pd.isna(v) else str(v) for v in values)
+    if scheme != "natural" or cfg.partition.column is None:
+        raise ConfigError("secure.organisation_column", "needs a natural or a per_record partition")
     per_group = train_df.groupby(cfg.partition.column)[column]
     if (per_group.nunique() > 1).any():
         raise ConfigError(
@@ -300,6 +315,16 @@ def _fit_args(cfg: JobConfig) -> _FitArgs:
     }
 
 
+def _carried_column(cfg: JobConfig, train_df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The column ``transform`` keeps per record: the natural partition's, or, for a
+    per-record job with organisations, each record's row number (``_organisations``)."""
+    if cfg.partition.scheme == "natural":
+        return train_df, cfg.partition.column
+    if cfg.partition.scheme == "per_record" and cfg.secure.organisation_column is not None:
+        return train_df.assign(**{_ROW: np.arange(len(train_df))}), _ROW
+    return train_df, None
+
+
 def split_table(cfg: JobConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The nodes' records and the AI provider's held-out test set, columns checked.
 
@@ -317,6 +342,7 @@ def split_table(cfg: JobConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         (d.target, "data.target"),
         (d.holdout.by, "data.holdout.by"),
         (cfg.partition.column, "partition.column"),
+        (cfg.secure.organisation_column, "secure.organisation_column"),
         *((f, "data.features") for f in d.features),
         *((c, "data.categorical") for c in d.categorical),
     ]
@@ -408,8 +434,8 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
             image_shape=tuple(d.image_shape) if d.image_shape else None,
             **_fit_args(cfg),
         )
-        group_col = cfg.partition.column if cfg.partition.scheme == "natural" else None
-        train = pre.transform(train_df, group_column=group_col)
+        carried, group_col = _carried_column(cfg, train_df)
+        train = pre.transform(carried, group_column=group_col)
         test = pre.transform(test_df)
     except DataError as exc:
         raise _data_error(exc, "data") from None
@@ -430,7 +456,7 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
         y=train.y[part.order],
         offsets=part.offsets,
         node_names=part.names,
-        organisations=_organisations(cfg, train_df, part),
+        organisations=_organisations(cfg, train_df, part, train),
         test=test,
         feature_names=pre.feature_names,
         classes=tuple(pre.classes),
@@ -439,7 +465,7 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
             train,
             test,
             part,
-            natural_partition=group_col is not None,
+            natural_partition=cfg.partition.scheme == "natural",
             rows=len(train_df),
             test_rows=len(test_df),
         ),

@@ -50,6 +50,9 @@ class RoundRecord:
     virtual_round_seconds: float = 0.0  # from the round's requests going out to its close
     cpu_seconds: float = 0.0  # protocol compute charged to all actors (charge_compute only)
     coordinator_cpu_seconds: float = 0.0
+    # A regression's errors on the target's own scale (value is R²); NaN for a classifier.
+    rmse: float = math.nan
+    mae: float = math.nan
 
     def to_json(self, *, with_included: bool = True) -> dict[str, Any]:
         """JSON-ready (NaN as null); ``with_included=False`` leaves out the contributor ids."""
@@ -130,3 +133,5 @@ class BaselineResult:
     epochs: int
     curve: list[tuple[float, float]] = field(default_factory=list)  # (round-equivalent, value)
     weights: Vector | None = None
+    rmse: float = math.nan  # a regression's final errors on the target's own scale
+    mae: float = math.nan

@@ -10,7 +10,9 @@ them took part), ``final.value``,
 ``centralized.value``, ``nodes``, ``config``, ``missing`` (what the job's
 missing-value policy did, see ``missing_entry``). Fields are only ever added,
 never removed or renamed. Accuracy is a fraction in [0, 1]; regression
-reports R^2. rounds.jsonl holds one line per round: the whole record,
+reports R^2, and ``final`` and ``centralized`` (and each round) add ``rmse``
+and ``mae``: its errors on the target's own scale (null for classification).
+rounds.jsonl holds one line per round: the whole record,
 contributor ids included (who was in each round, for audits).
 
 One writer, ``MetricsWriter``, keeps both current round by round, so a
@@ -157,6 +159,8 @@ class _Totals:
     bytes_down: int = 0
     seconds: float = 0.0
     final: float = math.nan
+    final_rmse: float = math.nan
+    final_mae: float = math.nan
 
     def add(self, r: RoundRecord) -> None:
         self.rounds += 1
@@ -165,7 +169,7 @@ class _Totals:
         self.bytes_up += r.bytes_up
         self.bytes_down += r.bytes_down
         self.seconds += r.seconds
-        self.final = r.value
+        self.final, self.final_rmse, self.final_mae = r.value, r.rmse, r.mae
 
 
 def _facts(
@@ -191,6 +195,8 @@ def _facts(
         "centralized": (
             {
                 "value": _finite(baseline.value),
+                "rmse": _finite(baseline.rmse),
+                "mae": _finite(baseline.mae),
                 "epochs": baseline.epochs,
                 "curve": [{"round": x, "value": v} for x, v in baseline.curve],
             }
@@ -227,7 +233,12 @@ def _summary(
         **{k: facts[k] for k in ("job", "task", "metric", "secure", "tree", "ring_bits")},
         "model_bytes_quantized": facts["model_bytes_quantized"],
         "rounds": rounds,
-        "final": {"value": _finite(totals.final), "round": totals.rounds},
+        "final": {
+            "value": _finite(totals.final),
+            "round": totals.rounds,
+            "rmse": _finite(totals.final_rmse),
+            "mae": _finite(totals.final_mae),
+        },
         **{
             k: facts[k]
             for k in ("centralized", "nodes", "records", "node_sizes", "features", "missing")

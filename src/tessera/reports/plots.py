@@ -1,4 +1,8 @@
-"""DIR/curves.png: the federated metric per round against the centralized baseline."""
+"""DIR/curves.png: the federated metric per round against the centralized baseline.
+
+A regression plots R^2; the legend gives each curve's final RMSE and MAE, on
+the target's own scale (metrics.json's ``final`` and ``centralized``).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,13 @@ def plot_curves(metrics: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def _errors(entry: dict[str, Any]) -> str:
+    """A regression's final RMSE and MAE (target scale) for its curve's label; none: ""."""
+    if entry.get("rmse") is None or entry.get("mae") is None:
+        return ""
+    return f": final RMSE {entry['rmse']:.4g}, MAE {entry['mae']:.4g}"
+
+
 def curves_figure(metrics: dict[str, Any]) -> Figure:
     """The figure ``plot_curves`` saves (metrics.json's content), for callers that show it."""
     rounds = metrics["rounds"]
@@ -28,11 +39,14 @@ def curves_figure(metrics: dict[str, Any]) -> Figure:
         2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     xs = [r["round"] + 1 for r in rounds]
-    ax.plot(xs, [r["value"] for r in rounds], marker=".", label="federated (test set)")
+    final = metrics.get("final") or {}
+    label = "federated (test set)" + _errors(final)
+    ax.plot(xs, [r["value"] for r in rounds], marker=".", label=label)
     central = metrics.get("centralized")
     if central and central["curve"]:
         cx = [p["round"] for p in central["curve"]]
-        ax.plot(cx, [p["value"] for p in central["curve"]], "--", marker="x", label="centralized")
+        label = "centralized" + _errors(central)
+        ax.plot(cx, [p["value"] for p in central["curve"]], "--", marker="x", label=label)
         ax.axhline(central["value"], color="grey", lw=0.6, ls=":")
     ax.set_ylabel(metrics["metric"])
     ax.set_title(

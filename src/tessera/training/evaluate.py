@@ -1,6 +1,17 @@
-"""Predictions and the job's headline metric: accuracy or R²."""
+"""Predictions and the job's headline metric: accuracy or R², with a regression's RMSE and MAE.
+
+A regression model learns a standardised target (``Preprocessor.target_scale``),
+so its raw outputs and the test labels are on that scale. R² is the same on
+either scale; RMSE and MAE are not, and are reported on the target's own scale
+(scores in points, not in standard deviations): ``scores`` takes the
+preprocessor's ``target_from_model`` to map both back.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -11,6 +22,19 @@ from tessera.training.spec import ModelSpec, build_module
 from tessera.weights import Vector
 
 DEFAULT_EVAL_BATCH = 8192
+
+#: Model outputs (or standardised labels) to the target's own scale: ``target_from_model``.
+ToTarget = Callable[[npt.ArrayLike], npt.NDArray[np.float64]]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model on one test set: the headline ``value`` (accuracy or R²) and, for a
+    regression, its RMSE and MAE on the target's own scale (NaN for a classifier)."""
+
+    value: float
+    rmse: float = math.nan
+    mae: float = math.nan
 
 
 def metric_name(task: Task) -> str:
@@ -50,6 +74,18 @@ def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
     return float(scores.mean())
 
 
+def regression_errors(
+    y: np.ndarray, pred: np.ndarray, to_target: ToTarget | None = None
+) -> tuple[float, float]:
+    """RMSE and MAE of ``pred`` against ``y``, both first mapped by ``to_target``."""
+    y64 = np.asarray(y, np.float64).reshape(len(pred), -1)
+    p64 = np.asarray(pred, np.float64).reshape(y64.shape)
+    if to_target is not None:
+        y64, p64 = to_target(y64), to_target(p64)
+    err = p64 - y64
+    return float(np.sqrt((err**2).mean())), float(np.abs(err).mean())
+
+
 def evaluate(
     spec: ModelSpec,
     weights: Vector,
@@ -60,6 +96,24 @@ def evaluate(
     batch_size: int = DEFAULT_EVAL_BATCH,
 ) -> float:
     """Accuracy in [0, 1] (classification) or R² (regression) of ``weights`` on (x, y)."""
+    return scores(spec, weights, x, y, task, batch_size=batch_size).value
+
+
+def scores(
+    spec: ModelSpec,
+    weights: Vector,
+    x: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    *,
+    to_target: ToTarget | None = None,
+    batch_size: int = DEFAULT_EVAL_BATCH,
+) -> Scores:
+    """``evaluate``'s metric, and a regression's RMSE and MAE on the target's scale.
+
+    ``to_target`` maps the model's scale to the target's (``target_from_model``);
+    None: the labels are the target itself.
+    """
     y_arr = np.asarray(y)
     if len(y_arr) != len(x):
         raise DataError(f"x has {len(x)} records but y has {len(y_arr)}")
@@ -69,7 +123,8 @@ def evaluate(
     if Task(task) is Task.CLASSIFICATION:
         if y_arr.ndim != 1:
             raise DataError(f"class labels must be 1-D, got shape {y_arr.shape}")
-        return float((pred.argmax(1) == y_arr).mean())
+        return Scores(float((pred.argmax(1) == y_arr).mean()))
     if y_arr.size != pred.size:
         raise DataError(f"y has shape {y_arr.shape}, expected ({len(pred)}, {spec.n_outputs})")
-    return r2_score(y_arr, pred)
+    rmse, mae = regression_errors(y_arr, pred, to_target)
+    return Scores(r2_score(y_arr, pred), rmse=rmse, mae=mae)

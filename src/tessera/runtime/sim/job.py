@@ -21,15 +21,25 @@ from tessera.protocol.node import Node
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.secure import build_secure
 from tessera.runtime.sim.simulator import RoundStats, Simulation
-from tessera.training import BatchedTrainer, evaluate
+from tessera.training import BatchedTrainer
+from tessera.training.evaluate import Scores, scores
 from tessera.weights import Vector
 
 
-def _evaluate(job: PreparedJob, weights: Vector) -> float:
-    """The AI provider scores a model on its own test set (NaN when it has none)."""
+def holdout_scores(job: PreparedJob, weights: Vector) -> Scores:
+    """The AI provider scores a model on its own test set (NaN when it has none):
+    accuracy or R², and a regression's RMSE and MAE on the target's own scale."""
     if len(job.test.y) == 0:
-        return float("nan")
-    return evaluate(job.spec, weights, job.test.x, job.test.y, job.task)
+        return Scores(float("nan"))
+    pre = job.preprocessor
+    return scores(
+        job.spec,
+        weights,
+        job.test.x,
+        job.test.y,
+        job.task,
+        to_target=None if pre is None else pre.target_from_model,
+    )
 
 
 def simulate(
@@ -81,10 +91,12 @@ def simulate(
 
     def record(stats: RoundStats) -> None:
         closed = stats.closed
-        value = _evaluate(job, closed.weights)
+        score = holdout_scores(job, closed.weights)
         rec = RoundRecord(
             round=closed.round,
-            value=value,
+            value=score.value,
+            rmse=score.rmse,
+            mae=score.mae,
             participants=closed.participants,
             selected=closed.selected,
             num_samples=closed.num_samples,
@@ -166,10 +178,11 @@ def centralized(
             round=epoch * rounds // epochs,
         )
         weights = (weights + out.deltas[0]).astype(np.float32)
-        value = _evaluate(job, weights)
-        result.curve.append(((epoch + 1) / epochs * rounds, value))
+        score = holdout_scores(job, weights)
+        result.curve.append(((epoch + 1) / epochs * rounds, score.value))
         if on_epoch is not None:
-            on_epoch(epoch, epochs, value)
+            on_epoch(epoch, epochs, score.value)
     result.value = result.curve[-1][1]
+    result.rmse, result.mae = score.rmse, score.mae
     result.weights = weights
     return result
