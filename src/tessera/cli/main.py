@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tessera.cli.help import Command, Group
 from tessera.errors import TesseraError
+
+if TYPE_CHECKING:  # the CLI imports the job machinery late: --help stays fast
+    from tessera.jobs.prepared import PreparedJob
+    from tessera.jobs.secure import SecureSummary
 
 app = typer.Typer(
     cls=Group,
@@ -117,28 +121,9 @@ def _example(name: str) -> Path:
     return Path(str(resources.files("tessera") / "examples" / name))
 
 
-def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintext: bool) -> None:
-    # Torch is imported late (slow), with one thread: fastest on small models.
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("TESSERA_THREADS", "1")))
-
-    from tessera.config import load_config
-    from tessera.jobs.prepared import prepare_job
-    from tessera.jobs.records import RoundRecord
-    from tessera.jobs.secure import summarize
-    from tessera.reports import MetricsWriter, plot_curves
-    from tessera.runtime.sim.job import centralized, simulate
-    from tessera.weights import Vector, save_file
-
-    cfg = load_config(config_path)
-    if rounds is not None:
-        cfg = cfg.model_copy(
-            update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
-        )
-    with console.status("preparing data"):
-        job = prepare_job(cfg)
-    secure = summarize(job) if cfg.secure.enabled and not plaintext else None
+def _describe(job: PreparedJob, secure: SecureSummary | None) -> None:
+    """What is about to run: nodes, records, model, aggregation, data handling."""
+    cfg = job.config
     console.print(
         f"[bold]{cfg.job.name}[/]: {job.n_nodes} nodes, {len(job.y)} training records, "
         f"{len(job.test.y)} held-out test records, model {job.spec.kind} "
@@ -153,6 +138,39 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
     line = missing_line(job.missing)
     if line is not None:
         console.print(line)
+    if job.statistics is not None:
+        fed = job.statistics
+        console.print(
+            f"preprocessing fitted from federated statistics: {fed.rounds} "
+            f"{'secure' if fed.secure else 'plaintext'} round(s) over {fed.nodes} nodes"
+        )
+
+
+def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintext: bool) -> None:
+    # Torch is imported late (slow), with one thread: fastest on small models.
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("TESSERA_THREADS", "1")))
+
+    from tessera.config import load_config
+    from tessera.jobs.prepared import prepare_job
+    from tessera.jobs.records import RoundRecord
+    from tessera.jobs.secure import summarize
+    from tessera.reports import MetricsWriter, plot_curves
+    from tessera.runtime.sim.job import centralized, simulate
+    from tessera.runtime.sim.statistics import totals_for
+    from tessera.weights import Vector, save_file
+
+    cfg = load_config(config_path)
+    if rounds is not None:
+        cfg = cfg.model_copy(
+            update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
+        )
+    secure_job = cfg.secure.enabled and not plaintext
+    with console.status("preparing data: the nodes' statistics, totalled"):
+        job = prepare_job(cfg, totals_of=totals_for(cfg, secure=secure_job))
+    secure = summarize(job) if secure_job else None
+    _describe(job, secure)
     out.mkdir(parents=True, exist_ok=True)
     metric = "accuracy" if str(job.task) == "classification" else "R^2"
     with progress_bar(quiet) as progress:

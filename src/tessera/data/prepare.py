@@ -25,7 +25,7 @@ import math
 import numbers
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -248,7 +248,7 @@ def summarize(
         column = df[name]
         present_values = column.dropna()
         counts = present_values.value_counts(sort=False)
-        categories = _sorted_values(present_values)
+        categories = sorted_values(present_values)
         mode = None
         if len(counts):
             top = int(counts.max())
@@ -295,8 +295,17 @@ def _derive_stat(summary: ColumnSummary, stat: Statistic) -> float:
     return summary.median if stat[0] == "median" else summary.mean
 
 
+class Summarizer(Protocol):
+    """Per-column summaries of some rows: ``summarize`` over pooled rows, or federated
+    statistics (``tessera.data.federated``) totalled over the nodes holding them."""
+
+    def __call__(
+        self, df: pd.DataFrame, *, numeric: Sequence[str] = (), categorical: Sequence[str] = ()
+    ) -> dict[str, ColumnSummary]: ...
+
+
 def _fit_derived(
-    df: pd.DataFrame, derivations: Sequence[Derivation]
+    df: pd.DataFrame, derivations: Sequence[Derivation], summarize: Summarizer = summarize
 ) -> tuple[pd.DataFrame, tuple[_Derived, ...]]:
     """``df`` with the derived columns added, each fitted on ``df``'s rows in order."""
     frame = df.copy()
@@ -417,12 +426,15 @@ class Preprocessor:
         derive: Sequence[tuple[str, str]] = (),
         missing: str = "drop",
         missing_columns: Mapping[str, str] | None = None,
+        summarize: Summarizer = summarize,
     ) -> Preprocessor:
         """Fit on ``train_df``; ``features`` empty or None means every other column.
 
         ``derive``: (name, expression) pairs in order; ``missing``: the default
         policy of the features, ``missing_columns``: per-column overrides.
         Errors of a derivation are ``DeriveError`` (a ``DataError``).
+        ``summarize`` computes every number the fit learns from the usable rows;
+        federated statistics stand in for the pooled ``summarize`` there.
         """
         try:
             kind = Task(task)
@@ -430,7 +442,7 @@ class Preprocessor:
             raise DataError(
                 f"unknown task {task!r}; valid tasks: {', '.join(t.value for t in Task)}"
             ) from None
-        frame, derived = _fit_derived(train_df, parse_derivations(list(derive)))
+        frame, derived = _fit_derived(train_df, parse_derivations(list(derive)), summarize)
         require_columns(frame, [target])
         names = _feature_list(frame, target, features)
         policy = _policies(target, names, missing, missing_columns or {})
@@ -760,7 +772,7 @@ class Preprocessor:
             return ((values.to_numpy(dtype=np.float64) - mean) / std).astype(np.float32)
         codes = pd.Index(self.classes).get_indexer(pd.Index(values))
         if (codes < 0).any():
-            unseen = _sorted_values(values[codes < 0])
+            unseen = sorted_values(values[codes < 0])
             raise DataError(
                 f"label(s) {listing(unseen, 5)} of {self.target!r} in {table_name(rows)} "
                 f"were not in the training data; known: {listing(self.classes)}"
@@ -894,7 +906,7 @@ def _usable(
     return keep
 
 
-def _sorted_values(column: pd.Series) -> tuple[Hashable, ...]:
+def sorted_values(column: pd.Series) -> tuple[Hashable, ...]:
     """Distinct non-missing values, sorted (by text when types do not compare)."""
     values = column.dropna().drop_duplicates().tolist()
     try:

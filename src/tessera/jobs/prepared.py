@@ -14,6 +14,7 @@ Data problems are reported against the config field that caused them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypedDict
 
@@ -40,6 +41,8 @@ from tessera.data import (
     split_holdout,
     usable_rows,
 )
+from tessera.data.federated import FederatedSummaries, TotalsOf, node_of_rows, plain_totals
+from tessera.data.prepare import Summarizer, summarize
 from tessera.errors import ConfigError, DataError
 from tessera.ids import JobId, NodeId, Task
 from tessera.protocol import RoundParams, SecureParams, Strategy, TreeParams, make_strategy
@@ -115,6 +118,7 @@ class PreparedJob:
     # The fitted encoding the nodes apply; its target_from_model puts a regression's RMSE
     # and MAE on the target's own scale (tessera.runtime.sim.job.holdout_scores).
     preprocessor: Preprocessor | None = None
+    statistics: FederatedFit | None = None  # how the preprocessing was fitted, if federated
 
     @property
     def task(self) -> Task:
@@ -419,30 +423,34 @@ def missing_counts(
     )
 
 
-def prepare_job(cfg: JobConfig) -> PreparedJob:
-    """Load, split, preprocess and partition; every data failure names its field."""
-    d, seed = cfg.data, cfg.job.seed
+def prepare_job(cfg: JobConfig, *, totals_of: TotalsOf | None = None) -> PreparedJob:
+    """Load, split, preprocess and partition; every data failure names its field.
+
+    With ``totals_of``, every number the preprocessing learns comes from the
+    nodes' own statistics totalled by it (``data.federated``: the secure
+    aggregation of ``runtime.sim.statistics.totals_for``, or a clear sum);
+    without, from the pooled training rows.
+    """
+    seed = cfg.job.seed
     train_df, test_df = split_table(cfg)
+    fit = _fit(cfg)
     try:
-        pre = Preprocessor.fit(
-            train_df,
-            target=d.target,
-            features=d.features,
-            categorical=d.categorical,
-            task=cfg.job.task,
-            standardize=d.standardize,
-            image_shape=tuple(d.image_shape) if d.image_shape else None,
-            **_fit_args(cfg),
-        )
+        pre = fit(train_df, summarize)
         carried, group_col = _carried_column(cfg, train_df)
         train = pre.transform(carried, group_column=group_col)
-        test = pre.transform(test_df)
     except DataError as exc:
         raise _data_error(exc, "data") from None
     try:
         part = _partition(cfg, train, seed)
     except DataError as exc:
         raise ConfigError("partition", str(exc)) from None
+    statistics = None
+    try:
+        if totals_of is not None:  # the pooled fit only decided who holds which row
+            pre, train, statistics = _federated_fit(cfg, train_df, pre, part, totals_of)
+        test = pre.transform(test_df)
+    except DataError as exc:
+        raise _data_error(exc, "data") from None
 
     spec, recipe = model_spec_of(cfg, pre), recipe_of(cfg)
     lay = layout(spec)
@@ -470,4 +478,63 @@ def prepare_job(cfg: JobConfig) -> PreparedJob:
             test_rows=len(test_df),
         ),
         preprocessor=pre,
+        statistics=statistics,
     )
+
+
+def _fit(cfg: JobConfig) -> Callable[[pd.DataFrame, Summarizer], Preprocessor]:
+    d = cfg.data
+
+    def fit(train_df: pd.DataFrame, summarizer: Summarizer) -> Preprocessor:
+        return Preprocessor.fit(
+            train_df,
+            target=d.target,
+            features=d.features,
+            categorical=d.categorical,
+            task=cfg.job.task,
+            standardize=d.standardize,
+            image_shape=tuple(d.image_shape) if d.image_shape else None,
+            summarize=summarizer,
+            **_fit_args(cfg),
+        )
+
+    return fit
+
+
+@dataclass(frozen=True)
+class FederatedFit:
+    """How the preprocessing was fitted: statistics rounds over the nodes, and how."""
+
+    rounds: int  # one, or two when derived columns use a median or a mean
+    nodes: int
+    secure: bool
+
+
+def _federated_fit(
+    cfg: JobConfig,
+    train_df: pd.DataFrame,
+    pooled: Preprocessor,
+    part: Partition,
+    totals_of: TotalsOf,
+) -> tuple[Preprocessor, Prepared, FederatedFit]:
+    """Fit again, from the totals of each node's own statistics of the rows it holds.
+
+    The same rows stay usable (the policy decides that, not the statistics), so
+    the partition the pooled fit found still holds; it is checked.
+    """
+    rows = train_df.reset_index(drop=True)  # one label per row, to find its node
+    kept = pooled.transform(rows.assign(**{_ROW: np.arange(len(rows))}), group_column=_ROW)
+    assert kept.groups is not None
+    node = node_of_rows(len(rows), kept.groups.astype(np.intp), part.order, part.offsets)
+    summaries = FederatedSummaries(pd.Series(node, index=rows.index), part.n_nodes, totals_of)
+    pre = _fit(cfg)(rows, summaries)
+    carried, group_col = _carried_column(cfg, rows)
+    train = pre.transform(carried, group_column=group_col)
+    again = pre.transform(rows.assign(**{_ROW: np.arange(len(rows))}), group_column=_ROW)
+    if again.groups is None or not np.array_equal(again.groups, kept.groups):
+        raise DataError(
+            "the rows usable under the federated statistics differ from the pooled ones "
+            "(a derived column's median or mean decides which rows are missing?)"
+        )
+    secure = totals_of is not plain_totals
+    return pre, train, FederatedFit(rounds=summaries.rounds, nodes=part.n_nodes, secure=secure)

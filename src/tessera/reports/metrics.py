@@ -8,7 +8,9 @@ and base64-encoded, ``decode_included`` reads it: at most N/8 bytes before
 compression, 3.75 kB for 30,000 nodes and a few bytes when all or none of
 them took part), ``final.value``,
 ``centralized.value``, ``nodes``, ``config``, ``missing`` (what the job's
-missing-value policy did, see ``missing_entry``). Fields are only ever added,
+missing-value policy did, see ``missing_entry``), ``statistics`` (how the
+preprocessing was fitted: ``rounds`` of federated statistics over ``nodes``,
+``secure`` or not; null when fitted on pooled rows). Fields are only ever added,
 never removed or renamed. Accuracy is a fraction in [0, 1]; regression
 reports R^2, and ``final`` and ``centralized`` (and each round) add ``rmse``
 and ``mae``: its errors on the target's own scale (null for classification).
@@ -34,7 +36,7 @@ import os
 import secrets
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -212,6 +214,7 @@ def _facts(
         },
         "features": list(job.feature_names),
         "missing": missing_entry(job.missing),
+        "statistics": None if job.statistics is None else asdict(job.statistics),
         "model_kind": job.spec.kind,
         "parameters": job.layout.size,
         "config": job.config.model_dump(mode="json"),
@@ -241,7 +244,15 @@ def _summary(
         },
         **{
             k: facts[k]
-            for k in ("centralized", "nodes", "records", "node_sizes", "features", "missing")
+            for k in (
+                "centralized",
+                "nodes",
+                "records",
+                "node_sizes",
+                "features",
+                "missing",
+                "statistics",
+            )
         },
         "model": {
             "kind": facts["model_kind"],

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from tessera.config import JobConfig
+from tessera.data.federated import TotalsOf, plain_totals
 from tessera.data.statistics import TERM_BOUND, StatisticsPlan, Totals
 from tessera.errors import DataError
 from tessera.ids import JobId, NodeId
@@ -111,3 +113,19 @@ def secure_totals(
         included=closed.included,
         ring_step=ring.step if ring is not None else 0.0,
     )
+
+
+def totals_for(cfg: JobConfig, *, secure: bool) -> TotalsOf:
+    """How ``prepare_job`` totals the nodes' statistics for this job: up the job's own
+    tree (its [secure] k, group sizes, backups) when secure, else in the clear."""
+    if not secure:
+        return plain_totals
+    s = cfg.secure
+    tree = TreeParams(
+        k=s.k, group_size=s.group_size, fan_in=s.fan_in, min_group=s.min_group, backups=s.backups
+    )
+
+    def totals(plan: StatisticsPlan, tables: Sequence[pd.DataFrame]) -> Totals:
+        return secure_totals(plan, tables, job_id=cfg.job.name, seed=cfg.job.seed, tree=tree).totals
+
+    return totals

@@ -1,0 +1,134 @@
+"""Fitting from federated statistics: the nodes' own counts, totalled, never pooled rows.
+
+``FederatedSummaries`` is a ``prepare.Summarizer``: asked for the summaries
+of some rows, it splits them by the node holding each, has every node count
+its share by a public ``StatisticsPlan``, and reads the summaries off the
+total that ``totals_of`` returns (``runtime.sim.statistics.secure_totals``:
+the secure aggregation of training rounds; ``plain_totals``: the clear sum,
+for plaintext jobs). ``Preprocessor.fit`` then learns means, standard
+deviations, imputation values, category and class lists and the medians of
+derived columns from those totals alone.
+
+What the totals give is what pooled rows give, up to the statistics round's
+precision: counts and category counts exactly; means and standard
+deviations from sums rounded into the ring (off by under one ring step per
+node); medians within the sketch's relative accuracy (``RELATIVE_ACCURACY``).
+Category domains are the schema's (the values a column can take, as a data
+provider's catalogue lists them; in the simulator, read off the rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from tessera.data.prepare import ColumnSummary, sorted_values
+from tessera.data.statistics import StatisticsPlan, Totals, category_of
+from tessera.errors import DataError
+
+#: The sketch's quantile accuracy when fitting: a median within 1% of the true one.
+RELATIVE_ACCURACY = 0.01
+
+TotalsOf = Callable[[StatisticsPlan, Sequence[pd.DataFrame]], Totals]
+
+
+def plain_totals(plan: StatisticsPlan, tables: Sequence[pd.DataFrame]) -> Totals:
+    """The nodes' statistics summed in the clear (plaintext jobs: updates are clear too)."""
+    total = np.zeros(plan.length, np.float64)
+    for table in tables:
+        total += plan.vector(table)
+    return plan.totals(total)
+
+
+@dataclass
+class FederatedSummaries:
+    """Summaries of rows from the totals of their nodes' statistics (see the module doc).
+
+    ``node_of`` maps each row label of the table being fitted to the node
+    holding it (0 .. ``n_nodes`` - 1); ``rounds`` counts the statistics rounds
+    run (one per ``summarize`` call: two when derived columns use a median).
+    """
+
+    node_of: pd.Series
+    n_nodes: int
+    totals_of: TotalsOf
+    relative_accuracy: float = RELATIVE_ACCURACY
+    rounds: int = field(default=0, init=False)
+
+    def __call__(
+        self, df: pd.DataFrame, *, numeric: Sequence[str] = (), categorical: Sequence[str] = ()
+    ) -> dict[str, ColumnSummary]:
+        if not numeric and not categorical:
+            return {}  # nothing to count: no round
+        domains = {c: sorted_values(df[c].dropna()) for c in categorical}
+        plan = StatisticsPlan(
+            tuple(numeric),
+            tuple((c, tuple(category_of(v) for v in domains[c])) for c in categorical),
+            self.relative_accuracy,
+        )
+        totals = self.totals_of(plan, self._tables(df))
+        self.rounds += 1
+        return summaries_of(totals, domains)
+
+    def _tables(self, df: pd.DataFrame) -> list[pd.DataFrame]:
+        """Each node's rows of ``df`` (every node, possibly with none)."""
+        try:
+            nodes = self.node_of.loc[df.index].to_numpy(dtype=np.int64)
+        except KeyError:
+            raise DataError("rows to summarise that no node holds") from None
+        order = np.argsort(nodes, kind="stable")
+        bounds = np.searchsorted(nodes[order], np.arange(self.n_nodes + 1))
+        return [df.iloc[order[bounds[i] : bounds[i + 1]]] for i in range(self.n_nodes)]
+
+
+def summaries_of(
+    totals: Totals, domains: Mapping[str, tuple[Hashable, ...]]
+) -> dict[str, ColumnSummary]:
+    """``prepare.summarize``'s answer, read off federated totals.
+
+    ``domains`` gives each categorical column's values in sorted order (the
+    plan named them by their text); a value no node holds is no category.
+    """
+    out: dict[str, ColumnSummary] = {}
+    for name, n in totals.numeric.items():
+        if n.count == 0:
+            out[name] = ColumnSummary(count=0, missing=n.missing)
+            continue
+        out[name] = ColumnSummary(
+            count=n.count, missing=n.missing, mean=n.mean, std=n.std, median=n.median
+        )
+    for name, c in totals.categorical.items():
+        held = tuple(v for v in domains[name] if c.counts[category_of(v)] > 0)
+        top = max((c.counts[category_of(v)] for v in held), default=0)
+        out[name] = ColumnSummary(
+            count=sum(c.counts.values()) + c.other,
+            missing=c.missing,
+            categories=held,
+            mode=next((v for v in held if c.counts[category_of(v)] == top), None),
+        )
+    return out
+
+
+def node_of_rows(
+    n_rows: int,
+    kept: npt.NDArray[np.intp],
+    order: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """Each row's node: a kept row's from the partition (``order``, ``offsets`` over the kept
+    rows), a row no node was dealt (dropped before dealing) counted by node ``row % n``.
+
+    Totals are sums, so which node counts a row changes no total: this only
+    spreads the rows over nodes as a federation would hold them.
+    """
+    n_nodes = len(offsets) - 1
+    node = np.arange(n_rows, dtype=np.int64) % max(n_nodes, 1)
+    of_kept = np.empty(len(kept), np.int64)
+    for j in range(n_nodes):
+        of_kept[order[offsets[j] : offsets[j + 1]]] = j
+    node[kept] = of_kept
+    return node
