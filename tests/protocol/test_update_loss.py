@@ -44,3 +44,26 @@ def test_a_nan_loss_is_refused_and_the_round_closes_on_the_others() -> None:
     [closed] = [e for e in effects if isinstance(e, RoundClosed)]
     assert closed.participants == 3 and math.isfinite(closed.mean_loss)
     assert coordinator.round == 1  # it goes on: no divergence
+
+
+def test_a_contributor_whose_training_diverged_declines_instead_of_crashing() -> None:
+    """A NaN update or loss from local training (a learning rate far too high) used to
+    raise inside the contributor's machine; it now declines the round, saying why."""
+    from tessera.ids import COORDINATOR
+    from tessera.protocol.contributor import Contributor
+    from tessera.protocol.effects import Send
+    from tessera.protocol.events import LocalUpdateReady
+    from tessera.protocol.messages import TrainingDeclined, TrainRequest
+
+    for delta, loss, samples, reason in [
+        (np.array([np.nan, 0.0], np.float32), 0.5, 5, "diverged"),
+        (np.zeros(2, np.float32), math.inf, 5, "diverged"),
+        (np.zeros(2, np.float32), 0.5, 0, "no records"),
+    ]:
+        node = Contributor(NODES[0], JOB)
+        request = TrainRequest(job_id=JOB, round=0, weights=np.zeros(2, np.float32), deadline=9.0)
+        node.handle(MessageReceived(sender=COORDINATOR, message=request), 0.0)
+        ready = LocalUpdateReady(round=0, delta=delta, num_samples=samples, loss=loss)
+        [sent] = node.handle(ready, 1.0)
+        assert isinstance(sent, Send) and isinstance(sent.message, TrainingDeclined)
+        assert reason in sent.message.reason

@@ -10,6 +10,7 @@ which saves the bandwidth of a model-sized message the coordinator would refuse.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -89,6 +90,18 @@ def weighted_vector(
     vector[-2] = 1.0 if not loss <= loss_cap else 0.0  # NaN counts as capped too
     vector[-1] = w
     return vector
+
+
+def _update_problem(update: LocalUpdateReady) -> str | None:
+    """Why a local result cannot be shared: training diverged, or had nothing to train on."""
+    if update.num_samples <= 0:
+        return "no records to train on"
+    if not (math.isfinite(update.loss) and bool(np.isfinite(update.delta).all())):
+        return (
+            "local training diverged: its update or loss is not finite "
+            "(the likely cause: recipe.lr too high for this model)"
+        )
+    return None
 
 
 def _counted(statistics: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -196,6 +209,11 @@ class Contributor:
                 return self._seal_all(_counted(event.vector))
             reason = problem
         elif isinstance(event, LocalUpdateReady) and now <= self.deadline:
+            problem = _update_problem(event)
+            if problem is not None:  # declined, never a crash nor a poisoned sum
+                self._transition(ContributorInput.TRAINING_FAILED)
+                declined = TrainingDeclined(job_id=self.job_id, round=event.round, reason=problem)
+                return [Send(recipient=COORDINATOR, message=declined)]
             self._transition(ContributorInput.UPDATE_READY)
             if self.assignment is not None:
                 return self._shares(event)
