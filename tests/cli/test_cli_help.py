@@ -47,3 +47,12 @@ def test_options_that_take_a_value_still_show_its_type() -> None:
     assert "<path>" in result.output and "<int>" in result.output
     quiet = next(line for line in result.output.splitlines() if "--quiet" in line)
     assert "no progress bars" in quiet and "<" not in quiet
+
+
+@pytest.mark.parametrize("command", ["coordinator", "provider", "node"])
+def test_the_services_can_be_quieted(command: str) -> None:
+    """--verbose is the default; --quiet (-q) turns it off (it once had no off switch)."""
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "--verbose" in line)
+    assert "--quiet" in line

@@ -42,6 +42,12 @@ SandboxStartTimeout = Annotated[
 ]
 
 
+#: Log each step (the default), or warnings only with --quiet.
+Verbose = Annotated[
+    bool, typer.Option("--verbose/--quiet", "-v/-q", help="log each step, or warnings only")
+]
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -95,7 +101,7 @@ def coordinator(
     key: Key = None,
     ready_file: ReadyFile = None,
     max_body: Annotated[int, typer.Option(help="largest request body, bytes")] = 64 << 20,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+    verbose: Verbose = True,
 ) -> None:
     """Run the coordinator service (HTTP API, mailbox, job drivers)."""
     _logging(verbose)
@@ -139,7 +145,7 @@ def provider(
             " fingerprint [default: provider.key in the config file's folder]"
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+    verbose: Verbose = True,
 ) -> None:
     """Run a data provider's connector: catalogue and consent-checked record release."""
     _logging(verbose)
@@ -209,7 +215,7 @@ def node(
         str, typer.Option(help="sandbox network isolation: required | best_effort")
     ] = "required",
     sandbox_start_timeout: SandboxStartTimeout = 60.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+    verbose: Verbose = True,
 ) -> None:
     """Run a node agent: register, consent, train in the sandbox, aggregate as the tree says."""
     _logging(verbose)
