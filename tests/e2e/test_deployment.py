@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tessera.config import JobConfig, load_config
+from tessera.config import DeriveEntry, JobConfig, MissingSection, load_config
 from tessera.deploy.local import Deployment
 from tessera.deploy.up import run_job
 from tessera.jobs.prepared import round_params_of, secure_params_of
@@ -60,6 +60,15 @@ def e2e_config() -> JobConfig:
             ),
             # Model options: a tanh activation and dropout, seeded alike everywhere.
             "model": cfg.model.model_copy(update={"activation": "tanh", "dropout": 0.2}),
+            # A derived feature with a fitted median, and imputation: the provider fits
+            # them, each node derives and fills its own records the same way.
+            "data": cfg.data.model_copy(
+                update={
+                    "features": [*cfg.data.features, "strong"],
+                    "derive": [DeriveEntry(name="strong", expr="gcsescore > median(gcsescore)")],
+                    "missing": MissingSection(default="impute"),
+                }
+            ),
             # One node per training call: bit-identical to a node training alone.
             "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
         }
