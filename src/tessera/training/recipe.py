@@ -125,7 +125,7 @@ class Recipe:
 
     loss: LossName
     optimizer: OptimizerName = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
     local_epochs: int = 1
