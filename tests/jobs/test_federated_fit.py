@@ -157,4 +157,17 @@ rounds = 2
     import json
 
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert m["statistics"] == {"rounds": 2, "nodes": m["nodes"], "secure": True}
+    stats = m["statistics"]
+    assert (stats["rounds"], stats["nodes"], stats["secure"]) == (2, m["nodes"], True)
+    # What the nodes' totals say, per column: aggregates only, the pooled rows' figures.
+    rows = pd.read_csv(csv)
+    hours = stats["columns"]["hours"]
+    assert hours["count"] + hours["missing"] == stats["columns"]["lang"]["missing"] + sum(
+        stats["columns"]["lang"]["counts"].values()
+    )
+    assert hours["min"] >= 0 and hours["max"] <= 10 * 1.01
+    assert hours["count"] < rows["hours"].notna().sum()  # the holdout's rows are not counted
+    assert set(stats["columns"]["lang"]["counts"]) == {"de", "en", "fr"}
+    assert stats["columns"]["score"]["median"] == pytest.approx(
+        rows["score"].median(), rel=0.05
+    )  # the first round's: the derived target's median

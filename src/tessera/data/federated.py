@@ -19,8 +19,10 @@ provider's catalogue lists them; in the simulator, read off the rows).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +60,8 @@ class FederatedSummaries:
     totals_of: TotalsOf
     relative_accuracy: float = RELATIVE_ACCURACY
     rounds: int = field(default=0, init=False)
+    #: Per column, what the last round that counted it totalled (``column_report``).
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
 
     def __call__(
         self, df: pd.DataFrame, *, numeric: Sequence[str] = (), categorical: Sequence[str] = ()
@@ -72,6 +76,7 @@ class FederatedSummaries:
         )
         totals = self.totals_of(plan, self._tables(df))
         self.rounds += 1
+        self.columns.update(column_report(totals))
         return summaries_of(totals, domains)
 
     def _tables(self, df: pd.DataFrame) -> list[pd.DataFrame]:
@@ -83,6 +88,34 @@ class FederatedSummaries:
         order = np.argsort(nodes, kind="stable")
         bounds = np.searchsorted(nodes[order], np.arange(self.n_nodes + 1))
         return [df.iloc[order[bounds[i] : bounds[i + 1]]] for i in range(self.n_nodes)]
+
+
+def column_report(totals: Totals) -> dict[str, dict[str, Any]]:
+    """The totals as people read them (metrics.json's ``statistics.columns``).
+
+    Numeric: count, missing, mean, std, and min, median, max within the
+    sketch's relative accuracy; categorical: the count of each value, of
+    other values and of missing ones. Aggregates over every node only.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, n in totals.numeric.items():
+        out[name] = {
+            "count": n.count,
+            "missing": n.missing,
+            **{
+                k: (None if not math.isfinite(v) else round(v, 6))
+                for k, v in (
+                    ("mean", n.mean),
+                    ("std", n.std),
+                    ("min", n.min),
+                    ("median", n.median),
+                    ("max", n.max),
+                )
+            },
+        }
+    for name, c in totals.categorical.items():
+        out[name] = {"counts": dict(c.counts), "other": c.other, "missing": c.missing}
+    return out
 
 
 def summaries_of(

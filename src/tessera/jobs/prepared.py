@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -508,6 +508,7 @@ class FederatedFit:
     rounds: int  # one, or two when derived columns use a median or a mean
     nodes: int
     secure: bool
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)  # column_report
 
 
 def _federated_fit(
@@ -537,4 +538,7 @@ def _federated_fit(
             "(a derived column's median or mean decides which rows are missing?)"
         )
     secure = totals_of is not plain_totals
-    return pre, train, FederatedFit(rounds=summaries.rounds, nodes=part.n_nodes, secure=secure)
+    fitted = FederatedFit(
+        rounds=summaries.rounds, nodes=part.n_nodes, secure=secure, columns=summaries.columns
+    )
+    return pre, train, fitted

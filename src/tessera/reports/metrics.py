@@ -10,7 +10,8 @@ them took part), ``final.value``,
 ``centralized.value``, ``nodes``, ``config``, ``missing`` (what the job's
 missing-value policy did, see ``missing_entry``), ``statistics`` (how the
 preprocessing was fitted: ``rounds`` of federated statistics over ``nodes``,
-``secure`` or not; null when fitted on pooled rows). Fields are only ever added,
+``secure`` or not, and ``columns``, what the nodes' totals say of each
+column; null when fitted on pooled rows). Fields are only ever added,
 never removed or renamed. Accuracy is a fraction in [0, 1]; regression
 reports R^2, and ``final`` and ``centralized`` (and each round) add ``rmse``
 and ``mae``: its errors on the target's own scale (null for classification).
