@@ -326,14 +326,6 @@ class Totals:
     numeric: dict[str, NumericTotals]
     categorical: dict[str, CategoryTotals]
 
-    def rows_seen(self) -> int:
-        """Rows counted (by the first column: its present, other and missing values)."""
-        for n in self.numeric.values():
-            return n.count + n.missing
-        for c in self.categorical.values():
-            return sum(c.counts.values()) + c.other + c.missing
-        return 0
-
 
 def category_of(value: Hashable) -> str:
     """How a raw category value is named in a plan and its totals."""
