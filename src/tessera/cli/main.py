@@ -199,7 +199,7 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
                 progress.console.print(
                     f"[yellow]round {rec.round}: {rec.capped} contributor(s) had a training "
                     f"loss over secure.loss_cap ({cfg.secure.loss_cap:g}); the mean loss "
-                    "counts them at the cap (a sign of divergence)[/]"
+                    "counts them at the cap (divergence if it grows; else raise the cap)[/]"
                 )
             # Written every round: a crash loses at most the round in flight.
             digest = save_file(out / "model.safetensors", job.layout.unflatten(weights))
