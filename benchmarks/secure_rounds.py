@@ -31,11 +31,11 @@ miss is printed as a miss):
    ``ratio`` = numpy time / this time (speed relative to numpy, same number
    of vectors of the same length). Target: ratio >= 0.5.
 3. Upload per contributor: ``RoundRecord.bytes_up / participants`` of the
-   secure runs over the quantized model, ``(P + 2) * ring_bits / 8``
+   secure runs over the quantized model, ``(P + 3) * ring_bits / 8``
    (``secure.summarize(job).model_bytes_quantized``). Target: <= 1.05.
 4. Per-node cost in a deployment (``--skip-per-node`` to leave out). The
    simulator runs every node's crypto on one core; in a deployment each node
-   pays only its own part, in parallel. For the model of section 1 (P + 2
+   pays only its own part, in parallel. For the model of section 1 (P + 3
    words, the 32-bit ring of ``choose_ring(bound=clip, terms=1000)``), one
    thread, median of ``--per-node-repeat`` (20) calls, in a child process:
    a) one contributor after training (clip + weight, encode, split into k = 3
@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tessera.ids import NodeId
+from tessera.protocol.limits import TAIL
 
 if TYPE_CHECKING:
     from tessera.crypto import Share
@@ -478,7 +479,7 @@ def throughput_section(args: argparse.Namespace) -> list[tuple[str, str, float]]
 
 
 def upload_section(done: dict[int, tuple[dict, dict]]) -> list[tuple[int, float]]:
-    print("\n== 3. Upload per contributor / quantized model (P + 2) * ring_bits / 8 ==\n")
+    print("\n== 3. Upload per contributor / quantized model (P + 3) * ring_bits / 8 ==\n")
     head = (
         f"{'N':>7} {'ring':>5} {'model B (quant.)':>16} {'secure B up':>12} "
         f"{'plain B up':>11} {'ratio':>6}  target <= {UPLOAD_TARGET}"
@@ -838,7 +839,7 @@ def per_node_costs(hidden: list[int], clip: float, repeat: int) -> dict[str, Any
     trained = train()
     delta, loss = trained.deltas[0], float(trained.loss[0])
     ring = choose_ring(bound=max(clip, 1.0), terms=PER_NODE_TERMS)
-    nodes = _Nodes(ring, lay.size + 2)  # the update, then the weighted loss and the weight
+    nodes = _Nodes(ring, lay.size + TAIL)  # the update, then loss, capped and weight
 
     times, inputs = _contributor_costs(nodes, delta, loss, clip, repeat)
     leaf_times, leaf_words = _leaf_costs(nodes, inputs, repeat)
@@ -941,8 +942,9 @@ def per_node_section(args: argparse.Namespace) -> None:
     r = json.loads(lines[-1])
     t = {name: seconds * 1e3 for name, seconds in r["times"].items()}  # milliseconds
     print(
-        f"P = {r['parameters']:,} + 2 words, Z_2^{r['ring_bits']} ({r['frac_bits']} fractional "
-        f"bits: choose_ring(bound={max(args.clip, 1.0):g}, terms={PER_NODE_TERMS:,})),\n"
+        f"P = {r['parameters']:,} + {TAIL} words, Z_2^{r['ring_bits']} "
+        f"({r['frac_bits']} fractional bits: "
+        f"choose_ring(bound={max(args.clip, 1.0):g}, terms={PER_NODE_TERMS:,})),\n"
         f"k = {k} shares, G = {PER_NODE_GROUP} contributors per leaf group, fan_in = {fan}"
     )
     print(
