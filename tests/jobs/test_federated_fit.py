@@ -165,7 +165,7 @@ rounds = 2
     assert hours["count"] + hours["missing"] == stats["columns"]["lang"]["missing"] + sum(
         stats["columns"]["lang"]["counts"].values()
     )
-    assert hours["min"] >= 0 and hours["max"] <= 10 * 1.01
+    assert hours["min"] >= 0 and hours["max"] <= 10 * 1.05  # the report sketch: 5%
     assert hours["count"] < rows["hours"].notna().sum()  # the holdout's rows are not counted
     assert set(stats["columns"]["lang"]["counts"]) == {"de", "en", "fr"}
     assert stats["columns"]["score"]["median"] == pytest.approx(

@@ -222,7 +222,11 @@ class ColumnSummary:
 
 
 def summarize(
-    df: pd.DataFrame, *, numeric: Sequence[str] = (), categorical: Sequence[str] = ()
+    df: pd.DataFrame,
+    *,
+    numeric: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    medians: bool = False,  # noqa: ARG001 (pooled rows give exact medians anyway)
 ) -> dict[str, ColumnSummary]:
     """Per-column summaries of ``df``'s rows: the one place fitting computes numbers.
 
@@ -300,8 +304,16 @@ class Summarizer(Protocol):
     statistics (``tessera.data.federated``) totalled over the nodes holding them."""
 
     def __call__(
-        self, df: pd.DataFrame, *, numeric: Sequence[str] = (), categorical: Sequence[str] = ()
-    ) -> dict[str, ColumnSummary]: ...
+        self,
+        df: pd.DataFrame,
+        *,
+        numeric: Sequence[str] = (),
+        categorical: Sequence[str] = (),
+        medians: bool = False,
+    ) -> dict[str, ColumnSummary]:
+        """``medians``: the caller uses the medians (a derived column's ``median(...)``),
+        so a federated summarizer counts them to its finest accuracy."""
+        ...
 
 
 def _fit_derived(
@@ -320,7 +332,9 @@ def _fit_derived(
         for c in columns:
             if not _is_number_column(frame[c]):
                 raise d.fail(f"column {c!r} is not numeric (dtype {frame[c].dtype})")
-        summaries = summarize(frame, numeric=columns)
+        summaries = summarize(
+            frame, numeric=columns, medians=any(s[0] == "median" for s in d.statistics)
+        )
         values = {s: _derive_stat(summaries[s[1]], s) for s in d.statistics}
         for s, v in values.items():
             if not math.isfinite(v):
