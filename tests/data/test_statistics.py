@@ -108,3 +108,31 @@ def test_an_empty_column_has_no_mean_nor_quantiles() -> None:
     assert math.isnan(totals.numeric["score"].std)
     assert math.isnan(totals.numeric["score"].median)
     assert totals.categorical["gender"].mode is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 4),  # the node
+            st.one_of(st.floats(-1e5, 1e5, allow_nan=False), st.just(np.nan)),
+            st.sampled_from(["F", "M", "X", None]),
+        ),
+        max_size=40,
+    )
+)
+def test_all_nodes_at_once_equal_each_node_alone(rows: list[tuple[int, float, object]]) -> None:
+    """``vectors`` (the simulator's one pass) is ``vector`` of each node's rows."""
+    p = StatisticsPlan(("score",), (("gender", ("F", "M")),))
+    table = pd.DataFrame(rows, columns=["node", "score", "gender"])
+    nodes = table["node"].to_numpy(dtype=np.int64)
+    together = p.vectors(table, nodes, 5)
+    for i in range(5):
+        np.testing.assert_allclose(together[i], p.vector(table[nodes == i]), rtol=1e-12)
+
+
+def test_every_row_needs_a_node() -> None:
+    with pytest.raises(DataError, match="every row needs a node"):
+        plan().vectors(TABLE, np.zeros(len(TABLE) - 1, np.int64), 1)
+    with pytest.raises(DataError, match="every row needs a node"):
+        plan().vectors(TABLE, np.full(len(TABLE), 3, np.int64), 2)

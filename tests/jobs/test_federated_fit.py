@@ -10,7 +10,6 @@ within the statistics round's precision, a median within the sketch's 1%.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,20 +104,22 @@ def test_secure_totals_fit_within_the_rounds_precision(csv: Path) -> None:
 
 
 def test_each_node_counts_only_the_rows_it_holds(csv: Path) -> None:
-    """The totals function sees one table per node, never the pooled rows."""
-    seen: list[list[int]] = []
+    """The totals function gets one vector per node (what each node counted of its own
+    rows), never the pooled rows: the rows each vector counts are that node's."""
+    seen: list[np.ndarray] = []
 
-    def spy(plan: StatisticsPlan, tables: Sequence[pd.DataFrame]) -> Totals:
-        seen.append([len(t) for t in tables])
-        return plain_totals(plan, tables)
+    def spy(plan: StatisticsPlan, vectors: np.ndarray) -> Totals:
+        seen.append(vectors)
+        return plain_totals(plan, vectors)
 
     data = {"source": "csv", "dataset": str(csv), "target": "lang", "features": ["hours"]}
     cfg = config(csv, data={**data, "missing": {"default": "impute"}})
     job = prepare_job(cfg, totals_of=spy)
     assert len(seen) == 1  # no derived statistics: one round
-    (sizes,) = seen
-    assert len(sizes) == job.n_nodes
-    np.testing.assert_array_equal(sizes, job.node_samples)
+    (vectors,) = seen
+    assert vectors.shape[0] == job.n_nodes
+    counted = vectors[:, 0] + vectors[:, 1]  # the first column's present and missing values
+    np.testing.assert_array_equal(counted, job.node_samples)
 
 
 def test_tessera_run_fits_from_secure_statistics(csv: Path, tmp_path: Path) -> None:

@@ -38,15 +38,13 @@ RELATIVE_ACCURACY = 0.01
 #: 721 buckets a column instead of 3,605, for every node's vector.
 REPORT_ACCURACY = 0.05
 
-TotalsOf = Callable[[StatisticsPlan, Sequence[pd.DataFrame]], Totals]
+#: (plan, every node's vector: one row a node) -> the totals, however they are added up.
+TotalsOf = Callable[[StatisticsPlan, npt.NDArray[np.float64]], Totals]
 
 
-def plain_totals(plan: StatisticsPlan, tables: Sequence[pd.DataFrame]) -> Totals:
+def plain_totals(plan: StatisticsPlan, vectors: npt.NDArray[np.float64]) -> Totals:
     """The nodes' statistics summed in the clear (plaintext jobs: updates are clear too)."""
-    total = np.zeros(plan.length, np.float64)
-    for table in tables:
-        total += plan.vector(table)
-    return plan.totals(total)
+    return plan.totals(vectors.sum(axis=0))
 
 
 @dataclass
@@ -83,20 +81,17 @@ class FederatedSummaries:
             tuple((c, tuple(category_of(v) for v in domains[c])) for c in categorical),
             self.relative_accuracy if medians else self.report_accuracy,
         )
-        totals = self.totals_of(plan, self._tables(df))
+        totals = self.totals_of(plan, plan.vectors(df, self._nodes(df), self.n_nodes))
         self.rounds += 1
         self.columns.update(column_report(totals))
         return summaries_of(totals, domains)
 
-    def _tables(self, df: pd.DataFrame) -> list[pd.DataFrame]:
-        """Each node's rows of ``df`` (every node, possibly with none)."""
+    def _nodes(self, df: pd.DataFrame) -> npt.NDArray[np.int64]:
+        """The node holding each row of ``df``."""
         try:
-            nodes = self.node_of.loc[df.index].to_numpy(dtype=np.int64)
+            return self.node_of.loc[df.index].to_numpy(dtype=np.int64)
         except KeyError:
             raise DataError("rows to summarise that no node holds") from None
-        order = np.argsort(nodes, kind="stable")
-        bounds = np.searchsorted(nodes[order], np.arange(self.n_nodes + 1))
-        return [df.iloc[order[bounds[i] : bounds[i + 1]]] for i in range(self.n_nodes)]
 
 
 def column_report(totals: Totals) -> dict[str, dict[str, Any]]:

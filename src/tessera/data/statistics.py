@@ -196,6 +196,78 @@ class StatisticsPlan:
             )
         return out
 
+    def vectors(
+        self, table: pd.DataFrame, nodes: npt.NDArray[np.int64], n_nodes: int
+    ) -> npt.NDArray[np.float64]:
+        """Every node's ``vector`` at once: row i is node i's, from the rows ``nodes`` gives it.
+
+        The simulator's shortcut for many nodes (one pass, not one per node);
+        each row equals ``vector`` of that node's rows (tests check it). Raises
+        DataError as ``vector`` does, for the table as a whole.
+        """
+        require_columns(table, self.columns)
+        if len(nodes) != len(table) or (
+            len(nodes) and not 0 <= nodes.min() <= nodes.max() < n_nodes
+        ):
+            raise DataError(f"every row needs a node in 0..{n_nodes - 1}")
+        out = np.zeros((n_nodes, self.length), np.float64)
+
+        def per_node(weights: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
+            return np.bincount(nodes, weights=weights, minlength=n_nodes).astype(np.float64)
+
+        at = 0
+        for column in self.numeric:
+            values = _numeric(table, column)
+            finite = np.isfinite(values)
+            present = np.where(finite, values, 0.0)
+            if float(np.abs(present).max(initial=0.0)) > HUGE:
+                raise DataError(
+                    f"column {column!r} of {table_name(table)} holds a value over {HUGE:.3g} "
+                    "in size: rescale it for federated statistics"
+                )
+            out[:, at] = per_node(finite.astype(np.float64))
+            out[:, at + 1] = per_node((~finite).astype(np.float64))
+            out[:, at + 2] = per_node(present)
+            out[:, at + 3] = per_node(present * present)
+            at += _NUMERIC_WORDS
+            index = self._buckets_of(values[finite])
+            flat = nodes[finite] * self.buckets + index
+            counts = np.bincount(flat, minlength=n_nodes * self.buckets)
+            out[:, at : at + self.buckets] = counts.reshape(n_nodes, self.buckets)
+            at += self.buckets
+        for column, domain in self.categorical:
+            raw = table[column]
+            missing = raw.isna().to_numpy()
+            code = pd.Series(np.arange(len(domain)), index=list(domain), dtype=np.int64)
+            known = np.full(len(raw), -2, np.int64)  # -2 missing, -1 outside the domain
+            text = raw[~missing].map(_value_key)
+            known[~missing] = text.map(code).fillna(-1).to_numpy(dtype=np.int64)
+            out[:, at] = per_node(missing.astype(np.float64))
+            out[:, at + 1] = per_node((known == -1).astype(np.float64))
+            held = known >= 0
+            flat = nodes[held] * len(domain) + known[held]
+            counts = np.bincount(flat, minlength=n_nodes * len(domain))
+            out[:, at + 2 : at + 2 + len(domain)] = counts.reshape(n_nodes, len(domain))
+            at += _CATEGORY_WORDS + len(domain)
+        if bool(np.abs(out).max(initial=0.0) > TERM_BOUND):
+            raise DataError(
+                f"a node's statistics exceed {TERM_BOUND:.3g} (too many records of large "
+                "values): rescale the columns or split the node"
+            )
+        return out
+
+    def _buckets_of(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """Each value's sketch bucket, in the dense layout of ``_sketch_counts``."""
+        low, high = self._keys
+        width = high - low + 1
+        key = self.mapping.key
+        out = np.full(values.size, width, np.int64)  # magnitudes under TINY: the zero bucket
+        for sign in (-1.0, 1.0):
+            where = np.flatnonzero((np.sign(values) == sign) & (np.abs(values) >= TINY))
+            keys = np.fromiter((key(float(abs(values[i]))) for i in where), np.int64, where.size)
+            out[where] = keys - low + width + 1 if sign > 0 else high - keys
+        return out
+
     def _sketch_counts(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Dense bucket counts: negative keys high to low, zero, positive keys low to high."""
         low, high = self._keys

@@ -9,7 +9,7 @@ coordinator. A deployment runs the same round over HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,12 +60,54 @@ def secure_totals(
     tree: TreeParams | None = None,
     min_nodes: int = 1,
 ) -> SecureTotals:
-    """Total ``plan``'s statistics of every node's table (``tables[i]`` is node i's).
+    """Total ``plan``'s statistics of every node's table (``tables[i]`` is node i's), each
+    node counting its own (``plan.vector``: a node that cannot declines, saying why).
 
-    Raises DataError when the round totals fewer than ``min_nodes`` nodes, or a
-    node's statistics cannot be counted (the node says why).
+    Raises DataError when the round totals fewer than ``min_nodes`` nodes.
     """
-    n = len(tables)
+    return _total(
+        plan,
+        lambda i: plan.vector(tables[i]),
+        [len(t) for t in tables],
+        job_id=job_id,
+        seed=seed,
+        tree=tree,
+        min_nodes=min_nodes,
+    )
+
+
+def secure_vector_totals(
+    plan: StatisticsPlan,
+    vectors: npt.NDArray[np.float64],
+    *,
+    job_id: str = "statistics",
+    seed: int = 0,
+    tree: TreeParams | None = None,
+    min_nodes: int = 1,
+) -> SecureTotals:
+    """As ``secure_totals``, the nodes' vectors counted beforehand (``plan.vectors``)."""
+    return _total(
+        plan,
+        lambda i: vectors[i],
+        [1] * len(vectors),
+        job_id=job_id,
+        seed=seed,
+        tree=tree,
+        min_nodes=min_nodes,
+    )
+
+
+def _total(
+    plan: StatisticsPlan,
+    count: Callable[[int], npt.NDArray[np.float64]],
+    sizes: Sequence[int],
+    *,
+    job_id: str,
+    seed: int,
+    tree: TreeParams | None,
+    min_nodes: int,
+) -> SecureTotals:
+    n = len(sizes)
     if n == 0:
         raise DataError("federated statistics need at least one node")
     nodes = [NodeId(f"node-{i:06d}") for i in range(n)]
@@ -92,11 +134,11 @@ def secure_totals(
         nodes,
         _NoTraining(),  # type: ignore[arg-type]
         DeviceModel.sample(n, dropout=0.0, speed_sigma=0.0, samples_per_second=1.0, seed=seed),
-        np.array([len(t) for t in tables], np.int64),
+        np.array(sizes, np.int64),
         local_epochs=1,
         seed=seed,
         machines=machines,
-        statistics=lambda i: plan.vector(tables[i]),
+        statistics=count,
     )
     sim.run()
     closed = sim.statistics_closed_with
@@ -125,7 +167,9 @@ def totals_for(cfg: JobConfig, *, secure: bool) -> TotalsOf:
         k=s.k, group_size=s.group_size, fan_in=s.fan_in, min_group=s.min_group, backups=s.backups
     )
 
-    def totals(plan: StatisticsPlan, tables: Sequence[pd.DataFrame]) -> Totals:
-        return secure_totals(plan, tables, job_id=cfg.job.name, seed=cfg.job.seed, tree=tree).totals
+    def totals(plan: StatisticsPlan, vectors: npt.NDArray[np.float64]) -> Totals:
+        return secure_vector_totals(
+            plan, vectors, job_id=cfg.job.name, seed=cfg.job.seed, tree=tree
+        ).totals
 
     return totals
