@@ -10,8 +10,10 @@ Typical flow for the AI provider's simulation::
     partition = natural(nodes.groups)
 """
 
+from tessera.data._columns import POLICIES, Policy
 from tessera.data._common import require_columns
 from tessera.data.derive import DeriveError
+from tessera.data.holdout import split_holdout
 from tessera.data.partition import (
     Partition,
     dirichlet,
@@ -21,14 +23,11 @@ from tessera.data.partition import (
     quantity_skew,
 )
 from tessera.data.prepare import (
-    POLICIES,
     ColumnSummary,
     Labels,
-    Policy,
     PolicyError,
     Prepared,
     Preprocessor,
-    split_holdout,
     summarize,
     usable_rows,
 )

@@ -22,16 +22,34 @@ the row. Every dropped row and imputed value is counted (``Prepared``).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from tessera.data._common import listing, require_columns, rng, suggest, table_name
+from tessera.data._columns import (
+    INDICATOR_SUFFIX,
+    POLICIES,
+    Policy,
+    _Categorical,
+    _Derived,
+    _image_shape,
+    _Numeric,
+)
+from tessera.data._common import listing, require_columns, suggest, table_name
+from tessera.data._preprocessor_json import (
+    _json_column,
+    _json_derive,
+    _json_image_shape,
+    _json_name,
+    _json_object,
+    _json_scalar,
+    _json_values,
+    _target_scale,
+)
 from tessera.data.derive import (
     Derivation,
     DeriveError,
@@ -42,85 +60,8 @@ from tessera.data.derive import (
 from tessera.errors import DataError
 from tessera.ids import Task
 
-
-def split_holdout(
-    df: pd.DataFrame,
-    *,
-    by: str | None,
-    fraction: float,
-    seed: int,
-    usable: npt.NDArray[np.bool_] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``df`` into (train part, test part); the test part is the AI provider's.
-
-    With ``by``, whole groups (e.g. schools) go to the test part until it holds
-    about ``fraction`` of the records, so the model is judged on unseen groups.
-    With ``by=None`` records are drawn at random. Both parts keep row order and
-    index; each gets at least one record (and, with ``by``, one group).
-
-    ``usable`` (one flag per row, e.g. ``usable_rows``): the fraction is of
-    usable rows, each part gets at least one, and with ``by=None`` only usable
-    rows are drawn (the others stay in the train part, where the nodes' policy
-    drops and counts them). All rows usable (the default) draws as before.
-    """
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
-        raise DataError(f"holdout fraction must be a number in (0, 1), got {fraction!r}")
-    if not (0.0 < float(fraction) < 1.0):
-        raise DataError(f"holdout fraction must be in (0, 1), got {fraction!r}")
-    ok = np.ones(len(df), dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
-    if ok.shape != (len(df),):
-        raise DataError(f"usable must hold one flag per row ({len(df)}), got shape {ok.shape}")
-    n = int(ok.sum())
-    if n < 2:
-        what = "usable record(s)" if usable is not None else "record(s)"
-        raise DataError(f"cannot hold out part of {table_name(df)}: it has {n} {what}")
-    draw = rng(seed)
-    test = np.zeros(len(df), dtype=bool)
-    if by is None:
-        n_test = min(max(round(float(fraction) * n), 1), n - 1)
-        test[np.flatnonzero(ok)[draw.permutation(n)[:n_test]]] = True
-    else:
-        require_columns(df, [by])
-        codes = _group_codes(df[by])
-        sizes = np.bincount(codes, weights=ok, minlength=int(codes.max()) + 1).astype(np.int64)
-        if np.count_nonzero(sizes) < 2:
-            raise DataError(
-                f"cannot hold out whole groups of {by!r} in {table_name(df)}: it has one group"
-                + (" with usable records" if usable is not None else "")
-            )
-        drawn = draw.permutation(len(sizes))
-        held = np.cumsum(sizes[drawn])
-        k = int(np.argmin(np.abs(held - float(fraction) * n))) + 1
-        # Each part keeps a usable record: held[k - 1] in [1, n - 1].
-        k_min = int(np.argmax(held >= 1)) + 1
-        k_max = int(np.flatnonzero(held <= n - 1)[-1]) + 1
-        k = min(max(k, k_min), k_max)
-        is_test_group = np.zeros(len(sizes), dtype=bool)
-        is_test_group[drawn[:k]] = True
-        test = is_test_group[codes]
-    return df.iloc[np.flatnonzero(~test)], df.iloc[np.flatnonzero(test)]
-
-
-def _group_codes(column: pd.Series) -> npt.NDArray[np.intp]:
-    """Group index per row; sorted groups (when sortable) so row order does not matter."""
-    try:
-        codes, _ = pd.factorize(column, sort=True, use_na_sentinel=False)
-    except TypeError:  # mixed, unorderable group values: first-seen order
-        try:
-            codes, _ = pd.factorize(column, sort=False, use_na_sentinel=False)
-        except TypeError as exc:
-            raise DataError(f"group column {column.name!r} has unhashable values: {exc}") from None
-    return np.asarray(codes, dtype=np.intp)
-
-
 #: int64 class indices (classification) or float32 targets (regression).
 Labels = npt.NDArray[np.int64] | npt.NDArray[np.float32]
-
-#: What happens to a row missing a column's value (``Preprocessor`` doc).
-Policy = Literal["drop", "impute", "indicator"]
-POLICIES: tuple[Policy, ...] = ("drop", "impute", "indicator")
-#: The 0/1 feature an ``indicator`` column adds: ``<column>_missing``.
-INDICATOR_SUFFIX = "_missing"
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,35 +112,6 @@ _JSON_KEYS = ("format", "target", "task", "columns", "classes", "image_shape", "
 # Absent in encodings written before them: target_scale (regression scale), derive
 # (derived columns); a column's "missing" and "fill" (its missing-value policy).
 _OPTIONAL_JSON_KEYS: dict[str, Any] = {"target_scale": None, "derive": []}
-
-
-@dataclass(frozen=True)
-class _Numeric:
-    name: str
-    mean: float
-    std: float
-    missing: Policy = "drop"
-    fill: float | None = None  # impute / indicator: the training mean
-
-
-@dataclass(frozen=True)
-class _Categorical:
-    name: str
-    categories: tuple[Hashable, ...]
-    missing: Policy = "drop"
-    fill: Hashable | None = None  # impute / indicator: the training mode
-
-
-@dataclass(frozen=True)
-class _Derived:
-    """A derived column and the statistics of the training rows it was fitted with."""
-
-    derivation: Derivation
-    statistics: tuple[tuple[Statistic, float], ...]
-
-    @property
-    def name(self) -> str:
-        return self.derivation.name
 
 
 @dataclass(frozen=True)
@@ -858,20 +770,6 @@ def _feature_list(df: pd.DataFrame, target: str, features: Sequence[str] | None)
     return names
 
 
-def _image_shape(shape: Sequence[int], n_columns: int, categorical: list[str]) -> tuple[int, ...]:
-    dims = tuple(shape)
-    if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
-        raise DataError(f"image_shape must be positive integers, got {shape!r}")
-    if categorical:
-        raise DataError("image_shape cannot be combined with categorical features")
-    if math.prod(dims) != n_columns:
-        raise DataError(
-            f"image_shape {dims} holds {math.prod(dims)} values but there are "
-            f"{n_columns} feature columns"
-        )
-    return dims
-
-
 #: More distinct labels than this, or any fractional one, is a measurement, not a class.
 MAX_CLASSES = 100
 
@@ -932,149 +830,3 @@ def sorted_values(column: pd.Series) -> tuple[Hashable, ...]:
 def _safe_std(std: float, mean: float) -> float:
     """``std``, or 1 for a (numerically) constant column, which then maps to 0."""
     return std if std > 1e-12 * max(1.0, abs(mean)) else 1.0
-
-
-# -- JSON form (Preprocessor.to_json / from_json) ----------------------------------------
-
-
-def _json_scalar(value: object, what: str) -> str | int | float | bool:
-    """A category or label as JSON: numpy scalars become Python ones, others refuse."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DataError(f"{what} {value!r} cannot be written as JSON (not finite)")
-    if not isinstance(value, str | int | float | bool):
-        raise DataError(
-            f"{what} {value!r} ({type(value).__name__}) cannot be written as JSON: "
-            "only strings, integers, floats and true/false can"
-        )
-    return value
-
-
-def _target_scale(value: object, task: Task) -> tuple[float, float] | None:
-    """``[mean, std]`` of a regression target (std > 0), or null."""
-    if value is None:
-        return None
-    items = value if isinstance(value, list) else []
-    numbers = [float(v) for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
-    ok = len(numbers) == 2 == len(items) and all(map(math.isfinite, numbers)) and numbers[1] > 0
-    if not ok or task is not Task.REGRESSION:
-        raise DataError(
-            "preprocessor.target_scale must be null, or [mean, std > 0] of a regression target"
-        )
-    return numbers[0], numbers[1]
-
-
-def _json_object(obj: object, where: str, keys: set[str]) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise DataError(f"{where} must be a JSON object, got {type(obj).__name__}")
-    if set(obj) != keys:
-        missing, extra = sorted(keys - set(obj)), sorted(set(obj) - keys)
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unknown {', '.join(map(str, extra))}"] if extra else []
-        )
-        raise DataError(f"{where}: {'; '.join(parts)}")
-    return obj
-
-
-def _json_name(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise DataError(f"{where} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _json_values(value: object, where: str) -> tuple[Hashable, ...]:
-    if not isinstance(value, list):
-        raise DataError(f"{where} must be a list")
-    for i, item in enumerate(value):
-        if isinstance(item, float) and not math.isfinite(item):
-            raise DataError(f"{where}[{i}] must be finite, got {item!r}")
-        if not isinstance(item, str | int | float | bool):
-            raise DataError(f"{where}[{i}] must be a string, number or true/false, got {item!r}")
-    if len(set(value)) != len(value):
-        raise DataError(f"{where} lists a value twice")
-    return tuple(value)
-
-
-def _json_column(obj: object, where: str) -> _Numeric | _Categorical:
-    kind = obj.get("kind") if isinstance(obj, dict) else None
-    policy: Policy = "drop"
-    if isinstance(obj, dict) and "missing" in obj:  # absent: drop (older encodings)
-        raw_policy = obj["missing"]
-        if raw_policy not in POLICIES or raw_policy == "drop":
-            raise DataError(f"{where}.missing must be 'impute' or 'indicator', got {raw_policy!r}")
-        policy = cast(Policy, raw_policy)
-        obj = {k: v for k, v in obj.items() if k != "missing"}
-    with_fill = {"fill"} if policy != "drop" else set()
-    if kind == "categorical":
-        column = _json_object(obj, where, {"name", "kind", "categories", *with_fill})
-        name = _json_name(column["name"], f"{where}.name")
-        categories = _json_values(column["categories"], f"{where}.categories")
-        fill = column.get("fill")
-        if policy != "drop" and fill not in categories:
-            raise DataError(f"{where}.fill must be one of the categories, got {fill!r}")
-        return _Categorical(name, categories, policy, fill)
-    if kind == "numeric":
-        column = _json_object(obj, where, {"name", "kind", "mean", "std", *with_fill})
-        name = _json_name(column["name"], f"{where}.name")
-        labels = ["mean", "std", *sorted(with_fill)]
-        for label in labels:
-            number = column[label]
-            if isinstance(number, bool) or not isinstance(number, int | float):
-                raise DataError(f"{where}.{label} must be a number, got {number!r}")
-            if not math.isfinite(number):
-                raise DataError(f"{where}.{label} must be finite, got {number!r}")
-        mean, std = column["mean"], column["std"]
-        if std <= 0:
-            raise DataError(f"{where}.std must be > 0, got {std!r}")
-        fill_value = float(column["fill"]) if policy != "drop" else None
-        return _Numeric(name, float(mean), float(std), policy, fill_value)
-    raise DataError(f"{where}.kind must be 'numeric' or 'categorical', got {kind!r}")
-
-
-def _json_image_shape(
-    value: object, columns: Sequence[_Numeric | _Categorical]
-) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise DataError("preprocessor.image_shape must be a list of integers or null")
-    cats = [c.name for c in columns if isinstance(c, _Categorical)]
-    try:
-        shape = _image_shape(value, len(columns), cats)
-    except DataError as exc:
-        raise DataError(f"preprocessor.{exc}") from None
-    if any(c.missing == "indicator" for c in columns):
-        raise DataError("preprocessor.image_shape cannot be combined with indicators")
-    return shape
-
-
-def _json_derive(value: object) -> tuple[_Derived, ...]:
-    """``[{"name", "expr", "statistics": {"median(score)": 7.0}}, ...]``, parsed again."""
-    if not isinstance(value, list):
-        raise DataError("preprocessor.derive must be a list")
-    entries = [
-        _json_object(item, f"preprocessor.derive[{i}]", {"name", "expr", "statistics"})
-        for i, item in enumerate(value)
-    ]
-    try:
-        parsed = parse_derivations([(e["name"], e["expr"]) for e in entries])
-    except DeriveError as exc:
-        raise DataError(f"preprocessor.derive[{exc.index}].{exc.field}: {exc.message}") from None
-    out: list[_Derived] = []
-    for i, (d, entry) in enumerate(zip(parsed, entries, strict=True)):
-        where = f"preprocessor.derive[{i}].statistics"
-        given = entry["statistics"]
-        if not isinstance(given, dict) or set(given) != {statistic_key(s) for s in d.statistics}:
-            needed = ", ".join(statistic_key(s) for s in d.statistics) or "none"
-            raise DataError(f"{where} must give exactly the statistics used ({needed})")
-        values: list[tuple[Statistic, float]] = []
-        for s in d.statistics:
-            number = given[statistic_key(s)]
-            if isinstance(number, bool) or not isinstance(number, int | float):
-                raise DataError(f"{where}.{statistic_key(s)} must be a number, got {number!r}")
-            if not math.isfinite(number):
-                raise DataError(f"{where}.{statistic_key(s)} must be finite, got {number!r}")
-            values.append((s, float(number)))
-        out.append(_Derived(d, tuple(values)))
-    return tuple(out)
