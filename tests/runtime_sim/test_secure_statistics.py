@@ -132,3 +132,46 @@ def test_a_statistics_request_carries_no_weights_and_is_secure() -> None:
             deadline=1.0,
             statistics=True,
         )
+
+
+def test_a_node_counts_only_in_the_statistics_round_its_job_declares() -> None:
+    """A coordinator cannot turn a training round into a count of a node's records,
+    nor skip the count a job declares (the node checks against its own TreeCheck)."""
+    from tessera.crypto.keys import NodeKeys
+    from tessera.ids import COORDINATOR, NodeId
+    from tessera.protocol.contributor import Contributor, SecureContext
+    from tessera.protocol.effects import Rejected
+    from tessera.protocol.events import MessageReceived
+    from tessera.protocol.params import RoundParams
+    from tessera.protocol.treecheck import TreeCheck
+
+    nodes = [NodeId(f"n{i}") for i in range(6)]
+    params = RoundParams(job_id=JobId("j"), rounds=2)
+    tree = TreeParams(k=3, group_size=2, fan_in=3)
+    for declared, round, statistics in [(False, 0, True), (True, 1, True), (True, 0, False)]:
+        check = TreeCheck(params, nodes, tree, statistics=declared)
+        keys = NodeKeys.from_seed(bytes(32))
+        node = Contributor(nodes[0], JobId("j"), SecureContext(keys, {}, check))
+        request = TrainRequest(
+            job_id=JobId("j"),
+            round=round,
+            weights=np.zeros(0 if statistics else 2, np.float32),
+            deadline=9.0,
+            secure=SecureAssignment(
+                group="L0",
+                clip=1.0,
+                aggregators=(nodes[1], nodes[2], nodes[3]),
+                backups=(),
+                full_position=0,
+                ring_bits=64,
+                frac_bits=8,
+                ring_terms=6,
+                max_weight=1.0,
+                loss_cap=20.0,
+                tree_digest="0" * 64,
+            ),
+            statistics=statistics,
+        )
+        [refused] = node.handle(MessageReceived(sender=COORDINATOR, message=request), 0.0)
+        assert isinstance(refused, Rejected)
+        assert "round 0 of a job with a statistics round" in refused.reason

@@ -234,9 +234,14 @@ class Contributor:
             return None
         if self.secure is None:
             return "this node has no keys for secure rounds"
-        if self.secure.tree_check is None:
+        check = self.secure.tree_check
+        if check is None:
             return None
-        return self.secure.tree_check.assignment_problem(self.node, request.round, request.secure)
+        # Counting is round 0 of a job that declares it, and only that: never a
+        # training round's request turned into a count of this node's records.
+        if request.statistics != (check.statistics and request.round == 0):
+            return "statistics are counted in round 0 of a job with a statistics round only"
+        return check.assignment_problem(self.node, request.round, request.secure)
 
     def _statistics_problem(self, ready: LocalStatisticsReady) -> str | None:
         """Why this node's statistics cannot be shared (the ring cannot hold them)."""
