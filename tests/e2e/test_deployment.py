@@ -1,7 +1,9 @@
 """A real deployment on loopback equals the simulator, round by round, bit for bit.
 
-Three secure rounds on Chem97 schools over TLS, with a FedProx recipe, a step
-learning-rate schedule, a tanh activation and dropout: a node
+A statistics round, then three secure training rounds on Chem97 schools over
+TLS: round 0 totals every node's statistics up the tree, and every node (and
+the AI provider) refits the job's encoding from that total; then a FedProx
+recipe, a step learning-rate schedule, a tanh activation and dropout: a node
 is killed (SIGKILL) in round 2, so it drops out, and in round 3 its
 aggregator seat is silent (a failing aggregator, replaced from the backups);
 the coordinator is killed and restarted in round 3. The simulator, replaying
@@ -88,7 +90,7 @@ class Replay(DeviceModel):
 
     def aggregator_failed(self, round: int) -> npt.NDArray[np.bool_]:
         failed = np.zeros(len(self.node_ids), bool)
-        failed[self.dead] = round >= 2
+        failed[self.dead] = round >= 3  # round 0 counted statistics; 1 to 3 trained
         return failed
 
     def training_seconds(self, node: int, samples: int, epochs: int) -> float:
@@ -143,8 +145,8 @@ def victim(dep: Deployment, job_id: str, beacon: bytes) -> int:
     orgs = dict(zip(nodes, dep.job.organisations or [None] * NODES, strict=True))
     tree = secure_params_of(cfg, clip_norm=1.0, max_weight=1.0).tree
     check = TreeCheck(round_params_of(cfg, job_id=job_id), nodes, tree, orgs, beacon=beacon)
-    seated = {n for g in check.tree(1).groups for n in (*g.aggregators, *g.backups)}
-    serving = {n for g in check.tree(2).groups for n in g.aggregators}
+    seated = {n for g in check.tree(2).groups for n in (*g.aggregators, *g.backups)}
+    serving = {n for g in check.tree(3).groups for n in g.aggregators}
     return next(i for i, n in enumerate(nodes) if n not in seated and n in serving)
 
 
@@ -166,13 +168,13 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     deployed: list[Vector] = []
     # Watch the coordinator itself, not the AI provider's evaluated rounds (which
     # lag): the victim is frozen within a poll of round 2 opening, killed after.
-    killer = KillWhenOpen(dep, round=1)
+    killer = KillWhenOpen(dep, round=2)  # round 0 counts statistics: 2 is the second to train
     killer.start()
 
     def on_round(rec: RoundRecord, weights: Vector) -> None:
         records.append(rec)
         deployed.append(weights.copy())
-        if rec.round == 1:
+        if rec.round == 2:
             time.sleep(0.3)  # round 3 is in flight
             dep.stop_coordinator(kill=True)
             dep.start_coordinator()  # same database, same port: it resumes
@@ -190,11 +192,11 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
         killer.join(10)
         dep.close()
 
-    assert [r.round for r in records] == [0, 1, 2]
+    assert [r.round for r in records] == [1, 2, 3]  # round 0 totalled the statistics
     assert all(not r.skipped for r in records)
     assert all(r.bytes_up > 0 and r.bytes_down > 0 for r in records)  # counted from the mailbox
     assert len(records[0].included) == NODES  # everyone alive in round 1
-    assert killer.frozen_in == 1, "the victim was not frozen while round 2 was open"
+    assert killer.frozen_in == 2, "the victim was not frozen while round 2 was open"
     killed_index = killer.index
     assert dep.node_id(killed_index) not in records[2].included  # dead by round 3
     assert records[2].participants >= NODES - 2
@@ -204,7 +206,11 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
         dropout=0.0,
         samples_per_second=1.0,
         seed=0,
-        included=tuple(frozenset(r.included) for r in records),
+        # round 0, the statistics round: every node counted (none was dead yet)
+        included=(
+            frozenset(dep.node_id(i) for i in range(NODES)),
+            *(frozenset(r.included) for r in records),
+        ),
         node_ids=tuple(dep.node_id(i) for i in range(NODES)),
         dead=killed_index,
     )

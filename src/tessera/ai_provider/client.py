@@ -93,11 +93,14 @@ def build_job(
     min_consents: int,
     purpose: str,
     created_at: float | None = None,
+    statistics: bool = False,
 ) -> tuple[SignedDocument, bytes]:
     """The signed job document and its initial weights (safetensors bytes).
 
     ``provider`` is the data provider's key fingerprint (``fetch_provider_key``);
-    ``created_at`` defaults to now (it is signed: the job's id depends on it).
+    ``created_at`` defaults to now (it is signed: the job's id depends on it);
+    ``statistics``: a secure job opens with a statistics round, and every number of
+    ``preprocessing`` is refitted from its total (``JobSpec.statistics``).
     """
     pre = Preprocessor.from_json(preprocessing)
     spec, recipe = model_spec_of(cfg, pre), recipe_of(cfg)
@@ -121,6 +124,7 @@ def build_job(
         purpose=purpose,
         min_consents=min_consents,
         created_at=created_at,
+        statistics=statistics,
     )
     return doc, data
 

@@ -25,7 +25,15 @@ from tessera.storage import JobRecord
 log = logging.getLogger("tessera.coordinator.access")
 
 #: What a node that consented to (or takes part in) a job may see of its status.
-NODE_STATUS = ("job_id", "digest", "state", "current_round", "final_weights", "error")
+NODE_STATUS = (
+    "job_id",
+    "digest",
+    "state",
+    "current_round",
+    "final_weights",
+    "error",
+    "statistics",  # the statistics round's total, which every node fits its encoding from
+)
 
 
 class Role(Enum):

@@ -33,6 +33,7 @@ is gathered for its commit), and the host owns the timers, so recovery is
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -47,6 +48,7 @@ from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec
 from tessera.jobs.records import RoundRecord
+from tessera.jobs.totals import statistics_document
 from tessera.protocol import Coordinator, SecureCoordinator
 from tessera.protocol.coordinator import CoordinatorSnapshot
 from tessera.protocol.effects import (
@@ -54,6 +56,7 @@ from tessera.protocol.effects import (
     Rejected,
     RoundClosed,
     Send,
+    StatisticsClosed,
 )
 from tessera.protocol.events import Event, JobStarted, ParticipantWithdrawn, TimerFired
 from tessera.protocol.kinds import Kind
@@ -78,7 +81,8 @@ class _Step:
     """What one event caused, gathered for a single commit."""
 
     outgoing: list[dict[str, Any]] = field(default_factory=list)
-    artefacts: dict[str, bytes] = field(default_factory=dict)
+    artefacts: dict[str, bytes] = field(default_factory=dict)  # weights
+    documents: dict[str, bytes] = field(default_factory=dict)  # JSON artefacts
     rounds: list[RoundRecord] = field(default_factory=list)
     job_update: dict[str, Any] | None = None
     rejected: list[str] = field(default_factory=list)
@@ -279,7 +283,8 @@ class JobDriver(Observer):
             record,
             outgoing=step.outgoing,
             rounds=step.rounds,
-            artefacts=[(data, WEIGHTS_MEDIA_TYPE) for data in step.artefacts.values()],
+            artefacts=[(data, WEIGHTS_MEDIA_TYPE) for data in step.artefacts.values()]
+            + [(data, "application/json") for data in step.documents.values()],
             job_update=step.job_update,
             snapshot=step.snapshot,
             forget_mail_before=forget,
@@ -316,6 +321,16 @@ class JobDriver(Observer):
             effect.participants,
             effect.selected,
         )
+
+    def statistics_closed(self, actor: NodeId, effect: StatisticsClosed) -> None:  # noqa: ARG002
+        """Keep the statistics round's total as an artefact of the job: its participants and
+        its AI provider fit the job's preprocessing from it (``Preprocessor.rescaled``)."""
+        step = self._current
+        data = statistics_document(effect.total, len(effect.included))
+        sha = hashlib.sha256(data).hexdigest()
+        step.documents[sha] = data
+        step.job_update = {**(step.job_update or {}), "statistics": sha, "current_round": 1}
+        log.info("%s statistics round closed: %d nodes", self.job_id, len(effect.included))
 
     def job_finished(self, actor: NodeId, effect: JobFinished) -> None:  # noqa: ARG002
         step = self._current

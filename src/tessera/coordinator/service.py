@@ -231,19 +231,18 @@ class CoordinatorService:
             check_tree_feasible(spec, spec.min_consents)
         except ConfigError as exc:
             raise Refused(422, f"with {spec.min_consents} participants: {exc}") from None
-        if spec.n_weights > MAX_PARAMETERS:  # its shares or updates could never be relayed
+        words = _vector_words(spec)
+        if words > MAX_PARAMETERS:  # its shares or updates could never be relayed
             raise Refused(
-                422, f"a model of {spec.n_weights:,} weights is over the {MAX_PARAMETERS:,} allowed"
+                422, f"a vector of {words:,} words is over the {MAX_PARAMETERS:,} allowed"
             )
         if spec.secure and spec.secure_params().audit:  # nor could its audits' evidence
             tree = spec.secure_params().tree
-            need = evidence_bytes(
-                spec.n_weights, k=tree.k, group_size=tree.group_size, fan_in=tree.fan_in
-            )
+            need = evidence_bytes(words, k=tree.k, group_size=tree.group_size, fan_in=tree.fan_in)
             if need > ENVELOPE_LIMITS[Kind.EVIDENCE]:
                 raise Refused(
                     422,
-                    f"audit evidence for {spec.n_weights:,} weights would reach {need >> 20} MiB, "
+                    f"audit evidence for {words:,} words would reach {need >> 20} MiB, "
                     f"over the {ENVELOPE_LIMITS[Kind.EVIDENCE] >> 20} MiB an envelope carries: "
                     "lower secure.fan_in or secure.group_size, or set secure.audit = false",
                 )
@@ -286,6 +285,7 @@ class CoordinatorService:
             "final_weights": job.final_weights,
             "error": job.error or None,
             "beacon": job.beacon,
+            "statistics": job.statistics,  # the statistics round's total (an artefact)
             "rounds": [r.to_json() for r in self.store.rounds(job_id)],
             "refused": driver.refusals[-20:] if driver else [],
         }
@@ -645,7 +645,7 @@ class CoordinatorService:
                 secure = spec.secure_params()
                 tree = secure.tree
                 found = relay_bounds(
-                    spec.n_weights,
+                    _vector_words(spec),
                     secure=True,
                     k=tree.k,
                     group_size=tree.group_size,
@@ -705,3 +705,9 @@ class _Lookup(Mapping[NodeId, PublicKeys]):
 
     def __len__(self) -> int:
         raise TypeError("the registry is looked up, never counted, here")
+
+
+def _vector_words(spec: JobSpec) -> int:
+    """The longest vector the job's nodes share: the model's, or its statistics round's."""
+    statistics = spec.secure_params().statistics if spec.secure else None
+    return max(spec.n_weights, statistics.length if statistics is not None else 0)

@@ -57,6 +57,7 @@ from tessera.data.derive import (
     parse_derivations,
     statistic_key,
 )
+from tessera.data.statistics import StatisticsPlan, Totals
 from tessera.errors import DataError
 from tessera.ids import Task
 
@@ -680,6 +681,66 @@ class Preprocessor:
         if self.image_shape is not None:
             x = x.reshape(n, *self.image_shape)
         return x
+
+    # -- federated statistics in a deployment --------------------------------------
+    def counted_rows(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``df`` a fit counts: derived columns added, and only rows holding
+        the target and every feature whose policy is ``drop``."""
+        frame = self.with_derived(_empty_as_numbers(df))
+        require_columns(frame, [self.target, *self.features])
+        drop = [c for c in self.columns if c.missing == "drop"]
+        keep = _usable(
+            frame,
+            self.target,
+            [c.name for c in drop if isinstance(c, _Numeric)],
+            [c.name for c in drop if isinstance(c, _Categorical)],
+            self.task,
+        )
+        return frame.iloc[np.flatnonzero(keep)]
+
+    def statistics_plan(self, relative_accuracy: float = 0.05) -> StatisticsPlan:
+        """What each node counts so that ``rescaled`` can fit this encoding's numbers:
+        the numeric features (and a regression target), the categorical ones over
+        their categories (and a classifier's classes)."""
+        if self.image_shape is not None:
+            raise DataError("federated statistics do not fit image jobs yet")
+        numeric = [c.name for c in self.columns if isinstance(c, _Numeric)]
+        categorical = [
+            (c.name, tuple(str(v) for v in c.categories))
+            for c in self.columns
+            if isinstance(c, _Categorical)
+        ]
+        if self.task is Task.REGRESSION:
+            numeric.append(self.target)
+        else:
+            categorical.append((self.target, tuple(str(v) for v in self.classes)))
+        return StatisticsPlan(tuple(numeric), tuple(categorical), relative_accuracy)
+
+    def rescaled(self, totals: Totals, *, standardize: bool) -> Preprocessor:
+        """This encoding with every number refitted from federated ``totals``
+        (``statistics_plan``'s): scales, imputation values, the target's scale.
+
+        Columns, categories, classes and derived columns stay: the model's
+        width is fixed before anything is counted.
+        """
+        columns: list[_Numeric | _Categorical] = []
+        for c in self.columns:
+            if isinstance(c, _Numeric):
+                n = totals.numeric[c.name]
+                mean, std = (n.mean, _safe_std(n.std, n.mean)) if n.count else (0.0, 1.0)
+                scale = (mean, std) if standardize else (c.mean, c.std)
+                fill = None if c.missing == "drop" else (n.mean if n.count else 0.0)
+                columns.append(replace(c, mean=scale[0], std=scale[1], fill=fill))
+            else:
+                counts = totals.categorical[c.name].counts
+                top = max((counts[str(v)] for v in c.categories), default=0)
+                mode = next((v for v in c.categories if counts[str(v)] == top), None)
+                columns.append(replace(c, fill=None if c.missing == "drop" else mode))
+        target_scale = self.target_scale
+        if self.task is Task.REGRESSION and target_scale is not None:
+            t = totals.numeric[self.target]
+            target_scale = (t.mean, _safe_std(t.std, t.mean))
+        return replace(self, columns=tuple(columns), target_scale=target_scale)
 
     def target_from_model(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """A regression model's outputs on the target's own scale (undoes ``target_scale``)."""

@@ -22,9 +22,13 @@ from tessera.ai_provider.client import (
     watch,
 )
 from tessera.config import JobConfig
+from tessera.data.statistics import Totals
 from tessera.deploy.local import PROVIDER_DATASET, Deployment
+from tessera.errors import RemoteProtocolError
 from tessera.jobs.document import JobSpec, check_tree_feasible
+from tessera.jobs.prepared import PreparedJob, rescale_job
 from tessera.jobs.records import BaselineResult, RoundRecord
+from tessera.jobs.totals import read_statistics_document
 from tessera.runtime.transport.client import CoordinatorClient
 from tessera.storage.private import write_private
 from tessera.training import evaluate
@@ -183,6 +187,7 @@ def run_job(
         preprocessing=preprocessing,
         min_consents=dep.n_nodes,
         purpose=f"train {cfg.job.name}: {cfg.job.task} of {cfg.data.target}",
+        statistics=federated_statistics(cfg),
     )
     # The signed job, kept beside the run: what the model's provenance points to.
     write_private(dep.out / "run" / "job.json", json.dumps(doc.to_json(), indent=1))
@@ -213,6 +218,8 @@ def run_job(
         for result in watch(client, job_id, timeout=timeout, poll=poll):
             now = time.monotonic()
             rec = result.record
+            if federated_statistics(cfg) and dep.job.statistics_vectors is None:
+                dep.job = rescale_job(dep.job, statistics_total(client, job_id, dep.job))
             score = holdout_scores(dep.job, result.weights)
             # A deployment's clock is the real one: time since the job started, as
             # the simulator's virtual_seconds, and this round's own duration.
@@ -243,3 +250,21 @@ def baseline_of(dep: Deployment) -> BaselineResult | None:
 
 def default_out(config: Path) -> Path:
     return Path("runs") / f"up-{config.stem}"
+
+
+def federated_statistics(cfg: JobConfig) -> bool:
+    """Whether ``tessera up`` opens the job with a statistics round: every secure job
+    but an image one (its one global scale is not refitted yet)."""
+    return cfg.secure.enabled and not cfg.data.image_shape
+
+
+def statistics_total(client: CoordinatorClient, job_id: str, job: PreparedJob) -> Totals:
+    """The job's statistics round's total, as the coordinator keeps it."""
+    sha = client.status(job_id).get("statistics")
+    if not isinstance(sha, str):
+        raise RemoteProtocolError(f"job {job_id} closed rounds without a statistics total")
+    assert job.preprocessor is not None
+    totals, _ = read_statistics_document(
+        client.get_artefact(sha), job.preprocessor.statistics_plan()
+    )
+    return totals

@@ -16,7 +16,7 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tessera.config import JobConfig, parse_config
@@ -27,10 +27,13 @@ from tessera.crypto.documents import (
     verify_document,
 )
 from tessera.crypto.keys import NodeKeys, PublicKeys
+from tessera.data.prepare import Preprocessor
+from tessera.data.statistics import TERM_BOUND
 from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.ids import JOB_DIGEST_DIGITS, JobId, NodeId, job_id_of
 from tessera.jobs.prepared import round_params_of, secure_params_of, strategy_of
 from tessera.protocol import RoundParams, SecureParams, Strategy
+from tessera.protocol.params import StatisticsRound
 from tessera.training import ModelSpec, Recipe
 
 JOB_KIND = DocumentKind.JOB
@@ -76,6 +79,10 @@ class JobSpec:
     min_consents: int
     ai_provider: PublicKeys
     created_at: float
+    # A secure job whose round 0 totals the nodes' statistics: every number of
+    # ``preprocessing`` (scales, fills, the target's scale) is then refitted from the
+    # total (``Preprocessor.rescaled``) by every node and the AI provider alike.
+    statistics: bool = False
 
     @property
     def digest(self) -> str:
@@ -94,9 +101,17 @@ class JobSpec:
     def secure_params(self) -> SecureParams:
         if self.recipe.clip_norm is None or self.config.secure.max_weight is None:
             raise ConfigError("secure", "a deployed secure job declares clip_norm and max_weight")
-        return secure_params_of(
+        params = secure_params_of(
             self.config, clip_norm=self.recipe.clip_norm, max_weight=self.config.secure.max_weight
         )
+        if not self.statistics:
+            return params
+        plan = self.preprocessor().statistics_plan()
+        return replace(params, statistics=StatisticsRound(length=plan.length, bound=TERM_BOUND))
+
+    def preprocessor(self) -> Preprocessor:
+        """The encoding the document carries (before a statistics round rescales it)."""
+        return Preprocessor.from_json(self.preprocessing)
 
     @classmethod
     def from_document(cls, doc: SignedDocument) -> JobSpec:
@@ -148,10 +163,19 @@ class JobSpec:
             min_consents=min_consents,
             ai_provider=doc.signer,
             created_at=float(body["created_at"]),
+            statistics=_flag(body.get("statistics", False), "statistics"),
         )
+        if spec.statistics and not spec.secure:
+            raise ValueError("a statistics round is a secure job's")
         if spec.secure:
             spec.secure_params()  # a secure job must be complete
         return spec
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false")
+    return value
 
 
 def check_tree_feasible(
@@ -199,6 +223,7 @@ def make_job_document(
     purpose: str,
     min_consents: int,
     created_at: float | None = None,
+    statistics: bool = False,
 ) -> SignedDocument:
     """The AI provider signs a job; ``JobSpec.from_document`` is its reader."""
     body = {
@@ -214,6 +239,8 @@ def make_job_document(
         "ai_provider": keys.public.fingerprint,
         "created_at": time.time() if created_at is None else created_at,
     }
+    if statistics:  # absent otherwise: an older reader's documents stay byte for byte
+        body["statistics"] = True
     doc = sign_document(keys, JOB_KIND, body)
     JobSpec.from_document(doc)  # refuse to sign what no one could read
     return doc

@@ -43,6 +43,7 @@ from tessera.data import (
 )
 from tessera.data.federated import FederatedSummaries, TotalsOf, node_of_rows, plain_totals
 from tessera.data.prepare import Summarizer, summarize
+from tessera.data.statistics import Totals
 from tessera.errors import ConfigError, DataError
 from tessera.ids import JobId, NodeId, Task
 from tessera.protocol import RoundParams, SecureParams, Strategy, TreeParams, make_strategy
@@ -119,6 +120,8 @@ class PreparedJob:
     # and MAE on the target's own scale (tessera.runtime.sim.job.holdout_scores).
     preprocessor: Preprocessor | None = None
     statistics: FederatedFit | None = None  # how the preprocessing was fitted, if federated
+    # A deployment's replay: what each node counted in the job's statistics round.
+    statistics_vectors: npt.NDArray[np.float64] | None = None
 
     @property
     def task(self) -> Task:
@@ -542,3 +545,38 @@ def _federated_fit(
         rounds=summaries.rounds, nodes=part.n_nodes, secure=secure, columns=summaries.columns
     )
     return pre, train, fitted
+
+
+def rescale_job(job: PreparedJob, totals: Totals) -> PreparedJob:
+    """``job`` (``prepare_job``'s, maybe ``first_nodes``) as a deployment with a statistics
+    round runs it: its encoding refitted from ``totals`` (``Preprocessor.rescaled``), the
+    nodes' records and the test set encoded again, and what each node counted in that
+    round (``statistics_vectors``, for the simulator's replay of the round)."""
+    cfg, pooled = job.config, job.preprocessor
+    assert pooled is not None
+    pre = pooled.rescaled(totals, standardize=cfg.data.standardize)
+    train_df, test_df = split_table(cfg)
+    rows = train_df.reset_index(drop=True)
+    carried, group_col = _carried_column(cfg, rows)
+    train = pre.transform(carried, group_column=group_col)
+    part = _partition(cfg, train, cfg.job.seed)
+    stop = int(job.offsets[-1])
+    if not np.array_equal(part.offsets[: job.n_nodes + 1], job.offsets):
+        raise DataError("the refitted encoding keeps other rows than the job's")
+    kept = pooled.transform(rows.assign(**{_ROW: np.arange(len(rows))}), group_column=_ROW)
+    assert kept.groups is not None
+    node = node_of_rows(len(rows), kept.groups.astype(np.intp), part.order, part.offsets)
+    plan = pooled.statistics_plan()
+    counted = pooled.counted_rows(rows)
+    in_job = node[counted.index.to_numpy()] < job.n_nodes  # the first nodes only
+    vectors = plan.vectors(
+        counted.iloc[np.flatnonzero(in_job)], node[counted.index.to_numpy()][in_job], job.n_nodes
+    )
+    return replace(
+        job,
+        x=train.x[part.order][:stop],
+        y=train.y[part.order][:stop],
+        test=pre.transform(test_df),
+        preprocessor=pre,
+        statistics_vectors=vectors,
+    )

@@ -5,18 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tessera.crypto.fixedpoint import choose_ring
+from tessera.data.statistics import TERM_BOUND
 from tessera.jobs.prepared import PreparedJob, secure_params_of
 from tessera.protocol.limits import TAIL
+from tessera.protocol.params import StatisticsRound
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import derive_tree
 
 
 def secure_params(job: PreparedJob) -> SecureParams:
+    """The job's secure settings; with ``statistics_vectors`` (a deployment's replay),
+    round 0 is the statistics round those vectors are counted in."""
     assert job.recipe.clip_norm is not None  # the config refuses secure jobs without it
     params = secure_params_of(
         job.config, clip_norm=job.recipe.clip_norm, max_weight=float(job.node_samples.max())
     )
-    return replace(params, beacon=job.beacon)
+    vectors = job.statistics_vectors
+    statistics = (
+        None if vectors is None else StatisticsRound(length=vectors.shape[1], bound=TERM_BOUND)
+    )
+    return replace(params, beacon=job.beacon, statistics=statistics)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ from tessera.jobs.beacon import (
     sign_reveal,
 )
 from tessera.jobs.document import JobSpec
+from tessera.jobs.totals import read_statistics_document
 from tessera.protocol import Aggregator, Contributor, Node, TreeCheck
 from tessera.protocol.contributor import SecureContext
 from tessera.protocol.effects import (
@@ -76,6 +77,7 @@ from tessera.protocol.effects import (
 )
 from tessera.protocol.events import (
     Event,
+    LocalStatisticsReady,
     LocalTrainingFailed,
     LocalUpdateReady,
 )
@@ -133,6 +135,7 @@ class _Job:
     shuffle_id: int
     receipt: SignedDocument | None
     data: tuple[np.ndarray, np.ndarray] | None = None
+    frame: pd.DataFrame | None = None  # the user's raw records, fetched once
     host: Host = field(init=False)  # its ports need the job: set right after
 
 
@@ -428,6 +431,7 @@ class NodeAgent:
                 organisations,
                 audit=(secure.audit, secure.audit_fraction),
                 beacon=beacon_of(spec.digest, secrets_by_node),
+                statistics=spec.statistics,
             )
             machine = Node(
                 Contributor(
@@ -462,6 +466,7 @@ class NodeAgent:
             clock=WallClock(),
             job_seed=spec.config.job.seed,
             trainer=_SandboxTrainer(self, job),
+            counter=_Counter(self, job),
             observer=_Log(self.node),
         )
         self.jobs[job_id] = job
@@ -500,10 +505,41 @@ class NodeAgent:
             loss=outcome.loss,
         )
 
+    def _count(self, job: _Job, round: int) -> Event:
+        """This user's statistics for the job's statistics round: what a fit counts of
+        its records (``Preprocessor.counted_rows``), by the plan the document implies."""
+        try:
+            pre = job.spec.preprocessor()
+            vector = pre.statistics_plan().vector(pre.counted_rows(self._frame(job)))
+        except (TesseraError, httpx.HTTPError) as exc:
+            log.warning("%s: could not count the records: %s", self.node, exc)
+            return LocalTrainingFailed(round=round, reason=str(exc)[:200])
+        return LocalStatisticsReady(round=round, vector=vector)
+
     def _records(self, job: _Job) -> tuple[np.ndarray, np.ndarray]:
-        """The user's records for this job, from the provider, with the consent receipt."""
+        """The user's records for this job, encoded as every participant encodes them."""
         if job.data is not None:
             return job.data
+        prepared = self._preprocessor(job).transform(self._frame(job))
+        job.data = (prepared.x, prepared.y)
+        return job.data
+
+    def _preprocessor(self, job: _Job) -> Preprocessor:
+        """The document's encoding; after a statistics round, refitted from its total."""
+        spec = job.spec
+        pre = spec.preprocessor()
+        if not spec.statistics:
+            return pre
+        sha = self.client.status(spec.job_id).get("statistics")
+        if not isinstance(sha, str):
+            raise TesseraError("the job's statistics round has no total yet")
+        totals, _ = read_statistics_document(self.client.get_artefact(sha), pre.statistics_plan())
+        return pre.rescaled(totals, standardize=spec.config.data.standardize)
+
+    def _frame(self, job: _Job) -> pd.DataFrame:
+        """The user's raw records for this job, from the provider, with the consent receipt."""
+        if job.frame is not None:
+            return job.frame
         if job.receipt is None or self.cfg.subject is None:
             raise TesseraError("this node holds no consent receipt (or user id) for the job")
         spec = job.spec
@@ -527,10 +563,8 @@ class NodeAgent:
             "request": request.to_json(),
         }
         payload = self._provider_post("/v1/records", body).json()
-        frame = pd.DataFrame(payload["rows"], columns=payload["fields"])
-        prepared = Preprocessor.from_json(spec.preprocessing).transform(frame)
-        job.data = (prepared.x, prepared.y)
-        return job.data
+        job.frame = pd.DataFrame(payload["rows"], columns=payload["fields"])
+        return job.frame
 
     # -- small persistence ------------------------------------------------------------------
     def _receipt_path(self, job_id: str) -> Path:
@@ -576,6 +610,16 @@ class _SandboxTrainer:
 
     def start(self, actor: NodeId, task: TrainingTask) -> Event | None:  # noqa: ARG002
         return self.agent._train(self.job, task)
+
+
+class _Counter:
+    """The hosts' counter: the user's records counted by the job's statistics plan."""
+
+    def __init__(self, agent: NodeAgent, job: _Job) -> None:
+        self.agent, self.job = agent, job
+
+    def count(self, actor: NodeId, round: int) -> Event | None:  # noqa: ARG002
+        return self.agent._count(self.job, round)
 
 
 class _Log(Observer):

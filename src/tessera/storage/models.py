@@ -83,6 +83,8 @@ job = Table(
     Column("current_round", Integer, nullable=True),
     # A secure job's tree beacon (hex), fixed once every participant revealed its secret.
     Column("beacon", String(64), nullable=True),
+    # The artefact holding its statistics round's total (a job with one), once decoded.
+    Column("statistics", String(64), nullable=True),
 )
 
 consent = Table(

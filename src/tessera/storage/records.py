@@ -34,6 +34,7 @@ class JobRecord:
     error: str | None
     current_round: int | None
     beacon: str | None = None
+    statistics: str | None = None  # sha256 of the statistics round's total, if any
 
 
 @dataclass(frozen=True)

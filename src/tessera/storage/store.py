@@ -63,10 +63,12 @@ def _job_values(
     error: str | None = None,
     current_round: int | None = None,
     beacon: str | None = None,
+    statistics: str | None = None,
 ) -> dict[str, Any]:
     """The columns an update sets; None means "leave as is". TypeError on unknown keys."""
     values = {
         "beacon": beacon,
+        "statistics": statistics,
         "state": state,
         "participants": None if participants is None else list(participants),
         "started_at": started_at,
@@ -681,6 +683,7 @@ def _job(r: Row[Any]) -> JobRecord:
         error=r.error,
         current_round=r.current_round,
         beacon=r.beacon,
+        statistics=r.statistics,
     )
 
 

@@ -63,6 +63,7 @@ def simulate(
         job.spec, job.recipe, job.x, job.y, job.offsets, max_chunk_elements=sim_cfg.chunk_elements
     )
     secure = cfg.secure.enabled if secure is None else secure
+    vectors = job.statistics_vectors
     machines: list[Node] | None = None
     coordinator: Coordinator
     if secure:
@@ -136,6 +137,10 @@ def simulate(
         on_round=record,
         machines=machines,
         charge_compute=charge_compute,
+        # A deployment's replay opens with its statistics round, as the deployment did.
+        statistics=(
+            None if vectors is None or not secure else lambda node: np.asarray(vectors[node])
+        ),
     )
     start = time.perf_counter()
     weights = sim.run()
