@@ -136,3 +136,13 @@ def test_every_row_needs_a_node() -> None:
         plan().vectors(TABLE, np.zeros(len(TABLE) - 1, np.int64), 1)
     with pytest.raises(DataError, match="every row needs a node"):
         plan().vectors(TABLE, np.full(len(TABLE), 3, np.int64), 2)
+
+
+def test_a_category_read_as_a_number_or_a_float_counts_alike() -> None:
+    """A table reads a class column with gaps as floats (2.0), a node's JSON records as
+    integers (2): both are the plan's "2", never "other"."""
+    plan = StatisticsPlan((), (("grade", ("0", "2")),))
+    for column in ([0, 2, 2], [0.0, 2.0, 2.0], np.array([0, 2, 2], np.int64)):
+        totals = plan.totals(plan.vector(pd.DataFrame({"grade": column})))
+        assert totals.categorical["grade"].counts == {"0": 1, "2": 2}
+        assert totals.categorical["grade"].other == 0

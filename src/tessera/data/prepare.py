@@ -57,7 +57,7 @@ from tessera.data.derive import (
     parse_derivations,
     statistic_key,
 )
-from tessera.data.statistics import StatisticsPlan, Totals
+from tessera.data.statistics import StatisticsPlan, Totals, category_of
 from tessera.errors import DataError
 from tessera.ids import Task
 
@@ -706,14 +706,14 @@ class Preprocessor:
             raise DataError("federated statistics do not fit image jobs yet")
         numeric = [c.name for c in self.columns if isinstance(c, _Numeric)]
         categorical = [
-            (c.name, tuple(str(v) for v in c.categories))
+            (c.name, tuple(category_of(v) for v in c.categories))
             for c in self.columns
             if isinstance(c, _Categorical)
         ]
         if self.task is Task.REGRESSION:
             numeric.append(self.target)
         else:
-            categorical.append((self.target, tuple(str(v) for v in self.classes)))
+            categorical.append((self.target, tuple(category_of(v) for v in self.classes)))
         return StatisticsPlan(tuple(numeric), tuple(categorical), relative_accuracy)
 
     def rescaled(self, totals: Totals, *, standardize: bool) -> Preprocessor:
@@ -733,8 +733,8 @@ class Preprocessor:
                 columns.append(replace(c, mean=scale[0], std=scale[1], fill=fill))
             else:
                 counts = totals.categorical[c.name].counts
-                top = max((counts[str(v)] for v in c.categories), default=0)
-                mode = next((v for v in c.categories if counts[str(v)] == top), None)
+                top = max((counts[category_of(v)] for v in c.categories), default=0)
+                mode = next((v for v in c.categories if counts[category_of(v)] == top), None)
                 columns.append(replace(c, fill=None if c.missing == "drop" else mode))
         target_scale = self.target_scale
         if self.task is Task.REGRESSION and target_scale is not None:

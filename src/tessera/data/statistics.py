@@ -53,7 +53,13 @@ _CATEGORY_WORDS = 2  # missing, other; then one count per domain value
 
 
 def _value_key(value: object) -> str:
-    """A category's name in a plan: its text (the plan travels as JSON)."""
+    """A category's name in a plan: its text (the plan travels as JSON), one text per
+    value however it was read: a whole number as an integer (``2``, ``2.0``,
+    ``numpy.int64(2)``: ``"2"``), as a node's JSON records and a table differ there."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 

@@ -1,0 +1,154 @@
+"""A deployment's statistics round, piece by piece: the plan a document implies, what a
+node counts, the total the coordinator keeps, and the encoding refitted from it.
+
+The end-to-end run (tests/e2e/test_deployment.py) checks the whole: a deployment
+that opens with a statistics round equals the simulator's replay bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tessera.ai_provider.client import build_job
+from tessera.config import parse_config
+from tessera.crypto.keys import NodeKeys
+from tessera.data.prepare import Preprocessor
+from tessera.errors import DataError, RemoteProtocolError
+from tessera.jobs.document import JobSpec
+from tessera.jobs.totals import read_statistics_document, statistics_document
+
+ROWS = pd.DataFrame(
+    {
+        "score": [0, 2, 4, 2, 0, 4, 6, None],
+        "gcsescore": [5.0, 6.0, np.nan, 6.5, 4.5, 7.5, 8.0, 5.5],
+        "gender": ["F", "M", "F", None, "F", "M", "M", "F"],
+    }
+)
+
+
+def fitted(**kwargs: object) -> Preprocessor:
+    return Preprocessor.fit(
+        ROWS,
+        target="score",
+        features=["gcsescore", "gender"],
+        categorical=["gender"],
+        task="classification",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_the_plan_counts_what_the_encoding_learns() -> None:
+    pre = fitted(missing="impute")
+    plan = pre.statistics_plan()
+    assert plan.numeric == ("gcsescore",)
+    assert dict(plan.categorical) == {"gender": ("F", "M"), "score": ("0", "2", "4", "6")}
+    regression = Preprocessor.fit(
+        ROWS, target="gcsescore", features=["score"], task="regression", missing="impute"
+    )
+    assert regression.statistics_plan().numeric == ("score", "gcsescore")
+
+
+def test_a_node_counts_the_rows_a_fit_would_use() -> None:
+    dropped = fitted()  # drop: rows missing the target, the score or the gender go
+    assert len(dropped.counted_rows(ROWS)) == 5
+    imputed = fitted(missing="impute")  # impute: only the row missing its target goes
+    assert len(imputed.counted_rows(ROWS)) == 7
+
+
+def test_refitting_from_the_rows_own_totals_gives_the_pooled_fit_back() -> None:
+    pre = fitted(missing="impute")
+    plan = pre.statistics_plan()
+    totals = plan.totals(plan.vector(pre.counted_rows(ROWS)))
+    zeroed = Preprocessor.from_json(
+        {
+            **pre.to_json(),
+            "columns": [
+                {**c, "mean": 0.0, "std": 1.0} if c.get("kind") == "numeric" else c
+                for c in pre.to_json()["columns"]
+            ],
+        }
+    )
+    again = zeroed.rescaled(totals, standardize=True)
+    for got, want in zip(again.columns, pre.columns, strict=True):
+        assert got.name == want.name and got.fill == pytest.approx(want.fill)
+        if hasattr(want, "mean"):
+            assert (got.mean, got.std) == pytest.approx((want.mean, want.std))
+    assert again.classes == pre.classes  # the width of the model never moves
+    x = again.transform(ROWS).x
+    np.testing.assert_allclose(x, pre.transform(ROWS).x, rtol=1e-12)
+
+
+def test_an_image_job_is_not_refitted_from_statistics_yet() -> None:
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0, 1, 0], "y": [0, 1, 0, 1]})
+    pre = Preprocessor.fit(frame, target="y", task="classification", image_shape=(1, 2))
+    with pytest.raises(DataError, match="image jobs"):
+        pre.statistics_plan()
+
+
+def test_a_total_reads_back_bit_for_bit_and_junk_is_refused() -> None:
+    plan = fitted(missing="impute").statistics_plan()
+    total = np.random.default_rng(0).normal(size=plan.length) * 1e6
+    data = statistics_document(total, 7)
+    totals, nodes = read_statistics_document(data, plan)
+    assert nodes == 7
+    np.testing.assert_array_equal(
+        [totals.numeric["gcsescore"].sum], [total[2]]
+    )  # float64 exactly, through JSON
+    bad = [
+        b"not json",
+        b'{"format": "other"}',
+        statistics_document(total[:-1], 7),
+        statistics_document(total, 7).replace(b'"nodes":7', b'"nodes":0'),
+    ]
+    for junk in bad:
+        with pytest.raises(RemoteProtocolError):
+            read_statistics_document(junk, plan)
+    with pytest.raises(ValueError, match="JSON"):  # no NaN in JSON: such a total is not written
+        statistics_document(np.full(plan.length, math.nan), 1)
+
+
+def _job(secure: bool, statistics: bool) -> JobSpec:
+    cfg = parse_config(
+        {
+            "job": {"name": "stats", "seed": 3, "task": "classification"},
+            "data": {"source": "csv", "dataset": "r.csv", "target": "score",
+                     "features": ["gcsescore", "gender"], "categorical": ["gender"]},
+            "partition": {"scheme": "natural", "column": "school"},
+            "model": {"kind": "linear"},
+            "recipe": {"clip_norm": 5.0},
+            "federation": {"rounds": 2},
+            "secure": {"enabled": secure, "max_weight": 10.0},
+        }
+    )  # fmt: skip
+    doc, _ = build_job(
+        cfg,
+        NodeKeys.from_seed(bytes(32)),
+        provider="ab" * 32,
+        dataset="records",
+        user_field="school",
+        preprocessing=fitted(missing="impute").to_json(),
+        min_consents=3,
+        purpose="test",
+        created_at=1.0,
+        statistics=statistics,
+    )
+    return JobSpec.from_document(doc)
+
+
+def test_a_secure_document_declares_its_statistics_round() -> None:
+    spec = _job(secure=True, statistics=True)
+    assert spec.statistics
+    params = spec.secure_params()
+    assert params.statistics is not None
+    assert params.statistics.length == spec.preprocessor().statistics_plan().length
+    assert not _job(secure=True, statistics=False).secure_params().statistics
+    assert "statistics" not in _job(secure=True, statistics=False).document.body
+
+
+def test_a_plaintext_job_cannot_declare_a_statistics_round() -> None:
+    with pytest.raises(RemoteProtocolError, match="secure job"):
+        _job(secure=False, statistics=True)
