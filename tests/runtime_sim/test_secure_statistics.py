@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tessera.data.statistics import StatisticsPlan
 from tessera.errors import DataError, RemoteProtocolError
-from tessera.ids import JobId
+from tessera.ids import JobId, NodeId
 from tessera.protocol.messages import SecureAssignment, TrainRequest
 from tessera.protocol.topology import TreeParams
 from tessera.runtime.sim.statistics import secure_totals
@@ -101,20 +101,25 @@ def test_too_few_nodes_is_an_error_not_a_total() -> None:
         secure_totals(PLAN, [good] * 6 + [bad], min_nodes=7, tree=tree)
 
 
-def test_a_statistics_request_carries_no_weights_and_is_secure() -> None:
-    assignment = SecureAssignment(
-        group="g0",
+def seats(*aggregators: str) -> SecureAssignment:
+    """A position in a group served by ``aggregators`` (a 64-bit ring, 8 fraction bits)."""
+    return SecureAssignment(
+        group="L0",
         clip=1.0,
-        aggregators=("a", "b"),
+        aggregators=tuple(NodeId(a) for a in aggregators),
         backups=(),
         full_position=0,
         ring_bits=64,
         frac_bits=8,
-        ring_terms=4,
+        ring_terms=6,
         max_weight=1.0,
         loss_cap=20.0,
         tree_digest="0" * 64,
     )
+
+
+def test_a_statistics_request_carries_no_weights_and_is_secure() -> None:
+    assignment = seats("a", "b")
     with pytest.raises(RemoteProtocolError, match="no weights"):
         TrainRequest(
             job_id=JobId("j"),
@@ -138,7 +143,7 @@ def test_a_node_counts_only_in_the_statistics_round_its_job_declares() -> None:
     """A coordinator cannot turn a training round into a count of a node's records,
     nor skip the count a job declares (the node checks against its own TreeCheck)."""
     from tessera.crypto.keys import NodeKeys
-    from tessera.ids import COORDINATOR, NodeId
+    from tessera.ids import COORDINATOR
     from tessera.protocol.contributor import Contributor, SecureContext
     from tessera.protocol.effects import Rejected
     from tessera.protocol.events import MessageReceived
@@ -157,19 +162,7 @@ def test_a_node_counts_only_in_the_statistics_round_its_job_declares() -> None:
             round=round,
             weights=np.zeros(0 if statistics else 2, np.float32),
             deadline=9.0,
-            secure=SecureAssignment(
-                group="L0",
-                clip=1.0,
-                aggregators=(nodes[1], nodes[2], nodes[3]),
-                backups=(),
-                full_position=0,
-                ring_bits=64,
-                frac_bits=8,
-                ring_terms=6,
-                max_weight=1.0,
-                loss_cap=20.0,
-                tree_digest="0" * 64,
-            ),
+            secure=seats(*nodes[1:4]),
             statistics=statistics,
         )
         [refused] = node.handle(MessageReceived(sender=COORDINATOR, message=request), 0.0)

@@ -164,52 +164,17 @@ class StatisticsPlan:
         Missing means NaN, None or an infinity. Raises DataError for a value
         over ``HUGE`` in size or a non-numeric value in a numeric column.
         """
-        require_columns(table, self.columns)
-        out = np.zeros(self.length, np.float64)
-        at = 0
-        for column in self.numeric:
-            values = _numeric(table, column)
-            present = values[np.isfinite(values)]
-            if present.size and float(np.abs(present).max()) > HUGE:
-                raise DataError(
-                    f"column {column!r} of {table_name(table)} holds a value over {HUGE:.3g} "
-                    "in size: rescale it for federated statistics"
-                )
-            out[at : at + _NUMERIC_WORDS] = (
-                present.size,
-                values.size - present.size,
-                float(present.sum()),
-                float(np.dot(present, present)),
-            )
-            at += _NUMERIC_WORDS
-            out[at : at + self.buckets] = self._sketch_counts(present)
-            at += self.buckets
-        for column, domain in self.categorical:
-            raw = table[column]
-            missing = raw.isna().to_numpy()
-            counts = raw[~missing].map(_value_key).value_counts()
-            known = [int(counts.get(v, 0)) for v in domain]
-            out[at : at + _CATEGORY_WORDS + len(domain)] = (
-                int(missing.sum()),
-                int((~missing).sum()) - sum(known),
-                *known,
-            )
-            at += _CATEGORY_WORDS + len(domain)
-        if bool(np.abs(out).max(initial=0.0) > TERM_BOUND):
-            raise DataError(
-                f"a node's statistics exceed {TERM_BOUND:.3g} (too many records of large "
-                "values): rescale the columns or split the node"
-            )
-        return out
+        vector: npt.NDArray[np.float64] = self.vectors(table, np.zeros(len(table), np.int64), 1)[0]
+        return vector
 
     def vectors(
         self, table: pd.DataFrame, nodes: npt.NDArray[np.int64], n_nodes: int
     ) -> npt.NDArray[np.float64]:
-        """Every node's ``vector`` at once: row i is node i's, from the rows ``nodes`` gives it.
+        """Every node's vector at once: row i is node i's, from the rows ``nodes`` gives it.
 
-        The simulator's shortcut for many nodes (one pass, not one per node);
-        each row equals ``vector`` of that node's rows (tests check it). Raises
-        DataError as ``vector`` does, for the table as a whole.
+        The simulator counts many nodes in one pass; a node counts itself with
+        ``vector`` (this, for one node). Raises DataError as ``vector`` says,
+        for the table as a whole.
         """
         require_columns(table, self.columns)
         if len(nodes) != len(table) or (
@@ -263,7 +228,8 @@ class StatisticsPlan:
         return out
 
     def _buckets_of(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        """Each value's sketch bucket, in the dense layout of ``_sketch_counts``."""
+        """Each value's sketch bucket in the dense layout: negative keys high to low,
+        zero (magnitudes under TINY), positive keys low to high."""
         low, high = self._keys
         width = high - low + 1
         key = self.mapping.key
@@ -273,21 +239,6 @@ class StatisticsPlan:
             keys = np.fromiter((key(float(abs(values[i]))) for i in where), np.int64, where.size)
             out[where] = keys - low + width + 1 if sign > 0 else high - keys
         return out
-
-    def _sketch_counts(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Dense bucket counts: negative keys high to low, zero, positive keys low to high."""
-        low, high = self._keys
-        width = high - low + 1
-        counts = np.zeros(self.buckets, np.float64)
-        small = np.abs(values) < TINY
-        counts[width] = int(small.sum())
-        key = self.mapping.key
-        for sign, offset in ((-1.0, 0), (1.0, width + 1)):
-            magnitudes = values[(np.sign(values) == sign) & ~small] * sign
-            keys = np.fromiter((key(float(m)) for m in magnitudes), np.int64, magnitudes.size)
-            index = keys - low if sign > 0 else high - keys
-            np.add.at(counts, offset + index, 1.0)
-        return counts
 
     # -- the total ---------------------------------------------------------------
     def totals(self, vector: npt.NDArray[np.floating[Any]]) -> Totals:
