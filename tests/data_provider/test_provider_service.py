@@ -166,12 +166,22 @@ def test_catalogue_lists_datasets_without_records(
 ) -> None:
     answer = http.get("/v1/catalogue")
     assert answer.status_code == 200
-    assert answer.json() == {
-        "datasets": [table.describe(), lrs.describe()],
-        "coordinator": COORDINATOR,
-        "provider": P.public.fingerprint,
-    }
-    assert answer.json()["datasets"][0]["users"] == 2410
+    body = answer.json()
+    without_values = [
+        {**d, "fields": [{k: v for k, v in f.items() if k != "values"} for f in d["fields"]]}
+        for d in body["datasets"]
+    ]
+    assert without_values == [table.describe(), lrs.describe()]
+    assert (body["coordinator"], body["provider"]) == (COORDINATOR, P.public.fingerprint)
+    assert body["datasets"][0]["users"] == 2410
+    # The schema of a job's categories and classes: the values of a field of few values
+    # that at least 10 records hold; never the user field's, nor a many-valued field's.
+    fields = {f["name"]: f for f in body["datasets"][0]["fields"]}
+    assert fields["gender"]["values"] == ["F", "M"]
+    assert fields["score"]["values"] == [0, 2, 4, 6, 8, 10]
+    assert fields["school"].get("values") is None and fields["gcsescore"].get("values") is None
+    rare = table.table()["age"].value_counts()
+    assert set(fields["age"]["values"]) == {int(v) for v in rare[rare >= 10].index}
 
 
 @pytest.mark.parametrize("dataset", ["chem97", "chem97-lrs"])

@@ -152,3 +152,56 @@ def test_a_secure_document_declares_its_statistics_round() -> None:
 def test_a_plaintext_job_cannot_declare_a_statistics_round() -> None:
     with pytest.raises(RemoteProtocolError, match="secure job"):
         _job(secure=False, statistics=True)
+
+
+def test_an_encoding_from_the_schema_refits_to_the_pooled_fit() -> None:
+    """No aggregate from the data provider: the catalogue's values fix the width, the
+    statistics round's total every number; the result encodes as the pooled fit does."""
+    pooled = fitted(missing="impute")
+    schema = Preprocessor.schema(
+        target="score",
+        features=["gcsescore", "gender"],
+        categorical=["gender"],
+        task="classification",
+        missing="impute",
+        domains={"gender": ["F", "M"], "score": [0, 2, 4, 6]},
+    )
+    plan = schema.statistics_plan()
+    assert plan == pooled.statistics_plan()
+    totals = plan.totals(plan.vector(schema.counted_rows(ROWS)))
+    refit = schema.rescaled(totals, standardize=True)
+    np.testing.assert_allclose(
+        refit.transform(ROWS).x, pooled.transform(ROWS).x, rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_array_equal(refit.transform(ROWS).y, pooled.transform(ROWS).y)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"derive": [("high", "gcsescore > median(gcsescore)")]}, "needs statistics"),
+        ({"domains": {"score": [0, 2]}}, "no values of 'gender'"),
+        ({"domains": {"gender": ["F"], "score": [0]}}, "2 at least"),
+        ({"features": []}, "names its features"),
+    ],
+)
+def test_the_schema_says_what_it_cannot_encode(change: dict, message: str) -> None:
+    args: dict = {
+        "target": "score",
+        "features": ["gcsescore", "gender"],
+        "categorical": ["gender"],
+        "task": "classification",
+        "domains": {"gender": ["F", "M"], "score": [0, 2]},
+    }
+    with pytest.raises(DataError, match=message):
+        Preprocessor.schema(**{**args, **change})
+
+
+def test_tessera_up_falls_back_to_the_aggregates_only_saying_why() -> None:
+    from tessera.ai_provider.client import schema_preprocessing
+
+    cfg = _job(secure=True, statistics=True).config
+    encoding, why = schema_preprocessing(cfg, {"gender": ["F", "M"], "score": [0, 2, 4]})
+    assert encoding is not None and why == ""
+    missing, why = schema_preprocessing(cfg, {"score": [0, 2, 4]})
+    assert missing is None and "gender" in why

@@ -22,7 +22,7 @@ from tessera.config import JobConfig
 from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys
 from tessera.data.prepare import Preprocessor
-from tessera.errors import RemoteProtocolError
+from tessera.errors import DataError, RemoteProtocolError
 from tessera.jobs.document import DataRequest, JobSpec, make_job_document
 from tessera.jobs.prepared import model_spec_of, recipe_of
 from tessera.jobs.records import RoundRecord
@@ -35,6 +35,46 @@ from tessera.runtime.transport.mail import (
 )
 from tessera.training import init_weights, layout
 from tessera.weights import Vector
+
+
+def fetch_schema(
+    provider: str, dataset: str, *, verify: ssl.SSLContext | bool = True
+) -> dict[str, list[Any]]:
+    """The values of each field of few values that the data provider's public catalogue
+    lists for ``dataset`` (those enough records hold): categories and classes."""
+    with httpx.Client(base_url=provider.rstrip("/"), verify=verify, timeout=30) as http:
+        answer = http.get("/v1/catalogue")
+    if answer.status_code != 200:
+        raise RemoteProtocolError(f"the data provider's catalogue: {answer.status_code}")
+    for entry in answer.json().get("datasets", []):
+        if entry.get("name") == dataset:
+            return {f["name"]: list(f["values"]) for f in entry["fields"] if f.get("values")}
+    raise RemoteProtocolError(f"the data provider offers no dataset {dataset!r}")
+
+
+def schema_preprocessing(
+    cfg: JobConfig, schema: dict[str, list[Any]]
+) -> tuple[dict[str, Any] | None, str]:
+    """The job's encoding from the schema alone (``Preprocessor.schema``), its numbers to
+    be fitted by the statistics round; or None and why it needs the provider's aggregates."""
+    d = cfg.data
+    if not d.features:
+        return None, "the job names no features (every column): the catalogue cannot say which"
+    try:
+        pre = Preprocessor.schema(
+            target=d.target,
+            features=d.features,
+            categorical=d.categorical,
+            task=cfg.job.task,
+            standardize=d.standardize,
+            derive=[(e.name, e.expr) for e in d.derive],
+            missing=d.missing.default,
+            missing_columns=dict(d.missing.columns),
+            domains=schema,
+        )
+    except DataError as exc:
+        return None, str(exc)
+    return pre.to_json(), ""
 
 
 def fetch_preprocessing(

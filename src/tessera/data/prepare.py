@@ -438,6 +438,70 @@ class Preprocessor:
             derive=derived,
         )
 
+    @classmethod
+    def schema(
+        cls,
+        *,
+        target: str,
+        features: Sequence[str],
+        categorical: Sequence[str] = (),
+        task: Task | str,
+        standardize: bool = True,
+        derive: Sequence[tuple[str, str]] = (),
+        missing: str = "drop",
+        missing_columns: Mapping[str, str] | None = None,
+        domains: Mapping[str, Sequence[Hashable]],
+    ) -> Preprocessor:
+        """An encoding whose width the schema fixes and whose numbers are not fitted yet.
+
+        Categories and classes come from ``domains`` (a data provider's catalogue:
+        the values of each field that enough records hold); numeric columns, fills
+        and the target's scale are placeholders until ``rescaled`` fits them from
+        a statistics round's total. A derived column may not use a statistic here.
+        """
+        kind = Task(task)
+        derived = parse_derivations(list(derive))
+        for d in derived:
+            if d.statistics:
+                raise DeriveError(
+                    d.index,
+                    "expr",
+                    f"{statistic_key(d.statistics[0])} needs statistics before the schema's",
+                )
+        names = list(dict.fromkeys(features))
+        if not names:
+            raise DataError("an encoding from the schema names its features")
+        policy = _policies(target, names, missing, missing_columns or {})
+        cats = list(dict.fromkeys(categorical))
+        if not set(cats) <= set(names):
+            raise DataError(f"categorical column(s) {listing(set(cats) - set(names))} not features")
+
+        def domain(column: str) -> tuple[Hashable, ...]:
+            values = tuple(domains.get(column) or ())
+            if not values:
+                raise DataError(f"the schema lists no values of {column!r}")
+            return values
+
+        columns: list[_Numeric | _Categorical] = [
+            _Categorical(c, domain(c), policy[c], None if policy[c] == "drop" else domain(c)[0])
+            if c in cats
+            else _Numeric(c, 0.0, 1.0, policy[c], None if policy[c] == "drop" else 0.0)
+            for c in names
+        ]
+        classes = domain(target) if kind is Task.CLASSIFICATION else ()
+        if kind is Task.CLASSIFICATION and len(classes) < 2:
+            raise DataError(f"the schema lists {len(classes)} value(s) of {target!r}: 2 at least")
+        return cls(
+            target=target,
+            task=kind,
+            columns=tuple(columns),
+            classes=classes,
+            image_shape=None,
+            n_dropped=0,
+            target_scale=(0.0, 1.0) if kind is Task.REGRESSION and standardize else None,
+            derive=tuple(_Derived(d, ()) for d in derived),
+        )
+
     @property
     def features(self) -> tuple[str, ...]:
         """Input column names, in order (derived ones included)."""

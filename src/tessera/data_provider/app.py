@@ -67,7 +67,7 @@ from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys
 from tessera.data.connectors import Backend, DatasetConfig
 from tessera.data.derive import parse_derivations
-from tessera.data.prepare import Preprocessor
+from tessera.data.prepare import Preprocessor, sorted_values
 from tessera.errors import ConfigError, DataError, RemoteProtocolError
 from tessera.ids import Task
 from tessera.protocol.limits import PROVIDER_BODY
@@ -148,6 +148,9 @@ class RevocationBody(_Model):
 class FieldInfo(_Model):
     name: str
     type: str
+    # A field of few distinct values: those held by at least the minimum count of
+    # records (the schema a job's categories and classes come from), sorted.
+    values: list[Any] | None = None
 
 
 class DatasetInfo(_Model):
@@ -245,11 +248,29 @@ class _Provider:
             if backend.name in self.datasets:
                 raise ValueError(f"two datasets are named {backend.name!r}")
             self.datasets[backend.name] = backend
-        self.catalogue = [backend.describe() for backend in self.datasets.values()]
+        self.catalogue = [self._described(backend) for backend in self.datasets.values()]
         self.fields = {d["name"]: {f["name"] for f in d["fields"]} for d in self.catalogue}
         self.keys = keys
         self.gate = RecordsGate(subjects, identity=keys, state=state)
         self.now = now
+
+    def _described(self, backend: Backend) -> dict[str, Any]:
+        """The catalogue entry, each field of few values listing those common enough."""
+        entry = backend.describe()
+        banned = {entry["user_field"], *self.identifiers}
+        table = backend.table()
+        fields = []
+        for field in entry["fields"]:
+            name = field["name"]
+            column = table[name]
+            if name in banned or column.nunique() > MAX_LISTED_VALUES:
+                fields.append(field)
+                continue
+            counts = _counts(column)
+            values = [_plain(v) for v in sorted_values(column.dropna().drop_duplicates())]
+            common = [v for v in values if counts.get(str(v), 0) >= self.min_count]
+            fields.append({**field, "values": common})
+        return {**entry, "fields": fields}
 
     def dataset(self, name: str) -> Backend:
         backend = self.datasets.get(name)
@@ -586,6 +607,14 @@ def read_provider_config(path: str | Path) -> ProviderConfig:
         more = err.error_count() - 1
         raise ConfigError(field, message + (f" (and {more} more)" if more else "")) from None
     return config
+
+
+#: A field with more distinct values than this lists none in the catalogue.
+MAX_LISTED_VALUES = 100
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _counts(column: pd.Series) -> dict[str, int]:

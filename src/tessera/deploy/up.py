@@ -9,6 +9,7 @@ DIR/metrics.json, model.safetensors and curves.png as ``tessera run``.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,21 +19,26 @@ from tessera.ai_provider.client import (
     build_job,
     fetch_preprocessing,
     fetch_provider_key,
+    fetch_schema,
+    schema_preprocessing,
     submit,
     watch,
 )
 from tessera.config import JobConfig
+from tessera.data.prepare import Preprocessor
 from tessera.data.statistics import Totals
 from tessera.deploy.local import PROVIDER_DATASET, Deployment
 from tessera.errors import RemoteProtocolError
 from tessera.jobs.document import JobSpec, check_tree_feasible
-from tessera.jobs.prepared import PreparedJob, rescale_job
+from tessera.jobs.prepared import rescale_job
 from tessera.jobs.records import BaselineResult, RoundRecord
 from tessera.jobs.totals import read_statistics_document
 from tessera.runtime.transport.client import CoordinatorClient
 from tessera.storage.private import write_private
 from tessera.training import evaluate
 from tessera.weights import Vector
+
+log = logging.getLogger("tessera.deploy.up")
 
 
 def with_declared_weight(cfg: JobConfig, max_weight: float) -> JobConfig:
@@ -173,9 +179,15 @@ def run_job(
     dep.start_coordinator()
     dep.start_provider()
     keys = dep.ai_provider_keys
-    preprocessing = fetch_preprocessing(
-        cfg, dep.provider_url, PROVIDER_DATASET, keys=keys, verify=dep.verify
-    )
+    preprocessing, why = None, "a plaintext or image job has no statistics round"
+    if federated_statistics(cfg):  # the schema fixes the width, round 0 the numbers
+        schema = fetch_schema(dep.provider_url, PROVIDER_DATASET, verify=dep.verify)
+        preprocessing, why = schema_preprocessing(cfg, schema)
+    if preprocessing is None:
+        log.info("the encoding comes from the data provider's aggregates: %s", why)
+        preprocessing = fetch_preprocessing(
+            cfg, dep.provider_url, PROVIDER_DATASET, keys=keys, verify=dep.verify
+        )
     column = cfg.partition.column
     assert column is not None  # Deployment checked it
     doc, weights = build_job(
@@ -219,7 +231,9 @@ def run_job(
             now = time.monotonic()
             rec = result.record
             if federated_statistics(cfg) and dep.job.statistics_vectors is None:
-                dep.job = rescale_job(dep.job, statistics_total(client, job_id, dep.job))
+                encoding = Preprocessor.from_json(preprocessing)  # what the nodes refit
+                totals = statistics_total(client, job_id, encoding)
+                dep.job = rescale_job(dep.job, totals, encoding)
             score = holdout_scores(dep.job, result.weights)
             # A deployment's clock is the real one: time since the job started, as
             # the simulator's virtual_seconds, and this round's own duration.
@@ -258,13 +272,10 @@ def federated_statistics(cfg: JobConfig) -> bool:
     return cfg.secure.enabled and not cfg.data.image_shape
 
 
-def statistics_total(client: CoordinatorClient, job_id: str, job: PreparedJob) -> Totals:
+def statistics_total(client: CoordinatorClient, job_id: str, encoding: Preprocessor) -> Totals:
     """The job's statistics round's total, as the coordinator keeps it."""
     sha = client.status(job_id).get("statistics")
     if not isinstance(sha, str):
         raise RemoteProtocolError(f"job {job_id} closed rounds without a statistics total")
-    assert job.preprocessor is not None
-    totals, _ = read_statistics_document(
-        client.get_artefact(sha), job.preprocessor.statistics_plan()
-    )
+    totals, _ = read_statistics_document(client.get_artefact(sha), encoding.statistics_plan())
     return totals

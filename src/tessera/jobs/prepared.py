@@ -547,14 +547,18 @@ def _federated_fit(
     return pre, train, fitted
 
 
-def rescale_job(job: PreparedJob, totals: Totals) -> PreparedJob:
+def rescale_job(
+    job: PreparedJob, totals: Totals, encoding: Preprocessor | None = None
+) -> PreparedJob:
     """``job`` (``prepare_job``'s, maybe ``first_nodes``) as a deployment with a statistics
-    round runs it: its encoding refitted from ``totals`` (``Preprocessor.rescaled``), the
-    nodes' records and the test set encoded again, and what each node counted in that
-    round (``statistics_vectors``, for the simulator's replay of the round)."""
+    round runs it: the job document's ``encoding`` (default: the job's own) refitted
+    from ``totals`` (``Preprocessor.rescaled``), the nodes' records and the test set
+    encoded again, and what each node counted in that round (``statistics_vectors``,
+    for the simulator's replay of the round)."""
     cfg, pooled = job.config, job.preprocessor
     assert pooled is not None
-    pre = pooled.rescaled(totals, standardize=cfg.data.standardize)
+    document = encoding or pooled
+    pre = document.rescaled(totals, standardize=cfg.data.standardize)
     train_df, test_df = split_table(cfg)
     rows = train_df.reset_index(drop=True)
     carried, group_col = _carried_column(cfg, rows)
@@ -566,8 +570,8 @@ def rescale_job(job: PreparedJob, totals: Totals) -> PreparedJob:
     kept = pooled.transform(rows.assign(**{_ROW: np.arange(len(rows))}), group_column=_ROW)
     assert kept.groups is not None
     node = node_of_rows(len(rows), kept.groups.astype(np.intp), part.order, part.offsets)
-    plan = pooled.statistics_plan()
-    counted = pooled.counted_rows(rows)
+    plan = document.statistics_plan()
+    counted = document.counted_rows(rows)
     in_job = node[counted.index.to_numpy()] < job.n_nodes  # the first nodes only
     vectors = plan.vectors(
         counted.iloc[np.flatnonzero(in_job)], node[counted.index.to_numpy()][in_job], job.n_nodes
