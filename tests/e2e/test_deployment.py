@@ -17,6 +17,7 @@ over many nodes round their last bits differently from a node alone).
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -62,12 +63,13 @@ def e2e_config() -> JobConfig:
             ),
             # Model options: a tanh activation and dropout, seeded alike everywhere.
             "model": cfg.model.model_copy(update={"activation": "tanh", "dropout": 0.2}),
-            # A derived feature with a fitted median, and imputation: the provider fits
-            # them, each node derives and fills its own records the same way.
+            # A derived feature and imputation: the encoding starts from the provider's
+            # catalogue (no aggregates asked), each node derives and fills its own
+            # records the same way, every number refitted from the statistics round.
             "data": cfg.data.model_copy(
                 update={
                     "features": [*cfg.data.features, "strong"],
-                    "derive": [DeriveEntry(name="strong", expr="gcsescore > median(gcsescore)")],
+                    "derive": [DeriveEntry(name="strong", expr="bin(gcsescore, 5, 6, 7)")],
                     "missing": MissingSection(default="impute"),
                 }
             ),
@@ -193,6 +195,13 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
         dep.close()
 
     assert [r.round for r in records] == [1, 2, 3]  # round 0 totalled the statistics
+    # The signed job holds no statistic of anyone: the schema's categories and classes,
+    # placeholder numbers, which every party refitted from round 0's total.
+    body = json.loads((dep.out / "run" / "job.json").read_text())["body"]
+    assert body["statistics"] is True
+    assert {(c["mean"], c["std"]) for c in body["preprocessing"]["columns"] if "mean" in c} == {
+        (0.0, 1.0)
+    }
     assert all(not r.skipped for r in records)
     assert all(r.bytes_up > 0 and r.bytes_down > 0 for r in records)  # counted from the mailbox
     assert len(records[0].included) == NODES  # everyone alive in round 1
