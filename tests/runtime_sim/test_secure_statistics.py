@@ -168,3 +168,15 @@ def test_a_node_counts_only_in_the_statistics_round_its_job_declares() -> None:
         [refused] = node.handle(MessageReceived(sender=COORDINATOR, message=request), 0.0)
         assert isinstance(refused, Rejected)
         assert "round 0 of a job with a statistics round" in refused.reason
+
+
+def test_a_lying_count_word_cannot_fail_the_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node may craft any words it shares: who is in the total is what the committed
+    groups say, not the total's count word (else one node could stop every job)."""
+    from tessera.protocol import contributor
+
+    monkeypatch.setattr(contributor, "_counted", lambda v: np.concatenate([v, [0.0, 0.0, 5.0]]))
+    good = pd.DataFrame({"score": [1.0, 2.0], "hours": [0.5, 1.0], "school": ["a", "b"]})
+    result = secure_totals(PLAN, [good] * 7, tree=TreeParams(k=3, group_size=2, fan_in=3))
+    assert result.nodes == 7
+    assert result.totals.numeric["score"].count == 14

@@ -669,21 +669,17 @@ class SecureCoordinator(Coordinator):
     ) -> list[Effect]:
         """Hand the statistics round's total to the runtime, then open training round 1.
 
-        The total's last word counts the included nodes; a total that holds
-        fewer than ``min_updates`` nodes, or fails to match the tree's
-        included set, is no total: the job stops (training without its
-        statistics would scale inputs by numbers nobody computed).
+        A total of fewer than ``min_updates`` included nodes (by the committed
+        groups), or none at all, is no total: the job stops (training without
+        its statistics would scale inputs by numbers nobody computed).
         """
         effects: list[Effect] = []
         if timer_pending:
             effects.append(CancelTimer(timer=RoundDeadline(round=self.round)))
-        counted = 0 if values is None else round(float(values[-1]))
-        if (
-            values is None
-            or not included
-            or counted != len(included)
-            or counted < self.params.min_updates
-        ):
+        # Who is in the total is what the committed groups say, never the total's own
+        # count word: one node could set that word to anything and so fail the job.
+        counted = 0 if values is None else len(included)
+        if values is None or not included or counted < self.params.min_updates:
             self._transition(CoordinatorInput.ROUND_DONE)
             self._transition(CoordinatorInput.JOB_DONE)
             why = (
