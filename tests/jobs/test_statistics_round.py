@@ -205,3 +205,16 @@ def test_tessera_up_falls_back_to_the_aggregates_only_saying_why() -> None:
     assert encoding is not None and why == ""
     missing, why = schema_preprocessing(cfg, {"score": [0, 2, 4]})
     assert missing is None and "gender" in why
+
+
+def test_a_document_whose_plan_no_node_could_send_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job's plan is the AI provider's to write: a node (and the coordinator) refuses
+    one longer than any vector it would relay, before counting anything."""
+    from tessera.jobs import document
+
+    monkeypatch.setattr(document, "MAX_PARAMETERS", 100)
+    with pytest.raises(RemoteProtocolError, match=r"plan of .* words is over 100"):
+        _job(secure=True, statistics=True)
+    assert not _job(secure=True, statistics=False).statistics  # no plan, no bound

@@ -33,6 +33,7 @@ from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.ids import JOB_DIGEST_DIGITS, JobId, NodeId, job_id_of
 from tessera.jobs.prepared import round_params_of, secure_params_of, strategy_of
 from tessera.protocol import RoundParams, SecureParams, Strategy
+from tessera.protocol.limits import MAX_PARAMETERS
 from tessera.protocol.params import StatisticsRound
 from tessera.training import ModelSpec, Recipe
 
@@ -107,6 +108,10 @@ class JobSpec:
         if not self.statistics:
             return params
         plan = self.preprocessor().statistics_plan()
+        if plan.length > MAX_PARAMETERS:  # every node would count, seal and send it
+            raise ConfigError(
+                "statistics", f"a plan of {plan.length:,} words is over {MAX_PARAMETERS:,}"
+            )
         return replace(params, statistics=StatisticsRound(length=plan.length, bound=TERM_BOUND))
 
     def preprocessor(self) -> Preprocessor:

@@ -514,6 +514,16 @@ class FederatedFit:
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)  # column_report
 
 
+def _holders(
+    pre: Preprocessor, rows: pd.DataFrame, part: Partition
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+    """The rows ``pre`` keeps (positions in ``rows``), and the node holding each row."""
+    kept = pre.transform(rows.assign(**{_ROW: np.arange(len(rows))}), group_column=_ROW)
+    assert kept.groups is not None
+    positions = kept.groups.astype(np.intp)
+    return positions, node_of_rows(len(rows), positions, part.order, part.offsets)
+
+
 def _federated_fit(
     cfg: JobConfig,
     train_df: pd.DataFrame,
@@ -527,15 +537,13 @@ def _federated_fit(
     the partition the pooled fit found still holds; it is checked.
     """
     rows = train_df.reset_index(drop=True)  # one label per row, to find its node
-    kept = pooled.transform(rows.assign(**{_ROW: np.arange(len(rows))}), group_column=_ROW)
-    assert kept.groups is not None
-    node = node_of_rows(len(rows), kept.groups.astype(np.intp), part.order, part.offsets)
+    kept, node = _holders(pooled, rows, part)
     summaries = FederatedSummaries(pd.Series(node, index=rows.index), part.n_nodes, totals_of)
     pre = _fit(cfg)(rows, summaries)
     carried, group_col = _carried_column(cfg, rows)
     train = pre.transform(carried, group_column=group_col)
-    again = pre.transform(rows.assign(**{_ROW: np.arange(len(rows))}), group_column=_ROW)
-    if again.groups is None or not np.array_equal(again.groups, kept.groups):
+    again, _ = _holders(pre, rows, part)
+    if not np.array_equal(again, kept):
         raise DataError(
             "the rows usable under the federated statistics differ from the pooled ones "
             "(a derived column's median or mean decides which rows are missing?)"
@@ -567,9 +575,7 @@ def rescale_job(
     stop = int(job.offsets[-1])
     if not np.array_equal(part.offsets[: job.n_nodes + 1], job.offsets):
         raise DataError("the refitted encoding keeps other rows than the job's")
-    kept = pooled.transform(rows.assign(**{_ROW: np.arange(len(rows))}), group_column=_ROW)
-    assert kept.groups is not None
-    node = node_of_rows(len(rows), kept.groups.astype(np.intp), part.order, part.offsets)
+    _, node = _holders(pooled, rows, part)
     plan = document.statistics_plan()
     counted = document.counted_rows(rows)
     in_job = node[counted.index.to_numpy()] < job.n_nodes  # the first nodes only
