@@ -1,12 +1,15 @@
 """A real deployment on loopback equals the simulator, round by round, bit for bit.
 
-A statistics round, then three secure training rounds on Chem97 schools over
-TLS: round 0 totals every node's statistics up the tree, and every node (and
-the AI provider) refits the job's encoding from that total; then a FedProx
-recipe, a step learning-rate schedule, a tanh activation and dropout: a node
-is killed (SIGKILL) in round 2, so it drops out, and in round 3 its
-aggregator seat is silent (a failing aggregator, replaced from the backups);
-the coordinator is killed and restarted in round 3. The simulator, replaying
+Two statistics rounds, then three secure training rounds on Chem97 schools
+over TLS: round 0 totals the sketch a derived column's median needs, round 1
+(each node deriving that column with round 0's median) every node's
+statistics, and every node (and the AI provider) refits the job's encoding
+from those totals; then a FedProx recipe, a step learning-rate schedule, a
+tanh activation and dropout: a node is killed (SIGKILL) in round 3 (the second
+to train), so it
+drops out, and in round 4 its aggregator seat is silent (a failing
+aggregator, replaced from the backups); the coordinator is killed and
+restarted in round 4. The simulator, replaying
 who took part, must produce the very same global model after every round:
 both run the same machines in the same ``runtime.host.Host``, only the
 adapters differ. Two things make that exact rather than close: each node
@@ -42,6 +45,8 @@ from tessera.storage.keyfile import load_keys, save_keys
 from tessera.weights import Vector
 
 NODES = 20
+#: Rounds 0 and 1 count statistics (a median, then the plan); training is 2 to 4.
+FIRST = 2
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 
 
@@ -63,13 +68,17 @@ def e2e_config() -> JobConfig:
             ),
             # Model options: a tanh activation and dropout, seeded alike everywhere.
             "model": cfg.model.model_copy(update={"activation": "tanh", "dropout": 0.2}),
-            # A derived feature and imputation: the encoding starts from the provider's
+            # Derived features and imputation: the encoding starts from the provider's
             # catalogue (no aggregates asked), each node derives and fills its own
-            # records the same way, every number refitted from the statistics round.
+            # records the same way, every number refitted from the statistics rounds
+            # (the median first: "above" cannot be counted before it is known).
             "data": cfg.data.model_copy(
                 update={
-                    "features": [*cfg.data.features, "strong"],
-                    "derive": [DeriveEntry(name="strong", expr="bin(gcsescore, 5, 6, 7)")],
+                    "features": [*cfg.data.features, "strong", "above"],
+                    "derive": [
+                        DeriveEntry(name="strong", expr="bin(gcsescore, 5, 6, 7)"),
+                        DeriveEntry(name="above", expr="gcsescore > median(gcsescore)"),
+                    ],
                     "missing": MissingSection(default="impute"),
                 }
             ),
@@ -85,14 +94,14 @@ class Replay(DeviceModel):
 
     included: tuple[frozenset[str], ...] = ()
     node_ids: tuple[str, ...] = ()
-    dead: int = -1  # the killed node: its aggregator seats are silent from round 3 on
+    dead: int = -1  # the killed node: its aggregator seats are silent in the last round
 
     def dropped(self, round: int) -> npt.NDArray[np.bool_]:
         return np.array([n not in self.included[round] for n in self.node_ids])
 
     def aggregator_failed(self, round: int) -> npt.NDArray[np.bool_]:
         failed = np.zeros(len(self.node_ids), bool)
-        failed[self.dead] = round >= 3  # round 0 counted statistics; 1 to 3 trained
+        failed[self.dead] = round >= FIRST + 2
         return failed
 
     def training_seconds(self, node: int, samples: int, epochs: int) -> float:
@@ -136,10 +145,11 @@ class KillWhenOpen(threading.Thread):
 
 
 def victim(dep: Deployment, job_id: str, beacon: bytes) -> int:
-    """A node with no seat (nor a backup's) in round 2 and an aggregator's seat in round 3.
+    """A node with no seat (nor a backup's) in the second training round and an
+    aggregator's seat in the third.
 
-    Killed mid-round 2, it then has one effect to replay: whether its update
-    made it in, which the coordinator records. In round 3 it is dead from the
+    Killed mid-round, it then has one effect to replay: whether its update
+    made it in, which the coordinator records. In the next it is dead from the
     start: a dropped contributor, and an aggregator whose seat a backup takes.
     """
     cfg = dep.config
@@ -147,8 +157,8 @@ def victim(dep: Deployment, job_id: str, beacon: bytes) -> int:
     orgs = dict(zip(nodes, dep.job.organisations or [None] * NODES, strict=True))
     tree = secure_params_of(cfg, clip_norm=1.0, max_weight=1.0).tree
     check = TreeCheck(round_params_of(cfg, job_id=job_id), nodes, tree, orgs, beacon=beacon)
-    seated = {n for g in check.tree(2).groups for n in (*g.aggregators, *g.backups)}
-    serving = {n for g in check.tree(3).groups for n in g.aggregators}
+    seated = {n for g in check.tree(FIRST + 1).groups for n in (*g.aggregators, *g.backups)}
+    serving = {n for g in check.tree(FIRST + 2).groups for n in g.aggregators}
     return next(i for i, n in enumerate(nodes) if n not in seated and n in serving)
 
 
@@ -169,15 +179,15 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     records: list[RoundRecord] = []
     deployed: list[Vector] = []
     # Watch the coordinator itself, not the AI provider's evaluated rounds (which
-    # lag): the victim is frozen within a poll of round 2 opening, killed after.
-    killer = KillWhenOpen(dep, round=2)  # round 0 counts statistics: 2 is the second to train
+    # lag): the victim is frozen within a poll of its round opening, killed after.
+    killer = KillWhenOpen(dep, round=FIRST + 1)  # the second round to train
     killer.start()
 
     def on_round(rec: RoundRecord, weights: Vector) -> None:
         records.append(rec)
         deployed.append(weights.copy())
-        if rec.round == 2:
-            time.sleep(0.3)  # round 3 is in flight
+        if rec.round == FIRST + 1:
+            time.sleep(0.3)  # the last round is in flight
             dep.stop_coordinator(kill=True)
             dep.start_coordinator()  # same database, same port: it resumes
 
@@ -194,20 +204,29 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
         killer.join(10)
         dep.close()
 
-    assert [r.round for r in records] == [1, 2, 3]  # round 0 totalled the statistics
+    assert [r.round for r in records] == [FIRST, FIRST + 1, FIRST + 2]
     # The signed job holds no statistic of anyone: the schema's categories and classes,
-    # placeholder numbers, which every party refitted from round 0's total.
+    # placeholder numbers, which every party refitted from the statistics rounds' totals.
     body = json.loads((dep.out / "run" / "job.json").read_text())["body"]
     assert body["statistics"] is True
     assert {(c["mean"], c["std"]) for c in body["preprocessing"]["columns"] if "mean" in c} == {
         (0.0, 1.0)
     }
+    assert body["preprocessing"]["derive"][1]["statistics"] == {"median(gcsescore)": 0.0}
+    refit = dep.job.preprocessor  # the AI provider's, from the totals
+    assert refit is not None
+    # Chem97 misses no gcsescore: the nodes' encoded column, unscaled, is every value.
+    gcse = next(c for c in refit.columns if c.name == "gcsescore")
+    column = refit.feature_names.index("gcsescore")
+    values = dep.job.x[:, column].astype(np.float64) * gcse.std + gcse.mean
+    median = dict(refit.derive[1].statistics)[("median", "gcsescore")]
+    assert median == pytest.approx(float(np.median(values)), rel=0.01)
     assert all(not r.skipped for r in records)
     assert all(r.bytes_up > 0 and r.bytes_down > 0 for r in records)  # counted from the mailbox
-    assert len(records[0].included) == NODES  # everyone alive in round 1
-    assert killer.frozen_in == 2, "the victim was not frozen while round 2 was open"
+    assert len(records[0].included) == NODES  # everyone alive in the first training round
+    assert killer.frozen_in == FIRST + 1, "the victim was not frozen in its round"
     killed_index = killer.index
-    assert dep.node_id(killed_index) not in records[2].included  # dead by round 3
+    assert dep.node_id(killed_index) not in records[2].included  # dead by the last round
     assert records[2].participants >= NODES - 2
 
     replay = Replay(
@@ -215,9 +234,9 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
         dropout=0.0,
         samples_per_second=1.0,
         seed=0,
-        # round 0, the statistics round: every node counted (none was dead yet)
+        # the statistics rounds: every node counted (none was dead yet)
         included=(
-            frozenset(dep.node_id(i) for i in range(NODES)),
+            *(frozenset(dep.node_id(i) for i in range(NODES)),) * FIRST,
             *(frozenset(r.included) for r in records),
         ),
         node_ids=tuple(dep.node_id(i) for i in range(NODES)),
@@ -229,7 +248,7 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     job = replace(dep.job, beacon=killer.beacon, job_id=killer.job_id)
     sim = simulate(job, secure=True, devices=replay, on_round=lambda _, w: simulated.append(w))
     assert [r.included for r in sim.rounds] == [r.included for r in records]
-    assert sim.rounds[2].aggregators_failed == 1  # the victim's seat in round 3
+    assert sim.rounds[2].aggregators_failed == 1  # the victim's seat in the last round
     for r, (ours, theirs) in enumerate(zip(deployed, simulated, strict=True)):
         assert np.array_equal(ours, theirs), f"round {r}: max diff {np.abs(ours - theirs).max()}"
     assert np.array_equal(result.weights, sim.weights)

@@ -16,10 +16,16 @@ import pytest
 from tessera.ai_provider.client import build_job
 from tessera.config import parse_config
 from tessera.crypto.keys import NodeKeys
+from tessera.data.federated import FederatedSummaries, plain_totals
 from tessera.data.prepare import Preprocessor
 from tessera.errors import DataError, RemoteProtocolError
 from tessera.jobs.document import JobSpec
-from tessera.jobs.totals import read_statistics_document, statistics_document
+from tessera.jobs.totals import (
+    RoundTotal,
+    append_total,
+    read_statistics_document,
+    statistics_document,
+)
 
 ROWS = pd.DataFrame(
     {
@@ -89,26 +95,31 @@ def test_an_image_job_is_not_refitted_from_statistics_yet() -> None:
         pre.statistics_plan()
 
 
-def test_a_total_reads_back_bit_for_bit_and_junk_is_refused() -> None:
-    plan = fitted(missing="impute").statistics_plan()
-    total = np.random.default_rng(0).normal(size=plan.length) * 1e6
-    data = statistics_document(total, 7)
-    totals, nodes = read_statistics_document(data, plan)
-    assert nodes == 7
-    np.testing.assert_array_equal(
-        [totals.numeric["gcsescore"].sum], [total[2]]
-    )  # float64 exactly, through JSON
+def test_totals_read_back_bit_for_bit_and_junk_is_refused() -> None:
+    pre = fitted(missing="impute", derive=[("high", "gcsescore > median(gcsescore)")])
+    plans = pre.statistics_plans()
+    first, last = (
+        np.random.default_rng(i).normal(size=p.length) * 1e6 for i, p in enumerate(plans)
+    )
+    data = append_total(append_total(None, first, 7), last, 6)
+    (median_round, n0), (totals, n1) = read_statistics_document(data, plans)
+    assert (n0, n1) == (7, 6)
+    assert median_round.numeric["gcsescore"].sum == first[2]  # float64 exactly, through JSON
+    assert totals.numeric["gcsescore"].sum == last[2]
+    assert len(read_statistics_document(append_total(None, first, 7), plans)) == 1  # so far
     bad = [
         b"not json",
         b'{"format": "other"}',
-        statistics_document(total[:-1], 7),
-        statistics_document(total, 7).replace(b'"nodes":7', b'"nodes":0'),
+        statistics_document([RoundTotal(tuple(last), 7)]),  # the plans' order matters
+        statistics_document([RoundTotal(tuple(first), 7)] * 3),  # more rounds than plans
+        append_total(None, first, 7).replace(b'"nodes":7', b'"nodes":0'),
+        append_total(None, first, 7).replace(b'"rounds":[', b'"rounds":[[],'),
     ]
     for junk in bad:
         with pytest.raises(RemoteProtocolError):
-            read_statistics_document(junk, plan)
+            read_statistics_document(junk, plans)
     with pytest.raises(ValueError, match="JSON"):  # no NaN in JSON: such a total is not written
-        statistics_document(np.full(plan.length, math.nan), 1)
+        append_total(None, np.full(plans[0].length, math.nan), 1)
 
 
 def _job(secure: bool, statistics: bool) -> JobSpec:
@@ -144,7 +155,7 @@ def test_a_secure_document_declares_its_statistics_round() -> None:
     assert spec.statistics
     params = spec.secure_params()
     assert params.statistics is not None
-    assert params.statistics.length == spec.preprocessor().statistics_plan().length
+    assert params.statistics.lengths == (spec.preprocessor().statistics_plan().length,)
     assert not _job(secure=True, statistics=False).secure_params().statistics
     assert "statistics" not in _job(secure=True, statistics=False).document.body
 
@@ -179,7 +190,6 @@ def test_an_encoding_from_the_schema_refits_to_the_pooled_fit() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"derive": [("high", "gcsescore > median(gcsescore)")]}, "needs statistics"),
         ({"domains": {"score": [0, 2]}}, "no values of 'gender'"),
         ({"domains": {"gender": ["F"], "score": [0]}}, "2 at least"),
         ({"features": []}, "names its features"),
@@ -195,6 +205,40 @@ def test_the_schema_says_what_it_cannot_encode(change: dict, message: str) -> No
     }
     with pytest.raises(DataError, match=message):
         Preprocessor.schema(**{**args, **change})
+
+
+def test_a_derived_median_takes_a_statistics_round_of_its_own() -> None:
+    """``high = gcsescore > median(gcsescore)`` cannot be counted before the median is
+    known: the schema's encoding takes two statistics rounds, each node counting the
+    second with the median the first one totalled, and refits exactly as ``tessera
+    run``'s federated fit does over the same two nodes."""
+    derive = [("high", "gcsescore > median(gcsescore)")]
+    args: dict = {
+        "target": "score",
+        "features": ["gcsescore", "gender", "high"],
+        "categorical": ["gender"],
+        "task": "classification",
+        "derive": derive,
+        "missing": "impute",
+    }
+    nodes = [ROWS.iloc[:4], ROWS.iloc[4:]]
+    holder = pd.Series([0] * 4 + [1] * 4, index=ROWS.index)
+    federated = Preprocessor.fit(
+        ROWS, summarize=FederatedSummaries(holder, 2, plain_totals), **args
+    )
+    schema = Preprocessor.schema(domains={"gender": ["F", "M"], "score": [0, 2, 4, 6]}, **args)
+    assert schema.statistics_rounds == 2
+    assert schema.statistics_plans()[0].numeric == ("gcsescore",)
+    totals: list = []
+    for r, plan in enumerate(schema.statistics_plans()):
+        known = schema.refitted(totals, standardize=True)  # what every node knows by round r
+        totals.append(plan.totals(sum(known.counted_vector(rows, r) for rows in nodes)))
+    refit = schema.refitted(totals, standardize=True)
+    assert refit.derive == federated.derive  # the median, from round 0's sketch
+    assert refit.columns == federated.columns
+    np.testing.assert_array_equal(refit.transform(ROWS).x, federated.transform(ROWS).x)
+    with pytest.raises(DataError, match="no statistics round 2"):
+        refit.counted_vector(ROWS, 2)
 
 
 def test_tessera_up_falls_back_to_the_aggregates_only_saying_why() -> None:

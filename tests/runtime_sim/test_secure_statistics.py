@@ -141,7 +141,8 @@ def test_a_statistics_request_carries_no_weights_and_is_secure() -> None:
 
 def test_a_node_counts_only_in_the_statistics_round_its_job_declares() -> None:
     """A coordinator cannot turn a training round into a count of a node's records,
-    nor skip the count a job declares (the node checks against its own TreeCheck)."""
+    nor skip a count the job declares (the node checks against its own TreeCheck, which
+    knows how many statistics rounds open the job)."""
     from tessera.crypto.keys import NodeKeys
     from tessera.ids import COORDINATOR
     from tessera.protocol.contributor import Contributor, SecureContext
@@ -153,7 +154,8 @@ def test_a_node_counts_only_in_the_statistics_round_its_job_declares() -> None:
     nodes = [NodeId(f"n{i}") for i in range(6)]
     params = RoundParams(job_id=JobId("j"), rounds=2)
     tree = TreeParams(k=3, group_size=2, fan_in=3)
-    for declared, round, statistics in [(False, 0, True), (True, 1, True), (True, 0, False)]:
+    cases = [(0, 0, True), (1, 1, True), (1, 0, False), (2, 2, True), (2, 1, False)]
+    for declared, round, statistics in cases:
         check = TreeCheck(params, nodes, tree, statistics=declared)
         keys = NodeKeys.from_seed(bytes(32))
         node = Contributor(nodes[0], JobId("j"), SecureContext(keys, {}, check))
@@ -167,7 +169,7 @@ def test_a_node_counts_only_in_the_statistics_round_its_job_declares() -> None:
         )
         [refused] = node.handle(MessageReceived(sender=COORDINATOR, message=request), 0.0)
         assert isinstance(refused, Rejected)
-        assert "round 0 of a job with a statistics round" in refused.reason
+        assert "only in the statistics rounds the job declares" in refused.reason
 
 
 def test_a_lying_count_word_cannot_fail_the_round(monkeypatch: pytest.MonkeyPatch) -> None:

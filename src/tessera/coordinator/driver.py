@@ -48,7 +48,7 @@ from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec
 from tessera.jobs.records import RoundRecord
-from tessera.jobs.totals import statistics_document
+from tessera.jobs.totals import append_total
 from tessera.protocol import Coordinator, SecureCoordinator
 from tessera.protocol.coordinator import CoordinatorSnapshot
 from tessera.protocol.effects import (
@@ -323,13 +323,19 @@ class JobDriver(Observer):
         )
 
     def statistics_closed(self, actor: NodeId, effect: StatisticsClosed) -> None:  # noqa: ARG002
-        """Keep the statistics round's total as an artefact of the job: its participants and
-        its AI provider fit the job's preprocessing from it (``Preprocessor.rescaled``)."""
+        """Keep the statistics rounds' totals so far as an artefact of the job: its participants
+        and its AI provider fit the job's preprocessing from them (``Preprocessor.refitted``)."""
         step = self._current
-        data = statistics_document(effect.total, len(effect.included))
+        previous = self.store.get_job(self.job_id).statistics if effect.round > 0 else None
+        data = append_total(
+            None if previous is None else self.store.get_artefact(previous),
+            effect.total,
+            len(effect.included),
+        )
         sha = hashlib.sha256(data).hexdigest()
         step.documents[sha] = data
-        step.job_update = {**(step.job_update or {}), "statistics": sha, "current_round": 1}
+        update = {"statistics": sha, "current_round": effect.round + 1}
+        step.job_update = {**(step.job_update or {}), **update}
         log.info("%s statistics round closed: %d nodes", self.job_id, len(effect.included))
 
     def job_finished(self, actor: NodeId, effect: JobFinished) -> None:  # noqa: ARG002

@@ -708,6 +708,6 @@ class _Lookup(Mapping[NodeId, PublicKeys]):
 
 
 def _vector_words(spec: JobSpec) -> int:
-    """The longest vector the job's nodes share: the model's, or its statistics round's."""
+    """The longest vector the job's nodes share: the model's, or a statistics round's."""
     statistics = spec.secure_params().statistics if spec.secure else None
-    return max(spec.n_weights, statistics.length if statistics is not None else 0)
+    return max((spec.n_weights, *(statistics.lengths if statistics is not None else ())))

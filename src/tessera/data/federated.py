@@ -29,14 +29,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from tessera.data.prepare import ColumnSummary, sorted_values
-from tessera.data.statistics import StatisticsPlan, Totals, category_of
+from tessera.data.statistics import (
+    RELATIVE_ACCURACY,
+    REPORT_ACCURACY,
+    StatisticsPlan,
+    Totals,
+    category_of,
+)
 from tessera.errors import DataError
-
-#: The sketch's quantile accuracy when a fit uses medians: within 1% of the true one.
-RELATIVE_ACCURACY = 0.01
-#: Otherwise the sketch only reports min, median and max (metrics.json), within 5%:
-#: 721 buckets a column instead of 3,605, for every node's vector.
-REPORT_ACCURACY = 0.05
 
 #: (plan, every node's vector: one row a node) -> the totals, however they are added up.
 TotalsOf = Callable[[StatisticsPlan, npt.NDArray[np.float64]], Totals]

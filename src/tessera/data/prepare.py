@@ -57,7 +57,13 @@ from tessera.data.derive import (
     parse_derivations,
     statistic_key,
 )
-from tessera.data.statistics import StatisticsPlan, Totals, category_of
+from tessera.data.statistics import (
+    RELATIVE_ACCURACY,
+    REPORT_ACCURACY,
+    StatisticsPlan,
+    Totals,
+    category_of,
+)
 from tessera.errors import DataError
 from tessera.ids import Task
 
@@ -255,6 +261,27 @@ def _fit_derived(
         frame[d.name] = d.evaluate(frame, values)
         fitted.append(_Derived(d, tuple(values.items())))
     return frame, tuple(fitted)
+
+
+def _derivation_plan(d: _Derived) -> StatisticsPlan:
+    """What a statistics round counts for a derived column's statistics: their columns,
+    finely enough for a median when one is used (as ``FederatedSummaries`` does)."""
+    stats = d.derivation.statistics
+    columns = tuple(dict.fromkeys(c for _, c in stats))
+    medians = any(s[0] == "median" for s in stats)
+    return StatisticsPlan(columns, (), RELATIVE_ACCURACY if medians else REPORT_ACCURACY)
+
+
+def _fitted_derivation(d: _Derived, totals: Totals) -> _Derived:
+    """``d`` with its statistics read off its statistics round's total."""
+    values = {}
+    for s in d.derivation.statistics:
+        n = totals.numeric[s[1]]
+        value = n.median if s[0] == "median" else n.mean
+        if n.count == 0 or not math.isfinite(value):
+            raise d.derivation.fail(f"{statistic_key(s)}: no node holds a value of the column")
+        values[s] = value
+    return _Derived(d.derivation, tuple(values.items()))
 
 
 def _apply_derived(df: pd.DataFrame, derived: Sequence[_Derived]) -> pd.DataFrame:
@@ -455,19 +482,12 @@ class Preprocessor:
         """An encoding whose width the schema fixes and whose numbers are not fitted yet.
 
         Categories and classes come from ``domains`` (a data provider's catalogue:
-        the values of each field that enough records hold); numeric columns, fills
-        and the target's scale are placeholders until ``rescaled`` fits them from
-        a statistics round's total. A derived column may not use a statistic here.
+        the values of each field that enough records hold); numeric columns, fills,
+        the target's scale and derived columns' statistics (``median(...)``) are
+        placeholders until ``refitted`` fits them from the statistics rounds' totals.
         """
         kind = Task(task)
         derived = parse_derivations(list(derive))
-        for d in derived:
-            if d.statistics:
-                raise DeriveError(
-                    d.index,
-                    "expr",
-                    f"{statistic_key(d.statistics[0])} needs statistics before the schema's",
-                )
         names = list(dict.fromkeys(features))
         if not names:
             raise DataError("an encoding from the schema names its features")
@@ -499,7 +519,7 @@ class Preprocessor:
             image_shape=None,
             n_dropped=0,
             target_scale=(0.0, 1.0) if kind is Task.REGRESSION and standardize else None,
-            derive=tuple(_Derived(d, ()) for d in derived),
+            derive=tuple(_Derived(d, tuple((s, 0.0) for s in d.statistics)) for d in derived),
         )
 
     @property
@@ -762,7 +782,59 @@ class Preprocessor:
         )
         return frame.iloc[np.flatnonzero(keep)]
 
-    def statistics_plan(self, relative_accuracy: float = 0.05) -> StatisticsPlan:
+    @property
+    def statistics_rounds(self) -> int:
+        """How many statistics rounds fit this encoding: one per derived column that uses a
+        ``median(...)`` or ``mean(...)`` (counted before it can be computed), then one."""
+        return 1 + sum(1 for d in self.derive if d.derivation.statistics)
+
+    def statistics_plans(self) -> tuple[StatisticsPlan, ...]:
+        """Each statistics round's plan, in order (``statistics_rounds`` of them): a
+        derived column's statistics' columns (a sketch fine enough for a median), then
+        ``statistics_plan``'s. Public before anything is counted: none depends on a total."""
+        return (*(_derivation_plan(d) for d in self._counted_derivations()), self.statistics_plan())
+
+    def counted_vector(self, df: pd.DataFrame, round: int) -> npt.NDArray[np.float64]:
+        """What a node holding ``df`` shares in statistics round ``round`` of this encoding."""
+        plan, rows = self.counted(df, round)
+        return plan.vector(rows)
+
+    def counted(self, df: pd.DataFrame, round: int) -> tuple[StatisticsPlan, pd.DataFrame]:
+        """Statistics round ``round``'s plan and the rows of ``df`` it counts (labels kept).
+
+        In a derived column's round, its statistics' columns over every row, the
+        derived columns before it added (as ``fit`` summarises them); in the last,
+        ``counted_rows``. The derived columns' statistics of the earlier rounds
+        must be in (``refitted`` with their totals).
+        """
+        frame = _empty_as_numbers(df)
+        derivations = self._counted_derivations()
+        if not 0 <= round <= len(derivations):
+            raise DataError(f"this encoding has no statistics round {round}")
+        if round == len(derivations):
+            return self.statistics_plan(), self.counted_rows(frame)
+        d = derivations[round]
+        before = self.derive[: self.derive.index(d)]
+        return _derivation_plan(d), _apply_derived(frame, before)
+
+    def refitted(self, totals: Sequence[Totals], *, standardize: bool) -> Preprocessor:
+        """This encoding once the first ``len(totals)`` statistics rounds are in: each
+        derived column's statistics from its round's total, and with every round's,
+        every other number from the last (``rescaled``)."""
+        derivations = self._counted_derivations()
+        if len(totals) > len(derivations) + 1:
+            raise DataError(f"{len(totals)} totals for {len(derivations) + 1} statistics rounds")
+        fitted = dict(zip(derivations, totals, strict=False))
+        derive = tuple(_fitted_derivation(d, fitted[d]) if d in fitted else d for d in self.derive)
+        pre = replace(self, derive=derive)
+        if len(totals) <= len(derivations):
+            return pre
+        return pre.rescaled(totals[-1], standardize=standardize)
+
+    def _counted_derivations(self) -> tuple[_Derived, ...]:
+        return tuple(d for d in self.derive if d.derivation.statistics)
+
+    def statistics_plan(self, relative_accuracy: float = REPORT_ACCURACY) -> StatisticsPlan:
         """What each node counts so that ``rescaled`` can fit this encoding's numbers:
         the numeric features (and a regression target), the categorical ones over
         their categories (and a classifier's classes)."""

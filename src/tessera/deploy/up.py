@@ -232,7 +232,7 @@ def run_job(
             rec = result.record
             if federated_statistics(cfg) and dep.job.statistics_vectors is None:
                 encoding = Preprocessor.from_json(preprocessing)  # what the nodes refit
-                totals = statistics_total(client, job_id, encoding)
+                totals = statistics_totals(client, job_id, encoding)
                 dep.job = rescale_job(dep.job, totals, encoding)
             score = holdout_scores(dep.job, result.weights)
             # A deployment's clock is the real one: time since the job started, as
@@ -272,10 +272,17 @@ def federated_statistics(cfg: JobConfig) -> bool:
     return cfg.secure.enabled and not cfg.data.image_shape
 
 
-def statistics_total(client: CoordinatorClient, job_id: str, encoding: Preprocessor) -> Totals:
-    """The job's statistics round's total, as the coordinator keeps it."""
+def statistics_totals(
+    client: CoordinatorClient, job_id: str, encoding: Preprocessor
+) -> list[Totals]:
+    """The totals of the job's statistics rounds, as the coordinator keeps them."""
     sha = client.status(job_id).get("statistics")
-    if not isinstance(sha, str):
-        raise RemoteProtocolError(f"job {job_id} closed rounds without a statistics total")
-    totals, _ = read_statistics_document(client.get_artefact(sha), encoding.statistics_plan())
-    return totals
+    plans = encoding.statistics_plans()
+    totals = (
+        read_statistics_document(client.get_artefact(sha), plans) if isinstance(sha, str) else []
+    )
+    if len(totals) != len(plans):
+        raise RemoteProtocolError(
+            f"job {job_id} trains with {len(totals)} of its {len(plans)} statistics totals"
+        )
+    return [t for t, _ in totals]

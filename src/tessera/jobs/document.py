@@ -80,9 +80,10 @@ class JobSpec:
     min_consents: int
     ai_provider: PublicKeys
     created_at: float
-    # A secure job whose round 0 totals the nodes' statistics: every number of
-    # ``preprocessing`` (scales, fills, the target's scale) is then refitted from the
-    # total (``Preprocessor.rescaled``) by every node and the AI provider alike.
+    # A secure job whose first rounds total the nodes' statistics (one per derived
+    # column's median or mean, then the plan's): every number of ``preprocessing``
+    # (derived columns' statistics, scales, fills, the target's scale) is then refitted
+    # from the totals (``Preprocessor.refitted``) by every node and the AI provider alike.
     statistics: bool = False
 
     @property
@@ -107,15 +108,15 @@ class JobSpec:
         )
         if not self.statistics:
             return params
-        plan = self.preprocessor().statistics_plan()
-        if plan.length > MAX_PARAMETERS:  # every node would count, seal and send it
+        lengths = tuple(plan.length for plan in self.preprocessor().statistics_plans())
+        if max(lengths) > MAX_PARAMETERS:  # every node would count, seal and send it
             raise ConfigError(
-                "statistics", f"a plan of {plan.length:,} words is over {MAX_PARAMETERS:,}"
+                "statistics", f"a plan of {max(lengths):,} words is over {MAX_PARAMETERS:,}"
             )
-        return replace(params, statistics=StatisticsRound(length=plan.length, bound=TERM_BOUND))
+        return replace(params, statistics=StatisticsRound(lengths=lengths, bound=TERM_BOUND))
 
     def preprocessor(self) -> Preprocessor:
-        """The encoding the document carries (before a statistics round rescales it)."""
+        """The encoding the document carries (before the statistics rounds refit it)."""
         return Preprocessor.from_json(self.preprocessing)
 
     @classmethod

@@ -14,7 +14,7 @@ Data problems are reported against the config field that caused them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 
@@ -121,7 +121,7 @@ class PreparedJob:
     preprocessor: Preprocessor | None = None
     statistics: FederatedFit | None = None  # how the preprocessing was fitted, if federated
     # A deployment's replay: what each node counted in the job's statistics round.
-    statistics_vectors: npt.NDArray[np.float64] | None = None
+    statistics_vectors: tuple[npt.NDArray[np.float64], ...] | None = None
 
     @property
     def task(self) -> Task:
@@ -556,17 +556,18 @@ def _federated_fit(
 
 
 def rescale_job(
-    job: PreparedJob, totals: Totals, encoding: Preprocessor | None = None
+    job: PreparedJob, totals: Sequence[Totals], encoding: Preprocessor | None = None
 ) -> PreparedJob:
-    """``job`` (``prepare_job``'s, maybe ``first_nodes``) as a deployment with a statistics
-    round runs it: the job document's ``encoding`` (default: the job's own) refitted
-    from ``totals`` (``Preprocessor.rescaled``), the nodes' records and the test set
-    encoded again, and what each node counted in that round (``statistics_vectors``,
-    for the simulator's replay of the round)."""
+    """``job`` (``prepare_job``'s, maybe ``first_nodes``) as a deployment with statistics
+    rounds runs it: the job document's ``encoding`` (default: the job's own) refitted
+    from every round's ``totals`` (``Preprocessor.refitted``), the nodes' records and the
+    test set encoded again, and what each node counted in each round
+    (``statistics_vectors``, for the simulator's replay of the rounds)."""
     cfg, pooled = job.config, job.preprocessor
     assert pooled is not None
     document = encoding or pooled
-    pre = document.rescaled(totals, standardize=cfg.data.standardize)
+    standardize = cfg.data.standardize
+    pre = document.refitted(totals, standardize=standardize)
     train_df, test_df = split_table(cfg)
     rows = train_df.reset_index(drop=True)
     carried, group_col = _carried_column(cfg, rows)
@@ -576,17 +577,19 @@ def rescale_job(
     if not np.array_equal(part.offsets[: job.n_nodes + 1], job.offsets):
         raise DataError("the refitted encoding keeps other rows than the job's")
     _, node = _holders(pooled, rows, part)
-    plan = document.statistics_plan()
-    counted = document.counted_rows(rows)
-    in_job = node[counted.index.to_numpy()] < job.n_nodes  # the first nodes only
-    vectors = plan.vectors(
-        counted.iloc[np.flatnonzero(in_job)], node[counted.index.to_numpy()][in_job], job.n_nodes
-    )
+    vectors = []
+    for r in range(len(totals)):  # each round counts with the earlier rounds' statistics
+        plan, counted = document.refitted(totals[:r], standardize=standardize).counted(rows, r)
+        holder = node[counted.index.to_numpy()]
+        in_job = holder < job.n_nodes  # the first nodes only
+        vectors.append(
+            plan.vectors(counted.iloc[np.flatnonzero(in_job)], holder[in_job], job.n_nodes)
+        )
     return replace(
         job,
         x=train.x[part.order][:stop],
         y=train.y[part.order][:stop],
         test=pre.transform(test_df),
         preprocessor=pre,
-        statistics_vectors=vectors,
+        statistics_vectors=tuple(vectors),
     )

@@ -15,14 +15,16 @@ from tessera.protocol.topology import derive_tree
 
 def secure_params(job: PreparedJob) -> SecureParams:
     """The job's secure settings; with ``statistics_vectors`` (a deployment's replay),
-    round 0 is the statistics round those vectors are counted in."""
+    the job opens with the statistics rounds those vectors are counted in."""
     assert job.recipe.clip_norm is not None  # the config refuses secure jobs without it
     params = secure_params_of(
         job.config, clip_norm=job.recipe.clip_norm, max_weight=float(job.node_samples.max())
     )
     vectors = job.statistics_vectors
     statistics = (
-        None if vectors is None else StatisticsRound(length=vectors.shape[1], bound=TERM_BOUND)
+        None
+        if vectors is None
+        else StatisticsRound(lengths=tuple(v.shape[1] for v in vectors), bound=TERM_BOUND)
     )
     return replace(params, beacon=job.beacon, statistics=statistics)
 

@@ -431,7 +431,7 @@ class NodeAgent:
                 organisations,
                 audit=(secure.audit, secure.audit_fraction),
                 beacon=beacon_of(spec.digest, secrets_by_node),
-                statistics=spec.statistics,
+                statistics=0 if secure.statistics is None else secure.statistics.rounds,
             )
             machine = Node(
                 Contributor(
@@ -506,11 +506,12 @@ class NodeAgent:
         )
 
     def _count(self, job: _Job, round: int) -> Event:
-        """This user's statistics for the job's statistics round: what a fit counts of
-        its records (``Preprocessor.counted_rows``), by the plan the document implies."""
+        """This user's statistics for one of the job's statistics rounds: what a fit counts
+        of its records (``Preprocessor.counted_vector``), by the plan the document implies,
+        with the derived columns' statistics the earlier rounds' totals fitted."""
         try:
-            pre = job.spec.preprocessor()
-            vector = pre.statistics_plan().vector(pre.counted_rows(self._frame(job)))
+            pre = self._preprocessor(job, rounds=round)
+            vector = pre.counted_vector(self._frame(job), round)
         except (TesseraError, httpx.HTTPError) as exc:
             log.warning("%s: could not count the records: %s", self.node, exc)
             return LocalTrainingFailed(round=round, reason=str(exc)[:200])
@@ -524,17 +525,25 @@ class NodeAgent:
         job.data = (prepared.x, prepared.y)
         return job.data
 
-    def _preprocessor(self, job: _Job) -> Preprocessor:
-        """The document's encoding; after a statistics round, refitted from its total."""
+    def _preprocessor(self, job: _Job, rounds: int | None = None) -> Preprocessor:
+        """The document's encoding, refitted from the totals of its first ``rounds``
+        statistics rounds (None: all of them, as training needs)."""
         spec = job.spec
         pre = spec.preprocessor()
-        if not spec.statistics:
+        if not spec.statistics or rounds == 0:
             return pre
+        plans = pre.statistics_plans()
+        wanted = len(plans) if rounds is None else rounds
         sha = self.client.status(spec.job_id).get("statistics")
-        if not isinstance(sha, str):
-            raise TesseraError("the job's statistics round has no total yet")
-        totals, _ = read_statistics_document(self.client.get_artefact(sha), pre.statistics_plan())
-        return pre.rescaled(totals, standardize=spec.config.data.standardize)
+        totals = (
+            read_statistics_document(self.client.get_artefact(sha), plans)
+            if isinstance(sha, str)
+            else []
+        )
+        if len(totals) < wanted:
+            raise TesseraError(f"the job's statistics round {len(totals)} has no total yet")
+        fitted = [t for t, _ in totals[:wanted]]
+        return pre.refitted(fitted, standardize=spec.config.data.standardize)
 
     def _frame(self, job: _Job) -> pd.DataFrame:
         """The user's raw records for this job, from the provider, with the consent receipt."""

@@ -237,10 +237,10 @@ class Contributor:
         check = self.secure.tree_check
         if check is None:
             return None
-        # Counting is round 0 of a job that declares it, and only that: never a
-        # training round's request turned into a count of this node's records.
-        if request.statistics != (check.statistics and request.round == 0):
-            return "statistics are counted in round 0 of a job with a statistics round only"
+        # Counting is a statistics round of a job that declares it, and only that:
+        # never a training round's request turned into a count of this node's records.
+        if request.statistics != (request.round < check.statistics):
+            return "statistics are counted only in the statistics rounds the job declares"
         return check.assignment_problem(self.node, request.round, request.secure)
 
     def _statistics_problem(self, ready: LocalStatisticsReady) -> str | None:

@@ -76,10 +76,11 @@ def select_cohort(params: RoundParams, nodes: Sequence[NodeId], round: int) -> l
 
 
 def round_cohort(
-    params: RoundParams, nodes: Sequence[NodeId], round: int, *, statistics: bool = False
+    params: RoundParams, nodes: Sequence[NodeId], round: int, *, statistics: int = 0
 ) -> list[NodeId]:
-    """Who contributes to ``round``: every node in a statistics round 0, else the cohort."""
-    if statistics and round == 0:
+    """Who contributes to ``round``: every node in one of the ``statistics`` rounds that
+    open a job, else the cohort."""
+    if round < statistics:
         return list(nodes)  # statistics are of every node's records, not of a sample
     return select_cohort(params, nodes, round)
 
@@ -153,7 +154,7 @@ class Coordinator:
 
     @property
     def first_training_round(self) -> int:
-        """Round 0 trains, unless a secure job's statistics round takes it."""
+        """Round 0 trains, unless a secure job's statistics rounds come first."""
         return 0
 
     # -- the one entry point ------------------------------------------------

@@ -119,7 +119,7 @@ class TrainRequest:
     deadline: float
     config: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     secure: SecureAssignment | None = None
-    # Round 0 of a job with a statistics round: count, do not train (no weights).
+    # A statistics round (the first rounds of a job that has them): count, do not train.
     statistics: bool = False
 
     def __post_init__(self) -> None:

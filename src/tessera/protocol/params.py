@@ -47,19 +47,28 @@ class RoundParams:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StatisticsRound:
-    """A secure job's round 0: every node's statistics vector, totalled up the tree.
+    """A secure job's first rounds: every node's statistics vector, totalled up the tree.
 
-    ``length`` words per node, each at most ``bound`` in size (public: the
-    ring is sized for it). With it, training rounds are numbered 1 to
-    ``rounds``; ``only`` ends the job once the totals are in.
+    ``lengths[r]`` words per node in statistics round ``r`` (more than one when a
+    derived column needs a statistic before the plan's columns can be counted),
+    each word at most ``bound`` in size (public: the ring is sized for it). With
+    it, training rounds are numbered ``rounds`` to ``rounds`` + R - 1; ``only``
+    ends the job once the last total is in.
     """
 
-    length: int
+    lengths: tuple[int, ...]
     bound: float
     only: bool = False
 
     def __post_init__(self) -> None:
-        if self.length < 1:
+        if not self.lengths:
+            raise ConfigError("statistics", "a statistics round counts something")
+        if min(self.lengths) < 1:
             raise ConfigError("statistics", "a statistics vector needs at least one word")
         if not (self.bound >= 1 and math.isfinite(self.bound)):
             raise ConfigError("statistics", "the bound on statistics must be finite and >= 1")
+
+    @property
+    def rounds(self) -> int:
+        """How many statistics rounds open the job (rounds 0 .. rounds - 1)."""
+        return len(self.lengths)

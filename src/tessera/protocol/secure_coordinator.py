@@ -124,7 +124,8 @@ class SecureParams:
     # participants' commit-reveal once the participants are frozen, so nobody could
     # predict (or grind) the trees when choosing who takes part. Empty in the simulator.
     beacon: bytes = b""
-    # Round 0 totals every node's statistics (``StatisticsRound``); training starts at 1.
+    # The first rounds total every node's statistics (``StatisticsRound``); training
+    # starts after them.
     statistics: StatisticsRound | None = None
 
     def __post_init__(self) -> None:
@@ -226,18 +227,18 @@ class SecureCoordinator(Coordinator):
     # -- opening a round --------------------------------------------------------
     @property
     def counting(self) -> bool:
-        """Whether the open round is the statistics round."""
-        return self.secure.statistics is not None and self.round == 0
+        """Whether the open round is a statistics round."""
+        return self.round < self.first_training_round
 
     @property
     def first_training_round(self) -> int:
-        return 0 if self.secure.statistics is None else 1
+        return 0 if self.secure.statistics is None else self.secure.statistics.rounds
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
         self._opened_at, self._withdrawn_at_open = now, frozenset(self.withdrawn)
-        stats = self.secure.statistics if round == 0 else None
-        cohort = round_cohort(self.params, self.nodes, round, statistics=stats is not None)
+        stats = self.secure.statistics if round < self.first_training_round else None
+        cohort = round_cohort(self.params, self.nodes, round, statistics=self.first_training_round)
         self._selected = frozenset(cohort)
         tree = derive_tree(
             job_id=self.params.job_id,
@@ -260,7 +261,7 @@ class SecureCoordinator(Coordinator):
         rs = _RoundState(
             tree=tree,
             ring=ring,
-            length=(self.weights.shape[0] if stats is None else stats.length) + TAIL,
+            length=(self.weights.shape[0] if stats is None else stats.lengths[round]) + TAIL,
             train_until=train_until,
             digest=tree.digest(),
             seats={g.id: list(g.aggregators) for g in tree.groups},
@@ -667,7 +668,7 @@ class SecureCoordinator(Coordinator):
         blamed: tuple[str, ...],
         timer_pending: bool,
     ) -> list[Effect]:
-        """Hand the statistics round's total to the runtime, then open training round 1.
+        """Hand the statistics round's total to the runtime, then open the next round.
 
         A total of fewer than ``min_updates`` included nodes (by the committed
         groups), or none at all, is no total: the job stops (training without
@@ -699,11 +700,11 @@ class SecureCoordinator(Coordinator):
         )
         self._transition(CoordinatorInput.ROUND_DONE)
         assert self.secure.statistics is not None
-        if self.secure.statistics.only:
+        if self.secure.statistics.only and self.round + 1 == self.first_training_round:
             self._transition(CoordinatorInput.JOB_DONE)
             effects.append(JobFinished(weights=self.weights, rounds=0))
         else:
-            effects.extend(self._open_round(1, now))
+            effects.extend(self._open_round(self.round + 1, now))
         return effects
 
 

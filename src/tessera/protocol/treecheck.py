@@ -31,11 +31,11 @@ class TreeCheck:
         *,
         audit: tuple[bool, float] | None = None,
         beacon: bytes = b"",
-        statistics: bool = False,
+        statistics: int = 0,
     ) -> None:
         """``audit``: the job's (secure.audit, secure.audit_fraction), to check roles by;
         ``beacon``: the job's public beacon (``SecureParams.beacon``); ``statistics``:
-        whether round 0 is the statistics round (every node contributes)."""
+        how many statistics rounds open the job (every node contributes to them)."""
         self.params = params
         self.statistics = statistics
         self.beacon = beacon

@@ -139,7 +139,9 @@ def simulate(
         charge_compute=charge_compute,
         # A deployment's replay opens with its statistics round, as the deployment did.
         statistics=(
-            None if vectors is None or not secure else lambda node: np.asarray(vectors[node])
+            None
+            if vectors is None or not secure
+            else lambda node, round: np.asarray(vectors[round][node])
         ),
     )
     start = time.perf_counter()

@@ -52,7 +52,7 @@ def build_secure(
         orgs,
         audit=(secure.audit, secure.audit_fraction),
         beacon=secure.beacon,
-        statistics=secure.statistics is not None,
+        statistics=0 if secure.statistics is None else secure.statistics.rounds,
     )
     nodes = [
         Node(

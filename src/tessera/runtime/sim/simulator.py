@@ -134,7 +134,7 @@ class Simulation(Observer):
         machines: Sequence[Machine] | None = None,
         fail_aggregators: Callable[[int, list[NodeId]], npt.NDArray[np.bool_]] | None = None,
         charge_compute: bool = False,
-        statistics: Callable[[int], npt.NDArray[np.float64]] | None = None,
+        statistics: Callable[[int, int], npt.NDArray[np.float64]] | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
@@ -155,7 +155,7 @@ class Simulation(Observer):
         self.now = 0.0
         self.final_weights: Vector | None = None
         self.error: str | None = None  # why the job stopped early (JobFinished.error)
-        self.statistics = statistics  # node index -> its statistics vector (round 0)
+        self.statistics = statistics  # (node index, round) -> its statistics vector
         self.statistics_closed_with: StatisticsClosed | None = None
         self.statistics_round: RoundStats | None = None
         self._queue: list[_Pending] = []
@@ -329,7 +329,7 @@ class Simulation(Observer):
             return None
         assert self.statistics is not None
         try:
-            vector = self.statistics(node)
+            vector = self.statistics(node, round)
         except DataError as exc:  # the node declines, with the reason
             return LocalTrainingFailed(round=round, reason=str(exc))
         return LocalStatisticsReady(round=round, vector=vector)

@@ -119,7 +119,7 @@ def _total(
         tree=tree,
         clip=1.0,  # no training round follows; the statistics ring has its own bound
         max_weight=1.0,
-        statistics=StatisticsRound(length=plan.length, bound=TERM_BOUND, only=True),
+        statistics=StatisticsRound(lengths=(plan.length,), bound=TERM_BOUND, only=True),
     )
     coordinator, machines = build_secure(
         nodes,
@@ -138,7 +138,7 @@ def _total(
         local_epochs=1,
         seed=seed,
         machines=machines,
-        statistics=count,
+        statistics=lambda node, _round: count(node),
     )
     sim.run()
     closed = sim.statistics_closed_with
