@@ -72,6 +72,8 @@ def test_a_plan_travels_as_json() -> None:
     p = StatisticsPlan.of(TABLE, numeric=["score"], categorical=["gender"])
     assert p.categorical == (("gender", ("F", "M", "X")),)
     assert StatisticsPlan.from_json(p.to_json()) == p
+    dropping = StatisticsPlan(("score",), dropped=("score",))
+    assert StatisticsPlan.from_json(dropping.to_json()) == dropping
     with pytest.raises(DataError, match="not a statistics plan"):
         StatisticsPlan.from_json({"format": "other"})
     with pytest.raises(DataError, match="malformed"):
@@ -84,6 +86,7 @@ def test_a_plan_travels_as_json() -> None:
         (lambda: StatisticsPlan(("a", "a")), "names a column twice"),
         (lambda: StatisticsPlan(("a",), relative_accuracy=0.7), "relative_accuracy"),
         (lambda: StatisticsPlan((), (("g", ("x", "x")),)), "lists a value twice"),
+        (lambda: StatisticsPlan(("a",), dropped=("b",)), "drops rows by columns it counts"),
     ],
 )
 def test_a_malformed_plan_is_refused(make, message: str) -> None:
@@ -129,6 +132,42 @@ def test_all_nodes_at_once_equal_each_node_alone(rows: list[tuple[int, float, ob
     together = p.vectors(table, nodes, 5)
     for i in range(5):
         np.testing.assert_allclose(together[i], p.vector(table[nodes == i]), rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 4),  # the node
+            st.one_of(st.floats(-1e5, 1e5, allow_nan=False), st.just(np.nan), st.just(np.inf)),
+            st.sampled_from(["F", "M", "X", None]),
+        ),
+        max_size=40,
+    )
+)
+def test_a_plan_that_drops_rows_counts_them_and_the_rest_as_without_them(
+    rows: list[tuple[int, float, object]],
+) -> None:
+    """With ``dropped``, the totals count the rows, the drops per column, and the other
+    statistics of the kept rows exactly as a plan without drops counts those rows; and
+    the nodes' vectors still add up to the union's."""
+    table = pd.DataFrame(rows, columns=["node", "score", "gender"])
+    nodes = table["node"].to_numpy(dtype=np.int64)
+    dropping = StatisticsPlan(("score",), (("gender", ("F", "M")),), dropped=("score", "gender"))
+    plain = StatisticsPlan(("score",), (("gender", ("F", "M")),))
+    together = dropping.vectors(table, nodes, 5)
+    np.testing.assert_allclose(together.sum(axis=0), dropping.vector(table), atol=1e-6)
+    totals = dropping.totals(dropping.vector(table))
+    no_score = ~np.isfinite(table["score"].to_numpy(dtype=np.float64))
+    no_gender = table["gender"].isna().to_numpy()
+    kept = table[~(no_score | no_gender)]
+    assert totals.rows is not None
+    assert totals.rows.rows == len(table)
+    assert totals.rows.dropped == len(table) - len(kept)
+    assert totals.rows.dropped_by == {"score": int(no_score.sum()), "gender": int(no_gender.sum())}
+    assert totals.numeric == plain.totals(plain.vector(kept)).numeric
+    assert totals.categorical == plain.totals(plain.vector(kept)).categorical
+    assert plain.totals(plain.vector(table)).rows is None
 
 
 def test_every_row_needs_a_node() -> None:

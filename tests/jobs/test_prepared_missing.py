@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tessera.cli.main import missing_line
 from tessera.config import JobConfig, parse_config
 from tessera.errors import ConfigError
 from tessera.jobs.check import check_job, count_histogram
-from tessera.jobs.prepared import prepare_job, split_table
+from tessera.jobs.prepared import prepare_job, rescale_job, split_table
 from tessera.reports import build_metrics
 from tessera.reports.metrics import decode_counts, encode_counts
 
@@ -227,3 +228,43 @@ def test_count_histogram_bins() -> None:
         (8, 15, 1),
     ]
     assert count_histogram(()) == []
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [{}, {"missing": {"default": "impute"}}, {"missing": {"default": "indicator", "columns": {"lang": "drop"}}}],
+)  # fmt: skip
+def test_a_deployment_counts_what_the_policy_did_from_the_statistics_totals(
+    csv: Path, policy: dict[str, Any]
+) -> None:
+    """The AI provider of a deployment sees no row: what the policy dropped and imputed in
+    the nodes' part comes from the statistics rounds' totals alone, and says what the
+    pooled count says (per node counts it cannot know: none)."""
+    cfg = config(csv, **policy)
+    job = prepare_job(cfg)
+    pre = job.preprocessor
+    assert pre is not None and pre.statistics_rounds == 2  # the target's median first
+    rows = split_table(cfg)[0].reset_index(drop=True)
+    totals: list = []
+    for r in range(pre.statistics_rounds):
+        plan, counted = pre.refitted(totals, standardize=True).counted(rows, r)
+        totals.append(plan.totals(plan.vector(counted)))
+    deployed = rescale_job(job, totals, nodes=job.n_nodes)
+    got, want = deployed.missing, job.missing
+    assert got is not None and want is not None
+    assert (got.rows, got.dropped_rows, got.dropped, got.imputed) == (
+        want.rows,
+        want.dropped_rows,
+        want.dropped,
+        want.imputed,
+    )
+    assert (got.test_rows, got.test_dropped_rows) == (want.test_rows, want.test_dropped_rows)
+    assert got.node_dropped is None and got.node_imputed is None
+    assert deployed.statistics is not None
+    assert (deployed.statistics.rounds, deployed.statistics.nodes) == (2, job.n_nodes)
+    assert not re.search(r"on [\d,]+ nodes", missing_line(got) or "")  # none per node
+    # What the replay's nodes count adds up to the totals the deployment's nodes sent.
+    vectors = deployed.statistics_vectors
+    assert vectors is not None
+    last = pre.statistics_plan().totals(vectors[1].sum(axis=0))
+    assert last.rows == totals[1].rows

@@ -58,17 +58,25 @@ def test_the_plan_counts_what_the_encoding_learns() -> None:
     assert regression.statistics_plan().numeric == ("score", "gcsescore")
 
 
-def test_a_node_counts_the_rows_a_fit_would_use() -> None:
+def test_a_node_counts_the_rows_a_fit_would_use_and_those_it_drops() -> None:
     dropped = fitted()  # drop: rows missing the target, the score or the gender go
-    assert len(dropped.counted_rows(ROWS)) == 5
+    totals = dropped.statistics_plan().totals(dropped.counted_vector(ROWS, 0))
+    assert totals.rows is not None
+    assert (totals.rows.rows, totals.rows.dropped) == (8, 3)
+    assert totals.rows.dropped_by == {"score": 1, "gcsescore": 1, "gender": 1}
+    assert totals.numeric["gcsescore"].count == 5
+    assert dropped.transform(ROWS).n_dropped == 3  # as the encoding itself drops them
     imputed = fitted(missing="impute")  # impute: only the row missing its target goes
-    assert len(imputed.counted_rows(ROWS)) == 7
+    totals = imputed.statistics_plan().totals(imputed.counted_vector(ROWS, 0))
+    assert totals.rows is not None and totals.rows.dropped_by == {"score": 1}
+    assert totals.numeric["gcsescore"].count + totals.numeric["gcsescore"].missing == 7
+    assert totals.categorical["gender"].missing == 1  # to be imputed
 
 
 def test_refitting_from_the_rows_own_totals_gives_the_pooled_fit_back() -> None:
     pre = fitted(missing="impute")
     plan = pre.statistics_plan()
-    totals = plan.totals(plan.vector(pre.counted_rows(ROWS)))
+    totals = plan.totals(pre.counted_vector(ROWS, 0))
     zeroed = Preprocessor.from_json(
         {
             **pre.to_json(),
@@ -105,7 +113,7 @@ def test_totals_read_back_bit_for_bit_and_junk_is_refused() -> None:
     (median_round, n0), (totals, n1) = read_statistics_document(data, plans)
     assert (n0, n1) == (7, 6)
     assert median_round.numeric["gcsescore"].sum == first[2]  # float64 exactly, through JSON
-    assert totals.numeric["gcsescore"].sum == last[2]
+    assert totals.numeric["gcsescore"].sum == plans[1].totals(last).numeric["gcsescore"].sum
     assert len(read_statistics_document(append_total(None, first, 7), plans)) == 1  # so far
     bad = [
         b"not json",
@@ -179,7 +187,7 @@ def test_an_encoding_from_the_schema_refits_to_the_pooled_fit() -> None:
     )
     plan = schema.statistics_plan()
     assert plan == pooled.statistics_plan()
-    totals = plan.totals(plan.vector(schema.counted_rows(ROWS)))
+    totals = plan.totals(schema.counted_vector(ROWS, 0))
     refit = schema.rescaled(totals, standardize=True)
     np.testing.assert_allclose(
         refit.transform(ROWS).x, pooled.transform(ROWS).x, rtol=1e-12, atol=1e-12

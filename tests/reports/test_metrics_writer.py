@@ -181,3 +181,26 @@ def test_who_contributed_stays_small_at_30000_nodes() -> None:
         metrics.encode_included(["node-030000"], n)
     with pytest.raises(ValueError, match="not a node id"):
         metrics.encode_included(["agg-2"], n)
+
+
+def test_what_a_deployment_learns_later_is_in_the_next_write(
+    tmp_path: Path, job: PreparedJob
+) -> None:
+    """``tessera up`` learns the missing counts and the statistics from the statistics
+    rounds' totals, after the writer was made: the next round's write says them."""
+    from tessera.jobs.prepared import FederatedFit
+
+    writer = MetricsWriter(tmp_path, dataclasses.replace(job, statistics=None))
+    writer.add_round(rounds(1, job.n_nodes)[0])
+    assert json.loads((tmp_path / "metrics.json").read_text())["statistics"] is None
+    fit = FederatedFit(rounds=2, nodes=7, secure=True, columns={"x": {"count": 3}})
+    writer.learned(dataclasses.replace(job, statistics=fit))
+    writer.add_round(rounds(2, job.n_nodes)[1])
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["statistics"] == {
+        "rounds": 2,
+        "nodes": 7,
+        "secure": True,
+        "columns": {"x": {"count": 3}},
+    }
+    assert len(written["rounds"]) == 2

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli.help import Command, Group
-from tessera.cli.main import app, console, done_line, progress_bar
+from tessera.cli.main import app, console, done_line, missing_line, progress_bar
 from tessera.errors import TesseraError
 
 job_app = typer.Typer(
@@ -422,6 +422,14 @@ def _up_with_progress(
             )
 
         def on_round(rec: RoundRecord, weights: Vector) -> None:
+            if not done:  # the statistics rounds' totals are in: what they say of the data
+                writer.learned(dep.job)
+                line = missing_line(dep.job.missing)
+                if line is not None and dep.job.statistics is not None:
+                    fed = dep.job.statistics
+                    progress.console.print(
+                        f"{fed.rounds} statistics round(s) over {fed.nodes} nodes; {line}"
+                    )
             done.append(rec)
             if tracker is not None:
                 values = {

@@ -767,21 +767,6 @@ class Preprocessor:
         return x
 
     # -- federated statistics in a deployment --------------------------------------
-    def counted_rows(self, df: pd.DataFrame) -> pd.DataFrame:
-        """The rows of ``df`` a fit counts: derived columns added, and only rows holding
-        the target and every feature whose policy is ``drop``."""
-        frame = self.with_derived(_empty_as_numbers(df))
-        require_columns(frame, [self.target, *self.features])
-        drop = [c for c in self.columns if c.missing == "drop"]
-        keep = _usable(
-            frame,
-            self.target,
-            [c.name for c in drop if isinstance(c, _Numeric)],
-            [c.name for c in drop if isinstance(c, _Categorical)],
-            self.task,
-        )
-        return frame.iloc[np.flatnonzero(keep)]
-
     @property
     def statistics_rounds(self) -> int:
         """How many statistics rounds fit this encoding: one per derived column that uses a
@@ -804,7 +789,8 @@ class Preprocessor:
 
         In a derived column's round, its statistics' columns over every row, the
         derived columns before it added (as ``fit`` summarises them); in the last,
-        ``counted_rows``. The derived columns' statistics of the earlier rounds
+        every row with every derived column (the plan counts the drops, then the
+        rows a fit keeps). The derived columns' statistics of the earlier rounds
         must be in (``refitted`` with their totals).
         """
         frame = _empty_as_numbers(df)
@@ -812,7 +798,9 @@ class Preprocessor:
         if not 0 <= round <= len(derivations):
             raise DataError(f"this encoding has no statistics round {round}")
         if round == len(derivations):
-            return self.statistics_plan(), self.counted_rows(frame)
+            frame = self.with_derived(frame)
+            require_columns(frame, [self.target, *self.features])
+            return self.statistics_plan(), frame
         d = derivations[round]
         before = self.derive[: self.derive.index(d)]
         return _derivation_plan(d), _apply_derived(frame, before)
@@ -837,7 +825,8 @@ class Preprocessor:
     def statistics_plan(self, relative_accuracy: float = REPORT_ACCURACY) -> StatisticsPlan:
         """What each node counts so that ``rescaled`` can fit this encoding's numbers:
         the numeric features (and a regression target), the categorical ones over
-        their categories (and a classifier's classes)."""
+        their categories (and a classifier's classes), over the rows a fit keeps; and
+        the rows the missing-value policy drops (the target and ``drop`` features')."""
         if self.image_shape is not None:
             raise DataError("federated statistics do not fit image jobs yet")
         numeric = [c.name for c in self.columns if isinstance(c, _Numeric)]
@@ -850,7 +839,8 @@ class Preprocessor:
             numeric.append(self.target)
         else:
             categorical.append((self.target, tuple(category_of(v) for v in self.classes)))
-        return StatisticsPlan(tuple(numeric), tuple(categorical), relative_accuracy)
+        dropped = (self.target, *(c.name for c in self.columns if c.missing == "drop"))
+        return StatisticsPlan(tuple(numeric), tuple(categorical), relative_accuracy, dropped)
 
     def rescaled(self, totals: Totals, *, standardize: bool) -> Preprocessor:
         """This encoding with every number refitted from federated ``totals``

@@ -7,7 +7,10 @@ anyone) decodes into ``Totals``: per numeric column the count, missing
 count, sum and sum of squares (so mean and standard deviation) and a
 quantile sketch (so minimum, maximum and median); per categorical column the
 count of each value of its public domain, of other values, and of missing
-ones. Everything here is a sum, which is what additive masking can total.
+ones. A plan may also name the columns whose missing value drops a row
+(``dropped``): it then counts the rows, the rows dropped and, per such column,
+the rows missing it, and counts the other columns over the rows kept only.
+Everything here is a sum, which is what additive masking can total.
 
 Minimum, maximum and quantiles come from a DDSketch (Masson et al., VLDB
 2019, the ``ddsketch`` package): a value ``v`` counts in the bucket
@@ -55,6 +58,7 @@ TERM_BOUND = 2.0**44
 _FORMAT = "tessera-statistics-plan/v1"
 _NUMERIC_WORDS = 4  # count, missing, sum, sum of squares; then the sketch's buckets
 _CATEGORY_WORDS = 2  # missing, other; then one count per domain value
+_ROW_WORDS = 2  # rows, rows dropped; then one count per dropping column
 
 
 def _value_key(value: object) -> str:
@@ -75,16 +79,22 @@ class StatisticsPlan:
     ``categorical`` pairs each categorical column with its domain (the values
     the data provider's schema lists, as text); other values are counted
     together. ``relative_accuracy`` is the sketch's quantile accuracy.
+    ``dropped``: columns (of the others) whose missing value drops a row, as a
+    fit drops it: missing is non-finite for a numeric column, absent for a
+    categorical one (module doc).
     """
 
     numeric: tuple[str, ...]
     categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
     relative_accuracy: float = 0.02
+    dropped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [*self.numeric, *(c for c, _ in self.categorical)]
         if len(set(names)) != len(names):
             raise DataError(f"a statistics plan names a column twice: {names}")
+        if len(set(self.dropped)) != len(self.dropped) or not set(self.dropped) <= set(names):
+            raise DataError(f"a plan drops rows by columns it counts, each once: {self.dropped}")
         if not 0 < self.relative_accuracy < 0.5:
             raise DataError(
                 f"relative_accuracy must be in (0, 0.5), got {self.relative_accuracy!r}"
@@ -134,7 +144,8 @@ class StatisticsPlan:
     def length(self) -> int:
         """Words in each node's vector."""
         words = len(self.numeric) * (_NUMERIC_WORDS + self.buckets)
-        return words + sum(_CATEGORY_WORDS + len(d) for _, d in self.categorical)
+        words += sum(_CATEGORY_WORDS + len(d) for _, d in self.categorical)
+        return words + (_ROW_WORDS + len(self.dropped) if self.dropped else 0)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -146,6 +157,7 @@ class StatisticsPlan:
             "numeric": list(self.numeric),
             "categorical": [[c, list(d)] for c, d in self.categorical],
             "relative_accuracy": self.relative_accuracy,
+            "dropped": list(self.dropped),
         }
 
     @classmethod
@@ -158,9 +170,10 @@ class StatisticsPlan:
                 (str(c), tuple(str(v) for v in domain)) for c, domain in raw["categorical"]
             )
             accuracy = float(raw["relative_accuracy"])
+            dropped = tuple(str(c) for c in raw.get("dropped", ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed statistics plan: {exc}") from None
-        return cls(numeric, categorical, accuracy)
+        return cls(numeric, categorical, accuracy, dropped)
 
     # -- a node's vector ---------------------------------------------------------
     def vector(self, table: pd.DataFrame) -> npt.NDArray[np.float64]:
@@ -192,6 +205,15 @@ class StatisticsPlan:
             return np.bincount(nodes, weights=weights, minlength=n_nodes).astype(np.float64)
 
         at = 0
+        if self.dropped:  # the drops first, then the kept rows alone
+            absent = {c: self._missing(table, c) for c in self.dropped}
+            drop = np.logical_or.reduce([*absent.values(), np.zeros(len(table), bool)])
+            out[:, 0] = per_node()
+            out[:, 1] = per_node(drop.astype(np.float64))
+            for i, c in enumerate(self.dropped):
+                out[:, _ROW_WORDS + i] = per_node(absent[c].astype(np.float64))
+            at = _ROW_WORDS + len(self.dropped)
+            table, nodes = table.iloc[np.flatnonzero(~drop)], nodes[~drop]
         for column in self.numeric:
             values = _numeric(table, column)
             finite = np.isfinite(values)
@@ -232,6 +254,11 @@ class StatisticsPlan:
             )
         return out
 
+    def _missing(self, table: pd.DataFrame, column: str) -> npt.NDArray[np.bool_]:
+        if column in self.numeric:
+            return ~np.isfinite(_numeric(table, column))
+        return table[column].isna().to_numpy()
+
     def _buckets_of(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         """Each value's sketch bucket in the dense layout: negative keys high to low,
         zero (magnitudes under TINY), positive keys low to high."""
@@ -254,7 +281,12 @@ class StatisticsPlan:
             )
         numeric: dict[str, NumericTotals] = {}
         categorical: dict[str, CategoryTotals] = {}
+        rows = None
         at = 0
+        if self.dropped:
+            at = _ROW_WORDS + len(self.dropped)
+            words = [round(float(v)) for v in vector[:at]]
+            rows = RowTotals(words[0], words[1], dict(zip(self.dropped, words[2:], strict=True)))
         for column in self.numeric:
             count, missing, total, squares = (float(v) for v in vector[at : at + _NUMERIC_WORDS])
             at += _NUMERIC_WORDS
@@ -270,7 +302,7 @@ class StatisticsPlan:
             categorical[column] = CategoryTotals(
                 missing=words[0], other=words[1], counts=dict(zip(domain, words[2:], strict=True))
             )
-        return Totals(numeric=numeric, categorical=categorical)
+        return Totals(numeric=numeric, categorical=categorical, rows=rows)
 
     def _sketch_of(self, counts: npt.NDArray[np.floating[Any]]) -> DDSketch:
         low, high = self._keys
@@ -356,9 +388,20 @@ class CategoryTotals:
 
 
 @dataclass(frozen=True)
+class RowTotals:
+    """A plan's rows (``StatisticsPlan.dropped``): all of them, those dropped, and per
+    dropping column those missing it (a row missing two counts under both)."""
+
+    rows: int
+    dropped: int
+    dropped_by: dict[str, int]
+
+
+@dataclass(frozen=True)
 class Totals:
     numeric: dict[str, NumericTotals]
     categorical: dict[str, CategoryTotals]
+    rows: RowTotals | None = None  # with a plan that drops rows
 
 
 def category_of(value: Hashable) -> str:

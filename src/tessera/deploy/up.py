@@ -232,8 +232,8 @@ def run_job(
             rec = result.record
             if federated_statistics(cfg) and dep.job.statistics_vectors is None:
                 encoding = Preprocessor.from_json(preprocessing)  # what the nodes refit
-                totals = statistics_totals(client, job_id, encoding)
-                dep.job = rescale_job(dep.job, totals, encoding)
+                totals, counted = statistics_totals(client, job_id, encoding)
+                dep.job = rescale_job(dep.job, totals, encoding, nodes=counted)
             score = holdout_scores(dep.job, result.weights)
             # A deployment's clock is the real one: time since the job started, as
             # the simulator's virtual_seconds, and this round's own duration.
@@ -274,8 +274,9 @@ def federated_statistics(cfg: JobConfig) -> bool:
 
 def statistics_totals(
     client: CoordinatorClient, job_id: str, encoding: Preprocessor
-) -> list[Totals]:
-    """The totals of the job's statistics rounds, as the coordinator keeps them."""
+) -> tuple[list[Totals], int]:
+    """The totals of the job's statistics rounds, as the coordinator keeps them, and how
+    many nodes the last one holds."""
     sha = client.status(job_id).get("statistics")
     plans = encoding.statistics_plans()
     totals = (
@@ -285,4 +286,4 @@ def statistics_totals(
         raise RemoteProtocolError(
             f"job {job_id} trains with {len(totals)} of its {len(plans)} statistics totals"
         )
-    return [t for t, _ in totals]
+    return [t for t, _ in totals], totals[-1][1]

@@ -41,7 +41,13 @@ from tessera.data import (
     split_holdout,
     usable_rows,
 )
-from tessera.data.federated import FederatedSummaries, TotalsOf, node_of_rows, plain_totals
+from tessera.data.federated import (
+    FederatedSummaries,
+    TotalsOf,
+    column_report,
+    node_of_rows,
+    plain_totals,
+)
 from tessera.data.prepare import Summarizer, summarize
 from tessera.data.statistics import Totals
 from tessera.errors import ConfigError, DataError
@@ -556,13 +562,19 @@ def _federated_fit(
 
 
 def rescale_job(
-    job: PreparedJob, totals: Sequence[Totals], encoding: Preprocessor | None = None
+    job: PreparedJob,
+    totals: Sequence[Totals],
+    encoding: Preprocessor | None = None,
+    *,
+    nodes: int | None = None,
 ) -> PreparedJob:
     """``job`` (``prepare_job``'s, maybe ``first_nodes``) as a deployment with statistics
     rounds runs it: the job document's ``encoding`` (default: the job's own) refitted
     from every round's ``totals`` (``Preprocessor.refitted``), the nodes' records and the
-    test set encoded again, and what each node counted in each round
-    (``statistics_vectors``, for the simulator's replay of the rounds)."""
+    test set encoded again, what each node counted in each round (``statistics_vectors``,
+    for the simulator's replay of the rounds), and what the AI provider learns of the
+    nodes' data from the totals alone (``missing``, ``statistics``: ``nodes`` in the
+    last round's total, default all)."""
     cfg, pooled = job.config, job.preprocessor
     assert pooled is not None
     document = encoding or pooled
@@ -585,11 +597,47 @@ def rescale_job(
         vectors.append(
             plan.vectors(counted.iloc[np.flatnonzero(in_job)], holder[in_job], job.n_nodes)
         )
+    test = pre.transform(test_df)
     return replace(
         job,
         x=train.x[part.order][:stop],
         y=train.y[part.order][:stop],
-        test=pre.transform(test_df),
+        test=test,
         preprocessor=pre,
         statistics_vectors=tuple(vectors),
+        missing=totalled_missing(pre, totals[-1], test, test_rows=len(test_df)),
+        statistics=FederatedFit(
+            rounds=len(totals),
+            nodes=job.n_nodes if nodes is None else nodes,
+            secure=True,
+            columns=column_report(totals[-1]),
+        ),
+    )
+
+
+def totalled_missing(
+    pre: Preprocessor, totals: Totals, test: Prepared, *, test_rows: int
+) -> MissingCounts:
+    """What the missing-value policy did, as the AI provider of a deployment knows it: the
+    nodes' part from the statistics total (``StatisticsPlan.dropped``, and each imputed
+    column's missing count among the rows kept), the holdout from its own rows. Per node
+    counts are no aggregate: none (each node's would be its user's)."""
+    if totals.rows is None:
+        raise DataError("the statistics total counts no dropped rows")
+    imputed = {}
+    for column in pre.columns:
+        if column.missing == "drop":
+            continue
+        counted = totals.numeric.get(column.name) or totals.categorical[column.name]
+        imputed[column.name] = counted.missing
+    return MissingCounts(
+        policy={pre.target: "drop", **pre.missing_policy},
+        rows=totals.rows.rows,
+        test_rows=test_rows,
+        dropped_rows=totals.rows.dropped,
+        test_dropped_rows=test.n_dropped,
+        dropped={c: n for c, n in totals.rows.dropped_by.items() if n},
+        imputed=imputed,
+        test_dropped={c: n for c, n in test.dropped_by.items() if n},
+        test_imputed=dict(test.imputed),
     )

@@ -285,6 +285,7 @@ class MetricsWriter:
     ) -> None:
         self.path = out / "metrics.json"
         self.extra: dict[str, Any] = {}  # more top-level keys (e.g. ``deployment``)
+        self._baseline, self._secure = baseline, secure
         self._facts = _facts(job, baseline, secure)
         self._n_nodes = job.n_nodes
         self._rounds: list[str] = []  # each round's JSON, made once
@@ -294,6 +295,11 @@ class MetricsWriter:
         self._mark = f"tessera-rounds-{secrets.token_hex(16)}"
         out.mkdir(parents=True, exist_ok=True)
         self._log: IO[str] = (out / "rounds.jsonl").open("w", encoding="utf-8")
+
+    def learned(self, job: PreparedJob) -> None:
+        """The job as now known (a deployment's statistics rounds fitted its encoding and
+        counted its missing values): the next write says so."""
+        self._facts = _facts(job, self._baseline, self._secure)
 
     def add_round(self, record: RoundRecord, *, model_digest: str | None = None) -> None:
         """Record a closed round and rewrite metrics.json with status "running"."""
