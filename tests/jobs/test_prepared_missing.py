@@ -232,8 +232,12 @@ def test_count_histogram_bins() -> None:
 
 @pytest.mark.parametrize(
     "policy",
-    [{}, {"missing": {"default": "impute"}}, {"missing": {"default": "indicator", "columns": {"lang": "drop"}}}],
-)  # fmt: skip
+    [
+        {},
+        {"missing": {"default": "impute"}},
+        {"missing": {"default": "indicator", "columns": {"lang": "drop"}}},
+    ],
+)
 def test_a_deployment_counts_what_the_policy_did_from_the_statistics_totals(
     csv: Path, policy: dict[str, Any]
 ) -> None:
