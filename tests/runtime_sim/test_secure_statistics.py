@@ -182,3 +182,43 @@ def test_a_lying_count_word_cannot_fail_the_round(monkeypatch: pytest.MonkeyPatc
     result = secure_totals(PLAN, [good] * 7, tree=TreeParams(k=3, group_size=2, fan_in=3))
     assert result.nodes == 7
     assert result.totals.numeric["score"].count == 14
+
+
+def test_a_learning_rate_schedule_counts_training_rounds_not_statistics_rounds() -> None:
+    """With two statistics rounds, round 2 is the job's first training round: a schedule
+    must read round 0 there (else a cosine schedule would run past its end)."""
+    from dataclasses import replace
+
+    from tessera.crypto.keys import NodeKeys
+    from tessera.ids import COORDINATOR
+    from tessera.protocol.contributor import Contributor, SecureContext
+    from tessera.protocol.effects import RequestLocalTraining
+    from tessera.protocol.events import MessageReceived
+    from tessera.protocol.params import RoundParams
+    from tessera.protocol.treecheck import TreeCheck
+    from tessera.runtime.host import training_task
+
+    nodes = [NodeId(f"n{i}") for i in range(6)]
+    params = RoundParams(job_id=JobId("j"), rounds=2)
+    for declared in (0, 2):
+        check = TreeCheck(
+            params, nodes, TreeParams(k=3, group_size=2, fan_in=3), statistics=declared
+        )
+        round = declared  # the first training round
+        tree = check.tree(round)
+        group = next(g for g in tree.groups if g.level == 0)
+        node = Contributor(
+            group.members[0], JobId("j"), SecureContext(NodeKeys.from_seed(bytes(32)), {}, check)
+        )
+        assignment = replace(seats(*group.aggregators), group=group.id, tree_digest=tree.digest())
+        request = TrainRequest(
+            job_id=JobId("j"),
+            round=round,
+            weights=np.zeros(2, np.float32),
+            deadline=9.0,
+            secure=replace(assignment, backups=group.backups),
+        )
+        [train] = node.handle(MessageReceived(sender=COORDINATOR, message=request), 0.0)
+        assert isinstance(train, RequestLocalTraining), train
+        assert (train.round, train.schedule_round) == (declared, 0)
+        assert training_task(train, 7).schedule_round == 0

@@ -493,7 +493,7 @@ class NodeAgent:
                 seed=task.seed,
                 shuffle_id=job.shuffle_id,
                 prox_mu=task.prox_mu,
-                round=task.round,
+                round=task.schedule_round,
             )
         except (SandboxError, SandboxRefused, TesseraError, httpx.HTTPError) as exc:
             log.warning("%s: local training failed: %s", self.node, exc)

@@ -195,7 +195,16 @@ class Contributor:
         self._holders = {}
         if msg.statistics:
             return [RequestLocalStatistics(round=msg.round)]
-        return [RequestLocalTraining(round=msg.round, weights=msg.weights, config=msg.config)]
+        check = self.secure.tree_check if self.secure is not None else None
+        counted = 0 if check is None else check.statistics  # rounds before training
+        return [
+            RequestLocalTraining(
+                round=msg.round,
+                weights=msg.weights,
+                config=msg.config,
+                schedule_round=msg.round - counted,
+            )
+        ]
 
     def _on_result(
         self, event: LocalUpdateReady | LocalStatisticsReady | LocalTrainingFailed, now: float

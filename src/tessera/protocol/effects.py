@@ -33,11 +33,17 @@ class CancelTimer:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RequestLocalTraining:
-    """Train on the node's own data from ``weights``; answer LocalUpdateReady."""
+    """Train on the node's own data from ``weights``; answer LocalUpdateReady.
+
+    ``schedule_round``: which training round of the job this is (``round`` less
+    the statistics rounds before it), what a learning-rate schedule counts, so a
+    job's schedule is the same with or without statistics rounds; None: ``round``.
+    """
 
     round: int
     weights: Vector
     config: Mapping[str, float]
+    schedule_round: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -75,6 +75,8 @@ class TrainingTask:
     weights: Vector
     seed: int  # ``train_seed(job seed, round)``
     prox_mu: float | None  # the strategy's FedProx term; None keeps the recipe's own
+    # The learning-rate schedule's round (``RequestLocalTraining.schedule_round``).
+    schedule_round: int = 0
 
 
 def training_task(request: RequestLocalTraining, job_seed: int) -> TrainingTask:
@@ -84,6 +86,7 @@ def training_task(request: RequestLocalTraining, job_seed: int) -> TrainingTask:
         weights=request.weights,
         seed=train_seed(job_seed, request.round),
         prox_mu=_prox_mu(request.config),
+        schedule_round=request.round if request.schedule_round is None else request.schedule_round,
     )
 
 

@@ -370,7 +370,7 @@ class Simulation(Observer):
         task = self._round_tasks[round]
         batch = np.asarray(nodes, dtype=np.int64)
         result = self.trainer.train(
-            task.weights, batch, task.seed, prox_mu=task.prox_mu, round=task.round
+            task.weights, batch, task.seed, prox_mu=task.prox_mu, round=task.schedule_round
         )
         for row, node in enumerate(nodes):
             self._results[(round, node)] = (
