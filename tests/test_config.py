@@ -131,3 +131,54 @@ def test_nodes_is_refused_where_the_data_decide_the_nodes(
     with pytest.raises(ConfigError, match=says) as err:
         parse_config(raw)
     assert err.value.field == "partition"
+
+
+def declared(categories: object, categorical: tuple[str, ...] = ("g",)) -> dict:
+    raw = with_("data.categorical", list(categorical))
+    raw["data"]["categories"] = categories
+    return raw
+
+
+def test_declared_categories_parse_in_order_with_their_types() -> None:
+    cfg = parse_config(declared({"g": ["M", "F", 2, 2.5, True]}))
+    assert cfg.data.categories == {"g": ["M", "F", 2, 2.5, True]}
+    assert [type(v) for v in cfg.data.categories["g"]] == [str, str, int, float, bool]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        (declared({"g": []}), "data.categories", "g: must list 1 to 10,000 values, got 0"),
+        (declared({"g": [1, 1.0]}), "data.categories", "g: 1 listed twice (2 and 2.0 are one)"),
+        (declared({"g": [float("nan")]}), "data.categories", "g: numbers must be finite"),
+        (
+            declared({"g": [[1]]}),
+            "data.categories",
+            "g: [1] is not a string, a number or a boolean",
+        ),
+        (
+            declared({"h": ["a"]}),
+            "data",
+            "categories.h: 'h' is not listed in categorical (list it there: categories are a "
+            "categorical feature's)",
+        ),
+        (
+            declared({"target": ["a"]}, ("target",)),
+            "data",
+            "categories.target: the target's classes are not declared, only a categorical "
+            "feature's categories",
+        ),
+    ],
+)
+def test_declared_categories_are_checked(raw: dict, field: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert (err.value.field, err.value.message) == (field, message)
+
+
+def test_declared_categories_are_told_apart_as_statistics_name_them() -> None:
+    from tessera.config import _category_key
+    from tessera.data.statistics import category_of
+
+    for value in ["a", "2", 2, 2.0, 2.5, -0.0, True, False, 0, 1, 1e20, 10**30]:
+        assert _category_key(value) == category_of(value), value

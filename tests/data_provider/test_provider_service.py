@@ -167,8 +167,9 @@ def test_catalogue_lists_datasets_without_records(
     answer = http.get("/v1/catalogue")
     assert answer.status_code == 200
     body = answer.json()
+    listed = {"values", "identifies"}
     without_values = [
-        {**d, "fields": [{k: v for k, v in f.items() if k != "values"} for f in d["fields"]]}
+        {**d, "fields": [{k: v for k, v in f.items() if k not in listed} for f in d["fields"]]}
         for d in body["datasets"]
     ]
     assert without_values == [table.describe(), lrs.describe()]
@@ -180,6 +181,8 @@ def test_catalogue_lists_datasets_without_records(
     assert fields["gender"]["values"] == ["F", "M"]
     assert fields["score"]["values"] == [0, 2, 4, 6, 8, 10]
     assert fields["school"].get("values") is None and fields["gcsescore"].get("values") is None
+    # The user field identifies people: an AI provider leaves it out of a job.
+    assert [f["name"] for f in body["datasets"][0]["fields"] if f["identifies"]] == ["school"]
     rare = table.table()["age"].value_counts()
     assert set(fields["age"]["values"]) == {int(v) for v in rare[rare >= 10].index}
 

@@ -250,12 +250,17 @@ def test_a_derived_median_takes_a_statistics_round_of_its_own() -> None:
 
 
 def test_tessera_up_falls_back_to_the_aggregates_only_saying_why() -> None:
-    from tessera.ai_provider.client import schema_preprocessing
+    from tessera.ai_provider.client import Schema, schema_preprocessing
 
     cfg = _job(secure=True, statistics=True).config
-    encoding, why = schema_preprocessing(cfg, {"gender": ["F", "M"], "score": [0, 2, 4]})
+    types = {"school": "number", "score": "number", "gcsescore": "number", "gender": "category"}
+
+    def schema(values: dict) -> Schema:
+        return Schema(tuple(types), types, values, frozenset({"school"}))
+
+    encoding, why = schema_preprocessing(cfg, schema({"gender": ("F", "M"), "score": (0, 2, 4)}))
     assert encoding is not None and why == ""
-    missing, why = schema_preprocessing(cfg, {"score": [0, 2, 4]})
+    missing, why = schema_preprocessing(cfg, schema({"score": (0, 2, 4)}))
     assert missing is None and "gender" in why
 
 

@@ -18,11 +18,12 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from tessera.ai_provider.schema import Schema, schema_preprocessing
 from tessera.config import JobConfig
 from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys
 from tessera.data.prepare import Preprocessor
-from tessera.errors import DataError, RemoteProtocolError
+from tessera.errors import RemoteProtocolError
 from tessera.jobs.document import DataRequest, JobSpec, make_job_document
 from tessera.jobs.prepared import model_spec_of, recipe_of
 from tessera.jobs.records import RoundRecord
@@ -36,45 +37,33 @@ from tessera.runtime.transport.mail import (
 from tessera.training import init_weights, layout
 from tessera.weights import Vector
 
+__all__ = [
+    "RoundResult",
+    "Schema",
+    "build_job",
+    "fetch_final",
+    "fetch_preprocessing",
+    "fetch_provider_key",
+    "fetch_schema",
+    "schema_preprocessing",
+    "submit",
+    "watch",
+]
 
-def fetch_schema(
-    provider: str, dataset: str, *, verify: ssl.SSLContext | bool = True
-) -> dict[str, list[Any]]:
-    """The values of each field of few values that the data provider's public catalogue
-    lists for ``dataset`` (those enough records hold): categories and classes."""
+
+def fetch_schema(provider: str, dataset: str, *, verify: ssl.SSLContext | bool = True) -> Schema:
+    """What the data provider's public catalogue says of ``dataset``: its fields, their
+    types, the values of each field of few values (those enough records hold, the
+    categories and classes an encoding starts from) and the fields that identify people."""
     with httpx.Client(base_url=provider.rstrip("/"), verify=verify, timeout=30) as http:
         answer = http.get("/v1/catalogue")
     if answer.status_code != 200:
         raise RemoteProtocolError(f"the data provider's catalogue: {answer.status_code}")
-    for entry in answer.json().get("datasets", []):
-        if entry.get("name") == dataset:
-            return {f["name"]: list(f["values"]) for f in entry["fields"] if f.get("values")}
+    body = answer.json()
+    for entry in body.get("datasets", []) if isinstance(body, dict) else []:
+        if isinstance(entry, dict) and entry.get("name") == dataset:
+            return Schema.from_catalogue(entry)
     raise RemoteProtocolError(f"the data provider offers no dataset {dataset!r}")
-
-
-def schema_preprocessing(
-    cfg: JobConfig, schema: dict[str, list[Any]]
-) -> tuple[dict[str, Any] | None, str]:
-    """The job's encoding from the schema alone (``Preprocessor.schema``), its numbers to
-    be fitted by the statistics round; or None and why it needs the provider's aggregates."""
-    d = cfg.data
-    if not d.features:
-        return None, "the job names no features (every column): the catalogue cannot say which"
-    try:
-        pre = Preprocessor.schema(
-            target=d.target,
-            features=d.features,
-            categorical=d.categorical,
-            task=cfg.job.task,
-            standardize=d.standardize,
-            derive=[(e.name, e.expr) for e in d.derive],
-            missing=d.missing.default,
-            missing_columns=dict(d.missing.columns),
-            domains=schema,
-        )
-    except DataError as exc:
-        return None, str(exc)
-    return pre.to_json(), ""
 
 
 def fetch_preprocessing(
@@ -99,6 +88,8 @@ def fetch_preprocessing(
         "standardize": str(d.standardize).lower(),
     }
     # Only when used, so a job without them asks what it asked before.
+    if d.categories:
+        params["categories"] = json.dumps(d.categories)
     if d.derive:
         params["derive"] = json.dumps([{"name": e.name, "expr": e.expr} for e in d.derive])
     if d.missing.default != "drop" or d.missing.columns:

@@ -106,6 +106,18 @@ class Derivation:
     def fail(self, message: str) -> DeriveError:
         return DeriveError(self.index, "expr", message)
 
+    @property
+    def domain(self) -> tuple[int, ...] | None:
+        """The values the column can take, known from the expression alone: (0, 1) for a
+        comparison, 0 .. k for ``bin`` with k edges (integers, as ``evaluate`` gives
+        them); None for arithmetic, whose values depend on the data."""
+        body = self.tree.body
+        if isinstance(body, ast.Compare):
+            return (0, 1)
+        if isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id == "bin":
+            return tuple(range(len(body.args)))  # the value, then k edges: k + 1 bins
+        return None
+
     def evaluate(self, df: pd.DataFrame, statistics: Mapping[Statistic, float]) -> pd.Series:
         """The derived column for ``df``'s rows (NaN where missing), from fitted ``statistics``.
 
@@ -125,11 +137,7 @@ class Derivation:
             raise self.fail("the expression is a string, not a number or a comparison")
         if isinstance(value, float):
             value = pd.Series(np.full(len(df), value), index=df.index, dtype=np.float64)
-        body = self.tree.body
-        whole = isinstance(body, ast.Compare) or (
-            isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id == "bin"
-        )
-        if whole:  # 0/1 or a bin index: integers, pandas' nullable Int64 where one is missing
+        if self.domain is not None:  # 0/1 or a bin index: int64, nullable Int64 if one is missing
             return value.astype(np.int64 if not value.isna().any() else "Int64").rename(self.name)
         return value.astype(np.float64).rename(self.name)
 

@@ -13,8 +13,9 @@ What the totals give is what pooled rows give, up to the statistics round's
 precision: counts and category counts exactly; means and standard
 deviations from sums rounded into the ring (off by under one ring step per
 node); medians within the sketch's relative accuracy (``RELATIVE_ACCURACY``).
-Category domains are the schema's (the values a column can take, as a data
-provider's catalogue lists them; in the simulator, read off the rows).
+Category domains are the schema's (the values a column can take: declared in
+the job, ``data.categories``, else as a data provider's catalogue lists them;
+in the simulator, read off the rows); a value outside is counted as "other".
 """
 
 from __future__ import annotations
@@ -72,19 +73,24 @@ class FederatedSummaries:
         numeric: Sequence[str] = (),
         categorical: Sequence[str] = (),
         medians: bool = False,
+        domains: Mapping[str, Sequence[Hashable]] | None = None,
     ) -> dict[str, ColumnSummary]:
         if not numeric and not categorical:
             return {}  # nothing to count: no round
-        domains = {c: sorted_values(df[c].dropna()) for c in categorical}
+        declared = domains or {}
+        values = {
+            c: tuple(declared[c]) if c in declared else sorted_values(df[c].dropna())
+            for c in categorical
+        }
         plan = StatisticsPlan(
             tuple(numeric),
-            tuple((c, tuple(category_of(v) for v in domains[c])) for c in categorical),
+            tuple((c, tuple(category_of(v) for v in values[c])) for c in categorical),
             self.relative_accuracy if medians else self.report_accuracy,
         )
         totals = self.totals_of(plan, plan.vectors(df, self._nodes(df), self.n_nodes))
         self.rounds += 1
         self.columns.update(column_report(totals))
-        return summaries_of(totals, domains)
+        return summaries_of(totals, values)
 
     def _nodes(self, df: pd.DataFrame) -> npt.NDArray[np.int64]:
         """The node holding each row of ``df``."""
@@ -127,8 +133,9 @@ def summaries_of(
 ) -> dict[str, ColumnSummary]:
     """``prepare.summarize``'s answer, read off federated totals.
 
-    ``domains`` gives each categorical column's values in sorted order (the
-    plan named them by their text); a value no node holds is no category.
+    ``domains`` gives each categorical column's values in order (sorted, or as
+    declared; the plan named them by their text); a value no node holds is no
+    category.
     """
     out: dict[str, ColumnSummary] = {}
     for name, n in totals.numeric.items():

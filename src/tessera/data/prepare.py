@@ -57,6 +57,7 @@ from tessera.data.derive import (
     parse_derivations,
     statistic_key,
 )
+from tessera.data.domains import declared_categories, schema_domain
 from tessera.data.statistics import (
     RELATIVE_ACCURACY,
     REPORT_ACCURACY,
@@ -126,9 +127,10 @@ class ColumnSummary:
     """What fitting learns of one column, from the rows that hold a value.
 
     Numeric columns: ``mean``, ``std`` (population), ``median``; categorical
-    ones: ``categories`` (sorted distinct values) and ``mode`` (the most
-    frequent, the first in sorted order on a tie). ``count`` values present,
-    ``missing`` absent (NaN, None, an infinity).
+    ones: ``categories`` (sorted distinct values; of a column whose values are
+    declared, those held, in declared order) and ``mode`` (the most frequent
+    category, the first on a tie). ``count`` values present, ``missing``
+    absent (NaN, None, an infinity).
     """
 
     count: int
@@ -146,12 +148,15 @@ def summarize(
     numeric: Sequence[str] = (),
     categorical: Sequence[str] = (),
     medians: bool = False,  # noqa: ARG001 (pooled rows give exact medians anyway)
+    domains: Mapping[str, Sequence[Hashable]] | None = None,
 ) -> dict[str, ColumnSummary]:
     """Per-column summaries of ``df``'s rows: the one place fitting computes numbers.
 
     Everything a ``Preprocessor`` learns (standardisation, imputation values,
     category and label sets, the ``median``/``mean`` of derived columns) is
     read from these; federated statistics can stand in for them later.
+    ``domains``: the declared values of some categorical columns; a value
+    outside is no category (counted by its text, as a statistics plan counts).
     """
     out: dict[str, ColumnSummary] = {}
     for name in numeric:
@@ -170,17 +175,20 @@ def summarize(
     for name in categorical:
         column = df[name]
         present_values = column.dropna()
-        counts = present_values.value_counts(sort=False)
-        categories = sorted_values(present_values)
-        mode = None
-        if len(counts):
-            top = int(counts.max())
-            mode = next(v for v in categories if int(counts.get(v, 0)) == top)
+        declared = (domains or {}).get(name)
+        if declared is None:
+            counts = present_values.value_counts(sort=False)
+            held = [(v, int(counts.get(v, 0))) for v in sorted_values(present_values)]
+        else:  # pairs, not a dict: 1 and True are two declared categories
+            texts = present_values.map(category_of).value_counts(sort=False)
+            held = [(v, int(texts.get(category_of(v), 0))) for v in declared]
+            held = [(v, n) for v, n in held if n]
+        top = max((n for _, n in held), default=0)
         out[name] = ColumnSummary(
             count=len(present_values),
             missing=len(column) - len(present_values),
-            categories=categories,
-            mode=mode,
+            categories=tuple(v for v, _ in held),
+            mode=next((v for v, n in held if n == top), None),
         )
     return out
 
@@ -229,9 +237,11 @@ class Summarizer(Protocol):
         numeric: Sequence[str] = (),
         categorical: Sequence[str] = (),
         medians: bool = False,
+        domains: Mapping[str, Sequence[Hashable]] | None = None,
     ) -> dict[str, ColumnSummary]:
         """``medians``: the caller uses the medians (a derived column's ``median(...)``),
-        so a federated summarizer counts them to its finest accuracy."""
+        so a federated summarizer counts them to its finest accuracy; ``domains``:
+        categorical columns whose values are declared, other values none of them."""
         ...
 
 
@@ -380,12 +390,15 @@ class Preprocessor:
         derive: Sequence[tuple[str, str]] = (),
         missing: str = "drop",
         missing_columns: Mapping[str, str] | None = None,
+        categories: Mapping[str, Sequence[Hashable]] | None = None,
         summarize: Summarizer = summarize,
     ) -> Preprocessor:
         """Fit on ``train_df``; ``features`` empty or None means every other column.
 
         ``derive``: (name, expression) pairs in order; ``missing``: the default
-        policy of the features, ``missing_columns``: per-column overrides.
+        policy of the features, ``missing_columns``: per-column overrides;
+        ``categories``: a categorical feature's declared categories, in order
+        (``data.categories``; another value encodes as all zeros, as an unseen one).
         Errors of a derivation are ``DeriveError`` (a ``DataError``).
         ``summarize`` computes every number the fit learns from the usable rows;
         federated statistics stand in for the pooled ``summarize`` there.
@@ -404,6 +417,7 @@ class Preprocessor:
         for column in cats:
             if column not in names:
                 raise DataError(f"categorical column {column!r} is not among the features")
+        declared = declared_categories(categories, categorical=cats, target=target)
         if image_shape is not None:
             image_shape = _image_shape(image_shape, len(names), cats)
             indicated = [c for c, p in policy.items() if p == "indicator"]
@@ -431,7 +445,10 @@ class Preprocessor:
         target_numeric = [target] if kind is Task.REGRESSION else []
         target_cats = [target] if kind is Task.CLASSIFICATION else []
         stats = summarize(
-            rows, numeric=[*numeric, *target_numeric], categorical=[*cats, *target_cats]
+            rows,
+            numeric=[*numeric, *target_numeric],
+            categorical=[*cats, *target_cats],
+            domains=declared,
         )
         empty = [c for c in names if stats[c].count == 0 and policy[c] != "drop"]
         if empty:
@@ -449,7 +466,7 @@ class Preprocessor:
             t = stats[target]
             target_scale = (t.mean, _safe_std(t.std, t.mean))
         columns = [
-            _Categorical(c, stats[c].categories, policy[c], stats[c].mode)
+            _Categorical(c, declared.get(c, stats[c].categories), policy[c], stats[c].mode)
             if c in cats
             else _Numeric(c, *scale[c], policy[c], stats[c].mean)
             for c in names
@@ -477,14 +494,18 @@ class Preprocessor:
         derive: Sequence[tuple[str, str]] = (),
         missing: str = "drop",
         missing_columns: Mapping[str, str] | None = None,
-        domains: Mapping[str, Sequence[Hashable]],
+        domains: Mapping[str, Sequence[Hashable] | None],
+        categories: Mapping[str, Sequence[Hashable]] | None = None,
     ) -> Preprocessor:
         """An encoding whose width the schema fixes and whose numbers are not fitted yet.
 
-        Categories and classes come from ``domains`` (a data provider's catalogue:
-        the values of each field that enough records hold); numeric columns, fills,
-        the target's scale and derived columns' statistics (``median(...)``) are
-        placeholders until ``refitted`` fits them from the statistics rounds' totals.
+        Categories and classes come from ``categories`` (declared in the job), a
+        derived column's expression (``Derivation.domain``), or ``domains`` (a data
+        provider's catalogue: the values of each field that enough records hold;
+        None where it lists none), in that order (``data.domains.schema_domain``);
+        numeric columns, fills, the target's scale and derived columns' statistics
+        (``median(...)``) are placeholders until ``refitted`` fits them from the
+        statistics rounds' totals.
         """
         kind = Task(task)
         derived = parse_derivations(list(derive))
@@ -495,12 +516,13 @@ class Preprocessor:
         cats = list(dict.fromkeys(categorical))
         if not set(cats) <= set(names):
             raise DataError(f"categorical column(s) {listing(set(cats) - set(names))} not features")
+        declared = declared_categories(categories, categorical=cats, target=target)
+        by_name = {d.name: d for d in derived}
 
         def domain(column: str) -> tuple[Hashable, ...]:
-            values = tuple(domains.get(column) or ())
-            if not values:
-                raise DataError(f"the schema lists no values of {column!r}")
-            return values
+            return schema_domain(
+                column, declared=declared, derived=by_name, listed=domains, target=column == target
+            )
 
         columns: list[_Numeric | _Categorical] = [
             _Categorical(c, domain(c), policy[c], None if policy[c] == "drop" else domain(c)[0])

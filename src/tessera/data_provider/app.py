@@ -8,13 +8,17 @@ answers onto HTTP:
 - ``GET /v1/provider``: the provider's public keys. Its fingerprint names it:
   in job documents (``data.provider``), as the audience of every request a
   node makes, and as the signer of attestations.
-- ``GET /v1/catalogue``: what the provider offers (no records, no server paths).
+- ``GET /v1/catalogue``: what the provider offers (no records, no server paths):
+  each field's type, the values of a field of few values that ``min_count``
+  records hold (an encoding's categories and classes start from them), and
+  ``identifies`` on the user field and ``identifiers`` (never a job's feature).
 - ``GET /v1/datasets/{name}/preprocessing``: a ``Preprocessor`` fitted on the
   whole dataset, as JSON: means, stds, category and label sets only, what an
   AI provider needs to declare a job's feature encoding without seeing data;
-  with the job's derived columns and missing-value policy (``derive`` and
-  ``missing``, JSON in the query), so imputation values and the statistics
-  a derived column uses come from here too, and nodes apply the same.
+  with the job's derived columns, missing-value policy and declared
+  categories (``derive``, ``missing`` and ``categories``, JSON in the query),
+  so imputation values and the statistics a derived column uses come from
+  here too, and nodes apply the same.
   Only to a request signed by an AI provider's keys (``runtime.transport.auth``,
   the nonce burnt in the gate's state; ``ai_providers`` may list the keys
   allowed). Aggregates only: a category is reported only when at least
@@ -67,6 +71,7 @@ from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys
 from tessera.data.connectors import Backend, DatasetConfig
 from tessera.data.derive import parse_derivations
+from tessera.data.domains import MAX_LISTED_VALUES, every_feature
 from tessera.data.prepare import Preprocessor, sorted_values
 from tessera.errors import ConfigError, DataError, RemoteProtocolError
 from tessera.ids import Task
@@ -151,6 +156,8 @@ class FieldInfo(_Model):
     # A field of few distinct values: those held by at least the minimum count of
     # records (the schema a job's categories and classes come from), sorted.
     values: list[Any] | None = None
+    # The user field or a declared identifier: never a feature, never fitted on.
+    identifies: bool = False
 
 
 class DatasetInfo(_Model):
@@ -216,13 +223,16 @@ class PreprocessingQuery(_Model):
 
     target: Name
     task: Task
-    features: Annotated[str, Field(max_length=65536)] = ""  # empty: every column but the target
+    # Empty: every column (and derived column) but the target and those identifying people.
+    features: Annotated[str, Field(max_length=65536)] = ""
     categorical: Annotated[str, Field(max_length=65536)] = ""
     standardize: bool = True
-    # JSON, both optional: [{"name": ..., "expr": ...}, ...] (derived columns, in order) and
-    # {"default": "drop", "columns": {"x": "impute"}} (the missing-value policy).
+    # JSON, all optional: [{"name": ..., "expr": ...}, ...] (derived columns, in order),
+    # {"default": "drop", "columns": {"x": "impute"}} (the missing-value policy) and
+    # {"x": ["a", "b"]} (declared categories, in order).
     derive: Annotated[str, Field(max_length=65536)] = ""
     missing: Annotated[str, Field(max_length=65536)] = ""
+    categories: Annotated[str, Field(max_length=65536)] = ""
 
 
 class _Provider:
@@ -255,7 +265,8 @@ class _Provider:
         self.now = now
 
     def _described(self, backend: Backend) -> dict[str, Any]:
-        """The catalogue entry, each field of few values listing those common enough."""
+        """The catalogue entry, each field of few values listing those common enough; the
+        fields that identify people are marked so (and list none)."""
         entry = backend.describe()
         banned = {entry["user_field"], *self.identifiers}
         table = backend.table()
@@ -263,7 +274,10 @@ class _Provider:
         for field in entry["fields"]:
             name = field["name"]
             column = table[name]
-            if name in banned or column.nunique() > MAX_LISTED_VALUES:
+            if name in banned:
+                fields.append({**field, "identifies": True})
+                continue
+            if column.nunique() > MAX_LISTED_VALUES:
                 fields.append(field)
                 continue
             counts = _counts(column)
@@ -308,19 +322,24 @@ class _Provider:
         backend = self.dataset(name)
         banned = {backend.describe()["user_field"], *self.identifiers}
         derive, default, per_column = _derive_and_missing(query)
+        categories = _declared(query)
         try:
-            inputs = {c for d in parse_derivations(derive) for c in d.inputs}
+            derivations = parse_derivations(derive)
         except DataError as exc:
             raise _Refused(400, str(exc)) from None
+        inputs = {c for d in derivations for c in d.inputs}
         asked = {query.target, *_names(query.features), *_names(query.categorical), *inputs}
         if asked & banned:
             raise _Refused(403, f"{sorted(asked & banned)} identify people: no statistics of them")
         table = backend.table()
         if len(table) < self.min_count:
             raise _Refused(403, f"fewer than {self.min_count} records: no statistics")
-        features = _names(query.features) or [
-            c for c in table.columns if c != query.target and c not in banned
-        ]
+        features = _names(query.features) or every_feature(
+            [str(c) for c in table.columns],
+            target=query.target,
+            derive=derivations,
+            identifying=banned,
+        )
         try:
             pre = Preprocessor.fit(
                 table,
@@ -332,15 +351,19 @@ class _Provider:
                 derive=derive,
                 missing=default,
                 missing_columns=per_column,
+                categories=categories,
             )
             fitted = pre.to_json()
             table = pre.with_derived(table)  # counts of derived columns' values too
         except DataError as exc:
             raise _Refused(400, str(exc)) from None
-        return self._only_common(table, fitted)
+        return self._only_common(table, fitted, declared=set(categories))
 
-    def _only_common(self, table: pd.DataFrame, fitted: dict[str, Any]) -> dict[str, Any]:
-        """Drop categories under ``min_count`` records; refuse classes under it."""
+    def _only_common(
+        self, table: pd.DataFrame, fitted: dict[str, Any], *, declared: Collection[str] = ()
+    ) -> dict[str, Any]:
+        """Drop categories under ``min_count`` records; refuse classes under it. A column
+        whose categories the AI provider declared keeps them: they tell it nothing."""
         counts = {
             name: _counts(table[name])
             for name in [fitted["target"], *(c["name"] for c in fitted["columns"])]
@@ -354,7 +377,7 @@ class _Provider:
                 f"{self.min_count} records: merge them or choose another target",
             )
         for column in fitted["columns"]:
-            if column.get("kind") == "categorical":
+            if column.get("kind") == "categorical" and column["name"] not in declared:
                 seen = counts[column["name"]]
                 kept = [v for v in column["categories"] if seen.get(str(v), 0) >= self.min_count]
                 if not kept:
@@ -609,10 +632,6 @@ def read_provider_config(path: str | Path) -> ProviderConfig:
     return config
 
 
-#: A field with more distinct values than this lists none in the catalogue.
-MAX_LISTED_VALUES = 100
-
-
 def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -664,6 +683,17 @@ def _derive_and_missing(
     ):
         raise _Refused(400, 'missing must be a JSON object {"default": ..., "columns": {...}}')
     return pairs, default, {str(k): str(v) for k, v in columns.items()}
+
+
+def _declared(query: PreprocessingQuery) -> dict[str, list[Any]]:
+    """The query's declared categories, read from their JSON (or 400); checked by the fit."""
+    try:
+        declared = json.loads(query.categories) if query.categories else {}
+    except ValueError as exc:
+        raise _Refused(400, f"categories must be JSON: {exc}") from None
+    if not isinstance(declared, dict) or not all(isinstance(v, list) for v in declared.values()):
+        raise _Refused(400, 'categories must be a JSON object {"column": [values, ...]}')
+    return declared
 
 
 def _names(text: str) -> list[str]:

@@ -500,6 +500,7 @@ def _fit(cfg: JobConfig) -> Callable[[pd.DataFrame, Summarizer], Preprocessor]:
             target=d.target,
             features=d.features,
             categorical=d.categorical,
+            categories=d.categories,
             task=cfg.job.task,
             standardize=d.standardize,
             image_shape=tuple(d.image_shape) if d.image_shape else None,
