@@ -249,7 +249,7 @@ def test_a_derived_median_takes_a_statistics_round_of_its_own() -> None:
         refit.counted_vector(ROWS, 2)
 
 
-def test_tessera_up_falls_back_to_the_aggregates_only_saying_why() -> None:
+def test_the_schema_says_why_it_cannot_encode_a_job() -> None:
     from tessera.ai_provider.client import Schema, schema_preprocessing
 
     cfg = _job(secure=True, statistics=True).config

@@ -1,7 +1,10 @@
 """``tessera up``: run a job through a real local deployment, end to end.
 
-The AI provider's part happens here: it asks the data provider for the
-feature encoding, signs and submits the job, then watches the rounds and
+The AI provider's part happens here: it builds the feature encoding from the
+data provider's public catalogue (a secure job, whose statistics rounds fit
+every number; a job the schema cannot encode stops, naming why) or asks the
+provider's aggregates endpoint (a plaintext or image job, which has no
+statistics rounds), signs and submits the job, then watches the rounds and
 scores each aggregated model on its own held-out data, writing the same
 DIR/metrics.json, model.safetensors and curves.png as ``tessera run``.
 """
@@ -28,7 +31,7 @@ from tessera.config import JobConfig
 from tessera.data.prepare import Preprocessor
 from tessera.data.statistics import Totals
 from tessera.deploy.local import PROVIDER_DATASET, Deployment
-from tessera.errors import RemoteProtocolError
+from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.jobs.document import JobSpec, check_tree_feasible
 from tessera.jobs.prepared import rescale_job
 from tessera.jobs.records import BaselineResult, RoundRecord
@@ -179,12 +182,13 @@ def run_job(
     dep.start_coordinator()
     dep.start_provider()
     keys = dep.ai_provider_keys
-    preprocessing, why = None, "a plaintext or image job has no statistics round"
-    if federated_statistics(cfg):  # the schema fixes the width, round 0 the numbers
+    if federated_statistics(cfg):  # the schema fixes the width, the statistics the numbers
         schema = fetch_schema(dep.provider_url, PROVIDER_DATASET, verify=dep.verify)
         preprocessing, why = schema_preprocessing(cfg, schema)
-    if preprocessing is None:
-        log.info("the encoding comes from the data provider's aggregates: %s", why)
+        if preprocessing is None:  # no plaintext statistics of a secure job's data
+            raise ConfigError("data", f"the provider's schema cannot encode this job: {why}")
+    else:
+        log.info("a plaintext or image job's encoding comes from the provider's aggregates")
         preprocessing = fetch_preprocessing(
             cfg, dep.provider_url, PROVIDER_DATASET, keys=keys, verify=dep.verify
         )

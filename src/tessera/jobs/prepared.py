@@ -41,6 +41,8 @@ from tessera.data import (
     split_holdout,
     usable_rows,
 )
+from tessera.data.derive import parse_derivations
+from tessera.data.domains import every_feature
 from tessera.data.federated import (
     FederatedSummaries,
     TotalsOf,
@@ -328,6 +330,23 @@ def _fit_args(cfg: JobConfig) -> _FitArgs:
     }
 
 
+def _features(cfg: JobConfig, columns: pd.Index) -> list[str]:
+    """The job's features; none named: every column and derived column but the target
+    and the partition's column (a deployment's user field: never a feature there either,
+    ``data.domains.every_feature``)."""
+    d = cfg.data
+    if d.features:
+        return list(d.features)
+    try:
+        derived = parse_derivations([(e.name, e.expr) for e in d.derive])
+    except DeriveError as exc:
+        raise _data_error(exc, "data") from None
+    user = [cfg.partition.column] if cfg.partition.column else []
+    return every_feature(
+        [str(c) for c in columns], target=d.target, derive=derived, identifying=user
+    )
+
+
 def _carried_column(cfg: JobConfig, train_df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """The column ``transform`` keeps per record: the natural partition's, or, for a
     per-record job with organisations, each record's row number (``_organisations``)."""
@@ -367,7 +386,11 @@ def split_table(cfg: JobConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 raise ConfigError(where, str(exc)) from None
     try:
         usable = usable_rows(
-            table, target=d.target, features=d.features, task=cfg.job.task, **_fit_args(cfg)
+            table,
+            target=d.target,
+            features=_features(cfg, table.columns),
+            task=cfg.job.task,
+            **_fit_args(cfg),
         )
     except DataError as exc:
         raise _data_error(exc, "data") from None
@@ -498,7 +521,7 @@ def _fit(cfg: JobConfig) -> Callable[[pd.DataFrame, Summarizer], Preprocessor]:
         return Preprocessor.fit(
             train_df,
             target=d.target,
-            features=d.features,
+            features=_features(cfg, train_df.columns),
             categorical=d.categorical,
             categories=d.categories,
             task=cfg.job.task,
