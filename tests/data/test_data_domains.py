@@ -278,3 +278,23 @@ def test_prepare_job_fits_declared_categories_from_federated_totals(tmp_path: Pa
     assert set(fed.statistics.columns["g"]["counts"]) == {"d", "a", "e"}
     plan = fed.preprocessor.statistics_plan()  # a deployment counts the declared domain too
     assert dict(plan.categorical)["g"] == ("d", "a", "e")
+
+
+def test_a_category_matches_whatever_type_its_value_is_read_as() -> None:
+    """A declared "1" on a column of numbers, or a node's JSON 2 for a table's 2.0: the
+    encoding matches values as the statistics rounds count them (one text per value)."""
+    frame = pd.DataFrame({"level": [1, 2, 2, 3, None], "y": [0, 1, 0, 1, 0]})
+    pre = Preprocessor.fit(
+        frame,
+        target="y",
+        features=["level"],
+        categorical=["level"],
+        categories={"level": ["1", "2"]},
+        task="classification",
+        missing="impute",
+    )
+    x = pre.transform(frame).x
+    np.testing.assert_array_equal(x[:4], [[1, 0], [0, 1], [0, 1], [0, 0]])  # 3: none
+    plan = pre.statistics_plan()
+    counts = plan.totals(pre.counted_vector(frame, 0)).categorical["level"]
+    assert counts.counts == {"1": 1, "2": 2} and counts.other == 1

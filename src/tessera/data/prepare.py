@@ -763,7 +763,7 @@ class Preprocessor:
                 values = rows[c.name]
                 if c.name in filled:
                     values = values.where(~filled[c.name], c.fill)
-                codes = pd.Index(c.categories).get_indexer(pd.Index(values))
+                codes = _category_codes(c.categories, values)
                 block = np.zeros((n, len(c.categories)), dtype=np.float32)
                 seen = np.flatnonzero(codes >= 0)
                 block[seen, codes[seen]] = 1.0
@@ -1025,6 +1025,20 @@ def _usable(
     else:
         keep &= df[target].notna().to_numpy()
     return keep
+
+
+def _category_codes(categories: Sequence[Hashable], values: pd.Series) -> npt.NDArray[np.intp]:
+    """Each value's position among ``categories`` (-1: none), matched by ``category_of``
+    as the statistics rounds count them: 2, 2.0 and "2" are one category (a node's JSON
+    records and a table, or a declared list and a column, may type a value apart)."""
+    keys = pd.Index([category_of(v) for v in categories])
+    position = pd.Series(np.arange(len(keys)), index=keys)
+    position = position[~keys.duplicated()]  # the first of values that print alike
+    present = values.notna().to_numpy()
+    codes = np.full(len(values), -1, np.intp)
+    found = values[present].map(category_of).map(position)
+    codes[present] = found.fillna(-1).to_numpy(dtype=np.intp)
+    return codes
 
 
 def sorted_values(column: pd.Series) -> tuple[Hashable, ...]:
