@@ -277,6 +277,33 @@ def test_calibrate_reaches_tiny_sensitivities_and_budgets() -> None:
     assert 0 < small < 1 and spent(small, 1, 1e-5, 1e-3, 1e-3) <= 1.0
     huge = calibrate(1e-4, 1e-9, 100_000, L1, L2)
     assert spent(huge, 100_000, 1e-9) <= 1e-4
+    # so little sensitivity that the least positive float is enough noise
+    assert calibrate(10.0, 1e-5, 1, 5e-324, 0.0) == 5e-324
+
+
+def test_calibrate_refuses_a_budget_no_finite_variance_reaches() -> None:
+    with pytest.raises(ValueError, match="no finite variance"):
+        calibrate(1e-3, 1e-5, 1, 1e200, 1e200)
+
+
+def test_out_of_range_arithmetic_is_infinite_cost_never_nan() -> None:
+    """Overflow is read as no privacy (inf), never as NaN, which dp-accounting reads as 0."""
+    assert skellam_rdp([2], 5e-324, 1.0, 1.0)[0] == math.inf
+    assert skellam_rdp([2], 1.0, 1e300, 1e300)[0] == math.inf
+    assert skellam_rdp([2], 1e308, 1e300, 1e154)[0] == pytest.approx(1.0)
+    assert skellam_rdp([2], 1e-200, 1e-300, 0.0)[0] == pytest.approx(1.5e-100)
+
+
+@pytest.mark.parametrize("curve", [[math.nan], [-0.1]])
+def test_epsilon_of_refuses_a_curve_that_is_no_divergence(curve: list[float]) -> None:
+    with pytest.raises(ValueError, match="RDP curve"):
+        epsilon_of(curve, [2], 1e-5)
+
+
+@pytest.mark.parametrize("z", [0.0, -1.0, math.nan, True])
+def test_gaussian_epsilon_refuses_a_noise_multiplier_that_is_not_positive(z: float) -> None:
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        gaussian_epsilon(z, 1, 1e-5)
 
 
 @pytest.mark.parametrize(

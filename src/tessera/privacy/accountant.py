@@ -40,9 +40,14 @@ __all__ = [
     "skellam_rdp",
 ]
 
-DEFAULT_ORDERS: tuple[int, ...] = (*range(2, 65), 80, 96, 128, 192, 256, 384, 512, 768, 1024)
-"""RDP orders: every integer 2..64 (where moderate budgets find their optimum), then
-sparser up to 1024 (small budgets over many rounds); integers only, as the bound needs."""
+DEFAULT_ORDERS: tuple[int, ...] = (
+    *range(2, 65),
+    *(80, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096),
+)
+"""RDP orders: every integer 2..64, where budgets of about 0.5 and more find their
+optimum, then sparser up to 4096 for smaller ones (the best order grows like
+``log(1/delta) / epsilon``: below about 0.005 the grid ends and calibration grows
+conservative); integers only, as the bound needs."""
 
 _TOLERANCE = 1e-3  # calibrate stops when its bracket is this narrow, relatively
 
@@ -77,9 +82,13 @@ def skellam_rdp(
     )
     if mu == 0:
         return np.full(alphas.shape, 0.0 if l1 == l2 == 0 else math.inf)
-    square = l2 * l2
-    integers = np.minimum(((2 * alphas - 1) * square + 6 * l1) / (4 * mu * mu), 3 * l1 / (2 * mu))
-    return alphas * square / (2 * mu) + integers
+    # In ratios to mu, so nothing overflows into inf / inf (a NaN) or underflows to 0 / 0:
+    # a result out of range is inf, the conservative answer.
+    ratio = l2 / math.sqrt(mu)
+    gauss, per = ratio * ratio, l1 / mu  # l2**2 / mu and l1 / mu (a float * is inf, never raises)
+    with np.errstate(over="ignore"):
+        integers = np.minimum(((2 * alphas - 1) * gauss + 6 * per) / 4 / mu, 1.5 * per)
+        return alphas * gauss / 2 + integers
 
 
 def epsilon_of(
@@ -101,6 +110,8 @@ def epsilon_of(
         raise ValueError(
             f"rdp and orders must be non-empty and of one length, got {len(rdp)} and {len(orders)}"
         )
+    if not bool(np.all(np.asarray(rdp, dtype=np.float64) >= 0)):  # NaN fails too
+        raise ValueError("an RDP curve is >= 0 at every order (dp-accounting reads NaN as 0)")
     return float(compute_epsilon(list(orders), list(rdp), delta)[0])
 
 
@@ -180,9 +191,9 @@ def calibrate(epsilon: float, delta: float, rounds: int, l1: float, l2: float) -
         return 0.0
 
     def spends(variance: float) -> float:
-        return epsilon_of(
-            count * skellam_rdp(DEFAULT_ORDERS, variance, l1, l2), DEFAULT_ORDERS, delta
-        )
+        with np.errstate(over="ignore"):
+            rdp = count * skellam_rdp(DEFAULT_ORDERS, variance, l1, l2)
+        return epsilon_of(rdp, DEFAULT_ORDERS, delta)
 
     low, high = _bracket(lambda v: spends(v) <= epsilon)
     while high > low * (1 + _TOLERANCE):
