@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import subprocess
+import sys
 
 import dp_accounting
 import numpy as np
@@ -77,6 +79,12 @@ def test_the_package_exports_what_its_docstring_names() -> None:
     assert all(
         f"``{name}``" in (tessera.privacy.__doc__ or "") for name in names - {"DEFAULT_ORDERS"}
     )
+
+
+def test_adding_noise_does_not_import_dp_accounting() -> None:
+    """dp-accounting brings scipy.stats (about a second): only the conversions import it."""
+    check = "import sys, tessera.privacy; assert 'dp_accounting' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
 
 
 # -- the RDP bound ---------------------------------------------------------
