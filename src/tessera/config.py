@@ -286,6 +286,24 @@ class SecureSection(_Section):
     organisation_column: str | None = None
 
 
+class PrivacySection(_Section):
+    """Distributed differential privacy towards everyone who sees a round's total.
+
+    Each contributor adds its share of integer Skellam noise before sharing, so
+    every round's aggregate is differentially private in one contributor's whole
+    update (its clipped, weighted update and its tail words); an accountant
+    spends ``epsilon`` (at ``delta``) over the job's rounds. ``dropout_margin``:
+    the share of each cohort the noise is provisioned to lose (fewer included
+    contributors add less noise, which the accountant counts); ``on_budget``:
+    what happens when the next round would spend past ``epsilon``.
+    """
+
+    epsilon: PositiveFloat
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    on_budget: Literal["stop", "warn"] = "stop"
+    dropout_margin: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
 class BaselineSection(_Section):
     enabled: bool = True
     epochs: PositiveInt | None = None
@@ -301,6 +319,7 @@ class JobConfig(_Section):
     federation: FederationSection
     simulation: SimulationSection = SimulationSection()
     secure: SecureSection = SecureSection()
+    privacy: PrivacySection | None = None
     baseline: BaselineSection = BaselineSection()
 
     @property
@@ -332,6 +351,12 @@ def parse_config(raw: Mapping[str, object]) -> JobConfig:
             "recipe.clip_norm",
             "secure aggregation needs a bound on every update; set it, "
             "or set secure.enabled = false for a plaintext job",
+        )
+    if cfg.privacy is not None and not cfg.secure.enabled:
+        raise ConfigError(
+            "privacy",
+            "distributed differential privacy adds its noise inside secure aggregation; "
+            "enable [secure] or remove [privacy]",
         )
     return cfg
 

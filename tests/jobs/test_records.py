@@ -39,6 +39,7 @@ drawn: dict[str, st.SearchStrategy[object]] = {
     "coordinator_cpu_seconds": st.floats(0, 1e6),
     "rmse": numbers,
     "mae": numbers,
+    "epsilon": numbers,
 }
 records = st.builds(RoundRecord, **drawn)
 

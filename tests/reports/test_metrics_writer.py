@@ -93,7 +93,8 @@ def test_each_round_is_serialised_once(
 
 def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str, Any]]:
     """metrics.json's rounds as build_metrics made them before MetricsWriter (verbatim),
-    and the contributors' bitset and a regression's rmse and mae (null here) added since."""
+    and the contributors' bitset, a regression's rmse and mae and a private job's epsilon
+    (null here) added since."""
 
     def finite(x: float) -> float | None:
         return x if math.isfinite(x) else None
@@ -105,6 +106,7 @@ def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str
             "value": finite(r.value),
             "rmse": finite(r.rmse),
             "mae": finite(r.mae),
+            "epsilon": finite(r.epsilon),
             "included": metrics.encode_included(r.included, n_nodes),
         }
         for r in records

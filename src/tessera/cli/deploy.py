@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -19,7 +20,14 @@ from typing import Annotated, Any
 import typer
 
 from tessera.cli.help import Command, Group
-from tessera.cli.main import app, console, done_line, missing_line, progress_bar
+from tessera.cli.main import (
+    app,
+    console,
+    done_line,
+    missing_line,
+    privacy_line,
+    progress_bar,
+)
 from tessera.errors import TesseraError
 
 job_app = typer.Typer(
@@ -366,6 +374,14 @@ def up(
         return
     finally:
         dep.close()
+    privacy = metrics.get("privacy")
+    ran = len(metrics["rounds"]) if privacy is not None else cfg.federation.rounds
+    if privacy is not None and ran < cfg.federation.rounds:  # stopped: the budget
+        console.print(
+            f"[yellow]ended after {ran} of {cfg.federation.rounds} rounds: one more would "
+            f"spend past the privacy budget (epsilon {privacy['epsilon']:.3g} of "
+            f"{privacy['budget']:g})[/]"
+        )
     console.print(
         done_line(
             time.monotonic() - t0,
@@ -405,6 +421,9 @@ def _up_with_progress(
     done: list[RoundRecord] = []
     metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
     secure = summarize(dep.job) if dep.config.secure.enabled else None
+    line = privacy_line(dep.job, secure)
+    if line is not None and not quiet:
+        console.print(line)
     with progress_bar(quiet) as progress:
         baseline = baseline_of(dep)
         task = progress.add_task("federated", total=dep.config.federation.rounds, status="")
@@ -441,7 +460,8 @@ def _up_with_progress(
             progress.update(
                 task,
                 advance=1,
-                status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes",
+                status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes"
+                + (f"  epsilon {rec.epsilon:.3g}" if math.isfinite(rec.epsilon) else ""),
             )
             digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(weights))
             writer.add_round(rec, model_digest=digest)

@@ -7,6 +7,7 @@ DIR/curves.png. Every expected failure ends as one line naming the field.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -90,6 +91,21 @@ def missing_line(missing: object) -> str | None:
     return "missing values: " + "; ".join(parts)
 
 
+def privacy_line(job: PreparedJob, secure: SecureSummary | None) -> str | None:
+    """What a private job promises and what it costs, on one line; None if not private."""
+    p = job.config.privacy
+    if p is None or secure is None or secure.privacy is None:
+        return None
+    noise = secure.privacy.variance**0.5 / 2.0**secure.privacy.frac_bits
+    return (
+        f"differential privacy: epsilon <= {p.epsilon:g} at delta {p.delta:g} over "
+        f"{job.config.federation.rounds} rounds, one contributor's whole update protected "
+        f"(Skellam noise added by the contributors: std {noise:.3g} per word of each "
+        f"round's total, against an update norm of at most {job.recipe.clip_norm:g}); "
+        f"on budget: {p.on_budget}"
+    )
+
+
 def _errors(entry: Mapping[str, Any] | None) -> str:
     if entry is None or entry.get("rmse") is None or entry.get("mae") is None:
         return ""
@@ -138,6 +154,9 @@ def _describe(job: PreparedJob, secure: SecureSummary | None) -> None:
     line = missing_line(job.missing)
     if line is not None:
         console.print(line)
+    line = privacy_line(job, secure)
+    if line is not None:
+        console.print(line)
     if job.statistics is not None:
         fed = job.statistics
         console.print(
@@ -167,6 +186,8 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
             update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
         )
     secure_job = cfg.secure.enabled and not plaintext
+    if cfg.privacy is not None and plaintext:  # the noise is added inside secure aggregation
+        console.print("[yellow]--plaintext: no differential privacy noise in this run[/]")
     with console.status("preparing data: the nodes' statistics, totalled"):
         job = prepare_job(cfg, totals_of=totals_for(cfg, secure=secure_job))
     secure = summarize(job) if secure_job else None
@@ -188,10 +209,11 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
         writer = MetricsWriter(out, job, baseline, secure=secure)
 
         def on_round(rec: RoundRecord, weights: Vector) -> None:
+            spent = f"  epsilon {rec.epsilon:.3g}" if math.isfinite(rec.epsilon) else ""
             progress.update(
                 ftask,
                 advance=1,
-                status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes",
+                status=f"{metric} {rec.value:.4f}  {rec.participants}/{rec.selected} nodes{spent}",
             )
             for entry in rec.blamed:  # an audit failed: say so as it happens
                 progress.console.print(f"[bold red]round {rec.round}: blamed[/] {entry}")
@@ -213,6 +235,8 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
     plot_curves(metrics, out / "curves.png")
     if result.error is not None:  # the model of the last finite round was kept and written
         raise TesseraError(result.error)
+    if result.stopped is not None:
+        console.print(f"[yellow]ended after {len(result.rounds)} rounds: {result.stopped}[/]")
     reference = None if baseline is None else baseline.value
     console.print(
         done_line(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -350,6 +351,9 @@ class JobDriver(Observer):
         if effect.error is not None:
             step.job_update["error"] = effect.error
             self._note(effect.error)
+        if effect.stopped is not None:  # a normal end, before the job's rounds
+            self._note(effect.stopped)
+            log.info("%s ended after %d rounds: %s", self.job_id, effect.rounds, effect.stopped)
         self.finished = True
 
     def _with_traffic(self, record: RoundRecord, step: _Step) -> RoundRecord:
@@ -462,4 +466,5 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         capped=closed.capped,
         closed_at=closed.closed_at,
         weights=weights,
+        epsilon=math.nan if closed.epsilon is None else closed.epsilon,
     )

@@ -46,6 +46,7 @@ def encode_snapshot(state: DriverState) -> bytes:
         "withdrawn": list(snap.withdrawn),
         "timers": [[timer_text(timer), at] for timer, at in state.timers],
         "cursor": state.cursor,
+        "spent": list(snap.spent),  # a private job's ledger
     }
     tensors = {"weights": snap.weights, "meta": _json_bytes(meta)}
     tensors |= {_STRATEGY + name: array for name, array in snap.strategy.items()}
@@ -68,6 +69,7 @@ def decode_snapshot(data: bytes) -> DriverState:
             weights=weights,
             strategy=strategy,
             withdrawn=tuple(NodeId(str(n)) for n in meta["withdrawn"]),
+            spent=tuple(float(v) for v in meta.get("spent", ())),
         )
         timers = [(parse_timer(str(name)), float(at)) for name, at in meta["timers"]]
         return DriverState(machine=machine, timers=timers, cursor=int(meta["cursor"]))

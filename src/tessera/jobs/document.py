@@ -32,6 +32,7 @@ from tessera.data.statistics import TERM_BOUND
 from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.ids import JOB_DIGEST_DIGITS, JobId, NodeId, job_id_of
 from tessera.jobs.prepared import round_params_of, secure_params_of, strategy_of
+from tessera.jobs.privacy import privacy_params_of
 from tessera.protocol import RoundParams, SecureParams, Strategy
 from tessera.protocol.limits import MAX_PARAMETERS
 from tessera.protocol.params import StatisticsRound
@@ -106,6 +107,10 @@ class JobSpec:
         params = secure_params_of(
             self.config, clip_norm=self.recipe.clip_norm, max_weight=self.config.secure.max_weight
         )
+        privacy = privacy_params_of(
+            self.config, clip_norm=self.recipe.clip_norm, n_weights=self.n_weights
+        )
+        params = replace(params, privacy=privacy)
         if not self.statistics:
             return params
         lengths = tuple(plan.length for plan in self.preprocessor().statistics_plans())

@@ -53,6 +53,8 @@ class RoundRecord:
     # A regression's errors on the target's own scale (value is R²); NaN for a classifier.
     rmse: float = math.nan
     mae: float = math.nan
+    # A private job's privacy spent once this round's total was released (at its delta).
+    epsilon: float = math.nan
 
     def to_json(self, *, with_included: bool = True) -> dict[str, Any]:
         """JSON-ready (NaN as null); ``with_included=False`` leaves out the contributor ids."""
@@ -121,6 +123,7 @@ class SimulationResult:
     seconds: float
     secure: bool
     error: str | None = None  # the job stopped early, and why (training diverged)
+    stopped: str | None = None  # it ended before its rounds, not failing: why (the budget)
 
     @property
     def final_value(self) -> float:

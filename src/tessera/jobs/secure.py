@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 from tessera.crypto.fixedpoint import choose_ring
 from tessera.data.statistics import TERM_BOUND
 from tessera.jobs.prepared import PreparedJob, secure_params_of
+from tessera.jobs.privacy import privacy_params_of
 from tessera.protocol.limits import TAIL
+from tessera.protocol.noise import PrivacyParams
 from tessera.protocol.params import StatisticsRound
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import derive_tree
@@ -20,13 +22,16 @@ def secure_params(job: PreparedJob) -> SecureParams:
     params = secure_params_of(
         job.config, clip_norm=job.recipe.clip_norm, max_weight=float(job.node_samples.max())
     )
+    privacy = privacy_params_of(
+        job.config, clip_norm=job.recipe.clip_norm, n_weights=job.layout.size
+    )
     vectors = job.statistics_vectors
     statistics = (
         None
         if vectors is None
         else StatisticsRound(lengths=tuple(v.shape[1] for v in vectors), bound=TERM_BOUND)
     )
-    return replace(params, beacon=job.beacon, statistics=statistics)
+    return replace(params, beacon=job.beacon, statistics=statistics, privacy=privacy)
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class SecureSummary:
     depth: int
     ring_bits: int
     model_bytes_quantized: int
+    privacy: PrivacyParams | None = None  # a private job's calibrated noise
 
 
 def summarize(job: PreparedJob) -> SecureSummary:
@@ -53,11 +59,17 @@ def summarize(job: PreparedJob) -> SecureSummary:
         contributors=nodes[:cohort],
         params=params.tree,
     )
-    ring = choose_ring(bound=params.term_bound, terms=cohort, min_frac_bits=params.min_frac_bits)
+    if params.privacy is not None:  # room for the noise, at the job's fixed scale
+        ring = params.privacy.ring(bound=params.term_bound, cohort=cohort)
+    else:
+        ring = choose_ring(
+            bound=params.term_bound, terms=cohort, min_frac_bits=params.min_frac_bits
+        )
     return SecureSummary(
         k=params.tree.k,
         group_size=params.tree.group_size,
         depth=tree.depth,
         ring_bits=ring.bits,
         model_bytes_quantized=(job.layout.size + TAIL) * ring.bits // 8,
+        privacy=params.privacy,
     )

@@ -441,6 +441,7 @@ class NodeAgent:
                         keys=self.keys,
                         directory=directory,
                         tree_check=check_tree,
+                        privacy=secure.privacy,
                     ),
                 ),
                 Aggregator(self.node, spec.job_id, self.keys, directory, check_tree),

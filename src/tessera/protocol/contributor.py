@@ -47,6 +47,7 @@ from tessera.protocol.messages import (
     TrainRequest,
     UpdateSubmission,
 )
+from tessera.protocol.noise import PrivacyParams, contributor_noise, noise_rng, noisy
 from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, ContributorState
 from tessera.protocol.treecheck import TreeCheck
 from tessera.protocol.wire import Wire
@@ -60,6 +61,7 @@ def weighted_vector(
     clip: float,
     max_weight: float,
     loss_cap: float,
+    weigh: bool = True,
 ) -> npt.NDArray[np.float64]:
     """What a contributor shares: ``w * clip(delta)``, then ``w * loss / loss_cap``, then
     1 if the loss was capped (else 0), then ``w``: ``TAIL`` words after the update.
@@ -69,7 +71,8 @@ def weighted_vector(
     mean); the delta is clipped to L2 norm ``clip`` (just under it, so rounding
     cannot push a coordinate past the ring's bound); the loss is capped, and
     the count of capped losses is summed beside it, so a capped (diverging)
-    round is seen, never hidden behind the cap.
+    round is seen, never hidden behind the cap. ``weigh`` false: ``w = 1`` (a
+    private job weighs every contributor alike: its sensitivity is one clipped update).
     """
     vector = np.empty(delta.shape[0] + TAIL, np.float64)
     scaled = vector[:-TAIL]  # built in place: the only model-sized array made here
@@ -83,7 +86,7 @@ def weighted_vector(
     norm = float(np.sqrt(squares))
     if norm > clip:
         scaled *= clip * (1 - 1e-9) / norm
-    w = min(num_samples, max_weight) / max_weight
+    w = min(num_samples, max_weight) / max_weight if weigh else 1.0
     if w != 1.0:  # multiplying by 1.0 changes no bit
         scaled *= w
     vector[-3] = w * min(max(loss, 0.0), loss_cap) / loss_cap
@@ -127,6 +130,8 @@ class SecureContext:
     keys: NodeKeys
     directory: Mapping[NodeId, PublicKeys]
     tree_check: TreeCheck | None = None  # re-derive the tree and refuse a forged one
+    # The job's distributed differential privacy: this node adds its share of the noise.
+    privacy: PrivacyParams | None = None
 
 
 def rounding_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator:
@@ -239,10 +244,14 @@ class Contributor:
         return [Send(recipient=COORDINATOR, message=declined)]
 
     def _assignment_problem(self, request: TrainRequest) -> str | None:
-        if request.secure is None:
-            return None
+        if request.secure is None:  # a secure job's update leaves this node as shares only
+            return None if self.secure is None else "a secure job's updates are sent as shares"
         if self.secure is None:
             return "this node has no keys for secure rounds"
+        privacy = self.secure.privacy
+        # A finer scale would shrink a private job's noise in real units.
+        if privacy and not request.statistics and request.secure.frac_bits != privacy.frac_bits:
+            return f"a private job's updates are encoded at {privacy.frac_bits} fraction bits"
         check = self.secure.tree_check
         if check is None:
             return None
@@ -250,6 +259,7 @@ class Contributor:
         # never a training round's request turned into a count of this node's records.
         if request.statistics != (request.round < check.statistics):
             return "statistics are counted only in the statistics rounds the job declares"
+
         return check.assignment_problem(self.node, request.round, request.secure)
 
     def _statistics_problem(self, ready: LocalStatisticsReady) -> str | None:
@@ -276,16 +286,25 @@ class Contributor:
             clip=a.clip,
             max_weight=a.max_weight,
             loss_cap=a.loss_cap,
+            weigh=self.secure is None or self.secure.privacy is None,
         )
-        return self._seal_all(vector)
+        return self._seal_all(vector, private=True)
 
-    def _seal_all(self, vector: npt.NDArray[np.float64]) -> list[Effect]:
-        """Encode ``vector``, split it into k shares and seal each for its aggregator."""
+    def _seal_all(self, vector: npt.NDArray[np.float64], *, private: bool = False) -> list[Effect]:
+        """Encode ``vector`` (with this node's share of a private job's noise, if
+        ``private``: an update), split it into k shares and seal each for its aggregator."""
         a, ctx = self.assignment, self.secure
         assert a is not None
         assert ctx is not None
         ring = Ring(bits=a.ring_bits, frac_bits=a.frac_bits, terms=a.ring_terms)
         words = encode(vector, ring, rounding_rng(ctx.keys, self.job_id, self.round))
+        if private and ctx.privacy is not None:
+            # The cohort is the public tree's, never the coordinator's word for it.
+            check = ctx.tree_check
+            cohort = check.tree(self.round).contributors if check is not None else a.ring_terms
+            rng = noise_rng(ctx.keys, self.job_id, self.round)
+            noise = contributor_noise(ctx.privacy, cohort, rng, words.size)
+            words = noisy(words, ring, noise)
         shares = split(words, len(a.aggregators), full_position=a.full_position, ring=ring)
         self._sent = (ring, vector.shape[0], shares)
         return [

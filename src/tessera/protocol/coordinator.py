@@ -94,6 +94,8 @@ class CoordinatorSnapshot:
     weights: Vector
     strategy: Mapping[str, Vector]
     withdrawn: tuple[NodeId, ...]
+    # A private job's ledger: the noise variance of every round released so far.
+    spent: tuple[float, ...] = ()
 
 
 class Coordinator:
@@ -305,6 +307,7 @@ class Coordinator:
         blamed: tuple[str, ...] = (),
         included: tuple[str, ...] = (),
         capped: int = 0,
+        epsilon: float | None = None,
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -331,15 +334,23 @@ class Coordinator:
                 blamed=blamed,
                 included=included if not skipped else (),
                 capped=capped,
+                epsilon=epsilon,
             )
         )
         done = self.round + 1 - self.first_training_round  # training rounds so far
-        if done < self.params.rounds and diverged is None:
+        stopped = self._stop_reason() if done < self.params.rounds else None
+        if done < self.params.rounds and diverged is None and stopped is None:
             effects.extend(self._open_round(self.round + 1, now))
         else:
             self._transition(CoordinatorInput.JOB_DONE)
-            effects.append(JobFinished(weights=self.weights, rounds=done, error=diverged))
+            effects.append(
+                JobFinished(weights=self.weights, rounds=done, error=diverged, stopped=stopped)
+            )
         return effects
+
+    def _stop_reason(self) -> str | None:
+        """Why the job ends before its rounds without failing (a spent privacy budget)."""
+        return None
 
 
 #: A weight this large is an explosion, not a model: inputs and targets are standardized.

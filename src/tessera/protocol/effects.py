@@ -77,6 +77,7 @@ class RoundClosed:
     blamed: tuple[str, ...] = ()  # aggregators whose sums failed their audit, with reasons
     included: tuple[str, ...] = ()  # the contributors whose updates are in the new model
     capped: int = 0  # secure rounds: contributors whose loss was over secure.loss_cap
+    epsilon: float | None = None  # a private job's privacy spent so far (at its delta)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,6 +97,7 @@ class JobFinished:
     weights: Vector
     rounds: int
     error: str | None = None  # the job stopped early, and why (training diverged)
+    stopped: str | None = None  # it ended before its rounds, not failing: why (the budget)
 
 
 Effect = (

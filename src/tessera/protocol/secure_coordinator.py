@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +53,7 @@ import numpy.typing as npt
 from tessera.crypto.fixedpoint import Ring, choose_ring, decode
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
-from tessera.errors import ConfigError, InvalidEnvelope, RemoteProtocolError
+from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.audit import decode_evidence, verify_evidence
 from tessera.protocol.codec import (
@@ -69,7 +69,7 @@ from tessera.protocol.codec import (
     encode_labelled,
     encode_reassign,
 )
-from tessera.protocol.coordinator import Coordinator, round_cohort
+from tessera.protocol.coordinator import Coordinator, CoordinatorSnapshot, round_cohort
 from tessera.protocol.effects import (
     CancelTimer,
     Effect,
@@ -89,6 +89,7 @@ from tessera.protocol.events import (
 from tessera.protocol.kinds import SEALED, Kind
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES, TAIL
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
+from tessera.protocol.noise import Budget, PrivacyParams
 from tessera.protocol.params import RoundParams, StatisticsRound
 from tessera.protocol.relay import RelayRoles
 from tessera.protocol.states import (
@@ -127,6 +128,8 @@ class SecureParams:
     # The first rounds total every node's statistics (``StatisticsRound``); training
     # starts after them.
     statistics: StatisticsRound | None = None
+    # Distributed differential privacy: each contributor's noise and the budget.
+    privacy: PrivacyParams | None = None
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
@@ -178,6 +181,8 @@ class SecureCoordinator(Coordinator):
         self.organisations = dict(organisations or dict.fromkeys(self.nodes))
         self.wire = Wire(COORDINATOR, params.job_id, keys, directory)
         self._rs: _RoundState | None = None
+        self.budget = Budget(secure.privacy) if secure.privacy is not None else None
+        self._stopping: str | None = None  # a private round the budget did not allow
         self.relay_roles: RelayRoles | None = None  # the open round's, for the relay
         self.ring_of_statistics: Ring | None = None  # the statistics round's, once opened
 
@@ -234,6 +239,25 @@ class SecureCoordinator(Coordinator):
     def first_training_round(self) -> int:
         return 0 if self.secure.statistics is None else self.secure.statistics.rounds
 
+    # -- the privacy budget ------------------------------------------------------
+    def snapshot(self) -> CoordinatorSnapshot:
+        spent = () if self.budget is None else tuple(self.budget.spent)
+        return replace(super().snapshot(), spent=spent)
+
+    @classmethod
+    def restore(cls, snapshot: CoordinatorSnapshot, /, *args: Any, **kwargs: Any) -> Self:
+        machine = super().restore(snapshot, *args, **kwargs)
+        if machine.budget is not None:
+            machine.budget = Budget(machine.budget.privacy, list(snapshot.spent))
+        elif snapshot.spent:
+            raise LocalProtocolError("a snapshot with a privacy ledger, of a job without one")
+        return machine
+
+    def _stop_reason(self) -> str | None:
+        if self.budget is None:
+            return None
+        return self._stopping or self.budget.exhausted()
+
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
         self._opened_at, self._withdrawn_at_open = now, frozenset(self.withdrawn)
@@ -248,7 +272,9 @@ class SecureCoordinator(Coordinator):
             params=self.secure.tree,
             beacon=self.secure.beacon,
         )
-        if stats is None:
+        if stats is None and self.secure.privacy is not None:  # room for the noise too
+            ring = self.secure.privacy.ring(bound=self.secure.term_bound, cohort=len(cohort))
+        elif stats is None:
             ring = choose_ring(
                 bound=self.secure.term_bound,
                 terms=len(cohort),
@@ -634,18 +660,30 @@ class SecureCoordinator(Coordinator):
             "mean_loss": float("nan"),
             "timer_pending": timer_pending,
             "blamed": blamed,
+            "epsilon": None if self.budget is None else self.budget.epsilon,
         }
         if len(rs.root_parts) != len(root.aggregators) or set(rs.seats[root.id]) & set(rs.blamed):
             # Missing, or a root sum failed its audit: nothing trustworthy to apply.
             if self.counting:
                 return self._statistics_closed(now, None, [], blamed, timer_pending)
             return self._finish_round(now, **nothing)
+        included = self._included_contributors(rs)
+        if not included and not self.counting:  # no contributor's update: nothing to release
+            return self._finish_round(now, **nothing)
+        epsilon = None
+        if self.budget is not None and not self.counting:
+            # A total is released once decoded: only if the budget allows its noise.
+            self._stopping = self.budget.refusal(len(self._selected), len(included))
+            if self._stopping is not None:
+                return self._finish_round(now, **nothing)
+            epsilon = nothing["epsilon"] = self.budget.spend(len(self._selected), len(included))
         total = combine([rs.root_parts[j].words for j in range(len(root.aggregators))], rs.ring)
         values = decode(total, rs.ring)
-        weight = float(values[-1])
-        included = self._included_contributors(rs)
         if self.counting:
             return self._statistics_closed(now, values, included, blamed, timer_pending)
+        # A private job weighs every contributor alike: its total weight is the exact
+        # count of the included, not the noisy weight word (noise as large as an update's).
+        weight = float(values[-1]) if self.budget is None else float(len(included))
         if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
         return self._finish_round(
@@ -653,11 +691,12 @@ class SecureCoordinator(Coordinator):
             mean_delta=(values[:-TAIL] / weight).astype(np.float32),
             participants=len(included),
             included=tuple(included),
-            samples=round(weight * self.secure.max_weight),
+            samples=round(weight * self.secure.max_weight) if self.budget is None else 0,
             mean_loss=float(values[-3] / weight) * self.secure.loss_cap,
-            capped=round(float(values[-2])),
+            capped=max(round(float(values[-2])), 0),  # noise can take a count below 0
             timer_pending=timer_pending,
             blamed=blamed,
+            epsilon=epsilon,
         )
 
     def _statistics_closed(

@@ -245,6 +245,11 @@ class Tree:
     def leaves(self) -> tuple[Group, ...]:
         return tuple(g for g in self.groups if g.level == 0)
 
+    @property
+    def contributors(self) -> int:
+        """How many contributors the round's cohort holds."""
+        return len(self._leaf_of)
+
     def group(self, group_id: str) -> Group:
         """The group named ``group_id``; ``LocalProtocolError`` if there is none."""
         try:

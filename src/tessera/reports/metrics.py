@@ -11,7 +11,10 @@ them took part), ``final.value``,
 missing-value policy did, see ``missing_entry``), ``statistics`` (how the
 preprocessing was fitted: ``rounds`` of federated statistics over ``nodes``,
 ``secure`` or not, and ``columns``, what the nodes' totals say of each
-column; null when fitted on pooled rows). Fields are only ever added,
+column; null when fitted on pooled rows), ``privacy`` (a private job's
+``epsilon`` spent by its last round at ``delta``, its ``budget``, the
+``mechanism`` and each round's total ``noise_variance`` in ring units at
+``scale``; null without ``[privacy]``). Fields are only ever added,
 never removed or renamed. Accuracy is a fraction in [0, 1]; regression
 reports R^2, and ``final`` and ``centralized`` (and each round) add ``rmse``
 and ``mae``: its errors on the target's own scale (null for classification).
@@ -164,6 +167,7 @@ class _Totals:
     final: float = math.nan
     final_rmse: float = math.nan
     final_mae: float = math.nan
+    epsilon: float = math.nan  # a private job's, after its last round
 
     def add(self, r: RoundRecord) -> None:
         self.rounds += 1
@@ -173,6 +177,8 @@ class _Totals:
         self.bytes_down += r.bytes_down
         self.seconds += r.seconds
         self.final, self.final_rmse, self.final_mae = r.value, r.rmse, r.mae
+        if math.isfinite(r.epsilon):
+            self.epsilon = r.epsilon
 
 
 def _facts(
@@ -216,9 +222,27 @@ def _facts(
         "features": list(job.feature_names),
         "missing": missing_entry(job.missing),
         "statistics": None if job.statistics is None else asdict(job.statistics),
+        "privacy": _privacy(job, secure),
         "model_kind": job.spec.kind,
         "parameters": job.layout.size,
         "config": job.config.model_dump(mode="json"),
+    }
+
+
+def _privacy(job: PreparedJob, secure: SecureSummary | None) -> dict[str, Any] | None:
+    """metrics.json's ``privacy`` (but the epsilon spent, which each round moves)."""
+    p = job.config.privacy
+    if p is None or secure is None or secure.privacy is None:
+        return None
+    return {
+        "delta": p.delta,
+        "budget": p.epsilon,
+        "on_budget": p.on_budget,
+        "mechanism": "distributed Skellam (integer noise added by each contributor)",
+        "noise_variance": secure.privacy.variance,
+        "scale": 2.0**secure.privacy.frac_bits,
+        "sensitivity_l2": secure.privacy.l2,
+        "dropout_margin": p.dropout_margin,
     }
 
 
@@ -255,6 +279,11 @@ def _summary(
                 "statistics",
             )
         },
+        "privacy": (
+            None
+            if facts["privacy"] is None
+            else {"epsilon": _finite(totals.epsilon), **facts["privacy"]}
+        ),
         "model": {
             "kind": facts["model_kind"],
             "parameters": facts["parameters"],

@@ -114,6 +114,7 @@ def simulate(
             aggregators_failed=stats.aggregators_failed,
             blamed=closed.blamed,
             capped=closed.capped,
+            epsilon=math.nan if closed.epsilon is None else closed.epsilon,
             included=closed.included,
             virtual_round_seconds=stats.virtual_round_seconds,
             cpu_seconds=stats.cpu_seconds,
@@ -148,7 +149,12 @@ def simulate(
     weights = sim.run()
     elapsed = time.perf_counter() - start
     return SimulationResult(
-        rounds=records, weights=weights, seconds=elapsed, secure=secure, error=sim.error
+        rounds=records,
+        weights=weights,
+        seconds=elapsed,
+        secure=secure,
+        error=sim.error,
+        stopped=sim.stopped,
     )
 
 

@@ -63,6 +63,7 @@ def build_secure(
                     keys=k,
                     directory=directory,
                     tree_check=check,
+                    privacy=secure.privacy,
                 ),
             ),
             Aggregator(n, params.job_id, k, directory, check),

@@ -155,6 +155,7 @@ class Simulation(Observer):
         self.now = 0.0
         self.final_weights: Vector | None = None
         self.error: str | None = None  # why the job stopped early (JobFinished.error)
+        self.stopped: str | None = None  # why it ended before its rounds (JobFinished.stopped)
         self.statistics = statistics  # (node index, round) -> its statistics vector
         self.statistics_closed_with: StatisticsClosed | None = None
         self.statistics_round: RoundStats | None = None
@@ -295,6 +296,7 @@ class Simulation(Observer):
     def job_finished(self, actor: NodeId, effect: JobFinished) -> None:  # noqa: ARG002
         self.final_weights = effect.weights
         self.error = effect.error
+        self.stopped = effect.stopped
 
     def round_closed(self, actor: NodeId, effect: RoundClosed) -> None:  # noqa: ARG002
         now = time.perf_counter()
