@@ -253,6 +253,22 @@ class FederationSection(_Section):
     round_timeout: PositiveFloat = 600.0
 
 
+class PoisonSection(_Section):
+    """Hostile or poor data, simulated (``tessera run`` only): who, and how.
+
+    ``fraction`` of the nodes hold corrupted records: ``label_flip`` (a
+    classifier's labels mirrored, class c to C-1-c; a regression's standardized
+    target negated) or ``noise_features`` (their inputs replaced by standard
+    normal noise); ``scaled_fraction`` of the others send their update
+    multiplied by ``scale``. Drawn from the job's seed; metrics.json names them.
+    """
+
+    fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    kind: Literal["label_flip", "noise_features"] = "label_flip"
+    scaled_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    scale: float = -10.0
+
+
 class SimulationSection(_Section):
     """How the simulator models devices and the network (virtual time)."""
 
@@ -263,6 +279,7 @@ class SimulationSection(_Section):
     latency: Annotated[float, Field(ge=0)] = 0.05
     bandwidth_mbps: PositiveFloat = 20.0
     chunk_elements: PositiveInt = 1 << 24
+    poison: PoisonSection = PoisonSection()
 
 
 class SecureSection(_Section):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tessera.crypto.fixedpoint import decode, encode
+from tessera.crypto.fixedpoint import Ring, decode, encode
 from tessera.crypto.keys import NodeKeys
 from tessera.ids import JobId, NodeId
 from tessera.privacy import PrivacyLedger, calibrate, sensitivity, skellam_noise
@@ -41,12 +41,14 @@ def privacy(
     )
 
 
-def test_the_included_contributors_noise_sums_to_skellam_of_their_variance() -> None:
+@pytest.mark.parametrize("bits", [32, 64])
+def test_the_included_contributors_noise_sums_to_skellam_of_their_variance(bits: int) -> None:
     """50 contributors each add their share to a zero vector in the ring; 40 are included
     (10 dropped): the decoded total is Skellam of 40 shares' variance, word for word."""
     params = privacy(3.0, 10)
     cohort, included, words = 50, 40, 4000
-    ring = params.ring(bound=CLIP, cohort=cohort)
+    ring = Ring(bits=bits, frac_bits=16, terms=cohort)
+    assert params.ring(bound=CLIP, cohort=cohort).bits == 32  # the smallest that holds it
     total = np.zeros(words, ring.dtype)
     for i in range(included):
         rng = noise_rng(NodeKeys.from_seed(bytes([i]) * 32), "j", 0)

@@ -54,6 +54,7 @@ from tessera.data.prepare import Summarizer, summarize
 from tessera.data.statistics import Totals
 from tessera.errors import ConfigError, DataError
 from tessera.ids import JobId, NodeId, Task
+from tessera.jobs.poison import poisoned
 from tessera.protocol import RoundParams, SecureParams, Strategy, TreeParams, make_strategy
 from tessera.training import ModelSpec, Recipe, init_weights, layout
 from tessera.weights import Layout, Vector
@@ -130,6 +131,10 @@ class PreparedJob:
     statistics: FederatedFit | None = None  # how the preprocessing was fitted, if federated
     # A deployment's replay: what each node counted in the job's statistics round.
     statistics_vectors: tuple[npt.NDArray[np.float64], ...] | None = None
+    # Simulated poison (``jobs.poison``): nodes holding corrupted records, nodes whose
+    # updates the simulator scales.
+    corrupted: tuple[int, ...] = ()
+    scaled: tuple[int, ...] = ()
 
     @property
     def task(self) -> Task:
@@ -486,7 +491,7 @@ def prepare_job(cfg: JobConfig, *, totals_of: TotalsOf | None = None) -> Prepare
 
     spec, recipe = model_spec_of(cfg, pre), recipe_of(cfg)
     lay = layout(spec)
-    return PreparedJob(
+    job = PreparedJob(
         config=cfg,
         spec=spec,
         recipe=recipe,
@@ -512,6 +517,7 @@ def prepare_job(cfg: JobConfig, *, totals_of: TotalsOf | None = None) -> Prepare
         preprocessor=pre,
         statistics=statistics,
     )
+    return poisoned(job)  # [simulation.poison], if the job asks for any
 
 
 def _fit(cfg: JobConfig) -> Callable[[pd.DataFrame, Summarizer], Preprocessor]:

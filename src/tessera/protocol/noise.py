@@ -86,7 +86,8 @@ def noise_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator:
 
 def noisy(words: Words, ring: Ring, noise: npt.NDArray[np.int64]) -> Words:
     """``words`` plus integer ``noise``, in the ring (wrapping, as shares add)."""
-    as_ring: Words = np.mod(noise, ring.modulus).astype(ring.dtype)  # -1 is 2^b - 1
+    # Two's complement is the residue mod 2^64; a narrower cast keeps it mod 2^b.
+    as_ring: Words = noise.astype(np.int64).view(np.uint64).astype(ring.dtype)
     out: Words = words + as_ring  # unsigned words wrap modulo 2^b
     return out
 

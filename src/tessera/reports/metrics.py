@@ -14,7 +14,9 @@ preprocessing was fitted: ``rounds`` of federated statistics over ``nodes``,
 column; null when fitted on pooled rows), ``privacy`` (a private job's
 ``epsilon`` spent by its last round at ``delta``, its ``budget``, the
 ``mechanism`` and each round's total ``noise_variance`` in ring units at
-``scale``; null without ``[privacy]``). Fields are only ever added,
+``scale``; null without ``[privacy]``), ``poison`` (the simulated truth of
+``[simulation.poison]``: the ``corrupted`` and ``scaled`` nodes' ids, the
+``kind`` and the ``scale``; null without). Fields are only ever added,
 never removed or renamed. Accuracy is a fraction in [0, 1]; regression
 reports R^2, and ``final`` and ``centralized`` (and each round) add ``rmse``
 and ``mae``: its errors on the target's own scale (null for classification).
@@ -223,6 +225,7 @@ def _facts(
         "missing": missing_entry(job.missing),
         "statistics": None if job.statistics is None else asdict(job.statistics),
         "privacy": _privacy(job, secure),
+        "poison": _poison(job),
         "model_kind": job.spec.kind,
         "parameters": job.layout.size,
         "config": job.config.model_dump(mode="json"),
@@ -243,6 +246,19 @@ def _privacy(job: PreparedJob, secure: SecureSummary | None) -> dict[str, Any] |
         "scale": 2.0**secure.privacy.frac_bits,
         "sensitivity_l2": secure.privacy.l2,
         "dropout_margin": p.dropout_margin,
+    }
+
+
+def _poison(job: PreparedJob) -> dict[str, Any] | None:
+    """metrics.json's ``poison``: the simulated truth (``[simulation.poison]``), or null."""
+    if not job.corrupted and not job.scaled:
+        return None
+    p = job.config.simulation.poison
+    return {
+        "kind": p.kind,
+        "corrupted": [job.node_ids[i] for i in job.corrupted],
+        "scaled": [job.node_ids[i] for i in job.scaled],
+        "scale": p.scale,
     }
 
 
@@ -277,6 +293,7 @@ def _summary(
                 "features",
                 "missing",
                 "statistics",
+                "poison",
             )
         },
         "privacy": (

@@ -19,6 +19,7 @@ from tessera.jobs.secure import secure_params
 from tessera.protocol import Coordinator
 from tessera.protocol.node import Node
 from tessera.runtime.sim.devices import DeviceModel
+from tessera.runtime.sim.poison import ScaledUpdates
 from tessera.runtime.sim.secure import build_secure
 from tessera.runtime.sim.simulator import RoundStats, Simulation
 from tessera.training import BatchedTrainer
@@ -59,9 +60,12 @@ def simulate(
     """
     cfg = job.config
     sim_cfg = cfg.simulation
-    trainer = BatchedTrainer(
+    batched = BatchedTrainer(
         job.spec, job.recipe, job.x, job.y, job.offsets, max_chunk_elements=sim_cfg.chunk_elements
     )
+    trainer: BatchedTrainer | ScaledUpdates = batched
+    if job.scaled:  # [simulation.poison]: these nodes send their update scaled
+        trainer = ScaledUpdates(batched, job.scaled, sim_cfg.poison.scale)
     secure = cfg.secure.enabled if secure is None else secure
     vectors = job.statistics_vectors
     machines: list[Node] | None = None
