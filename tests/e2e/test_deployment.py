@@ -5,7 +5,7 @@ over TLS: round 0 totals the sketch a derived column's median needs, round 1
 (each node deriving that column with round 0's median) every node's
 statistics, and every node (and the AI provider) refits the job's encoding
 from those totals; then a FedProx recipe, a step learning-rate schedule, a
-tanh activation and dropout: a node is killed (SIGKILL) in round 3 (the second
+tanh activation, dropout and distributed differential privacy: a node is killed (SIGKILL) in round 3 (the second
 to train), so it
 drops out, and in round 4 its aggregator seat is silent (a failing
 aggregator, replaced from the backups); the coordinator is killed and
@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tessera.config import DeriveEntry, JobConfig, MissingSection, load_config
+from tessera.config import DeriveEntry, JobConfig, MissingSection, PrivacySection, load_config
 from tessera.deploy.local import Deployment
 from tessera.deploy.up import run_job
 from tessera.jobs.prepared import round_params_of, secure_params_of
@@ -82,6 +82,9 @@ def e2e_config() -> JobConfig:
                     "missing": MissingSection(default="impute"),
                 }
             ),
+            # Distributed DP: every node adds its share of noise, keyed by its own key, so
+            # the replay (the same keys) adds the very same noise.
+            "privacy": PrivacySection(epsilon=50.0),
             # One node per training call: bit-identical to a node training alone.
             "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
         }
@@ -222,6 +225,8 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     median = dict(refit.derive[1].statistics)[("median", "gcsescore")]
     assert median == pytest.approx(float(np.median(values)), rel=0.01)
     assert all(not r.skipped for r in records)
+    epsilons = [r.epsilon for r in records]  # the budget spent round by round, under 50
+    assert epsilons == sorted(epsilons) and 0 < epsilons[-1] <= 50.0
     assert all(r.bytes_up > 0 and r.bytes_down > 0 for r in records)  # counted from the mailbox
     assert len(records[0].included) == NODES  # everyone alive in the first training round
     assert killer.frozen_in == FIRST + 1, "the victim was not frozen in its round"
