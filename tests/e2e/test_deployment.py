@@ -5,9 +5,9 @@ over TLS: round 0 totals the sketch a derived column's median needs, round 1
 (each node deriving that column with round 0's median) every node's
 statistics, and every node (and the AI provider) refits the job's encoding
 from those totals; then a FedProx recipe, a step learning-rate schedule, a
-tanh activation, dropout and distributed differential privacy: a node is killed (SIGKILL) in round 3 (the second
-to train), so it
-drops out, and in round 4 its aggregator seat is silent (a failing
+tanh activation, dropout and distributed differential privacy: a node is
+killed (SIGKILL) in round 3 (the second to train), so it drops out, and in
+round 4 its aggregator seat is silent (a failing
 aggregator, replaced from the backups); the coordinator is killed and
 restarted in round 4. The simulator, replaying
 who took part, must produce the very same global model after every round:
