@@ -12,20 +12,23 @@ import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tessera.config import ContributionsSection
 from tessera.crypto.envelope import peek
 from tessera.ids import JobId, NodeId
+from tessera.jobs.prepared import prepare_job
 from tessera.protocol import RoundParams, make_strategy
 from tessera.protocol.contributor import weighted_vector
 from tessera.protocol.coordinator import round_cohort
-from tessera.protocol.effects import Send
+from tessera.protocol.effects import GroupSum, Send
 from tessera.protocol.kinds import Kind
 from tessera.protocol.limits import TAIL
 from tessera.protocol.messages import Sealed
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import Tree, TreeParams, derive_tree
 from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
+from tessera.runtime.sim.job import simulate
 from tessera.runtime.sim.secure import build_secure
-from tessera.testing import TableTrainer, TamperingAggregator
+from tessera.testing import TableTrainer, TamperingAggregator, example_config
 
 P = 5
 CLIP = 10.0
@@ -286,3 +289,39 @@ def test_a_seat_that_forges_its_sum_up_is_named_and_the_rest_disclosed() -> None
     assert closed.groups_withheld is None
     assert "L1" not in {g.group for g in closed.group_sums}
     check_round(r, 0)
+
+
+def test_simulate_hands_each_rounds_group_sums_and_starting_model_to_on_groups() -> None:
+    """``simulate(on_groups=...)``: what group-level valuation is built on."""
+    cfg = example_config()
+    cfg = cfg.model_copy(
+        update={
+            "federation": cfg.federation.model_copy(
+                update={"rounds": 2, "fraction": 1.0, "min_participants": 1}
+            ),
+            "secure": cfg.secure.model_copy(update={"group_size": 5}),
+            "baseline": cfg.baseline.model_copy(update={"enabled": False}),
+            "contributions": ContributionsSection(),
+        }
+    )
+    job = prepare_job(cfg).first_nodes(20)
+    seen: list[tuple[int, tuple[GroupSum, ...], np.ndarray]] = []
+    models: list[np.ndarray] = []
+    result = simulate(
+        job,
+        on_round=lambda _, weights: models.append(weights.copy()),
+        on_groups=lambda r, sums, start: seen.append((r, sums, start.copy())),
+    )
+    assert [r for r, _, _ in seen] == [0, 1]
+    np.testing.assert_array_equal(seen[0][2], job.initial_weights)
+    np.testing.assert_array_equal(seen[1][2], models[0])
+    for (_, sums, _), record in zip(seen, result.rounds, strict=True):
+        assert len(sums) > 1  # several leaf groups, each disclosed
+        assert sorted(m for g in sums for m in g.members) == sorted(record.included)
+        assert all(len(g.members) >= 2 and g.total[-1] > 0 for g in sums)
+        assert all(g.total.shape == (job.layout.size + TAIL,) for g in sums)
+    # A job without the section: the callback sees rounds, never a group sum.
+    plain = prepare_job(cfg.model_copy(update={"contributions": None})).first_nodes(20)
+    empty: list[int] = []
+    simulate(plain, on_groups=lambda r, sums, _: empty.extend([r] * (not sums)))
+    assert empty == [0, 1]

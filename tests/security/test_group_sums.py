@@ -373,3 +373,28 @@ def test_the_coordinator_refuses_a_group_sum_it_is_not_owed() -> None:
     fed.settle(until=lambda: bool(fed.closed))
     assert fed.closed[0].groups_withheld is None and fed.closed[0].group_sums
     assert len(fed.refused) == refused + 3  # the honest parts were all taken
+
+
+def test_a_job_without_group_sums_takes_none() -> None:
+    """Even past the relay, the machine of a job that discloses nothing opens no group sum."""
+    fed = federation(JOB_SECURE, JOB_SECURE)
+    coordinator = fed.coordinator
+    assert isinstance(coordinator, SecureCoordinator)
+    fed.begin()
+    assert coordinator._rs is not None
+    leaf = coordinator._rs.tree.leaves[0]
+    seat = leaf.aggregators[0]
+    keys = fed.nodes[seat].aggregator.keys  # type: ignore[attr-defined]
+    payload = encode_partial(leaf.id, 0, len(leaf.members), np.zeros(7, np.uint32))
+    data = seal(
+        kind=int(Kind.GROUP_SUM),
+        job_id=PARAMS.job_id,
+        round=0,
+        sender=seat,
+        recipient=COORDINATOR,
+        payload=payload,
+        sender_keys=keys,
+        recipient_public=coordinator.keys.public,
+    )
+    fed.deliver(Wire(seat, COORDINATOR, Sealed(data)))
+    assert [r.reason for _, r in fed.refused] == ["this round discloses no group sums"]
