@@ -182,3 +182,42 @@ def test_declared_categories_are_told_apart_as_statistics_name_them() -> None:
 
     for value in ["a", "2", 2, 2.0, 2.5, -0.0, True, False, 0, 1, 1e20, 10**30]:
         assert _category_key(value) == category_of(value), value
+
+
+def test_contributions_disclose_group_sums_at_a_floor() -> None:
+    from tessera.jobs.prepared import secure_params_of
+
+    assert not parse_config(BASE).group_sums  # off unless the job asks
+    cfg = parse_config(with_("contributions", {}))
+    assert cfg.group_sums and cfg.contributions is not None
+    assert cfg.contributions.min_group is None
+    params = secure_params_of(cfg, clip_norm=5.0, max_weight=10.0)
+    assert params.group_sums and params.disclosure == 2  # secure.min_group's default
+    raw = with_("contributions", {"min_group": 5})
+    raw["secure"] = {"min_group": 3}
+    assert secure_params_of(parse_config(raw), clip_norm=5.0, max_weight=10.0).disclosure == 5
+    raw["contributions"] = {"enabled": False}  # a switched-off section discloses nothing
+    assert not secure_params_of(parse_config(raw), clip_norm=5.0, max_weight=10.0).group_sums
+
+
+@pytest.mark.parametrize(
+    ("sections", "field", "message"),
+    [
+        ({"contributions": {"min_group": 1}}, "contributions.min_group", "greater than or equal"),
+        ({"contributions": {"min_group": 17}}, "contributions.min_group", "group_size = 16"),
+        ({"contributions": {}, "privacy": {"epsilon": 1.0}}, "contributions", "not be as private"),
+        ({"contributions": {}, "secure": {"enabled": False}}, "contributions", "enable [secure]"),
+        ({"contributions": {}, "secure": {"backups": 3}}, "contributions", "backups below"),
+        ({"contributions": {"share": 0.5}}, "contributions.share", "spelling"),
+    ],
+)
+def test_contributions_are_refused_where_they_would_leak(
+    sections: dict, field: str, message: str
+) -> None:
+    raw = copy.deepcopy(BASE) | sections
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert err.value.field == field and message in str(err.value), err.value
+    raw["contributions"] = {"enabled": False}  # switched off: nothing to refuse
+    if field == "contributions":
+        parse_config(raw)

@@ -321,6 +321,21 @@ class PrivacySection(_Section):
     dropout_margin: Annotated[float, Field(ge=0, lt=1)] = 0.1
 
 
+class ContributionsSection(_Section):
+    """Group-level contribution indicators: each leaf group's sum is disclosed.
+
+    Under secure aggregation nobody sees one contributor's update; with this
+    section the coordinator also decodes each leaf group's sum every round
+    (groups are drawn afresh each round), so contributions can be valued by
+    group and, over rounds, narrowed down to people. ``min_group``: the fewest
+    contributors a disclosed sum covers (default ``secure.min_group``, at
+    least 2); a smaller leaf group leaves the round.
+    """
+
+    enabled: bool = True
+    min_group: Annotated[int, Field(ge=2)] | None = None
+
+
 class BaselineSection(_Section):
     enabled: bool = True
     epochs: PositiveInt | None = None
@@ -337,7 +352,13 @@ class JobConfig(_Section):
     simulation: SimulationSection = SimulationSection()
     secure: SecureSection = SecureSection()
     privacy: PrivacySection | None = None
+    contributions: ContributionsSection | None = None
     baseline: BaselineSection = BaselineSection()
+
+    @property
+    def group_sums(self) -> bool:
+        """Whether the job discloses its leaf groups' sums (``[contributions]``)."""
+        return self.contributions is not None and self.contributions.enabled
 
     @property
     def loss(self) -> LossName:
@@ -375,7 +396,37 @@ def parse_config(raw: Mapping[str, object]) -> JobConfig:
             "distributed differential privacy adds its noise inside secure aggregation; "
             "enable [secure] or remove [privacy]",
         )
+    if cfg.group_sums:
+        _check_contributions(cfg)
     return cfg
+
+
+def _check_contributions(cfg: JobConfig) -> None:
+    """Group sums are secure aggregation's, never with [privacy], and reachable."""
+    secure, floor = cfg.secure, cfg.contributions.min_group if cfg.contributions else None
+    if not secure.enabled:
+        raise ConfigError(
+            "contributions",
+            "group sums are disclosed from secure aggregation's tree; enable [secure] or "
+            "remove [contributions]",
+        )
+    if cfg.privacy is not None:
+        raise ConfigError(
+            "contributions",
+            "a group's sum would carry only its members' share of the noise, so it would "
+            "not be as private as the total: remove [contributions] or [privacy]",
+        )
+    if floor is not None and floor > secure.group_size:
+        raise ConfigError(
+            "contributions.min_group",
+            f"no leaf group of secure.group_size = {secure.group_size} would ever reach it",
+        )
+    if secure.backups >= secure.k:
+        raise ConfigError(
+            "contributions",
+            f"needs secure.backups below secure.k ({secure.backups} >= {secure.k}): k backups "
+            "could sum a group twice over different members",
+        )
 
 
 def load_config(path: Path) -> JobConfig:

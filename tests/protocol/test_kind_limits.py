@@ -52,6 +52,7 @@ SECURE = SecureParams(
     clip=1.0,
     max_weight=10.0,
     phase_timeout=1.0,
+    group_sums=True,  # the leaf seats' sums to the coordinator too
 )
 
 

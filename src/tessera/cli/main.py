@@ -23,6 +23,7 @@ from tessera.cli.help import Command, Group
 from tessera.errors import TesseraError
 
 if TYPE_CHECKING:  # the CLI imports the job machinery late: --help stays fast
+    from tessera.config import JobConfig
     from tessera.jobs.prepared import PreparedJob
     from tessera.jobs.secure import SecureSummary
 
@@ -165,6 +166,14 @@ def _describe(job: PreparedJob, secure: SecureSummary | None) -> None:
         )
 
 
+def _plaintext_notes(cfg: JobConfig) -> None:
+    """What a secure job's sections do not do in a --plaintext run."""
+    if cfg.privacy is not None:  # the noise is added inside secure aggregation
+        console.print("[yellow]--plaintext: no differential privacy noise in this run[/]")
+    if cfg.group_sums:  # group sums are disclosed from the secure tree
+        console.print("[yellow]--plaintext: no group sums are disclosed in this run[/]")
+
+
 def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintext: bool) -> None:
     # Torch is imported late (slow), with one thread: fastest on small models.
     import torch
@@ -186,8 +195,8 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
             update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
         )
     secure_job = cfg.secure.enabled and not plaintext
-    if cfg.privacy is not None and plaintext:  # the noise is added inside secure aggregation
-        console.print("[yellow]--plaintext: no differential privacy noise in this run[/]")
+    if plaintext:
+        _plaintext_notes(cfg)
     with console.status("preparing data: the nodes' statistics, totalled"):
         job = prepare_job(cfg, totals_of=totals_for(cfg, secure=secure_job))
     secure = summarize(job) if secure_job else None

@@ -322,6 +322,11 @@ class JobDriver(Observer):
             effect.participants,
             effect.selected,
         )
+        if effect.group_sums:  # who reads them (the AI provider's valuation) is not built yet
+            n = len(effect.group_sums)
+            log.info("%s round %d: %d group sums disclosed", self.job_id, effect.round, n)
+        elif effect.groups_withheld is not None:
+            self._note(f"round {effect.round}: {effect.groups_withheld}")
 
     def statistics_closed(self, actor: NodeId, effect: StatisticsClosed) -> None:  # noqa: ARG002
         """Keep the statistics rounds' totals so far as an artefact of the job: its participants

@@ -651,6 +651,7 @@ class CoordinatorService:
                     group_size=tree.group_size,
                     fan_in=tree.fan_in,
                     audit=secure.audit,
+                    group_sums=secure.group_sums,
                 )
             else:
                 found = relay_bounds(spec.n_weights, secure=False, audit=False)

@@ -251,6 +251,8 @@ def secure_params_of(cfg: JobConfig, *, clip_norm: float, max_weight: float) -> 
         phase_timeout=s.phase_timeout,
         audit=s.audit,
         audit_fraction=s.audit_fraction,
+        group_sums=cfg.group_sums,
+        group_floor=None if cfg.contributions is None else cfg.contributions.min_group,
     )
 
 

@@ -432,6 +432,7 @@ class NodeAgent:
                 audit=(secure.audit, secure.audit_fraction),
                 beacon=beacon_of(spec.digest, secrets_by_node),
                 statistics=0 if secure.statistics is None else secure.statistics.rounds,
+                group_sums=secure.disclosure,
             )
             machine = Node(
                 Contributor(

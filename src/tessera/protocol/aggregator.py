@@ -16,6 +16,11 @@ An aggregator only ever sees uniformly random shares and partial sums of
 one position; it learns nothing about any update while fewer than all k
 positions of a group collude. A commitment that drops the group (too few
 contributors, a missing position) is obeyed by sending nothing.
+
+In a job that discloses its leaf groups' sums (``AggregateRequest.group_sums``,
+checked against the job by the tree check; ``protocol.groups``), a leaf seat
+sends the coordinator the same sealed words it sends up, once per seat and
+round, and refuses to sum a commitment smaller than the job's floor.
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ class Aggregator:
         self.roles: dict[tuple[str, int], AggregatorRole] = {}
         self.wire = Wire(node, job_id, keys, directory)
         self.tree_check = tree_check  # refuse roles that are not the public tree's
+        self.disclosed: set[tuple[str, int]] = set()  # seats whose group sum went out this round
 
     def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002 - uniform API
         if isinstance(event, TimerFired):
@@ -148,6 +154,7 @@ class Aggregator:
         if req.round > self.round:  # a new round: earlier roles are void
             self.round = req.round
             self.roles.clear()
+            self.disclosed.clear()
             self.wire.replay.forget_before(req.round)
         held = [p for g, p in self.roles if g == req.group and p != req.position]
         if held:  # k positions of one group in one hand are the members' updates
@@ -379,10 +386,16 @@ class Aggregator:
         return effects
 
     def _sum(self, role: AggregatorRole, commit: Commit, box: bytes) -> list[Effect]:
-        if commit.included is not None:
+        floor = role.request.group_sums if role.request.leaf else 0
+        if commit.included is not None:  # refused before anything changes
             missing = [i for i in commit.included if i not in role.inputs]
-            if missing:  # refused before anything changes
+            if missing:
                 raise RemoteProtocolError(f"commitment names inputs never received: {missing[:3]}")
+            if len(commit.included) < floor:  # the total less the others' sums would be it
+                raise RemoteProtocolError(
+                    f"a commitment of {len(commit.included)} is below the job's floor of "
+                    f"{floor} for a disclosed group sum"
+                )
         _seat(role, RoleInput.SUM if commit.included is not None else RoleInput.LEAVE)
         role.commit_box = box
         inputs, role.inputs = role.inputs, {}
@@ -396,6 +409,11 @@ class Aggregator:
         if not (req.send_evidence or req.evidence_on_request):
             role.boxes.clear()  # nobody will audit this sum
         effects: list[Effect] = [self._send(role.parent, Kind.PARTIAL, role.output, sealed=True)]
+        if floor and (req.group, req.position) not in self.disclosed:  # the same words, once
+            self.disclosed.add((req.group, req.position))
+            told = self.disclosed_words(role, words)
+            payload = encode_partial(req.group, req.position, count, told)
+            effects.append(self._send(COORDINATOR, Kind.GROUP_SUM, payload, sealed=True))
         if req.send_evidence:  # root and sampled audits ask for the evidence instead
             effects += self._send_evidence(role, role.parent)
         return effects
@@ -406,6 +424,11 @@ class Aggregator:
         for share in shares:
             acc.add(share)
         return acc.value
+
+    def disclosed_words(self, role: AggregatorRole, words: Words) -> Words:  # noqa: ARG002
+        """What this seat tells the coordinator its group's sum is: the sum it sent up
+        (adversary tests override it)."""
+        return words
 
     def _send(self, recipient: NodeId, kind: Kind, payload: bytes, *, sealed: bool) -> Send:
         return self.wire.send(recipient, kind, self.round, payload, sealed=sealed)

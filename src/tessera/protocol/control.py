@@ -217,6 +217,7 @@ def encode_aggregate_request(req: AggregateRequest) -> bytes:
             "send_evidence": req.send_evidence,
             "evidence_on_request": req.evidence_on_request,
             "absent": list(req.absent),
+            "group_sums": req.group_sums,
         },
     )
 
@@ -269,6 +270,7 @@ def decode_aggregate_request(data: bytes) -> AggregateRequest:
         send_evidence=_get(obj, "send_evidence", bool, w),
         evidence_on_request=_get(obj, "evidence_on_request", bool, w),
         absent=_strs(obj, "absent", w) if "absent" in obj else (),
+        group_sums=_count(obj, "group_sums", w) if "group_sums" in obj else 0,
     )
 
 

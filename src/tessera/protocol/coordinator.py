@@ -38,6 +38,7 @@ from tessera.ids import NodeId
 from tessera.protocol.effects import (
     CancelTimer,
     Effect,
+    GroupSum,
     JobFinished,
     Rejected,
     RoundClosed,
@@ -308,6 +309,8 @@ class Coordinator:
         included: tuple[str, ...] = (),
         capped: int = 0,
         epsilon: float | None = None,
+        group_sums: tuple[GroupSum, ...] = (),
+        groups_withheld: str | None = None,
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -335,6 +338,8 @@ class Coordinator:
                 included=included if not skipped else (),
                 capped=capped,
                 epsilon=epsilon,
+                group_sums=group_sums if not skipped else (),
+                groups_withheld=groups_withheld if not skipped else None,
             )
         )
         done = self.round + 1 - self.first_training_round  # training rounds so far

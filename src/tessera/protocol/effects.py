@@ -63,6 +63,21 @@ class Rejected:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class GroupSum:
+    """One leaf group's sum, disclosed to the coordinator (``SecureParams.group_sums``).
+
+    ``total`` is the decoded weighted sum of ``members``' vectors (the committed
+    contributors, at least the job's floor of them), the ``TAIL`` words included:
+    ``total[-1]`` is the group's weight and ``total[:-TAIL] / total[-1]`` its mean
+    update. Never an individual's: see ``protocol.groups``.
+    """
+
+    group: str
+    members: tuple[str, ...]
+    total: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RoundClosed:
     """A round ended; ``weights`` is the new global model (unchanged if skipped)."""
 
@@ -78,6 +93,10 @@ class RoundClosed:
     included: tuple[str, ...] = ()  # the contributors whose updates are in the new model
     capped: int = 0  # secure rounds: contributors whose loss was over secure.loss_cap
     epsilon: float | None = None  # a private job's privacy spent so far (at its delta)
+    # A job that discloses group sums: each included leaf group's (model-sized: kept out
+    # of round records), and why none was disclosed when the round's are withheld.
+    group_sums: tuple[GroupSum, ...] = ()
+    groups_withheld: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

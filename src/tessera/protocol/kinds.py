@@ -7,9 +7,10 @@ and a number can never mean two things. Each kind's payload has exactly one
 codec, chosen for its purpose:
 
 - ``RING`` (``protocol.codec``): a small struct header and raw little-endian
-  ring words. Shares and partial sums are model-sized vectors: no
-  per-element overhead, and one ``np.frombuffer`` once every length has been
-  checked.
+  ring words. Shares and partial sums (and a leaf group's sum disclosed to
+  the coordinator, the same words as its partial sum) are model-sized
+  vectors: no per-element overhead, and one ``np.frombuffer`` once every
+  length has been checked.
 - ``JSON`` (``protocol.codec``): canonical JSON. Reports, commitments,
   reassignments and accusations are short lists of ids that an auditor may
   want to read as they are.
@@ -55,6 +56,7 @@ class Kind(IntEnum):
     EVIDENCE = 8  # aggregator -> its auditor: the boxes it summed, with their keys
     AUDIT_REQUEST = 9  # auditor (parent aggregator, or coordinator at the root) -> audited
     ACCUSE = 10  # auditor -> coordinator: this aggregator's sum does not match its evidence
+    GROUP_SUM = 11  # leaf aggregator -> coordinator: its partial sum again (group-sum jobs)
     TRAIN = 20  # coordinator -> contributor: train round r from the model with this digest
     ASSIGN = 21  # coordinator -> aggregator: serve this seat of this group
     UPDATE = 22  # contributor -> coordinator (plaintext rounds): the update, sealed
@@ -73,6 +75,7 @@ CODEC: Mapping[Kind, Codec] = MappingProxyType(
         Kind.EVIDENCE: Codec.LABELLED,
         Kind.AUDIT_REQUEST: Codec.LABELLED,
         Kind.ACCUSE: Codec.JSON,
+        Kind.GROUP_SUM: Codec.RING,
         Kind.TRAIN: Codec.MSGPACK,
         Kind.ASSIGN: Codec.MSGPACK,
         Kind.UPDATE: Codec.MSGPACK,
@@ -81,7 +84,7 @@ CODEC: Mapping[Kind, Codec] = MappingProxyType(
 )
 
 #: Kinds that carry a user's update or a sum of updates: sealed for their recipient.
-SEALED = frozenset({Kind.SHARE, Kind.PARTIAL, Kind.EVIDENCE, Kind.UPDATE})
+SEALED = frozenset({Kind.SHARE, Kind.PARTIAL, Kind.EVIDENCE, Kind.UPDATE, Kind.GROUP_SUM})
 
 #: A node's signed registration (a ``crypto.documents.DocumentKind``).
 REGISTRATION_KIND = DocumentKind.REGISTRATION

@@ -69,6 +69,7 @@ ENVELOPE_LIMITS: Mapping[Kind, int] = MappingProxyType(
         Kind.EVIDENCE: MAX_ENVELOPE_BYTES,  # the boxes of a whole group: several shares
         Kind.AUDIT_REQUEST: _NOTICE,
         Kind.ACCUSE: _NOTICE,
+        Kind.GROUP_SUM: MAX_SHARE_BYTES,  # a leaf's partial sum, to the coordinator
         Kind.TRAIN: MAX_ASSIGNMENT_BYTES,
         Kind.ASSIGN: MAX_ASSIGNMENT_BYTES,
         Kind.UPDATE: MAX_UPDATE_BYTES,
@@ -100,7 +101,9 @@ MAX_DOCUMENT = MAX_DOCUMENT_BYTES  # re-exported: documents' own limit lives wit
 
 
 #: Kinds a node only ever sends to the coordinator, and kinds it only sends to another node.
-TO_COORDINATOR_ONLY = frozenset({Kind.UPDATE, Kind.DECLINE, Kind.REPORT, Kind.ACCUSE})
+TO_COORDINATOR_ONLY = frozenset(
+    {Kind.UPDATE, Kind.DECLINE, Kind.REPORT, Kind.ACCUSE, Kind.GROUP_SUM}
+)
 TO_NODE_ONLY = frozenset({Kind.SHARE, Kind.AUDIT_REQUEST})
 #: A decline carries a job id, a round and a reason of at most 500 characters.
 MAX_DECLINE_BYTES = MAX_CONTRIBUTOR_ENVELOPE
@@ -116,15 +119,23 @@ class RelayBounds:
 
 
 def relay_bounds(
-    n_weights: int, *, secure: bool, k: int = 0, group_size: int = 0, fan_in: int = 0, audit: bool
+    n_weights: int,
+    *,
+    secure: bool,
+    k: int = 0,
+    group_size: int = 0,
+    fan_in: int = 0,
+    audit: bool,
+    group_sums: bool = False,
 ) -> RelayBounds:
     """The bounds for a job of ``n_weights`` weights, from what its protocol sends.
 
     A plaintext node sends one update or one decline a round. A secure node
     may hold a contributor's seat (k shares, resent to replacements) and
     aggregator seats (reports, partial sums, evidence, audit requests and
-    accusations about up to ``fan_in`` children): the quota allows twice
-    that, and no kind a node never sends.
+    accusations about up to ``fan_in`` children; with ``group_sums``, a leaf
+    seat's sum to the coordinator too): the quota allows twice that, and no
+    kind a node never sends.
     """
     share = min((n_weights + TAIL) * MAX_RING_BYTES + ENVELOPE_SLACK, MAX_SHARE_BYTES)
     if not secure:
@@ -144,6 +155,10 @@ def relay_bounds(
             Kind.AUDIT_REQUEST: _NOTICE,
             Kind.ACCUSE: _NOTICE,
         }
-    sends = 2 * (2 * k + 3 * fan_in + 4)
-    size = 2 * ((2 * k + 2) * share + (limits.get(Kind.EVIDENCE, 0)) + 4 * _NOTICE)
+    disclosed = 0
+    if group_sums:
+        limits[Kind.GROUP_SUM] = share
+        disclosed = 1
+    sends = 2 * (2 * k + 3 * fan_in + 4 + disclosed)
+    size = 2 * ((2 * k + 2 + disclosed) * share + (limits.get(Kind.EVIDENCE, 0)) + 4 * _NOTICE)
     return RelayBounds(MappingProxyType(limits), count=sends, bytes=size)

@@ -92,6 +92,10 @@ class AggregateRequest:
     # Leaf inputs the coordinator did not ask to train (their consent was withdrawn):
     # not waited for, and their shares are not taken.
     absent: tuple[str, ...] = ()
+    # A leaf seat of a job that discloses its groups' sums (``SecureParams.group_sums``):
+    # the fewest committed contributors whose sum it also sends the coordinator, once;
+    # a smaller commitment it refuses. 0: it discloses nothing (every other seat).
+    group_sums: int = 0
 
     @property
     def nbytes(self) -> int:

@@ -22,10 +22,12 @@ __all__ = ["RelayRoles"]
 class RelayRoles:
     """The open round's tree as the relay sees it: who may send what to whom.
 
-    Equal when the trees are (the index is derived from the tree).
+    Equal when the trees (and the disclosure) are (the index is derived from the tree).
+    ``group_sums``: the round's leaf seats send their sums to the coordinator too.
     """
 
     _tree: Tree
+    group_sums: bool = False
     _servers: dict[NodeId, set[str]] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -41,10 +43,13 @@ class RelayRoles:
         A share goes from a leaf group's member to one of that group's seats
         (or backups); a partial sum or evidence from a group's server to a
         server of its parent or grandparent (the coordinator at the root); an
-        audit request the other way. None: the envelope may be relayed. The
-        recipient's own machine still checks the rest (the exact seat, the
-        position, the inputs).
+        audit request the other way; a group sum, in a round that discloses
+        them, from a leaf group's server to the coordinator. None: the envelope
+        may be relayed. The recipient's own machine still checks the rest (the
+        exact seat, the position, the inputs).
         """
+        if kind == Kind.GROUP_SUM:
+            return self._group_sum_problem(sender, recipient)
         if kind == Kind.SHARE:
             try:
                 leaf = self._tree.leaf_of(sender)
@@ -61,6 +66,15 @@ class RelayRoles:
         if any(self._feeds(group, above, upper) for group in self._servers.get(lower, ())):
             return None
         return f"no group that {lower} serves feeds one that {upper} serves this round"
+
+    def _group_sum_problem(self, sender: NodeId, recipient: NodeId) -> str | None:
+        if not self.group_sums:
+            return "this round discloses no group sums"
+        if recipient != COORDINATOR:
+            return "a group sum goes only to the coordinator"
+        if not any(self._tree.group(g).level == 0 for g in self._servers.get(sender, ())):
+            return f"{sender} serves no leaf group this round"
+        return None
 
     def _feeds(self, group_id: str, upper_groups: set[str], upper: NodeId) -> bool:
         """Whether ``group_id``'s sums reach a group ``upper`` serves: its parent sums them,

@@ -28,6 +28,9 @@ Theory of operation, per round (DESIGN.md steps 3 to 7):
    it; accusations name the aggregator in ``RoundClosed.blamed``. The root's
    sums are checked here, k-1 of k positions chosen after they arrive; a
    failed root audit discards the round.
+7. A job with ``group_sums``: each leaf seat sends its sum here too, and at
+   the close each included leaf group's sum is decoded if the total vouches
+   for it (``protocol.groups``, ``RoundClosed.group_sums``).
 
 Deadlines drive every phase (``now`` comes with each event); the machine
 does no I/O and keeps no clock.
@@ -86,6 +89,7 @@ from tessera.protocol.events import (
     ParticipantWithdrawn,
     TimerFired,
 )
+from tessera.protocol.groups import Disclosure, GroupParts, disclose
 from tessera.protocol.kinds import SEALED, Kind
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES, TAIL
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
@@ -130,6 +134,11 @@ class SecureParams:
     statistics: StatisticsRound | None = None
     # Distributed differential privacy: each contributor's noise and the budget.
     privacy: PrivacyParams | None = None
+    # Each leaf group's sum is disclosed to the coordinator too (``protocol.groups``), for
+    # group-level contribution indicators; ``group_floor``: the fewest contributors a
+    # disclosed sum covers (None: ``tree.min_group``, never below 2).
+    group_sums: bool = False
+    group_floor: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
@@ -137,6 +146,32 @@ class SecureParams:
                 raise ConfigError(f"secure.{name}", "must be positive")
         if not 0 < self.audit_fraction <= 1:
             raise ConfigError("secure.audit_fraction", "must be in (0, 1]")
+        if self.group_floor is not None and self.group_floor < 2:
+            raise ConfigError("contributions.min_group", "must be at least 2 (one is an update)")
+        if self.group_sums and self.privacy is not None:
+            raise ConfigError(
+                "contributions",
+                "a group's sum carries only its members' share of the noise: not as private "
+                "as the total; remove [contributions] or [privacy]",
+            )
+        if self.group_sums and self.tree.backups >= self.tree.k:
+            # k backups could re-sum all k positions of a group over another set: the
+            # difference of the two disclosed sums would be the members left out.
+            raise ConfigError(
+                "contributions", "needs secure.backups below secure.k (fewer backups than seats)"
+            )
+
+    @property
+    def disclosure(self) -> int:
+        """The floor a leaf group's disclosed sum is held to; 0: nothing is disclosed."""
+        if not self.group_sums:
+            return 0
+        return max(self.group_floor or self.tree.min_group, 2)
+
+    @property
+    def leaf_minimum(self) -> int:
+        """The fewest contributors a training round's leaf group commits with."""
+        return max(self.tree.min_group, self.disclosure)
 
     @property
     def term_bound(self) -> float:
@@ -158,6 +193,7 @@ class _RoundState:
     root_parts: dict[int, PartialPayload] = field(default_factory=dict)
     blamed: dict[str, str] = field(default_factory=dict)  # aggregator -> why
     audits_due: set[int] = field(default_factory=set)  # root positions owing evidence
+    group_parts: GroupParts = field(default_factory=GroupParts)  # leaf seats' disclosed sums
     phase: RoundPhase = RoundPhase.AGGREGATING
 
 
@@ -294,7 +330,7 @@ class SecureCoordinator(Coordinator):
             spares={g.id: list(g.backups) for g in tree.groups},
         )
         self._rs = rs
-        self.relay_roles = RelayRoles(tree)
+        self.relay_roles = RelayRoles(tree, group_sums=self.secure.group_sums and stats is None)
         self.wire.replay.forget_before(round)
         self._seat_backups_for_withdrawn(rs)
         weights = self.weights if stats is None else _NO_WEIGHTS
@@ -379,6 +415,7 @@ class SecureCoordinator(Coordinator):
             send_evidence=self.secure.audit and group.parent is not None and every,
             evidence_on_request=self.secure.audit and (group.parent is None or not every),
             absent=absent,
+            group_sums=self.secure.disclosure if group.level == 0 and not self.counting else 0,
         )
         return Send(recipient=node, message=request)
 
@@ -434,6 +471,7 @@ class SecureCoordinator(Coordinator):
             Kind.PARTIAL: self._on_root_sum,
             Kind.ACCUSE: self._on_accusation,
             Kind.EVIDENCE: self._on_evidence,
+            Kind.GROUP_SUM: self._on_group_sum,
         }
         if env.kind in SEALED and not env.sealed:
             raise RemoteProtocolError("sums and evidence must be sealed")
@@ -476,6 +514,22 @@ class SecureCoordinator(Coordinator):
             if not self.secure.audit:
                 return self._close_secure(now, PhaseInput.ROOT_SUMMED)
             return self._audit_root(rs, now)
+        return []
+
+    def _on_group_sum(
+        self,
+        rs: _RoundState,
+        sender: NodeId,
+        payload: bytes,
+        now: float,  # noqa: ARG002 - one signature for every handler
+    ) -> list[Effect]:
+        part = decode_partial(payload)
+        group = self._group_served_by(rs, part.group, part.position, sender)
+        if not self.secure.group_sums or self.counting:
+            raise RemoteProtocolError("this round discloses no group sums")
+        committed = rs.committed.get(group.id)
+        floor = self.secure.disclosure
+        rs.group_parts.take(group, committed, part, ring=rs.ring, length=rs.length, floor=floor)
         return []
 
     def _on_accusation(
@@ -540,7 +594,8 @@ class SecureCoordinator(Coordinator):
         if len(reports) == len(group.aggregators):
             sets = [set(r.received) for r in reports.values()]
             common = sorted(set.intersection(*sets))
-            minimum = self.secure.tree.min_group if group.level == 0 else 1
+            leaf = self.secure.tree.min_group if self.counting else self.secure.leaf_minimum
+            minimum = leaf if group.level == 0 else 1
             if len(common) >= minimum:
                 included = tuple(common)
         rs.committed[group.id] = included
@@ -620,11 +675,13 @@ class SecureCoordinator(Coordinator):
         return self.wire.send(recipient, kind, self.round, payload, sealed=False)
 
     # -- closing -------------------------------------------------------------------
-    def _included_contributors(self, rs: _RoundState) -> list[str]:
-        """Contributors whose groups made it all the way to the root."""
-        total: list[str] = []
+    @staticmethod
+    def _included_groups(rs: _RoundState) -> dict[str, tuple[str, ...]]:
+        """Leaf groups whose sums made it all the way to the root: id -> committed set."""
+        found: dict[str, tuple[str, ...]] = {}
         for group in rs.tree.groups:
-            if group.level != 0 or not rs.committed.get(group.id):
+            committed = rs.committed.get(group.id)
+            if group.level != 0 or not committed:
                 continue
             node: Group | None = group
             ok = True
@@ -635,8 +692,20 @@ class SecureCoordinator(Coordinator):
                     break
                 node = rs.tree.group(node.parent)
             if ok:
-                total += rs.committed[group.id] or ()
-        return sorted(total)
+                found[group.id] = committed
+        return found
+
+    def _included_contributors(self, rs: _RoundState) -> list[str]:
+        """Contributors whose groups made it all the way to the root."""
+        return sorted(m for members in self._included_groups(rs).values() for m in members)
+
+    def _disclosure(self, rs: _RoundState) -> Disclosure:
+        """The round's group sums, if the job discloses them (``protocol.groups``)."""
+        if not self.secure.group_sums:
+            return Disclosure()
+        root = [rs.root_parts[j].words for j in range(len(rs.tree.root.aggregators))]
+        included = self._included_groups(rs)
+        return disclose(rs.group_parts, included, root, rs.ring, self.secure.disclosure)
 
     def _phase(self, rs: _RoundState, what: PhaseInput) -> None:
         try:
@@ -686,6 +755,7 @@ class SecureCoordinator(Coordinator):
         weight = float(values[-1]) if self.budget is None else float(len(included))
         if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
+        disclosed = self._disclosure(rs)
         return self._finish_round(
             now,
             mean_delta=(values[:-TAIL] / weight).astype(np.float32),
@@ -697,6 +767,8 @@ class SecureCoordinator(Coordinator):
             timer_pending=timer_pending,
             blamed=blamed,
             epsilon=epsilon,
+            group_sums=disclosed.sums,
+            groups_withheld=disclosed.withheld,
         )
 
     def _statistics_closed(

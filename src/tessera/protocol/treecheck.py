@@ -5,7 +5,11 @@ the round's cohort, tree parameters), so a node re-derives it and refuses a
 train request or an aggregator role that does not match: a coordinator
 cannot hand-pick the aggregators a contributor's shares go to. Given the
 job's audit settings, a node also refuses a role whose audit flags differ
-from them, so a coordinator cannot quietly turn audits down. In the
+from them, so a coordinator cannot quietly turn audits down; and a role
+whose group-sum disclosure is not the job's (``group_sums``: its floor, 0
+when the job discloses none), so a coordinator can neither have a group's sum
+sent to it in a job that never signed up for that, nor lower the floor, nor
+ask it of an upper group or a statistics round. In the
 simulator all nodes share one memoized derivation per round (the same
 result each node would compute); a deployed node derives it once per round.
 """
@@ -32,11 +36,15 @@ class TreeCheck:
         audit: tuple[bool, float] | None = None,
         beacon: bytes = b"",
         statistics: int = 0,
+        group_sums: int = 0,
     ) -> None:
         """``audit``: the job's (secure.audit, secure.audit_fraction), to check roles by;
         ``beacon``: the job's public beacon (``SecureParams.beacon``); ``statistics``:
-        how many statistics rounds open the job (every node contributes to them)."""
+        how many statistics rounds open the job (every node contributes to them);
+        ``group_sums``: the floor of a job that discloses its leaf groups' sums
+        (``SecureParams.disclosure``), 0 for any other: checked whatever ``audit``."""
         self.params = params
+        self.group_sums = group_sums
         self.statistics = statistics
         self.beacon = beacon
         self.audit = audit
@@ -93,7 +101,15 @@ class TreeCheck:
             return f"the absent inputs of {req.group} are not some of its members"
         if self.audit is not None and self._audit_flags(req, group.parent is None, inputs):
             return f"the audit settings of {req.group} are not the job's"
+        if req.group_sums != self.disclosure(req):
+            return f"the group-sum disclosure of {req.group} is not the job's"
         return None
+
+    def disclosure(self, req: AggregateRequest) -> int:
+        """The floor a role's group sum must be disclosed at: the job's for a leaf
+        seat of a training round, else 0 (never disclosed)."""
+        training = req.round >= self.statistics
+        return self.group_sums if req.leaf and training else 0
 
     def _audit_flags(self, req: AggregateRequest, root: bool, inputs: Sequence[str]) -> bool:
         """True if the role's audit flags are not what the job's settings give it."""

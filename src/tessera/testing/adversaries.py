@@ -3,7 +3,9 @@
 Each is the honest machine with one thing changed, so a test shows that the
 honest parties around it catch or refuse exactly that:
 
-- ``TamperingAggregator`` adds an offset to the sums it passes on (audits name it);
+- ``TamperingAggregator`` adds an offset to the sums it passes on (audits name it),
+  or to the group sums it discloses to the coordinator only (the coordinator's
+  consistency check withholds the round's group sums);
 - ``SilentAggregator`` takes its seats and never answers (a backup replaces it);
 - ``TruncatingContributor`` sends updates of the wrong length (the plaintext
   coordinator, or in a secure round every aggregator, refuses them);
@@ -38,7 +40,8 @@ from tessera.testing.network import Wire
 
 class TamperingAggregator(Aggregator):
     """Adds ``offset`` (in ring units) to the first coordinate of every sum it passes on,
-    for the groups in ``targets`` (all of its groups when empty)."""
+    for the groups in ``targets`` (all of its groups when empty); with ``disclosed``, to
+    the group sums it tells the coordinator instead, passing the honest sum up."""
 
     def __init__(
         self,
@@ -50,13 +53,21 @@ class TamperingAggregator(Aggregator):
         *,
         offset: int = 12345,
         targets: tuple[str, ...] = (),
+        disclosed: bool = False,
     ) -> None:
         super().__init__(node, job_id, keys, directory, tree_check)
         self.offset = offset
         self.targets = targets
+        self.disclosed_only = disclosed
 
     def partial_sum(self, role: AggregatorRole, shares: list[Share]) -> Words:
         words = super().partial_sum(role, shares)
+        return words if self.disclosed_only else self._tampered(role, words)
+
+    def disclosed_words(self, role: AggregatorRole, words: Words) -> Words:
+        return self._tampered(role, words) if self.disclosed_only else words
+
+    def _tampered(self, role: AggregatorRole, words: Words) -> Words:
         if not self.targets or role.request.group in self.targets:
             words = words.copy()
             words[0] += words.dtype.type(self.offset)

@@ -17,6 +17,7 @@ from tessera.jobs.prepared import PreparedJob
 from tessera.jobs.records import BaselineResult, RoundRecord, SimulationResult
 from tessera.jobs.secure import secure_params
 from tessera.protocol import Coordinator
+from tessera.protocol.effects import GroupSum
 from tessera.protocol.node import Node
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.poison import ScaledUpdates
@@ -50,8 +51,13 @@ def simulate(
     secure: bool | None = None,
     devices: DeviceModel | None = None,
     charge_compute: bool = False,
+    on_groups: Callable[[int, tuple[GroupSum, ...], Vector], None] | None = None,
 ) -> SimulationResult:
     """Run the job; ``on_round`` sees each round's record and new global weights.
+
+    ``on_groups`` sees, before ``on_round``, each round's number, the leaf groups'
+    sums it disclosed (a job with ``[contributions]``; else none) and the global
+    model that round started from: what group-level valuation needs.
 
     ``devices`` replaces the config's simulated devices (speeds, dropouts), e.g.
     to replay exactly who took part in each round of a deployment.
@@ -93,9 +99,13 @@ def simulate(
         aggregator_failure=sim_cfg.aggregator_failure,
     )
     records: list[RoundRecord] = []
+    started_from = [job.initial_weights]  # the global model the open round trains from
 
     def record(stats: RoundStats) -> None:
         closed = stats.closed
+        if on_groups is not None:
+            on_groups(closed.round, stats.group_sums, started_from[0])
+        started_from[0] = closed.weights
         score = holdout_scores(job, closed.weights)
         rec = RoundRecord(
             round=closed.round,

@@ -53,6 +53,7 @@ def build_secure(
         audit=(secure.audit, secure.audit_fraction),
         beacon=secure.beacon,
         statistics=0 if secure.statistics is None else secure.statistics.rounds,
+        group_sums=secure.disclosure,
     )
     nodes = [
         Node(

@@ -41,7 +41,14 @@ from tessera.errors import DataError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.contributor import Contributor
 from tessera.protocol.coordinator import Coordinator
-from tessera.protocol.effects import JobFinished, Rejected, RoundClosed, Send, StatisticsClosed
+from tessera.protocol.effects import (
+    GroupSum,
+    JobFinished,
+    Rejected,
+    RoundClosed,
+    Send,
+    StatisticsClosed,
+)
 from tessera.protocol.events import (
     Event,
     JobStarted,
@@ -81,6 +88,7 @@ class RoundStats:
     closed_at: float = 0.0  # virtual time the round closed (its closing call ended, if charged)
     cpu_seconds: float = 0.0  # compute charged to all actors (0 unless charging)
     coordinator_cpu_seconds: float = 0.0
+    group_sums: tuple[GroupSum, ...] = ()  # the leaf groups' sums the round disclosed
 
     @property
     def virtual_round_seconds(self) -> float:
@@ -301,6 +309,7 @@ class Simulation(Observer):
     def round_closed(self, actor: NodeId, effect: RoundClosed) -> None:  # noqa: ARG002
         now = time.perf_counter()
         self._stats.closed = effect
+        self._stats.group_sums = effect.group_sums
         # Selected, not dropped, yet no update in time: a straggler (or a decline).
         self._stats.late = effect.selected - effect.participants - self._stats.dropped
         self._stats.seconds = now - self._wall
