@@ -330,10 +330,21 @@ class ContributionsSection(_Section):
     group and, over rounds, narrowed down to people. ``min_group``: the fewest
     contributors a disclosed sum covers (default ``secure.min_group``, at
     least 2); a smaller leaf group leaves the round.
+
+    The AI provider values each round's groups on its validation data
+    (``method``: ``shapley``, a truncated Monte Carlo estimate over
+    ``permutations``, or ``leave_one_out``) and scores each contributor from
+    the intersections of its groups over rounds; a contributor in at least
+    ``min_evidence`` valued groups whose score lies ``threshold`` robust
+    deviations below the median is flagged (metrics.json's ``contributions``).
     """
 
     enabled: bool = True
     min_group: Annotated[int, Field(ge=2)] | None = None
+    method: Literal["shapley", "leave_one_out"] = "shapley"
+    permutations: PositiveInt = 8
+    min_evidence: PositiveInt = 10
+    threshold: PositiveFloat = 2.5
 
 
 class BaselineSection(_Section):

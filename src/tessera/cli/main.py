@@ -174,6 +174,24 @@ def _plaintext_notes(cfg: JobConfig) -> None:
         console.print("[yellow]--plaintext: no group sums are disclosed in this run[/]")
 
 
+def _check_end(result: Any) -> None:
+    """A failed run is an error (its last finite model was written); a stopped one a note."""
+    if result.error is not None:
+        raise TesseraError(result.error)
+    if result.stopped is not None:
+        console.print(f"[yellow]ended after {len(result.rounds)} rounds: {result.stopped}[/]")
+
+
+def _valuer(job: PreparedJob) -> Any:
+    """The job's contribution indicator (``[contributions]``), or None."""
+    c = job.config.contributions
+    if c is None or not c.enabled:
+        return None
+    from tessera.runtime.sim.contributions import GroupValuer
+
+    return GroupValuer(job, method=c.method, permutations=c.permutations)
+
+
 def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintext: bool) -> None:
     # Torch is imported late (slow), with one thread: fastest on small models.
     import torch
@@ -236,23 +254,22 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
             digest = save_file(out / "model.safetensors", job.layout.unflatten(weights))
             writer.add_round(rec, model_digest=digest)
 
-        result = simulate(job, on_round=on_round, secure=secure is not None)
+        valuer = _valuer(job) if secure is not None else None
+        result = simulate(job, on_round=on_round, secure=secure is not None, on_groups=valuer)
+        if valuer is not None:
+            writer.extra["contributions"] = valuer.entry()
     digest = save_file(out / "model.safetensors", job.layout.unflatten(result.weights))
     metrics = writer.finish(
         status="finished" if result.error is None else "failed", model_digest=digest
     )
     plot_curves(metrics, out / "curves.png")
-    if result.error is not None:  # the model of the last finite round was kept and written
-        raise TesseraError(result.error)
-    if result.stopped is not None:
-        console.print(f"[yellow]ended after {len(result.rounds)} rounds: {result.stopped}[/]")
-    reference = None if baseline is None else baseline.value
+    _check_end(result)
     console.print(
         done_line(
             result.seconds,
             metric,
             metrics["final"]["value"],
-            reference,
+            None if baseline is None else baseline.value,
             errors=metrics["final"],
             centralized_errors=metrics["centralized"],
         )

@@ -1,0 +1,108 @@
+"""The simulator's contribution indicator: each round's disclosed group sums valued on the
+AI provider's validation data, each contributor scored from its groups over rounds.
+
+It watches rounds (``simulate(on_groups=...)``) and never sees an individual
+update: only the leaf groups' sums the coordinator decoded (each of at least
+the job's floor of contributors). A coalition of groups is worth the
+validation loss of the model its mean update moves the round's starting model
+to (``start + mean``: the server's plain step; a momentum or adaptive
+strategy's own state is left out of the valuation), so an indicator needs no
+strategy internals. Losses, not accuracies: they move with every update, where
+an accuracy moves only when a prediction flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from tessera.contributions import ContributionLedger, GroupUpdate, leave_one_out, shapley
+from tessera.ids import Task
+from tessera.jobs.prepared import PreparedJob
+from tessera.protocol.effects import GroupSum
+from tessera.protocol.limits import TAIL
+from tessera.training.evaluate import predict
+from tessera.weights import Vector
+
+#: Validation rows a utility call scores at most (drawn once, from the job's seed).
+MAX_VALIDATION_ROWS = 1000
+
+
+def validation_loss(
+    job: PreparedJob, x: npt.NDArray[np.float32], y: npt.NDArray[np.generic], weights: Vector
+) -> float:
+    """The model's mean loss on (x, y): cross-entropy for a classifier, else squared error."""
+    out = predict(job.spec, weights, x).astype(np.float64)
+    if job.task is Task.CLASSIFICATION:
+        shifted = out - out.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-log_p[np.arange(len(y)), np.asarray(y, np.int64)].mean())
+    return float(
+        ((out.reshape(len(y), -1) - np.asarray(y, np.float64).reshape(len(y), -1)) ** 2).mean()
+    )
+
+
+@dataclass
+class GroupValuer:
+    """Values every round's groups (``method``) and keeps each contributor's score."""
+
+    job: PreparedJob
+    method: str = "shapley"
+    permutations: int = 8
+    ledger: ContributionLedger = field(default_factory=ContributionLedger)
+    rounds: list[dict[str, float]] = field(default_factory=list)  # each round's group values
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng([self.job.config.job.seed, 0xC0])
+        test = self.job.test
+        rows = rng.permutation(len(test.y))[:MAX_VALIDATION_ROWS]
+        self._x, self._y = test.x[rows], test.y[rows]
+        self._rng = rng
+
+    def __call__(self, round: int, groups: Sequence[GroupSum], start: Vector) -> None:  # noqa: ARG002
+        updates = [
+            GroupUpdate(g.group, g.members, g.total[:-TAIL], float(g.total[-1]))
+            for g in groups
+            if g.total[-1] > 0
+        ]
+        if len(updates) < 2:  # one group is the total itself: nothing to tell apart
+            self.rounds.append({})
+            return
+        base = start.astype(np.float64)
+
+        def utility(mean: npt.NDArray[np.float64] | None) -> float:
+            weights = base if mean is None else base + mean
+            return -validation_loss(self.job, self._x, self._y, weights.astype(np.float32))
+
+        if self.method == "leave_one_out":
+            values = leave_one_out(updates, utility)
+        else:
+            values = shapley(updates, utility, permutations=self.permutations, rng=self._rng)
+        self.rounds.append(values)
+        self.ledger.add_round(values, {u.group: u.members for u in updates})
+
+    def entry(self) -> dict[str, object]:
+        """metrics.json's ``contributions``: the method, every contributor's score, those
+        flagged and why; with simulated poison (the truth), the precision and recall of
+        the flags against the corrupted and scaled nodes."""
+        c = self.job.config.contributions
+        assert c is not None
+        flagged = self.ledger.flagged(min_evidence=c.min_evidence, threshold=c.threshold)
+        entry: dict[str, object] = {
+            "method": self.method,
+            "rounds_valued": sum(1 for r in self.rounds if r),
+            "scores": {n: round(s, 6) for n, s in sorted(self.ledger.scores().items())},
+            "evidence": dict(sorted(self.ledger.seen.items())),
+            "flagged": flagged,
+            "excluded": [],  # flags are reported; leaving contributors out is not wired yet
+        }
+        job = self.job
+        truth = {job.node_ids[i] for i in (*job.corrupted, *job.scaled)}
+        if truth:
+            hits = len(truth & set(flagged))
+            entry["precision"] = hits / len(flagged) if flagged else None
+            entry["recall"] = hits / len(truth)
+        return entry
