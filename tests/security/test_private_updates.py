@@ -75,3 +75,36 @@ def test_a_private_jobs_node_refuses_a_finer_scale() -> None:
     assert isinstance(refused, Rejected) and "16 fraction bits" in refused.reason
     node, assignment = _node(PRIVACY)
     assert isinstance(_ask(node, assignment), RequestLocalTraining)
+
+
+def test_a_leaf_seat_refuses_to_sum_one_contributor_whatever_the_job() -> None:
+    """3. A total of one: with no group sums disclosed, nothing checked the size of a
+    leaf commitment, so a coordinator committing one contributor at one leaf (and
+    dropping every other group) decoded one contributor's update as the round's
+    "total". A leaf seat now refuses a commitment below the tree's min_group."""
+    from tests.security.test_group_sums import (
+        JOB_SECURE,
+        _commit_of,
+        _from_coordinator,
+        _hold,
+        federation,
+    )
+
+    from tessera.protocol.codec import Commit, encode_commit
+    from tessera.protocol.effects import Send as SendEffect
+    from tessera.protocol.kinds import Kind
+    from tessera.testing import fixed_updates
+
+    fed = federation(JOB_SECURE, JOB_SECURE)  # no group sums, no privacy: a plain job
+    _hold(fed, Kind.COMMIT)
+    fed.begin()
+    fed.run()
+    fed.answer(fixed_updates(fed))
+    fed.run()
+    held = fed.network.held[0]
+    commit = _commit_of(fed, held)
+    assert commit.included is not None and len(commit.included) >= 2
+    one = encode_commit(Commit(commit.group, commit.included[:1]))  # one person's update
+    effects = _from_coordinator(fed, held.recipient, Kind.COMMIT, one)
+    assert not [e for e in effects if isinstance(e, SendEffect)]  # nothing summed, sent
+    assert any("below the tree's min_group of 2" in r.reason for _, r in fed.refused)

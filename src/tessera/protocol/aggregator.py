@@ -387,6 +387,11 @@ class Aggregator:
 
     def _sum(self, role: AggregatorRole, commit: Commit, box: bytes) -> list[Effect]:
         floor = role.request.group_sums if role.request.leaf else 0
+        # Every leaf sum covers the tree's min_group: else a coordinator committing one
+        # contributor at one leaf (and nothing else up the tree) decodes one update.
+        least = (
+            self.tree_check.tree_params.min_group if role.request.leaf and self.tree_check else 0
+        )
         if commit.included is not None:  # refused before anything changes
             missing = [i for i in commit.included if i not in role.inputs]
             if missing:
@@ -395,6 +400,11 @@ class Aggregator:
                 raise RemoteProtocolError(
                     f"a commitment of {len(commit.included)} is below the job's floor of "
                     f"{floor} for a disclosed group sum"
+                )
+            if len(commit.included) < least:
+                raise RemoteProtocolError(
+                    f"a leaf commitment of {len(commit.included)} is below the tree's "
+                    f"min_group of {least}: the sum could be one contributor's update"
                 )
         _seat(role, RoleInput.SUM if commit.included is not None else RoleInput.LEAVE)
         role.commit_box = box
