@@ -119,9 +119,10 @@ def run(db: Path, *, kill_at: int | None) -> tuple[np.ndarray, int, int]:
             for i, node in enumerate(nodes):
                 value = 0.01 * (i + 1) * ((r % 5) - 2) + 0.001 * r
                 mail = node.update(COORDINATOR_KEYS.public, r, job_id=JOB, value=value)
+                # Counted before the mail is posted: the driver may log it at once.
+                logged = coordinator.events() + 1 if r == kill_at and i == 0 else logged
                 coordinator.service.post_mail(mail)
                 if r == kill_at and i == 0:
-                    logged = coordinator.events() + 1
                     wait("the update consumed", lambda n=logged: coordinator.events() == n)
                     replayed = coordinator.kill_and_restart()
         wait("the job finished", lambda: coordinator.store.get_job(JOB).state == "finished")
