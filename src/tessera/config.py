@@ -345,6 +345,10 @@ class ContributionsSection(_Section):
     permutations: PositiveInt = 8
     min_evidence: PositiveInt = 10
     threshold: PositiveFloat = 2.5
+    # The round's update from the groups' means: "median" or "trimmed_mean" (``trim`` cut
+    # at each end) outvote a few hostile groups; "mean" is the plain total.
+    combine: Literal["mean", "median", "trimmed_mean"] = "mean"
+    trim: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
 
 
 class BaselineSection(_Section):

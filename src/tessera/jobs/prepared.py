@@ -253,6 +253,8 @@ def secure_params_of(cfg: JobConfig, *, clip_norm: float, max_weight: float) -> 
         audit_fraction=s.audit_fraction,
         group_sums=cfg.group_sums,
         group_floor=None if cfg.contributions is None else cfg.contributions.min_group,
+        combine="mean" if cfg.contributions is None else cfg.contributions.combine,
+        trim=0.1 if cfg.contributions is None else cfg.contributions.trim,
     )
 
 

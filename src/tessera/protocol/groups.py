@@ -32,14 +32,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from tessera.crypto.fixedpoint import Ring, Words, decode
 from tessera.crypto.sharing import combine
 from tessera.errors import RemoteProtocolError
 from tessera.protocol.codec import PartialPayload
 from tessera.protocol.effects import GroupSum
+from tessera.protocol.limits import TAIL
 from tessera.protocol.topology import Group
 
-__all__ = ["Disclosure", "GroupParts", "disclose"]
+__all__ = ["Disclosure", "GroupParts", "disclose", "robust_update"]
+
+#: Fewer groups than this and a median or trimmed mean is no more robust than the mean.
+MIN_ROBUST_GROUPS = 3
 
 
 @dataclass
@@ -119,3 +126,23 @@ def disclose(
             if len(members) >= floor
         )
     )
+
+
+def robust_update(
+    sums: Sequence[GroupSum], how: str, trim: float, mean: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """The round's update as a coordinate-wise ``median`` or ``trimmed_mean`` (``trim`` of
+    the groups cut at each end) of the disclosed groups' mean updates; ``mean`` (the
+    total's) when fewer than ``MIN_ROBUST_GROUPS`` groups were disclosed. No individual
+    update is needed: a hostile contributor moves its group's mean, which the
+    combination then outvotes."""
+    means = [s.total[:-TAIL] / s.total[-1] for s in sums if s.total[-1] > 0]
+    if len(means) < MIN_ROBUST_GROUPS:
+        return mean
+    stacked = np.sort(np.stack(means), axis=0)
+    if how == "median":
+        out: npt.NDArray[np.float64] = np.median(stacked, axis=0)
+        return out
+    cut = int(trim * len(means))
+    kept: npt.NDArray[np.float64] = stacked[cut : len(means) - cut].mean(axis=0)
+    return kept

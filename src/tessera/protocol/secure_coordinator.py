@@ -89,7 +89,7 @@ from tessera.protocol.events import (
     ParticipantWithdrawn,
     TimerFired,
 )
-from tessera.protocol.groups import Disclosure, GroupParts, disclose
+from tessera.protocol.groups import Disclosure, GroupParts, disclose, robust_update
 from tessera.protocol.kinds import SEALED, Kind
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES, TAIL
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
@@ -139,6 +139,11 @@ class SecureParams:
     # disclosed sum covers (None: ``tree.min_group``, never below 2).
     group_sums: bool = False
     group_floor: int | None = None
+    # How the round's update is made of the disclosed group sums: "mean" (the total, as
+    # without them), "median" or "trimmed_mean" of the groups' means, coordinate-wise
+    # (``protocol.groups.robust_update``): a few hostile groups move it little.
+    combine: str = "mean"
+    trim: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
@@ -154,6 +159,12 @@ class SecureParams:
                 "a group's sum carries only its members' share of the noise: not as private "
                 "as the total; remove [contributions] or [privacy]",
             )
+        if self.combine not in ("mean", "median", "trimmed_mean"):
+            raise ConfigError("contributions.combine", f"unknown combination {self.combine!r}")
+        if self.combine != "mean" and not self.group_sums:
+            raise ConfigError("contributions.combine", "a robust combination needs group sums")
+        if not 0 <= self.trim < 0.5:
+            raise ConfigError("contributions.trim", "must be in [0, 0.5)")
         if self.group_sums and self.tree.backups >= self.tree.k:
             # k backups could re-sum all k positions of a group over another set: the
             # difference of the two disclosed sums would be the members left out.
@@ -756,9 +767,12 @@ class SecureCoordinator(Coordinator):
         if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
         disclosed = self._disclosure(rs)
+        mean = values[:-TAIL] / weight
+        if self.secure.combine != "mean":  # too few groups: the plain mean stands
+            mean = robust_update(disclosed.sums, self.secure.combine, self.secure.trim, mean)
         return self._finish_round(
             now,
-            mean_delta=(values[:-TAIL] / weight).astype(np.float32),
+            mean_delta=mean.astype(np.float32),
             participants=len(included),
             included=tuple(included),
             samples=round(weight * self.secure.max_weight) if self.budget is None else 0,
