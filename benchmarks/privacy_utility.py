@@ -15,8 +15,11 @@ a 64-bit ring). ``epsilon`` is the accountant's after the last round,
 ``noise std`` the Skellam noise's standard deviation per word of a round's
 total, in the units of the clipped update (whose norm is at most clip_norm).
 ``--quick`` runs 5 rounds of each, a smoke test whose figures are not the
-README's. Progress goes to stderr, the table to stdout; ``--readme`` writes
-it into that file between the privacy-utility markers.
+README's; ``--rounds N`` and ``--strategy NAME`` (e.g. ``fedavg``, no server
+momentum) override every job's, to find what the noise interacts with (not
+written to the README either); ``--jobs digits`` runs one job. Progress goes
+to stderr, the table to stdout; ``--readme`` writes it into that file between
+the privacy-utility markers.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class Run:
     seconds_per_round: float
 
 
-def configs(rounds: int | None) -> list[tuple[str, object]]:
+def configs(rounds: int | None, strategy: str | None = None) -> list[tuple[str, object]]:
     from tessera.config import load_config
 
     chem = load_config(EXAMPLES / "chem97_dp.toml")
@@ -66,7 +69,12 @@ def configs(rounds: int | None) -> list[tuple[str, object]]:
     out = []
     for name, job in (("Chem97 (schools)", chem), ("digits (one image a node)", digits)):
         federation = job.federation.model_copy(update={"rounds": rounds or job.federation.rounds})
-        out.append((name, job.model_copy(update={"federation": federation})))
+        update: dict[str, object] = {"federation": federation}
+        if strategy is not None:
+            from tessera.config import StrategySection
+
+            update["strategy"] = StrategySection(name=strategy)
+        out.append((name, job.model_copy(update=update)))
     return out
 
 
@@ -156,9 +164,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds each")
     parser.add_argument("--readme", type=Path, help="write the table into this README")
+    parser.add_argument("--rounds", type=int, help="every job's rounds (not for the README)")
+    parser.add_argument("--strategy", help="every job's server strategy (not for the README)")
+    parser.add_argument("--jobs", choices=("all", "chem97", "digits"), default="all")
     args = parser.parse_args()
+    override = args.rounds is not None or args.strategy is not None
     runs = []
-    for name, cfg in configs(QUICK_ROUNDS if args.quick else None):
+    rounds = QUICK_ROUNDS if args.quick else args.rounds
+    for name, cfg in configs(rounds, args.strategy):
+        if args.jobs != "all" and not name.lower().startswith(args.jobs):
+            continue
         for epsilon in EPSILONS:
             print(f"{name}: epsilon {epsilon} ...", file=sys.stderr, flush=True)
             run = run_one(name, cfg, epsilon)
@@ -166,7 +181,7 @@ def main() -> None:
             runs.append(run)
     text = table(runs)
     print(text)
-    if args.readme is not None and not args.quick:
+    if args.readme is not None and not (args.quick or override):
         write_readme(args.readme, text)
 
 
