@@ -337,9 +337,17 @@ class ContributionsSection(_Section):
     the intersections of its groups over rounds; a contributor in at least
     ``min_evidence`` valued groups whose score lies ``threshold`` robust
     deviations below the median is flagged (metrics.json's ``contributions``).
+
+    ``policy`` acts on the indicators: ``report`` only flags; ``exclude``
+    leaves a flagged contributor out of every round after the verdict (named
+    with the reason in that round's record); ``reputation`` excludes too and
+    weighs every other contributor by its score (a factor from 1 at the
+    median down to 0.05 at the threshold), carried through secure aggregation
+    as ``w * factor * update`` and ``w * factor``.
     """
 
     enabled: bool = True
+    policy: Literal["report", "exclude", "reputation"] = "report"
     min_group: Annotated[int, Field(ge=2)] | None = None
     method: Literal["shapley", "leave_one_out"] = "shapley"
     permutations: PositiveInt = 8

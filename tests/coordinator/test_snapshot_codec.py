@@ -30,6 +30,12 @@ floats = st.floats(-(2.0**100), 2.0**100, width=32)
     withdrawn=st.lists(st.text("abc-", min_size=1, max_size=5), max_size=4, unique=True),
     timers=st.lists(st.tuples(timers, st.floats(0, 2e9)), max_size=5),
     cursor=st.integers(0, 2**62),
+    excluded=st.dictionaries(
+        st.text("abc-", min_size=1, max_size=5),
+        st.tuples(st.integers(0, 10**6), st.text(max_size=40)),
+        max_size=3,
+    ),
+    ratings=st.dictionaries(st.text("abc-", min_size=1, max_size=5), st.floats(0.01, 1.0)),
 )
 def test_a_snapshot_reads_back_as_it_was_written(
     weights: list[float],
@@ -39,6 +45,8 @@ def test_a_snapshot_reads_back_as_it_was_written(
     withdrawn: list[str],
     timers: list[tuple[Timer, float]],
     cursor: int,
+    excluded: dict[str, tuple[int, str]],
+    ratings: dict[str, float],
 ) -> None:
     w = np.array(weights, np.float32)
     state = DriverState(
@@ -48,6 +56,8 @@ def test_a_snapshot_reads_back_as_it_was_written(
             weights=w,
             strategy=dict.fromkeys(strategy, w * 2),
             withdrawn=tuple(NodeId(n) for n in sorted(withdrawn)),
+            excluded={NodeId(n): v for n, v in excluded.items()},
+            ratings={NodeId(n): v for n, v in ratings.items()},
         ),
         timers=timers,
         cursor=cursor,
@@ -58,6 +68,7 @@ def test_a_snapshot_reads_back_as_it_was_written(
     assert all(np.array_equal(back.machine.strategy[k], w * 2) for k in strategy)
     assert (back.machine.round, back.machine.opened_at) == (round, opened_at)
     assert back.machine.withdrawn == state.machine.withdrawn
+    assert back.machine.excluded == excluded and back.machine.ratings == ratings
     assert list(back.timers) == timers and back.cursor == cursor
 
 

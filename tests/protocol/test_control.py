@@ -53,6 +53,7 @@ def assignment() -> SecureAssignment:
         max_weight=40.0,
         loss_cap=10.0,
         tree_digest="f" * 64,
+        weight=0.375,  # the contribution policy's factor travels with the assignment
     )
 
 

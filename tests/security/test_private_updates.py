@@ -77,6 +77,16 @@ def test_a_private_jobs_node_refuses_a_finer_scale() -> None:
     assert isinstance(_ask(node, assignment), RequestLocalTraining)
 
 
+def test_a_private_jobs_node_refuses_a_weight_factor() -> None:
+    """A private job divides its total by the count of the included: a factor below 1
+    would shrink one contributor's share of the noise budget unseen, so it is refused."""
+    node, assignment = _node(PRIVACY)
+    refused = _ask(node, replace(assignment, weight=0.5))
+    assert isinstance(refused, Rejected) and "alike" in refused.reason
+    node, assignment = _node(None)  # a job without privacy takes it
+    assert isinstance(_ask(node, replace(assignment, weight=0.5)), RequestLocalTraining)
+
+
 def test_a_leaf_seat_refuses_to_sum_one_contributor_whatever_the_job() -> None:
     """3. A total of one: with no group sums disclosed, nothing checked the size of a
     leaf commitment, so a coordinator committing one contributor at one leaf (and

@@ -189,7 +189,7 @@ def _valuer(job: PreparedJob) -> Any:
         return None
     from tessera.runtime.sim.contributions import GroupValuer
 
-    return GroupValuer(job, method=c.method, permutations=c.permutations)
+    return GroupValuer(job, method=c.method, permutations=c.permutations, policy=c.policy)
 
 
 def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintext: bool) -> None:

@@ -14,6 +14,10 @@ less than an early one.
 A contributor is flagged once it has been in at least ``min_evidence`` valued
 groups and its score lies more than ``threshold`` robust deviations (median
 absolute deviation, scaled to a standard deviation) below the median score.
+Its weight factor (reputation-weighted aggregation) falls with the same
+deviations: 1 at or above the median, linearly down to ``MIN_RATING`` at the
+flagging threshold; a contributor with less evidence keeps 1, since a few
+rounds of noisy group values would otherwise decide who counts.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from scipy.sparse.linalg import lsqr
 
 #: A median absolute deviation of normal scores is 0.6745 of their standard deviation.
 _MAD_TO_STD = 1.4826
+#: The weight factor of a contributor at the flagging threshold (not flagged yet).
+MIN_RATING = 0.05
 
 
 @dataclass
@@ -66,9 +72,9 @@ class ContributionLedger:
         solution = lsqr(a, b, damp=self.damping)[0]
         return {n: float(solution[column[n]]) for n in nodes}
 
-    def flagged(self, *, min_evidence: int, threshold: float) -> dict[str, str]:
-        """Contributors whose score shows harm, with why: seen in at least
-        ``min_evidence`` valued groups, and ``threshold`` robust deviations below the median."""
+    def deviations(self) -> dict[str, tuple[float, float]]:
+        """Each contributor's (score, robust deviations from the median score); empty
+        while fewer than three are scored or the scores do not spread."""
         scores = self.scores()
         if len(scores) < 3:
             return {}
@@ -77,9 +83,22 @@ class ContributionLedger:
         spread = _MAD_TO_STD * float(np.median(np.abs(values - median)))
         if spread == 0:
             return {}
+        return {node: (score, (score - median) / spread) for node, score in scores.items()}
+
+    def ratings(self, *, min_evidence: int, threshold: float) -> dict[str, float]:
+        """Each scored contributor's weight factor in [``MIN_RATING``, 1] (module docstring)."""
         out = {}
-        for node, score in scores.items():
-            deviations = (score - median) / spread
+        for node, (_, deviations) in self.deviations().items():
+            below = min(max(-deviations / threshold, 0.0), 1.0)
+            enough = self.seen[node] >= min_evidence
+            out[node] = 1.0 - (1.0 - MIN_RATING) * below if enough else 1.0
+        return out
+
+    def flagged(self, *, min_evidence: int, threshold: float) -> dict[str, str]:
+        """Contributors whose score shows harm, with why: seen in at least
+        ``min_evidence`` valued groups, and ``threshold`` robust deviations below the median."""
+        out = {}
+        for node, (score, deviations) in self.deviations().items():
             if self.seen[node] >= min_evidence and deviations < -threshold:
                 out[node] = (
                     f"contribution score {score:.3g}: {-deviations:.1f} robust deviations below "

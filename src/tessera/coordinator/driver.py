@@ -468,6 +468,7 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         train_loss=closed.mean_loss,
         skipped=closed.skipped,
         blamed=closed.blamed,
+        excluded=tuple(f"{node} ({why})" for node, why in closed.excluded),
         capped=closed.capped,
         closed_at=closed.closed_at,
         weights=weights,

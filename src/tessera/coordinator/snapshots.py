@@ -47,6 +47,9 @@ def encode_snapshot(state: DriverState) -> bytes:
         "timers": [[timer_text(timer), at] for timer, at in state.timers],
         "cursor": state.cursor,
         "spent": list(snap.spent),  # a private job's ledger
+        # The contribution policy's verdicts: node -> [first round without it, why].
+        "excluded": {node: [first, why] for node, (first, why) in snap.excluded.items()},
+        "ratings": dict(snap.ratings),
     }
     tensors = {"weights": snap.weights, "meta": _json_bytes(meta)}
     tensors |= {_STRATEGY + name: array for name, array in snap.strategy.items()}
@@ -70,6 +73,11 @@ def decode_snapshot(data: bytes) -> DriverState:
             strategy=strategy,
             withdrawn=tuple(NodeId(str(n)) for n in meta["withdrawn"]),
             spent=tuple(float(v) for v in meta.get("spent", ())),
+            excluded={
+                NodeId(str(n)): (int(first), str(why))
+                for n, (first, why) in meta.get("excluded", {}).items()
+            },
+            ratings={NodeId(str(n)): float(v) for n, v in meta.get("ratings", {}).items()},
         )
         timers = [(parse_timer(str(name)), float(at)) for name, at in meta["timers"]]
         return DriverState(machine=machine, timers=timers, cursor=int(meta["cursor"]))

@@ -35,6 +35,7 @@ class RoundRecord:
     num_samples: int = 0
     included: tuple[str, ...] = ()  # contributors whose updates are in this round's model
     blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
+    excluded: tuple[str, ...] = ()  # contributors left out from this round on, and why
     capped: int = 0  # secure rounds: contributors whose loss was over the cap (so hidden)
     closed_at: float = 0.0  # the coordinator's clock when the round closed
     weights: str | None = None  # SHA-256 of the new model's artefact (deployments)

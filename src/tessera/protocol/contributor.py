@@ -62,6 +62,7 @@ def weighted_vector(
     max_weight: float,
     loss_cap: float,
     weigh: bool = True,
+    rating: float = 1.0,
 ) -> npt.NDArray[np.float64]:
     """What a contributor shares: ``w * clip(delta)``, then ``w * loss / loss_cap``, then
     1 if the loss was capped (else 0), then ``w``: ``TAIL`` words after the update.
@@ -73,6 +74,7 @@ def weighted_vector(
     the count of capped losses is summed beside it, so a capped (diverging)
     round is seen, never hidden behind the cap. ``weigh`` false: ``w = 1`` (a
     private job weighs every contributor alike: its sensitivity is one clipped update).
+    ``rating`` (in (0, 1], the contribution policy's) multiplies ``w``.
     """
     vector = np.empty(delta.shape[0] + TAIL, np.float64)
     scaled = vector[:-TAIL]  # built in place: the only model-sized array made here
@@ -86,7 +88,7 @@ def weighted_vector(
     norm = float(np.sqrt(squares))
     if norm > clip:
         scaled *= clip * (1 - 1e-9) / norm
-    w = min(num_samples, max_weight) / max_weight if weigh else 1.0
+    w = (min(num_samples, max_weight) / max_weight if weigh else 1.0) * rating
     if w != 1.0:  # multiplying by 1.0 changes no bit
         scaled *= w
     vector[-3] = w * min(max(loss, 0.0), loss_cap) / loss_cap
@@ -252,6 +254,8 @@ class Contributor:
         # A finer scale would shrink a private job's noise in real units.
         if privacy and not request.statistics and request.secure.frac_bits != privacy.frac_bits:
             return f"a private job's updates are encoded at {privacy.frac_bits} fraction bits"
+        if privacy and request.secure.weight != 1:  # its total's divisor is the count
+            return "a private job weighs every contributor alike"
         check = self.secure.tree_check
         if check is None:
             return None
@@ -287,6 +291,7 @@ class Contributor:
             max_weight=a.max_weight,
             loss_cap=a.loss_cap,
             weigh=self.secure is None or self.secure.privacy is None,
+            rating=a.weight,
         )
         return self._seal_all(vector, private=True)
 

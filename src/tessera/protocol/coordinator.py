@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Self
 
 import numpy as np
@@ -46,6 +47,7 @@ from tessera.protocol.effects import (
     StartTimer,
 )
 from tessera.protocol.events import (
+    ContributorsRated,
     Event,
     JobStarted,
     MessageReceived,
@@ -97,6 +99,10 @@ class CoordinatorSnapshot:
     withdrawn: tuple[NodeId, ...]
     # A private job's ledger: the noise variance of every round released so far.
     spent: tuple[float, ...] = ()
+    # The contribution policy's verdicts so far: who is left out (from which round,
+    # why) and the weight factors of the rest (``ContributorsRated``).
+    excluded: Mapping[NodeId, tuple[int, str]] = field(default_factory=lambda: MappingProxyType({}))
+    ratings: Mapping[NodeId, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 class Coordinator:
@@ -119,9 +125,14 @@ class Coordinator:
         self.round = -1
         self._selected: frozenset[NodeId] = frozenset()
         self.withdrawn: set[NodeId] = set()  # revoked consent: never asked to train again
+        # Left out by the contribution policy: node -> (first round without it, why).
+        self.excluded: dict[NodeId, tuple[int, str]] = {}
+        self.ratings: dict[NodeId, float] = {}  # weight factors; 1 when not named
+        self._ratings_at_open: Mapping[NodeId, float] = {}
         self._answered: set[NodeId] = set()
         self._sum = np.zeros(self.weights.shape, np.float64)
         self._samples = 0
+        self._weight = 0.0  # the samples, each times its contributor's rating
         self._loss_sum = 0.0
         self._updates = 0
         self._opened_at: float | None = None  # when the open round opened
@@ -132,7 +143,11 @@ class Coordinator:
         """The machine's state right after a round opened (see the module docstring)."""
         if self.state is not CoordinatorState.COLLECTING or self._opened_at is None:
             raise LocalProtocolError("a snapshot needs an open round")
-        if self._round_progressed() or self.withdrawn != self._withdrawn_at_open:
+        if (
+            self._round_progressed()
+            or self._absent() != self._withdrawn_at_open
+            or self.ratings != self._ratings_at_open
+        ):
             raise LocalProtocolError("a snapshot is taken only as a round opens")
         return CoordinatorSnapshot(
             round=self.round,
@@ -140,6 +155,8 @@ class Coordinator:
             weights=self.weights.copy(),
             strategy=self.strategy.state(),
             withdrawn=tuple(sorted(self.withdrawn)),
+            excluded=MappingProxyType(dict(sorted(self.excluded.items()))),
+            ratings=MappingProxyType(dict(sorted(self.ratings.items()))),
         )
 
     @classmethod
@@ -151,6 +168,8 @@ class Coordinator:
         machine.weights = snapshot.weights.astype(np.float32, copy=True)
         machine.strategy.load_state(snapshot.strategy)
         machine.withdrawn = set(snapshot.withdrawn)
+        machine.excluded = dict(snapshot.excluded)
+        machine.ratings = dict(snapshot.ratings)
         machine._transition(CoordinatorInput.START)
         machine._open_round(snapshot.round, snapshot.opened_at)  # its effects were performed
         return machine
@@ -168,6 +187,8 @@ class Coordinator:
     def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, ParticipantWithdrawn):
             return self._withdraw(event.node)
+        if isinstance(event, ContributorsRated):
+            return self._rate(event)
         if isinstance(event, JobStarted):
             self._transition(CoordinatorInput.START)
             return self._open_round(0, now)
@@ -190,6 +211,28 @@ class Coordinator:
         self.withdrawn.add(node)
         return []
 
+    def _absent(self) -> frozenset[NodeId]:
+        """Who holds no seat and trains no more: withdrawn or excluded."""
+        return frozenset(self.withdrawn | self.excluded.keys())
+
+    def _rate(self, event: ContributorsRated) -> list[Effect]:
+        """Take the contribution policy's verdicts; they hold from the next round opened."""
+        effects: list[Effect] = []
+        for node in sorted({*event.excluded, *event.weights}):
+            if node not in self.nodes:
+                effects.append(
+                    Rejected(sender=node, reason=f"{node} is not a participant of this job")
+                )
+        for node, factor in event.weights.items():
+            if not 0 < factor <= 1:
+                raise self._failed(f"a contributor's weight factor must be in (0, 1], got {factor}")
+            if node in self.nodes:
+                self.ratings[node] = float(factor)
+        for node, why in event.excluded.items():
+            if node in self.nodes and node not in self.excluded:  # the first verdict stands
+                self.excluded[node] = (self.round + 1, why)
+        return effects
+
     def _transition(self, what: CoordinatorInput) -> None:
         next_state = COORDINATOR_TRANSITIONS.get((self.state, what))
         if next_state is None:
@@ -203,14 +246,18 @@ class Coordinator:
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
-        self._opened_at, self._withdrawn_at_open = now, frozenset(self.withdrawn)
+        self._opened_at, self._withdrawn_at_open = now, self._absent()
+        self._ratings_at_open = dict(self.ratings)
         cohort = [
-            n for n in select_cohort(self.params, self.nodes, round) if n not in self.withdrawn
+            n
+            for n in select_cohort(self.params, self.nodes, round)
+            if n not in self._withdrawn_at_open
         ]
         self._selected = frozenset(cohort)
         self._answered = set()
         self._sum[:] = 0.0
         self._samples = 0
+        self._weight = 0.0
         self._loss_sum = 0.0
         self._updates = 0
         self._included: list[str] = []
@@ -272,8 +319,10 @@ class Coordinator:
         if reason is not None:
             return [Rejected(sender=sender, reason=reason)]
         if isinstance(msg, UpdateSubmission):
-            self._sum += np.float64(msg.num_samples) * msg.delta
+            weight = msg.num_samples * self._ratings_at_open.get(sender, 1.0)
+            self._sum += np.float64(weight) * msg.delta
             self._samples += msg.num_samples
+            self._weight += weight
             self._loss_sum += msg.num_samples * msg.loss
             self._updates += 1
             self._included.append(sender)
@@ -285,7 +334,7 @@ class Coordinator:
     def _close_round(self, now: float, *, timer_pending: bool) -> list[Effect]:
         mean = None
         if self._samples:
-            mean = (self._sum / self._samples).astype(np.float32)
+            mean = (self._sum / self._weight).astype(np.float32)
         return self._finish_round(
             now,
             mean_delta=mean,
@@ -340,6 +389,11 @@ class Coordinator:
                 epsilon=epsilon,
                 group_sums=group_sums if not skipped else (),
                 groups_withheld=groups_withheld if not skipped else None,
+                excluded=tuple(
+                    (node, why)
+                    for node, (first, why) in sorted(self.excluded.items())
+                    if first == self.round
+                ),
             )
         )
         done = self.round + 1 - self.first_training_round  # training rounds so far

@@ -97,6 +97,8 @@ class RoundClosed:
     # of round records), and why none was disclosed when the round's are withheld.
     group_sums: tuple[GroupSum, ...] = ()
     groups_withheld: str | None = None
+    # Contributors left out from this round on (``ContributorsRated``), with why.
+    excluded: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +68,23 @@ class ParticipantWithdrawn:
     node: NodeId
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ContributorsRated:
+    """The job's contribution policy judged contributors from their indicators
+    (coordinator only; see ``tessera.contributions``).
+
+    ``excluded`` (node -> why) hold no seat and train no more, as a withdrawn
+    node, from the next round opened; that round's record names them with the
+    reason. ``weights`` (node -> factor in (0, 1]) multiply a contributor's
+    aggregation weight from the next round opened; one not named keeps its
+    factor. Secure rounds carry the factor to the contributor, which shares
+    ``w * factor * update`` and ``w * factor``: no update is ever seen.
+    """
+
+    excluded: Mapping[NodeId, str] = field(default_factory=lambda: MappingProxyType({}))
+    weights: Mapping[NodeId, float] = field(default_factory=lambda: MappingProxyType({}))
+
+
 Event = (
     JobStarted
     | MessageReceived
@@ -74,4 +93,5 @@ Event = (
     | LocalStatisticsReady
     | LocalTrainingFailed
     | ParticipantWithdrawn
+    | ContributorsRated
 )

@@ -33,7 +33,8 @@ class SecureAssignment:
 
     ``aggregators[j]`` receives share j; ``full_position`` is the one that
     gets the full-size share (the rest get 32-byte seeds). Weights are
-    ``min(samples, max_weight) / max_weight`` so every term is bounded.
+    ``min(samples, max_weight) / max_weight`` so every term is bounded, times
+    ``weight``: the job's rating of this contributor (``ContributorsRated``).
     """
 
     group: str
@@ -47,8 +48,11 @@ class SecureAssignment:
     max_weight: float
     loss_cap: float
     tree_digest: str
+    weight: float = 1.0  # in (0, 1]: 1 unless the contribution policy lowered it
 
     def __post_init__(self) -> None:
+        if not 0 < self.weight <= 1:
+            raise RemoteProtocolError("a contributor's weight factor must be in (0, 1]")
         if not 0 <= self.full_position < len(self.aggregators):
             raise RemoteProtocolError("full_position is not an aggregator position")
         if len(set(self.aggregators)) != len(self.aggregators) or len(self.aggregators) < 2:

@@ -83,6 +83,7 @@ from tessera.protocol.effects import (
     StatisticsClosed,
 )
 from tessera.protocol.events import (
+    ContributorsRated,
     Event,
     JobStarted,
     MessageReceived,
@@ -235,7 +236,7 @@ class SecureCoordinator(Coordinator):
 
     # -- events -------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Effect]:
-        if isinstance(event, JobStarted | ParticipantWithdrawn):
+        if isinstance(event, JobStarted | ParticipantWithdrawn | ContributorsRated):
             return super().handle(event, now)
         if isinstance(event, TimerFired):
             self._transition(CoordinatorInput.DEADLINE)
@@ -266,6 +267,12 @@ class SecureCoordinator(Coordinator):
             except (InvalidEnvelope, RemoteProtocolError) as exc:
                 return [Rejected(sender=event.sender, reason=str(exc))]
         raise self._failed(f"cannot handle {type(event).__name__}")
+
+    def _rate(self, event: ContributorsRated) -> list[Effect]:
+        if self.budget is not None and event.weights:
+            # Its total weight is the count of the included (see ``_close_secure``).
+            raise self._failed("a private job weighs every contributor alike")
+        return super()._rate(event)
 
     def relay_problem(self, sender: NodeId, recipient: NodeId, kind: Kind) -> str | None:
         """Why the open round's tree expects no such envelope (``RelayRoles.problem``)."""
@@ -307,7 +314,8 @@ class SecureCoordinator(Coordinator):
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
-        self._opened_at, self._withdrawn_at_open = now, frozenset(self.withdrawn)
+        self._opened_at, self._withdrawn_at_open = now, self._absent()
+        self._ratings_at_open = dict(self.ratings)
         stats = self.secure.statistics if round < self.first_training_round else None
         cohort = round_cohort(self.params, self.nodes, round, statistics=self.first_training_round)
         self._selected = frozenset(cohort)
@@ -465,6 +473,7 @@ class SecureCoordinator(Coordinator):
                     max_weight=self.secure.max_weight,
                     loss_cap=self.secure.loss_cap,
                     tree_digest=rs.digest,
+                    weight=1.0 if self.counting else self._ratings_at_open.get(member, 1.0),
                 ),
                 statistics=self.counting,
             )

@@ -1,7 +1,9 @@
 """The simulator's contribution indicator: each round's disclosed group sums valued on the
 AI provider's validation data, each contributor scored from its groups over rounds.
 
-It watches rounds (``simulate(on_groups=...)``) and never sees an individual
+It watches rounds (``simulate(on_groups=...)``), answers each with the
+policy's verdicts (``ContributorsRated``: who is left out, how much the rest
+weigh), and never sees an individual
 update: only the leaf groups' sums the coordinator decoded (each of at least
 the job's floor of contributors). A coalition of groups is worth the
 validation loss of the model its mean update moves the round's starting model
@@ -20,9 +22,10 @@ import numpy as np
 import numpy.typing as npt
 
 from tessera.contributions import ContributionLedger, GroupUpdate, leave_one_out, shapley
-from tessera.ids import Task
+from tessera.ids import NodeId, Task
 from tessera.jobs.prepared import PreparedJob
 from tessera.protocol.effects import GroupSum
+from tessera.protocol.events import ContributorsRated
 from tessera.protocol.limits import TAIL
 from tessera.training.evaluate import predict
 from tessera.weights import Vector
@@ -47,13 +50,18 @@ def validation_loss(
 
 @dataclass
 class GroupValuer:
-    """Values every round's groups (``method``) and keeps each contributor's score."""
+    """Values every round's groups (``method``), keeps each contributor's score and,
+    by ``policy`` (``[contributions]``'s), answers each round with its verdicts."""
 
     job: PreparedJob
     method: str = "shapley"
     permutations: int = 8
+    policy: str = "report"
     ledger: ContributionLedger = field(default_factory=ContributionLedger)
     rounds: list[dict[str, float]] = field(default_factory=list)  # each round's group values
+    # node -> (the round whose valuation excluded it, why)
+    excluded: dict[str, tuple[int, str]] = field(default_factory=dict)
+    ratings: dict[str, float] = field(default_factory=dict)  # the last factors sent
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng([self.job.config.job.seed, 0xC0])
@@ -62,7 +70,15 @@ class GroupValuer:
         self._x, self._y = test.x[rows], test.y[rows]
         self._rng = rng
 
-    def __call__(self, round: int, groups: Sequence[GroupSum], start: Vector) -> None:  # noqa: ARG002
+    def __call__(
+        self, round: int, groups: Sequence[GroupSum], start: Vector
+    ) -> ContributorsRated | None:
+        """Value ``round``'s groups; the verdicts the policy draws from all rounds so far
+        (None: nothing new), for the coordinator to apply from the next round opened."""
+        self._value(groups, start)
+        return self._verdicts(round)
+
+    def _value(self, groups: Sequence[GroupSum], start: Vector) -> None:
         updates = [
             GroupUpdate(g.group, g.members, g.total[:-TAIL], float(g.total[-1]))
             for g in groups
@@ -84,6 +100,28 @@ class GroupValuer:
         self.rounds.append(values)
         self.ledger.add_round(values, {u.group: u.members for u in updates})
 
+    def _verdicts(self, round: int) -> ContributorsRated | None:
+        if self.policy == "report":
+            return None
+        c = self.job.config.contributions
+        assert c is not None
+        evidence, threshold = c.min_evidence, c.threshold
+        new = {
+            NodeId(node): why
+            for node, why in self.ledger.flagged(min_evidence=evidence, threshold=threshold).items()
+            if node not in self.excluded
+        }
+        self.excluded |= {node: (round, why) for node, why in new.items()}
+        changed: dict[NodeId, float] = {}
+        if self.policy == "reputation":
+            ratings = self.ledger.ratings(min_evidence=evidence, threshold=threshold)
+            for node, factor in ratings.items():
+                if node not in self.excluded and self.ratings.get(node, 1.0) != factor:
+                    changed[NodeId(node)] = self.ratings[node] = factor
+        if not new and not changed:
+            return None
+        return ContributorsRated(excluded=new, weights=changed)
+
     def entry(self) -> dict[str, object]:
         """metrics.json's ``contributions``: the method, every contributor's score, those
         flagged and why; with simulated poison (the truth), the precision and recall of
@@ -97,12 +135,20 @@ class GroupValuer:
             "scores": {n: round(s, 6) for n, s in sorted(self.ledger.scores().items())},
             "evidence": dict(sorted(self.ledger.seen.items())),
             "flagged": flagged,
-            "excluded": [],  # flags are reported; leaving contributors out is not wired yet
+            "policy": self.policy,
+            "excluded": {  # the verdict came after that round's valuation
+                node: {"after_round": first, "reason": why}
+                for node, (first, why) in sorted(self.excluded.items())
+            },
         }
+        if self.policy == "reputation":
+            entry["ratings"] = {n: round(f, 4) for n, f in sorted(self.ratings.items())}
         job = self.job
         truth = {job.node_ids[i] for i in (*job.corrupted, *job.scaled)}
-        if truth:
-            hits = len(truth & set(flagged))
-            entry["precision"] = hits / len(flagged) if flagged else None
+        if truth:  # of the exclusions, or of the flags when the policy only reports
+            judged = set(flagged) if self.policy == "report" else set(self.excluded)
+            hits = len(truth & judged)
+            entry["judged"] = "flagged" if self.policy == "report" else "excluded"
+            entry["precision"] = hits / len(judged) if judged else None
             entry["recall"] = hits / len(truth)
         return entry

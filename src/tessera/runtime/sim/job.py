@@ -13,11 +13,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from tessera.ids import COORDINATOR
 from tessera.jobs.prepared import PreparedJob
 from tessera.jobs.records import BaselineResult, RoundRecord, SimulationResult
 from tessera.jobs.secure import secure_params
 from tessera.protocol import Coordinator
 from tessera.protocol.effects import GroupSum
+from tessera.protocol.events import ContributorsRated
 from tessera.protocol.node import Node
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.poison import ScaledUpdates
@@ -51,13 +53,16 @@ def simulate(
     secure: bool | None = None,
     devices: DeviceModel | None = None,
     charge_compute: bool = False,
-    on_groups: Callable[[int, tuple[GroupSum, ...], Vector], None] | None = None,
+    on_groups: Callable[[int, tuple[GroupSum, ...], Vector], ContributorsRated | None]
+    | None = None,
 ) -> SimulationResult:
     """Run the job; ``on_round`` sees each round's record and new global weights.
 
     ``on_groups`` sees, before ``on_round``, each round's number, the leaf groups'
     sums it disclosed (a job with ``[contributions]``; else none) and the global
-    model that round started from: what group-level valuation needs.
+    model that round started from: what group-level valuation needs. What it
+    returns (the contribution policy's verdicts) reaches the coordinator at once,
+    so it holds from the next round opened.
 
     ``devices`` replaces the config's simulated devices (speeds, dropouts), e.g.
     to replay exactly who took part in each round of a deployment.
@@ -104,7 +109,9 @@ def simulate(
     def record(stats: RoundStats) -> None:
         closed = stats.closed
         if on_groups is not None:
-            on_groups(closed.round, stats.group_sums, started_from[0])
+            verdicts = on_groups(closed.round, stats.group_sums, started_from[0])
+            if verdicts is not None:
+                sim.tell(COORDINATOR, verdicts)
         started_from[0] = closed.weights
         score = holdout_scores(job, closed.weights)
         rec = RoundRecord(
@@ -127,6 +134,7 @@ def simulate(
             bytes_aggregation=stats.bytes_aggregation,
             aggregators_failed=stats.aggregators_failed,
             blamed=closed.blamed,
+            excluded=tuple(f"{node} ({why})" for node, why in closed.excluded),
             capped=closed.capped,
             epsilon=math.nan if closed.epsilon is None else closed.epsilon,
             included=closed.included,

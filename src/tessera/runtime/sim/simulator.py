@@ -227,6 +227,11 @@ class Simulation(Observer):
             raise RuntimeError("simulation ran out of events before the job finished")
         return self.final_weights
 
+    def tell(self, target: NodeId, event: Event) -> None:
+        """Deliver a runtime's own ``event`` (a policy's verdict) to ``target`` now,
+        after the call in progress: no machine is entered twice."""
+        heapq.heappush(self._queue, _Pending(self.now, next(self._seq), target, event))
+
     def _wait(self, item: _Pending) -> None:
         """Queue ``item`` behind its busy actor, in arrival order; one wake-up per actor."""
         backlog = self._backlog.get(item.target)
