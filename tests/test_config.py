@@ -191,13 +191,15 @@ def test_contributions_disclose_group_sums_at_a_floor() -> None:
     cfg = parse_config(with_("contributions", {}))
     assert cfg.group_sums and cfg.contributions is not None
     assert cfg.contributions.min_group is None
-    params = secure_params_of(cfg, clip_norm=5.0, max_weight=10.0)
+    params = secure_params_of(cfg, clip_norm=5.0, max_weight=10.0, classes=2)
     assert params.group_sums and params.disclosure == 2  # secure.min_group's default
     raw = with_("contributions", {"min_group": 5})
     raw["secure"] = {"min_group": 3}
-    assert secure_params_of(parse_config(raw), clip_norm=5.0, max_weight=10.0).disclosure == 5
+    params = secure_params_of(parse_config(raw), clip_norm=5.0, max_weight=10.0, classes=2)
+    assert params.disclosure == 5
     raw["contributions"] = {"enabled": False}  # a switched-off section discloses nothing
-    assert not secure_params_of(parse_config(raw), clip_norm=5.0, max_weight=10.0).group_sums
+    params = secure_params_of(parse_config(raw), clip_norm=5.0, max_weight=10.0, classes=2)
+    assert not params.group_sums
 
 
 @pytest.mark.parametrize(

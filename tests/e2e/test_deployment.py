@@ -158,7 +158,7 @@ def victim(dep: Deployment, job_id: str, beacon: bytes) -> int:
     cfg = dep.config
     nodes = [dep.node_id(i) for i in range(NODES)]
     orgs = dict(zip(nodes, dep.job.organisations or [None] * NODES, strict=True))
-    tree = secure_params_of(cfg, clip_norm=1.0, max_weight=1.0).tree
+    tree = secure_params_of(cfg, clip_norm=1.0, max_weight=1.0, classes=2).tree
     check = TreeCheck(round_params_of(cfg, job_id=job_id), nodes, tree, orgs, beacon=beacon)
     seated = {n for g in check.tree(FIRST + 1).groups for n in (*g.aggregators, *g.backups)}
     serving = {n for g in check.tree(FIRST + 2).groups for n in g.aggregators}

@@ -40,6 +40,11 @@ drawn: dict[str, st.SearchStrategy[object]] = {
     "rmse": numbers,
     "mae": numbers,
     "epsilon": numbers,
+    "excluded": ids,
+    "loss_before": numbers,
+    "norm_ratio": numbers,
+    "clipped": st.integers(0, 10**5),
+    "labels": st.lists(st.floats(0, 1), max_size=12).map(tuple),
 }
 records = st.builds(RoundRecord, **drawn)
 

@@ -319,7 +319,9 @@ def test_simulate_hands_each_rounds_group_sums_and_starting_model_to_on_groups()
         assert len(sums) > 1  # several leaf groups, each disclosed
         assert sorted(m for g in sums for m in g.members) == sorted(record.included)
         assert all(len(g.members) >= 2 and g.total[-1] > 0 for g in sums)
-        assert all(g.total.shape == (job.layout.size + TAIL,) for g in sums)
+        # The summed updates, the quality words (3 + the classes), the tail.
+        words = job.layout.size + 3 + len(job.classes) + TAIL
+        assert all(g.total.shape == (words,) for g in sums)
     # A job without the section: the callback sees rounds, never a group sum.
     plain = prepare_job(cfg.model_copy(update={"contributions": None})).first_nodes(20)
     empty: list[int] = []

@@ -33,6 +33,7 @@ def _request(job: Job = JOB, **changes: Any) -> dict[str, Any]:
         "shuffle_id": 9,
         "prox_mu": None,
         "round": 0,
+        "quality": False,
     }
     request.update(changes)
     return {k: v for k, v in request.items() if v is not ...}
@@ -68,6 +69,23 @@ def test_train_equals_the_in_process_trainer_exactly() -> None:
     assert np.array_equal(np.frombuffer(reply["delta"], "<f4"), ref.deltas[0])
     assert reply["num_samples"] == 21
     assert reply["loss"] == float(ref.loss[0])
+
+
+def test_quality_statistics_equal_the_in_process_trainers() -> None:
+    status, [reply] = _serve(encode(_request(quality=True)))
+    assert status == 0
+    ref = BatchedTrainer(
+        JOB.spec, JOB.recipe, JOB.x, JOB.y, np.array([0, 21]), shuffle_ids=np.array([9])
+    ).train(JOB.weights, [0], 5, quality=True)
+    assert ref.loss_before is not None and ref.norm is not None and ref.labels is not None
+    assert reply["quality"] == {
+        "loss_before": float(ref.loss_before[0]),
+        "norm": float(ref.norm[0]),
+        "labels": [int(c) for c in ref.labels[0]],
+    }
+    assert sum(reply["quality"]["labels"]) == 21
+    _, [plain] = _serve(encode(_request()))
+    assert plain["quality"] is None  # measured only when asked
 
 
 def test_round_sets_the_learning_rate_as_in_process() -> None:

@@ -23,7 +23,6 @@ from tessera.ids import JobId, NodeId
 from tessera.protocol import RoundParams, make_strategy
 from tessera.protocol.effects import RoundClosed
 from tessera.protocol.events import ContributorsRated
-from tessera.protocol.limits import TAIL
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams
 from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
@@ -96,8 +95,8 @@ def test_every_disclosure_covers_the_floor_and_is_exactly_its_members_sum(
             rows = [index[NodeId(m)] for m in group.members]
             w = np.minimum(samples[rows], SECURE.max_weight) / SECURE.max_weight
             expected = (w[:, None] * trainer.table[rows]).sum(axis=0)
-            np.testing.assert_allclose(group.total[:-TAIL], expected, atol=1e-3)
-            np.testing.assert_allclose(group.total[-1], w.sum(), atol=1e-3)
+            np.testing.assert_allclose(group.update(P), expected, atol=1e-3)
+            np.testing.assert_allclose(group.weight, w.sum(), atol=1e-3)
 
 
 def _nothing_else_is_model_sized(closed: RoundClosed) -> None:

@@ -48,7 +48,7 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec
-from tessera.jobs.records import RoundRecord
+from tessera.jobs.records import RoundRecord, quality_fields
 from tessera.jobs.totals import append_total
 from tessera.protocol import Coordinator, SecureCoordinator
 from tessera.protocol.coordinator import CoordinatorSnapshot
@@ -464,6 +464,7 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         selected=closed.selected,
         participants=closed.participants,
         included=closed.included,
+        **quality_fields(closed.quality),
         num_samples=closed.num_samples,
         train_loss=closed.mean_loss,
         skipped=closed.skipped,

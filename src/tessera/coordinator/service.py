@@ -709,6 +709,10 @@ class _Lookup(Mapping[NodeId, PublicKeys]):
 
 
 def _vector_words(spec: JobSpec) -> int:
-    """The longest vector the job's nodes share: the model's, or a statistics round's."""
-    statistics = spec.secure_params().statistics if spec.secure else None
-    return max((spec.n_weights, *(statistics.lengths if statistics is not None else ())))
+    """The longest vector the job's nodes share: the model's with its quality words, or a
+    statistics round's."""
+    if not spec.secure:
+        return spec.n_weights
+    secure = spec.secure_params()
+    lengths = secure.statistics.lengths if secure.statistics is not None else ()
+    return max((spec.n_weights + secure.quality, *lengths))

@@ -105,7 +105,10 @@ class JobSpec:
         if self.recipe.clip_norm is None or self.config.secure.max_weight is None:
             raise ConfigError("secure", "a deployed secure job declares clip_norm and max_weight")
         params = secure_params_of(
-            self.config, clip_norm=self.recipe.clip_norm, max_weight=self.config.secure.max_weight
+            self.config,
+            clip_norm=self.recipe.clip_norm,
+            max_weight=self.config.secure.max_weight,
+            classes=self.model.n_outputs if self.recipe.loss == "cross_entropy" else 0,
         )
         privacy = privacy_params_of(
             self.config, clip_norm=self.recipe.clip_norm, n_weights=self.n_weights

@@ -56,6 +56,7 @@ from tessera.errors import ConfigError, DataError
 from tessera.ids import JobId, NodeId, Task
 from tessera.jobs.poison import poisoned
 from tessera.protocol import RoundParams, SecureParams, Strategy, TreeParams, make_strategy
+from tessera.protocol.quality import QUALITY_HEAD
 from tessera.training import ModelSpec, Recipe, init_weights, layout
 from tessera.weights import Layout, Vector
 
@@ -234,8 +235,12 @@ def strategy_of(cfg: JobConfig) -> Strategy:
     return make_strategy(cfg.strategy.name, **cfg.strategy.params)
 
 
-def secure_params_of(cfg: JobConfig, *, clip_norm: float, max_weight: float) -> SecureParams:
-    """Secure-aggregation settings; ``max_weight`` where the config leaves it open."""
+def secure_params_of(
+    cfg: JobConfig, *, clip_norm: float, max_weight: float, classes: int
+) -> SecureParams:
+    """Secure-aggregation settings; ``max_weight`` where the config leaves it open. A job
+    with group sums also has its contributors share their data-quality statistics, with
+    a label distribution over ``classes`` (0: a regression)."""
     s = cfg.secure
     return SecureParams(
         tree=TreeParams(
@@ -255,6 +260,7 @@ def secure_params_of(cfg: JobConfig, *, clip_norm: float, max_weight: float) -> 
         group_floor=None if cfg.contributions is None else cfg.contributions.min_group,
         combine="mean" if cfg.contributions is None else cfg.contributions.combine,
         trim=0.1 if cfg.contributions is None else cfg.contributions.trim,
+        quality=QUALITY_HEAD + classes if cfg.group_sums else 0,
     )
 
 

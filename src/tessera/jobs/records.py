@@ -9,10 +9,11 @@ up`` both write them, so the two can be compared round by round.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tessera.protocol.quality import RoundQuality
 from tessera.weights import Vector
 
 
@@ -56,6 +57,11 @@ class RoundRecord:
     mae: float = math.nan
     # A private job's privacy spent once this round's total was released (at its delta).
     epsilon: float = math.nan
+    # A job's data-quality statistics (``protocol.quality``), of the included together:
+    loss_before: float = math.nan  # the global model's mean loss on their records
+    norm_ratio: float = math.nan  # their updates' mean min(norm / clip, 1)
+    clipped: int = 0  # their updates that were clipped
+    labels: tuple[float, ...] = ()  # their weighted label distribution
 
     def to_json(self, *, with_included: bool = True) -> dict[str, Any]:
         """JSON-ready (NaN as null); ``with_included=False`` leaves out the contributor ids."""
@@ -90,31 +96,57 @@ class RoundRecord:
         return cls(**values)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _list_of(v: Any, ok: Callable[[Any], bool]) -> bool:
+    return isinstance(v, list | tuple) and all(ok(x) for x in v)
+
+
+# Each field type's JSON rule: (accepts?, what it must be, the value it reads as).
+_RULES: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false", lambda v: v),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", lambda v: v),
+    "float": (
+        lambda v: v is None or _number(v),
+        "a number",
+        lambda v: math.nan if v is None else float(v),
+    ),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string", lambda v: v),
+    "tuple[float, ...]": (
+        lambda v: _list_of(v, _number),
+        "a list of numbers",
+        lambda v: tuple(float(x) for x in v),
+    ),
+    "tuple[str, ...]": (
+        lambda v: _list_of(v, lambda x: isinstance(x, str)),
+        "a list of strings",
+        tuple,
+    ),
+}
+
+
 def _field(name: str, kind: str, value: Any) -> Any:
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"round record: {name} must be true or false")
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"round record: {name} must be an integer")
-        return value
-    if kind == "float":
-        if value is None:
-            return math.nan
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"round record: {name} must be a number")
-        return float(value)
-    if kind == "str | None":
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"round record: {name} must be a string")
-        return value
-    if kind == "tuple[str, ...]":
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"round record: {name} must be a list of strings")
-        return tuple(value)
-    # A field added to RoundRecord without a rule here: our bug, not the row's.
-    raise AssertionError(f"round record: no JSON rule for {name}: {kind}")
+    rule = _RULES.get(kind)
+    if rule is None:  # a field added to RoundRecord without a rule here: our bug
+        raise AssertionError(f"round record: no JSON rule for {name}: {kind}")
+    accepts, must_be, read = rule
+    if not accepts(value):
+        raise ValueError(f"round record: {name} must be {must_be}")
+    return read(value)
+
+
+def quality_fields(quality: RoundQuality | None) -> dict[str, Any]:
+    """A closed round's data-quality statistics as ``RoundRecord`` fields (none: {})."""
+    if quality is None:
+        return {}
+    return {
+        "loss_before": quality.loss_before,
+        "norm_ratio": quality.norm_ratio,
+        "clipped": quality.clipped,
+        "labels": quality.labels,
+    }
 
 
 @dataclass

@@ -20,7 +20,10 @@ def secure_params(job: PreparedJob) -> SecureParams:
     the job opens with the statistics rounds those vectors are counted in."""
     assert job.recipe.clip_norm is not None  # the config refuses secure jobs without it
     params = secure_params_of(
-        job.config, clip_norm=job.recipe.clip_norm, max_weight=float(job.node_samples.max())
+        job.config,
+        clip_norm=job.recipe.clip_norm,
+        max_weight=float(job.node_samples.max()),
+        classes=job.spec.n_outputs if job.recipe.loss == "cross_entropy" else 0,
     )
     privacy = privacy_params_of(
         job.config, clip_norm=job.recipe.clip_norm, n_weights=job.layout.size

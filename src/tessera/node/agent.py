@@ -82,6 +82,7 @@ from tessera.protocol.events import (
     LocalUpdateReady,
 )
 from tessera.protocol.kinds import REGISTRATION_KIND
+from tessera.protocol.quality import LocalQuality
 from tessera.runtime.host import Host, Observer, TrainingTask, WallClock
 from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused, check
 from tessera.runtime.transport.mail import from_envelope, read_weights_artefact, to_envelope
@@ -496,15 +497,22 @@ class NodeAgent:
                 shuffle_id=job.shuffle_id,
                 prox_mu=task.prox_mu,
                 round=task.schedule_round,
+                quality=task.quality,
             )
         except (SandboxError, SandboxRefused, TesseraError, httpx.HTTPError) as exc:
             log.warning("%s: local training failed: %s", self.node, exc)
             return LocalTrainingFailed(round=task.round, reason=str(exc)[:200])
+        measured = None
+        if outcome.loss_before is not None and outcome.norm is not None:
+            measured = LocalQuality(
+                loss_before=outcome.loss_before, norm=outcome.norm, labels=outcome.labels
+            )
         return LocalUpdateReady(
             round=task.round,
             delta=outcome.delta,
             num_samples=outcome.num_samples,
             loss=outcome.loss,
+            quality=measured,
         )
 
     def _count(self, job: _Job, round: int) -> Event:

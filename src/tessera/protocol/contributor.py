@@ -48,6 +48,7 @@ from tessera.protocol.messages import (
     UpdateSubmission,
 )
 from tessera.protocol.noise import PrivacyParams, contributor_noise, noise_rng, noisy
+from tessera.protocol.quality import QUALITY_HEAD, LocalQuality, quality_words
 from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, ContributorState
 from tessera.protocol.treecheck import TreeCheck
 from tessera.protocol.wire import Wire
@@ -63,6 +64,8 @@ def weighted_vector(
     loss_cap: float,
     weigh: bool = True,
     rating: float = 1.0,
+    quality: LocalQuality | None = None,
+    quality_words_of: int = 0,
 ) -> npt.NDArray[np.float64]:
     """What a contributor shares: ``w * clip(delta)``, then ``w * loss / loss_cap``, then
     1 if the loss was capped (else 0), then ``w``: ``TAIL`` words after the update.
@@ -74,10 +77,13 @@ def weighted_vector(
     the count of capped losses is summed beside it, so a capped (diverging)
     round is seen, never hidden behind the cap. ``weigh`` false: ``w = 1`` (a
     private job weighs every contributor alike: its sensitivity is one clipped update).
-    ``rating`` (in (0, 1], the contribution policy's) multiplies ``w``.
+    ``rating`` (in (0, 1], the contribution policy's) multiplies ``w``. A job
+    asking ``quality_words_of`` words has them between the update and the tail
+    (``protocol.quality``; ``ValueError`` when ``quality`` cannot fill them).
     """
-    vector = np.empty(delta.shape[0] + TAIL, np.float64)
-    scaled = vector[:-TAIL]  # built in place: the only model-sized array made here
+    p = delta.shape[0]
+    vector = np.empty(p + quality_words_of + TAIL, np.float64)
+    scaled = vector[:p]  # built in place: the only model-sized array made here
     scaled[...] = delta  # exact: float32 to float64
     # The float64 norm by np.dot in slices of 8,192: no squared temporary, and no
     # BLAS threads for one vector (OpenBLAS threads a dot only above 10,000 elements).
@@ -91,6 +97,12 @@ def weighted_vector(
     w = (min(num_samples, max_weight) / max_weight if weigh else 1.0) * rating
     if w != 1.0:  # multiplying by 1.0 changes no bit
         scaled *= w
+    if quality_words_of:
+        if quality is None:
+            raise ValueError("this job asks for quality statistics and none were measured")
+        vector[p:-TAIL] = quality_words(
+            quality, w=w, clip=clip, loss_cap=loss_cap, words=quality_words_of
+        )
     vector[-3] = w * min(max(loss, 0.0), loss_cap) / loss_cap
     vector[-2] = 1.0 if not loss <= loss_cap else 0.0  # NaN counts as capped too
     vector[-1] = w
@@ -106,6 +118,17 @@ def _update_problem(update: LocalUpdateReady) -> str | None:
             "local training diverged: its update or loss is not finite "
             "(the likely cause: recipe.lr too high for this model)"
         )
+    return None
+
+
+def _quality_problem(update: LocalUpdateReady, a: SecureAssignment | None) -> str | None:
+    """Why the quality statistics a job asks for cannot be shared (``protocol.quality``)."""
+    if a is None or not a.quality:
+        return None
+    if update.quality is None:
+        return "this job asks for quality statistics and none were measured"
+    if len(update.quality.labels) != a.quality - QUALITY_HEAD:
+        return f"{len(update.quality.labels)} label counts, not the job's classes"
     return None
 
 
@@ -210,6 +233,7 @@ class Contributor:
                 weights=msg.weights,
                 config=msg.config,
                 schedule_round=msg.round - counted,
+                quality=msg.secure is not None and msg.secure.quality > 0,
             )
         ]
 
@@ -225,7 +249,7 @@ class Contributor:
                 return self._seal_all(_counted(event.vector))
             reason = problem
         elif isinstance(event, LocalUpdateReady) and now <= self.deadline:
-            problem = _update_problem(event)
+            problem = _update_problem(event) or _quality_problem(event, self.assignment)
             if problem is not None:  # declined, never a crash nor a poisoned sum
                 self._transition(ContributorInput.TRAINING_FAILED)
                 declined = TrainingDeclined(job_id=self.job_id, round=event.round, reason=problem)
@@ -256,6 +280,8 @@ class Contributor:
             return f"a private job's updates are encoded at {privacy.frac_bits} fraction bits"
         if privacy and request.secure.weight != 1:  # its total's divisor is the count
             return "a private job weighs every contributor alike"
+        if request.secure.quality and (privacy or request.statistics):
+            return "quality statistics are for a training round of a job without privacy"
         check = self.secure.tree_check
         if check is None:
             return None
@@ -292,6 +318,8 @@ class Contributor:
             loss_cap=a.loss_cap,
             weigh=self.secure is None or self.secure.privacy is None,
             rating=a.weight,
+            quality=update.quality,
+            quality_words_of=a.quality,
         )
         return self._seal_all(vector, private=True)
 

@@ -130,6 +130,7 @@ def encode_train_request(request: TrainRequest, weights_sha256: str) -> bytes:
                 "loss_cap": secure.loss_cap,
                 "tree_digest": secure.tree_digest,
                 "weight": secure.weight,
+                "quality": secure.quality,
             },
         },
     )
@@ -168,6 +169,7 @@ def decode_train_request(data: bytes, resolve: WeightsResolver) -> TrainRequestW
             loss_cap=_real(raw, "loss_cap", "secure"),
             tree_digest=_get(raw, "tree_digest", str, "secure"),
             weight=_real(raw, "weight", "secure") if "weight" in raw else 1.0,
+            quality=_count(raw, "quality", "secure") if "quality" in raw else 0,
         )
     statistics = obj.get("statistics", False)  # absent in requests written before it
     if not isinstance(statistics, bool):

@@ -63,6 +63,7 @@ from tessera.protocol.messages import (
     UpdateSubmission,
 )
 from tessera.protocol.params import RoundParams
+from tessera.protocol.quality import RoundQuality
 from tessera.protocol.states import COORDINATOR_TRANSITIONS, CoordinatorInput, CoordinatorState
 from tessera.protocol.strategies import Strategy
 from tessera.protocol.timers import RoundDeadline
@@ -360,6 +361,7 @@ class Coordinator:
         epsilon: float | None = None,
         group_sums: tuple[GroupSum, ...] = (),
         groups_withheld: str | None = None,
+        quality: RoundQuality | None = None,
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -389,6 +391,7 @@ class Coordinator:
                 epsilon=epsilon,
                 group_sums=group_sums if not skipped else (),
                 groups_withheld=groups_withheld if not skipped else None,
+                quality=quality if not skipped else None,
                 excluded=tuple(
                     (node, why)
                     for node, (first, why) in sorted(self.excluded.items())

@@ -9,7 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 from tessera.ids import NodeId
+from tessera.protocol.limits import TAIL
 from tessera.protocol.messages import Message
+from tessera.protocol.quality import RoundQuality
 from tessera.protocol.timers import Timer
 from tessera.weights import Vector
 
@@ -44,6 +46,7 @@ class RequestLocalTraining:
     weights: Vector
     config: Mapping[str, float]
     schedule_round: int | None = None
+    quality: bool = False  # measure the records' quality too (``protocol.quality``)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,14 +70,26 @@ class GroupSum:
     """One leaf group's sum, disclosed to the coordinator (``SecureParams.group_sums``).
 
     ``total`` is the decoded weighted sum of ``members``' vectors (the committed
-    contributors, at least the job's floor of them), the ``TAIL`` words included:
-    ``total[-1]`` is the group's weight and ``total[:-TAIL] / total[-1]`` its mean
-    update. Never an individual's: see ``protocol.groups``.
+    contributors, at least the job's floor of them): the summed updates, then a
+    job's quality words (``protocol.quality``), then the ``TAIL`` words, the last
+    the group's weight. Never an individual's: see ``protocol.groups``.
     """
 
     group: str
     members: tuple[str, ...]
     total: npt.NDArray[np.float64]
+
+    @property
+    def weight(self) -> float:
+        return float(self.total[-1])
+
+    def update(self, size: int) -> npt.NDArray[np.float64]:
+        """The members' weighted sum of updates, of a model of ``size`` weights."""
+        return self.total[:size]
+
+    def quality_words(self, size: int) -> npt.NDArray[np.float64]:
+        """The members' summed quality words (empty when the job asks for none)."""
+        return self.total[size:-TAIL]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -99,6 +114,8 @@ class RoundClosed:
     groups_withheld: str | None = None
     # Contributors left out from this round on (``ContributorsRated``), with why.
     excluded: tuple[tuple[str, str], ...] = ()
+    # The included contributors' data-quality statistics, summed (a job that asks).
+    quality: RoundQuality | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from tessera.ids import NodeId
 from tessera.protocol.messages import Message
+from tessera.protocol.quality import LocalQuality
 from tessera.protocol.timers import Timer
 from tessera.weights import Vector
 
@@ -39,6 +40,7 @@ class LocalUpdateReady:
     delta: Vector
     num_samples: int
     loss: float
+    quality: LocalQuality | None = None  # asked by a job with quality words only
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -40,7 +40,6 @@ from tessera.crypto.sharing import combine
 from tessera.errors import RemoteProtocolError
 from tessera.protocol.codec import PartialPayload
 from tessera.protocol.effects import GroupSum
-from tessera.protocol.limits import TAIL
 from tessera.protocol.topology import Group
 
 __all__ = ["Disclosure", "GroupParts", "disclose", "robust_update"]
@@ -136,7 +135,7 @@ def robust_update(
     total's) when fewer than ``MIN_ROBUST_GROUPS`` groups were disclosed. No individual
     update is needed: a hostile contributor moves its group's mean, which the
     combination then outvotes."""
-    means = [s.total[:-TAIL] / s.total[-1] for s in sums if s.total[-1] > 0]
+    means = [s.update(len(mean)) / s.weight for s in sums if s.weight > 0]
     if len(means) < MIN_ROBUST_GROUPS:
         return mean
     stacked = np.sort(np.stack(means), axis=0)

@@ -16,6 +16,7 @@ import numpy as np
 
 from tessera.errors import RemoteProtocolError
 from tessera.ids import JobId, NodeId
+from tessera.protocol.quality import MAX_QUALITY_WORDS, QUALITY_HEAD
 from tessera.weights import Vector
 
 #: Fixed per-message overhead counted by the simulator (ids, round, lengths).
@@ -49,10 +50,15 @@ class SecureAssignment:
     loss_cap: float
     tree_digest: str
     weight: float = 1.0  # in (0, 1]: 1 unless the contribution policy lowered it
+    quality: int = 0  # data-quality words after the update (``protocol.quality``); 0: none
 
     def __post_init__(self) -> None:
         if not 0 < self.weight <= 1:
             raise RemoteProtocolError("a contributor's weight factor must be in (0, 1]")
+        if not (self.quality == 0 or QUALITY_HEAD <= self.quality <= MAX_QUALITY_WORDS):
+            raise RemoteProtocolError(
+                f"quality words are 0 or {QUALITY_HEAD} to {MAX_QUALITY_WORDS}"
+            )
         if not 0 <= self.full_position < len(self.aggregators):
             raise RemoteProtocolError("full_position is not an aggregator position")
         if len(set(self.aggregators)) != len(self.aggregators) or len(self.aggregators) < 2:

@@ -96,6 +96,7 @@ from tessera.protocol.limits import MAX_ENVELOPE_BYTES, TAIL
 from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
 from tessera.protocol.noise import Budget, PrivacyParams
 from tessera.protocol.params import RoundParams, StatisticsRound
+from tessera.protocol.quality import RoundQuality
 from tessera.protocol.relay import RelayRoles
 from tessera.protocol.states import (
     SECURE_ROUND_TRANSITIONS,
@@ -145,6 +146,9 @@ class SecureParams:
     # (``protocol.groups.robust_update``): a few hostile groups move it little.
     combine: str = "mean"
     trim: float = 0.1
+    # Data-quality words each contributor shares after its update in a training round
+    # (``protocol.quality``: 3 + the classes; 0: none). Only with group sums.
+    quality: int = 0
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
@@ -164,6 +168,8 @@ class SecureParams:
             raise ConfigError("contributions.combine", f"unknown combination {self.combine!r}")
         if self.combine != "mean" and not self.group_sums:
             raise ConfigError("contributions.combine", "a robust combination needs group sums")
+        if self.quality and not self.group_sums:
+            raise ConfigError("contributions", "quality statistics come with group sums")
         if not 0 <= self.trim < 0.5:
             raise ConfigError("contributions.trim", "must be in [0, 0.5)")
         if self.group_sums and self.tree.backups >= self.tree.k:
@@ -342,7 +348,12 @@ class SecureCoordinator(Coordinator):
         rs = _RoundState(
             tree=tree,
             ring=ring,
-            length=(self.weights.shape[0] if stats is None else stats.lengths[round]) + TAIL,
+            length=(
+                self.weights.shape[0] + self.secure.quality
+                if stats is None
+                else stats.lengths[round]
+            )
+            + TAIL,
             train_until=train_until,
             digest=tree.digest(),
             seats={g.id: list(g.aggregators) for g in tree.groups},
@@ -474,6 +485,7 @@ class SecureCoordinator(Coordinator):
                     loss_cap=self.secure.loss_cap,
                     tree_digest=rs.digest,
                     weight=1.0 if self.counting else self._ratings_at_open.get(member, 1.0),
+                    quality=0 if self.counting else self.secure.quality,
                 ),
                 statistics=self.counting,
             )
@@ -776,7 +788,9 @@ class SecureCoordinator(Coordinator):
         if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
         disclosed = self._disclosure(rs)
-        mean = values[:-TAIL] / weight
+        p, q = self.weights.shape[0], self.secure.quality
+        mean = values[:p] / weight
+        quality = RoundQuality.of(values[p : p + q], weight, self.secure.loss_cap) if q else None
         if self.secure.combine != "mean":  # too few groups: the plain mean stands
             mean = robust_update(disclosed.sums, self.secure.combine, self.secure.trim, mean)
         return self._finish_round(
@@ -792,6 +806,7 @@ class SecureCoordinator(Coordinator):
             epsilon=epsilon,
             group_sums=disclosed.sums,
             groups_withheld=disclosed.withheld,
+            quality=quality,
         )
 
     def _statistics_closed(

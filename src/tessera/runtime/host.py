@@ -77,6 +77,7 @@ class TrainingTask:
     prox_mu: float | None  # the strategy's FedProx term; None keeps the recipe's own
     # The learning-rate schedule's round (``RequestLocalTraining.schedule_round``).
     schedule_round: int = 0
+    quality: bool = False  # measure the records' quality too (``protocol.quality``)
 
 
 def training_task(request: RequestLocalTraining, job_seed: int) -> TrainingTask:
@@ -87,6 +88,7 @@ def training_task(request: RequestLocalTraining, job_seed: int) -> TrainingTask:
         seed=train_seed(job_seed, request.round),
         prox_mu=_prox_mu(request.config),
         schedule_round=request.round if request.schedule_round is None else request.schedule_round,
+        quality=request.quality,
     )
 
 
@@ -292,6 +294,8 @@ class TrainOutput(Protocol):
     deltas: npt.NDArray[np.float32]  # (nodes, P)
     num_samples: npt.NDArray[np.int64]
     loss: npt.NDArray[np.float32]
+    # Asked for quality, a trainer also returns ``loss_before``, ``norm`` and ``labels``
+    # (``BatchedTrainer``'s ``TrainResult``); one that is never asked need not.
 
 
 class LocalTrainer(Protocol):
@@ -305,7 +309,9 @@ class LocalTrainer(Protocol):
         *,
         prox_mu: float | None = None,
         round: int = 0,
+        quality: bool = False,
     ) -> TrainOutput:
         """Train ``nodes`` from ``global_weights``; ``prox_mu`` overrides the recipe's;
-        ``round`` sets the recipe's learning rate of that round."""
+        ``round`` sets the recipe's learning rate of that round; ``quality`` measures
+        each node's data-quality statistics too."""
         ...

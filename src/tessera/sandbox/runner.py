@@ -51,7 +51,7 @@ import math
 import operator
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
@@ -106,11 +106,30 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    """One node's update: ``delta`` float32 in the model's flat layout."""
+    """One node's update: ``delta`` float32 in the model's flat layout; with
+    ``quality``, its records' data-quality statistics (``BatchedTrainer``'s)."""
 
     delta: npt.NDArray[np.float32]
     num_samples: int
     loss: float
+    loss_before: float | None = None
+    norm: float | None = None  # the update's L2 norm before clipping
+    labels: tuple[int, ...] = ()
+
+
+def _quality(raw: object, classes: int) -> tuple[float, float, tuple[int, ...]] | None:
+    """(loss before, norm, labels) of a worker's reply, or None when malformed."""
+    if not isinstance(raw, dict) or set(raw) != {"loss_before", "norm", "labels"}:
+        return None
+    before, norm, labels = raw["loss_before"], raw["norm"], raw["labels"]
+    numbers = all(isinstance(v, float | int) and not isinstance(v, bool) for v in (before, norm))
+    if not numbers or not isinstance(labels, list) or len(labels) != classes:
+        return None
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in labels):
+        return None
+    if not (math.isfinite(before) and math.isfinite(norm) and before >= 0 and norm >= 0):
+        return None
+    return float(before), float(norm), tuple(labels)
 
 
 class Sandbox:
@@ -152,6 +171,7 @@ class Sandbox:
         shuffle_id: int,
         prox_mu: float | None = None,
         round: int = 0,
+        quality: bool = False,
     ) -> TrainOutcome:
         """Train the node's records ``(x, y)`` from ``weights`` as node ``shuffle_id``.
 
@@ -184,6 +204,7 @@ class Sandbox:
             "shuffle_id": operator.index(shuffle_id),
             "prox_mu": None if prox_mu is None else float(prox_mu),
             "round": operator.index(round),
+            "quality": bool(quality),
         }
         reply = self._call(request, self.limits.call_timeout, 4 * size + _REPLY_SLACK, "training")
         delta, n, loss = reply.get("delta"), reply.get("num_samples"), reply.get("loss")
@@ -198,7 +219,17 @@ class Sandbox:
                 self._discard()
             raise SandboxError("the sandbox sent a malformed training reply")
         delta_arr = np.frombuffer(delta, "<f4").astype(np.float32)
-        return TrainOutcome(delta_arr, len(x_arr), float(loss))
+        outcome = TrainOutcome(delta_arr, len(x_arr), float(loss))
+        if not quality:
+            return outcome
+        measured = _quality(
+            reply.get("quality"), spec.n_outputs if recipe.loss == "cross_entropy" else 0
+        )
+        if measured is None:
+            with self._lock:
+                self._discard()
+            raise SandboxError("the sandbox sent malformed quality statistics")
+        return replace(outcome, loss_before=measured[0], norm=measured[1], labels=measured[2])
 
     def ping(self) -> Message:
         """Start the child if needed; its thread count, resource limits, seccomp state,

@@ -51,6 +51,7 @@ from tessera.training.spec import ModelSpec, layout
 
 TRAIN_FIELDS = frozenset(
     {"op", "spec", "recipe", "x", "y", "weights", "seed", "shuffle_id", "prox_mu", "round"}
+    | {"quality"}
 )
 MAX_ERROR_CHARS = 2000
 PROBE_TIMEOUT = 2.0
@@ -130,15 +131,26 @@ def _train(request: Message, catalogue: NodeCatalogue) -> Message:
     mu = request["prox_mu"]
     if mu is not None and (isinstance(mu, bool) or not isinstance(mu, float | int)):
         raise _Invalid(f"prox_mu must be a number or nil, got {type(mu).__name__}")
+    quality = _typed(request, "quality", bool)
     trainer = BatchedTrainer(
         spec, recipe, x, y, np.array([0, len(x)]), shuffle_ids=np.array([shuffle_id])
     )
-    result = trainer.train(weights, np.zeros(1, np.int64), seed, prox_mu=mu, round=round_)
+    result = trainer.train(
+        weights, np.zeros(1, np.int64), seed, prox_mu=mu, round=round_, quality=quality
+    )
+    measured = None
+    if result.loss_before is not None and result.norm is not None and result.labels is not None:
+        measured = {
+            "loss_before": float(result.loss_before[0]),
+            "norm": float(result.norm[0]),
+            "labels": [int(c) for c in result.labels[0]],
+        }
     return {
         "ok": True,
         "delta": result.deltas[0].astype("<f4").tobytes(),
         "num_samples": int(result.num_samples[0]),
         "loss": float(result.loss[0]),
+        "quality": measured,
     }
 
 

@@ -28,6 +28,9 @@ class TableRows:
     deltas: npt.NDArray[np.float32]
     num_samples: npt.NDArray[np.int64]
     loss: npt.NDArray[np.float32]
+    loss_before: npt.NDArray[np.float32] | None = None  # a table measures no quality
+    norm: npt.NDArray[np.float32] | None = None
+    labels: npt.NDArray[np.int64] | None = None
 
 
 class TableTrainer:
@@ -51,6 +54,7 @@ class TableTrainer:
         *,
         prox_mu: float | None = None,  # noqa: ARG002
         round: int = 0,  # noqa: ARG002 (the table's rows are the same every round)
+        quality: bool = False,  # noqa: ARG002
     ) -> TableRows:
         self.calls.append(len(nodes))
         return TableRows(

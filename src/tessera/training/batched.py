@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import numpy as np
@@ -57,6 +57,8 @@ Engine = Literal["auto", "dense", "vmap"]
 DEFAULT_MAX_CHUNK_ELEMENTS = 1 << 24
 #: Sub-chunks of similar-sized nodes are only split off when at least this big.
 MIN_SPLIT_NODES = 64
+#: Records one forward pass of the quality statistics holds (bounded activations).
+_EVAL_ROWS = 4096
 #: Clipped updates are scaled to at most this fraction of the bound, so float32
 #: rounding can never push a norm above ``clip_norm``.
 CLIP_SAFETY = 1.0 - 1e-6
@@ -89,11 +91,20 @@ class TrainResult:
     per-record training loss over the last local epoch, each record's loss
     taken when its minibatch was used (without the FedProx term); 0 for a node
     without records (which also gets a zero delta).
+
+    The node's own data-quality statistics, with ``quality=True`` (else None):
+    ``loss_before`` float32 ``(k,)``, the global model's mean loss on the
+    node's records before it trains; ``norm`` float32 ``(k,)``, the update's
+    L2 norm before clipping; ``labels`` int64 ``(k, C)``, a classifier's
+    records per class (``C = 0`` for a regression).
     """
 
     deltas: npt.NDArray[np.float32]
     num_samples: npt.NDArray[np.int64]
     loss: npt.NDArray[np.float32]
+    loss_before: npt.NDArray[np.float32] | None = None
+    norm: npt.NDArray[np.float32] | None = None
+    labels: npt.NDArray[np.int64] | None = None
 
 
 def clip_deltas(deltas: torch.Tensor, clip_norm: float | None) -> torch.Tensor:
@@ -420,12 +431,15 @@ class BatchedTrainer:
         *,
         prox_mu: float | None = None,
         round: int = 0,
+        quality: bool = False,
     ) -> TrainResult:
         """Train ``nodes`` from ``global_weights``; rows come back in ``nodes`` order.
 
         ``prox_mu``, when given, replaces the recipe's FedProx coefficient for
         this call (the server strategy may set it per round). ``round`` (0-based)
-        sets the learning rate, ``recipe.lr_at(round)``.
+        sets the learning rate, ``recipe.lr_at(round)``. ``quality`` adds each
+        node's data-quality statistics (``TrainResult``): one more forward pass
+        over its records.
         """
         mu = self.recipe.prox_mu if prox_mu is None else as_real("recipe.prox_mu", prox_mu)
         if mu < 0:
@@ -442,17 +456,51 @@ class BatchedTrainer:
         sizes = self.sizes[idx]
         deltas = np.zeros((len(idx), p), np.float32)
         loss = np.zeros(len(idx), np.float32)
+        norm = np.zeros(len(idx), np.float32)
         order = np.argsort(-sizes, kind="stable")
         order = order[sizes[order] > 0]
         with torch.no_grad():
             for lo, hi in self._plan(sizes[order]):
                 rows = order[lo:hi]
-                d, chunk_loss = self._train_chunk(
+                d, chunk_loss, chunk_norm = self._train_chunk(
                     g_t, idx[rows], sizes[rows], seed=seed, prox_mu=mu, lr=lr
                 )
                 deltas[rows] = d
                 loss[rows] = chunk_loss
-        return TrainResult(deltas=deltas, num_samples=sizes.astype(np.int64), loss=loss)
+                norm[rows] = chunk_norm
+        result = TrainResult(deltas=deltas, num_samples=sizes.astype(np.int64), loss=loss)
+        if not quality:
+            return result
+        loss_before, labels = self._before(g_t, idx)
+        return replace(result, loss_before=loss_before, norm=norm, labels=labels)
+
+    def _before(
+        self, g: torch.Tensor, idx: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Each node's mean loss under the global model ``g``, and its records per class."""
+        params = [v[0] for v in _views(g.unsqueeze(0), self.layout.shapes)]
+        ce = self.recipe.loss == "cross_entropy"
+        classes = self.spec.n_outputs if ce else 0
+        loss = np.zeros(len(idx), np.float32)
+        labels = np.zeros((len(idx), classes), np.int64)
+        with torch.no_grad():
+            for i, node in enumerate(idx):
+                lo, hi = int(self.offsets[node]), int(self.offsets[node + 1])
+                if hi == lo:
+                    continue
+                total = 0.0
+                for start in range(lo, hi, _EVAL_ROWS):  # bounded activations per pass
+                    stop = min(start + _EVAL_ROWS, hi)
+                    out = forward(self.spec, params, self._x[start:stop])
+                    y = self._y[start:stop]
+                    if ce:
+                        total += float(F.cross_entropy(out, y, reduction="sum"))
+                    else:
+                        total += float((out - y).square().mean(-1).sum())
+                loss[i] = total / (hi - lo)
+                if ce:
+                    labels[i] = np.bincount(self._y[lo:hi].numpy(), minlength=classes)
+        return loss, labels
 
     # -- planning ------------------------------------------------------------
 
@@ -508,7 +556,7 @@ class BatchedTrainer:
         seed: int,
         prox_mu: float,
         lr: float,
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         r = self.recipe
         c = len(nodes)
         ids = self.shuffle_ids[nodes]
@@ -540,9 +588,11 @@ class BatchedTrainer:
                 opt.step(p, grad, a)
                 if batch_loss is not None:
                     loss_sum[:a] += batch_loss * count
-        deltas = clip_deltas(params.sub_(g), r.clip_norm)
+        deltas = params.sub_(g)
+        norms = torch.linalg.vector_norm(deltas.to(torch.float64), dim=1)  # before clipping
+        deltas = clip_deltas(deltas, r.clip_norm)
         mean_loss = loss_sum / torch.from_numpy(sizes)
-        return deltas.numpy(), mean_loss.to(torch.float32).numpy()
+        return deltas.numpy(), mean_loss.to(torch.float32).numpy(), norms.float().numpy()
 
     def _masks(
         self, seed: int, ids: npt.NDArray[np.int64], epoch: int, step: int, width: int

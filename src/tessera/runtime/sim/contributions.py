@@ -26,7 +26,6 @@ from tessera.ids import NodeId, Task
 from tessera.jobs.prepared import PreparedJob
 from tessera.protocol.effects import GroupSum
 from tessera.protocol.events import ContributorsRated
-from tessera.protocol.limits import TAIL
 from tessera.training.evaluate import predict
 from tessera.weights import Vector
 
@@ -80,9 +79,9 @@ class GroupValuer:
 
     def _value(self, groups: Sequence[GroupSum], start: Vector) -> None:
         updates = [
-            GroupUpdate(g.group, g.members, g.total[:-TAIL], float(g.total[-1]))
+            GroupUpdate(g.group, g.members, g.update(len(start)), g.weight)
             for g in groups
-            if g.total[-1] > 0
+            if g.weight > 0
         ]
         if len(updates) < 2:  # one group is the total itself: nothing to tell apart
             self.rounds.append({})

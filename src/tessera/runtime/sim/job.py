@@ -15,7 +15,7 @@ import numpy as np
 
 from tessera.ids import COORDINATOR
 from tessera.jobs.prepared import PreparedJob
-from tessera.jobs.records import BaselineResult, RoundRecord, SimulationResult
+from tessera.jobs.records import BaselineResult, RoundRecord, SimulationResult, quality_fields
 from tessera.jobs.secure import secure_params
 from tessera.protocol import Coordinator
 from tessera.protocol.effects import GroupSum
@@ -138,6 +138,7 @@ def simulate(
             capped=closed.capped,
             epsilon=math.nan if closed.epsilon is None else closed.epsilon,
             included=closed.included,
+            **quality_fields(closed.quality),
             virtual_round_seconds=stats.virtual_round_seconds,
             cpu_seconds=stats.cpu_seconds,
             coordinator_cpu_seconds=stats.coordinator_cpu_seconds,

@@ -33,9 +33,14 @@ class ScaledUpdates:
         *,
         prox_mu: float | None = None,
         round: int = 0,
+        quality: bool = False,
     ) -> TrainResult:
-        result = self.trainer.train(global_weights, nodes, seed, prox_mu=prox_mu, round=round)
+        result = self.trainer.train(
+            global_weights, nodes, seed, prox_mu=prox_mu, round=round, quality=quality
+        )
         hostile = np.isin(np.asarray(nodes, np.int64), self.nodes)
         if hostile.any():
             result.deltas[hostile] *= np.float32(self.scale)
+            if result.norm is not None:  # what the hostile node's own trainer would measure
+                result.norm[hostile] *= np.float32(abs(self.scale))
         return result

@@ -65,7 +65,8 @@ from tessera.protocol.messages import (
     UpdateSubmission,
 )
 from tessera.protocol.node import Node
-from tessera.runtime.host import Host, LocalTrainer, Machine, Observer, TrainingTask
+from tessera.protocol.quality import LocalQuality
+from tessera.runtime.host import Host, LocalTrainer, Machine, Observer, TrainingTask, TrainOutput
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.weights import Vector
 
@@ -170,7 +171,7 @@ class Simulation(Observer):
         self._queue: list[_Pending] = []
         self._seq = itertools.count()
         self._due: dict[int, list[tuple[float, int, int]]] = {}  # round -> heap of (at, seq, node)
-        self._results: dict[tuple[int, int], tuple[Vector, int, float]] = {}
+        self._results: dict[tuple[int, int], tuple[Vector, int, float, LocalQuality | None]] = {}
         self._round_tasks: dict[int, TrainingTask] = {}
         self._dropped_round = -1
         self._failed_round = -1
@@ -376,8 +377,10 @@ class Simulation(Observer):
             return
         while (round, node) not in self._results:  # once, unless charging deferred others
             self._train_next_chunk(round)
-        delta, samples, loss = self._results.pop((round, node))
-        event = LocalUpdateReady(round=round, delta=delta, num_samples=samples, loss=loss)
+        delta, samples, loss, quality = self._results.pop((round, node))
+        event = LocalUpdateReady(
+            round=round, delta=delta, num_samples=samples, loss=loss, quality=quality
+        )
         self._deliver(node_id, event)
 
     def _train_next_chunk(self, round: int) -> None:
@@ -385,15 +388,30 @@ class Simulation(Observer):
         nodes = [heapq.heappop(due)[2] for _ in range(min(self.chunk, len(due)))]
         task = self._round_tasks[round]
         batch = np.asarray(nodes, dtype=np.int64)
+        # Asked only of a job that measures quality: a trainer that never does need not know.
+        asked = {"quality": True} if task.quality else {}
         result = self.trainer.train(
-            task.weights, batch, task.seed, prox_mu=task.prox_mu, round=task.schedule_round
+            task.weights, batch, task.seed, prox_mu=task.prox_mu, round=task.schedule_round, **asked
         )
         for row, node in enumerate(nodes):
             self._results[(round, node)] = (
                 result.deltas[row],
                 int(result.num_samples[row]),
                 float(result.loss[row]),
+                _quality(result, row),
             )
+
+
+def _quality(result: TrainOutput, row: int) -> LocalQuality | None:
+    """Node ``row``'s data-quality statistics, if its trainer measured them."""
+    before, norm, labels = (getattr(result, a, None) for a in ("loss_before", "norm", "labels"))
+    if before is None or norm is None or labels is None:
+        return None
+    return LocalQuality(
+        loss_before=float(before[row]),
+        norm=float(norm[row]),
+        labels=tuple(int(c) for c in labels[row]),
+    )
 
 
 class _VirtualClock:
