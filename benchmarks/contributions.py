@@ -105,7 +105,7 @@ def config(case: Case, rounds: int | None) -> object:
 def run_one(case: Case, rounds: int | None) -> Run:
     from tessera.config import JobConfig
     from tessera.jobs.prepared import prepare_job
-    from tessera.runtime.sim.contributions import GroupValuer
+    from tessera.jobs.valuation import GroupValuer
     from tessera.runtime.sim.job import simulate
     from tessera.runtime.sim.statistics import totals_for
 

@@ -11,7 +11,7 @@ import pytest
 
 from tessera.config import JobConfig, parse_config
 from tessera.jobs.prepared import prepare_job
-from tessera.runtime.sim.contributions import GroupValuer
+from tessera.jobs.valuation import GroupValuer
 from tessera.runtime.sim.job import simulate
 
 

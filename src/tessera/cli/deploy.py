@@ -482,6 +482,8 @@ def _up_with_progress(
         "job_id": result.job_id,
         "seconds": result.seconds,
     }
+    if result.contributions is not None:  # as tessera run writes it
+        writer.extra["contributions"] = result.contributions
     metrics = writer.finish(model_digest=digest)
     plot_curves(metrics, out / "curves.png")
     final = done[-1].value if done else float("nan")

@@ -187,7 +187,7 @@ def _valuer(job: PreparedJob) -> Any:
     c = job.config.contributions
     if c is None or not c.enabled:
         return None
-    from tessera.runtime.sim.contributions import GroupValuer
+    from tessera.jobs.valuation import GroupValuer
 
     return GroupValuer(job, method=c.method, permutations=c.permutations, policy=c.policy)
 

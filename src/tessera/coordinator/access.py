@@ -19,6 +19,7 @@ from typing import Any
 from tessera.coordinator.service import CoordinatorService, Refused
 from tessera.crypto.documents import SignedDocument
 from tessera.errors import RemoteProtocolError
+from tessera.jobs.groupsums import GROUP_SUMS_MEDIA_TYPE
 from tessera.runtime.transport.auth import MAX_SKEW, Caller, verify_request
 from tessera.storage import JobRecord
 
@@ -119,14 +120,17 @@ def jobs(service: CoordinatorService, caller: Caller) -> list[dict[str, Any]]:
 
 
 def artefact(service: CoordinatorService, caller: Caller, sha256: str) -> None:
-    """Pass if the caller uploaded the artefact or has a role in a job it belongs to.
+    """Pass if the caller uploaded the artefact or has a role in a job it belongs to;
+    a round's group sums (``jobs.groupsums``) only to the job's AI provider.
 
     Else 404, whether it exists or not: the answer is no oracle of others' artefacts.
     """
     if caller.node is None and service.store.uploaded_by(caller.fingerprint, sha256):
         return
+    private = service.store.artefact_media_type(sha256) == GROUP_SUMS_MEDIA_TYPE
     for job_id in service.store.artefact_jobs(sha256):
-        if role(service, caller, service.job(job_id)) is not None:
+        found = role(service, caller, service.job(job_id))
+        if found is Role.AI_PROVIDER or (found is not None and not private):
             return
     raise refuse(caller, 404, f"no artefact {sha256} among your uploads and jobs")
 

@@ -18,6 +18,8 @@ public                            health, coordinator keys, a job's document (wh
                                   provider), envelopes (signed by a participant)
 AI provider (KeySignature)        upload initial weights (hash-checked, per-key
                                   quota), its jobs' full status, their artefacts
+                                  (a round's group sums: to it alone), its jobs'
+                                  contribution verdicts
 node (NodeSignature)              its mailbox, its own registration; for a job it
                                   consented to or takes part in: state and round,
                                   participants (once started), artefacts
@@ -41,7 +43,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tessera.coordinator import access
 from tessera.coordinator.service import CoordinatorService, Refused
@@ -132,6 +134,25 @@ class RevealSubmission(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     reveal: Document
+
+
+#: The most nodes one verdict names (excluded and weighed, each), and a reason's length.
+MAX_VERDICTS = 10_000
+MAX_REASON = 200
+_Reason = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REASON)]
+_Factor = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+_NodeName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Verdicts(BaseModel):
+    """The job's contribution policy's verdicts after the AI provider valued ``round``'s
+    group sums: who is left out (node -> why), how much the rest weigh (node -> factor
+    in (0, 1]); both from the next round opened."""
+
+    model_config = ConfigDict(extra="forbid")
+    round: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    excluded: Annotated[dict[_NodeName, _Reason], Field(max_length=MAX_VERDICTS)] = {}
+    weights: Annotated[dict[_NodeName, _Factor], Field(max_length=MAX_VERDICTS)] = {}
 
 
 class RevocationSubmission(BaseModel):
@@ -316,6 +337,13 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
     def revoke(job_id: str, body: RevocationSubmission) -> dict[str, Any]:
         """Revoke a consent: the user's node is not asked to train from the next round on."""
         return service.revoke(job_id, body.revocation.model_dump(), body.receipt.model_dump())
+
+    @app.post("/v1/jobs/{job_id}/verdicts", responses=_refusals(400, 401, 403, 404, 409, 413, 422))
+    def verdicts(job_id: str, body: Verdicts, caller: ByKeys) -> dict[str, Any]:
+        """The job's AI provider's verdicts on its contributors (``[contributions]``): the
+        excluded are left out, the rest weighed, from the next round opened."""
+        access.job_for(service, caller, job_id, access.Role.AI_PROVIDER)
+        return service.rate(job_id, body.round, body.excluded, body.weights)
 
     @app.post(
         "/v1/mail",

@@ -5,8 +5,8 @@ Theory of operation (event sourcing)
 The coordinator machine is a deterministic function of the events it was
 fed and the ``now`` each came with. So the driver persists *events*, not
 machine state: each step (a mailbox envelope for the coordinator, a timer,
-a consent withdrawal, the start) is written to the store in one transaction
-together with everything it caused: the envelopes it sends, the round
+a consent withdrawal, the AI provider's verdicts, the start) is written to
+the store in one transaction together with everything it caused: the envelopes it sends, the round
 record and the new model. Killed at any point, the coordinator restarts by
 feeding a fresh machine the logged events in order with their logged
 ``now`` (discarding the effects, which were committed with them), re-arms
@@ -48,6 +48,7 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec
+from tessera.jobs.groupsums import GROUP_SUMS_MEDIA_TYPE, group_sums_artefact
 from tessera.jobs.records import RoundRecord, quality_fields
 from tessera.jobs.totals import append_total
 from tessera.protocol import Coordinator, SecureCoordinator
@@ -59,7 +60,13 @@ from tessera.protocol.effects import (
     Send,
     StatisticsClosed,
 )
-from tessera.protocol.events import Event, JobStarted, ParticipantWithdrawn, TimerFired
+from tessera.protocol.events import (
+    ContributorsRated,
+    Event,
+    JobStarted,
+    ParticipantWithdrawn,
+    TimerFired,
+)
 from tessera.protocol.kinds import Kind
 from tessera.protocol.timers import Timer, parse_timer, timer_text
 from tessera.runtime.host import Host, Observer, WallClock
@@ -84,6 +91,7 @@ class _Step:
     outgoing: list[dict[str, Any]] = field(default_factory=list)
     artefacts: dict[str, bytes] = field(default_factory=dict)  # weights
     documents: dict[str, bytes] = field(default_factory=dict)  # JSON artefacts
+    group_sums: dict[str, bytes] = field(default_factory=dict)  # for the AI provider only
     rounds: list[RoundRecord] = field(default_factory=list)
     job_update: dict[str, Any] | None = None
     rejected: list[str] = field(default_factory=list)
@@ -198,6 +206,9 @@ class JobDriver(Observer):
         if record.kind == "withdraw":
             assert record.node is not None
             return ParticipantWithdrawn(node=NodeId(record.node))
+        if record.kind == "rate":
+            assert record.payload is not None
+            return verdicts_event(record.payload)
         if record.kind == "mail":
             assert record.mail_id is not None
             try:
@@ -232,6 +243,14 @@ class JobDriver(Observer):
         with self._lock:
             record = EventRecord(self.job_id, self.seq, "withdraw", self.clock(), node=node)
             self._step(record, ParticipantWithdrawn(node=node))
+
+    def rate(self, round: int, excluded: Mapping[str, str], weights: Mapping[str, float]) -> None:
+        """Log and run the AI provider's verdicts after its valuation of ``round``: the
+        machine leaves the excluded out and weighs the rest from the next round opened."""
+        payload = {"round": round, "excluded": dict(excluded), "weights": dict(weights)}
+        with self._lock:
+            record = EventRecord(self.job_id, self.seq, "rate", self.clock(), payload=payload)
+            self._step(record, verdicts_event(payload))
 
     def poll(self) -> bool:
         """Run every due timer and every new envelope for us; True if anything ran."""
@@ -285,7 +304,8 @@ class JobDriver(Observer):
             outgoing=step.outgoing,
             rounds=step.rounds,
             artefacts=[(data, WEIGHTS_MEDIA_TYPE) for data in step.artefacts.values()]
-            + [(data, "application/json") for data in step.documents.values()],
+            + [(data, "application/json") for data in step.documents.values()]
+            + [(data, GROUP_SUMS_MEDIA_TYPE) for data in step.group_sums.values()],
             job_update=step.job_update,
             snapshot=step.snapshot,
             forget_mail_before=forget,
@@ -313,7 +333,13 @@ class JobDriver(Observer):
     def round_closed(self, actor: NodeId, effect: RoundClosed) -> None:  # noqa: ARG002
         step = self._current
         sha = self._publish(effect.weights, step)
-        step.rounds.append(_round_record(effect, sha))
+        sums = None
+        if effect.group_sums:  # the AI provider's valuation reads them (jobs.groupsums)
+            data, sums = group_sums_artefact(
+                effect.round, effect.group_sums, min_group=self._group_floor()
+            )
+            step.group_sums[sums] = data
+        step.rounds.append(replace(_round_record(effect, sha), group_sums=sums))
         step.job_update = {"current_round": effect.round + 1}
         log.info(
             "%s round %d closed: %d of %d",
@@ -322,11 +348,16 @@ class JobDriver(Observer):
             effect.participants,
             effect.selected,
         )
-        if effect.group_sums:  # who reads them (the AI provider's valuation) is not built yet
+        if effect.group_sums:
             n = len(effect.group_sums)
-            log.info("%s round %d: %d group sums disclosed", self.job_id, effect.round, n)
+            log.info("%s round %d: %d group sums kept", self.job_id, effect.round, n)
         elif effect.groups_withheld is not None:
             self._note(f"round {effect.round}: {effect.groups_withheld}")
+
+    def _group_floor(self) -> int:
+        """The fewest members a disclosed group holds (the job's floor, at least 2)."""
+        secure = self._kwargs.get("secure")
+        return 2 if secure is None else max(secure.disclosure, 2)
 
     def statistics_closed(self, actor: NodeId, effect: StatisticsClosed) -> None:  # noqa: ARG002
         """Keep the statistics rounds' totals so far as an artefact of the job: its participants
@@ -427,6 +458,15 @@ class JobDriver(Observer):
             if wait > 0:
                 self._wake.wait(wait)
             self._wake.clear()
+
+
+def verdicts_event(payload: Mapping[str, Any]) -> ContributorsRated:
+    """A logged verdict (``JobDriver.rate``) as the machine's event."""
+    excluded, weights = payload.get("excluded") or {}, payload.get("weights") or {}
+    return ContributorsRated(
+        excluded={NodeId(n): str(why) for n, why in excluded.items()},
+        weights={NodeId(n): float(f) for n, f in weights.items()},
+    )
 
 
 def _due(item: tuple[Timer, tuple[float, int]]) -> tuple[float, int]:

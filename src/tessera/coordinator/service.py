@@ -377,6 +377,42 @@ class CoordinatorService:
             driver.wake()
         return {"job_id": job_id, "user": user, "revoked": True}
 
+    # -- the contribution policy's verdicts ------------------------------------------------
+    def rate(
+        self, job_id: str, round: int, excluded: Mapping[str, str], weights: Mapping[str, float]
+    ) -> dict[str, Any]:
+        """The job's AI provider's verdicts after valuing ``round``'s group sums: the
+        excluded are left out, the rest weighed, from the next round opened.
+
+        Logged as an event (``JobDriver.rate``), so a restart replays them. 409 for a
+        job without ``[contributions]``, not running, or a round not closed yet; 422
+        for a node that is not a participant. The caller's role is checked before.
+        """
+        job = self.job(job_id)
+        if job.participants is not None:  # fixed at the start: a verdict names only them
+            strangers = sorted({*excluded, *weights} - set(job.participants))
+            if strangers:
+                named = ", ".join(strangers[:5]) + (", ..." if len(strangers) > 5 else "")
+                raise Refused(422, f"not participants of job {job_id!r}: {named}")
+        if not self.spec(job).config.group_sums:
+            raise Refused(409, f"job {job_id!r} has no [contributions]: it takes no verdicts")
+        driver = self.drivers.get(job_id)
+        if job.state != "running" or driver is None or driver.finished:
+            raise Refused(409, f"job {job_id!r} is not running (state {job.state})")
+        closed = job.current_round
+        if closed is None or round >= closed:
+            raise Refused(409, f"round {round} of job {job_id!r} has not closed yet")
+        driver.rate(round, excluded, weights)
+        driver.wake()
+        log.info(
+            "%s: verdicts after round %d: %d excluded, %d weighed",
+            job_id,
+            round,
+            len(excluded),
+            len(weights),
+        )
+        return {"job_id": job_id, "round": round, "accepted": True}
+
     def _valid_consents(self, job: JobRecord, now: float) -> list[str]:
         return sorted(
             {

@@ -33,10 +33,14 @@ from tessera.data.statistics import Totals
 from tessera.deploy.local import PROVIDER_DATASET, Deployment
 from tessera.errors import ConfigError, RemoteProtocolError
 from tessera.jobs.document import JobSpec, check_tree_feasible
+from tessera.jobs.groupsums import group_floor, read_group_sums
 from tessera.jobs.prepared import rescale_job
 from tessera.jobs.records import BaselineResult, RoundRecord
+from tessera.jobs.secure import secure_params
 from tessera.jobs.totals import read_statistics_document
-from tessera.runtime.transport.client import CoordinatorClient
+from tessera.jobs.valuation import GroupValuer
+from tessera.protocol.limits import TAIL
+from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused
 from tessera.storage.private import write_private
 from tessera.training import evaluate
 from tessera.weights import Vector
@@ -155,6 +159,66 @@ class UpResult:
     rounds: list[RoundRecord]
     weights: Vector
     seconds: float
+    contributions: dict[str, object] | None = None  # metrics.json's, as ``tessera run``'s
+
+
+class Valuation:
+    """The AI provider's contribution indicator in a deployment (``[contributions]``).
+
+    Each round's record names its group-sum artefact, which only the job's AI
+    provider may read: it is fetched (hash-checked, every group at least the
+    job's floor), valued on the AI provider's own validation rows by the
+    simulator's ``GroupValuer`` from the model the round started from, and the
+    policy's verdicts are posted back (``POST /v1/jobs/{id}/verdicts``): the
+    coordinator applies them from the next round it opens.
+    """
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.valuer: GroupValuer | None = None
+        self.start = dep.job.initial_weights  # the model the next round trains from
+        self.posted = 0
+
+    def round(
+        self, client: CoordinatorClient, job_id: str, rec: RoundRecord, weights: Vector
+    ) -> None:
+        """Value ``rec``'s groups (if it disclosed any) and post the verdicts, if new ones."""
+        start, self.start = self.start, weights
+        if rec.group_sums is None:
+            return
+        job = self.dep.job
+        c = job.config.contributions
+        assert c is not None
+        if self.valuer is None:  # now: a secure job's encoding is refitted by round 1
+            self.valuer = GroupValuer(
+                job, method=c.method, permutations=c.permutations, policy=c.policy
+            )
+        sha = rec.group_sums
+        _, groups = read_group_sums(
+            client.get_artefact(sha),
+            sha,
+            length=len(job.initial_weights) + secure_params(job).quality + TAIL,
+            min_group=group_floor(job.config),
+        )
+        verdicts = self.valuer(rec.round, groups, start)
+        if verdicts is None:
+            return
+        try:
+            client.post_verdicts(
+                job_id,
+                rec.round,
+                excluded={str(n): why for n, why in verdicts.excluded.items()},
+                weights={str(n): f for n, f in verdicts.weights.items()},
+            )
+        except ServiceRefused as exc:
+            if exc.status != 409:  # 409: the job ended meanwhile, nothing left to apply to
+                raise
+            log.info("verdicts after round %d not taken: %s", rec.round, exc)
+            return
+        self.posted += 1
+
+    def entry(self) -> dict[str, object] | None:
+        return None if self.valuer is None else self.valuer.entry()
 
 
 def run_job(
@@ -231,6 +295,7 @@ def run_job(
         records: list[RoundRecord] = []
         last = started = time.monotonic()
         final = dep.job.initial_weights
+        valuation = Valuation(dep) if cfg.group_sums else None
         for result in watch(client, job_id, timeout=timeout, poll=poll):
             now = time.monotonic()
             rec = result.record
@@ -252,10 +317,13 @@ def run_job(
                 virtual_round_seconds=now - last,
             )
             last, final = now, result.weights
+            if valuation is not None:
+                valuation.round(client, job_id, rec, result.weights)
             records.append(record)
             if on_round is not None:
                 on_round(record, result.weights)
-    return UpResult(job_id, records, final, time.monotonic() - t0)
+    contributions = None if valuation is None else valuation.entry()
+    return UpResult(job_id, records, final, time.monotonic() - t0, contributions)
 
 
 def baseline_of(dep: Deployment) -> BaselineResult | None:

@@ -40,6 +40,9 @@ class RoundRecord:
     capped: int = 0  # secure rounds: contributors whose loss was over the cap (so hidden)
     closed_at: float = 0.0  # the coordinator's clock when the round closed
     weights: str | None = None  # SHA-256 of the new model's artefact (deployments)
+    # SHA-256 of the round's group-sum artefact (deployments of a job with
+    # [contributions]): only the job's AI provider may read it (``jobs.groupsums``).
+    group_sums: str | None = None
     bytes_up: int = 0
     bytes_down: int = 0
     bytes_aggregation: int = 0

@@ -137,6 +137,8 @@ event = Table(
     Column("mail_id", BigInteger, nullable=True),
     Column("timer", Text, nullable=True),
     Column("node", Text, nullable=True),
+    # A verdict's JSON ("rate": the AI provider's excluded and weights), replayed as is.
+    Column("payload", _NullableJSON, nullable=True),
 )
 
 # A coordinator machine's state after one logged event (a round's close), so a

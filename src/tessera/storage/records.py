@@ -73,3 +73,4 @@ class EventRecord:
     mail_id: int | None = None
     timer: str | None = None
     node: str | None = None
+    payload: dict[str, Any] | None = None  # "rate": the AI provider's verdicts

@@ -201,6 +201,13 @@ class Store(Database):
             stmt = self._insert(m.request_nonce).values(row).on_conflict_do_nothing()
             return conn.execute(stmt.returning(n.nonce)).first() is not None
 
+    def artefact_media_type(self, sha256: str) -> str | None:
+        """The media type an artefact was stored with (None: no such artefact)."""
+        a = m.artefact.c
+        with self._read() as conn:
+            media = conn.execute(select(a.media_type).where(a.sha256 == sha256)).scalar()
+        return None if media is None else str(media)
+
     def has_artefact(self, sha256: str) -> bool:
         with self._read() as conn:
             return bool(
@@ -552,6 +559,7 @@ class Store(Database):
                 "mail_id": event.mail_id,
                 "timer": event.timer,
                 "node": event.node,
+                "payload": event.payload,
             }
             stmt = self._insert(m.event).values(row).on_conflict_do_nothing()
             if conn.execute(stmt.returning(m.event.c.seq)).first() is None:
@@ -634,6 +642,7 @@ class Store(Database):
                 mail_id=r.mail_id,
                 timer=r.timer,
                 node=r.node,
+                payload=r.payload,
             )
             for r in rows
         ]

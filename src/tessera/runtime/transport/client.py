@@ -19,7 +19,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -155,6 +155,19 @@ class CoordinatorClient:
 
     def status(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._get(f"/v1/jobs/{job_id}").json()
+        return result
+
+    def post_verdicts(
+        self,
+        job_id: str,
+        round: int,
+        *,
+        excluded: Mapping[str, str] | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """The job's AI provider's verdicts after valuing ``round``'s group sums."""
+        body = {"round": round, "excluded": dict(excluded or {}), "weights": dict(weights or {})}
+        result: dict[str, Any] = self._post(f"/v1/jobs/{job_id}/verdicts", json_body=body).json()
         return result
 
     def job_document(self, job_id: str) -> SignedDocument:
