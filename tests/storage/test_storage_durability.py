@@ -10,6 +10,8 @@ import textwrap
 import threading
 import time
 
+from sqlalchemy import create_engine, text
+
 from tessera.jobs.records import RoundRecord
 from tessera.storage import EventRecord, Store
 
@@ -19,7 +21,9 @@ from tessera.storage import EventRecord, Store
 CHILD = textwrap.dedent(
     """
     import sys
-    from tessera.jobs.records import RoundRecord
+    from sqlalchemy import create_engine, text
+
+from tessera.jobs.records import RoundRecord
     from tessera.storage import EventRecord, Store
 
     store = Store(sys.argv[1])
@@ -108,6 +112,25 @@ def test_everything_survives_reopening(store_url: str) -> None:
             data=b"",
         )
         assert next_id > mail_id
+
+
+def test_a_database_an_older_version_made_gains_the_new_nullable_columns(
+    store_url: str,
+) -> None:
+    """An older version's event table had no ``payload``: opening it adds the column,
+    and the rows written before keep their values."""
+    with Store(store_url) as s:
+        s.add_job("job-1", "d", {"rounds": 2}, 1)
+        s.commit_step(EventRecord("job-1", 0, "start", 1.0))
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(text('ALTER TABLE "event" DROP COLUMN "payload"'))
+    engine.dispose()
+    with Store(store_url) as s:
+        verdict = {"excluded": {"node-a": "harm"}, "weights": {}}
+        s.commit_step(EventRecord("job-1", 1, "rate", 2.0, payload=verdict))
+        events = s.events("job-1")
+    assert [(e.kind, e.payload) for e in events] == [("start", None), ("rate", verdict)]
 
 
 def test_sigkill_leaves_a_gap_free_log_with_all_effects(store_url: str) -> None:

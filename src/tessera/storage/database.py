@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Self
 
-from sqlalchemy import Connection, MetaData, Table, text
+from sqlalchemy import Connection, MetaData, Table, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -51,6 +51,7 @@ class Database:
                 if self._postgres:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ddl_lock})
                 metadata.create_all(conn)
+                _add_new_columns(conn, metadata)
         except BaseException:
             self._engine.dispose()
             raise
@@ -81,3 +82,18 @@ class Database:
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self._postgres else sqlite.insert(table)
+
+
+def _add_new_columns(conn: Connection, metadata: MetaData) -> None:
+    """Add the nullable columns a newer version declares to a database an older one made
+    (``create_all`` never alters an existing table); anything else needs a migration."""
+    found = inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable:
+                raise StoreError(f"{table.name}.{column.name} is missing and cannot be added")
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))

@@ -17,8 +17,9 @@ Why each shape:
   leaves the accepted window: a replay within it is refused, restart or not.
 - Documents are JSON; times are double-precision unix seconds.
 
-Only add nullable columns or new tables here: ``create_all`` never alters
-an existing table, so a changed column needs a migration.
+Only add nullable columns or new tables here: ``create_all`` makes new
+tables, and ``Database`` adds a new nullable column to a table an older
+version made; a changed column needs a migration.
 """
 
 from __future__ import annotations
