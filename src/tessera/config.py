@@ -254,7 +254,9 @@ class FederationSection(_Section):
 
 
 class PoisonSection(_Section):
-    """Hostile or poor data, simulated (``tessera run`` only): who, and how.
+    """Hostile or poor data, simulated: who, and how. ``tessera up`` serves the
+    corrupted users' records changed (``jobs.poison.poisoned_records``); scaled
+    updates are ``tessera run``'s only.
 
     ``fraction`` of the nodes hold corrupted records: ``label_flip`` (a
     classifier's labels mirrored, class c to C-1-c; a regression's standardized

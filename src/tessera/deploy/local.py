@@ -26,7 +26,7 @@ import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +34,7 @@ import pandas as pd
 from tessera.config import JobConfig
 from tessera.crypto.keys import NodeKeys
 from tessera.errors import ConfigError
+from tessera.jobs.poison import poisoned_records
 from tessera.jobs.prepared import PreparedJob, prepare_job, split_table
 from tessera.runtime.transport.client import CoordinatorClient
 from tessera.storage.keyfile import load_keys, load_or_create_keys, save_keys
@@ -129,6 +130,13 @@ class Deployment:
                 self.out / "keys",
             )
         self.job = prepare_job(self.config).first_nodes(self.n_nodes)
+        if self.job.scaled:  # a deployed node's update is its own: nothing scales it
+            log.warning(
+                "[simulation.poison] scaled_fraction is simulated by tessera run only; here"
+                " the %d corrupted users' records are served changed, no update is scaled",
+                len(self.job.corrupted),
+            )
+            self.job = replace(self.job, scaled=())
         if self.db_url is None:
             self.db_url = f"sqlite:///{(self.out / 'coordinator.db').resolve()}"
         self.ca: Path | None = None
@@ -246,6 +254,8 @@ class Deployment:
         column = self.config.partition.column
         if self.config.partition.scheme != "natural" or column is None:
             raise ConfigError("partition", "a deployment needs a natural partition (a user column)")
+        # [simulation.poison]: the corrupted users' records are poor at the source.
+        train_df = poisoned_records(train_df, self.job, column, seed=self.config.job.seed)
         # Each user linked their node to their account: the provider knows their keys.
         subjects = {
             name: keys.public.fingerprint

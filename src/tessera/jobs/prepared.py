@@ -166,6 +166,8 @@ class PreparedJob:
             node_names=self.node_names[:n],
             organisations=self.organisations[:n] if self.organisations else None,
             missing=self.missing.first(n) if self.missing else None,
+            corrupted=tuple(i for i in self.corrupted if i < n),
+            scaled=tuple(i for i in self.scaled if i < n),
         )
 
     def round_params(self) -> RoundParams:
