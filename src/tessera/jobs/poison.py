@@ -83,6 +83,6 @@ def poisoned_records(
         else:
             noisy = values.mean() + values.std() * rng.standard_normal(int(rows.sum()))
             if pd.api.types.is_integer_dtype(values):  # the column keeps its type
-                noisy = np.rint(noisy).astype(values.dtype)
+                noisy = np.rint(noisy).astype(np.int64)
             out.loc[rows, name] = noisy
     return out
