@@ -59,6 +59,7 @@ from tessera.crypto.sharing import combine
 from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.protocol.audit import decode_evidence, verify_evidence
+from tessera.protocol.bounds import bound_problem
 from tessera.protocol.codec import (
     Commit,
     PartialPayload,
@@ -195,6 +196,10 @@ class SecureParams:
     def term_bound(self) -> float:
         """Every coordinate a contributor encodes is at most this in size."""
         return max(self.clip, 1.0)  # the loss is sent as a fraction of loss_cap
+
+
+# A round's total, its included contributors and its group sums.
+_Bounded = tuple[npt.NDArray[np.float64], list[str], Disclosure]
 
 
 @dataclass
@@ -782,13 +787,19 @@ class SecureCoordinator(Coordinator):
         values = decode(total, rs.ring)
         if self.counting:
             return self._statistics_closed(now, values, included, blamed, timer_pending)
+        disclosed = self._disclosure(rs)
+        p, q = self.weights.shape[0], self.secure.quality
+        if self.budget is None:  # a private total's noise is as large as an update
+            kept, broken = self._within_bounds(values, included, disclosed, rs.ring)
+            blamed = nothing["blamed"] = (*blamed, *broken)
+            if kept is None:
+                return self._finish_round(now, **nothing)
+            values, included, disclosed = kept
         # A private job weighs every contributor alike: its total weight is the exact
         # count of the included, not the noisy weight word (noise as large as an update's).
         weight = float(values[-1]) if self.budget is None else float(len(included))
         if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
-        disclosed = self._disclosure(rs)
-        p, q = self.weights.shape[0], self.secure.quality
         mean = values[:p] / weight
         quality = RoundQuality.of(values[p : p + q], weight, self.secure.loss_cap) if q else None
         if self.secure.combine != "mean":  # too few groups: the plain mean stands
@@ -808,6 +819,37 @@ class SecureCoordinator(Coordinator):
             groups_withheld=disclosed.withheld,
             quality=quality,
         )
+
+    def _within_bounds(
+        self,
+        values: npt.NDArray[np.float64],
+        included: list[str],
+        disclosed: Disclosure,
+        ring: Ring,
+    ) -> tuple[_Bounded | None, tuple[str, ...]]:
+        """The round's total, included and group sums, less the groups whose sums break
+        an honest sum's bounds (``protocol.bounds``), and why each broke them; None when
+        the total breaks them and no group sum says where (or none is left)."""
+        p, clip, step = self.weights.shape[0], self.secure.clip, 2.0**-ring.frac_bits
+
+        def problem(total: npt.NDArray[np.float64], n: int) -> str | None:
+            return bound_problem(total, size=p, contributors=n, clip=clip, step=step)
+
+        why = problem(values, len(included))
+        if why is None:
+            return (values, included, disclosed), ()
+        broken = {
+            g.group: (g, w) for g in disclosed.sums if (w := problem(g.total, len(g.members)))
+        }
+        kept = [g for g in disclosed.sums if g.group not in broken]
+        if not broken or not kept:  # cannot tell where, or nothing is left
+            return None, (f"the round's total ({why})",)
+        blamed = tuple(
+            f"group {g.group} of {', '.join(g.members)} ({w})" for g, w in broken.values()
+        )
+        total = np.sum([g.total for g in kept], axis=0)
+        members = sorted(m for g in kept for m in g.members)
+        return (total, members, Disclosure(sums=tuple(kept))), blamed
 
     def _statistics_closed(
         self,

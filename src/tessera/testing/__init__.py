@@ -8,7 +8,7 @@
 - ``TableTrainer``: the simulator's trainer, with updates a test can sum by hand;
 - ``chem97_job``, ``example_config``: real data, offline;
 - adversaries: ``TamperingAggregator``, ``SilentAggregator``,
-  ``TruncatingContributor``, ``Replaying``, ``replay``;
+  ``TruncatingContributor``, ``UnclippedContributor``, ``Replaying``, ``replay``;
 - ``tessera.testing.provider``: the real data-provider service on loopback
   over a job's records (``serve_provider``; imported apart: it loads the web stack);
 - ``tessera.testing.strategies``: hypothesis strategies (needs hypothesis).
@@ -21,6 +21,7 @@ from tessera.testing.adversaries import (
     SilentAggregator,
     TamperingAggregator,
     TruncatingContributor,
+    UnclippedContributor,
     replay,
 )
 from tessera.testing.clock import ManualClock
@@ -44,6 +45,7 @@ __all__ = [
     "TableTrainer",
     "TamperingAggregator",
     "TruncatingContributor",
+    "UnclippedContributor",
     "Update",
     "Wire",
     "chem97_job",

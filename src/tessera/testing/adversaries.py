@@ -9,6 +9,8 @@ honest parties around it catch or refuse exactly that:
 - ``SilentAggregator`` takes its seats and never answers (a backup replaces it);
 - ``TruncatingContributor`` sends updates of the wrong length (the plaintext
   coordinator, or in a secure round every aggregator, refuses them);
+- ``UnclippedContributor`` skips its clip (the coordinator sees the sum break an
+  honest sum's bound: it drops that group's sum, or the round);
 - ``Replaying`` wraps any machine and sends each of its messages again
   (the coordinator's answered set, or the aggregators' replay guards, refuse
   the copies);
@@ -20,6 +22,7 @@ honest parties around it catch or refuse exactly that:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -29,7 +32,7 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import Share
 from tessera.ids import JobId, NodeId
 from tessera.protocol.aggregator import Aggregator, AggregatorRole
-from tessera.protocol.contributor import Contributor
+from tessera.protocol.contributor import Contributor, weighted_vector
 from tessera.protocol.effects import Effect, Send
 from tessera.protocol.events import Event, LocalUpdateReady
 from tessera.protocol.treecheck import TreeCheck
@@ -79,6 +82,24 @@ class SilentAggregator(Aggregator):
 
     def handle(self, event: Event, now: float) -> list[Effect]:  # noqa: ARG002
         return []
+
+
+class UnclippedContributor(Contributor):
+    """Skips its clip: shares its update at the norm its training gave (each coordinate
+    still within the ring's bound, or it could not be encoded at all)."""
+
+    def _shares(self, update: LocalUpdateReady) -> list[Effect]:
+        a = self.assignment
+        assert a is not None
+        vector = weighted_vector(
+            update.delta,
+            update.num_samples,
+            update.loss,
+            clip=math.inf,
+            max_weight=a.max_weight,
+            loss_cap=a.loss_cap,
+        )
+        return self._seal_all(vector)
 
 
 class TruncatingContributor(Contributor):
