@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from tessera.crypto.keys import NodeKeys
 from tessera.ids import COORDINATOR, JobId, NodeId
@@ -75,6 +76,31 @@ def test_a_private_jobs_node_refuses_a_finer_scale() -> None:
     assert isinstance(refused, Rejected) and "16 fraction bits" in refused.reason
     node, assignment = _node(PRIVACY)
     assert isinstance(_ask(node, assignment), RequestLocalTraining)
+
+
+def _ask_round(node: Contributor, secure: SecureAssignment, round: int) -> object:
+    request = TrainRequest(
+        job_id=JobId("j"), round=round, weights=np.zeros(2, np.float32), deadline=9.0, secure=secure
+    )
+    [effect] = node.handle(MessageReceived(sender=COORDINATOR, message=request), 0.0)
+    return effect
+
+
+@pytest.mark.parametrize("privacy", [None, PRIVACY])
+def test_a_node_trains_no_round_past_the_jobs_rounds(privacy: PrivacyParams | None) -> None:
+    """The job has 2 rounds: a third would release the user's data once more than
+    consented to (and past what a private job's noise was calibrated for)."""
+    node, assignment = _node(privacy)
+    assert isinstance(_ask_round(node, assignment, 0), RequestLocalTraining)
+    node, _ = _node(privacy)
+    refused = _ask_round(node, assignment, 2)
+    assert isinstance(refused, Rejected) and "past the job's 2 training rounds" in refused.reason
+
+
+def test_quality_words_only_for_a_job_that_discloses_group_sums() -> None:
+    node, assignment = _node(None)  # a job without [contributions]
+    refused = _ask(node, replace(assignment, quality=5))
+    assert isinstance(refused, Rejected) and "no group sums" in refused.reason
 
 
 def test_a_private_jobs_node_refuses_a_weight_factor() -> None:

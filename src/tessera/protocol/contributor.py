@@ -289,7 +289,12 @@ class Contributor:
         # never a training round's request turned into a count of this node's records.
         if request.statistics != (request.round < check.statistics):
             return "statistics are counted only in the statistics rounds the job declares"
-
+        # The user consented to so many rounds: one more is one more release of its data
+        # (and a private job's noise was calibrated for these rounds only).
+        if request.round >= check.statistics + check.params.rounds:
+            return f"round {request.round} is past the job's {check.params.rounds} training rounds"
+        if request.secure.quality and not check.group_sums:
+            return "this job discloses no group sums, so it asks for no quality statistics"
         return check.assignment_problem(self.node, request.round, request.secure)
 
     def _statistics_problem(self, ready: LocalStatisticsReady) -> str | None:
