@@ -107,6 +107,8 @@ def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str
             "rmse": finite(r.rmse),
             "mae": finite(r.mae),
             "epsilon": finite(r.epsilon),
+            "loss_before": finite(r.loss_before),
+            "norm_ratio": finite(r.norm_ratio),
             "included": metrics.encode_included(r.included, n_nodes),
         }
         for r in records

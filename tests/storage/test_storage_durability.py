@@ -21,9 +21,7 @@ from tessera.storage import EventRecord, Store
 CHILD = textwrap.dedent(
     """
     import sys
-    from sqlalchemy import create_engine, text
-
-from tessera.jobs.records import RoundRecord
+    from tessera.jobs.records import RoundRecord
     from tessera.storage import EventRecord, Store
 
     store = Store(sys.argv[1])
