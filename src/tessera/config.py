@@ -315,12 +315,25 @@ class PrivacySection(_Section):
     the share of each cohort the noise is provisioned to lose (fewer included
     contributors add less noise, which the accountant counts); ``on_budget``:
     what happens when the next round would spend past ``epsilon``.
+
+    A deployed job's statistics rounds (the encoding's totals) are private
+    too, each spending as much as a training round: a node scales its
+    statistics vector down to L2 norm ``statistics_clip`` if longer (so a node
+    of many records counts less in every statistic), then to the update's
+    clip, and adds the same noise share; the coordinator scales the total back.
+    A smaller ``statistics_clip`` means less noise in the totals and more
+    nodes scaled down. ``statistics = false`` releases them exact, outside the
+    guarantee (the totals' noise, ``statistics_clip / clip_norm`` times a
+    training total's, can spoil a small federation's encoding, quantiles most).
+    ``tessera run`` fits from exact totals either way (it simulates training).
     """
 
     epsilon: PositiveFloat
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     on_budget: Literal["stop", "warn"] = "stop"
     dropout_margin: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    statistics: bool = True
+    statistics_clip: PositiveFloat = 100.0
 
 
 class ContributionsSection(_Section):

@@ -274,7 +274,9 @@ class StatisticsPlan:
 
     # -- the total ---------------------------------------------------------------
     def totals(self, vector: npt.NDArray[np.floating[Any]]) -> Totals:
-        """Read the sum of nodes' vectors (or one node's) as per-column totals."""
+        """Read the sum of nodes' vectors (or one node's) as per-column totals. A private
+        job's total carries noise: a count read below zero is zero (and a sketch's
+        bucket below one is empty), never a negative number of records."""
         if vector.shape != (self.length,):
             raise DataError(
                 f"statistics vector has shape {vector.shape}, the plan {(self.length,)}"
@@ -285,7 +287,7 @@ class StatisticsPlan:
         at = 0
         if self.dropped:
             at = _ROW_WORDS + len(self.dropped)
-            words = [round(float(v)) for v in vector[:at]]
+            words = [max(round(float(v)), 0) for v in vector[:at]]
             rows = RowTotals(words[0], words[1], dict(zip(self.dropped, words[2:], strict=True)))
         for column in self.numeric:
             count, missing, total, squares = (float(v) for v in vector[at : at + _NUMERIC_WORDS])
@@ -293,11 +295,14 @@ class StatisticsPlan:
             sketch = self._sketch_of(vector[at : at + self.buckets])
             at += self.buckets
             numeric[column] = NumericTotals(
-                count=round(count), missing=round(missing), sum=total, sum_sq=squares,
+                count=max(round(count), 0), missing=max(round(missing), 0), sum=total,
+                sum_sq=max(squares, 0.0),
                 sketch=sketch,
             )  # fmt: skip
         for column, domain in self.categorical:
-            words = [round(float(v)) for v in vector[at : at + _CATEGORY_WORDS + len(domain)]]
+            words = [
+                max(round(float(v)), 0) for v in vector[at : at + _CATEGORY_WORDS + len(domain)]
+            ]
             at += _CATEGORY_WORDS + len(domain)
             categorical[column] = CategoryTotals(
                 missing=words[0], other=words[1], counts=dict(zip(domain, words[2:], strict=True))

@@ -110,17 +110,20 @@ class JobSpec:
             max_weight=self.config.secure.max_weight,
             classes=self.model.n_outputs if self.recipe.loss == "cross_entropy" else 0,
         )
+        lengths: tuple[int, ...] = ()
+        if self.statistics:
+            lengths = tuple(plan.length for plan in self.preprocessor().statistics_plans())
+            if max(lengths) > MAX_PARAMETERS:  # every node would count, seal and send it
+                raise ConfigError(
+                    "statistics", f"a plan of {max(lengths):,} words is over {MAX_PARAMETERS:,}"
+                )
         privacy = privacy_params_of(
-            self.config, clip_norm=self.recipe.clip_norm, n_weights=self.n_weights
-        )
+            self.config, clip_norm=self.recipe.clip_norm, n_weights=self.n_weights,
+            statistics=lengths,
+        )  # fmt: skip
         params = replace(params, privacy=privacy)
-        if not self.statistics:
+        if not lengths:
             return params
-        lengths = tuple(plan.length for plan in self.preprocessor().statistics_plans())
-        if max(lengths) > MAX_PARAMETERS:  # every node would count, seal and send it
-            raise ConfigError(
-                "statistics", f"a plan of {max(lengths):,} words is over {MAX_PARAMETERS:,}"
-            )
         return replace(params, statistics=StatisticsRound(lengths=lengths, bound=TERM_BOUND))
 
     def preprocessor(self) -> Preprocessor:

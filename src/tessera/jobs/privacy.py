@@ -24,14 +24,20 @@ from tessera.protocol.noise import PrivacyParams
 NOISE_FRAC_BITS = 16
 
 
-def privacy_params_of(cfg: JobConfig, *, clip_norm: float, n_weights: int) -> PrivacyParams | None:
-    """The job's privacy parameters (None without ``[privacy]``)."""
+def privacy_params_of(
+    cfg: JobConfig, *, clip_norm: float, n_weights: int, statistics: tuple[int, ...] = ()
+) -> PrivacyParams | None:
+    """The job's privacy parameters (None without ``[privacy]``); ``statistics``: the
+    lengths of the statistics rounds that open it, each a release like a training
+    round's (``protocol.noise.private_statistics``), so the budget spans them all."""
     p = cfg.privacy
     if p is None:
         return None
-    l1, l2, variance = _calibrated(
-        p.epsilon, p.delta, cfg.federation.rounds, clip_norm, n_weights + TAIL
-    )
+    if not p.statistics:  # released exact, outside the guarantee ([privacy] statistics)
+        statistics = ()
+    dim = max((n_weights, *statistics)) + TAIL
+    rounds = cfg.federation.rounds + len(statistics)
+    l1, l2, variance = _calibrated(p.epsilon, p.delta, rounds, clip_norm, dim)
     return PrivacyParams(
         epsilon=p.epsilon,
         delta=p.delta,
@@ -41,6 +47,7 @@ def privacy_params_of(cfg: JobConfig, *, clip_norm: float, n_weights: int) -> Pr
         l2=l2,
         dropout_margin=p.dropout_margin,
         stop=p.on_budget == "stop",
+        statistics_clip=p.statistics_clip if statistics else None,
     )
 
 

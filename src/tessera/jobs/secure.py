@@ -25,15 +25,12 @@ def secure_params(job: PreparedJob) -> SecureParams:
         max_weight=float(job.node_samples.max()),
         classes=job.spec.n_outputs if job.recipe.loss == "cross_entropy" else 0,
     )
-    privacy = privacy_params_of(
-        job.config, clip_norm=job.recipe.clip_norm, n_weights=job.layout.size
-    )
     vectors = job.statistics_vectors
-    statistics = (
-        None
-        if vectors is None
-        else StatisticsRound(lengths=tuple(v.shape[1] for v in vectors), bound=TERM_BOUND)
+    lengths = () if vectors is None else tuple(v.shape[1] for v in vectors)
+    privacy = privacy_params_of(
+        job.config, clip_norm=job.recipe.clip_norm, n_weights=job.layout.size, statistics=lengths
     )
+    statistics = StatisticsRound(lengths=lengths, bound=TERM_BOUND) if lengths else None
     return replace(params, beacon=job.beacon, statistics=statistics, privacy=privacy)
 
 

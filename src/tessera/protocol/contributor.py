@@ -47,7 +47,13 @@ from tessera.protocol.messages import (
     TrainRequest,
     UpdateSubmission,
 )
-from tessera.protocol.noise import PrivacyParams, contributor_noise, noise_rng, noisy
+from tessera.protocol.noise import (
+    PrivacyParams,
+    contributor_noise,
+    noise_rng,
+    noisy,
+    private_statistics,
+)
 from tessera.protocol.quality import QUALITY_HEAD, LocalQuality, quality_words
 from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, ContributorState
 from tessera.protocol.treecheck import TreeCheck
@@ -246,7 +252,7 @@ class Contributor:
             problem = self._statistics_problem(event)
             if problem is None:
                 self._transition(ContributorInput.UPDATE_READY)
-                return self._seal_all(_counted(event.vector))
+                return self._seal_counted(event.vector)
             reason = problem
         elif isinstance(event, LocalUpdateReady) and now <= self.deadline:
             problem = _update_problem(event) or _quality_problem(event, self.assignment)
@@ -276,7 +282,12 @@ class Contributor:
             return "this node has no keys for secure rounds"
         privacy = self.secure.privacy
         # A finer scale would shrink a private job's noise in real units.
-        if privacy and not request.statistics and request.secure.frac_bits != privacy.frac_bits:
+        counted_privately = request.statistics and privacy and privacy.statistics_clip
+        if (
+            privacy
+            and (not request.statistics or counted_privately)
+            and request.secure.frac_bits != privacy.frac_bits
+        ):
             return f"a private job's updates are encoded at {privacy.frac_bits} fraction bits"
         if privacy and request.secure.weight != 1:  # its total's divisor is the count
             return "a private job weighs every contributor alike"
@@ -306,9 +317,27 @@ class Contributor:
         v = ready.vector
         if v.dtype != np.float64 or v.ndim != 1 or not bool(np.isfinite(v).all()):
             return "statistics must be a finite float64 vector"
+        if self._private_statistics is not None:  # scaled down to the update's clip
+            return None
         if v.size and float(np.abs(v).max()) > ring.bound:
             return f"statistics over {ring.bound:.3g} in size do not fit the round's ring"
         return None
+
+    @property
+    def _private_statistics(self) -> float | None:
+        """The L2 bound on this node's statistics vector if its job makes them private."""
+        privacy = self.secure.privacy if self.secure is not None else None
+        return None if privacy is None else privacy.statistics_clip
+
+    def _seal_counted(self, statistics: npt.NDArray[np.float64]) -> list[Effect]:
+        """Share this node's statistics: as counted, or, in a private job, scaled down as
+        an update and with its share of the noise (``protocol.noise.private_statistics``)."""
+        bound = self._private_statistics
+        if bound is None:
+            return self._seal_all(_counted(statistics))
+        assert self.assignment is not None
+        scaled = private_statistics(statistics, bound=bound, clip=self.assignment.clip)
+        return self._seal_all(_counted(scaled), private=True)
 
     def _shares(self, update: LocalUpdateReady) -> list[Effect]:
         """Clip, weight, encode, split into k shares and seal each for its aggregator."""

@@ -57,6 +57,9 @@ class PrivacyParams:
     l2: float
     dropout_margin: float = 0.1
     stop: bool = True
+    # The L2 bound on a node's statistics vector in a statistics round (``[privacy]
+    # statistics_clip``); None: the job has no statistics rounds to make private.
+    statistics_clip: float | None = None
 
     def __post_init__(self) -> None:
         if not (self.epsilon > 0 and 0 < self.delta < 1):
@@ -65,6 +68,8 @@ class PrivacyParams:
             raise ConfigError("privacy", "the noise variance must be positive and finite")
         if not 0 <= self.dropout_margin < 1:
             raise ConfigError("privacy.dropout_margin", "must be in [0, 1)")
+        if self.statistics_clip is not None and not self.statistics_clip > 0:
+            raise ConfigError("privacy.statistics_clip", "must be positive")
 
     def share(self, cohort: int) -> float:
         """The noise variance each of ``cohort`` contributors adds."""
@@ -76,6 +81,21 @@ class PrivacyParams:
         room = NOISE_TAILS * math.sqrt(self.share(cohort)) / 2.0**self.frac_bits
         ring = choose_ring(bound=bound + room, terms=cohort, min_frac_bits=self.frac_bits)
         return Ring(bits=ring.bits, frac_bits=self.frac_bits, terms=ring.terms)
+
+
+def private_statistics(
+    vector: npt.NDArray[np.float64], *, bound: float, clip: float
+) -> npt.NDArray[np.float64]:
+    """A node's statistics vector as a private job shares it: scaled down to L2 norm
+    ``bound`` if longer, then by ``clip / bound``, so its norm is at most the update's
+    ``clip`` and its noise and cost are a training round's. The total, times
+    ``bound / clip``, is then the sum of the (scaled-down) vectors plus noise."""
+    norm = float(np.sqrt(np.dot(vector, vector)))
+    factor = clip / bound
+    if norm > bound:
+        factor *= bound * (1 - 1e-9) / norm
+    out: npt.NDArray[np.float64] = vector * factor
+    return out
 
 
 def noise_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator:

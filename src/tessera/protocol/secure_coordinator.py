@@ -304,6 +304,12 @@ class SecureCoordinator(Coordinator):
     def first_training_round(self) -> int:
         return 0 if self.secure.statistics is None else self.secure.statistics.rounds
 
+    @property
+    def private_statistics(self) -> bool:
+        """Whether the statistics rounds carry noise (``protocol.noise.private_statistics``)."""
+        p = self.secure.privacy
+        return p is not None and p.statistics_clip is not None
+
     # -- the privacy budget ------------------------------------------------------
     def snapshot(self) -> CoordinatorSnapshot:
         spent = () if self.budget is None else tuple(self.budget.spent)
@@ -338,8 +344,11 @@ class SecureCoordinator(Coordinator):
             params=self.secure.tree,
             beacon=self.secure.beacon,
         )
-        if stats is None and self.secure.privacy is not None:  # room for the noise too
+        if self.secure.privacy is not None and (stats is None or self.private_statistics):
+            # Room for the noise too; a private statistics round is encoded as an update.
             ring = self.secure.privacy.ring(bound=self.secure.term_bound, cohort=len(cohort))
+            if stats is not None:
+                self.ring_of_statistics = ring
         elif stats is None:
             ring = choose_ring(
                 bound=self.secure.term_bound,
@@ -777,9 +786,13 @@ class SecureCoordinator(Coordinator):
         if not included and not self.counting:  # no contributor's update: nothing to release
             return self._finish_round(now, **nothing)
         epsilon = None
-        if self.budget is not None and not self.counting:
+        if self.budget is not None and (not self.counting or self.private_statistics):
             # A total is released once decoded: only if the budget allows its noise.
             self._stopping = self.budget.refusal(len(self._selected), len(included))
+            if self._stopping is not None and self.counting:
+                return self._statistics_closed(
+                    now, None, [], blamed, timer_pending, why=self._stopping
+                )
             if self._stopping is not None:
                 return self._finish_round(now, **nothing)
             epsilon = nothing["epsilon"] = self.budget.spend(len(self._selected), len(included))
@@ -858,6 +871,8 @@ class SecureCoordinator(Coordinator):
         included: list[str],
         blamed: tuple[str, ...],
         timer_pending: bool,
+        *,
+        why: str | None = None,
     ) -> list[Effect]:
         """Hand the statistics round's total to the runtime, then open the next round.
 
@@ -874,16 +889,20 @@ class SecureCoordinator(Coordinator):
         if values is None or not included or counted < self.params.min_updates:
             self._transition(CoordinatorInput.ROUND_DONE)
             self._transition(CoordinatorInput.JOB_DONE)
-            why = (
+            why = why or (
                 f"the statistics round totalled {counted} node(s) "
                 f"(needed at least {self.params.min_updates}); no training without them"
             )
             effects.append(JobFinished(weights=self.weights, rounds=0, error=why))
             return effects
+        total = values[:-TAIL]
+        privacy = self.secure.privacy
+        if privacy is not None and privacy.statistics_clip is not None:  # scaled back
+            total = total * (privacy.statistics_clip / self.secure.clip)
         effects.append(
             StatisticsClosed(
                 round=self.round,
-                total=values[:-TAIL],
+                total=total,
                 included=tuple(included),
                 closed_at=now,
                 blamed=blamed,

@@ -22,6 +22,7 @@ from tessera.data.statistics import TERM_BOUND, StatisticsPlan, Totals
 from tessera.errors import DataError
 from tessera.ids import JobId, NodeId
 from tessera.protocol import RoundParams, make_strategy
+from tessera.protocol.noise import PrivacyParams
 from tessera.protocol.params import StatisticsRound
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams
@@ -38,6 +39,7 @@ class SecureTotals:
     total: npt.NDArray[np.float64]
     included: tuple[str, ...]
     ring_step: float  # each node's real sums are off by less than this in the total
+    spent: tuple[float, ...] = ()  # a private round's noise variance (the job's ledger)
 
     @property
     def nodes(self) -> int:
@@ -84,8 +86,14 @@ def secure_vector_totals(
     seed: int = 0,
     tree: TreeParams | None = None,
     min_nodes: int = 1,
+    privacy: PrivacyParams | None = None,
+    clip: float = 1.0,
 ) -> SecureTotals:
-    """As ``secure_totals``, the nodes' vectors counted beforehand (``plan.vectors``)."""
+    """As ``secure_totals``, the nodes' vectors counted beforehand (``plan.vectors``).
+    With ``privacy`` (its ``statistics_clip`` set), each node adds its share of the
+    noise to its vector, scaled down to the job's update ``clip`` (a training round's
+    release: ``protocol.noise.private_statistics``); ``SecureTotals.spent`` says what
+    the round's noise held, for the job's ledger."""
     return _total(
         plan,
         lambda i: vectors[i],
@@ -94,6 +102,8 @@ def secure_vector_totals(
         seed=seed,
         tree=tree,
         min_nodes=min_nodes,
+        privacy=privacy,
+        clip=clip,
     )
 
 
@@ -106,6 +116,8 @@ def _total(
     seed: int,
     tree: TreeParams | None,
     min_nodes: int,
+    privacy: PrivacyParams | None = None,
+    clip: float = 1.0,
 ) -> SecureTotals:
     n = len(sizes)
     if n == 0:
@@ -117,9 +129,10 @@ def _total(
     tree = tree or TreeParams(k=3, group_size=16, fan_in=8, min_group=min(2, n), backups=1)
     secure = SecureParams(
         tree=tree,
-        clip=1.0,  # no training round follows; the statistics ring has its own bound
+        clip=clip,  # no training round follows: only a private job's scaling reads it
         max_weight=1.0,
         statistics=StatisticsRound(lengths=(plan.length,), bound=TERM_BOUND, only=True),
+        privacy=privacy,
     )
     coordinator, machines = build_secure(
         nodes,
@@ -149,11 +162,13 @@ def _total(
             + (f" ({refused[0]})" if refused else "")
         )
     ring = coordinator.ring_of_statistics
+    budget = coordinator.budget
     return SecureTotals(
         totals=plan.totals(closed.total),
         total=closed.total,
         included=closed.included,
         ring_step=ring.step if ring is not None else 0.0,
+        spent=tuple(budget.spent) if budget is not None else (),
     )
 
 
