@@ -206,5 +206,6 @@ def test_what_a_deployment_learns_later_is_in_the_next_write(
         "nodes": 7,
         "secure": True,
         "columns": {"x": {"count": 3}},
+        "noised": False,  # no private job's noise in them
     }
     assert len(written["rounds"]) == 2

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -421,9 +422,6 @@ def _up_with_progress(
     done: list[RoundRecord] = []
     metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
     secure = summarize(dep.job) if dep.config.secure.enabled else None
-    line = privacy_line(dep.job, secure)
-    if line is not None and not quiet:
-        console.print(line)
     with progress_bar(quiet) as progress:
         baseline = baseline_of(dep)
         task = progress.add_task("federated", total=dep.config.federation.rounds, status="")
@@ -431,6 +429,13 @@ def _up_with_progress(
         progress.update(task, status=f"starting {dep.n_nodes} node processes")
 
         def on_started(job_id: str) -> None:
+            nonlocal secure
+            if secure is not None and dep.privacy is not None:  # the signed job's calibration
+                secure = replace(secure, privacy=dep.privacy)
+                writer.learned(dep.job, secure=secure)
+            line = privacy_line(dep.job, secure, statistics_rounds=dep.statistics_rounds)
+            if line is not None and not quiet:
+                progress.console.print(line)
             progress.update(task, status=f"job {job_id}: {dep.n_nodes} nodes consenting")
 
         def on_consents(job_id: str, consented: int, started: int) -> None:
@@ -444,6 +449,8 @@ def _up_with_progress(
             if not done:  # the statistics rounds' totals are in: what they say of the data
                 writer.learned(dep.job)
                 line = missing_line(dep.job.missing)
+                if line is not None and dep.privacy and dep.privacy.statistics_clip:
+                    line += " (noised totals, as the differential privacy needs)"
                 if line is not None and dep.job.statistics is not None:
                     fed = dep.job.statistics
                     progress.console.print(

@@ -92,17 +92,27 @@ def missing_line(missing: object) -> str | None:
     return "missing values: " + "; ".join(parts)
 
 
-def privacy_line(job: PreparedJob, secure: SecureSummary | None) -> str | None:
-    """What a private job promises and what it costs, on one line; None if not private."""
+def privacy_line(
+    job: PreparedJob, secure: SecureSummary | None, *, statistics_rounds: int = 0
+) -> str | None:
+    """What a private job promises and what it costs, on one line; None if not private.
+    ``statistics_rounds``: a deployment's, when they are private releases too."""
     p = job.config.privacy
     if p is None or secure is None or secure.privacy is None:
         return None
     noise = secure.privacy.variance**0.5 / 2.0**secure.privacy.frac_bits
+    counted = ""
+    bound = secure.privacy.statistics_clip
+    if statistics_rounds and bound is not None and job.recipe.clip_norm:
+        counted = (
+            f" and {statistics_rounds} statistics round(s) (each node's statistics scaled to"
+            f" norm {bound:g}: noise std {noise * bound / job.recipe.clip_norm:.3g} per total)"
+        )
     return (
         f"differential privacy: epsilon <= {p.epsilon:g} at delta {p.delta:g} over "
-        f"{job.config.federation.rounds} rounds, one contributor's whole update protected "
-        f"(Skellam noise added by the contributors: std {noise:.3g} per word of each "
-        f"round's total, against an update norm of at most {job.recipe.clip_norm:g}); "
+        f"{job.config.federation.rounds} rounds{counted}, one contributor's whole update "
+        f"protected (Skellam noise added by the contributors: std {noise:.3g} per word of "
+        f"each round's total, against an update norm of at most {job.recipe.clip_norm:g}); "
         f"on budget: {p.on_budget}"
     )
 

@@ -36,6 +36,7 @@ from tessera.crypto.keys import NodeKeys
 from tessera.errors import ConfigError
 from tessera.jobs.poison import poisoned_records
 from tessera.jobs.prepared import PreparedJob, prepare_job, split_table
+from tessera.protocol.noise import PrivacyParams
 from tessera.runtime.transport.client import CoordinatorClient
 from tessera.storage.keyfile import load_keys, load_or_create_keys, save_keys
 from tessera.storage.private import open_private, private_dir, private_file, write_private
@@ -115,6 +116,9 @@ class Deployment:
     coordinator_url: str = ""
     provider_url: str = ""
     _coordinator_port: int = 0
+    # The signed job's privacy, once built: its calibration spans the statistics rounds.
+    privacy: PrivacyParams | None = field(default=None, init=False)
+    statistics_rounds: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.n_nodes < 1:

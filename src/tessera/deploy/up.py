@@ -28,6 +28,7 @@ from tessera.ai_provider.client import (
     watch,
 )
 from tessera.config import JobConfig
+from tessera.crypto.documents import SignedDocument
 from tessera.data.prepare import Preprocessor
 from tessera.data.statistics import Totals
 from tessera.deploy.local import PROVIDER_DATASET, Deployment
@@ -221,30 +222,10 @@ class Valuation:
         return None if self.valuer is None else self.valuer.entry()
 
 
-def run_job(
-    dep: Deployment,
-    *,
-    on_round: Callable[[RoundRecord, Vector], None] | None = None,
-    on_started: Callable[[str], None] | None = None,
-    on_consents: Callable[[str, int, int], None] | None = None,
-    timeout: float | None = None,
-    poll: float = 0.5,
-    start_timeout: float | None = 600.0,
-    start_batch: int | None = None,
-) -> UpResult:
-    """Start the services, submit the job, start the nodes, and watch it to its end.
-
-    ``start_timeout`` bounds the start (from the job's submission to its
-    first round) and ``start_batch`` staggers the nodes: see ``start_nodes``.
-    ``timeout`` bounds the watch once the job runs.
-    """
-    from tessera.runtime.sim.job import holdout_scores  # the simulator's evaluation, exactly
-
-    t0 = time.monotonic()
-    cfg = with_declared_weight(dep.config, float(dep.job.node_samples.max()))
-    dep.config = cfg
-    dep.start_coordinator()
-    dep.start_provider()
+def signed_job(dep: Deployment, cfg: JobConfig) -> tuple[SignedDocument, bytes]:
+    """The AI provider's signed job and initial weights, kept in ``run/job.json``; checked
+    against the organisations before any node starts. ``dep`` learns what privacy the
+    signed job calibrated (over every release, a statistics round's too)."""
     keys = dep.ai_provider_keys
     if federated_statistics(cfg):  # the schema fixes the width, the statistics the numbers
         schema = fetch_schema(dep.provider_url, PROVIDER_DATASET, verify=dep.verify)
@@ -274,7 +255,40 @@ def run_job(
     # Before any node starts, with the organisations the job's organisation_column gives.
     orgs = dep.job.organisations or (None,) * dep.n_nodes
     nodes = dict(zip(dep.job.node_ids, orgs, strict=True))
-    check_tree_feasible(JobSpec.from_document(doc), dep.n_nodes, nodes)
+    spec = JobSpec.from_document(doc)
+    check_tree_feasible(spec, dep.n_nodes, nodes)
+    if spec.secure:  # what the nodes will add: calibrated over every release, statistics too
+        params = spec.secure_params()
+        dep.privacy = params.privacy
+        dep.statistics_rounds = params.statistics.rounds if params.statistics else 0
+    return doc, weights
+
+
+def run_job(
+    dep: Deployment,
+    *,
+    on_round: Callable[[RoundRecord, Vector], None] | None = None,
+    on_started: Callable[[str], None] | None = None,
+    on_consents: Callable[[str, int, int], None] | None = None,
+    timeout: float | None = None,
+    poll: float = 0.5,
+    start_timeout: float | None = 600.0,
+    start_batch: int | None = None,
+) -> UpResult:
+    """Start the services, submit the job, start the nodes, and watch it to its end.
+
+    ``start_timeout`` bounds the start (from the job's submission to its
+    first round) and ``start_batch`` staggers the nodes: see ``start_nodes``.
+    ``timeout`` bounds the watch once the job runs.
+    """
+    from tessera.runtime.sim.job import holdout_scores  # the simulator's evaluation, exactly
+
+    t0 = time.monotonic()
+    cfg = with_declared_weight(dep.config, float(dep.job.node_samples.max()))
+    dep.config = cfg
+    dep.start_coordinator()
+    dep.start_provider()
+    doc, weights = signed_job(dep, cfg)
     if len(dep.job.test.y):  # load the evaluation path (torch) now, not as round 1 closes
         evaluate(
             dep.job.spec, dep.job.initial_weights, dep.job.test.x, dep.job.test.y, dep.job.task
@@ -300,7 +314,7 @@ def run_job(
             now = time.monotonic()
             rec = result.record
             if federated_statistics(cfg) and dep.job.statistics_vectors is None:
-                encoding = Preprocessor.from_json(preprocessing)  # what the nodes refit
+                encoding = JobSpec.from_document(doc).preprocessor()  # what the nodes refit
                 totals, counted = statistics_totals(client, job_id, encoding)
                 dep.job = rescale_job(dep.job, totals, encoding, nodes=counted)
             score = holdout_scores(dep.job, result.weights)

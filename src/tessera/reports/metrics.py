@@ -223,13 +223,21 @@ def _facts(
         },
         "features": list(job.feature_names),
         "missing": missing_entry(job.missing),
-        "statistics": None if job.statistics is None else asdict(job.statistics),
+        "statistics": None if job.statistics is None else _statistics(job, secure),
         "privacy": _privacy(job, secure),
         "poison": _poison(job),
         "model_kind": job.spec.kind,
         "parameters": job.layout.size,
         "config": job.config.model_dump(mode="json"),
     }
+
+
+def _statistics(job: PreparedJob, secure: SecureSummary | None) -> dict[str, Any]:
+    """metrics.json's ``statistics``; ``noised``: the totals carry a private job's noise."""
+    assert job.statistics is not None
+    privacy = secure.privacy if secure is not None else None
+    noised = privacy is not None and privacy.statistics_clip is not None
+    return {**asdict(job.statistics), "noised": noised}
 
 
 def _privacy(job: PreparedJob, secure: SecureSummary | None) -> dict[str, Any] | None:
@@ -342,9 +350,12 @@ class MetricsWriter:
         out.mkdir(parents=True, exist_ok=True)
         self._log: IO[str] = (out / "rounds.jsonl").open("w", encoding="utf-8")
 
-    def learned(self, job: PreparedJob) -> None:
+    def learned(self, job: PreparedJob, *, secure: SecureSummary | None = None) -> None:
         """The job as now known (a deployment's statistics rounds fitted its encoding and
-        counted its missing values): the next write says so."""
+        counted its missing values; its signed job's calibration, ``secure``): the next
+        write says so."""
+        if secure is not None:
+            self._secure = secure
         self._facts = _facts(job, self._baseline, self._secure)
 
     def add_round(self, record: RoundRecord, *, model_digest: str | None = None) -> None:
