@@ -87,3 +87,32 @@ def test_noise_never_reads_as_negative_counts() -> None:
     totals = plan.totals(noisy)
     assert totals.numeric["score"].count == 0 and totals.numeric["score"].missing == 0
     assert totals.categorical["g"].counts == {"a": 0, "b": 0}
+
+
+def test_tessera_runs_fit_releases_noised_statistics_and_its_ledger_counts_them() -> None:
+    from tessera.config import PrivacySection
+    from tessera.jobs.prepared import prepare_job
+    from tessera.runtime.sim.job import simulate
+    from tessera.runtime.sim.statistics import totals_for
+    from tessera.testing import example_config
+
+    base = example_config()
+    cfg = base.model_copy(
+        update={
+            "privacy": PrivacySection(epsilon=8.0),
+            "federation": base.federation.model_copy(update={"rounds": 3}),
+            "baseline": base.baseline.model_copy(update={"enabled": False}),
+        }
+    )
+    job = prepare_job(cfg, totals_of=totals_for(cfg, secure=True))
+    assert job.statistics is not None and job.statistics.rounds >= 1
+    assert len(job.statistics_lengths) == len(job.statistics_spent) == job.statistics.rounds
+    exact = cfg.model_copy(update={"privacy": PrivacySection(epsilon=8.0, statistics=False)})
+    plain = prepare_job(exact, totals_of=totals_for(exact, secure=True))
+    assert plain.statistics_lengths == () and plain.statistics_spent == ()
+    noised = simulate(job, secure=True)
+    released = simulate(plain, secure=True)
+    # The same three training rounds cost more after the statistics rounds' releases,
+    # and the whole job stays within its budget.
+    assert noised.rounds[0].epsilon > released.rounds[0].epsilon
+    assert noised.rounds[-1].epsilon <= 8.0

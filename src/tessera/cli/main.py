@@ -165,7 +165,7 @@ def _describe(job: PreparedJob, secure: SecureSummary | None) -> None:
     line = missing_line(job.missing)
     if line is not None:
         console.print(line)
-    line = privacy_line(job, secure)
+    line = privacy_line(job, secure, statistics_rounds=len(job.statistics_lengths))
     if line is not None:
         console.print(line)
     if job.statistics is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,19 @@ from tessera.errors import DataError
 
 #: (plan, every node's vector: one row a node) -> the totals, however they are added up.
 TotalsOf = Callable[[StatisticsPlan, npt.NDArray[np.float64]], Totals]
+
+
+@runtime_checkable
+class PrivateTotals(Protocol):
+    """A ``TotalsOf`` that can add a private job's noise as a deployment's nodes would
+    (the simulator's secure totals): ``make_private`` once, then ``spent`` holds each
+    round's noise variance, for the job's ledger."""
+
+    spent: list[float]
+
+    def make_private(self, privacy: Any, clip: float) -> None: ...
+
+    def __call__(self, plan: StatisticsPlan, vectors: npt.NDArray[np.float64]) -> Totals: ...
 
 
 def plain_totals(plan: StatisticsPlan, vectors: npt.NDArray[np.float64]) -> Totals:

@@ -45,6 +45,7 @@ from tessera.data.derive import parse_derivations
 from tessera.data.domains import every_feature
 from tessera.data.federated import (
     FederatedSummaries,
+    PrivateTotals,
     TotalsOf,
     column_report,
     node_of_rows,
@@ -55,6 +56,7 @@ from tessera.data.statistics import Totals
 from tessera.errors import ConfigError, DataError
 from tessera.ids import JobId, NodeId, Task
 from tessera.jobs.poison import poisoned
+from tessera.jobs.privacy import privacy_params_of
 from tessera.protocol import RoundParams, SecureParams, Strategy, TreeParams, make_strategy
 from tessera.protocol.quality import QUALITY_HEAD
 from tessera.training import ModelSpec, Recipe, init_weights, layout
@@ -132,6 +134,10 @@ class PreparedJob:
     statistics: FederatedFit | None = None  # how the preprocessing was fitted, if federated
     # A deployment's replay: what each node counted in the job's statistics round.
     statistics_vectors: tuple[npt.NDArray[np.float64], ...] | None = None
+    # A private job whose federated fit released noised statistics (``tessera run``):
+    # each round's vector length, and the noise variance each held, for its ledger.
+    statistics_lengths: tuple[int, ...] = ()
+    statistics_spent: tuple[float, ...] = ()
     # Simulated poison (``jobs.poison``): nodes holding corrupted records, nodes whose
     # updates the simulator scales.
     corrupted: tuple[int, ...] = ()
@@ -494,12 +500,17 @@ def prepare_job(cfg: JobConfig, *, totals_of: TotalsOf | None = None) -> Prepare
     except DataError as exc:
         raise ConfigError("partition", str(exc)) from None
     statistics = None
+    private = _private_statistics(cfg, pre, totals_of)
     try:
         if totals_of is not None:  # the pooled fit only decided who holds which row
             pre, train, statistics = _federated_fit(cfg, train_df, pre, part, totals_of)
         test = pre.transform(test_df)
     except DataError as exc:
         raise _data_error(exc, "data") from None
+    if private and statistics is not None and statistics.rounds != len(private):
+        raise DataError(  # the calibration counted other rounds than were released
+            f"{statistics.rounds} statistics rounds ran, {len(private)} were budgeted"
+        )
 
     spec, recipe = model_spec_of(cfg, pre), recipe_of(cfg)
     lay = layout(spec)
@@ -528,6 +539,8 @@ def prepare_job(cfg: JobConfig, *, totals_of: TotalsOf | None = None) -> Prepare
         ),
         preprocessor=pre,
         statistics=statistics,
+        statistics_lengths=private,
+        statistics_spent=tuple(totals_of.spent) if isinstance(totals_of, PrivateTotals) else (),
     )
     return poisoned(job)  # [simulation.poison], if the job asks for any
 
@@ -570,6 +583,25 @@ def _holders(
     assert kept.groups is not None
     positions = kept.groups.astype(np.intp)
     return positions, node_of_rows(len(rows), positions, part.order, part.offsets)
+
+
+def _private_statistics(
+    cfg: JobConfig, pooled: Preprocessor, totals_of: TotalsOf | None
+) -> tuple[int, ...]:
+    """The lengths of a private job's statistics rounds, made private in ``totals_of``
+    (``data.federated.PrivateTotals``) with the job's calibration over its training and
+    statistics rounds alike; () when they are released exact."""
+    p = cfg.privacy
+    if p is None or not p.statistics or not isinstance(totals_of, PrivateTotals):
+        return ()
+    clip = recipe_of(cfg).clip_norm
+    if clip is None:
+        return ()  # a secure job declares it; the config refuses others before this
+    lengths = tuple(plan.length for plan in pooled.statistics_plans())
+    n_weights = layout(model_spec_of(cfg, pooled)).size  # the refit changes no width
+    privacy = privacy_params_of(cfg, clip_norm=clip, n_weights=n_weights, statistics=lengths)
+    totals_of.make_private(privacy, clip)
+    return lengths
 
 
 def _federated_fit(

@@ -27,8 +27,10 @@ def secure_params(job: PreparedJob) -> SecureParams:
     )
     vectors = job.statistics_vectors
     lengths = () if vectors is None else tuple(v.shape[1] for v in vectors)
+    # Released: the replayed rounds, or those tessera run's fit already noised.
+    released = lengths or job.statistics_lengths
     privacy = privacy_params_of(
-        job.config, clip_norm=job.recipe.clip_norm, n_weights=job.layout.size, statistics=lengths
+        job.config, clip_norm=job.recipe.clip_norm, n_weights=job.layout.size, statistics=released
     )
     statistics = StatisticsRound(lengths=lengths, bound=TERM_BOUND) if lengths else None
     return replace(params, beacon=job.beacon, statistics=statistics, privacy=privacy)

@@ -21,6 +21,7 @@ from tessera.protocol import Coordinator
 from tessera.protocol.effects import GroupSum
 from tessera.protocol.events import ContributorsRated
 from tessera.protocol.node import Node
+from tessera.protocol.noise import Budget
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.poison import ScaledUpdates
 from tessera.runtime.sim.secure import build_secure
@@ -91,6 +92,9 @@ def simulate(
             seed=cfg.job.seed,
             organisations=job.organisations,
         )
+        if job.statistics_spent and coordinator.budget is not None:
+            # The fit's noised statistics rounds were releases: the ledger starts with them.
+            coordinator.budget = Budget(coordinator.budget.privacy, list(job.statistics_spent))
     else:
         coordinator = Coordinator(
             job.round_params(), job.node_ids, job.initial_weights, job.strategy()

@@ -10,7 +10,7 @@ coordinator. A deployment runs the same round over HTTP.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -172,6 +172,36 @@ def _total(
     )
 
 
+@dataclass
+class SecureTotalsOf:
+    """A job's statistics rounds in the simulator: up its own tree, and, once
+    ``make_private`` (``prepare_job`` for a job with ``[privacy] statistics``), with
+    each node's share of the noise as a deployed node adds it (``data.federated.PrivateTotals``)."""
+
+    job_id: str
+    seed: int
+    tree: TreeParams
+    privacy: PrivacyParams | None = None
+    clip: float = 1.0
+    spent: list[float] = field(default_factory=list)
+
+    def make_private(self, privacy: PrivacyParams, clip: float) -> None:
+        self.privacy, self.clip = privacy, clip
+
+    def __call__(self, plan: StatisticsPlan, vectors: npt.NDArray[np.float64]) -> Totals:
+        out = secure_vector_totals(
+            plan,
+            vectors,
+            job_id=self.job_id,
+            seed=self.seed,
+            tree=self.tree,
+            privacy=self.privacy,
+            clip=self.clip,
+        )
+        self.spent.extend(out.spent)
+        return out.totals
+
+
 def totals_for(cfg: JobConfig, *, secure: bool) -> TotalsOf:
     """How ``prepare_job`` totals the nodes' statistics for this job: up the job's own
     tree (its [secure] k, group sizes, backups) when secure, else in the clear."""
@@ -181,10 +211,4 @@ def totals_for(cfg: JobConfig, *, secure: bool) -> TotalsOf:
     tree = TreeParams(
         k=s.k, group_size=s.group_size, fan_in=s.fan_in, min_group=s.min_group, backups=s.backups
     )
-
-    def totals(plan: StatisticsPlan, vectors: npt.NDArray[np.float64]) -> Totals:
-        return secure_vector_totals(
-            plan, vectors, job_id=cfg.job.name, seed=cfg.job.seed, tree=tree
-        ).totals
-
-    return totals
+    return SecureTotalsOf(job_id=cfg.job.name, seed=cfg.job.seed, tree=tree)
