@@ -325,7 +325,7 @@ class PrivacySection(_Section):
     nodes scaled down. ``statistics = false`` releases them exact, outside the
     guarantee (the totals' noise, ``statistics_clip / clip_norm`` times a
     training total's, can spoil a small federation's encoding, quantiles most).
-    ``tessera run`` fits from exact totals either way (it simulates training).
+    ``tessera run``'s federated fit adds the same noise, as the nodes would.
     """
 
     epsilon: PositiveFloat
