@@ -155,9 +155,9 @@ def table(runs: list[Run]) -> str:
 
 
 def write_readme(path: Path, text: str) -> None:
-    readme = path.read_text(encoding="utf-8")
-    start, end = readme.index(BEGIN) + len(BEGIN), readme.index(END)
-    path.write_text(readme[:start] + "\n" + text + "\n" + readme[end:], encoding="utf-8")
+    from _readme import write_between  # beside this script
+
+    write_between(path, BEGIN, END, text)
 
 
 def main() -> None:

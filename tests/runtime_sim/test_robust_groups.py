@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from tessera.errors import ConfigError
-from tessera.ids import JobId, NodeId
-from tessera.protocol import RoundParams, make_strategy
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams
-from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
-from tessera.runtime.sim.secure import build_secure
-from tessera.testing import TableTrainer
+from tessera.testing import TableTrainer, table_rounds
 
 N, P = 48, 5
 SECURE = SecureParams(
@@ -27,32 +23,11 @@ SECURE = SecureParams(
 
 def one_round(secure: SecureParams, hostile: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """The new model after one round, and the honest contributors' mean update."""
-    samples = np.ones(N, np.int64)
-    nodes = [NodeId(f"node-{i:06d}") for i in range(N)]
-    trainer = TableTrainer(samples, dim=P, seed=3)
+    trainer = TableTrainer(np.ones(N, np.int64), dim=P, seed=3)
     trainer.table[hostile] = -50.0  # scaled updates, clipped to norm 10 by their nodes
-    coordinator, machines = build_secure(
-        nodes,
-        params=RoundParams(job_id=JobId("robust"), rounds=1, round_timeout=1e4),
-        secure=secure,
-        initial_weights=np.zeros(P, np.float32),
-        strategy=make_strategy("fedavg"),
-        seed=0,
-    )
-    stats: list[RoundStats] = []
-    Simulation(
-        coordinator,
-        nodes,
-        trainer,
-        DeviceModel.sample(N, dropout=0.0, speed_sigma=0.0, samples_per_second=50, seed=0),
-        samples,
-        local_epochs=1,
-        seed=0,
-        on_round=stats.append,
-        machines=machines,
-    ).run()
+    (stats,) = table_rounds(trainer, secure, job_id="robust")  # the trees placing them
     honest = np.delete(trainer.table, hostile, axis=0).mean(axis=0)
-    return stats[0].closed.weights, honest
+    return stats.closed.weights, honest
 
 
 @pytest.mark.parametrize("combine", ["median", "trimmed_mean"])

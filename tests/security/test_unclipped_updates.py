@@ -15,14 +15,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tessera.ids import JobId, NodeId
-from tessera.protocol import RoundParams, make_strategy
+from tessera.ids import NodeId
 from tessera.protocol.effects import RoundClosed
+from tessera.protocol.node import Node
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams
-from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
-from tessera.runtime.sim.secure import build_secure
-from tessera.testing import TableTrainer, UnclippedContributor
+from tessera.testing import TableTrainer, UnclippedContributor, table_rounds
 
 N, P, CLIP, HOSTILE = 24, 1000, 10.0, 7
 NODES = [NodeId(f"node-{i:06d}") for i in range(N)]
@@ -32,37 +30,19 @@ SECURE = SecureParams(
 
 
 def one_round(secure: SecureParams, *, hostile: bool) -> tuple[RoundClosed, TableTrainer]:
-    samples = np.ones(N, np.int64)
-    trainer = TableTrainer(samples, dim=P, seed=11)
+    trainer = TableTrainer(np.ones(N, np.int64), dim=P, seed=11)
     # Each coordinate within what the ring carries (about the clip), the norm 285: over
     # the bound of its group of 4 (clip x 4 = 40) and of the whole round (clip x 24 = 240).
     trainer.table[HOSTILE] = 9.0
-    coordinator, machines = build_secure(
-        NODES,
-        params=RoundParams(job_id=JobId("unclipped"), rounds=1, round_timeout=1e4),
-        secure=secure,
-        initial_weights=np.zeros(P, np.float32),
-        strategy=make_strategy("fedavg"),
-        seed=0,
-    )
-    if hostile:
+
+    def swap(_: object, machines: list[Node]) -> None:
         honest = machines[HOSTILE].contributor
         machines[HOSTILE].contributor = UnclippedContributor(
             honest.node, honest.job_id, honest.secure
         )
-    stats: list[RoundStats] = []
-    Simulation(
-        coordinator,
-        NODES,
-        trainer,
-        DeviceModel.sample(N, dropout=0.0, speed_sigma=0.0, samples_per_second=50, seed=0),
-        samples,
-        local_epochs=1,
-        seed=0,
-        on_round=stats.append,
-        machines=machines,
-    ).run()
-    return stats[0].closed, trainer
+
+    (stats,) = table_rounds(trainer, secure, job_id="unclipped", before=swap if hostile else None)
+    return stats.closed, trainer
 
 
 def clipped(row: np.ndarray) -> np.ndarray:

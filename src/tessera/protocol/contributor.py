@@ -339,6 +339,10 @@ class Contributor:
         scaled = private_statistics(statistics, bound=bound, clip=self.assignment.clip)
         return self._seal_all(_counted(scaled), private=True)
 
+    def _clip(self, a: SecureAssignment) -> float:
+        """The L2 bound this contributor clips its update to: the assignment's."""
+        return a.clip
+
     def _shares(self, update: LocalUpdateReady) -> list[Effect]:
         """Clip, weight, encode, split into k shares and seal each for its aggregator."""
         a = self.assignment
@@ -347,7 +351,7 @@ class Contributor:
             update.delta,
             update.num_samples,
             update.loss,
-            clip=a.clip,
+            clip=self._clip(a),
             max_weight=a.max_weight,
             loss_cap=a.loss_cap,
             weigh=self.secure is None or self.secure.privacy is None,

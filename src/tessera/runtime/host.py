@@ -291,9 +291,15 @@ class Host:
 
 
 class TrainOutput(Protocol):
-    deltas: npt.NDArray[np.float32]  # (nodes, P)
-    num_samples: npt.NDArray[np.int64]
-    loss: npt.NDArray[np.float32]
+    @property
+    def deltas(self) -> npt.NDArray[np.float32]: ...  # (nodes, P)
+
+    @property
+    def num_samples(self) -> npt.NDArray[np.int64]: ...
+
+    @property
+    def loss(self) -> npt.NDArray[np.float32]: ...
+
     # Asked for quality, a trainer also returns ``loss_before``, ``norm`` and ``labels``
     # (``BatchedTrainer``'s ``TrainResult``); one that is never asked need not.
 

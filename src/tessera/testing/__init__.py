@@ -5,7 +5,8 @@
   in-memory network, driven step by step;
 - ``ManualClock`` and ``InMemoryNetwork`` (+ ``Wire``, ``partition``): the
   hosts' clock and outbox for such tests;
-- ``TableTrainer``: the simulator's trainer, with updates a test can sum by hand;
+- ``TableTrainer``: the simulator's trainer, with updates a test can sum by hand,
+  and ``table_rounds``: secure rounds over it in the simulator, in one call;
 - ``chem97_job``, ``example_config``: real data, offline;
 - adversaries: ``TamperingAggregator``, ``SilentAggregator``,
   ``TruncatingContributor``, ``UnclippedContributor``, ``Replaying``, ``replay``;
@@ -34,6 +35,7 @@ from tessera.testing.federation import (
     secure_federation,
 )
 from tessera.testing.network import InMemoryNetwork, Wire, partition
+from tessera.testing.rounds import table_rounds
 from tessera.testing.trainers import TableTrainer
 
 __all__ = [
@@ -55,4 +57,5 @@ __all__ = [
     "plaintext_federation",
     "replay",
     "secure_federation",
+    "table_rounds",
 ]

@@ -32,9 +32,10 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import Share
 from tessera.ids import JobId, NodeId
 from tessera.protocol.aggregator import Aggregator, AggregatorRole
-from tessera.protocol.contributor import Contributor, weighted_vector
+from tessera.protocol.contributor import Contributor
 from tessera.protocol.effects import Effect, Send
 from tessera.protocol.events import Event, LocalUpdateReady
+from tessera.protocol.messages import SecureAssignment
 from tessera.protocol.treecheck import TreeCheck
 from tessera.runtime.host import Machine
 from tessera.testing.federation import MiniFederation
@@ -88,18 +89,8 @@ class UnclippedContributor(Contributor):
     """Skips its clip: shares its update at the norm its training gave (each coordinate
     still within the ring's bound, or it could not be encoded at all)."""
 
-    def _shares(self, update: LocalUpdateReady) -> list[Effect]:
-        a = self.assignment
-        assert a is not None
-        vector = weighted_vector(
-            update.delta,
-            update.num_samples,
-            update.loss,
-            clip=math.inf,
-            max_weight=a.max_weight,
-            loss_cap=a.loss_cap,
-        )
-        return self._seal_all(vector)
+    def _clip(self, a: SecureAssignment) -> float:  # noqa: ARG002
+        return math.inf
 
 
 class TruncatingContributor(Contributor):
