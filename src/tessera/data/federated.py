@@ -51,6 +51,11 @@ class PrivateTotals(Protocol):
 
     spent: list[float]
 
+    @property
+    def noised(self) -> bool:
+        """Whether the totals carry a private job's noise (after ``make_private``)."""
+        ...
+
     def make_private(self, privacy: Any, clip: float) -> None: ...
 
     def __call__(self, plan: StatisticsPlan, vectors: npt.NDArray[np.float64]) -> Totals: ...
@@ -103,7 +108,8 @@ class FederatedSummaries:
         totals = self.totals_of(plan, plan.vectors(df, self._nodes(df), self.n_nodes))
         self.rounds += 1
         self.columns.update(column_report(totals))
-        return summaries_of(totals, values)
+        noised = isinstance(self.totals_of, PrivateTotals) and self.totals_of.noised
+        return summaries_of(totals, values, whole_domains=noised)
 
     def _nodes(self, df: pd.DataFrame) -> npt.NDArray[np.int64]:
         """The node holding each row of ``df``."""
@@ -142,13 +148,14 @@ def column_report(totals: Totals) -> dict[str, dict[str, Any]]:
 
 
 def summaries_of(
-    totals: Totals, domains: Mapping[str, tuple[Hashable, ...]]
+    totals: Totals, domains: Mapping[str, tuple[Hashable, ...]], *, whole_domains: bool = False
 ) -> dict[str, ColumnSummary]:
     """``prepare.summarize``'s answer, read off federated totals.
 
     ``domains`` gives each categorical column's values in order (sorted, or as
     declared; the plan named them by their text); a value no node holds is no
-    category.
+    category, unless ``whole_domains`` (noised totals: a count of 0 may be noise,
+    so every value of the domain stays a category, as a deployment's schema has it).
     """
     out: dict[str, ColumnSummary] = {}
     for name, n in totals.numeric.items():
@@ -159,7 +166,7 @@ def summaries_of(
             count=n.count, missing=n.missing, mean=n.mean, std=n.std, median=n.median
         )
     for name, c in totals.categorical.items():
-        held = tuple(v for v in domains[name] if c.counts[category_of(v)] > 0)
+        held = tuple(v for v in domains[name] if whole_domains or c.counts[category_of(v)] > 0)
         top = max((c.counts[category_of(v)] for v in held), default=0)
         out[name] = ColumnSummary(
             count=sum(c.counts.values()) + c.other,

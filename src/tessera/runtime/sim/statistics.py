@@ -188,6 +188,10 @@ class SecureTotalsOf:
     def make_private(self, privacy: PrivacyParams, clip: float) -> None:
         self.privacy, self.clip = privacy, clip
 
+    @property
+    def noised(self) -> bool:
+        return self.privacy is not None and self.privacy.statistics_clip is not None
+
     def __call__(self, plan: StatisticsPlan, vectors: npt.NDArray[np.float64]) -> Totals:
         out = secure_vector_totals(
             plan,
