@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from tessera.config import ContributionsSection, PoisonSection, load_config
 from tessera.deploy.local import Deployment
 from tessera.deploy.up import run_job
@@ -17,6 +19,9 @@ NODES = 20
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 
 
+# On test_deployment's worker, after it: two deployments at once on 2 cores slow the
+# rounds past their deadlines.
+@pytest.mark.xdist_group("deployment")
 def test_a_deployment_values_groups_and_leaves_the_flagged_out(tmp_path: Path) -> None:
     cfg = load_config(EXAMPLES / "chem97_poisoned.toml")
     cfg = cfg.model_copy(
