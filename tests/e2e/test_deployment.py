@@ -55,7 +55,7 @@ def e2e_config() -> JobConfig:
     return cfg.model_copy(
         update={
             "federation": cfg.federation.model_copy(
-                update={"rounds": 3, "fraction": 1.0, "min_participants": 1, "round_timeout": 10.0}
+                update={"rounds": 3, "fraction": 1.0, "min_participants": 1, "round_timeout": 20.0}
             ),
             # Round 3 has a silent seat to replace and a coordinator restart: phases long
             # enough that a loaded machine does not also drop a whole group on a deadline.
@@ -86,7 +86,9 @@ def e2e_config() -> JobConfig:
             # the replay (the same keys) adds the very same noise. The statistics rounds
             # are released exact here: the median checked below is the nodes' own (their
             # noised release is tests/runtime_sim/test_private_statistics.py's).
-            "privacy": PrivacySection(epsilon=50.0, statistics=False),
+            # Provisioned for a fifth of a round missing (the killed node, and nodes a loaded
+            # CI machine makes late): no round is refused for spending past the budget.
+            "privacy": PrivacySection(epsilon=50.0, statistics=False, dropout_margin=0.2),
             # One node per training call: bit-identical to a node training alone.
             "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
         }
