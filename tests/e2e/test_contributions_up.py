@@ -19,9 +19,8 @@ NODES = 20
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 
 
-# On test_deployment's worker, after it: two deployments at once on 2 cores slow the
-# rounds past their deadlines.
-@pytest.mark.xdist_group("deployment")
+# One deployment at a time: two at once on 2 cores slow the rounds past their deadlines.
+@pytest.mark.usefixtures("one_deployment_at_a_time")
 def test_a_deployment_values_groups_and_leaves_the_flagged_out(tmp_path: Path) -> None:
     cfg = load_config(EXAMPLES / "chem97_poisoned.toml")
     cfg = cfg.model_copy(

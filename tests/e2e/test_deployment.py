@@ -177,9 +177,9 @@ def simulation_keyed(dep: Deployment) -> None:
     dep._node_keys = [load_keys(dep.out / "nodes" / f"{i:06d}" / "node.key") for i in range(NODES)]
 
 
-# Both backends on one worker, one after the other: two deployments at once on 2 cores
-# slow the rounds past the moments the test kills a node and the coordinator.
-@pytest.mark.xdist_group("deployment")
+# One deployment at a time: two at once on 2 cores slow the rounds past the moments the
+# test kills a node and the coordinator.
+@pytest.mark.usefixtures("one_deployment_at_a_time")
 def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_url: str) -> None:
     dep = Deployment(e2e_config(), NODES, tmp_path / "up", tls=True, db_url=db_url)
     simulation_keyed(dep)
@@ -228,7 +228,8 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     values = dep.job.x[:, column].astype(np.float64) * gcse.std + gcse.mean
     median = dict(refit.derive[1].statistics)[("median", "gcsescore")]
     assert median == pytest.approx(float(np.median(values)), rel=0.01)
-    assert all(not r.skipped for r in records)
+    seen = [(r.round, r.participants, r.skipped, r.blamed, r.epsilon) for r in records]
+    assert all(not r.skipped for r in records), seen
     epsilons = [r.epsilon for r in records]  # the budget spent round by round, under 50
     assert epsilons == sorted(epsilons) and 0 < epsilons[-1] <= 50.0
     assert all(r.bytes_up > 0 and r.bytes_down > 0 for r in records)  # counted from the mailbox
