@@ -177,6 +177,7 @@ class Valuation:
     def __init__(self, dep: Deployment) -> None:
         self.dep = dep
         self.valuer: GroupValuer | None = None
+        self.length = 0  # words of a group's sum, once the valuer is built
         self.start = dep.job.initial_weights  # the model the next round trains from
         self.posted = 0
 
@@ -194,11 +195,13 @@ class Valuation:
             self.valuer = GroupValuer(
                 job, method=c.method, permutations=c.permutations, policy=c.policy
             )
+            # A group's sum: the update, the quality words, the tail (the job fixes it).
+            self.length = len(job.initial_weights) + secure_params(job).quality + TAIL
         sha = rec.group_sums
         _, groups = read_group_sums(
             client.get_artefact(sha),
             sha,
-            length=len(job.initial_weights) + secure_params(job).quality + TAIL,
+            length=self.length,
             min_group=group_floor(job.config),
         )
         verdicts = self.valuer(rec.round, groups, start)

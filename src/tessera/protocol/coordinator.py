@@ -137,7 +137,7 @@ class Coordinator:
         self._loss_sum = 0.0
         self._updates = 0
         self._opened_at: float | None = None  # when the open round opened
-        self._withdrawn_at_open: frozenset[NodeId] = frozenset()
+        self._absent_at_open: frozenset[NodeId] = frozenset()
 
     # -- snapshots ------------------------------------------------------------
     def snapshot(self) -> CoordinatorSnapshot:
@@ -146,7 +146,7 @@ class Coordinator:
             raise LocalProtocolError("a snapshot needs an open round")
         if (
             self._round_progressed()
-            or self._absent() != self._withdrawn_at_open
+            or self._absent() != self._absent_at_open
             or self.ratings != self._ratings_at_open
         ):
             raise LocalProtocolError("a snapshot is taken only as a round opens")
@@ -247,12 +247,12 @@ class Coordinator:
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
-        self._opened_at, self._withdrawn_at_open = now, self._absent()
+        self._opened_at, self._absent_at_open = now, self._absent()
         self._ratings_at_open = dict(self.ratings)
         cohort = [
             n
             for n in select_cohort(self.params, self.nodes, round)
-            if n not in self._withdrawn_at_open
+            if n not in self._absent_at_open
         ]
         self._selected = frozenset(cohort)
         self._answered = set()

@@ -331,7 +331,7 @@ class SecureCoordinator(Coordinator):
 
     def _open_round(self, round: int, now: float) -> list[Effect]:
         self.round = round
-        self._opened_at, self._withdrawn_at_open = now, self._absent()
+        self._opened_at, self._absent_at_open = now, self._absent()
         self._ratings_at_open = dict(self.ratings)
         stats = self.secure.statistics if round < self.first_training_round else None
         cohort = round_cohort(self.params, self.nodes, round, statistics=self.first_training_round)
@@ -413,9 +413,9 @@ class SecureCoordinator(Coordinator):
         like any silent one if it does not serve)."""
         for group in rs.tree.groups:
             seats, spares = rs.seats[group.id], rs.spares[group.id]
-            spares[:] = [s for s in spares if s not in self._withdrawn_at_open]
+            spares[:] = [s for s in spares if s not in self._absent_at_open]
             for position, holder in enumerate(seats):
-                if holder in self._withdrawn_at_open and spares:
+                if holder in self._absent_at_open and spares:
                     seats[position] = spares.pop(0)
 
     def _aggregate_request(
@@ -426,7 +426,7 @@ class SecureCoordinator(Coordinator):
         absent: tuple[str, ...] = ()
         if group.level == 0:
             inputs = senders = tuple(group.members)
-            absent = tuple(m for m in group.members if m in self._withdrawn_at_open)
+            absent = tuple(m for m in group.members if m in self._absent_at_open)
         else:
             inputs = tuple(group.children)
             senders = tuple(rs.seats[c][position] for c in group.children)
@@ -504,7 +504,7 @@ class SecureCoordinator(Coordinator):
                 statistics=self.counting,
             )
             for i, member in enumerate(group.members)
-            if member not in self._withdrawn_at_open  # absent: its aggregators do not wait
+            if member not in self._absent_at_open  # absent: its aggregators do not wait
         ]
 
     # -- reports and commitments ---------------------------------------------
