@@ -18,7 +18,7 @@ from tessera.crypto.sharing import FullShare
 from tessera.errors import InvalidEnvelope, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol import limits
-from tessera.protocol.audit import decode_evidence
+from tessera.protocol.audit import parse_evidence
 from tessera.protocol.codec import (
     Report,
     decode_labelled,
@@ -212,7 +212,7 @@ def _ring(payload: bytes) -> object:
 
 def _labelled(payload: bytes) -> object:
     _, _, body = decode_labelled(payload)
-    return body == b"" or decode_evidence(body)  # an audit request, or evidence
+    return body == b"" or parse_evidence(body)  # a request or notice, or evidence
 
 
 READERS = {

@@ -173,7 +173,7 @@ def diagrams() -> str:
 
 
 def test_the_docs_show_the_tables_as_they_are() -> None:
-    regenerate = ".venv/bin/python tests/protocol/test_state_tables.py"
+    regenerate = "cd tests && ../.venv/bin/python -m protocol.test_state_tables"
     assert DOC.read_text() == diagrams(), f"stale: regenerate with {regenerate}"
 
 

@@ -189,7 +189,9 @@ def test_secure_run_is_deterministic_and_counts_bytes():
         assert s.bytes_up > 0 and s.bytes_aggregation > 0 and s.bytes_down > 0
 
 
-def run_with_tamperer(*, group: str, position: int, seed: int = 2, audit_fraction: float = 1.0):
+def run_with_tamperer(
+    *, group: str, position: int, seed: int = 2, audit_fraction: float = 1.0, rounds: int = 2
+):
     return run_secure(
         n=40,
         k=3,
@@ -197,34 +199,35 @@ def run_with_tamperer(*, group: str, position: int, seed: int = 2, audit_fractio
         dropout=0.0,
         seed=seed,
         backups=1,
+        rounds=rounds,
         tamper=(group, position),
         audit_fraction=audit_fraction,
     )
 
 
-def test_a_tampering_leaf_aggregator_is_named_and_its_group_left_out():
-    weights, stats, trainer, _, samples, bad = run_with_tamperer(group="L2", position=1)
-    tree = derive_tree(
-        job_id="secure-test",
-        round=0,
-        nodes=dict.fromkeys(tree_nodes(40)),
-        contributors=tree_nodes(40),
-        params=TreeParams(k=3, group_size=4, fan_in=3, backups=1),
-    )
-    closed = stats[0].closed
-    assert any(entry.startswith(bad) and "L2" in entry for entry in closed.blamed), closed.blamed
-    assert not closed.skipped
-    # the round is still exact, for everyone outside the tampered group
-    outside = np.array([n not in tree.group("L2").members for n in tree_nodes(len(samples))])
-    assert closed.participants == outside.sum()
-    np.testing.assert_allclose(weights, trainer.mean(outside), atol=1e-4)
+def assert_caught_and_rerun(stats, weights, trainer, bad: str) -> None:
+    """Round 0 is discarded with the tamperer named; round 1, the re-run from the same
+    weights without it, is the honest aggregate of everyone else."""
+    caught, rerun = stats[0].closed, stats[1].closed
+    assert any(entry.startswith(bad) for entry in caught.blamed), caught.blamed
+    assert caught.participants == 0 and not caught.included  # nothing applied
+    assert any(node == bad for node, *_ in rerun.excluded), rerun.excluded
+    assert not rerun.blamed and bad not in rerun.included
+    everyone_else = np.array([n != bad for n in tree_nodes(40)])
+    assert rerun.participants == everyone_else.sum()
+    np.testing.assert_allclose(weights, trainer.mean(everyone_else), atol=1e-4)
 
 
-def test_a_tampering_upper_aggregator_is_named():
-    _, stats, *_, bad = run_with_tamperer(group="P1.0", position=2)
-    closed = stats[0].closed
-    assert any(entry.startswith(bad) for entry in closed.blamed), closed.blamed
-    assert not closed.skipped  # its parent left P1.0 out; the rest still adds up
+def test_a_tampering_leaf_aggregator_is_caught_and_the_round_rerun_without_it():
+    # Audits are optimistic: the forged sum went up the tree before its evidence was
+    # checked, so the whole round is discarded, never a part of it.
+    weights, stats, trainer, _, _, bad = run_with_tamperer(group="L2", position=1)
+    assert_caught_and_rerun(stats, weights, trainer, bad)
+
+
+def test_a_tampering_upper_aggregator_is_caught_and_the_round_rerun_without_it():
+    weights, stats, trainer, _, _, bad = run_with_tamperer(group="P1.0", position=2)
+    assert_caught_and_rerun(stats, weights, trainer, bad)
 
 
 def test_a_tampering_root_aggregator_is_caught_when_audited():
@@ -256,29 +259,18 @@ def tree_nodes(n: int) -> list[NodeId]:
 def test_sampled_audits_catch_a_tamperer_exactly_when_its_auditor_draws_it():
     # With audit_fraction 0.5 the auditor (the parent at the same position) decides,
     # with its own key and only once the sum is in, whether to ask for the evidence.
-    params = TreeParams(k=3, group_size=4, fan_in=3, backups=1)
     caught = missed = 0
     for seed in range(2, 40):
         weights, stats, trainer, _, _, bad = run_with_tamperer(
             group="L2", position=1, seed=seed, audit_fraction=0.5
         )
-        tree = derive_tree(
-            job_id="secure-test",
-            round=0,
-            nodes=dict.fromkeys(tree_nodes(40)),
-            contributors=tree_nodes(40),
-            params=params,
-        )
-        closed = stats[0].closed
-        outside = np.array([n not in tree.group("L2").members for n in tree_nodes(40)])
-        if any(entry.startswith(bad) for entry in closed.blamed):
-            caught += 1  # drawn: named, its group left out, the rest exact
-            assert closed.participants == outside.sum()
-            np.testing.assert_allclose(weights, trainer.mean(outside), atol=1e-4)
+        if any(entry.startswith(bad) for entry in stats[0].closed.blamed):
+            caught += 1  # drawn: named, the round discarded and re-run without it
+            assert_caught_and_rerun(stats, weights, trainer, bad)
         else:
             missed += 1  # not drawn: the forged offset went into the sum, unnoticed
             everyone = trainer.mean(np.ones(40, bool))
-            deviation = np.abs(weights - everyone)  # the offset is on coordinate 0 only
+            deviation = np.abs(stats[0].closed.weights - everyone)  # on coordinate 0 only
             assert deviation[0] > 1e-5 > deviation[1:].max()
         if caught >= 2 and missed >= 2:
             break

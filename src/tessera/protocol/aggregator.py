@@ -17,6 +17,12 @@ one position; it learns nothing about any update while fewer than all k
 positions of a group collude. A commitment that drops the group (too few
 contributors, a missing position) is obeyed by sending nothing.
 
+Audits are optimistic (``protocol.audit``): an upper seat adds a child's sum
+as soon as it arrives and checks the child's evidence beside the flow (every
+child, or those its key draws); it accuses a child whose evidence fails and,
+once its committed children are all checked, tells the coordinator
+(``Kind.AUDITED``), which applies the round only after every such notice.
+
 In a job that discloses its leaf groups' sums (``AggregateRequest.group_sums``,
 checked against the job by the tree check; ``protocol.groups``), a leaf seat
 sends the coordinator the same sealed words it sends up, once per seat and
@@ -34,7 +40,7 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import FullShare, Share, ShareAccumulator
 from tessera.errors import InvalidEnvelope, LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
-from tessera.protocol.audit import Evidence, decode_evidence, encode_evidence, verify_evidence
+from tessera.protocol.audit import Evidence, open_evidence, seal_evidence, verify_evidence
 from tessera.protocol.codec import (
     Accusation,
     Commit,
@@ -79,12 +85,16 @@ class AggregatorRole:
     boxes: dict[str, tuple[bytes, NodeId]] = field(default_factory=dict)
     commit_box: bytes | None = None
     included: tuple[str, ...] = ()  # what the commitment told us to sum
-    evidence: bytes | None = None  # built when first sent: most sums are never audited
+    # Built when first sent (most sums are never audited); sealed for its auditor.
+    evidence_of: Evidence | None = None
+    evidence: tuple[NodeId, bytes] | None = None
     requested: set[str] = field(default_factory=set)  # children asked for evidence
-    # Children's sums waiting for their evidence (upper groups only).
-    pending: dict[str, tuple[PartialPayload | None, bytes | None, bytes | None]] = field(
-        default_factory=dict
-    )
+    # Optimistic audits (upper groups only): a child's sum is taken at once and kept
+    # here until its evidence is checked; evidence that overtook its sum waits.
+    audits: dict[str, tuple[PartialPayload, NodeId]] = field(default_factory=dict)
+    early: dict[str, bytes] = field(default_factory=dict)
+    verdicts: dict[str, str | None] = field(default_factory=dict)  # child -> why it failed
+    audited_sent: bool = False  # the coordinator was told our checks are done
 
 
 _SUMMING = (RoleState.COLLECTING, RoleState.REPORTED)  # seats a commitment still applies to
@@ -203,44 +213,53 @@ class Aggregator:
 
     # -- audits ----------------------------------------------------------------
     def _on_partial(self, part: PartialPayload, data: bytes, sender: NodeId) -> list[Effect]:
-        """A child group's sum at our position: take it, audit it, or ask for evidence."""
+        """A child group's sum at our position: taken at once; audited beside the flow."""
         role = self._parent_role_for(part.group, part.position)
         bits = part.words.dtype.itemsize * 8
         self._check_input(role, part.group, sender, bits, part.words.shape[0])
-        if part.group not in role.request.audit:  # audits are off for this job
-            return self._take(role, part.group, FullShare(part.words), part.contributors)
-        if role.request.audit_fraction < 1 and part.group not in role.pending:
-            if not self.draws_audit(role, part.group):  # not this one: take it unchecked
-                role.boxes[part.group] = (data, sender)
-                return self._take(role, part.group, FullShare(part.words), part.contributors)
-            role.requested.add(part.group)
-            role.pending[part.group] = (part, data, None)
-            ask = encode_labelled(part.group, part.position, b"")
-            return [self._send(sender, Kind.AUDIT_REQUEST, ask, sealed=False)]
-        _, _, evidence = role.pending.get(part.group, (None, None, None))
-        role.pending[part.group] = (part, data, evidence)
-        return self._audit_child(role, part.group, sender)
+        role.boxes[part.group] = (data, sender)  # our own auditor will want it
+        effects: list[Effect] = []
+        if part.group in role.request.audit:  # audits are on for this job
+            every = role.request.audit_fraction >= 1
+            if every or self.draws_audit(role, part.group):
+                role.audits[part.group] = (part, sender)
+                if not every:  # drawn: the child learns it only now
+                    role.requested.add(part.group)
+                    ask = encode_labelled(part.group, part.position, b"")
+                    effects.append(self._send(sender, Kind.AUDIT_REQUEST, ask, sealed=False))
+        effects += self._take(role, part.group, FullShare(part.words), part.contributors)
+        if part.group in role.early:
+            effects += self._audit_child(role, part.group, role.early.pop(part.group))
+        return effects
 
     def _on_evidence(self, group: str, position: int, body: bytes, sender: NodeId) -> list[Effect]:
         role = self._parent_role_for(group, position)
-        if role.expected.get(group) != sender or group in role.inputs:
+        if role.expected.get(group) != sender or group in role.verdicts or group in role.early:
             raise RemoteProtocolError(f"{sender} owes no evidence for {group}")
-        if role.request.audit_fraction < 1 and group not in role.requested:
+        if group in role.audits:
+            return self._audit_child(role, group, body)
+        if role.request.audit_fraction < 1 or group in role.inputs:
             raise RemoteProtocolError(f"no evidence was asked of {sender} for {group}")
-        waiting, box, _ = role.pending.get(group, (None, None, None))
-        role.pending[group] = (waiting, box, body)
-        return self._audit_child(role, group, sender)
+        role.early[group] = body  # it overtook the sum it vouches for
+        return []
 
-    def _audit_child(self, role: AggregatorRole, child: str, sender: NodeId) -> list[Effect]:
-        """Take a child's sum once its evidence checks out; accuse it otherwise."""
-        part, box, evidence = role.pending[child]
-        if part is None or evidence is None:
-            return []  # wait for the other half
-        del role.pending[child]
+    def _audit_child(self, role: AggregatorRole, child: str, body: bytes) -> list[Effect]:
+        """Check a taken child's sum against its evidence; accuse it if they differ."""
+        part, sender = role.audits.pop(child)
         is_leaf, inputs = role.request.audit[child]
+        effects: list[Effect] = []
         try:
+            evidence = open_evidence(
+                body,
+                job_id=self.job_id,
+                round=self.round,
+                audited=sender,
+                keys=self.keys,
+                auditor=self.node,
+                directory=self.directory,
+            )
             verify_evidence(
-                decode_evidence(evidence),
+                evidence,
                 audited=sender,
                 partial=part,
                 expected=inputs,
@@ -251,17 +270,25 @@ class Aggregator:
                 job_id=self.job_id,
                 round=self.round,
             )
+            role.verdicts[child] = None
         except RemoteProtocolError as exc:
-            # Not taken: no position will report it, so the group leaves the round.
+            # Its sum went up already: the coordinator discards the round.
+            role.verdicts[child] = str(exc)
             accusation = Accusation(child, role.request.position, sender, str(exc))
-            return [
-                self._send(COORDINATOR, Kind.ACCUSE, encode_accusation(accusation), sealed=False)
-            ]
-        assert box is not None
-        if role.state is not RoleState.COLLECTING:  # its evidence came after our report
-            raise RemoteProtocolError(f"{child}'s sum was vouched for after the report")
-        role.boxes[child] = (box, sender)
-        return self._take(role, child, FullShare(part.words), part.contributors)
+            payload = encode_accusation(accusation)
+            effects.append(self._send(COORDINATOR, Kind.ACCUSE, payload, sealed=False))
+        return effects + self._audited(role)
+
+    def _audited(self, role: AggregatorRole) -> list[Effect]:
+        """Tell the coordinator, once, that every audit of the summed inputs is done."""
+        if role.audited_sent or role.state is not RoleState.SUMMED or not role.request.audit:
+            return []
+        if any(child in role.audits for child in role.included):
+            return []  # evidence still owed
+        role.audited_sent = True
+        role.audits.clear()  # children left out of the sum need no verdict
+        done = encode_labelled(role.request.group, role.request.position, b"")
+        return [self._send(COORDINATOR, Kind.AUDITED, done, sealed=False)]
 
     def draws_audit(self, role: AggregatorRole, child: str) -> bool:
         """Whether we audit ``child``'s sum: drawn with our key once the sum is here.
@@ -275,7 +302,7 @@ class Aggregator:
         u = int.from_bytes(self.keys.draw(context.encode()), "big") >> 192  # 64 bits
         return u * _DRAW_SCALE < role.request.audit_fraction
 
-    def _evidence(self, role: AggregatorRole) -> bytes:
+    def _evidence(self, role: AggregatorRole) -> Evidence:
         assert role.commit_box is not None
         boxes = tuple(
             (
@@ -285,16 +312,27 @@ class Aggregator:
             for input_id, (box, sender) in sorted(role.boxes.items())
             if input_id in role.included
         )
-        return encode_evidence(Evidence(role.commit_box, boxes))
+        return Evidence(role.commit_box, boxes)
 
     def _send_evidence(self, role: AggregatorRole, auditor: NodeId) -> list[Effect]:
         if role.output is None:
             raise RemoteProtocolError(f"{role.request.group} has not summed yet")
-        if role.evidence is None:
-            role.evidence = self._evidence(role)
+        if role.evidence_of is None:
+            role.evidence_of = self._evidence(role)
             role.boxes.clear()  # the evidence holds what an auditor needs
-        payload = encode_labelled(role.request.group, role.request.position, role.evidence)
-        return [self._send(auditor, Kind.EVIDENCE, payload, sealed=True)]
+        if role.evidence is None or role.evidence[0] != auditor:  # a replacement: reseal
+            body = seal_evidence(
+                role.evidence_of,
+                job_id=self.job_id,
+                round=self.round,
+                sender=self.node,
+                auditor=auditor,
+                keys=self.keys,
+                directory=self.directory,
+            )
+            role.evidence = (auditor, body)
+        payload = encode_labelled(role.request.group, role.request.position, role.evidence[1])
+        return [self._send(auditor, Kind.EVIDENCE, payload, sealed=False)]
 
     def _role(self, group: str, position: int, *, leaf: bool | None) -> AggregatorRole:
         role = self.roles.get((group, position))
@@ -426,7 +464,7 @@ class Aggregator:
             effects.append(self._send(COORDINATOR, Kind.GROUP_SUM, payload, sealed=True))
         if req.send_evidence:  # root and sampled audits ask for the evidence instead
             effects += self._send_evidence(role, role.parent)
-        return effects
+        return effects + self._audited(role)  # no evidence owed: done at once
 
     def partial_sum(self, role: AggregatorRole, shares: list[Share]) -> Words:
         """This position's sum of the committed inputs (adversary tests override it)."""

@@ -1,8 +1,8 @@
 """Audits: every partial sum is checked against what its aggregator received.
 
 Theory of operation. An aggregator's output must be the sum of exactly the
-inputs the coordinator committed. Alongside each sum it sends its auditor
-(the aggregator at the same position one level up) the evidence:
+inputs the coordinator committed. It sends its auditor (the aggregator at the
+same position one level up) the evidence:
 
 - the coordinator's signed commitment naming the inputs to sum, and
 - each committed input's original envelope, still signed by its sender, with
@@ -16,6 +16,16 @@ its inputs. The auditor sees only shares of its own position, which are
 uniformly random: an audit reveals nothing about any update, but it is one
 more party that sees that position (the collusion bound counts it).
 
+Audits are optimistic: the auditor adds a child's sum at once and checks the
+evidence beside the sums flowing up; it tells the coordinator when its
+checks are done (``Kind.AUDITED``), or accuses (``Kind.ACCUSE``), and the
+coordinator applies a round only once every check is done and none failed.
+
+The evidence travels in a clear, signed envelope: the boxes in it are
+ciphertext already, so only the small block of disclosed keys is sealed for
+the auditor (``seal_evidence``). A relay sees boxes it cannot open, and the
+outer signature binds the keys to exactly these boxes and this commitment.
+
 The root group's sums go to the coordinator; it audits k-1 of them, chosen
 after they arrive, so it never holds all k positions' inputs of one group.
 """
@@ -26,9 +36,9 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tessera.crypto.envelope import open_envelope
+from tessera.crypto.envelope import open_envelope, seal
 from tessera.crypto.fixedpoint import Ring
-from tessera.crypto.keys import PublicKeys
+from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import FullShare, ShareAccumulator
 from tessera.errors import InvalidEnvelope, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
@@ -36,7 +46,7 @@ from tessera.protocol.codec import PartialPayload, decode_commit, decode_partial
 from tessera.protocol.kinds import Kind
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES, MAX_SHARE_BYTES
 
-_MAGIC = b"EVD1"
+_MAGIC = b"EVD2"
 _LEN = struct.Struct("<I")
 KEY_BYTES = 32
 
@@ -51,19 +61,36 @@ class Evidence:
     boxes: tuple[tuple[bytes, bytes], ...]  # (original input envelope, its disclosed key)
 
 
-def encode_evidence(evidence: Evidence) -> bytes:
-    parts = [
-        _MAGIC,
-        _LEN.pack(len(evidence.commit)),
-        evidence.commit,
-        _LEN.pack(len(evidence.boxes)),
-    ]
-    for box, key in evidence.boxes:
-        parts += [_LEN.pack(len(box)), box, key]
+def seal_evidence(
+    evidence: Evidence,
+    *,
+    job_id: str,
+    round: int,
+    sender: NodeId,
+    auditor: NodeId,
+    keys: NodeKeys,
+    directory: Mapping[NodeId, PublicKeys],
+) -> bytes:
+    """The evidence body: the disclosed keys sealed for ``auditor``, the rest as is."""
+    sealed_keys = seal(
+        kind=int(Kind.EVIDENCE),
+        job_id=job_id,
+        round=round,
+        sender=sender,
+        recipient=auditor,
+        payload=b"".join(key for _, key in evidence.boxes),
+        sender_keys=keys,
+        recipient_public=directory[auditor],
+    )
+    parts = [_MAGIC, _LEN.pack(len(sealed_keys)), sealed_keys]
+    parts += [_LEN.pack(len(evidence.commit)), evidence.commit, _LEN.pack(len(evidence.boxes))]
+    for box, _ in evidence.boxes:
+        parts += [_LEN.pack(len(box)), box]
     return b"".join(parts)
 
 
-def decode_evidence(data: bytes) -> Evidence:
+def parse_evidence(data: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    """An evidence body's parts, unopened: (sealed keys, commitment, boxes)."""
     if data[:4] != _MAGIC:
         raise AuditFailure("evidence has the wrong format")
     pos = 4
@@ -76,15 +103,49 @@ def decode_evidence(data: bytes) -> Evidence:
         pos += n
         return chunk
 
+    sealed_keys = take(_LEN.unpack(take(4))[0])
     commit = take(_LEN.unpack(take(4))[0])
     count = _LEN.unpack(take(4))[0]
-    boxes = []
-    for _ in range(count):
-        box = take(_LEN.unpack(take(4))[0])
-        boxes.append((box, take(KEY_BYTES)))
+    if count > len(data) // 4:  # each box costs at least its length word
+        raise AuditFailure("evidence is truncated")
+    boxes = [take(_LEN.unpack(take(4))[0]) for _ in range(count)]
     if pos != len(data):
         raise AuditFailure("evidence has trailing bytes")
-    return Evidence(commit, tuple(boxes))
+    return sealed_keys, commit, boxes
+
+
+def open_evidence(
+    data: bytes,
+    *,
+    job_id: str,
+    round: int,
+    audited: NodeId,
+    keys: NodeKeys,
+    auditor: NodeId,
+    directory: Mapping[NodeId, PublicKeys],
+) -> Evidence:
+    """Parse an evidence body and open its sealed keys; any fault is an ``AuditFailure``."""
+    sealed_keys, commit, boxes = parse_evidence(data)
+    try:
+        env = open_envelope(
+            sealed_keys,
+            recipient_keys=keys,
+            directory=directory,
+            expect_job=job_id,
+            expect_round=round,
+            expect_recipient=auditor,
+            max_bytes=len(sealed_keys),
+            replay=None,  # the outer envelope was checked for replay
+        )
+    except InvalidEnvelope as exc:
+        raise AuditFailure(f"the evidence's keys: {exc.reason}") from None
+    if env.sender != audited or env.kind != Kind.EVIDENCE or not env.sealed:
+        raise AuditFailure("the evidence's keys are not sealed by the audited aggregator")
+    count = len(boxes)
+    if len(env.payload) != KEY_BYTES * count:
+        raise AuditFailure("the evidence has a key for each box, no more and no fewer")
+    keys_of = [env.payload[i * KEY_BYTES : (i + 1) * KEY_BYTES] for i in range(count)]
+    return Evidence(commit, tuple(zip(boxes, keys_of, strict=True)))
 
 
 def verify_evidence(

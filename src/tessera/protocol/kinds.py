@@ -53,10 +53,11 @@ class Kind(IntEnum):
     RESEND_SHARE = 5  # coordinator -> contributor: send share j again, to a replacement
     RESEND_PARTIAL = 6  # coordinator -> child aggregator: send your sum to a replacement
     REASSIGN = 7  # coordinator -> parent aggregator: a child's sum now comes from a replacement
-    EVIDENCE = 8  # aggregator -> its auditor: the boxes it summed, with their keys
+    EVIDENCE = 8  # aggregator -> its auditor: the boxes it summed (clear), their keys (sealed)
     AUDIT_REQUEST = 9  # auditor (parent aggregator, or coordinator at the root) -> audited
     ACCUSE = 10  # auditor -> coordinator: this aggregator's sum does not match its evidence
     GROUP_SUM = 11  # leaf aggregator -> coordinator: its partial sum again (group-sum jobs)
+    AUDITED = 12  # auditor -> coordinator: its checks of this seat's inputs are done
     TRAIN = 20  # coordinator -> contributor: train round r from the model with this digest
     ASSIGN = 21  # coordinator -> aggregator: serve this seat of this group
     UPDATE = 22  # contributor -> coordinator (plaintext rounds): the update, sealed
@@ -76,6 +77,7 @@ CODEC: Mapping[Kind, Codec] = MappingProxyType(
         Kind.AUDIT_REQUEST: Codec.LABELLED,
         Kind.ACCUSE: Codec.JSON,
         Kind.GROUP_SUM: Codec.RING,
+        Kind.AUDITED: Codec.LABELLED,
         Kind.TRAIN: Codec.MSGPACK,
         Kind.ASSIGN: Codec.MSGPACK,
         Kind.UPDATE: Codec.MSGPACK,
@@ -84,7 +86,8 @@ CODEC: Mapping[Kind, Codec] = MappingProxyType(
 )
 
 #: Kinds that carry a user's update or a sum of updates: sealed for their recipient.
-SEALED = frozenset({Kind.SHARE, Kind.PARTIAL, Kind.EVIDENCE, Kind.UPDATE, Kind.GROUP_SUM})
+#: Evidence is not: its boxes are ciphertext already, and it seals its keys inside.
+SEALED = frozenset({Kind.SHARE, Kind.PARTIAL, Kind.UPDATE, Kind.GROUP_SUM})
 
 #: A node's signed registration (a ``crypto.documents.DocumentKind``).
 REGISTRATION_KIND = DocumentKind.REGISTRATION

@@ -69,6 +69,7 @@ ENVELOPE_LIMITS: Mapping[Kind, int] = MappingProxyType(
         Kind.EVIDENCE: MAX_ENVELOPE_BYTES,  # the boxes of a whole group: several shares
         Kind.AUDIT_REQUEST: _NOTICE,
         Kind.ACCUSE: _NOTICE,
+        Kind.AUDITED: _NOTICE,
         Kind.GROUP_SUM: MAX_SHARE_BYTES,  # a leaf's partial sum, to the coordinator
         Kind.TRAIN: MAX_ASSIGNMENT_BYTES,
         Kind.ASSIGN: MAX_ASSIGNMENT_BYTES,
@@ -87,7 +88,7 @@ def evidence_bytes(length: int, *, k: int, group_size: int, fan_in: int) -> int:
     child group, up to ``fan_in``. Each box brings its envelope and its key.
     """
     full = max(-(-group_size // k) + 1, fan_in)
-    boxes = max(group_size + 1, fan_in) + 1  # the inputs and the commitment
+    boxes = max(group_size + 1, fan_in) + 2  # the inputs, the commitment, the sealed keys
     return full * (length + TAIL) * MAX_RING_BYTES + boxes * ENVELOPE_SLACK
 
 
@@ -154,11 +155,12 @@ def relay_bounds(
             Kind.EVIDENCE: min(evidence, MAX_ENVELOPE_BYTES),
             Kind.AUDIT_REQUEST: _NOTICE,
             Kind.ACCUSE: _NOTICE,
+            Kind.AUDITED: _NOTICE,
         }
     disclosed = 0
     if group_sums:
         limits[Kind.GROUP_SUM] = share
         disclosed = 1
-    sends = 2 * (2 * k + 3 * fan_in + 4 + disclosed)
-    size = 2 * ((2 * k + 2 + disclosed) * share + (limits.get(Kind.EVIDENCE, 0)) + 4 * _NOTICE)
+    sends = 2 * (2 * k + 3 * fan_in + 6 + disclosed)  # + audit verdicts
+    size = 2 * ((2 * k + 2 + disclosed) * share + (limits.get(Kind.EVIDENCE, 0)) + 6 * _NOTICE)
     return RelayBounds(MappingProxyType(limits), count=sends, bytes=size)

@@ -24,10 +24,14 @@ Theory of operation, per round (DESIGN.md steps 3 to 7):
 5. A position still silent at its level's first commit deadline is handed to
    the group's backup (the tree lists them): its inputs are sent again and
    its parent told; at the final deadline the group commits or leaves.
-6. Audits (``protocol.audit``): each sum is checked by the position above
-   it; accusations name the aggregator in ``RoundClosed.blamed``. The root's
-   sums are checked here, k-1 of k positions chosen after they arrive; a
-   failed root audit discards the round.
+6. Audits (``protocol.audit``), optimistic: each sum is checked by the
+   position above it while the sums move on; every upper seat says when its
+   checks are done (``Kind.AUDITED``). The root's sums are checked here, k-1
+   of k positions chosen after they arrive. The round is applied only once
+   every check is done; a failed one (an accusation, a root sum that its
+   evidence does not justify) ends the round at once with nothing applied,
+   names the tamperer in ``RoundClosed.blamed`` and excludes it from the job,
+   and the next round re-runs from the same weights without it.
 7. A job with ``group_sums``: each leaf seat sends its sum here too, and at
    the close each included leaf group's sum is decoded if the total vouches
    for it (``protocol.groups``, ``RoundClosed.group_sums``).
@@ -58,7 +62,7 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
 from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
-from tessera.protocol.audit import decode_evidence, verify_evidence
+from tessera.protocol.audit import open_evidence, verify_evidence
 from tessera.protocol.bounds import bound_problem
 from tessera.protocol.codec import (
     Commit,
@@ -216,6 +220,8 @@ class _RoundState:
     root_parts: dict[int, PartialPayload] = field(default_factory=dict)
     blamed: dict[str, str] = field(default_factory=dict)  # aggregator -> why
     audits_due: set[int] = field(default_factory=set)  # root positions owing evidence
+    verdicts_due: set[tuple[str, int]] = field(default_factory=set)  # seats still auditing
+    caught: dict[NodeId, str] = field(default_factory=dict)  # tamperers: excluded from the job
     group_parts: GroupParts = field(default_factory=GroupParts)  # leaf seats' disclosed sums
     phase: RoundPhase = RoundPhase.AGGREGATING
 
@@ -261,10 +267,7 @@ class SecureCoordinator(Coordinator):
             if isinstance(timer, RoundDeadline):
                 return self._close_secure(now, PhaseInput.DEADLINE)
             if isinstance(timer, AuditDue):
-                rs = self._rs
-                for j in sorted(rs.audits_due):
-                    rs.blamed[rs.seats[rs.tree.root.id][j]] = "did not justify its root sum"
-                return self._close_secure(now, PhaseInput.AUDIT_TIMEOUT)
+                return self._audits_late(self._rs, now)
             return self._commit_level(timer.level, now, final=timer.final)
         if isinstance(event, MessageReceived):
             self._transition(CoordinatorInput.MESSAGE)
@@ -518,6 +521,7 @@ class SecureCoordinator(Coordinator):
             Kind.ACCUSE: self._on_accusation,
             Kind.EVIDENCE: self._on_evidence,
             Kind.GROUP_SUM: self._on_group_sum,
+            Kind.AUDITED: self._on_audited,
         }
         if env.kind in SEALED and not env.sealed:
             raise RemoteProtocolError("sums and evidence must be sealed")
@@ -579,11 +583,7 @@ class SecureCoordinator(Coordinator):
         return []
 
     def _on_accusation(
-        self,
-        rs: _RoundState,
-        sender: NodeId,
-        payload: bytes,
-        now: float,  # noqa: ARG002 - one signature for every handler
+        self, rs: _RoundState, sender: NodeId, payload: bytes, now: float
     ) -> list[Effect]:
         accusation = decode_accusation(payload)
         group = self._group_served_by(
@@ -591,7 +591,33 @@ class SecureCoordinator(Coordinator):
         )
         if group.parent is None or rs.seats[group.parent][accusation.position] != sender:
             raise RemoteProtocolError(f"{sender} does not audit {accusation.group}")
-        rs.blamed[accusation.accused] = f"{accusation.group}: {accusation.reason}"
+        why = rs.blamed[accusation.accused] = f"{accusation.group}: {accusation.reason}"
+        rs.caught[NodeId(accusation.accused)] = why
+        # Its sum went up already (audits are optimistic): the round cannot be applied.
+        return self._close_secure(now, PhaseInput.TAMPERING)
+
+    def _on_audited(
+        self, rs: _RoundState, sender: NodeId, payload: bytes, now: float
+    ) -> list[Effect]:
+        group_id, position, _ = decode_labelled(payload)
+        self._group_served_by(rs, group_id, position, sender)
+        if (group_id, position) not in rs.verdicts_due:
+            raise RemoteProtocolError(f"{group_id} position {position} owes no audit notice")
+        rs.verdicts_due.discard((group_id, position))
+        return self._close_if_audited(rs, now)
+
+    def _audits_late(self, rs: _RoundState, now: float) -> list[Effect]:
+        """Audits past their time: the round cannot be vouched for, and is not applied."""
+        for j in sorted(rs.audits_due):
+            rs.blamed[rs.seats[rs.tree.root.id][j]] = "did not justify its root sum"
+        for group_id, j in sorted(rs.verdicts_due):
+            rs.blamed[rs.seats[group_id][j]] = f"{group_id}: did not finish its audits"
+        return self._close_secure(now, PhaseInput.AUDIT_TIMEOUT)
+
+    def _close_if_audited(self, rs: _RoundState, now: float) -> list[Effect]:
+        """Close once the root's sums are in and every check, here and below, is done."""
+        if rs.phase is RoundPhase.AUDITING and not rs.audits_due and not rs.verdicts_due:
+            return self._close_secure(now, PhaseInput.EVIDENCE_DONE)
         return []
 
     def _on_evidence(
@@ -605,8 +631,17 @@ class SecureCoordinator(Coordinator):
         rs.audits_due.discard(position)
         is_leaf, inputs = self._inputs_of(rs, root, position)
         try:
+            evidence = open_evidence(
+                body,
+                job_id=self.params.job_id,
+                round=self.round,
+                audited=sender,
+                keys=self.keys,
+                auditor=COORDINATOR,
+                directory=self.directory,
+            )
             verify_evidence(
-                decode_evidence(body),
+                evidence,
                 audited=sender,
                 partial=rs.root_parts[position],
                 expected=inputs,
@@ -618,10 +653,9 @@ class SecureCoordinator(Coordinator):
                 round=self.round,
             )
         except RemoteProtocolError as exc:
-            rs.blamed[sender] = f"{root.id}: {exc}"
-        if not rs.audits_due:
-            return self._close_secure(now, PhaseInput.EVIDENCE_DONE)
-        return []
+            rs.blamed[sender] = rs.caught[sender] = f"{root.id}: {exc}"
+            return self._close_secure(now, PhaseInput.TAMPERING)
+        return self._close_if_audited(rs, now)
 
     @staticmethod
     def _group_served_by(rs: _RoundState, group_id: str, position: int, sender: NodeId) -> Group:
@@ -645,6 +679,9 @@ class SecureCoordinator(Coordinator):
             if len(common) >= minimum:
                 included = tuple(common)
         rs.committed[group.id] = included
+        if included is not None and group.level > 0 and self.secure.audit:
+            # Each seat audits its committed children, and says when it is done.
+            rs.verdicts_due |= {(group.id, j) for j in range(len(group.aggregators))}
         payload = encode_commit(Commit(group.id, included))
         recipients = list(rs.seats[group.id])
         if included is None and group.parent is not None:
@@ -777,8 +814,9 @@ class SecureCoordinator(Coordinator):
             "blamed": blamed,
             "epsilon": None if self.budget is None else self.budget.epsilon,
         }
-        if len(rs.root_parts) != len(root.aggregators) or set(rs.seats[root.id]) & set(rs.blamed):
-            # Missing, or a root sum failed its audit: nothing trustworthy to apply.
+        self._exclude_tamperers(rs)
+        if len(rs.root_parts) != len(root.aggregators) or rs.blamed:
+            # Missing, or a sum failed (or missed) its audit: nothing trustworthy to apply.
             if self.counting:
                 return self._statistics_closed(now, None, [], blamed, timer_pending)
             return self._finish_round(now, **nothing)
@@ -832,6 +870,12 @@ class SecureCoordinator(Coordinator):
             groups_withheld=disclosed.withheld,
             quality=quality,
         )
+
+    def _exclude_tamperers(self, rs: _RoundState) -> None:
+        """Who forged a sum serves and trains no more in this job (the first verdict stands)."""
+        for node, reason in sorted(rs.caught.items()):
+            if node in self.nodes and node not in self.excluded:
+                self.excluded[node] = (self.round + 1, f"tampered with a sum: {reason}")
 
     def _within_bounds(
         self,

@@ -67,7 +67,7 @@ class RoundPhase(Enum):
     """A secure round, as the coordinator sees it."""
 
     AGGREGATING = "aggregating"  # shares, reports, commitments and sums flow up the tree
-    AUDITING = "auditing"  # the root's sums are in; k-1 positions owe their evidence
+    AUDITING = "auditing"  # the root's sums are in; audits here and below still running
     CLOSED = "closed"
     FAILED = "failed"
 
@@ -78,6 +78,7 @@ class PhaseInput(Enum):
     ROOT_LEFT = "root_left"  # the root group was committed empty
     EVIDENCE_DONE = "evidence_done"  # every audited root position answered
     AUDIT_TIMEOUT = "audit_timeout"  # some did not, in time
+    TAMPERING = "tampering"  # an audit failed: the round cannot be applied
     DEADLINE = "deadline"  # the round's own deadline
 
 
@@ -88,9 +89,11 @@ SECURE_ROUND_TRANSITIONS: dict[tuple[RoundPhase, PhaseInput], RoundPhase] = {
     (_P.AGGREGATING, _PI.ROOT_SUMMED): _P.CLOSED,
     (_P.AGGREGATING, _PI.ROOT_LEFT): _P.CLOSED,
     (_P.AGGREGATING, _PI.DEADLINE): _P.CLOSED,
+    (_P.AGGREGATING, _PI.TAMPERING): _P.CLOSED,
     (_P.AUDITING, _PI.EVIDENCE_DONE): _P.CLOSED,
     (_P.AUDITING, _PI.AUDIT_TIMEOUT): _P.CLOSED,
     (_P.AUDITING, _PI.DEADLINE): _P.CLOSED,
+    (_P.AUDITING, _PI.TAMPERING): _P.CLOSED,
 }
 
 
