@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tessera.crypto.envelope import peek
 from tessera.crypto.fixedpoint import Ring
 from tessera.crypto.sharing import FullShare
 from tessera.ids import COORDINATOR, NodeId
@@ -194,7 +195,8 @@ def _other_ring(ring: Ring) -> Ring:
 def _replay(s: ShareScene) -> tuple[NodeId, bytes]:
     """Deliver the pending honest share, then hand back its exact bytes."""
     wire = s.fed.take(lambda w: w is s.pending)
-    assert not s.fed.deliver(wire)  # accepted quietly: the victim still waits for one more
+    sent = s.fed.deliver(wire)  # accepted: its box goes to the auditor, nothing else yet
+    assert [peek(e.message.data).kind for e in sent] == [Kind.INPUT_COPY]
     return wire.sender, wire.data
 
 

@@ -49,11 +49,13 @@ from tessera.protocol.codec import (
     Report,
     decode_commit,
     decode_labelled,
+    decode_named,
     decode_partial,
     decode_reassign,
     decode_share,
     encode_accusation,
     encode_labelled,
+    encode_named,
     encode_partial,
     encode_report,
 )
@@ -93,6 +95,10 @@ class AggregatorRole:
     # here until its evidence is checked; evidence that overtook its sum waits.
     audits: dict[str, tuple[PartialPayload, NodeId]] = field(default_factory=dict)
     early: dict[str, bytes] = field(default_factory=dict)
+    # Each audited child's input boxes, forwarded as they reached it: its evidence then
+    # only brings the keys, so no evidence transfer waits on the sum.
+    copies: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    copied_to: set[NodeId] = field(default_factory=set)  # where our own inputs went
     verdicts: dict[str, str | None] = field(default_factory=dict)  # child -> why it failed
     audited_sent: bool = False  # the coordinator was told our checks are done
 
@@ -190,11 +196,13 @@ class Aggregator:
             role = self._role(share.group, share.position, leaf=True)
             self._check_input(role, share.group, sender, share.ring_bits, share.length)
             role.boxes[sender] = (data, sender)
-            return self._take(role, sender, share.share, 1)
+            return self._copy(role, sender, data) + self._take(role, sender, share.share, 1)
         if env.kind == Kind.PARTIAL:
             return self._on_partial(decode_partial(env.payload), data, sender)
         if env.kind == Kind.EVIDENCE:
             return self._on_evidence(*decode_labelled(env.payload), sender)
+        if env.kind == Kind.INPUT_COPY:
+            return self._on_copy(*decode_labelled(env.payload), sender)
         if env.kind == Kind.AUDIT_REQUEST:  # from our auditor: the parent, or the coordinator
             group, position, _ = decode_labelled(env.payload)
             role = self._role(group, position, leaf=None)
@@ -218,7 +226,7 @@ class Aggregator:
         bits = part.words.dtype.itemsize * 8
         self._check_input(role, part.group, sender, bits, part.words.shape[0])
         role.boxes[part.group] = (data, sender)  # our own auditor will want it
-        effects: list[Effect] = []
+        effects = self._copy(role, part.group, data)
         if part.group in role.request.audit:  # audits are on for this job
             every = role.request.audit_fraction >= 1
             if every or self.draws_audit(role, part.group):
@@ -231,6 +239,29 @@ class Aggregator:
         if part.group in role.early:
             effects += self._audit_child(role, part.group, role.early.pop(part.group))
         return effects
+
+    def _copy(self, role: AggregatorRole, input_id: str, box: bytes) -> list[Effect]:
+        """Forward an input's box to our auditor as it arrives, if every sum of ours is
+        audited (or our auditor is the coordinator, which picks after the fact)."""
+        req = role.request
+        if not (req.send_evidence or (req.evidence_on_request and role.parent == COORDINATOR)):
+            return []
+        role.copied_to.add(role.parent)
+        body = encode_labelled(req.group, req.position, encode_named(input_id, box))
+        return [self._send(role.parent, Kind.INPUT_COPY, body, sealed=False)]
+
+    def _on_copy(self, group: str, position: int, body: bytes, sender: NodeId) -> list[Effect]:
+        role = self._parent_role_for(group, position)
+        input_id, start = decode_named(body)
+        if role.expected.get(group) != sender or group not in role.request.audit:
+            raise RemoteProtocolError(f"{sender} has no inputs of {group} for us to audit")
+        if input_id not in role.request.audit[group][1]:
+            raise RemoteProtocolError(f"{input_id} is not an input of {group}")
+        held = role.copies.setdefault(group, {})
+        if input_id in held:
+            raise RemoteProtocolError(f"{input_id}'s box was forwarded already")
+        held[input_id] = body[start:]
+        return []
 
     def _on_evidence(self, group: str, position: int, body: bytes, sender: NodeId) -> list[Effect]:
         role = self._parent_role_for(group, position)
@@ -257,6 +288,7 @@ class Aggregator:
                 keys=self.keys,
                 auditor=self.node,
                 directory=self.directory,
+                copies=role.copies.pop(child, {}),
             )
             verify_evidence(
                 evidence,
@@ -304,15 +336,15 @@ class Aggregator:
 
     def _evidence(self, role: AggregatorRole) -> Evidence:
         assert role.commit_box is not None
+        held = sorted((i, box) for i, box in role.boxes.items() if i in role.included)
         boxes = tuple(
             (
                 box,
                 disclose_key(box, recipient_keys=self.keys, sender_public=self.directory[sender]),
             )
-            for input_id, (box, sender) in sorted(role.boxes.items())
-            if input_id in role.included
+            for _, (box, sender) in held
         )
-        return Evidence(role.commit_box, boxes)
+        return Evidence(role.commit_box, boxes, tuple(i for i, _ in held))
 
     def _send_evidence(self, role: AggregatorRole, auditor: NodeId) -> list[Effect]:
         if role.output is None:
@@ -329,6 +361,7 @@ class Aggregator:
                 auditor=auditor,
                 keys=self.keys,
                 directory=self.directory,
+                inline=role.copied_to != {auditor},  # it holds copies of every box
             )
             role.evidence = (auditor, body)
         payload = encode_labelled(role.request.group, role.request.position, role.evidence[1])

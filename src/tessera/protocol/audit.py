@@ -42,7 +42,14 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import FullShare, ShareAccumulator
 from tessera.errors import InvalidEnvelope, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
-from tessera.protocol.codec import PartialPayload, decode_commit, decode_partial, decode_share
+from tessera.protocol.codec import (
+    PartialPayload,
+    decode_commit,
+    decode_named,
+    decode_partial,
+    decode_share,
+    encode_named,
+)
 from tessera.protocol.kinds import Kind
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES, MAX_SHARE_BYTES
 
@@ -59,6 +66,7 @@ class AuditFailure(RemoteProtocolError):
 class Evidence:
     commit: bytes  # the coordinator's signed commitment envelope
     boxes: tuple[tuple[bytes, bytes], ...]  # (original input envelope, its disclosed key)
+    inputs: tuple[str, ...] = ()  # each box's input id (a member, or a child group)
 
 
 def seal_evidence(
@@ -70,27 +78,34 @@ def seal_evidence(
     auditor: NodeId,
     keys: NodeKeys,
     directory: Mapping[NodeId, PublicKeys],
+    inline: bool = True,
 ) -> bytes:
-    """The evidence body: the disclosed keys sealed for ``auditor``, the rest as is."""
+    """The evidence body: each input's id and disclosed key, sealed for ``auditor``; the
+    commitment; and the boxes, unless the auditor holds copies already (``inline=False``)."""
+    named = b"".join(
+        encode_named(input_id, key)
+        for input_id, (_, key) in zip(evidence.inputs, evidence.boxes, strict=True)
+    )
     sealed_keys = seal(
         kind=int(Kind.EVIDENCE),
         job_id=job_id,
         round=round,
         sender=sender,
         recipient=auditor,
-        payload=b"".join(key for _, key in evidence.boxes),
+        payload=named,
         sender_keys=keys,
         recipient_public=directory[auditor],
     )
+    boxes = evidence.boxes if inline else ()
     parts = [_MAGIC, _LEN.pack(len(sealed_keys)), sealed_keys]
-    parts += [_LEN.pack(len(evidence.commit)), evidence.commit, _LEN.pack(len(evidence.boxes))]
-    for box, _ in evidence.boxes:
+    parts += [_LEN.pack(len(evidence.commit)), evidence.commit, _LEN.pack(len(boxes))]
+    for box, _ in boxes:
         parts += [_LEN.pack(len(box)), box]
     return b"".join(parts)
 
 
 def parse_evidence(data: bytes) -> tuple[bytes, bytes, list[bytes]]:
-    """An evidence body's parts, unopened: (sealed keys, commitment, boxes)."""
+    """An evidence body's parts, unopened: (sealed keys, commitment, inline boxes)."""
     if data[:4] != _MAGIC:
         raise AuditFailure("evidence has the wrong format")
     pos = 4
@@ -123,8 +138,13 @@ def open_evidence(
     keys: NodeKeys,
     auditor: NodeId,
     directory: Mapping[NodeId, PublicKeys],
+    copies: Mapping[str, bytes] | None = None,
 ) -> Evidence:
-    """Parse an evidence body and open its sealed keys; any fault is an ``AuditFailure``."""
+    """Parse an evidence body and open its sealed keys; any fault is an ``AuditFailure``.
+
+    Evidence without inline boxes takes them from ``copies``: the input boxes the
+    audited aggregator forwarded as they reached it (``Kind.INPUT_COPY``).
+    """
     sealed_keys, commit, boxes = parse_evidence(data)
     try:
         env = open_envelope(
@@ -141,11 +161,27 @@ def open_evidence(
         raise AuditFailure(f"the evidence's keys: {exc.reason}") from None
     if env.sender != audited or env.kind != Kind.EVIDENCE or not env.sealed:
         raise AuditFailure("the evidence's keys are not sealed by the audited aggregator")
-    count = len(boxes)
-    if len(env.payload) != KEY_BYTES * count:
+    inputs: list[str] = []
+    disclosed: list[bytes] = []
+    pos, payload = 0, env.payload
+    try:
+        while pos < len(payload):
+            input_id, pos = decode_named(payload, pos)
+            if pos + KEY_BYTES > len(payload):
+                raise AuditFailure("the evidence's keys are truncated")
+            inputs.append(input_id)
+            disclosed.append(payload[pos : pos + KEY_BYTES])
+            pos += KEY_BYTES
+    except RemoteProtocolError as exc:
+        raise AuditFailure(f"the evidence's keys: {exc}") from None
+    if not boxes and copies is not None:
+        missing = [i for i in inputs if i not in copies]
+        if missing:
+            raise AuditFailure(f"no copy of input {missing[0]} reached the auditor")
+        boxes = [copies[i] for i in inputs]
+    if len(boxes) != len(inputs):
         raise AuditFailure("the evidence has a key for each box, no more and no fewer")
-    keys_of = [env.payload[i * KEY_BYTES : (i + 1) * KEY_BYTES] for i in range(count)]
-    return Evidence(commit, tuple(zip(boxes, keys_of, strict=True)))
+    return Evidence(commit, tuple(zip(boxes, disclosed, strict=True)), tuple(inputs))
 
 
 def verify_evidence(

@@ -225,6 +225,16 @@ def decode_labelled(data: bytes) -> tuple[str, int, bytes]:
     return group, position, data[offset + 2 :]
 
 
+def encode_named(name: str, body: bytes) -> bytes:
+    """``body`` preceded by the id it belongs to (an input's, in evidence)."""
+    return _group_bytes(name) + body
+
+
+def decode_named(data: bytes, offset: int = 0) -> tuple[str, int]:
+    """An id written by ``encode_named``, and where its body starts."""
+    return _take_group(data, offset)
+
+
 @dataclass(frozen=True, slots=True)
 class Accusation:
     """An auditor's finding: ``accused`` at (group, position) summed wrongly."""

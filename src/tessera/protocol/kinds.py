@@ -58,6 +58,7 @@ class Kind(IntEnum):
     ACCUSE = 10  # auditor -> coordinator: this aggregator's sum does not match its evidence
     GROUP_SUM = 11  # leaf aggregator -> coordinator: its partial sum again (group-sum jobs)
     AUDITED = 12  # auditor -> coordinator: its checks of this seat's inputs are done
+    INPUT_COPY = 13  # aggregator -> its auditor: an input box as it arrived (the evidence's)
     TRAIN = 20  # coordinator -> contributor: train round r from the model with this digest
     ASSIGN = 21  # coordinator -> aggregator: serve this seat of this group
     UPDATE = 22  # contributor -> coordinator (plaintext rounds): the update, sealed
@@ -78,6 +79,7 @@ CODEC: Mapping[Kind, Codec] = MappingProxyType(
         Kind.ACCUSE: Codec.JSON,
         Kind.GROUP_SUM: Codec.RING,
         Kind.AUDITED: Codec.LABELLED,
+        Kind.INPUT_COPY: Codec.LABELLED,
         Kind.TRAIN: Codec.MSGPACK,
         Kind.ASSIGN: Codec.MSGPACK,
         Kind.UPDATE: Codec.MSGPACK,

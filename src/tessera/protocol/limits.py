@@ -70,6 +70,7 @@ ENVELOPE_LIMITS: Mapping[Kind, int] = MappingProxyType(
         Kind.AUDIT_REQUEST: _NOTICE,
         Kind.ACCUSE: _NOTICE,
         Kind.AUDITED: _NOTICE,
+        Kind.INPUT_COPY: MAX_SHARE_BYTES + ENVELOPE_SLACK,  # a share or a sum, re-wrapped
         Kind.GROUP_SUM: MAX_SHARE_BYTES,  # a leaf's partial sum, to the coordinator
         Kind.TRAIN: MAX_ASSIGNMENT_BYTES,
         Kind.ASSIGN: MAX_ASSIGNMENT_BYTES,
@@ -156,11 +157,18 @@ def relay_bounds(
             Kind.AUDIT_REQUEST: _NOTICE,
             Kind.ACCUSE: _NOTICE,
             Kind.AUDITED: _NOTICE,
+            Kind.INPUT_COPY: share + ENVELOPE_SLACK,
         }
     disclosed = 0
     if group_sums:
         limits[Kind.GROUP_SUM] = share
         disclosed = 1
-    sends = 2 * (2 * k + 3 * fan_in + 6 + disclosed)  # + audit verdicts
-    size = 2 * ((2 * k + 2 + disclosed) * share + (limits.get(Kind.EVIDENCE, 0)) + 6 * _NOTICE)
+    copies = max(group_size, fan_in) if audit else 0  # each input forwarded to the auditor
+    sends = 2 * (2 * k + 3 * fan_in + 6 + disclosed + copies)  # + audit verdicts
+    size = 2 * (
+        (2 * k + 2 + disclosed + copies) * share
+        + limits.get(Kind.EVIDENCE, 0)
+        + copies * ENVELOPE_SLACK
+        + 6 * _NOTICE
+    )
     return RelayBounds(MappingProxyType(limits), count=sends, bytes=size)

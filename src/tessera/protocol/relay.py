@@ -41,8 +41,8 @@ class RelayRoles:
         """Why the tree expects no ``kind`` envelope from ``sender`` to ``recipient``.
 
         A share goes from a leaf group's member to one of that group's seats
-        (or backups); a partial sum or evidence from a group's server to a
-        server of its parent or grandparent (the coordinator at the root); an
+        (or backups); a partial sum, evidence or an input's copy from a group's
+        server to a server of its parent or grandparent (the coordinator at the root); an
         audit request the other way; a group sum, in a round that discloses
         them, from a leaf group's server to the coordinator. None: the envelope
         may be relayed. The recipient's own machine still checks the rest (the
@@ -58,7 +58,7 @@ class RelayRoles:
             if leaf.id not in self._servers.get(recipient, ()):
                 return f"{recipient} serves no seat of {sender}'s group {leaf.id}"
             return None
-        if kind not in (Kind.PARTIAL, Kind.EVIDENCE, Kind.AUDIT_REQUEST):
+        if kind not in (Kind.PARTIAL, Kind.EVIDENCE, Kind.INPUT_COPY, Kind.AUDIT_REQUEST):
             return None  # to the coordinator: its own machine decides
         upward = kind != Kind.AUDIT_REQUEST
         lower, upper = (sender, recipient) if upward else (recipient, sender)

@@ -71,6 +71,7 @@ from tessera.protocol.codec import (
     Report,
     decode_accusation,
     decode_labelled,
+    decode_named,
     decode_partial,
     decode_report,
     encode_commit,
@@ -222,6 +223,7 @@ class _RoundState:
     audits_due: set[int] = field(default_factory=set)  # root positions owing evidence
     verdicts_due: set[tuple[str, int]] = field(default_factory=set)  # seats still auditing
     caught: dict[NodeId, str] = field(default_factory=dict)  # tamperers: excluded from the job
+    copies: dict[int, dict[str, bytes]] = field(default_factory=dict)  # root seats' input boxes
     group_parts: GroupParts = field(default_factory=GroupParts)  # leaf seats' disclosed sums
     phase: RoundPhase = RoundPhase.AGGREGATING
 
@@ -522,6 +524,7 @@ class SecureCoordinator(Coordinator):
             Kind.EVIDENCE: self._on_evidence,
             Kind.GROUP_SUM: self._on_group_sum,
             Kind.AUDITED: self._on_audited,
+            Kind.INPUT_COPY: self._on_input_copy,
         }
         if env.kind in SEALED and not env.sealed:
             raise RemoteProtocolError("sums and evidence must be sealed")
@@ -596,6 +599,29 @@ class SecureCoordinator(Coordinator):
         # Its sum went up already (audits are optimistic): the round cannot be applied.
         return self._close_secure(now, PhaseInput.TAMPERING)
 
+    def _on_input_copy(
+        self,
+        rs: _RoundState,
+        sender: NodeId,
+        payload: bytes,
+        now: float,  # noqa: ARG002 - one signature for every handler
+    ) -> list[Effect]:
+        """A root seat's input box, kept in case its position is audited: ciphertext
+        under keys only the seat holds, so holding every position's boxes reveals nothing."""
+        group_id, position, body = decode_labelled(payload)
+        root = rs.tree.root
+        if group_id != root.id or not self.secure.audit:
+            raise RemoteProtocolError("only the root's seats forward their inputs here")
+        self._group_served_by(rs, group_id, position, sender)
+        input_id, start = decode_named(body)
+        if input_id not in (root.members if root.level == 0 else root.children):
+            raise RemoteProtocolError(f"{input_id} is not an input of {root.id}")
+        held = rs.copies.setdefault(position, {})
+        if input_id in held:
+            raise RemoteProtocolError(f"{input_id}'s box was forwarded already")
+        held[input_id] = body[start:]
+        return []
+
     def _on_audited(
         self, rs: _RoundState, sender: NodeId, payload: bytes, now: float
     ) -> list[Effect]:
@@ -639,6 +665,7 @@ class SecureCoordinator(Coordinator):
                 keys=self.keys,
                 auditor=COORDINATOR,
                 directory=self.directory,
+                copies=rs.copies.get(position, {}),
             )
             verify_evidence(
                 evidence,
