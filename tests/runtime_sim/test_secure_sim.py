@@ -275,3 +275,25 @@ def test_sampled_audits_catch_a_tamperer_exactly_when_its_auditor_draws_it():
         if caught >= 2 and missed >= 2:
             break
     assert caught >= 2 and missed >= 2, (caught, missed)
+
+
+@settings(max_examples=6, deadline=None)
+@given(data=st.data(), seed=st.integers(2, 2**12))
+def test_any_tampering_seat_below_the_root_is_caught_and_the_rerun_is_exact(data, seed):
+    # Every sum is audited (fraction 1): whichever seat below the root forges its sum,
+    # the round is discarded, the seat excluded, and the next round is the honest
+    # aggregate of everyone else, from the same weights.
+    tree = derive_tree(
+        job_id="secure-test",
+        round=0,
+        nodes=dict.fromkeys(tree_nodes(40)),
+        contributors=tree_nodes(40),
+        params=TreeParams(k=3, group_size=4, fan_in=3, backups=1),
+    )
+    below_root = sorted(g.id for g in tree.groups if g.parent is not None)
+    group = data.draw(st.sampled_from(below_root))
+    position = data.draw(st.integers(0, 2))
+    weights, stats, trainer, _, _, bad = run_with_tamperer(
+        group=group, position=position, seed=seed
+    )
+    assert_caught_and_rerun(stats, weights, trainer, bad)
