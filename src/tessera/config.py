@@ -279,7 +279,12 @@ class SimulationSection(_Section):
     samples_per_second: PositiveFloat = 50.0
     speed_sigma: Annotated[float, Field(ge=0)] = 0.5
     latency: Annotated[float, Field(ge=0)] = 0.05
-    bandwidth_mbps: PositiveFloat = 20.0
+    bandwidth_mbps: PositiveFloat = 20.0  # a node's link, each way
+    coordinator_bandwidth_mbps: PositiveFloat = 1000.0  # the coordinator's (a server's)
+    # Each party's up- and downlink is shared by its messages (runtime.sim.links): a
+    # coordinator taking N updates at once takes N transfers' time. False: every message
+    # has the whole rate to itself.
+    contention: bool = True
     chunk_elements: PositiveInt = 1 << 24
     poison: PoisonSection = PoisonSection()
 

@@ -594,7 +594,8 @@ class SecureCoordinator(Coordinator):
         )
         if group.parent is None or rs.seats[group.parent][accusation.position] != sender:
             raise RemoteProtocolError(f"{sender} does not audit {accusation.group}")
-        why = rs.blamed[accusation.accused] = f"{accusation.group}: {accusation.reason}"
+        why = f"{accusation.group}: {accusation.reason} (audited by {sender})"
+        rs.blamed[accusation.accused] = why
         rs.caught[NodeId(accusation.accused)] = why
         # Its sum went up already (audits are optimistic): the round cannot be applied.
         return self._close_secure(now, PhaseInput.TAMPERING)

@@ -68,6 +68,7 @@ from tessera.protocol.node import Node
 from tessera.protocol.quality import LocalQuality
 from tessera.runtime.host import Host, LocalTrainer, Machine, Observer, TrainingTask, TrainOutput
 from tessera.runtime.sim.devices import DeviceModel
+from tessera.runtime.sim.links import Links
 from tessera.weights import Vector
 
 
@@ -138,6 +139,8 @@ class Simulation(Observer):
         seed: int,
         latency: float = 0.05,
         bandwidth_bytes_per_s: float = 2.5e6,
+        coordinator_bandwidth_bytes_per_s: float | None = None,
+        contention: bool = False,
         chunk: int = 4096,
         on_round: Callable[[RoundStats], None] | None = None,
         machines: Sequence[Machine] | None = None,
@@ -157,8 +160,12 @@ class Simulation(Observer):
         self.node_samples = node_samples
         self.local_epochs = local_epochs
         self.seed = seed
-        self.latency = latency
-        self.bandwidth = bandwidth_bytes_per_s
+        self.links = Links(
+            latency,
+            bandwidth_bytes_per_s,
+            coordinator_rate=coordinator_bandwidth_bytes_per_s,
+            contention=contention,
+        )
         self.chunk = max(1, chunk)
         self.on_round = on_round
         self.now = 0.0
@@ -299,7 +306,7 @@ class Simulation(Observer):
             self._stats.bytes_up += size  # a contributor's upload
         else:
             self._stats.bytes_aggregation += size  # roles, reports, commitments, sums
-        at = self.now + self.latency + size / self.bandwidth
+        at = self.links.arrival(self.now, sender, effect.recipient, size)
         event = MessageReceived(sender=sender, message=message)
         heapq.heappush(self._queue, _Pending(at, next(self._seq), effect.recipient, event))
 
