@@ -83,7 +83,13 @@ UPLOAD_TARGET = 1.05  # bytes up per contributor <= 1.05 x the quantized model
 
 
 def job_config(
-    hidden: list[int], rounds: int, clip: float, audit: bool = True, audit_fraction: float = 1.0
+    hidden: list[int],
+    rounds: int,
+    clip: float,
+    *,
+    audit: bool = True,
+    audit_fraction: float = 1.0,
+    contention: bool = True,
 ) -> dict[str, Any]:
     return {
         "job": {"name": "bench", "seed": 0, "task": "classification"},
@@ -99,7 +105,7 @@ def job_config(
         "model": {"kind": "mlp", "hidden": hidden},
         "recipe": {"lr": 0.1, "local_epochs": 1, "batch_size": 16, "clip_norm": clip},
         "federation": {"rounds": rounds, "fraction": 1.0},
-        "simulation": {"dropout": 0.0},
+        "simulation": {"dropout": 0.0, "contention": contention},
         "baseline": {"enabled": False},
         "secure": {"audit": audit, "audit_fraction": audit_fraction},
     }
@@ -117,6 +123,7 @@ def run_one(
     *,
     audit: bool = True,
     audit_fraction: float = 1.0,
+    contention: bool = True,
 ) -> dict:
     """Prepare the job, keep its first ``n_nodes`` nodes and simulate it once."""
     import torch
@@ -127,7 +134,10 @@ def run_one(
     from tessera.jobs.secure import summarize
     from tessera.runtime.sim.job import simulate
 
-    job = prepare_job(parse_config(job_config(hidden, rounds, clip, audit, audit_fraction)))
+    config = job_config(
+        hidden, rounds, clip, audit=audit, audit_fraction=audit_fraction, contention=contention
+    )
+    job = prepare_job(parse_config(config))
     if n_nodes > job.n_nodes:
         raise SystemExit(f"Chem97 has only {job.n_nodes} students, asked for {n_nodes}")
     job = job.first_nodes(n_nodes)
@@ -183,15 +193,25 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def spawn(args: argparse.Namespace, n: int, secure: bool) -> Outcome:
+def spawn(
+    args: argparse.Namespace,
+    n: int,
+    secure: bool,
+    *,
+    audit: bool | None = None,
+    contention: bool | None = None,
+) -> Outcome:
     """Run one (N, mode) in a fresh process under a memory and time watchdog."""
+    audit = args.audit if audit is None else audit
+    contention = args.contention if contention is None else contention
     cmd = [
         sys.executable,
         __file__,
         "--one",
         str(n),
         "secure" if secure else "plain",
-        *([] if args.audit else ["--no-audit"]),
+        *([] if audit else ["--no-audit"]),
+        *([] if contention else ["--no-contention"]),
         "--audit-fraction",
         str(args.audit_fraction),
         "--rounds",
@@ -259,7 +279,9 @@ def round_section(args: argparse.Namespace) -> dict[int, tuple[dict, dict]]:
         "of the rounds run. 'one core': wall-clock time of the whole federation simulated in one\n"
         "process. 'deployment': the simulated round duration with every node's and the\n"
         "coordinator's measured CPU time charged to its own clock (one machine per node), the\n"
-        "config's network (50 ms latency, 20 Mbit/s per message) and devices (50 samples/s,\n"
+        f"config's network (50 ms latency, 20 Mbit/s a node's link, 1 Gbit/s the coordinator's,\n"
+        f"{'shared by its messages' if args.contention else 'each message alone'}) and devices "
+        "(50 samples/s,\n"
         "log-normal speeds, sigma 0.5); a model of a deployment, not a measurement of one.\n"
     )
     head = (
@@ -505,6 +527,7 @@ def summary(
     done: dict[int, tuple[dict, dict]],
     speeds: list[tuple[str, str, float]],
     uploads: list[tuple[int, float]],
+    audit_costs: list[tuple[str, float]],
 ) -> None:
     print("\n== Targets ==")
     if ROUND_TARGET_N in done:
@@ -528,6 +551,41 @@ def summary(
             f"  upload / quantized model <= {UPLOAD_TARGET} at N={n:,}: "
             f"{'MET' if ratio <= UPLOAD_TARGET else 'MISSED'} ({ratio:.4f})"
         )
+    for network, ratio in audit_costs:
+        print(
+            f"  audited / unaudited secure round <= {AUDIT_TARGET} at N={ROUND_TARGET_N:,} "
+            f"(deployment, {network}): {'MET' if ratio <= AUDIT_TARGET else 'MISSED'} "
+            f"({ratio:.2f})"
+        )
+
+
+# -- 5. what audits cost -----------------------------------------------------------------
+
+AUDIT_TARGET = 1.2  # issue 14: an audited round <= 1.2x a round without audits
+
+
+def audit_cost_section(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """Secure rounds at N = 1,000 with and without audits, in both network models."""
+    n = ROUND_TARGET_N
+    print(
+        f"\n== 5. What audits cost: secure rounds at N={n:,}, audit fraction "
+        f"{args.audit_fraction:g} vs no audits (deployment clock) =="
+    )
+    head = f"{'network':<28} {'no audits s':>11} {'audited s':>10} {'ratio':>6} {'target':>7}"
+    print(head)
+    print("-" * len(head))
+    ratios: list[tuple[str, float]] = []
+    for contention in (False, True):
+        network = "links shared" if contention else "each message alone"
+        bare = spawn(args, n, secure=True, audit=False, contention=contention)
+        audited = spawn(args, n, secure=True, audit=True, contention=contention)
+        if bare.result is None or audited.result is None:
+            print(f"{network:<28} {bare.why or audited.why}")
+            continue
+        b, a = bare.result["virtual_per_round"], audited.result["virtual_per_round"]
+        ratios.append((network, a / b))
+        print(f"{network:<28} {b:>11.2f} {a:>10.2f} {a / b:>6.2f} {'<= ' + str(AUDIT_TARGET):>7}")
+    return ratios
 
 
 # -- 4. per-node cost in a deployment ---------------------------------------------------
@@ -1044,6 +1102,13 @@ def main() -> None:
     ap.add_argument(
         "--audit-fraction", type=float, default=1.0, help="share of child sums audited (0, 1]"
     )
+    ap.add_argument(
+        "--no-contention",
+        dest="contention",
+        action="store_false",
+        help="every message has the whole link to itself (no shared links)",
+    )
+    ap.add_argument("--skip-audit-cost", action="store_true", help="skip section 5")
     ap.add_argument("--one", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.per_node_child:
@@ -1059,6 +1124,7 @@ def main() -> None:
             args.clip,
             audit=args.audit,
             audit_fraction=args.audit_fraction,
+            contention=args.contention,
         )
         print(json.dumps(result))
         return
@@ -1070,7 +1136,8 @@ def main() -> None:
     uploads = [] if args.skip_rounds else upload_section(done)
     if not args.skip_per_node:
         per_node_section(args)
-    summary(done, speeds, uploads)
+    audit_costs = [] if args.skip_audit_cost else audit_cost_section(args)
+    summary(done, speeds, uploads, audit_costs)
     print(
         f"\n(python {sys.version.split()[0]}, {os.cpu_count()} cores, "
         f"{Path(__file__).name}, torch threads 1)"
