@@ -167,6 +167,10 @@ def test_fast_and_full_opens_agree(
         signature_verified=False,
     )
     assert guard.seen("alice", round, env.nonce)
+    # what a fast-opened box needs before it is handed on as evidence
+    assert verify_envelope(data, directory=DIRECTORY, expect_job=job_id, max_bytes=MAX).nonce == (
+        env.nonce
+    )
 
 
 def test_fast_open_names_the_sender_either_way() -> None:
