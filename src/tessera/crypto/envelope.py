@@ -130,8 +130,8 @@ the ``Envelope`` it returns says so (``signature_verified=False``): the
 payload and header are authentic (from the named sender, unless the
 recipient's agreement key leaked), but nothing is proven to a third party,
 and the signature bytes were not looked at, so they may be anything the
-sender (or the network) put there. Before such a box is relied on as
-evidence, run ``verify_envelope`` on it (a malicious sender can attach a
+sender (or the network) put there. Before such a box is handed to an
+auditor (an input copy, evidence), run ``verify_envelope`` on it (a malicious sender can attach a
 bad signature to a box that opens, to frame its recipient before an
 auditor). Why the fast open cannot check the signature bytes for free:
 the only keyed check it runs is the AEAD, and the AEAD cannot cover the
