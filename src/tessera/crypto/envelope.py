@@ -121,11 +121,12 @@ sender misbehaved. The caller decides what ``sealed`` must be for a
 clear envelopes ("not sealed": their only authentication is the signature).
 It costs one HKDF and one AES-GCM pass (plus an X25519 exchange the first
 time a peer is met) instead of a SHA-256 pass and an Ed25519 verification
-as well: about 1.3x the bare AES-GCM decryption plus the addition of a 375
-kB share (2x the first time a sender is met), where the full open is about
-8x and version 1's open was about 10x (``benchmarks/crypto_throughput.py
---section ingest``). On a 750-byte share the fixed costs dominate: about
-14 us (parsing, the HKDF, the AES-GCM setup), 5x the bare decryption. What it proves is weaker, and
+as well: 1.3x to 1.5x the bare AES-GCM decryption plus the addition of a
+375 kB share (about 2x the first time a sender is met), where the full open
+is about 8x and version 1's open was about 10x (``benchmarks/
+crypto_throughput.py --section ingest``, on a shared 2-core machine). On a
+750-byte share the fixed costs dominate: about 15 us (parsing, the HKDF,
+the AES-GCM setup, the ``Envelope``), 5x the bare decryption. What it proves is weaker, and
 the ``Envelope`` it returns says so (``signature_verified=False``): the
 payload and header are authentic (from the named sender, unless the
 recipient's agreement key leaked), but nothing is proven to a third party,
