@@ -1,4 +1,7 @@
-"""Envelopes: round trips, every refusal with its reason, fuzzing, known answers."""
+"""Envelopes: round trips, every refusal with its reason, fuzzing, known answers.
+
+The fast open (``open_sealed``) has its own file, test_crypto_fast_open.py.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,7 +39,8 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import InvalidEnvelope, RemoteProtocolError
 from tessera.ids import NodeId
 
-VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "envelope.json").read_text())
+VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "envelope_v2.json").read_text())
+V1_VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "envelope_v1.json").read_text())
 
 ALICE = NodeKeys.from_seed(b"test-alice")  # sender
 BOB = NodeKeys.from_seed(b"test-bob")  # recipient
@@ -138,7 +142,8 @@ def test_round_trip(sealed: bool) -> None:
         payload=b"payload bytes",
         sealed=sealed,
     )
-    assert len(env.nonce) == 16
+    assert len(env.nonce) == 12
+    assert env.signature_verified
     assert (b"payload bytes" in data) is not sealed  # sealed payloads never travel in clear
     overhead = OVERHEAD_SEALED if sealed else OVERHEAD_CLEAR
     assert len(data) == overhead + len(JOB) + len("alice") + len("bob") + len(b"payload bytes")
@@ -312,13 +317,13 @@ def test_truncated_and_trailing() -> None:
 
 def _header_offsets(data: bytes) -> dict[str, int]:
     """Offsets of the length bytes of each id and of the payload size, by the documented layout."""
-    job = 6
+    job = 3
     rnd = job + 1 + data[job]
     snd = rnd + 4
     rcp = snd + 1 + data[snd]
     nonce = rcp + 1 + data[rcp]
-    size = nonce + 16 + (32 if data[5] & 1 else 0)
-    return {"job": job, "round": rnd, "sender": snd, "recipient": rcp, "size": size}
+    size = nonce + 12
+    return {"job": job, "round": rnd, "sender": snd, "recipient": rcp, "nonce": nonce, "size": size}
 
 
 def test_structural_refusals() -> None:
@@ -330,11 +335,13 @@ def test_structural_refusals() -> None:
         out[offset] = value
         return bytes(out)
 
-    assert reason_of(lambda: unseal(b"TSX" + data[3:])) == "bad magic"
+    assert reason_of(lambda: unseal(b"X" + data[1:])) == "bad magic"
     assert reason_of(lambda: unseal(b"X")) == "bad magic"
-    assert reason_of(lambda: unseal(b"TS")) == "truncated"
-    assert reason_of(lambda: unseal(patched(3, 2))) == "unsupported version"
-    assert reason_of(lambda: unseal(patched(5, 0x03))) == "malformed"  # unknown flag bit
+    assert reason_of(lambda: unseal(data[:2])) == "truncated"
+    assert reason_of(lambda: unseal(patched(0, 1))) == "unsupported version"
+    assert reason_of(lambda: unseal(patched(0, 3))) == "unsupported version"
+    assert reason_of(lambda: unseal(b"TSR\x01" + data[1:])) == "unsupported version"
+    assert reason_of(lambda: unseal(patched(2, 0x03))) == "malformed"  # unknown flag bit
     assert reason_of(lambda: unseal(patched(at["job"], 65))) == "field too long"
     assert reason_of(lambda: unseal(patched(at["sender"], 255))) == "field too long"
     assert reason_of(lambda: unseal(patched(at["recipient"], 0))) == "malformed"
@@ -349,13 +356,25 @@ def test_structural_refusals() -> None:
 
 
 def test_a_clear_flag_on_a_sealed_box_is_caught() -> None:
-    framing = {"truncated", "too large", "malformed"}
-    for _ in range(20):  # a fresh ephemeral key each time, so a different size is read
-        data = bytearray(make(b"x" * 40))
-        data[5] = 0  # the ephemeral key now reads as payload size and payload
-        cleared = bytes(data)
-        # refused by the framing, whatever the bytes say, before anything is opened
-        assert reason_of(lambda box=cleared: unseal(box, max_bytes=2**40)) in framing
+    data = bytearray(make(b"x" * 40))
+    data[2] = 0  # the ciphertext would now be read as a clear payload
+    assert reason_of(lambda: unseal(bytes(data))) == "bad signature"
+    # Even re-signed by the sender, a clear envelope never reaches the fast open.
+    resigned = resign(bytes(data[:-64]))
+    assert unseal(resigned).payload != b"x" * 40  # the ciphertext, in clear: nothing leaks
+    guard = ReplayGuard()
+    fast = lambda: envelope.open_sealed(  # noqa: E731
+        resigned,
+        recipient_keys=BOB,
+        sender_public=ALICE.public,
+        expect_job=JOB,
+        expect_round=ROUND,
+        expect_recipient="bob",
+        max_bytes=MAX,
+        replay=guard,
+    )
+    assert reason_of(fast) == "not sealed"
+    assert len(guard) == 0
 
 
 def test_header_tampering_breaks_the_signature() -> None:
@@ -376,7 +395,7 @@ def test_header_is_bound_to_the_box_even_when_re_signed() -> None:
         "cannot decrypt"
     )
     other_kind = bytearray(body)
-    other_kind[4] ^= 1
+    other_kind[1] ^= 1
     assert reason_of(lambda: unseal(resign(bytes(other_kind)), expect_recipient="bob1")) == (
         "cannot decrypt"
     )
@@ -395,11 +414,12 @@ def test_boxes_cannot_be_spliced_across_messages() -> None:
     assert reason_of(lambda: unseal(spliced)) == "cannot decrypt"
 
 
-def test_a_low_order_ephemeral_key_cannot_decrypt() -> None:
+def test_a_sender_with_a_low_order_agreement_key_cannot_be_decrypted() -> None:
+    """A directory entry whose X25519 key is junk: refused, never an exception from below."""
     data = make(b"x")
-    at = _header_offsets(data)["size"] - 32
-    forged = resign(data[:at] + bytes(32) + data[at + 32 : -64])
-    assert reason_of(lambda: unseal(forged)) == "cannot decrypt"
+    junk = PublicKeys(signing=ALICE.public.signing, agreement=bytes(32))
+    assert reason_of(lambda: unseal(data, sender_public=junk)) == "cannot decrypt"
+    assert BOB.cached_peers == 0 or junk.agreement not in BOB._shared
 
 
 def test_failed_opens_leave_the_guard_unchanged() -> None:
@@ -596,6 +616,7 @@ def test_garbage_is_refused(data: bytes) -> None:
 @given(tail=st.binary(max_size=400), version=st.sampled_from([1, 2]), flags=st.integers(0, 255))
 def test_garbage_with_a_plausible_start_is_refused(tail: bytes, version: int, flags: int) -> None:
     _refused_and_guard_unchanged(b"TSR" + bytes([version, 1, flags]) + tail)
+    _refused_and_guard_unchanged(bytes([version, 1, flags]) + tail)
 
 
 @FUZZ
@@ -672,9 +693,10 @@ def test_known_answer_vector_by_the_documented_recipe(vector: dict[str, Any]) ->
     """Open the vector with raw primitives and the module docstring alone, not the module."""
     data = bytes.fromhex(vector["envelope"])
     ids_len = sum(len(vector[k].encode()) for k in ("job_id", "sender", "recipient"))
-    header_len = 3 + 1 + 1 + 1 + 1 + 4 + 1 + 1 + 16 + 32 + 4 + ids_len
+    header_len = 1 + 1 + 1 + 1 + 4 + 1 + 1 + 12 + 4 + ids_len
     header, box, signature = data[:header_len], data[header_len:-64], data[-64:]
-    nonce, eph = header[-52:-36], header[-36:-4]
+    nonce = header[-16:-4]
+    assert nonce.hex() == vector["random"]
     assert struct.unpack(">I", header[-4:])[0] == len(box)
 
     sender = PublicKeys.from_bytes(bytes.fromhex(vector["sender_public"]))
@@ -682,16 +704,55 @@ def test_known_answer_vector_by_the_documented_recipe(vector: dict[str, Any]) ->
     digest = hashes.Hash(hashes.SHA256())
     digest.update(data[:-64])
     ed25519.Ed25519PublicKey.from_public_bytes(sender.signing).verify(
-        signature, b"tessera/envelope/v1/signature\x00" + digest.finalize()
+        signature, b"tessera/envelope/v2/signature\x00" + digest.finalize()
     )
-    okm = HKDF(
-        algorithm=hashes.SHA256(), length=64, salt=None, info=b"tessera/node-keys/v1/from-seed"
-    ).derive(bytes.fromhex(vector["recipient_seed"]))
-    shared = x25519.X25519PrivateKey.from_private_bytes(okm[32:]).exchange(
-        x25519.X25519PublicKey.from_public_bytes(eph)
+
+    def agreement_key(seed: str) -> x25519.X25519PrivateKey:
+        okm = HKDF(
+            algorithm=hashes.SHA256(), length=64, salt=None, info=b"tessera/node-keys/v1/from-seed"
+        ).derive(bytes.fromhex(seed))
+        return x25519.X25519PrivateKey.from_private_bytes(okm[32:])
+
+    # Static-static: the recipient's side and the sender's side agree.
+    shared = agreement_key(vector["recipient_seed"]).exchange(
+        x25519.X25519PublicKey.from_public_bytes(sender.agreement)
     )
-    info = b"tessera/envelope/v1/seal\x00" + recipient.agreement + sender.signing + header
+    assert shared == agreement_key(vector["sender_seed"]).exchange(
+        x25519.X25519PublicKey.from_public_bytes(recipient.agreement)
+    )
+    info = b"tessera/envelope/v2/seal\x00" + sender.to_bytes() + recipient.to_bytes() + header
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=nonce, info=info).derive(shared)
-    plain = ChaCha20Poly1305(key).decrypt(bytes(12), box, header)
+    plain = AESGCM(key).decrypt(bytes(12), box, header)
     assert plain == bytes.fromhex(vector["payload"])
-    assert header[:6] == b"TSR\x01" + bytes([vector["kind"], 1])
+    assert header[:3] == bytes([2, vector["kind"], 1])
+
+
+@pytest.mark.parametrize("vector", V1_VECTORS["vectors"], ids=lambda v: v["name"])
+def test_version_1_envelopes_are_refused(vector: dict[str, Any]) -> None:
+    """No mixed versions: a version 1 envelope is refused by name, by every entry point."""
+    data = bytes.fromhex(vector["envelope"])
+    sender = NodeKeys.from_seed(bytes.fromhex(vector["sender_seed"]))
+    recipient = NodeKeys.from_seed(bytes.fromhex(vector["recipient_seed"]))
+    directory = {NodeId(vector["sender"]): sender.public}
+    common: dict[str, Any] = {
+        "expect_job": vector["job_id"],
+        "expect_round": vector["round"],
+        "expect_recipient": vector["recipient"],
+        "max_bytes": MAX,
+    }
+    assert reason_of(lambda: peek(data)) == "unsupported version"
+    assert reason_of(
+        lambda: open_envelope(
+            data, recipient_keys=recipient, directory=directory, replay=None, **common
+        )
+    ) == ("unsupported version")
+    assert reason_of(
+        lambda: envelope.open_sealed(
+            data, recipient_keys=recipient, directory=directory, replay=ReplayGuard(), **common
+        )
+    ) == ("unsupported version")
+    assert reason_of(
+        lambda: envelope.verify_envelope(
+            data, directory=directory, expect_job=vector["job_id"], max_bytes=MAX
+        )
+    ) == ("unsupported version")

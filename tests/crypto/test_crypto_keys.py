@@ -325,3 +325,51 @@ def test_draw_is_keyed_deterministic_and_context_bound() -> None:
     assert a.draw(b"ctx") != a.draw(b"ctx2")
     with pytest.raises(TypeError):
         a.draw("ctx")  # type: ignore[arg-type]
+
+
+# -- the cache of shared secrets ------------------------------------------------------------
+
+
+def _peers(n: int) -> list[bytes]:
+    return [NodeKeys.from_seed(b"peer-%d" % i).public.agreement for i in range(n)]
+
+
+def test_shared_secrets_are_cached_and_agree_both_ways() -> None:
+    a, b = NodeKeys.from_seed(b"cache-a"), NodeKeys.from_seed(b"cache-b")
+    assert a.cached_peers == 0
+    first = a._exchange(b.public.agreement)
+    assert first == b._exchange(a.public.agreement)  # static-static: both sides agree
+    assert a.cached_peers == 1
+    assert a._exchange(b.public.agreement) is first  # a hit, not a fresh exchange
+    a.forget_shared()
+    assert a.cached_peers == 0
+    assert a._exchange(b.public.agreement) == first
+
+
+def test_the_cache_is_bounded_and_drops_the_least_recently_used() -> None:
+    keys = NodeKeys.from_seed(b"cache-bounded")
+    keys = NodeKeys(keys._signing, keys._agreement, shared_cache_size=3)
+    p = _peers(5)
+    for peer in p[:3]:
+        keys._exchange(peer)
+    keys._exchange(p[0])  # now the most recent
+    keys._exchange(p[3])  # evicts p[1], the least recently used
+    assert keys.cached_peers == 3
+    assert set(keys._shared) == {p[0], p[2], p[3]}
+    keys._exchange(p[4])
+    assert set(keys._shared) == {p[0], p[3], p[4]}
+
+
+def test_the_cache_can_be_turned_off_and_never_holds_failures() -> None:
+    keys = NodeKeys.from_seed(b"cache-off")
+    off = NodeKeys(keys._signing, keys._agreement, shared_cache_size=0)
+    peer = _peers(1)[0]
+    assert off._exchange(peer) == keys._exchange(peer)
+    assert off.cached_peers == 0
+    with pytest.raises(ValueError, match="shared key"):
+        keys._exchange(bytes(32))  # a low-order point: no secret, nothing cached
+    assert keys.cached_peers == 1
+    with pytest.raises(ValueError, match="shared_cache_size"):
+        NodeKeys(keys._signing, keys._agreement, shared_cache_size=-1)
+    with pytest.raises(TypeError, match="shared_cache_size"):
+        NodeKeys(keys._signing, keys._agreement, shared_cache_size=True)
