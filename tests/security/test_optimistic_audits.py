@@ -203,3 +203,34 @@ def test_the_coordinator_holds_every_root_box_but_opens_only_k_minus_1_positions
     evidence = [d for _, to, d in _sent(fed, Kind.EVIDENCE) if to == COORDINATOR]
     audited = {decode_labelled(peek_payload(d))[1] for d in evidence}
     assert len(audited) == SECURE.tree.k - 1  # the keys of k-1 positions, never all k
+
+
+def _share_with_a_broken_signature(audit: bool) -> list:
+    """Deliver one share whose signature bytes are flipped; what the aggregator refused."""
+    from dataclasses import replace
+
+    fed = secure_federation(16, secure=replace(SECURE, audit=audit), dim=3)
+    fed.begin()
+    fed.run()
+    fed.train(_updates(fed))
+    wire = fed.network.take(
+        lambda w: isinstance(w.message, Sealed) and peek(w.message.data).kind == Kind.SHARE
+    )
+    broken = bytearray(wire.message.data)
+    broken[-1] ^= 0x01  # the last byte of the Ed25519 signature
+    before = len(fed.refused)
+    fed.inject(wire.recipient, Sealed(bytes(broken)), sender=wire.sender)
+    return fed.refused[before:]
+
+
+def test_a_share_no_auditor_will_see_is_taken_without_its_signature_check() -> None:
+    # Audits off: only its sender and the seat hold its key, so the AEAD authenticates
+    # it; the signature (a SHA-256 pass and an Ed25519 check) would protect nobody.
+    assert _share_with_a_broken_signature(audit=False) == []
+
+
+def test_a_share_that_may_become_evidence_is_checked_on_arrival() -> None:
+    # Audits on: the box is forwarded to the auditor; had the seat not checked the
+    # signature, its sender could frame it with a box the signature disowns.
+    refused = _share_with_a_broken_signature(audit=True)
+    assert len(refused) == 1 and "signature" in refused[0][1].reason

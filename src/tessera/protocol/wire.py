@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tessera.crypto.envelope import Envelope, ReplayGuard, open_envelope, peek, seal
+from tessera.crypto.envelope import Envelope, ReplayGuard, open_envelope, open_sealed, peek, seal
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import InvalidEnvelope
 from tessera.ids import NodeId
@@ -58,6 +58,25 @@ class Wire:
                 if kind in ENVELOPE_LIMITS:
                     max_bytes = min(max_bytes, ENVELOPE_LIMITS[Kind(kind)])
         return open_envelope(
+            data,
+            recipient_keys=self.keys,
+            directory=self.directory,
+            expect_job=self.job_id,
+            expect_round=round,
+            expect_recipient=self.node,
+            max_bytes=max_bytes,
+            replay=self.replay,
+        )
+
+    def open_input(self, data: bytes, *, round: int, max_bytes: int) -> Envelope:
+        """Open a sealed input that will never be evidence: the checks and the AEAD,
+        not the signature (``crypto.envelope.open_sealed``: only its sender and we hold
+        its key). Whoever forwards or discloses a box must ``open`` it instead."""
+        with contextlib.suppress(InvalidEnvelope):
+            kind = peek(data).kind
+            if kind in ENVELOPE_LIMITS:
+                max_bytes = min(max_bytes, ENVELOPE_LIMITS[Kind(kind)])
+        return open_sealed(
             data,
             recipient_keys=self.keys,
             directory=self.directory,
