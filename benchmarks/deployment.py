@@ -619,7 +619,7 @@ def section_mailbox(args: argparse.Namespace, folder: Path) -> None:
 # -- 2. rounds of a deployment ---------------------------------------------------------
 
 
-def rounds_config(secure: bool) -> Any:
+def rounds_config(secure: bool, *, audit: bool = True) -> Any:
     from tessera.config import load_config
 
     cfg = load_config(EXAMPLES / "chem97.toml")
@@ -628,7 +628,9 @@ def rounds_config(secure: bool) -> Any:
             "federation": cfg.federation.model_copy(
                 update={"rounds": 2, "fraction": 1.0, "min_participants": 1, "round_timeout": 60.0}
             ),
-            "secure": cfg.secure.model_copy(update={"enabled": secure, "phase_timeout": 5.0}),
+            "secure": cfg.secure.model_copy(
+                update={"enabled": secure, "phase_timeout": 5.0, "audit": audit}
+            ),
             "baseline": cfg.baseline.model_copy(update={"enabled": False}),
         }
     )
@@ -858,12 +860,18 @@ def watch_run(
 
 
 def run_deployment(
-    secure: bool, n_nodes: int, db_server: str | None, folder: Path, args: argparse.Namespace
+    secure: bool,
+    n_nodes: int,
+    db_server: str | None,
+    folder: Path,
+    args: argparse.Namespace,
+    *,
+    audit: bool = True,
 ) -> RoundsRow:
     from tessera.deploy.local import Deployment
     from tessera.storage import Store
 
-    mode = "secure" if secure else "plaintext"
+    mode = ("secure" if audit else "no-audit") if secure else "plaintext"
     row = RoundsRow(mode, n_nodes)
     out = folder / f"up-{mode}-{n_nodes}"
     shutil.rmtree(out, ignore_errors=True)
@@ -872,7 +880,7 @@ def run_deployment(
         fresh_database(db_server, folder, f"up-{mode}-{n_nodes}") as db,
         MemorySampler(min_free=args.min_free_gb * GIB) as memory,
     ):
-        dep = Deployment(rounds_config(secure), n_nodes, out, tls=True, db_url=db)
+        dep = Deployment(rounds_config(secure, audit=audit), n_nodes, out, tls=True, db_url=db)
         row.prepare_s = time.monotonic() - t0
         starter = NodeStarter(dep, args.start_concurrency)
         got = watch_run(dep, starter, memory, args.run_timeout)
@@ -961,13 +969,22 @@ def section_rounds(args: argparse.Namespace, folder: Path) -> None:
             f"{short.available_min / GIB:.1f} GiB; running {n} nodes instead",
             flush=True,
         )
+    bare = None
+    if args.audit_row and not secure.out_of_memory and secure is not plain:
+        bare = run_deployment(True, n, args.db, folder, args, audit=False)
+        rows.append(bare)
     print_rounds(rows)
     if len(secure.round_s) == 2 and len(plain.round_s) == 2 and secure is not plain:
         ratio = [s / p for s, p in zip(secure.round_s, plain.round_s, strict=True)]
         print(
             f"secure / plaintext at N = {n}: round 0 {ratio[0]:.2f}x, "
-            f"round 1 (steady state) {ratio[1]:.2f}x; start-up "
+            f"round 1 (steady state) {ratio[1]:.2f}x (target <= 1.5); start-up "
             f"{secure.startup_s / plain.startup_s:.2f}x"
+        )
+    if bare is not None and len(bare.round_s) == 2 and len(secure.round_s) == 2:
+        print(
+            f"audited / unaudited secure round at N = {n}: round 1 (steady state) "
+            f"{secure.round_s[1] / bare.round_s[1]:.2f}x (target <= 1.2)"
         )
 
 
@@ -998,6 +1015,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--out", type=Path, help="keep the deployments' folders (logs) here, not in a temp dir"
+    )
+    ap.add_argument(
+        "--no-audit-row",
+        dest="audit_row",
+        action="store_false",
+        help="leave out the secure deployment without audits (section 2)",
     )
     ap.add_argument("--skip-mailbox", action="store_true")
     ap.add_argument("--skip-rounds", action="store_true")
