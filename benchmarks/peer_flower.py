@@ -358,6 +358,16 @@ def breakdown(n: int, r: dict[str, dict | str]) -> list[str]:
             f"{c['train_cpu'] * ms:.1f} ms CPU, then per stage CPU less training / bytes out: "
             f"{stages}"
         )
+        trees = f["tree_cpu"][1:] if len(f["tree_cpu"]) > 1 else f["tree_cpu"]
+        kinds = sorted({k for t in trees for k in t})
+        tree = {k: statistics.mean(t.get(k, 0.0) for t in trees) for k in kinds}
+        total = sum(tree.values())
+        out.append(
+            f"N={n} {name}: CPU per round of every process of the simulation: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in tree.items())
+            + f"; total {total:.2f} s over {c['wall']:.2f} s wall on {f['cores']} cores "
+            f"({total / (c['wall'] * f['cores']):.0%} busy)"
+        )
         if c["server_wall"]:
             walls = ", ".join(
                 f"{k} {v:.2f} s wall / {c['server_cpu'][k]:.2f} s driver CPU"

@@ -210,6 +210,49 @@ def client_app(secure: bool) -> Any:
     return ClientApp(client_fn=client_fn, mods=mods)
 
 
+# -- CPU of the whole simulation: this process and every process under it -----------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu() -> dict[str, float]:
+    """CPU seconds so far (user + system) of this process and its descendants (Ray's
+    GCS, raylet, the ClientApp actors, ...), by kind; a dead process's time is gone, so
+    only differences between two calls with the same processes alive are meaningful."""
+    procs: dict[int, tuple[int, str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        procs[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / _TICK)
+    me, out = os.getpid(), {}
+    for pid, (_, name, cpu) in procs.items():
+        p, mine = pid, False
+        while p in procs and p > 1:
+            if p == me:
+                mine = True
+                break
+            p = procs[p][0]
+        if not mine:
+            continue
+        kind = (
+            "driver"
+            if pid == me
+            else "actors"
+            if name.startswith("ray::")
+            else name
+            if name in ("raylet", "gcs_server")
+            else "other"
+        )
+        out[kind] = out.get(kind, 0.0) + cpu
+    return out
+
+
 # -- the server: FedAvg over everyone, timed --------------------------------------------
 
 TIMES: dict[str, Any] = {
@@ -217,6 +260,8 @@ TIMES: dict[str, Any] = {
     "end": {},
     "cpu_start": {},
     "cpu_end": {},
+    "tree_start": {},
+    "tree_end": {},
     "stages": defaultdict(list),
     "stages_cpu": defaultdict(list),
     "loss": {},
@@ -234,6 +279,7 @@ def server_app(args: argparse.Namespace, task: dict[str, Any], n: int) -> Any:
 
     class TimedFedAvg(FedAvg):  # type: ignore[misc]
         def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
+            TIMES["tree_start"][server_round] = tree_cpu()
             TIMES["start"][server_round] = time.perf_counter()
             TIMES["cpu_start"][server_round] = time.process_time()
             return super().configure_fit(server_round, parameters, client_manager)
@@ -242,6 +288,7 @@ def server_app(args: argparse.Namespace, task: dict[str, Any], n: int) -> Any:
             out = super().aggregate_fit(server_round, results, failures)
             TIMES["end"][server_round] = time.perf_counter()
             TIMES["cpu_end"][server_round] = time.process_time()
+            TIMES["tree_end"][server_round] = tree_cpu()
             TIMES.setdefault("results", {})[server_round] = (len(results), len(failures))
             losses = [(r.num_examples, r.metrics.get("loss")) for _, r in results]
             if losses and all(v is not None for _, v in losses):
@@ -411,6 +458,11 @@ def main() -> None:
         "results": {str(k): v for k, v in TIMES.get("results", {}).items()},
         # the driver process's CPU (ServerApp, simulation engine, Ray driver) per round
         "server_cpu": [TIMES["cpu_end"][r] - TIMES["cpu_start"][r] for r in rounds],
+        # CPU of every process of the simulation per round, by kind (driver, actors, ...)
+        "tree_cpu": [
+            {k: v - TIMES["tree_start"][r].get(k, 0.0) for k, v in TIMES["tree_end"][r].items()}
+            for r in rounds
+        ],
         "stages": dict(TIMES["stages"]),
         "stages_cpu": dict(TIMES["stages_cpu"]),
         "train_loss": {str(k): v for k, v in TIMES["loss"].items()},
