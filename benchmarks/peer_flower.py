@@ -404,16 +404,15 @@ def report(results: dict[int, dict[str, dict | str]]) -> list[str]:
             ff = steady(f["rounds"]) if isinstance(f, dict) else None
             cells.append(f"{tt:.3f}" if tt is not None else "-")
             cells.append(f"{ff:.2f}" if ff is not None else "-")
+            at = "" if tk == "tp" or n == TARGET_N else f" (set at N={TARGET_N})"
             if tt and ff:
                 ratio = ff / tt
-                cells.append(fmt_ratio(ratio))
-                at = "" if tk == "tp" or n == TARGET_N else f" (set at N={TARGET_N})"
-                cells.append(f">= {target:g}x" + at)
-                if tk == "tp" or n == TARGET_N:
+                cells += [fmt_ratio(ratio), f">= {target:g}x{at}"]
+                if not at:
                     what = "secure vs SecAgg+" if tk == "ts" else "plaintext vs Flower plain"
                     notes.append(f"target N={n} {what}: {verdict(ratio, target)} ({ratio:,.1f}x)")
             else:
-                cells += ["-", f">= {target:g}x"]
+                cells += ["-", f">= {target:g}x{at}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -510,10 +509,9 @@ def run_nodes(args: argparse.Namespace, n: int) -> dict[str, dict | str]:
     return out
 
 
-def main() -> None:
-    from tessera.runtime.allocator import tune_allocator
-
-    tune_allocator()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``nodes`` and ``rounds`` resolved (``--quick``: N = 20, 3
+    rounds; else N = 100, 500 and 5 rounds, unless given)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=None, help="N values (100 500)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per run (5; --quick 3)")
@@ -528,15 +526,27 @@ def main() -> None:
     ap.add_argument("--export-only", type=Path, default=None, help="write the export and stop")
     ap.add_argument("--verbose", action="store_true", help="Flower's log on stderr")
     ap.add_argument("--tessera-child", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    args.rounds = args.rounds or (3 if args.quick else 5)
+    args = ap.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 5
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    if args.nodes and min(args.nodes) < 1:
+        ap.error("--nodes must be positive")
+    args.nodes = args.nodes or ([20] if args.quick else [100, 500])
+    return args
+
+
+def main() -> None:
+    from tessera.runtime.allocator import tune_allocator
+
+    tune_allocator()
+    args = parse_args()
     if args.tessera_child:
         n, mode = int(args.tessera_child[0]), args.tessera_child[1]
         print(json.dumps(run_tessera(n, mode == "secure", args.rounds, args.hidden)))
         return
-    nodes = args.nodes or ([20] if args.quick else [100, 500])
+    nodes = args.nodes
     if args.export_only:
         meta = export(prepare(max(nodes), args.rounds, args.hidden), args.export_only)
         print(json.dumps(meta))
