@@ -2,7 +2,7 @@
 
     make peer                                        # once: .venv-peer with Flower
     .venv/bin/python benchmarks/peer_flower.py       # N = 100, 500; 5 rounds each
-    .venv/bin/python benchmarks/peer_flower.py --quick              # N = 20, 3 rounds
+    .venv/bin/python benchmarks/peer_flower.py --quick              # N = 20, 4 rounds
     .venv/bin/python benchmarks/peer_flower.py --nodes 100 --rounds 4 --json out.json
 
 The task is Tessera's Chem97 example (``tessera/examples/chem97.toml``: A-level
@@ -510,12 +510,12 @@ def run_nodes(args: argparse.Namespace, n: int) -> dict[str, dict | str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line, with ``nodes`` and ``rounds`` resolved (``--quick``: N = 20, 3
+    """The command line, with ``nodes`` and ``rounds`` resolved (``--quick``: N = 20, 4
     rounds; else N = 100, 500 and 5 rounds, unless given)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=None, help="N values (100 500)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds per run (5; --quick 3)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: N = 20, 3 rounds")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per run (5; --quick 4)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: N = 20, 4 rounds")
     ap.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP widths (example's)")
     ap.add_argument("--num-shares", type=int, default=3, help="SecAgg+ num_shares")
     ap.add_argument("--threshold", type=int, default=2, help="SecAgg+ reconstruction_threshold")
@@ -528,7 +528,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tessera-child", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rounds is None:
-        args.rounds = 3 if args.quick else 5
+        args.rounds = 4 if args.quick else 5
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     if args.nodes and min(args.nodes) < 1:
@@ -555,7 +555,9 @@ def main() -> None:
         f"== Tessera vs Flower {'(quick) ' if args.quick else ''}on {EXAMPLE}: N = "
         f"{', '.join(map(str, nodes))}, {args.rounds} rounds, every node selected =="
     )
+    load = os.getloadavg()
     results = {n: run_nodes(args, n) for n in nodes}
+    load_after = os.getloadavg()
     print()
     for line in details(results):
         print(line)
@@ -580,7 +582,9 @@ def main() -> None:
         f"\n(Tessera: one process, 1 core; Flower: Ray num_cpus {args.cpus}, 1 CPU per ClientApp "
         f"actor, the ServerApp in the driver; SecAgg+ num_shares {args.num_shares}, "
         f"reconstruction_threshold {args.threshold}; {os.cpu_count()} cores on this machine; "
-        f"python {sys.version.split()[0]}; Flower side {versions})"
+        f"python {sys.version.split()[0]}; Flower side {versions}; load average (1, 5, 15 min) "
+        f"{', '.join(f'{x:.1f}' for x in load)} before, "
+        f"{', '.join(f'{x:.1f}' for x in load_after)} after)"
     )
     if args.json:
         args.json.write_text(json.dumps({str(n): r for n, r in results.items()}, indent=1))

@@ -56,6 +56,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import numpy as np
+from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
 
 ENV_EXPORT = "PEER_EXPORT"
 ENV_METER = "PEER_METER_DIR"
@@ -179,33 +181,36 @@ def meter_mod(msg: Any, ctxt: Any, call_next: Any) -> Any:
     return reply
 
 
+class PeerClient(NumPyClient):  # type: ignore[misc]
+    """One supernode: trains its own records (``partition-id`` = Tessera's node index)."""
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        task = load_export(os.environ[ENV_EXPORT])
+        round = int(config.get("round", 0))
+        out, n, loss = train_client(task, self.node, parameters, round)
+        _record(
+            {
+                "kind": "train",
+                "node": self.node,
+                "round": round,
+                "wall": time.perf_counter() - wall,
+                "cpu": time.process_time() - cpu,
+            }
+        )
+        return out, n, {"loss": loss}
+
+
+def client_fn(context: Any) -> Any:
+    return PeerClient(int(context.node_config["partition-id"])).to_client()
+
+
 def client_app(secure: bool) -> Any:
-    from flwr.client import ClientApp, NumPyClient
-    from flwr.client.mod import secaggplus_mod
-
-    class PeerClient(NumPyClient):  # type: ignore[misc]
-        def __init__(self, node: int) -> None:
-            self.node = node
-
-        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:
-            wall, cpu = time.perf_counter(), time.process_time()
-            task = load_export(os.environ[ENV_EXPORT])
-            round = int(config.get("round", 0))
-            out, n, loss = train_client(task, self.node, parameters, round)
-            _record(
-                {
-                    "kind": "train",
-                    "node": self.node,
-                    "round": round,
-                    "wall": time.perf_counter() - wall,
-                    "cpu": time.process_time() - cpu,
-                }
-            )
-            return out, n, {"loss": loss}
-
-    def client_fn(context: Any) -> Any:
-        return PeerClient(int(context.node_config["partition-id"])).to_client()
-
+    """Module-level pieces only, so that Ray pickles them by reference (as for an app
+    that ``flwr run`` loads from its module), not by value with their globals."""
     mods = [meter_mod, secaggplus_mod] if secure else [meter_mod]
     return ClientApp(client_fn=client_fn, mods=mods)
 
@@ -417,6 +422,7 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"  # one thread per actor: the actors share the cores
 
+    import flower_side as apps  # this file as a module: its functions pickle by reference
     import flwr
     import ray
     import torch
@@ -437,7 +443,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run_simulation(
         server_app=server_app(args, task, n),
-        client_app=client_app(args.mode == "secagg"),
+        client_app=apps.client_app(args.mode == "secagg"),
         num_supernodes=n,
         backend_config=backend,  # type: ignore[arg-type]
     )

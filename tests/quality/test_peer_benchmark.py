@@ -53,7 +53,7 @@ def test_command_line_defaults(peer: ModuleType) -> None:
         2,
     )
     quick = peer.parse_args(["--quick"])
-    assert (quick.nodes, quick.rounds) == ([20], 3)
+    assert (quick.nodes, quick.rounds) == ([20], 4)
     given = peer.parse_args(["--quick", "--nodes", "100", "500", "--rounds", "2"])
     assert (given.nodes, given.rounds) == ([100, 500], 2)
     for bad in (["--rounds", "0"], ["--nodes", "0"], ["--only", "nobody"]):
