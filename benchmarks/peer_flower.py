@@ -46,6 +46,16 @@ Flower: the serialized size of every ClientApp reply (``message_to_proto(reply)
 framing); in SecAgg+ that is the four stages' replies (public keys, encrypted
 key shares, the masked vector, the unmasking shares).
 
+After the tables' inputs, the script prints where each side's round goes:
+Flower's round against the CPU of every process of its simulation (from
+``/proc``: the driver process with the ServerApp and the simulation engine,
+the ClientApp actors, raylet, GCS), each SecAgg+ stage's server wall and driver
+CPU, and per client the CPU of training and of each stage (measured in the
+client mod); Tessera's secure minus plaintext round per node. A sampling
+profile of the Flower driver (not run here: ``pip install py-spy`` into
+.venv-peer, then ``py-spy record -f raw`` on ``flower_side.py`` with an export
+from ``--export-only``) shows which of its functions that CPU is.
+
 Targets (issue 14): Tessera secure >= 100x faster per round than SecAgg+ at
 N = 500; Tessera plaintext >= 100x faster than Flower's plain simulation.
 """
@@ -374,6 +384,15 @@ def breakdown(n: int, r: dict[str, dict | str]) -> list[str]:
                 for k, v in c["server_wall"].items()
             )
             out.append(f"N={n} {name} server stages: {walls}")
+    fs, fp = r.get("fs"), r.get("fp")
+    if isinstance(fs, dict) and isinstance(fp, dict):
+        a, b = flower_costs(fs), flower_costs(fp)
+        out.append(
+            f"N={n} SecAgg+ over Flower plain: +{a['wall'] - b['wall']:.2f} s wall per round; "
+            f"driver process CPU +{a['driver_cpu'] - b['driver_cpu']:.2f} s, clients' CPU "
+            f"+{a['client_cpu'] - b['client_cpu']:.2f} s (SecAgg+'s four message rounds "
+            "through the simulation engine against one)"
+        )
     ts, tp = r.get("ts"), r.get("tp")
     if isinstance(ts, dict) and isinstance(tp, dict):
         sec, plain = steady(ts["rounds"]), steady(tp["rounds"])
