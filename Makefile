@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench peer bench-peer clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,5 +31,22 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/batched_training.py
 	$(BIN)/python benchmarks/crypto_throughput.py
 
+# The peer benchmark's Flower side lives in its own venv: Flower's pins (typer,
+# rich, fastapi, uvicorn) conflict with Tessera's. benchmarks/peer_flower.py
+# runs Tessera here and Flower there (benchmarks/peer/flower_side.py).
+PEER := .venv-peer
+PEER_STAMP := $(PEER)/.installed
+
+$(PEER_STAMP): benchmarks/peer/requirements.txt
+	test -x $(PEER)/bin/python || $(PY) -m venv $(PEER)
+	$(PEER)/bin/pip install --quiet --upgrade pip
+	$(PEER)/bin/pip install --quiet -r benchmarks/peer/requirements.txt
+	touch $(PEER_STAMP)
+
+peer: $(STAMP) $(PEER_STAMP)
+
+bench-peer: peer
+	$(BIN)/python benchmarks/peer_flower.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) $(PEER) runs .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
