@@ -129,7 +129,7 @@ def test_a_private_job_adds_the_same_noise_on_every_backend() -> None:
     """The noise share is keyed by the node's keys, job and round: a worker re-deriving
     the keys from the seed draws the same noise, so the noised totals agree."""
     job = chem97(24, rounds=1, private=True)
-    assert run(job, ProcessBackend(1)) == run(job, None)
+    assert run(job, Inline()) == run(job, None)
 
 
 @pytest.fixture

@@ -216,6 +216,7 @@ class Simulation(Observer):
         self._awaited: set[tuple[int, int]] = set()  # queued or in flight
         self._shared: dict[tuple[int, int], SharedUpdate] = {}  # done, not yet delivered
         self._openings = Openings()
+        self._share_boxes: set[bytes] = set()  # sealed by the backend, not yet sent
         if backend is not None:
             self._backend_nodes = self._share_ahead(self.machines)
         self.hosts: dict[NodeId, Host] = {
@@ -336,7 +337,7 @@ class Simulation(Observer):
         if isinstance(message, TrainRequest):
             self._stats.bytes_down += size
         elif isinstance(message, UpdateSubmission | TrainingDeclined) or (
-            isinstance(message, Sealed) and peek(message.data).kind == Kind.SHARE
+            isinstance(message, Sealed) and self._is_share(message.data)
         ):
             self._stats.bytes_up += size  # a contributor's upload
         else:
@@ -344,6 +345,13 @@ class Simulation(Observer):
         at = self.links.arrival(self.now, sender, effect.recipient, size)
         event = MessageReceived(sender=sender, message=message)
         heapq.heappush(self._queue, _Pending(at, next(self._seq), effect.recipient, event))
+
+    def _is_share(self, data: bytes) -> bool:
+        """Whether ``data`` is a contributor's share: known if the backend sealed it."""
+        if data in self._share_boxes:
+            self._share_boxes.discard(data)
+            return True
+        return peek(data).kind == Kind.SHARE
 
     # -- the hosts' observer ------------------------------------------------------------
     def rejected(self, actor: NodeId, effect: Rejected) -> None:
@@ -512,6 +520,7 @@ class Simulation(Observer):
                 if r not in self._round_tasks:
                     continue  # its round closed meanwhile
                 self._shared[(r, n)] = SharedUpdate(job=job, shares=shares, envelopes=envelopes)
+                self._share_boxes.update(envelopes)
                 for aggregator, data, envelope in zip(
                     job.aggregators, envelopes, opened, strict=True
                 ):
@@ -529,6 +538,7 @@ class Simulation(Observer):
         self._awaited = {k for k in self._awaited if k[0] > round}
         self._shared = {k: v for k, v in self._shared.items() if k[0] > round}
         self._openings.forget_through(round)
+        self._share_boxes.clear()  # a later round's are sealed after its requests went out
 
 
 def _quality(result: TrainOutput, row: int) -> LocalQuality | None:
