@@ -19,6 +19,10 @@ in-process, measured in the same run. Per backend:
   round of this run;
 - ``main cpu``: this process's CPU seconds per round (same rounds): what a
   core of its own would take, whatever the other processes on the machine do;
+- ``workers cpu``: the worker processes' CPU seconds per round (all rounds,
+  worker start included; processes backend only: Ray's workers are the
+  raylet's children). On an idle machine of C cores a round takes at least
+  max(main cpu, (main cpu + workers cpu) / C);
 - ``peak MB``: the main process's peak resident memory during the rounds
   (VmHWM, reset after preparing the job; ``prep MB``: the peak before, while
   preparing); ``tree MB``: the peak of the summed resident memory of the main
@@ -144,6 +148,7 @@ def one(backend_spec: str, nodes: int | None, rounds: int, secure: bool) -> dict
     sampler.start()
     result = simulate(job, secure=secure, backend=backend, on_round=on_round)
     sampler.stop.set()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool, joined at the end
     seconds = [r.seconds for r in result.rounds]
     counted = slice(1, None) if len(seconds) > 1 else slice(None)
     return {
@@ -156,6 +161,9 @@ def one(backend_spec: str, nodes: int | None, rounds: int, secure: bool) -> dict
         "peak_mb": _hwm_mb() if reset else float("nan"),
         "prep_mb": prep_mb,
         "tree_mb": max(sampler.peak_kb / 1024, _hwm_mb()),
+        "workers_cpu_per_round": (children.ru_utime + children.ru_stime) / len(seconds)
+        if name == "processes"
+        else float("nan"),
         "weights": result.weights.tobytes().hex()[:16],
     }
 
@@ -197,6 +205,7 @@ def main() -> None:
     )
     head = (
         f"{'backend':>12} {'s/round':>8} {'x target':>9} {'x plain':>8} {'main cpu':>9} "
+        f"{'workers cpu':>11} "
         f"{'peak MB':>8} {'prep MB':>8} {'tree MB':>8} {'load':>5}"
     )
     print(head)
@@ -212,6 +221,7 @@ def main() -> None:
         print(
             f"{spec:>12} {r['s_per_round']:>8.2f} {r['s_per_round'] / TARGET_S:>9.2f} "
             f"{r['s_per_round'] / plain['s_per_round']:>8.1f} {r['main_cpu_per_round']:>9.2f} "
+            f"{r['workers_cpu_per_round']:>11.2f} "
             f"{r['peak_mb']:>8.0f} {r['prep_mb']:>8.0f} {r['tree_mb']:>8.0f} "
             f"{os.getloadavg()[0]:>5.1f}",
             flush=True,
