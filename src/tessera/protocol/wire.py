@@ -116,11 +116,9 @@ class Wire:
     def open(self, data: bytes, *, round: int, max_bytes: int) -> Envelope:
         """Check everything and decrypt (``open_checked``), or take the opening made
         ahead; any failure is one ``InvalidEnvelope``."""
-        if self.opened is not None:
-            ahead = self.opened.take(self.node, data, round, max_bytes)
-            if ahead is not None:
-                self.replay.check_and_remember(ahead.sender, ahead.round, ahead.nonce)
-                return ahead
+        ahead = self._ahead(data, round, max_bytes)
+        if ahead is not None:
+            return ahead
         return open_checked(
             data,
             node=self.node,
@@ -135,7 +133,11 @@ class Wire:
     def open_input(self, data: bytes, *, round: int, max_bytes: int) -> Envelope:
         """Open a sealed input that will never be evidence: the checks and the AEAD,
         not the signature (``crypto.envelope.open_sealed``: only its sender and we hold
-        its key). Whoever forwards or discloses a box must ``open`` it instead."""
+        its key). Whoever forwards or discloses a box must ``open`` it instead.
+        An opening made ahead (the full open, signature included) serves too."""
+        ahead = self._ahead(data, round, max_bytes)
+        if ahead is not None:
+            return ahead
         with contextlib.suppress(InvalidEnvelope):
             kind = peek(data).kind
             if kind in ENVELOPE_LIMITS:
@@ -150,3 +152,13 @@ class Wire:
             max_bytes=max_bytes,
             replay=self.replay,
         )
+
+    def _ahead(self, data: bytes, round: int, max_bytes: int) -> Envelope | None:
+        """The opening its runtime made ahead for exactly these bytes and checks, once;
+        its nonce checked and remembered here, as an open would."""
+        if self.opened is None:
+            return None
+        ahead = self.opened.take(self.node, data, round, max_bytes)
+        if ahead is not None:
+            self.replay.check_and_remember(ahead.sender, ahead.round, ahead.nonce)
+        return ahead
