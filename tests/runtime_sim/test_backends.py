@@ -95,6 +95,17 @@ class Inline:
 
         return Done()
 
+    def submit_opens(self, batch: Sequence[Any]) -> Any:
+        assert self.worker is not None
+        self.opens = getattr(self, "opens", 0) + len(batch)
+        done = self.worker.open_many(batch)
+
+        class Done:
+            def result(self) -> list[Any]:
+                return done
+
+        return Done()
+
     def close(self) -> None:
         self.worker = None
 
@@ -116,6 +127,7 @@ def test_work_done_ahead_gives_the_in_process_aggregate(
     inline = Inline()
     assert run(job, inline) == reference
     assert inline.batches >= 2  # rounds x ceil(trained / batch): it did the work
+    assert inline.opens > 0  # and opened the aggregators' other sealed messages
     assert inline.worker is None  # closed at the end of the run
 
 

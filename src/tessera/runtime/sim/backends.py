@@ -40,7 +40,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tessera.crypto.envelope import Envelope
+from tessera.crypto.envelope import Envelope, peek
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import Share
 from tessera.errors import ConfigError, InvalidEnvelope
@@ -66,8 +66,12 @@ class WorkerContext:
 NodeDone = tuple[tuple[Share, ...], tuple[bytes, ...], tuple[Envelope | None, ...]]
 
 
+# A sealed envelope to open as its recipient would: (recipient, envelope bytes, job id).
+OpenJob = tuple[NodeId, bytes, str]
+
+
 class Pending(Protocol):
-    def result(self) -> list[NodeDone]: ...
+    def result(self) -> Any: ...
 
 
 class Backend(Protocol):
@@ -79,6 +83,8 @@ class Backend(Protocol):
     def start(self, context: WorkerContext) -> None: ...
 
     def submit(self, batch: Sequence[ShareJob]) -> Pending: ...
+
+    def submit_opens(self, batch: Sequence[OpenJob]) -> Pending: ...
 
     def close(self) -> None: ...
 
@@ -98,6 +104,28 @@ class _Worker:
 
     def run(self, batch: Sequence[ShareJob]) -> list[NodeDone]:
         return [self.one(job) for job in batch]
+
+    def open_many(self, batch: Sequence[OpenJob]) -> list[Envelope | None]:
+        """Open each envelope as its recipient's aggregator would, in the round its
+        header names (None: it does not open; the machine will say why)."""
+        out: list[Envelope | None] = []
+        for recipient, data, job_id in batch:
+            try:
+                out.append(
+                    open_checked(
+                        data,
+                        node=recipient,
+                        job_id=job_id,
+                        keys=self.keys(recipient),
+                        directory=self.context.directory,
+                        round=peek(data).round,
+                        max_bytes=MAX_ENVELOPE_BYTES,
+                        replay=None,
+                    )
+                )
+            except InvalidEnvelope:
+                out.append(None)
+        return out
 
     def one(self, job: ShareJob) -> NodeDone:
         directory = self.context.directory
@@ -135,6 +163,11 @@ def _process_run(batch: Sequence[ShareJob]) -> list[NodeDone]:
     return _PROCESS_WORKER.run(batch)
 
 
+def _process_open(batch: Sequence[OpenJob]) -> list[Envelope | None]:
+    assert _PROCESS_WORKER is not None
+    return _PROCESS_WORKER.open_many(batch)
+
+
 class ProcessBackend:
     """``workers`` local processes (spawned), each holding the context once."""
 
@@ -157,6 +190,11 @@ class ProcessBackend:
         future: Future[list[NodeDone]] = self._pool.submit(_process_run, list(batch))
         return future
 
+    def submit_opens(self, batch: Sequence[OpenJob]) -> Pending:
+        assert self._pool is not None, "start the backend first"
+        future: Future[list[Envelope | None]] = self._pool.submit(_process_open, list(batch))
+        return future
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
@@ -167,9 +205,8 @@ class _RayPending:
     def __init__(self, get: Callable[[Any], Any], ref: Any) -> None:
         self._get, self._ref = get, ref
 
-    def result(self) -> list[NodeDone]:
-        done: list[NodeDone] = self._get(self._ref)
-        return done
+    def result(self) -> Any:
+        return self._get(self._ref)
 
 
 class RayBackend:
@@ -211,6 +248,11 @@ class RayBackend:
         actor = self._actors[self._next % len(self._actors)]
         self._next += 1
         return _RayPending(self._ray.get, actor.run.remote(list(batch)))
+
+    def submit_opens(self, batch: Sequence[OpenJob]) -> Pending:
+        actor = self._actors[self._next % len(self._actors)]
+        self._next += 1
+        return _RayPending(self._ray.get, actor.open_many.remote(list(batch)))
 
     def close(self) -> None:
         for actor in self._actors:

@@ -207,18 +207,8 @@ class Simulation(Observer):
         cpu = _cpu_clock() if charge_compute else None
         if backend is not None and charge_compute:
             raise ValueError("charging compute counts this thread's CPU: use no backend")
-        # Node work done ahead by the backend (see the module docstring).
-        self.backend = backend
         self._backend_started = False
-        self._batch = max(1, backend_batch)
-        self._to_share: deque[tuple[int, int]] = deque()  # (round, node), completion order
-        self._in_flight: deque[tuple[Pending, list[tuple[int, int, ShareJob]]]] = deque()
-        self._awaited: set[tuple[int, int]] = set()  # queued or in flight
-        self._shared: dict[tuple[int, int], SharedUpdate] = {}  # done, not yet delivered
-        self._openings = Openings()
-        self._share_boxes: set[bytes] = set()  # sealed by the backend, not yet sent
-        if backend is not None:
-            self._backend_nodes = self._share_ahead(self.machines)
+        self._init_backend(backend, backend_batch)
         self.hosts: dict[NodeId, Host] = {
             actor: Host(
                 actor,
@@ -304,6 +294,10 @@ class Simulation(Observer):
         host.fire_due(self.now)
 
     def _deliver(self, target: NodeId, event: Event) -> None:
+        if self._open_awaited and isinstance(event, MessageReceived):
+            message = event.message
+            if isinstance(message, Sealed) and (target, message.data) in self._open_awaited:
+                self._opened((target, message.data))
         if self._silenced(target, event):
             self._stats.aggregator_messages_lost += 1
             return  # a failed aggregator: whatever reaches it is lost
@@ -342,6 +336,8 @@ class Simulation(Observer):
             self._stats.bytes_up += size  # a contributor's upload
         else:
             self._stats.bytes_aggregation += size  # roles, reports, commitments, sums
+            if isinstance(message, Sealed) and self._backend_started:
+                self._open_ahead(effect.recipient, message.data)
         at = self.links.arrival(self.now, sender, effect.recipient, size)
         event = MessageReceived(sender=sender, message=message)
         heapq.heappush(self._queue, _Pending(at, next(self._seq), effect.recipient, event))
@@ -462,6 +458,24 @@ class Simulation(Observer):
             self._pump()
 
     # -- node work done ahead by the backend ---------------------------------------------
+    def _init_backend(self, backend: Backend | None, batch: int) -> None:
+        """Node work done ahead by the backend (see the module docstring)."""
+        self.backend = backend
+        self._backend_nodes = False
+        self._batch = max(1, batch)
+        self._to_share: deque[tuple[int, int]] = deque()  # (round, node), completion order
+        self._in_flight: deque[tuple[Pending, list[tuple[int, int, ShareJob]]]] = deque()
+        self._awaited: set[tuple[int, int]] = set()  # queued or in flight
+        self._shared: dict[tuple[int, int], SharedUpdate] = {}  # done, not yet delivered
+        self._openings = Openings()
+        self._share_boxes: set[bytes] = set()  # sealed by the backend, not yet sent
+        # Other sealed messages to nodes, opened ahead too: queued, then in flight.
+        self._to_open: list[tuple[NodeId, bytes, str]] = []
+        self._open_flight: deque[tuple[Pending, list[tuple[NodeId, bytes, str]]]] = deque()
+        self._open_awaited: set[tuple[NodeId, bytes]] = set()
+        if backend is not None:
+            self._backend_nodes = self._share_ahead(self.machines)
+
     def _share_ahead(self, machines: Sequence[Machine]) -> bool:
         """Give every secure node's aggregator the openings table; False: no secure nodes."""
         nodes = [m for m in machines if isinstance(m, Node) and m.contributor.secure is not None]
@@ -529,6 +543,31 @@ class Simulation(Observer):
             self._pump()
         self._awaited.discard(key)
         return self._shared.pop(key, None)
+
+    def _open_ahead(self, recipient: NodeId, data: bytes) -> None:
+        """Queue a sealed message to a node for opening ahead, in batches."""
+        if recipient == COORDINATOR or not self._backend_nodes:
+            return
+        self._to_open.append((recipient, data, self.coordinator.params.job_id))
+        self._open_awaited.add((recipient, data))
+        if len(self._to_open) >= self._batch:
+            self._submit_opens()
+
+    def _submit_opens(self) -> None:
+        assert self.backend is not None
+        batch, self._to_open = self._to_open, []
+        self._open_flight.append((self.backend.submit_opens(batch), batch))
+
+    def _opened(self, key: tuple[NodeId, bytes]) -> None:
+        """Wait until the message ``key`` was opened ahead (or could not be)."""
+        while key in self._open_awaited:
+            if not self._open_flight:
+                self._submit_opens()
+            pending, batch = self._open_flight.popleft()
+            for (recipient, data, _), envelope in zip(batch, pending.result(), strict=True):
+                self._open_awaited.discard((recipient, data))
+                if envelope is not None:
+                    self._openings.put(recipient, data, MAX_ENVELOPE_BYTES, envelope)
 
     def _forget_ahead(self, round: int) -> None:
         """Round ``round`` closed: what was done ahead for it will not be delivered."""
