@@ -10,7 +10,9 @@ envelopes) and each aggregator's opening of the shares sealed for it
 time it is needed: one ``NodeWork`` per contributor does its sharing and
 then opens each of its envelopes as its aggregator would. The simulator
 hands the results in (``LocalUpdateReady.shared``; the aggregators'
-``Openings``), and each machine takes them only if they were made for
+``Openings``); every other sealed message sent to a node (sums, evidence,
+commitments) is opened ahead the same way (``OpenJob``), between its send and
+its delivery. Each machine takes them only if they were made for
 exactly the step it is about to take, so the protocol, its checks and its
 results are those of the in-process run (``inprocess``, no backend: every
 step done by the machine itself, on this thread).
