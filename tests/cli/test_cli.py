@@ -153,3 +153,41 @@ def test_data_check_reports_and_warns_without_training() -> None:
     assert "warning:" in said and "fewer than 5 records" in said
     missing = tessera("data", "check", "no-such-job.toml")
     assert missing.returncode == 2
+
+
+def test_a_processes_backend_run_writes_the_in_process_model(tmp_path: Path) -> None:
+    """``--backend processes --workers 1``: the nodes' sharing and opening in a worker
+    process, the same model and metrics as the default in-process run."""
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(TINY.format(kind="mlp").replace("rounds = 3", "rounds = 2"))
+    runs = {}
+    for name, extra in [("in", []), ("pool", ["--backend", "processes", "--workers", "1"])]:
+        out = tmp_path / name
+        proc = tessera("run", str(cfg), "--out", str(out), "--quiet", *extra)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = out
+    assert "on the processes backend, 1 workers" in proc.stderr
+    model = [(runs[n] / "model.safetensors").read_bytes() for n in ("in", "pool")]
+    assert model[0] == model[1]
+    values = [
+        [r["value"] for r in json.loads((runs[n] / "metrics.json").read_text())["rounds"]]
+        for n in ("in", "pool")
+    ]
+    assert values[0] == values[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--address", "auto"], "--address: a Ray cluster's address: use --backend ray"),
+        (["--workers", "2"], "--workers: inprocess runs on this process"),
+        (["--backend", "gpu"], "--backend: 'gpu': choose one of inprocess, processes, ray"),
+        (["--backend", "processes", "--workers", "0"], "--workers: 0: at least 1"),
+    ],
+)
+def test_backend_options_are_checked_before_the_job(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    proc = tessera("run", str(tmp_path / "missing.toml"), *args)
+    assert proc.returncode == 2
+    assert says in " ".join(proc.stderr.split())

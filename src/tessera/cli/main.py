@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the CLI imports the job machinery late: --help stays fast
     from tessera.config import JobConfig
     from tessera.jobs.prepared import PreparedJob
     from tessera.jobs.secure import SecureSummary
+    from tessera.runtime.sim.backends import Backend
 
 app = typer.Typer(
     cls=Group,
@@ -176,6 +177,17 @@ def _describe(job: PreparedJob, secure: SecureSummary | None) -> None:
         )
 
 
+def _describe_backend(backend: Backend | None, address: str | None, *, secure: bool) -> None:
+    """Where the nodes' work runs, when not on this thread."""
+    if backend is None:
+        return
+    where = f" at {address}" if address else ""
+    count = f", {backend.workers} workers" if backend.workers else ""
+    console.print(f"nodes' sharing and opening on the {backend.name} backend{where}{count}")
+    if not secure:
+        console.print("[yellow]a plaintext round has no node cryptography to spread[/]")
+
+
 def _plaintext_notes(cfg: JobConfig) -> None:
     """What a secure job's sections do not do in a --plaintext run."""
     if cfg.privacy is not None:  # the noise is added inside secure aggregation
@@ -202,7 +214,15 @@ def _valuer(job: PreparedJob) -> Any:
     return GroupValuer(job, method=c.method, permutations=c.permutations, policy=c.policy)
 
 
-def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintext: bool) -> None:
+def _run(
+    config_path: Path,
+    out: Path,
+    rounds: int | None,
+    quiet: bool,
+    plaintext: bool,
+    backend: Backend | None = None,
+    address: str | None = None,
+) -> None:
     # Torch is imported late (slow), with one thread: fastest on small models.
     import torch
 
@@ -229,6 +249,7 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
         job = prepare_job(cfg, totals_of=totals_for(cfg, secure=secure_job))
     secure = summarize(job) if secure_job else None
     _describe(job, secure)
+    _describe_backend(backend, address, secure=secure is not None)
     out.mkdir(parents=True, exist_ok=True)
     metric = "accuracy" if str(job.task) == "classification" else "R^2"
     with progress_bar(quiet) as progress:
@@ -265,7 +286,13 @@ def _run(config_path: Path, out: Path, rounds: int | None, quiet: bool, plaintex
             writer.add_round(rec, model_digest=digest)
 
         valuer = _valuer(job) if secure is not None else None
-        result = simulate(job, on_round=on_round, secure=secure is not None, on_groups=valuer)
+        result = simulate(
+            job,
+            on_round=on_round,
+            secure=secure is not None,
+            on_groups=valuer,
+            backend=backend,
+        )
         if valuer is not None:
             writer.extra["contributions"] = valuer.entry()
     digest = save_file(out / "model.safetensors", job.layout.unflatten(result.weights))
@@ -296,10 +323,35 @@ def run(
     plaintext: Annotated[
         bool, typer.Option("--plaintext", help="aggregate in the clear, for comparison")
     ] = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="where the nodes' sharing and opening run: inprocess (this thread), "
+            "processes (local worker processes) or ray (a Ray cluster)",
+        ),
+    ] = "inprocess",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="worker processes or Ray actors (default: one per core; on an existing "
+            "Ray cluster, one per CPU)",
+            show_default=False,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="an existing Ray cluster (e.g. ray://head:10001 or auto); --backend ray only"
+        ),
+    ] = None,
 ) -> None:
-    """Run a federated job in the in-process simulator."""
+    """Run a federated job in the simulator (on every core with --backend processes or ray)."""
     try:
-        _run(config, out, rounds, quiet, plaintext)
+        from tessera.runtime.sim.backends import make_backend
+
+        # Its errors come first; Ray is imported only for --backend ray.
+        chosen = make_backend(backend, workers=workers, address=address)
+        _run(config, out, rounds, quiet, plaintext, chosen, address)
     except TesseraError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None

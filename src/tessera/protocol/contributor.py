@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tessera.crypto.fixedpoint import Ring, encode
+from tessera.crypto.fixedpoint import Ring
 from tessera.crypto.keys import NodeKeys, PublicKeys
-from tessera.crypto.sharing import Share, split
+from tessera.crypto.sharing import Share
 from tessera.errors import LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
 from tessera.protocol.codec import decode_reassign, encode_share
@@ -47,14 +47,9 @@ from tessera.protocol.messages import (
     TrainRequest,
     UpdateSubmission,
 )
-from tessera.protocol.noise import (
-    PrivacyParams,
-    contributor_noise,
-    noise_rng,
-    noisy,
-    private_statistics,
-)
+from tessera.protocol.noise import PrivacyParams, private_statistics
 from tessera.protocol.quality import QUALITY_HEAD, LocalQuality, quality_words
+from tessera.protocol.sharing_job import SharedUpdate, ShareJob, share
 from tessera.protocol.states import CONTRIBUTOR_TRANSITIONS, ContributorInput, ContributorState
 from tessera.protocol.treecheck import TreeCheck
 from tessera.protocol.wire import Wire
@@ -163,12 +158,6 @@ class SecureContext:
     tree_check: TreeCheck | None = None  # re-derive the tree and refuse a forged one
     # The job's distributed differential privacy: this node adds its share of the noise.
     privacy: PrivacyParams | None = None
-
-
-def rounding_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator:
-    """The coins of a contributor's stochastic rounding in ``round``: secret, repeatable."""
-    context = b"rounding\x00" + job_id.encode() + b"\x00" + str(round).encode()
-    return np.random.default_rng(int.from_bytes(keys.draw(context), "big"))
 
 
 class Contributor:
@@ -345,6 +334,9 @@ class Contributor:
 
     def _shares(self, update: LocalUpdateReady) -> list[Effect]:
         """Clip, weight, encode, split into k shares and seal each for its aggregator."""
+        return self._seal_job(self._update_job(update), update.shared)
+
+    def _update_job(self, update: LocalUpdateReady) -> ShareJob:
         a = self.assignment
         assert a is not None
         vector = weighted_vector(
@@ -359,29 +351,66 @@ class Contributor:
             quality=update.quality,
             quality_words_of=a.quality,
         )
-        return self._seal_all(vector, private=True)
+        return self._share_job(vector, private=True)
+
+    def share_job(self, update: LocalUpdateReady) -> ShareJob | None:
+        """The sharing work ``update`` would start if it arrived now, for a runtime that
+        does that work ahead (``protocol.sharing_job``); None: it would start none."""
+        if not (
+            self.state is ContributorState.TRAINING
+            and update.round == self.round
+            and self.assignment is not None
+            and self.secure is not None
+        ):
+            return None
+        if _update_problem(update) or _quality_problem(update, self.assignment):
+            return None
+        return self._update_job(update)
 
     def _seal_all(self, vector: npt.NDArray[np.float64], *, private: bool = False) -> list[Effect]:
         """Encode ``vector`` (with this node's share of a private job's noise, if
         ``private``: an update), split it into k shares and seal each for its aggregator."""
+        return self._seal_job(self._share_job(vector, private=private), None)
+
+    def _share_job(self, vector: npt.NDArray[np.float64], *, private: bool) -> ShareJob:
         a, ctx = self.assignment, self.secure
         assert a is not None
         assert ctx is not None
         ring = Ring(bits=a.ring_bits, frac_bits=a.frac_bits, terms=a.ring_terms)
-        words = encode(vector, ring, rounding_rng(ctx.keys, self.job_id, self.round))
+        privacy, cohort = None, 0
         if private and ctx.privacy is not None:
             # The cohort is the public tree's, never the coordinator's word for it.
             check = ctx.tree_check
             cohort = check.tree(self.round).contributors if check is not None else a.ring_terms
-            rng = noise_rng(ctx.keys, self.job_id, self.round)
-            noise = contributor_noise(ctx.privacy, cohort, rng, words.size)
-            words = noisy(words, ring, noise)
-        shares = split(words, len(a.aggregators), full_position=a.full_position, ring=ring)
-        self._sent = (ring, vector.shape[0], shares)
-        return [
-            self._seal_share(position, aggregator)
-            for position, aggregator in enumerate(a.aggregators)
-        ]
+            privacy = ctx.privacy
+        return ShareJob(
+            node=self.node,
+            job_id=self.job_id,
+            round=self.round,
+            group=a.group,
+            aggregators=tuple(a.aggregators),
+            full_position=a.full_position,
+            ring=ring,
+            vector=vector,
+            privacy=privacy,
+            cohort=cohort,
+        )
+
+    def _seal_job(self, job: ShareJob, ahead: SharedUpdate | None) -> list[Effect]:
+        """Send ``job``'s sealed shares: done ahead by the runtime if that was this very
+        job, else done here (``protocol.sharing_job``)."""
+        ctx = self.secure
+        assert ctx is not None
+        done = ahead if ahead is not None and ahead.job.same(job) else None
+        if done is None:
+            done = share(job, ctx.keys, ctx.directory)
+        self._sent = (job.ring, job.length, list(done.shares))
+        sends: list[Effect] = []
+        for position, aggregator in enumerate(job.aggregators):
+            self._holders.setdefault(aggregator, position)
+            sealed = Sealed(done.envelopes[position])
+            sends.append(Send(recipient=aggregator, message=sealed))
+        return sends
 
     def _seal_share(self, position: int, aggregator: NodeId) -> Send:
         a, wire, sent = self.assignment, self.wire, self._sent

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +15,9 @@ from tessera.protocol.messages import Message
 from tessera.protocol.quality import LocalQuality
 from tessera.protocol.timers import Timer
 from tessera.weights import Vector
+
+if TYPE_CHECKING:  # only named here; sharing_job imports the wire, which imports effects
+    from tessera.protocol.sharing_job import SharedUpdate
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -41,6 +45,9 @@ class LocalUpdateReady:
     num_samples: int
     loss: float
     quality: LocalQuality | None = None  # asked by a job with quality words only
+    # The sharing step done ahead by the runtime (``protocol.sharing_job``); the
+    # contributor uses it only if it was made for exactly the job it would run.
+    shared: SharedUpdate | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

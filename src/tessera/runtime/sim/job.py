@@ -22,6 +22,7 @@ from tessera.protocol.effects import GroupSum
 from tessera.protocol.events import ContributorsRated
 from tessera.protocol.node import Node
 from tessera.protocol.noise import Budget
+from tessera.runtime.sim.backends import Backend
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.poison import ScaledUpdates
 from tessera.runtime.sim.secure import build_secure
@@ -56,6 +57,7 @@ def simulate(
     charge_compute: bool = False,
     on_groups: Callable[[int, tuple[GroupSum, ...], Vector], ContributorsRated | None]
     | None = None,
+    backend: Backend | None = None,
 ) -> SimulationResult:
     """Run the job; ``on_round`` sees each round's record and new global weights.
 
@@ -69,6 +71,8 @@ def simulate(
     to replay exactly who took part in each round of a deployment.
     ``charge_compute`` spends each node's and the coordinator's measured protocol
     CPU time on the virtual clock (see ``Simulation``).
+    ``backend`` does the nodes' sharing and opening on other cores
+    (``runtime.sim.backends``; None: all on this thread); same results.
     """
     cfg = job.config
     sim_cfg = cfg.simulation
@@ -167,6 +171,7 @@ def simulate(
         on_round=record,
         machines=machines,
         charge_compute=charge_compute,
+        backend=backend,
         # A deployment's replay opens with its statistics round, as the deployment did.
         statistics=(
             None

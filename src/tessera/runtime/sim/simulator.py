@@ -22,6 +22,14 @@ an event reaching a busy actor waits until it is free, and a call's effects
 (sends, training requests, a closed round) happen when it ends. Simulated
 training still runs at the device model's speed. Off, no call is timed and
 runs are exactly as before; on, virtual times vary with the host's speed.
+
+A ``backend`` (``runtime.sim.backends``: local processes, Ray) does the
+contributors' sharing step and their aggregators' openings of those shares
+on other cores, ahead: each trained chunk is queued for it in completion
+order, a bounded window of batches is in flight, and a node's result is
+collected when its training completes on the virtual clock. The machines
+take that work only if it is exactly what they would do, so the aggregate
+and the model are those of a run without a backend (``inprocess``).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from tessera.protocol.events import (
     MessageReceived,
 )
 from tessera.protocol.kinds import Kind
+from tessera.protocol.limits import MAX_ENVELOPE_BYTES
 from tessera.protocol.messages import (
     Sealed,
     TrainingDeclined,
@@ -66,7 +75,10 @@ from tessera.protocol.messages import (
 )
 from tessera.protocol.node import Node
 from tessera.protocol.quality import LocalQuality
+from tessera.protocol.sharing_job import SharedUpdate, ShareJob
+from tessera.protocol.wire import Openings
 from tessera.runtime.host import Host, LocalTrainer, Machine, Observer, TrainingTask, TrainOutput
+from tessera.runtime.sim.backends import Backend, Pending, WorkerContext
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.links import Links
 from tessera.weights import Vector
@@ -147,6 +159,8 @@ class Simulation(Observer):
         fail_aggregators: Callable[[int, list[NodeId]], npt.NDArray[np.bool_]] | None = None,
         charge_compute: bool = False,
         statistics: Callable[[int, int], npt.NDArray[np.float64]] | None = None,
+        backend: Backend | None = None,
+        backend_batch: int = 64,
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
@@ -191,6 +205,10 @@ class Simulation(Observer):
         self._busy_until: dict[NodeId, float] = {}
         self._backlog: dict[NodeId, deque[_Pending]] = {}  # items waiting for a busy actor
         cpu = _cpu_clock() if charge_compute else None
+        if backend is not None and charge_compute:
+            raise ValueError("charging compute counts this thread's CPU: use no backend")
+        self._backend_started = False
+        self._init_backend(backend, backend_batch)
         self.hosts: dict[NodeId, Host] = {
             actor: Host(
                 actor,
@@ -212,6 +230,14 @@ class Simulation(Observer):
     # -- driving ---------------------------------------------------------------
     def run(self) -> Vector:
         """Run the job to its end; returns the final global weights."""
+        try:
+            return self._run()
+        finally:
+            if self.backend is not None and self._backend_started:
+                self.backend.close()
+                self._backend_started = False
+
+    def _run(self) -> Vector:
         self.hosts[COORDINATOR].handle(JobStarted(), self.now)
         self._stats.started_at = self.now
         while self._queue and self.final_weights is None:
@@ -268,6 +294,10 @@ class Simulation(Observer):
         host.fire_due(self.now)
 
     def _deliver(self, target: NodeId, event: Event) -> None:
+        if self._open_awaited and isinstance(event, MessageReceived):
+            message = event.message
+            if isinstance(message, Sealed) and (target, message.data) in self._open_awaited:
+                self._opened((target, message.data))
         if self._silenced(target, event):
             self._stats.aggregator_messages_lost += 1
             return  # a failed aggregator: whatever reaches it is lost
@@ -301,14 +331,23 @@ class Simulation(Observer):
         if isinstance(message, TrainRequest):
             self._stats.bytes_down += size
         elif isinstance(message, UpdateSubmission | TrainingDeclined) or (
-            isinstance(message, Sealed) and peek(message.data).kind == Kind.SHARE
+            isinstance(message, Sealed) and self._is_share(message.data)
         ):
             self._stats.bytes_up += size  # a contributor's upload
         else:
             self._stats.bytes_aggregation += size  # roles, reports, commitments, sums
+            if isinstance(message, Sealed) and self._backend_started:
+                self._open_ahead(effect.recipient, message.data)
         at = self.links.arrival(self.now, sender, effect.recipient, size)
         event = MessageReceived(sender=sender, message=message)
         heapq.heappush(self._queue, _Pending(at, next(self._seq), effect.recipient, event))
+
+    def _is_share(self, data: bytes) -> bool:
+        """Whether ``data`` is a contributor's share: known if the backend sealed it."""
+        if data in self._share_boxes:
+            self._share_boxes.discard(data)
+            return True
+        return peek(data).kind == Kind.SHARE
 
     # -- the hosts' observer ------------------------------------------------------------
     def rejected(self, actor: NodeId, effect: Rejected) -> None:
@@ -330,6 +369,7 @@ class Simulation(Observer):
         self._wall = now
         self._round_tasks.pop(effect.round, None)
         self._due.pop(effect.round, None)
+        self._forget_ahead(effect.round)
         if self.on_round is not None:
             self.on_round(self._stats)
         self._stats = RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
@@ -386,7 +426,12 @@ class Simulation(Observer):
             self._train_next_chunk(round)
         delta, samples, loss, quality = self._results.pop((round, node))
         event = LocalUpdateReady(
-            round=round, delta=delta, num_samples=samples, loss=loss, quality=quality
+            round=round,
+            delta=delta,
+            num_samples=samples,
+            loss=loss,
+            quality=quality,
+            shared=self._collect(round, node) if self.backend is not None else None,
         )
         self._deliver(node_id, event)
 
@@ -407,6 +452,132 @@ class Simulation(Observer):
                 float(result.loss[row]),
                 _quality(result, row),
             )
+        if self.backend is not None and self._backend_nodes:
+            self._to_share.extend((round, node) for node in nodes)
+            self._awaited.update((round, node) for node in nodes)
+            self._pump()
+
+    # -- node work done ahead by the backend ---------------------------------------------
+    def _init_backend(self, backend: Backend | None, batch: int) -> None:
+        """Node work done ahead by the backend (see the module docstring)."""
+        self.backend = backend
+        self._backend_nodes = False
+        self._batch = max(1, batch)
+        self._to_share: deque[tuple[int, int]] = deque()  # (round, node), completion order
+        self._in_flight: deque[tuple[Pending, list[tuple[int, int, ShareJob]]]] = deque()
+        self._awaited: set[tuple[int, int]] = set()  # queued or in flight
+        self._shared: dict[tuple[int, int], SharedUpdate] = {}  # done, not yet delivered
+        self._openings = Openings()
+        self._share_boxes: set[bytes] = set()  # sealed by the backend, not yet sent
+        # Other sealed messages to nodes, opened ahead too: queued, then in flight.
+        self._to_open: list[tuple[NodeId, bytes, str]] = []
+        self._open_flight: deque[tuple[Pending, list[tuple[NodeId, bytes, str]]]] = deque()
+        self._open_awaited: set[tuple[NodeId, bytes]] = set()
+        if backend is not None:
+            self._backend_nodes = self._share_ahead(self.machines)
+
+    def _share_ahead(self, machines: Sequence[Machine]) -> bool:
+        """Give every secure node's aggregator the openings table; False: no secure nodes."""
+        nodes = [m for m in machines if isinstance(m, Node) and m.contributor.secure is not None]
+        for node in nodes:
+            if node.aggregator is not None:
+                node.aggregator.wire.opened = self._openings
+        if nodes:
+            secure = nodes[0].contributor.secure
+            assert secure is not None
+            self._context = WorkerContext(seed=self.seed, directory=dict(secure.directory))
+        return bool(nodes)
+
+    def _pump(self) -> None:
+        """Keep a window of batches in flight (four per worker), in completion order."""
+        assert self.backend is not None
+        if not self._backend_started:
+            self.backend.start(self._context)
+            self._backend_started = True
+        while self._to_share and len(self._in_flight) < 4 * self.backend.workers:
+            batch: list[tuple[int, int, ShareJob]] = []
+            while self._to_share and len(batch) < self._batch:
+                round, node = key = self._to_share.popleft()
+                job = self._share_job(round, node)
+                if job is None:  # nothing to share (a bad result): the machine says why
+                    self._awaited.discard(key)
+                else:
+                    batch.append((round, node, job))
+            if batch:
+                pending = self.backend.submit([job for _, _, job in batch])
+                self._in_flight.append((pending, batch))
+
+    def _share_job(self, round: int, node: int) -> ShareJob | None:
+        result = self._results.get((round, node))
+        machine = self.machines[node]
+        if result is None or not isinstance(machine, Node):
+            return None
+        delta, samples, loss, quality = result
+        ready = LocalUpdateReady(
+            round=round, delta=delta, num_samples=samples, loss=loss, quality=quality
+        )
+        return machine.contributor.share_job(ready)
+
+    def _collect(self, round: int, node: int) -> SharedUpdate | None:
+        """Node ``node``'s sharing done ahead, waiting for its batch if need be."""
+        key = (round, node)
+        while key in self._awaited and key not in self._shared:
+            if not self._in_flight:
+                self._pump()
+                if not self._in_flight:
+                    break
+            pending, batch = self._in_flight.popleft()
+            for (r, n, job), (shares, envelopes, opened) in zip(
+                batch, pending.result(), strict=True
+            ):
+                self._awaited.discard((r, n))
+                if r not in self._round_tasks:
+                    continue  # its round closed meanwhile
+                self._shared[(r, n)] = SharedUpdate(job=job, shares=shares, envelopes=envelopes)
+                self._share_boxes.update(envelopes)
+                for aggregator, data, envelope in zip(
+                    job.aggregators, envelopes, opened, strict=True
+                ):
+                    if envelope is not None:
+                        self._openings.put(aggregator, data, MAX_ENVELOPE_BYTES, envelope)
+            self._pump()
+        self._awaited.discard(key)
+        return self._shared.pop(key, None)
+
+    def _open_ahead(self, recipient: NodeId, data: bytes) -> None:
+        """Queue a sealed message to a node for opening ahead, in batches."""
+        if recipient == COORDINATOR or not self._backend_nodes:
+            return
+        self._to_open.append((recipient, data, self.coordinator.params.job_id))
+        self._open_awaited.add((recipient, data))
+        if len(self._to_open) >= self._batch:
+            self._submit_opens()
+
+    def _submit_opens(self) -> None:
+        assert self.backend is not None
+        batch, self._to_open = self._to_open, []
+        self._open_flight.append((self.backend.submit_opens(batch), batch))
+
+    def _opened(self, key: tuple[NodeId, bytes]) -> None:
+        """Wait until the message ``key`` was opened ahead (or could not be)."""
+        while key in self._open_awaited:
+            if not self._open_flight:
+                self._submit_opens()
+            pending, batch = self._open_flight.popleft()
+            for (recipient, data, _), envelope in zip(batch, pending.result(), strict=True):
+                self._open_awaited.discard((recipient, data))
+                if envelope is not None:
+                    self._openings.put(recipient, data, MAX_ENVELOPE_BYTES, envelope)
+
+    def _forget_ahead(self, round: int) -> None:
+        """Round ``round`` closed: what was done ahead for it will not be delivered."""
+        if self.backend is None:
+            return
+        self._to_share = deque(k for k in self._to_share if k[0] > round)
+        self._awaited = {k for k in self._awaited if k[0] > round}
+        self._shared = {k: v for k, v in self._shared.items() if k[0] > round}
+        self._openings.forget_through(round)
+        self._share_boxes.clear()  # a later round's are sealed after its requests went out
 
 
 def _quality(result: TrainOutput, row: int) -> LocalQuality | None:
