@@ -14,7 +14,7 @@ What is random and where it comes from: the stochastic rounding and a
 private job's noise are keyed by the node's own key, job and round
 (``rounding_rng``, ``protocol.noise.noise_rng``), so any holder of the
 node's keys rounds and noises the same vector to the same words; the masks
-and the envelopes' ephemeral keys are fresh OS randomness, as in a
+and the envelopes' nonces are fresh OS randomness, as in a
 deployment. The masks cancel in the total, so the total (and the model) is
 the same whoever did the work; the shares themselves never repeat.
 """

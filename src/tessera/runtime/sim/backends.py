@@ -22,7 +22,7 @@ once, re-derives any node's keys from the seed (``simulation_keys``, as
 ``build_secure`` does; never a deployment's keys), and each task carries one
 node's vector and tree seats. Nothing in a task draws from process state:
 the rounding and noise coins are keyed by (node keys, job, round); the masks
-and ephemeral keys are fresh OS randomness, which cancels in the total, so
+and envelope nonces are fresh OS randomness (the masks cancel in the total), so
 the aggregate and the model are the same on every backend.
 
 Backends: ``processes`` (``workers`` local processes, spawned: no fork of a
