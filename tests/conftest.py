@@ -50,6 +50,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
+    yield request.getfixturevalue("postgres_store_url")
+
+
+@pytest.fixture
+def postgres_store_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh schema in this session's PostgreSQL database, dropped afterwards."""
     database = make_url(request.getfixturevalue("postgres_database"))
     schema = f"s_{uuid.uuid4().hex[:12]}"
     engine = create_engine(database, isolation_level="AUTOCOMMIT")
