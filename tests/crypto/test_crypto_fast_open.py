@@ -453,3 +453,25 @@ def test_key_compromise_impersonation_is_stopped_by_the_signature_only() -> None
     forged = body + thief._sign(envelope._to_sign(body))
     assert fast(forged).payload == b"poison" * 8
     assert reason_of(lambda: full(forged)) == "bad signature"
+
+
+@FUZZ
+@given(payload=st.binary(min_size=0, max_size=2048))
+def test_a_sender_reads_back_what_it_sealed_and_nobody_else_can(payload: bytes) -> None:
+    """``reopen_sent``: a contributor keeps its sealed share instead of the share itself."""
+    data = make(payload)
+    assert envelope.reopen_sent(data, sender_keys=ALICE, recipient_public=BOB.public) == payload
+    # Carol, not the sender, cannot use the sender's path to read Alice's box to Bob.
+    with pytest.raises(InvalidEnvelope, match=envelope.CANNOT_DECRYPT):
+        envelope.reopen_sent(data, sender_keys=CAROL, recipient_public=BOB.public)
+    # Nor does the box read back as sealed for another recipient.
+    with pytest.raises(InvalidEnvelope, match=envelope.CANNOT_DECRYPT):
+        envelope.reopen_sent(data, sender_keys=ALICE, recipient_public=CAROL.public)
+    flipped = bytearray(data)
+    flipped[len(data) - SIG - 1] ^= 1  # the last byte of the box: its tag
+    with pytest.raises(InvalidEnvelope):
+        envelope.reopen_sent(bytes(flipped), sender_keys=ALICE, recipient_public=BOB.public)
+    with pytest.raises(InvalidEnvelope):  # a clear envelope has no box to read back
+        envelope.reopen_sent(
+            make(payload, sealed=False), sender_keys=ALICE, recipient_public=BOB.public
+        )

@@ -182,6 +182,7 @@ __all__ = [
     "open_envelope",
     "open_sealed",
     "peek",
+    "reopen_sent",
     "seal",
     "verify_envelope",
 ]
@@ -705,6 +706,29 @@ def disclose_key(data: Bytes, *, recipient_keys: NodeKeys, sender_public: Public
         raise InvalidEnvelope(CANNOT_DECRYPT) from None
     header = data[: parsed.payload_start]
     return _message_key(shared, parsed.nonce, sender_public, recipient_keys.public, header)
+
+
+def reopen_sent(data: Bytes, *, sender_keys: NodeKeys, recipient_public: PublicKeys) -> bytes:
+    """The payload of a sealed envelope that ``sender_keys`` sealed for ``recipient_public``.
+
+    The box key comes from the pair's static secret, which the sender holds as
+    well as the recipient, so a sender can keep the one ciphertext it sent and
+    read it back later instead of keeping the plaintext beside it (a
+    contributor's full share, resealed for a replacement aggregator). The AEAD
+    tag is checked: bytes that this sender did not seal for this recipient
+    fail with ``InvalidEnvelope``.
+    """
+    data = _as_bytes(data)
+    parsed = _parse(data)
+    if not parsed.sealed:
+        raise InvalidEnvelope(MALFORMED)
+    try:
+        shared = sender_keys._exchange(recipient_public.agreement)
+    except ValueError:
+        raise InvalidEnvelope(CANNOT_DECRYPT) from None
+    header = data[: parsed.payload_start]
+    key = _message_key(shared, parsed.nonce, sender_keys.public, recipient_public, header)
+    return _decrypt_with(data, parsed, key)
 
 
 def _decrypt_with(data: bytes, parsed: _Parsed, key: bytes) -> bytes:

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tessera.crypto.envelope import reopen_sent
 from tessera.crypto.fixedpoint import Ring
 from tessera.crypto.keys import NodeKeys, PublicKeys
-from tessera.crypto.sharing import Share
 from tessera.errors import LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
-from tessera.protocol.codec import decode_reassign, encode_share
+from tessera.protocol.codec import decode_reassign
 from tessera.protocol.effects import (
     Effect,
     Rejected,
@@ -179,8 +179,10 @@ class Contributor:
         self.job_id = job_id
         self.secure = secure
         self.assignment: SecureAssignment | None = None
-        # This round's shares, kept (never re-split) in case an aggregator is replaced.
-        self._sent: tuple[Ring, int, list[Share]] | None = None
+        # This round's sealed shares and whom each was sealed for, kept (never re-split)
+        # in case an aggregator is replaced: the ciphertext alone, read back with our
+        # own key (``reopen_sent``), so a large model's share is held once, not twice.
+        self._sent: tuple[tuple[bytes, ...], tuple[NodeId, ...]] | None = None
         # Who was ever given which position this round: one node, one position, so a
         # coordinator cannot walk a backup through several seats (SECURITY.md, finding 3).
         self._holders: dict[NodeId, int] = {}
@@ -404,7 +406,7 @@ class Contributor:
         done = ahead if ahead is not None and ahead.job.same(job) else None
         if done is None:
             done = share(job, ctx.keys, ctx.directory)
-        self._sent = (job.ring, job.length, list(done.shares))
+        self._sent = (done.envelopes, job.aggregators)
         sends: list[Effect] = []
         for position, aggregator in enumerate(job.aggregators):
             self._holders.setdefault(aggregator, position)
@@ -413,12 +415,13 @@ class Contributor:
         return sends
 
     def _seal_share(self, position: int, aggregator: NodeId) -> Send:
-        a, wire, sent = self.assignment, self.wire, self._sent
-        assert a is not None
+        ctx, wire, sent = self.secure, self.wire, self._sent
+        assert ctx is not None
         assert wire is not None
         assert sent is not None
-        ring, length, shares = sent
-        payload = encode_share(a.group, position, ring, length, shares[position])
+        envelopes, recipients = sent
+        original = ctx.directory[recipients[position]]
+        payload = reopen_sent(envelopes[position], sender_keys=ctx.keys, recipient_public=original)
         self._holders.setdefault(aggregator, position)
         return wire.send(aggregator, Kind.SHARE, self.round, payload, sealed=True)
 

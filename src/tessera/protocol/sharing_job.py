@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from tessera.crypto.fixedpoint import Ring, encode
 from tessera.crypto.keys import NodeKeys, PublicKeys
-from tessera.crypto.sharing import Share, split
+from tessera.crypto.sharing import split
 from tessera.ids import NodeId
 from tessera.protocol.codec import encode_share
 from tessera.protocol.kinds import Kind
@@ -82,11 +82,12 @@ class ShareJob:
 
 @dataclass(frozen=True, slots=True)
 class SharedUpdate:
-    """A ``ShareJob`` done: the k shares (kept for resends) and their sealed envelopes,
-    the j-th for ``job.aggregators[j]``."""
+    """A ``ShareJob`` done: the k sealed shares, the j-th for ``job.aggregators[j]``.
+
+    Only the ciphertext is kept: the contributor reads a share back from its own
+    envelope to reseal it for a replacement (``crypto.envelope.reopen_sent``)."""
 
     job: ShareJob
-    shares: tuple[Share, ...]
     envelopes: tuple[bytes, ...]
 
 
@@ -106,4 +107,4 @@ def share(job: ShareJob, keys: NodeKeys, directory: Mapping[NodeId, PublicKeys])
         sent = wire.send(aggregator, Kind.SHARE, job.round, payload, sealed=True).message
         assert isinstance(sent, Sealed)
         envelopes.append(sent.data)
-    return SharedUpdate(job=job, shares=tuple(shares), envelopes=tuple(envelopes))
+    return SharedUpdate(job=job, envelopes=tuple(envelopes))

@@ -44,7 +44,6 @@ from typing import Any, Protocol
 
 from tessera.crypto.envelope import Envelope, peek
 from tessera.crypto.keys import NodeKeys, PublicKeys
-from tessera.crypto.sharing import Share
 from tessera.errors import ConfigError, InvalidEnvelope
 from tessera.ids import NodeId
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES
@@ -63,9 +62,9 @@ class WorkerContext:
     directory: Mapping[NodeId, PublicKeys]
 
 
-# One node's work done: its shares, its envelopes, and each envelope opened for its
-# aggregator (None where opening failed: the aggregator then opens it and says why).
-NodeDone = tuple[tuple[Share, ...], tuple[bytes, ...], tuple[Envelope | None, ...]]
+# One node's work done: its envelopes, and each opened for its aggregator (None where
+# opening failed: the aggregator then opens it and says why).
+NodeDone = tuple[tuple[bytes, ...], tuple[Envelope | None, ...]]
 
 
 # A sealed envelope to open as its recipient would: (recipient, envelope bytes, job id).
@@ -149,7 +148,7 @@ class _Worker:
                 )
             except InvalidEnvelope:
                 opened.append(None)
-        return done.shares, done.envelopes, tuple(opened)
+        return done.envelopes, tuple(opened)
 
 
 _PROCESS_WORKER: _Worker | None = None  # a pool process's own

@@ -527,13 +527,11 @@ class Simulation(Observer):
                 if not self._in_flight:
                     break
             pending, batch = self._in_flight.popleft()
-            for (r, n, job), (shares, envelopes, opened) in zip(
-                batch, pending.result(), strict=True
-            ):
+            for (r, n, job), (envelopes, opened) in zip(batch, pending.result(), strict=True):
                 self._awaited.discard((r, n))
                 if r not in self._round_tasks:
                     continue  # its round closed meanwhile
-                self._shared[(r, n)] = SharedUpdate(job=job, shares=shares, envelopes=envelopes)
+                self._shared[(r, n)] = SharedUpdate(job=job, envelopes=envelopes)
                 self._share_boxes.update(envelopes)
                 for aggregator, data, envelope in zip(
                     job.aggregators, envelopes, opened, strict=True
