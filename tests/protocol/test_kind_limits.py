@@ -62,7 +62,8 @@ def test_every_kind_has_a_limit_the_relay_body_admits() -> None:
     assert all(0 < n <= limits.COORDINATOR_BODY for n in LIMITS.values())
     assert LIMITS[Kind.EVIDENCE] == limits.MAX_ENVELOPE_BYTES  # a group's boxes: the most
     # Kinds that list ids are far below the bulk kinds.
-    notices = (Kind.REPORT, Kind.COMMIT, Kind.REASSIGN, Kind.ACCUSE, Kind.AUDIT_REQUEST)
+    assert LIMITS[Kind.ACCUSE] == limits.MAX_ENVELOPE_BYTES  # it brings its proof
+    notices = (Kind.REPORT, Kind.COMMIT, Kind.REASSIGN, Kind.AUDIT_REQUEST)
     assert max(LIMITS[k] for k in notices) * 8 < LIMITS[Kind.SHARE]
 
 

@@ -34,7 +34,7 @@ from tessera.protocol.limits import (
     TO_COORDINATOR_ONLY,
     TO_NODE_ONLY,
     RelayBounds,
-    evidence_bytes,
+    accusation_bytes,
     relay_bounds,
 )
 from tessera.runtime.transport.mail import check_weights_artefact, read_weights_artefact
@@ -238,12 +238,14 @@ class CoordinatorService:
             )
         if spec.secure and spec.secure_params().audit:  # nor could its audits' evidence
             tree = spec.secure_params().tree
-            need = evidence_bytes(words, k=tree.k, group_size=tree.group_size, fan_in=tree.fan_in)
-            if need > ENVELOPE_LIMITS[Kind.EVIDENCE]:
+            # The largest audit message: an accusation, proved by the evidence and a sum.
+            need = accusation_bytes(words, k=tree.k, group_size=tree.group_size, fan_in=tree.fan_in)
+            if need > ENVELOPE_LIMITS[Kind.ACCUSE]:
                 raise Refused(
                     422,
-                    f"audit evidence for {words:,} words would reach {need >> 20} MiB, "
-                    f"over the {ENVELOPE_LIMITS[Kind.EVIDENCE] >> 20} MiB an envelope carries: "
+                    f"audit evidence for {words:,} words would reach {need >> 20} MiB "
+                    "(in an accusation's proof), "
+                    f"over the {ENVELOPE_LIMITS[Kind.ACCUSE] >> 20} MiB an envelope carries: "
                     "lower secure.fan_in or secure.group_size, or set secure.audit = false",
                 )
         try:

@@ -177,6 +177,7 @@ __all__ = [
     "Envelope",
     "EnvelopeHeader",
     "ReplayGuard",
+    "clear_payload",
     "disclose_key",
     "open",
     "open_envelope",
@@ -729,6 +730,19 @@ def reopen_sent(data: Bytes, *, sender_keys: NodeKeys, recipient_public: PublicK
     header = data[: parsed.payload_start]
     key = _message_key(shared, parsed.nonce, sender_keys.public, recipient_public, header)
     return _decrypt_with(data, parsed, key)
+
+
+def clear_payload(data: bytes) -> memoryview:
+    """The payload of a clear envelope already opened and checked, without a copy.
+
+    For a party that keeps the envelope (its signature is what binds the payload
+    to its sender) and reads the payload again later: nothing is checked here
+    but the format, so call it only on bytes that ``open_envelope`` accepted.
+    """
+    parsed = _parse(data)
+    if parsed.sealed:
+        raise InvalidEnvelope(MALFORMED)
+    return memoryview(data)[parsed.payload_start : parsed.payload_end]
 
 
 def _decrypt_with(data: bytes, parsed: _Parsed, key: bytes) -> bytes:

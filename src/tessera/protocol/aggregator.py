@@ -40,6 +40,7 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import FullShare, Share, ShareAccumulator
 from tessera.errors import InvalidEnvelope, LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
+from tessera.protocol.accusation import copy_box, encode_proof, make_proof
 from tessera.protocol.audit import Evidence, open_evidence, seal_evidence, verify_evidence
 from tessera.protocol.codec import (
     Accusation,
@@ -94,10 +95,11 @@ class AggregatorRole:
     # Optimistic audits (upper groups only): a child's sum is taken at once and kept
     # here until its evidence is checked; evidence that overtook its sum waits.
     audits: dict[str, tuple[PartialPayload, NodeId]] = field(default_factory=dict)
-    early: dict[str, bytes] = field(default_factory=dict)
-    # Each audited child's input boxes, forwarded as they reached it: its evidence then
-    # only brings the keys, so no evidence transfer waits on the sum.
+    early: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # (body, envelope)
+    # Each audited child's input copies (its signed envelopes), as they reached us: its
+    # evidence then only brings the keys, so no evidence transfer waits on the sum.
     copies: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    child_boxes: dict[str, bytes] = field(default_factory=dict)  # each child's sum, sealed
     copied_to: set[NodeId] = field(default_factory=set)  # where our own inputs went
     verdicts: dict[str, str | None] = field(default_factory=dict)  # child -> why it failed
     audited_sent: bool = False  # the coordinator was told our checks are done
@@ -202,9 +204,9 @@ class Aggregator:
         if env.kind == Kind.PARTIAL:
             return self._on_partial(decode_partial(env.payload), data, sender)
         if env.kind == Kind.EVIDENCE:
-            return self._on_evidence(*decode_labelled(env.payload), sender)
+            return self._on_evidence(*decode_labelled(env.payload), sender, data)
         if env.kind == Kind.INPUT_COPY:
-            return self._on_copy(*decode_labelled(env.payload), sender)
+            return self._on_copy(*decode_labelled(env.payload), sender, data)
         if env.kind == Kind.AUDIT_REQUEST:  # from our auditor: the parent, or the coordinator
             group, position, _ = decode_labelled(env.payload)
             role = self._role(group, position, leaf=None)
@@ -243,6 +245,7 @@ class Aggregator:
         bits = part.words.dtype.itemsize * 8
         self._check_input(role, part.group, sender, bits, part.words.shape[0])
         role.boxes[part.group] = (data, sender)  # our own auditor will want it
+        role.child_boxes[part.group] = data  # and so would a proof against the child
         effects = self._copy(role, part.group, data)
         if part.group in role.request.audit:  # audits are on for this job
             every = role.request.audit_fraction >= 1
@@ -267,9 +270,11 @@ class Aggregator:
         body = encode_labelled(req.group, req.position, encode_named(input_id, box))
         return [self._send(role.parent, Kind.INPUT_COPY, body, sealed=False)]
 
-    def _on_copy(self, group: str, position: int, body: bytes, sender: NodeId) -> list[Effect]:
+    def _on_copy(
+        self, group: str, position: int, body: bytes, sender: NodeId, data: bytes
+    ) -> list[Effect]:
         role = self._parent_role_for(group, position)
-        input_id, start = decode_named(body)
+        input_id, _ = decode_named(body)
         if role.expected.get(group) != sender or group not in role.request.audit:
             raise RemoteProtocolError(f"{sender} has no inputs of {group} for us to audit")
         if input_id not in role.request.audit[group][1]:
@@ -277,24 +282,31 @@ class Aggregator:
         held = role.copies.setdefault(group, {})
         if input_id in held:
             raise RemoteProtocolError(f"{input_id}'s box was forwarded already")
-        held[input_id] = body[start:]
+        held[input_id] = data  # signed by the child: proof of what it forwarded
         return []
 
-    def _on_evidence(self, group: str, position: int, body: bytes, sender: NodeId) -> list[Effect]:
+    def _on_evidence(
+        self, group: str, position: int, body: bytes, sender: NodeId, data: bytes
+    ) -> list[Effect]:
         role = self._parent_role_for(group, position)
         if role.expected.get(group) != sender or group in role.verdicts or group in role.early:
             raise RemoteProtocolError(f"{sender} owes no evidence for {group}")
         if group in role.audits:
-            return self._audit_child(role, group, body)
+            return self._audit_child(role, group, (body, data))
         if role.request.audit_fraction < 1 or group in role.inputs:
             raise RemoteProtocolError(f"no evidence was asked of {sender} for {group}")
-        role.early[group] = body  # it overtook the sum it vouches for
+        role.early[group] = (body, data)  # it overtook the sum it vouches for
         return []
 
-    def _audit_child(self, role: AggregatorRole, child: str, body: bytes) -> list[Effect]:
-        """Check a taken child's sum against its evidence; accuse it if they differ."""
+    def _audit_child(
+        self, role: AggregatorRole, child: str, evidence_in: tuple[bytes, bytes]
+    ) -> list[Effect]:
+        """Check a taken child's sum against its evidence; accuse it if they differ,
+        with the child's own signed messages as proof (``protocol.accusation``)."""
         part, sender = role.audits.pop(child)
         is_leaf, inputs = role.request.audit[child]
+        body, data = evidence_in
+        copies = role.copies.pop(child, {})
         effects: list[Effect] = []
         try:
             evidence = open_evidence(
@@ -305,7 +317,7 @@ class Aggregator:
                 keys=self.keys,
                 auditor=self.node,
                 directory=self.directory,
-                copies=role.copies.pop(child, {}),
+                copies={i: copy_box(c)[1] for i, c in copies.items()},
             )
             verify_evidence(
                 evidence,
@@ -324,7 +336,15 @@ class Aggregator:
             # Its sum went up already: the coordinator discards the round.
             role.verdicts[child] = str(exc)
             accusation = Accusation(child, role.request.position, sender, str(exc))
-            payload = encode_accusation(accusation)
+            proof = make_proof(
+                partial=role.child_boxes[child],
+                evidence=data,
+                body=body,
+                copies=copies.values(),
+                keys=self.keys,
+                accused=self.directory[sender],
+            )
+            payload = encode_accusation(accusation, encode_proof(proof))
             effects.append(self._send(COORDINATOR, Kind.ACCUSE, payload, sealed=False))
         return effects + self._audited(role)
 

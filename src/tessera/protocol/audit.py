@@ -36,7 +36,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tessera.crypto.envelope import open_envelope, seal
+from tessera.crypto.envelope import CANNOT_DECRYPT, open_envelope, seal
 from tessera.crypto.fixedpoint import Ring
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import FullShare, ShareAccumulator
@@ -62,10 +62,15 @@ class AuditFailure(RemoteProtocolError):
     """The audited aggregator's sum does not match its evidence."""
 
 
+class Undecidable(AuditFailure):
+    """A failure a third party cannot pin on either side: the evidence's sealed keys do
+    not open with the key the auditor names, or a copy never reached the auditor."""
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     commit: bytes  # the coordinator's signed commitment envelope
-    boxes: tuple[tuple[bytes, bytes], ...]  # (original input envelope, its disclosed key)
+    boxes: tuple[tuple[bytes | memoryview, bytes], ...]  # (input envelope, its disclosed key)
     inputs: tuple[str, ...] = ()  # each box's input id (a member, or a child group)
 
 
@@ -97,7 +102,7 @@ def seal_evidence(
         recipient_public=directory[auditor],
     )
     boxes = evidence.boxes if inline else ()
-    parts = [_MAGIC, _LEN.pack(len(sealed_keys)), sealed_keys]
+    parts: list[bytes | memoryview] = [_MAGIC, _LEN.pack(len(sealed_keys)), sealed_keys]
     parts += [_LEN.pack(len(evidence.commit)), evidence.commit, _LEN.pack(len(boxes))]
     for box, _ in boxes:
         parts += [_LEN.pack(len(box)), box]
@@ -135,17 +140,21 @@ def open_evidence(
     job_id: str,
     round: int,
     audited: NodeId,
-    keys: NodeKeys,
+    keys: NodeKeys | None,
     auditor: NodeId,
     directory: Mapping[NodeId, PublicKeys],
-    copies: Mapping[str, bytes] | None = None,
+    copies: Mapping[str, bytes | memoryview] | None = None,
+    disclosed_key: bytes | None = None,
 ) -> Evidence:
     """Parse an evidence body and open its sealed keys; any fault is an ``AuditFailure``.
 
     Evidence without inline boxes takes them from ``copies``: the input boxes the
-    audited aggregator forwarded as they reached it (``Kind.INPUT_COPY``).
+    audited aggregator forwarded as they reached it (``Kind.INPUT_COPY``). A
+    third party judging an accusation opens the keys with the key the auditor
+    disclosed for them (``disclosed_key``) instead of the auditor's ``keys``.
     """
-    sealed_keys, commit, boxes = parse_evidence(data)
+    sealed_keys, commit, boxes_inline = parse_evidence(data)
+    boxes: list[bytes | memoryview] = list(boxes_inline)
     try:
         env = open_envelope(
             sealed_keys,
@@ -156,9 +165,13 @@ def open_evidence(
             expect_recipient=auditor,
             max_bytes=len(sealed_keys),
             replay=None,  # the outer envelope was checked for replay
+            disclosed_key=disclosed_key,
         )
     except InvalidEnvelope as exc:
-        raise AuditFailure(f"the evidence's keys: {exc.reason}") from None
+        # Junk sealed by the audited, or a wrong key named by the auditor: only the two
+        # of them know which, so a third party cannot blame either (accusation.py).
+        failure = Undecidable if exc.reason == CANNOT_DECRYPT else AuditFailure
+        raise failure(f"the evidence's keys: {exc.reason}") from None
     if env.sender != audited or env.kind != Kind.EVIDENCE or not env.sealed:
         raise AuditFailure("the evidence's keys are not sealed by the audited aggregator")
     inputs: list[str] = []
@@ -177,7 +190,7 @@ def open_evidence(
     if not boxes and copies is not None:
         missing = [i for i in inputs if i not in copies]
         if missing:
-            raise AuditFailure(f"no copy of input {missing[0]} reached the auditor")
+            raise Undecidable(f"no copy of input {missing[0]} reached the auditor")
         boxes = [copies[i] for i in inputs]
     if len(boxes) != len(inputs):
         raise AuditFailure("the evidence has a key for each box, no more and no fewer")

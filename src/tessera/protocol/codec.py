@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,11 +41,15 @@ def _group_bytes(group: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-def _take_group(data: bytes, offset: int) -> tuple[str, int]:
+# bytes in, bytes out; a memoryview in, a view out (no copy of a large body)
+_Buf = TypeVar("_Buf", bytes, memoryview)
+
+
+def _take_group(data: bytes | memoryview, offset: int) -> tuple[str, int]:
     if offset >= len(data):
         raise RemoteProtocolError("truncated group id")
     n = data[offset]
-    raw = data[offset + 1 : offset + 1 + n]
+    raw = bytes(data[offset + 1 : offset + 1 + n])
     if len(raw) != n:
         raise RemoteProtocolError("truncated group id")
     try:
@@ -217,7 +221,7 @@ def encode_labelled(group: str, position: int, body: bytes) -> bytes:
     return _group_bytes(group) + struct.pack("<H", position) + body
 
 
-def decode_labelled(data: bytes) -> tuple[str, int, bytes]:
+def decode_labelled(data: _Buf) -> tuple[str, int, _Buf]:
     group, offset = _take_group(data, 0)
     if len(data) < offset + 2:
         raise RemoteProtocolError("truncated label")
@@ -230,7 +234,7 @@ def encode_named(name: str, body: bytes) -> bytes:
     return _group_bytes(name) + body
 
 
-def decode_named(data: bytes, offset: int = 0) -> tuple[str, int]:
+def decode_named(data: bytes | memoryview, offset: int = 0) -> tuple[str, int]:
     """An id written by ``encode_named``, and where its body starts."""
     return _take_group(data, offset)
 
@@ -245,13 +249,25 @@ class Accusation:
     reason: str
 
 
-def encode_accusation(a: Accusation) -> bytes:
-    return _json(
+def encode_accusation(a: Accusation, proof: bytes) -> bytes:
+    """The finding (JSON), then its proof (``protocol.accusation.encode_proof``)."""
+    head = _json(
         {"group": a.group, "position": a.position, "accused": a.accused, "reason": a.reason}
     )
+    return struct.pack("<I", len(head)) + head + proof
 
 
-def decode_accusation(data: bytes) -> Accusation:
+def decode_accusation(data: bytes) -> tuple[Accusation, bytes]:
+    """The finding and its proof, unchecked (the coordinator judges it)."""
+    if len(data) < 4:
+        raise RemoteProtocolError("truncated accusation")
+    (n,) = struct.unpack_from("<I", data)
+    if 4 + n > len(data):
+        raise RemoteProtocolError("truncated accusation")
+    return _decode_finding(data[4 : 4 + n]), data[4 + n :]
+
+
+def _decode_finding(data: bytes) -> Accusation:
     obj = _unjson(data, "accusation")
     group, position = obj.get("group"), obj.get("position")
     accused, reason = obj.get("accused"), obj.get("reason")

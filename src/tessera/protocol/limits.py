@@ -27,7 +27,8 @@ from tessera.crypto.documents import MAX_DOCUMENT_BYTES
 from tessera.protocol.kinds import Kind
 
 #: The largest model the protocol carries; the node catalogue's default bound. An audited
-#: secure job is bounded lower, by its evidence (``evidence_bytes``): about 1M at the default tree.
+#: secure job is bounded lower, by an accusation's proof (``accusation_bytes``): about 0.9M
+#: at the default tree.
 MAX_PARAMETERS = 5_000_000
 #: Words after the update in what a contributor shares: loss, capped, weight.
 TAIL = 3
@@ -68,7 +69,7 @@ ENVELOPE_LIMITS: Mapping[Kind, int] = MappingProxyType(
         Kind.REASSIGN: _NOTICE,
         Kind.EVIDENCE: MAX_ENVELOPE_BYTES,  # the boxes of a whole group: several shares
         Kind.AUDIT_REQUEST: _NOTICE,
-        Kind.ACCUSE: _NOTICE,
+        Kind.ACCUSE: MAX_ENVELOPE_BYTES,  # with its proof: the accused's sum and evidence
         Kind.AUDITED: _NOTICE,
         Kind.INPUT_COPY: MAX_SHARE_BYTES + ENVELOPE_SLACK,  # a share or a sum, re-wrapped
         Kind.GROUP_SUM: MAX_SHARE_BYTES,  # a leaf's partial sum, to the coordinator
@@ -91,6 +92,16 @@ def evidence_bytes(length: int, *, k: int, group_size: int, fan_in: int) -> int:
     full = max(-(-group_size // k) + 1, fan_in)
     boxes = max(group_size + 1, fan_in) + 2  # the inputs, the commitment, the sealed keys
     return full * (length + TAIL) * MAX_RING_BYTES + boxes * ENVELOPE_SLACK
+
+
+def accusation_bytes(length: int, *, k: int, group_size: int, fan_in: int) -> int:
+    """The largest accusation, with its proof (``protocol.accusation``): the accused's
+    sum, its evidence, and its input copies, each re-wrapped (a box comes either inline
+    in the evidence or as a copy, never both)."""
+    share = (length + TAIL) * MAX_RING_BYTES + ENVELOPE_SLACK
+    copies = max(group_size + 1, fan_in)
+    evidence = evidence_bytes(length, k=k, group_size=group_size, fan_in=fan_in)
+    return share + evidence + (copies + 1) * ENVELOPE_SLACK
 
 
 #: The coordinator's HTTP body: envelopes, or documents (smaller).
@@ -152,10 +163,11 @@ def relay_bounds(
     }
     if audit:
         evidence = evidence_bytes(n_weights, k=k, group_size=group_size, fan_in=fan_in)
+        accusation = accusation_bytes(n_weights, k=k, group_size=group_size, fan_in=fan_in)
         limits |= {
             Kind.EVIDENCE: min(evidence, MAX_ENVELOPE_BYTES),
             Kind.AUDIT_REQUEST: _NOTICE,
-            Kind.ACCUSE: _NOTICE,
+            Kind.ACCUSE: min(accusation, MAX_ENVELOPE_BYTES),
             Kind.AUDITED: _NOTICE,
             Kind.INPUT_COPY: share + ENVELOPE_SLACK,
         }
@@ -168,6 +180,7 @@ def relay_bounds(
     size = 2 * (
         (2 * k + 2 + disclosed + copies) * share
         + limits.get(Kind.EVIDENCE, 0)
+        + limits.get(Kind.ACCUSE, 0)  # the round closes on the first one
         + copies * ENVELOPE_SLACK
         + 6 * _NOTICE
     )

@@ -62,6 +62,7 @@ from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
 from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
+from tessera.protocol.accusation import Case, Finding, Judgement, decode_proof, judge
 from tessera.protocol.audit import open_evidence, verify_evidence
 from tessera.protocol.bounds import bound_problem
 from tessera.protocol.codec import (
@@ -588,17 +589,52 @@ class SecureCoordinator(Coordinator):
     def _on_accusation(
         self, rs: _RoundState, sender: NodeId, payload: bytes, now: float
     ) -> list[Effect]:
-        accusation = decode_accusation(payload)
-        group = self._group_served_by(
-            rs, accusation.group, accusation.position, NodeId(accusation.accused)
-        )
+        accusation, proof = decode_accusation(payload)
+        accused = NodeId(accusation.accused)
+        group = self._group_served_by(rs, accusation.group, accusation.position, accused)
         if group.parent is None or rs.seats[group.parent][accusation.position] != sender:
             raise RemoteProtocolError(f"{sender} does not audit {accusation.group}")
-        why = f"{accusation.group}: {accusation.reason} (audited by {sender})"
-        rs.blamed[accusation.accused] = why
-        rs.caught[NodeId(accusation.accused)] = why
+        judgement = self._judge(
+            rs,
+            group=group,
+            position=accusation.position,
+            accused=accused,
+            accuser=sender,
+            proof=proof,
+        )
+        where = f"{accusation.group}: "
+        if judgement.finding is Finding.UPHELD:
+            why = f"{where}{judgement.reason} (audited by {sender})"
+            rs.blamed[accused] = rs.caught[accused] = why
+        elif judgement.finding is Finding.FALSE:
+            why = f"{where}accused {accused} falsely: {judgement.reason}"
+            rs.blamed[sender] = rs.caught[sender] = why
+        else:  # either may have withheld a key or a copy: neither is excluded
+            rs.blamed[accused] = f"{where}disputed with its auditor {sender}: {judgement.reason}"
+            rs.blamed[sender] = f"{where}disputed with {accused}: {judgement.reason}"
         # Its sum went up already (audits are optimistic): the round cannot be applied.
         return self._close_secure(now, PhaseInput.TAMPERING)
+
+    def _judge(
+        self,
+        rs: _RoundState,
+        *,
+        group: Group,
+        position: int,
+        accused: NodeId,
+        accuser: NodeId,
+        proof: bytes,
+    ) -> Judgement:
+        """Redo the accuser's audit from the accused's own signed messages."""
+        try:
+            evidence = decode_proof(proof)
+        except RemoteProtocolError as exc:
+            return Judgement(Finding.FALSE, str(exc))
+        leaf, expected = self._inputs_of(rs, group, position)
+        case = Case(accused, accuser, group.id, position, expected, leaf, rs.ring, rs.length)
+        return judge(
+            evidence, case, directory=self.directory, job_id=self.params.job_id, round=self.round
+        )
 
     def _on_input_copy(
         self,
