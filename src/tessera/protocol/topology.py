@@ -479,8 +479,9 @@ class _SeatPool:
     One heap per organisation bucket (a declared organisation, or a single
     node without one) and a heap of each bucket's best entry, so "the least
     loaded node" and "the least loaded node outside organisation X" both cost
-    O(log n). Nodes excluded from the current group (its members and the
-    seats already filled) are set aside while it is filled.
+    O(log n). Nodes a take may not choose (the group's members, its seats
+    already filled, and those the visibility rule refuses) are set aside
+    while it looks, and put back once it has chosen.
     """
 
     def __init__(self, seed: bytes, nodes: Mapping[NodeId, str | None]) -> None:
