@@ -77,10 +77,10 @@ class Update:
     loss: float
 
 
-def honest_updates() -> dict[NodeId, Update]:
+def honest_updates(nodes: tuple[NodeId, ...] = NODES) -> dict[NodeId, Update]:
     """One update per node, inside the clip bound, with distinct weights below saturation."""
     out = {}
-    for i, node in enumerate(NODES):
+    for i, node in enumerate(nodes):
         delta = np.random.default_rng([7, i]).uniform(-0.3, 0.3, DIM).astype(np.float32)
         out[node] = Update(delta=delta, num_samples=10 * (i + 1), loss=0.5 + 0.1 * i)
     return out
@@ -89,13 +89,14 @@ def honest_updates() -> dict[NodeId, Update]:
 class Federation:
     """One secure job of one round over ``NODES``, routed by hand."""
 
-    def __init__(self, *, seed: int = 0) -> None:
-        self.keys = {n: node_keys(n) for n in NODES}
+    def __init__(self, *, seed: int = 0, nodes: tuple[NodeId, ...] = NODES) -> None:
+        self.node_ids = nodes
+        self.keys = {n: node_keys(n) for n in nodes}
         self.keys[COORDINATOR] = node_keys(COORDINATOR)
         self.directory: dict[NodeId, PublicKeys] = {n: k.public for n, k in self.keys.items()}
         self.coordinator = SecureCoordinator(
             RoundParams(job_id=JOB, rounds=1, round_timeout=ROUND_TIMEOUT),
-            NODES,
+            nodes,
             np.zeros(DIM, np.float32),
             make_strategy("fedavg"),
             secure=SECURE,
@@ -114,7 +115,7 @@ class Federation:
                 ),
                 Aggregator(n, JOB, self.keys[n], self.directory),
             )
-            for i, n in enumerate(NODES)
+            for i, n in enumerate(nodes)
         }
         # Real hosts on an in-memory network: the kit routes, records and never fires a
         # timer unless a test does.
@@ -195,7 +196,7 @@ class Federation:
         """Open round 0 and deliver every assignment and train request."""
         self.handle(COORDINATOR, JobStarted())
         self.run()
-        assert set(self.training) == set(NODES)
+        assert set(self.training) == set(self.node_ids)
 
     def train(self, updates: Mapping[NodeId, Update] | None = None) -> None:
         """Every contributor's training finishes: its k sealed shares join the queue."""

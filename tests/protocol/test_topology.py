@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from tessera.protocol.topology import (
     Tree,
     TreeParams,
     derive_tree,
+    seen_twice,
     tree_seed,
     verify_tree,
 )
@@ -150,35 +152,63 @@ def reference(r: Round, beacon: bytes = b"") -> list[Group]:
     tie = {x: hashlib.sha256(seed + b"seats" + x.encode()).digest() for x in r.nodes}
     load = dict.fromkeys(r.nodes, 0)
     many_orgs = len({org_key(r.nodes, x) for x in r.nodes}) >= 2
-    out = []
-    for lvl, row in enumerate(shape):
-        for gid, members, children in row:
-            seated: list[NodeId] = []
-            for j in range(p.k + p.backups):
+    below = {g: cs for row in shape for g, _, cs in row}
+    views: dict[tuple[str, str], set[object]] = {}  # (node, group) -> positions it sees
+
+    def scope(gid: str) -> list[str]:  # what a role at gid sees: it, children, grandchildren
+        return [gid, *below[gid], *(gc for c in below[gid] for gc in below[c])]
+
+    def fits(x: str, gid: str, token: object) -> bool:
+        return all(views.get((x, y), set()) <= ({token} - {("backup", gid)}) for y in scope(gid))
+
+    def seat(x: str, gid: str, token: object) -> None:
+        load[x] += 1
+        for y in scope(gid):
+            views.setdefault((x, y), set()).add(token)
+
+    seats: dict[str, list[NodeId]] = {}
+    for row in shape:
+        for gid, members, _ in row:
+            seated = seats[gid] = []
+            for j in range(p.k):
                 cands = [x for x in r.nodes if x not in members and x not in seated]
                 first = {org_key(r.nodes, s) for s in seated}
                 if j == p.k - 1 and many_orgs and len(first) == 1:
                     cands = [x for x in cands if org_key(r.nodes, x) not in first]
-                if not cands:
-                    if j >= p.k:
-                        break
+                ok = [x for x in cands if fits(x, gid, j)]
+                only_j = [x for x in ok if all(v <= {j} for (y, _), v in views.items() if y == x)]
+                if not ok:
                     short = len(r.nodes) - len(members) < p.k
-                    raise ConfigError("secure.k" if short else "secure.organisation_column", gid)
-                best = min(cands, key=lambda x: (load[x], tie[x]))
+                    org = not short and not cands
+                    raise ConfigError("secure.organisation_column" if org else "secure.k", gid)
+                best = min(only_j or ok, key=lambda x: (load[x], tie[x]))
                 seated.append(best)
-                load[best] += 1
-            out.append(
-                Group(
-                    id=gid,
-                    level=lvl,
-                    members=tuple(NodeId(m) for m in members),
-                    aggregators=tuple(seated[: p.k]),
-                    backups=tuple(seated[p.k :]),
-                    children=children,
-                    parent=parent.get(gid),
-                )
-            )
-    return out
+                seat(best, gid, j)
+    spares: dict[str, list[NodeId]] = {}
+    for row in reversed(shape):  # backups root first
+        for gid, members, _ in reversed(row):
+            spared = spares[gid] = []
+            for _ in range(p.backups):
+                taken = (*members, *seats[gid], *spared)
+                cands = [x for x in r.nodes if x not in taken and fits(x, gid, ("backup", gid))]
+                if not cands:
+                    break
+                best = min(cands, key=lambda x: (load[x], tie[x]))
+                spared.append(best)
+                seat(best, gid, ("backup", gid))
+    return [
+        Group(
+            id=gid,
+            level=lvl,
+            members=tuple(NodeId(m) for m in members),
+            aggregators=tuple(seats[gid]),
+            backups=tuple(spares[gid]),
+            children=children,
+            parent=parent.get(gid),
+        )
+        for lvl, row in enumerate(shape)
+        for gid, members, children in row
+    ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -235,7 +265,9 @@ def test_seats_are_distinct_nodes_outside_the_group(r: Round) -> None:
     for g in tree.groups:
         seats = g.aggregators + g.backups
         assert len(g.aggregators) == r.params.k
-        assert len(g.backups) == r.params.backups  # feasible inputs leave room for spares
+        # Spares are best-effort: a backup may hold no other role within two levels of
+        # its group, which a small population's seats can all break.
+        assert len(g.backups) <= r.params.backups
         assert len(set(seats)) == len(seats)
         assert not set(seats) & set(g.members)
         assert set(seats) <= set(r.nodes)
@@ -247,6 +279,129 @@ def test_no_organisation_fills_every_seat_of_a_group(r: Round) -> None:
     tree = r.derive()
     for g in tree.groups:
         assert len({org_key(r.nodes, a) for a in g.aggregators}) >= 2
+
+
+def positions_seen(tree: Tree) -> dict[tuple[NodeId, str], set[object]]:
+    """(node, group) -> the positions of the group the node sees, from what the protocol
+    hands each role: a seat (g, j) gets g's inputs at j, sums g's children's j-th sums
+    and, auditing each child seat j, gets its input boxes and keys (the grandchildren's
+    j-th sums, or a leaf's j-th shares one by one); a backup of g may take any
+    position, so it sees them all (written ("any", g), one token per backup role)."""
+    seen: dict[tuple[NodeId, str], set[object]] = {}
+    for g in tree.groups:
+        grandchildren = [gc for c in g.children for gc in tree.group(c).children]
+        scope = [g.id, *g.children, *grandchildren]
+        holders = [(a, j) for j, a in enumerate(g.aggregators)]
+        holders += [(b, ("any", g.id)) for b in g.backups]
+        for node, token in holders:
+            for x in scope:
+                seen.setdefault((node, x), set()).add(token)
+    return seen
+
+
+def two_positions(tree: Tree) -> list[tuple[NodeId, str, set[object]]]:
+    return [(n, g, t) for (n, g), t in positions_seen(tree).items() if len(t) > 1]
+
+
+@st.composite
+def populations(draw: st.DrawFn) -> Round:
+    """Rounds with room for the rule: all or most nodes contribute, as in a federation."""
+    params = draw(params_st(max_min_group=2))
+    n = draw(st.integers(max(params.min_group, 1), 300))
+    spare = draw(st.integers(0, 20))
+    alphabet = draw(st.sampled_from([[None], ["A", "B"], ["A", "B", "C", None]]))
+    orgs = draw(st.lists(st.sampled_from(alphabet), min_size=n + spare, max_size=n + spare))
+    nodes: Nodes = {node_id(i): o for i, o in enumerate(orgs)}
+    contributors = [node_id(i) for i in range(n)]
+    return Round(
+        nodes=nodes, contributors=contributors, params=params, round=draw(st.integers(0, 99))
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(feasible_rounds(), populations()))
+def test_no_node_sees_two_positions_of_a_group(r: Round) -> None:
+    try:
+        tree = r.derive()
+    except ConfigError as exc:  # a population too small for the rule says so
+        event(f"refused: {exc.field}")
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert len(r.nodes) < 40 * r.params.k, f"{len(r.nodes)} nodes refused: {refused}"
+        return
+    event(f"depth {tree.depth}")
+    assert two_positions(tree) == []
+    assert seen_twice(tree) is None
+
+
+def test_the_observed_two_positions_are_gone() -> None:
+    """Found in review: node-000014 held L0 position 1 and P1.0 position 2 (k = 3, 100
+    nodes, job j, round 0), so it saw L0 at two positions (its own shares, and L0's
+    position-2 shares one by one as P1.0's auditor of L0's seat 2); one colluder at L0
+    position 0 then read every member's update. 32 times in 30 trees of 12 nodes."""
+    params = TreeParams(k=3, group_size=4, fan_in=3, backups=1)
+    hundred: Nodes = dict.fromkeys((node_id(i) for i in range(100)), None)
+    tree = derive_tree(
+        job_id="j", round=0, nodes=hundred, contributors=list(hundred), params=params
+    )
+    roles = tree.roles_of(node_id(14))
+    assert not {("L0", 1), ("P1.0", 2)} <= set(roles)
+    for n, rounds in ((12, 30), (100, 30)):
+        nodes: Nodes = dict.fromkeys((node_id(i) for i in range(n)), None)
+        for rnd in range(rounds):
+            tree = Round(nodes=nodes, contributors=list(nodes), params=params, round=rnd).derive()
+            assert two_positions(tree) == []
+
+
+def _two_position_tree() -> tuple[Round, Tree, NodeId]:
+    """A coordinator's hand-placed tree: L0's seat at position 1 also at P1.0 position 2."""
+    params = TreeParams(k=3, group_size=4, fan_in=3, backups=1)
+    nodes: Nodes = dict.fromkeys((node_id(i) for i in range(100)), None)
+    r = Round(nodes=nodes, contributors=list(nodes), params=params)
+    tree = r.derive()
+    node, parent = tree.group("L0").aggregators[1], tree.group("P1.0")
+    seats = (*parent.aggregators[:2], node)
+    return r, _replace_group(tree, dataclasses.replace(parent, aggregators=seats)), node
+
+
+def test_a_tree_with_a_node_at_two_positions_of_a_group_is_refused() -> None:
+    r, forged, node = _two_position_tree()
+    assert seen_twice(forged) == (
+        f"{node} sees two positions of group L0: as seat L0 position 1 and as seat P1.0 position 2"
+    )
+    with pytest.raises(RemoteProtocolError, match=f"tree rejected: {node} sees two positions"):
+        r.verify(forged)
+    # A backup counts as every position: one also seated in its parent is refused too.
+    tree = r.derive()
+    leaf, parent = tree.group("L0"), tree.group("P1.0")
+    spare = parent.aggregators[0]
+    forged = _replace_group(tree, dataclasses.replace(leaf, backups=(spare,)))
+    assert f"{spare} sees two positions of group L0" in (seen_twice(forged) or "")
+    with pytest.raises(RemoteProtocolError, match="as backup of L0"):
+        r.verify(forged)
+
+
+def test_a_population_too_small_for_the_rule_is_a_config_error() -> None:
+    nodes: Nodes = {node_id(i): f"o{i % 2}" for i in range(7)}
+    params = TreeParams(k=3, group_size=4, fan_in=3, backups=0, min_group=1)
+    r = Round(nodes=nodes, contributors=list(nodes)[:6], params=params, round=1)
+    with pytest.raises(ConfigError, match="no node may see two positions") as exc:
+        r.derive(job_id="j")
+    assert exc.value.field == "secure.k"
+    assert "P1.0 position 2" in str(exc.value)
+
+
+def test_derivation_timing() -> None:
+    """Not a bound (the wall-clock test below is): a figure for the log, run with -s."""
+    for n in (1_000, 10_000):
+        nodes: Nodes = {node_id(i): f"school-{i % 97}" for i in range(n * 6 // 5)}
+        r = Round(nodes=nodes, contributors=[node_id(i) for i in range(n)], params=TreeParams())
+        start = time.perf_counter()
+        tree = r.derive()
+        print(f"{n} contributors: {1000 * (time.perf_counter() - start):.1f} ms")
+        assert seen_twice(tree) is None
 
 
 @settings(max_examples=100, deadline=None)
@@ -299,16 +454,17 @@ def test_roles_index_matches_the_groups(r: Round) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 60), st.integers(0, 8), params_st())
-def test_seat_load_differs_by_at_most_two_without_organisations(
-    n: int, spare: int, params: TreeParams
-) -> None:
+def test_seat_load_stays_even_without_organisations(n: int, spare: int, params: TreeParams) -> None:
+    """Within 5 seats, not 2 as before: a seat passes over a less-loaded node that would
+    see two positions of a group, and prefers a node already seated at its position
+    (so upper seats still find nodes); the most measured over 6,480 shapes was 4."""
     nodes: Nodes = dict.fromkeys((node_id(i) for i in range(n + spare + params.k)), None)
     contributors = [node_id(i) for i in range(n)]
     params = dataclasses.replace(params, min_group=min(params.min_group, n))
     tree = Round(nodes=nodes, contributors=contributors, params=params).derive()
     load = Counter(dict.fromkeys(nodes, 0))
     load.update(a for g in tree.groups for a in g.aggregators + g.backups)
-    assert max(load.values()) - min(load.values()) <= 2
+    assert max(load.values()) - min(load.values()) <= 5
 
 
 def test_seats_spread_over_distinct_nodes_when_there_are_enough() -> None:
@@ -521,14 +677,19 @@ def _n(*indices: int) -> tuple[NodeId, ...]:
     return tuple(node_id(i) for i in indices)
 
 
+# Changed with the rule that no node sees two positions of a group (seats first, each
+# checked against the roles within two levels; backups after, root first): the old tree
+# sat node 8 at L1 position 0 and P1.0 position 2, so it saw L1 at positions 0 and 2
+# (and audited L1's position-2 shares one by one). The seed is unchanged: only the
+# seats moved, and P1.0 lost its backup (every node holds a role below it).
 SEED_KAT = "6872f7e976ad65916c64bf01abb76abb4828462e2875be02a9f1fca3abd08067"
 GROUPS_KAT: list[object] = [
     ("L0", _n(7, 8, 3, 1), _n(4, 10, 0), _n(5)),
-    ("L1", _n(4, 9, 5), _n(8, 2, 11), _n(6)),
-    ("L2", _n(2, 0, 6), _n(9, 7, 1), _n(3)),
-    ("P1.0", (), _n(4, 10, 8), _n(0)),
+    ("L1", _n(4, 9, 5), _n(8, 2, 11), _n(10)),
+    ("L2", _n(2, 0, 6), _n(5, 9, 7), _n(4)),
+    ("P1.0", (), _n(6, 1, 3), ()),
 ]
-DIGEST_KAT = "c25cd0cd9383830f95f946fcd24c45fc4755c701a0524468b506dbe0d255d990"
+DIGEST_KAT = "f29cf5907df1e31fc460cf09304dd13442bee80e5360c2002bbb6b879f263f4b"
 
 
 def test_seed_encoding_is_the_documented_one() -> None:
@@ -658,6 +819,8 @@ def test_verify_rejects_any_swapped_aggregator(r: Round, data: st.DataObject) ->
     seats[j] = other
     forged = _replace_group(tree, dataclasses.replace(g, aggregators=tuple(seats)))
     expected = f"group {g.id} position {j}: expected {g.aggregators[j]}, got {other}"
+    # The swap may also let the new holder see two positions of a group: named first.
+    expected = f"{re.escape(expected)}|{re.escape(other)} sees two positions"
     with pytest.raises(RemoteProtocolError, match=expected):
         r.verify(forged)
 

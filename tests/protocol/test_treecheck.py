@@ -177,3 +177,44 @@ def test_a_role_whose_audit_flags_are_not_the_jobs_is_refused() -> None:
     assert every.role_problem(upper.aggregators[0], parent_role) is None
     unaudited = replace(parent_role, audit={})  # the parent told to check no child
     assert "audit settings" in (every.role_problem(upper.aggregators[0], unaudited) or "")
+
+
+def test_a_tree_that_shows_a_node_two_positions_is_refused(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Should the derivation ever seat a node at two positions a group (its seat in a
+    leaf, and a seat of the leaf's parent at another position), every role and
+    assignment of that round is refused, naming the node and both seats."""
+    from tessera.protocol import treecheck
+
+    honest = CHECK.tree(1)
+    leaf = honest.leaves[0]
+    parent = honest.group(leaf.parent or "")
+    node = leaf.aggregators[0]
+    forged_parent = replace(parent, aggregators=(*parent.aggregators[:2], node))
+    groups = tuple(forged_parent if g.id == parent.id else g for g in honest.groups)
+    forged = replace(honest, groups=groups)
+    monkeypatch.setattr(treecheck, "derive_tree", lambda **_: forged)
+    check = TreeCheck(PARAMS, NODES, TREE)
+    member = leaf.members[0]
+    problem = check.assignment_problem(member, 1, honest_assignment(member))
+    assert problem == (
+        f"the tree lets a node see two positions of a group: {node} sees two positions "
+        f"of group {leaf.id}: as seat {leaf.id} position 0 and as seat {parent.id} position 2"
+    )
+    role = AggregateRequest(
+        job_id=JOB,
+        round=1,
+        group=parent.id,
+        position=2,
+        inputs=parent.children,
+        senders=tuple(honest.group(c).aggregators[2] for c in parent.children),
+        leaf=False,
+        parent=node,
+        parent_group="",
+        report_at=5.0,
+        ring_bits=32,
+        frac_bits=16,
+        ring_terms=18,
+        length=5,
+        tree_digest=forged.digest(),
+    )
+    assert problem == check.role_problem(node, role)

@@ -158,8 +158,11 @@ def test_dropouts_and_failed_aggregators_leave_the_survivors_exact():
 
 
 def test_failed_root_position_is_replaced():
+    # Groups of 10, not 4: a root backup may hold no role in the two levels below the
+    # root (no node sees two positions of a group), and 30 nodes in groups of 4 seat
+    # every node below a depth-2 root.
     nodes = [NodeId(f"node-{i:06d}") for i in range(30)]
-    params = TreeParams(k=3, group_size=4, fan_in=3, min_group=1, backups=2)
+    params = TreeParams(k=3, group_size=10, fan_in=3, min_group=1, backups=2)
     tree = derive_tree(
         job_id="secure-test",
         round=0,
@@ -168,12 +171,13 @@ def test_failed_root_position_is_replaced():
         params=params,
     )
     root0 = tree.root.aggregators[0]
+    assert tree.root.backups
 
     def fail(round: int, ids: list[NodeId]) -> np.ndarray:
         return np.array([n == root0 for n in ids])
 
     weights, stats, trainer, _, _, _ = run_secure(
-        n=30, k=3, group_size=4, dropout=0.0, seed=9, fail=fail
+        n=30, k=3, group_size=10, dropout=0.0, seed=9, fail=fail
     )
     assert stats[0].aggregators_failed == 1
     assert stats[0].aggregator_messages_lost > 0

@@ -20,18 +20,54 @@ the seed by pure, deterministic steps:
    least two children, so no group merely relays another's sums. When there
    is only one leaf group it *is* the root: its k partial sums are the total.
 3. Seats are filled group by group (leaves first, then upward), k aggregator
-   seats and then up to ``backups`` spare seats per group, each from the
-   nodes that are not members of that group. A seat goes to the node with
-   the fewest seats so far, ties broken by ``SHA-256(seed || "seats" || id)``,
-   so the load is spread evenly and the order is unpredictable before the
-   inputs are fixed. The organisation rule: no single organisation may fill
-   all k aggregator seats of a group, so the last seat skips the
-   organisation that filled the first k - 1. A node without an organisation
-   counts as an organisation of its own. If the nodes span fewer than two
-   organisations the rule is waived; if they span more but a group's
-   eligible nodes cannot satisfy it, derivation fails with ``ConfigError``.
-   Backups are best-effort and do not count towards the rule: a runtime
-   replacing a failed aggregator takes the first backup that keeps it.
+   seats per group, each from the nodes that are not members of that group
+   and that keep the *visibility rule* below. A seat goes to the node with
+   the fewest roles so far, ties broken by ``SHA-256(seed || "seats" || id)``,
+   so the load is spread and the order is unpredictable before the inputs
+   are fixed; a node whose roles so far are all at the seat's position is
+   preferred over one that holds other positions (so the upper seats, which
+   must fit every role below them, still find nodes). The organisation
+   rule: no single organisation may fill all k aggregator seats of a group,
+   so the last seat skips the organisation that filled the first k - 1. A
+   node without an organisation counts as an organisation of its own. If the
+   nodes span fewer than two organisations the rule is waived; if they span
+   more but a group's eligible nodes cannot satisfy it, derivation fails
+   with ``ConfigError``.
+4. Then up to ``backups`` spare seats per group, root first (a silent upper
+   seat without a backup costs its whole subtree, a leaf seat one group), by
+   the same load order and the visibility rule. Backups are best-effort and
+   do not count towards the organisation rule: a group gets fewer (none, in
+   small federations) when no node fits, and a runtime replacing a failed
+   aggregator takes the first backup that keeps it.
+
+The visibility rule. A node *sees position j of group x* when the protocol
+hands it anything of x's j-th shares or sums. Through each role it holds:
+
+- seat (g, j) sees g at j (its inputs: the members' j-th shares one by one,
+  or the children's j-th sums), and each child c of g at j (c's j-th sum
+  arrives as its input). With audits on (``secure.audit``, the default) it
+  audits seat (c, j): c's seat forwards it every input box with its key
+  (``INPUT_COPY``, evidence), i.e. c's members' j-th shares one by one for a
+  leaf c, or each grandchild's j-th sum for an upper c. So it sees g, g's
+  children and g's grandchildren at j; with audits off, g and its children.
+- a backup of g may be handed any position of g (a replacement, chosen at
+  run time), and then sees what that seat sees: every position of g, of
+  g's children and (audits on) of g's grandchildren.
+- membership of a leaf is no view: a member knows its own shares, and what
+  it can subtract from a sum it sees is the others' sum at that one position.
+
+The rule: no node sees two different positions of any one group. The
+derivation keeps it for audits on (it does not know the job's audit
+setting, and the stricter rule costs little), so it holds either way. Two
+roles of one node share a view only when their groups lie on one path to
+the root at most two levels apart; so a seat at j may join a node's other
+roles only if all of those within two levels of it (up or down) are seats
+at j, and a backup only if the node holds no role within two levels. When no
+node fits a seat, derivation fails with ``ConfigError`` (``secure.k``:
+add nodes, or raise ``secure.group_size`` for fewer groups); among the
+shapes measured, only federations of under 20 nodes met it.
+The root's k sums go to the coordinator, which is no node: its view (k-1
+root positions' inputs, audited) is ``protocol.audit``'s.
 
 What it guarantees
 ------------------
@@ -44,15 +80,16 @@ digest also expose a coordinator that shows different trees to different
 nodes. Because groups are re-derived every round, a colluding set of
 nodes cannot stay together across rounds.
 
-Collusion bound: contributor c's update is hidden unless, for every
-position j, the coalition learns the j-th partial sum of c's leaf group.
-It learns that sum by holding seat j of the group, or by holding seat j of
-the parent and seat j of every sibling (recursively upward). A coalition
-holding fewer than all k seats of every group therefore learns nothing
-below the root, and with the organisation rule no single organisation can
-ever hold all k seats of a group on its own. Even all k seats of a leaf
-group reveal only the sum of its contributors, never one update, unless
-the group has a single contributor (``min_group`` >= 2 prevents that).
+Collusion bound: contributor c's update is hidden unless the coalition
+learns c's share at every position j, which it can only by seeing c's leaf
+group at every position. By the visibility rule each node sees at most one
+position of any group, so that takes k nodes, one per position; the same
+holds for the sum of any group below the root. With the organisation rule
+no single organisation can hold all k seats of a group on its own (its
+nodes may still see all k positions through upper seats and audits: the
+rule counts seats, not views). Even all k positions of a leaf group reveal
+only the sum of its contributors, never one update, unless the group has a
+single contributor (``min_group`` >= 2 prevents that) or a member colludes.
 
 What it cannot guarantee: the seed is only as unpredictable as its inputs.
 A party who controls which nodes are listed as available or which of them
@@ -62,25 +99,39 @@ seeded cohort selection checked by the nodes), and ``beacon`` lets a
 deployment mix in a value nobody could choose in advance, such as the
 hash of the previous round's committed aggregate.
 
+``verify_tree`` checks the rule on the tree it is handed before anything
+else (``seen_twice``, written from the rule, not from the derivation), so a
+coordinator that hand-places a node at two positions is named as such.
+
 This module is pure: no I/O, clocks or global RNG; only stdlib ``hashlib``
-and ``json``. Derivation is O(n log n): 10,000 contributors take tens of
-milliseconds.
+and ``json``. Derivation is O(n log n): 10,000 contributors take under a
+tenth of a second (the visibility rule added about 15%: a role's check costs
+the node's roles or the group's two-level neighbourhood, whichever is fewer).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tessera.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TesseraError
 from tessera.ids import NodeId
 
-__all__ = ["Group", "Tree", "TreeParams", "derive_tree", "tree_seed", "verify_tree"]
+__all__ = [
+    "Group",
+    "Tree",
+    "TreeParams",
+    "derive_tree",
+    "seen_twice",
+    "tree_seed",
+    "verify_tree",
+]
 
 #: Domain separation for the seed; bump the version if the derivation changes.
 SEED_DOMAIN = b"tessera/topology/v1"
@@ -428,8 +479,9 @@ class _SeatPool:
     One heap per organisation bucket (a declared organisation, or a single
     node without one) and a heap of each bucket's best entry, so "the least
     loaded node" and "the least loaded node outside organisation X" both cost
-    O(log n). Nodes excluded from the current group (its members and the
-    seats already filled) are set aside while it is filled.
+    O(log n). Nodes a take may not choose (the group's members, its seats
+    already filled, and those the visibility rule refuses) are set aside
+    while it looks, and put back once it has chosen.
     """
 
     def __init__(self, seed: bytes, nodes: Mapping[NodeId, str | None]) -> None:
@@ -458,19 +510,30 @@ class _SeatPool:
         ]
         heapq.heapify(self._top)
         self._excluded: set[NodeId] = set()
+        self._accept: Callable[[NodeId], bool] = bool
         self._aside: list[tuple[int, _Entry]] = []
 
-    def start_group(self, members: Collection[NodeId]) -> None:
-        self._excluded = set(members)
+    def take(
+        self,
+        excluded: Collection[NodeId],
+        accept: Callable[[NodeId], bool],
+        forbidden: int | None = None,
+    ) -> NodeId | None:
+        """Seat the least-loaded node outside ``excluded`` and bucket ``forbidden`` that
+        ``accept`` admits; nodes passed over are set aside until the choice is made."""
+        self._excluded, self._accept = set(excluded), accept
+        try:
+            return self._take(forbidden)
+        finally:
+            self._restore()
 
-    def end_group(self) -> None:
+    def _restore(self) -> None:
         """Put back every node set aside and re-rank the buckets they came from."""
         touched = set()
         for b, entry in self._aside:
             heapq.heappush(self._heaps[b], entry)
             touched.add(b)
         self._aside.clear()
-        self._excluded = set()
         for b in sorted(touched):
             # What was set aside was at the top when it was, so it ranks ahead of the head.
             self._head[b] = self._heaps[b][0]
@@ -478,12 +541,11 @@ class _SeatPool:
 
     def _best(self, b: int) -> _Entry | None:
         heap = self._heaps[b]
-        while heap and heap[0][2] in self._excluded:
+        while heap and (heap[0][2] in self._excluded or not self._accept(heap[0][2])):
             self._aside.append((b, heapq.heappop(heap)))
         return heap[0] if heap else None
 
-    def take(self, forbidden: int | None = None) -> NodeId | None:
-        """Seat the least-loaded eligible node outside bucket ``forbidden``."""
+    def _take(self, forbidden: int | None) -> NodeId | None:
         held: list[tuple[int, bytes, NodeId, int]] = []
         chosen: NodeId | None = None
         while self._top:
@@ -502,7 +564,6 @@ class _SeatPool:
                 continue
             load, tie, chosen = heapq.heappop(self._heaps[b])
             heapq.heappush(self._heaps[b], (load + 1, tie, chosen))
-            self._excluded.add(chosen)
             best = self._best(b)
             self._head[b] = best
             if best is not None:
@@ -513,49 +574,151 @@ class _SeatPool:
         return chosen
 
 
-def _seat(
-    pool: _SeatPool, gid: str, members: tuple[NodeId, ...], params: TreeParams, n_nodes: int
-) -> tuple[tuple[NodeId, ...], tuple[NodeId, ...]]:
-    pool.start_group(members)
-    seats: list[NodeId] = []
-    for j in range(params.k):
-        forbidden = None
-        if j == params.k - 1 and pool.buckets >= 2:
-            first = {pool.bucket_of[s] for s in seats}
-            if len(first) == 1:
-                forbidden = first.pop()
-        node = pool.take(forbidden)
-        if node is None:
-            eligible = n_nodes - len(members)
-            if eligible < params.k:
-                fits = n_nodes - params.k  # the largest group that leaves k nodes outside it
-                hint = (
-                    f"set secure.group_size to at most {fits} (in the [secure] section) so "
-                    "contributors of other groups can serve"
-                    if fits >= max(params.min_group, 1)
-                    else f"add nodes: {params.k} aggregators and a group of "
-                    f"{params.min_group} need {params.k + params.min_group}"
-                )
-                raise ConfigError(
-                    "secure.k",
-                    f"group {gid} needs {params.k} aggregators from nodes outside it, but only "
-                    f"{eligible} of the {n_nodes} nodes are: {hint}",
-                )
-            org = pool.org_of[seats[0]]
-            raise ConfigError(
+_BACKUP = -1  # a backup's token: it may take any position, so it matches no other role
+
+
+class _Views:
+    """The roles each node holds so far, to keep the rule that no node sees two positions
+    of one group (module docstring). A role at group g sees g, g's children and g's
+    grandchildren, at its position (a backup: at any), so two roles of one node clash
+    when their groups are at most two levels apart on one path to the root and their
+    positions differ, or either is a backup. A check costs O(min(the node's roles,
+    the group's neighbourhood)): a node seated in every group stays cheap to check."""
+
+    def __init__(self, parent_of: Mapping[str, str], children_of: Mapping[str, Sequence[str]]):
+        self._up: dict[str, tuple[str, ...]] = {}  # a group's parent and grandparent
+        for gid, parent in parent_of.items():
+            grandparent = parent_of.get(parent)
+            self._up[gid] = (parent,) if grandparent is None else (parent, grandparent)
+        self._children = children_of
+        self._near: dict[str, tuple[str, ...]] = {}
+        self._roles: dict[NodeId, dict[str, int]] = {}  # node -> group -> its token there
+        self._tokens: dict[NodeId, set[int]] = {}
+
+    def _neighbourhood(self, gid: str) -> tuple[str, ...]:
+        """The groups whose roles see a group that a role at ``gid`` sees."""
+        near = self._near.get(gid)
+        if near is None:
+            children = self._children.get(gid, ())
+            below = (gc for c in children for gc in self._children.get(c, ()))
+            near = self._near[gid] = (gid, *self._up.get(gid, ()), *children, *below)
+        return near
+
+    def _apart(self, a: str, b: str) -> bool:
+        return a != b and a not in self._up.get(b, ()) and b not in self._up.get(a, ())
+
+    def fits(self, node: NodeId, gid: str, token: int) -> bool:
+        """Whether ``node`` may take a role at ``gid`` (position ``token``, or a backup)."""
+        held = self._roles.get(node)
+        if not held:
+            return True
+        if token != _BACKUP and self._tokens[node] == {token}:
+            return True  # every role it holds is at this position: nothing can clash
+        near = self._neighbourhood(gid)
+        if len(held) <= len(near):
+            others: Iterable[tuple[str, int]] = held.items()
+            return all(self._apart(g, gid) or (t == token != _BACKUP) for g, t in others)
+        return all(g not in held or held[g] == token != _BACKUP for g in near)
+
+    def only(self, node: NodeId, token: int) -> bool:
+        """Whether every role ``node`` holds so far is a seat at position ``token``."""
+        return self._tokens.get(node, {token}) == {token}
+
+    def add(self, node: NodeId, gid: str, token: int) -> None:
+        self._roles.setdefault(node, {})[gid] = token
+        self._tokens.setdefault(node, set()).add(token)
+
+
+@dataclass(slots=True)
+class _Seating:
+    """Fills a tree's seats and backups from the pool, keeping both rules."""
+
+    pool: _SeatPool
+    views: _Views
+    params: TreeParams
+    n_nodes: int
+
+    def seats(self, gid: str, members: tuple[NodeId, ...]) -> tuple[NodeId, ...]:
+        """Fill ``gid``'s k positions, each with the least-loaded node that keeps the
+        organisation rule and sees no other position of a group this seat sees; one
+        whose roles so far are all at this position first, so later, upper seats
+        still find nodes that fit."""
+        pool, views = self.pool, self.views
+        seats: list[NodeId] = []
+        for j in range(self.params.k):
+            forbidden = None
+            if j == self.params.k - 1 and pool.buckets >= 2:
+                first = {pool.bucket_of[s] for s in seats}
+                if len(first) == 1:
+                    forbidden = first.pop()
+            excluded = (*members, *seats)
+
+            def fits(n: NodeId, j: int = j) -> bool:
+                return views.fits(n, gid, j)
+
+            def only(n: NodeId, j: int = j) -> bool:
+                return views.only(n, j) and views.fits(n, gid, j)
+
+            node = pool.take(excluded, only, forbidden) or pool.take(excluded, fits, forbidden)
+            if node is None:
+                raise self._no_seat(gid, j, members, seats, forbidden)
+            views.add(node, gid, j)
+            seats.append(node)
+        return tuple(seats)
+
+    def _no_seat(
+        self,
+        gid: str,
+        j: int,
+        members: tuple[NodeId, ...],
+        seats: list[NodeId],
+        forbidden: int | None,
+    ) -> ConfigError:
+        """Why position ``j`` of ``gid`` has no node: too few outside the group, the
+        organisation rule, or the rule that no node sees two positions of a group."""
+        k, n_nodes = self.params.k, self.n_nodes
+        eligible = n_nodes - len(members)
+        if eligible < k:
+            fits = n_nodes - k  # the largest group that leaves k nodes outside it
+            hint = (
+                f"set secure.group_size to at most {fits} (in the [secure] section) so "
+                "contributors of other groups can serve"
+                if fits >= max(self.params.min_group, 1)
+                else f"add nodes: {k} aggregators and a group of "
+                f"{self.params.min_group} need {k + self.params.min_group}"
+            )
+            return ConfigError(
+                "secure.k",
+                f"group {gid} needs {k} aggregators from nodes outside it, but only "
+                f"{eligible} of the {n_nodes} nodes are: {hint}",
+            )
+        if self.pool.take((*members, *seats), lambda _: True, forbidden) is None:
+            return ConfigError(
                 "secure.organisation_column",
                 f"group {gid}: every node eligible for its last aggregator seat belongs to "
-                f"organisation {org!r}, and no organisation may fill all {params.k} seats",
+                f"organisation {self.pool.org_of[seats[0]]!r}, and no organisation may fill "
+                f"all {k} seats",
             )
-        seats.append(node)
-    spares: list[NodeId] = []
-    for _ in range(params.backups):
-        node = pool.take()
-        if node is None:
-            break
-        spares.append(node)
-    pool.end_group()
-    return tuple(seats), tuple(spares)
+        return ConfigError(
+            "secure.k",
+            f"group {gid} position {j}: every node eligible for it already sees another "
+            f"position of {gid} or of a group up to two levels below it, and no node may "
+            "see two positions of one group: add nodes, or raise secure.group_size "
+            "(fewer groups)",
+        )
+
+    def spares(self, group: Group) -> tuple[NodeId, ...]:
+        """Up to ``backups`` spares, best-effort: a backup may take any position of the
+        group, so it may hold no other role within two levels of it on its path."""
+        spares: list[NodeId] = []
+        for _ in range(self.params.backups):
+            excluded = (*group.members, *group.aggregators, *spares)
+            node = self.pool.take(excluded, lambda n: self.views.fits(n, group.id, _BACKUP))
+            if node is None:
+                break
+            self.views.add(node, group.id, _BACKUP)
+            spares.append(node)
+        return tuple(spares)
 
 
 def derive_tree(
@@ -603,24 +766,48 @@ def derive_tree(
         levels.append([(f"P{level}.{i}", (), ch) for i, ch in enumerate(chunks)])
     parent_of = {c: gid for row in levels for gid, _, children in row for c in children}
 
-    # Then seats, leaves first, from the least-loaded eligible nodes.
-    pool = _SeatPool(seed, nodes)
+    # Then seats, leaves first, from the least-loaded eligible nodes; then backups, which
+    # are best-effort and so must not crowd out a seat, root first: a silent upper seat
+    # without a backup costs its whole subtree, a leaf seat only its group.
+    children_of = {gid: children for row in levels for gid, _, children in row}
+    seating = _Seating(_SeatPool(seed, nodes), _Views(parent_of, children_of), params, len(nodes))
     groups: list[Group] = []
     for level, row in enumerate(levels):
         for gid, members, children in row:
-            seats, spares = _seat(pool, gid, members, params, len(nodes))
-            groups.append(
-                Group(
-                    id=gid,
-                    level=level,
-                    members=members,
-                    aggregators=seats,
-                    backups=spares,
-                    children=children,
-                    parent=parent_of.get(gid),
-                )
+            group = Group(
+                id=gid,
+                level=level,
+                members=members,
+                aggregators=seating.seats(gid, members),
+                backups=(),
+                children=children,
+                parent=parent_of.get(gid),
             )
+            groups.append(group)
+    spares = {g.id: seating.spares(g) for g in reversed(groups)}
+    groups = [dataclasses.replace(g, backups=spares[g.id]) for g in groups]
     return Tree(seed=seed, params=params, groups=tuple(groups))
+
+
+def seen_twice(tree: Tree) -> str | None:
+    """The first node that sees two positions of one group in ``tree``, or None.
+
+    Written from the rule, not from the derivation: a seat (g, j) sees position j of
+    g, of g's children and of g's grandchildren; a backup of g sees every position of
+    them. Any other role of the same node that sees one of those groups must be a seat
+    at the same position j."""
+    seen: dict[tuple[NodeId, str], tuple[int, str]] = {}  # (node, group) -> (token, role)
+    for g in tree.groups:
+        children = [tree.group(c) for c in g.children]
+        scope = (g.id, *g.children, *(gc for c in children for gc in c.children))
+        roles = [(a, j, f"seat {g.id} position {j}") for j, a in enumerate(g.aggregators)]
+        roles += [(b, _BACKUP, f"backup of {g.id}") for b in g.backups]
+        for node, token, role in roles:
+            for x in scope:
+                held, first = seen.setdefault((node, x), (token, role))
+                if first != role and (token == _BACKUP or held != token):
+                    return f"{node} sees two positions of group {x}: as {first} and as {role}"
+    return None
 
 
 # -- verification -------------------------------------------------------------
@@ -676,6 +863,9 @@ def verify_tree(
     """
     if params is not None and tree.params != params:
         raise RemoteProtocolError(f"tree params differ: expected {params}, got {tree.params}")
+    twice = seen_twice(tree)
+    if twice is not None:  # named first: the collusion bound, not just a mismatch
+        raise RemoteProtocolError(f"tree rejected: {twice}")
     try:
         expected = derive_tree(
             job_id=job_id,

@@ -9,9 +9,12 @@ from them, so a coordinator cannot quietly turn audits down; and a role
 whose group-sum disclosure is not the job's (``group_sums``: its floor, 0
 when the job discloses none), so a coordinator can neither have a group's sum
 sent to it in a job that never signed up for that, nor lower the floor, nor
-ask it of an upper group or a statistics round. In the
-simulator all nodes share one memoized derivation per round (the same
-result each node would compute); a deployed node derives it once per round.
+ask it of an upper group or a statistics round. A node also refuses every
+role and assignment of a tree that lets one node see two positions of a group
+(``topology.seen_twice``): the derivation never makes one, so this guards the
+collusion bound against a derivation bug. In the simulator all nodes share
+one memoized derivation per round (the same result each node would compute);
+a deployed node derives it once per round.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tessera.ids import NodeId
 from tessera.protocol.coordinator import round_cohort
 from tessera.protocol.messages import AggregateRequest, SecureAssignment
 from tessera.protocol.params import RoundParams
-from tessera.protocol.topology import Tree, TreeParams, derive_tree
+from tessera.protocol.topology import Tree, TreeParams, derive_tree, seen_twice
 
 
 class TreeCheck:
@@ -52,6 +55,7 @@ class TreeCheck:
         self.tree_params = tree
         self.organisations = dict(organisations or dict.fromkeys(self.nodes))
         self._cached: tuple[int, Tree] | None = None
+        self._unsafe: str | None = None  # why the cached tree breaks the rule, if it does
 
     def tree(self, round: int) -> Tree:
         if self._cached is None or self._cached[0] != round:
@@ -65,11 +69,14 @@ class TreeCheck:
                 beacon=self.beacon,
             )
             self._cached = (round, tree)
+            self._unsafe = seen_twice(tree)
         return self._cached[1]
 
     def assignment_problem(self, node: NodeId, round: int, a: SecureAssignment) -> str | None:
         """Why a contributor's assignment is not the public tree's, or None."""
         tree = self.tree(round)
+        if self._unsafe is not None:
+            return f"the tree lets a node see two positions of a group: {self._unsafe}"
         if a.tree_digest != tree.digest():
             return "the tree does not match its public derivation"
         if not tree.has_group(a.group) or node not in tree.group(a.group).members:
@@ -86,6 +93,8 @@ class TreeCheck:
     def role_problem(self, node: NodeId, req: AggregateRequest) -> str | None:
         """Why an aggregator role is not the public tree's, or None (replacements are backups)."""
         tree = self.tree(req.round)
+        if self._unsafe is not None:
+            return f"the tree lets a node see two positions of a group: {self._unsafe}"
         if req.tree_digest != tree.digest() or not tree.has_group(req.group):
             return "the tree does not match its public derivation"
         group = tree.group(req.group)
