@@ -30,6 +30,7 @@ from tessera.protocol.messages import AggregateRequest, Sealed
 from tessera.protocol.node import Node
 from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams
+from tessera.protocol.wire import open_checked
 from tessera.testing import MiniFederation, Update, secure_federation
 from tessera.testing.adversaries import TamperingAggregator
 
@@ -122,8 +123,15 @@ def _proof_and_case(fed: MiniFederation) -> tuple[NodeId, Proof, dict]:
     sealed = _accusation_in_flight(fed)
     assert sealed is not None
     coordinator = fed.coordinator
-    env = coordinator.wire.open(  # type: ignore[attr-defined]
-        sealed.data, round=coordinator.round, max_bytes=len(sealed.data)
+    env = open_checked(  # as the coordinator does, but leaving its replay guard alone
+        sealed.data,
+        node=COORDINATOR,
+        job_id=coordinator.params.job_id,
+        keys=coordinator.keys,  # type: ignore[attr-defined]
+        directory=coordinator.directory,  # type: ignore[attr-defined]
+        round=coordinator.round,
+        max_bytes=len(sealed.data),
+        replay=None,
     )
     accusation, proof = decode_accusation(env.payload)
     rs = coordinator._rs  # type: ignore[attr-defined]
@@ -192,3 +200,18 @@ def test_no_doctored_proof_makes_an_honest_child_guilty(data: st.DataObject) -> 
             Proof(proof.partial, proof.partial_key, proof.evidence, proof.evidence_key)
         )
     assert _judge(fed, doctored, where) is not Finding.UPHELD
+
+
+def test_an_accusation_lost_on_the_way_leaves_the_round_unapplied() -> None:
+    """The auditor's notice that its checks are done must not vouch for a failed one:
+    were the accusation dropped (by a relay, or for its size), the tampered sum
+    would be applied."""
+    fed, tamperer = _run_to_accusation(TamperingAggregator, leaf=True)
+    lost = fed.network.take(
+        lambda w: isinstance(w.message, Sealed) and peek(w.message.data).kind == Kind.ACCUSE
+    )
+    assert lost is not None
+    fed.settle(until=lambda: bool(fed.closed))
+    closed = fed.closed[0]
+    assert closed.skipped, closed  # discarded at the audit deadline, never applied
+    assert tamperer not in fed.coordinator.excluded  # type: ignore[attr-defined]

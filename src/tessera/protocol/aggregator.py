@@ -354,6 +354,11 @@ class Aggregator:
             return []
         if any(child in role.audits for child in role.included):
             return []  # evidence still owed
+        if any(role.verdicts.get(child) is not None for child in role.included):
+            # A failed check was accused; the notice would vouch for it, and were the
+            # accusation lost, the round would be applied. Without it, the coordinator
+            # discards the round at its audit deadline whatever reaches it.
+            return []
         role.audited_sent = True
         role.audits.clear()  # children left out of the sum need no verdict
         done = encode_labelled(role.request.group, role.request.position, b"")

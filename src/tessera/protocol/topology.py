@@ -66,6 +66,14 @@ at j, and a backup only if the node holds no role within two levels. When no
 node fits a seat, derivation fails with ``ConfigError`` (``secure.k``:
 add nodes, or raise ``secure.group_size`` for fewer groups); among the
 shapes measured, only federations of under 20 nodes met it.
+
+A preference, not yet a rule: no node audits itself. The auditor of seat
+(c, j) is the seat at j of c's parent; a node holding both would pass its own
+sum whatever it summed (the first rule allows it: one position). So a
+group's seat j goes to a node holding no seat at j of its children whenever
+one fits, and to one that does only when none does (federations of a few
+dozen nodes; ``audits_itself`` names such seats). Closing it for every size
+needs an auditor other than the parent (SECURITY.md, issue 14).
 The root's k sums go to the coordinator, which is no node: its view (k-1
 root positions' inputs, audited) is ``protocol.audit``'s.
 
@@ -127,6 +135,7 @@ __all__ = [
     "Group",
     "Tree",
     "TreeParams",
+    "audits_itself",
     "derive_tree",
     "seen_twice",
     "tree_seed",
@@ -638,11 +647,17 @@ class _Seating:
     params: TreeParams
     n_nodes: int
 
-    def seats(self, gid: str, members: tuple[NodeId, ...]) -> tuple[NodeId, ...]:
+    def seats(
+        self,
+        gid: str,
+        members: tuple[NodeId, ...],
+        below: tuple[tuple[NodeId, ...], ...] = (),
+    ) -> tuple[NodeId, ...]:
         """Fill ``gid``'s k positions, each with the least-loaded node that keeps the
-        organisation rule and sees no other position of a group this seat sees; one
-        whose roles so far are all at this position first, so later, upper seats
-        still find nodes that fit."""
+        organisation rule, sees no other position of a group this seat sees and holds
+        no seat this one audits (``below``: the children's seats); one whose roles so
+        far are all at this position first, so later, upper seats still find nodes
+        that fit."""
         pool, views = self.pool, self.views
         seats: list[NodeId] = []
         for j in range(self.params.k):
@@ -651,6 +666,7 @@ class _Seating:
                 first = {pool.bucket_of[s] for s in seats}
                 if len(first) == 1:
                     forbidden = first.pop()
+            audited = tuple(child[j] for child in below)  # better not audit itself
             excluded = (*members, *seats)
 
             def fits(n: NodeId, j: int = j) -> bool:
@@ -659,7 +675,12 @@ class _Seating:
             def only(n: NodeId, j: int = j) -> bool:
                 return views.only(n, j) and views.fits(n, gid, j)
 
-            node = pool.take(excluded, only, forbidden) or pool.take(excluded, fits, forbidden)
+            node = (
+                pool.take((*excluded, *audited), only, forbidden)
+                or pool.take((*excluded, *audited), fits, forbidden)
+                or pool.take(excluded, only, forbidden)
+                or pool.take(excluded, fits, forbidden)
+            )
             if node is None:
                 raise self._no_seat(gid, j, members, seats, forbidden)
             views.add(node, gid, j)
@@ -772,13 +793,16 @@ def derive_tree(
     children_of = {gid: children for row in levels for gid, _, children in row}
     seating = _Seating(_SeatPool(seed, nodes), _Views(parent_of, children_of), params, len(nodes))
     groups: list[Group] = []
+    seated: dict[str, tuple[NodeId, ...]] = {}
     for level, row in enumerate(levels):
         for gid, members, children in row:
+            below = tuple(seated[c] for c in children)
+            seated[gid] = seating.seats(gid, members, below)
             group = Group(
                 id=gid,
                 level=level,
                 members=members,
-                aggregators=seating.seats(gid, members),
+                aggregators=seated[gid],
                 backups=(),
                 children=children,
                 parent=parent_of.get(gid),
@@ -808,6 +832,17 @@ def seen_twice(tree: Tree) -> str | None:
                 if first != role and (token == _BACKUP or held != token):
                     return f"{node} sees two positions of group {x}: as {first} and as {role}"
     return None
+
+
+def audits_itself(tree: Tree) -> list[str]:
+    """Each seat whose auditor (the seat at its position one level up) is its own node."""
+    found = []
+    for g in tree.groups:
+        for c in (tree.group(c) for c in g.children):
+            for j, (up, down) in enumerate(zip(g.aggregators, c.aggregators, strict=True)):
+                if up == down:
+                    found.append(f"{up} holds seat {c.id} and its auditor {g.id}, position {j}")
+    return found
 
 
 # -- verification -------------------------------------------------------------
