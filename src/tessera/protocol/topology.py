@@ -796,8 +796,8 @@ def derive_tree(
     seated: dict[str, tuple[NodeId, ...]] = {}
     for level, row in enumerate(levels):
         for gid, members, children in row:
-            below = tuple(seated[c] for c in children)
-            seated[gid] = seating.seats(gid, members, below)
+            audited = tuple(seated[c] for c in children)
+            seated[gid] = seating.seats(gid, members, audited)
             group = Group(
                 id=gid,
                 level=level,
