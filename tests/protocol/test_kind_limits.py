@@ -59,7 +59,7 @@ SECURE = SecureParams(
 
 def test_every_kind_has_a_limit_the_relay_body_admits() -> None:
     assert set(LIMITS) == set(Kind)
-    assert all(0 < n <= limits.COORDINATOR_BODY for n in LIMITS.values())
+    assert all(0 < n <= limits.MAIL_BODY for n in LIMITS.values())
     assert LIMITS[Kind.EVIDENCE] == limits.MAX_ENVELOPE_BYTES  # a group's boxes: the most
     # Kinds that list ids are far below the bulk kinds.
     notices = (Kind.REPORT, Kind.COMMIT, Kind.REASSIGN, Kind.ACCUSE, Kind.AUDIT_REQUEST)
