@@ -36,6 +36,7 @@ from tessera.ids import COORDINATOR, JobId, NodeId, job_id_of
 from tessera.jobs.beacon import commitment
 from tessera.jobs.document import JobSpec
 from tessera.protocol.effects import Send
+from tessera.protocol.limits import MAIL_BODY
 from tessera.protocol.messages import TrainRequest, UpdateSubmission
 from tessera.runtime.transport.auth import sign_request
 from tessera.runtime.transport.client import CoordinatorClient
@@ -47,6 +48,7 @@ from tessera.runtime.transport.mail import (
 )
 from tessera.runtime.transport.serve import RunningServer, serve_in_thread
 from tessera.storage import Store
+from tessera.storage.blobs import BlobStore
 
 AI = NodeKeys.from_seed(b"coordinator-kit-ai")
 COORDINATOR_KEYS = NodeKeys.from_seed(b"coordinator-kit-coordinator")
@@ -198,6 +200,7 @@ class Harness:
 
     db: Path
     max_body: int = MAX_BODY
+    mail_body: int = MAIL_BODY
     reveal_wait: float = 300.0
     service: CoordinatorService = field(init=False)
     server: RunningServer = field(init=False)
@@ -211,9 +214,9 @@ class Harness:
         return self.server.url
 
     def start(self) -> None:
-        store = Store(f"sqlite:///{self.db}")
+        store = Store(f"sqlite:///{self.db}", blobs=BlobStore(self.db.with_suffix(".mail")))
         self.service = CoordinatorService(store, COORDINATOR_KEYS, reveal_wait=self.reveal_wait)
-        app = create_coordinator_app(self.service, max_body=self.max_body)
+        app = create_coordinator_app(self.service, max_body=self.max_body, mail_body=self.mail_body)
         self.server = serve_in_thread(app)
         self.http = httpx.Client(base_url=self.server.url, timeout=30)
 

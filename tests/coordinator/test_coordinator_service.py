@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import msgpack
+import numpy as np
 import pytest
 
 from tessera.consent import revoke_consent
@@ -193,7 +194,7 @@ def test_wrong_json_shapes_are_refused(shared: Harness, nodes: dict[str, Node]) 
 
 
 def test_oversized_bodies_are_refused_with_413(tmp_path: Path, nodes: dict[str, Node]) -> None:
-    small = Harness(tmp_path / "small.db", max_body=2048)
+    small = Harness(tmp_path / "small.db", max_body=2048, mail_body=2048)
     try:
         node = nodes["node-a"]
         before = small.snapshot()
@@ -508,7 +509,8 @@ def test_a_model_larger_than_the_protocol_carries_is_refused_at_submission(
 def test_an_audited_secure_job_whose_evidence_cannot_be_relayed_is_refused(
     coord: Harness,
 ) -> None:
-    """Evidence carries a parent's fan_in child sums verbatim: 8 x 1.1M words is over 64 MiB."""
+    """Evidence carries a parent's fan_in child sums verbatim: 8 x 4.6M words of 8 bytes is
+    over the 288 MB of ``MAX_EVIDENCE_BYTES`` (three full vectors of the largest model)."""
     doc, _ = tiny_job()
     b = doc.body
     secure = {**b["config"]["secure"], "enabled": True, "max_weight": 10.0}
@@ -530,10 +532,11 @@ def test_an_audited_secure_job_whose_evidence_cannot_be_relayed_is_refused(
         return detail
 
     before = coord.snapshot()
-    assert "audit evidence for 1,100,000 words would reach" in submit(1_100_000, audit=True)
+    # The bound is an accusation's: the evidence, the accused's sum and the copies' wraps.
+    assert "audit evidence for 5,400,000 words would reach" in submit(5_400_000, audit=True)
     # Without audits, or a model whose evidence fits, it gets as far as the weights.
-    assert "upload the initial weights" in submit(1_100_000, audit=False)
-    assert "upload the initial weights" in submit(850_000, audit=True)
+    assert "upload the initial weights" in submit(5_400_000, audit=False)
+    assert "upload the initial weights" in submit(5_300_000, audit=True)
     assert coord.snapshot() == before
 
 
@@ -853,3 +856,55 @@ def test_a_restarted_coordinator_resumes_the_job_mid_round(
     for node in (a, b, c):
         [request] = node.train_requests(coord, wait=10)
         assert request.round == 1
+
+
+# -- large envelopes stream, to a file and back --------------------------------------------
+
+
+def test_a_large_envelope_streams_to_a_file_and_back_and_one_over_the_job_bound_is_not_kept(
+    coord: Harness, nodes: dict[str, Node], running: Any
+) -> None:
+    """A few-MB share goes to the blob folder as it arrives (its row holds no bytes) and
+    streams back to its recipient intact; one over the job's bound for its kind, or with
+    a bad signature, is refused with the reason and leaves neither a row nor a file."""
+    from tessera.crypto.envelope import seal
+    from tessera.protocol.limits import RelayBounds
+
+    a, b = nodes["node-a"], nodes["node-b"]
+    limit = 6 << 20
+    coord.service._bounds[JOB] = RelayBounds(
+        limits={Kind.SHARE: limit}, count=10, bytes=10 * limit
+    )  # the tiny job is plaintext: give it a share bound of a large model's kind
+
+    def share(size: int) -> bytes:
+        return seal(
+            kind=int(Kind.SHARE),
+            job_id=JOB,
+            round=0,
+            sender=a.id,
+            recipient=b.id,
+            payload=np.random.default_rng(size).bytes(size),
+            sender_keys=a.keys,
+            recipient_public=b.keys.public,
+        )
+
+    folder = coord.db.with_suffix(".mail")
+    before = coord.snapshot()
+    over = share(limit)  # the payload alone is the bound: the envelope is over it
+    answer = post_mail(coord, over)
+    refused(coord, answer, 413, f"a share envelope of this job is at most {limit} bytes", before)
+    forged = share(4 << 20)
+    forged = forged[:-1] + bytes([forged[-1] ^ 1])
+    refused(coord, post_mail(coord, forged), 403, "bad signature", before)
+    assert list(folder.iterdir()) == []  # nothing kept of either, not even a partial file
+
+    data = share(4 << 20)
+    chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+    answer = coord.http.post("/v1/mail", content=chunks)  # chunked: no length declared
+    assert answer.status_code == 202, answer.text
+    mail = coord.service.store.messages_for(b.id, 0, load=False)
+    (stored,) = [m for m in mail if m.kind == Kind.SHARE]
+    assert stored.blob is not None and stored.data == b"" and stored.size == len(data)
+    assert (folder / stored.blob).stat().st_size == len(data)
+    assert (folder / stored.blob).stat().st_mode & 0o077 == 0  # the relay's alone
+    assert b.pull(coord)[-1] == data  # after its train request

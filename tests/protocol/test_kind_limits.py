@@ -59,10 +59,11 @@ SECURE = SecureParams(
 
 def test_every_kind_has_a_limit_the_relay_body_admits() -> None:
     assert set(LIMITS) == set(Kind)
-    assert all(0 < n <= limits.COORDINATOR_BODY for n in LIMITS.values())
-    assert LIMITS[Kind.EVIDENCE] == limits.MAX_ENVELOPE_BYTES  # a group's boxes: the most
+    assert all(0 < n <= limits.MAIL_BODY for n in LIMITS.values())
+    # An accusation brings its proof (evidence, a sum): the most; then evidence.
+    assert LIMITS[Kind.ACCUSE] == limits.MAX_ENVELOPE_BYTES
+    assert LIMITS[Kind.SHARE] < LIMITS[Kind.EVIDENCE] < LIMITS[Kind.ACCUSE]
     # Kinds that list ids are far below the bulk kinds.
-    assert LIMITS[Kind.ACCUSE] == limits.MAX_ENVELOPE_BYTES  # it brings its proof
     notices = (Kind.REPORT, Kind.COMMIT, Kind.REASSIGN, Kind.AUDIT_REQUEST)
     assert max(LIMITS[k] for k in notices) * 8 < LIMITS[Kind.SHARE]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import msgpack
 import numpy as np
 
 from tessera.coordinator.app import MAX_BODY as COORDINATOR_APP_BODY
+from tessera.coordinator.app import create_coordinator_app
 from tessera.crypto.documents import MAX_DOCUMENT_BYTES, DocumentKind
 from tessera.data_provider.app import MAX_BODY as PROVIDER_APP_BODY
 from tessera.ids import JobId
@@ -57,8 +59,16 @@ def test_document_kinds_are_distinct_and_used() -> None:
 
 
 def test_limits_agree_along_every_path() -> None:
-    # The mailbox relays every envelope: it must take the largest any party accepts.
-    assert COORDINATOR_APP_BODY == limits.COORDINATOR_BODY >= limits.MAX_ENVELOPE_BYTES
+    # The mailbox relays every envelope: its route takes the largest any party accepts.
+    assert max(limits.ENVELOPE_LIMITS.values()) <= limits.MAIL_BODY
+    assert limits.MAIL_BODY == limits.MAX_ENVELOPE_BYTES
+    signature = inspect.signature(create_coordinator_app).parameters
+    assert signature["mail_body"].default == limits.MAIL_BODY
+    # Every other route takes documents and the largest model's initial weights.
+    assert COORDINATOR_APP_BODY == limits.COORDINATOR_BODY >= limits.MAX_PARAMETERS * 4
+    assert limits.COORDINATOR_BODY >= MAX_DOCUMENT_BYTES
+    # Evidence, the bulkiest kind, holds at least three full vectors of the largest model.
+    assert limits.MAX_EVIDENCE_BYTES >= 3 * (limits.MAX_SHARE_BYTES - limits.ENVELOPE_SLACK)
     # One full share or sum of the largest model fits an envelope.
     assert limits.MAX_SHARE_BYTES <= limits.MAX_ENVELOPE_BYTES
     # The node catalogue never allows a model the protocol cannot carry.

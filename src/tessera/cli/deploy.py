@@ -41,6 +41,14 @@ Key = Annotated[Path | None, typer.Option("--key", help="TLS private key (PEM)")
 ReadyFile = Annotated[
     Path | None, typer.Option("--ready-file", help="write the bound URL here once listening")
 ]
+MaxParameters = Annotated[
+    int | None,
+    typer.Option(
+        "--max-parameters",
+        help="the node's catalogue: the largest model it trains [default: 5,000,000]",
+        min=1,
+    ),
+]
 SandboxStartTimeout = Annotated[
     float,
     typer.Option(
@@ -109,21 +117,33 @@ def coordinator(
     cert: Cert = None,
     key: Key = None,
     ready_file: ReadyFile = None,
-    max_body: Annotated[int, typer.Option(help="largest request body, bytes")] = 64 << 20,
+    max_body: Annotated[
+        int | None,
+        typer.Option(
+            help="largest request body but the mailbox's, bytes [default: what the largest "
+            "model's initial weights need]"
+        ),
+    ] = None,
+    mail_dir: Annotated[
+        Path,
+        typer.Option(help="folder for large envelopes in the mailbox (made 0700 if missing)"),
+    ] = Path("coordinator-mail"),
     verbose: Verbose = True,
 ) -> None:
     """Run the coordinator service (HTTP API, mailbox, job drivers)."""
     _logging(verbose)
     from tessera.coordinator.app import create_coordinator_app
     from tessera.coordinator.service import CoordinatorService
+    from tessera.protocol.limits import COORDINATOR_BODY
     from tessera.runtime.transport.serve import run_server
     from tessera.storage import Store
+    from tessera.storage.blobs import BlobStore
     from tessera.storage.keyfile import load_or_create_keys
 
     try:
         keyring = load_or_create_keys(keys, _passphrase())  # a wrong passphrase fails first
-        service = CoordinatorService(Store(db), keyring)
-        app_ = create_coordinator_app(service, max_body=max_body)
+        service = CoordinatorService(Store(db, blobs=BlobStore(mail_dir)), keyring)
+        app_ = create_coordinator_app(service, max_body=max_body or COORDINATOR_BODY)
         run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
     except TesseraError as exc:
         _fail(exc)
@@ -224,12 +244,17 @@ def node(
         str, typer.Option(help="sandbox network isolation: required | best_effort")
     ] = "required",
     sandbox_start_timeout: SandboxStartTimeout = 60.0,
+    max_parameters: MaxParameters = None,
     verbose: Verbose = True,
 ) -> None:
     """Run a node agent: register, consent, train in the sandbox, aggregate as the tree says."""
     _logging(verbose)
     from tessera.node.agent import AgentConfig, NodeAgent
-    from tessera.sandbox import SandboxLimits
+    from tessera.sandbox import DEFAULT_CATALOGUE, SandboxLimits
+
+    catalogue = DEFAULT_CATALOGUE
+    if max_parameters is not None:
+        catalogue = DEFAULT_CATALOGUE.model_copy(update={"max_parameters": max_parameters})
 
     try:
         limits = SandboxLimits(start_timeout=sandbox_start_timeout)
@@ -249,6 +274,7 @@ def node(
                 consent_to=list(consent or []),
                 isolate_network="best_effort" if isolate_network == "best_effort" else "required",
                 sandbox_limits=limits,
+                catalogue=catalogue,
             )
         )
         agent.run()
@@ -312,6 +338,14 @@ def up(
         ),
     ] = 0,
     sandbox_start_timeout: SandboxStartTimeout = 60.0,
+    node_max_parameters: Annotated[
+        int | None,
+        typer.Option(
+            "--node-max-parameters",
+            help="every node's catalogue: the largest model it trains [default: 5,000,000]",
+            min=1,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Start coordinator, provider and N nodes on loopback; run the job through them."""
@@ -340,6 +374,7 @@ def up(
                 db_url=db,
                 records=records,
                 sandbox_start_timeout=sandbox_start_timeout,
+                node_max_parameters=node_max_parameters,
                 passphrase=_passphrase(),  # without one, Deployment warns: keys in the clear
             )
     except TesseraError as exc:

@@ -34,25 +34,27 @@ import asyncio
 import base64
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import msgpack
 from fastapi import Depends, FastAPI, Query, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tessera.coordinator import access
+from tessera.coordinator.intake import MailIntake
 from tessera.coordinator.service import CoordinatorService, Refused
-from tessera.protocol.limits import COORDINATOR_BODY
+from tessera.protocol.limits import COORDINATOR_BODY, MAIL_BODY
 from tessera.runtime.transport.auth import KEYS_HEADER, NODE_HEADER, Caller
 from tessera.runtime.transport.serve import BodyLimit
-from tessera.storage import NotFound
+from tessera.storage import MailItem, NotFound
 
 MAX_BODY = COORDINATOR_BODY  # see protocol.limits
+MAIL_PATH = "/v1/mail"
 MAX_WAIT = 30.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BINARY = {
@@ -205,9 +207,10 @@ ByKeys = Annotated[Caller, Depends(_by_keys)]
 
 
 def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
-    service: CoordinatorService, *, max_body: int = MAX_BODY
+    service: CoordinatorService, *, max_body: int = MAX_BODY, mail_body: int = MAIL_BODY
 ) -> Any:
-    """The ASGI app (FastAPI wrapped in a request-size limit)."""
+    """The ASGI app (FastAPI wrapped in a request-size limit: ``mail_body`` for the mailbox,
+    whose envelopes stream, ``max_body`` for every other route)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -356,9 +359,20 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
 
         Only a kind the job's nodes send, no larger than the job's model makes
         it, of the job's current round, within the sender's quota for the round.
+        The body streams: a large envelope goes to a file as it arrives, and one
+        whose header already breaks a bound is refused before any is kept.
         """
-        data = await request.body()
-        mail_id = await run_in_threadpool(service.post_mail, data)
+        intake = MailIntake(service)
+        try:
+            async for chunk in request.stream():
+                if intake.head is None:  # its checks read the store: off the event loop
+                    await run_in_threadpool(intake.feed, chunk)
+                else:
+                    intake.feed(chunk)
+        except BaseException:
+            intake.discard()  # the sender went away mid-body
+            raise
+        mail_id = await run_in_threadpool(intake.finish)
         return {"id": mail_id}
 
     @app.get(
@@ -388,7 +402,30 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
             if items or remaining <= 0:
                 break
             await service.signal.wait(event, min(remaining, 5.0))
-        body = msgpack.packb([[item.id, item.data] for item in items], use_bin_type=True)
-        return Response(body, media_type="application/msgpack")
+        return StreamingResponse(_mail_batch(service, items), media_type="application/msgpack")
 
-    return BodyLimit(app, max_body)
+    return BodyLimit(app, max_body, routes={MAIL_PATH: mail_body})
+
+
+def _mail_batch(service: CoordinatorService, items: list[MailItem]) -> Iterator[bytes]:
+    """A msgpack list of [id, envelope] pairs, written out piece by piece: an envelope in
+    a blob streams from its file, never held whole."""
+    packer = msgpack.Packer(use_bin_type=True)
+    yield packer.pack_array_header(len(items))
+    for item in items:
+        size = item.size if item.blob is not None else len(item.data)
+        yield packer.pack_array_header(2) + packer.pack(item.id) + _bin_header(size)
+        if item.blob is None:
+            yield item.data
+        else:
+            assert service.store.blobs is not None  # the store named a blob
+            yield from service.store.blobs.chunks(item.blob)
+
+
+def _bin_header(size: int) -> bytes:
+    """A msgpack bin header for ``size`` bytes (msgpack's Packer writes none alone)."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")

@@ -624,19 +624,53 @@ class CoordinatorService:
 
     # -- mail ----------------------------------------------------------------------------
     def post_mail(self, data: bytes) -> int:
-        def keys_of(node: str) -> PublicKeys | None:
-            return self.public_keys(node)
-
+        """Check and store one envelope held whole (a small one; see ``coordinator.intake``
+        for one that streams)."""
         with contextlib.suppress(InvalidEnvelope):  # verify_envelope says what is wrong
-            kind = peek(data).kind  # each kind's own limit, before the signature is checked
-            if kind in ENVELOPE_LIMITS and len(data) > ENVELOPE_LIMITS[Kind(kind)]:
-                raise Refused(413, f"a {Kind(kind).name.lower()} envelope is too large")
+            self.check_kind_size(peek(data), len(data))
         try:
             head = verify_envelope(
-                data, directory=_Lookup(keys_of), expect_job=None, max_bytes=MAX_ENVELOPE_BYTES
+                data, directory=self.directory, expect_job=None, max_bytes=MAX_ENVELOPE_BYTES
             )
         except InvalidEnvelope as exc:
             raise Refused(400 if "signature" not in exc.reason else 403, str(exc)) from None
+        return self.store_mail(head, len(data), data=bytes(data))
+
+    @property
+    def directory(self) -> Mapping[NodeId, PublicKeys]:
+        """The node registry as a mapping, looked up on demand (for envelope checks)."""
+        return _Lookup(self.public_keys)
+
+    @staticmethod
+    def check_kind_size(head: EnvelopeHeader, size: int) -> None:
+        """Each kind's own limit, before the signature is checked (or the body read)."""
+        if head.kind in ENVELOPE_LIMITS and size > ENVELOPE_LIMITS[Kind(head.kind)]:
+            raise Refused(413, f"a {Kind(head.kind).name.lower()} envelope is too large")
+
+    def check_job_size(self, head: EnvelopeHeader, size: int) -> None:
+        """The job's own bound on the kind (from its public document), before the body is
+        read: nothing about the job's state is told to a header not yet authenticated."""
+        try:
+            job = self.store.get_job(head.job_id)
+        except NotFound:
+            return  # said once the envelope is verified
+        known = head.kind in ENVELOPE_LIMITS
+        limit = self._relay_bounds(job).limits.get(Kind(head.kind)) if known else None
+        if limit is not None and size > limit:
+            name = Kind(head.kind).name.lower()
+            raise Refused(413, f"a {name} envelope of this job is at most {limit} bytes")
+
+    def store_mail(
+        self,
+        head: EnvelopeHeader,
+        size: int,
+        *,
+        data: bytes = b"",
+        blob: tuple[str, int] | None = None,
+    ) -> int:
+        """Store a verified envelope for its recipient: only a kind the job's nodes send, no
+        larger than the job's model makes it, of the job's current round, within the
+        sender's quota for the round; ``blob``: it lies in the blob folder, (name, size)."""
         job = self.job(head.job_id)
         if job.state != "running" or job.participants is None:
             raise Refused(409, f"job {head.job_id!r} is not running")
@@ -648,7 +682,7 @@ class CoordinatorService:
         if head.kind not in ENVELOPE_LIMITS:  # no party reads it: never store it
             raise Refused(400, f"unknown envelope kind {head.kind}")
         bounds = self._relay_bounds(job)
-        self._check_relay(bounds, job, head, len(data))
+        self._check_relay(bounds, job, head, size)
         self._check_tree(head)
         try:
             mail_id = self.store.post_message(
@@ -658,8 +692,9 @@ class CoordinatorService:
                 round=head.round,
                 kind=head.kind,
                 nonce=head.nonce,
-                data=bytes(data),
+                data=data,
                 quota=(bounds.count, bounds.bytes),
+                blob=blob,
             )
         except Replayed:
             raise Refused(409, "replayed message: this nonce was already received") from None
@@ -724,7 +759,9 @@ class CoordinatorService:
                 raise Refused(403, f"the round's tree expects no such envelope: {problem}")
 
     def mail_for(self, node: str, after: int) -> list[MailItem]:
-        return self.store.messages_for(node, after)
+        """A node's next envelopes; those in blobs without their bytes (the API streams
+        the files)."""
+        return self.store.messages_for(node, after, load=False)
 
 
 class _Lookup(Mapping[NodeId, PublicKeys]):

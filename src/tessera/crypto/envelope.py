@@ -166,6 +166,7 @@ from tessera.errors import InvalidEnvelope, RemoteProtocolError
 from tessera.ids import JobId, NodeId
 
 __all__ = [
+    "MAX_HEADER_BYTES",
     "MAX_ID_BYTES",
     "MAX_PAYLOAD",
     "NONCE_SIZE",
@@ -177,12 +178,14 @@ __all__ = [
     "Envelope",
     "EnvelopeHeader",
     "ReplayGuard",
+    "SignatureStream",
     "clear_payload",
     "disclose_key",
     "open",
     "open_envelope",
     "open_sealed",
     "peek",
+    "read_header",
     "reopen_sent",
     "seal",
     "verify_envelope",
@@ -199,6 +202,8 @@ TAG_SIZE = 16
 #: Largest payload ``seal`` accepts (the size field's bound, less the tag).
 MAX_PAYLOAD = 2**31 - 1 - TAG_SIZE
 _MAX_WIRE_PAYLOAD = 2**31 - 1
+#: The longest header: version, kind, flags, three ids, round, nonce, payload size.
+MAX_HEADER_BYTES = 3 + 3 * (1 + MAX_ID_BYTES) + 4 + NONCE_SIZE + 4
 
 _FLAG_SEALED = 0x01
 _SEAL_INFO = b"tessera/envelope/v2/seal\x00"
@@ -668,6 +673,44 @@ def verify_envelope(
     return head
 
 
+def read_header(prefix: Bytes) -> tuple[EnvelopeHeader, int]:
+    """The header of an envelope from its first bytes, and the size the whole envelope
+    must have: NOT authenticated, for a relay deciding before the rest arrives.
+
+    ``TRUNCATED`` while ``prefix`` ends inside the header (at most
+    ``MAX_HEADER_BYTES`` are ever needed); any other error is final.
+    """
+    head, payload_start, size = _parse_header(_as_bytes(prefix))
+    return head.header, payload_start + size + SIGNATURE_SIZE
+
+
+class SignatureStream:
+    """Checks an envelope's signature as its bytes go by, keeping only the last 64.
+
+    The signature covers SHA-256 of the body (every byte before it), so a relay
+    streaming a large envelope to disk can verify it without holding it.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashes.Hash(hashes.SHA256())
+        self._tail = b""  # the latest bytes: the signature, once all have passed
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        data = self._tail + bytes(chunk)
+        self._digest.update(memoryview(data)[:-SIGNATURE_SIZE])
+        self._tail = data[-SIGNATURE_SIZE:]
+
+    def verify(self, sender: PublicKeys) -> None:
+        """``BAD_SIGNATURE`` unless ``sender`` signed every byte passed (call once)."""
+        if len(self._tail) < SIGNATURE_SIZE:
+            raise InvalidEnvelope(TRUNCATED)
+        try:
+            verifier = ed25519.Ed25519PublicKey.from_public_bytes(sender.signing)
+            verifier.verify(self._tail, _SIGN_CONTEXT + self._digest.finalize())
+        except (InvalidSignature, ValueError):
+            raise InvalidEnvelope(BAD_SIGNATURE) from None
+
+
 def _verify(data: bytes, sender: PublicKeys) -> None:
     body_end = len(data) - SIGNATURE_SIZE
     try:
@@ -767,6 +810,19 @@ def _as_bytes(data: Bytes) -> bytes:
 
 
 def _parse(data: bytes) -> _Parsed:
+    parsed, pos, size = _parse_header(data)
+    end = _need(len(data), pos, size)
+    rest = len(data) - end
+    if rest < SIGNATURE_SIZE:
+        raise InvalidEnvelope(TRUNCATED)
+    if rest > SIGNATURE_SIZE:
+        raise InvalidEnvelope(TRAILING_BYTES)
+    return parsed._replace(payload_end=end)
+
+
+def _parse_header(data: bytes) -> tuple[_Parsed, int, int]:
+    """The header's fields (``payload_end`` not yet known), where the payload starts,
+    and its size; ``TRUNCATED`` if ``data`` ends inside the header."""
     n = len(data)
     if n == 0:
         raise InvalidEnvelope(TRUNCATED)
@@ -792,13 +848,7 @@ def _parse(data: bytes) -> _Parsed:
         raise InvalidEnvelope(TOO_LARGE)
     if sealed and size < TAG_SIZE:
         raise InvalidEnvelope(MALFORMED)
-    end = _need(n, pos, size)
-    rest = n - end
-    if rest < SIGNATURE_SIZE:
-        raise InvalidEnvelope(TRUNCATED)
-    if rest > SIGNATURE_SIZE:
-        raise InvalidEnvelope(TRAILING_BYTES)
-    return _Parsed(
+    parsed = _Parsed(
         kind,
         JobId(job_id),
         round_,
@@ -808,8 +858,9 @@ def _parse(data: bytes) -> _Parsed:
         sealed,
         size,
         pos,
-        end,
+        pos + size,
     )
+    return parsed, pos, size
 
 
 def _need(n: int, pos: int, size: int) -> int:

@@ -110,6 +110,7 @@ class Deployment:
     isolate_network: str = "required"
     records: str = "table"  # or "xapi": the provider serves a learning-record store
     sandbox_start_timeout: float | None = None  # seconds; None: the node's default
+    node_max_parameters: int | None = None  # the nodes' catalogue bound; None: its default
     passphrase: bytes | None = field(default=None, repr=False)  # seals every party's key
     job: PreparedJob = field(init=False)
     processes: dict[str, Process] = field(default_factory=dict)
@@ -214,6 +215,8 @@ class Deployment:
                 str(self.db_url),
                 "--keys",
                 str(self.out / "keys" / "coordinator.key"),
+                "--mail-dir",
+                str(self.out / "mail"),
                 "--port",
                 str(self._coordinator_port),
                 "--ready-file",
@@ -348,6 +351,8 @@ class Deployment:
             args += ["--insecure-loopback"]
         if self.sandbox_start_timeout is not None:
             args += ["--sandbox-start-timeout", repr(float(self.sandbox_start_timeout))]
+        if self.node_max_parameters is not None:
+            args += ["--max-parameters", str(self.node_max_parameters)]
         return self._spawn(self.node_id(i), _tessera(*args))
 
     def exited(self) -> list[Process]:

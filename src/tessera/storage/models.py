@@ -119,8 +119,10 @@ mailbox = Table(
     Column("kind", Integer, nullable=False),
     Column("nonce", LargeBinary, nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("data", LargeBinary, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # empty when ``blob`` names a file
     Column("posted_at", Double, nullable=False),
+    # A large envelope lies in the coordinator's blob folder (storage.blobs), by SHA-256.
+    Column("blob", Text, nullable=True),
     UniqueConstraint("sender", "nonce", name="uq_mailbox_sender_nonce"),
     Index("ix_mailbox_recipient_id", "recipient", "id"),
     # A round's traffic is summed when it closes (Store.round_traffic): no table scan.

@@ -6,7 +6,7 @@ database. Times are float unix seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -59,7 +59,9 @@ class MailItem:
     sender: str
     round: int
     kind: int
-    data: bytes
+    data: bytes  # empty for a blob not loaded (``Store.messages_for(load=False)``)
+    blob: str | None = None  # the file a large envelope lies in (``storage.blobs``)
+    size: int = field(default=0, compare=False)  # the envelope's: len(data), or the blob's
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from sqlalchemy import Connection, Row, exists, func, select, text
 
 from tessera.jobs.records import RoundRecord
 from tessera.storage import models as m
+from tessera.storage.blobs import BlobStore
 from tessera.storage.database import Database
 from tessera.storage.errors import Conflict, NotFound, OverQuota, Replayed, StoreError
 from tessera.storage.records import (
@@ -83,8 +84,16 @@ def _job_values(
 class Store(Database):
     """Durable state of a coordinator, on SQLite (``sqlite:///file.db``) or PostgreSQL."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        blobs: BlobStore | None = None,
+    ) -> None:
+        """``blobs``: where large envelopes lie, each row naming its file (None: none do)."""
         self._clock = clock
+        self.blobs = blobs
         super().__init__(url, m.metadata, ddl_lock=_DDL_LOCK_KEY, what="store's database")
 
     # -- transactions -------------------------------------------------------
@@ -404,12 +413,15 @@ class Store(Database):
         nonce: bytes,
         data: bytes,
         quota: tuple[int, int] | None = None,
+        blob: tuple[str, int] | None = None,
     ) -> int:
         """Queue an envelope and return its id; Replayed if (sender, nonce) is stored.
 
         ``quota``: at most (count, bytes) of the sender's mail in this job's
-        round, this one included; OverQuota past either.
+        round, this one included; OverQuota past either. ``blob``: the envelope
+        lies in the blob folder, (name, size), and ``data`` is empty.
         """
+        size = len(data) if blob is None else blob[1]
         with self._write() as conn:
             self._lock_mailbox(conn)
             if quota is not None:
@@ -422,7 +434,7 @@ class Store(Database):
                         (c.job_id == job_id) & (c.round == round) & (c.sender == sender)
                     )
                 ).one()
-                if count + 1 > quota[0] or total + len(data) > quota[1]:
+                if count + 1 > quota[0] or total + size > quota[1]:
                     raise OverQuota(
                         f"{sender} sent {count} envelopes of {total} bytes in round {round}: "
                         f"at most {quota[0]} and {quota[1]} bytes"
@@ -436,6 +448,7 @@ class Store(Database):
                 kind=kind,
                 nonce=nonce,
                 data=data,
+                blob=blob,
             )
 
     def _post(
@@ -449,6 +462,7 @@ class Store(Database):
         kind: int,
         nonce: bytes,
         data: bytes,
+        blob: tuple[str, int] | None = None,
     ) -> int:
         row = {
             "job_id": job_id,
@@ -457,9 +471,10 @@ class Store(Database):
             "round": round,
             "kind": kind,
             "nonce": bytes(nonce),
-            "size": len(data),
+            "size": len(data) if blob is None else blob[1],
             "data": bytes(data),
             "posted_at": self._clock(),
+            "blob": None if blob is None else blob[0],
         }
         stmt = self._insert(m.mailbox).values(row).on_conflict_do_nothing()
         mail_id = conn.execute(stmt.returning(m.mailbox.c.id)).scalar()
@@ -468,12 +483,20 @@ class Store(Database):
         return int(mail_id)
 
     def messages_for(
-        self, recipient: str, after: int, *, limit: int = 256, max_bytes: int = 64 << 20
+        self,
+        recipient: str,
+        after: int,
+        *,
+        limit: int = 256,
+        max_bytes: int = 64 << 20,
+        load: bool = True,
     ) -> list[MailItem]:
         """Messages for ``recipient`` with id > ``after``, ascending.
 
         At most ``limit`` messages, and no more than ``max_bytes`` of data in
         total, except that the first pending message is always returned.
+        Without ``load``, an envelope in a blob comes without its data (the
+        caller streams the file).
         """
         if limit < 1 or max_bytes < 1:
             raise ValueError("limit and max_bytes must be positive")
@@ -493,7 +516,7 @@ class Store(Database):
             if not ids:
                 return []
             rows = conn.execute(select(m.mailbox).where(c.id.in_(ids)).order_by(c.id)).all()
-        return [_mail(r) for r in rows]
+        return [self._mail(r, load=load) for r in rows]
 
     def last_message_id(self) -> int:
         """The largest message id, 0 when the mailbox is empty."""
@@ -519,7 +542,25 @@ class Store(Database):
             row = conn.execute(select(m.mailbox).where(m.mailbox.c.id == mail_id)).first()
         if row is None:
             raise NotFound(f"no message {mail_id}")
-        return _mail(row)
+        return self._mail(row, load=True)
+
+    def _mail(self, r: Row[Any], *, load: bool) -> MailItem:
+        data = bytes(r.data)
+        if r.blob is not None and load:
+            if self.blobs is None:
+                raise StoreError(f"message {r.id} lies in a blob, and this store has no folder")
+            data = self.blobs.read(r.blob)
+        return MailItem(
+            id=r.id,
+            job_id=r.job_id,
+            recipient=r.recipient,
+            sender=r.sender,
+            round=r.round,
+            kind=r.kind,
+            data=data,
+            blob=r.blob,
+            size=int(r.size),
+        )
 
     # -- event log and rounds -------------------------------------------------
 
@@ -547,6 +588,7 @@ class Store(Database):
         TypeError for an unknown ``job_update`` key. On any error nothing is written.
         """
         values = _job_values(**(job_update or {}))
+        doomed: list[str] = []  # the blob files of the mail forgotten, once committed
         with self._write() as conn:
             if outgoing or forget_mail_before is not None:
                 self._lock_mailbox(conn)
@@ -569,18 +611,21 @@ class Store(Database):
                 self._link(conn, event.job_id, [sha])
             if forget_mail_before is not None:
                 c = m.mailbox.c
-                conn.execute(
-                    m.mailbox.delete().where(
-                        (c.job_id == event.job_id) & (c.round < forget_mail_before)
-                    )
+                old = (c.job_id == event.job_id) & (c.round < forget_mail_before)
+                doomed = list(
+                    conn.execute(select(c.blob).where(old & c.blob.is_not(None))).scalars()
                 )
+                conn.execute(m.mailbox.delete().where(old))
             for record in rounds:
                 self._put_round(conn, event.job_id, record)
             if values:
                 self._update_job(conn, event.job_id, values)
             if snapshot is not None:
                 self._put_snapshot(conn, event.job_id, event.seq, snapshot)
-            return [self._post(conn, **message) for message in outgoing]
+            posted = [self._post(conn, **message) for message in outgoing]
+        if doomed and self.blobs is not None:
+            self.blobs.remove(doomed)
+        return posted
 
     def _put_snapshot(self, conn: Connection, job_id: str, seq: int, data: bytes) -> None:
         row = {"job_id": job_id, "seq": seq, "data": data, "created_at": self._clock()}
@@ -708,16 +753,4 @@ def _consent(r: Row[Any]) -> ConsentRecord:
         added_at=r.added_at,
         attestation=r.attestation,
         reveal=r.reveal,
-    )
-
-
-def _mail(r: Row[Any]) -> MailItem:
-    return MailItem(
-        id=r.id,
-        job_id=r.job_id,
-        recipient=r.recipient,
-        sender=r.sender,
-        round=r.round,
-        kind=r.kind,
-        data=bytes(r.data),
     )

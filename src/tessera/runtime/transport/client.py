@@ -19,7 +19,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -28,6 +28,7 @@ import msgpack
 from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import TesseraError
+from tessera.protocol.limits import MAX_ENVELOPE_BYTES
 from tessera.runtime.transport.auth import sign_request
 
 log = logging.getLogger("tessera.client")
@@ -218,11 +219,44 @@ class CoordinatorClient:
         # A retry (the coordinator restarting) waits only what is left: the caller's
         # timers are due at the original deadline, not one long poll later.
         deadline = time.monotonic() + wait
+        keys, node = self.keys, self.node
 
-        def call() -> httpx.Response:
+        def call() -> list[tuple[int, bytes]]:
             left = max(0.0, deadline - time.monotonic())
             path = f"/v1/mail?after={after}&wait={left:.3f}"
-            return self._call("GET", path, timeout=left + 30)
+            headers = sign_request(keys, "GET", path, at=time.time(), node=node)
+            with self.http.stream("GET", path, headers=headers, timeout=left + 30) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    check(response)
+                return _read_batch(response)
 
-        raw = msgpack.unpackb(self._retry(call).content, raw=False)
-        return [(int(i), bytes(d)) for i, d in raw]
+        return self._retry(call)
+
+
+def _read_batch(response: httpx.Response) -> list[tuple[int, bytes]]:
+    """A mailbox batch (a msgpack list of [id, envelope] pairs) read as it streams in:
+    the batch is never held twice, only the envelope being read."""
+    unpacker = msgpack.Unpacker(
+        _Chunks(response.iter_bytes()),
+        raw=False,
+        max_buffer_size=MAX_ENVELOPE_BYTES + (1 << 20),
+        max_bin_len=MAX_ENVELOPE_BYTES,
+    )
+    try:
+        count = unpacker.read_array_header()
+        items = [unpacker.unpack() for _ in range(count)]
+        return [(int(i), bytes(d)) for i, d in items]
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ServiceRefused(502, f"the mailbox answered a malformed batch: {exc}") from None
+
+
+class _Chunks:
+    """A file-like ``read`` over an iterator of byte chunks (what ``msgpack.Unpacker``
+    reads from)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def read(self, _size: int = -1) -> bytes:
+        return next(self._chunks, b"")

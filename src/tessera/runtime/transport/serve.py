@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -205,19 +205,24 @@ class BodyLimit:
     exception and the server drops the connection.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        if max_bytes < 0:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, *, routes: Mapping[str, int] | None = None
+    ) -> None:
+        """``routes``: paths with a limit of their own (a route that streams large bodies)."""
+        if max_bytes < 0 or any(n < 0 for n in (routes or {}).values()):
             raise ValueError("max_bytes must be >= 0")
         self.app = app
         self.max_bytes = max_bytes
+        self.routes = dict(routes or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.routes.get(scope.get("path", ""), self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, send)
+        if declared is not None and declared > limit:
+            await self._refuse(scope, send, limit)
             return
         state = _Exchange()
 
@@ -225,11 +230,11 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 state.received += len(message.get("body", b""))
-                if state.received > self.max_bytes:
+                if state.received > limit:
                     if not state.started:
                         state.refused = True
-                        await self._refuse(scope, send)
-                    raise _BodyTooLarge(self.max_bytes)
+                        await self._refuse(scope, send, limit)
+                    raise _BodyTooLarge(limit)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -247,14 +252,14 @@ class BodyLimit:
             if not state.refused:
                 raise
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
         _log.warning(
             "413 for %s %s: request body exceeds %d bytes",
             scope.get("method"),
             scope.get("path"),
-            self.max_bytes,
+            limit,
         )
-        body = json.dumps({"detail": f"request body exceeds {self.max_bytes} bytes"}).encode()
+        body = json.dumps({"detail": f"request body exceeds {limit} bytes"}).encode()
         await send(
             {
                 "type": "http.response.start",
