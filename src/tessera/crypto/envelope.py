@@ -740,16 +740,7 @@ def disclose_key(data: Bytes, *, recipient_keys: NodeKeys, sender_public: Public
     key. The auditor must check the box's signature (``open_envelope`` does):
     the key lets anyone make another box that decrypts under it.
     """
-    data = _as_bytes(data)
-    parsed = _parse(data)
-    if not parsed.sealed:
-        raise InvalidEnvelope(MALFORMED)
-    try:
-        shared = recipient_keys._exchange(sender_public.agreement)
-    except ValueError:
-        raise InvalidEnvelope(CANNOT_DECRYPT) from None
-    header = data[: parsed.payload_start]
-    return _message_key(shared, parsed.nonce, sender_public, recipient_keys.public, header)
+    return _box_key(_as_bytes(data), recipient_keys, sender_public, sent=False)[1]
 
 
 def reopen_sent(data: Bytes, *, sender_keys: NodeKeys, recipient_public: PublicKeys) -> bytes:
@@ -763,16 +754,22 @@ def reopen_sent(data: Bytes, *, sender_keys: NodeKeys, recipient_public: PublicK
     fail with ``InvalidEnvelope``.
     """
     data = _as_bytes(data)
+    parsed, key = _box_key(data, sender_keys, recipient_public, sent=True)
+    return _decrypt_with(data, parsed, key)
+
+
+def _box_key(data: bytes, mine: NodeKeys, peer: PublicKeys, *, sent: bool) -> tuple[_Parsed, bytes]:
+    """A sealed box's key, from either end of the pair (``sent``: ``mine`` sealed it)."""
     parsed = _parse(data)
     if not parsed.sealed:
         raise InvalidEnvelope(MALFORMED)
     try:
-        shared = sender_keys._exchange(recipient_public.agreement)
-    except ValueError:
+        shared = mine._exchange(peer.agreement)
+    except ValueError:  # a low-order agreement key
         raise InvalidEnvelope(CANNOT_DECRYPT) from None
+    sender, recipient = (mine.public, peer) if sent else (peer, mine.public)
     header = data[: parsed.payload_start]
-    key = _message_key(shared, parsed.nonce, sender_keys.public, recipient_public, header)
-    return _decrypt_with(data, parsed, key)
+    return parsed, _message_key(shared, parsed.nonce, sender, recipient, header)
 
 
 def clear_payload(data: bytes) -> memoryview:
