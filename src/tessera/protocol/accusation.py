@@ -40,7 +40,7 @@ from tessera.ids import NodeId
 from tessera.protocol.audit import Undecidable, open_evidence, parse_evidence, verify_evidence
 from tessera.protocol.codec import decode_labelled, decode_named, decode_partial
 from tessera.protocol.kinds import Kind
-from tessera.protocol.limits import MAX_ENVELOPE_BYTES, MAX_SHARE_BYTES
+from tessera.protocol.limits import ENVELOPE_LIMITS
 
 _MAGIC = b"PRF1"
 _LEN = struct.Struct("<I")
@@ -228,7 +228,7 @@ def _accused_message(
             expect_job=job_id,
             expect_round=round,
             expect_recipient=case.accuser,
-            max_bytes=MAX_ENVELOPE_BYTES if kind == Kind.EVIDENCE else MAX_SHARE_BYTES,
+            max_bytes=ENVELOPE_LIMITS[kind],  # its kind's: a copy is over a share's bound
             replay=None,
             disclosed_key=key,
         )
