@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-``seal`` turns a payload into wire bytes; ``open_envelope`` (also reachable
+``seal`` turns a payload into wire bytes (``seal_stream``: a payload that
+arrives in pieces, never held whole); ``open_envelope`` (also reachable
 as ``envelope.open``) turns wire bytes back into an ``Envelope`` or raises
 ``InvalidEnvelope``; ``peek`` reads the header unverified, for routing.
 ``open_sealed`` is the aggregator's fast path: a sealed envelope's checks
@@ -151,13 +152,14 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -188,6 +190,7 @@ __all__ = [
     "read_header",
     "reopen_sent",
     "seal",
+    "seal_stream",
     "verify_envelope",
 ]
 
@@ -377,6 +380,104 @@ def seal(
     ``TypeError`` (a bug on this side); a recipient agreement key that is a
     low-order point raises ``RemoteProtocolError`` (the peer published junk).
     """
+    body = memoryview(payload)
+    if not body.c_contiguous:
+        raise ValueError("payload must be C-contiguous")
+    body = body.cast("B")
+    header, nonce = _header(
+        kind,
+        job_id,
+        round,
+        sender,
+        recipient,
+        body.nbytes,
+        sealed=recipient_public is not None,
+        random_bytes=random_bytes,
+    )
+    box: bytes | memoryview = body
+    if recipient_public is not None:
+        key = _message_key(
+            _shared(sender_keys, recipient_public),
+            nonce,
+            sender_keys.public,
+            recipient_public,
+            header,
+        )
+        box = AESGCM(key).encrypt(_AEAD_NONCE, body, header)
+    signature = sender_keys._sign(_to_sign(header, box))
+    # One join: the only copy of a large payload that sealing makes.
+    return b"".join((header, box, signature))
+
+
+def seal_stream(
+    *,
+    kind: int,
+    job_id: str,
+    round: int,
+    sender: str,
+    recipient: str,
+    size: int,
+    chunks: Iterable[Bytes],
+    sender_keys: NodeKeys,
+    recipient_public: PublicKeys,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """``seal`` of a payload that arrives as ``chunks`` (``size`` bytes in all), sealed
+    for ``recipient_public``: the same wire format, without ever holding the payload.
+
+    Each chunk is encrypted (AES-256-GCM, streaming) and hashed for the
+    signature as it comes, straight into the envelope's buffer, so a large
+    payload made piece by piece (a contributor's full share) costs one
+    envelope of memory, and one more for the moment the buffer becomes
+    ``bytes``. ``chunks`` yielding more or fewer than ``size`` bytes is a
+    ``ValueError``.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError("size must be an int >= 0")
+    header, nonce = _header(
+        kind, job_id, round, sender, recipient, size, sealed=True, random_bytes=random_bytes
+    )
+    key = _message_key(
+        _shared(sender_keys, recipient_public), nonce, sender_keys.public, recipient_public, header
+    )
+    encryptor = Cipher(algorithms.AES256(key), modes.GCM(_AEAD_NONCE)).encryptor()
+    encryptor.authenticate_additional_data(header)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(header)
+    out = bytearray(len(header) + size + TAG_SIZE + SIGNATURE_SIZE)
+    view = memoryview(out)
+    view[: len(header)] = header
+    at, end = len(header), len(header) + size
+    for chunk in chunks:
+        piece = memoryview(chunk).cast("B")
+        if at + piece.nbytes > end:
+            raise ValueError(f"chunks hold more than the {size} bytes announced")
+        written = encryptor.update_into(piece, view[at : at + piece.nbytes])
+        digest.update(view[at : at + written])
+        at += written
+    if at != end:
+        raise ValueError(f"chunks hold {at - len(header)} bytes, not the {size} announced")
+    encryptor.finalize()
+    view[end : end + TAG_SIZE] = encryptor.tag
+    digest.update(view[end : end + TAG_SIZE])
+    view[end + TAG_SIZE :] = sender_keys._sign(_SIGN_CONTEXT + digest.finalize())
+    del view
+    return bytes(out)
+
+
+def _header(  # noqa: PLR0917 - the header's own fields, in wire order
+    kind: int,
+    job_id: str,
+    round: int,
+    sender: str,
+    recipient: str,
+    payload_size: int,
+    *,
+    sealed: bool,
+    random_bytes: Callable[[int], bytes],
+) -> tuple[bytes, bytes]:
+    """An envelope's header for a payload of ``payload_size`` plaintext bytes, and its
+    nonce (drawn here)."""
     if isinstance(kind, bool) or not isinstance(kind, int) or not 0 <= kind <= 0xFF:
         raise ValueError("kind must be an int in 0..255")
     if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round <= _U32_MAX:
@@ -384,15 +485,9 @@ def seal(
     job = _encode_id("job_id", job_id)
     snd = _encode_id("sender", sender)
     rcp = _encode_id("recipient", recipient)
-    body = memoryview(payload)
-    if not body.c_contiguous:
-        raise ValueError("payload must be C-contiguous")
-    body = body.cast("B")
-    if body.nbytes > MAX_PAYLOAD:
+    if payload_size > MAX_PAYLOAD:
         raise ValueError(f"payload is larger than {MAX_PAYLOAD} bytes")
-
     nonce = _draw(random_bytes, NONCE_SIZE)
-    sealed = recipient_public is not None
     header = b"".join(
         (
             bytes((VERSION, kind, _FLAG_SEALED if sealed else 0)),
@@ -401,20 +496,17 @@ def seal(
             snd,
             rcp,
             nonce,
-            _U32.pack(body.nbytes + TAG_SIZE if sealed else body.nbytes),
+            _U32.pack(payload_size + TAG_SIZE if sealed else payload_size),
         )
     )
-    box: bytes | memoryview = body
-    if recipient_public is not None:
-        try:
-            shared = sender_keys._exchange(recipient_public.agreement)
-        except ValueError:
-            raise RemoteProtocolError("the recipient's agreement key is invalid") from None
-        key = _message_key(shared, nonce, sender_keys.public, recipient_public, header)
-        box = AESGCM(key).encrypt(_AEAD_NONCE, body, header)
-    signature = sender_keys._sign(_to_sign(header, box))
-    # One join: the only copy of a large payload that sealing makes.
-    return b"".join((header, box, signature))
+    return header, nonce
+
+
+def _shared(sender_keys: NodeKeys, recipient_public: PublicKeys) -> bytes:
+    try:
+        return sender_keys._exchange(recipient_public.agreement)
+    except ValueError:
+        raise RemoteProtocolError("the recipient's agreement key is invalid") from None
 
 
 def _encode_id(name: str, value: str) -> bytes:

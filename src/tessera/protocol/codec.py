@@ -71,7 +71,13 @@ def encode_share(group: str, position: int, ring: Ring, length: int, share: Shar
     if isinstance(share, SeedShare):
         return _SHARE.pack(0, ring.bits, position, length) + _group_bytes(group) + share.seed
     words = share.words.astype(share.words.dtype.newbyteorder("<"), copy=False)
-    return _SHARE.pack(1, ring.bits, position, length) + _group_bytes(group) + words.tobytes()
+    return full_share_prefix(group, position, ring, length) + words.tobytes()
+
+
+def full_share_prefix(group: str, position: int, ring: Ring, length: int) -> bytes:
+    """What a full share's payload holds before its ``length`` little-endian words
+    (for a payload written piece by piece)."""
+    return _SHARE.pack(1, ring.bits, position, length) + _group_bytes(group)
 
 
 def decode_share(data: bytes) -> SharePayload:

@@ -146,11 +146,11 @@ def _counted(statistics: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 class SecureContext:
     """What a contributor needs for secure rounds: its keys and its peers' keys.
 
-    The stochastic rounding into the ring draws its coins from ``rounding_rng``:
-    keyed by the node's own signing key, job and round, so nobody else can
-    predict them, and every runtime (simulator or deployed node) holding the
-    same keys rounds the same update to the same words. The masks come from
-    fresh OS randomness inside ``split``.
+    The stochastic rounding into the ring draws its coins from ``rounding_seed``
+    (``protocol.sharing_job``): keyed by the node's own signing key, job and
+    round, so nobody else can predict them, and every runtime (simulator or
+    deployed node) holding the same keys rounds the same update to the same
+    words. The masks come from fresh OS randomness (``sharing_job.share``).
     """
 
     keys: NodeKeys

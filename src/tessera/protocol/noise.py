@@ -14,7 +14,7 @@ The noise lives in ring units at a fixed scale (``frac_bits``), which the
 signed job fixes: a coordinator choosing a finer scale would shrink the noise
 in real units, so a contributor refuses any other. Each contributor derives
 its share from the round's public cohort, never from the coordinator's word,
-and draws it from coins keyed by its own key (``noise_rng``): secret, and
+and draws it from coins keyed by its own key (``noise_seed``): secret, and
 repeatable in the simulator's replay. The coordinator's ``Budget`` spends the
 noise each released round actually held (fewer included contributors, less
 noise) with ``tessera.privacy``'s accountant, and stops the job before a round
@@ -98,10 +98,16 @@ def private_statistics(
     return out
 
 
-def noise_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator:
-    """A contributor's noise coins in ``round``: secret (keyed by its own key), repeatable."""
+def noise_seed(keys: NodeKeys, job_id: str, round: int) -> int:
+    """The seed of a contributor's noise coins in ``round``: secret (keyed by its own
+    key), repeatable."""
     context = b"dp-noise\x00" + job_id.encode() + b"\x00" + str(round).encode()
-    return np.random.default_rng(int.from_bytes(keys.draw(context), "big"))
+    return int.from_bytes(keys.draw(context), "big")
+
+
+def noise_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator:
+    """A contributor's noise coins in ``round`` as one generator (``noise_seed``)."""
+    return np.random.default_rng(noise_seed(keys, job_id, round))
 
 
 def noisy(words: Words, ring: Ring, noise: npt.NDArray[np.int64]) -> Words:

@@ -10,9 +10,19 @@ result in with the ``LocalUpdateReady`` event (``shared``): the contributor
 takes it only if it was made for exactly the job it would run now, else it
 does the work itself. So the result never depends on who did the work.
 
+In pieces: the vector is encoded, masked and sealed ``CHUNK`` elements at a
+time, straight into the full share's envelope (``Wire.send_stream``), so a
+contributor holds its update, one envelope and a few small buffers, never
+the words, the share and the payload beside them. The words do not depend
+on the pieces: each ``BLOCK`` of elements has its own rounding (and noise)
+generator, keyed by the node's key, job, round and the block's index
+(``encode_words``), and each mask is one AES-CTR keystream read on where the
+last piece stopped (``hazmat.prg.Keystream``). So a vector shared in any
+whole number of blocks at a time gives the same words as shared at once.
+
 What is random and where it comes from: the stochastic rounding and a
 private job's noise are keyed by the node's own key, job and round
-(``rounding_rng``, ``protocol.noise.noise_rng``), so any holder of the
+(``rounding_seed``, ``protocol.noise.noise_seed``), so any holder of the
 node's keys rounds and noises the same vector to the same words; the masks
 and the envelopes' nonces are fresh OS randomness, as in a
 deployment. The masks cancel in the total, so the total (and the model) is
@@ -21,27 +31,35 @@ the same whoever did the work; the shares themselves never repeat.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from tessera.crypto.fixedpoint import Ring, encode
+from tessera.crypto.envelope import Bytes
+from tessera.crypto.fixedpoint import Ring, Words, encode
+from tessera.crypto.hazmat.prg import Keystream
 from tessera.crypto.keys import NodeKeys, PublicKeys
-from tessera.crypto.sharing import split
+from tessera.crypto.sharing import SEED_SIZE, SeedShare
 from tessera.ids import NodeId
-from tessera.protocol.codec import encode_share
+from tessera.protocol.codec import encode_share, full_share_prefix
 from tessera.protocol.kinds import Kind
 from tessera.protocol.messages import Sealed
-from tessera.protocol.noise import PrivacyParams, contributor_noise, noise_rng, noisy
+from tessera.protocol.noise import PrivacyParams, contributor_noise, noise_seed, noisy
 from tessera.protocol.wire import Wire
 
+#: Elements whose rounding coins (and noise) one generator draws: the unit of pieces.
+BLOCK = 1 << 16
+#: Elements encoded, masked and sealed at a time (whole blocks; 1 MiB of 32-bit words).
+CHUNK = 4 * BLOCK
 
-def rounding_rng(keys: NodeKeys, job_id: str, round: int) -> np.random.Generator:
-    """The coins of a contributor's stochastic rounding in ``round``: secret, repeatable."""
+
+def rounding_seed(keys: NodeKeys, job_id: str, round: int) -> int:
+    """The seed of a contributor's stochastic rounding in ``round``: secret, repeatable."""
     context = b"rounding\x00" + job_id.encode() + b"\x00" + str(round).encode()
-    return np.random.default_rng(int.from_bytes(keys.draw(context), "big"))
+    return int.from_bytes(keys.draw(context), "big")
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -91,20 +109,71 @@ class SharedUpdate:
     envelopes: tuple[bytes, ...]
 
 
-def share(job: ShareJob, keys: NodeKeys, directory: Mapping[NodeId, PublicKeys]) -> SharedUpdate:
-    """Encode ``job.vector`` into the ring (plus a private job's noise share), split
-    it into one share per aggregator, and seal each for its aggregator."""
+def encode_words(job: ShareJob, keys: NodeKeys, start: int, stop: int) -> Words:
+    """The ring words of ``job.vector[start:stop]`` (``start`` on a block boundary):
+    rounded, plus a private job's noise share, block by block."""
+    if start % BLOCK:
+        raise ValueError(f"start must be a multiple of {BLOCK}, got {start}")
     ring = job.ring
-    words = encode(job.vector, ring, rounding_rng(keys, job.job_id, job.round))
-    if job.privacy is not None:
-        rng = noise_rng(keys, job.job_id, job.round)
-        words = noisy(words, ring, contributor_noise(job.privacy, job.cohort, rng, words.size))
-    shares = split(words, len(job.aggregators), full_position=job.full_position, ring=ring)
+    rounding = rounding_seed(keys, job.job_id, job.round)
+    privacy = job.privacy
+    noise = noise_seed(keys, job.job_id, job.round) if privacy is not None else 0
+    out: Words = np.empty(stop - start, dtype=ring.dtype)
+    for first in range(start, stop, BLOCK):
+        last, block = min(first + BLOCK, stop), first // BLOCK
+        words = encode(job.vector[first:last], ring, np.random.default_rng([rounding, block]))
+        if privacy is not None:
+            rng = np.random.default_rng([noise, block])
+            words = noisy(words, ring, contributor_noise(privacy, job.cohort, rng, words.size))
+        out[first - start : last - start] = words
+    return out
+
+
+def share(
+    job: ShareJob,
+    keys: NodeKeys,
+    directory: Mapping[NodeId, PublicKeys],
+    *,
+    chunk: int = CHUNK,
+) -> SharedUpdate:
+    """Encode ``job.vector`` into the ring (plus a private job's noise share), split
+    it into one share per aggregator, and seal each for its aggregator, ``chunk``
+    elements at a time.
+
+    The split is ``crypto.sharing.split``'s: fresh 32-byte seeds for every
+    position but ``job.full_position``, whose share is the words less every
+    seed's expansion."""
+    if chunk < BLOCK or chunk % BLOCK:
+        raise ValueError(f"chunk must be a positive multiple of {BLOCK}, got {chunk}")
+    ring, n = job.ring, job.length
+    seeds = {
+        p: os.urandom(SEED_SIZE) for p in range(len(job.aggregators)) if p != job.full_position
+    }
     wire = Wire(job.node, job.job_id, keys, directory)
     envelopes = []
     for position, aggregator in enumerate(job.aggregators):
-        payload = encode_share(job.group, position, ring, job.length, shares[position])
-        sent = wire.send(aggregator, Kind.SHARE, job.round, payload, sealed=True).message
+        if position == job.full_position:
+            prefix = full_share_prefix(job.group, position, ring, n)
+            size = len(prefix) + n * np.dtype(ring.dtype).itemsize
+            pieces = _full_share(job, keys, list(seeds.values()), prefix, chunk)
+            sent = wire.send_stream(aggregator, Kind.SHARE, job.round, size, pieces).message
+        else:
+            payload = encode_share(job.group, position, ring, n, SeedShare(seeds[position]))
+            sent = wire.send(aggregator, Kind.SHARE, job.round, payload, sealed=True).message
         assert isinstance(sent, Sealed)
         envelopes.append(sent.data)
     return SharedUpdate(job=job, envelopes=tuple(envelopes))
+
+
+def _full_share(
+    job: ShareJob, keys: NodeKeys, seeds: list[bytes], prefix: bytes, chunk: int
+) -> Iterator[Bytes]:
+    """The full share's payload, piece by piece: its prefix, then the words less every
+    seed's expansion, ``chunk`` words at a time (little-endian)."""
+    yield prefix
+    masks = [Keystream(seed, job.ring.dtype) for seed in seeds]
+    for start in range(0, job.length, chunk):
+        words = encode_words(job, keys, start, min(start + chunk, job.length))
+        for mask in masks:
+            mask.subtract_from(words)
+        yield words.astype(words.dtype.newbyteorder("<"), copy=False).view(np.uint8).data

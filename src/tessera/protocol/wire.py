@@ -14,10 +14,19 @@ this round and this size limit, and still checks and remembers the nonce.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tessera.crypto.envelope import Envelope, ReplayGuard, open_envelope, open_sealed, peek, seal
+from tessera.crypto.envelope import (
+    Bytes,
+    Envelope,
+    ReplayGuard,
+    open_envelope,
+    open_sealed,
+    peek,
+    seal,
+    seal_stream,
+)
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import InvalidEnvelope
 from tessera.ids import NodeId
@@ -110,6 +119,24 @@ class Wire:
             payload=payload,
             sender_keys=self.keys,
             recipient_public=self.directory[recipient] if sealed else None,
+        )
+        return Send(recipient=recipient, message=Sealed(data))
+
+    def send_stream(
+        self, recipient: NodeId, kind: Kind, round: int, size: int, chunks: Iterable[Bytes]
+    ) -> Send:
+        """Sign and seal a payload of ``size`` bytes that arrives as ``chunks``
+        (``envelope.seal_stream``: never held whole)."""
+        data = seal_stream(
+            kind=int(kind),
+            job_id=self.job_id,
+            round=round,
+            sender=self.node,
+            recipient=recipient,
+            size=size,
+            chunks=chunks,
+            sender_keys=self.keys,
+            recipient_public=self.directory[recipient],
         )
         return Send(recipient=recipient, message=Sealed(data))
 

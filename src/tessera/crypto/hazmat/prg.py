@@ -20,7 +20,9 @@ output buffer in chunks of ``_CHUNK`` bytes, reading from one shared immutable
 zero buffer; Python only loops over chunks, never over words.
 ``add_expansion`` / ``subtract_expansion`` fold the keystream into an existing
 vector chunk by chunk, so they need one cache-sized scratch buffer instead of
-a vector-sized temporary.
+a vector-sized temporary. ``Keystream`` folds one seed's expansion into a
+vector that arrives in pieces (a vector made chunk by chunk): folding its
+pieces in order equals folding the whole.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-__all__ = ["SEED_SIZE", "add_expansion", "expand", "subtract_expansion"]
+__all__ = ["SEED_SIZE", "Keystream", "add_expansion", "expand", "subtract_expansion"]
 
 SEED_SIZE = 32
 """Bytes in a seed: one AES-256 key."""
@@ -86,23 +88,56 @@ def expand(seed: bytes, n: int, dtype: WordType) -> Words:
     return out.astype(dt, copy=False)  # a no-op on little-endian hosts
 
 
+class Keystream:
+    """One seed's expansion, folded into consecutive pieces of a vector as they come.
+
+    ``subtract_from(a); subtract_from(b)`` leaves ``a`` and ``b`` as
+    ``subtract_expansion`` leaves their concatenation: the keystream goes on
+    where the last piece ended. The pieces must share one word type."""
+
+    __slots__ = ("_cipher", "_dtype", "_raw", "_scratch")
+
+    def __init__(self, seed: bytes, dtype: WordType) -> None:
+        self._cipher = _keystream(seed)
+        self._dtype = _check_dtype(dtype)
+        self._scratch = np.empty(
+            _CHUNK // self._dtype.itemsize, dtype=self._dtype.newbyteorder("<")
+        )
+        self._raw = self._scratch.data.cast("B")
+
+    def add_to(self, acc: Words) -> None:
+        """``acc +=`` the next ``len(acc)`` words of the expansion, modulo 2**bits."""
+        self._fold(acc, np.add)
+
+    def subtract_from(self, acc: Words) -> None:
+        """``acc -=`` the next ``len(acc)`` words of the expansion, modulo 2**bits."""
+        self._fold(acc, np.subtract)
+
+    def _fold(self, acc: Words, op: np.ufunc) -> None:
+        if not isinstance(acc, np.ndarray) or acc.ndim != 1:
+            raise ValueError("acc must be a one-dimensional numpy array")
+        if _check_dtype(acc.dtype.type) != self._dtype:
+            raise ValueError(f"acc must have dtype {self._dtype}, got {acc.dtype}")
+        if not acc.flags.c_contiguous or not acc.flags.writeable:
+            raise ValueError("acc must be C-contiguous and writeable")
+        size = self._dtype.itemsize
+        per_chunk = self._scratch.shape[0]
+        for start in range(0, acc.shape[0], per_chunk):
+            stop = min(start + per_chunk, acc.shape[0])
+            m = stop - start
+            self._cipher.update_into(_ZEROS[: m * size], self._raw[: m * size])
+            part = acc[start:stop]
+            op(part, self._scratch[:m], out=part, casting="unsafe")
+
+
 def _fold(seed: bytes, acc: Words, *, negate: bool) -> None:
-    cipher = _keystream(seed)
     if not isinstance(acc, np.ndarray) or acc.ndim != 1:
         raise ValueError("acc must be a one-dimensional numpy array")
-    dt = _check_dtype(acc.dtype.type)
-    if not acc.flags.c_contiguous or not acc.flags.writeable:
-        raise ValueError("acc must be C-contiguous and writeable")
-    words_per_chunk = _CHUNK // dt.itemsize
-    scratch = np.empty(words_per_chunk, dtype=dt.newbyteorder("<"))
-    raw = scratch.data.cast("B")
-    op = np.subtract if negate else np.add
-    for start in range(0, acc.shape[0], words_per_chunk):
-        stop = min(start + words_per_chunk, acc.shape[0])
-        m = stop - start
-        cipher.update_into(_ZEROS[: m * dt.itemsize], raw[: m * dt.itemsize])
-        part = acc[start:stop]
-        op(part, scratch[:m], out=part, casting="unsafe")
+    stream = Keystream(seed, _check_dtype(acc.dtype.type).type)
+    if negate:
+        stream.subtract_from(acc)
+    else:
+        stream.add_to(acc)
 
 
 def add_expansion(seed: bytes, acc: Words) -> None:
