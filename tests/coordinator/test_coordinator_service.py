@@ -908,3 +908,18 @@ def test_a_large_envelope_streams_to_a_file_and_back_and_one_over_the_job_bound_
     assert (folder / stored.blob).stat().st_size == len(data)
     assert (folder / stored.blob).stat().st_mode & 0o077 == 0  # the relay's alone
     assert b.pull(coord)[-1] == data  # after its train request
+
+
+def test_a_large_artefact_streams_from_its_file_to_its_uploader(coord: Harness) -> None:
+    """Weights over a megabyte lie in the blob folder's ``artefacts`` and stream back out
+    with their length (the client reads them in as they come and checks the hash)."""
+    from tessera.runtime.transport.mail import weights_artefact
+
+    weights, _ = weights_artefact(np.random.default_rng(7).standard_normal(700_000))
+    with coord.client() as client:
+        sha = client.put_artefact(weights, WEIGHTS_MEDIA_TYPE)
+        assert client.get_artefact(sha) == weights
+    assert (coord.db.with_suffix(".mail") / "artefacts" / sha).stat().st_size == len(weights)
+    answer = coord.get(f"/v1/artefacts/{sha}")
+    assert answer.status_code == 200 and answer.headers["content-length"] == str(len(weights))
+    assert answer.content == weights

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import text
 
@@ -104,6 +105,38 @@ def test_corrupted_artefact_is_refused(store_url: str) -> None:
             conn.execute(text("UPDATE artefact SET data = :d"), {"d": b"evil bytes"})
         with pytest.raises(StoreError, match="corrupted"):
             s.get_artefact(digest)
+
+
+def test_a_large_artefact_lies_in_a_file_and_streams_out(store_url: str, tmp_path: Path) -> None:
+    """With a blob folder, an artefact over ``INLINE_ARTEFACT_BYTES`` (a model's weights)
+    is a file named by its SHA-256 (0600), its row holds no bytes, and it reads back
+    whole or a chunk at a time; a small one stays in its row. A file changed on disk
+    is refused."""
+    from tessera.storage.blobs import BlobStore
+    from tessera.storage.store import INLINE_ARTEFACT_BYTES
+
+    folder = tmp_path / "mail"
+    large = np.random.default_rng(0).bytes(INLINE_ARTEFACT_BYTES * 3 + 5)
+    with Store(store_url, blobs=BlobStore(folder)) as s:
+        digest = s.put_artefact(large, "application/vnd.safetensors")
+        assert s.put_artefact(large, "application/vnd.safetensors") == digest  # idempotent
+        path = folder / "artefacts" / digest
+        assert path.read_bytes() == large and path.stat().st_mode & 0o077 == 0
+        with s._engine.begin() as conn:
+            row = conn.execute(text("SELECT data, blob FROM artefact")).one()
+        assert bytes(row.data) == b"" and row.blob
+        assert s.get_artefact(digest) == large
+        size, chunks = s.artefact_chunks(digest)
+        pieces = list(chunks)
+        assert size == len(large) and b"".join(pieces) == large and len(pieces) == 4
+        small = s.put_artefact(b"small", "text/plain")
+        assert not (folder / "artefacts" / small).exists()
+        assert s.artefact_chunks(small)[0] == 5 and s.get_artefact(small) == b"small"
+        path.write_bytes(large[:-1] + b"!")  # tamper from below
+        with pytest.raises(StoreError, match="does not match its name"):
+            s.get_artefact(digest)
+    with Store(store_url) as s, pytest.raises(StoreError, match="has no folder"):
+        s.get_artefact(digest)  # reopened without its folder: said, not guessed
 
 
 # -- nodes ----------------------------------------------------------------------

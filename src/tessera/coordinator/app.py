@@ -296,10 +296,16 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
             raise Refused(400, "artefacts are named by a lowercase hex SHA-256")
         access.artefact(service, caller, sha256)
         try:
-            data = service.store.get_artefact(sha256)
+            size, chunks = service.store.artefact_chunks(sha256)
         except NotFound:
             raise Refused(404, f"no artefact {sha256}") from None
-        return Response(data, media_type="application/octet-stream")
+        # Streamed with the server's flow control: N nodes fetching a large model hold
+        # a chunk each here, not N copies in the sockets' buffers.
+        return StreamingResponse(
+            chunks,
+            media_type="application/octet-stream",
+            headers={"content-length": str(size)},
+        )
 
     @app.post("/v1/jobs", status_code=201, responses=_refusals(400, 403, 409, 413, 422))
     def submit(body: JobSubmission) -> dict[str, Any]:

@@ -116,6 +116,9 @@ UPLOAD_COUNT = 8
 UPLOAD_BYTES = 4 * (MAX_PARAMETERS * 4 + (64 << 10))
 
 
+#: A mail batch's bytes, past its first envelope (``mail_for``).
+MAIL_BATCH_BYTES = 8 << 20
+
 #: Seconds a secure job's frozen participants have to reveal their beacon secrets.
 REVEAL_WAIT = 300.0
 
@@ -760,8 +763,9 @@ class CoordinatorService:
 
     def mail_for(self, node: str, after: int) -> list[MailItem]:
         """A node's next envelopes; those in blobs without their bytes (the API streams
-        the files)."""
-        return self.store.messages_for(node, after, load=False)
+        the files). At most ``MAIL_BATCH_BYTES`` a batch but never fewer than one
+        envelope: a node reads a batch whole, so it holds one large envelope at a time."""
+        return self.store.messages_for(node, after, load=False, max_bytes=MAIL_BATCH_BYTES)
 
 
 class _Lookup(Mapping[NodeId, PublicKeys]):

@@ -150,6 +150,7 @@ sender) the one key that opens it.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -426,10 +427,9 @@ def seal_stream(
     for ``recipient_public``: the same wire format, without ever holding the payload.
 
     Each chunk is encrypted (AES-256-GCM, streaming) and hashed for the
-    signature as it comes, straight into the envelope's buffer, so a large
-    payload made piece by piece (a contributor's full share) costs one
-    envelope of memory, and one more for the moment the buffer becomes
-    ``bytes``. ``chunks`` yielding more or fewer than ``size`` bytes is a
+    signature as it comes, then appended to the envelope, so a large payload
+    made piece by piece (a contributor's full share) costs about one envelope
+    of memory. ``chunks`` yielding more or fewer than ``size`` bytes is a
     ``ValueError``.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -444,25 +444,24 @@ def seal_stream(
     encryptor.authenticate_additional_data(header)
     digest = hashes.Hash(hashes.SHA256())
     digest.update(header)
-    out = bytearray(len(header) + size + TAG_SIZE + SIGNATURE_SIZE)
-    view = memoryview(out)
-    view[: len(header)] = header
-    at, end = len(header), len(header) + size
+    # BytesIO grows in place and hands its buffer over as bytes: no final copy.
+    out = io.BytesIO()
+    out.write(header)
+    written = 0
     for chunk in chunks:
-        piece = memoryview(chunk).cast("B")
-        if at + piece.nbytes > end:
+        box = encryptor.update(chunk)
+        written += len(box)
+        if written > size:
             raise ValueError(f"chunks hold more than the {size} bytes announced")
-        written = encryptor.update_into(piece, view[at : at + piece.nbytes])
-        digest.update(view[at : at + written])
-        at += written
-    if at != end:
-        raise ValueError(f"chunks hold {at - len(header)} bytes, not the {size} announced")
+        digest.update(box)
+        out.write(box)
+    if written != size:
+        raise ValueError(f"chunks hold {written} bytes, not the {size} announced")
     encryptor.finalize()
-    view[end : end + TAG_SIZE] = encryptor.tag
-    digest.update(view[end : end + TAG_SIZE])
-    view[end + TAG_SIZE :] = sender_keys._sign(_SIGN_CONTEXT + digest.finalize())
-    del view
-    return bytes(out)
+    digest.update(encryptor.tag)
+    out.write(encryptor.tag)
+    out.write(sender_keys._sign(_SIGN_CONTEXT + digest.finalize()))
+    return out.getvalue()
 
 
 def _header(  # noqa: PLR0917 - the header's own fields, in wire order

@@ -27,6 +27,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Double,
     ForeignKey,
@@ -53,8 +54,11 @@ artefact = Table(
     Column("sha256", String(64), primary_key=True),
     Column("media_type", Text, nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("data", LargeBinary, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # empty when ``blob`` is set
     Column("created_at", Double, nullable=False),
+    # A large artefact (a model's weights) lies in the artefact blob folder, named by
+    # its SHA-256, and is streamed out from there.
+    Column("blob", Boolean, nullable=True),
 )
 
 node = Table(

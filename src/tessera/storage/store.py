@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -36,6 +36,7 @@ from sqlalchemy import Connection, Row, exists, func, select, text
 
 from tessera.jobs.records import RoundRecord
 from tessera.storage import models as m
+from tessera.storage.blobs import CHUNK as BLOB_CHUNK
 from tessera.storage.blobs import BlobStore
 from tessera.storage.database import Database
 from tessera.storage.errors import Conflict, NotFound, OverQuota, Replayed, StoreError
@@ -52,6 +53,8 @@ SNAPSHOTS_KEPT = 2
 
 # Serialises concurrent create_all on PostgreSQL (an arbitrary, fixed 63-bit key).
 _DDL_LOCK_KEY = 0x7E55E7A_5C4E3A
+#: Artefacts larger than this lie in files when the store has a blob folder.
+INLINE_ARTEFACT_BYTES = 1 << 20
 
 
 def _job_values(
@@ -91,9 +94,11 @@ class Store(Database):
         clock: Callable[[], float] = time.time,
         blobs: BlobStore | None = None,
     ) -> None:
-        """``blobs``: where large envelopes lie, each row naming its file (None: none do)."""
+        """``blobs``: where large envelopes lie, each row naming its file, and, in its
+        ``artefacts`` folder, large artefacts (None: none do)."""
         self._clock = clock
         self.blobs = blobs
+        self._artefact_folder: BlobStore | None = None  # made on first use
         super().__init__(url, m.metadata, ddl_lock=_DDL_LOCK_KEY, what="store's database")
 
     # -- transactions -------------------------------------------------------
@@ -124,28 +129,71 @@ class Store(Database):
         digest = hashlib.sha256(data).hexdigest()
         if conn.execute(select(exists().where(m.artefact.c.sha256 == digest))).scalar():
             return digest
+        in_file = self.blobs is not None and len(data) > INLINE_ARTEFACT_BYTES
+        if in_file:
+            self._write_blob(data, digest)
         row = {
             "sha256": digest,
             "media_type": media_type,
             "size": len(data),
-            "data": bytes(data),
+            "data": b"" if in_file else bytes(data),
             "created_at": self._clock(),
+            "blob": True if in_file else None,
         }
         conn.execute(self._insert(m.artefact).values(row).on_conflict_do_nothing())
         return digest
 
+    def _write_blob(self, data: bytes, digest: str) -> None:
+        """An artefact's bytes into its file, durable before the row that names it."""
+        writer = self._artefact_blobs(digest).writer()
+        try:
+            view = memoryview(data)
+            for start in range(0, len(view), BLOB_CHUNK):
+                writer.write(view[start : start + BLOB_CHUNK])
+            name, _ = writer.commit()
+        except BaseException:
+            writer.discard()
+            raise
+        if name != digest:  # pragma: no cover - the same bytes hash the same
+            raise StoreError(f"artefact {digest} was written as {name}")
+
     def get_artefact(self, sha256: str) -> bytes:
         """The bytes stored under ``sha256``, re-hashed; StoreError if they changed."""
         with self._read() as conn:
-            data = conn.execute(
-                select(m.artefact.c.data).where(m.artefact.c.sha256 == sha256)
-            ).scalar()
-        if data is None:
+            row = conn.execute(
+                select(m.artefact.c.data, m.artefact.c.blob).where(m.artefact.c.sha256 == sha256)
+            ).first()
+        if row is None:
             raise NotFound(f"no artefact {sha256}")
-        data = bytes(data)
+        if row.blob:
+            return self._artefact_blobs(sha256).read(sha256)  # checked against its name
+        data = bytes(row.data)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise StoreError(f"artefact {sha256} is corrupted")
         return data
+
+    def artefact_chunks(self, sha256: str) -> tuple[int, Iterator[bytes]]:
+        """An artefact's size and its bytes a chunk at a time, for streaming it out: a
+        large one from its file, never held whole. The bytes are checked by whoever
+        reads them against the name they asked for (a file changed on disk is caught
+        there, not here, since it is checked only once read)."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(m.artefact.c.size, m.artefact.c.blob).where(m.artefact.c.sha256 == sha256)
+            ).first()
+        if row is None:
+            raise NotFound(f"no artefact {sha256}")
+        if row.blob:
+            return int(row.size), self._artefact_blobs(sha256).chunks(sha256)
+        return int(row.size), iter((self.get_artefact(sha256),))
+
+    def _artefact_blobs(self, sha256: str) -> BlobStore:
+        """The ``artefacts`` folder of the blob folder."""
+        if self.blobs is None:
+            raise StoreError(f"artefact {sha256} lies in a file, and this store has no folder")
+        if self._artefact_folder is None:
+            self._artefact_folder = BlobStore(self.blobs.root / "artefacts")
+        return self._artefact_folder
 
     def put_upload(
         self, data: bytes, media_type: str, owner: str, *, max_count: int, max_bytes: int

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import ssl
@@ -23,7 +24,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
-import msgpack
 
 from tessera.crypto.documents import SignedDocument
 from tessera.crypto.keys import NodeKeys, PublicKeys
@@ -142,10 +142,27 @@ class CoordinatorClient:
         return sha
 
     def get_artefact(self, sha256: str) -> bytes:
-        data = self._get(f"/v1/artefacts/{sha256}").content
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise ServiceRefused(502, f"artefact {sha256} does not match its hash")
-        return data
+        """An artefact's bytes, read as they stream in (one copy held) and checked
+        against the name asked for."""
+        path = f"/v1/artefacts/{sha256}"
+
+        def call() -> bytes:
+            headers = {}
+            if self.keys is not None:
+                headers = sign_request(self.keys, "GET", path, at=time.time(), node=self.node)
+            with self.http.stream("GET", path, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    check(response)
+                digest, out = hashlib.sha256(), io.BytesIO()
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise ServiceRefused(502, f"artefact {sha256} does not match its hash")
+            return out.getvalue()  # BytesIO hands its buffer over: no copy
+
+        return self._retry(call)
 
     # -- jobs ----------------------------------------------------------------------------
     def submit_job(self, document: SignedDocument) -> dict[str, Any]:
@@ -235,28 +252,91 @@ class CoordinatorClient:
 
 
 def _read_batch(response: httpx.Response) -> list[tuple[int, bytes]]:
-    """A mailbox batch (a msgpack list of [id, envelope] pairs) read as it streams in:
-    the batch is never held twice, only the envelope being read."""
-    unpacker = msgpack.Unpacker(
-        _Chunks(response.iter_bytes()),
-        raw=False,
-        max_buffer_size=MAX_ENVELOPE_BYTES + (1 << 20),
-        max_bin_len=MAX_ENVELOPE_BYTES,
-    )
-    try:
-        count = unpacker.read_array_header()
-        items = [unpacker.unpack() for _ in range(count)]
-        return [(int(i), bytes(d)) for i, d in items]
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ServiceRefused(502, f"the mailbox answered a malformed batch: {exc}") from None
+    """A mailbox batch (a msgpack list of [id, envelope] pairs) read as it streams in,
+    each envelope straight into its own bytes: one copy of it is ever held.
+
+    The batch's shape is fixed, so it is read here marker by marker: msgpack's
+    Unpacker buffers a whole bin before handing over a copy of it (two copies
+    of a model-sized share, the buffer kept for the next one)."""
+    reader = _Reader(response.iter_bytes())
+    count = reader.array()
+    if count > MAX_BATCH:
+        raise ServiceRefused(502, f"the mailbox answered a batch of {count} messages")
+    items = []
+    for _ in range(count):
+        if reader.array() != 2:
+            raise ServiceRefused(
+                502, "the mailbox answered a malformed batch: not an [id, bytes] pair"
+            )
+        mail_id, size = reader.uint(), reader.bin()
+        if size > MAX_ENVELOPE_BYTES:
+            raise ServiceRefused(502, f"the mailbox answered an envelope of {size} bytes")
+        items.append((mail_id, reader.take(size)))
+    if not reader.done():
+        raise ServiceRefused(502, "the mailbox answered a malformed batch: trailing bytes")
+    return items
 
 
-class _Chunks:
-    """A file-like ``read`` over an iterator of byte chunks (what ``msgpack.Unpacker``
-    reads from)."""
+#: The most messages one batch may hold (the coordinator sends at most 256).
+MAX_BATCH = 4096
+_ARRAY = {0xDC: 2, 0xDD: 4}  # array 16, array 32: the size's bytes
+_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+class _Reader:
+    """Exact reads, and the few msgpack markers a batch holds, over a stream of chunks."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
+        self._left = memoryview(b"")
 
-    def read(self, _size: int = -1) -> bytes:
-        return next(self._chunks, b"")
+    def take(self, n: int) -> bytes:
+        if n <= len(self._left):
+            out, self._left = bytes(self._left[:n]), self._left[n:]
+            return out
+        into = io.BytesIO()  # grows in place and hands its buffer over: no copy
+        into.write(self._left)
+        need, self._left = n - len(self._left), memoryview(b"")
+        while need:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                raise ServiceRefused(502, "the mailbox answered a malformed batch: cut short")
+            view = memoryview(chunk)
+            into.write(view[:need])
+            self._left = view[need:]
+            need -= min(need, len(view))
+        return into.getvalue()
+
+    def done(self) -> bool:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return True
+            self._left = memoryview(chunk)
+        return False
+
+    def _next(self) -> int:
+        """The next byte, left unread."""
+        if self.done():
+            raise ServiceRefused(502, "the mailbox answered a malformed batch: cut short")
+        return self._left[0]
+
+    def _sized(self, widths: dict[int, int], what: str) -> int:
+        marker = self.take(1)[0]
+        if marker not in widths:
+            raise ServiceRefused(502, f"the mailbox answered a malformed batch: no {what}")
+        return int.from_bytes(self.take(widths[marker]), "big")
+
+    def array(self) -> int:
+        if 0x90 <= self._next() <= 0x9F:  # fixarray
+            return self.take(1)[0] & 0x0F
+        return self._sized(_ARRAY, "array")
+
+    def uint(self) -> int:
+        if self._next() <= 0x7F:  # positive fixint
+            return self.take(1)[0]
+        return self._sized(_UINT, "message id")
+
+    def bin(self) -> int:
+        return self._sized(_BIN, "envelope")
