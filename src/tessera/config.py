@@ -349,7 +349,7 @@ class SimulationSection(_Section):
             if name in given:
                 raise ValueError(
                     f"{name} is drawn per node by profile = {self.profile!r}: remove it, "
-                    "or set it per device class ([simulation.phones], [simulation.laptops])"
+                    "or set it per device class (simulation.phones, simulation.laptops)"
                 )
         unused = {
             "phones": ("laptops", "phone_share"),
