@@ -271,8 +271,50 @@ class PoisonSection(_Section):
     scale: float = -10.0
 
 
+Hours = Annotated[float, Field(ge=0, lt=24)]
+Mbps = Annotated[float, Field(gt=0)]
+
+
+class DeviceClassSection(_Section):
+    """One device class's numbers, over its preset's (``runtime.sim.profiles``); unset
+    fields keep the preset's. Rates are drawn log-uniform in ``[low, high]`` Mbit/s,
+    compute log-normal (median ``samples_per_second``, log-spread ``speed_sigma``)."""
+
+    samples_per_second: PositiveFloat | None = None
+    speed_sigma: Annotated[float, Field(ge=0)] | None = None
+    up_mbps: tuple[Mbps, Mbps] | None = None
+    down_mbps: tuple[Mbps, Mbps] | None = None
+    online_from: Hours | None = None  # the local hour its daily window opens
+    online_hours: Annotated[float, Field(gt=0, le=24)] | None = None  # 24: always online
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None  # per round, while online
+
+    @field_validator("up_mbps", "down_mbps")
+    @classmethod
+    def _a_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"a range [low, high] with low <= high, not {list(value)}")
+        return value
+
+
+# Fields a device profile draws per node itself: setting them beside one is a mistake.
+_PROFILE_DRAWS = ("samples_per_second", "speed_sigma", "bandwidth_mbps", "dropout")
+# Fields that mean something only with a device profile.
+_PROFILE_ONLY = ("phone_share", "phones", "laptops", "day_seconds", "day_start_hour", "phase_hours")
+
+
 class SimulationSection(_Section):
-    """How the simulator models devices and the network (virtual time)."""
+    """How the simulator models devices and the network (virtual time).
+
+    ``profile`` (``phones``, ``laptops`` or ``mixed``: ``phone_share`` of the nodes
+    phones, default 0.7, the rest laptops) gives each node its own compute speed,
+    up- and downlink and daily online window, drawn from the job's seed
+    (``runtime.sim.profiles`` has the presets' numbers; ``[simulation.phones]`` and
+    ``[simulation.laptops]`` override them). A virtual day is ``day_seconds``
+    long and starts at ``day_start_hour``; each node's window is shifted by a
+    phase drawn uniformly in +-``phase_hours`` (12: anywhere round the world,
+    0: one time zone). None (the default): one speed distribution, one link
+    rate and one dropout for all, every node always online.
+    """
 
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     aggregator_failure: Annotated[float, Field(ge=0, lt=1)] = 0.0  # per node and round
@@ -287,6 +329,37 @@ class SimulationSection(_Section):
     contention: bool = True
     chunk_elements: PositiveInt = 1 << 24
     poison: PoisonSection = PoisonSection()
+    profile: Literal["phones", "laptops", "mixed"] | None = None
+    phone_share: Annotated[float, Field(ge=0, le=1)] = 0.7  # mixed: the rest are laptops
+    phones: DeviceClassSection | None = None
+    laptops: DeviceClassSection | None = None
+    day_seconds: PositiveFloat = 86400.0
+    day_start_hour: Hours = 0.0  # the hour of the day at virtual time 0
+    phase_hours: Annotated[float, Field(ge=0, le=12)] = 12.0
+
+    @model_validator(mode="after")
+    def _profile_fields(self) -> SimulationSection:
+        given = self.model_fields_set
+        if self.profile is None:
+            for name in _PROFILE_ONLY:
+                if name in given:
+                    raise ValueError(f"{name} needs a device profile: set profile too")
+            return self
+        for name in _PROFILE_DRAWS:
+            if name in given:
+                raise ValueError(
+                    f"{name} is drawn per node by profile = {self.profile!r}: remove it, "
+                    "or set it per device class (simulation.phones, simulation.laptops)"
+                )
+        unused = {
+            "phones": ("laptops", "phone_share"),
+            "laptops": ("phones", "phone_share"),
+            "mixed": (),
+        }[self.profile]
+        for name in unused:
+            if name in given:
+                raise ValueError(f"{name} is not used by profile = {self.profile!r}")
+        return self
 
 
 class SecureSection(_Section):

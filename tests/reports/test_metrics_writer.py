@@ -93,8 +93,8 @@ def test_each_round_is_serialised_once(
 
 def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str, Any]]:
     """metrics.json's rounds as build_metrics made them before MetricsWriter (verbatim),
-    and the contributors' bitset, a regression's rmse and mae and a private job's epsilon
-    (null here) added since."""
+    and the contributors' bitset, a regression's rmse and mae, a private job's epsilon
+    (null here), the round's simulated seconds and its bytes per node added since."""
 
     def finite(x: float) -> float | None:
         return x if math.isfinite(x) else None
@@ -110,6 +110,9 @@ def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str
             "loss_before": finite(r.loss_before),
             "norm_ratio": finite(r.norm_ratio),
             "included": metrics.encode_included(r.included, n_nodes),
+            "simulated_seconds": r.virtual_round_seconds,
+            "bytes_up_per_contributor": r.bytes_up / r.participants if r.participants else None,
+            "bytes_down_per_contributor": r.bytes_down / r.selected if r.selected else None,
         }
         for r in records
     ]
@@ -137,6 +140,7 @@ def test_rounds_read_as_before_the_writer(tmp_path: Path, job: PreparedJob) -> N
     assert [list(r) for r in final["rounds"]] == [list(r) for r in expected]
     assert final["final"] == {"value": pytest.approx(0.54), "round": 5, "rmse": None, "mae": None}
     assert final["seconds_total"] == sum(r.seconds for r in records)
+    assert final["simulated_seconds"] == sum(r.virtual_round_seconds for r in records)
     contributions = sum(r.participants for r in records)
     assert final["bytes_up_per_contributor"] == sum(r.bytes_up for r in records) / contributions
 

@@ -16,7 +16,11 @@ column; null when fitted on pooled rows), ``privacy`` (a private job's
 ``mechanism`` and each round's total ``noise_variance`` in ring units at
 ``scale``; null without ``[privacy]``), ``poison`` (the simulated truth of
 ``[simulation.poison]``: the ``corrupted`` and ``scaled`` nodes' ids, the
-``kind`` and the ``scale``; null without). Fields are only ever added,
+``kind`` and the ``scale``; null without), ``simulated_seconds`` (the
+rounds' time on the job's clock, summed: the simulator's virtual clock, a
+deployment's real one; each round has its own, from its requests going out
+to its close, and its ``bytes_up_per_contributor`` and
+``bytes_down_per_contributor``, as the job's totals). Fields are only ever added,
 never removed or renamed. Accuracy is a fraction in [0, 1]; regression
 reports R^2, and ``final`` and ``centralized`` (and each round) add ``rmse``
 and ``mae``: its errors on the target's own scale (null for classification).
@@ -61,10 +65,24 @@ def _finite(x: float) -> float | None:
 
 
 def round_entry(record: RoundRecord, n_nodes: int) -> dict[str, Any]:
-    """One round as metrics.json lists it: its contributors as a compressed bitset."""
+    """One round as metrics.json lists it: its contributors as a compressed bitset,
+    its time on the job's clock and its bytes per node (see ``_per_node``)."""
     entry = record.to_json(with_included=False)
     entry["included"] = encode_included(record.included, n_nodes)
+    entry["simulated_seconds"] = record.virtual_round_seconds
+    entry.update(
+        _per_node(record.bytes_up, record.participants, record.bytes_down, record.selected)
+    )
     return entry
+
+
+def _per_node(up: int, contributors: int, down: int, requests: int) -> dict[str, float | None]:
+    """Bytes per node: uploaded per contributor (a participant), downloaded per
+    request (every selected node is sent the model); null when there were none."""
+    return {
+        "bytes_up_per_contributor": up / contributors if contributors else None,
+        "bytes_down_per_contributor": down / requests if requests else None,
+    }
 
 
 def _index(node: str) -> int:
@@ -166,6 +184,7 @@ class _Totals:
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
+    simulated_seconds: float = 0.0
     final: float = math.nan
     final_rmse: float = math.nan
     final_mae: float = math.nan
@@ -178,6 +197,7 @@ class _Totals:
         self.bytes_up += r.bytes_up
         self.bytes_down += r.bytes_down
         self.seconds += r.seconds
+        self.simulated_seconds += r.virtual_round_seconds
         self.final, self.final_rmse, self.final_mae = r.value, r.rmse, r.mae
         if math.isfinite(r.epsilon):
             self.epsilon = r.epsilon
@@ -314,14 +334,10 @@ def _summary(
             "parameters": facts["parameters"],
             "digest": model_digest,
         },
-        "bytes_up_per_contributor": (
-            totals.bytes_up / totals.contributions if totals.contributions else None
-        ),
-        "bytes_down_per_contributor": (
-            totals.bytes_down / totals.requests if totals.requests else None
-        ),
+        **_per_node(totals.bytes_up, totals.contributions, totals.bytes_down, totals.requests),
         "model_bytes_float32": facts["parameters"] * 4,
         "seconds_total": totals.seconds,
+        "simulated_seconds": totals.simulated_seconds,
         "config": facts["config"],
     }
 

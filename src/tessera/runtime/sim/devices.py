@@ -2,7 +2,11 @@
 
 Real federations have slow phones next to fast laptops, and nodes that go
 away mid-round. Each node gets a fixed speed factor (log-normal, median 1);
-each (node, round) independently drops with probability ``dropout``.
+each (node, round) independently drops with probability ``dropout`` (one
+number, or one per node). A device profile (``runtime.sim.profiles``) adds
+each node's own up- and downlink rates and its ``Availability`` over the
+virtual day; without one, every node's link is the simulation's and every
+node is always online.
 """
 
 from __future__ import annotations
@@ -14,12 +18,43 @@ import numpy.typing as npt
 
 
 @dataclass(frozen=True)
+class Availability:
+    """When each node is online: a window of ``hours`` opening at hour ``opens``
+    of every virtual day (``day_seconds`` long; virtual time 0 is ``start_hour``)."""
+
+    opens: npt.NDArray[np.float64]  # hour of the day each node's window opens, in [0, 24)
+    hours: npt.NDArray[np.float64]  # each window's length, in (0, 24]; 24: always online
+    day_seconds: float = 86400.0
+    start_hour: float = 0.0
+
+    def hour(self, at: float) -> float:
+        """The hour of the day at virtual time ``at``."""
+        return self.start_hour + 24.0 * at / self.day_seconds
+
+    def online(self, at: float) -> npt.NDArray[np.bool_]:
+        """Which nodes are online at virtual time ``at``."""
+        inside: npt.NDArray[np.bool_] = (self.hour(at) - self.opens) % 24.0 < self.hours
+        return inside
+
+    def node_online(self, node: int, at: float) -> bool:
+        """Whether node ``node`` is online at virtual time ``at`` (one node: no array)."""
+        return (self.hour(at) - float(self.opens[node])) % 24.0 < float(self.hours[node])
+
+
+@dataclass(frozen=True)
 class DeviceModel:
     speed: npt.NDArray[np.float64]  # relative compute speed per node
-    dropout: float
+    dropout: float | npt.NDArray[np.float64]  # per (node, round): one for all, or one per node
     samples_per_second: float
     seed: int
     aggregator_failure: float = 0.0
+    up_rate: npt.NDArray[np.float64] | None = None  # bytes/s per node; None: the simulation's
+    down_rate: npt.NDArray[np.float64] | None = None
+    availability: Availability | None = None  # None: always online
+
+    def online(self, node: int, at: float) -> bool:
+        """Whether node ``node`` is online at virtual time ``at``."""
+        return self.availability is None or self.availability.node_online(node, at)
 
     @classmethod
     def sample(

@@ -22,6 +22,7 @@ from tessera.protocol.effects import GroupSum
 from tessera.protocol.events import ContributorsRated
 from tessera.protocol.node import Node
 from tessera.protocol.noise import Budget
+from tessera.runtime.sim import profiles
 from tessera.runtime.sim.backends import Backend
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.poison import ScaledUpdates
@@ -48,6 +49,22 @@ def holdout_scores(job: PreparedJob, weights: Vector) -> Scores:
     )
 
 
+def job_devices(job: PreparedJob) -> DeviceModel:
+    """The simulated devices ``[simulation]`` names: a device profile's, or one
+    log-normal speed distribution and one dropout for all (no ``profile``)."""
+    sim_cfg, seed = job.config.simulation, job.config.job.seed
+    if sim_cfg.profile is not None:
+        return profiles.from_config(job.n_nodes, sim_cfg, seed)
+    return DeviceModel.sample(
+        job.n_nodes,
+        dropout=sim_cfg.dropout,
+        speed_sigma=sim_cfg.speed_sigma,
+        samples_per_second=sim_cfg.samples_per_second,
+        seed=seed,
+        aggregator_failure=sim_cfg.aggregator_failure,
+    )
+
+
 def simulate(
     job: PreparedJob,
     on_round: Callable[[RoundRecord, Vector], None] | None = None,
@@ -67,7 +84,7 @@ def simulate(
     returns (the contribution policy's verdicts) reaches the coordinator at once,
     so it holds from the next round opened.
 
-    ``devices`` replaces the config's simulated devices (speeds, dropouts), e.g.
+    ``devices`` replaces the config's simulated devices (``job_devices``), e.g.
     to replay exactly who took part in each round of a deployment.
     ``charge_compute`` spends each node's and the coordinator's measured protocol
     CPU time on the virtual clock (see ``Simulation``).
@@ -103,14 +120,7 @@ def simulate(
         coordinator = Coordinator(
             job.round_params(), job.node_ids, job.initial_weights, job.strategy()
         )
-    devices = devices or DeviceModel.sample(
-        job.n_nodes,
-        dropout=sim_cfg.dropout,
-        speed_sigma=sim_cfg.speed_sigma,
-        samples_per_second=sim_cfg.samples_per_second,
-        seed=cfg.job.seed,
-        aggregator_failure=sim_cfg.aggregator_failure,
-    )
+    devices = devices or job_devices(job)
     records: list[RoundRecord] = []
     started_from = [job.initial_weights]  # the global model the open round trains from
 

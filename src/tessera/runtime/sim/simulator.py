@@ -5,7 +5,7 @@ drives the very same machines the network runtime drives. The simulator
 plays every node's runtime: it delivers ``Send`` effects after a latency
 plus transfer time, fires timers, and answers ``RequestLocalTraining`` by
 scheduling a completion at the device's simulated speed (or never, if the
-node drops out this round).
+node drops out this round, or is offline when the request reaches it).
 
 Training itself is deferred until a completion is due, then done for the
 next ``chunk`` due nodes of that round at once (they share the round's
@@ -90,7 +90,7 @@ class RoundStats:
 
     closed: RoundClosed
     seconds: float  # wall-clock time the round took to simulate
-    dropped: int = 0
+    dropped: int = 0  # went away, or offline when its request arrived
     late: int = 0  # selected and alive, but no update before the deadline
     bytes_down: int = 0  # model broadcast to contributors
     bytes_up: int = 0  # contributors' uploads (updates or sealed shares)
@@ -179,6 +179,8 @@ class Simulation(Observer):
             bandwidth_bytes_per_s,
             coordinator_rate=coordinator_bandwidth_bytes_per_s,
             contention=contention,
+            up_rates=_per_node(self.node_ids, devices.up_rate),
+            down_rates=_per_node(self.node_ids, devices.down_rate),
         )
         self.chunk = max(1, chunk)
         self.on_round = on_round
@@ -382,14 +384,21 @@ class Simulation(Observer):
         self.statistics_round, self._stats = self._stats, RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
         self._stats.started_at = self.now
 
-    # -- the hosts' counter: statistics are counted at once -----------------------------
-    def count(self, actor: NodeId, round: int) -> Event | None:
-        node = self.index[actor]
+    def _away(self, node: int, round: int) -> bool:
+        """Whether node ``node`` does not answer ``round``'s request, reaching it now:
+        it drops this round, or it is offline (its device profile's availability)."""
         if self._dropped_round != round:
             self._dropped_round = round
             self._dropped = self.devices.dropped(round)
-        if self._dropped[node]:
+        if self._dropped[node] or not self.devices.online(node, self.now):
             self._stats.dropped += 1
+            return True
+        return False
+
+    # -- the hosts' counter: statistics are counted at once -----------------------------
+    def count(self, actor: NodeId, round: int) -> Event | None:
+        node = self.index[actor]
+        if self._away(node, round):
             return None
         assert self.statistics is not None
         try:
@@ -401,12 +410,8 @@ class Simulation(Observer):
     # -- the hosts' trainer: simulated devices ----------------------------------------
     def start(self, actor: NodeId, task: TrainingTask) -> Event | None:
         node = self.index[actor]
-        if self._dropped_round != task.round:
-            self._dropped_round = task.round
-            self._dropped = self.devices.dropped(task.round)
-        if self._dropped[node]:
-            self._stats.dropped += 1
-            return None  # the node goes away: it never answers this round
+        if self._away(node, task.round):
+            return None  # the node goes away (or is offline): it never answers this round
         self._round_tasks[task.round] = task
         seconds = self.devices.training_seconds(
             node, int(self.node_samples[node]), self.local_epochs
@@ -576,6 +581,15 @@ class Simulation(Observer):
         self._shared = {k: v for k, v in self._shared.items() if k[0] > round}
         self._openings.forget_through(round)
         self._share_boxes.clear()  # a later round's are sealed after its requests went out
+
+
+def _per_node(
+    node_ids: Sequence[NodeId], rates: npt.NDArray[np.float64] | None
+) -> dict[NodeId, float]:
+    """Each node's own link rate (a device profile's), by id; none without a profile."""
+    if rates is None:
+        return {}
+    return {node: float(rate) for node, rate in zip(node_ids, rates, strict=True)}
 
 
 def _quality(result: TrainOutput, row: int) -> LocalQuality | None:
