@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
 from tessera.errors import ConfigError, DataError
+from tessera.training.caps import Stops, as_caps
 from tessera.training.recipe import ADAM_BETAS, ADAM_EPS, Recipe, as_real
 from tessera.training.shuffle import chunk_permutation, dropout_keep
 from tessera.training.spec import ModelSpec, conv_plan, layout
@@ -97,11 +98,17 @@ class TrainResult:
     node's records before it trains; ``norm`` float32 ``(k,)``, the update's
     L2 norm before clipping; ``labels`` int64 ``(k, C)``, a classifier's
     records per class (``C = 0`` for a regression).
+
+    ``steps``: int64 ``(k,)``, the local optimizer steps each node took
+    (``local_epochs`` times its minibatches per epoch, or its ``max_steps``
+    cap if lower; 0 without records). A node stopped by its cap reports the
+    loss of the minibatches of its last, partial epoch.
     """
 
     deltas: npt.NDArray[np.float32]
     num_samples: npt.NDArray[np.int64]
     loss: npt.NDArray[np.float32]
+    steps: npt.NDArray[np.int64] | None = None
     loss_before: npt.NDArray[np.float32] | None = None
     norm: npt.NDArray[np.float32] | None = None
     labels: npt.NDArray[np.int64] | None = None
@@ -432,6 +439,7 @@ class BatchedTrainer:
         prox_mu: float | None = None,
         round: int = 0,
         quality: bool = False,
+        max_steps: npt.ArrayLike | None = None,
     ) -> TrainResult:
         """Train ``nodes`` from ``global_weights``; rows come back in ``nodes`` order.
 
@@ -439,7 +447,10 @@ class BatchedTrainer:
         this call (the server strategy may set it per round). ``round`` (0-based)
         sets the learning rate, ``recipe.lr_at(round)``. ``quality`` adds each
         node's data-quality statistics (``TrainResult``): one more forward pass
-        over its records.
+        over its records. ``max_steps`` (one positive integer per node, in
+        ``nodes`` order) caps each node's local optimizer steps: a node stops
+        after that many minibatches, exactly as if it trained alone and stopped
+        (a deadline's partial work, ``runtime.sim.deadline``).
         """
         mu = self.recipe.prox_mu if prox_mu is None else as_real("recipe.prox_mu", prox_mu)
         if mu < 0:
@@ -454,6 +465,9 @@ class BatchedTrainer:
         g_t = torch.from_numpy(np.array(g, dtype=np.float32))  # own copy: inputs may be read-only
         idx = _as_index(nodes, self.num_nodes)
         sizes = self.sizes[idx]
+        full = self.recipe.local_epochs * -(-sizes // self.recipe.batch_size)
+        caps = as_caps(max_steps, len(idx))
+        steps = full if caps is None else np.minimum(full, caps)
         deltas = np.zeros((len(idx), p), np.float32)
         loss = np.zeros(len(idx), np.float32)
         norm = np.zeros(len(idx), np.float32)
@@ -462,13 +476,19 @@ class BatchedTrainer:
         with torch.no_grad():
             for lo, hi in self._plan(sizes[order]):
                 rows = order[lo:hi]
+                chunk_caps = None if caps is None else steps[rows]
                 d, chunk_loss, chunk_norm = self._train_chunk(
-                    g_t, idx[rows], sizes[rows], seed=seed, prox_mu=mu, lr=lr
+                    g_t, idx[rows], sizes[rows], seed=seed, prox_mu=mu, lr=lr, caps=chunk_caps
                 )
                 deltas[rows] = d
                 loss[rows] = chunk_loss
                 norm[rows] = chunk_norm
-        result = TrainResult(deltas=deltas, num_samples=sizes.astype(np.int64), loss=loss)
+        result = TrainResult(
+            deltas=deltas,
+            num_samples=sizes.astype(np.int64),
+            loss=loss,
+            steps=steps.astype(np.int64),
+        )
         if not quality:
             return result
         loss_before, labels = self._before(g_t, idx)
@@ -556,9 +576,11 @@ class BatchedTrainer:
         seed: int,
         prox_mu: float,
         lr: float,
+        caps: npt.NDArray[np.int64] | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         r = self.recipe
         c = len(nodes)
+        stops = Stops(caps, sizes, r.batch_size, r.local_epochs)
         ids = self.shuffle_ids[nodes]
         schedule = _Schedule(sizes, r.batch_size)
         starts = np.cumsum(sizes) - sizes
@@ -570,11 +592,14 @@ class BatchedTrainer:
         params = g.unsqueeze(0).repeat(c, 1)
         opt = _Optimizer(r, c, g.shape[0], lr)
         loss_sum = torch.zeros(c, dtype=torch.float64)
-        for epoch in range(r.local_epochs):
+        for epoch in range(stops.epochs):
             last = epoch == r.local_epochs - 1
+            need = last or epoch in stops.loss_epochs
+            if need:  # a node's loss is of its last epoch (a capped node's: partial)
+                loss_sum.zero_()
             rows_of = torch.from_numpy(chunk_permutation(seed, ids, sizes, epoch)).add_(shift)
             xs, ys = (self._x[rows_of], self._y[rows_of]) if pregather else (self._x, self._y)
-            for s in range(schedule.n_steps):
+            for s in range(stops.steps_in(epoch, schedule.n_steps)):
                 a, pos, wts, count = schedule.step(s)
                 rows = pos if pregather else rows_of[pos]
                 xb, yb = xs[rows], ys[rows]
@@ -582,16 +607,18 @@ class BatchedTrainer:
                     xb, yb = xb.unsqueeze(0), yb.unsqueeze(0)
                 p = params[:a]
                 masks = self._masks(seed, ids[:a], epoch, s, xb.shape[1])
-                grad, batch_loss = self._grad(p, xb, yb, wts, need=last, masks=masks)
+                grad, batch_loss = self._grad(p, xb, yb, wts, need=need, masks=masks)
                 if prox_mu:
                     grad.add_(p - g, alpha=prox_mu)
                 opt.step(p, grad, a)
                 if batch_loss is not None:
                     loss_sum[:a] += batch_loss * count
+                stops.reached(epoch, s, params, loss_sum)
+        params, loss_sum, seen = stops.final(params, loss_sum, sizes, r.batch_size)
         deltas = params.sub_(g)
         norms = torch.linalg.vector_norm(deltas.to(torch.float64), dim=1)  # before clipping
         deltas = clip_deltas(deltas, r.clip_norm)
-        mean_loss = loss_sum / torch.from_numpy(sizes)
+        mean_loss = loss_sum / torch.from_numpy(seen)
         return deltas.numpy(), mean_loss.to(torch.float32).numpy(), norms.float().numpy()
 
     def _masks(
