@@ -67,6 +67,8 @@ def weighted_vector(
     rating: float = 1.0,
     quality: LocalQuality | None = None,
     quality_words_of: int = 0,
+    steps: int = 0,
+    steps_bound: float = 0.0,
 ) -> npt.NDArray[np.float64]:
     """What a contributor shares: ``w * clip(delta)``, then ``w * loss / loss_cap``, then
     1 if the loss was capped (else 0), then ``w``: ``TAIL`` words after the update.
@@ -81,9 +83,19 @@ def weighted_vector(
     ``rating`` (in (0, 1], the contribution policy's) multiplies ``w``. A job
     asking ``quality_words_of`` words has them between the update and the tail
     (``protocol.quality``; ``ValueError`` when ``quality`` cannot fill them).
+
+    FedNova (``steps_bound`` > 0, the job's public bound on local steps): the
+    update is ``w * clip(delta) / tau`` with ``tau = min(steps, steps_bound)`` the
+    local steps taken, and one more word, ``w * tau / steps_bound``, follows the
+    quality words: the coordinator rescales the summed normalised updates by the
+    weighted mean of tau (docs/architecture.md, "Deadline rounds").
     """
     p = delta.shape[0]
-    vector = np.empty(p + quality_words_of + TAIL, np.float64)
+    fednova = steps_bound > 0
+    if fednova and steps < 1:
+        raise ValueError("a FedNova round needs the local steps taken")
+    tau = float(min(steps, steps_bound)) if fednova else 1.0
+    vector = np.empty(p + quality_words_of + fednova + TAIL, np.float64)
     scaled = vector[:p]  # built in place: the only model-sized array made here
     scaled[...] = delta  # exact: float32 to float64
     # The float64 norm by np.dot in slices of 8,192: no squared temporary, and no
@@ -96,14 +108,16 @@ def weighted_vector(
     if norm > clip:
         scaled *= clip * (1 - 1e-9) / norm
     w = (min(num_samples, max_weight) / max_weight if weigh else 1.0) * rating
-    if w != 1.0:  # multiplying by 1.0 changes no bit
-        scaled *= w
+    if w != 1.0 or tau != 1.0:  # multiplying by 1.0 changes no bit
+        scaled *= w / tau
     if quality_words_of:
         if quality is None:
             raise ValueError("this job asks for quality statistics and none were measured")
-        vector[p:-TAIL] = quality_words(
+        vector[p : p + quality_words_of] = quality_words(
             quality, w=w, clip=clip, loss_cap=loss_cap, words=quality_words_of
         )
+    if fednova:
+        vector[p + quality_words_of] = w * tau / steps_bound
     vector[-3] = w * min(max(loss, 0.0), loss_cap) / loss_cap
     vector[-2] = 1.0 if not loss <= loss_cap else 0.0  # NaN counts as capped too
     vector[-1] = w
@@ -131,6 +145,13 @@ def _quality_problem(update: LocalUpdateReady, a: SecureAssignment | None) -> st
     if len(update.quality.labels) != a.quality - QUALITY_HEAD:
         return f"{len(update.quality.labels)} label counts, not the job's classes"
     return None
+
+
+def _steps_problem(update: LocalUpdateReady, a: SecureAssignment | None) -> str | None:
+    """Why a FedNova round's update cannot be shared: its local steps were not counted."""
+    if a is None or not a.steps or update.steps >= 1:
+        return None
+    return "this job normalises by local steps (FedNova) and none were counted"
 
 
 def _counted(statistics: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -246,7 +267,11 @@ class Contributor:
                 return self._seal_counted(event.vector)
             reason = problem
         elif isinstance(event, LocalUpdateReady) and now <= self.deadline:
-            problem = _update_problem(event) or _quality_problem(event, self.assignment)
+            problem = (
+                _update_problem(event)
+                or _quality_problem(event, self.assignment)
+                or _steps_problem(event, self.assignment)
+            )
             if problem is not None:  # declined, never a crash nor a poisoned sum
                 self._transition(ContributorInput.TRAINING_FAILED)
                 declined = TrainingDeclined(job_id=self.job_id, round=event.round, reason=problem)
@@ -260,6 +285,7 @@ class Contributor:
                 delta=event.delta,
                 num_samples=event.num_samples,
                 loss=event.loss,
+                steps=event.steps,
             )
             return [Send(recipient=COORDINATOR, message=update)]
         self._transition(ContributorInput.TRAINING_FAILED)
@@ -352,6 +378,8 @@ class Contributor:
             rating=a.weight,
             quality=update.quality,
             quality_words_of=a.quality,
+            steps=update.steps,
+            steps_bound=a.steps,
         )
         return self._share_job(vector, private=True)
 
@@ -365,7 +393,8 @@ class Contributor:
             and self.secure is not None
         ):
             return None
-        if _update_problem(update) or _quality_problem(update, self.assignment):
+        a = self.assignment
+        if _update_problem(update) or _quality_problem(update, a) or _steps_problem(update, a):
             return None
         return self._update_job(update)
 

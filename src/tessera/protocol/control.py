@@ -131,6 +131,7 @@ def encode_train_request(request: TrainRequest, weights_sha256: str) -> bytes:
                 "tree_digest": secure.tree_digest,
                 "weight": secure.weight,
                 "quality": secure.quality,
+                **({"steps": secure.steps} if secure.steps else {}),
             },
         },
     )
@@ -170,6 +171,7 @@ def decode_train_request(data: bytes, resolve: WeightsResolver) -> TrainRequestW
             tree_digest=_get(raw, "tree_digest", str, "secure"),
             weight=_real(raw, "weight", "secure") if "weight" in raw else 1.0,
             quality=_count(raw, "quality", "secure") if "quality" in raw else 0,
+            steps=_real(raw, "steps", "secure") if "steps" in raw else 0.0,
         )
     statistics = obj.get("statistics", False)  # absent in requests written before it
     if not isinstance(statistics, bool):
@@ -291,6 +293,7 @@ def encode_update(update: UpdateSubmission) -> bytes:
             "delta": delta.tobytes(),
             "samples": update.num_samples,
             "loss": update.loss,
+            **({"steps": update.steps} if update.steps else {}),
         },
     )
 
@@ -307,6 +310,7 @@ def decode_update(data: bytes) -> UpdateSubmission:
         delta=np.frombuffer(raw, dtype="<f4").astype(np.float32),
         num_samples=_count(obj, "samples", "update"),
         loss=loss,
+        steps=_count(obj, "steps", "update") if "steps" in obj else 0,
     )
 
 

@@ -134,6 +134,7 @@ class Coordinator:
         self._sum = np.zeros(self.weights.shape, np.float64)
         self._samples = 0
         self._weight = 0.0  # the samples, each times its contributor's rating
+        self._steps = 0.0  # FedNova: the weighted sum of local steps
         self._loss_sum = 0.0
         self._updates = 0
         self._opened_at: float | None = None  # when the open round opened
@@ -259,6 +260,7 @@ class Coordinator:
         self._sum[:] = 0.0
         self._samples = 0
         self._weight = 0.0
+        self._steps = 0.0
         self._loss_sum = 0.0
         self._updates = 0
         self._included: list[str] = []
@@ -312,6 +314,8 @@ class Coordinator:
         if isinstance(msg, UpdateSubmission) and not math.isfinite(msg.loss):
             # One node's NaN must not read as the federation's divergence (and stop the job).
             return "update's training loss is NaN or infinite"
+        if isinstance(msg, UpdateSubmission) and self.params.fednova and msg.steps < 1:
+            return "this job normalises by local steps (FedNova): the update counts none"
         return None
 
     def _on_message(self, event: MessageReceived, now: float) -> list[Effect]:
@@ -321,7 +325,11 @@ class Coordinator:
             return [Rejected(sender=sender, reason=reason)]
         if isinstance(msg, UpdateSubmission):
             weight = msg.num_samples * self._ratings_at_open.get(sender, 1.0)
-            self._sum += np.float64(weight) * msg.delta
+            if self.params.fednova:  # w * delta / tau, and w * tau beside it
+                self._sum += np.float64(weight / msg.steps) * msg.delta
+                self._steps += weight * msg.steps
+            else:
+                self._sum += np.float64(weight) * msg.delta
             self._samples += msg.num_samples
             self._weight += weight
             self._loss_sum += msg.num_samples * msg.loss
@@ -334,7 +342,9 @@ class Coordinator:
 
     def _close_round(self, now: float, *, timer_pending: bool) -> list[Effect]:
         mean = None
-        if self._samples:
+        if self._samples and self.params.fednova:  # times tau_eff: the weighted mean of tau
+            mean = (self._sum / self._weight * (self._steps / self._weight)).astype(np.float32)
+        elif self._samples:
             mean = (self._sum / self._weight).astype(np.float32)
         return self._finish_round(
             now,

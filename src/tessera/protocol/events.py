@@ -45,6 +45,7 @@ class LocalUpdateReady:
     num_samples: int
     loss: float
     quality: LocalQuality | None = None  # asked by a job with quality words only
+    steps: int = 0  # the local optimizer steps taken (FedNova normalises by them); 0: unknown
     # The sharing step done ahead by the runtime (``protocol.sharing_job``); the
     # contributor uses it only if it was made for exactly the job it would run.
     shared: SharedUpdate | None = field(default=None, repr=False)

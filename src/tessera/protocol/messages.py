@@ -51,6 +51,9 @@ class SecureAssignment:
     tree_digest: str
     weight: float = 1.0  # in (0, 1]: 1 unless the contribution policy lowered it
     quality: int = 0  # data-quality words after the update (``protocol.quality``); 0: none
+    # FedNova: the job's public bound on local steps, the scale of the steps word after
+    # the quality words (``weighted_vector``); 0: no steps word, the update as trained.
+    steps: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.weight <= 1:
@@ -65,6 +68,8 @@ class SecureAssignment:
             raise RemoteProtocolError("a group needs at least two distinct aggregators")
         if min(self.max_weight, self.loss_cap, self.clip) <= 0:
             raise RemoteProtocolError("clip, max_weight and loss_cap must be positive")
+        if not (self.steps == 0 or 1 <= self.steps < float("inf")):
+            raise RemoteProtocolError("the bound on local steps is 0 (none) or at least 1")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -157,12 +162,15 @@ class UpdateSubmission:
     delta: Vector
     num_samples: int
     loss: float
+    steps: int = 0  # the local optimizer steps behind ``delta`` (FedNova); 0: not counted
 
     def __post_init__(self) -> None:
         if self.round < 0:
             raise RemoteProtocolError("round must be >= 0")
         if self.num_samples <= 0:
             raise RemoteProtocolError("num_samples must be positive")
+        if self.steps < 0:
+            raise RemoteProtocolError("steps must be >= 0")
         _check_vector("delta", self.delta)
         if not np.isfinite(self.delta).all():
             raise RemoteProtocolError("delta contains NaN or infinity")

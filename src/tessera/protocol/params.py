@@ -17,6 +17,8 @@ class RoundParams:
     selected each round; a round aggregates if at least ``min_updates``
     updates arrive before ``round_timeout`` (virtual or wall seconds, as the
     runtime's clock counts), otherwise it is skipped and the job goes on.
+    ``fednova``: the mean update is FedNova's, normalised by each contributor's
+    local steps (docs/architecture.md, "Deadline rounds"); off, FedAvg's.
     """
 
     job_id: JobId
@@ -26,6 +28,7 @@ class RoundParams:
     min_updates: int = 1
     round_timeout: float = 60.0
     seed: int = 0
+    fednova: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

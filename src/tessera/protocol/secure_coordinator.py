@@ -156,6 +156,9 @@ class SecureParams:
     # Data-quality words each contributor shares after its update in a training round
     # (``protocol.quality``: 3 + the classes; 0: none). Only with group sums.
     quality: int = 0
+    # FedNova (``RoundParams.fednova``): the public bound on a contributor's local steps,
+    # the scale of the steps word each shares after its quality words; 0: no such word.
+    max_steps: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "loss_cap", "phase_timeout"):
@@ -179,6 +182,13 @@ class SecureParams:
             raise ConfigError("contributions", "quality statistics come with group sums")
         if not 0 <= self.trim < 0.5:
             raise ConfigError("contributions.trim", "must be in [0, 0.5)")
+        if not (self.max_steps == 0 or 1 <= self.max_steps < float("inf")):
+            raise ConfigError("strategy.normalize", "the bound on local steps must be >= 1")
+        if self.max_steps and (self.group_sums or self.privacy is not None):
+            raise ConfigError(
+                "strategy.normalize",
+                "FedNova's steps word is not yet carried by group sums or private rounds",
+            )
         if self.group_sums and self.tree.backups >= self.tree.k:
             # k backups could re-sum all k positions of a group over another set: the
             # difference of the two disclosed sums would be the members left out.
@@ -243,6 +253,8 @@ class SecureCoordinator(Coordinator):
         organisations: Mapping[NodeId, str | None] | None = None,
     ) -> None:
         super().__init__(params, nodes, initial_weights, strategy)
+        if params.fednova != bool(secure.max_steps):
+            raise ConfigError("strategy.normalize", "FedNova needs secure.max_steps, and only it")
         self.secure = secure
         self.keys = keys
         self.directory = directory
@@ -369,7 +381,7 @@ class SecureCoordinator(Coordinator):
             tree=tree,
             ring=ring,
             length=(
-                self.weights.shape[0] + self.secure.quality
+                self.weights.shape[0] + self.secure.quality + self.params.fednova
                 if stats is None
                 else stats.lengths[round]
             )
@@ -506,6 +518,7 @@ class SecureCoordinator(Coordinator):
                     tree_digest=rs.digest,
                     weight=1.0 if self.counting else self._ratings_at_open.get(member, 1.0),
                     quality=0 if self.counting else self.secure.quality,
+                    steps=0.0 if self.counting else self.secure.max_steps,
                 ),
                 statistics=self.counting,
             )
@@ -916,6 +929,8 @@ class SecureCoordinator(Coordinator):
         if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
         mean = values[:p] / weight
+        if self.params.fednova:  # times tau_eff, the weighted mean of the local steps
+            mean = mean * (float(values[p + q]) * self.secure.max_steps / weight)
         quality = RoundQuality.of(values[p : p + q], weight, self.secure.loss_cap) if q else None
         if self.secure.combine != "mean":  # too few groups: the plain mean stands
             mean = robust_update(disclosed.sums, self.secure.combine, self.secure.trim, mean)
