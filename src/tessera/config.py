@@ -235,14 +235,41 @@ class RecipeSection(_Section):
 
 
 class StrategySection(BaseModel):
-    """``name`` plus that strategy's own parameters (server_lr, momentum, ...)."""
+    """``name`` plus that strategy's own parameters (server_lr, momentum, ...).
+
+    ``normalize = "fednova"``: the round's mean update is FedNova's (Wang et al.
+    2020): each contributor's update divided by its local steps, the weighted
+    mean of those rescaled by the weighted mean of the steps, so nodes that did
+    more local work (more records, or no deadline cutting them short) do not
+    pull the model towards their own optimum. "none" (the default): FedAvg's
+    sample-weighted mean, as always. Simulator only for now; not with
+    ``[privacy]`` or ``[contributions]``.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str = "fedavg"
+    normalize: Literal["none", "fednova"] = "none"
 
     @property
     def params(self) -> dict[str, float]:
         return dict(self.model_extra or {})
+
+
+class DeadlineSection(_Section):
+    """Deadline rounds (the simulator's virtual seconds): each selected node has
+    ``seconds`` of local work from when the round's model reaches it.
+
+    A node whose whole local work (``recipe.local_epochs`` over its records, at
+    its device's speed) fits is unaffected. A slower one, with ``partial_work``,
+    does as many local steps (minibatches) as fit and sends that update;
+    without, or when not even one minibatch fits, it is a straggler: it
+    declines at once (no one waits for it) and metrics.json counts it in the
+    round's ``stragglers``. Pair it with ``strategy.normalize = "fednova"`` so
+    partial work does not bias the model.
+    """
+
+    seconds: PositiveFloat
+    partial_work: bool = True
 
 
 class FederationSection(_Section):
@@ -465,6 +492,7 @@ class JobConfig(_Section):
     recipe: RecipeSection = RecipeSection()
     strategy: StrategySection = StrategySection()
     federation: FederationSection
+    deadline: DeadlineSection | None = None
     simulation: SimulationSection = SimulationSection()
     secure: SecureSection = SecureSection()
     privacy: PrivacySection | None = None
@@ -514,6 +542,12 @@ def parse_config(raw: Mapping[str, object]) -> JobConfig:
         )
     if cfg.group_sums:
         _check_contributions(cfg)
+    if cfg.strategy.normalize != "none" and (cfg.privacy is not None or cfg.group_sums):
+        raise ConfigError(
+            "strategy.normalize",
+            "FedNova's steps word is not yet carried by [privacy] or [contributions] rounds: "
+            "remove one",
+        )
     return cfg
 
 

@@ -94,7 +94,8 @@ def test_each_round_is_serialised_once(
 def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str, Any]]:
     """metrics.json's rounds as build_metrics made them before MetricsWriter (verbatim),
     and the contributors' bitset, a regression's rmse and mae, a private job's epsilon
-    (null here), the round's simulated seconds and its bytes per node added since."""
+    (null here), the round's simulated seconds, its bytes per node and its mean local
+    steps (null here) added since."""
 
     def finite(x: float) -> float | None:
         return x if math.isfinite(x) else None
@@ -109,6 +110,7 @@ def before_the_writer(records: list[RoundRecord], n_nodes: int) -> list[dict[str
             "epsilon": finite(r.epsilon),
             "loss_before": finite(r.loss_before),
             "norm_ratio": finite(r.norm_ratio),
+            "mean_steps": finite(r.mean_steps),
             "included": metrics.encode_included(r.included, n_nodes),
             "simulated_seconds": r.virtual_round_seconds,
             "bytes_up_per_contributor": r.bytes_up / r.participants if r.participants else None,

@@ -243,6 +243,10 @@ def make_job_document(
     statistics: bool = False,
 ) -> SignedDocument:
     """The AI provider signs a job; ``JobSpec.from_document`` is its reader."""
+    if config.deadline is not None or config.strategy.normalize != "none":
+        # Deployed nodes neither stop at a deadline nor count their local steps yet.
+        what = "deadline" if config.deadline is not None else "strategy.normalize"
+        raise ConfigError(what, "deadline rounds and FedNova are the simulator's only, for now")
     body = {
         "name": config.job.name,
         "config": config.model_dump(mode="json"),

@@ -236,6 +236,7 @@ def round_params_of(cfg: JobConfig, *, job_id: str | None = None) -> RoundParams
         min_updates=fed.min_updates,
         round_timeout=fed.round_timeout,
         seed=cfg.job.seed,
+        fednova=cfg.strategy.normalize == "fednova",
     )
 
 
@@ -244,11 +245,12 @@ def strategy_of(cfg: JobConfig) -> Strategy:
 
 
 def secure_params_of(
-    cfg: JobConfig, *, clip_norm: float, max_weight: float, classes: int
+    cfg: JobConfig, *, clip_norm: float, max_weight: float, classes: int, max_steps: float = 0.0
 ) -> SecureParams:
     """Secure-aggregation settings; ``max_weight`` where the config leaves it open. A job
     with group sums also has its contributors share their data-quality statistics, with
-    a label distribution over ``classes`` (0: a regression)."""
+    a label distribution over ``classes`` (0: a regression). ``max_steps``: a FedNova
+    job's bound on local steps (the scale of each contributor's steps word)."""
     s = cfg.secure
     return SecureParams(
         tree=TreeParams(
@@ -269,6 +271,7 @@ def secure_params_of(
         combine="mean" if cfg.contributions is None else cfg.contributions.combine,
         trim=0.1 if cfg.contributions is None else cfg.contributions.trim,
         quality=QUALITY_HEAD + classes if cfg.group_sums else 0,
+        max_steps=max_steps if cfg.strategy.normalize == "fednova" else 0.0,
     )
 
 

@@ -24,6 +24,7 @@ def secure_params(job: PreparedJob) -> SecureParams:
         clip_norm=job.recipe.clip_norm,
         max_weight=float(job.node_samples.max()),
         classes=job.spec.n_outputs if job.recipe.loss == "cross_entropy" else 0,
+        max_steps=max_local_steps(job),
     )
     vectors = job.statistics_vectors
     lengths = () if vectors is None else tuple(v.shape[1] for v in vectors)
@@ -34,6 +35,13 @@ def secure_params(job: PreparedJob) -> SecureParams:
     )
     statistics = StatisticsRound(lengths=lengths, bound=TERM_BOUND) if lengths else None
     return replace(params, beacon=job.beacon, statistics=statistics, privacy=privacy)
+
+
+def max_local_steps(job: PreparedJob) -> float:
+    """The most local steps any node takes in a round: the bound a FedNova job's steps
+    word is scaled by (public: the node sizes' maximum is ``max_weight`` already)."""
+    batches = -(-int(job.node_samples.max()) // job.recipe.batch_size)
+    return float(max(1, job.recipe.local_epochs * batches))
 
 
 @dataclass(frozen=True)

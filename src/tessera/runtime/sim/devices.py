@@ -93,4 +93,8 @@ class DeviceModel:
 
     def training_seconds(self, node: int, samples: int, epochs: int) -> float:
         """Virtual time node ``node`` needs to train ``epochs`` over ``samples``."""
-        return 0.2 + samples * epochs / (self.samples_per_second * float(self.speed[node]))
+        return 0.2 + samples * epochs / self.records_per_second(node)
+
+    def records_per_second(self, node: int) -> float:
+        """The records node ``node`` trains on per virtual second (after a fixed start)."""
+        return self.samples_per_second * float(self.speed[node])

@@ -24,6 +24,7 @@ from tessera.protocol.node import Node
 from tessera.protocol.noise import Budget
 from tessera.runtime.sim import profiles
 from tessera.runtime.sim.backends import Backend
+from tessera.runtime.sim.deadline import Deadline
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.poison import ScaledUpdates
 from tessera.runtime.sim.secure import build_secure
@@ -63,6 +64,14 @@ def job_devices(job: PreparedJob) -> DeviceModel:
         seed=seed,
         aggregator_failure=sim_cfg.aggregator_failure,
     )
+
+
+def job_deadline(job: PreparedJob) -> Deadline | None:
+    """The job's deadline rounds (``[deadline]``), or None: every node does all its work."""
+    d = job.config.deadline
+    if d is None:
+        return None
+    return Deadline(d.seconds, job.recipe.batch_size, partial_work=d.partial_work)
 
 
 def simulate(
@@ -142,6 +151,9 @@ def simulate(
             num_samples=closed.num_samples,
             dropped=stats.dropped,
             late=stats.late,
+            stragglers=stats.stragglers,
+            partial=stats.partial,
+            mean_steps=stats.mean_steps,
             skipped=closed.skipped,
             train_loss=closed.mean_loss,
             closed_at=closed.closed_at,
@@ -182,6 +194,7 @@ def simulate(
         machines=machines,
         charge_compute=charge_compute,
         backend=backend,
+        deadline=job_deadline(job),
         # A deployment's replay opens with its statistics round, as the deployment did.
         statistics=(
             None

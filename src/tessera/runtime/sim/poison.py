@@ -34,9 +34,16 @@ class ScaledUpdates:
         prox_mu: float | None = None,
         round: int = 0,
         quality: bool = False,
+        max_steps: npt.ArrayLike | None = None,
     ) -> TrainResult:
         result = self.trainer.train(
-            global_weights, nodes, seed, prox_mu=prox_mu, round=round, quality=quality
+            global_weights,
+            nodes,
+            seed,
+            prox_mu=prox_mu,
+            round=round,
+            quality=quality,
+            max_steps=max_steps,
         )
         hostile = np.isin(np.asarray(nodes, np.int64), self.nodes)
         if hostile.any():

@@ -40,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -79,6 +80,7 @@ from tessera.protocol.sharing_job import SharedUpdate, ShareJob
 from tessera.protocol.wire import Openings
 from tessera.runtime.host import Host, LocalTrainer, Machine, Observer, TrainingTask, TrainOutput
 from tessera.runtime.sim.backends import Backend, Pending, WorkerContext
+from tessera.runtime.sim.deadline import Deadline
 from tessera.runtime.sim.devices import DeviceModel
 from tessera.runtime.sim.links import Links
 from tessera.weights import Vector
@@ -92,6 +94,10 @@ class RoundStats:
     seconds: float  # wall-clock time the round took to simulate
     dropped: int = 0  # went away, or offline when its request arrived
     late: int = 0  # selected and alive, but no update before the deadline
+    stragglers: int = 0  # a deadline round's: could not do one local step in time
+    partial: int = 0  # a deadline round's: did part of their local work
+    steps: int = 0  # local steps of the updates trained this round, summed
+    trained: int = 0  # updates trained this round (their steps counted)
     bytes_down: int = 0  # model broadcast to contributors
     bytes_up: int = 0  # contributors' uploads (updates or sealed shares)
     bytes_aggregation: int = 0  # everything among aggregators and the coordinator
@@ -108,6 +114,11 @@ class RoundStats:
     def virtual_round_seconds(self) -> float:
         return self.closed_at - self.started_at
 
+    @property
+    def mean_steps(self) -> float:
+        """The mean local steps of the updates trained this round (NaN: none, or uncounted)."""
+        return self.steps / self.trained if self.trained and self.steps else float("nan")
+
 
 @dataclass(order=True)
 class _Pending:
@@ -118,6 +129,7 @@ class _Pending:
     train_round: int = field(compare=False, default=-1)
 
 
+_UNCAPPED = 1 << 62  # a node's step cap when its whole local work fits the deadline
 _WAKE = -2  # ``_Pending.train_round`` of an actor's wake-up (charging compute only)
 _TIMERS = -3  # ``_Pending.train_round`` of a host's timer deadline
 
@@ -161,6 +173,7 @@ class Simulation(Observer):
         statistics: Callable[[int, int], npt.NDArray[np.float64]] | None = None,
         backend: Backend | None = None,
         backend_batch: int = 64,
+        deadline: Deadline | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
@@ -174,6 +187,8 @@ class Simulation(Observer):
         self.node_samples = node_samples
         self.local_epochs = local_epochs
         self.seed = seed
+        self.deadline = deadline
+        self._caps: dict[tuple[int, int], int] = {}  # (round, node) -> its steps, if cut short
         self.links = Links(
             latency,
             bandwidth_bytes_per_s,
@@ -194,7 +209,9 @@ class Simulation(Observer):
         self._queue: list[_Pending] = []
         self._seq = itertools.count()
         self._due: dict[int, list[tuple[float, int, int]]] = {}  # round -> heap of (at, seq, node)
-        self._results: dict[tuple[int, int], tuple[Vector, int, float, LocalQuality | None]] = {}
+        self._results: dict[
+            tuple[int, int], tuple[Vector, int, float, LocalQuality | None, int]
+        ] = {}
         self._round_tasks: dict[int, TrainingTask] = {}
         self._dropped_round = -1
         self._failed_round = -1
@@ -364,13 +381,16 @@ class Simulation(Observer):
         now = time.perf_counter()
         self._stats.closed = effect
         self._stats.group_sums = effect.group_sums
-        # Selected, not dropped, yet no update in time: a straggler (or a decline).
-        self._stats.late = effect.selected - effect.participants - self._stats.dropped
+        # Selected, not dropped, yet no update in time: late (or declined).
+        s = self._stats
+        s.late = effect.selected - effect.participants - s.dropped - s.stragglers
         self._stats.seconds = now - self._wall
         self._stats.closed_at = self.now
         self._wall = now
         self._round_tasks.pop(effect.round, None)
         self._due.pop(effect.round, None)
+        if self._caps:  # of nodes still training when the round closed
+            self._caps = {k: v for k, v in self._caps.items() if k[0] > effect.round}
         self._forget_ahead(effect.round)
         if self.on_round is not None:
             self.on_round(self._stats)
@@ -412,10 +432,22 @@ class Simulation(Observer):
         node = self.index[actor]
         if self._away(node, task.round):
             return None  # the node goes away (or is offline): it never answers this round
+        samples = int(self.node_samples[node])
+        if self.deadline is None:
+            seconds = self.devices.training_seconds(node, samples, self.local_epochs)
+        else:
+            work = self.deadline.work(self.devices, node, samples, self.local_epochs)
+            if work is None:  # a straggler: it says so at once, nobody waits for it
+                self._stats.stragglers += 1
+                if isinstance(self.machines[node], Node):
+                    return None  # a secure round takes no plaintext decline
+                reason = f"straggler: no local step fits the {self.deadline.seconds:g} s deadline"
+                return LocalTrainingFailed(round=task.round, reason=reason)
+            seconds = work.seconds
+            if work.steps is not None:
+                self._stats.partial += 1
+                self._caps[(task.round, node)] = work.steps
         self._round_tasks[task.round] = task
-        seconds = self.devices.training_seconds(
-            node, int(self.node_samples[node]), self.local_epochs
-        )
         at, seq = self.now + seconds, next(self._seq)
         # The same (at, seq) key as the main queue: chunks follow completion order.
         heapq.heappush(self._due.setdefault(task.round, []), (at, seq, node))
@@ -429,7 +461,9 @@ class Simulation(Observer):
             return
         while (round, node) not in self._results:  # once, unless charging deferred others
             self._train_next_chunk(round)
-        delta, samples, loss, quality = self._results.pop((round, node))
+        delta, samples, loss, quality, steps = self._results.pop((round, node))
+        self._stats.steps += steps
+        self._stats.trained += 1
         event = LocalUpdateReady(
             round=round,
             delta=delta,
@@ -437,6 +471,7 @@ class Simulation(Observer):
             loss=loss,
             quality=quality,
             shared=self._collect(round, node) if self.backend is not None else None,
+            steps=steps,
         )
         self._deliver(node_id, event)
 
@@ -445,17 +480,23 @@ class Simulation(Observer):
         nodes = [heapq.heappop(due)[2] for _ in range(min(self.chunk, len(due)))]
         task = self._round_tasks[round]
         batch = np.asarray(nodes, dtype=np.int64)
-        # Asked only of a job that measures quality: a trainer that never does need not know.
-        asked = {"quality": True} if task.quality else {}
+        # Asked only of a job that measures quality (or cuts work short): a trainer that
+        # never does need not know.
+        asked: dict[str, Any] = {"quality": True} if task.quality else {}
+        caps = [self._caps.pop((round, node), _UNCAPPED) for node in nodes]
+        if min(caps, default=_UNCAPPED) < _UNCAPPED:
+            asked["max_steps"] = np.asarray(caps, np.int64)
         result = self.trainer.train(
             task.weights, batch, task.seed, prox_mu=task.prox_mu, round=task.schedule_round, **asked
         )
+        steps = getattr(result, "steps", None)  # a trainer that counts its steps
         for row, node in enumerate(nodes):
             self._results[(round, node)] = (
                 result.deltas[row],
                 int(result.num_samples[row]),
                 float(result.loss[row]),
                 _quality(result, row),
+                0 if steps is None else int(steps[row]),
             )
         if self.backend is not None and self._backend_nodes:
             self._to_share.extend((round, node) for node in nodes)
@@ -517,9 +558,9 @@ class Simulation(Observer):
         machine = self.machines[node]
         if result is None or not isinstance(machine, Node):
             return None
-        delta, samples, loss, quality = result
+        delta, samples, loss, quality, steps = result
         ready = LocalUpdateReady(
-            round=round, delta=delta, num_samples=samples, loss=loss, quality=quality
+            round=round, delta=delta, num_samples=samples, loss=loss, quality=quality, steps=steps
         )
         return machine.contributor.share_job(ready)
 
