@@ -339,7 +339,10 @@ class SimulationSection(_Section):
 
     @model_validator(mode="after")
     def _profile_fields(self) -> SimulationSection:
-        given = self.model_fields_set
+        # Fields off their defaults, not fields given: a dumped config (a job document)
+        # names every field, and must read back.
+        fields = type(self).model_fields
+        given = {name for name in fields if getattr(self, name) != fields[name].default}
         if self.profile is None:
             for name in _PROFILE_ONLY:
                 if name in given:
