@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from tessera.consent import revoke_consent
-from tessera.coordinator.service import Refused
 from tessera.coordinator.driver import _traffic
+from tessera.coordinator.service import Refused
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.ids import COORDINATOR, NodeId
