@@ -150,6 +150,8 @@ JSON_FORMAT = "tessera.tree/1"
 _T = TypeVar("_T")
 _MEMBER_TAG = b"members"
 _SEAT_TAG = b"seats"
+_RETRY_TAG = b"retry"
+_ATTEMPTS = 16  # shuffles tried before a population is called unable to seat the tree
 
 
 # -- parameters ---------------------------------------------------------------
@@ -765,6 +767,30 @@ def derive_tree(
     seed = tree_seed(
         job_id=job_id, round=round, nodes=nodes, contributors=contributors, beacon=beacon
     )
+    # A seating the greedy pass cannot finish (the organisation rule and the view rule
+    # can corner it for one shuffle of a small federation) is tried again with the next
+    # shuffle, derived from the seed: every party reaches the same attempt.
+    failure: ConfigError | None = None
+    for attempt in range(_ATTEMPTS):
+        shuffle = (
+            seed if attempt == 0 else hashlib.sha256(seed + _RETRY_TAG + bytes([attempt])).digest()
+        )
+        try:
+            return _derive(seed, shuffle, nodes, contributors, params)
+        except ConfigError as exc:
+            failure = failure or exc
+    assert failure is not None
+    raise failure
+
+
+def _derive(
+    seed: bytes,
+    shuffle: bytes,
+    nodes: Mapping[NodeId, str | None],
+    contributors: Sequence[NodeId],
+    params: TreeParams,
+) -> Tree:
+    """One attempt at the tree: groups and seats drawn with ``shuffle``."""
     n = len(contributors)
     if n < params.min_group:
         raise ConfigError(
@@ -773,7 +799,7 @@ def derive_tree(
         )
     n_leaves = max(1, min(math.ceil(n / params.group_size), n // params.min_group))
     shuffled = sorted(
-        contributors, key=lambda c: hashlib.sha256(seed + _MEMBER_TAG + c.encode()).digest()
+        contributors, key=lambda c: hashlib.sha256(shuffle + _MEMBER_TAG + c.encode()).digest()
     )
 
     # Shape first: ids, members, children and parents of every level.
@@ -791,7 +817,9 @@ def derive_tree(
     # are best-effort and so must not crowd out a seat, root first: a silent upper seat
     # without a backup costs its whole subtree, a leaf seat only its group.
     children_of = {gid: children for row in levels for gid, _, children in row}
-    seating = _Seating(_SeatPool(seed, nodes), _Views(parent_of, children_of), params, len(nodes))
+    seating = _Seating(
+        _SeatPool(shuffle, nodes), _Views(parent_of, children_of), params, len(nodes)
+    )
     groups: list[Group] = []
     seated: dict[str, tuple[NodeId, ...]] = {}
     for level, row in enumerate(levels):
