@@ -39,6 +39,14 @@ the seed by pure, deterministic steps:
    do not count towards the organisation rule: a group gets fewer (none, in
    small federations) when no node fits, and a runtime replacing a failed
    aggregator takes the first backup that keeps it.
+5. The seating is greedy, so one shuffle of a small federation can corner
+   it (a last seat that finds only the first seats' organisation, or only
+   nodes that see another position) where another shuffle seats every
+   group. Steps 1 to 4 are then run again with the shuffle
+   ``SHA-256(seed || "retry" || attempt)`` (in place of the seed in the
+   members' and the seats' order), up to 16 attempts, and the first that
+   seats is the tree; only if none does is it a ``ConfigError`` (the first
+   attempt's). Every party re-derives the same attempt.
 
 The visibility rule. A node *sees position j of group x* when the protocol
 hands it anything of x's j-th shares or sums. Through each role it holds:
