@@ -57,7 +57,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from tessera.crypto.fixedpoint import Ring, choose_ring, decode
+from tessera.crypto.fixedpoint import Ring, choose_ring, decode, quantized_ring
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
 from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
@@ -129,6 +129,11 @@ class SecureParams:
     loss_cap: float = 20.0
     phase_timeout: float = 30.0
     min_frac_bits: int = 16
+    # Bits per contributor word of a training round's update (``[secure] precision``):
+    # coarser stochastic rounding, in the narrowest ring that cannot overflow
+    # (``fixedpoint.quantized_ring``: 16 bits for 8-bit words and up to 256 contributors).
+    # None: ``min_frac_bits`` in a 32- or 64-bit ring.
+    precision: int | None = None
     audit: bool = True  # every partial sum checked by the level above (costs about 2x)
     # Below 1, each auditor checks each child's sum with this probability, drawn only
     # once the sum has arrived (``Aggregator.draws_audit``): cheaper, and a tamperer is
@@ -171,6 +176,13 @@ class SecureParams:
                 "a group's sum carries only its members' share of the noise: not as private "
                 "as the total; remove [contributions] or [privacy]",
             )
+        if self.precision is not None and self.privacy is not None:
+            # The noise lives in ring units at the job's fixed scale (protocol.noise).
+            raise ConfigError(
+                "secure.precision", "a private job's ring scale is its noise's; remove one"
+            )
+        if self.precision is not None and not 2 <= self.precision <= 32:
+            raise ConfigError("secure.precision", "must be an int in [2, 32]")
         if self.combine not in ("mean", "median", "trimmed_mean"):
             raise ConfigError("contributions.combine", f"unknown combination {self.combine!r}")
         if self.combine != "mean" and not self.group_sums:
@@ -202,6 +214,13 @@ class SecureParams:
     def term_bound(self) -> float:
         """Every coordinate a contributor encodes is at most this in size."""
         return max(self.clip, 1.0)  # the loss is sent as a fraction of loss_cap
+
+    def training_ring(self, cohort: int) -> Ring:
+        """The ring of a training round of ``cohort`` contributors (without privacy): the
+        smallest that cannot overflow when every one of them is at ``term_bound``."""
+        if self.precision is not None:
+            return quantized_ring(bound=self.term_bound, terms=cohort, precision=self.precision)
+        return choose_ring(bound=self.term_bound, terms=cohort, min_frac_bits=self.min_frac_bits)
 
 
 # A round's total, its included contributors and its group sums.
@@ -356,11 +375,7 @@ class SecureCoordinator(Coordinator):
             if stats is not None:
                 self.ring_of_statistics = ring
         elif stats is None:
-            ring = choose_ring(
-                bound=self.secure.term_bound,
-                terms=len(cohort),
-                min_frac_bits=self.secure.min_frac_bits,
-            )
+            ring = self.secure.training_ring(len(cohort))
         else:  # counts need no fractional bits; sums take what is left
             ring = choose_ring(bound=stats.bound, terms=len(cohort), min_frac_bits=0)
             self.ring_of_statistics = ring

@@ -80,6 +80,7 @@ from tessera.protocol.wire import Openings
 from tessera.runtime.host import Host, LocalTrainer, Machine, Observer, TrainingTask, TrainOutput
 from tessera.runtime.sim.backends import Backend, Pending, WorkerContext
 from tessera.runtime.sim.devices import DeviceModel
+from tessera.runtime.sim.downlink import Downlink, Mode
 from tessera.runtime.sim.links import Links
 from tessera.weights import Vector
 
@@ -161,6 +162,7 @@ class Simulation(Observer):
         statistics: Callable[[int, int], npt.NDArray[np.float64]] | None = None,
         backend: Backend | None = None,
         backend_batch: int = 64,
+        downlink: Mode = "full",
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
@@ -183,6 +185,7 @@ class Simulation(Observer):
             down_rates=_per_node(self.node_ids, devices.down_rate),
         )
         self.chunk = max(1, chunk)
+        self.downlink = Downlink(downlink)  # what a model broadcast costs on the wire
         self.on_round = on_round
         self.now = 0.0
         self.final_weights: Vector | None = None
@@ -331,11 +334,14 @@ class Simulation(Observer):
         message = effect.message
         size = message.nbytes
         if isinstance(message, TrainRequest):
+            size = self.downlink.size(effect.recipient, message)
             self._stats.bytes_down += size
         elif isinstance(message, UpdateSubmission | TrainingDeclined) or (
             isinstance(message, Sealed) and self._is_share(message.data)
         ):
             self._stats.bytes_up += size  # a contributor's upload
+            if not isinstance(message, TrainingDeclined):
+                self.downlink.used(sender)
         else:
             self._stats.bytes_aggregation += size  # roles, reports, commitments, sums
             if isinstance(message, Sealed) and self._backend_started:
