@@ -354,6 +354,9 @@ class SimulationSection(_Section):
     # coordinator taking N updates at once takes N transfers' time. False: every message
     # has the whole rate to itself.
     contention: bool = True
+    # What a model broadcast costs: "full" float32 weights, or "delta": the compressed
+    # exact delta from the last model the node used (runtime.sim.downlink).
+    downlink: Literal["full", "delta"] = "full"
     chunk_elements: PositiveInt = 1 << 24
     poison: PoisonSection = PoisonSection()
     profile: Literal["phones", "laptops", "mixed"] | None = None
@@ -366,7 +369,10 @@ class SimulationSection(_Section):
 
     @model_validator(mode="after")
     def _profile_fields(self) -> SimulationSection:
-        given = self.model_fields_set
+        # Fields off their defaults, not fields given: a dumped config (a job document)
+        # names every field, and must read back.
+        fields = type(self).model_fields
+        given = {name for name in fields if getattr(self, name) != fields[name].default}
         if self.profile is None:
             for name in _PROFILE_ONLY:
                 if name in given:
@@ -408,6 +414,10 @@ class SecureSection(_Section):
     # organisation then fills all k seats of a group. Needs a natural partition,
     # or per_record (each node is one record: its organisation is that record's value).
     organisation_column: str | None = None
+    # Bits per word of a contributor's clipped update (e.g. 8): coarser unbiased stochastic
+    # rounding in the narrowest ring that holds the round's sum (16 bits for 8-bit words
+    # and up to 256 contributors), so fewer bytes up. Unset: 32-bit words, 16+ fraction bits.
+    precision: Annotated[int, Field(ge=2, le=32)] | None = None
 
 
 class PrivacySection(_Section):
@@ -539,6 +549,12 @@ def parse_config(raw: Mapping[str, object]) -> JobConfig:
             "privacy",
             "distributed differential privacy adds its noise inside secure aggregation; "
             "enable [secure] or remove [privacy]",
+        )
+    if cfg.secure.precision is not None and cfg.privacy is not None:
+        raise ConfigError(
+            "secure.precision",
+            "a private job's updates are encoded at its noise's fixed scale; "
+            "remove secure.precision or [privacy]",
         )
     if cfg.group_sums:
         _check_contributions(cfg)

@@ -3,11 +3,21 @@
 Weights cross every boundary as an ordered mapping name -> float32 array
 (saved as safetensors, never pickle). Aggregation works on one flat float32
 vector; ``Layout`` is the bijection between the two, fixed per model.
+
+Downlink delta (``delta_bytes``, ``apply_delta``): a node that holds an earlier
+global model can be sent the new one as the XOR of the two models' float32 bit
+patterns, its four byte planes (low bytes, ..., sign and exponent bytes) one
+after the other, deflated (zlib, in the standard library). XOR is exact, so the
+node rebuilds the new model bit for bit; between two rounds most weights keep
+their sign, exponent and top mantissa bits, so the high planes are mostly zero
+bytes and deflate to little. Without an earlier model it is the model's own
+byte planes, deflated.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +93,44 @@ def from_bytes(data: bytes, layout: Layout | None = None) -> NamedArrays:
     ordered = {name: raw[name] for name in layout.names}
     layout.flatten(ordered)  # shape check
     return ordered
+
+
+def _planes(bits: npt.NDArray[np.uint32]) -> bytes:
+    return bits.astype("<u4").view(np.uint8).reshape(-1, 4).T.tobytes()
+
+
+def _bits(vector: Vector) -> npt.NDArray[np.uint32]:
+    if vector.dtype != np.float32 or vector.ndim != 1:
+        raise DataError("a downlink delta is of a one-dimensional float32 vector")
+    return vector.view(np.uint32)
+
+
+def delta_bytes(new: Vector, old: Vector | None = None) -> bytes:
+    """``new`` as a holder of ``old`` (None: of nothing) is sent it, compressed; exact."""
+    bits = _bits(new)
+    if old is not None:
+        if old.shape != new.shape:
+            raise DataError(f"a delta from {old.shape} weights to {new.shape} ones")
+        bits = bits ^ _bits(old)
+    return zlib.compress(_planes(bits), 6)
+
+
+def apply_delta(payload: bytes, old: Vector | None, size: int) -> Vector:
+    """The ``size`` weights ``delta_bytes(new, old)`` stands for, bit for bit."""
+    inflate = zlib.decompressobj()
+    try:  # never inflate past the model's size (a hostile payload)
+        raw = inflate.decompress(payload, 4 * size + 1)
+    except zlib.error as exc:
+        raise DataError(f"not a downlink delta: {exc}") from None
+    if len(raw) != 4 * size or not inflate.eof or inflate.unconsumed_tail:
+        raise DataError(f"a downlink delta must inflate to {size} float32 weights")
+    bits = np.frombuffer(raw, np.uint8).reshape(4, size).T.copy().view("<u4").reshape(-1)
+    if old is not None:
+        if old.shape != (size,):
+            raise DataError(f"a delta to {size} weights from {old.shape} ones")
+        bits = bits ^ _bits(old)
+    out: Vector = bits.astype(np.uint32).view(np.float32)
+    return out
 
 
 def digest(data: bytes) -> str:

@@ -25,6 +25,7 @@ import pytest
 
 from tessera.consent import revoke_consent
 from tessera.coordinator.driver import _traffic
+from tessera.coordinator.service import Refused
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.keys import NodeKeys
 from tessera.ids import COORDINATOR, NodeId
@@ -923,3 +924,32 @@ def test_a_large_artefact_streams_from_its_file_to_its_uploader(coord: Harness) 
     answer = coord.get(f"/v1/artefacts/{sha}")
     assert answer.status_code == 200 and answer.headers["content-length"] == str(len(weights))
     assert answer.content == weights
+
+
+def test_a_large_envelope_for_an_unknown_job_is_refused_from_its_header(coord: Harness) -> None:
+    """An outsider naming a job the relay does not hold is refused from the header, before
+    any body is kept: no temporary file of the kind's size (385 MB for an accusation)."""
+    from tessera.coordinator.intake import MailIntake
+    from tessera.crypto.envelope import seal
+
+    data = seal(
+        kind=int(Kind.ACCUSE),
+        job_id="nope",
+        round=0,
+        sender="outsider",
+        recipient="coordinator",
+        payload=np.zeros(2 << 20, np.uint8).tobytes(),
+        sender_keys=NodeKeys.from_seed(b"outsider"),
+        recipient_public=None,
+    )
+    folder = coord.db.with_suffix(".mail")
+    intake = MailIntake(coord.service)
+    intake.feed(data[:4096])  # the header, and a little
+    assert intake.refused is not None and intake.refused.status == 404
+    assert "unknown job 'nope'" in intake.refused.reason
+    assert list(folder.iterdir()) == []  # nothing was opened to write the body into
+    intake.feed(data[4096:])  # the rest is only counted
+    with pytest.raises(Refused, match="unknown job"):
+        intake.finish()
+    before = coord.snapshot()
+    refused(coord, post_mail(coord, data), 404, "unknown job 'nope'", before)

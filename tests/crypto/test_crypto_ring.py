@@ -50,7 +50,8 @@ def test_ring_properties() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"bits": 16, "frac_bits": 8},
+        {"bits": 24, "frac_bits": 8},
+        {"bits": 16, "frac_bits": 16},
         {"bits": 128, "frac_bits": 8},
         {"bits": 32, "frac_bits": 32},
         {"bits": 32, "frac_bits": -1},

@@ -39,7 +39,7 @@ def test_chem97_is_one_node_per_school_tested_on_unseen_schools() -> None:
 
 def test_secure_equals_plaintext_on_chem97() -> None:
     cfg = load_config(EXAMPLES / "chem97.toml")
-    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"rounds": 20})})
+    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"rounds": 8})})
     job = prepare_job(cfg)
     plain = simulate(job, secure=False)
     secure = simulate(job, secure=True)

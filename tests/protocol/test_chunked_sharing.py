@@ -17,7 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tessera.crypto.envelope import open_envelope
-from tessera.crypto.fixedpoint import Ring, Words, choose_ring, decode, max_error
+from tessera.crypto.fixedpoint import (
+    Ring,
+    Words,
+    choose_ring,
+    decode,
+    max_error,
+    quantized_ring,
+)
 from tessera.crypto.keys import NodeKeys
 from tessera.crypto.sharing import ShareAccumulator, combine
 from tessera.ids import NodeId
@@ -138,3 +145,21 @@ def test_a_chunk_that_is_not_whole_blocks_is_refused() -> None:
     job = _job(0, np.zeros(10), ring, 2, None)
     with pytest.raises(ValueError, match="multiple of 65536"):
         share(job, keys, {node: keys.public} | {s: KEYS[s].public for s in SEATS}, chunk=1000)
+
+
+@pytest.mark.parametrize("precision", [4, 8])
+def test_a_narrow_ring_shares_in_pieces_exactly(precision: int) -> None:
+    """``[secure] precision``'s 8- and 16-bit rings: shares of fewer bytes, the same sum."""
+    ring = quantized_ring(bound=4.0, terms=3, precision=precision)
+    assert ring.bits == (8 if precision == 4 else 16)
+    rng = np.random.default_rng(precision)
+    jobs = [_job(i, rng.uniform(-4, 4, size=100), ring, 3, None) for i in range(3)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sharing_job, "BLOCK", BLOCK)
+        expected = np.zeros(100, dtype=ring.dtype)
+        for job in jobs:
+            expected += _whole(job)
+        assert np.array_equal(_aggregate(jobs, chunk=3 * BLOCK), expected)
+        assert np.array_equal(_aggregate(jobs, chunk=BLOCK), expected)
+    total = np.sum([job.vector for job in jobs], axis=0)
+    assert np.all(np.abs(decode(expected, ring) - total) <= max_error(ring, 3))

@@ -96,7 +96,7 @@ def test_tessera_runs_fit_releases_noised_statistics_and_its_ledger_counts_them(
     from tessera.runtime.sim.statistics import totals_for
     from tessera.testing import example_config
 
-    base = example_config()
+    base = example_config("exam.toml")  # 65 schools: statistics rounds over every node
     cfg = base.model_copy(
         update={
             "privacy": PrivacySection(epsilon=8.0),

@@ -161,3 +161,13 @@ def test_no_profile_is_the_default() -> None:
     assert sim.profile is None
     with pytest.raises(ValueError, match="no device profile"):
         profiles.from_config(4, sim, seed=0)
+
+
+@pytest.mark.parametrize("profile", [None, "phones", "laptops", "mixed"])
+def test_a_simulation_section_reads_back_from_its_own_dump(profile: str | None) -> None:
+    """A job document carries the whole config, every field named: it must read back (a
+    check on fields given, not fields changed, once refused every `tessera up` job)."""
+    from tessera.config import SimulationSection
+
+    section = SimulationSection(profile=profile)
+    assert SimulationSection.model_validate(section.model_dump()) == section

@@ -84,3 +84,26 @@ def test_a_job_no_tree_can_serve_waits_and_says_why(coord: Harness) -> None:
     assert status["state"] == "waiting"  # not started and failed: it waits for other consents
     assert status["valid_consents"] == N
     assert "no tree fits these participants' organisations" in status["error"]
+
+
+def test_the_feasibility_check_tries_every_training_round_s_cohort() -> None:
+    """Six nodes of two organisations, half of them drawn each round: round 0's cohort
+    seats its tree, round 1's leaves only organisation o0 outside its group. Checking
+    round 0 alone let the job start and stall at round 1; now it is refused, naming the
+    round, at submission."""
+    doc, _ = _secure_job()
+    config = doc.body["config"]
+    body = {
+        **doc.body,
+        "config": {
+            **config,
+            "federation": {**config["federation"], "fraction": 0.5, "rounds": 20},
+            "secure": {**config["secure"], "group_size": 2, "min_group": 2},
+        },
+        "min_consents": 6,
+    }
+    spec = JobSpec.from_document(sign_document(AI, "job", body))
+    organisations = {NodeId(f"node-{i:02d}"): f"o{i % 2}" for i in range(6)}
+    with pytest.raises(ConfigError, match="round 1's cohort: group L0") as exc:
+        check_tree_feasible(spec, 6, organisations)
+    assert exc.value.field == "secure.organisation_column"

@@ -652,11 +652,10 @@ class CoordinatorService:
 
     def check_job_size(self, head: EnvelopeHeader, size: int) -> None:
         """The job's own bound on the kind (from its public document), before the body is
-        read: nothing about the job's state is told to a header not yet authenticated."""
-        try:
-            job = self.store.get_job(head.job_id)
-        except NotFound:
-            return  # said once the envelope is verified
+        read: nothing about the job's state is told to a header not yet authenticated.
+        A job the relay does not hold is refused here, from the header: its documents
+        are public, so that tells nobody anything, and no body is written for it."""
+        job = self.job(head.job_id)
         known = head.kind in ENVELOPE_LIMITS
         limit = self._relay_bounds(job).limits.get(Kind(head.kind)) if known else None
         if limit is not None and size > limit:

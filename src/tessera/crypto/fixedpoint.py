@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 Secure aggregation adds vectors modulo ``2**bits``; ``bits`` is a machine word
-(32 or 64), so the reduction is numpy's own unsigned wraparound and costs
-nothing. A real ``v`` becomes the integer ``round(v * 2**frac_bits)`` stored in
+(8, 16, 32 or 64), so the reduction is numpy's own unsigned wraparound and
+costs nothing. A real ``v`` becomes the integer ``round(v * 2**frac_bits)`` stored in
 two's complement; a word decodes as its signed value times ``step =
 2**-frac_bits``.
 
@@ -14,7 +14,13 @@ Its per-term ``bound`` is the largest magnitude ``encode`` accepts:
 2**(bits-1) - 1]``, so a sum of at most ``terms`` encodings never overflows
 and decodes exactly to the sum of the encoded integers. ``choose_ring`` picks
 the smallest word that can do this for a given clipping bound and spends every
-spare bit on precision.
+spare bit on precision: by default among 32 and 64 bits, which at the default
+16 fractional bits is the smallest that can hold anything; ``quantized_ring``
+asks for fewer fractional bits (``q``-bit words per term, ``[secure]
+precision``) and so may get a 16- or 8-bit word: ``terms`` terms of ``q`` bits
+need ``q + ceil(log2 terms)`` bits (``q`` counts the sign), and the word is the
+narrowest of 8/16/32/64 that holds them; the spare bits of that word are again
+spent on precision, as they cost no bytes.
 
 Rounding is stochastic and unbiased: ``v * 2**f = i + r`` with integer ``i``
 and ``0 <= r < 1`` encodes as ``i + 1`` with probability exactly ``r`` and as
@@ -55,10 +61,24 @@ from typing import Any, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Ring", "Words", "choose_ring", "decode", "encode", "max_error"]
+__all__ = [
+    "WIDTHS",
+    "Ring",
+    "Words",
+    "choose_ring",
+    "decode",
+    "encode",
+    "max_error",
+    "quantized_ring",
+]
 
 Words = npt.NDArray[np.unsignedinteger[Any]]
-"""A vector of ring elements: ``numpy.uint32`` or ``numpy.uint64`` words."""
+"""A vector of ring elements: ``numpy.uint8``, ``uint16``, ``uint32`` or ``uint64`` words."""
+
+WIDTHS = (8, 16, 32, 64)
+"""The ring widths: numpy's unsigned words."""
+_UNSIGNED: dict[int, Any] = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
+_SIGNED: dict[int, Any] = {8: np.int8, 16: np.int16, 32: np.int32, 64: np.int64}
 
 _CHUNK = 1 << 15  # elements per encode block: its two float64 scratch rows (512 KiB) stay in L2
 _BYTE = 256.0  # encode resolves the rounding coin 8 bits at a time
@@ -77,8 +97,8 @@ class Ring:
     terms: int = 1
 
     def __post_init__(self) -> None:
-        if not _is_int(self.bits) or self.bits not in (32, 64):
-            raise ValueError(f"Ring.bits must be 32 or 64, got {self.bits!r}")
+        if not _is_int(self.bits) or self.bits not in WIDTHS:
+            raise ValueError(f"Ring.bits must be 8, 16, 32 or 64, got {self.bits!r}")
         if not _is_int(self.frac_bits) or not 0 <= self.frac_bits < self.bits:
             raise ValueError(
                 f"Ring.frac_bits must be an int in [0, {self.bits - 1}], got {self.frac_bits!r}"
@@ -89,9 +109,10 @@ class Ring:
             )
 
     @property
-    def dtype(self) -> type[np.uint32] | type[np.uint64]:
+    def dtype(self) -> type[np.unsignedinteger[Any]]:
         """The unsigned word type holding one ring element."""
-        return np.uint32 if self.bits == 32 else np.uint64
+        word: type[np.unsignedinteger[Any]] = _UNSIGNED[self.bits]
+        return word
 
     @property
     def modulus(self) -> int:
@@ -114,8 +135,9 @@ class Ring:
         return ((1 << (self.bits - 1)) - 1) // self.terms
 
     @property
-    def _signed(self) -> type[np.int32] | type[np.int64]:
-        return np.int32 if self.bits == 32 else np.int64
+    def _signed(self) -> type[np.signedinteger[Any]]:
+        word: type[np.signedinteger[Any]] = _SIGNED[self.bits]
+        return word
 
 
 def _as_words(a: npt.NDArray[Any]) -> Words:
@@ -128,11 +150,14 @@ def _float_at_most(n: int) -> float:
     return math.nextafter(f, -math.inf) if f > n else f
 
 
-def choose_ring(*, bound: float, terms: int, min_frac_bits: int = 16) -> Ring:
-    """The smallest ring (32-bit, else 64-bit) in which ``terms`` values with ``|v| <= bound``
-    always sum without overflow, with every spare bit given to ``frac_bits``.
+def choose_ring(
+    *, bound: float, terms: int, min_frac_bits: int = 16, widths: tuple[int, ...] = (32, 64)
+) -> Ring:
+    """The smallest ring (of ``widths``: 32-bit, else 64-bit by default) in which ``terms``
+    values with ``|v| <= bound`` always sum without overflow, with every spare bit given
+    to ``frac_bits``.
 
-    Raises ``ValueError`` if even 64 bits leave fewer than ``min_frac_bits``
+    Raises ``ValueError`` if even the widest leaves fewer than ``min_frac_bits``
     fractional bits.
     """
     if isinstance(bound, bool) or not isinstance(bound, int | float | np.floating | np.integer):
@@ -147,8 +172,12 @@ def choose_ring(*, bound: float, terms: int, min_frac_bits: int = 16) -> Ring:
         raise ValueError(f"terms must be an int >= 1, got {terms!r}")
     if not _is_int(min_frac_bits) or min_frac_bits < 0:
         raise ValueError(f"min_frac_bits must be an int >= 0, got {min_frac_bits!r}")
+    if not widths or any(w not in WIDTHS for w in widths):
+        raise ValueError(f"widths must be some of {WIDTHS}, got {widths!r}")
     exact = Fraction(as_float)
-    for bits in (32, 64):
+    for bits in sorted(widths):
+        if terms >= 1 << (bits - 1):
+            continue
         limit = ((1 << (bits - 1)) - 1) // terms
         # Largest f in [0, bits - 1] with bound * 2**f <= limit; the per-term
         # encodings are then at most ceil(bound * 2**f) <= limit in magnitude.
@@ -157,10 +186,38 @@ def choose_ring(*, bound: float, terms: int, min_frac_bits: int = 16) -> Ring:
                 return Ring(bits=bits, frac_bits=frac_bits, terms=int(terms))
     worst = terms * math.ceil(exact * (1 << min_frac_bits))
     raise ValueError(
-        f"no ring of at most 64 bits can sum {terms} values with |v| <= {bound} at "
-        f"{min_frac_bits} fractional bits (it would need {worst.bit_length() + 1} bits); "
+        f"no ring of at most {max(widths)} bits can sum {terms} values with |v| <= {bound} "
+        f"at {min_frac_bits} fractional bits (it would need {worst.bit_length() + 1} bits); "
         "lower the clipping bound, the number of terms, or min_frac_bits"
     )
+
+
+def quantized_ring(*, bound: float, terms: int, precision: int) -> Ring:
+    """The narrowest ring (8, 16, 32 or 64 bits) in which ``terms`` values with
+    ``|v| <= bound``, each quantised to a ``precision``-bit signed word, sum without
+    overflow; spare bits of that word go to precision as in ``choose_ring``.
+
+    ``frac_bits`` is at least the largest ``f`` with ``bound * 2**f <= 2**(precision-1)
+    - 1``, so the ring needs ``precision + ceil(log2 terms)`` bits at most. Raises
+    ``ValueError`` if ``precision`` is not an int in [2, 63] or leaves ``bound`` no
+    fractional bit (``bound > 2**(precision-1) - 1``).
+    """
+    if not _is_int(precision) or not 2 <= precision <= 63:
+        raise ValueError(f"precision must be an int in [2, 63], got {precision!r}")
+    top = (1 << (precision - 1)) - 1
+    if isinstance(bound, bool) or not isinstance(bound, int | float | np.floating | np.integer):
+        raise ValueError(f"bound must be a real number, got {bound!r}")
+    if not (math.isfinite(float(bound)) and bound > 0):
+        raise ValueError(f"bound must be finite and > 0, got {bound!r}")
+    exact = Fraction(float(bound))
+    if exact > top:
+        raise ValueError(
+            f"{precision}-bit words cannot hold |v| <= {bound} (at most {top}): raise precision"
+        )
+    frac_bits = 0
+    while exact * (1 << (frac_bits + 1)) <= top:
+        frac_bits += 1
+    return choose_ring(bound=bound, terms=terms, min_frac_bits=frac_bits, widths=WIDTHS)
 
 
 def encode(values: npt.NDArray[np.floating[Any]], ring: Ring, rng: np.random.Generator) -> Words:

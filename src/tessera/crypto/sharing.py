@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 A contributor's update, already clipped, optionally noised and encoded into
 the ring (``fixedpoint.encode``), is a vector ``x`` of ``n`` words of
-Z_2^bits. ``split(x, k, full_position=p, ring=ring)`` draws ``k - 1`` fresh
+Z_2^bits (``bits`` is 32 or 64, or 16 or 8 for a job with ``[secure] precision``:
+``fixedpoint.quantized_ring``). ``split(x, k, full_position=p, ring=ring)`` draws ``k - 1`` fresh
 32-byte seeds ``s_j`` from the OS CSPRNG and returns ``k`` shares whose sum
 modulo ``2**bits`` is ``x``:
 
@@ -27,6 +28,10 @@ full one, the others are seeds drawn independently of ``x``; if a seed share
 which its holder cannot predict. Hence no coalition of fewer than ``k``
 aggregators of a group (nor the coordinator, which relays ciphertexts) can
 tell an update from uniform noise, up to the security of AES as a PRF.
+This holds at every ring width: a narrow ring's seed shares are its PRG words
+(uniform modulo ``2**bits`` like the wide ones, ``hazmat.prg``) and its full
+share is ``x`` padded by them modulo the same ``2**bits``, so a narrower ring
+makes the shares shorter, never less uniform.
 
 Rules the recipe relies on:
 
@@ -75,7 +80,7 @@ __all__ = [
 SEED_SIZE = prg.SEED_SIZE
 """Bytes in the seed of a ``SeedShare``."""
 
-_WORD_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
+_WORD_DTYPES = tuple(np.dtype(w) for w in (np.uint8, np.uint16, np.uint32, np.uint64))
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,10 @@ class FullShare:
     def __post_init__(self) -> None:
         w = self.words
         if not isinstance(w, np.ndarray) or w.ndim != 1 or w.dtype not in _WORD_DTYPES:
-            raise ValueError("FullShare.words must be a one-dimensional uint32 or uint64 array")
+            raise ValueError(
+                "FullShare.words must be a one-dimensional uint32 or uint64 array "
+                "(uint8 or uint16 in a narrow ring)"
+            )
 
     def __repr__(self) -> str:
         return f"FullShare(<{self.words.shape[0]} x {self.words.dtype}>)"

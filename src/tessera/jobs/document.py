@@ -202,11 +202,16 @@ def check_tree_feasible(
 ) -> None:
     """Refuse (``ConfigError``) a secure job whose tree cannot be built from its nodes.
 
-    Dry-runs round 0's derivation, so the AI provider hears at submission, not
-    when the job would start. ``organisations``: the nodes' own ids and
-    organisations (the coordinator, at the start), or one organisation per
-    stand-in node (``tessera up``, from the job's ``organisation_column``); the
-    organisation rule can make a tree impossible that the bare count allows.
+    Dry-runs the derivation of every training round's cohort (the first
+    ``_FEASIBLE_ROUNDS`` in a federation of over ``_FEASIBLE_NODES`` nodes, whose
+    trees have room to spare), so the AI provider hears at submission, not
+    rounds into the job: a cohort that draws too many nodes of one organisation
+    into one group can leave a later round unseatable. The beacon is not known
+    yet; it only reshuffles seats, which ``derive_tree`` retries.
+    ``organisations``: the nodes' own ids and organisations (the coordinator, at
+    the start), or one organisation per stand-in node (``tessera up``, from the
+    job's ``organisation_column``); the organisation rule can make a tree
+    impossible that the bare count allows.
     """
     if not spec.secure:
         return
@@ -218,13 +223,30 @@ def check_tree_feasible(
     else:
         orgs = list(organisations or [None] * n_nodes)
         nodes = {NodeId(f"n{i:06d}"): orgs[i] if i < len(orgs) else None for i in range(n_nodes)}
-    derive_tree(
-        job_id=spec.job_id,
-        round=0,
-        nodes=nodes,
-        contributors=select_cohort(params, sorted(nodes), 0),
-        params=spec.secure_params().tree,
+    secure = spec.secure_params()
+    first = secure.statistics.rounds if secure.statistics is not None else 0
+    rounds = (
+        params.rounds if len(nodes) <= _FEASIBLE_NODES else min(params.rounds, _FEASIBLE_ROUNDS)
     )
+    for training in range(rounds):
+        round = first + training  # the protocol's round: statistics rounds come first
+        try:
+            derive_tree(
+                job_id=spec.job_id,
+                round=round,
+                nodes=nodes,
+                contributors=select_cohort(params, sorted(nodes), round),
+                params=secure.tree,
+            )
+        except ConfigError as exc:
+            if training == 0:
+                raise
+            raise ConfigError(exc.field, f"round {round}'s cohort: {exc.message}") from None
+
+
+#: Federations up to this size have every training round's tree dry-run at submission.
+_FEASIBLE_NODES = 2000
+_FEASIBLE_ROUNDS = 4
 
 
 def make_job_document(

@@ -266,6 +266,7 @@ def secure_params_of(
         phase_timeout=s.phase_timeout,
         audit=s.audit,
         audit_fraction=s.audit_fraction,
+        precision=s.precision,
         group_sums=cfg.group_sums,
         group_floor=None if cfg.contributions is None else cfg.contributions.min_group,
         combine="mean" if cfg.contributions is None else cfg.contributions.combine,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from tessera.crypto.fixedpoint import choose_ring
 from tessera.data.statistics import TERM_BOUND
 from tessera.jobs.prepared import PreparedJob, secure_params_of
 from tessera.jobs.privacy import privacy_params_of
@@ -72,9 +71,7 @@ def summarize(job: PreparedJob) -> SecureSummary:
     if params.privacy is not None:  # room for the noise, at the job's fixed scale
         ring = params.privacy.ring(bound=params.term_bound, cohort=cohort)
     else:
-        ring = choose_ring(
-            bound=params.term_bound, terms=cohort, min_frac_bits=params.min_frac_bits
-        )
+        ring = params.training_ring(cohort)
     return SecureSummary(
         k=params.tree.k,
         group_size=params.tree.group_size,

@@ -1,7 +1,8 @@
 """Payload bytes of the secure-aggregation messages (inside signed envelopes); see ``kinds``.
 
 Binary for the bulky ones (shares, partial sums: raw little-endian ring
-words, no per-element overhead), canonical JSON for small control messages
+words of the round's width, 1, 2, 4 or 8 bytes each, no per-element
+overhead), canonical JSON for small control messages
 (reports, commitments). Every decoder checks lengths and ranges and raises
 ``RemoteProtocolError`` with a clear reason: a peer's bytes never reach numpy
 or the state machines unchecked.
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tessera.crypto.fixedpoint import Ring, Words
+from tessera.crypto.fixedpoint import WIDTHS, Ring, Words
 from tessera.crypto.sharing import FullShare, SeedShare, Share
 from tessera.errors import RemoteProtocolError
 from tessera.protocol.limits import MAX_CONTROL_BYTES
@@ -26,12 +27,11 @@ _SHARE = struct.Struct("<BBHI")  # share kind, ring bits, position, words
 _PARTIAL = struct.Struct("<BHII")  # ring bits, position, contributors, words
 
 
-def _dtype(bits: int) -> type[np.uint32] | type[np.uint64]:
-    if bits == 32:
-        return np.uint32
-    if bits == 64:
-        return np.uint64
-    raise RemoteProtocolError(f"unsupported ring of {bits} bits")
+def _dtype(bits: int) -> type[np.unsignedinteger[Any]]:
+    """The word of a ring of ``bits`` (``fixedpoint.WIDTHS``: 8, 16, 32 or 64)."""
+    if bits not in WIDTHS:
+        raise RemoteProtocolError(f"unsupported ring of {bits} bits")
+    return Ring(bits=bits, frac_bits=0).dtype
 
 
 def _group_bytes(group: str) -> bytes:

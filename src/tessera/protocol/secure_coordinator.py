@@ -57,7 +57,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from tessera.crypto.fixedpoint import Ring, choose_ring, decode
+from tessera.crypto.fixedpoint import Ring, choose_ring, decode, quantized_ring
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.crypto.sharing import combine
 from tessera.errors import ConfigError, InvalidEnvelope, LocalProtocolError, RemoteProtocolError
@@ -129,6 +129,11 @@ class SecureParams:
     loss_cap: float = 20.0
     phase_timeout: float = 30.0
     min_frac_bits: int = 16
+    # Bits per contributor word of a training round's update (``[secure] precision``):
+    # coarser stochastic rounding, in the narrowest ring that cannot overflow
+    # (``fixedpoint.quantized_ring``: 16 bits for 8-bit words and up to 256 contributors).
+    # None: ``min_frac_bits`` in a 32- or 64-bit ring.
+    precision: int | None = None
     audit: bool = True  # every partial sum checked by the level above (costs about 2x)
     # Below 1, each auditor checks each child's sum with this probability, drawn only
     # once the sum has arrived (``Aggregator.draws_audit``): cheaper, and a tamperer is
@@ -174,6 +179,13 @@ class SecureParams:
                 "a group's sum carries only its members' share of the noise: not as private "
                 "as the total; remove [contributions] or [privacy]",
             )
+        if self.precision is not None and self.privacy is not None:
+            # The noise lives in ring units at the job's fixed scale (protocol.noise).
+            raise ConfigError(
+                "secure.precision", "a private job's ring scale is its noise's; remove one"
+            )
+        if self.precision is not None and not 2 <= self.precision <= 32:
+            raise ConfigError("secure.precision", "must be an int in [2, 32]")
         if self.combine not in ("mean", "median", "trimmed_mean"):
             raise ConfigError("contributions.combine", f"unknown combination {self.combine!r}")
         if self.combine != "mean" and not self.group_sums:
@@ -182,18 +194,21 @@ class SecureParams:
             raise ConfigError("contributions", "quality statistics come with group sums")
         if not 0 <= self.trim < 0.5:
             raise ConfigError("contributions.trim", "must be in [0, 0.5)")
+        self._check_fednova()
+        if self.group_sums and self.tree.backups >= self.tree.k:
+            # k backups could re-sum all k positions of a group over another set: the
+            # difference of the two disclosed sums would be the members left out.
+            raise ConfigError(
+                "contributions", "needs secure.backups below secure.k (fewer backups than seats)"
+            )
+
+    def _check_fednova(self) -> None:
         if not (self.max_steps == 0 or 1 <= self.max_steps < float("inf")):
             raise ConfigError("strategy.normalize", "the bound on local steps must be >= 1")
         if self.max_steps and (self.group_sums or self.privacy is not None):
             raise ConfigError(
                 "strategy.normalize",
                 "FedNova's steps word is not yet carried by group sums or private rounds",
-            )
-        if self.group_sums and self.tree.backups >= self.tree.k:
-            # k backups could re-sum all k positions of a group over another set: the
-            # difference of the two disclosed sums would be the members left out.
-            raise ConfigError(
-                "contributions", "needs secure.backups below secure.k (fewer backups than seats)"
             )
 
     @property
@@ -212,6 +227,13 @@ class SecureParams:
     def term_bound(self) -> float:
         """Every coordinate a contributor encodes is at most this in size."""
         return max(self.clip, 1.0)  # the loss is sent as a fraction of loss_cap
+
+    def training_ring(self, cohort: int) -> Ring:
+        """The ring of a training round of ``cohort`` contributors (without privacy): the
+        smallest that cannot overflow when every one of them is at ``term_bound``."""
+        if self.precision is not None:
+            return quantized_ring(bound=self.term_bound, terms=cohort, precision=self.precision)
+        return choose_ring(bound=self.term_bound, terms=cohort, min_frac_bits=self.min_frac_bits)
 
 
 # A round's total, its included contributors and its group sums.
@@ -368,11 +390,7 @@ class SecureCoordinator(Coordinator):
             if stats is not None:
                 self.ring_of_statistics = ring
         elif stats is None:
-            ring = choose_ring(
-                bound=self.secure.term_bound,
-                terms=len(cohort),
-                min_frac_bits=self.secure.min_frac_bits,
-            )
+            ring = self.secure.training_ring(len(cohort))
         else:  # counts need no fractional bits; sums take what is left
             ring = choose_ring(bound=stats.bound, terms=len(cohort), min_frac_bits=0)
             self.ring_of_statistics = ring

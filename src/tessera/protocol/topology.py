@@ -39,6 +39,14 @@ the seed by pure, deterministic steps:
    do not count towards the organisation rule: a group gets fewer (none, in
    small federations) when no node fits, and a runtime replacing a failed
    aggregator takes the first backup that keeps it.
+5. The seating is greedy, so one shuffle of a small federation can corner
+   it (a last seat that finds only the first seats' organisation, or only
+   nodes that see another position) where another shuffle seats every
+   group. Steps 1 to 4 are then run again with the shuffle
+   ``SHA-256(seed || "retry" || attempt)`` (in place of the seed in the
+   members' and the seats' order), up to 16 attempts, and the first that
+   seats is the tree; only if none does is it a ``ConfigError`` (the first
+   attempt's). Every party re-derives the same attempt.
 
 The visibility rule. A node *sees position j of group x* when the protocol
 hands it anything of x's j-th shares or sums. Through each role it holds:
@@ -150,6 +158,8 @@ JSON_FORMAT = "tessera.tree/1"
 _T = TypeVar("_T")
 _MEMBER_TAG = b"members"
 _SEAT_TAG = b"seats"
+_RETRY_TAG = b"retry"
+_ATTEMPTS = 16  # shuffles tried before a population is called unable to seat the tree
 
 
 # -- parameters ---------------------------------------------------------------
@@ -765,6 +775,30 @@ def derive_tree(
     seed = tree_seed(
         job_id=job_id, round=round, nodes=nodes, contributors=contributors, beacon=beacon
     )
+    # A seating the greedy pass cannot finish (the organisation rule and the view rule
+    # can corner it for one shuffle of a small federation) is tried again with the next
+    # shuffle, derived from the seed: every party reaches the same attempt.
+    failure: ConfigError | None = None
+    for attempt in range(_ATTEMPTS):
+        shuffle = (
+            seed if attempt == 0 else hashlib.sha256(seed + _RETRY_TAG + bytes([attempt])).digest()
+        )
+        try:
+            return _derive(seed, shuffle, nodes, contributors, params)
+        except ConfigError as exc:
+            failure = failure or exc
+    assert failure is not None
+    raise failure
+
+
+def _derive(
+    seed: bytes,
+    shuffle: bytes,
+    nodes: Mapping[NodeId, str | None],
+    contributors: Sequence[NodeId],
+    params: TreeParams,
+) -> Tree:
+    """One attempt at the tree: groups and seats drawn with ``shuffle``."""
     n = len(contributors)
     if n < params.min_group:
         raise ConfigError(
@@ -773,7 +807,7 @@ def derive_tree(
         )
     n_leaves = max(1, min(math.ceil(n / params.group_size), n // params.min_group))
     shuffled = sorted(
-        contributors, key=lambda c: hashlib.sha256(seed + _MEMBER_TAG + c.encode()).digest()
+        contributors, key=lambda c: hashlib.sha256(shuffle + _MEMBER_TAG + c.encode()).digest()
     )
 
     # Shape first: ids, members, children and parents of every level.
@@ -791,7 +825,9 @@ def derive_tree(
     # are best-effort and so must not crowd out a seat, root first: a silent upper seat
     # without a backup costs its whole subtree, a leaf seat only its group.
     children_of = {gid: children for row in levels for gid, _, children in row}
-    seating = _Seating(_SeatPool(seed, nodes), _Views(parent_of, children_of), params, len(nodes))
+    seating = _Seating(
+        _SeatPool(shuffle, nodes), _Views(parent_of, children_of), params, len(nodes)
+    )
     groups: list[Group] = []
     seated: dict[str, tuple[NodeId, ...]] = {}
     for level, row in enumerate(levels):

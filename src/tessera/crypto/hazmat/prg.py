@@ -4,12 +4,15 @@ Theory of operation
 -------------------
 A 32-byte seed is an AES-256 key. The keystream is AES-256 in counter mode
 from the all-zero 16-byte initial counter block, i.e. the encryption of a
-zero buffer; it is read as little-endian unsigned words. The zero nonce is
+zero buffer; it is read as little-endian unsigned words of the ring's width
+(8, 16, 32 or 64 bits: every keystream bit is uniform, so words of any of
+these widths are uniform modulo ``2**bits``). The zero nonce is
 safe only because every seed is fresh (drawn from the OS CSPRNG by the
 caller) and expanded exactly once, so no (key, counter) pair ever encrypts
 twice; a seed must therefore never be reused, nor expanded to two different
 lengths or word types for two different purposes (the shorter keystream is a
-prefix of the longer one, and a uint64 word is two uint32 words).
+prefix of the longer one, and a uint64 word is two uint32 words, or four
+uint16 words).
 
 AES-CTR is a PRF-based PRG: without the seed, its output is computationally
 indistinguishable from uniform words. The 128-bit counter cannot wrap within
@@ -43,7 +46,8 @@ _CHUNK = 1 << 18  # 256 KiB: large enough to amortise the call, small enough to 
 _ZEROS = bytes(_CHUNK)
 
 Words = npt.NDArray[np.unsignedinteger[Any]]
-WordType = type[np.uint32] | type[np.uint64]
+WordType = type[np.unsignedinteger[Any]]
+_WORDS = (np.uint8, np.uint16, np.uint32, np.uint64)
 
 
 def _keystream(seed: bytes) -> CipherContext:
@@ -55,9 +59,10 @@ def _keystream(seed: bytes) -> CipherContext:
 
 
 def _check_dtype(dtype: object) -> np.dtype[np.unsignedinteger[Any]]:
-    if dtype is not np.uint32 and dtype is not np.uint64:
-        raise ValueError(f"dtype must be numpy.uint32 or numpy.uint64, got {dtype!r}")
-    return np.dtype(dtype)
+    for word in _WORDS:
+        if dtype is word:
+            return np.dtype(word)
+    raise ValueError(f"dtype must be numpy.uint32 or numpy.uint64 (or uint8/16), got {dtype!r}")
 
 
 def _check_count(n: object) -> int:
@@ -74,7 +79,7 @@ def expand(seed: bytes, n: int, dtype: WordType) -> Words:
     Deterministic: the same (seed, n, dtype) always gives the same words, and
     a shorter expansion is a prefix of a longer one. Raises ``ValueError``
     unless ``seed`` is exactly 32 bytes, ``n >= 0`` and ``dtype`` is
-    ``numpy.uint32`` or ``numpy.uint64``.
+    ``numpy.uint8``, ``uint16``, ``uint32`` or ``uint64``.
     """
     cipher = _keystream(seed)
     count = _check_count(n)

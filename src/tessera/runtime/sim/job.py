@@ -189,6 +189,7 @@ def simulate(
         bandwidth_bytes_per_s=sim_cfg.bandwidth_mbps * 1e6 / 8,
         coordinator_bandwidth_bytes_per_s=sim_cfg.coordinator_bandwidth_mbps * 1e6 / 8,
         contention=sim_cfg.contention,
+        downlink=sim_cfg.downlink,
         chunk=max(1, sim_cfg.chunk_elements // max(1, 4 * job.layout.size)),
         on_round=record,
         machines=machines,

@@ -82,6 +82,7 @@ from tessera.runtime.host import Host, LocalTrainer, Machine, Observer, Training
 from tessera.runtime.sim.backends import Backend, Pending, WorkerContext
 from tessera.runtime.sim.deadline import Deadline
 from tessera.runtime.sim.devices import DeviceModel
+from tessera.runtime.sim.downlink import Downlink, Mode
 from tessera.runtime.sim.links import Links
 from tessera.weights import Vector
 
@@ -174,6 +175,7 @@ class Simulation(Observer):
         backend: Backend | None = None,
         backend_batch: int = 64,
         deadline: Deadline | None = None,
+        downlink: Mode = "full",
     ) -> None:
         self.coordinator = coordinator
         self.node_ids = list(node_ids)
@@ -198,6 +200,7 @@ class Simulation(Observer):
             down_rates=_per_node(self.node_ids, devices.down_rate),
         )
         self.chunk = max(1, chunk)
+        self.downlink = Downlink(downlink)  # what a model broadcast costs on the wire
         self.on_round = on_round
         self.now = 0.0
         self.final_weights: Vector | None = None
@@ -348,11 +351,14 @@ class Simulation(Observer):
         message = effect.message
         size = message.nbytes
         if isinstance(message, TrainRequest):
+            size = self.downlink.size(effect.recipient, message)
             self._stats.bytes_down += size
         elif isinstance(message, UpdateSubmission | TrainingDeclined) or (
             isinstance(message, Sealed) and self._is_share(message.data)
         ):
             self._stats.bytes_up += size  # a contributor's upload
+            if not isinstance(message, TrainingDeclined):
+                self.downlink.used(sender)
         else:
             self._stats.bytes_aggregation += size  # roles, reports, commitments, sums
             if isinstance(message, Sealed) and self._backend_started:
