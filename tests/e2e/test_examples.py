@@ -94,3 +94,26 @@ def test_first_nodes_keeps_nodes_records_and_organisations_aligned() -> None:
     assert small.n_nodes == 10 and len(small.y) == int(job.offsets[10])
     assert small.organisations == job.organisations[:10]
     np.testing.assert_array_equal(small.x, job.x[: len(small.y)])
+
+
+def test_the_heterogeneous_digits_example_runs_deadline_rounds_on_mixed_devices() -> None:
+    """examples/digits_hetero.toml: phones and laptops, some offline, a 1.5 s deadline with
+    partial work and FedNova. Slow phones send partial updates, offline nodes are not
+    waited for past the round's timeout, and every round reports its simulated time."""
+    from tessera.runtime.sim.statistics import totals_for
+
+    cfg = load_config(EXAMPLES / "digits_hetero.toml")
+    cfg = cfg.model_copy(
+        update={
+            "federation": cfg.federation.model_copy(update={"rounds": 4}),
+            "baseline": cfg.baseline.model_copy(update={"enabled": False}),
+        }
+    )
+    assert cfg.simulation.profile == "mixed" and cfg.deadline is not None
+    result = simulate(prepare_job(cfg, totals_of=totals_for(cfg, secure=True)), secure=True)
+    rounds = result.rounds
+    assert sum(r.partial for r in rounds) > 0  # phones cut short by the deadline
+    assert sum(r.dropped for r in rounds) > 0  # nodes offline at their request
+    bound = cfg.federation.round_timeout + 2 * cfg.secure.phase_timeout
+    assert all(0 < r.virtual_round_seconds <= bound for r in rounds)
+    assert all(r.participants > 0 for r in rounds)
