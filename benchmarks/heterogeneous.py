@@ -13,8 +13,10 @@ each run from the same seed in these modes:
   plain FedAvg does;
 - ``deadline, no partial``: the example's ``[deadline]``, a node that cannot
   finish its local work in time is a straggler (FedAvg);
-- ``deadline + partial, FedNova``: the example as written: slow nodes do the
-  minibatches that fit and FedNova normalises their unequal steps.
+- ``deadline + partial, FedAvg``: slow nodes do the minibatches that fit, their
+  updates averaged by samples as they are;
+- ``deadline + partial, FedNova``: the example as written: FedNova normalises
+  the unequal steps.
 
 Printed for each, measured in the same run: the final and best accuracy, the
 simulated hours in all, and the simulated hours until the accuracy first
@@ -79,9 +81,14 @@ def _no_partial(cfg: Any) -> dict[str, Any]:
     }
 
 
+def _fedavg(cfg: Any) -> dict[str, Any]:
+    return {"strategy": cfg.strategy.model_copy(update={"normalize": "none"})}
+
+
 MODES: tuple[tuple[str, Callable[[Any], dict[str, Any]]], ...] = (
     ("wait-all", _wait_all),
     ("deadline, no partial", _no_partial),
+    ("deadline + partial, FedAvg", _fedavg),
     ("deadline + partial, FedNova", lambda _cfg: {}),
 )
 

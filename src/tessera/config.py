@@ -273,11 +273,18 @@ class DeadlineSection(_Section):
 
 
 class FederationSection(_Section):
+    """``availability = "reweight"``: each contributor's weight is divided by how often
+    its updates were included when it was asked, so nodes online less often (phones
+    at night, a school's laptop in term time) count as much over the job as those
+    always online; "uniform" (the default): by samples only. Not with ``[privacy]``.
+    """
+
     rounds: PositiveInt
     fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     min_participants: PositiveInt = 1
     min_updates: PositiveInt = 1
     round_timeout: PositiveFloat = 600.0
+    availability: Literal["uniform", "reweight"] = "uniform"
 
 
 class PoisonSection(_Section):
@@ -558,6 +565,10 @@ def parse_config(raw: Mapping[str, object]) -> JobConfig:
         )
     if cfg.group_sums:
         _check_contributions(cfg)
+    if cfg.federation.availability == "reweight" and cfg.privacy is not None:
+        raise ConfigError(
+            "federation.availability", "a private job weighs every contributor alike: remove one"
+        )
     if cfg.strategy.normalize != "none" and (cfg.privacy is not None or cfg.group_sums):
         raise ConfigError(
             "strategy.normalize",

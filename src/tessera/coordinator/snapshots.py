@@ -50,6 +50,11 @@ def encode_snapshot(state: DriverState) -> bytes:
         # The contribution policy's verdicts: node -> [first round without it, why].
         "excluded": {node: [first, why] for node, (first, why) in snap.excluded.items()},
         "ratings": dict(snap.ratings),
+        # How often each node was asked and heard in applied rounds (availability).
+        "asked": dict(snap.asked),
+        "heard": dict(snap.heard),
+        "weight_total": snap.weight_total,
+        "weight_rounds": snap.weight_rounds,
     }
     tensors = {"weights": snap.weights, "meta": _json_bytes(meta)}
     tensors |= {_STRATEGY + name: array for name, array in snap.strategy.items()}
@@ -78,6 +83,10 @@ def decode_snapshot(data: bytes) -> DriverState:
                 for n, (first, why) in meta.get("excluded", {}).items()
             },
             ratings={NodeId(str(n)): float(v) for n, v in meta.get("ratings", {}).items()},
+            asked={NodeId(str(n)): int(v) for n, v in meta.get("asked", {}).items()},
+            heard={NodeId(str(n)): int(v) for n, v in meta.get("heard", {}).items()},
+            weight_total=float(meta.get("weight_total", 0.0)),
+            weight_rounds=int(meta.get("weight_rounds", 0)),
         )
         timers = [(parse_timer(str(name)), float(at)) for name, at in meta["timers"]]
         return DriverState(machine=machine, timers=timers, cursor=int(meta["cursor"]))

@@ -237,6 +237,7 @@ def round_params_of(cfg: JobConfig, *, job_id: str | None = None) -> RoundParams
         round_timeout=fed.round_timeout,
         seed=cfg.job.seed,
         fednova=cfg.strategy.normalize == "fednova",
+        reweight_availability=cfg.federation.availability == "reweight",
     )
 
 

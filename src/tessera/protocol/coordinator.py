@@ -104,6 +104,17 @@ class CoordinatorSnapshot:
     # why) and the weight factors of the rest (``ContributorsRated``).
     excluded: Mapping[NodeId, tuple[int, str]] = field(default_factory=lambda: MappingProxyType({}))
     ratings: Mapping[NodeId, float] = field(default_factory=lambda: MappingProxyType({}))
+    # Per node, over the rounds that were applied: how often it was asked, and how often
+    # its update was included (``Coordinator.answer_rate``).
+    asked: Mapping[NodeId, int] = field(default_factory=lambda: MappingProxyType({}))
+    heard: Mapping[NodeId, int] = field(default_factory=lambda: MappingProxyType({}))
+    weight_total: float = 0.0  # reweighting by availability: the rounds' total weights
+    weight_rounds: int = 0
+
+
+#: The smallest weight factor availability reweighting gives (a node heard 20 times as
+#: often as the least-heard one): bounded, so a few rare answers cannot dominate a round.
+AVAILABILITY_FLOOR = 0.05
 
 
 class Coordinator:
@@ -130,6 +141,10 @@ class Coordinator:
         self.excluded: dict[NodeId, tuple[int, str]] = {}
         self.ratings: dict[NodeId, float] = {}  # weight factors; 1 when not named
         self._ratings_at_open: Mapping[NodeId, float] = {}
+        self.asked: dict[NodeId, int] = {}  # applied rounds a node was selected for
+        self.heard: dict[NodeId, int] = {}  # ... and its update was included in
+        self._factors: Mapping[NodeId, float] = {}  # the open round's weight factors
+        self.weight_total, self.weight_rounds = 0.0, 0  # reweighting: rounds' total weights
         self._answered: set[NodeId] = set()
         self._sum = np.zeros(self.weights.shape, np.float64)
         self._samples = 0
@@ -159,6 +174,10 @@ class Coordinator:
             withdrawn=tuple(sorted(self.withdrawn)),
             excluded=MappingProxyType(dict(sorted(self.excluded.items()))),
             ratings=MappingProxyType(dict(sorted(self.ratings.items()))),
+            asked=MappingProxyType(dict(sorted(self.asked.items()))),
+            heard=MappingProxyType(dict(sorted(self.heard.items()))),
+            weight_total=self.weight_total,
+            weight_rounds=self.weight_rounds,
         )
 
     @classmethod
@@ -172,6 +191,8 @@ class Coordinator:
         machine.withdrawn = set(snapshot.withdrawn)
         machine.excluded = dict(snapshot.excluded)
         machine.ratings = dict(snapshot.ratings)
+        machine.asked, machine.heard = dict(snapshot.asked), dict(snapshot.heard)
+        machine.weight_total, machine.weight_rounds = snapshot.weight_total, snapshot.weight_rounds
         machine._transition(CoordinatorInput.START)
         machine._open_round(snapshot.round, snapshot.opened_at)  # its effects were performed
         return machine
@@ -235,6 +256,52 @@ class Coordinator:
                 self.excluded[node] = (self.round + 1, why)
         return effects
 
+    def answer_rate(self, node: NodeId) -> float:
+        """How often ``node``'s update was included when it was asked, over the applied
+        rounds so far, with one heard and one missed round assumed (Laplace), so a node
+        never asked yet stands at one half."""
+        return (self.heard.get(node, 0) + 1) / (self.asked.get(node, 0) + 2)
+
+    def _weight_factors(self) -> dict[NodeId, float]:
+        """The open round's factor on each contributor's weight: its rating, times, when
+        the job reweights by availability, the least answer rate over its own (at
+        least ``AVAILABILITY_FLOOR``). A node asked in a fraction ``q`` of rounds and
+        heard in a fraction ``a_i`` of those is included with probability ``q a_i``;
+        weighted by ``1 / a_i`` its expected weight is its samples' whatever its
+        availability, so the model does not lean to the nodes that are online most."""
+        factors = dict(self.ratings)
+        if not self.params.reweight_availability:
+            return factors
+        rates = {node: self.answer_rate(node) for node in self.nodes}
+        least = min(rates.values())
+        for node, rate in rates.items():
+            factor = max(AVAILABILITY_FLOOR, least / rate)
+            if factor < 1.0:
+                factors[node] = factors.get(node, 1.0) * factor
+        return factors
+
+    def _divisor(self, weight: float) -> float:
+        """What the round's weighted sum of updates is divided by: its own total weight,
+        or, reweighting by availability, the mean total weight of the rounds so far,
+        this one included. Dividing by the round's own total would undo the factors
+        whenever only the often-online nodes answered (their mean is then the step);
+        an expected total keeps each node's expected pull its samples'."""
+        if not self.params.reweight_availability:
+            return weight
+        self.weight_total += weight
+        self.weight_rounds += 1
+        return self.weight_total / self.weight_rounds
+
+    def _count_answers(self, included: Sequence[str]) -> None:
+        """An applied training round: each selected node asked once more, each included
+        one heard once more."""
+        if self.round < self.first_training_round:
+            return
+        for node in self._selected:
+            self.asked[node] = self.asked.get(node, 0) + 1
+        for name in included:
+            self.heard[NodeId(name)] = self.heard.get(NodeId(name), 0) + 1
+
     def _transition(self, what: CoordinatorInput) -> None:
         next_state = COORDINATOR_TRANSITIONS.get((self.state, what))
         if next_state is None:
@@ -250,6 +317,7 @@ class Coordinator:
         self.round = round
         self._opened_at, self._absent_at_open = now, self._absent()
         self._ratings_at_open = dict(self.ratings)
+        self._factors = self._weight_factors()
         cohort = [
             n
             for n in select_cohort(self.params, self.nodes, round)
@@ -324,7 +392,7 @@ class Coordinator:
         if reason is not None:
             return [Rejected(sender=sender, reason=reason)]
         if isinstance(msg, UpdateSubmission):
-            weight = msg.num_samples * self._ratings_at_open.get(sender, 1.0)
+            weight = msg.num_samples * self._factors.get(sender, 1.0)
             if self.params.fednova:  # w * delta / tau, and w * tau beside it
                 self._sum += np.float64(weight / msg.steps) * msg.delta
                 self._steps += weight * msg.steps
@@ -342,10 +410,11 @@ class Coordinator:
 
     def _close_round(self, now: float, *, timer_pending: bool) -> list[Effect]:
         mean = None
-        if self._samples and self.params.fednova:  # times tau_eff: the weighted mean of tau
-            mean = (self._sum / self._weight * (self._steps / self._weight)).astype(np.float32)
-        elif self._samples:
-            mean = (self._sum / self._weight).astype(np.float32)
+        if self._samples:
+            total = self._sum / self._divisor(self._weight)
+            if self.params.fednova:  # times tau_eff: the weighted mean of tau
+                total = total * (self._steps / self._weight)
+            mean = total.astype(np.float32)
         return self._finish_round(
             now,
             mean_delta=mean,
@@ -380,6 +449,7 @@ class Coordinator:
         skipped = mean_delta is None or participants < self.params.min_updates
         diverged = None
         if mean_delta is not None and not skipped:
+            self._count_answers(included)
             weights = self.strategy.apply(self.weights, mean_delta)
             diverged = _divergence(self.round, weights, mean_loss)
             if diverged is None:

@@ -19,6 +19,10 @@ class RoundParams:
     runtime's clock counts), otherwise it is skipped and the job goes on.
     ``fednova``: the mean update is FedNova's, normalised by each contributor's
     local steps (docs/architecture.md, "Deadline rounds"); off, FedAvg's.
+    ``reweight_availability``: each contributor's weight is divided by how often
+    its updates made it into a round when it was asked (``Coordinator.answer_rate``),
+    so a node online one round in five counts over the job as much as one always
+    online (docs/architecture.md, "Availability").
     """
 
     job_id: JobId
@@ -29,6 +33,7 @@ class RoundParams:
     round_timeout: float = 60.0
     seed: int = 0
     fednova: bool = False
+    reweight_availability: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

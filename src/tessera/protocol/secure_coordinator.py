@@ -275,6 +275,10 @@ class SecureCoordinator(Coordinator):
         organisations: Mapping[NodeId, str | None] | None = None,
     ) -> None:
         super().__init__(params, nodes, initial_weights, strategy)
+        if params.reweight_availability and secure.privacy is not None:
+            raise ConfigError(
+                "federation.availability", "a private job weighs every contributor alike"
+            )
         if params.fednova != bool(secure.max_steps):
             raise ConfigError("strategy.normalize", "FedNova needs secure.max_steps, and only it")
         self.secure = secure
@@ -373,6 +377,7 @@ class SecureCoordinator(Coordinator):
         self.round = round
         self._opened_at, self._absent_at_open = now, self._absent()
         self._ratings_at_open = dict(self.ratings)
+        self._factors = self._weight_factors()
         stats = self.secure.statistics if round < self.first_training_round else None
         cohort = round_cohort(self.params, self.nodes, round, statistics=self.first_training_round)
         self._selected = frozenset(cohort)
@@ -534,7 +539,7 @@ class SecureCoordinator(Coordinator):
                     max_weight=self.secure.max_weight,
                     loss_cap=self.secure.loss_cap,
                     tree_digest=rs.digest,
-                    weight=1.0 if self.counting else self._ratings_at_open.get(member, 1.0),
+                    weight=1.0 if self.counting else self._factors.get(member, 1.0),
                     quality=0 if self.counting else self.secure.quality,
                     steps=0.0 if self.counting else self.secure.max_steps,
                 ),
@@ -946,7 +951,7 @@ class SecureCoordinator(Coordinator):
         weight = float(values[-1]) if self.budget is None else float(len(included))
         if weight <= 0 or not included:
             return self._finish_round(now, **nothing)
-        mean = values[:p] / weight
+        mean = values[:p] / self._divisor(weight)
         if self.params.fednova:  # times tau_eff, the weighted mean of the local steps
             mean = mean * (float(values[p + q]) * self.secure.max_steps / weight)
         quality = RoundQuality.of(values[p : p + q], weight, self.secure.loss_cap) if q else None
