@@ -237,6 +237,11 @@ def round_params_of(cfg: JobConfig, *, job_id: str | None = None) -> RoundParams
         round_timeout=fed.round_timeout,
         seed=cfg.job.seed,
         fednova=cfg.strategy.normalize == "fednova",
+        buffer=cfg.strategy.buffer,
+        max_staleness=cfg.strategy.max_staleness,
+        report_after=None
+        if cfg.deadline is None or not cfg.secure.enabled
+        else cfg.deadline.seconds + cfg.deadline.margin,
     )
 
 

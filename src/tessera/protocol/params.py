@@ -19,6 +19,13 @@ class RoundParams:
     runtime's clock counts), otherwise it is skipped and the job goes on.
     ``fednova``: the mean update is FedNova's, normalised by each contributor's
     local steps (docs/architecture.md, "Deadline rounds"); off, FedAvg's.
+    ``buffer``: a buffered asynchronous job (``protocol.buffering``): a round's
+    training phase closes once ``buffer`` updates are in, and an update up to
+    ``max_staleness`` rounds old is taken, down-weighted; None: synchronous rounds.
+    ``report_after``: secure rounds whose nodes stop local work at a deadline
+    (``[deadline]``): the seconds after a round opens at which its leaf seats are
+    told to report what they hold (the deadline and a transfer margin); None: at
+    their report time, as always.
     """
 
     job_id: JobId
@@ -29,8 +36,19 @@ class RoundParams:
     round_timeout: float = 60.0
     seed: int = 0
     fednova: bool = False
+    buffer: int | None = None
+    max_staleness: int = 4
+    report_after: float | None = None
 
     def __post_init__(self) -> None:
+        if self.buffer is not None and self.buffer < 1:
+            raise ConfigError("strategy.buffer", "must be at least 1")
+        if self.max_staleness < 0:
+            raise ConfigError("strategy.max_staleness", "must be at least 0")
+        if self.report_after is not None and not (
+            self.report_after > 0 and math.isfinite(self.report_after)
+        ):
+            raise ConfigError("deadline.seconds", "must be a positive number of seconds")
         if self.rounds < 1:
             raise ConfigError("federation.rounds", "must be at least 1")
         if not 0.0 < self.fraction <= 1.0:
