@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -25,6 +26,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -244,11 +246,31 @@ class StrategySection(BaseModel):
     pull the model towards their own optimum. "none" (the default): FedAvg's
     sample-weighted mean, as always. Simulator only for now; not with
     ``[privacy]`` or ``[contributions]``.
+
+    ``buffer = K``: buffered asynchronous rounds (FedBuff, Nguyen et al. 2022;
+    ``protocol.buffering``): a round's training phase closes once K updates are in
+    (``federation.round_timeout`` stays the upper bound), and a node still training
+    then sends its update in the next round that asks it, ``tau`` rounds stale and
+    weighted ``(1 + tau) ** -0.5``, if ``tau <= max_staleness`` (else it trains
+    afresh). Unset (the default): synchronous rounds. Simulator only for now.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str = "fedavg"
     normalize: Literal["none", "fednova"] = "none"
+    buffer: PositiveInt | None = None
+    max_staleness: Annotated[int, Field(ge=0)] = 4
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> object:
+        # Left out while unset: a job's dumped config (its signed document) stays
+        # byte for byte what it was before buffered rounds existed.
+        out = handler(self)
+        if isinstance(out, dict) and self.buffer is None:
+            out.pop("buffer", None)
+            if self.max_staleness == 4:
+                out.pop("max_staleness", None)
+        return out
 
     @property
     def params(self) -> dict[str, float]:
@@ -264,12 +286,17 @@ class DeadlineSection(_Section):
     does as many local steps (minibatches) as fit and sends that update;
     without, or when not even one minibatch fits, it is a straggler: it
     declines at once (no one waits for it) and metrics.json counts it in the
-    round's ``stragglers``. Pair it with ``strategy.normalize = "fednova"`` so
+    round's ``stragglers``. In a secure round, ``margin`` seconds after the
+    deadline (its shares' transfer time) the leaf seats report what they hold.
+    Pair it with ``strategy.normalize = "fednova"`` so
     partial work does not bias the model.
     """
 
     seconds: PositiveFloat
     partial_work: bool = True
+    # Secure rounds: seconds after the deadline for the last shares to arrive; then
+    # every leaf seat is told to report what it holds (no straggler is waited for).
+    margin: PositiveFloat = 5.0
 
 
 class FederationSection(_Section):
@@ -574,6 +601,12 @@ def parse_config(raw: Mapping[str, object]) -> JobConfig:
             "strategy.normalize",
             "FedNova's steps word is not yet carried by [privacy] or [contributions] rounds: "
             "remove one",
+        )
+    if cfg.strategy.buffer is not None and (cfg.privacy is not None or cfg.group_sums):
+        raise ConfigError(
+            "strategy.buffer",
+            "buffered rounds weigh contributors by staleness: not with [privacy] (its total's "
+            "divisor is the count) nor [contributions]; remove one",
         )
     return cfg
 

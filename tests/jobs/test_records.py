@@ -46,6 +46,10 @@ drawn: dict[str, st.SearchStrategy[object]] = {
     "norm_ratio": numbers,
     "clipped": st.integers(0, 10**5),
     "labels": st.lists(st.floats(0, 1), max_size=12).map(tuple),
+    "stragglers": st.integers(0, 10**5),
+    "partial": st.integers(0, 10**5),
+    "mean_steps": numbers,
+    "staleness": st.lists(st.integers(0, 100), max_size=6).map(tuple),
 }
 records = st.builds(RoundRecord, **drawn)
 

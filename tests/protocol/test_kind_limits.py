@@ -25,8 +25,10 @@ from tessera.protocol.codec import (
     decode_named,
     decode_partial,
     decode_share,
+    encode_labelled,
     encode_report,
     encode_share,
+    encode_shared,
 )
 from tessera.protocol.control import encode_update
 from tessera.protocol.effects import Send
@@ -185,9 +187,25 @@ def test_every_kind_a_round_sends_is_registered_and_within_its_limit(sent: Sent)
     kinds = {k for k, _, _ in sent}
     assert kinds <= set(Kind)
     # The scenario reaches most of the registry (the rest only on failures it has no
-    # adversary for: accusations, audit requests, a failed leaf aggregator).
-    assert kinds >= set(Kind) - {Kind.ACCUSE, Kind.AUDIT_REQUEST, Kind.RESEND_SHARE}
+    # adversary for: accusations, audit requests, a failed leaf aggregator; and the
+    # buffered and deadline rounds' notices, checked below).
+    buffered = {Kind.SHARED, Kind.REPORT_NOW}
+    assert kinds >= set(Kind) - {Kind.ACCUSE, Kind.AUDIT_REQUEST, Kind.RESEND_SHARE} - buffered
     assert all(size <= LIMITS[Kind(k)] for k, size, _ in sent)
+
+
+def test_the_buffered_rounds_notices_are_within_their_limits() -> None:
+    keys = {n: NodeKeys.generate() for n in (COORDINATOR, NodeId("a"))}
+    directory = {n: k.public for n, k in keys.items()}
+    notices = [
+        (NodeId("a"), COORDINATOR, Kind.SHARED, encode_shared(4)),
+        (COORDINATOR, NodeId("a"), Kind.REPORT_NOW, encode_labelled("g" * 64, 65535, b"")),
+    ]
+    for sender, recipient, kind, payload in notices:
+        wire = Wire(sender, "j" * 64, keys[sender], directory)
+        send = wire.send(recipient, kind, 2**31, payload, sealed=False)
+        assert isinstance(send.message, Sealed)
+        assert send.message.nbytes <= LIMITS[kind]
 
 
 def test_the_evidence_bound_holds_for_the_evidence_a_round_sends() -> None:

@@ -269,6 +269,9 @@ def make_job_document(
         # Deployed nodes neither stop at a deadline nor count their local steps yet.
         what = "deadline" if config.deadline is not None else "strategy.normalize"
         raise ConfigError(what, "deadline rounds and FedNova are the simulator's only, for now")
+    if config.strategy.buffer is not None:
+        # Deployed nodes neither carry an update over to a later round nor say so yet.
+        raise ConfigError("strategy.buffer", "buffered rounds are the simulator's only, for now")
     body = {
         "name": config.job.name,
         "config": config.model_dump(mode="json"),

@@ -238,6 +238,11 @@ def round_params_of(cfg: JobConfig, *, job_id: str | None = None) -> RoundParams
         seed=cfg.job.seed,
         fednova=cfg.strategy.normalize == "fednova",
         reweight_availability=cfg.federation.availability == "reweight",
+        buffer=cfg.strategy.buffer,
+        max_staleness=cfg.strategy.max_staleness,
+        report_after=None
+        if cfg.deadline is None or not cfg.secure.enabled
+        else cfg.deadline.seconds + cfg.deadline.margin,
     )
 
 

@@ -35,6 +35,9 @@ class RoundRecord:
     train_loss: float = math.nan
     num_samples: int = 0
     included: tuple[str, ...] = ()  # contributors whose updates are in this round's model
+    # A buffered job's: each included update's staleness (rounds behind the model it was
+    # trained from), in the order of ``included``; empty in synchronous rounds.
+    staleness: tuple[int, ...] = ()
     blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
     excluded: tuple[str, ...] = ()  # contributors left out from this round on, and why
     capped: int = 0  # secure rounds: contributors whose loss was over the cap (so hidden)
@@ -76,6 +79,8 @@ class RoundRecord:
             value = getattr(self, f.name)
             if f.name == "included" and not with_included:
                 continue
+            if f.name == "staleness" and not with_included:
+                value = tuple(sorted(value))  # the counts, without saying whose
             if isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, float) and not math.isfinite(value):
@@ -124,6 +129,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
         lambda v: _list_of(v, _number),
         "a list of numbers",
         lambda v: tuple(float(x) for x in v),
+    ),
+    "tuple[int, ...]": (
+        lambda v: _list_of(v, lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0),
+        "a list of integers >= 0",
+        tuple,
     ),
     "tuple[str, ...]": (
         lambda v: _list_of(v, lambda x: isinstance(x, str)),

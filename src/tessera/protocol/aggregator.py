@@ -70,7 +70,7 @@ from tessera.protocol.timers import ReportDue
 from tessera.protocol.treecheck import TreeCheck
 from tessera.protocol.wire import Wire
 
-_FROM_COORDINATOR = (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN)
+_FROM_COORDINATOR = (Kind.COMMIT, Kind.RESEND_PARTIAL, Kind.REASSIGN, Kind.REPORT_NOW)
 _DRAW_SCALE = 2.0**-64
 
 
@@ -221,6 +221,8 @@ class Aggregator:
             return self._resend(decode_reassign(env.payload))
         if env.kind == Kind.REASSIGN:
             return self._reassign(decode_reassign(env.payload))
+        if env.kind == Kind.REPORT_NOW:
+            return self._report_now(*decode_labelled(env.payload))
         raise RemoteProtocolError(f"unexpected envelope kind {env.kind}")
 
     def _never_evidence(self, data: bytes) -> bool:
@@ -447,10 +449,17 @@ class Aggregator:
             return self._report(role)
         return []
 
-    def _report(self, role: AggregatorRole) -> list[Effect]:
-        _seat(role, RoleInput.REPORT)
+    def _report(self, role: AggregatorRole, why: RoleInput = RoleInput.REPORT) -> list[Effect]:
+        _seat(role, why)
         report = Report(role.request.group, role.request.position, tuple(role.inputs))
         return [self._send(COORDINATOR, Kind.REPORT, encode_report(report), sealed=False)]
+
+    def _report_now(self, group: str, position: int, _: object) -> list[Effect]:
+        """The coordinator closed the round's training phase: report what we hold."""
+        role = self._role(group, position, leaf=True)
+        if role.state is not RoleState.COLLECTING:
+            return []  # reported already
+        return self._report(role, RoleInput.REPORT_NOW)
 
     # -- failed aggregators -------------------------------------------------
     def _resend(self, r: Reassign) -> list[Effect]:

@@ -201,6 +201,19 @@ def decode_commit(data: bytes) -> Commit:
     return Commit(group, _ids(obj, "included", "commitment"))
 
 
+def encode_shared(staleness: int) -> bytes:
+    """Contributor -> coordinator (buffered jobs): my shares are sealed, this stale."""
+    return _json({"staleness": staleness})
+
+
+def decode_shared(data: bytes) -> int:
+    obj = _unjson(data, "shared notice")
+    staleness = obj.get("staleness")
+    if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 0:
+        raise RemoteProtocolError("shared notice needs a staleness >= 0")
+    return staleness
+
+
 @dataclass(frozen=True, slots=True)
 class Reassign:
     """Position ``position`` of ``group`` is now served by ``replacement``."""

@@ -6,6 +6,11 @@ an update for the coordinator. A result for a superseded round is dropped,
 so a slow device can never submit stale work for the wrong round, and a
 result finished after the deadline is not uploaded (only a short decline),
 which saves the bandwidth of a model-sized message the coordinator would refuse.
+
+A buffered job (``protocol.buffering``) is the exception: asked by a later
+round while it still trains, the machine keeps training (``base`` is the round
+whose model it trains from) and sends that update in the later round, weighted
+by its staleness, unless it is too stale (then it trains afresh).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from tessera.crypto.fixedpoint import Ring
 from tessera.crypto.keys import NodeKeys, PublicKeys
 from tessera.errors import LocalProtocolError, RemoteProtocolError
 from tessera.ids import COORDINATOR, JobId, NodeId
-from tessera.protocol.codec import decode_reassign
+from tessera.protocol.buffering import staleness_weight
+from tessera.protocol.codec import decode_reassign, encode_shared
 from tessera.protocol.effects import (
     Effect,
     Rejected,
@@ -186,8 +192,10 @@ class Contributor:
         "_holders",
         "_sent",
         "assignment",
+        "base",
         "deadline",
         "job_id",
+        "max_staleness",
         "node",
         "round",
         "secure",
@@ -210,7 +218,14 @@ class Contributor:
         self.wire = Wire(node, job_id, secure.keys, secure.directory) if secure else None
         self.state = ContributorState.IDLE
         self.round = -1
+        self.base = -1  # the round whose model the update in progress is trained from
+        self.max_staleness: int | None = None  # the open request's (None: synchronous)
         self.deadline = 0.0
+
+    @property
+    def staleness(self) -> int:
+        """How many rounds behind the open round the update in progress is."""
+        return self.round - self.base
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, MessageReceived) and isinstance(event.message, Sealed):
@@ -221,7 +236,7 @@ class Contributor:
         if isinstance(event, MessageReceived):
             return self._on_request(event)
         if isinstance(event, LocalUpdateReady | LocalStatisticsReady | LocalTrainingFailed):
-            if not (self.state is ContributorState.TRAINING and event.round == self.round):
+            if not (self.state is ContributorState.TRAINING and event.round == self.base):
                 return []  # the result of a superseded round is dropped
             return self._on_result(event, now)
         raise LocalProtocolError(f"contributor cannot handle {type(event).__name__}")
@@ -237,10 +252,20 @@ class Contributor:
         problem = self._assignment_problem(msg)
         if problem is not None:
             return [Rejected(sender=event.sender, reason=problem)]
-        self._transition(ContributorInput.TRAIN_REQUEST)
+        carry = (
+            self.state is ContributorState.TRAINING
+            and msg.max_staleness is not None
+            and not msg.statistics
+            and msg.round - self.base <= msg.max_staleness
+        )
+        self._transition(ContributorInput.CARRY_OVER if carry else ContributorInput.TRAIN_REQUEST)
         self.round, self.deadline, self.assignment = msg.round, msg.deadline, msg.secure
+        self.max_staleness = msg.max_staleness
         self._sent = None
         self._holders = {}
+        if carry:
+            return []  # still training from round ``base``: its update goes to this round
+        self.base = msg.round
         if msg.statistics:
             return [RequestLocalStatistics(round=msg.round)]
         check = self.secure.tree_check if self.secure is not None else None
@@ -274,22 +299,23 @@ class Contributor:
             )
             if problem is not None:  # declined, never a crash nor a poisoned sum
                 self._transition(ContributorInput.TRAINING_FAILED)
-                declined = TrainingDeclined(job_id=self.job_id, round=event.round, reason=problem)
+                declined = TrainingDeclined(job_id=self.job_id, round=self.round, reason=problem)
                 return [Send(recipient=COORDINATOR, message=declined)]
             self._transition(ContributorInput.UPDATE_READY)
             if self.assignment is not None:
                 return self._shares(event)
             update = UpdateSubmission(
                 job_id=self.job_id,
-                round=event.round,
+                round=self.round,
                 delta=event.delta,
                 num_samples=event.num_samples,
                 loss=event.loss,
                 steps=event.steps,
+                staleness=self.staleness,
             )
             return [Send(recipient=COORDINATOR, message=update)]
         self._transition(ContributorInput.TRAINING_FAILED)
-        declined = TrainingDeclined(job_id=self.job_id, round=event.round, reason=reason)
+        declined = TrainingDeclined(job_id=self.job_id, round=self.round, reason=reason)
         return [Send(recipient=COORDINATOR, message=declined)]
 
     def _assignment_problem(self, request: TrainRequest) -> str | None:
@@ -361,8 +387,14 @@ class Contributor:
         return a.clip
 
     def _shares(self, update: LocalUpdateReady) -> list[Effect]:
-        """Clip, weight, encode, split into k shares and seal each for its aggregator."""
-        return self._seal_job(self._update_job(update), update.shared)
+        """Clip, weight, encode, split into k shares and seal each for its aggregator; in a
+        buffered job, then tell the coordinator (in clear) that they are out, and how stale."""
+        sends = self._seal_job(self._update_job(update), update.shared)
+        if self.max_staleness is not None:
+            assert self.wire is not None
+            notice = encode_shared(self.staleness)
+            sends.append(self.wire.send(COORDINATOR, Kind.SHARED, self.round, notice, sealed=False))
+        return sends
 
     def _update_job(self, update: LocalUpdateReady) -> ShareJob:
         a = self.assignment
@@ -375,7 +407,8 @@ class Contributor:
             max_weight=a.max_weight,
             loss_cap=a.loss_cap,
             weigh=self.secure is None or self.secure.privacy is None,
-            rating=a.weight,
+            # FedBuff: times s(tau), the weight word too, so the weighted mean stays a mean.
+            rating=a.weight * staleness_weight(self.staleness) if self.staleness else a.weight,
             quality=update.quality,
             quality_words_of=a.quality,
             steps=update.steps,
@@ -388,7 +421,7 @@ class Contributor:
         does that work ahead (``protocol.sharing_job``); None: it would start none."""
         if not (
             self.state is ContributorState.TRAINING
-            and update.round == self.round
+            and update.round == self.base
             and self.assignment is not None
             and self.secure is not None
         ):

@@ -115,6 +115,8 @@ def encode_train_request(request: TrainRequest, weights_sha256: str) -> bytes:
             "deadline": request.deadline,
             "config": {k: float(v) for k, v in request.config.items()},
             "statistics": request.statistics,
+            # A buffered job's only (absent: synchronous rounds, the bytes as before).
+            **({} if request.max_staleness is None else {"stale": request.max_staleness}),
             "secure": None
             if secure is None
             else {
@@ -188,6 +190,7 @@ def decode_train_request(data: bytes, resolve: WeightsResolver) -> TrainRequestW
         config=MappingProxyType({k: float(v) for k, v in config.items()}),
         secure=secure,
         statistics=statistics,
+        max_staleness=_count(obj, "stale", "train") if "stale" in obj else None,
     )
     return TrainRequestWire(request, digest)
 
@@ -294,6 +297,7 @@ def encode_update(update: UpdateSubmission) -> bytes:
             "samples": update.num_samples,
             "loss": update.loss,
             **({"steps": update.steps} if update.steps else {}),
+            **({"stale": update.staleness} if update.staleness else {}),
         },
     )
 
@@ -311,6 +315,7 @@ def decode_update(data: bytes) -> UpdateSubmission:
         num_samples=_count(obj, "samples", "update"),
         loss=loss,
         steps=_count(obj, "steps", "update") if "steps" in obj else 0,
+        staleness=_count(obj, "stale", "update") if "stale" in obj else 0,
     )
 
 

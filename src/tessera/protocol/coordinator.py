@@ -36,6 +36,7 @@ import numpy as np
 
 from tessera.errors import LocalProtocolError
 from tessera.ids import NodeId
+from tessera.protocol.buffering import staleness_weight
 from tessera.protocol.effects import (
     CancelTimer,
     Effect,
@@ -332,6 +333,7 @@ class Coordinator:
         self._loss_sum = 0.0
         self._updates = 0
         self._included: list[str] = []
+        self._staleness: dict[str, int] = {}  # a buffered job's: each update's, by sender
         deadline = now + self.params.round_timeout
         weights = self.weights
         weights.flags.writeable = False  # shared by every request of the round
@@ -360,6 +362,7 @@ class Coordinator:
             config=config,
             secure=secure,
             statistics=statistics,
+            max_staleness=None if self.params.buffer is None else self.params.max_staleness,
         )
         return Send(recipient=node, message=request)
 
@@ -371,7 +374,8 @@ class Coordinator:
             return "plaintext rounds take only updates and declines"
         if msg.job_id != self.params.job_id:
             return f"unknown job {msg.job_id!r}"
-        if self.state is not CoordinatorState.COLLECTING or msg.round != self.round:
+        late = isinstance(msg, UpdateSubmission) and self._late_taken(msg)
+        if (self.state is not CoordinatorState.COLLECTING or msg.round != self.round) and not late:
             return f"round {msg.round} is not open"
         if sender not in self._selected:
             return f"{sender} was not selected for round {msg.round}"
@@ -384,7 +388,29 @@ class Coordinator:
             return "update's training loss is NaN or infinite"
         if isinstance(msg, UpdateSubmission) and self.params.fednova and msg.steps < 1:
             return "this job normalises by local steps (FedNova): the update counts none"
-        return None
+        return self._staleness_refusal(msg) if isinstance(msg, UpdateSubmission) else None
+
+    def _staleness_refusal(self, msg: UpdateSubmission) -> str | None:
+        if not msg.staleness:
+            return None
+        if self.params.buffer is None:
+            return "this job's rounds are synchronous: no stale update is taken"
+        tau, most = self._stale(msg), self.params.max_staleness
+        return f"update is {tau} rounds stale (over {most})" if tau > most else None
+
+    def _stale(self, msg: UpdateSubmission) -> int:
+        """How many rounds behind the open one the model ``msg`` was trained from is."""
+        return self.round - msg.round + msg.staleness
+
+    def _late_taken(self, msg: UpdateSubmission) -> bool:
+        """A buffered job takes an update sent in a round that closed meanwhile into the
+        open round, that much staler (it crossed the close on the wire)."""
+        return (
+            self.params.buffer is not None
+            and self.state is CoordinatorState.COLLECTING
+            and msg.round < self.round
+            and self._stale(msg) <= self.params.max_staleness
+        )
 
     def _on_message(self, event: MessageReceived, now: float) -> list[Effect]:
         msg, sender = event.message, event.sender
@@ -393,6 +419,9 @@ class Coordinator:
             return [Rejected(sender=sender, reason=reason)]
         if isinstance(msg, UpdateSubmission):
             weight = msg.num_samples * self._factors.get(sender, 1.0)
+            tau = self._stale(msg)
+            if tau:  # FedBuff: its weight times s(tau), the weight word's too
+                weight *= staleness_weight(tau)
             if self.params.fednova:  # w * delta / tau, and w * tau beside it
                 self._sum += np.float64(weight / msg.steps) * msg.delta
                 self._steps += weight * msg.steps
@@ -403,8 +432,10 @@ class Coordinator:
             self._loss_sum += msg.num_samples * msg.loss
             self._updates += 1
             self._included.append(sender)
+            self._staleness[sender] = tau
         self._answered.add(sender)
-        if len(self._answered) == len(self._selected):
+        buffered = self.params.buffer is not None and self._updates >= self.params.buffer
+        if buffered or len(self._answered) == len(self._selected):
             return self._close_round(now, timer_pending=True)
         return []
 
@@ -423,7 +454,14 @@ class Coordinator:
             mean_loss=self._loss_sum / self._samples if self._samples else float("nan"),
             timer_pending=timer_pending,
             included=tuple(sorted(self._included)),
+            staleness=self._staleness_of(sorted(self._included)),
         )
+
+    def _staleness_of(self, included: Sequence[str]) -> tuple[int, ...]:
+        """A buffered job's record of each included update's staleness; () when synchronous."""
+        if self.params.buffer is None:
+            return ()
+        return tuple(self._staleness.get(node, 0) for node in included)
 
     def _finish_round(
         self,
@@ -441,6 +479,7 @@ class Coordinator:
         group_sums: tuple[GroupSum, ...] = (),
         groups_withheld: str | None = None,
         quality: RoundQuality | None = None,
+        staleness: tuple[int, ...] = (),
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -472,6 +511,7 @@ class Coordinator:
                 group_sums=group_sums if not skipped else (),
                 groups_withheld=groups_withheld if not skipped else None,
                 quality=quality if not skipped else None,
+                staleness=staleness if not skipped else (),
                 excluded=tuple(
                     (node, why)
                     for node, (first, why) in sorted(self.excluded.items())

@@ -116,6 +116,9 @@ class RoundClosed:
     excluded: tuple[tuple[str, str], ...] = ()
     # The included contributors' data-quality statistics, summed (a job that asks).
     quality: RoundQuality | None = None
+    # A buffered job's: each included contributor's staleness (rounds behind the model
+    # it trained from), in the order of ``included``; empty in synchronous rounds.
+    staleness: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

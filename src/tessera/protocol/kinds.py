@@ -63,6 +63,8 @@ class Kind(IntEnum):
     ASSIGN = 21  # coordinator -> aggregator: serve this seat of this group
     UPDATE = 22  # contributor -> coordinator (plaintext rounds): the update, sealed
     DECLINE = 23  # contributor -> coordinator: will not take part in this round
+    SHARED = 24  # contributor -> coordinator (buffered jobs): shares sealed; its staleness
+    REPORT_NOW = 25  # coordinator -> leaf aggregator seat: training closed, report at once
 
 
 CODEC: Mapping[Kind, Codec] = MappingProxyType(
@@ -84,6 +86,8 @@ CODEC: Mapping[Kind, Codec] = MappingProxyType(
         Kind.ASSIGN: Codec.MSGPACK,
         Kind.UPDATE: Codec.MSGPACK,
         Kind.DECLINE: Codec.MSGPACK,
+        Kind.SHARED: Codec.JSON,
+        Kind.REPORT_NOW: Codec.LABELLED,
     }
 )
 

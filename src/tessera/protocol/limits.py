@@ -118,6 +118,8 @@ ENVELOPE_LIMITS: Mapping[Kind, int] = MappingProxyType(
         Kind.ASSIGN: MAX_ASSIGNMENT_BYTES,
         Kind.UPDATE: MAX_UPDATE_BYTES,
         Kind.DECLINE: MAX_ASSIGNMENT_BYTES,
+        Kind.SHARED: _NOTICE,  # a buffered job's: a staleness
+        Kind.REPORT_NOW: _NOTICE,
     }
 )
 
@@ -136,7 +138,7 @@ MAX_DOCUMENT = MAX_DOCUMENT_BYTES  # re-exported: documents' own limit lives wit
 
 #: Kinds a node only ever sends to the coordinator, and kinds it only sends to another node.
 TO_COORDINATOR_ONLY = frozenset(
-    {Kind.UPDATE, Kind.DECLINE, Kind.REPORT, Kind.ACCUSE, Kind.GROUP_SUM}
+    {Kind.UPDATE, Kind.DECLINE, Kind.REPORT, Kind.ACCUSE, Kind.GROUP_SUM, Kind.SHARED}
 )
 TO_NODE_ONLY = frozenset({Kind.SHARE, Kind.AUDIT_REQUEST})
 #: A decline carries a job id, a round and a reason of at most 500 characters.

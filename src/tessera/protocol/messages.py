@@ -140,10 +140,15 @@ class TrainRequest:
     secure: SecureAssignment | None = None
     # A statistics round (the first rounds of a job that has them): count, do not train.
     statistics: bool = False
+    # A buffered job (``protocol.buffering``): the most rounds an update may be stale and
+    # still be sent in this round; None: synchronous rounds (a newer request supersedes).
+    max_staleness: int | None = None
 
     def __post_init__(self) -> None:
         if self.round < 0:
             raise RemoteProtocolError("round must be >= 0")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise RemoteProtocolError("max_staleness must be >= 0")
         _check_vector("weights", self.weights)
         if self.statistics and (self.secure is None or self.weights.shape[0] != 0):
             raise RemoteProtocolError("a statistics request is secure and carries no weights")
@@ -163,10 +168,14 @@ class UpdateSubmission:
     num_samples: int
     loss: float
     steps: int = 0  # the local optimizer steps behind ``delta`` (FedNova); 0: not counted
+    # A buffered job's: ``delta`` was trained from round ``round - staleness``'s model.
+    staleness: int = 0
 
     def __post_init__(self) -> None:
         if self.round < 0:
             raise RemoteProtocolError("round must be >= 0")
+        if not 0 <= self.staleness <= self.round:
+            raise RemoteProtocolError("staleness must be in [0, round]")
         if self.num_samples <= 0:
             raise RemoteProtocolError("num_samples must be positive")
         if self.steps < 0:

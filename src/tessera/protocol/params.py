@@ -23,6 +23,13 @@ class RoundParams:
     its updates made it into a round when it was asked (``Coordinator.answer_rate``),
     so a node online one round in five counts over the job as much as one always
     online (docs/architecture.md, "Availability").
+    ``buffer``: a buffered asynchronous job (``protocol.buffering``): a round's
+    training phase closes once ``buffer`` updates are in, and an update up to
+    ``max_staleness`` rounds old is taken, down-weighted; None: synchronous rounds.
+    ``report_after``: secure rounds whose nodes stop local work at a deadline
+    (``[deadline]``): the seconds after a round opens at which its leaf seats are
+    told to report what they hold (the deadline and a transfer margin); None: at
+    their report time, as always.
     """
 
     job_id: JobId
@@ -34,8 +41,19 @@ class RoundParams:
     seed: int = 0
     fednova: bool = False
     reweight_availability: bool = False
+    buffer: int | None = None
+    max_staleness: int = 4
+    report_after: float | None = None
 
     def __post_init__(self) -> None:
+        if self.buffer is not None and self.buffer < 1:
+            raise ConfigError("strategy.buffer", "must be at least 1")
+        if self.max_staleness < 0:
+            raise ConfigError("strategy.max_staleness", "must be at least 0")
+        if self.report_after is not None and not (
+            self.report_after > 0 and math.isfinite(self.report_after)
+        ):
+            raise ConfigError("deadline.seconds", "must be a positive number of seconds")
         if self.rounds < 1:
             raise ConfigError("federation.rounds", "must be at least 1")
         if not 0.0 < self.fraction <= 1.0:

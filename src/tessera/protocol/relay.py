@@ -44,12 +44,28 @@ class RelayRoles:
         (or backups); a partial sum, evidence or an input's copy from a group's
         server to a server of its parent or grandparent (the coordinator at the root); an
         audit request the other way; a group sum, in a round that discloses
-        them, from a leaf group's server to the coordinator. None: the envelope
-        may be relayed. The recipient's own machine still checks the rest (the
-        exact seat, the position, the inputs).
+        them, from a leaf group's server to the coordinator; a buffered job's notice
+        that shares are out (``SHARED``), from a contributor of the round to the
+        coordinator; the order to report now (``REPORT_NOW``), from the coordinator
+        to a leaf group's server. None: the envelope may be relayed. The recipient's
+        own machine still checks the rest (the exact seat, the position, the inputs).
         """
         if kind == Kind.GROUP_SUM:
             return self._group_sum_problem(sender, recipient)
+        if kind == Kind.SHARED:
+            if recipient != COORDINATOR:
+                return "a notice that shares are out goes only to the coordinator"
+            return (
+                None
+                if self._contributes(sender)
+                else f"{sender} contributes this round to no group"
+            )
+        if kind == Kind.REPORT_NOW:
+            if sender != COORDINATOR:
+                return "only the coordinator closes a round's training"
+            if not any(self._tree.group(g).level == 0 for g in self._servers.get(recipient, ())):
+                return f"{recipient} serves no leaf group this round"
+            return None
         if kind == Kind.SHARE:
             try:
                 leaf = self._tree.leaf_of(sender)
@@ -66,6 +82,13 @@ class RelayRoles:
         if any(self._feeds(group, above, upper) for group in self._servers.get(lower, ())):
             return None
         return f"no group that {lower} serves feeds one that {upper} serves this round"
+
+    def _contributes(self, node: NodeId) -> bool:
+        try:
+            self._tree.leaf_of(node)
+        except LocalProtocolError:
+            return False
+        return True
 
     def _group_sum_problem(self, sender: NodeId, recipient: NodeId) -> str | None:
         if not self.group_sums:

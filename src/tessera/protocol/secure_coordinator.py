@@ -75,6 +75,7 @@ from tessera.protocol.codec import (
     decode_named,
     decode_partial,
     decode_report,
+    decode_shared,
     encode_commit,
     encode_labelled,
     encode_reassign,
@@ -113,7 +114,7 @@ from tessera.protocol.states import (
     RoundPhase,
 )
 from tessera.protocol.strategies import Strategy
-from tessera.protocol.timers import AuditDue, CommitDue, RoundDeadline
+from tessera.protocol.timers import AuditDue, CommitDue, RoundDeadline, TrainingDue
 from tessera.protocol.topology import Group, Tree, TreeParams, derive_tree
 from tessera.protocol.wire import Wire
 from tessera.weights import Vector
@@ -259,6 +260,10 @@ class _RoundState:
     copies: dict[int, dict[str, bytes]] = field(default_factory=dict)  # root seats' input boxes
     group_parts: GroupParts = field(default_factory=GroupParts)  # leaf seats' disclosed sums
     phase: RoundPhase = RoundPhase.AGGREGATING
+    # A buffered job's: each contributor's staleness, from its notice that its shares
+    # are out (``Kind.SHARED``); only they are committed.
+    staleness: dict[str, int] = field(default_factory=dict)
+    reporting: bool = False  # the leaf seats were told to report now (``Kind.REPORT_NOW``)
 
 
 class SecureCoordinator(Coordinator):
@@ -299,7 +304,7 @@ class SecureCoordinator(Coordinator):
         if isinstance(event, TimerFired):
             self._transition(CoordinatorInput.DEADLINE)
             timer = event.timer
-            if not isinstance(timer, RoundDeadline | AuditDue | CommitDue):
+            if not isinstance(timer, RoundDeadline | AuditDue | CommitDue | TrainingDue):
                 raise self._failed(f"secure rounds set no {type(timer).__name__} timers")
             if self.state is not CoordinatorState.COLLECTING or self._rs is None:
                 return []
@@ -309,6 +314,8 @@ class SecureCoordinator(Coordinator):
                 return self._close_secure(now, PhaseInput.DEADLINE)
             if isinstance(timer, AuditDue):
                 return self._audits_late(self._rs, now)
+            if isinstance(timer, TrainingDue):
+                return self._report_now(self._rs)
             return self._commit_level(timer.level, now, final=timer.final)
         if isinstance(event, MessageReceived):
             self._transition(CoordinatorInput.MESSAGE)
@@ -336,7 +343,9 @@ class SecureCoordinator(Coordinator):
 
     def _round_progressed(self) -> bool:
         rs = self._rs
-        return rs is None or bool(rs.reports or rs.committed or rs.root_parts or rs.blamed)
+        return rs is None or bool(
+            rs.reports or rs.committed or rs.root_parts or rs.blamed or rs.staleness
+        )
 
     # -- opening a round --------------------------------------------------------
     @property
@@ -445,6 +454,10 @@ class SecureCoordinator(Coordinator):
             effects.append(StartTimer(timer=final, at=first + phase))
         close_at = train_until + (3 * tree.depth + 4) * phase
         effects.append(StartTimer(timer=RoundDeadline(round=round), at=close_at))
+        report_after = self.params.report_after
+        if report_after is not None and now + report_after < train_until:
+            # A deadline round: no straggler is waited for past its deadline.
+            effects.append(StartTimer(timer=TrainingDue(round=round), at=now + report_after))
         return effects
 
     def _seat_backups_for_withdrawn(self, rs: _RoundState) -> None:
@@ -562,6 +575,7 @@ class SecureCoordinator(Coordinator):
             Kind.GROUP_SUM: self._on_group_sum,
             Kind.AUDITED: self._on_audited,
             Kind.INPUT_COPY: self._on_input_copy,
+            Kind.SHARED: self._on_shared,
         }
         if env.kind in SEALED and not env.sealed:
             raise RemoteProtocolError("sums and evidence must be sealed")
@@ -586,6 +600,43 @@ class SecureCoordinator(Coordinator):
         if len(rs.reports[group.id]) == len(group.aggregators):
             return self._commit(group, now)
         return []
+
+    def _on_shared(
+        self,
+        rs: _RoundState,
+        sender: NodeId,
+        payload: bytes,
+        now: float,  # noqa: ARG002 - one signature for every handler
+    ) -> list[Effect]:
+        """A buffered job's contributor sealed its shares: count it (and its staleness);
+        at the job's buffer, the training phase closes (``_report_now``)."""
+        tau = decode_shared(payload)
+        buffer = self.params.buffer
+        if buffer is None or self.counting:
+            raise RemoteProtocolError("this round is not buffered")
+        if sender not in self._selected or sender in self._absent_at_open:
+            raise RemoteProtocolError(f"{sender} was not asked to train this round")
+        if sender in rs.staleness:
+            raise RemoteProtocolError(f"{sender} already said its shares are out")
+        if not 0 <= tau <= min(self.params.max_staleness, self.round):
+            raise RemoteProtocolError(f"an update {tau} rounds stale is not taken")
+        rs.staleness[sender] = tau
+        if len(rs.staleness) >= buffer:
+            return self._report_now(rs)
+        return []
+
+    def _report_now(self, rs: _RoundState) -> list[Effect]:
+        """Close the training phase: every leaf seat reports the inputs it holds at once,
+        as at its report time; the rest of the round is unchanged."""
+        if rs.reporting:
+            return []
+        rs.reporting = True
+        return [
+            self._signed(rs.seats[group.id][j], Kind.REPORT_NOW, encode_labelled(group.id, j, b""))
+            for group in rs.tree.groups
+            if group.level == 0
+            for j in range(len(group.aggregators))
+        ]
 
     def _on_root_sum(
         self, rs: _RoundState, sender: NodeId, payload: bytes, now: float
@@ -774,6 +825,9 @@ class SecureCoordinator(Coordinator):
         if len(reports) == len(group.aggregators):
             sets = [set(r.received) for r in reports.values()]
             common = sorted(set.intersection(*sets))
+            if group.level == 0 and self.params.buffer is not None and not self.counting:
+                # Only updates whose staleness is known: their weights are s(tau) w.
+                common = [m for m in common if m in rs.staleness]
             leaf = self.secure.tree.min_group if self.counting else self.secure.leaf_minimum
             minimum = leaf if group.level == 0 else 1
             if len(common) >= minimum:
@@ -971,6 +1025,9 @@ class SecureCoordinator(Coordinator):
             group_sums=disclosed.sums,
             groups_withheld=disclosed.withheld,
             quality=quality,
+            staleness=()
+            if self.params.buffer is None
+            else tuple(rs.staleness.get(n, 0) for n in included),
         )
 
     def _exclude_tamperers(self, rs: _RoundState) -> None:

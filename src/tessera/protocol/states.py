@@ -35,6 +35,8 @@ class ContributorState(Enum):
 
 class ContributorInput(Enum):
     TRAIN_REQUEST = "train_request"
+    # A buffered job's later request while training: keep training, send it there.
+    CARRY_OVER = "carry_over"
     UPDATE_READY = "update_ready"
     TRAINING_FAILED = "training_failed"
 
@@ -58,6 +60,8 @@ CONTRIBUTOR_TRANSITIONS: dict[tuple[ContributorState, ContributorInput], Contrib
     (_K.IDLE, _KI.TRAIN_REQUEST): _K.TRAINING,
     # A newer round's request supersedes an unfinished one (a slow device).
     (_K.TRAINING, _KI.TRAIN_REQUEST): _K.TRAINING,
+    # Unless the job is buffered and the work is not too stale: it goes to the new round.
+    (_K.TRAINING, _KI.CARRY_OVER): _K.TRAINING,
     (_K.TRAINING, _KI.UPDATE_READY): _K.IDLE,
     (_K.TRAINING, _KI.TRAINING_FAILED): _K.IDLE,
 }
@@ -110,6 +114,7 @@ class RoleState(Enum):
 class RoleInput(Enum):
     INPUT = "input"  # a share, or a child's (audited) sum, is taken
     REPORT = "report"  # every input is in, or the report timer fired
+    REPORT_NOW = "report_now"  # the coordinator closed the round's training phase
     SUM = "sum"  # a commitment naming the inputs to sum
     LEAVE = "leave"  # a commitment dropping the group
 
@@ -119,6 +124,7 @@ _RI = RoleInput
 ROLE_TRANSITIONS: dict[tuple[RoleState, RoleInput], RoleState] = {
     (_R.COLLECTING, _RI.INPUT): _R.COLLECTING,
     (_R.COLLECTING, _RI.REPORT): _R.REPORTED,
+    (_R.COLLECTING, _RI.REPORT_NOW): _R.REPORTED,
     # A commitment may come before this seat reported (the coordinator's deadline).
     (_R.COLLECTING, _RI.SUM): _R.SUMMED,
     (_R.COLLECTING, _RI.LEAVE): _R.LEFT,

@@ -56,6 +56,16 @@ class AuditDue:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TrainingDue:
+    """Secure deadline rounds: the training phase is over, every leaf seat reports now."""
+
+    round: int
+
+    def __post_init__(self) -> None:
+        _check(round=self.round)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ReportDue:
     """An aggregator reports the inputs it holds for one seat, complete or not."""
 
@@ -69,7 +79,7 @@ class ReportDue:
             raise LocalProtocolError(f"timer group must be a plain id, not {self.group!r}")
 
 
-Timer = RoundDeadline | CommitDue | AuditDue | ReportDue
+Timer = RoundDeadline | CommitDue | AuditDue | ReportDue | TrainingDue
 
 _GROUP = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Numbers as ``str(int)`` writes them: ASCII digits, no leading zero (``\d`` would also
@@ -79,6 +89,7 @@ _TEXTS: tuple[tuple[re.Pattern[str], type[Timer]], ...] = (
     (re.compile(rf"round-(?P<round>{_N})-deadline"), RoundDeadline),
     (re.compile(rf"(?P<kind>commit|final)-L(?P<level>{_N})@(?P<round>{_N})"), CommitDue),
     (re.compile(rf"audit@(?P<round>{_N})"), AuditDue),
+    (re.compile(rf"training@(?P<round>{_N})"), TrainingDue),
     (re.compile(rf"report@(?P<round>{_N}):(?P<group>[^:@]+):(?P<position>{_N})"), ReportDue),
 )
 
@@ -91,6 +102,8 @@ def timer_text(timer: Timer) -> str:
         return f"{'final' if timer.final else 'commit'}-L{timer.level}@{timer.round}"
     if isinstance(timer, AuditDue):
         return f"audit@{timer.round}"
+    if isinstance(timer, TrainingDue):
+        return f"training@{timer.round}"
     return f"report@{timer.round}:{timer.group}:{timer.position}"
 
 

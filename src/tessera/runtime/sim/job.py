@@ -168,6 +168,7 @@ def simulate(
             capped=closed.capped,
             epsilon=math.nan if closed.epsilon is None else closed.epsilon,
             included=closed.included,
+            staleness=closed.staleness,
             **quality_fields(closed.quality),
             virtual_round_seconds=stats.virtual_round_seconds,
             cpu_seconds=stats.cpu_seconds,

@@ -393,11 +393,17 @@ class Simulation(Observer):
         self._stats.seconds = now - self._wall
         self._stats.closed_at = self.now
         self._wall = now
-        self._round_tasks.pop(effect.round, None)
-        self._due.pop(effect.round, None)
+        # A buffered job's nodes still training keep training: their rounds' work is
+        # delivered up to the job's staleness bound (``protocol.buffering``).
+        params = self.coordinator.params
+        gone = effect.round if params.buffer is None else effect.round - params.max_staleness
+        for round in [effect.round] if params.buffer is None else list(self._round_tasks):
+            if round <= gone:
+                self._round_tasks.pop(round, None)
+                self._due.pop(round, None)
         if self._caps:  # of nodes still training when the round closed
-            self._caps = {k: v for k, v in self._caps.items() if k[0] > effect.round}
-        self._forget_ahead(effect.round)
+            self._caps = {k: v for k, v in self._caps.items() if k[0] > gone}
+        self._forget_ahead(gone)
         if self.on_round is not None:
             self.on_round(self._stats)
         self._stats = RoundStats(closed=None, seconds=0.0)  # type: ignore[arg-type]
