@@ -16,7 +16,13 @@ each run from the same seed in these modes:
 - ``deadline + partial, FedAvg``: slow nodes do the minibatches that fit, their
   updates averaged by samples as they are;
 - ``deadline + partial, FedNova``: the example as written: FedNova normalises
-  the unequal steps.
+  the unequal steps;
+- ``deadline + partial, FedNova, reweighted``: also ``[federation] availability
+  = "reweight"``, so nodes online less often count as much over the job;
+- ``buffered async (FedBuff)``: no deadline, every node asked each round, a
+  round's training phase closed once ``federation.min_participants`` updates
+  are in (``[strategy] buffer``), a node still training carrying its update
+  into a later round, down-weighted by its staleness.
 
 Printed for each, measured in the same run: the final and best accuracy, the
 simulated hours in all, and the simulated hours until the accuracy first
@@ -85,11 +91,28 @@ def _fedavg(cfg: Any) -> dict[str, Any]:
     return {"strategy": cfg.strategy.model_copy(update={"normalize": "none"})}
 
 
+def _buffered(cfg: Any) -> dict[str, Any]:
+    """FedBuff: every node asked each round (a busy one carries its update over), the
+    training phase closed once ``min_participants`` updates are in, no deadline."""
+    return _wait_all(cfg) | {
+        "strategy": cfg.strategy.model_copy(
+            update={"normalize": "none", "buffer": cfg.federation.min_participants}
+        ),
+        "federation": cfg.federation.model_copy(update={"round_timeout": 120.0, "fraction": 1.0}),
+    }
+
+
+def _reweighted(cfg: Any) -> dict[str, Any]:
+    return {"federation": cfg.federation.model_copy(update={"availability": "reweight"})}
+
+
 MODES: tuple[tuple[str, Callable[[Any], dict[str, Any]]], ...] = (
     ("wait-all", _wait_all),
     ("deadline, no partial", _no_partial),
     ("deadline + partial, FedAvg", _fedavg),
     ("deadline + partial, FedNova", lambda _cfg: {}),
+    ("deadline + partial, FedNova, reweighted", _reweighted),
+    ("buffered async (FedBuff)", _buffered),
 )
 
 
