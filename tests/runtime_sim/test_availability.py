@@ -13,10 +13,7 @@ a secure job lands on the same model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from tessera.ids import JobId, NodeId
@@ -26,35 +23,11 @@ from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams
 from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
 from tessera.runtime.sim.secure import build_secure
-from tessera.weights import Vector
+from tessera.testing import QuadraticTrainer
 
 ETA = 0.05
 OPTIMA = np.array([[1.0]] * 4 + [[-1.0]] * 4)
 DROPOUT = np.array([0.05] * 4 + [0.75] * 4)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Rows:
-    deltas: npt.NDArray[np.float32]
-    num_samples: npt.NDArray[np.int64]
-    loss: npt.NDArray[np.float32]
-    steps: npt.NDArray[np.int64]
-
-
-class Quadratic:
-    """One gradient step of rate ``ETA`` towards each node's optimum."""
-
-    def train(
-        self, global_weights: Vector, nodes: npt.NDArray[np.int64], seed: int, **_: object
-    ) -> Rows:
-        x = global_weights.astype(np.float64)
-        deltas = ETA * (OPTIMA[nodes] - x)
-        return Rows(
-            deltas=deltas.astype(np.float32),
-            num_samples=np.full(len(nodes), 10, np.int64),
-            loss=(0.5 * ((OPTIMA[nodes] - x) ** 2).sum(1)).astype(np.float32),
-            steps=np.ones(len(nodes), np.int64),
-        )
 
 
 def _run(*, reweight: bool, rounds: int, secure: bool = False) -> list[float]:
@@ -83,7 +56,7 @@ def _run(*, reweight: bool, rounds: int, secure: bool = False) -> list[float]:
     )
     seen: list[RoundStats] = []
     Simulation(
-        coordinator, nodes, Quadratic(), devices,  # type: ignore[arg-type]
+        coordinator, nodes, QuadraticTrainer(OPTIMA, samples=[10] * 8, eta=ETA), devices,
         np.full(len(nodes), 10), local_epochs=1, seed=0, machines=machines, on_round=seen.append,
     ).run()  # fmt: skip
     return [float(s.closed.weights[0]) for s in seen]

@@ -8,10 +8,7 @@ with ``d_i`` trained from round ``r - tau_i``'s model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import numpy.typing as npt
 
 from tessera.ids import JobId, NodeId
 from tessera.protocol import Coordinator, RoundParams, make_strategy
@@ -21,53 +18,22 @@ from tessera.protocol.topology import TreeParams
 from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
 from tessera.runtime.sim.deadline import Deadline
 from tessera.runtime.sim.secure import build_secure
+from tessera.testing import QuadraticTrainer
 from tessera.weights import Vector
 
 FAST, SLOW = 1.0, 0.15  # relative speeds: 0.3 s of local work, or about 0.87 s
-
-
-@dataclass(frozen=True, kw_only=True)
-class Rows:
-    deltas: npt.NDArray[np.float32]
-    num_samples: npt.NDArray[np.int64]
-    loss: npt.NDArray[np.float32]
-
-
-class RecordingTrainer:
-    """Half-way to each node's optimum; every delta kept by (base round, node)."""
-
-    def __init__(self, optima: npt.ArrayLike, samples: npt.ArrayLike) -> None:
-        self.optima = np.asarray(optima, np.float64)
-        self.samples = np.asarray(samples, np.int64)
-        self.deltas: dict[tuple[int, int], npt.NDArray[np.float32]] = {}
-        self.bases: dict[int, list[int]] = {}  # node -> the rounds it trained from
-
-    def train(
-        self,
-        global_weights: Vector,
-        nodes: npt.NDArray[np.int64],
-        seed: int,
-        *,
-        prox_mu: float | None = None,
-        round: int = 0,
-        quality: bool = False,
-    ) -> Rows:
-        x = global_weights.astype(np.float64)
-        deltas = (0.5 * (self.optima[nodes] - x)).astype(np.float32)
-        for row, node in enumerate(nodes):
-            self.deltas[(round, int(node))] = deltas[row]
-            self.bases.setdefault(int(node), []).append(round)
-        loss = 0.5 * ((self.optima[nodes] - x) ** 2).sum(1)
-        return Rows(deltas=deltas, num_samples=self.samples[nodes], loss=loss.astype(np.float32))
 
 
 def ids(n: int) -> list[NodeId]:
     return [NodeId(f"node-{i:06d}") for i in range(n)]
 
 
-def problem(n: int = 6, dim: int = 3) -> RecordingTrainer:
+def problem(n: int = 6, dim: int = 3) -> QuadraticTrainer:
+    """Half-way to each node's optimum (one step of rate 1/2); every delta kept by
+    (base round, node)."""
     rng = np.random.default_rng(7)
-    return RecordingTrainer(rng.normal(size=(n, dim)), samples=rng.integers(50, 150, size=n))
+    optima, samples = rng.normal(size=(n, dim)), rng.integers(50, 150, size=n)
+    return QuadraticTrainer(optima, samples=samples, eta=0.5)
 
 
 def devices(speeds: list[float]) -> DeviceModel:
@@ -87,7 +53,7 @@ def params(rounds: int, buffer: int | None, max_staleness: int = 4) -> RoundPara
 
 
 def run_plaintext(
-    trainer: RecordingTrainer, p: RoundParams, speeds: list[float]
+    trainer: QuadraticTrainer, p: RoundParams, speeds: list[float]
 ) -> tuple[list[RoundStats], list[Vector], Vector]:
     n, dim = trainer.samples.shape[0], trainer.optima.shape[1]
     stats: list[RoundStats] = []
@@ -111,7 +77,7 @@ def run_plaintext(
     return stats, models, final
 
 
-def expected_mean(trainer: RecordingTrainer, closed: object, weight_of: object) -> Vector:
+def expected_mean(trainer: QuadraticTrainer, closed: object, weight_of: object) -> Vector:
     """The buffered mean the round's record says it applied."""
     num = 0.0
     den = 0.0
@@ -202,7 +168,7 @@ def secure_params(n: int) -> SecureParams:
 
 
 def run_secure(
-    trainer: RecordingTrainer,
+    trainer: QuadraticTrainer,
     p: RoundParams,
     speeds: list[float],
     deadline: Deadline | None = None,

@@ -10,8 +10,6 @@ up to O(eta tau) (exactly, as eta goes to 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -22,54 +20,17 @@ from tessera.protocol.secure_coordinator import SecureParams
 from tessera.protocol.topology import TreeParams
 from tessera.runtime.sim import DeviceModel, RoundStats, Simulation
 from tessera.runtime.sim.secure import build_secure
+from tessera.testing import QuadraticTrainer
 from tessera.weights import Vector
 
 ETA = 0.01
 
 
-@dataclass(frozen=True, kw_only=True)
-class Rows:
-    deltas: npt.NDArray[np.float32]
-    num_samples: npt.NDArray[np.int64]
-    loss: npt.NDArray[np.float32]
-    steps: npt.NDArray[np.int64]
-
-
-class QuadraticTrainer:
-    """Node i: optimum ``optima[i]``, ``steps[i]`` local steps of gradient descent
-    (fewer if ``max_steps`` caps them); records each call's caps."""
-
-    def __init__(self, optima: npt.ArrayLike, steps: npt.ArrayLike, samples: npt.ArrayLike):
-        self.optima = np.asarray(optima, np.float64)
-        self.steps = np.asarray(steps, np.int64)
-        self.samples = np.asarray(samples, np.int64)
-        self.caps: list[npt.NDArray[np.int64] | None] = []
-
-    def train(
-        self,
-        global_weights: Vector,
-        nodes: npt.NDArray[np.int64],
-        seed: int,
-        *,
-        prox_mu: float | None = None,
-        round: int = 0,
-        quality: bool = False,
-        max_steps: npt.NDArray[np.int64] | None = None,
-    ) -> Rows:
-        self.caps.append(max_steps)
-        tau = self.steps[nodes]
-        if max_steps is not None:
-            tau = np.minimum(tau, max_steps)
-        shrink = 1.0 - (1.0 - ETA) ** tau
-        x = global_weights.astype(np.float64)
-        deltas = shrink[:, None] * (self.optima[nodes] - x)
-        loss = 0.5 * ((self.optima[nodes] - x) ** 2).sum(1)
-        return Rows(
-            deltas=deltas.astype(np.float32),
-            num_samples=self.samples[nodes],
-            loss=loss.astype(np.float32),
-            steps=tau.astype(np.int64),
-        )
+def quadratic(
+    optima: npt.ArrayLike, steps: npt.ArrayLike, samples: npt.ArrayLike
+) -> QuadraticTrainer:
+    """The testing kit's quadratic nodes at this file's rate."""
+    return QuadraticTrainer(optima, samples=samples, steps=steps, eta=ETA)
 
 
 def _ids(n: int) -> list[NodeId]:
@@ -121,7 +82,7 @@ def _run(
 
 def test_fedavg_is_pulled_to_the_many_step_node_and_fednova_is_not() -> None:
     # Equal data; node 1 takes ten local steps to node 0's one (a deadline cut node 0).
-    trainer = QuadraticTrainer([[0.0, 0.0], [1.0, -1.0]], steps=[1, 10], samples=[50, 50])
+    trainer = quadratic([[0.0, 0.0], [1.0, -1.0]], steps=[1, 10], samples=[50, 50])
     fedavg = _run(trainer, rounds=250, fednova=False)
     fednova = _run(trainer, rounds=250, fednova=True)
     shrink = 1.0 - (1.0 - ETA) ** np.array([1.0, 10.0])
@@ -135,7 +96,7 @@ def test_fedavg_is_pulled_to_the_many_step_node_and_fednova_is_not() -> None:
 
 def test_fednova_keeps_the_data_weights_with_unequal_data() -> None:
     # Node 0 holds three times node 1's records but takes a third of its steps.
-    trainer = QuadraticTrainer([[0.0], [1.0]], steps=[2, 6], samples=[300, 100])
+    trainer = quadratic([[0.0], [1.0]], steps=[2, 6], samples=[300, 100])
     fednova = _run(trainer, rounds=300, fednova=True)
     assert abs(float(fednova[0]) - 0.25) < 0.01  # 100 / (300 + 100)
     fedavg = _run(trainer, rounds=300, fednova=False)
@@ -156,7 +117,7 @@ def test_the_secure_aggregate_is_the_plaintext_one(fednova: bool) -> None:
     rng = np.random.default_rng(3)
     optima = rng.uniform(-1, 1, size=(7, 5))
     samples = rng.integers(5, 40, size=7)
-    trainer = QuadraticTrainer(optima, steps=[1, 3, 12, 7, 2, 12, 5], samples=samples)
+    trainer = quadratic(optima, steps=[1, 3, 12, 7, 2, 12, 5], samples=samples)
     plain = _run(trainer, rounds=3, fednova=fednova)
     secure = _run(
         trainer,
@@ -172,7 +133,7 @@ def test_the_secure_aggregate_is_the_plaintext_one(fednova: bool) -> None:
 def test_fednova_in_a_secure_job_needs_its_steps_bound_and_only_then() -> None:
     from tessera.errors import ConfigError
 
-    trainer = QuadraticTrainer(np.zeros((4, 2)), steps=[1, 1, 1, 1], samples=[1, 1, 1, 1])
+    trainer = quadratic(np.zeros((4, 2)), steps=[1, 1, 1, 1], samples=[1, 1, 1, 1])
     with pytest.raises(ConfigError, match="max_steps"):
         _run(trainer, rounds=1, fednova=True, secure=_secure(0.0, 1))
     with pytest.raises(ConfigError, match="max_steps"):

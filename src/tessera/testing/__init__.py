@@ -36,12 +36,13 @@ from tessera.testing.federation import (
 )
 from tessera.testing.network import InMemoryNetwork, Wire, partition
 from tessera.testing.rounds import table_rounds
-from tessera.testing.trainers import TableTrainer
+from tessera.testing.trainers import QuadraticTrainer, TableTrainer
 
 __all__ = [
     "InMemoryNetwork",
     "ManualClock",
     "MiniFederation",
+    "QuadraticTrainer",
     "Replaying",
     "SilentAggregator",
     "TableTrainer",
