@@ -448,13 +448,14 @@ def _up_with_progress(
     Returns the final metric, its name, the centralized baseline's (None: off) and
     metrics.json's content.
     """
-    from tessera.deploy.up import baseline_of, run_job
+    from tessera.deploy.up import UpAudit, baseline_of, run_job
     from tessera.jobs.records import RoundRecord
     from tessera.jobs.secure import summarize
     from tessera.reports import MetricsWriter, plot_curves
     from tessera.weights import Vector, save_file
 
     done: list[RoundRecord] = []
+    audit = UpAudit(dep, out)  # DIR/audit.jsonl, once the job is submitted
     metric = "accuracy" if str(dep.job.task) == "classification" else "R^2"
     secure = summarize(dep.job) if dep.config.secure.enabled else None
     with progress_bar(quiet) as progress:
@@ -510,8 +511,8 @@ def _up_with_progress(
 
         result = run_job(
             dep,
-            on_round=on_round,
-            on_started=on_started,
+            on_round=audit.round(on_round),
+            on_started=audit.started(on_started),
             on_consents=on_consents,
             start_timeout=start_timeout,
             start_batch=start_batch,
@@ -526,7 +527,8 @@ def _up_with_progress(
     }
     if result.contributions is not None:  # as tessera run writes it
         writer.extra["contributions"] = result.contributions
-    metrics = writer.finish(model_digest=digest)
+    # metrics.json's last write, then the audit log's (the final model's hash).
+    metrics = audit.finish(writer.finish(model_digest=digest), rounds=len(done))
     plot_curves(metrics, out / "curves.png")
     final = done[-1].value if done else float("nan")
     return final, metric, None if baseline is None else baseline.value, metrics

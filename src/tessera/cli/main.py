@@ -1,8 +1,9 @@
 """``tessera run CONFIG --out DIR`` and ``tessera demo``.
 
 Wiring only: parse arguments, prepare the job, drive the simulator with a
-progress bar, and write DIR/metrics.json, DIR/model.safetensors and
-DIR/curves.png. Every expected failure ends as one line naming the field.
+progress bar, and write DIR/metrics.json, DIR/model.safetensors,
+DIR/curves.png and DIR/audit.jsonl (signed with a key made for the run, whose
+public half is DIR/audit.key.pub). Every expected failure ends as one line naming the field.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tessera.cli.help import Command, Group
 from tessera.errors import TesseraError
 
 if TYPE_CHECKING:  # the CLI imports the job machinery late: --help stays fast
+    from tessera.audit import AuditWriter
     from tessera.config import JobConfig
     from tessera.jobs.prepared import PreparedJob
     from tessera.jobs.secure import SecureSummary
@@ -265,7 +267,9 @@ def _run(
             baseline = centralized(job, on_epoch)
         ftask = progress.add_task("federated", total=cfg.federation.rounds, status="")
         writer = MetricsWriter(out, job, baseline, secure=secure)
+        audit = _audit_writer(out, cfg, job)
 
+        @audit.hook
         def on_round(rec: RoundRecord, weights: Vector) -> None:
             spent = f"  epsilon {rec.epsilon:.3g}" if math.isfinite(rec.epsilon) else ""
             progress.update(
@@ -295,10 +299,7 @@ def _run(
         )
         if valuer is not None:
             writer.extra["contributions"] = valuer.entry()
-    digest = save_file(out / "model.safetensors", job.layout.unflatten(result.weights))
-    metrics = writer.finish(
-        status="finished" if result.error is None else "failed", model_digest=digest
-    )
+    metrics = _finish(out, job.layout.unflatten(result.weights), result, writer, audit)
     plot_curves(metrics, out / "curves.png")
     _check_end(result)
     console.print(
@@ -311,7 +312,38 @@ def _run(
             centralized_errors=metrics["centralized"],
         )
     )
-    console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png")
+    console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png, audit.jsonl")
+
+
+def _finish(out: Path, model: Any, result: Any, writer: Any, audit: AuditWriter) -> Any:
+    """Write the final model, then metrics.json's and the audit log's last words."""
+    from tessera.weights import save_file
+
+    digest = save_file(out / "model.safetensors", model)
+    status = "finished" if result.error is None else "failed"
+    metrics = writer.finish(status=status, model_digest=digest)
+    audit.model_final(out / "model.safetensors", rounds=len(result.rounds), status=status)
+    return metrics
+
+
+def _audit_writer(out: Path, cfg: JobConfig, job: PreparedJob) -> AuditWriter:
+    """DIR/audit.jsonl, signed by a key made for this run (its public half is
+    DIR/audit.key.pub; the private half is never kept), opened with the job and its
+    participants."""
+    import hashlib
+
+    from tessera.audit import AuditWriter
+    from tessera.crypto.documents import canonical_json
+    from tessera.crypto.keys import NodeKeys
+
+    keys = NodeKeys.generate()
+    (out / "audit.key.pub").write_text(keys.public.signing.hex() + "\n", encoding="ascii")
+    audit = AuditWriter(out / "audit.jsonl", keys)
+    config = hashlib.sha256(canonical_json(cfg.model_dump(mode="json"))).hexdigest()
+    audit.job_submitted(cfg.job.name, config)
+    audit.participants(job.node_ids)
+    audit.sync()
+    return audit
 
 
 @app.command(cls=Command)

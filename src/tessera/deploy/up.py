@@ -6,7 +6,8 @@ every number; a job the schema cannot encode stops, naming why) or asks the
 provider's aggregates endpoint (a plaintext or image job, which has no
 statistics rounds), signs and submits the job, then watches the rounds and
 scores each aggregated model on its own held-out data, writing the same
-DIR/metrics.json, model.safetensors and curves.png as ``tessera run``.
+DIR/metrics.json, model.safetensors and curves.png as ``tessera run``, and
+DIR/audit.jsonl signed with the coordinator's keys (``open_audit``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from tessera.ai_provider.client import (
     build_job,
@@ -27,6 +29,7 @@ from tessera.ai_provider.client import (
     submit,
     watch,
 )
+from tessera.audit import AuditWriter
 from tessera.config import JobConfig
 from tessera.crypto.documents import SignedDocument
 from tessera.data.prepare import Preprocessor
@@ -42,11 +45,13 @@ from tessera.jobs.totals import read_statistics_document
 from tessera.jobs.valuation import GroupValuer
 from tessera.protocol.limits import TAIL
 from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused
+from tessera.storage.keyfile import load_keys
 from tessera.storage.private import write_private
 from tessera.training import evaluate
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.deploy.up")
+_T = TypeVar("_T")
 
 
 def with_declared_weight(cfg: JobConfig, max_weight: float) -> JobConfig:
@@ -341,6 +346,55 @@ def run_job(
                 on_round(record, result.weights)
     contributions = None if valuation is None else valuation.entry()
     return UpResult(job_id, records, final, time.monotonic() - t0, contributions)
+
+
+def open_audit(dep: Deployment, out: Path, job_id: str) -> AuditWriter:
+    """DIR/audit.jsonl of a deployment's job, once submitted: signed with the coordinator's
+    keys (its key file in the deployment), opened with the signed job's digest and id and
+    the participants. DIR/audit.key.pub repeats the coordinator's signing key for
+    convenience: a verifier should take it from the coordinator, not from DIR."""
+    keys = load_keys(dep.out / "keys" / "coordinator.key", dep.passphrase, warn_clear=False)
+    doc = SignedDocument.from_json(json.loads((dep.out / "run" / "job.json").read_text()))
+    (out / "audit.key.pub").write_text(keys.public.signing.hex() + "\n", encoding="ascii")
+    audit = AuditWriter(out / "audit.jsonl", keys)
+    audit.job_submitted(dep.config.job.name, doc.digest, job_id)
+    audit.participants(dep.job.node_ids)
+    audit.sync()
+    return audit
+
+
+class UpAudit:
+    """A deployment's DIR/audit.jsonl: opened (``open_audit``) once the job is submitted,
+    a record a round, the final model's hash last. ``started`` and ``round`` wrap the
+    callbacks of ``run_job``."""
+
+    def __init__(self, dep: Deployment, out: Path) -> None:
+        self.dep, self.out = dep, out
+        self.writer: AuditWriter | None = None
+
+    def started(self, then: Callable[[str], None]) -> Callable[[str], None]:
+        def opened(job_id: str) -> None:
+            self.writer = open_audit(self.dep, self.out, job_id)
+            then(job_id)
+
+        return opened
+
+    def round(
+        self, then: Callable[[RoundRecord, Vector], None]
+    ) -> Callable[[RoundRecord, Vector], None]:
+        def recorded(rec: RoundRecord, weights: Vector) -> None:
+            if self.writer is not None:
+                self.writer.round_closed(rec, weights)
+            then(rec, weights)
+
+        return recorded
+
+    def finish(self, metrics: _T, *, rounds: int, status: str = "finished") -> _T:
+        """The final record: the hash of DIR/model.safetensors, as written now; ``metrics``
+        (metrics.json's last content) passes through."""
+        if self.writer is not None:
+            self.writer.model_final(self.out / "model.safetensors", rounds=rounds, status=status)
+        return metrics
 
 
 def baseline_of(dep: Deployment) -> BaselineResult | None:
