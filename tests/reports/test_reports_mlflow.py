@@ -37,6 +37,9 @@ def test_a_job_lands_in_mlflow(mlflow: Any, tmp_path: Path) -> None:
         logger.log_round(1, {"loss": 0.9, "accuracy": 0.5})
         logger.log_round(2, {"loss": 0.4, "accuracy": 0.75})
         logger.log_model(model, sha256=digest.upper(), signature_doc=signature)
+        audit = tmp_path / "audit.jsonl"
+        audit.write_bytes(b'{"seq":0}\n')
+        logger.log_audit(audit)
         run_id = logger.run_id
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -45,6 +48,8 @@ def test_a_job_lands_in_mlflow(mlflow: Any, tmp_path: Path) -> None:
     assert run.info.run_name == "job-1"
     assert run.data.params == {"rounds": "2", "training.lr": "0.1", "training.epochs": "1"}
     assert run.data.tags["tessera.model_sha256"] == digest
+    assert run.data.tags["tessera.audit_sha256"] == hashlib.sha256(audit.read_bytes()).hexdigest()
+    assert [a.path for a in client.list_artifacts(run_id, "audit")] == ["audit/audit.jsonl"]
     history = client.get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 0.9), (2, 0.4)]
     assert run.data.metrics == {"loss": 0.4, "accuracy": 0.75}

@@ -402,6 +402,8 @@ def up(
                 sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
                 signature_doc=json.loads((out / "run" / "job.json").read_text()),
             )
+            if (out / "audit.jsonl").exists():
+                tracker.log_audit(out / "audit.jsonl")
             tracker.close()
     except (TesseraError, TimeoutError, RuntimeError) as exc:
         if tracker is not None:

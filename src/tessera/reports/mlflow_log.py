@@ -6,7 +6,8 @@ MLflow through ``MlflowClient`` and an explicit run id rather than the fluent
 ``mlflow.start_run`` API: that keeps no process-global "active run", so two
 loggers (or a user's own MLflow code) in one process cannot cross wires.
 
-The model is logged as its safetensors file plus ``model/tessera-model.json``
+The job's signed audit log goes to ``audit/audit.jsonl``, the run tagged with
+its SHA-256. The model is logged as its safetensors file plus ``model/tessera-model.json``
 holding its SHA-256 and the job/provider signature document, and the run is
 tagged ``tessera.model_sha256``, so anyone holding the MLflow run can check
 the artefact against the signed job record.
@@ -32,6 +33,7 @@ __all__ = ["MlflowLogger"]
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 MODEL_DIR = "model"
+AUDIT_DIR = "audit"
 MODEL_RECORD = "tessera-model.json"
 _PARAMS_PER_BATCH = 100  # MLflow's limits for one log_batch call
 _METRICS_PER_BATCH = 1000
@@ -104,6 +106,13 @@ class MlflowLogger:
         self._client.log_artifact(self.run_id, str(path_to_safetensors), artifact_path=MODEL_DIR)
         self._client.log_dict(self.run_id, record, f"{MODEL_DIR}/{MODEL_RECORD}")
         self._client.set_tag(self.run_id, "tessera.model_sha256", digest)
+
+    def log_audit(self, path_to_log: Path) -> None:
+        """The job's signed audit log (DIR/audit.jsonl) as ``audit/audit.jsonl``, the run
+        tagged with its SHA-256: whoever holds the run can verify it
+        (``tessera audit verify``) and check it is the log the job wrote."""
+        self._client.log_artifact(self.run_id, str(path_to_log), artifact_path=AUDIT_DIR)
+        self._client.set_tag(self.run_id, "tessera.audit_sha256", _sha256_file(path_to_log))
 
     def close(self, status: RunStatus = "FINISHED") -> None:
         """End the run; later calls do nothing."""
