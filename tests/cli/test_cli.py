@@ -67,6 +67,8 @@ def test_run_writes_the_output_contract(tmp_path: Path) -> None:
     assert m["config"]["partition"]["alpha"] == 0.5
     assert (out / "model.safetensors").stat().st_size > 0
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert '<section id="audit">' in report and "Verified" in report
 
     from safetensors.numpy import load_file
 

@@ -2,7 +2,7 @@
 
 Wiring only: parse arguments, prepare the job, drive the simulator with a
 progress bar, and write DIR/metrics.json, DIR/model.safetensors,
-DIR/curves.png and DIR/audit.jsonl (signed with a key made for the run, whose
+DIR/curves.png, DIR/report.html and DIR/audit.jsonl (signed with a key made for the run, whose
 public half is DIR/audit.key.pub). Every expected failure ends as one line naming the field.
 """
 
@@ -234,7 +234,7 @@ def _run(
     from tessera.jobs.prepared import prepare_job
     from tessera.jobs.records import RoundRecord
     from tessera.jobs.secure import summarize
-    from tessera.reports import MetricsWriter, plot_curves
+    from tessera.reports import MetricsWriter
     from tessera.runtime.sim.job import centralized, simulate
     from tessera.runtime.sim.statistics import totals_for
     from tessera.weights import Vector, save_file
@@ -300,7 +300,7 @@ def _run(
         if valuer is not None:
             writer.extra["contributions"] = valuer.entry()
     metrics = _finish(out, job.layout.unflatten(result.weights), result, writer, audit)
-    plot_curves(metrics, out / "curves.png")
+    _views(out, metrics)
     _check_end(result)
     console.print(
         done_line(
@@ -312,7 +312,18 @@ def _run(
             centralized_errors=metrics["centralized"],
         )
     )
-    console.print(f"wrote {out}/metrics.json, model.safetensors, curves.png, audit.jsonl")
+    console.print(
+        f"wrote {out}/metrics.json, model.safetensors, curves.png, report.html, audit.jsonl"
+    )
+
+
+def _views(out: Path, metrics: Any) -> None:
+    """DIR/curves.png and DIR/report.html, from the finished job's metrics and audit log."""
+    from tessera.reports import plot_curves
+    from tessera.reports.html import write_report
+
+    plot_curves(metrics, out / "curves.png")
+    write_report(out)
 
 
 def _finish(out: Path, model: Any, result: Any, writer: Any, audit: AuditWriter) -> Any:
