@@ -194,10 +194,13 @@ def _participation(m: Mapping[str, Any]) -> str:
         label="late",
     )
     ax.plot(xs, [r.get("selected", 0) for r in rounds], "k:", marker=".", label="selected")
+    stacked = [p + d + la for p, d, la in zip(part, drop, late, strict=True)]
+    top = max(*(int(r.get("selected", 0)) for r in rounds), *stacked)
+    ax.set_ylim(0, top * 1.3 + 1)  # room for the legend above the bars
     ax.set_xlabel("round")
     ax.set_ylabel("nodes")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", ncol=4)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     rows = [
@@ -379,9 +382,11 @@ def _model_card(m: Mapping[str, Any]) -> str:
             "Secure aggregation",
             "Secure aggregation ("
             + ("used" if m.get("secure") else "not used in this run")
-            + ") hides each node's update from the coordinator and from other nodes: only sums "
-            "over groups are revealed. It does not hide what the final model, or a sum, says "
-            "about the data, and it does not check that updates are honest.",
+            + ") hides each node's update from the coordinator and from other nodes: only the "
+            "round's total is revealed (with [contributions], also sums over groups of at "
+            "least secure.min_group contributors). It does not hide what the final model, or "
+            "a sum, says about the data, and it does not stop a node from sending a bad "
+            "update (the contribution indicators look for those).",
         ),
         (
             "Differential privacy",
