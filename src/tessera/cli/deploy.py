@@ -431,8 +431,8 @@ def up(
         )
     )
     console.print(
-        f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png;"
-        f" logs in {out}/logs"
+        f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png,"
+        f" report.html; logs in {out}/logs"
     )
 
 
@@ -453,7 +453,7 @@ def _up_with_progress(
     from tessera.deploy.up import UpAudit, baseline_of, run_job
     from tessera.jobs.records import RoundRecord
     from tessera.jobs.secure import summarize
-    from tessera.reports import MetricsWriter, plot_curves
+    from tessera.reports import MetricsWriter, write_views
     from tessera.weights import Vector, save_file
 
     done: list[RoundRecord] = []
@@ -531,7 +531,7 @@ def _up_with_progress(
         writer.extra["contributions"] = result.contributions
     # metrics.json's last write, then the audit log's (the final model's hash).
     metrics = audit.finish(writer.finish(model_digest=digest), rounds=len(done))
-    plot_curves(metrics, out / "curves.png")
+    write_views(out, metrics)  # curves.png and report.html, from what was just written
     final = done[-1].value if done else float("nan")
     return final, metric, None if baseline is None else baseline.value, metrics
 

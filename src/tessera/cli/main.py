@@ -319,11 +319,9 @@ def _run(
 
 def _views(out: Path, metrics: Any) -> None:
     """DIR/curves.png and DIR/report.html, from the finished job's metrics and audit log."""
-    from tessera.reports import plot_curves
-    from tessera.reports.html import write_report
+    from tessera.reports import write_views
 
-    plot_curves(metrics, out / "curves.png")
-    write_report(out)
+    write_views(out, metrics)
 
 
 def _finish(out: Path, model: Any, result: Any, writer: Any, audit: AuditWriter) -> Any:
