@@ -112,18 +112,32 @@ class SharedUpdate:
 def encode_words(job: ShareJob, keys: NodeKeys, start: int, stop: int) -> Words:
     """The ring words of ``job.vector[start:stop]`` (``start`` on a block boundary):
     rounded, plus a private job's noise share, block by block."""
+    return _encode(job, _Coins.of(job, keys), start, stop)
+
+
+@dataclass(frozen=True, slots=True)
+class _Coins:
+    """A contributor's rounding (and noise) seeds for one round, derived once."""
+
+    rounding: int
+    noise: int
+
+    @classmethod
+    def of(cls, job: ShareJob, keys: NodeKeys) -> _Coins:
+        noise = noise_seed(keys, job.job_id, job.round) if job.privacy is not None else 0
+        return cls(rounding_seed(keys, job.job_id, job.round), noise)
+
+
+def _encode(job: ShareJob, coins: _Coins, start: int, stop: int) -> Words:
     if start % BLOCK:
         raise ValueError(f"start must be a multiple of {BLOCK}, got {start}")
-    ring = job.ring
-    rounding = rounding_seed(keys, job.job_id, job.round)
-    privacy = job.privacy
-    noise = noise_seed(keys, job.job_id, job.round) if privacy is not None else 0
+    ring, privacy = job.ring, job.privacy
     out: Words = np.empty(stop - start, dtype=ring.dtype)
     for first in range(start, stop, BLOCK):
         last, block = min(first + BLOCK, stop), first // BLOCK
-        words = encode(job.vector[first:last], ring, np.random.default_rng([rounding, block]))
+        words = encode(job.vector[first:last], ring, np.random.default_rng([coins.rounding, block]))
         if privacy is not None:
-            rng = np.random.default_rng([noise, block])
+            rng = np.random.default_rng([coins.noise, block])
             words = noisy(words, ring, contributor_noise(privacy, job.cohort, rng, words.size))
         out[first - start : last - start] = words
     return out
@@ -172,8 +186,9 @@ def _full_share(
     seed's expansion, ``chunk`` words at a time (little-endian)."""
     yield prefix
     masks = [Keystream(seed, job.ring.dtype) for seed in seeds]
+    coins = _Coins.of(job, keys)  # one key derivation per share, not per piece
     for start in range(0, job.length, chunk):
-        words = encode_words(job, keys, start, min(start + chunk, job.length))
+        words = _encode(job, coins, start, min(start + chunk, job.length))
         for mask in masks:
             mask.subtract_from(words)
         yield words.astype(words.dtype.newbyteorder("<"), copy=False).view(np.uint8).data

@@ -159,33 +159,36 @@ class Store(Database):
 
     def get_artefact(self, sha256: str) -> bytes:
         """The bytes stored under ``sha256``, re-hashed; StoreError if they changed."""
-        with self._read() as conn:
-            row = conn.execute(
-                select(m.artefact.c.data, m.artefact.c.blob).where(m.artefact.c.sha256 == sha256)
-            ).first()
-        if row is None:
-            raise NotFound(f"no artefact {sha256}")
+        row = self._artefact_row(sha256)
         if row.blob:
             return self._artefact_blobs(sha256).read(sha256)  # checked against its name
-        data = bytes(row.data)
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise StoreError(f"artefact {sha256} is corrupted")
-        return data
+        return self._inline(row, sha256)
 
     def artefact_chunks(self, sha256: str) -> tuple[int, Iterator[bytes]]:
         """An artefact's size and its bytes a chunk at a time, for streaming it out: a
         large one from its file, never held whole. The bytes are checked by whoever
         reads them against the name they asked for (a file changed on disk is caught
         there, not here, since it is checked only once read)."""
-        with self._read() as conn:
-            row = conn.execute(
-                select(m.artefact.c.size, m.artefact.c.blob).where(m.artefact.c.sha256 == sha256)
-            ).first()
-        if row is None:
-            raise NotFound(f"no artefact {sha256}")
+        row = self._artefact_row(sha256)
         if row.blob:
             return int(row.size), self._artefact_blobs(sha256).chunks(sha256)
-        return int(row.size), iter((self.get_artefact(sha256),))
+        return int(row.size), iter((self._inline(row, sha256),))
+
+    def _artefact_row(self, sha256: str) -> Row[Any, Any, Any]:
+        """The artefact's row (its bytes empty when they lie in a file); NotFound."""
+        a = m.artefact.c
+        with self._read() as conn:
+            row = conn.execute(select(a.size, a.blob, a.data).where(a.sha256 == sha256)).first()
+        if row is None:
+            raise NotFound(f"no artefact {sha256}")
+        return row
+
+    @staticmethod
+    def _inline(row: Row[Any, Any, Any], sha256: str) -> bytes:
+        data = bytes(row.data)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreError(f"artefact {sha256} is corrupted")
+        return data
 
     def _artefact_blobs(self, sha256: str) -> BlobStore:
         """The ``artefacts`` folder of the blob folder."""
