@@ -26,7 +26,7 @@ import pandas as pd
 from tessera.ai_provider.client import build_job
 from tessera.config import JobConfig, parse_config
 from tessera.consent import ConsentTerms, grant_consent
-from tessera.coordinator.app import MAX_BODY, create_coordinator_app
+from tessera.coordinator.app import MAX_BODY, MAX_POLLS, create_coordinator_app
 from tessera.coordinator.service import REGISTRATION_KIND, CoordinatorService
 from tessera.crypto.documents import SignedDocument, sign_document
 from tessera.crypto.envelope import ReplayGuard
@@ -201,6 +201,7 @@ class Harness:
     db: Path
     max_body: int = MAX_BODY
     mail_body: int = MAIL_BODY
+    max_polls: int = MAX_POLLS
     reveal_wait: float = 300.0
     service: CoordinatorService = field(init=False)
     server: RunningServer = field(init=False)
@@ -216,7 +217,9 @@ class Harness:
     def start(self) -> None:
         store = Store(f"sqlite:///{self.db}", blobs=BlobStore(self.db.with_suffix(".mail")))
         self.service = CoordinatorService(store, COORDINATOR_KEYS, reveal_wait=self.reveal_wait)
-        app = create_coordinator_app(self.service, max_body=self.max_body, mail_body=self.mail_body)
+        app = create_coordinator_app(
+            self.service, max_body=self.max_body, mail_body=self.mail_body, max_polls=self.max_polls
+        )
         self.server = serve_in_thread(app)
         self.http = httpx.Client(base_url=self.server.url, timeout=30)
 

@@ -128,6 +128,12 @@ def coordinator(
         Path,
         typer.Option(help="folder for large envelopes in the mailbox (made 0700 if missing)"),
     ] = Path("coordinator-mail"),
+    max_polls: Annotated[
+        int,
+        typer.Option(
+            min=1, help="long polls held at once; past it a poll is answered 503, Retry-After"
+        ),
+    ] = 4096,
     verbose: Verbose = True,
 ) -> None:
     """Run the coordinator service (HTTP API, mailbox, job drivers)."""
@@ -143,7 +149,9 @@ def coordinator(
     try:
         keyring = load_or_create_keys(keys, _passphrase())  # a wrong passphrase fails first
         service = CoordinatorService(Store(db, blobs=BlobStore(mail_dir)), keyring)
-        app_ = create_coordinator_app(service, max_body=max_body or COORDINATOR_BODY)
+        app_ = create_coordinator_app(
+            service, max_body=max_body or COORDINATOR_BODY, max_polls=max_polls
+        )
         run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
     except TesseraError as exc:
         _fail(exc)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -53,9 +54,16 @@ from tessera.runtime.transport.auth import KEYS_HEADER, NODE_HEADER, Caller
 from tessera.runtime.transport.serve import BodyLimit
 from tessera.storage import MailItem, NotFound
 
+log = logging.getLogger("tessera.coordinator.app")
+
 MAX_BODY = COORDINATOR_BODY  # see protocol.limits
 MAIL_PATH = "/v1/mail"
 MAX_WAIT = 30.0
+#: Long polls held at once. Past it a poll is answered 503 with Retry-After at once, so a
+#: crowd of nodes is pushed back instead of exhausting file descriptors and memory
+#: (each held poll costs a socket and about 80 KiB: benchmarks/coordinator_load.py).
+MAX_POLLS = 4096
+POLL_RETRY_AFTER = 5  # seconds a refused poller waits before asking again
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BINARY = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
@@ -67,6 +75,7 @@ _WHY = {
     404: "No such job or node, or no such artefact among the caller's",
     409: "Conflicts with what the coordinator holds: taken, replayed, not started",
     413: "The request body is larger than the coordinator takes",
+    503: "Too many long polls held: retry after the Retry-After header's seconds",
     422: "The request does not fit its schema, or a signed document its rules",
     429: "The sender is over its quota of envelopes for this round",
 }
@@ -207,10 +216,16 @@ ByKeys = Annotated[Caller, Depends(_by_keys)]
 
 
 def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
-    service: CoordinatorService, *, max_body: int = MAX_BODY, mail_body: int = MAIL_BODY
+    service: CoordinatorService,
+    *,
+    max_body: int = MAX_BODY,
+    mail_body: int = MAIL_BODY,
+    max_polls: int = MAX_POLLS,
 ) -> Any:
     """The ASGI app (FastAPI wrapped in a request-size limit: ``mail_body`` for the mailbox,
-    whose envelopes stream, ``max_body`` for every other route)."""
+    whose envelopes stream, ``max_body`` for every other route); at most ``max_polls``
+    long polls held at once."""
+    polls = _PollCount(max_polls)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -389,7 +404,7 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
                 "description": "A msgpack list of [id, envelope bytes] pairs",
                 "content": {"application/msgpack": {"schema": {"type": "string"}}},
             },
-            **_refusals(401, 403, 422),
+            **_refusals(401, 403, 422, 503),
         },
     )
     async def pull_mail(
@@ -401,16 +416,47 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         node = str(caller.node)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while True:
-            event = service.signal.event_for(node)  # before reading: no mail slips between
-            items = await run_in_threadpool(service.mail_for, node, after)
-            remaining = deadline - loop.time()
-            if items or remaining <= 0:
-                break
-            await service.signal.wait(event, min(remaining, 5.0))
+        held = False
+        try:
+            while True:
+                event = service.signal.event_for(node)  # before reading: no mail slips between
+                items = await run_in_threadpool(service.mail_for, node, after)
+                remaining = deadline - loop.time()
+                if items or remaining <= 0:
+                    break
+                if not held:  # counted only once it waits: mail at hand is always served
+                    if not polls.take():
+                        return polls.refusal()
+                    held = True
+                await service.signal.wait(event, min(remaining, 5.0))
+        finally:
+            if held:
+                polls.release()
         return StreamingResponse(_mail_batch(service, items), media_type="application/msgpack")
 
     return BodyLimit(app, max_body, routes={MAIL_PATH: mail_body})
+
+
+class _PollCount:
+    """Long polls held now, against their limit (the event loop's thread only: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def take(self) -> bool:
+        if self.held >= self.limit:
+            return False
+        self.held += 1
+        return True
+
+    def release(self) -> None:
+        self.held -= 1
+
+    def refusal(self) -> JSONResponse:
+        log.warning("refused a long poll: %d held, the limit", self.held)
+        detail = f"the coordinator holds {self.held} long polls, its limit: retry later"
+        headers = {"Retry-After": str(POLL_RETRY_AFTER)}
+        return JSONResponse({"detail": detail}, status_code=503, headers=headers)
 
 
 def _mail_batch(service: CoordinatorService, items: list[MailItem]) -> Iterator[bytes]:

@@ -48,6 +48,16 @@ class ServiceUnavailable(TesseraError):
     """The service could not be reached within the client's patience."""
 
 
+def _retry_after(exc: Exception) -> float:
+    """The seconds a 503's Retry-After header asks for (0 without one)."""
+    if not isinstance(exc, httpx.HTTPStatusError):
+        return 0.0
+    try:
+        return min(60.0, max(0.0, float(exc.response.headers.get("retry-after", "0"))))
+    except ValueError:  # an HTTP date, which our coordinator never sends
+        return 0.0
+
+
 def check(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 400:
         try:
@@ -94,8 +104,10 @@ class CoordinatorClient:
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 if time.monotonic() >= give_up:
                     raise ServiceUnavailable(f"{self.url} unreachable: {exc}") from None
-                log.info("coordinator unavailable (%s); retrying in %.1f s", exc, delay)
-                time.sleep(delay)
+                pause = max(delay, _retry_after(exc))  # a 503's Retry-After: back-pressure
+                pause = min(pause, max(0.0, give_up - time.monotonic()))
+                log.info("coordinator unavailable (%s); retrying in %.1f s", exc, pause)
+                time.sleep(pause)
                 delay = min(delay * 2, 2.0)
 
     def _call(
