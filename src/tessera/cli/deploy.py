@@ -13,12 +13,14 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from tessera.cli.help import Command, Group
 from tessera.cli.main import (
@@ -29,6 +31,7 @@ from tessera.cli.main import (
     privacy_line,
     progress_bar,
 )
+from tessera.deploy.supervise import Stopped, ignoring_stop_signals, stop_on_signals
 from tessera.errors import TesseraError
 
 job_app = typer.Typer(
@@ -97,8 +100,6 @@ def _passphrase() -> bytes | None:
 
 
 def _fail(exc: Exception) -> None:
-    from rich.markup import escape
-
     # Escaped: a message may quote a log, whose brackets are not markup.
     console.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(2) from None
@@ -388,38 +389,26 @@ def up(
     except TesseraError as exc:
         _fail(exc)
         return
-    tracker = None
     try:
-        if mlflow is not None:
-            from tessera.reports.mlflow_log import MlflowLogger
-
-            tracker = MlflowLogger(mlflow, experiment=cfg.job.name, run_name=f"up-{out.name}")
-            tracker.log_params(cfg.model_dump(mode="json"))
-        final, metric, centralized, metrics = _up_with_progress(
-            dep,
-            out,
-            quiet=quiet,
-            tracker=tracker,
-            start_timeout=start_timeout,
-            start_batch=start_batch or None,
-        )
-        if tracker is not None:
-            model = out / "model.safetensors"
-            tracker.log_model(
-                model,
-                sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
-                signature_doc=json.loads((out / "run" / "job.json").read_text()),
+        with stop_on_signals():  # SIGTERM/SIGHUP: stop every party, as Ctrl-C does
+            final, metric, centralized, metrics = _up_tracked(
+                dep,
+                out,
+                mlflow=mlflow,
+                quiet=quiet,
+                start_timeout=start_timeout,
+                start_batch=start_batch or None,
             )
-            if (out / "audit.jsonl").exists():
-                tracker.log_audit(out / "audit.jsonl")
-            tracker.close()
     except (TesseraError, TimeoutError, RuntimeError) as exc:
-        if tracker is not None:
-            tracker.close("FAILED")
         _fail(exc)
         return
+    except (Stopped, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        console.print(f"[yellow]{exc or 'interrupted'}: stopping every party it started[/]")
+        raise typer.Exit(128 + signum) from None
     finally:
-        dep.close()
+        with ignoring_stop_signals():  # a second signal must not cut the stop short
+            console.print(dep.close().line())
     privacy = metrics.get("privacy")
     ran = len(metrics["rounds"]) if privacy is not None else cfg.federation.rounds
     if privacy is not None and ran < cfg.federation.rounds:  # stopped: the budget
@@ -442,6 +431,50 @@ def up(
         f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png,"
         f" report.html; logs in {out}/logs"
     )
+
+
+def _up_tracked(
+    dep: Any,
+    out: Path,
+    *,
+    mlflow: str | None,
+    quiet: bool,
+    start_timeout: float,
+    start_batch: int | None,
+) -> tuple[float, str, float | None, dict[str, Any]]:
+    """``_up_with_progress``, logged to MLflow when asked (the run marked FAILED or
+    KILLED if it ends early)."""
+    tracker = None
+    try:
+        if mlflow is not None:
+            from tessera.reports.mlflow_log import MlflowLogger
+
+            name = dep.config.job.name
+            tracker = MlflowLogger(mlflow, experiment=name, run_name=f"up-{out.name}")
+            tracker.log_params(dep.config.model_dump(mode="json"))
+        result = _up_with_progress(
+            dep,
+            out,
+            quiet=quiet,
+            tracker=tracker,
+            start_timeout=start_timeout,
+            start_batch=start_batch,
+        )
+        if tracker is not None:
+            model = out / "model.safetensors"
+            tracker.log_model(
+                model,
+                sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
+                signature_doc=json.loads((out / "run" / "job.json").read_text()),
+            )
+            if (out / "audit.jsonl").exists():
+                tracker.log_audit(out / "audit.jsonl")
+            tracker.close()
+        return result
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.close("KILLED" if isinstance(exc, Stopped | KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def _up_with_progress(
@@ -524,6 +557,7 @@ def _up_with_progress(
             on_round=audit.round(on_round),
             on_started=audit.started(on_started),
             on_consents=on_consents,
+            on_exit=lambda ended: progress.console.print(f"[yellow]{escape(ended)}[/]"),
             start_timeout=start_timeout,
             start_batch=start_batch,
         )

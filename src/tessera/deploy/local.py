@@ -33,6 +33,7 @@ import pandas as pd
 
 from tessera.config import JobConfig
 from tessera.crypto.keys import NodeKeys
+from tessera.deploy.supervise import PARENT_ENV, StopReport, stop_all
 from tessera.errors import ConfigError
 from tessera.jobs.poison import poisoned_records
 from tessera.jobs.prepared import PreparedJob, prepare_job, split_table
@@ -182,6 +183,7 @@ class Deployment:
         logfile = private_file(self.out / "logs" / f"{name}.log")
         handle = open(logfile, "ab")  # noqa: SIM115 - the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TESSERA_THREADS": "1"}
+        env[PARENT_ENV] = str(os.getpid())  # it stops itself if we die uncleanly (supervise)
         env.pop(PASSPHRASE_ENV, None)
         if self.passphrase is not None:
             env[PASSPHRASE_ENV] = os.fsdecode(self.passphrase)  # the child reads os.environb
@@ -362,8 +364,7 @@ class Deployment:
     def kill_node(self, i: int) -> None:
         self.processes[self.node_id(i)].stop(kill=True)
 
-    def close(self) -> None:
-        """Stop everything: nodes first, then the provider, then the coordinator."""
-        order = sorted(self.processes.values(), key=lambda p: p.name in ("provider", "coordinator"))
-        for proc in order:
-            proc.stop()
+    def close(self, grace: float = 10.0) -> StopReport:
+        """Stop everything: nodes first, then the provider, then the coordinator, each
+        group at once, killed after ``grace`` seconds (``supervise.stop_all``)."""
+        return stop_all(list(self.processes.values()), grace=grace)

@@ -62,6 +62,28 @@ def with_declared_weight(cfg: JobConfig, max_weight: float) -> JobConfig:
     return cfg.model_copy(update={"secure": secure})
 
 
+class PartyDied(RuntimeError):
+    """A party the job cannot go on without ended: its name, status and log's end."""
+
+
+class Lookout:
+    """Called at each status poll: reports each party process that ended badly, once."""
+
+    def __init__(self, dep: Deployment, on_exit: Callable[[str], None] | None) -> None:
+        self.dep, self.on_exit = dep, on_exit
+        self.seen: set[str] = set()
+
+    def __call__(self, _status: object = None) -> None:
+        for proc in self.dep.exited():
+            if proc.name in self.seen:
+                continue
+            self.seen.add(proc.name)
+            if proc.name == "coordinator":
+                raise PartyDied(f"the job cannot go on: {proc.how_it_ended()}")
+            if proc.popen.returncode != 0 and self.on_exit is not None:  # 0: a node done
+                self.on_exit(proc.how_it_ended(lines=5))
+
+
 class StartFailed(RuntimeError):
     """The job never started: a party's process ended first, or the start timed out."""
 
@@ -278,6 +300,7 @@ def run_job(
     on_round: Callable[[RoundRecord, Vector], None] | None = None,
     on_started: Callable[[str], None] | None = None,
     on_consents: Callable[[str, int, int], None] | None = None,
+    on_exit: Callable[[str], None] | None = None,
     timeout: float | None = None,
     poll: float = 0.5,
     start_timeout: float | None = 600.0,
@@ -287,7 +310,9 @@ def run_job(
 
     ``start_timeout`` bounds the start (from the job's submission to its
     first round) and ``start_batch`` staggers the nodes: see ``start_nodes``.
-    ``timeout`` bounds the watch once the job runs.
+    ``timeout`` bounds the watch once the job runs. A party whose process fails
+    meanwhile is told to ``on_exit`` (its name, status and the end of its log);
+    the coordinator's end is ``PartyDied`` at once, not after the client's patience.
     """
     from tessera.runtime.sim.job import holdout_scores  # the simulator's evaluation, exactly
 
@@ -318,7 +343,8 @@ def run_job(
         last = started = time.monotonic()
         final = dep.job.initial_weights
         valuation = Valuation(dep) if cfg.group_sums else None
-        for result in watch(client, job_id, timeout=timeout, poll=poll):
+        lookout = Lookout(dep, on_exit)
+        for result in watch(client, job_id, timeout=timeout, poll=poll, on_status=lookout):
             now = time.monotonic()
             rec = result.record
             if federated_statistics(cfg) and dep.job.statistics_vectors is None:

@@ -317,6 +317,9 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+GRACEFUL_SHUTDOWN_S = 3.0
+
+
 def _config(
     app: ASGIApp, host: str, sock: socket.socket, ssl: CertPaths | None, log_level: str
 ) -> uvicorn.Config:
@@ -328,6 +331,10 @@ def _config(
         log_level=log_level,
         ssl_certfile=tls.get("ssl_certfile"),
         ssl_keyfile=tls.get("ssl_keyfile"),
+        # On SIGTERM, requests still running after this are cancelled: a node's long poll
+        # would otherwise hold the shutdown for up to its whole wait (its mail stays
+        # stored; the node asks again), and a supervisor would have to SIGKILL us.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 
