@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench peer bench-peer clean chromium
+.PHONY: demo test test-faults lint bench peer bench-peer clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 # fail_under. `.venv/bin/coverage report` lists the files below 100% afterwards.
 test: $(STAMP) chromium
 	$(BIN)/pytest -n 2 --dist loadgroup --cov --cov-report=
+
+# The fault group (pytest -m faults): real deployments stopped, killed and resumed.
+# Slower than the default suite, so apart from it; CI runs both.
+test-faults: $(STAMP)
+	$(BIN)/pytest -m faults -n 2 --dist loadgroup --no-cov
 
 # The browser tests (tests/browser) drive Debian's chromium: installed here where it is
 # missing and we are root; otherwise they skip, saying why (and fail under CI=true).

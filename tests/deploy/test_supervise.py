@@ -78,13 +78,13 @@ def test_a_child_that_already_ended_is_no_trouble(tmp_path: Path) -> None:
 
 
 # A parent that starts a watching child, prints its pid, then waits to be killed.
-_PARENT = """
+_PARENT = f"""
 import os, subprocess, sys, time
-env = {**os.environ, "%s": str(os.getpid())}
+env = {{**os.environ, "{PARENT_ENV}": str(os.getpid())}}
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env)
 print(child.pid, flush=True)
 time.sleep(120)
-""" % PARENT_ENV
+"""
 
 _WATCHER = """
 import os, sys, time
@@ -109,6 +109,11 @@ def test_a_child_stops_itself_when_its_parent_is_killed() -> None:
     assert not _alive(child), "the orphaned child is still running"
 
 
+def _signal_myself(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(1.0)  # the handler runs between bytecodes, well before this ends
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -130,9 +135,8 @@ def test_without_the_variable_nothing_is_watched() -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_signal_raises_stopped_in_the_block(signum: int) -> None:
     before = signal.getsignal(signum)
-    with pytest.raises(Stopped) as caught, stop_on_signals():
-        os.kill(os.getpid(), signum)
-        time.sleep(1.0)  # the handler runs between bytecodes, well before this ends
+    with stop_on_signals(), pytest.raises(Stopped) as caught:
+        _signal_myself(signum)
     assert caught.value.signum == signum
     assert str(caught.value) == f"stopped by {signal.Signals(signum).name}"
     assert signal.getsignal(signum) is before  # restored

@@ -18,6 +18,7 @@ drawn: dict[str, st.SearchStrategy[object]] = {
     "selected": st.integers(0, 10**5),
     "participants": st.integers(0, 10**5),
     "skipped": st.booleans(),
+    "skip_reason": st.none() | st.text(max_size=40),
     "train_loss": numbers,
     "num_samples": st.integers(0, 10**9),
     "included": ids,

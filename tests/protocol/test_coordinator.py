@@ -64,6 +64,7 @@ def test_round_is_the_sample_weighted_mean_of_updates() -> None:
     expected = np.array([(w * np.arange(5)).sum(), w.sum(), -(w * np.arange(5)).sum()]) / w.sum()
     np.testing.assert_allclose(rc.weights, expected, rtol=1e-6)
     assert rc.participants == 5 and not rc.skipped and rc.num_samples == 15
+    assert rc.skip_reason is None
     assert any(isinstance(e, CancelTimer) for e in out)
     assert any(isinstance(e, JobFinished) for e in out)
     assert c.state is CoordinatorState.FINISHED
@@ -131,6 +132,7 @@ def test_round_below_minimum_is_skipped_not_fatal() -> None:
     c.handle(MessageReceived(sender=NODES[0], message=update(0, [5, 5, 5], 4)), 1.0)
     rc = closed(c.handle(TimerFired(timer=RoundDeadline(round=0)), 10.0))
     assert rc.skipped and rc.participants == 1
+    assert rc.skip_reason == "1 of 5 selected nodes' updates arrived, 3 needed"  # the record says
     np.testing.assert_array_equal(rc.weights, np.zeros(3))
     assert c.state is CoordinatorState.COLLECTING
 

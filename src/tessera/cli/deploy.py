@@ -318,7 +318,9 @@ def certs(
 
 @app.command(cls=Command)
 def up(
-    config: Annotated[Path, typer.Argument(help="job file (TOML)")],
+    config: Annotated[
+        Path | None, typer.Argument(help="job file (TOML); none with --resume")
+    ] = None,
     nodes: Annotated[int, typer.Option(help="how many node processes")] = 20,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder")] = None,
     rounds: Annotated[int | None, typer.Option(help="override federation.rounds")] = None,
@@ -355,37 +357,55 @@ def up(
             min=1,
         ),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="the output folder of a stopped tessera up: restart its parties and follow "
+            "its job to the end, with the job and options it was started with",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Start coordinator, provider and N nodes on loopback; run the job through them."""
     from tessera.config import load_config
     from tessera.deploy.local import Deployment
-    from tessera.deploy.up import default_out
+    from tessera.deploy.up import UpOptions, default_out, load_up_args, save_up_args
 
     t0 = time.monotonic()  # the one duration it reports: the whole command's
-    out = out or default_out(config)
+    if start_timeout <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--start-timeout")
+    if start_batch < 0:
+        raise typer.BadParameter("must be 0 (all at once) or more", param_hint="--start-batch")
+    if (config is None) == (resume is None):
+        raise typer.BadParameter("give a job file, or --resume OUT (not both)")
     try:
-        cfg = load_config(config)
-        if rounds is not None:
-            cfg = cfg.model_copy(
-                update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
-            )
-        if start_timeout <= 0:
-            raise typer.BadParameter("must be positive", param_hint="--start-timeout")
-        if start_batch < 0:
-            raise typer.BadParameter("must be 0 (all at once) or more", param_hint="--start-batch")
-        with console.status(f"preparing {nodes} nodes' data"):
+        if resume is not None:
+            out = resume
+            cfg, options = load_up_args(resume)
+        else:
+            assert config is not None  # checked above
+            out = out or default_out(config)
+            cfg = load_config(config)
+            if rounds is not None:
+                cfg = cfg.model_copy(
+                    update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
+                )
+            options = UpOptions(nodes, tls, db, records, sandbox_start_timeout, node_max_parameters)
+        with console.status(f"preparing {options.nodes} nodes' data"):
             dep = Deployment(
                 cfg,
-                nodes,
+                options.nodes,
                 out,
-                tls=tls,
-                db_url=db,
-                records=records,
-                sandbox_start_timeout=sandbox_start_timeout,
-                node_max_parameters=node_max_parameters,
+                tls=options.tls,
+                db_url=options.db_url,
+                records=options.records,
+                sandbox_start_timeout=options.sandbox_start_timeout,
+                node_max_parameters=options.node_max_parameters,
                 passphrase=_passphrase(),  # without one, Deployment warns: keys in the clear
             )
+        if resume is None:
+            save_up_args(out, cfg, options)
     except TesseraError as exc:
         _fail(exc)
         return
@@ -398,6 +418,7 @@ def up(
                 quiet=quiet,
                 start_timeout=start_timeout,
                 start_batch=start_batch or None,
+                resume=resume is not None,
             )
     except (TesseraError, TimeoutError, RuntimeError) as exc:
         _fail(exc)
@@ -428,7 +449,7 @@ def up(
         )
     )
     console.print(
-        f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png,"
+        f"{dep.n_nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png,"
         f" report.html; logs in {out}/logs"
     )
 
@@ -441,6 +462,7 @@ def _up_tracked(
     quiet: bool,
     start_timeout: float,
     start_batch: int | None,
+    resume: bool,
 ) -> tuple[float, str, float | None, dict[str, Any]]:
     """``_up_with_progress``, logged to MLflow when asked (the run marked FAILED or
     KILLED if it ends early)."""
@@ -459,6 +481,7 @@ def _up_tracked(
             tracker=tracker,
             start_timeout=start_timeout,
             start_batch=start_batch,
+            resume=resume,
         )
         if tracker is not None:
             model = out / "model.safetensors"
@@ -485,6 +508,7 @@ def _up_with_progress(
     tracker: Any,
     start_timeout: float | None = None,
     start_batch: int | None = None,
+    resume: bool = False,
 ) -> tuple[float, str, float | None, dict[str, Any]]:
     """Run the job with a progress bar; metrics.json and the model are rewritten each round.
 
@@ -560,6 +584,7 @@ def _up_with_progress(
             on_exit=lambda ended: progress.console.print(f"[yellow]{escape(ended)}[/]"),
             start_timeout=start_timeout,
             start_batch=start_batch,
+            resume=resume,
         )
     digest = save_file(out / "model.safetensors", dep.job.layout.unflatten(result.weights))
     writer.extra["deployment"] = {

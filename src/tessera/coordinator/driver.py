@@ -508,6 +508,7 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         num_samples=closed.num_samples,
         train_loss=closed.mean_loss,
         skipped=closed.skipped,
+        skip_reason=closed.skip_reason,
         blamed=closed.blamed,
         excluded=tuple(f"{node} ({why})" for node, why in closed.excluded),
         capped=closed.capped,

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -287,11 +287,63 @@ def signed_job(dep: Deployment, cfg: JobConfig) -> tuple[SignedDocument, bytes]:
     nodes = dict(zip(dep.job.node_ids, orgs, strict=True))
     spec = JobSpec.from_document(doc)
     check_tree_feasible(spec, dep.n_nodes, nodes)
-    if spec.secure:  # what the nodes will add: calibrated over every release, statistics too
+    learn_privacy(dep, spec)
+    return doc, weights
+
+
+def learn_privacy(dep: Deployment, spec: JobSpec) -> None:
+    """What the nodes will add: calibrated over every release, statistics rounds too."""
+    if spec.secure:
         params = spec.secure_params()
         dep.privacy = params.privacy
         dep.statistics_rounds = params.statistics.rounds if params.statistics else 0
-    return doc, weights
+
+
+# -- resuming a stopped deployment ----------------------------------------------------------
+
+#: What ``tessera up`` was asked, kept in OUT so ``tessera up --resume OUT`` asks it again.
+UP_ARGS = Path("run") / "up.json"
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """The deployment's options, as ``tessera up`` was given them."""
+
+    nodes: int
+    tls: bool
+    db_url: str | None
+    records: str
+    sandbox_start_timeout: float | None
+    node_max_parameters: int | None
+
+
+def save_up_args(out: Path, cfg: JobConfig, options: UpOptions) -> None:
+    """OUT/run/up.json: the job file as read (every field) and the deployment's options."""
+    body = {"config": cfg.model_dump(mode="json"), "options": asdict(options)}
+    write_private(out / UP_ARGS, json.dumps(body, indent=1))
+
+
+def load_up_args(out: Path) -> tuple[JobConfig, UpOptions]:
+    """The job and options of the stopped deployment in ``out``; ``ConfigError`` saying
+    why it cannot be resumed."""
+    path = out / UP_ARGS
+    if not path.is_file():
+        raise ConfigError("resume", f"{out} holds no tessera up run to resume (no {UP_ARGS})")
+    if not (out / "run" / "job.json").is_file():
+        raise ConfigError(
+            "resume", f"the job in {out} was never submitted: start it afresh, without --resume"
+        )
+    body = json.loads(path.read_text(encoding="utf-8"))
+    return JobConfig.model_validate(body["config"]), UpOptions(**body["options"])
+
+
+def submitted_job(dep: Deployment) -> SignedDocument:
+    """The signed job a stopped deployment submitted (OUT/run/job.json)."""
+    doc = SignedDocument.from_json(json.loads((dep.out / "run" / "job.json").read_text()))
+    if doc.signer != dep.ai_provider_keys.public:
+        raise ConfigError("resume", "run/job.json is not signed by this deployment's AI provider")
+    learn_privacy(dep, JobSpec.from_document(doc))
+    return doc
 
 
 def run_job(
@@ -305,8 +357,13 @@ def run_job(
     poll: float = 0.5,
     start_timeout: float | None = 600.0,
     start_batch: int | None = None,
+    resume: bool = False,
 ) -> UpResult:
     """Start the services, submit the job, start the nodes, and watch it to its end.
+
+    ``resume``: the job was submitted by an earlier run in the same folder, which
+    stopped; the coordinator picks it up from its store (event replay), the nodes
+    from their state folders, and every round so far is read back again.
 
     ``start_timeout`` bounds the start (from the job's submission to its
     first round) and ``start_batch`` staggers the nodes: see ``start_nodes``.
@@ -321,13 +378,17 @@ def run_job(
     dep.config = cfg
     dep.start_coordinator()
     dep.start_provider()
-    doc, weights = signed_job(dep, cfg)
+    doc, weights = (submitted_job(dep), b"") if resume else signed_job(dep, cfg)
     if len(dep.job.test.y):  # load the evaluation path (torch) now, not as round 1 closes
         evaluate(
             dep.job.spec, dep.job.initial_weights, dep.job.test.x, dep.job.test.y, dep.job.task
         )
     with dep.client() as client:
-        job_id = submit(client, doc, weights)["job_id"]
+        if resume:
+            job_id = JobSpec.from_document(doc).job_id
+            client.status(job_id)  # 404 if this coordinator's store lost it: said at once
+        else:
+            job_id = submit(client, doc, weights)["job_id"]
         if on_started is not None:
             on_started(job_id)
         start_nodes(

@@ -32,6 +32,7 @@ class RoundRecord:
     selected: int
     participants: int
     skipped: bool
+    skip_reason: str | None = None  # a skipped round: why
     train_loss: float = math.nan
     num_samples: int = 0
     included: tuple[str, ...] = ()  # contributors whose updates are in this round's model

@@ -293,6 +293,13 @@ class Coordinator:
         self.weight_rounds += 1
         return self.weight_total / self.weight_rounds
 
+    def _skip_reason(self, participants: int) -> str:
+        """Why a round is skipped, for its record: what arrived against what it needs."""
+        return (
+            f"{participants} of {len(self._selected)} selected nodes' updates arrived, "
+            f"{self.params.min_updates} needed"
+        )
+
     def _count_answers(self, included: Sequence[str]) -> None:
         """An applied training round: each selected node asked once more, each included
         one heard once more."""
@@ -512,6 +519,7 @@ class Coordinator:
                 groups_withheld=groups_withheld if not skipped else None,
                 quality=quality if not skipped else None,
                 staleness=staleness if not skipped else (),
+                skip_reason=self._skip_reason(participants) if skipped else None,
                 excluded=tuple(
                     (node, why)
                     for node, (first, why) in sorted(self.excluded.items())

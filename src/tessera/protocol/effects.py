@@ -119,6 +119,7 @@ class RoundClosed:
     # A buffered job's: each included contributor's staleness (rounds behind the model
     # it trained from), in the order of ``included``; empty in synchronous rounds.
     staleness: tuple[int, ...] = ()
+    skip_reason: str | None = None  # a skipped round: why (too few updates, by when)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

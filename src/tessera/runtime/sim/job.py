@@ -155,6 +155,7 @@ def simulate(
             partial=stats.partial,
             mean_steps=stats.mean_steps,
             skipped=closed.skipped,
+            skip_reason=closed.skip_reason,
             train_loss=closed.mean_loss,
             closed_at=closed.closed_at,
             seconds=stats.seconds,

@@ -317,7 +317,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-GRACEFUL_SHUTDOWN_S = 3.0
+GRACEFUL_SHUTDOWN_S = 3
 
 
 def _config(

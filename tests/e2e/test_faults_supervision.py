@@ -1,15 +1,17 @@
-"""``tessera up`` under an operator's signals, over real processes (issue: faults).
+"""``tessera up`` under an operator's signals, over real processes (the fault group).
 
 SIGTERM (what ``timeout``, systemd, Docker and CI send) used to leave the
 coordinator, the provider and every node running with no parent. Now: a
 node killed mid-job is reported with the end of its log; SIGTERM stops every
 party in order and says so, exit status 128 + 15; a ``tessera up`` killed
 outright (SIGKILL: no cleanup at all) leaves nothing running either, since
-each party stops itself once its parent is gone.
+each party stops itself once its parent is gone. ``tessera up --resume OUT``
+picks a stopped deployment up where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +25,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 NODES = 3
 
-pytestmark = pytest.mark.usefixtures("one_deployment_at_a_time")
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_deployment_at_a_time")]
 
 
 def _config(tmp_path: Path, rounds: int) -> Path:
@@ -38,9 +40,13 @@ def _config(tmp_path: Path, rounds: int) -> Path:
     return path
 
 
-def _up(tmp_path: Path, rounds: int) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    out, log = tmp_path / "out", tmp_path / "up.log"
+def _up(
+    tmp_path: Path, rounds: int, *, resume: bool = False, log_name: str = "up.log"
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    out, log = tmp_path / "out", tmp_path / log_name
     args = ["up", str(_config(tmp_path, rounds)), "--nodes", str(NODES), "--out", str(out)]
+    if resume:
+        args = ["up", "--resume", str(out)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tessera.cli", *args],
         stdout=log.open("wb"),
@@ -88,7 +94,7 @@ def _until(what: str, check: Callable[[], bool], timeout: float) -> None:
 def test_sigterm_stops_every_party_after_reporting_a_dead_node(tmp_path: Path) -> None:
     proc, out, log = _up(tmp_path, rounds=200)
     try:
-        _until("round 1 closed", lambda: (out / "metrics.json").exists(), 240)
+        _until("round 1 closed", (out / "metrics.json").exists, 240)
         victim = _node_pid(out, "node-000001")
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
@@ -108,13 +114,15 @@ def test_sigterm_stops_every_party_after_reporting_a_dead_node(tmp_path: Path) -
 
 
 def test_a_killed_up_leaves_no_party_running(tmp_path: Path) -> None:
-    proc, out, log = _up(tmp_path, rounds=200)
+    proc, out, _ = _up(tmp_path, rounds=200)
     try:
         _until(
             "every node started",
-            lambda: len(list((out / "logs").glob("node-*.log"))) == NODES
-            if (out / "logs").exists()
-            else False,
+            lambda: (
+                len(list((out / "logs").glob("node-*.log"))) == NODES
+                if (out / "logs").exists()
+                else False
+            ),
             240,
         )
         assert len(_pids_of(out)) >= NODES + 2
@@ -124,3 +132,31 @@ def test_a_killed_up_leaves_no_party_running(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_stopped_up_resumes_where_it_stopped(tmp_path: Path) -> None:
+    rounds = 4
+    proc, out, _ = _up(tmp_path, rounds=rounds)
+    try:
+        _until("round 1 closed", (out / "metrics.json").exists, 240)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _pids_of(out) == []
+
+    again, _, log2 = _up(tmp_path, rounds=rounds, resume=True, log_name="resume.log")
+    try:
+        assert again.wait(400) == 0, log2.read_text()[-3000:]
+    finally:
+        if again.poll() is None:
+            again.kill()
+    records = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in records] == list(range(rounds))  # every round, once
+    for r in records:  # a round lost to the stop says so, and why
+        assert r["skipped"] == (r.get("skip_reason") is not None), r
+    assert not records[-1]["skipped"]
+    assert (out / "model.safetensors").exists()
+    assert f"stopped {NODES} node processes" in log2.read_text()
+    assert _pids_of(out) == []
