@@ -117,7 +117,8 @@ class Deployment:
     processes: dict[str, Process] = field(default_factory=dict)
     coordinator_url: str = ""
     provider_url: str = ""
-    _coordinator_port: int = 0
+    _coordinator_port: int = 0  # 0 until started: a restart takes the same port
+    _provider_port: int = 0
     # The signed job's privacy, once built: its calibration spans the statistics rounds.
     privacy: PrivacyParams | None = field(default=None, init=False)
     statistics_rounds: int = field(default=0, init=False)
@@ -247,13 +248,14 @@ class Deployment:
                 "--keys",
                 str(self.out / "keys" / "provider.key"),
                 "--port",
-                "0",
+                str(self._provider_port),
                 "--ready-file",
                 str(ready),
                 *self._tls_args("provider"),
             ),
         )
         self.provider_url = wait_for_file(ready, proc)
+        self._provider_port = int(self.provider_url.rsplit(":", 1)[1].rstrip("/"))
         return self.provider_url
 
     def write_provider_files(self) -> Path:
