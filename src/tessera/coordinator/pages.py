@@ -242,7 +242,9 @@ def tree_svg(tree: Tree) -> str:
             )
         text = [
             f"group {group.id} (level {group.level})",
-            f"{len(group.members)} members",
+            f"{len(group.members)} members"
+            if group.is_leaf
+            else f"{len(group.children)} child groups",
             f"aggregators: {_names(group.aggregators)}",
             f"backups: {_names(group.backups)}",
         ]
@@ -384,7 +386,8 @@ def router(service: CoordinatorService, sessions: Sessions) -> APIRouter:  # noq
         else:
             body = (
                 f'<p id="tree-round">Round {_e(_round(record.current_round))}: '
-                f"{len(found.groups)} groups over {found.depth} levels, "
+                f"{len(found.groups)} groups over "
+                f"{1 + max(g.level for g in found.groups)} levels, "
                 f"k = {found.params.k} aggregators a group.</p>{tree_svg(found)}"
             )
         return _page(f"Job {job_id}: the round's tree", body, party=party)
