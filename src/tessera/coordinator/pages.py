@@ -128,8 +128,9 @@ def job_view(service: CoordinatorService, party: Party, job_id: str) -> dict[str
     The AI provider sees its whole status (``access.status``); a node of the job sees
     ``access.NODE_STATUS``, the participant count once the job started (the
     participants route gives it the list itself) and, per round, whether its own
-    update was included. That last one is safe to show: it is about the node alone,
-    names nobody else, and its node learns it anyway from the round's requests.
+    update was included. That last one is safe to show: it is about the node alone and
+    names nobody else (neither who else was included nor how many), and the node's user
+    is the one person entitled to know whether their own update counted.
     """
     caller = party.caller(service.clock())
     role = access.job_for(service, caller, job_id, access.Role.AI_PROVIDER, access.Role.PARTICIPANT)
