@@ -21,7 +21,10 @@ def chromium_path() -> str | None:
     return os.environ.get(BROWSER_ENV) or shutil.which("chromium")
 
 
-@pytest.fixture(scope="session")
+# One browser per module, not per session: Playwright's sync API holds an event loop
+# running in the worker's thread while it is open, and a later test of the same worker
+# that calls asyncio.run() (tests/coordinator/test_mail_signal.py) would fail under it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     found = chromium_path()
     if found is None:

@@ -232,3 +232,27 @@ def test_provider_refuses_a_database_it_cannot_open(tmp_path: Path, served: dict
     assert done.exit_code == 2
     assert "cannot open the gate's database" in done.output
     assert "run" not in served
+
+
+def test_job_page_prints_a_one_time_link_to_the_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+    from tests.coordinator.coordinator_kit import AI, Harness
+
+    from tessera.storage.keyfile import save_keys
+
+    monkeypatch.delenv("TESSERA_KEY_PASSPHRASE", raising=False)
+    keys = tmp_path / "ai-provider.key"
+    save_keys(AI, keys, None, warn_clear=False)
+    harness = Harness(tmp_path / "coordinator.db")
+    try:
+        done = _invoke("job", "page", "--coordinator", harness.url, "--keys", str(keys))
+        assert done.exit_code == 0, done.output
+        link = done.output.strip().splitlines()[-1]
+        assert link.startswith(harness.url + "/ui/login?token=")
+        with httpx.Client() as browser:
+            assert browser.get(link).status_code == 303
+            assert browser.get(link).status_code == 403  # once only
+    finally:
+        harness.stop()

@@ -2,18 +2,21 @@
 flipped at the data provider; the AI provider alone reads each round's group sums,
 values them on its own held-out rows and posts its verdicts; the coordinator leaves
 the excluded out of the rounds it opens after, and the records say why. Every
-round also carries the contributors' data-quality statistics, summed."""
+round also carries the contributors' data-quality statistics, summed. Then the AI
+provider's login link and its report on the coordinator's pages, as ``tessera up``
+makes and uploads them, over the deployment's TLS."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tessera.config import ContributionsSection, PoisonSection, load_config
 from tessera.deploy.local import Deployment
-from tessera.deploy.up import run_job
+from tessera.deploy.up import page_link, run_job, upload_report
 
 NODES = 20
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
@@ -44,6 +47,7 @@ def test_a_deployment_values_groups_and_leaves_the_flagged_out(tmp_path: Path) -
     assert 0 < len(flipped) < NODES // 2  # drawn over all schools, then the first 20 kept
     try:
         result = run_job(dep, timeout=300, poll=0.05)
+        pages_served(dep, result.job_id, tmp_path)
     finally:
         dep.close()
     records = result.rounds
@@ -61,3 +65,21 @@ def test_a_deployment_values_groups_and_leaves_the_flagged_out(tmp_path: Path) -
         assert node in excluded
         assert all(node not in r.included for r in records if r.round >= first)
     assert entry["judged"] == "excluded" and entry["precision"] is not None
+
+
+def pages_served(dep: Deployment, job_id: str, tmp_path: Path) -> None:
+    """``tessera up``'s link to the pages and its report upload (``deploy.up``), over TLS:
+    the session cookie is Secure, and the report comes back as uploaded."""
+    report = tmp_path / "report.html"
+    report.write_text("<!doctype html><html><body><h1>the report</h1></body></html>")
+    upload_report(dep, job_id, report)
+    link = page_link(dep)
+    assert link.startswith(dep.coordinator_url.rstrip("/") + "/ui/login?token="), link
+    with httpx.Client(verify=dep.verify) as browser:
+        login = browser.get(link)
+        assert login.status_code == 303, login.text
+        assert "; secure" in login.headers["set-cookie"].lower()
+        served = browser.get(f"{dep.coordinator_url.rstrip('/')}/ui/jobs/{job_id}/report")
+        assert served.status_code == 200, served.text
+        assert served.text == report.read_text()
+        assert served.headers["content-security-policy"].startswith("sandbox;")

@@ -500,7 +500,7 @@ def _up_tracked(
         raise
 
 
-def _up_with_progress(
+def _up_with_progress(  # noqa: PLR0915 - the progress callbacks, one each
     dep: Any,
     out: Path,
     *,
@@ -515,7 +515,7 @@ def _up_with_progress(
     Returns the final metric, its name, the centralized baseline's (None: off) and
     metrics.json's content.
     """
-    from tessera.deploy.up import UpAudit, baseline_of, run_job
+    from tessera.deploy.up import UpAudit, baseline_of, page_link, run_job, upload_report
     from tessera.jobs.records import RoundRecord
     from tessera.jobs.secure import summarize
     from tessera.reports import MetricsWriter, write_views
@@ -540,6 +540,8 @@ def _up_with_progress(
             if line is not None and not quiet:
                 progress.console.print(line)
             progress.update(task, status=f"job {job_id}: {dep.n_nodes} nodes consenting")
+            if not quiet:
+                progress.console.print(f"the job's pages (a one-time link): {page_link(dep)}")
 
         def on_consents(job_id: str, consented: int, started: int) -> None:
             progress.update(
@@ -599,6 +601,7 @@ def _up_with_progress(
     # metrics.json's last write, then the audit log's (the final model's hash).
     metrics = audit.finish(writer.finish(model_digest=digest), rounds=len(done))
     write_views(out, metrics)  # curves.png and report.html, from what was just written
+    upload_report(dep, result.job_id, out / "report.html")  # shown on the job's pages
     final = done[-1].value if done else float("nan")
     return final, metric, None if baseline is None else baseline.value, metrics
 
@@ -674,6 +677,26 @@ def job_status(
             coordinator, verify=_verify(ca), patience=10, keys=ai_keys
         ) as client:
             typer.echo(json.dumps(client.status(job_id), indent=1))
+    except (TesseraError, OSError) as exc:  # OSError: no key file
+        _fail(exc)
+
+
+@job_app.command("page", cls=Command)
+def job_page(
+    coordinator: Annotated[str, typer.Option(help="the coordinator's URL")],
+    keys: Annotated[Path, typer.Option(help="AI provider key file")] = Path("ai-provider.key"),
+    ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
+) -> None:
+    """A one-time login link (5 minutes) to the coordinator's pages: your jobs, live."""
+    from tessera.runtime.transport.client import CoordinatorClient
+    from tessera.storage.keyfile import load_keys
+
+    try:
+        ai_keys = load_keys(keys, _passphrase())
+        with CoordinatorClient(
+            coordinator, verify=_verify(ca), patience=10, keys=ai_keys
+        ) as client:
+            typer.echo(client.page_link())
     except (TesseraError, OSError) as exc:  # OSError: no key file
         _fail(exc)
 

@@ -24,7 +24,10 @@ node (NodeSignature)              its mailbox, its own registration; for a job i
                                   consented to or takes part in: state and round,
                                   participants (once started), artefacts
 either                            the list of jobs it has a role in (nodes also see
-                                  the jobs waiting for consent)
+                                  the jobs waiting for consent); a one-time login link
+                                  for the pages (``coordinator.pages``)
+the job's AI provider             upload the job's report.html (served on the pages,
+                                  sandboxed, to it and the job's participants)
 ================================  =================================================
 """
 
@@ -46,9 +49,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from tessera.coordinator import access
+from tessera.coordinator import access, pages
 from tessera.coordinator.intake import MailIntake
 from tessera.coordinator.service import CoordinatorService, Refused
+from tessera.coordinator.sessions import Party, Sessions, SessionsFull
 from tessera.protocol.limits import COORDINATOR_BODY, MAIL_BODY
 from tessera.runtime.transport.auth import KEYS_HEADER, NODE_HEADER, Caller
 from tessera.runtime.transport.serve import BodyLimit
@@ -77,7 +81,7 @@ _WHY = {
     413: "The request body is larger than the coordinator takes",
     503: "Too many long polls held: retry after the Retry-After header's seconds",
     422: "The request does not fit its schema, or a signed document its rules",
-    429: "The sender is over its quota of envelopes for this round",
+    429: "Over a quota: the sender's envelopes this round, or login links pending",
 }
 
 
@@ -164,6 +168,13 @@ class Verdicts(BaseModel):
     round: Annotated[int, Field(ge=0, le=2**31 - 1)]
     excluded: Annotated[dict[_NodeName, _Reason], Field(max_length=MAX_VERDICTS)] = {}
     weights: Annotated[dict[_NodeName, _Factor], Field(max_length=MAX_VERDICTS)] = {}
+
+
+class SessionLink(BaseModel):
+    """A one-time login link to the pages (a path on this coordinator) and its expiry."""
+
+    link: str
+    expires_at: float
 
 
 class RevocationSubmission(BaseModel):
@@ -368,6 +379,35 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         excluded are left out, the rest weighed, from the next round opened."""
         access.job_for(service, caller, job_id, access.Role.AI_PROVIDER)
         return service.rate(job_id, body.round, body.excluded, body.weights)
+
+    sessions = Sessions(service.clock)  # in memory: see coordinator.sessions
+
+    @app.post("/v1/sessions", status_code=201, responses=_refusals(401, 429))
+    def session(caller: Signed) -> SessionLink:
+        """A one-time login link (5 minutes) to the pages, for the signing party."""
+        try:
+            token, expires = sessions.link(Party.of(caller))
+        except SessionsFull as exc:
+            raise Refused(429, str(exc)) from None
+        return SessionLink(link=pages.session_link(token), expires_at=expires)
+
+    @app.put(
+        "/v1/jobs/{job_id}/report",
+        status_code=201,
+        openapi_extra={"requestBody": {"content": {"text/html": {"schema": {"type": "string"}}}}},
+        responses=_refusals(400, 401, 403, 404, 413),
+    )
+    async def put_report(job_id: str, request: Request, caller: ByKeys) -> dict[str, str]:
+        """The job's report.html, from its AI provider (at most 20 MB): its pages show it."""
+        await run_in_threadpool(access.job_for, service, caller, job_id, access.Role.AI_PROVIDER)
+        data = await request.body()
+        pages.check_report(job_id, data, request.headers.get("content-type", ""))
+        sha = await run_in_threadpool(
+            service.store.put_report, job_id, data, pages.REPORT_MEDIA_TYPE
+        )
+        return {"sha256": sha}
+
+    app.include_router(pages.router(service, sessions))
 
     @app.post(
         "/v1/mail",

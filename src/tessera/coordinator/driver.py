@@ -69,6 +69,7 @@ from tessera.protocol.events import (
 )
 from tessera.protocol.kinds import Kind
 from tessera.protocol.timers import Timer, parse_timer, timer_text
+from tessera.protocol.topology import Tree
 from tessera.runtime.host import Host, Observer, WallClock
 from tessera.runtime.transport.mail import (
     WEIGHTS_MEDIA_TYPE,
@@ -432,6 +433,15 @@ class JobDriver(Observer):
         if not isinstance(machine, SecureCoordinator):
             return None
         return machine.relay_problem(NodeId(sender), NodeId(recipient), kind)
+
+    def open_tree(self) -> Tree | None:
+        """The open round's tree of a secure job (None: plaintext, or no round open); read
+        without a lock, as ``relay_problem`` reads it."""
+        machine = self.machine
+        if not isinstance(machine, SecureCoordinator):
+            return None
+        roles = machine.relay_roles
+        return None if roles is None else roles.tree
 
     # -- the thread ----------------------------------------------------------------
     def wake(self) -> None:

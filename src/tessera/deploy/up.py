@@ -35,7 +35,7 @@ from tessera.crypto.documents import SignedDocument
 from tessera.data.prepare import Preprocessor
 from tessera.data.statistics import Totals
 from tessera.deploy.local import PROVIDER_DATASET, Deployment
-from tessera.errors import ConfigError, RemoteProtocolError
+from tessera.errors import ConfigError, RemoteProtocolError, TesseraError
 from tessera.jobs.document import JobSpec, check_tree_feasible
 from tessera.jobs.groupsums import group_floor, read_group_sums
 from tessera.jobs.prepared import rescale_job
@@ -482,6 +482,29 @@ class UpAudit:
         if self.writer is not None:
             self.writer.model_final(self.out / "model.safetensors", rounds=rounds, status=status)
         return metrics
+
+
+def page_link(dep: Deployment) -> str:
+    """A one-time login link to the coordinator's pages for the deployment's AI provider
+    (or why there is none: the pages are a convenience, never a reason to stop)."""
+    try:
+        with dep.client(patience=10.0) as client:
+            return client.page_link()
+    except (TesseraError, OSError) as exc:
+        log.warning("no link to the pages: %s", exc)
+        return f"(none: {exc})"
+
+
+def upload_report(dep: Deployment, job_id: str, report: Path) -> None:
+    """Upload DIR/report.html to the coordinator (the job's pages show it); a failure is
+    logged, never fatal: the file is in DIR either way."""
+    if not report.exists():
+        return
+    try:
+        with dep.client(patience=10.0) as client:
+            client.put_report(job_id, report.read_bytes())
+    except (TesseraError, OSError) as exc:
+        log.warning("report.html not uploaded to the coordinator: %s", exc)
 
 
 def baseline_of(dep: Deployment) -> BaselineResult | None:

@@ -37,6 +37,11 @@ class RelayRoles:
                 servers.setdefault(node, set()).add(group.id)
         object.__setattr__(self, "_servers", servers)
 
+    @property
+    def tree(self) -> Tree:
+        """The open round's tree (public to the job's parties: each node re-derives it)."""
+        return self._tree
+
     def problem(self, sender: NodeId, recipient: NodeId, kind: Kind) -> str | None:
         """Why the tree expects no ``kind`` envelope from ``sender`` to ``recipient``.
 

@@ -90,6 +90,8 @@ job = Table(
     Column("beacon", String(64), nullable=True),
     # The artefact holding its statistics round's total (a job with one), once decoded.
     Column("statistics", String(64), nullable=True),
+    # The artefact holding the job's latest report (report.html), as its AI provider uploaded it.
+    Column("report", String(64), nullable=True),
 )
 
 consent = Table(

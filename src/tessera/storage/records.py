@@ -35,6 +35,7 @@ class JobRecord:
     current_round: int | None
     beacon: str | None = None
     statistics: str | None = None  # sha256 of the statistics round's total, if any
+    report: str | None = None  # sha256 of the job's latest report.html, if one was uploaded
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,16 @@ class Store(Database):
             row = {"sha256": sha, "job_id": job_id}
             conn.execute(self._insert(m.job_artefact).values(row).on_conflict_do_nothing())
 
+    def put_report(self, job_id: str, data: bytes, media_type: str) -> str:
+        """Store a job's report as an artefact of the job (its parties may read it) and make
+        it the job's latest (``JobRecord.report``); its sha256. NotFound for an unknown job."""
+        with self._write() as conn:
+            self._require_job(conn, job_id)
+            digest = self._put_artefact(conn, data, media_type)
+            self._link(conn, job_id, [digest])
+            self._update_job(conn, job_id, {"report": digest})
+        return digest
+
     def artefact_jobs(self, sha256: str) -> list[str]:
         """The jobs an artefact belongs to."""
         c = m.job_artefact.c
@@ -789,6 +799,7 @@ def _job(r: Row[Any]) -> JobRecord:
         current_round=r.current_round,
         beacon=r.beacon,
         statistics=r.statistics,
+        report=r.report,
     )
 
 

@@ -200,6 +200,19 @@ class CoordinatorClient:
         result: dict[str, Any] = self._post(f"/v1/jobs/{job_id}/verdicts", json_body=body).json()
         return result
 
+    def page_link(self) -> str:
+        """A one-time login link (valid 5 minutes) to the coordinator's pages, for the
+        signing party: open it in a browser."""
+        link = str(self._post("/v1/sessions", json_body={}).json()["link"])
+        return self.url + link
+
+    def put_report(self, job_id: str, html: bytes) -> str:
+        """Upload the job's report.html (its AI provider only); its sha256."""
+        kind = {"content-type": "text/html; charset=utf-8"}
+        path = f"/v1/jobs/{job_id}/report"
+        answer = self._retry(lambda: self._call("PUT", path, content=html, headers=kind))
+        return str(answer.json()["sha256"])
+
     def job_document(self, job_id: str) -> SignedDocument:
         return SignedDocument.from_json(self._get(f"/v1/jobs/{job_id}/document").json())
 
