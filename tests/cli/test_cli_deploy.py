@@ -119,15 +119,18 @@ def test_node_refuses_a_sandbox_start_timeout_that_is_not_positive(tmp_path: Pat
 def test_up_passes_its_start_options_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tessera.cli import deploy
     from tessera.deploy import local as deployment
+    from tessera.deploy.supervise import StopReport
 
     seen: dict[str, Any] = {}
 
     class FakeDeployment:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             seen["deployment"] = kwargs
+            self.n_nodes = args[1]
 
-        def close(self) -> None:
+        def close(self) -> StopReport:
             seen["closed"] = True
+            return StopReport(stopped=(), killed=(), seconds=0.0)
 
     def fake_run(
         dep: Any, out: Path, **kwargs: Any
@@ -256,3 +259,25 @@ def test_job_page_prints_a_one_time_link_to_the_pages(
             assert browser.get(link).status_code == 403  # once only
     finally:
         harness.stop()
+
+
+def test_up_resume_says_what_it_cannot_resume(tmp_path: Path) -> None:
+    config = str(EXAMPLES / "chem97.toml")
+    both = _invoke("up", config, "--resume", str(tmp_path))
+    assert both.exit_code == 2 and "not both" in both.output
+    neither = _invoke("up")
+    assert neither.exit_code == 2 and "--resume" in neither.output
+    empty = _invoke("up", "--resume", str(tmp_path))
+    assert empty.exit_code == 2
+    assert "holds no tessera up run to resume (no run/up.json)" in " ".join(empty.output.split())
+    from tessera.config import load_config
+    from tessera.deploy.up import UpOptions, save_up_args
+
+    save_up_args(
+        tmp_path,
+        load_config(EXAMPLES / "chem97.toml"),
+        UpOptions(3, True, None, "table", None, None),
+    )
+    unsent = _invoke("up", "--resume", str(tmp_path))
+    assert unsent.exit_code == 2
+    assert "was never submitted: start it afresh" in " ".join(unsent.output.split())

@@ -46,7 +46,7 @@ from tessera.jobs.valuation import GroupValuer
 from tessera.protocol.limits import TAIL
 from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused
 from tessera.storage.keyfile import load_keys
-from tessera.storage.private import write_private
+from tessera.storage.private import private_dir, write_private
 from tessera.training import evaluate
 from tessera.weights import Vector
 
@@ -320,6 +320,7 @@ class UpOptions:
 def save_up_args(out: Path, cfg: JobConfig, options: UpOptions) -> None:
     """OUT/run/up.json: the job file as read (every field) and the deployment's options."""
     body = {"config": cfg.model_dump(mode="json"), "options": asdict(options)}
+    private_dir((out / UP_ARGS).parent)
     write_private(out / UP_ARGS, json.dumps(body, indent=1))
 
 
