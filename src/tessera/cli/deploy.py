@@ -531,7 +531,8 @@ def _up_with_progress(
         writer.extra["contributions"] = result.contributions
     # metrics.json's last write, then the audit log's (the final model's hash).
     metrics = audit.finish(writer.finish(model_digest=digest), rounds=len(done))
-    write_views(out, metrics)  # curves.png and report.html, from what was just written
+    # curves.png, explanations.json (this process holds the held-out set) and report.html
+    write_views(out, metrics, job=dep.job, weights=result.weights)
     final = done[-1].value if done else float("nan")
     return final, metric, None if baseline is None else baseline.value, metrics
 

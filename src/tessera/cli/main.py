@@ -300,7 +300,7 @@ def _run(
         if valuer is not None:
             writer.extra["contributions"] = valuer.entry()
     metrics = _finish(out, job.layout.unflatten(result.weights), result, writer, audit)
-    _views(out, metrics)
+    _views(out, metrics, job, result.weights)
     _check_end(result)
     console.print(
         done_line(
@@ -313,15 +313,18 @@ def _run(
         )
     )
     console.print(
-        f"wrote {out}/metrics.json, model.safetensors, curves.png, report.html, audit.jsonl"
+        f"wrote {out}/metrics.json, model.safetensors, curves.png, explanations.json, "
+        "report.html, audit.jsonl"
     )
 
 
-def _views(out: Path, metrics: Any) -> None:
-    """DIR/curves.png and DIR/report.html, from the finished job's metrics and audit log."""
+def _views(out: Path, metrics: Any, job: PreparedJob, weights: Any) -> None:
+    """DIR/curves.png, DIR/explanations.json (the final model on the held-out set) and
+    DIR/report.html, from the finished job's metrics and audit log."""
     from tessera.reports import write_views
 
-    write_views(out, metrics)
+    with console.status("explaining the model on the held-out set"):
+        write_views(out, metrics, job=job, weights=weights)
 
 
 def _finish(out: Path, model: Any, result: Any, writer: Any, audit: AuditWriter) -> Any:
