@@ -321,7 +321,10 @@ def up(
         str, typer.Option(help="what the provider serves: table | xapi (Chem97 as xAPI statements)")
     ] = "table",
     mlflow: Annotated[
-        str | None, typer.Option("--mlflow", help="MLflow tracking URI: log rounds and the model")
+        str | None,
+        typer.Option(
+            "--mlflow", help="MLflow tracking URI: log rounds, the model, audit log and report"
+        ),
     ] = None,
     start_timeout: Annotated[
         float,
@@ -404,6 +407,8 @@ def up(
             )
             if (out / "audit.jsonl").exists():
                 tracker.log_audit(out / "audit.jsonl")
+            if (out / "report.html").exists():
+                tracker.log_report(out)
             tracker.close()
     except (TesseraError, TimeoutError, RuntimeError) as exc:
         if tracker is not None:

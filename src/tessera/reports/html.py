@@ -381,11 +381,13 @@ def _tree(m: Mapping[str, Any]) -> str:
         name = "leaf groups" if level == 0 else f"level {level} groups"
         ax_g.bar(xs, counts, bottom=bottom, label=name)
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    ax_g.set_ylim(0, max(bottom) * 1.35 + 1)  # room for the legend above the bars
     ax_g.set_ylabel("groups")
-    ax_g.legend(fontsize="small", ncol=min(depth, 4))
+    ax_g.legend(fontsize="small", loc="upper left", ncol=min(depth, 4))
     ax_g.grid(alpha=0.3)
     ax_a.plot(xs, [r.get("tree_aggregators", 0) for r in rounds], marker=".", label="aggregators")
     ax_a.plot(xs, [r.get("tree_backups", 0) for r in rounds], marker="x", label="backups")
+    ax_a.set_ylim(bottom=0)
     ax_a.set_ylabel("nodes")
     ax_a.set_xlabel("round")
     ax_a.xaxis.set_major_locator(MaxNLocator(integer=True))
