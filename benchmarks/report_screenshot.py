@@ -43,7 +43,8 @@ def screenshot(report: Path, top: Path, explanations: Path) -> None:
             page.screenshot(path=str(top))
             box = page.locator("#explanations").bounding_box()
             end = page.locator("#fairness").bounding_box()
-            assert box is not None and end is not None
+            if box is None or end is None:
+                raise SystemExit("the report has no explanations or fairness section")
             clip = {
                 "x": 0,
                 "y": box["y"],

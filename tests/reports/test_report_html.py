@@ -295,7 +295,7 @@ def _explanations(**changes: Any) -> dict[str, Any]:
                         "mean_prediction": None,
                         "mean_label": None,
                     },
-                ],  # fmt: skip
+                ],
                 "best": "F",
                 "worst": f"M {NASTY}",
                 "gap": 0.03,

@@ -405,8 +405,14 @@ def _tree(m: Mapping[str, Any]) -> str:
         )
         for r in rounds
     ]
-    header = ("round", "levels", "groups per level, leaves first", "aggregators", "backups",
-              "leaf group sizes (size x groups)")  # fmt: skip
+    header = (
+        "round",
+        "levels",
+        "groups per level, leaves first",
+        "aggregators",
+        "backups",
+        "leaf group sizes (size x groups)",
+    )
     return (
         params
         + _img(fig, "the execution tree's groups per level and its aggregators per round")
@@ -471,9 +477,12 @@ def _bars(
     names, values = list(names)[:_TOP][::-1], [_num(v) for v in values][:_TOP][::-1]
     err = None if errors is None else [_num(v) for v in errors][:_TOP][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(names)))
-    ax.barh(range(len(names)), [0.0 if math.isnan(v) else v for v in values],
-            xerr=None if err is None else [0.0 if math.isnan(v) else v for v in err],
-            color="tab:blue")  # fmt: skip
+    ax.barh(
+        range(len(names)),
+        [0.0 if math.isnan(v) else v for v in values],
+        xerr=None if err is None else [0.0 if math.isnan(v) else v for v in err],
+        color="tab:blue",
+    )
     ax.set_yticks(range(len(names)), names)
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel(xlabel)
@@ -498,10 +507,14 @@ def _explanations(m: Mapping[str, Any], e: Mapping[str, Any] | None) -> str:
         feats = imp.get("features") or []
         metric = str(imp.get("metric", "metric"))
         out += _img(
-            _bars([str(f["feature"]) for f in feats], [f.get("mean") for f in feats],
-                  [f.get("std") for f in feats], f"drop in {metric} when shuffled"),
+            _bars(
+                [str(f["feature"]) for f in feats],
+                [f.get("mean") for f in feats],
+                [f.get("std") for f in feats],
+                f"drop in {metric} when shuffled",
+            ),
             f"permutation importance: drop in {metric} per feature",
-        )  # fmt: skip
+        )
         out += _table(
             ("feature", f"mean drop in {metric}", "std"),
             [(f["feature"], f.get("mean"), f.get("std")) for f in feats[:_TOP]],
@@ -520,10 +533,14 @@ def _explanations(m: Mapping[str, Any], e: Mapping[str, Any] | None) -> str:
     if attr:
         feats = attr.get("features") or []
         out += _img(
-            _bars([str(f["feature"]) for f in feats], [f.get("mean_abs") for f in feats], None,
-                  "mean |attribution|"),
+            _bars(
+                [str(f["feature"]) for f in feats],
+                [f.get("mean_abs") for f in feats],
+                None,
+                "mean |attribution|",
+            ),
             "integrated-gradient attributions: mean absolute attribution per feature",
-        )  # fmt: skip
+        )
         out += _table(
             ("feature", "mean |attribution|", "mean attribution"),
             [(f["feature"], f.get("mean_abs"), f.get("mean")) for f in feats[:_TOP]],
