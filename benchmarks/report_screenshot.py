@@ -1,7 +1,7 @@
 """docs/report.png and docs/report-explanations.png: the Chem97 demo's trust report,
 as headless Chromium (Debian's ``chromium``, driven by Playwright) shows it.
 
-    .venv/bin/python benchmarks/report_screenshot.py [--rounds 3] [--out runs/report-shot]
+    .venv/bin/python benchmarks/report_screenshot.py [--rounds 15] [--out runs/report-shot]
     .venv/bin/python benchmarks/report_screenshot.py --report DIR   # an existing DIR/report.html
 
 Runs ``tessera run`` on examples/chem97.toml (a few rounds: the screenshot shows the
@@ -58,7 +58,7 @@ def screenshot(report: Path, top: Path, explanations: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "report-shot")
     ap.add_argument("--report", type=Path, help="a job folder already run: skip the run")
     args = ap.parse_args()
