@@ -437,7 +437,8 @@ def up(
     )
     console.print(
         f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png,"
-        f" report.html; logs in {out}/logs"
+        + (" explanations.json," if cfg.reporting.explain else "")
+        + f" report.html; logs in {out}/logs"
     )
 
 
