@@ -68,6 +68,7 @@ from tessera.protocol.quality import RoundQuality
 from tessera.protocol.states import COORDINATOR_TRANSITIONS, CoordinatorInput, CoordinatorState
 from tessera.protocol.strategies import Strategy
 from tessera.protocol.timers import RoundDeadline
+from tessera.protocol.topology import Tree
 from tessera.weights import Vector
 
 
@@ -480,6 +481,7 @@ class Coordinator:
         groups_withheld: str | None = None,
         quality: RoundQuality | None = None,
         staleness: tuple[int, ...] = (),
+        tree: Tree | None = None,
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -512,6 +514,7 @@ class Coordinator:
                 groups_withheld=groups_withheld if not skipped else None,
                 quality=quality if not skipped else None,
                 staleness=staleness if not skipped else (),
+                tree=tree,
                 excluded=tuple(
                     (node, why)
                     for node, (first, why) in sorted(self.excluded.items())

@@ -296,7 +296,6 @@ class SecureCoordinator(Coordinator):
         self._stopping: str | None = None  # a private round the budget did not allow
         self.relay_roles: RelayRoles | None = None  # the open round's, for the relay
         self.ring_of_statistics: Ring | None = None  # the statistics round's, once opened
-        self.closed_tree: Tree | None = None  # the last closed round's tree (for its record)
 
     # -- events -------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Effect]:
@@ -956,7 +955,6 @@ class SecureCoordinator(Coordinator):
         assert self._rs is not None
         rs, self._rs = self._rs, None
         self.relay_roles = None
-        self.closed_tree = rs.tree
         self._phase(rs, why)
         timer_pending = why is not PhaseInput.DEADLINE  # else it just fired
         root = rs.tree.root
@@ -969,6 +967,7 @@ class SecureCoordinator(Coordinator):
             "timer_pending": timer_pending,
             "blamed": blamed,
             "epsilon": None if self.budget is None else self.budget.epsilon,
+            "tree": rs.tree,
         }
         self._exclude_tamperers(rs)
         if len(rs.root_parts) != len(root.aggregators) or rs.blamed:
@@ -1030,6 +1029,7 @@ class SecureCoordinator(Coordinator):
             staleness=()
             if self.params.buffer is None
             else tuple(rs.staleness.get(n, 0) for n in included),
+            tree=rs.tree,
         )
 
     def _exclude_tamperers(self, rs: _RoundState) -> None:

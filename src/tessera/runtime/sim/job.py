@@ -176,7 +176,7 @@ def simulate(
             included=closed.included,
             staleness=closed.staleness,
             **quality_fields(closed.quality),
-            **tree_fields(getattr(coordinator, "closed_tree", None)),
+            **tree_fields(closed.tree),
             virtual_round_seconds=stats.virtual_round_seconds,
             cpu_seconds=stats.cpu_seconds,
             coordinator_cpu_seconds=stats.coordinator_cpu_seconds,
