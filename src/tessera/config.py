@@ -528,6 +528,27 @@ class BaselineSection(_Section):
     epochs: PositiveInt | None = None
 
 
+class ReportSection(_Section):
+    """The trust report's explanations, computed by whoever holds the held-out set (the
+    AI provider: ``tessera run``'s and ``tessera up``'s process) once the job ends.
+
+    ``explain``: permutation importance and integrated gradients per source feature
+    (and a saliency map for an image model) on ``explain_rows`` held-out rows drawn
+    with the job's seed, ``repeats`` permutations each, ``steps`` points along each
+    gradient path; metrics per group of each column in ``groups`` (any column of the
+    table: ``gender``) on the whole held-out set. A group of fewer than
+    ``min_count`` rows is counted but its metrics are suppressed in the report.
+    Without the section, explanations are on with these defaults and no groups.
+    """
+
+    explain: bool = True
+    groups: tuple[StrictStr, ...] = ()
+    explain_rows: PositiveInt = 500
+    repeats: PositiveInt = 3
+    steps: PositiveInt = 32
+    min_count: PositiveInt = 10
+
+
 class JobConfig(_Section):
     job: JobSection
     data: DataSection
@@ -542,6 +563,21 @@ class JobConfig(_Section):
     privacy: PrivacySection | None = None
     contributions: ContributionsSection | None = None
     baseline: BaselineSection = BaselineSection()
+    report: ReportSection | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> object:
+        # Left out while unset: a job's dumped config (its signed document, its digest
+        # in the audit log) stays byte for byte what it was before [report] existed.
+        out = handler(self)
+        if isinstance(out, dict) and self.report is None:
+            out.pop("report", None)
+        return out
+
+    @property
+    def reporting(self) -> ReportSection:
+        """The job's ``[report]`` section, or its defaults (explanations on, no groups)."""
+        return self.report if self.report is not None else ReportSection()
 
     @property
     def group_sums(self) -> bool:

@@ -51,6 +51,10 @@ drawn: dict[str, st.SearchStrategy[object]] = {
     "partial": st.integers(0, 10**5),
     "mean_steps": numbers,
     "staleness": st.lists(st.integers(0, 100), max_size=6).map(tuple),
+    "tree_levels": st.lists(st.integers(0, 10**4), max_size=5).map(tuple),
+    "tree_aggregators": st.integers(0, 10**5),
+    "tree_backups": st.integers(0, 10**5),
+    "tree_leaf_sizes": st.lists(st.integers(0, 100), max_size=8).map(tuple),
 }
 records = st.builds(RoundRecord, **drawn)
 

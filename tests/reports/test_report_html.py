@@ -218,3 +218,150 @@ def test_the_command_writes_the_report(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+# --- tree, explanations, fairness ----------------------------------------------------
+
+
+def _with_tree(m: dict[str, Any]) -> dict[str, Any]:
+    m["tree"] = {"k": 3, "group_size": 16, "depth": 2}
+    for r in m["rounds"]:
+        r.update(
+            tree_levels=[27, 4, 1],
+            tree_aggregators=96,
+            tree_backups=32,
+            tree_leaf_sizes=[15, 1, 16, 26],
+        )
+    return m
+
+
+def _explanations(**changes: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "format": "tessera-explanations/v1",
+        "job": "tiny-digits",
+        "model": "ab",
+        "task": "classification",
+        "test_rows": 360,
+        "rows": 300,
+        "seed": 1,
+        "repeats": 3,
+        "steps": 32,
+        "seconds": 0.5,
+        "importance": {
+            "metric": "accuracy",
+            "baseline": 0.9,
+            "features": [
+                {"feature": f"col {NASTY}", "mean": 0.3, "std": 0.01},
+                {"feature": "pixel_0", "mean": 0.0, "std": 0.0},
+            ],
+        },
+        "attributions": {
+            "method": "integrated gradients",
+            "output": "the predicted class's logit",
+            "gap": 0.001,
+            "features": [
+                {"feature": f"col {NASTY}", "mean_abs": 1.5, "mean": -0.5},
+                {"feature": "pixel_0", "mean_abs": 0.0, "mean": 0.0},
+            ],
+        },
+        "saliency": {"shape": [2, 2], "values": [[0.1, 0.2], [0.3, 0.4]]},
+        "fairness": [
+            {
+                "column": f"sex {NASTY}",
+                "metric": "accuracy",
+                "min_count": 10,
+                "groups": [
+                    {
+                        "group": "F",
+                        "count": 200,
+                        "suppressed": False,
+                        "metric": 0.91,
+                        "mean_prediction": 4.5,
+                        "mean_label": 4.4,
+                    },
+                    {
+                        "group": f"M {NASTY}",
+                        "count": 157,
+                        "suppressed": False,
+                        "metric": 0.88,
+                        "mean_prediction": 4.9,
+                        "mean_label": 5.0,
+                    },
+                    {
+                        "group": "rare",
+                        "count": 3,
+                        "suppressed": True,
+                        "metric": None,
+                        "mean_prediction": None,
+                        "mean_label": None,
+                    },
+                ],
+                "best": "F",
+                "worst": f"M {NASTY}",
+                "gap": 0.03,
+                "prediction_gap": 0.4,
+            }
+        ],
+        "skipped": {"fairness:lea": "no column 'lea' in the table"},
+    }
+    e.update(changes)
+    return e
+
+
+def test_the_tree_explanations_and_fairness_are_shown(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps(_with_tree(_metrics())))
+    (tmp_path / "explanations.json").write_text(json.dumps(_explanations()))
+    text = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "<script>" not in text
+    page = _parse(text)
+    # curve, participation, privacy, cost, tree, importance, attributions, saliency, fairness
+    assert len(page.imgs) == 9
+    for src in page.imgs:
+        _png(src)
+    tree = page.sections["tree"]
+    assert "27 / 4 / 1" in tree and "15 x 1, 16 x 26" in tree and "96" in tree
+    ex = page.sections["explanations"]
+    assert NASTY in ex and "Permutation importance" in ex and "Integrated gradients" in ex
+    assert "300 of the 360 held-out rows" in ex and "Saliency" in ex
+    assert "Stale" not in ex
+    fair = page.sections["fairness"]
+    assert f"By sex {NASTY}" in fair and f"M {NASTY}" in fair
+    assert "suppressed: fewer than 10 rows" in fair and "0.91" in fair
+    assert "By lea" in fair and "no column 'lea'" in fair
+    assert f"sex {NASTY} only" in page.sections["model-card"]
+
+
+def test_a_suppressed_group_shows_no_metric(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
+    e = _explanations()
+    rare = e["fairness"][0]["groups"][2]
+    rare.update(metric=0.123456, mean_prediction=7.654321)  # were it there, it stays hidden
+    (tmp_path / "explanations.json").write_text(json.dumps(e))
+    fair = _parse(write_report(tmp_path).read_text(encoding="utf-8")).sections["fairness"]
+    assert "rare" in fair and "0.1235" not in fair and "7.654" not in fair
+
+
+def test_missing_tree_and_explanations_are_said(tmp_path: Path) -> None:
+    plain = _metrics()
+    plain["secure"] = False
+    page = _parse(build_report(plain, tmp_path))
+    assert "Plaintext job: no tree" in page.sections["tree"]
+    assert "No explanations.json" in page.sections["explanations"]
+    assert "No explanations.json" in page.sections["fairness"]
+    assert "No explanation or fairness analysis" in page.sections["model-card"]
+    page = _parse(build_report(_metrics(), tmp_path))
+    assert "hold no tree shape" in page.sections["tree"]
+
+
+def test_no_groups_no_saliency_and_a_stale_model_are_said(tmp_path: Path) -> None:
+    e = _explanations(fairness=[], skipped={"saliency": "not an image model"}, saliency=None)
+    e["model"] = "cd"
+    (tmp_path / "explanations.json").write_text(json.dumps(e))
+    page = _parse(build_report(_metrics(), tmp_path))
+    assert "names no group columns" in page.sections["fairness"]
+    assert "No saliency map: not an image model" in page.sections["explanations"]
+    assert "Stale" in page.sections["explanations"]
+    assert "no metrics per group were asked for" in page.sections["model-card"]
+    (tmp_path / "explanations.json").write_text("{not json")
+    page = _parse(build_report(_metrics(), tmp_path))
+    assert "explanations.json is unreadable" in page.sections["explanations"]

@@ -93,3 +93,100 @@ def test_missing_mlflow_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ConfigError, match=r"pip install 'tessera\[mlflow\]'") as info:
         MlflowLogger("file:/nowhere", "exp", "run")
     assert info.value.field == "mlflow.tracking_uri"
+
+
+def test_the_report_is_logged_beside_the_audit_log(mlflow: Any, tmp_path: Path) -> None:
+    uri = (tmp_path / "mlruns").as_uri()
+    out = tmp_path / "job"
+    out.mkdir()
+    (out / "report.html").write_text("<!DOCTYPE html><title>r</title>", encoding="utf-8")
+    with MlflowLogger(uri, experiment="chem97", run_name="job-2") as logger:
+        logger.log_report(out)  # no explanations.json: the report alone
+        alone = logger.run_id
+    (out / "explanations.json").write_text('{"format": "tessera-explanations/v1"}')
+    with MlflowLogger(uri, experiment="chem97", run_name="job-3") as logger:
+        logger.log_report(out)
+        both = logger.run_id
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert [a.path for a in client.list_artifacts(alone, "report")] == ["report/report.html"]
+    assert [a.path for a in client.list_artifacts(both, "report")] == [
+        "report/explanations.json",
+        "report/report.html",
+    ]
+    run = client.get_run(both)
+    digest = hashlib.sha256((out / "report.html").read_bytes()).hexdigest()
+    assert run.data.tags["tessera.report_sha256"] == digest
+    folder = Path(client.download_artifacts(both, "report", str(tmp_path / "down")))
+    assert (folder / "report.html").read_bytes() == (out / "report.html").read_bytes()
+
+
+TINY = """
+[job]
+name = "tiny-mlflow"
+seed = 1
+task = "classification"
+
+[data]
+source = "sklearn"
+dataset = "digits"
+target = "target"
+
+[partition]
+scheme = "iid"
+nodes = 6
+
+[model]
+kind = "linear"
+
+[recipe]
+clip_norm = 10.0
+
+[federation]
+rounds = 2
+
+[secure]
+enabled = false
+
+[baseline]
+enabled = false
+
+[report]
+explain_rows = 50
+"""
+
+
+def test_tessera_run_logs_the_job_its_audit_log_and_report(mlflow: Any, tmp_path: Path) -> None:
+    import subprocess
+
+    job, out, uri = tmp_path / "job.toml", tmp_path / "out", (tmp_path / "mlruns").as_uri()
+    job.write_text(TINY)
+    cmd = [sys.executable, "-c", "from tessera.cli.main import app; app()", "run", str(job)]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out), "--quiet", "--mlflow", uri],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny-mlflow").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run-out"
+    assert run.data.params["federation.rounds"] == "2"
+    history = client.get_metric_history(run.info.run_id, "value")
+    assert [m.step for m in history] == [0, 1]
+    paths = {
+        a.path
+        for d in ("model", "audit", "report")
+        for a in client.list_artifacts(run.info.run_id, d)
+    }
+    assert {
+        "model/model.safetensors",
+        "audit/audit.jsonl",
+        "report/report.html",
+        "report/explanations.json",
+    } <= paths
+    digest = hashlib.sha256((out / "report.html").read_bytes()).hexdigest()
+    assert run.data.tags["tessera.report_sha256"] == digest
+    model = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert run.data.tags["tessera.model_sha256"] == model

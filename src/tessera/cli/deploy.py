@@ -332,7 +332,10 @@ def up(
         str, typer.Option(help="what the provider serves: table | xapi (Chem97 as xAPI statements)")
     ] = "table",
     mlflow: Annotated[
-        str | None, typer.Option("--mlflow", help="MLflow tracking URI: log rounds and the model")
+        str | None,
+        typer.Option(
+            "--mlflow", help="MLflow tracking URI: log rounds, the model, audit log and report"
+        ),
     ] = None,
     start_timeout: Annotated[
         float,
@@ -450,7 +453,8 @@ def up(
     )
     console.print(
         f"{dep.n_nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png,"
-        f" report.html; logs in {out}/logs"
+        + (" explanations.json," if cfg.reporting.explain else "")
+        + f" report.html; logs in {out}/logs"
     )
 
 
@@ -492,6 +496,8 @@ def _up_tracked(
             )
             if (out / "audit.jsonl").exists():
                 tracker.log_audit(out / "audit.jsonl")
+            if (out / "report.html").exists():
+                tracker.log_report(out)
             tracker.close()
         return result
     except BaseException as exc:
@@ -600,7 +606,8 @@ def _up_with_progress(  # noqa: PLR0915 - the progress callbacks, one each
         writer.extra["contributions"] = result.contributions
     # metrics.json's last write, then the audit log's (the final model's hash).
     metrics = audit.finish(writer.finish(model_digest=digest), rounds=len(done))
-    write_views(out, metrics)  # curves.png and report.html, from what was just written
+    # curves.png, explanations.json (this process holds the held-out set) and report.html
+    write_views(out, metrics, job=dep.job, weights=result.weights)
     upload_report(dep, result.job_id, out / "report.html")  # shown on the job's pages
     final = done[-1].value if done else float("nan")
     return final, metric, None if baseline is None else baseline.value, metrics

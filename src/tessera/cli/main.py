@@ -224,6 +224,7 @@ def _run(
     plaintext: bool,
     backend: Backend | None = None,
     address: str | None = None,
+    mlflow: str | None = None,
 ) -> None:
     # Torch is imported late (slow), with one thread: fastest on small models.
     import torch
@@ -231,6 +232,31 @@ def _run(
     torch.set_num_threads(int(os.environ.get("TESSERA_THREADS", "1")))
 
     from tessera.config import load_config
+
+    cfg = load_config(config_path)
+    if rounds is not None:
+        cfg = cfg.model_copy(
+            update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
+        )
+    secure_job = cfg.secure.enabled and not plaintext
+    tracker = _tracker(mlflow, cfg, out)  # before the job: a bad URI fails at once
+    if tracker is not None:
+        with tracker:  # FAILED if the job raises
+            _run_job(cfg, out, quiet, plaintext, secure_job, backend, address)
+            _mlflow_log(tracker, out)
+        return
+    _run_job(cfg, out, quiet, plaintext, secure_job, backend, address)
+
+
+def _run_job(
+    cfg: JobConfig,
+    out: Path,
+    quiet: bool,
+    plaintext: bool,
+    secure_job: bool,
+    backend: Backend | None,
+    address: str | None,
+) -> None:
     from tessera.jobs.prepared import prepare_job
     from tessera.jobs.records import RoundRecord
     from tessera.jobs.secure import summarize
@@ -239,12 +265,6 @@ def _run(
     from tessera.runtime.sim.statistics import totals_for
     from tessera.weights import Vector, save_file
 
-    cfg = load_config(config_path)
-    if rounds is not None:
-        cfg = cfg.model_copy(
-            update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
-        )
-    secure_job = cfg.secure.enabled and not plaintext
     if plaintext:
         _plaintext_notes(cfg)
     with console.status("preparing data: the nodes' statistics, totalled"):
@@ -300,7 +320,7 @@ def _run(
         if valuer is not None:
             writer.extra["contributions"] = valuer.entry()
     metrics = _finish(out, job.layout.unflatten(result.weights), result, writer, audit)
-    _views(out, metrics)
+    _views(out, metrics, job, result.weights)
     _check_end(result)
     console.print(
         done_line(
@@ -313,15 +333,45 @@ def _run(
         )
     )
     console.print(
-        f"wrote {out}/metrics.json, model.safetensors, curves.png, report.html, audit.jsonl"
+        f"wrote {out}/metrics.json, model.safetensors, curves.png, "
+        + ("explanations.json, " if cfg.reporting.explain else "")
+        + "report.html, audit.jsonl"
     )
 
 
-def _views(out: Path, metrics: Any) -> None:
-    """DIR/curves.png and DIR/report.html, from the finished job's metrics and audit log."""
+def _tracker(uri: str | None, cfg: JobConfig, out: Path) -> Any:
+    """An MLflow run for ``tessera run --mlflow`` (None without), its parameters logged."""
+    if uri is None:
+        return None
+    from tessera.reports.mlflow_log import MlflowLogger
+
+    tracker = MlflowLogger(uri, experiment=cfg.job.name, run_name=f"run-{out.name}")
+    tracker.log_params(cfg.model_dump(mode="json"))
+    return tracker
+
+
+def _mlflow_log(tracker: Any, out: Path) -> None:
+    """The finished run's rounds, model, audit log and report, as ``tessera up`` logs them."""
+    import hashlib
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    for r in metrics["rounds"]:
+        values = {k: r[k] for k in ("value", "participants", "train_loss") if r.get(k) is not None}
+        tracker.log_round(r["round"], values)
+    model = out / "model.safetensors"
+    tracker.log_model(model, sha256=hashlib.sha256(model.read_bytes()).hexdigest())
+    tracker.log_audit(out / "audit.jsonl")
+    tracker.log_report(out)
+
+
+def _views(out: Path, metrics: Any, job: PreparedJob, weights: Any) -> None:
+    """DIR/curves.png, DIR/explanations.json (the final model on the held-out set) and
+    DIR/report.html, from the finished job's metrics and audit log."""
     from tessera.reports import write_views
 
-    write_views(out, metrics)
+    with console.status("explaining the model on the held-out set"):
+        write_views(out, metrics, job=job, weights=weights)
 
 
 def _finish(out: Path, model: Any, result: Any, writer: Any, audit: AuditWriter) -> Any:
@@ -385,6 +435,12 @@ def run(
             help="an existing Ray cluster (e.g. ray://head:10001 or auto); --backend ray only"
         ),
     ] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow", help="MLflow tracking URI: log rounds, the model, audit log and report"
+        ),
+    ] = None,
 ) -> None:
     """Run a federated job in the simulator (on every core with --backend processes or ray)."""
     try:
@@ -392,7 +448,7 @@ def run(
 
         # Its errors come first; Ray is imported only for --backend ray.
         chosen = make_backend(backend, workers=workers, address=address)
-        _run(config, out, rounds, quiet, plaintext, chosen, address)
+        _run(config, out, rounds, quiet, plaintext, chosen, address, mlflow)
     except TesseraError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None

@@ -49,7 +49,7 @@ from tessera.errors import RemoteProtocolError
 from tessera.ids import COORDINATOR, NodeId
 from tessera.jobs.document import JobSpec
 from tessera.jobs.groupsums import GROUP_SUMS_MEDIA_TYPE, group_sums_artefact
-from tessera.jobs.records import RoundRecord, quality_fields
+from tessera.jobs.records import RoundRecord, quality_fields, tree_fields
 from tessera.jobs.totals import append_total
 from tessera.protocol import Coordinator, SecureCoordinator
 from tessera.protocol.coordinator import CoordinatorSnapshot
@@ -519,6 +519,7 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         train_loss=closed.mean_loss,
         skipped=closed.skipped,
         skip_reason=closed.skip_reason,
+        **tree_fields(closed.tree),
         blamed=closed.blamed,
         excluded=tuple(f"{node} ({why})" for node, why in closed.excluded),
         capped=closed.capped,

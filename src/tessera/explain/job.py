@@ -4,17 +4,24 @@ The adapters between a ``PreparedJob`` (its spec, encoding and test rows) and
 the methods of this package, which work on arrays and a torch module. The
 group column of ``fairness`` comes from the raw held-out rows
 (``split_table``), so it may be any column of the table, a feature (Chem97's
-``gender``) or not (its ``lea``).
+``gender``) or not (its ``lea``). ``write_explanations`` puts them all in
+DIR/explanations.json at the end of a job, as the job's ``[report]`` asks.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import numbers
+import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from tessera.config import ReportSection
 from tessera.data import Prepared, require_columns
 from tessera.errors import DataError
 from tessera.explain.attribution import AttributionTable, feature_attributions, saliency_map
@@ -126,3 +133,156 @@ def fairness(
         to_target=None if classify or pre is None else pre.target_from_model,
         min_count=min_count,
     )
+
+
+# --- DIR/explanations.json ------------------------------------------------------------
+
+FORMAT = "tessera-explanations/v1"
+
+
+def _sorted_importance(table: ImportanceTable) -> dict[str, Any]:
+    return {
+        "metric": table.metric,
+        "baseline": _finite(table.baseline),
+        "features": [
+            {"feature": r.feature, "mean": _finite(r.mean), "std": _finite(r.std)}
+            for r in table.rows
+        ],
+    }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def fairness_entry(table: FairnessTable, min_count: int) -> dict[str, Any]:
+    """One column's metrics per group as explanations.json holds them: a group of fewer
+    than ``min_count`` rows keeps its count, its metrics are left out (``suppressed``)."""
+    return {
+        "column": table.column,
+        "metric": table.metric,
+        "min_count": min_count,
+        "groups": [
+            {
+                "group": r.group,
+                "count": r.count,
+                "suppressed": r.count < min_count,
+                **{
+                    k: None if r.count < min_count else _finite(v)
+                    for k, v in (
+                        ("metric", r.metric),
+                        ("mean_prediction", r.mean_prediction),
+                        ("mean_label", r.mean_label),
+                    )
+                },
+            }
+            for r in table.rows
+        ],
+        "best": table.best,
+        "worst": table.worst,
+        "gap": _finite(table.gap),
+        "prediction_gap": _finite(table.prediction_gap),
+    }
+
+
+def explanations(
+    job: PreparedJob,
+    weights: Vector,
+    settings: ReportSection | None = None,
+    *,
+    model_digest: str | None = None,
+) -> dict[str, Any]:
+    """explanations.json's content: the trained model (``weights``) explained on the job's
+    held-out set, as ``settings`` (default the job's ``[report]``) asks.
+
+    ``importance`` (permutation, per source feature), ``attributions`` (integrated
+    gradients, per source feature), ``saliency`` (an image model's ``(H, W)`` map, as
+    rows of numbers), ``fairness`` (one entry per group column); a part that could not
+    be computed is null and ``skipped`` says why. ``rows``: the held-out rows drawn (with
+    the job's seed) for the first three; fairness uses every held-out row. ``model``:
+    ``model_digest``, the SHA-256 of the model file explained (the report checks it is
+    the job's final model).
+    """
+    s = settings if settings is not None else job.config.reporting
+    seed = job.config.job.seed
+    n = len(job.test)
+    rows = min(n, s.explain_rows)
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "job": job.config.job.name,
+        "model": model_digest,
+        "task": str(job.task),
+        "test_rows": n,
+        "rows": rows,
+        "seed": seed,
+        "repeats": s.repeats,
+        "steps": s.steps,
+        "importance": None,
+        "attributions": None,
+        "saliency": None,
+        "fairness": [],
+        "skipped": {},
+    }
+    skipped: dict[str, str] = out["skipped"]
+    started = time.perf_counter()
+    if n < 2:
+        why = f"the held-out set has {n} rows: nothing to explain on"
+        skipped.update(importance=why, attributions=why, saliency=why)
+        if s.groups:
+            skipped["fairness"] = why
+        out["seconds"] = 0.0
+        return out
+    image = len(job.spec.input_shape) >= 2
+    try:
+        table = importance(job, weights, repeats=s.repeats, seed=seed, rows=rows)
+        out["importance"] = _sorted_importance(table)
+    except (DataError, ValueError) as exc:
+        skipped["importance"] = str(exc)
+    try:
+        attr = attributions(job, weights, steps=s.steps, rows=rows, seed=seed)
+        out["attributions"] = {
+            "method": "integrated gradients",
+            "output": "the predicted class's logit"
+            if job.task is Task.CLASSIFICATION
+            else "the model's output",
+            "gap": _finite(attr.gap),
+            "features": [
+                {"feature": r.feature, "mean_abs": _finite(r.mean_abs), "mean": _finite(r.mean)}
+                for r in attr.rows
+            ],
+        }
+    except (DataError, ValueError) as exc:
+        skipped["attributions"] = str(exc)
+    if image:
+        sal = saliency(job, weights, rows=rows, seed=seed)
+        out["saliency"] = {
+            "shape": list(sal.shape),
+            "values": [[float(v) for v in row] for row in sal],
+        }
+    else:
+        skipped["saliency"] = "not an image model"
+    for column in s.groups:
+        try:
+            fair = fairness(job, weights, column, min_count=s.min_count)
+            out["fairness"].append(fairness_entry(fair, s.min_count))
+        except (DataError, ValueError) as exc:
+            skipped[f"fairness:{column}"] = str(exc)
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def write_explanations(
+    out: Path,
+    job: PreparedJob,
+    weights: Vector,
+    settings: ReportSection | None = None,
+    *,
+    model_digest: str | None = None,
+) -> Path:
+    """Write DIR/explanations.json (atomically); returns its path."""
+    content = explanations(job, weights, settings, model_digest=model_digest)
+    path = out / "explanations.json"
+    tmp = path.with_name("explanations.tmp.json")
+    tmp.write_text(json.dumps(content, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

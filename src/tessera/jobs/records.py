@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tessera.protocol.quality import RoundQuality
+from tessera.protocol.topology import Tree
 from tessera.weights import Vector
 
 
@@ -72,6 +73,12 @@ class RoundRecord:
     norm_ratio: float = math.nan  # their updates' mean min(norm / clip, 1)
     clipped: int = 0  # their updates that were clipped
     labels: tuple[float, ...] = ()  # their weighted label distribution
+    # A secure round's execution tree, its shape only (``tree_fields``; the simulator
+    # records it, a deployment not yet): empty for a plaintext round.
+    tree_levels: tuple[int, ...] = ()  # groups per level, leaves first
+    tree_aggregators: int = 0  # distinct nodes seated as aggregators
+    tree_backups: int = 0  # distinct nodes listed as backups
+    tree_leaf_sizes: tuple[int, ...] = ()  # pairs: (members, leaf groups of that size), ...
 
     def to_json(self, *, with_included: bool = True) -> dict[str, Any]:
         """JSON-ready (NaN as null); ``with_included=False`` leaves out the contributor ids."""
@@ -163,6 +170,29 @@ def quality_fields(quality: RoundQuality | None) -> dict[str, Any]:
         "norm_ratio": quality.norm_ratio,
         "clipped": quality.clipped,
         "labels": quality.labels,
+    }
+
+
+def tree_fields(tree: Tree | None) -> dict[str, Any]:
+    """A round's execution tree as ``RoundRecord`` fields: its shape, not who sits where
+    (no tree: {})."""
+    if tree is None:
+        return {}
+    levels = [0] * (tree.depth + 1)
+    sizes: dict[int, int] = {}
+    seated: set[str] = set()
+    spare: set[str] = set()
+    for g in tree.groups:
+        levels[g.level] += 1
+        seated.update(g.aggregators)
+        spare.update(g.backups)
+        if g.is_leaf:
+            sizes[len(g.members)] = sizes.get(len(g.members), 0) + 1
+    return {
+        "tree_levels": tuple(levels),
+        "tree_aggregators": len(seated),
+        "tree_backups": len(spare),
+        "tree_leaf_sizes": tuple(x for size in sorted(sizes) for x in (size, sizes[size])),
     }
 
 

@@ -68,6 +68,7 @@ from tessera.protocol.quality import RoundQuality
 from tessera.protocol.states import COORDINATOR_TRANSITIONS, CoordinatorInput, CoordinatorState
 from tessera.protocol.strategies import Strategy
 from tessera.protocol.timers import RoundDeadline
+from tessera.protocol.topology import Tree
 from tessera.weights import Vector
 
 
@@ -487,6 +488,7 @@ class Coordinator:
         groups_withheld: str | None = None,
         quality: RoundQuality | None = None,
         staleness: tuple[int, ...] = (),
+        tree: Tree | None = None,
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -520,6 +522,7 @@ class Coordinator:
                 quality=quality if not skipped else None,
                 staleness=staleness if not skipped else (),
                 skip_reason=self._skip_reason(participants) if skipped else None,
+                tree=tree,
                 excluded=tuple(
                     (node, why)
                     for node, (first, why) in sorted(self.excluded.items())

@@ -13,6 +13,7 @@ from tessera.protocol.limits import TAIL
 from tessera.protocol.messages import Message
 from tessera.protocol.quality import RoundQuality
 from tessera.protocol.timers import Timer
+from tessera.protocol.topology import Tree
 from tessera.weights import Vector
 
 
@@ -120,6 +121,9 @@ class RoundClosed:
     # it trained from), in the order of ``included``; empty in synchronous rounds.
     staleness: tuple[int, ...] = ()
     skip_reason: str | None = None  # a skipped round: why (too few updates, by when)
+    # A secure round's execution tree (its shape goes to the round's record); None in
+    # a plaintext round.
+    tree: Tree | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

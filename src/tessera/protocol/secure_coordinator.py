@@ -967,6 +967,7 @@ class SecureCoordinator(Coordinator):
             "timer_pending": timer_pending,
             "blamed": blamed,
             "epsilon": None if self.budget is None else self.budget.epsilon,
+            "tree": rs.tree,
         }
         self._exclude_tamperers(rs)
         if len(rs.root_parts) != len(root.aggregators) or rs.blamed:
@@ -1028,6 +1029,7 @@ class SecureCoordinator(Coordinator):
             staleness=()
             if self.params.buffer is None
             else tuple(rs.staleness.get(n, 0) for n in included),
+            tree=rs.tree,
         )
 
     def _exclude_tamperers(self, rs: _RoundState) -> None:

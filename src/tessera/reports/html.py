@@ -1,14 +1,19 @@
 """DIR/report.html: one job's trust report, a single self-contained file.
 
-Built from DIR/metrics.json and, when present, DIR/audit.jsonl (checked with
-``verify_log(..., trust_first=True)``, its signer compared with
-DIR/audit.key.pub). Readable offline: plots are inline base64 PNGs, the
+Built from DIR/metrics.json and, when present, DIR/explanations.json (the
+model explained on the held-out set, ``explain.job.write_explanations``) and
+DIR/audit.jsonl (checked with ``verify_log(..., trust_first=True)``, its
+signer compared with DIR/audit.key.pub). Readable offline: plots are inline base64 PNGs, the
 style is inline, there is no script. Every string that comes from the job
 (its name, column names, node ids, reasons) goes through ``html.escape``.
 
 Sections, each ``<section id=...>`` with an ``<h2>``, in order: ``summary``,
 ``curve``, ``participation``, ``contributions``, ``privacy``, ``cost``,
-``model-card``, ``audit``. A section with nothing to show says why.
+``tree`` (the secure aggregation tree's shape per round), ``explanations``
+(permutation importance and integrated gradients per feature, an image
+model's saliency map), ``fairness`` (the metric per group, a group under the
+job's ``[report] min_count`` rows suppressed), ``model-card``, ``audit``. A
+section with nothing to show says why.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ SECTIONS = (
     ("contributions", "Contribution indicators and exclusions"),
     ("privacy", "Privacy budget"),
     ("cost", "Bytes and simulated seconds per round"),
+    ("tree", "Execution tree"),
+    ("explanations", "Global explanations"),
+    ("fairness", "Metrics per group"),
     ("model-card", "Model card"),
     ("audit", "Audit log"),
 )
@@ -56,7 +64,8 @@ text-align:left}th{background:#f3f3f3}img{max-width:100%}.note{color:#666}
 
 
 def write_report(out: Path) -> Path:
-    """Write DIR/report.html from DIR/metrics.json (and DIR/audit.jsonl); returns its path."""
+    """Write DIR/report.html from DIR/metrics.json (and DIR/explanations.json,
+    DIR/audit.jsonl); returns its path."""
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     path = out / "report.html"
     tmp = path.with_name("report.tmp.html")
@@ -67,7 +76,9 @@ def write_report(out: Path) -> Path:
 
 def build_report(metrics: Mapping[str, Any], out: Path | None = None) -> str:
     """The report's HTML for ``metrics`` (metrics.json's content); ``out``: the job's
-    folder, where audit.jsonl, audit.key.pub and model.safetensors are looked for."""
+    folder, where explanations.json, audit.jsonl, audit.key.pub and model.safetensors
+    are looked for."""
+    explained = _explanations_of(out)
     parts = {
         "summary": _summary(metrics),
         "curve": _curve(metrics),
@@ -75,7 +86,10 @@ def build_report(metrics: Mapping[str, Any], out: Path | None = None) -> str:
         "contributions": _contributions(metrics),
         "privacy": _privacy(metrics),
         "cost": _cost(metrics),
-        "model-card": _model_card(metrics),
+        "tree": _tree(metrics),
+        "explanations": _explanations(metrics, explained),
+        "fairness": _fairness(metrics, explained),
+        "model-card": _model_card(metrics, explained),
         "audit": _audit(out),
     }
     job = escape(str(metrics.get("job", "job")))
@@ -341,7 +355,291 @@ def _cost(m: Mapping[str, Any]) -> str:
     return _img(fig, "bytes and simulated seconds per round") + _table(header, rows) + total
 
 
-def _model_card(m: Mapping[str, Any]) -> str:
+def _tree(m: Mapping[str, Any]) -> str:
+    if not m.get("secure"):
+        return _note(
+            "Plaintext job: no tree. Each update went to the coordinator whole and was "
+            "summed there; no aggregation tree was drawn."
+        )
+    shape: Mapping[str, Any] = m.get("tree") or {}
+    params = _table(
+        ("aggregators per group (k)", "leaf group size", "depth"),
+        [(shape.get("k"), shape.get("group_size"), shape.get("depth"))],
+    )
+    rounds = [r for r in _rounds(m) if r.get("tree_levels")]
+    if not rounds:
+        return params + _note(
+            "The round records hold no tree shape (a deployment's coordinator does not "
+            "record it yet; the simulator does)."
+        )
+    xs = [r["round"] + 1 for r in rounds]
+    depth = max(len(r["tree_levels"]) for r in rounds)
+    fig, (ax_g, ax_a) = plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
+    bottom = [0] * len(rounds)
+    for level in range(depth):
+        counts = [_at(r["tree_levels"], level) for r in rounds]
+        name = "leaf groups" if level == 0 else f"level {level} groups"
+        ax_g.bar(xs, counts, bottom=bottom, label=name)
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    ax_g.set_ylim(0, max(bottom) * 1.35 + 1)  # room for the legend above the bars
+    ax_g.set_ylabel("groups")
+    ax_g.legend(fontsize="small", loc="upper left", ncol=min(depth, 4))
+    ax_g.grid(alpha=0.3)
+    ax_a.plot(xs, [r.get("tree_aggregators", 0) for r in rounds], marker=".", label="aggregators")
+    ax_a.plot(xs, [r.get("tree_backups", 0) for r in rounds], marker="x", label="backups")
+    ax_a.set_ylim(bottom=0)
+    ax_a.set_ylabel("nodes")
+    ax_a.set_xlabel("round")
+    ax_a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_a.legend(fontsize="small")
+    ax_a.grid(alpha=0.3)
+    fig.tight_layout()
+    rows = [
+        (
+            r["round"] + 1,
+            len(r["tree_levels"]),
+            " / ".join(str(c) for c in r["tree_levels"]),
+            r.get("tree_aggregators"),
+            r.get("tree_backups"),
+            _sizes(r.get("tree_leaf_sizes") or []),
+        )
+        for r in rounds
+    ]
+    header = (
+        "round",
+        "levels",
+        "groups per level, leaves first",
+        "aggregators",
+        "backups",
+        "leaf group sizes (size x groups)",
+    )
+    return (
+        params
+        + _img(fig, "the execution tree's groups per level and its aggregators per round")
+        + _table(header, rows)
+        + _note(
+            "Aggregators and backups count distinct nodes holding a seat. Each leaf group's "
+            "members send one share of their update to each of its k aggregators; each "
+            "upper group sums its children's partial sums; the root's k sums make the total."
+        )
+    )
+
+
+def _at(values: Sequence[Any], i: int) -> int:
+    return int(values[i]) if i < len(values) else 0
+
+
+def _sizes(pairs: Sequence[int]) -> str:
+    """``tree_leaf_sizes`` (size, groups, size, groups, ...) as ``15 x 3, 16 x 25``."""
+    return ", ".join(f"{pairs[i]} x {pairs[i + 1]}" for i in range(0, len(pairs) - 1, 2))
+
+
+def _explanations_of(out: Path | None) -> Mapping[str, Any] | None:
+    path = None if out is None else out / "explanations.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {"error": f"explanations.json is unreadable: {exc}"}
+    return loaded if isinstance(loaded, dict) else {"error": "explanations.json is not an object"}
+
+
+def _no_explanations(e: Mapping[str, Any] | None) -> str | None:
+    if e is None:
+        return (
+            "No explanations.json beside metrics.json: the job ran with [report] explain = "
+            "false, or before explanations existed. `tessera report DIR --config job.toml` "
+            "computes them from DIR/model.safetensors."
+        )
+    if e.get("error"):
+        return f"No explanations: {e['error']}"
+    return None
+
+
+def _stale(m: Mapping[str, Any], e: Mapping[str, Any]) -> str:
+    model = (m.get("model") or {}).get("digest")
+    if e.get("model") and model and e["model"] != model:
+        return (
+            '<p><span class="bad">Stale:</span> explanations.json explains model '
+            f"<code>{escape(str(e['model']))}</code>, not this job's final model "
+            f"<code>{escape(str(model))}</code>.</p>"
+        )
+    return ""
+
+
+_TOP = 20  # features shown in a plot or table
+
+
+def _bars(
+    names: Sequence[str], values: Sequence[float], errors: Sequence[float] | None, xlabel: str
+) -> Figure:
+    names, values = list(names)[:_TOP][::-1], [_num(v) for v in values][:_TOP][::-1]
+    err = None if errors is None else [_num(v) for v in errors][:_TOP][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(names)))
+    ax.barh(
+        range(len(names)),
+        [0.0 if math.isnan(v) else v for v in values],
+        xerr=None if err is None else [0.0 if math.isnan(v) else v for v in err],
+        color="tab:blue",
+    )
+    ax.set_yticks(range(len(names)), names)
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def _explanations(m: Mapping[str, Any], e: Mapping[str, Any] | None) -> str:
+    missing = _no_explanations(e)
+    if missing is not None or e is None:
+        return _note(missing or "")
+    skipped: Mapping[str, str] = e.get("skipped") or {}
+    out = _stale(m, e) + _note(
+        f"On {e.get('rows')} of the {e.get('test_rows')} held-out rows (the AI provider's "
+        f"test set, drawn with seed {e.get('seed')}), after the last round; "
+        f"{_plain(e.get('seconds'))} seconds to compute."
+    )
+    imp = e.get("importance")
+    out += "<h3>Permutation importance</h3>"
+    if imp:
+        feats = imp.get("features") or []
+        metric = str(imp.get("metric", "metric"))
+        out += _img(
+            _bars(
+                [str(f["feature"]) for f in feats],
+                [f.get("mean") for f in feats],
+                [f.get("std") for f in feats],
+                f"drop in {metric} when shuffled",
+            ),
+            f"permutation importance: drop in {metric} per feature",
+        )
+        out += _table(
+            ("feature", f"mean drop in {metric}", "std"),
+            [(f["feature"], f.get("mean"), f.get("std")) for f in feats[:_TOP]],
+        )
+        out += _note(
+            f"Unshuffled {metric}: {_plain(imp.get('baseline'))}; {e.get('repeats')} "
+            "permutations per feature. It says how much the model relies on a feature on "
+            "these rows, not that the feature causes the target; correlated features share "
+            "(and can hide) each other's importance."
+            + (f" The {_TOP} largest of {len(feats)} are shown." if len(feats) > _TOP else "")
+        )
+    else:
+        out += _note(f"Not computed: {skipped.get('importance', 'no reason given')}.")
+    attr = e.get("attributions")
+    out += "<h3>Integrated gradients</h3>"
+    if attr:
+        feats = attr.get("features") or []
+        out += _img(
+            _bars(
+                [str(f["feature"]) for f in feats],
+                [f.get("mean_abs") for f in feats],
+                None,
+                "mean |attribution|",
+            ),
+            "integrated-gradient attributions: mean absolute attribution per feature",
+        )
+        out += _table(
+            ("feature", "mean |attribution|", "mean attribution"),
+            [(f["feature"], f.get("mean_abs"), f.get("mean")) for f in feats[:_TOP]],
+        )
+        out += _note(
+            f"Of {attr.get('output', 'the output')}, from a baseline of every standardised "
+            f"feature at its training mean and no category, {e.get('steps')} steps "
+            f"(integration gap {_plain(attr.get('gap'))}). It says how the output moves "
+            "between the baseline and a row, not what the model does far from that path."
+        )
+    else:
+        out += _note(f"Not computed: {skipped.get('attributions', 'no reason given')}.")
+    sal = e.get("saliency")
+    out += "<h3>Saliency</h3>"
+    if sal and sal.get("values"):
+        fig, ax = plt.subplots(figsize=(3.6, 3.2))
+        shown = ax.imshow([[_num(v) for v in row] for row in sal["values"]], cmap="viridis")
+        fig.colorbar(shown, ax=ax, label="mean |d logit / d pixel|")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.tight_layout()
+        out += _img(fig, "saliency map: mean absolute gradient per pixel") + _note(
+            "Where a small change of the image would move the prediction most, averaged "
+            "over the rows; not what the model \u201csees\u201d."
+        )
+    else:
+        out += _note(f"No saliency map: {skipped.get('saliency', 'not an image model')}.")
+    return out
+
+
+def _fairness(m: Mapping[str, Any], e: Mapping[str, Any] | None) -> str:
+    missing = _no_explanations(e)
+    if missing is not None or e is None:
+        return _note(missing or "")
+    entries = list(e.get("fairness") or [])
+    skipped = {
+        k.removeprefix("fairness:"): v
+        for k, v in (e.get("skipped") or {}).items()
+        if k.startswith("fairness")
+    }
+    if not entries and not skipped:
+        return _note(
+            "The job names no group columns ([report] groups = [...]): no metrics per group."
+        )
+    out = _stale(m, e)
+    for entry in entries:
+        column = str(entry.get("column"))
+        metric = str(entry.get("metric", "metric"))
+        floor = entry.get("min_count")
+        groups = list(entry.get("groups") or [])
+        shown = [g for g in groups if not g.get("suppressed")]
+        out += f"<h3>By {escape(column)}</h3>"
+        if shown:
+            fig, ax = plt.subplots(figsize=(7, 0.9 + 0.4 * len(shown)))
+            ys = range(len(shown))
+            ax.barh(ys, [_num(g.get("metric")) for g in shown], color="tab:cyan")
+            ax.set_yticks(ys, [f"{g['group']} (n={g['count']})" for g in shown])
+            ax.invert_yaxis()
+            ax.set_xlabel(f"{metric} on the held-out rows")
+            ax.grid(alpha=0.3, axis="x")
+            fig.tight_layout()
+            out += _img(fig, f"{metric} per {column} group")
+        rows = [
+            (
+                g.get("group"),
+                g.get("count"),
+                *(
+                    (f"suppressed: fewer than {floor} rows", None, None)
+                    if g.get("suppressed")
+                    else (g.get("metric"), g.get("mean_prediction"), g.get("mean_label"))
+                ),
+            )
+            for g in groups
+        ]
+        out += _table((column, "rows", metric, "mean prediction", "mean label"), rows)
+        out += _note(
+            f"Best {entry.get('best')}, worst {entry.get('worst')}: a gap of "
+            f"{_plain(entry.get('gap'))} in {metric}, and {_plain(entry.get('prediction_gap'))} "
+            f"in the mean prediction, over groups of at least {floor} rows (smaller groups "
+            "are counted, their metrics not shown). A gap may come from the data, its labels "
+            "or how few rows a group has; it does not say why."
+        )
+    for column, why in skipped.items():
+        out += f"<h3>By {escape(column)}</h3>" + _note(f"Not computed: {why}")
+    return out
+
+
+def _analysis_note(e: Mapping[str, Any] | None) -> str:
+    if e is None or e.get("error"):
+        return "No explanation or fairness analysis is included in this report."
+    columns = [str(f.get("column")) for f in e.get("fairness") or []]
+    return "Explanations are global, on held-out rows, and describe this model, not the world" + (
+        f"; metrics per group cover {', '.join(columns)} only, not other groups or intersections."
+        if columns
+        else "; no metrics per group were asked for."
+    )
+
+
+def _model_card(m: Mapping[str, Any], explained: Mapping[str, Any] | None = None) -> str:
     cfg: Mapping[str, Any] = m.get("config") or {}
     data: Mapping[str, Any] = cfg.get("data") or {}
     job: Mapping[str, Any] = cfg.get("job") or {}
@@ -376,7 +674,7 @@ def _model_card(m: Mapping[str, Any]) -> str:
             "Limitations",
             f"One run with one seed ({job.get('seed', '?')}): no spread over seeds is given. "
             "The metric is measured on one held-out split of the same source, not on data from "
-            "elsewhere or later. No fairness or explanation analysis is included in this report.",
+            "elsewhere or later. " + _analysis_note(explained),
         ),
         (
             "Secure aggregation",

@@ -7,10 +7,12 @@ MLflow through ``MlflowClient`` and an explicit run id rather than the fluent
 loggers (or a user's own MLflow code) in one process cannot cross wires.
 
 The job's signed audit log goes to ``audit/audit.jsonl``, the run tagged with
-its SHA-256. The model is logged as its safetensors file plus ``model/tessera-model.json``
-holding its SHA-256 and the job/provider signature document, and the run is
-tagged ``tessera.model_sha256``, so anyone holding the MLflow run can check
-the artefact against the signed job record.
+its SHA-256, and its trust report beside it: ``report/report.html`` (and
+``report/explanations.json``), tagged ``tessera.report_sha256``. The model
+is logged as its safetensors file plus ``model/tessera-model.json`` holding
+its SHA-256 and the job/provider signature document, and the run is tagged
+``tessera.model_sha256``, so anyone holding the MLflow run can check the
+artefact against the signed job record.
 
 Local tracking: a ``file:`` URI needs ``MLFLOW_ALLOW_FILE_STORE=true`` with
 MLflow 3 (the file store is in maintenance mode), and ``sqlite:`` needs the
@@ -34,6 +36,7 @@ __all__ = ["MlflowLogger"]
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 MODEL_DIR = "model"
 AUDIT_DIR = "audit"
+REPORT_DIR = "report"
 MODEL_RECORD = "tessera-model.json"
 _PARAMS_PER_BATCH = 100  # MLflow's limits for one log_batch call
 _METRICS_PER_BATCH = 1000
@@ -113,6 +116,18 @@ class MlflowLogger:
         (``tessera audit verify``) and check it is the log the job wrote."""
         self._client.log_artifact(self.run_id, str(path_to_log), artifact_path=AUDIT_DIR)
         self._client.set_tag(self.run_id, "tessera.audit_sha256", _sha256_file(path_to_log))
+
+    def log_report(self, out: Path) -> None:
+        """The job's trust report, DIR/report.html (one self-contained file), as
+        ``report/report.html``, with DIR/explanations.json when there is one; the run
+        tagged with the report's SHA-256."""
+        report = out / "report.html"
+        self._client.log_artifact(self.run_id, str(report), artifact_path=REPORT_DIR)
+        if (out / "explanations.json").is_file():
+            self._client.log_artifact(
+                self.run_id, str(out / "explanations.json"), artifact_path=REPORT_DIR
+            )
+        self._client.set_tag(self.run_id, "tessera.report_sha256", _sha256_file(report))
 
     def close(self, status: RunStatus = "FINISHED") -> None:
         """End the run; later calls do nothing."""

@@ -15,7 +15,13 @@ import numpy as np
 
 from tessera.ids import COORDINATOR
 from tessera.jobs.prepared import PreparedJob
-from tessera.jobs.records import BaselineResult, RoundRecord, SimulationResult, quality_fields
+from tessera.jobs.records import (
+    BaselineResult,
+    RoundRecord,
+    SimulationResult,
+    quality_fields,
+    tree_fields,
+)
 from tessera.jobs.secure import secure_params
 from tessera.protocol import Coordinator
 from tessera.protocol.effects import GroupSum
@@ -171,6 +177,7 @@ def simulate(
             included=closed.included,
             staleness=closed.staleness,
             **quality_fields(closed.quality),
+            **tree_fields(closed.tree),
             virtual_round_seconds=stats.virtual_round_seconds,
             cpu_seconds=stats.cpu_seconds,
             coordinator_cpu_seconds=stats.coordinator_cpu_seconds,
