@@ -236,7 +236,8 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     # The driver records each round's tree shape, as the simulator does (the report's tree).
     for r in records:  # (members, leaf groups of that size) pairs: every selected node seated
         pairs = r.tree_leaf_sizes
-        assert r.tree_levels and sum(a * b for a, b in zip(pairs[::2], pairs[1::2], strict=True)) == r.selected
+        seated = sum(a * b for a, b in zip(pairs[::2], pairs[1::2], strict=True))
+        assert r.tree_levels and seated == r.selected
     assert len(records[0].included) == NODES  # everyone alive in the first training round
     assert killer.frozen_in == FIRST + 1, "the victim was not frozen in its round"
     killed_index = killer.index
