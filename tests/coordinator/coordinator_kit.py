@@ -215,7 +215,12 @@ class Harness:
 
     def start(self) -> None:
         store = Store(f"sqlite:///{self.db}", blobs=BlobStore(self.db.with_suffix(".mail")))
-        self.service = CoordinatorService(store, COORDINATOR_KEYS, reveal_wait=self.reveal_wait)
+        self.service = CoordinatorService(
+            store,
+            COORDINATOR_KEYS,
+            reveal_wait=self.reveal_wait,
+            audit_dir=self.db.parent / "audit",
+        )
         app = create_coordinator_app(self.service, max_body=self.max_body, mail_body=self.mail_body)
         self.server = serve_in_thread(app)
         self.http = httpx.Client(base_url=self.server.url, timeout=30)

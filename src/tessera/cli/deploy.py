@@ -128,9 +128,15 @@ def coordinator(
         Path,
         typer.Option(help="folder for large envelopes in the mailbox (made 0700 if missing)"),
     ] = Path("coordinator-mail"),
+    audit_dir: Annotated[
+        Path,
+        typer.Option(
+            help="folder of each job's signed audit log, JOB_ID.jsonl (made 0700 if missing)"
+        ),
+    ] = Path("coordinator-audit"),
     verbose: Verbose = True,
 ) -> None:
-    """Run the coordinator service (HTTP API, mailbox, job drivers)."""
+    """Run the coordinator service (HTTP API, mailbox, job drivers, audit logs)."""
     _logging(verbose)
     from tessera.coordinator.app import create_coordinator_app
     from tessera.coordinator.service import CoordinatorService
@@ -142,7 +148,9 @@ def coordinator(
 
     try:
         keyring = load_or_create_keys(keys, _passphrase())  # a wrong passphrase fails first
-        service = CoordinatorService(Store(db, blobs=BlobStore(mail_dir)), keyring)
+        service = CoordinatorService(
+            Store(db, blobs=BlobStore(mail_dir)), keyring, audit_dir=audit_dir
+        )
         app_ = create_coordinator_app(service, max_body=max_body or COORDINATOR_BODY)
         run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
     except TesseraError as exc:
