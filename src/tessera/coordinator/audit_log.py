@@ -81,8 +81,10 @@ class AuditLogs:
             try:
                 writer = self.open(job_id)
                 if writer is not None:
+                    seq = writer.seq
                     what(writer)
-                    writer.sync()
+                    if writer.seq != seq and not writer.finished:  # the last record synced
+                        writer.sync()
             except (BrokenLog, OSError, ValueError) as exc:
                 log.error("%s: audit log not written: %s", job_id, exc)
 
