@@ -223,10 +223,15 @@ class CoordinatorService:
             )
 
     def _tensors(self, job: JobRecord) -> tuple[str, ...]:
-        """The job's model's tensor names, in its layout's order."""
+        """The job's model's tensor names, in its layout's order (none for a job whose
+        document no longer reads: it has no model to rebuild either)."""
         from tessera.training import layout  # torch, on meta tensors: only when asked
 
-        return layout(self.spec(job).model).names
+        try:
+            return layout(self.spec(job).model).names
+        except (TesseraError, ValueError) as exc:
+            log.error("%s: no model layout: %s", job.job_id, exc)
+            return ()
 
     def audit_log(self, job_id: str) -> bytes:
         """The job's audit log as written so far; 404 if there is none."""
