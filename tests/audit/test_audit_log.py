@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -240,35 +241,63 @@ def test_a_node_that_never_revoked(tmp_path: Path) -> None:
     assert check is not None and check.revoked_at is None and check.included_in == [1, 2, 3, 4]
 
 
-def test_a_deployment_log_is_signed_by_the_coordinator(tmp_path: Path) -> None:
-    """``tessera up``'s writer (``deploy.up.UpAudit``), over a stand-in deployment."""
+def test_a_deployment_fetches_the_coordinators_log(tmp_path: Path) -> None:
+    """``tessera up``'s DIR/audit.jsonl (``deploy.up.UpAudit``): the coordinator's own log,
+    fetched after each round and once it ends, over a stand-in deployment; the final
+    record hashes the flat weights, which ``verify_log`` rebuilds from the safetensors."""
+    from contextlib import contextmanager
     from types import SimpleNamespace
 
-    from tessera.crypto.documents import sign_document
     from tessera.deploy.up import UpAudit
     from tessera.storage.keyfile import save_keys
+    from tessera.weights import Layout, save_file
 
     (tmp_path / "keys").mkdir()
-    (tmp_path / "run").mkdir()
     save_keys(KEYS, tmp_path / "keys" / "coordinator.key", None, warn_clear=False)
-    doc = sign_document(OTHER, "job", {"name": "up-job"})
-    (tmp_path / "run" / "job.json").write_text(json.dumps(doc.to_json()))
-    dep = SimpleNamespace(
-        out=tmp_path,
-        passphrase=None,
-        config=SimpleNamespace(job=SimpleNamespace(name="up-job")),
-        job=SimpleNamespace(node_ids=NODES),
-    )
+    served = tmp_path / "coordinator-job-7.jsonl"  # what the coordinator writes
+    coordinator = AuditWriter(served, KEYS)
+    coordinator.job_submitted("up-job", "ab" * 32, "job-7")
+    asked: list[str] = []
+
+    @contextmanager
+    def client() -> Iterator[SimpleNamespace]:
+        yield SimpleNamespace(audit_log=lambda job_id: asked.append(job_id) or served.read_bytes())
+
+    dep = SimpleNamespace(out=tmp_path, passphrase=None, client=client)
     out = tmp_path / "out"
     out.mkdir()
-    audit = UpAudit(dep, out)  # type: ignore[arg-type]
+    audit = UpAudit(dep, out, wait=5.0)  # type: ignore[arg-type]
     seen: list[object] = []
     audit.started(seen.append)("job-7")
-    audit.round(lambda rec, w: seen.append(rec.round))(_round(1, NODES), np.ones(8, np.float32))
-    (out / "model.safetensors").write_bytes(b"the model")
+    weights = np.arange(8, dtype=np.float32)
+    coordinator.round_closed(_round(1, NODES), weights)
+    audit.round(lambda rec, w: seen.append(rec.round))(_round(1, NODES), weights)
+    assert lines(out / "audit.jsonl") == lines(served)  # as far as it went
+    lay = Layout(("w", "b"), ((2, 3), (2,)))  # the model's order; the file sorts its names
+    save_file(out / "model.safetensors", lay.unflatten(weights))
+    coordinator.model_weights(weights, tensors=lay.names, rounds=1, status="finished")
     assert audit.finish({"m": 1}, rounds=1) == {"m": 1}
-    assert seen == ["job-7", 1]
+    assert seen == ["job-7", 1] and set(asked) == {"job-7"}
+    assert (out / "audit.key.pub").read_text().strip() == KEY
     done = verify_log(out / "audit.jsonl", key=KEY)
-    assert done.rounds == 1 and done.job == "up-job"
-    first = json.loads(lines(out / "audit.jsonl")[0])
-    assert first["body"] == {"job": "up-job", "digest": doc.digest, "job_id": "job-7"}
+    assert done.rounds == 1 and done.job == "up-job" and done.status == "finished"
+    save_file(out / "model.safetensors", lay.unflatten(weights + 1))
+    with pytest.raises(BrokenLog, match="record 2: model_final says"):
+        verify_log(out / "audit.jsonl", key=KEY)
+
+
+def test_a_revocation_holds_from_the_round_its_record_names(tmp_path: Path) -> None:
+    """The coordinator's revocation says ``from_round``: the round open when it came may
+    still take the node's update, every later one must not."""
+    path = tmp_path / "audit.jsonl"
+    audit = AuditWriter(path, KEYS)
+    audit.job_submitted("test", "ab" * 32, "job-1")
+    audit.append("consent_revoked", {"node": "node-000001", "receipt": "cd" * 32, "from_round": 2})
+    for n, included in ((1, NODES), (2, NODES[:1]), (3, NODES)):
+        audit.round_closed(_round(n, list(included)), np.zeros(8, np.float32))
+    audit.model_weights(None, tensors=[], rounds=3, status="failed", error="stopped")
+    done = verify_log(path, key=KEY, node="node-000001")
+    check = done.consent
+    assert done.model == "" and done.status == "failed"  # no model: nothing to match
+    assert check is not None and check.from_round == 2
+    assert check.rounds_after == [2, 3] and check.violations == [(4, 3)]

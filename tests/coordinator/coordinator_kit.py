@@ -216,7 +216,12 @@ class Harness:
 
     def start(self) -> None:
         store = Store(f"sqlite:///{self.db}", blobs=BlobStore(self.db.with_suffix(".mail")))
-        self.service = CoordinatorService(store, COORDINATOR_KEYS, reveal_wait=self.reveal_wait)
+        self.service = CoordinatorService(
+            store,
+            COORDINATOR_KEYS,
+            reveal_wait=self.reveal_wait,
+            audit_dir=self.db.parent / "audit",
+        )
         app = create_coordinator_app(
             self.service, max_body=self.max_body, mail_body=self.mail_body, max_polls=self.max_polls
         )

@@ -179,7 +179,7 @@ def test_no_input_breaks_the_api_or_its_description(
     existing = {"job_id": JOB, "node_id": "node-a", "sha256": doc.body["weights"]["sha256"]}
     before = live.snapshot()
     operations = operations_of(api)
-    assert len(operations) == 19
+    assert len(operations) == 20
     if mode is GenerationMode.NEGATIVE:
         operations = [op for op in operations if len(op.query) or has_json_body(op)]
         assert {op.label for op in operations} == NEGATABLE

@@ -8,15 +8,19 @@ makes and uploads them, over the deployment's TLS."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tessera.audit import record_key, verify_log
 from tessera.config import ContributionsSection, PoisonSection, load_config
 from tessera.deploy.local import Deployment
 from tessera.deploy.up import page_link, run_job, upload_report
+from tessera.storage.keyfile import load_keys
+from tessera.weights import Vector, save_file
 
 NODES = 20
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
@@ -65,6 +69,7 @@ def test_a_deployment_values_groups_and_leaves_the_flagged_out(tmp_path: Path) -
         assert node in excluded
         assert all(node not in r.included for r in records if r.round >= first)
     assert entry["judged"] == "excluded" and entry["precision"] is not None
+    coordinator_log(dep, result.job_id, result.weights, rounds=6)
 
 
 def pages_served(dep: Deployment, job_id: str, tmp_path: Path) -> None:
@@ -83,3 +88,23 @@ def pages_served(dep: Deployment, job_id: str, tmp_path: Path) -> None:
         assert served.status_code == 200, served.text
         assert served.text == report.read_text()
         assert served.headers["content-security-policy"].startswith("sandbox;")
+
+
+def coordinator_log(dep: Deployment, job_id: str, weights: Vector, *, rounds: int) -> None:
+    """The coordinator's own signed log of the job: every event of a secure job, once."""
+    path = dep.out / "audit" / f"{job_id}.jsonl"
+    key = load_keys(dep.out / "keys" / "coordinator.key", dep.passphrase, warn_clear=False)
+    save_file(dep.out / "model.safetensors", dep.job.layout.unflatten(weights))
+    done = verify_log(path, key=key.public.signing.hex(), model=dep.out / "model.safetensors")
+    assert (done.rounds, done.status) == (rounds, "finished")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    kinds = [r["kind"] for r in rows]
+    assert kinds[0] == "job_submitted" and kinds.count("consent_granted") == NODES
+    assert kinds.count("participants") == 1 and kinds.count("beacon") == 1
+    trees = [r["body"]["round"] for r in rows if r["kind"] == "tree"]
+    committed = [r for r in rows if r["kind"] == "round_committed"]
+    assert trees == sorted(set(trees)) and {r["body"]["round"] for r in committed} <= set(trees)
+    assert all(len(r["body"]["commitments"]) == 64 for r in committed)
+    assert kinds.count("exclusion") == sum(len(r["body"]["excluded"]) for r in committed) > 0
+    keys = [record_key(r["kind"], r["body"]) for r in rows]
+    assert len(keys) == len(set(keys))

@@ -28,9 +28,20 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tessera.crypto.documents import canonical_json
 
-__all__ = ["FIELDS", "GENESIS", "KINDS", "AuditRecord", "BrokenLog", "line_hash"]
+__all__ = [
+    "FIELDS",
+    "GENESIS",
+    "KINDS",
+    "AuditRecord",
+    "BrokenLog",
+    "line_hash",
+    "record_key",
+    "weights_hash",
+]
 
 GENESIS = "0" * 64
 FIELDS = frozenset({"seq", "prev", "kind", "at", "body", "signer", "signature"})
@@ -46,6 +57,7 @@ KINDS: dict[str, dict[str, tuple[type, ...]]] = {
     "consent_granted": {"node": _STR},  # a node's consent (``receipt``: its digest, if known)
     "consent_revoked": {"node": _STR},  # from here on the node is in no round
     "participants": {"count": _INT, "nodes": _LIST},  # the job's nodes
+    "beacon": {"beacon": _STR},  # a secure job's tree beacon, fixed by the reveals
     "tree": {"round": _INT, "seed": _STR, "digest": _STR},  # a secure round's tree
     # A closed round: who is in its model, and the model's hash after it.
     "round_committed": {
@@ -60,8 +72,26 @@ KINDS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "audit": {"round": _INT, "blamed": _STR},  # an aggregator's sum failed its audit
     "exclusion": {"round": _INT, "excluded": _STR},  # a contributor left out from then on
-    "model_final": {"model": _STR, "rounds": _INT, "status": _STR},  # SHA-256 of the file
+    # SHA-256 of the model file, or (``hash``: "weights") of its flat float32 weights.
+    "model_final": {"model": _STR, "rounds": _INT, "status": _STR},
 }
+
+# What makes a record of each kind one event: a log written once per event (the
+# coordinator's, replayed after a restart) holds at most one record per key.
+_KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "consent_granted": ("node", "receipt"),
+    "consent_revoked": ("node", "receipt"),
+    "tree": ("round",),
+    "round_committed": ("round",),
+    "audit": ("round", "blamed"),
+    "exclusion": ("round", "excluded"),
+}
+
+
+def record_key(kind: str, body: dict[str, Any]) -> tuple[Any, ...]:
+    """The event a record stands for: its kind and the body fields that tell events apart
+    (the kinds a job has once, such as ``job_submitted``, are their kind alone)."""
+    return (kind, *(body.get(name) for name in _KEY_FIELDS.get(kind, ())))
 
 
 class BrokenLog(Exception):
@@ -70,6 +100,11 @@ class BrokenLog(Exception):
     def __init__(self, seq: int, reason: str) -> None:
         super().__init__(f"record {seq}: {reason}")
         self.seq, self.reason = seq, reason
+
+
+def weights_hash(weights: Any) -> str:
+    """Hex SHA-256 of a model's flat weights as little-endian float32: a round's ``aggregate``."""
+    return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f4").tobytes()).hexdigest()
 
 
 def line_hash(line: bytes) -> str:

@@ -3,22 +3,34 @@
 Checks, record by record: the line's form, ``seq``, ``prev`` (the chain),
 the signer (the expected key, or the first record's when trusted), the
 signature, the kind and its required fields; then that the log ends with
-one ``model_final`` whose hash matches the model file. With ``node``, also
-the rounds committed after the node's consent was revoked, and those that
-still include it (``ConsentCheck.violations``): an authentic log can prove
-that consent was *not* honoured, so that is a finding, not a broken log.
+one ``model_final`` whose hash matches the model file (the file's bytes, or
+its flat float32 weights when the record says ``hash: "weights"``, as the
+coordinator writes it: it holds the weights, not the file). With ``node``,
+also the rounds committed after the node's consent was revoked, and those
+that still include it (``ConsentCheck.violations``): an authentic log can
+prove that consent was *not* honoured, so that is a finding, not a broken log.
+A revocation whose record says ``from_round`` (the coordinator's) holds from
+that round: the round open when it came may still include the node.
+
+``read_log`` checks the chain and signatures of a log still being written
+(no ``model_final`` needed): what a writer resuming a log trusts.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tessera.audit.record import GENESIS, AuditRecord, BrokenLog, line_hash
-from tessera.crypto.auditsig import verify_audit_record
+import numpy as np
 
-__all__ = ["ConsentCheck", "Verified", "verify_log"]
+from tessera.audit.record import GENESIS, AuditRecord, BrokenLog, line_hash, weights_hash
+from tessera.crypto.auditsig import verify_audit_record
+from tessera.errors import DataError
+from tessera.weights import load_file
+
+__all__ = ["ConsentCheck", "Verified", "read_log", "verify_log"]
 
 
 @dataclass
@@ -27,7 +39,8 @@ class ConsentCheck:
 
     node: str
     revoked_at: int | None = None  # the seq of its consent_revoked record
-    rounds_after: list[int] = field(default_factory=list)  # rounds committed after it
+    from_round: int = 0  # the first round the revocation holds for (the record's, or 0)
+    rounds_after: list[int] = field(default_factory=list)  # rounds bound by it
     included_in: list[int] = field(default_factory=list)  # rounds that include the node
     # (seq, round) of each round committed after the revocation that includes the node
     violations: list[tuple[int, int]] = field(default_factory=list)
@@ -70,19 +83,13 @@ def verify_log(
         raise ValueError("give the expected signer's key, or trust the first record's")
     expected = key.lower() if key is not None else None
     model = model if model is not None else path.parent / "model.safetensors"
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline ending the last record
-    elif lines:
-        raise BrokenLog(len(lines) - 1, "the last line is cut (no newline)")
-    prev, job, rounds, final = GENESIS, "?", 0, None
+    lines = _lines(path.read_bytes())
+    job, rounds, final = "?", 0, None
     consent = ConsentCheck(node) if node is not None else None
-    for seq, line in enumerate(lines):
+    for rec in _records(lines, expected):
+        expected = rec.signer
         if final is not None:
-            raise BrokenLog(seq, "a record after model_final")
-        rec = _record(seq, line, prev, expected)
-        expected, prev = rec.signer, line_hash(line)
+            raise BrokenLog(rec.seq, "a record after model_final")
         if rec.kind == "job_submitted":
             job = str(rec.body["job"])
         elif rec.kind == "round_committed":
@@ -91,7 +98,10 @@ def verify_log(
                 _consent(consent, rec)
         elif rec.kind == "consent_revoked" and consent is not None:
             if rec.body["node"] == consent.node and consent.revoked_at is None:
-                consent.revoked_at = seq
+                consent.revoked_at = rec.seq
+                from_round = rec.body.get("from_round")
+                if isinstance(from_round, int) and not isinstance(from_round, bool):
+                    consent.from_round = from_round
         elif rec.kind == "model_final":
             final = rec
     if final is None:
@@ -108,6 +118,31 @@ def verify_log(
         status=str(final.body["status"]),
         consent=consent,
     )
+
+
+def read_log(data: bytes, *, signer: str) -> list[AuditRecord]:
+    """The records of a log being written, each checked (form, seq, chain, ``signer``,
+    signature, body); ``BrokenLog`` names the first that fails, a cut last line too."""
+    return list(_records(_lines(data), signer.lower()))
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """The log's lines; a last line without its newline was cut."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline ending the last record
+    elif lines:
+        raise BrokenLog(len(lines) - 1, "the last line is cut (no newline)")
+    return lines
+
+
+def _records(lines: list[bytes], signer: str | None) -> Iterator[AuditRecord]:
+    """Each line checked in order; ``signer`` None: the first record's, from then on."""
+    prev = GENESIS
+    for seq, line in enumerate(lines):
+        rec = _record(seq, line, prev, signer)
+        signer, prev = rec.signer, line_hash(line)
+        yield rec
 
 
 def _record(seq: int, line: bytes, prev: str, signer: str | None) -> AuditRecord:
@@ -129,10 +164,16 @@ def _record(seq: int, line: bytes, prev: str, signer: str | None) -> AuditRecord
 
 
 def _model_hash(final: AuditRecord, model: Path) -> str:
-    """The model file's SHA-256, if it is what the final record says."""
+    """The model's hash, if it is what the final record says ("": a job that ended
+    without a model, whose record names none)."""
+    if final.body["model"] == "" and final.body["status"] != "finished":
+        return ""
     if not model.is_file():
         raise BrokenLog(final.seq, f"model_final: no model file at {model}")
-    actual = hashlib.sha256(model.read_bytes()).hexdigest()
+    if final.body.get("hash") == "weights":
+        actual = _weights_hash(final, model)
+    else:
+        actual = hashlib.sha256(model.read_bytes()).hexdigest()
     if actual != final.body["model"]:
         raise BrokenLog(
             final.seq,
@@ -142,6 +183,22 @@ def _model_hash(final: AuditRecord, model: Path) -> str:
     return actual
 
 
+def _weights_hash(final: AuditRecord, model: Path) -> str:
+    """The flat float32 weights' hash of a safetensors file, its tensors taken in the
+    order the record names (the model's own, which the file does not keep)."""
+    names = final.body.get("tensors")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BrokenLog(final.seq, "model_final: a weights hash without its tensors' order")
+    try:
+        arrays = load_file(model)
+    except DataError as exc:
+        raise BrokenLog(final.seq, f"model_final: {model}: {exc}") from None
+    if sorted(arrays) != sorted(names):
+        raise BrokenLog(final.seq, f"model_final: {model} holds other tensors than it names")
+    flat = [np.asarray(arrays[name], dtype="<f4").reshape(-1) for name in names]
+    return weights_hash(np.concatenate(flat) if flat else np.zeros(0, "<f4"))
+
+
 def _consent(check: ConsentCheck, rec: AuditRecord) -> None:
     """One committed round, against the node's consent."""
     round_ = int(rec.body["round"])
@@ -149,6 +206,8 @@ def _consent(check: ConsentCheck, rec: AuditRecord) -> None:
     if included:
         check.included_in.append(round_)
     if check.revoked_at is None:
+        return
+    if round_ < check.from_round:  # open when the revocation came: not bound by it
         return
     check.rounds_after.append(round_)
     if included:

@@ -1,9 +1,13 @@
-"""``AuditWriter``: appends a job's signed, chained records to DIR/audit.jsonl.
+"""``AuditWriter``: appends a job's signed, chained records to a log file.
 
 Each record is written and flushed as it happens; ``sync`` (at every round's
 end and the last record) also fsyncs, so a crash leaves a valid prefix of
-the log: every line whole and verifiable, only ``model_final`` missing.
-A new writer on the same path (a new run) starts the log afresh.
+the log: every line whole and verifiable, only ``model_final`` missing, or
+at worst a last line cut short. A new writer on the same path (a new run)
+starts the log afresh; ``AuditWriter.resume`` continues one (the
+coordinator's, after a restart): it checks every record first, drops only
+a cut last line, and writes each event at most once (``record_key``), so
+events replayed after a restart are not logged twice.
 """
 
 from __future__ import annotations
@@ -11,24 +15,27 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
-from tessera.audit.record import GENESIS, AuditRecord, line_hash
+from tessera.audit.record import (
+    GENESIS,
+    AuditRecord,
+    BrokenLog,
+    line_hash,
+    record_key,
+    weights_hash,  # here since the first logs: tessera.audit.writer.weights_hash
+)
+from tessera.audit.verify import read_log
 from tessera.crypto.auditsig import sign_audit_record
 from tessera.crypto.keys import NodeKeys
 from tessera.jobs.records import RoundRecord
 
 __all__ = ["AuditWriter", "weights_hash"]
 
-
-def weights_hash(weights: Any) -> str:
-    """Hex SHA-256 of a model's flat weights as little-endian float32: a round's ``aggregate``."""
-    return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f4").tobytes()).hexdigest()
+_MODE = 0o600  # a job's log names its nodes: its owner's to hand out
 
 
 def _iso(seconds: float) -> str:
@@ -44,11 +51,48 @@ class AuditWriter:
         self.path, self._keys, self._clock = path, keys, clock
         self.signer = keys.public.signing.hex()
         self.seq, self._prev = 0, GENESIS
+        self.written: set[tuple[Any, ...]] | None = None  # record_key of each (resume only)
+        self.finished = False  # model_final written: the log takes no more
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = path.open("wb")
+        self._file: IO[bytes] = _open(path, os.O_TRUNC)
 
-    def append(self, kind: str, body: dict[str, Any]) -> AuditRecord:
-        """Sign and write one record (flushed, not yet fsync'd)."""
+    @classmethod
+    def resume(
+        cls, path: Path, keys: NodeKeys, *, clock: Callable[[], float] = time.time
+    ) -> AuditWriter:
+        """Continue the log at ``path`` (a new one if there is none), writing each event once.
+
+        Every record is checked against ``keys`` first: a log broken anywhere but in a
+        cut last line (a crash mid-write, dropped here) is ``BrokenLog``, and left as it
+        is: a new chain over it would hide what broke it.
+        """
+        data = path.read_bytes() if path.exists() else b""
+        cut = data.rfind(b"\n") + 1  # a last line without its newline was never whole
+        records = read_log(data[:cut], signer=keys.public.signing.hex())
+        writer = cls.__new__(cls)
+        writer.path, writer._keys, writer._clock = path, keys, clock
+        writer.signer = keys.public.signing.hex()
+        writer.seq, writer._prev = len(records), GENESIS
+        if records:
+            writer._prev = line_hash(data[:cut].split(b"\n")[-2])
+        writer.written = {record_key(r.kind, r.body) for r in records}
+        writer.finished = any(r.kind == "model_final" for r in records)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer._file = _open(path, 0)
+        if cut < len(data):
+            writer._file.truncate(cut)
+        writer._file.seek(cut)
+        writer.sync()
+        return writer
+
+    def append(self, kind: str, body: dict[str, Any]) -> AuditRecord | None:
+        """Sign and write one record (flushed, not yet fsync'd); None if a resumed log
+        holds this event already (or ended: nothing follows ``model_final``)."""
+        key = record_key(kind, body)
+        if self.written is not None and (key in self.written or self.finished):
+            return None
+        if self.finished:
+            raise BrokenLog(self.seq, f"a {kind} record after model_final")
         unsigned = AuditRecord(
             self.seq, self._prev, kind, _iso(self._clock()), body, self.signer, ""
         )
@@ -59,7 +103,14 @@ class AuditWriter:
         self._file.write(line + b"\n")
         self._file.flush()
         self.seq, self._prev = self.seq + 1, line_hash(line)
+        if self.written is not None:
+            self.written.add(key)
+        self.finished = kind == "model_final"
         return record
+
+    def holds(self, kind: str, **fields: Any) -> bool:
+        """Whether a resumed log holds this event already (``record_key``'s fields)."""
+        return self.written is not None and record_key(kind, fields) in self.written
 
     def sync(self) -> None:
         """Flush and fsync: what is written survives a crash."""
@@ -84,8 +135,9 @@ class AuditWriter:
     def tree(self, round: int, seed: str, digest: str) -> None:
         self.append("tree", {"round": round, "seed": seed, "digest": digest})
 
-    def round_closed(self, rec: RoundRecord, weights: Any) -> None:
-        """A closed round: its audits, its exclusions, then the round itself; fsync'd."""
+    def round_closed(self, rec: RoundRecord, weights: Any, **extra: Any) -> None:
+        """A closed round: its audits, its exclusions, then the round itself; fsync'd.
+        ``extra``: more of the round's body (the coordinator's ``commitments``)."""
         for entry in rec.blamed:
             self.append("audit", {"round": rec.round, "blamed": entry})
         for entry in rec.excluded:
@@ -102,6 +154,7 @@ class AuditWriter:
                 "blamed": list(rec.blamed),
                 "aggregate": weights_hash(weights),
                 "artefact": rec.weights,  # a deployment's model artefact (sha256:...), or null
+                **extra,
             },
         )
         self.sync()
@@ -123,7 +176,37 @@ class AuditWriter:
         self.append("model_final", {"model": digest, "rounds": rounds, "status": status})
         self.close()
 
+    def model_weights(
+        self, weights: Any, *, tensors: Sequence[str], rounds: int, status: str, **extra: Any
+    ) -> None:
+        """The last record from whoever holds the weights, not the file (the coordinator):
+        the hash of the flat float32 weights, and the tensors' order that rebuilds them
+        from a safetensors file (``verify_log``); ``weights`` None: the job has no model."""
+        self.append(
+            "model_final",
+            {
+                "model": "" if weights is None else weights_hash(weights),
+                "hash": "weights",
+                "tensors": list(tensors),
+                "rounds": rounds,
+                "status": status,
+                **extra,
+            },
+        )
+        self.close()
+
     def close(self) -> None:
         if not self._file.closed:
             self.sync()
             self._file.close()
+
+
+def _open(path: Path, flags: int) -> IO[bytes]:
+    """``path`` for writing, made 0600 whatever the umask (an existing file kept)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, _MODE)
+    try:
+        os.fchmod(fd, _MODE)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise

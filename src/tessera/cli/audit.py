@@ -92,7 +92,10 @@ def verify(
     out(f"[green]ok[/]: {result.records} records, chain and signatures hold")
     out(f"signer {result.signer}: {trusted}")
     out(f"job {result.job}: {result.rounds} rounds, {result.status}")
-    out(f"model {result.model}: matches the final record")
+    if result.model:
+        out(f"model {result.model}: matches the final record")
+    else:
+        out(f"no model: the job ended {result.status} without one (its final record says so)")
     check = result.consent
     if check is None:
         return

@@ -135,9 +135,15 @@ def coordinator(
             min=1, help="long polls held at once; past it a poll is answered 503, Retry-After"
         ),
     ] = 4096,
+    audit_dir: Annotated[
+        Path,
+        typer.Option(
+            help="folder of each job's signed audit log, JOB_ID.jsonl (made 0700 if missing)"
+        ),
+    ] = Path("coordinator-audit"),
     verbose: Verbose = True,
 ) -> None:
-    """Run the coordinator service (HTTP API, mailbox, job drivers)."""
+    """Run the coordinator service (HTTP API, mailbox, job drivers, audit logs)."""
     _logging(verbose)
     from tessera.coordinator.app import create_coordinator_app
     from tessera.coordinator.service import CoordinatorService
@@ -149,7 +155,9 @@ def coordinator(
 
     try:
         keyring = load_or_create_keys(keys, _passphrase())  # a wrong passphrase fails first
-        service = CoordinatorService(Store(db, blobs=BlobStore(mail_dir)), keyring)
+        service = CoordinatorService(
+            Store(db, blobs=BlobStore(mail_dir)), keyring, audit_dir=audit_dir
+        )
         app_ = create_coordinator_app(
             service, max_body=max_body or COORDINATOR_BODY, max_polls=max_polls
         )

@@ -23,6 +23,7 @@ AI provider (KeySignature)        upload initial weights (hash-checked, per-key
 node (NodeSignature)              its mailbox, its own registration; for a job it
                                   consented to or takes part in: state and round,
                                   participants (once started), artefacts
+AI provider or participant        the job's signed audit log
 either                            the list of jobs it has a role in (nodes also see
                                   the jobs waiting for consent); a one-time login link
                                   for the pages (``coordinator.pages``)
@@ -358,6 +359,22 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         """Who takes part (fixed at the start), to a node that takes part."""
         access.job_for(service, caller, job_id, access.Role.PARTICIPANT)
         return service.participants(job_id)
+
+    @app.get(
+        "/v1/jobs/{job_id}/audit",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The job's signed audit log so far, one record a line",
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            },
+            **_refusals(401, 403, 404),
+        },
+    )
+    def audit_log(job_id: str, caller: Signed) -> Response:
+        """The job's audit log (``tessera audit verify``), to its AI provider and nodes."""
+        access.job_for(service, caller, job_id, access.Role.AI_PROVIDER, access.Role.PARTICIPANT)
+        return Response(service.audit_log(job_id), media_type="application/x-ndjson")
 
     @app.post("/v1/jobs/{job_id}/consents", status_code=201, responses=_DOCUMENT_POST)
     def consent(job_id: str, body: ConsentSubmission) -> dict[str, Any]:

@@ -29,6 +29,11 @@ The machine sits in a ``runtime.host.Host``, the one the simulator and the
 node agent use: the driver is its outbox and observer (what a step causes
 is gathered for its commit), and the host owns the timers, so recovery is
 ``Host.replay`` of each logged event.
+
+The job's audit log (``coordinator.audit_log``) hears of each step after its
+commit: the rounds it closed (with a secure round's commitments), the tree of
+each round it opened, the job's end. Replayed steps write nothing; what a
+crash kept from the log is re-derived from the store on restart (``catch_up``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tessera.coordinator.audit_log import AuditLogs, commitments_digest
 from tessera.coordinator.snapshots import DriverState, decode_snapshot, encode_snapshot
 from tessera.crypto.envelope import ReplayGuard
 from tessera.crypto.keys import NodeKeys, PublicKeys
@@ -97,6 +103,8 @@ class _Step:
     job_update: dict[str, Any] | None = None
     rejected: list[str] = field(default_factory=list)
     snapshot: bytes | None = None
+    weights: dict[int, Vector] = field(default_factory=dict)  # each closed round's model
+    finished: JobFinished | None = None
 
 
 class JobDriver(Observer):
@@ -114,8 +122,13 @@ class JobDriver(Observer):
         clock: Callable[[], float] = time.time,
         on_sent: Callable[[list[str]], None] | None = None,
         beacon: bytes = b"",
+        audit: AuditLogs | None = None,
+        tensors: Callable[[], Sequence[str]] = tuple,
     ) -> None:
-        """``beacon``: a secure job's tree beacon, fixed by the participants' reveals."""
+        """``beacon``: a secure job's tree beacon, fixed by the participants' reveals;
+        ``audit``: the coordinator's audit logs; ``tensors``: the model's tensor names in
+        layout order (the final record names them)."""
+        self.audit, self.tensors = audit, tensors
         self.store = store
         self.spec = spec
         self.keys = keys
@@ -240,10 +253,17 @@ class JobDriver(Observer):
             if self.seq == 0:
                 self._step(EventRecord(self.job_id, 0, "start", self.clock()), JobStarted())
 
-    def withdraw(self, node: NodeId) -> None:
+    def withdraw(self, node: NodeId) -> int:
+        """Leave ``node`` out; returns the first round it is in no more (the round open
+        now may still take its update)."""
         with self._lock:
             record = EventRecord(self.job_id, self.seq, "withdraw", self.clock(), node=node)
             self._step(record, ParticipantWithdrawn(node=node))
+            return self.machine.round + 1
+
+    def withdrawn(self) -> frozenset[str]:
+        """The participants the machine has left out for a revoked consent."""
+        return frozenset(self.machine.withdrawn)
 
     def rate(self, round: int, excluded: Mapping[str, str], weights: Mapping[str, float]) -> None:
         """Log and run the AI provider's verdicts after its valuation of ``round``: the
@@ -282,6 +302,7 @@ class JobDriver(Observer):
 
     def _step(self, record: EventRecord, event: Event | None) -> None:
         step = self._current = _Step()
+        held = self._open_round()  # the round this step may close, its commitments live
         if isinstance(event, TimerFired):
             self.host.fire(event.timer, record.now)
         elif event is not None:
@@ -314,6 +335,41 @@ class JobDriver(Observer):
         self.seq += 1
         if step.outgoing and self.on_sent is not None:
             self.on_sent(sorted({str(row["recipient"]) for row in step.outgoing}))
+        if self.audit is not None:  # after the commit: a record claims only what holds
+            self._audit_step(self.audit, step, held)
+
+    def _open_round(self) -> tuple[int, Any, Mapping[str, Any]] | None:
+        """A secure machine's open round: its number, tree and commitments (live)."""
+        machine = self.machine
+        return machine.open_round() if isinstance(machine, SecureCoordinator) else None
+
+    def _audit_step(
+        self, audit: AuditLogs, step: _Step, held: tuple[int, Any, Mapping[str, Any]] | None
+    ) -> None:
+        for rec in step.rounds:
+            committed = None
+            if held is not None and held[0] == rec.round:
+                committed = commitments_digest(held[2])
+            audit.round_closed(self.job_id, rec, step.weights[rec.round], committed)
+        if step.finished is not None:
+            end = step.finished
+            audit.finished(
+                self.job_id,
+                end.weights,
+                tensors=self.tensors(),
+                rounds=end.rounds,
+                status="finished" if end.error is None else "failed",
+                error=end.error,
+            )
+        else:
+            self.audit_tree()
+
+    def audit_tree(self) -> None:
+        """The open round's tree, once (a secure job's; each round opened has one)."""
+        opened = self._open_round()
+        if self.audit is not None and opened is not None:
+            round, tree, _ = opened
+            self.audit.tree(self.job_id, round, tree.seed, tree.digest())
 
     # -- the host's ports: what a step causes is gathered for its commit -----------
     def send(self, sender: NodeId, effect: Send) -> None:
@@ -341,6 +397,7 @@ class JobDriver(Observer):
             )
             step.group_sums[sums] = data
         step.rounds.append(replace(_round_record(effect, sha), group_sums=sums))
+        step.weights[effect.round] = effect.weights
         step.job_update = {"current_round": effect.round + 1}
         log.info(
             "%s round %d closed: %d of %d",
@@ -385,6 +442,7 @@ class JobDriver(Observer):
             "final_weights": sha,
             "finished_at": self.clock(),
         }
+        step.finished = effect
         if effect.error is not None:
             step.job_update["error"] = effect.error
             self._note(effect.error)

@@ -3,7 +3,8 @@
 Every input is checked here with a clear reason (``Refused`` carries the
 HTTP status the API answers with); nothing changes on a refusal. Running
 jobs each have a ``JobDriver`` thread; a restart resumes them from the
-store (see ``driver``).
+store (see ``driver``). Each job's events go to its signed audit log
+(``audit_log``) as they are committed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+from tessera.audit import BrokenLog
 from tessera.consent import ConsentError, check_attestation, check_consent
+from tessera.coordinator.audit_log import AuditLogs
 from tessera.coordinator.driver import JobDriver
 from tessera.crypto.documents import SignedDocument, verify_document
 from tessera.crypto.envelope import EnvelopeHeader, peek, verify_envelope
@@ -132,9 +136,11 @@ class CoordinatorService:
         clock: Callable[[], float] = time.time,
         upload_quota: tuple[int, int] = (UPLOAD_COUNT, UPLOAD_BYTES),
         reveal_wait: float = REVEAL_WAIT,
+        audit_dir: Path | None = None,
     ) -> None:
         """``reveal_wait``: seconds a secure job's participants have, once it froze them,
-        to reveal their beacon secrets before the job fails (nodes reveal at once)."""
+        to reveal their beacon secrets before the job fails (nodes reveal at once);
+        ``audit_dir``: the folder of the jobs' audit logs (None: none are kept)."""
         self.reveal_wait = reveal_wait
         self.store = store
         self.upload_quota = upload_quota
@@ -146,6 +152,7 @@ class CoordinatorService:
         self._bounds: dict[str, RelayBounds] = {}
         self._reveal_timers: dict[str, threading.Timer] = {}
         self._lock = threading.RLock()
+        self.audits = AuditLogs(audit_dir, keys, clock=clock)
 
     # -- lifecycle ------------------------------------------------------------------
     def resume(self) -> None:
@@ -156,28 +163,89 @@ class CoordinatorService:
         """
         for job in self.store.list_jobs():
             if job.state != "running":
+                self._catch_up(job)
+                continue
+            try:  # a broken audit log fails its job: it is never restarted over
+                self.audits.open(job.job_id)
+            except (BrokenLog, OSError) as exc:
+                self._fail(job.job_id, f"cannot resume: audit log: {exc}", audit=False)
                 continue
             if self._awaits_beacon(job):
                 self._arm_reveal_deadline(job)
+                self._catch_up(job)
                 continue
             try:
                 driver = self._driver(job)
                 replayed = driver.recover()
                 if replayed == 0:
                     driver.start()
+                self._withdraw_revoked(job, driver)
+                self._catch_up(job)
+                driver.audit_tree()
             except (TesseraError, RuntimeError) as exc:  # one bad job never stops the others
                 self.drivers.pop(job.job_id, None)
-                self.store.update_job(job.job_id, state="failed", error=f"cannot resume: {exc}")
-                log.error("%s: cannot resume: %s", job.job_id, exc)
+                self._fail(job.job_id, f"cannot resume: {exc}")
                 continue
             log.info("%s: resumed after %d logged events", job.job_id, replayed)
             driver.run_in_thread()
+
+    def _catch_up(self, job: JobRecord) -> None:
+        """What the job's audit log missed (a crash after an event, before its record),
+        re-derived from the store; jobs without a log (older ones) and ended logs are left."""
+        path = self.audits.path(job.job_id)
+        if path is None or not path.is_file() or self.audits.ended(job.job_id):
+            return
+        try:
+            self.audits.catch_up(self.store, job, lambda: self._tensors(job))
+        except (TesseraError, NotFound) as exc:
+            log.error("%s: audit log not caught up: %s", job.job_id, exc)
+
+    def _withdraw_revoked(self, job: JobRecord, driver: JobDriver) -> None:
+        """Participants whose revocation was stored but never reached the machine (a
+        crash in between) are withdrawn now."""
+        for c in self.store.consents(job.job_id):
+            node = c.node_id
+            revoked = c.revoked_at is not None and node in (job.participants or ())
+            if revoked and node not in driver.withdrawn() and not driver.finished:
+                from_round = driver.withdraw(NodeId(node))
+                self.audits.revoked(job.job_id, node, c.digest, from_round)
+
+    def _fail(self, job_id: str, reason: str, *, audit: bool = True) -> None:
+        """The job fails, said in its status and as its audit log's last record."""
+        self.store.update_job(job_id, state="failed", error=reason)
+        log.error("%s: %s", job_id, reason)
+        if audit:
+            job = self.store.get_job(job_id)
+            rounds = len(self.store.rounds(job_id))
+            tensors = self._tensors(job)
+            self.audits.finished(
+                job_id, None, tensors=tensors, rounds=rounds, status="failed", error=reason
+            )
+
+    def _tensors(self, job: JobRecord) -> tuple[str, ...]:
+        """The job's model's tensor names, in its layout's order (none for a job whose
+        document no longer reads: it has no model to rebuild either)."""
+        from tessera.training import layout  # torch, on meta tensors: only when asked
+
+        try:
+            return layout(self.spec(job).model).names
+        except (TesseraError, ValueError) as exc:
+            log.error("%s: no model layout: %s", job.job_id, exc)
+            return ()
+
+    def audit_log(self, job_id: str) -> bytes:
+        """The job's audit log as written so far; 404 if there is none."""
+        data = self.audits.read(self.job(job_id).job_id)
+        if data is None:
+            raise Refused(404, f"job {job_id!r} has no audit log on this coordinator")
+        return data
 
     def close(self) -> None:
         for timer in self._reveal_timers.values():
             timer.cancel()
         for driver in self.drivers.values():
             driver.stop()
+        self.audits.close()
 
     # -- nodes -------------------------------------------------------------------------
     def register(self, document: object) -> dict[str, Any]:
@@ -264,6 +332,7 @@ class CoordinatorService:
         except Conflict:
             raise Refused(409, f"job {spec.job_id!r} exists with another document") from None
         self.store.link_artefacts(spec.job_id, [spec.weights_sha256])  # its parties read it
+        self.audits.submitted(spec.job_id, doc)
         return {"job_id": spec.job_id, "digest": doc.digest}
 
     def job(self, job_id: str) -> JobRecord:
@@ -347,6 +416,7 @@ class CoordinatorService:
             expires_at=terms.expires_at,
             attestation=vouched.to_json(),
         )
+        self.audits.consented(job_id, user, doc.digest)
         self._start_if_ready(job_id)
         return {"job_id": job_id, "user": user, "receipt": doc.digest}
 
@@ -377,9 +447,12 @@ class CoordinatorService:
         except NotFound:
             raise Refused(404, f"{user} has no consent for {job_id}") from None
         driver = self.drivers.get(job_id)
+        from_round = 0  # not started: in no round at all
         if new and driver is not None and user in (job.participants or ()):
-            driver.withdraw(NodeId(user))
+            from_round = driver.withdraw(NodeId(user))
             driver.wake()
+        if new:
+            self.audits.revoked(job_id, user, rec.digest, from_round)
         return {"job_id": job_id, "user": user, "revoked": True}
 
     # -- the contribution policy's verdicts ------------------------------------------------
@@ -453,6 +526,7 @@ class CoordinatorService:
                 error="" if job.error else None,  # no longer waiting for a tree
             )
             job = self.store.get_job(job_id)
+            self.audits.participants(job_id, participants)
             if self._awaits_beacon(job):  # the trees wait for the participants' secrets
                 self._arm_reveal_deadline(job)
                 self.signal.notify(participants)  # their polls return: time to reveal
@@ -526,6 +600,7 @@ class CoordinatorService:
             return
         beacon = beacon_of(job.digest, revealed).hex()
         self.store.update_job(job.job_id, beacon=beacon)
+        self.audits.beacon(job.job_id, beacon)
         timer = self._reveal_timers.pop(job.job_id, None)
         if timer is not None:
             timer.cancel()
@@ -556,8 +631,7 @@ class CoordinatorService:
                 f"({', '.join(silent[:5])}{', ...' if len(silent) > 5 else ''}): "
                 "the trees cannot be fixed without them"
             )
-            self.store.update_job(job_id, state="failed", error=reason)
-            log.error("%s: %s", job_id, reason)
+            self._fail(job_id, reason)
 
     def _run_driver(self, job: JobRecord) -> None:
         job_id = job.job_id
@@ -567,8 +641,7 @@ class CoordinatorService:
                 driver.start()
             except (ConfigError, RemoteProtocolError) as exc:  # no tree fits; weights don't
                 self.drivers.pop(job_id, None)
-                self.store.update_job(job_id, state="failed", error=str(exc))
-                log.error("%s: cannot start: %s", job_id, exc)
+                self._fail(job_id, str(exc))
                 return
             driver.run_in_thread()
             log.info("%s: started with %d participants", job_id, len(job.participants or ()))
@@ -591,6 +664,8 @@ class CoordinatorService:
             clock=self.clock,
             on_sent=self.signal.notify,
             beacon=bytes.fromhex(job.beacon) if job.beacon else b"",
+            audit=self.audits,
+            tensors=lambda: self._tensors(job),
         )
         self.drivers[job.job_id] = driver
         return driver

@@ -220,6 +220,8 @@ class Deployment:
                 str(self.out / "keys" / "coordinator.key"),
                 "--mail-dir",
                 str(self.out / "mail"),
+                "--audit-dir",
+                str(self.out / "audit"),
                 "--port",
                 str(self._coordinator_port),
                 "--ready-file",

@@ -7,7 +7,7 @@ provider's aggregates endpoint (a plaintext or image job, which has no
 statistics rounds), signs and submits the job, then watches the rounds and
 scores each aggregated model on its own held-out data, writing the same
 DIR/metrics.json, model.safetensors and curves.png as ``tessera run``, and
-DIR/audit.jsonl signed with the coordinator's keys (``open_audit``).
+and DIR/audit.jsonl: the coordinator's signed log of the job, fetched (``UpAudit``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from tessera.ai_provider.client import (
     submit,
     watch,
 )
-from tessera.audit import AuditWriter
 from tessera.config import JobConfig
 from tessera.crypto.documents import SignedDocument
 from tessera.data.prepare import Preprocessor
@@ -436,33 +435,26 @@ def run_job(
     return UpResult(job_id, records, final, time.monotonic() - t0, contributions)
 
 
-def open_audit(dep: Deployment, out: Path, job_id: str) -> AuditWriter:
-    """DIR/audit.jsonl of a deployment's job, once submitted: signed with the coordinator's
-    keys (its key file in the deployment), opened with the signed job's digest and id and
-    the participants. DIR/audit.key.pub repeats the coordinator's signing key for
-    convenience: a verifier should take it from the coordinator, not from DIR."""
-    keys = load_keys(dep.out / "keys" / "coordinator.key", dep.passphrase, warn_clear=False)
-    doc = SignedDocument.from_json(json.loads((dep.out / "run" / "job.json").read_text()))
-    (out / "audit.key.pub").write_text(keys.public.signing.hex() + "\n", encoding="ascii")
-    audit = AuditWriter(out / "audit.jsonl", keys)
-    audit.job_submitted(dep.config.job.name, doc.digest, job_id)
-    audit.participants(dep.job.node_ids)
-    audit.sync()
-    return audit
-
-
 class UpAudit:
-    """A deployment's DIR/audit.jsonl: opened (``open_audit``) once the job is submitted,
-    a record a round, the final model's hash last. ``started`` and ``round`` wrap the
-    callbacks of ``run_job``."""
+    """A deployment's DIR/audit.jsonl: the coordinator's log of the job, which it signs
+    and writes as the job's events happen (``coordinator.audit_log``), fetched here
+    (``GET /v1/jobs/{id}/audit``, as the job's AI provider) after each round and at the
+    end. DIR/audit.key.pub repeats the coordinator's signing key (from its key file in
+    the deployment) for convenience: a verifier should take it from the coordinator,
+    not from DIR. ``started`` and ``round`` wrap the callbacks of ``run_job``."""
 
-    def __init__(self, dep: Deployment, out: Path) -> None:
-        self.dep, self.out = dep, out
-        self.writer: AuditWriter | None = None
+    def __init__(self, dep: Deployment, out: Path, *, wait: float = 30.0) -> None:
+        self.dep, self.out, self.wait = dep, out, wait
+        self.job_id: str | None = None
 
     def started(self, then: Callable[[str], None]) -> Callable[[str], None]:
         def opened(job_id: str) -> None:
-            self.writer = open_audit(self.dep, self.out, job_id)
+            keys = load_keys(
+                self.dep.out / "keys" / "coordinator.key", self.dep.passphrase, warn_clear=False
+            )
+            key = keys.public.signing.hex() + "\n"
+            (self.out / "audit.key.pub").write_text(key, encoding="ascii")
+            self.job_id = job_id
             then(job_id)
 
         return opened
@@ -471,17 +463,35 @@ class UpAudit:
         self, then: Callable[[RoundRecord, Vector], None]
     ) -> Callable[[RoundRecord, Vector], None]:
         def recorded(rec: RoundRecord, weights: Vector) -> None:
-            if self.writer is not None:
-                self.writer.round_closed(rec, weights)
+            self.fetch()
             then(rec, weights)
 
         return recorded
 
-    def finish(self, metrics: _T, *, rounds: int, status: str = "finished") -> _T:
-        """The final record: the hash of DIR/model.safetensors, as written now; ``metrics``
-        (metrics.json's last content) passes through."""
-        if self.writer is not None:
-            self.writer.model_final(self.out / "model.safetensors", rounds=rounds, status=status)
+    def fetch(self) -> bytes:
+        """The coordinator's log as it is now, written to DIR/audit.jsonl (whole lines)."""
+        if self.job_id is None:
+            return b""
+        with self.dep.client() as client:
+            data = client.audit_log(self.job_id)
+        write_private(self.out / "audit.jsonl", data)
+        return data
+
+    def finish(self, metrics: _T, *, rounds: int, status: str = "finished") -> _T:  # noqa: ARG002
+        """The log once it holds the final record (the coordinator writes it just after
+        the job's end is stored, so it may lag the status by a moment); ``metrics``
+        (metrics.json's last content) passes through. ``rounds`` and ``status`` are the
+        coordinator's to say: its record says them."""
+        deadline = time.monotonic() + self.wait
+        while self.job_id is not None:
+            data = self.fetch()
+            last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            if b'"kind":"model_final"' in last:
+                break
+            if time.monotonic() > deadline:
+                log.warning("the coordinator's log of %s has no final record yet", self.job_id)
+                break
+            time.sleep(0.2)
         return metrics
 
 

@@ -297,6 +297,13 @@ class SecureCoordinator(Coordinator):
         self.relay_roles: RelayRoles | None = None  # the open round's, for the relay
         self.ring_of_statistics: Ring | None = None  # the statistics round's, once opened
 
+    def open_round(self) -> tuple[int, Tree, Mapping[str, tuple[str, ...] | None]] | None:
+        """The open round's number, tree and commitments so far, for the coordinator's
+        audit log; the commitments are the round's own mapping, which grows until the
+        round closes. None before the first round."""
+        rs = self._rs
+        return None if rs is None else (self.round, rs.tree, rs.committed)
+
     # -- events -------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, JobStarted | ParticipantWithdrawn | ContributorsRated):

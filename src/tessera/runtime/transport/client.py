@@ -187,6 +187,10 @@ class CoordinatorClient:
         result: dict[str, Any] = self._get(f"/v1/jobs/{job_id}").json()
         return result
 
+    def audit_log(self, job_id: str) -> bytes:
+        """The job's signed audit log as the coordinator has written it so far."""
+        return self._get(f"/v1/jobs/{job_id}/audit").content
+
     def post_verdicts(
         self,
         job_id: str,
