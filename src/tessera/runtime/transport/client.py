@@ -175,6 +175,11 @@ class CoordinatorClient:
         result: dict[str, Any] = self._get(f"/v1/jobs/{job_id}").json()
         return result
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """The jobs the caller has a role in (a node: also those waiting for consent)."""
+        result: list[dict[str, Any]] = self._get("/v1/jobs").json()
+        return result
+
     def post_verdicts(
         self,
         job_id: str,
