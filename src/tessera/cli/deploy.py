@@ -245,6 +245,17 @@ def node(
     ] = "required",
     sandbox_start_timeout: SandboxStartTimeout = 60.0,
     max_parameters: MaxParameters = None,
+    consent_page: Annotated[
+        str | None,
+        typer.Option(
+            help="serve the user's consent page at HOST:PORT (loopback; port 0: any free one);"
+            " its login link is printed once and kept in STATE/consent-page.url"
+        ),
+    ] = None,
+    consent_page_remote: Annotated[
+        bool,
+        typer.Option(help="let --consent-page bind a non-loopback address (not advised)"),
+    ] = False,
     verbose: Verbose = True,
 ) -> None:
     """Run a node agent: register, consent, train in the sandbox, aggregate as the tree says."""
@@ -275,8 +286,14 @@ def node(
                 isolate_network="best_effort" if isolate_network == "best_effort" else "required",
                 sandbox_limits=limits,
                 catalogue=catalogue,
+                consent_page=consent_page,
+                consent_page_remote=consent_page_remote,
             )
         )
+        if consent_page is not None:  # refused here, before anything starts
+            from tessera.node.consent_page import parse_bind
+
+            parse_bind(consent_page, allow_remote=consent_page_remote)
         agent.run()
     except TesseraError as exc:
         _fail(exc)
@@ -346,6 +363,15 @@ def up(
             min=1,
         ),
     ] = None,
+    ask_consent: Annotated[
+        int,
+        typer.Option(
+            "--ask-consent",
+            help="the first K nodes consent on their user's consent page, not on their own:"
+            " up prints each page's login link and waits for those consents too",
+            min=0,
+        ),
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Start coordinator, provider and N nodes on loopback; run the job through them."""
@@ -365,6 +391,8 @@ def up(
             raise typer.BadParameter("must be positive", param_hint="--start-timeout")
         if start_batch < 0:
             raise typer.BadParameter("must be 0 (all at once) or more", param_hint="--start-batch")
+        if ask_consent > nodes:
+            raise typer.BadParameter(f"at most --nodes ({nodes})", param_hint="--ask-consent")
         with console.status(f"preparing {nodes} nodes' data"):
             dep = Deployment(
                 cfg,
@@ -376,6 +404,8 @@ def up(
                 sandbox_start_timeout=sandbox_start_timeout,
                 node_max_parameters=node_max_parameters,
                 passphrase=_passphrase(),  # without one, Deployment warns: keys in the clear
+                ask_consent=ask_consent,
+                on_consent_page=_say_consent_page,
             )
     except TesseraError as exc:
         _fail(exc)
@@ -434,6 +464,11 @@ def up(
         f"{nodes} node processes; wrote {out}/metrics.json, model.safetensors, curves.png,"
         f" report.html; logs in {out}/logs"
     )
+
+
+def _say_consent_page(node: str, login: str) -> None:
+    """``tessera up --ask-consent``: a node's page and its login link, said even when quiet."""
+    console.print(f"consent page of {node}: {login}", soft_wrap=True, highlight=False)
 
 
 def _up_with_progress(
