@@ -372,12 +372,12 @@ class NodeAgent:
         stop = stop or threading.Event()
         # Start the sandbox (seconds: it loads torch) before consenting, so a job that
         # starts on our consent never waits for it mid-round.
-        if self.cfg.consent_page is not None:  # first: the user may read the jobs at once
+        self.register()
+        if self.cfg.consent_page is not None:  # before the sandbox: the user reads at once
             from tessera.node.consent_page import start_consent_page
 
             self.page = start_consent_page(self)
         self.sandbox.ping()
-        self.register()
         for job_id in self.cfg.consent_to:
             self.consent(job_id)
         last_status = 0.0
