@@ -176,7 +176,7 @@ class NodeAgent:
         # thread changes them under this lock; the loop reads a copy each turn.
         self._consent_lock = threading.RLock()
         self._consented: set[str] = set(cfg.consent_to) | self._saved_consents()
-        self._revoked: set[str] = set()  # revoked while running: the loop drops their hosts
+        self._revoked: set[str] = set()  # revoked while running: the loop drops their records
         self.page: Any = None  # the consent page, while it serves (node.consent_page)
 
     def consented_jobs(self) -> list[str]:
@@ -403,12 +403,18 @@ class NodeAgent:
             self.client.close()
 
     def _drop_revoked(self) -> None:
-        """Forget the jobs revoked meanwhile: their hosts handle nothing more."""
+        """For the jobs revoked meanwhile: forget the user's records at once; the node
+        never trains or counts for them again (``_train``, ``_count``). It still serves
+        the aggregator seats the coordinator gives it (masked sums of others' updates, no
+        record of its user): from the round after the revocation the coordinator seats a
+        backup in its place where it has one, so no round waits on a silent seat."""
         with self._consent_lock:
             dropped, self._revoked = self._revoked, set()
         for job_id in dropped:
-            if self.jobs.pop(job_id, None) is not None:
-                log.info("%s: consent to %s revoked: no longer taking part", self.node, job_id)
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.data, job.frame, job.receipt = None, None, None
+            log.info("%s: consent to %s revoked: its records are no longer used", self.node, job_id)
 
     def _next_wait(self) -> float:
         due = min((job.host.next_timer() for job in self.jobs.values()), default=math.inf)
@@ -570,6 +576,8 @@ class NodeAgent:
         return read_weights_artefact(self.client.get_artefact(sha256), sha256, length)
 
     def _train(self, job: _Job, task: TrainingTask) -> Event:
+        if self._revoked_job(job.spec.job_id):
+            return LocalTrainingFailed(round=task.round, reason="the user revoked consent")
         try:
             x, y = self._records(job)
             self.cfg.catalogue.check(job.spec.model, job.spec.recipe, len(y))
@@ -605,6 +613,8 @@ class NodeAgent:
         """This user's statistics for one of the job's statistics rounds: what a fit counts
         of its records (``Preprocessor.counted_vector``), by the plan the document implies,
         with the derived columns' statistics the earlier rounds' totals fitted."""
+        if self._revoked_job(job.spec.job_id):
+            return LocalTrainingFailed(round=round, reason="the user revoked consent")
         try:
             pre = self._preprocessor(job, rounds=round)
             vector = pre.counted_vector(self._frame(job), round)
