@@ -7,6 +7,7 @@ never starts: only one node runs."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def test_a_user_grants_then_revokes_consent_on_their_nodes_page(page: Any, tmp_p
             assert receipt.exists()
             revoke(page)
             wait_for("the coordinator to count the revocation", lambda: consents() == 0, 60)
-            assert (dep.out / "nodes" / "000000" / "revocations" / f"{job_id}.json").exists()
+            revocation = dep.out / "nodes" / "000000" / "revocations" / f"{job_id}.json"
+            assert stat.S_IMODE(revocation.stat().st_mode) == 0o600  # kept for a restart
             page.goto(login.split("/login")[0] + "/")
             assert job_id in page.inner_text("#consents")  # listed, as revoked
             assert "revoked" in page.inner_text("#consents")

@@ -226,3 +226,34 @@ def test_a_started_page_prints_its_link_once_and_keeps_it_private(
         assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     finally:
         page.stop()
+
+
+def test_a_restarted_agent_keeps_its_users_consents_and_revocations(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A saved receipt without a saved revocation is a consent; with one, it is not."""
+    state = tmp_path / "state"
+    for folder, jobs in (
+        ("receipts", ("kept-1", "withdrawn-2")),
+        ("revocations", ("withdrawn-2",)),
+    ):
+        (state / folder).mkdir(parents=True)
+        for job in jobs:
+            (state / folder / f"{job}.json").write_text("{}")
+    agent = NodeAgent(
+        AgentConfig(
+            node_id="node-1",
+            coordinator=harness.url,
+            insecure_loopback=True,
+            keys_path=tmp_path / "node.key",
+            state_dir=state,
+            consent_to=["told-3"],
+        )
+    )
+    try:
+        assert agent.consented_jobs() == ["kept-1", "told-3"]
+        assert agent.revoked_jobs() == ["withdrawn-2"]
+        assert agent._revoked_job("withdrawn-2") and not agent._revoked_job("kept-1")
+        assert agent._revoked_job("../../etc/passwd")  # not a job id: never a path
+    finally:
+        agent.client.close()
