@@ -268,6 +268,10 @@ def node(
         catalogue = DEFAULT_CATALOGUE.model_copy(update={"max_parameters": max_parameters})
 
     try:
+        if consent_page is not None:  # refused before anything is made
+            from tessera.node.consent_page import parse_bind
+
+            parse_bind(consent_page, allow_remote=consent_page_remote)
         limits = SandboxLimits(start_timeout=sandbox_start_timeout)
         agent = NodeAgent(
             AgentConfig(
@@ -290,10 +294,6 @@ def node(
                 consent_page_remote=consent_page_remote,
             )
         )
-        if consent_page is not None:  # refused here, before anything starts
-            from tessera.node.consent_page import parse_bind
-
-            parse_bind(consent_page, allow_remote=consent_page_remote)
         agent.run()
     except TesseraError as exc:
         _fail(exc)

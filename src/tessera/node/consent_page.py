@@ -97,11 +97,13 @@ def page_secret(state_dir: Path) -> str:
 @dataclass
 class ConsentPage:
     server: RunningServer
+    client: CoordinatorClient  # the page's own, closed with it
     url: str  # the page's address
     login_url: str  # the address with the login key: the user's alone
 
     def stop(self) -> None:
         self.server.stop()
+        self.client.close()
 
 
 def start_consent_page(agent: NodeAgent) -> ConsentPage:
@@ -109,13 +111,14 @@ def start_consent_page(agent: NodeAgent) -> ConsentPage:
     assert agent.cfg.consent_page is not None
     host, port = parse_bind(agent.cfg.consent_page, allow_remote=agent.cfg.consent_page_remote)
     key = page_secret(agent.cfg.state_dir)
-    server = serve_in_thread(create_consent_app(agent, key), host=host, port=port)
+    app = create_consent_app(agent, key)
+    server = serve_in_thread(app, host=host, port=port)
     login = f"{server.url}/login?key={key}"
     write_private(agent.cfg.state_dir / URL_FILE, login + "\n")
     # The one place the link is said: the user opens it in their browser.
     print(f"consent page of {agent.node}: {login}", flush=True)
     log.info("consent page of %s serving at %s", agent.node, server.url)
-    return ConsentPage(server=server, url=server.url, login_url=login)
+    return ConsentPage(server=server, client=app.state.client, url=server.url, login_url=login)
 
 
 class _Sessions:
@@ -211,6 +214,7 @@ def create_consent_app(agent: NodeAgent, key: str) -> FastAPI:  # noqa: PLR0915 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     sessions = _Sessions()
     jobs = _Jobs(agent)
+    app.state.client = jobs.client
     where = agent.cfg.state_dir / URL_FILE
 
     @app.middleware("http")
