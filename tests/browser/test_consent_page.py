@@ -11,7 +11,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.browser.consent_kit import ai_provider_client, grant, open_job, revoke, wait_for
+from tests.e2e.conftest import one_deployment_at_a_time  # noqa: F401 - as the e2e tests'
 
 from tessera.ai_provider.client import submit
 from tessera.config import load_config
@@ -22,6 +24,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 NODES = 20  # the job's consents needed; one node is started
 
 
+# Its processes and the browser would slow another deployment's rounds past their deadlines.
+@pytest.mark.usefixtures("one_deployment_at_a_time")
 def test_a_user_grants_then_revokes_consent_on_their_nodes_page(page: Any, tmp_path: Path) -> None:
     cfg = load_config(EXAMPLES / "chem97.toml")
     cfg = cfg.model_copy(

@@ -6,7 +6,8 @@ the rounds after, and the job runs to its end without it.
 
 ``up_with_pages`` is the start any later test of the same deployment's pages reuses:
 it returns the ``tessera up`` run (its process, its output folder, what it said) and
-the consent pages' login links."""
+the consent pages' login links. It lives beside the browser's fixtures (one
+Playwright per process) and runs one deployment at a time, as tests/e2e's do."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.browser.conftest import browser, page  # noqa: F401 - the browser's fixtures
 from tests.browser.consent_kit import UpRun, ai_provider_client, grant, open_job, revoke, wait_for
+from tests.e2e.conftest import one_deployment_at_a_time  # noqa: F401 - as the e2e tests'
 
 from tessera.crypto.documents import SignedDocument
 
@@ -84,7 +85,7 @@ def up_with_pages(tmp_path: Path) -> Iterator[tuple[UpRun, dict[str, str]]]:
 @pytest.mark.usefixtures("one_deployment_at_a_time")
 def test_up_waits_for_a_consent_given_on_the_page_then_runs_without_it_once_revoked(
     up_with_pages: tuple[UpRun, dict[str, str]],
-    page: Any,  # noqa: F811 - the browser fixture's page
+    page: Any,
 ) -> None:
     run, links = up_with_pages
     [(node, login)] = links.items()
