@@ -174,7 +174,8 @@ class NodeAgent:
         # The jobs this user consented to: told at the start, or saved (a receipt and no
         # revocation) by an earlier run, or granted since on the consent page, whose
         # thread changes them under this lock; the loop reads a copy each turn.
-        self._consent_lock = threading.RLock()
+        self._consent_lock = threading.Lock()  # the sets, held briefly
+        self._decide_lock = threading.Lock()  # one consent or revocation at a time
         self._consented: set[str] = set(cfg.consent_to) | self._saved_consents()
         self._revoked: set[str] = set()  # revoked while running: the loop drops their records
         self.page: Any = None  # the consent page, while it serves (node.consent_page)
@@ -217,18 +218,21 @@ class NodeAgent:
         (the consent page's), so the loop's long poll never holds the consent up.
         Consenting again after a revocation signs a new receipt.
         """
-        with self._consent_lock:
-            had = job_id in self._consented
-            # Counted before it is sent: if our consent starts the job, the loop polls
-            # briefly for its participants instead of waiting out a long poll.
-            self._consented.add(job_id)
+        with self._decide_lock:
+            with self._consent_lock:
+                had = job_id in self._consented
+                # Counted before it is sent: if our consent starts the job, the loop polls
+                # briefly for its participants instead of waiting out a long poll.
+                self._consented.add(job_id)
             try:
                 receipt = self._consent(job_id, client or self.client)
             except BaseException:
                 if not had:
-                    self._consented.discard(job_id)
+                    with self._consent_lock:
+                        self._consented.discard(job_id)
                 raise
-            self._revoked.discard(job_id)
+            with self._consent_lock:
+                self._revoked.discard(job_id)
             return receipt
 
     def _consent(self, job_id: str, client: CoordinatorClient) -> SignedDocument:
@@ -348,9 +352,10 @@ class NodeAgent:
 
     def revoke(self, job_id: str, client: CoordinatorClient | None = None) -> SignedDocument:
         """Revoke this user's consent to ``job_id``: the coordinator withdraws the node,
-        the loop stops taking part, the data provider releases no more records. Kept
-        (0600), so a restarted agent does not take part again."""
-        with self._consent_lock:
+        the loop forgets the user's records and never trains for the job again, the data
+        provider releases no more records. Kept (0600), so a restarted agent does not
+        take part again."""
+        with self._decide_lock:
             saved = self._receipt_path(job_id)
             if not saved.exists() or self._revocation_path(job_id).exists():
                 raise TesseraError(f"this node holds no consent to {job_id}")
@@ -358,8 +363,9 @@ class NodeAgent:
             revocation = revoke_consent(self.keys, receipt=receipt, at=time.time())
             (client or self.client).revoke(job_id, revocation, receipt)
             _write_json(self._revocation_path(job_id), revocation.to_json())
-            self._consented.discard(job_id)
-            self._revoked.add(job_id)
+            with self._consent_lock:
+                self._consented.discard(job_id)
+                self._revoked.add(job_id)
         try:  # our own provider refuses the records from now on too
             body = {"revocation": revocation.to_json(), "receipt": receipt.to_json()}
             self._provider_post("/v1/revocations", body)
