@@ -21,7 +21,10 @@ def chromium_path() -> str | None:
     return os.environ.get(BROWSER_ENV) or shutil.which("chromium")
 
 
-@pytest.fixture(scope="session")
+# One per test module, not per session: while Playwright's sync API runs, its event loop
+# counts as running in this thread, and a later test of the same worker that calls
+# asyncio.run() (tests/coordinator/test_mail_signal.py) would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     found = chromium_path()
     if found is None:
