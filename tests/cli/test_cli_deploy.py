@@ -106,6 +106,16 @@ def test_node_gives_its_sandbox_the_start_timeout(
     assert cfg.sandbox_limits.memory_bytes == SandboxLimits().memory_bytes  # the rest unchanged
 
 
+def test_node_refuses_a_consent_page_off_loopback_unless_allowed(tmp_path: Path) -> None:
+    done = tessera(
+        "node", "--id", "node-1", "--coordinator", "http://127.0.0.1:9", "--insecure-loopback",
+        "--consent-page", "0.0.0.0:8080", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "not a loopback address" in done.stderr
+    assert not (tmp_path / "node.key").exists()  # refused before anything was made
+
+
 def test_node_refuses_a_sandbox_start_timeout_that_is_not_positive(tmp_path: Path) -> None:
     done = tessera(
         "node", "--id", "node-1", "--coordinator", "http://127.0.0.1:9",
@@ -156,9 +166,17 @@ def test_up_passes_its_start_options_on(tmp_path: Path, monkeypatch: pytest.Monk
     assert seen["run"]["start_timeout"] == 90.0
     assert seen["run"]["start_batch"] == 5
     assert seen["closed"]
+    assert seen["deployment"]["ask_consent"] == 0  # every node consents on its own
+    done = _invoke("up", config, "--nodes", "3", "--out", out, "-q", "--ask-consent", "2")
+    assert done.exit_code == 0, done.output
+    assert seen["deployment"]["ask_consent"] == 2
+    assert callable(seen["deployment"]["on_consent_page"])  # up prints each login link
 
 
-@pytest.mark.parametrize(("option", "value"), [("--start-timeout", "0"), ("--start-batch", "-1")])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--start-timeout", "0"), ("--start-batch", "-1"), ("--ask-consent", "21")],
+)
 def test_up_refuses_bad_start_options(tmp_path: Path, option: str, value: str) -> None:
     config = str(EXAMPLES / "chem97.toml")
     done = _invoke("up", config, "--out", str(tmp_path / "up"), option, value)

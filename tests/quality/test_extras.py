@@ -102,7 +102,12 @@ PARTIES = {
     # The agent process never trains (its sandbox child does): torch may not even load.
     "node agent": Party(
         extras=("node",),
-        modules=["tessera.cli", "tessera.node.agent", "tessera.sandbox"],
+        modules=[
+            "tessera.cli",
+            "tessera.node.agent",
+            "tessera.node.consent_page",
+            "tessera.sandbox",
+        ],
         also_missing=frozenset({"torch"}),
         then="""
         from pathlib import Path
@@ -180,8 +185,11 @@ def test_each_party_imports_with_only_its_extras(party: Party, tmp_path: Path) -
     run_blocked(blocked, party.modules, tmp_path, party.then)
 
 
-def test_a_node_installs_neither_the_web_stack_nor_database_drivers() -> None:
-    assert {"fastapi", "uvicorn", "sqlalchemy", "psycopg"} <= missing_without("node")
+def test_a_node_installs_no_database_drivers_and_the_web_stack_only_for_its_page() -> None:
+    assert {"sqlalchemy", "psycopg"} <= missing_without("node")
+    # FastAPI and uvicorn serve the user's consent page (node.consent_page), pinned as the
+    # services pin them; the agent loads them only when it serves the page.
+    assert {"fastapi", "uvicorn"} <= import_names(EXTRAS["node"])
     assert "torch" in import_names(EXTRAS["node"])
 
 

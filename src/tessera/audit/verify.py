@@ -189,6 +189,10 @@ def _weights_hash(final: AuditRecord, model: Path) -> str:
     names = final.body.get("tensors")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise BrokenLog(final.seq, "model_final: a weights hash without its tensors' order")
+    if not names:  # its coordinator ran without torch, so could not lay the model out
+        raise BrokenLog(
+            final.seq, "model_final names no tensor order: the model file cannot be checked"
+        )
     try:
         arrays = load_file(model)
     except DataError as exc:

@@ -262,6 +262,17 @@ def node(
     ] = "required",
     sandbox_start_timeout: SandboxStartTimeout = 60.0,
     max_parameters: MaxParameters = None,
+    consent_page: Annotated[
+        str | None,
+        typer.Option(
+            help="serve the user's consent page at HOST:PORT (loopback; port 0: any free one);"
+            " its login link is printed once and kept in STATE/consent-page.url"
+        ),
+    ] = None,
+    consent_page_remote: Annotated[
+        bool,
+        typer.Option(help="let --consent-page bind a non-loopback address (not advised)"),
+    ] = False,
     verbose: Verbose = True,
 ) -> None:
     """Run a node agent: register, consent, train in the sandbox, aggregate as the tree says."""
@@ -274,6 +285,10 @@ def node(
         catalogue = DEFAULT_CATALOGUE.model_copy(update={"max_parameters": max_parameters})
 
     try:
+        if consent_page is not None:  # refused before anything is made
+            from tessera.node.consent_page import parse_bind
+
+            parse_bind(consent_page, allow_remote=consent_page_remote)
         limits = SandboxLimits(start_timeout=sandbox_start_timeout)
         agent = NodeAgent(
             AgentConfig(
@@ -292,6 +307,8 @@ def node(
                 isolate_network="best_effort" if isolate_network == "best_effort" else "required",
                 sandbox_limits=limits,
                 catalogue=catalogue,
+                consent_page=consent_page,
+                consent_page_remote=consent_page_remote,
             )
         )
         agent.run()
@@ -376,6 +393,15 @@ def up(
             "its job to the end, with the job and options it was started with",
         ),
     ] = None,
+    ask_consent: Annotated[
+        int,
+        typer.Option(
+            "--ask-consent",
+            help="the first K nodes consent on their user's consent page, not on their own:"
+            " up prints each page's login link and waits for those consents too",
+            min=0,
+        ),
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Start coordinator, provider and N nodes on loopback; run the job through them."""
@@ -384,12 +410,13 @@ def up(
     from tessera.deploy.up import UpOptions, default_out, load_up_args, save_up_args
 
     t0 = time.monotonic()  # the one duration it reports: the whole command's
-    if start_timeout <= 0:
-        raise typer.BadParameter("must be positive", param_hint="--start-timeout")
-    if start_batch < 0:
-        raise typer.BadParameter("must be 0 (all at once) or more", param_hint="--start-batch")
-    if (config is None) == (resume is None):
-        raise typer.BadParameter("give a job file, or --resume OUT (not both)")
+    _check_up_options(
+        start_timeout=start_timeout,
+        start_batch=start_batch,
+        ask_consent=ask_consent,
+        nodes=nodes,
+        one_job=(config is None) != (resume is None),
+    )
     try:
         if resume is not None:
             out = resume
@@ -402,7 +429,9 @@ def up(
                 cfg = cfg.model_copy(
                     update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
                 )
-            options = UpOptions(nodes, tls, db, records, sandbox_start_timeout, node_max_parameters)
+            options = UpOptions(
+                nodes, tls, db, records, sandbox_start_timeout, node_max_parameters, ask_consent
+            )
         with console.status(f"preparing {options.nodes} nodes' data"):
             dep = Deployment(
                 cfg,
@@ -414,6 +443,8 @@ def up(
                 sandbox_start_timeout=options.sandbox_start_timeout,
                 node_max_parameters=options.node_max_parameters,
                 passphrase=_passphrase(),  # without one, Deployment warns: keys in the clear
+                ask_consent=options.ask_consent,
+                on_consent_page=_say_consent_page,
             )
         if resume is None:
             save_up_args(out, cfg, options)
@@ -464,6 +495,24 @@ def up(
         + (" explanations.json," if cfg.reporting.explain else "")
         + f" report.html; logs in {out}/logs"
     )
+
+
+def _check_up_options(
+    *, start_timeout: float, start_batch: int, ask_consent: int, nodes: int, one_job: bool
+) -> None:
+    if start_timeout <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--start-timeout")
+    if start_batch < 0:
+        raise typer.BadParameter("must be 0 (all at once) or more", param_hint="--start-batch")
+    if ask_consent > nodes:
+        raise typer.BadParameter(f"at most --nodes ({nodes})", param_hint="--ask-consent")
+    if not one_job:
+        raise typer.BadParameter("give a job file, or --resume OUT (not both)")
+
+
+def _say_consent_page(node: str, login: str) -> None:
+    """``tessera up --ask-consent``: a node's page and its login link, said even when quiet."""
+    console.print(f"consent page of {node}: {login}", soft_wrap=True, highlight=False)
 
 
 def _up_tracked(

@@ -225,10 +225,13 @@ class CoordinatorService:
     def _tensors(self, job: JobRecord) -> tuple[str, ...]:
         """The job's model's tensor names, in its layout's order (none for a job whose
         document no longer reads: it has no model to rebuild either)."""
-        from tessera.training import layout  # torch, on meta tensors: only when asked
+        try:  # torch, on meta tensors, only when asked: the coordinator's extra lacks it
+            from tessera.training import layout
 
-        try:
             return layout(self.spec(job).model).names
+        except ImportError:
+            log.warning("%s: no torch here: the final record names no tensor order", job.job_id)
+            return ()
         except (TesseraError, ValueError) as exc:
             log.error("%s: no model layout: %s", job.job_id, exc)
             return ()

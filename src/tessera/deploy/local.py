@@ -26,6 +26,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -113,6 +114,11 @@ class Deployment:
     sandbox_start_timeout: float | None = None  # seconds; None: the node's default
     node_max_parameters: int | None = None  # the nodes' catalogue bound; None: its default
     passphrase: bytes | None = field(default=None, repr=False)  # seals every party's key
+    # The first ask_consent nodes consent on their user's consent page (node.consent_page),
+    # not on their own: each serves it on loopback; on_consent_page hears (node, login link).
+    ask_consent: int = 0
+    on_consent_page: Callable[[str, str], None] | None = field(default=None, repr=False)
+    consent_pages: dict[str, str] = field(default_factory=dict, init=False)
     job: PreparedJob = field(init=False)
     processes: dict[str, Process] = field(default_factory=dict)
     coordinator_url: str = ""
@@ -343,8 +349,7 @@ class Deployment:
             self.provider_url,
             "--provider-key",
             self.provider_keys.public.fingerprint,
-            "--consent",
-            job_id,
+            *(["--consent-page", "127.0.0.1:0"] if i < self.ask_consent else ["--consent", job_id]),
             "--isolate-network",
             self.isolate_network,
         ]
@@ -359,7 +364,14 @@ class Deployment:
             args += ["--sandbox-start-timeout", repr(float(self.sandbox_start_timeout))]
         if self.node_max_parameters is not None:
             args += ["--max-parameters", str(self.node_max_parameters)]
-        return self._spawn(self.node_id(i), _tessera(*args))
+        page = folder / "consent-page.url"
+        page.unlink(missing_ok=True)  # a previous run's
+        proc = self._spawn(self.node_id(i), _tessera(*args))
+        if i < self.ask_consent:  # its page serves before its sandbox starts: seconds
+            self.consent_pages[self.node_id(i)] = login = wait_for_file(page, proc)
+            if self.on_consent_page is not None:
+                self.on_consent_page(self.node_id(i), login)
+        return proc
 
     def exited(self) -> list[Process]:
         """The parties started so far whose process has ended, in start order."""

@@ -314,6 +314,7 @@ class UpOptions:
     records: str
     sandbox_start_timeout: float | None
     node_max_parameters: int | None
+    ask_consent: int = 0  # the first K nodes consent on their user's page
 
 
 def save_up_args(out: Path, cfg: JobConfig, options: UpOptions) -> None:

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ from tessera.storage.private import private_dir, write_private
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.node")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # ids.job_id_of's form
 
 
 @dataclass
@@ -125,6 +127,11 @@ class AgentConfig:
     sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
     exit_when_done: bool = True
     poll_wait: float = 20.0
+    # The user's consent page ("host:port", port 0: any free one), served by this agent
+    # (node.consent_page): loopback only unless consent_page_remote, reached with the
+    # secret link the agent prints once and keeps in state_dir/consent-page.url.
+    consent_page: str | None = None
+    consent_page_remote: bool = False
 
 
 @dataclass
@@ -164,6 +171,31 @@ class NodeAgent:
         self.revealed: set[str] = set()  # jobs we sent our beacon reveal to (or need not)
         self.cursor = self._load_cursor()
         self._coordinator_keys: PublicKeys | None = None
+        # The jobs this user consented to: told at the start, or saved (a receipt and no
+        # revocation) by an earlier run, or granted since on the consent page, whose
+        # thread changes them under this lock; the loop reads a copy each turn.
+        self._consent_lock = threading.Lock()  # the sets, held briefly
+        self._decide_lock = threading.Lock()  # one consent or revocation at a time
+        self._consented: set[str] = set(cfg.consent_to) | self._saved_consents()
+        self._revoked: set[str] = set()  # revoked while running: the loop drops their records
+        self.page: Any = None  # the consent page, while it serves (node.consent_page)
+
+    def consented_jobs(self) -> list[str]:
+        """The jobs this node takes part in on its user's consent (a copy)."""
+        with self._consent_lock:
+            return sorted(self._consented)
+
+    def revoked_jobs(self) -> list[str]:
+        """The jobs whose consent this user revoked (saved revocations)."""
+        folder = self.cfg.state_dir / "revocations"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def _saved_consents(self) -> set[str]:
+        folder = self.cfg.state_dir / "receipts"
+        if not folder.is_dir():
+            return set()
+        revoked = set(self.revoked_jobs())
+        return {p.stem for p in folder.glob("*.json")} - revoked
 
     # -- identity and consent ---------------------------------------------------------
     def register(self) -> None:
@@ -177,19 +209,44 @@ class NodeAgent:
         }
         self.client.register(sign_document(self.keys, REGISTRATION_KIND, body))
 
-    def consent(self, job_id: str) -> SignedDocument:
+    def consent(self, job_id: str, client: CoordinatorClient | None = None) -> SignedDocument:
         """Grant (or re-send) this user's consent to ``job_id``, after checking the job.
 
         The consent goes to the coordinator with the attestation of this node
-        that the user's own data provider signs for it (asked once, kept).
+        that the user's own data provider signs for it (asked once, kept). From
+        then on the loop takes part in the job. ``client``: another thread's own
+        (the consent page's), so the loop's long poll never holds the consent up.
+        Consenting again after a revocation signs a new receipt.
         """
+        with self._decide_lock:
+            with self._consent_lock:
+                had = job_id in self._consented
+                # Counted before it is sent: if our consent starts the job, the loop polls
+                # briefly for its participants instead of waiting out a long poll.
+                self._consented.add(job_id)
+            try:
+                receipt = self._consent(job_id, client or self.client)
+            except BaseException:
+                if not had:
+                    with self._consent_lock:
+                        self._consented.discard(job_id)
+                raise
+            with self._consent_lock:
+                self._revoked.discard(job_id)
+            return receipt
+
+    def _consent(self, job_id: str, client: CoordinatorClient) -> SignedDocument:
         saved = self._receipt_path(job_id)
-        spec = JobSpec.from_document(self.client.job_document(job_id))
+        revoked = self._revocation_path(job_id)
+        spec = JobSpec.from_document(client.job_document(job_id))
         if spec.data.provider != self.cfg.provider_key:
             raise TesseraError(
                 f"job {job_id} asks for data at provider {spec.data.provider[:16]}..., "
                 "not at the one this node's user is enrolled with: refused"
             )
+        if revoked.exists():  # consenting again: a new receipt (the old one is withdrawn)
+            saved.unlink(missing_ok=True)
+            revoked.unlink()
         if saved.exists():
             receipt = SignedDocument.from_json(json.loads(saved.read_text()))
         else:
@@ -208,7 +265,7 @@ class NodeAgent:
             )
             receipt = grant_consent(self.keys, terms)
             _write_json(saved, receipt.to_json())
-        self.client.consent(job_id, receipt, self._attestation(spec, receipt))
+        client.consent(job_id, receipt, self._attestation(spec, receipt))
         return receipt
 
     def _attestation(self, spec: JobSpec, receipt: SignedDocument) -> SignedDocument:
@@ -263,7 +320,7 @@ class NodeAgent:
         """Reveal our beacon secret to every job that froze its participants; True if any
         job we consented to still waits for its participants to be fixed."""
         waiting = False
-        for job_id in self.cfg.consent_to:
+        for job_id in self.consented_jobs():
             if job_id in self.revealed or job_id in self.finished:
                 continue
             try:
@@ -293,13 +350,22 @@ class NodeAgent:
         with httpx.Client(verify=self.cfg.verify, timeout=60) as http:
             return check(http.post(f"{self.cfg.provider.rstrip('/')}{path}", json=body))
 
-    def revoke(self, job_id: str) -> SignedDocument:
-        saved = self._receipt_path(job_id)
-        if not saved.exists():
-            raise TesseraError(f"this node holds no consent to {job_id}")
-        receipt = SignedDocument.from_json(json.loads(saved.read_text()))
-        revocation = revoke_consent(self.keys, receipt=receipt, at=time.time())
-        self.client.revoke(job_id, revocation, receipt)
+    def revoke(self, job_id: str, client: CoordinatorClient | None = None) -> SignedDocument:
+        """Revoke this user's consent to ``job_id``: the coordinator withdraws the node,
+        the loop forgets the user's records and never trains for the job again, the data
+        provider releases no more records. Kept (0600), so a restarted agent does not
+        take part again."""
+        with self._decide_lock:
+            saved = self._receipt_path(job_id)
+            if not saved.exists() or self._revocation_path(job_id).exists():
+                raise TesseraError(f"this node holds no consent to {job_id}")
+            receipt = SignedDocument.from_json(json.loads(saved.read_text()))
+            revocation = revoke_consent(self.keys, receipt=receipt, at=time.time())
+            (client or self.client).revoke(job_id, revocation, receipt)
+            _write_json(self._revocation_path(job_id), revocation.to_json())
+            with self._consent_lock:
+                self._consented.discard(job_id)
+                self._revoked.add(job_id)
         try:  # our own provider refuses the records from now on too
             body = {"revocation": revocation.to_json(), "receipt": receipt.to_json()}
             self._provider_post("/v1/revocations", body)
@@ -312,13 +378,18 @@ class NodeAgent:
         stop = stop or threading.Event()
         # Start the sandbox (seconds: it loads torch) before consenting, so a job that
         # starts on our consent never waits for it mid-round.
-        self.sandbox.ping()
         self.register()
+        if self.cfg.consent_page is not None:  # before the sandbox: the user reads at once
+            from tessera.node.consent_page import start_consent_page
+
+            self.page = start_consent_page(self)
+        self.sandbox.ping()
         for job_id in self.cfg.consent_to:
             self.consent(job_id)
         last_status = 0.0
         try:
             while not stop.is_set():
+                self._drop_revoked()
                 wait = self._next_wait()
                 if self._reveal_pending():  # the coordinator wakes our poll when it freezes
                     wait = min(wait, 2.0)
@@ -332,22 +403,46 @@ class NodeAgent:
                     if self._all_done():
                         return
         finally:
+            if self.page is not None:
+                self.page.stop()
             self.sandbox.close()
             self.client.close()
+
+    def _drop_revoked(self) -> None:
+        """For the jobs revoked meanwhile: forget the user's records at once; the node
+        never trains or counts for them again (``_train``, ``_count``). It still serves
+        the aggregator seats the coordinator gives it (masked sums of others' updates, no
+        record of its user): from the round after the revocation the coordinator seats a
+        backup in its place where it has one, so no round waits on a silent seat."""
+        with self._consent_lock:
+            dropped, self._revoked = self._revoked, set()
+        for job_id in dropped:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.data, job.frame, job.receipt = None, None, None
+            log.info("%s: consent to %s revoked: its records are no longer used", self.node, job_id)
 
     def _next_wait(self) -> float:
         due = min((job.host.next_timer() for job in self.jobs.values()), default=math.inf)
         return float(np.clip(due - time.time(), 0.0, self.cfg.poll_wait))
 
     def _all_done(self) -> bool:
-        if not self.cfg.exit_when_done or not self.cfg.consent_to:
+        # A node told which jobs to consent to ends with them; one serving its user's
+        # consent page keeps serving it.
+        if not self.cfg.exit_when_done or not self.cfg.consent_to or self.page is not None:
             return False
-        for job_id in self.cfg.consent_to:
+        consented = self.consented_jobs()
+        for job_id in consented:
             if job_id not in self.finished:
-                state = self.client.status(job_id)["state"]
+                try:
+                    state = self.client.status(job_id)["state"]
+                except ServiceRefused as exc:
+                    if exc.status != 404:
+                        raise
+                    state = "failed"  # a saved consent to a job this coordinator forgot
                 if state in ("finished", "failed"):
                     self.finished.add(job_id)
-        return all(j in self.finished for j in self.cfg.consent_to)
+        return all(j in self.finished for j in consented)
 
     def _fire_timers(self) -> None:
         now = time.time()
@@ -359,6 +454,9 @@ class NodeAgent:
 
         try:
             job_id = peek(data).job_id
+            if job_id not in self.jobs and self._revoked_job(job_id):
+                log.info("%s: mail for %s, whose consent was revoked: dropped", self.node, job_id)
+                return
             job = self._job(job_id)
             event = from_envelope(
                 data,
@@ -484,6 +582,8 @@ class NodeAgent:
         return read_weights_artefact(self.client.get_artefact(sha256), sha256, length)
 
     def _train(self, job: _Job, task: TrainingTask) -> Event:
+        if self._revoked_job(job.spec.job_id):
+            return LocalTrainingFailed(round=task.round, reason="the user revoked consent")
         try:
             x, y = self._records(job)
             self.cfg.catalogue.check(job.spec.model, job.spec.recipe, len(y))
@@ -519,6 +619,8 @@ class NodeAgent:
         """This user's statistics for one of the job's statistics rounds: what a fit counts
         of its records (``Preprocessor.counted_vector``), by the plan the document implies,
         with the derived columns' statistics the earlier rounds' totals fitted."""
+        if self._revoked_job(job.spec.job_id):
+            return LocalTrainingFailed(round=round, reason="the user revoked consent")
         try:
             pre = self._preprocessor(job, rounds=round)
             vector = pre.counted_vector(self._frame(job), round)
@@ -588,6 +690,17 @@ class NodeAgent:
     # -- small persistence ------------------------------------------------------------------
     def _receipt_path(self, job_id: str) -> Path:
         return self.cfg.state_dir / "receipts" / f"{job_id}.json"
+
+    def _revocation_path(self, job_id: str) -> Path:
+        if not _JOB_ID.match(job_id):
+            raise RemoteProtocolError(f"not a job id: {job_id[:80]!r}")
+        return self.cfg.state_dir / "revocations" / f"{job_id}.json"
+
+    def _revoked_job(self, job_id: str) -> bool:
+        """Revoked, and not consented to again since."""
+        if job_id in self.consented_jobs():
+            return False
+        return not _JOB_ID.match(job_id) or self._revocation_path(job_id).exists()
 
     def _load_cursor(self) -> int:
         path = self.cfg.state_dir / "cursor"

@@ -191,6 +191,11 @@ class CoordinatorClient:
         """The job's signed audit log as the coordinator has written it so far."""
         return self._get(f"/v1/jobs/{job_id}/audit").content
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """The jobs the caller has a role in (a node: also those waiting for consent)."""
+        result: list[dict[str, Any]] = self._get("/v1/jobs").json()
+        return result
+
     def post_verdicts(
         self,
         job_id: str,
