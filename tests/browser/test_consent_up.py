@@ -2,7 +2,9 @@
 who opens the login link ``up`` prints, reads the job on the node's consent page and
 grants consent; the job starts (``up`` waits for every consent) and runs with the node.
 Mid-job the user revokes: the coordinator counts the revocation, leaves the node out of
-the rounds after, and the job runs to its end without it.
+the rounds after, and the job runs to its end without it. The AI provider watches all of
+it on the coordinator's own page of the job, which follows live: the consent counted, the
+job running, the revocation counted.
 
 ``up_with_pages`` is the start any later test of the same deployment's pages reuses:
 it returns the ``tessera up`` run (its process, its output folder, what it said) and
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 from tests.browser.consent_kit import UpRun, ai_provider_client, grant, open_job, revoke, wait_for
 from tests.e2e.conftest import one_deployment_at_a_time  # noqa: F401 - as the e2e tests'
 
@@ -86,10 +89,14 @@ def up_with_pages(tmp_path: Path) -> Iterator[tuple[UpRun, dict[str, str]]]:
 def test_up_waits_for_a_consent_given_on_the_page_then_runs_without_it_once_revoked(
     up_with_pages: tuple[UpRun, dict[str, str]],
     page: Any,
+    browser: Any,
 ) -> None:
     run, links = up_with_pages
     [(node, login)] = links.items()
     assert node and login.startswith("http://127.0.0.1:")
+    # The AI provider watches the coordinator's page of the job, in its own browser
+    # context (its own cookies; the deployment's private CA is not the browser's).
+    watcher = browser.new_context(ignore_https_errors=True).new_page()
     with ai_provider_client(run.out) as client:
         job_id = run.job_id(client)
         status = client.status(job_id)
@@ -98,11 +105,18 @@ def test_up_waits_for_a_consent_given_on_the_page_then_runs_without_it_once_revo
         wait_for("the other nodes' consents",
                  lambda: client.status(job_id)["valid_consents"] == NODES - 1, 300)  # fmt: skip
         assert client.status(job_id)["state"] == "waiting"
+        watcher.goto(client.page_link())
+        watcher.goto(f"{client.url.rstrip('/')}/ui/jobs/{job_id}")
+        expect(watcher.locator("#state")).to_have_text("waiting")
+        expect(watcher.locator("#consents")).to_have_text(f"{NODES - 1} / {NODES}")
 
         digest = open_job(page, login, job_id)
         signed = SignedDocument.from_json(json.loads((run.out / "run" / "job.json").read_text()))
         assert digest == signed.digest == status["digest"]
         grant(page)
+        # The coordinator's page follows, live (no reload): the consent, then the start.
+        expect(watcher.locator("#consents")).to_have_text(f"{NODES} / {NODES}", timeout=60_000)
+        expect(watcher.locator("#state")).to_have_text("running", timeout=300_000)
 
         def running_with_node() -> dict[str, Any] | None:
             status = client.status(job_id)
@@ -117,6 +131,7 @@ def test_up_waits_for_a_consent_given_on_the_page_then_runs_without_it_once_revo
         revoke(page)
         wait_for("the revocation counted",
                  lambda: client.status(job_id)["valid_consents"] == NODES - 1, 60)  # fmt: skip
+        expect(watcher.locator("#consents")).to_have_text(f"{NODES - 1} / {NODES}", timeout=30_000)
         closed = len(client.status(job_id)["rounds"])
 
         def later_rounds_without_node() -> list[dict[str, Any]] | None:
