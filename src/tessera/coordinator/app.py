@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import logging
 import re
@@ -49,6 +50,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy.exc import OperationalError
 
 from tessera.coordinator import access, pages
 from tessera.coordinator.intake import MailIntake
@@ -58,6 +60,7 @@ from tessera.protocol.limits import COORDINATOR_BODY, MAIL_BODY
 from tessera.runtime.transport.auth import KEYS_HEADER, NODE_HEADER, Caller
 from tessera.runtime.transport.serve import BodyLimit
 from tessera.storage import MailItem, NotFound
+from tessera.storage.errors import StoreError
 
 log = logging.getLogger("tessera.coordinator.app")
 
@@ -69,6 +72,7 @@ MAX_WAIT = 30.0
 #: (each held poll costs a socket and about 80 KiB: benchmarks/coordinator_load.py).
 MAX_POLLS = 4096
 POLL_RETRY_AFTER = 5  # seconds a refused poller waits before asking again
+DISK_FULL_RETRY_AFTER = 30  # seconds a sender waits when the coordinator's disk is full
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BINARY = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
@@ -81,6 +85,7 @@ _WHY = {
     409: "Conflicts with what the coordinator holds: taken, replayed, not started",
     413: "The request body is larger than the coordinator takes",
     503: "Too many long polls held: retry after the Retry-After header's seconds",
+    507: "The coordinator's disk is full: nothing was stored; retry after Retry-After",
     422: "The request does not fit its schema, or a signed document its rules",
     429: "Over a quota: the sender's envelopes this round, or login links pending",
 }
@@ -259,6 +264,19 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+
+    # A full disk (the mail folder's files, or the database's) fails the request before
+    # anything commits: say so, as 507 with Retry-After, and the senders try again.
+    @app.exception_handler(StoreError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(OperationalError)
+    async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+        if not _is_disk_full(exc):
+            raise exc
+        log.error("disk full: %s %s stored nothing: %s", request.method, request.url.path, exc)
+        detail = "the coordinator's disk is full: nothing of this request was stored; retry later"
+        headers = {"Retry-After": str(DISK_FULL_RETRY_AFTER)}
+        return JSONResponse({"detail": detail}, status_code=507, headers=headers)
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:
@@ -492,6 +510,20 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         return StreamingResponse(_mail_batch(service, items), media_type="application/msgpack")
 
     return BodyLimit(app, max_body, routes={MAIL_PATH: mail_body})
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or what caused it is a full disk: ENOSPC or EDQUOT from a file,
+    SQLite's "database or disk is full", PostgreSQL's disk_full (SQLSTATE 53100)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, OperationalError) and (
+            "disk is full" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "53100"
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class _PollCount:
