@@ -59,3 +59,30 @@ def test_the_client_waits_what_retry_after_asks(header: str | None, seconds: flo
     exc = httpx.HTTPStatusError("busy", request=request, response=response)
     assert _retry_after(exc) == seconds
     assert _retry_after(httpx.ConnectError("down")) == 0.0
+
+
+def test_a_stopping_coordinator_answers_its_held_polls_at_once(tmp_path: Path) -> None:
+    """SIGTERM (``run_server``'s ``on_exit``): held polls return empty batches, so the
+    shutdown waits for none of them, and later polls do not wait either."""
+    coord = Harness(tmp_path / "coordinator.db")
+    try:
+        a = Node.make("node-a")
+        coord.register(a.keys, a.id)
+        held: list[tuple[httpx.Response, float]] = []
+
+        def poll() -> None:
+            t0 = time.monotonic()
+            held.append((_poll(coord, a, 20.0), time.monotonic() - t0))
+
+        first = threading.Thread(target=poll)
+        first.start()
+        time.sleep(0.5)
+        coord.service.signal.close_all()
+        first.join(10)
+        [(answer, waited)] = held
+        assert answer.status_code == 200 and waited < 5.0  # not its 20 s
+        t0 = time.monotonic()
+        assert _poll(coord, a, 20.0).status_code == 200
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        coord.stop()

@@ -111,6 +111,8 @@ def test_sigterm_stops_every_party_after_reporting_a_dead_node(tmp_path: Path) -
     assert f"stopped {NODES - 1} node processes, the provider, the coordinator in" in said
     assert "last lines of" in said  # the dead node's log, quoted
     assert _pids_of(out) == []
+    for party in ("coordinator", "provider"):  # a clean stop: no request died mid-way
+        assert "Traceback" not in (out / "logs" / f"{party}.log").read_text()
 
 
 def test_a_killed_up_leaves_no_party_running(tmp_path: Path) -> None:

@@ -161,7 +161,14 @@ def coordinator(
         app_ = create_coordinator_app(
             service, max_body=max_body or COORDINATOR_BODY, max_polls=max_polls
         )
-        run_server(app_, host=host, port=port, ssl=_cert(cert, key), ready_file=ready_file)
+        run_server(
+            app_,
+            host=host,
+            port=port,
+            ssl=_cert(cert, key),
+            ready_file=ready_file,
+            on_exit=service.signal.close_all,  # held long polls answer at once
+        )
     except TesseraError as exc:
         _fail(exc)
 

@@ -497,7 +497,7 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
                 event = service.signal.event_for(node)  # before reading: no mail slips between
                 items = await run_in_threadpool(service.mail_for, node, after)
                 remaining = deadline - loop.time()
-                if items or remaining <= 0:
+                if items or remaining <= 0 or service.signal.closing:
                     break
                 if not held:  # counted only once it waits: mail at hand is always served
                     if not polls.take():

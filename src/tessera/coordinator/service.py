@@ -77,10 +77,24 @@ class MailSignal:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, asyncio.Event] = {}
+        self.closing = False  # the server is stopping: polls answer with what they have
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._events = {}
+        self.closing = False
+
+    def close_all(self) -> None:
+        """Wake every poll for good (callable from any thread, a signal handler's too):
+        the server is stopping, and a poll held to its end would hold the shutdown."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close)
+
+    def _close(self) -> None:
+        self.closing = True
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
 
     def notify(self, recipients: Iterable[str]) -> None:
         """Wake the polls of ``recipients`` (callable from any thread)."""

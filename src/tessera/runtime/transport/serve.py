@@ -147,8 +147,10 @@ def run_server(
     ssl: CertPaths | None = None,
     log_level: str = "info",
     ready_file: Path | None = None,
+    on_exit: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully and return.
+    """Serve ``app`` until SIGINT/SIGTERM, then shut down gracefully and return
+    (``on_exit``, told at the signal, ends the app's long requests).
 
     The bound URL is printed to stderr (and logged), so ``port=0`` is usable
     by hand. With ``ready_file``, the URL is also written there atomically
@@ -170,7 +172,7 @@ def run_server(
             if ready_file is not None:
                 _write_atomic(ready_file, url + "\n")
 
-        _GracefulServer(config, on_started=announce).run(sockets=[sock])
+        _GracefulServer(config, on_started=announce, on_exit=on_exit).run(sockets=[sock])
     finally:
         sock.close()
         if ready_file is not None:
@@ -180,9 +182,16 @@ def run_server(
 class _GracefulServer(uvicorn.Server):
     """uvicorn.Server that announces readiness and returns after a signal."""
 
-    def __init__(self, config: uvicorn.Config, *, on_started: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        on_started: Callable[[], None],
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._on_started = on_started
+        self._on_exit = on_exit
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -194,6 +203,8 @@ class _GracefulServer(uvicorn.Server):
         # shutdown: returning normally lets run_server's caller clean up.
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
+        if not self.should_exit and self._on_exit is not None:
+            self._on_exit()  # the app ends its long requests: the shutdown need not wait
         self.should_exit = True
 
 
