@@ -179,6 +179,9 @@ def simulation_keyed(dep: Deployment) -> None:
 
 # One deployment at a time: two at once on 2 cores slow the rounds past the moments the
 # test kills a node and the coordinator.
+# In the fault group (pytest -m faults, run by CI after the default suite): a node and the
+# coordinator are killed mid-job.
+@pytest.mark.faults
 @pytest.mark.usefixtures("one_deployment_at_a_time")
 def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_url: str) -> None:
     dep = Deployment(e2e_config(), NODES, tmp_path / "up", tls=True, db_url=db_url)
