@@ -14,7 +14,8 @@ absolute value (how much the feature moves the output) and its signed value.
 A saliency map is the mean over rows of ``|d f / d x|`` per pixel (channels
 averaged): where a small change of the input would move the output most.
 
-Plain autograd (torch); torch loads only when these are called. What they say:
+Both are Captum's (``IntegratedGradients`` with the midpoint rule,
+``Saliency``); torch and Captum load only when these are called. What they say:
 how this model's output responds to its inputs near these rows. What they do
 not: that the feature matters in the world, or what the model does far from
 the baseline's path.
@@ -96,6 +97,7 @@ def integrated_gradients(
     (a single-output model: its output).
     """
     import torch
+    from captum.attr import IntegratedGradients
 
     if steps < 1:
         raise ValueError("steps must be at least 1")
@@ -109,22 +111,17 @@ def integrated_gradients(
         )
     )
     tgt = _targets(module, xt, target)
-    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    grads = torch.zeros_like(xt, dtype=torch.float64)
-    rows = max(1, BATCH // steps)
-    for lo in range(0, len(xt), rows):
-        xb, bb, tb = xt[lo : lo + rows], base[lo : lo + rows], tgt[lo : lo + rows]
-        shape = (steps, *xb.shape)
-        a = alphas.view(steps, *([1] * xb.dim()))
-        path = (bb.unsqueeze(0) + a * (xb - bb).unsqueeze(0)).reshape(-1, *xb.shape[1:])
-        path.requires_grad_(True)
-        out = _outputs(module(path), tb.repeat(steps))
-        (grad,) = torch.autograd.grad(out.sum(), path)
-        grads[lo : lo + rows] = grad.reshape(shape).double().mean(0)
+    attr = IntegratedGradients(module).attribute(
+        xt,
+        baselines=base,
+        target=tgt,
+        n_steps=steps,
+        method="riemann_middle",  # the midpoints (i + 1/2) / steps
+        internal_batch_size=max(1, BATCH // steps) * steps,
+    )
     with torch.no_grad():
         delta = _outputs(module(xt), tgt) - _outputs(module(base), tgt)
-    attr = (xt - base).double() * grads
-    return attr.numpy(), delta.double().numpy()
+    return attr.double().detach().numpy(), delta.double().numpy()
 
 
 def feature_attributions(
@@ -154,6 +151,7 @@ def saliency_map(
     """Mean ``|d f / d x|`` per pixel over the rows of ``x`` (``(n, C, H, W)`` or
     ``(n, H, W)``), channels averaged: an ``(H, W)`` array."""
     import torch
+    from captum.attr import Saliency
 
     module = module.eval()
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
@@ -161,10 +159,10 @@ def saliency_map(
         raise ValueError(f"a saliency map takes images (n, C, H, W) or (n, H, W), not {x.shape}")
     tgt = _targets(module, xt, target)
     total = torch.zeros(xt.shape[-2:], dtype=torch.float64)
+    saliency = Saliency(module)
     for lo in range(0, len(xt), BATCH):
         xb = xt[lo : lo + BATCH].clone().requires_grad_(True)
-        out = _outputs(module(xb), tgt[lo : lo + BATCH])
-        (grad,) = torch.autograd.grad(out.sum(), xb)
-        g = grad.abs().double()
+        grad = saliency.attribute(xb, target=tgt[lo : lo + BATCH], abs=True)
+        g = grad.detach().double()
         total += (g.mean(1) if g.dim() == 4 else g).sum(0)
     return (total / max(len(xt), 1)).numpy()
