@@ -34,7 +34,7 @@ from tessera.weights import Vector
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 NODES = 4
-ROUNDS = 20
+ROUNDS = 100  # enough that the four kills land before the end, on a quiet machine too
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_deployment_at_a_time")]
 
