@@ -299,3 +299,30 @@ def test_up_resume_says_what_it_cannot_resume(tmp_path: Path) -> None:
     unsent = _invoke("up", "--resume", str(tmp_path))
     assert unsent.exit_code == 2
     assert "was never submitted: start it afresh" in " ".join(unsent.output.split())
+
+
+def test_job_status_and_fetch_say_why_they_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.coordinator.coordinator_kit import AI, Harness
+
+    from tessera.storage.keyfile import save_keys
+
+    monkeypatch.delenv("TESSERA_KEY_PASSPHRASE", raising=False)
+    keys = tmp_path / "ai-provider.key"
+    save_keys(AI, keys, None, warn_clear=False)
+    harness = Harness(tmp_path / "coordinator.db")
+    try:
+        for command in ("status", "fetch"):
+            unknown = _invoke(
+                "job", command, "nope", "--coordinator", harness.url, "--keys", str(keys)
+            )
+            assert unknown.exit_code == 2, unknown.output
+            assert "404" in unknown.output
+            keyless = _invoke(
+                "job", command, "nope", "--coordinator", harness.url,
+                "--keys", str(tmp_path / "missing.key"),
+            )  # fmt: skip
+            assert keyless.exit_code == 2 and "missing.key" in keyless.output
+    finally:
+        harness.stop()

@@ -731,6 +731,16 @@ def job_submit(
     console.print(json.dumps(answer))
 
 
+def _ai_provider_client(coordinator: str, keys: Path, ca: Path | None) -> Any:
+    """The AI provider's signed client of the coordinator (its key file unsealed here; a
+    missing file is an OSError the commands report)."""
+    from tessera.runtime.transport.client import CoordinatorClient
+    from tessera.storage.keyfile import load_keys
+
+    ai_keys = load_keys(keys, _passphrase())
+    return CoordinatorClient(coordinator, verify=_verify(ca), patience=10, keys=ai_keys)
+
+
 @job_app.command("status", cls=Command)
 def job_status(
     job_id: str,
@@ -739,14 +749,8 @@ def job_status(
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
     """A job's state and its rounds so far (JSON; to the job's AI provider)."""
-    from tessera.runtime.transport.client import CoordinatorClient
-    from tessera.storage.keyfile import load_keys
-
     try:
-        ai_keys = load_keys(keys, _passphrase())
-        with CoordinatorClient(
-            coordinator, verify=_verify(ca), patience=10, keys=ai_keys
-        ) as client:
+        with _ai_provider_client(coordinator, keys, ca) as client:
             typer.echo(json.dumps(client.status(job_id), indent=1))
     except (TesseraError, OSError) as exc:  # OSError: no key file
         _fail(exc)
@@ -759,14 +763,8 @@ def job_page(
     ca: Annotated[Path | None, typer.Option(help="CA certificate to trust")] = None,
 ) -> None:
     """A one-time login link (5 minutes) to the coordinator's pages: your jobs, live."""
-    from tessera.runtime.transport.client import CoordinatorClient
-    from tessera.storage.keyfile import load_keys
-
     try:
-        ai_keys = load_keys(keys, _passphrase())
-        with CoordinatorClient(
-            coordinator, verify=_verify(ca), patience=10, keys=ai_keys
-        ) as client:
+        with _ai_provider_client(coordinator, keys, ca) as client:
             typer.echo(client.page_link())
     except (TesseraError, OSError) as exc:  # OSError: no key file
         _fail(exc)
@@ -783,16 +781,11 @@ def job_fetch(
     """Fetch the final model (hash-checked) and the job's report into OUT."""
     from tessera.ai_provider.client import fetch_final
     from tessera.jobs.document import JobSpec
-    from tessera.runtime.transport.client import CoordinatorClient
-    from tessera.storage.keyfile import load_keys
     from tessera.training import layout
     from tessera.weights import save_file
 
     try:
-        ai_keys = load_keys(keys, _passphrase())
-        with CoordinatorClient(
-            coordinator, verify=_verify(ca), patience=10, keys=ai_keys
-        ) as client:
+        with _ai_provider_client(coordinator, keys, ca) as client:
             weights, sha = fetch_final(client, job_id)
             spec = JobSpec.from_document(client.job_document(job_id))
             status = client.status(job_id)
