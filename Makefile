@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-faults lint bench peer bench-peer clean chromium
+.PHONY: demo test test-faults lint bench peer bench-peer clean chromium nftables
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,8 +22,15 @@ test: $(STAMP) chromium
 
 # The fault group (pytest -m faults): real deployments stopped, killed and resumed.
 # Slower than the default suite, so apart from it; CI runs both.
-test-faults: $(STAMP)
+test-faults: $(STAMP) nftables
 	$(BIN)/pytest -m faults -n 2 --dist loadgroup --no-cov
+
+# The network fault tests (tests/e2e/test_faults_network.py) drop frames with nftables:
+# installed here where it is missing and we are root; otherwise they skip, saying why.
+nftables:
+	@command -v nft >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null; } \
+		|| echo "make nftables: no nft and cannot install it; the network fault tests will skip"
 
 # The browser tests (tests/browser) drive Debian's chromium: installed here where it is
 # missing and we are root; otherwise they skip, saying why (and fail under CI=true).

@@ -24,11 +24,9 @@ import json
 import signal
 import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from tessera.config import DeriveEntry, JobConfig, MissingSection, PrivacySection, load_config
@@ -37,12 +35,10 @@ from tessera.deploy.up import run_job
 from tessera.jobs.prepared import round_params_of, secure_params_of
 from tessera.jobs.records import RoundRecord
 from tessera.protocol import TreeCheck
-from tessera.runtime.sim.devices import DeviceModel
-from tessera.runtime.sim.job import simulate
-from tessera.runtime.sim.secure import simulation_keys
 from tessera.runtime.transport.client import ServiceRefused
-from tessera.storage.keyfile import load_keys, save_keys
 from tessera.weights import Vector
+
+from .replay import assert_replayed, simulation_keyed
 
 NODES = 20
 #: Rounds 0 and 1 count statistics (a median, then the plan); training is 2 to 4.
@@ -93,26 +89,6 @@ def e2e_config() -> JobConfig:
             "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
         }
     )
-
-
-@dataclass(frozen=True)
-class Replay(DeviceModel):
-    """The deployment's rounds replayed: exactly who was in each round."""
-
-    included: tuple[frozenset[str], ...] = ()
-    node_ids: tuple[str, ...] = ()
-    dead: int = -1  # the killed node: its aggregator seats are silent in the last round
-
-    def dropped(self, round: int) -> npt.NDArray[np.bool_]:
-        return np.array([n not in self.included[round] for n in self.node_ids])
-
-    def aggregator_failed(self, round: int) -> npt.NDArray[np.bool_]:
-        failed = np.zeros(len(self.node_ids), bool)
-        failed[self.dead] = round >= FIRST + 2
-        return failed
-
-    def training_seconds(self, node: int, samples: int, epochs: int) -> float:
-        return 0.01
 
 
 class KillWhenOpen(threading.Thread):
@@ -167,14 +143,6 @@ def victim(dep: Deployment, job_id: str, beacon: bytes) -> int:
     seated = {n for g in check.tree(FIRST + 1).groups for n in (*g.aggregators, *g.backups)}
     serving = {n for g in check.tree(FIRST + 2).groups for n in g.aggregators}
     return next(i for i, n in enumerate(nodes) if n not in seated and n in serving)
-
-
-def simulation_keyed(dep: Deployment) -> None:
-    """Give every node the keys the simulator derives for it (in place of fresh ones)."""
-    for i in range(NODES):
-        path = dep.out / "nodes" / f"{i:06d}" / "node.key"
-        save_keys(simulation_keys(dep.config.job.seed, dep.node_id(i)), path, overwrite=True)
-    dep._node_keys = [load_keys(dep.out / "nodes" / f"{i:06d}" / "node.key") for i in range(NODES)]
 
 
 # One deployment at a time: two at once on 2 cores slow the rounds past the moments the
@@ -247,29 +215,20 @@ def test_deployment_survives_kills_and_equals_the_simulator(tmp_path: Path, db_u
     assert dep.node_id(killed_index) not in records[2].included  # dead by the last round
     assert records[2].participants >= NODES - 2
 
-    replay = Replay(
-        speed=np.ones(NODES),
-        dropout=0.0,
-        samples_per_second=1.0,
-        seed=0,
-        # the statistics rounds: every node counted (none was dead yet)
-        included=(
-            *(frozenset(dep.node_id(i) for i in range(NODES)),) * FIRST,
-            *(frozenset(r.included) for r in records),
-        ),
-        node_ids=tuple(dep.node_id(i) for i in range(NODES)),
-        dead=killed_index,
-    )
-    simulated: list[Vector] = []
     # The simulator replays the deployment's trees: the same job id and beacon in every
-    # tree seed (and the job id in every envelope and rounding coin).
-    job = replace(dep.job, beacon=killer.beacon, job_id=killer.job_id)
-    sim = simulate(job, secure=True, devices=replay, on_round=lambda _, w: simulated.append(w))
-    assert [r.included for r in sim.rounds] == [r.included for r in records]
-    assert sim.rounds[2].aggregators_failed == 1  # the victim's seat in the last round
-    for r, (ours, theirs) in enumerate(zip(deployed, simulated, strict=True)):
-        assert np.array_equal(ours, theirs), f"round {r}: max diff {np.abs(ours - theirs).max()}"
-    assert np.array_equal(result.weights, sim.weights)
+    # tree seed (and the job id in every envelope and rounding coin). The victim is dead
+    # from the start of the last round: its aggregator seat there is silent.
+    sim_rounds = assert_replayed(
+        dep,
+        records,
+        deployed,
+        result.weights,
+        job_id=killer.job_id,
+        secure=True,
+        beacon=killer.beacon,
+        silent={FIRST + 2: frozenset({dep.node_id(killed_index)})},
+    )
+    assert sim_rounds[2].aggregators_failed == 1  # the victim's seat in the last round
     assert not np.allclose(result.weights, dep.job.initial_weights)
     logs = "".join(p.log.read_text() for p in dep.processes.values())
     assert "Traceback" not in logs

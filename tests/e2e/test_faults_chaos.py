@@ -17,20 +17,17 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 
 from tessera.config import JobConfig, load_config
 from tessera.deploy.local import Deployment
 from tessera.deploy.up import run_job
 from tessera.jobs.records import RoundRecord
-from tessera.runtime.sim.devices import DeviceModel
-from tessera.runtime.sim.job import simulate
 from tessera.weights import Vector
+
+from .replay import assert_replayed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 NODES = 4
@@ -57,20 +54,6 @@ def chaos_config() -> JobConfig:
             "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
         }
     )
-
-
-@dataclass(frozen=True)
-class Replay(DeviceModel):
-    """The deployment's rounds replayed: exactly who was in each round."""
-
-    included: tuple[frozenset[str], ...] = ()
-    node_ids: tuple[str, ...] = ()
-
-    def dropped(self, round: int) -> npt.NDArray[np.bool_]:
-        return np.array([n not in self.included[round] for n in self.node_ids])
-
-    def training_seconds(self, node: int, samples: int, epochs: int) -> float:
-        return 0.01
 
 
 class Chaos(threading.Thread):
@@ -140,19 +123,4 @@ def test_random_kills_leave_the_model_of_an_undisturbed_run(tmp_path: Path, seed
     assert [r.round for r in records] == list(range(ROUNDS))
     for r in records:  # a round lost to a kill says which (this one) and why
         assert r.skipped == (r.skip_reason is not None), r
-    nodes = tuple(dep.node_id(i) for i in range(NODES))
-    replay = Replay(
-        speed=np.ones(NODES),
-        dropout=0.0,
-        samples_per_second=1.0,
-        seed=0,
-        included=tuple(frozenset(r.included) for r in records),
-        node_ids=nodes,
-    )
-    simulated: list[Vector] = []
-    job = replace(dep.job, job_id=result.job_id)
-    sim = simulate(job, secure=False, devices=replay, on_round=lambda _, w: simulated.append(w))
-    assert [r.included for r in sim.rounds] == [r.included for r in records]
-    for r, (ours, theirs) in enumerate(zip(deployed, simulated, strict=True)):
-        assert np.array_equal(ours, theirs), f"round {r}: max diff {np.abs(ours - theirs).max()}"
-    assert np.array_equal(result.weights, sim.weights)
+    assert_replayed(dep, records, deployed, result.weights, job_id=result.job_id, secure=False)

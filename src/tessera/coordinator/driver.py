@@ -581,6 +581,7 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         blamed=closed.blamed,
         excluded=tuple(f"{node} ({why})" for node, why in closed.excluded),
         capped=closed.capped,
+        aggregators_failed=len(closed.silent_aggregators),
         closed_at=closed.closed_at,
         weights=weights,
         epsilon=math.nan if closed.epsilon is None else closed.epsilon,

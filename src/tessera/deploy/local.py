@@ -44,6 +44,7 @@ from tessera.storage.keyfile import load_keys, load_or_create_keys, save_keys
 from tessera.storage.private import open_private, private_dir, private_file, write_private
 
 PROVIDER_DATASET = "records"
+SERVICES = ("coordinator", "provider")
 PASSPHRASE_ENV = "TESSERA_KEY_PASSPHRASE"
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,18 @@ class Process:
         return f"{self.name} {ended}; last lines of {self.log}:\n{tail}"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a party runs: its command's prefix (``ip netns exec NS``, say) and the
+    address a service listens on. The default is this machine's loopback."""
+
+    prefix: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+
+
+LOOPBACK = Placement()
+
+
 def _tessera(*args: str) -> list[str]:
     return [sys.executable, "-m", "tessera.cli", *args]
 
@@ -118,6 +131,9 @@ class Deployment:
     # not on their own: each serves it on loopback; on_consent_page hears (node, login link).
     ask_consent: int = 0
     on_consent_page: Callable[[str, str], None] | None = field(default=None, repr=False)
+    # Where each party runs, by name ("coordinator", "provider" or a node id): the fault
+    # tests put each in a network namespace of its own (tessera.testing.netns).
+    place: Callable[[str], Placement] = field(default=lambda _name: LOOPBACK, repr=False)
     consent_pages: dict[str, str] = field(default_factory=dict, init=False)
     job: PreparedJob = field(init=False)
     processes: dict[str, Process] = field(default_factory=dict)
@@ -154,10 +170,11 @@ class Deployment:
             self.db_url = f"sqlite:///{(self.out / 'coordinator.db').resolve()}"
         self.ca: Path | None = None
         if self.tls:
-            from tessera.runtime.transport.tls import make_local_pki
+            from tessera.runtime.transport.tls import DEFAULT_HOSTS, make_local_pki
 
+            hosts = dict.fromkeys((*DEFAULT_HOSTS, *(self.place(s).host for s in SERVICES)))
             pki = make_local_pki(
-                self.out / "pki", services=("coordinator", "provider"), overwrite=True
+                self.out / "pki", services=SERVICES, hosts=list(hosts), overwrite=True
             )
             self.ca = pki.ca.cert
             self._certs = pki.services
@@ -195,7 +212,7 @@ class Deployment:
         if self.passphrase is not None:
             env[PASSPHRASE_ENV] = os.fsdecode(self.passphrase)  # the child reads os.environb
         popen = subprocess.Popen(
-            args,
+            [*self.place(name).prefix, *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=env,
@@ -228,6 +245,8 @@ class Deployment:
                 str(self.out / "mail"),
                 "--audit-dir",
                 str(self.out / "audit"),
+                "--host",
+                self.place("coordinator").host,
                 "--port",
                 str(self._coordinator_port),
                 "--ready-file",
@@ -255,6 +274,8 @@ class Deployment:
                 f"sqlite:///{(config.parent / 'provider.db').resolve()}",
                 "--keys",
                 str(self.out / "keys" / "provider.key"),
+                "--host",
+                self.place("provider").host,
                 "--port",
                 str(self._provider_port),
                 "--ready-file",

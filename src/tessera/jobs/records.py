@@ -57,6 +57,8 @@ class RoundRecord:
     stragglers: int = 0  # deadline rounds: selected nodes that could not do one step in time
     partial: int = 0  # deadline rounds: nodes that did part of their local work
     mean_steps: float = math.nan  # the mean local optimizer steps of the round's trained updates
+    # Secure rounds: nodes whose aggregator seat fell silent (the simulator: those its
+    # device model failed; a deployment: those found silent at a commit deadline).
     aggregators_failed: int = 0
     seconds: float = 0.0  # wall-clock time the round took (to simulate, or to watch)
     virtual_seconds: float = 0.0  # when the round closed, counted from the job's start

@@ -83,6 +83,7 @@ from tessera.protocol.events import (
     LocalUpdateReady,
 )
 from tessera.protocol.kinds import REGISTRATION_KIND
+from tessera.protocol.messages import AggregateRequest
 from tessera.protocol.quality import LocalQuality
 from tessera.runtime.host import Host, Observer, TrainingTask, WallClock
 from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused, check
@@ -470,6 +471,15 @@ class NodeAgent:
         except (RemoteProtocolError, SandboxRefused) as exc:
             log.warning("%s: refused an envelope: %s", self.node, exc)
             return
+        seat = event.message
+        if isinstance(seat, AggregateRequest):  # an operator reads which seats it serves
+            log.info(
+                "%s: round %d: serving seat %d of group %s",
+                self.node,
+                seat.round,
+                seat.position,
+                seat.group,
+            )
         job.host.handle(event)
 
     # -- jobs, data and training ----------------------------------------------------------

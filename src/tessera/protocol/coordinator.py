@@ -489,6 +489,7 @@ class Coordinator:
         quality: RoundQuality | None = None,
         staleness: tuple[int, ...] = (),
         tree: Tree | None = None,
+        silent: tuple[str, ...] = (),
     ) -> list[Effect]:
         """Apply the strategy (unless too few took part), report, open the next round."""
         effects: list[Effect] = []
@@ -523,6 +524,7 @@ class Coordinator:
                 staleness=staleness if not skipped else (),
                 skip_reason=self._skip_reason(participants) if skipped else None,
                 tree=tree,
+                silent_aggregators=silent,
                 excluded=tuple(
                     (node, why)
                     for node, (first, why) in sorted(self.excluded.items())

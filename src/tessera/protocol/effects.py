@@ -124,6 +124,9 @@ class RoundClosed:
     # A secure round's execution tree (its shape goes to the round's record); None in
     # a plaintext round.
     tree: Tree | None = None
+    # A secure round's aggregators whose seat was silent at a commit deadline (handed to
+    # a backup, or its group left without it).
+    silent_aggregators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -264,6 +264,7 @@ class _RoundState:
     # are out (``Kind.SHARED``); only they are committed.
     staleness: dict[str, int] = field(default_factory=dict)
     reporting: bool = False  # the leaf seats were told to report now (``Kind.REPORT_NOW``)
+    silent: set[NodeId] = field(default_factory=set)  # seat holders found silent at a deadline
 
 
 class SecureCoordinator(Coordinator):
@@ -864,6 +865,7 @@ class SecureCoordinator(Coordinator):
                 continue
             reports = rs.reports.get(group.id, {})
             silent = [j for j in range(len(group.aggregators)) if j not in reports]
+            rs.silent.update(rs.seats[group.id][j] for j in silent)
             if silent and not final and len(silent) <= len(rs.spares[group.id]):
                 for position in silent:
                     effects.extend(self._replace(rs, group, position, now))
@@ -975,6 +977,7 @@ class SecureCoordinator(Coordinator):
             "blamed": blamed,
             "epsilon": None if self.budget is None else self.budget.epsilon,
             "tree": rs.tree,
+            "silent": tuple(sorted(rs.silent)),
         }
         self._exclude_tamperers(rs)
         if len(rs.root_parts) != len(root.aggregators) or rs.blamed:
@@ -1037,6 +1040,7 @@ class SecureCoordinator(Coordinator):
             if self.params.buffer is None
             else tuple(rs.staleness.get(n, 0) for n in included),
             tree=rs.tree,
+            silent=nothing["silent"],
         )
 
     def _exclude_tamperers(self, rs: _RoundState) -> None:
