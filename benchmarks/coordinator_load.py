@@ -85,6 +85,8 @@ def start_coordinator(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
             str(folder / "coordinator.key"),
             "--mail-dir",
             str(folder / "mail"),
+            "--audit-dir",  # (the default is the working directory's coordinator-audit)
+            str(folder / "audit"),
             "--port",
             "0",
             "--ready-file",
