@@ -272,7 +272,7 @@ class JobDriver(Observer):
     def start(self) -> None:
         """Log and run JobStarted (only for a job with an empty log)."""
         with self._lock:
-            self._catch_up()
+            self._rebuild_if_stale()
             if self.seq == 0:
                 self._step(EventRecord(self.job_id, 0, "start", self.clock()), JobStarted())
 
@@ -280,7 +280,7 @@ class JobDriver(Observer):
         """Leave ``node`` out; returns the first round it is in no more (the round open
         now may still take its update)."""
         with self._lock:
-            self._catch_up()
+            self._rebuild_if_stale()
             record = EventRecord(self.job_id, self.seq, "withdraw", self.clock(), node=node)
             self._step(record, ParticipantWithdrawn(node=node))
             return self.machine.round + 1
@@ -294,7 +294,7 @@ class JobDriver(Observer):
         machine leaves the excluded out and weighs the rest from the next round opened."""
         payload = {"round": round, "excluded": dict(excluded), "weights": dict(weights)}
         with self._lock:
-            self._catch_up()
+            self._rebuild_if_stale()
             record = EventRecord(self.job_id, self.seq, "rate", self.clock(), payload=payload)
             self._step(record, verdicts_event(payload))
 
@@ -302,7 +302,7 @@ class JobDriver(Observer):
         """Run every due timer and every new envelope for us; True if anything ran."""
         ran = False
         with self._lock:
-            self._catch_up()
+            self._rebuild_if_stale()
             now = self.clock()
             for timer in self.host.due(now):
                 if timer in self.host.timers and not self.finished:
@@ -326,7 +326,7 @@ class JobDriver(Observer):
     def next_timer(self) -> float:
         return self.host.next_timer()
 
-    def _catch_up(self) -> None:
+    def _rebuild_if_stale(self) -> None:
         """Rebuild the machine if a step failed to commit (under the lock, before a step)."""
         if self._stale:
             self._reload()
