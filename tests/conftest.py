@@ -4,6 +4,9 @@ PostgreSQL: one throw-away database per test session (``tessera_test_<random>``,
 dropped at the end) on the server at ``TESSERA_TEST_POSTGRES_URL`` (default
 the local one), and one fresh schema per test inside it. When no server
 answers, the PostgreSQL cases skip, except under ``CI=true``, where they fail.
+
+``private_postgres``: a server of the test's own (``tessera.testing.postgres``), for
+tests that stop or crash it; it skips the same way where PostgreSQL is not installed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+
+from tessera.testing.postgres import PostgresCluster, PostgresUnavailable
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -68,3 +73,16 @@ def postgres_store_url(request: pytest.FixtureRequest) -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of this test's own, started, which it may stop and restart."""
+    try:
+        cluster = PostgresCluster.create()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true needs PostgreSQL's initdb and pg_ctl: {exc}")
+        pytest.skip(str(exc))
+    with cluster:
+        yield cluster

@@ -61,7 +61,7 @@ FIELDS = ["gcsescore", "gender"]
 N_WEIGHTS = 12  # linear: 3 inputs (gcsescore, gender one-hot) x 3 grades + 3 biases
 
 
-def tiny_config(name: str = NAME, *, rounds: int = 2) -> JobConfig:
+def tiny_config(name: str = NAME, *, rounds: int = 2, round_timeout: float = 600.0) -> JobConfig:
     """A plaintext job: every consenting node trains every round; rounds wait for all."""
     return parse_config(
         {
@@ -76,7 +76,7 @@ def tiny_config(name: str = NAME, *, rounds: int = 2) -> JobConfig:
             "partition": {"scheme": "natural", "column": "school"},
             "model": {"kind": "linear"},
             "recipe": {"lr": 0.1, "batch_size": 8},
-            "federation": {"rounds": rounds, "fraction": 1.0, "round_timeout": 600.0},
+            "federation": {"rounds": rounds, "fraction": 1.0, "round_timeout": round_timeout},
             "secure": {"enabled": False},
             "baseline": {"enabled": False},
         }
@@ -100,11 +100,11 @@ def preprocessing() -> dict[str, Any]:
 
 @functools.cache
 def tiny_job(
-    name: str = NAME, *, rounds: int = 2, min_consents: int = 3
+    name: str = NAME, *, rounds: int = 2, min_consents: int = 3, round_timeout: float = 600.0
 ) -> tuple[SignedDocument, bytes]:
     """The AI provider's signed job document and its initial weights (built once)."""
     doc, weights = build_job(
-        tiny_config(name, rounds=rounds),
+        tiny_config(name, rounds=rounds, round_timeout=round_timeout),
         AI,
         provider=PROVIDER,
         dataset="records",
@@ -196,9 +196,11 @@ def consent_body(receipt: SignedDocument, keys: NodeKeys, job: SignedDocument) -
 
 @dataclass
 class Harness:
-    """The coordinator service and its HTTP API on a loopback port, over one SQLite file."""
+    """The coordinator service and its HTTP API on a loopback port, over one SQLite file
+    (or the database at ``db_url``; the mail folder still beside ``db``)."""
 
     db: Path
+    db_url: str | None = None
     max_body: int = MAX_BODY
     mail_body: int = MAIL_BODY
     max_polls: int = MAX_POLLS
@@ -215,7 +217,8 @@ class Harness:
         return self.server.url
 
     def start(self) -> None:
-        store = Store(f"sqlite:///{self.db}", blobs=BlobStore(self.db.with_suffix(".mail")))
+        url = self.db_url or f"sqlite:///{self.db}"
+        store = Store(url, blobs=BlobStore(self.db.with_suffix(".mail")))
         self.service = CoordinatorService(
             store,
             COORDINATOR_KEYS,

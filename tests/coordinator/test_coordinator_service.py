@@ -772,6 +772,24 @@ def test_a_replayed_revocation_changes_nothing(
     assert [e.node for e in withdrawals] == ["node-c"]
 
 
+def test_a_revocation_whose_withdrawal_did_not_commit_is_ended_by_the_retry(
+    coord: Harness, nodes: dict[str, Node], running: SignedDocument
+) -> None:
+    """The database went away between the stored revocation and the driver's withdrawal
+    (the request was answered 503): the user's retry withdraws the node, once."""
+    c = nodes["node-c"]
+    assert c.receipt is not None
+    revocation = revoke_consent(c.keys, receipt=c.receipt, at=time.time())
+    assert coord.service.store.revoke_consent(JOB, c.id, revocation.to_json(), time.time())
+    assert coord.service.drivers[JOB].withdrawn() == frozenset()
+    with coord.client() as client:
+        for _ in range(2):
+            client.revoke(JOB, revocation, c.receipt)
+    withdrawals = [e for e in coord.service.store.events(JOB) if e.kind == "withdraw"]
+    assert [e.node for e in withdrawals] == ["node-c"]
+    assert coord.service.drivers[JOB].withdrawn() == {"node-c"}
+
+
 def test_a_round_record_counts_its_traffic_through_the_mailbox(
     coord: Harness, nodes: dict[str, Node], running: SignedDocument
 ) -> None:

@@ -65,6 +65,7 @@ def test_exports_are_the_documented_api() -> None:
             "NotFound",
             "OverQuota",
             "Replayed",
+            "Unavailable",
             "JobRecord",
             "NodeRecord",
             "ConsentRecord",
@@ -72,7 +73,7 @@ def test_exports_are_the_documented_api() -> None:
             "EventRecord",
         ]
     )
-    for name in ("Conflict", "NotFound", "OverQuota", "Replayed"):
+    for name in ("Conflict", "NotFound", "OverQuota", "Replayed", "Unavailable"):
         assert issubclass(getattr(tessera.storage, name), StoreError)
     assert issubclass(StoreError, TesseraError)
 

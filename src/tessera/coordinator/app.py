@@ -60,7 +60,7 @@ from tessera.protocol.limits import COORDINATOR_BODY, MAIL_BODY
 from tessera.runtime.transport.auth import KEYS_HEADER, NODE_HEADER, Caller
 from tessera.runtime.transport.serve import BodyLimit
 from tessera.storage import MailItem, NotFound
-from tessera.storage.errors import StoreError
+from tessera.storage.errors import StoreError, Unavailable
 
 log = logging.getLogger("tessera.coordinator.app")
 
@@ -77,6 +77,8 @@ POLL_RETRY_AFTER = 5  # seconds a refused poller waits before asking again
 # store 200 reads a second (benchmarks/coordinator_load.py).
 POLL_RECHECK_S = 15.0
 DISK_FULL_RETRY_AFTER = 30  # seconds a sender waits when the coordinator's disk is full
+# Seconds a sender waits when the database is away: a PostgreSQL restart takes a few.
+UNAVAILABLE_RETRY_AFTER = 5
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BINARY = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
@@ -88,7 +90,8 @@ _WHY = {
     404: "No such job or node, or no such artefact among the caller's",
     409: "Conflicts with what the coordinator holds: taken, replayed, not started",
     413: "The request body is larger than the coordinator takes",
-    503: "Too many long polls held: retry after the Retry-After header's seconds",
+    503: "Too many long polls held, or the coordinator's database is unavailable (restarting): "
+    "nothing was stored; retry after the Retry-After header's seconds",
     507: "The coordinator's disk is full: nothing was stored; retry after Retry-After",
     422: "The request does not fit its schema, or a signed document its rules",
     429: "Over a quota: the sender's envelopes this round, or login links pending",
@@ -270,17 +273,24 @@ def create_coordinator_app(  # noqa: PLR0915 - one short handler per route
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
 
     # A full disk (the mail folder's files, or the database's) fails the request before
-    # anything commits: say so, as 507 with Retry-After, and the senders try again.
+    # anything commits: say so, as 507 with Retry-After, and the senders try again. So
+    # does a database that is away (a PostgreSQL restart): 503, not a 500 and a traceback.
     @app.exception_handler(StoreError)
     @app.exception_handler(OSError)
     @app.exception_handler(OperationalError)
     async def storage_error(request: Request, exc: Exception) -> JSONResponse:
-        if not _is_disk_full(exc):
-            raise exc
-        log.error("disk full: %s %s stored nothing: %s", request.method, request.url.path, exc)
-        detail = "the coordinator's disk is full: nothing of this request was stored; retry later"
-        headers = {"Retry-After": str(DISK_FULL_RETRY_AFTER)}
-        return JSONResponse({"detail": detail}, status_code=507, headers=headers)
+        where = f"{request.method} {request.url.path}"
+        if _is_disk_full(exc):
+            log.error("disk full: %s stored nothing: %s", where, exc)
+            detail = "the coordinator's disk is full: nothing of this request was stored"
+            headers = {"Retry-After": str(DISK_FULL_RETRY_AFTER)}
+            return JSONResponse({"detail": detail + "; retry later"}, 507, headers=headers)
+        if isinstance(exc, Unavailable | OperationalError):
+            log.warning("database unavailable: %s refused: %s", where, exc.__cause__ or exc)
+            detail = "the coordinator's database is unavailable: nothing was stored; retry later"
+            headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+            return JSONResponse({"detail": detail}, 503, headers=headers)
+        raise exc
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:

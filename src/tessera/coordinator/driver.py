@@ -14,6 +14,13 @@ the timers still pending, and carries on from the first unconsumed
 envelope. A step that did not commit never happened: its envelope is still
 unconsumed and its timer still pending, so it runs again.
 
+The same holds without a restart. A step whose commit fails because the
+database is away (``Unavailable``: a PostgreSQL restart or crash) has already
+moved the machine in memory, ahead of the log; the driver throws that machine
+away and rebuilds it from the store, exactly as a restart would, once the
+database answers again. Until then it retries with a growing pause, logging
+the outage once and its end once.
+
 Sealing draws fresh randomness, so re-sent envelopes would differ in bytes;
 that is why effects are never re-sent on recovery, only rebuilt state is.
 
@@ -84,11 +91,12 @@ from tessera.runtime.transport.mail import (
     to_envelope,
     weights_artefact,
 )
-from tessera.storage import EventRecord, MailItem, NotFound, Store
+from tessera.storage import EventRecord, MailItem, NotFound, Store, Unavailable
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.coordinator")
 _ALL_ROUNDS = 2**31 - 1  # past any round: all of a finished job's mail
+_RETRY_FIRST, _RETRY_MAX = 0.25, 5.0  # seconds between tries while the database is away
 
 
 @dataclass
@@ -165,12 +173,16 @@ class JobDriver(Observer):
         )
         self.machine = self._build()
         self._current = _Step()  # what the step being run causes
-        self.host = Host(
+        self.host = self._host()
+        self._stale = False  # a step failed to commit: the machine is ahead of the log
+
+    def _host(self) -> Host:
+        return Host(
             COORDINATOR,
             self.machine,
             outbox=self,
-            clock=WallClock(clock),
-            job_seed=spec.config.job.seed,
+            clock=WallClock(self.clock),
+            job_seed=self.spec.config.job.seed,
             observer=self,
         )
 
@@ -211,6 +223,16 @@ class JobDriver(Observer):
         self.replayed = len(events)
         return self.replayed
 
+    def _reload(self) -> None:
+        """After a step that did not commit: a fresh machine, host and replay guard,
+        recovered from the store as at a restart (raises while the database is away)."""
+        self._replay = ReplayGuard()
+        self.machine = self._build()
+        self.host = self._host()
+        self.seq, self.cursor, self.finished = 0, 0, False
+        self.recover()
+        self._stale = False
+
     def _event_of(self, record: EventRecord) -> Event | None:
         if record.kind == "start":
             return JobStarted()
@@ -250,6 +272,7 @@ class JobDriver(Observer):
     def start(self) -> None:
         """Log and run JobStarted (only for a job with an empty log)."""
         with self._lock:
+            self._rebuild_if_stale()
             if self.seq == 0:
                 self._step(EventRecord(self.job_id, 0, "start", self.clock()), JobStarted())
 
@@ -257,6 +280,7 @@ class JobDriver(Observer):
         """Leave ``node`` out; returns the first round it is in no more (the round open
         now may still take its update)."""
         with self._lock:
+            self._rebuild_if_stale()
             record = EventRecord(self.job_id, self.seq, "withdraw", self.clock(), node=node)
             self._step(record, ParticipantWithdrawn(node=node))
             return self.machine.round + 1
@@ -270,6 +294,7 @@ class JobDriver(Observer):
         machine leaves the excluded out and weighs the rest from the next round opened."""
         payload = {"round": round, "excluded": dict(excluded), "weights": dict(weights)}
         with self._lock:
+            self._rebuild_if_stale()
             record = EventRecord(self.job_id, self.seq, "rate", self.clock(), payload=payload)
             self._step(record, verdicts_event(payload))
 
@@ -277,6 +302,7 @@ class JobDriver(Observer):
         """Run every due timer and every new envelope for us; True if anything ran."""
         ran = False
         with self._lock:
+            self._rebuild_if_stale()
             now = self.clock()
             for timer in self.host.due(now):
                 if timer in self.host.timers and not self.finished:
@@ -300,7 +326,19 @@ class JobDriver(Observer):
     def next_timer(self) -> float:
         return self.host.next_timer()
 
+    def _rebuild_if_stale(self) -> None:
+        """Rebuild the machine if a step failed to commit (under the lock, before a step)."""
+        if self._stale:
+            self._reload()
+
     def _step(self, record: EventRecord, event: Event | None) -> None:
+        try:
+            self._run_step(record, event)
+        except Unavailable:  # the machine moved, the log did not (or it may have: a
+            self._stale = True  # connection lost in COMMIT): the store says which
+            raise
+
+    def _run_step(self, record: EventRecord, event: Event | None) -> None:
         step = self._current = _Step()
         held = self._open_round()  # the round this step may close, its commitments live
         if isinstance(event, TimerFired):
@@ -516,12 +554,28 @@ class JobDriver(Observer):
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        away: float | None = None  # since when the database has been unavailable
+        pause = _RETRY_FIRST
         while not self._stop.is_set() and not self.finished:
             try:
                 self.poll()
+            except Unavailable as exc:  # a database restart: wait it out, quietly
+                if away is None:
+                    away = time.monotonic()
+                    log.warning("%s: database unavailable, retrying: %s", self.job_id, exc)
+                self._stop.wait(pause)
+                pause = min(2 * pause, _RETRY_MAX)
+                continue
             except Exception:  # keep serving; the log says why, the step did not commit
                 log.exception("%s: step failed", self.job_id)
                 self._stop.wait(1.0)
+            else:
+                if away is not None:
+                    log.warning(
+                        "%s: database back after %.1f s; resumed at event %d",
+                        self.job_id, time.monotonic() - away, self.seq,
+                    )  # fmt: skip
+                    away, pause = None, _RETRY_FIRST
             wait = min(self.next_timer() - self.clock(), 1.0)
             if wait > 0:
                 self._wake.wait(wait)

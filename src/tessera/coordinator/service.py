@@ -465,10 +465,15 @@ class CoordinatorService:
             raise Refused(404, f"{user} has no consent for {job_id}") from None
         driver = self.drivers.get(job_id)
         from_round = 0  # not started: in no round at all
-        if new and driver is not None and user in (job.participants or ()):
+        withdrew = False
+        # Not new, yet not withdrawn: the first request stored the revocation, then the
+        # database went away before the withdrawal committed (a 503); this retry ends it.
+        unfinished = driver is not None and user not in driver.withdrawn() and not driver.finished
+        if driver is not None and user in (job.participants or ()) and (new or unfinished):
             from_round = driver.withdraw(NodeId(user))
             driver.wake()
-        if new:
+            withdrew = True
+        if new or withdrew:
             self.audits.revoked(job_id, user, rec.digest, from_round)
         return {"job_id": job_id, "user": user, "revoked": True}
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tessera.storage.errors import Conflict, NotFound, OverQuota, Replayed, StoreError
+from tessera.storage.errors import (
+    Conflict,
+    NotFound,
+    OverQuota,
+    Replayed,
+    StoreError,
+    Unavailable,
+)
 from tessera.storage.records import (
     ConsentRecord,
     EventRecord,
@@ -45,4 +52,5 @@ __all__ = [
     "Replayed",
     "Store",
     "StoreError",
+    "Unavailable",
 ]

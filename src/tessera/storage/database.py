@@ -3,7 +3,9 @@
 ``Database`` opens the engine (``tessera.storage.engine``), makes its tables
 once (``create_all`` under a PostgreSQL advisory lock, so two processes
 starting together do not race), and hands out transactions that raise
-``StoreError`` for any database failure. In-memory SQLite is one shared
+``StoreError`` for any database failure: ``Unavailable`` where the database
+rather than the call failed (SQLAlchemy's ``OperationalError``: no server, a
+restart, a dropped connection, a full disk), which is worth retrying. In-memory SQLite is one shared
 connection, so every call is serialised; SQLite has one writer anyway, so
 this process's writers queue on a lock rather than in the busy handler
 (other processes still use it). The coordinator's ``Store`` and the data
@@ -20,10 +22,10 @@ from typing import Self
 from sqlalchemy import Connection, MetaData, Table, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from tessera.storage.engine import WRITE_OPTION, is_memory, make_engine
-from tessera.storage.errors import StoreError
+from tessera.storage.errors import StoreError, Unavailable
 
 __all__ = ["Database"]
 
@@ -78,7 +80,11 @@ class Database:
                 with conn.begin():
                     yield conn
         except SQLAlchemyError as exc:
-            raise StoreError(f"{self._what} error: {type(exc).__name__}: {exc}") from exc
+            # pool_pre_ping replaces a connection found dead at checkout; one that dies
+            # mid-transaction (a server restart) is invalidated and fails this call only.
+            lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+            kind = Unavailable if lost or isinstance(exc, OperationalError) else StoreError
+            raise kind(f"{self._what} error: {type(exc).__name__}: {exc}") from exc
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self._postgres else sqlite.insert(table)

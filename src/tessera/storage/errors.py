@@ -2,9 +2,10 @@
 
 ``Conflict`` and ``Replayed`` mean a write disagrees with what is already
 committed (a peer or our own bug); ``NotFound`` means a read or update named
-something that was never written. Driver exceptions never leave the store
-for these three cases; anything else (a lost connection, a full disk) is
-raised as the driver's own error, since retrying is the caller's decision.
+something that was never written. ``Unavailable`` means the database failed,
+not the request (its server restarting, a connection lost, a full disk): the
+same call may succeed later. Retrying is the caller's decision; the driver's
+own exception is the ``__cause__``.
 """
 
 from __future__ import annotations
@@ -30,3 +31,8 @@ class Replayed(StoreError):
 
 class OverQuota(StoreError):
     """A write would take its sender past the count or bytes it is allowed."""
+
+
+class Unavailable(StoreError):
+    """The database failed the call (unreachable, restarting, a lost connection, a full
+    disk): nothing of it committed, unless the connection was lost in the COMMIT itself."""

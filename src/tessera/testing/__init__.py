@@ -12,7 +12,9 @@
   ``TruncatingContributor``, ``UnclippedContributor``, ``Replaying``, ``replay``;
 - ``tessera.testing.provider``: the real data-provider service on loopback
   over a job's records (``serve_provider``; imported apart: it loads the web stack);
-- ``tessera.testing.strategies``: hypothesis strategies (needs hypothesis).
+- ``tessera.testing.strategies``: hypothesis strategies (needs hypothesis);
+- ``tessera.testing.postgres``: a private PostgreSQL server a test may stop,
+  crash and restart (``PostgresCluster``; needs PostgreSQL's initdb and pg_ctl).
 
 docs/testing.md shows how to test a strategy of your own with them.
 """
