@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pytest
 
 from tessera.deploy.local import Deployment
 from tessera.deploy.up import run_job
 from tessera.jobs.records import RoundRecord
-from tessera.runtime.sim.job import simulate
 from tessera.testing.postgres import PostgresCluster
 from tessera.weights import Vector
 
-from .test_faults_chaos import Replay, chaos_config
+from .replay import assert_replayed
+from .test_faults_chaos import chaos_config
 
 NODES = 3
 ROUNDS = 30  # the two outages land well before the end
@@ -99,21 +97,6 @@ def test_a_database_restart_leaves_the_model_of_an_undisturbed_run(
     assert [r.round for r in records] == list(range(ROUNDS))
     for r in records:  # a round lost to the outage says which (this one) and why
         assert r.skipped == (r.skip_reason is not None), r
-    nodes = tuple(dep.node_id(i) for i in range(NODES))
-    replay = Replay(
-        speed=np.ones(NODES),
-        dropout=0.0,
-        samples_per_second=1.0,
-        seed=0,
-        included=tuple(frozenset(r.included) for r in records),
-        node_ids=nodes,
-    )
-    simulated: list[Vector] = []
-    job = replace(dep.job, job_id=result.job_id)
-    sim = simulate(job, secure=False, devices=replay, on_round=lambda _, w: simulated.append(w))
-    assert [r.included for r in sim.rounds] == [r.included for r in records]
-    for r, (ours, theirs) in enumerate(zip(deployed, simulated, strict=True)):
-        assert np.array_equal(ours, theirs), f"round {r}: max diff {np.abs(ours - theirs).max()}"
-    assert np.array_equal(result.weights, sim.weights)
+    assert_replayed(dep, records, deployed, result.weights, job_id=result.job_id, secure=False)
     log = (dep.out / "logs" / "coordinator.log").read_text()
     assert "Traceback" not in log, log[log.index("Traceback") :][:3000]
