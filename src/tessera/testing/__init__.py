@@ -14,7 +14,10 @@
   over a job's records (``serve_provider``; imported apart: it loads the web stack);
 - ``tessera.testing.strategies``: hypothesis strategies (needs hypothesis);
 - ``tessera.testing.postgres``: a private PostgreSQL server a test may stop,
-  crash and restart (``PostgresCluster``; needs PostgreSQL's initdb and pg_ctl).
+  crash and restart (``PostgresCluster``; needs PostgreSQL's initdb and pg_ctl);
+- ``tessera.testing.netns``: a deployment's parties each in a network namespace
+  of its own, whose links a test cuts, makes lossy or caps (``FaultNetwork``;
+  needs root, iproute2 and nftables).
 
 docs/testing.md shows how to test a strategy of your own with them.
 """
