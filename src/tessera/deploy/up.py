@@ -315,6 +315,7 @@ class UpOptions:
     sandbox_start_timeout: float | None
     node_max_parameters: int | None
     ask_consent: int = 0  # the first K nodes consent on their user's page
+    node_memory: int | None = None  # bytes: every node's sandbox memory limit
 
 
 def save_up_args(out: Path, cfg: JobConfig, options: UpOptions) -> None:
