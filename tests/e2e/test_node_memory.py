@@ -5,7 +5,9 @@ Issue 17: memory limits on nodes are respected. Every node runs under
 than Python and torch take before any training. That node's agent keeps
 running: each round its sandbox fails with the limit named in its log, it
 declines the round, and the round closes without it, at once (not on its
-deadline); the other nodes train as usual and the job finishes.
+deadline), its record naming the node and why; the other nodes train as usual
+and the job finishes. (A secure job's round also takes the decline for its
+record, but closes on its deadline: its aggregators wait for the node's shares.)
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def test_a_node_short_of_memory_declines_and_the_job_goes_on(tmp_path: Path) -> 
         assert not r.skipped, r
         assert (r.selected, r.participants) == (NODES, NODES - 1), r
         assert short not in r.included and len(r.included) == NODES - 1
+        # Counted as dropped, not late: it said why, and the record keeps it.
+        assert (r.dropped, r.late) == (1, 0), r
+        (declined,) = r.declined
+        assert declined.startswith(f"{short} (") and "memory limit of 256 MiB" in declined
     said = dep.processes[short].log.read_text()
     failures = [ln for ln in said.splitlines() if "local training failed" in ln]
     assert len(failures) == ROUNDS, said[-3000:]

@@ -580,6 +580,7 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         **tree_fields(closed.tree),
         blamed=closed.blamed,
         excluded=tuple(f"{node} ({why})" for node, why in closed.excluded),
+        declined=tuple(f"{node} ({why})" for node, why in closed.declined),
         capped=closed.capped,
         closed_at=closed.closed_at,
         weights=weights,

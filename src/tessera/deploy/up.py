@@ -422,7 +422,9 @@ def run_job(
                 value=score.value,
                 rmse=score.rmse,
                 mae=score.mae,
-                late=rec.selected - rec.participants,
+                # A node that declined said why (rec.declined); the rest did not answer.
+                dropped=len(rec.declined),
+                late=max(rec.selected - rec.participants - len(rec.declined), 0),
                 seconds=now - last,
                 virtual_seconds=now - started,
                 virtual_round_seconds=now - last,
