@@ -444,7 +444,8 @@ class Coordinator:
             self._updates += 1
             self._included.append(sender)
             self._staleness[sender] = tau
-        elif isinstance(msg, TrainingDeclined):
+        else:  # a decline: _refusal lets nothing else through
+            assert isinstance(msg, TrainingDeclined)
             self._declined[sender] = msg.reason
         self._answered.add(sender)
         buffered = self.params.buffer is not None and self._updates >= self.params.buffer
