@@ -24,6 +24,7 @@ drawn: dict[str, st.SearchStrategy[object]] = {
     "included": ids,
     "blamed": ids,
     "excluded": ids,
+    "declined": ids,
     "closed_at": st.floats(0, 2e9),
     "weights": st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
     "group_sums": st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),

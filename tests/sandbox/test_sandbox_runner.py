@@ -175,6 +175,16 @@ def test_memory_limit_fails_the_call_and_a_fresh_child_follows() -> None:
         assert box.ping()["pid"] != first
 
 
+def test_a_memory_limit_too_small_to_start_in_is_named() -> None:
+    """Python and torch take about 600 MiB before the limit is set: under it, the worker
+    dies loading the syscall filter's library, which reads as the limit, not a filter."""
+    with Sandbox(SandboxLimits(memory_bytes=256 * MiB)) as box:
+        with pytest.raises(SandboxError, match=r"start.*exceeded its memory limit of 256 MiB"):
+            box.ping()
+        with pytest.raises(SandboxError, match=r"memory limit of 256 MiB"):
+            _train(box)  # a fresh try on each call, failing alike
+
+
 def test_cpu_time_is_budgeted_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each call may use ``cpu_seconds`` (the import alone uses more); the child is
     replaced when its lifetime budget runs low; an overrunning call is killed."""

@@ -31,6 +31,7 @@ from tessera.cli.main import (
     privacy_line,
     progress_bar,
 )
+from tessera.cli.sizes import memory_option
 from tessera.deploy.supervise import Stopped, ignoring_stop_signals, stop_on_signals
 from tessera.errors import TesseraError
 
@@ -58,6 +59,17 @@ SandboxStartTimeout = Annotated[
         "--sandbox-start-timeout",
         help="seconds a node waits for its sandbox to start (it loads torch);"
         " raise it when many nodes start at once on few cores",
+    ),
+]
+
+MemoryLimit = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-limit",
+        metavar="SIZE",
+        help="the node's training sandbox: its address-space limit, e.g. 2GiB, 512M or bytes"
+        " (about 600 MiB go to Python and torch before any training). A job that needs more"
+        " fails on this node, which declines its rounds and says so in its log [default: 4GiB]",
     ),
 ]
 
@@ -269,6 +281,7 @@ def node(
     ] = "required",
     sandbox_start_timeout: SandboxStartTimeout = 60.0,
     max_parameters: MaxParameters = None,
+    memory_limit: MemoryLimit = None,
     consent_page: Annotated[
         str | None,
         typer.Option(
@@ -287,6 +300,7 @@ def node(
     from tessera.node.agent import AgentConfig, NodeAgent
     from tessera.sandbox import DEFAULT_CATALOGUE, SandboxLimits
 
+    memory = memory_option(memory_limit, "--memory-limit")
     catalogue = DEFAULT_CATALOGUE
     if max_parameters is not None:
         catalogue = DEFAULT_CATALOGUE.model_copy(update={"max_parameters": max_parameters})
@@ -297,6 +311,8 @@ def node(
 
             parse_bind(consent_page, allow_remote=consent_page_remote)
         limits = SandboxLimits(start_timeout=sandbox_start_timeout)
+        if memory is not None:
+            limits = replace(limits, memory_bytes=memory)
         agent = NodeAgent(
             AgentConfig(
                 node_id=id,
@@ -392,6 +408,15 @@ def up(
             min=1,
         ),
     ] = None,
+    node_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--node-memory",
+            metavar="SIZE",
+            help="every node's --memory-limit: its sandbox's address space, e.g. 2GiB"
+            " [default: 4GiB]",
+        ),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -417,6 +442,7 @@ def up(
     from tessera.deploy.up import UpOptions, default_out, load_up_args, save_up_args
 
     t0 = time.monotonic()  # the one duration it reports: the whole command's
+    memory = memory_option(node_memory, "--node-memory")
     _check_up_options(
         start_timeout=start_timeout,
         start_batch=start_batch,
@@ -437,7 +463,14 @@ def up(
                     update={"federation": cfg.federation.model_copy(update={"rounds": rounds})}
                 )
             options = UpOptions(
-                nodes, tls, db, records, sandbox_start_timeout, node_max_parameters, ask_consent
+                nodes,
+                tls,
+                db,
+                records,
+                sandbox_start_timeout,
+                node_max_parameters,
+                ask_consent,
+                memory,
             )
         with console.status(f"preparing {options.nodes} nodes' data"):
             dep = Deployment(
@@ -449,6 +482,7 @@ def up(
                 records=options.records,
                 sandbox_start_timeout=options.sandbox_start_timeout,
                 node_max_parameters=options.node_max_parameters,
+                node_memory=options.node_memory,
                 passphrase=_passphrase(),  # without one, Deployment warns: keys in the clear
                 ask_consent=options.ask_consent,
                 on_consent_page=_say_consent_page,

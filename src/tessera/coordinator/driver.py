@@ -634,6 +634,7 @@ def _round_record(closed: RoundClosed, weights: str) -> RoundRecord:
         **tree_fields(closed.tree),
         blamed=closed.blamed,
         excluded=tuple(f"{node} ({why})" for node, why in closed.excluded),
+        declined=tuple(f"{node} ({why})" for node, why in closed.declined),
         capped=closed.capped,
         aggregators_failed=len(closed.silent_aggregators),
         closed_at=closed.closed_at,

@@ -126,6 +126,9 @@ class Deployment:
     records: str = "table"  # or "xapi": the provider serves a learning-record store
     sandbox_start_timeout: float | None = None  # seconds; None: the node's default
     node_max_parameters: int | None = None  # the nodes' catalogue bound; None: its default
+    node_memory: int | None = None  # bytes: the nodes' sandbox memory limit; None: its default
+    # Some nodes' own limit in place of node_memory, by node index (tests: a node short of it).
+    node_memory_of: dict[int, int] = field(default_factory=dict)
     passphrase: bytes | None = field(default=None, repr=False)  # seals every party's key
     # The first ask_consent nodes consent on their user's consent page (node.consent_page),
     # not on their own: each serves it on loopback; on_consent_page hears (node, login link).
@@ -385,6 +388,9 @@ class Deployment:
             args += ["--sandbox-start-timeout", repr(float(self.sandbox_start_timeout))]
         if self.node_max_parameters is not None:
             args += ["--max-parameters", str(self.node_max_parameters)]
+        memory = self.node_memory_of.get(i, self.node_memory)
+        if memory is not None:
+            args += ["--memory-limit", str(memory)]
         page = folder / "consent-page.url"
         page.unlink(missing_ok=True)  # a previous run's
         proc = self._spawn(self.node_id(i), _tessera(*args))

@@ -315,6 +315,7 @@ class UpOptions:
     sandbox_start_timeout: float | None
     node_max_parameters: int | None
     ask_consent: int = 0  # the first K nodes consent on their user's page
+    node_memory: int | None = None  # bytes: every node's sandbox memory limit
 
 
 def save_up_args(out: Path, cfg: JobConfig, options: UpOptions) -> None:
@@ -421,7 +422,9 @@ def run_job(
                 value=score.value,
                 rmse=score.rmse,
                 mae=score.mae,
-                late=rec.selected - rec.participants,
+                # A node that declined said why (rec.declined); the rest did not answer.
+                dropped=len(rec.declined),
+                late=max(rec.selected - rec.participants - len(rec.declined), 0),
                 seconds=now - last,
                 virtual_seconds=now - started,
                 virtual_round_seconds=now - last,

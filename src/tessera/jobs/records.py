@@ -42,6 +42,7 @@ class RoundRecord:
     staleness: tuple[int, ...] = ()
     blamed: tuple[str, ...] = ()  # aggregators whose sums failed an audit, and why
     excluded: tuple[str, ...] = ()  # contributors left out from this round on, and why
+    declined: tuple[str, ...] = ()  # selected contributors that declined the round, and why
     capped: int = 0  # secure rounds: contributors whose loss was over the cap (so hidden)
     closed_at: float = 0.0  # the coordinator's clock when the round closed
     weights: str | None = None  # SHA-256 of the new model's artefact (deployments)

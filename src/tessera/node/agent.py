@@ -384,7 +384,12 @@ class NodeAgent:
             from tessera.node.consent_page import start_consent_page
 
             self.page = start_consent_page(self)
-        self.sandbox.ping()
+        try:
+            self.sandbox.ping()
+        except SandboxError as exc:
+            # Not the agent's end: each round tries a fresh sandbox and, failing, declines
+            # with the reason, so the job goes on without this node (a limit too small).
+            log.warning("%s: the sandbox did not start: %s", self.node, exc)
         for job_id in self.cfg.consent_to:
             self.consent(job_id)
         last_status = 0.0

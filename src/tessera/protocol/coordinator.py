@@ -60,6 +60,7 @@ from tessera.protocol.messages import (
     Message,
     Sealed,
     SecureAssignment,
+    TrainingDeclined,
     TrainRequest,
     UpdateSubmission,
 )
@@ -148,6 +149,7 @@ class Coordinator:
         self._factors: Mapping[NodeId, float] = {}  # the open round's weight factors
         self.weight_total, self.weight_rounds = 0.0, 0  # reweighting: rounds' total weights
         self._answered: set[NodeId] = set()
+        self._declined: dict[NodeId, str] = {}  # the open round's declines: node -> why
         self._sum = np.zeros(self.weights.shape, np.float64)
         self._samples = 0
         self._weight = 0.0  # the samples, each times its contributor's rating
@@ -334,6 +336,7 @@ class Coordinator:
         ]
         self._selected = frozenset(cohort)
         self._answered = set()
+        self._declined = {}
         self._sum[:] = 0.0
         self._samples = 0
         self._weight = 0.0
@@ -441,6 +444,9 @@ class Coordinator:
             self._updates += 1
             self._included.append(sender)
             self._staleness[sender] = tau
+        else:  # a decline: _refusal lets nothing else through
+            assert isinstance(msg, TrainingDeclined)
+            self._declined[sender] = msg.reason
         self._answered.add(sender)
         buffered = self.params.buffer is not None and self._updates >= self.params.buffer
         if buffered or len(self._answered) == len(self._selected):
@@ -523,6 +529,7 @@ class Coordinator:
                 quality=quality if not skipped else None,
                 staleness=staleness if not skipped else (),
                 skip_reason=self._skip_reason(participants) if skipped else None,
+                declined=tuple(sorted(self._declined.items())),
                 tree=tree,
                 silent_aggregators=silent,
                 excluded=tuple(

@@ -121,6 +121,8 @@ class RoundClosed:
     # it trained from), in the order of ``included``; empty in synchronous rounds.
     staleness: tuple[int, ...] = ()
     skip_reason: str | None = None  # a skipped round: why (too few updates, by when)
+    # Selected contributors that declined the round (``TrainingDeclined``), with why.
+    declined: tuple[tuple[str, str], ...] = ()
     # A secure round's execution tree (its shape goes to the round's record); None in
     # a plaintext round.
     tree: Tree | None = None

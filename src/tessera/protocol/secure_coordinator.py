@@ -101,7 +101,12 @@ from tessera.protocol.events import (
 from tessera.protocol.groups import Disclosure, GroupParts, disclose, robust_update
 from tessera.protocol.kinds import SEALED, Kind
 from tessera.protocol.limits import MAX_ENVELOPE_BYTES, TAIL
-from tessera.protocol.messages import AggregateRequest, Sealed, SecureAssignment
+from tessera.protocol.messages import (
+    AggregateRequest,
+    Sealed,
+    SecureAssignment,
+    TrainingDeclined,
+)
 from tessera.protocol.noise import Budget, PrivacyParams
 from tessera.protocol.params import RoundParams, StatisticsRound
 from tessera.protocol.quality import RoundQuality
@@ -327,16 +332,35 @@ class SecureCoordinator(Coordinator):
             return self._commit_level(timer.level, now, final=timer.final)
         if isinstance(event, MessageReceived):
             self._transition(CoordinatorInput.MESSAGE)
-            msg = event.message
-            if not isinstance(msg, Sealed):
-                return [Rejected(sender=event.sender, reason="secure rounds take sealed envelopes")]
-            if self.state is not CoordinatorState.COLLECTING or self._rs is None:
-                return [Rejected(sender=event.sender, reason="no round is open")]
-            try:
-                return self._on_sealed(msg.data, now)
-            except (InvalidEnvelope, RemoteProtocolError) as exc:
-                return [Rejected(sender=event.sender, reason=str(exc))]
+            return self._on_secure_message(event, now)
         raise self._failed(f"cannot handle {type(event).__name__}")
+
+    def _on_secure_message(self, event: MessageReceived, now: float) -> list[Effect]:
+        msg = event.message
+        if isinstance(msg, TrainingDeclined):
+            return self._on_decline(event.sender, msg)
+        if not isinstance(msg, Sealed):
+            return [Rejected(sender=event.sender, reason="secure rounds take sealed envelopes")]
+        if self.state is not CoordinatorState.COLLECTING or self._rs is None:
+            return [Rejected(sender=event.sender, reason="no round is open")]
+        try:
+            return self._on_sealed(msg.data, now)
+        except (InvalidEnvelope, RemoteProtocolError) as exc:
+            return [Rejected(sender=event.sender, reason=str(exc))]
+
+    def _on_decline(self, sender: NodeId, msg: TrainingDeclined) -> list[Effect]:
+        """A selected contributor that cannot take part says why: kept for the round's
+        record only. Its aggregators are not told, so the round still waits for its
+        shares until their deadline, as for any contributor gone silent."""
+        if (
+            self.state is not CoordinatorState.COLLECTING
+            or msg.job_id != self.params.job_id
+            or msg.round != self.round
+            or sender not in self._selected
+        ):
+            return [Rejected(sender=sender, reason=f"no decline of round {msg.round} is taken")]
+        self._declined[sender] = msg.reason
+        return []
 
     def _rate(self, event: ContributorsRated) -> list[Effect]:
         if self.budget is not None and event.weights:
@@ -398,6 +422,7 @@ class SecureCoordinator(Coordinator):
         stats = self.secure.statistics if round < self.first_training_round else None
         cohort = round_cohort(self.params, self.nodes, round, statistics=self.first_training_round)
         self._selected = frozenset(cohort)
+        self._declined = {}
         tree = derive_tree(
             job_id=self.params.job_id,
             round=round,

@@ -7,7 +7,7 @@ network, bounded memory and CPU time, and only the job's inputs.
 """
 
 from tessera.sandbox.catalogue import DEFAULT_CATALOGUE, NodeCatalogue
-from tessera.sandbox.errors import FrameError, SandboxError, SandboxRefused
+from tessera.sandbox.errors import FrameError, SandboxError, SandboxRefused, size_text
 from tessera.sandbox.runner import Sandbox, SandboxLimits, TrainOutcome
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "SandboxLimits",
     "SandboxRefused",
     "TrainOutcome",
+    "size_text",
 ]

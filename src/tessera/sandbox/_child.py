@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import tessera
-from tessera.sandbox.errors import FrameError, SandboxError
+from tessera.sandbox.errors import FrameError, SandboxError, size_text
 from tessera.sandbox.frames import FrameReader, Message
 from tessera.sandbox.jail import LIB
 
@@ -36,6 +36,10 @@ CPU_LIFETIME_CALLS = 10
 CPU_GRACE = 2
 IO_CHUNK = 1 << 20
 _STDERR_KEEP = 1 << 14
+# How running out of address space reads in a dead worker's stderr: Python's
+# MemoryError, torch's allocator, or the loader mapping a library (libseccomp, loaded
+# after the limits: a limit too small to start in reads as a failed syscall filter).
+_OUT_OF_MEMORY = ("MemoryError", "can't allocate memory", "failed to map segment")
 
 
 class TimedOut(Exception):
@@ -221,8 +225,8 @@ class Child:
             )
         elif rc < 0:
             what = f"the sandbox crashed ({signal_name(-rc)})"
-        elif "MemoryError" in tail or "can't allocate memory" in tail:
-            what = "the sandbox exceeded its memory limit"
+        elif any(sign in tail for sign in _OUT_OF_MEMORY):
+            what = f"the sandbox exceeded its memory limit of {size_text(self.limits.memory_bytes)}"
         else:
             what = f"the sandbox exited unexpectedly (status {rc})"
         return f"{what}; its last output: {tail}" if tail else what

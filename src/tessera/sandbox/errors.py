@@ -26,3 +26,10 @@ class SandboxError(TesseraError):
 
 class FrameError(SandboxError):
     """A frame on the sandbox pipe is malformed, oversized or truncated."""
+
+
+def size_text(size: int) -> str:
+    """A memory size as the sandbox's messages give it: ``512 MiB``, ``1.5 GiB``."""
+    if size >= 1 << 30:
+        return f"{size / (1 << 30):.3g} GiB"
+    return f"{size / (1 << 20):.4g} MiB"

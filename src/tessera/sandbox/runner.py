@@ -62,7 +62,7 @@ from safetensors.numpy import save
 from tessera.errors import ConfigError, DataError
 from tessera.sandbox._child import Child, Gone, TimedOut
 from tessera.sandbox.catalogue import DEFAULT_CATALOGUE, NodeCatalogue
-from tessera.sandbox.errors import FrameError, SandboxError, SandboxRefused
+from tessera.sandbox.errors import FrameError, SandboxError, SandboxRefused, size_text
 from tessera.sandbox.frames import Message, encode
 from tessera.sandbox.jail import HOW_TO_ISOLATE, find_isolation
 
@@ -353,7 +353,7 @@ class Sandbox:
             return DataError(error)
         if kind == "memory":
             self._discard()  # a fresh child rather than a fragmented heap
-            limit = f"{self.limits.memory_bytes / GiB:.3g} GiB"
+            limit = size_text(self.limits.memory_bytes)
             return SandboxError(
                 f"training failed: the sandbox exceeded its memory limit of {limit} ({error})"
             )

@@ -94,11 +94,42 @@ def load_or_create_keys(path: str | os.PathLike[str], passphrase: bytes | None) 
     return keys
 
 
-def _load(path: Path, passphrase: bytes | None) -> tuple[NodeKeys, str]:
+def is_sealed(path: str | os.PathLike[str]) -> bool:
+    """Whether the key file is sealed under a passphrase; ``ConfigError`` if it is no key file."""
+    return key_file_format(_read(Path(path))) != "clear"
+
+
+def reseal_keys(path: str | os.PathLike[str], old: bytes | None, new: bytes | None) -> NodeKeys:
+    """Re-seal the key file under ``new`` (None: in the clear), in place: atomically,
+    mode 0600, its owner kept, the keys themselves unchanged (so the party's identity).
+
+    ``ConfigError`` if ``old`` does not open it (None for a file in the clear), the
+    file then untouched; the rewritten file is read back under ``new`` before this returns.
+    """
+    target = Path(path).resolve()  # a link's target: replacing the link would leave it stale
+    keys, _ = _load(target, old)
+    owner = target.stat()
+    save_keys(keys, target, new, overwrite=True, warn_clear=False)
+    if (owner.st_uid, owner.st_gid) != (os.getuid(), os.getgid()):
+        # Root re-sealing a party's file: its service, running as the party, must still read it.
+        with contextlib.suppress(PermissionError):
+            os.chown(target, owner.st_uid, owner.st_gid)
+    again, _ = _load(target, new)
+    if again.public != keys.public:  # cannot happen short of a broken disk: say so loudly
+        raise ConfigError("key file", f"{target} reads back as other keys after re-sealing")
+    return keys
+
+
+def _read(path: Path) -> bytes:
     with path.open("rb") as fh:
         data = fh.read(MAX_KEY_FILE + 1)
     if len(data) > MAX_KEY_FILE:
         raise ConfigError("key file", "too large to be a node key file")
+    return data
+
+
+def _load(path: Path, passphrase: bytes | None) -> tuple[NodeKeys, str]:
+    data = _read(path)
     keys = NodeKeys.from_private_bytes(data, passphrase)
     form = key_file_format(data)
     if form == "pbkdf2":

@@ -172,6 +172,7 @@ def simulate(
             aggregators_failed=stats.aggregators_failed,
             blamed=closed.blamed,
             excluded=tuple(f"{node} ({why})" for node, why in closed.excluded),
+            declined=tuple(f"{node} ({why})" for node, why in closed.declined),
             capped=closed.capped,
             epsilon=math.nan if closed.epsilon is None else closed.epsilon,
             included=closed.included,
