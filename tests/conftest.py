@@ -7,6 +7,7 @@ answers, the PostgreSQL cases skip, except under ``CI=true``, where they fail.
 
 ``private_postgres``: a server of the test's own (``tessera.testing.postgres``), for
 tests that stop or crash it; it skips the same way where PostgreSQL is not installed.
+``small_disk`` (tests/full_disk.py): a small tmpfs a test fills up.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from tessera.testing.postgres import PostgresCluster, PostgresUnavailable
+
+pytest_plugins = ["tests.full_disk"]  # the small_disk fixture
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

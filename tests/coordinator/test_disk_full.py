@@ -9,49 +9,13 @@ root, so under CI=true a missing right fails instead of skipping.
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.full_disk import fill
 
 from .coordinator_kit import JOB, Harness, Node, post_mail, tiny_job
 
 NAMES = ("node-a", "node-b", "node-c")
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        reason = f"cannot mount a small tmpfs: {mounted.stderr.strip() or 'not root'}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true needs the disk-full test: {reason}")
-        pytest.skip(reason)
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """A file taking every free byte of ``disk``."""
-    filler = disk / "filler"
-    with filler.open("wb") as f, pytest.raises(OSError, match="No space left") as full:  # noqa: PT012
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
-    assert full.value.errno == errno.ENOSPC
-    return filler
 
 
 def test_a_full_disk_is_a_507_that_loses_nothing(small_disk: Path) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -97,8 +96,9 @@ from tessera.sandbox import (
     SandboxLimits,
     SandboxRefused,
 )
+from tessera.storage.errors import DiskFull
 from tessera.storage.keyfile import load_or_create_keys
-from tessera.storage.private import private_dir, write_private
+from tessera.storage.private import private_dir, replace_private
 from tessera.weights import Vector
 
 log = logging.getLogger("tessera.node")
@@ -171,6 +171,7 @@ class NodeAgent:
         self.finished: set[str] = set()
         self.revealed: set[str] = set()  # jobs we sent our beacon reveal to (or need not)
         self.cursor = self._load_cursor()
+        self._cursor_unsaved = False  # the last save found the disk full (said once)
         self._coordinator_keys: PublicKeys | None = None
         # The jobs this user consented to: told at the start, or saved (a receipt and no
         # revocation) by an earlier run, or granted since on the consent page, whose
@@ -314,7 +315,7 @@ class NodeAgent:
             return bytes.fromhex(path.read_text())
         secret = new_secret()
         private_dir(path.parent)
-        write_private(path, secret.hex())
+        replace_private(path, secret.hex())  # whole or not at all: an empty one reads as b""
         return secret
 
     def _reveal_pending(self) -> bool:
@@ -722,10 +723,17 @@ class NodeAgent:
         return int(path.read_text()) if path.exists() else 0
 
     def _save_cursor(self) -> None:
-        path = self.cfg.state_dir / "cursor"
-        tmp = path.with_suffix(".tmp")
-        write_private(tmp, str(self.cursor))
-        os.replace(tmp, path)
+        """Keep the mailbox cursor. On a full disk the node goes on (said once): the
+        cursor only spares re-reading mail after a restart, which the replay guard
+        refuses anyway."""
+        try:
+            replace_private(self.cfg.state_dir / "cursor", str(self.cursor))
+        except DiskFull as exc:
+            if not self._cursor_unsaved:
+                log.error("%s: the mailbox cursor is not saved: %s", self.node, exc)
+            self._cursor_unsaved = True
+        else:
+            self._cursor_unsaved = False
 
 
 class _Mailbox:
@@ -783,6 +791,4 @@ def _no_publishing(_: Vector) -> str:
 
 def _write_json(path: Path, value: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    write_private(tmp, json.dumps(value))  # a receipt names the user: 0600
-    os.replace(tmp, path)
+    replace_private(path, json.dumps(value))  # a receipt names the user: 0600

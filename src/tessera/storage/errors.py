@@ -17,6 +17,10 @@ class StoreError(TesseraError):
     """Base of every error the store raises on purpose."""
 
 
+class DiskFull(StoreError):
+    """A file could not be written: its disk is full (nothing of it was written)."""
+
+
 class Conflict(StoreError):
     """A write names an existing key with different content."""
 

@@ -9,10 +9,13 @@ no umask can widen them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
 from typing import IO, Literal, overload
+
+from tessera.storage.errors import DiskFull
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -68,3 +71,30 @@ def write_private(path: str | os.PathLike[str], data: bytes | str) -> None:
     else:
         with open_private(path, "w") as fh:
             fh.write(data)
+
+
+def replace_private(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write ``data`` to the 0600 file ``path`` whole or not at all.
+
+    A temporary beside it is written, flushed to the disk and renamed over it,
+    so a crash or a full disk leaves the old file (or none), never an empty or
+    torn one that a restart would read as a secret or a cursor. On a full disk
+    (ENOSPC, EDQUOT) ``DiskFull`` says so, and no temporary is left.
+    """
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open_private(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"the disk holding {target.parent} is full: {target.name} was not written"
+                " (the file as it was is kept); free space there"
+            ) from exc
+        raise
