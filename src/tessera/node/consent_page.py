@@ -47,7 +47,7 @@ from tessera.jobs.document import JobSpec
 from tessera.node.consent_words import JobWords, job_words
 from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused
 from tessera.runtime.transport.serve import RunningServer, serve_in_thread
-from tessera.storage.private import write_private
+from tessera.storage.private import replace_private
 
 if TYPE_CHECKING:
     from tessera.node.agent import NodeAgent
@@ -90,7 +90,7 @@ def page_secret(state_dir: Path) -> str:
         if len(key) >= 32:
             return key
     key = secrets.token_urlsafe(32)
-    write_private(path, key)
+    replace_private(path, key)
     return key
 
 
@@ -114,7 +114,7 @@ def start_consent_page(agent: NodeAgent) -> ConsentPage:
     app = create_consent_app(agent, key)
     server = serve_in_thread(app, host=host, port=port)
     login = f"{server.url}/login?key={key}"
-    write_private(agent.cfg.state_dir / URL_FILE, login + "\n")
+    replace_private(agent.cfg.state_dir / URL_FILE, login + "\n")  # whole: a parent waits for it
     # The one place the link is said: the user opens it in their browser.
     print(f"consent page of {agent.node}: {login}", flush=True)
     log.info("consent page of %s serving at %s", agent.node, server.url)
