@@ -5,7 +5,8 @@ coordinator, the provider and every node running with no parent. Now: a
 node killed mid-job is reported with the end of its log; SIGTERM stops every
 party in order and says so, exit status 128 + 15; a ``tessera up`` killed
 outright (SIGKILL: no cleanup at all) leaves nothing running either, since
-each party stops itself once its parent is gone. ``tessera up --resume OUT``
+each party stops itself once its parent is gone; Ctrl-C while the nodes are still
+starting leaves no party and no sandbox behind. ``tessera up --resume OUT``
 picks a stopped deployment up where it stopped.
 """
 
@@ -41,10 +42,18 @@ def _config(tmp_path: Path, rounds: int) -> Path:
 
 
 def _up(
-    tmp_path: Path, rounds: int, *, resume: bool = False, log_name: str = "up.log"
+    tmp_path: Path,
+    rounds: int,
+    *,
+    resume: bool = False,
+    log_name: str = "up.log",
+    nodes: int = NODES,
+    start_batch: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     out, log = tmp_path / "out", tmp_path / log_name
-    args = ["up", str(_config(tmp_path, rounds)), "--nodes", str(NODES), "--out", str(out)]
+    args = ["up", str(_config(tmp_path, rounds)), "--nodes", str(nodes), "--out", str(out)]
+    if start_batch is not None:
+        args += ["--start-batch", str(start_batch)]
     if resume:
         args = ["up", "--resume", str(out)]
     proc = subprocess.Popen(
@@ -83,6 +92,19 @@ def _node_pid(out: Path, node: str) -> int | None:
     return None
 
 
+def _sandboxes() -> set[int]:
+    """Sandbox workers running (their working folder is the sandbox's home,
+    ``tessera-sandbox-*``)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and "tessera-sandbox-" in os.readlink(entry / "cwd"):
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def _until(what: str, check: Callable[[], bool], timeout: float) -> None:
     end = time.monotonic() + timeout
     while not check():
@@ -113,6 +135,25 @@ def test_sigterm_stops_every_party_after_reporting_a_dead_node(tmp_path: Path) -
     assert _pids_of(out) == []
     for party in ("coordinator", "provider"):  # a clean stop: no request died mid-way
         assert "Traceback" not in (out / "logs" / f"{party}.log").read_text()
+
+
+def test_ctrl_c_while_nodes_start_leaves_no_party_nor_sandbox(tmp_path: Path) -> None:
+    before = _sandboxes()  # deployments run one at a time: new ones are ours
+    nodes = 8  # started two at a time: the first are up, with their sandboxes, while the
+    proc, out, log = _up(tmp_path, rounds=200, nodes=nodes, start_batch=2)  # rest start
+    try:
+        _until("a node's sandbox started", lambda: bool(_sandboxes() - before), 240)
+        assert len(list((out / "logs").glob("node-*.log"))) < nodes, "all started: too late"
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(60) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = log.read_text()
+    assert "stopping every party it started" in said, said[-2000:]
+    _until("every party gone", lambda: not _pids_of(out), 20)
+    _until("every sandbox gone", lambda: not _sandboxes() - before, 20)
+    assert not (out / "metrics.json").exists()  # stopped before the job ran
 
 
 def test_a_killed_up_leaves_no_party_running(tmp_path: Path) -> None:
