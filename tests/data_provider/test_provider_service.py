@@ -6,7 +6,7 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import httpx
@@ -30,6 +30,7 @@ from tessera.errors import ConfigError, DataError
 from tessera.ids import job_id_of
 from tessera.runtime.transport.auth import sign_request
 from tessera.runtime.transport.serve import serve_in_thread
+from tessera.testing.postgres import PostgresCluster
 
 T0 = 1_780_000_000.0
 MAX_BODY = 64 * 1024
@@ -756,3 +757,38 @@ def test_provider_config_that_cannot_be_read(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="csv file not found"):
         load_provider_config(tmp_path / "p.json")
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_database_restart_is_a_503_and_forgets_nothing(
+    table: TableBackend, private_postgres: PostgresCluster, mode: Literal["fast", "immediate"]
+) -> None:
+    """The provider's PostgreSQL server restarts (or crashes) under it: a request in the
+    outage is a 503 with Retry-After (its node asks again), never a release unchecked;
+    afterwards the revocation and the used nonce stored before still hold."""
+    receipt = consent(purpose=f"revoked before a {mode} restart")
+    released = records_body()
+    revocation = {
+        "revocation": revoke_consent(A, receipt=receipt, at=T0).to_json(),
+        "receipt": receipt.to_json(),
+    }
+    with SqlGateState(private_postgres.url) as state:
+        app = create_provider_app([table], keys=P, subjects=SUBJECTS, now=lambda: T0, state=state)
+        with serve_in_thread(app) as server, httpx.Client(base_url=server.url) as client:
+            assert client.post("/v1/records", json=released).status_code == 200
+            assert client.post("/v1/revocations", json=revocation).status_code == 200
+            private_postgres.stop(mode)
+            try:
+                away = client.post("/v1/records", json=records_body())
+            finally:
+                private_postgres.start()
+            assert away.status_code == 503, away.text
+            assert int(away.headers["retry-after"]) > 0
+            assert "database" in away.json()["detail"]
+            refused(client.post("/v1/records", json=released), 409, "request replayed")
+            refused(
+                client.post("/v1/records", json=records_body(receipt=receipt)),
+                403,
+                "consent revoked at",
+            )
+            assert client.post("/v1/records", json=records_body()).status_code == 200

@@ -78,6 +78,7 @@ from tessera.ids import Task
 from tessera.protocol.limits import PROVIDER_BODY
 from tessera.runtime.transport.auth import KEYS_HEADER, MAX_SKEW, Caller, verify_request
 from tessera.runtime.transport.serve import BodyLimit
+from tessera.storage.errors import Unavailable
 
 __all__ = [
     "MAX_BODY",
@@ -91,6 +92,7 @@ __all__ = [
 MAX_BODY = PROVIDER_BODY  # see protocol.limits
 #: Fewest records that must hold a category for the statistics to name it.
 MIN_COUNT = 10
+UNAVAILABLE_RETRY_AFTER = 5  # seconds a node waits while the database restarts
 _log = logging.getLogger("tessera.provider")
 _KEY_SCHEME = APIKeyHeader(
     name=KEYS_HEADER,
@@ -563,6 +565,17 @@ def _answer_refusals(app: FastAPI) -> None:
         ]
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         return await refused(request, _Refused(422, "invalid request: " + "; ".join(parts) + more))
+
+    # Its database away (a PostgreSQL restart): nothing was released or stored, and the
+    # node asks again after Retry-After; not a 500 and a traceback.
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, exc: Unavailable) -> JSONResponse:
+        _log.warning(
+            "database unavailable: %s %s refused: %s", request.method, request.url.path, exc
+        )
+        detail = "the provider's database is unavailable: nothing was released; retry later"
+        headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+        return _AsciiJSON({"detail": detail}, status_code=503, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
