@@ -62,13 +62,23 @@ def _remove_stale() -> None:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A 10.213.N.0/24 that no address of this machine's root namespace is in (another
+    test network's, say), starting from one our pid picks."""
+    shown = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=False)
+    taken = {ipaddress.IPv4Interface(w).network for w in re.findall(r"inet (\S+)", shown.stdout)}
+    for step in range(250):
+        subnet = ipaddress.IPv4Network(f"10.213.{(os.getpid() + step) % 250}.0/24")
+        if not any(subnet.overlaps(other) for other in taken):
+            return subnet
+    raise RuntimeError("no free 10.213.N.0/24 subnet for a test network")
+
+
 @dataclass
 class FaultNetwork:
     """A bridge with one namespace per party; ``place`` is ``Deployment.place``."""
 
-    subnet: ipaddress.IPv4Network = field(
-        default_factory=lambda: ipaddress.IPv4Network(f"10.213.{os.getpid() % 250}.0/24")
-    )
+    subnet: ipaddress.IPv4Network = field(default_factory=_free_subnet)
     hosts: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (netns, port)
 
     def __post_init__(self) -> None:
