@@ -217,7 +217,8 @@ def test_delayed_links_leave_the_model_of_an_undisturbed_run(
     assert rtt["relayed"] >= 2 * delay, rtt
     assert rtt["relayed"] - rtt["direct"] >= 2 * delay * 0.9, rtt  # the delay, not the hop
     seen = relays[0].relayed
-    assert seen.connections > nodes and seen.chunks_up > 2 * len(records) * nodes, seen
+    assert seen.connections >= nodes + 1, seen  # each node's, and the measuring client's
+    assert seen.chunks_up > 2 * len(records) * nodes, seen  # every node asked every round
     assert all(r.included for r in records), records
     assert_replayed(dep, records, models, final, job_id=job_id, secure=False)
 

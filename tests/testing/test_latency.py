@@ -119,8 +119,9 @@ def test_closing_the_relay_cuts_its_links_and_ends_its_thread(
         assert sock.recv(1) == b""
     sock.close()
     assert not any(t.name == "DelayRelay" for t in threading.enumerate())
-    assert relay._loop.is_closed()
+    assert relay._loop is not None and relay._loop.is_closed()
     with pytest.raises(ConnectionRefusedError):
         connect(relay)
-    relay.close()  # twice is harmless
+    relay.close()  # twice is harmless, and so is closing one never started
+    DelayRelay("127.0.0.1", "127.0.0.1", 9, delay_s=DELAY).close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing left running

@@ -43,6 +43,10 @@ class Relayed:
 
 @dataclass
 class DelayRelay:
+    """Relays ``listen_host:port`` to ``target_host:target_port`` in a thread of its own
+    (``start``/``close``, or ``with``), each chunk late by the delay; ``seed`` fixes the
+    jitter's draws."""
+
     listen_host: str
     target_host: str
     target_port: int
@@ -57,10 +61,8 @@ class DelayRelay:
             raise ValueError("a delay and its jitter are at least 0")
         self.port = 0
         self._random = random.Random(self.seed)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="DelayRelay", daemon=True
-        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
 
@@ -69,21 +71,29 @@ class DelayRelay:
         return f"{self.listen_host}:{self.port}"
 
     def start(self) -> DelayRelay:
+        if self._loop is not None:
+            raise RuntimeError("a relay starts once")
+        self._loop = loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="DelayRelay", daemon=True)
         self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, self.listen_host, self.listen_port), self._loop
-        ).result(10)
+        serving = asyncio.start_server(self._accept, self.listen_host, self.listen_port)
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(serving, loop).result(10)
+        except BaseException:
+            self.close()
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     def close(self) -> None:
         """Stop listening, cut every relayed connection, end the thread."""
-        if not self._thread.is_alive():
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or loop.is_closed():
             return
-        asyncio.run_coroutine_threadsafe(self._shut(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        asyncio.run_coroutine_threadsafe(self._shut(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
     def __enter__(self) -> DelayRelay:
         return self.start()
@@ -117,13 +127,16 @@ class DelayRelay:
         except OSError:
             client_w.close()  # the target is down: the client sees its connection closed
             return
+        except asyncio.CancelledError:
+            client_w.close()
+            raise
         pipes = {
             asyncio.create_task(self._pipe(client_r, target_w, up=True)),
             asyncio.create_task(self._pipe(target_r, client_w, up=False)),
         }
         try:
             # The first side to close (or fail) ends both, once what it sent before is
-            # through: a relay keeps no half-dead link, as Toxiproxy keeps none.
+            # through: HTTP needs no half-closed link, and none is left behind.
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in pipes:
