@@ -178,7 +178,7 @@ def test_delayed_links_leave_the_model_of_an_undisturbed_run(
             assert parts.hostname is not None and parts.port is not None
             relay = DelayRelay(net.host_address, parts.hostname, parts.port, delay, jitter)
             relays.append(relay.start())
-        return f"https://{relays[0].address}"
+        return f"{urlsplit(url).scheme}://{relays[0].address}"
 
     dep = Deployment(
         job_config(rounds=4, secure=False, round_timeout=20.0),
