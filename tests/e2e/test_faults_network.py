@@ -16,8 +16,10 @@ aggregator seats fell silent (tests/e2e/replay.py), bit for bit.
   timeout, then back; the job resumes and ends, a round nobody reached
   recorded as skipped, with the reason.
 
-This kernel has no ``netem``, so a fixed added delay is not injected: a
-capped link (its queue) is how a slow one is modelled (docs/operations.md).
+- Delayed links: every node reaches the coordinator through a relay that
+  holds each chunk 100 ms (up to 20 ms more, at random) each way. This
+  kernel has no ``netem``, so the delay is made in userspace
+  (``tessera.testing.latency``, as Toxiproxy makes it).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -37,7 +40,8 @@ from tessera.deploy.up import run_job
 from tessera.jobs.prepared import round_params_of, secure_params_of
 from tessera.jobs.records import RoundRecord
 from tessera.protocol import TreeCheck
-from tessera.runtime.transport.client import ServiceRefused
+from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused
+from tessera.testing.latency import DelayRelay
 from tessera.testing.netns import FaultNetwork, unavailable
 from tessera.weights import Vector
 
@@ -158,6 +162,64 @@ def test_lossy_capped_links_leave_the_model_of_an_undisturbed_run(
         net.limit(dep.node_id(i), 2000)
     job_id, records, models, final = deployed(dep, Watch(dep, lambda _s: True), timeout=400)
     assert sum(len(r.included) for r in records) >= len(records) * nodes // 2, records
+    assert_replayed(dep, records, models, final, job_id=job_id, secure=False)
+
+
+def test_delayed_links_leave_the_model_of_an_undisturbed_run(
+    tmp_path: Path, net: FaultNetwork
+) -> None:
+    nodes, delay, jitter = 4, 0.1, 0.02
+    relays: list[DelayRelay] = []
+
+    def through_relay(url: str) -> str:
+        # Made once the coordinator's port is known (a restart keeps it).
+        if not relays:
+            parts = urlsplit(url)
+            assert parts.hostname is not None and parts.port is not None
+            relay = DelayRelay(net.host_address, parts.hostname, parts.port, delay, jitter)
+            relays.append(relay.start())
+        return f"{urlsplit(url).scheme}://{relays[0].address}"
+
+    dep = Deployment(
+        job_config(rounds=4, secure=False, round_timeout=20.0),
+        nodes,
+        tmp_path / "up",
+        place=net.place,
+        node_coordinator=through_relay,
+        cert_hosts=(net.host_address,),
+    )
+    rtt: dict[str, float] = {}
+
+    def measure(status: dict[str, object]) -> bool:
+        """A signed request's round trip, least of five, to the coordinator and through
+        the relay, while the job runs (the connection already open: no handshakes)."""
+        if not isinstance(status.get("current_round"), int):
+            return False
+        relayed = through_relay(dep.coordinator_url)
+        for way, url in (("direct", dep.coordinator_url), ("relayed", relayed)):
+            with CoordinatorClient(url, verify=dep.verify, keys=dep.ai_provider_keys) as client:
+                client.status(watch.job_id)
+                times = []
+                for _ in range(5):
+                    start = time.monotonic()
+                    client.status(watch.job_id)
+                    times.append(time.monotonic() - start)
+            rtt[way] = min(times)
+        return True
+
+    watch = Watch(dep, measure)
+    try:
+        job_id, records, models, final = deployed(dep, watch, timeout=300)
+    finally:
+        for relay in relays:
+            relay.close()
+    assert watch.done.is_set(), "the job ended before the round trips were measured"
+    assert rtt["relayed"] >= 2 * delay, rtt
+    assert rtt["relayed"] - rtt["direct"] >= 2 * delay * 0.9, rtt  # the delay, not the hop
+    seen = relays[0].relayed
+    assert seen.connections >= nodes + 1, seen  # each node's, and the measuring client's
+    assert seen.chunks_up > 2 * len(records) * nodes, seen  # every node asked every round
+    assert all(r.included for r in records), records
     assert_replayed(dep, records, models, final, job_id=job_id, secure=False)
 
 

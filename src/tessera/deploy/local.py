@@ -137,6 +137,10 @@ class Deployment:
     # Where each party runs, by name ("coordinator", "provider" or a node id): the fault
     # tests put each in a network namespace of its own (tessera.testing.netns).
     place: Callable[[str], Placement] = field(default=lambda _name: LOOPBACK, repr=False)
+    # The coordinator's URL as the nodes are given it, from its own: a test puts a relay
+    # in front of it (tessera.testing.latency), whose address cert_hosts then names too.
+    node_coordinator: Callable[[str], str] = field(default=lambda url: url, repr=False)
+    cert_hosts: tuple[str, ...] = ()  # more addresses the services' certificates name
     consent_pages: dict[str, str] = field(default_factory=dict, init=False)
     job: PreparedJob = field(init=False)
     processes: dict[str, Process] = field(default_factory=dict)
@@ -175,7 +179,8 @@ class Deployment:
         if self.tls:
             from tessera.runtime.transport.tls import DEFAULT_HOSTS, make_local_pki
 
-            hosts = dict.fromkeys((*DEFAULT_HOSTS, *(self.place(s).host for s in SERVICES)))
+            placed = (self.place(s).host for s in SERVICES)
+            hosts = dict.fromkeys((*DEFAULT_HOSTS, *placed, *self.cert_hosts))
             pki = make_local_pki(
                 self.out / "pki", services=SERVICES, hosts=list(hosts), overwrite=True
             )
@@ -362,7 +367,7 @@ class Deployment:
             "--id",
             self.node_id(i),
             "--coordinator",
-            self.coordinator_url,
+            self.node_coordinator(self.coordinator_url),
             "--keys",
             str(folder / "node.key"),
             "--state",

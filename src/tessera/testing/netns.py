@@ -14,9 +14,12 @@ and nothing else:
   uplink: its large messages queue and arrive late.
 
 This machine's kernel has no ``netem`` (CONFIG_NET_SCH_NETEM is off), so a
-fixed added delay is not offered; a capped link is how a slow one is
-modelled here. Everything needs root and iproute2 (``ip``, ``tc``); loss
-needs nftables (``nft``). ``unavailable()`` says what is missing.
+fixed added delay is made in userspace instead: a ``DelayRelay``
+(``tessera.testing.latency``) that the test process runs at
+``host_address``, its address on the bridge, holds every chunk between a
+party and the service behind it for the delay. Everything needs root and
+iproute2 (``ip``, ``tc``); loss needs nftables (``nft``). ``unavailable()``
+says what is missing.
 Namespaces are named after this process's pid, and ones left by a process
 that died are removed when the next network opens.
 """
@@ -86,6 +89,9 @@ class FaultNetwork:
         self.bridge_ns = f"{self._tag}-net"
         self._addresses = iter(self.subnet.hosts())
         self._address_of: dict[str, str] = {}  # namespace -> its party's address
+        # The test process's own address on the bridge: the parties reach it there (a
+        # DelayRelay it runs, say).
+        self.host_address = str(next(self._addresses))
         # Link names are made in the root namespace first: named after our pid, they
         # cannot collide with another test network's (15 characters at most).
         self._root_link = f"{self._tag}h"
@@ -100,12 +106,12 @@ class FaultNetwork:
         self._in_bridge("ip", "link", "set", "br0", "up")
         self._in_bridge("nft", "-f", "-", stdin=_FAULT_TABLE)
         # The test process's own port: it plays the AI provider and watches the job.
-        address = next(self._addresses)
         port = f"{self._tag}b"
         _run("ip", "link", "add", self._root_link, "type", "veth", "peer", "name", port)
         _run("ip", "link", "set", port, "netns", self.bridge_ns)
         self._plug(port)
-        _run("ip", "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", self._root_link)
+        prefix = self.subnet.prefixlen
+        _run("ip", "addr", "add", f"{self.host_address}/{prefix}", "dev", self._root_link)
         _run("ip", "link", "set", self._root_link, "up")
         return self
 
