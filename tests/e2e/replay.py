@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from tessera.config import JobConfig, load_config
 from tessera.deploy.local import Deployment
 from tessera.jobs.records import RoundRecord
 from tessera.runtime.sim.devices import DeviceModel
@@ -25,6 +27,8 @@ from tessera.runtime.sim.job import simulate
 from tessera.runtime.sim.secure import simulation_keys
 from tessera.storage.keyfile import load_keys, save_keys
 from tessera.weights import Vector
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,32 @@ def assert_replayed(
         assert np.array_equal(ours, theirs), f"round {r}: max diff {np.abs(ours - theirs).max()}"
     assert np.array_equal(final, weights)
     return rounds
+
+
+def replayable_job(
+    *, rounds: int, secure: bool, round_timeout: float, group_size: int = 4
+) -> JobConfig:
+    """Chem97 for a fault test: every node in every round, no baseline, and each node
+    training alone, so the replay is exact."""
+    cfg = load_config(EXAMPLES / "chem97.toml")
+    return cfg.model_copy(
+        update={
+            "federation": cfg.federation.model_copy(
+                update={
+                    "rounds": rounds,
+                    "fraction": 1.0,
+                    "min_participants": 1,
+                    "round_timeout": round_timeout,
+                }
+            ),
+            "secure": cfg.secure.model_copy(
+                update={"enabled": secure, "phase_timeout": 3.0, "group_size": group_size}
+            ),
+            "baseline": cfg.baseline.model_copy(update={"enabled": False}),
+            # One node per training call: bit-identical to a node training alone.
+            "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
+        }
+    )
 
 
 def simulation_keyed(dep: Deployment) -> None:

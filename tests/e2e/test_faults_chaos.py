@@ -21,15 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tessera.config import JobConfig, load_config
+from tessera.config import JobConfig
 from tessera.deploy.local import Deployment
 from tessera.deploy.up import run_job
 from tessera.jobs.records import RoundRecord
 from tessera.weights import Vector
 
-from .replay import assert_replayed
+from .replay import assert_replayed, replayable_job
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
 NODES = 4
 ROUNDS = 100  # enough that the four kills land before the end, on a quiet machine too
 
@@ -37,23 +36,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_deployment_at_a_t
 
 
 def chaos_config() -> JobConfig:
-    cfg = load_config(EXAMPLES / "chem97.toml")
-    return cfg.model_copy(
-        update={
-            "federation": cfg.federation.model_copy(
-                update={
-                    "rounds": ROUNDS,
-                    "fraction": 1.0,
-                    "min_participants": 1,
-                    "round_timeout": 15.0,
-                }
-            ),
-            "secure": cfg.secure.model_copy(update={"enabled": False}),
-            "baseline": cfg.baseline.model_copy(update={"enabled": False}),
-            # One node per training call: bit-identical to a node training alone.
-            "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
-        }
-    )
+    return replayable_job(rounds=ROUNDS, secure=False, round_timeout=15.0)
 
 
 class Chaos(threading.Thread):

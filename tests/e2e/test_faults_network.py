@@ -34,7 +34,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tessera.config import JobConfig, load_config
 from tessera.deploy.local import Deployment
 from tessera.deploy.up import run_job
 from tessera.jobs.prepared import round_params_of, secure_params_of
@@ -45,9 +44,7 @@ from tessera.testing.latency import DelayRelay
 from tessera.testing.netns import FaultNetwork, unavailable
 from tessera.weights import Vector
 
-from .replay import assert_replayed, simulation_keyed
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "tessera" / "examples"
+from .replay import assert_replayed, replayable_job, simulation_keyed
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_deployment_at_a_time")]
 
@@ -61,30 +58,6 @@ def net() -> Iterator[FaultNetwork]:
         pytest.skip(why)
     with FaultNetwork() as network:
         yield network
-
-
-def job_config(
-    *, rounds: int, secure: bool, round_timeout: float, group_size: int = 4
-) -> JobConfig:
-    cfg = load_config(EXAMPLES / "chem97.toml")
-    return cfg.model_copy(
-        update={
-            "federation": cfg.federation.model_copy(
-                update={
-                    "rounds": rounds,
-                    "fraction": 1.0,
-                    "min_participants": 1,
-                    "round_timeout": round_timeout,
-                }
-            ),
-            "secure": cfg.secure.model_copy(
-                update={"enabled": secure, "phase_timeout": 3.0, "group_size": group_size}
-            ),
-            "baseline": cfg.baseline.model_copy(update={"enabled": False}),
-            # One node per training call: bit-identical to a node training alone.
-            "simulation": cfg.simulation.model_copy(update={"chunk_elements": 1}),
-        }
-    )
 
 
 class Watch(threading.Thread):
@@ -150,7 +123,7 @@ def test_lossy_capped_links_leave_the_model_of_an_undisturbed_run(
 ) -> None:
     nodes = 4
     dep = Deployment(
-        job_config(rounds=8, secure=False, round_timeout=20.0),
+        replayable_job(rounds=8, secure=False, round_timeout=20.0),
         nodes,
         tmp_path / "up",
         place=net.place,
@@ -181,7 +154,7 @@ def test_delayed_links_leave_the_model_of_an_undisturbed_run(
         return f"{urlsplit(url).scheme}://{relays[0].address}"
 
     dep = Deployment(
-        job_config(rounds=4, secure=False, round_timeout=20.0),
+        replayable_job(rounds=4, secure=False, round_timeout=20.0),
         nodes,
         tmp_path / "up",
         place=net.place,
@@ -252,8 +225,9 @@ def plan_cut(dep: Deployment, job_id: str, beacon: bytes, *, open: int) -> Cut:
         for victim in nodes:
             if victim in roles[at] or victim not in serving[at + 1]:
                 continue
-            # Healed while rounds remain: it must be seen to take part again.
-            free = [h for h in range(at + 2, last) if victim not in roles[h]]
+            # Healed with three rounds to come: time for its connections to come back
+            # (TCP's retries back off while cut off), so it is seen taking part again.
+            free = [h for h in range(at + 2, last - 2) if victim not in roles[h]]
             if free:
                 seats = tuple(r for r in range(at + 1, free[0]) if victim in serving[r])
                 return Cut(victim, at, free[0], seats)
@@ -266,7 +240,7 @@ def test_a_partitioned_aggregator_is_replaced_and_rejoins(
     # 16 nodes in groups of 8: about 12 seated a round, so some node is seated in one
     # round and free in those around it (plan_cut) for any beacon.
     dep = Deployment(
-        job_config(rounds=8, secure=True, round_timeout=20.0, group_size=8),
+        replayable_job(rounds=10, secure=True, round_timeout=20.0, group_size=8),
         16,
         tmp_path / "up",
         place=net.place,
@@ -324,7 +298,7 @@ def test_a_partitioned_aggregator_is_replaced_and_rejoins(
 def test_a_partitioned_coordinator_resumes(tmp_path: Path, net: FaultNetwork) -> None:
     nodes, cut_for = 4, 25.0  # longer than a round's timeout: a round is lost to it
     dep = Deployment(
-        job_config(rounds=8, secure=False, round_timeout=10.0),
+        replayable_job(rounds=8, secure=False, round_timeout=10.0),
         nodes,
         tmp_path / "up",
         place=net.place,
