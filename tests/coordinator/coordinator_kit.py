@@ -206,6 +206,7 @@ class Harness:
     max_polls: int = MAX_POLLS
     reveal_wait: float = 300.0
     service: CoordinatorService = field(init=False)
+    _port: int = field(default=0, init=False)
     server: RunningServer = field(init=False)
     http: httpx.Client = field(init=False)
 
@@ -228,7 +229,9 @@ class Harness:
         app = create_coordinator_app(
             self.service, max_body=self.max_body, mail_body=self.mail_body, max_polls=self.max_polls
         )
-        self.server = serve_in_thread(app)
+        # A restart takes the same port: its clients keep their URL.
+        self.server = serve_in_thread(app, port=self._port)
+        self._port = int(self.server.url.rsplit(":", 1)[1])
         self.http = httpx.Client(base_url=self.server.url, timeout=30)
 
     def stop(self) -> None:

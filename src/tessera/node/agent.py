@@ -85,7 +85,12 @@ from tessera.protocol.kinds import REGISTRATION_KIND
 from tessera.protocol.messages import AggregateRequest
 from tessera.protocol.quality import LocalQuality
 from tessera.runtime.host import Host, Observer, TrainingTask, WallClock
-from tessera.runtime.transport.client import CoordinatorClient, ServiceRefused, check
+from tessera.runtime.transport.client import (
+    CoordinatorClient,
+    ServiceRefused,
+    ServiceUnavailable,
+    check,
+)
 from tessera.runtime.transport.mail import from_envelope, read_weights_artefact, to_envelope
 from tessera.runtime.transport.urls import require_https
 from tessera.sandbox import (
@@ -103,6 +108,8 @@ from tessera.weights import Vector
 
 log = logging.getLogger("tessera.node")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # ids.job_id_of's form
+#: Seconds between tries while the coordinator is unreachable (past the client's own patience).
+OFFLINE_RETRY_S = 5.0
 
 
 @dataclass
@@ -393,9 +400,23 @@ class NodeAgent:
             log.warning("%s: the sandbox did not start: %s", self.node, exc)
         for job_id in self.cfg.consent_to:
             self.consent(job_id)
-        last_status = 0.0
         try:
-            while not stop.is_set():
+            self._serve(stop)
+        finally:
+            if self.page is not None:
+                self.page.stop()
+            self.sandbox.close()
+            self.client.close()
+
+    def _serve(self, stop: threading.Event) -> None:
+        """Poll the mailbox, handle the mail, fire the timers, until the jobs are done or
+        ``stop``. A coordinator unreachable past the client's patience is waited for,
+        however long: a node offline for hours (a laptop closed, a network cut) takes
+        part again once it is back, its rounds meanwhile counted as dropped."""
+        last_status = 0.0
+        offline: float | None = None  # since when the coordinator has been unreachable
+        while not stop.is_set():
+            try:
                 self._drop_revoked()
                 wait = self._next_wait()
                 if self._reveal_pending():  # the coordinator wakes our poll when it freezes
@@ -409,11 +430,16 @@ class NodeAgent:
                     last_status = time.monotonic()
                     if self._all_done():
                         return
-        finally:
-            if self.page is not None:
-                self.page.stop()
-            self.sandbox.close()
-            self.client.close()
+            except ServiceUnavailable as exc:
+                if offline is None:
+                    offline = time.monotonic()
+                    log.warning("%s: %s; waiting for it to come back", self.node, exc)
+                stop.wait(OFFLINE_RETRY_S)
+                continue
+            if offline is not None:
+                away = time.monotonic() - offline
+                log.warning("%s: the coordinator is reachable again after %.0f s", self.node, away)
+                offline = None
 
     def _drop_revoked(self) -> None:
         """For the jobs revoked meanwhile: forget the user's records at once; the node
