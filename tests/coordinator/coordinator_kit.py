@@ -217,7 +217,7 @@ class Harness:
     def url(self) -> str:
         return self.server.url
 
-    def start(self) -> None:
+    def start(self, *, same_port: bool = False) -> None:
         url = self.db_url or f"sqlite:///{self.db}"
         store = Store(url, blobs=BlobStore(self.db.with_suffix(".mail")))
         self.service = CoordinatorService(
@@ -229,8 +229,8 @@ class Harness:
         app = create_coordinator_app(
             self.service, max_body=self.max_body, mail_body=self.mail_body, max_polls=self.max_polls
         )
-        # A restart takes the same port: its clients keep their URL.
-        self.server = serve_in_thread(app, port=self._port)
+        # same_port: its clients keep their URL (else a new port shows the old server gone).
+        self.server = serve_in_thread(app, port=self._port if same_port else 0)
         self._port = int(self.server.url.rsplit(":", 1)[1])
         self.http = httpx.Client(base_url=self.server.url, timeout=30)
 

@@ -44,7 +44,7 @@ def test_a_node_waits_out_an_unreachable_coordinator(
             serving.start()
             time.sleep(3.0)  # six times the client's patience
             assert serving.is_alive(), "the node gave up"
-            harness.start()  # back, on the same address
+            harness.start(same_port=True)  # back, on the same address
             end = time.monotonic() + 20
             while "reachable again" not in caplog.text and time.monotonic() < end:
                 time.sleep(0.1)
