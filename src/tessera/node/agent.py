@@ -177,7 +177,7 @@ class NodeAgent:
         self.jobs: dict[str, _Job] = {}
         self.finished: set[str] = set()
         self.revealed: set[str] = set()  # jobs we sent our beacon reveal to (or need not)
-        self.cursor = self._load_cursor()
+        self.cursor = self._saved_cursor = self._load_cursor()
         self._cursor_unsaved = False  # the last save found the disk full (said once)
         self._coordinator_keys: PublicKeys | None = None
         # The jobs this user consented to: told at the start, or saved (a receipt and no
@@ -752,8 +752,11 @@ class NodeAgent:
         """Keep the mailbox cursor. On a full disk the node goes on (said once): the
         cursor only spares re-reading mail after a restart, which the replay guard
         refuses anyway."""
+        if self.cursor == self._saved_cursor:  # a poll with no mail: nothing to flush
+            return
         try:
             replace_private(self.cfg.state_dir / "cursor", str(self.cursor))
+            self._saved_cursor = self.cursor
         except DiskFull as exc:
             if not self._cursor_unsaved:
                 log.error("%s: the mailbox cursor is not saved: %s", self.node, exc)
